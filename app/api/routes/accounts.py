@@ -1,0 +1,56 @@
+"""Accounts (tenants): platform admins create and list them."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
+from app.schemas.accounts import AccountCreate, AccountOut
+from app.schemas.common import Page, problems
+from app.services.accounts import AccountService
+
+router = APIRouter(prefix="/accounts", tags=["accounts"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AccountOut,
+    summary="Create an account and its first owner (admin)",
+    responses=problems(400, 401, 403, 409, 422),
+)
+async def create_account(
+    body: AccountCreate, principal: PrincipalDep, session: SessionDep
+) -> AccountOut:
+    account = await AccountService(session).create(principal, body)
+    return AccountOut.model_validate(account)
+
+
+@router.get(
+    "",
+    response_model=Page[AccountOut],
+    summary="List accounts (admin)",
+    responses=problems(401, 403, 422),
+)
+async def list_accounts(
+    principal: PrincipalDep, session: SessionDep, paging: PagingDep
+) -> Page[AccountOut]:
+    rows, total = await AccountService(session).page(
+        principal, limit=paging.limit, offset=paging.offset
+    )
+    return to_page(AccountOut, rows, total, paging)
+
+
+@router.get(
+    "/{account_id}",
+    response_model=AccountOut,
+    summary="Get an account",
+    description="Admins read any account; other users only their own.",
+    responses=problems(401, 404, 422),
+)
+async def get_account(
+    account_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+) -> AccountOut:
+    return AccountOut.model_validate(await AccountService(session).get(principal, account_id))

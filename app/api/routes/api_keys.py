@@ -1,0 +1,58 @@
+"""API keys for machines: create (the secret is shown once), list, revoke."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
+from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.schemas.common import Page, problems
+from app.services.api_keys import ApiKeyService
+
+router = APIRouter(prefix="/api-keys", tags=["api-keys"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    summary="Create an API key",
+    description="The response is the only time the key is shown. Its role defaults to the "
+    "caller's and can never exceed it.",
+    responses=problems(400, 401, 403, 422),
+)
+async def create_api_key(
+    body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep
+) -> ApiKeyCreated:
+    key, secret = await ApiKeyService(session).create(principal, body)
+    return ApiKeyCreated.model_validate(
+        {**ApiKeyOut.model_validate(key).model_dump(), "key": secret}
+    )
+
+
+@router.get(
+    "",
+    response_model=Page[ApiKeyOut],
+    summary="List API keys (never their secrets)",
+    description="Owners and admins see every key of the account; others their own.",
+    responses=problems(401, 422),
+)
+async def list_api_keys(
+    principal: PrincipalDep, session: SessionDep, paging: PagingDep
+) -> Page[ApiKeyOut]:
+    rows, total = await ApiKeyService(session).page(
+        principal, limit=paging.limit, offset=paging.offset
+    )
+    return to_page(ApiKeyOut, rows, total, paging)
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke an API key",
+    responses=problems(401, 403, 404, 422),
+)
+async def revoke_api_key(key_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> None:
+    await ApiKeyService(session).revoke(principal, key_id)

@@ -1,0 +1,1 @@
+"""Cross-cutting services of the backend: settings, logging, errors, security, middleware."""

@@ -1,0 +1,168 @@
+"""The settings model: the single source of the backend's configuration.
+
+Every value comes from the environment (prefix ``RENUM_``, nested with ``__``) or a ``.env``
+file. One ``Settings`` object is created at start-up and passed down; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_SECRET_KEY = "renum-development-secret-key-change-me-0123456789"  # noqa: S105 - refused outside development
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    staging = "staging"
+    production = "production"
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    console = "console"
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(
+        default="sqlite+aiosqlite:///./renum.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    echo: bool = Field(default=False, description="Log every SQL statement (development only).")
+    pool_size: int = Field(default=5, ge=1, le=100, description="PostgreSQL connection pool size.")
+    auto_migrate: bool = Field(
+        default=True,
+        description="Apply pending Alembic migrations at start-up (turn off where "
+        "`renum db upgrade` runs as a release step).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database URL must use sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                f"(got scheme {value.split('://', 1)[0]!r})"
+            )
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class AuthSettings(BaseModel):
+    access_token_minutes: int = Field(
+        default=15, ge=1, le=1440, description="Lifetime of a JWT access token."
+    )
+    refresh_token_days: int = Field(
+        default=14, ge=1, le=365, description="Lifetime of a refresh token."
+    )
+    audience: str = Field(default="renum-api", description="JWT `aud` claim.")
+    issuer: str = Field(default="renum", description="JWT `iss` claim.")
+
+
+class BootstrapSettings(BaseModel):
+    admin_email: str | None = Field(
+        default=None, description="Email of the admin created on an empty database."
+    )
+    admin_password: SecretStr | None = Field(
+        default=None,
+        description="Password of that admin; when unset a random one is printed once.",
+    )
+
+
+class Settings(BaseSettings):
+    """All of Renum's configuration. Environment variables: ``RENUM_<FIELD>``,
+    nested fields ``RENUM_<GROUP>__<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RENUM_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    environment: Environment = Field(
+        default=Environment.development, description="Deployment environment."
+    )
+    app_name: str = Field(default="Renum", description="Name shown in the API docs.")
+    secret_key: SecretStr = Field(
+        default=SecretStr(DEV_SECRET_KEY),
+        description="Key that signs JWTs; at least 32 characters; required outside development.",
+    )
+    encryption_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="Encryption keys for stored secrets as `id:base64key,id2:base64key`; "
+        "the first is current.",
+    )
+    log_level: str = Field(default="INFO", description="Lowest log level written.")
+    log_format: LogFormat = Field(
+        default=LogFormat.auto,
+        description="`json`, `console`, or `auto` (JSON outside development).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma separated."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest accepted request body (413 above)."
+    )
+    redis_url: str | None = Field(default=None, description="Redis URL (optional).")
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            keys: dict[str, str] = {}
+            for item in filter(None, (part.strip() for part in value.split(","))):
+                key_id, sep, material = item.partition(":")
+                if not sep or not key_id or not material:
+                    raise ValueError("encryption_keys entries must look like id:base64key")
+                keys[key_id] = material
+            return keys
+        return value
+
+    @model_validator(mode="after")
+    def _safe_secrets(self) -> Settings:
+        secret = self.secret_key.get_secret_value()
+        if len(secret) < 32:
+            raise ValueError("secret_key must be at least 32 characters long")
+        if self.environment in {Environment.staging, Environment.production} and (
+            secret == DEV_SECRET_KEY
+        ):
+            raise ValueError(
+                f"secret_key must be set (RENUM_SECRET_KEY) in {self.environment.value}; "
+                "the development default is refused"
+            )
+        return self
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is LogFormat.auto:
+            return self.environment is not Environment.development
+        return self.log_format is LogFormat.json

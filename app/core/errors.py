@@ -1,0 +1,182 @@
+"""Errors as ``application/problem+json`` (RFC 9457), everywhere.
+
+Services raise ``ProblemError`` subclasses; the handlers installed by ``install_error_handlers``
+turn those, FastAPI's validation errors and Starlette's HTTP errors into one problem document
+shape carrying the request id; ``app.core.middleware`` answers unexpected exceptions the same
+way. No stack trace or SQL reaches a client.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.request_context import current_request_id
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://renum.dev/problems/"
+
+
+class ProblemError(Exception):
+    """An error the client can act on, rendered as a problem document."""
+
+    status: int = 400
+    slug: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers
+
+
+class BadRequest(ProblemError):
+    pass
+
+
+class Unauthorized(ProblemError):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str = "Missing or invalid credentials.") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ProblemError):
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(ProblemError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(ProblemError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(ProblemError):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class ValidationFailed(ProblemError):
+    status, slug, title = 422, "validation-error", "Invalid request"
+
+
+def problem_body(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    instance: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "request_id": current_request_id(),
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def problem_response(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(status, slug, title, detail, instance, errors),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """One entry per bad field: where (JSON pointer into the request), what, and why."""
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        errors.append(
+            {
+                "pointer": "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in loc),
+                "location": loc[0] if loc else "request",
+                "type": error.get("type", "invalid"),
+                "message": error.get("msg", "invalid value"),
+            }
+        )
+    return errors
+
+
+async def _handle_problem(request: Request, exc: ProblemError) -> JSONResponse:
+    return problem_response(
+        exc.status,
+        exc.slug,
+        exc.title,
+        exc.detail,
+        instance=request.url.path,
+        errors=exc.errors,
+        headers=exc.headers,
+    )
+
+
+async def _handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = _field_errors(exc)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem_response(
+            400,
+            "malformed-json",
+            "Malformed JSON",
+            "The request body is not valid JSON.",
+            instance=request.url.path,
+            errors=[e for e in errors if e["type"] == "json_invalid"],
+        )
+    count = len(errors)
+    return problem_response(
+        422,
+        ValidationFailed.slug,
+        ValidationFailed.title,
+        f"{count} field{'s' if count != 1 else ''} failed validation.",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = exc.detail if isinstance(exc.detail, str) else phrase
+    return problem_response(
+        status,
+        phrase.lower().replace(" ", "-"),
+        phrase,
+        detail,
+        instance=request.url.path,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _handle_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _handle_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _handle_http)  # type: ignore[arg-type]

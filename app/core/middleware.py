@@ -1,0 +1,125 @@
+"""Pure ASGI middleware on every request: request id, body-size limit, access log, and the
+last-resort 500 handler (so even an unexpected error answers as problem+json with the id).
+
+Per-request work is O(1): no body buffering, no blocking I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import PayloadTooLarge, problem_response
+from app.core.logging import get_logger
+from app.core.request_context import reset_request_id, set_request_id
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+log = get_logger("app.access")
+
+
+def _incoming_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == REQUEST_ID_HEADER:
+            candidate = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class RequestContextMiddleware:
+    """Assigns the request id, enforces the body limit, logs the request, catches the rest."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = _incoming_request_id(scope)
+        token = set_request_id(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": 500, "started": False}
+        header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["started"] = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        limit = self.max_body_bytes
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+            return message
+
+        try:
+            length = _content_length(scope)
+            if length is not None and length > limit:
+                response = problem_response(
+                    413,
+                    PayloadTooLarge.slug,
+                    PayloadTooLarge.title,
+                    f"The request body exceeds the limit of {limit} bytes.",
+                    instance=scope.get("path"),
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            log.error(
+                "unhandled_error",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                error_type=type(exc).__name__,
+                exc_info=exc,
+            )
+            if state["started"]:
+                raise
+            response = problem_response(
+                500,
+                "internal-error",
+                "Internal server error",
+                "The server failed to handle this request; quote the request id when reporting it.",
+                instance=scope.get("path"),
+            )
+            await response(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                status=state["status"],
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+            reset_request_id(token)

@@ -1,0 +1,94 @@
+"""The ASGI application: ``create_app(settings)`` wires settings, database, middleware and
+routers together. Nothing connects at import time; the lifespan opens and closes resources."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from starlette.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api.routes import accounts, api_keys, auth, health, users
+from app.core.config import Settings
+from app.core.errors import install_error_handlers
+from app.core.logging import configure_logging, get_logger
+from app.core.middleware import RequestContextMiddleware
+from app.core.security import TokenCodec
+from app.db import migrate
+from app.db.database import Database
+from app.services.bootstrap import bootstrap_admin
+
+API_PREFIX = "/api/v1"
+log = get_logger("app")
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database = Database(settings.database)
+    app.state.database = database
+    try:
+        if settings.database.auto_migrate:
+            await migrate.upgrade(database.engine)
+        async with database.session() as session:
+            created = await bootstrap_admin(session, settings)
+        if created is not None:
+            log.info("bootstrap_admin_created", email=created.email)
+            if created.generated_password is not None:
+                # Printed once to the console, deliberately not through the logger.
+                print(
+                    f"\nRenum created the first admin: {created.email}\n"
+                    f"Its generated password (shown once): {created.generated_password}\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        log.info(
+            "startup_complete",
+            version=__version__,
+            environment=settings.environment.value,
+            database=database.engine.dialect.name,
+        )
+        yield
+    finally:
+        await database.dispose()
+        log.info("shutdown_complete")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings)
+    app = FastAPI(
+        title=f"{settings.app_name} API",
+        version=__version__,
+        description="Compose teams of AI agents, run them, watch them, and account for them.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.codec = TokenCodec(settings)
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (auth, accounts, users, api_keys):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health.router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,16 @@
+"""Accounts: the tenants. Every piece of account data belongs to exactly one."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, IdMixin, TimestampMixin
+
+
+class Account(IdMixin, TimestampMixin, Base):
+    __tablename__ = "accounts"
+
+    name: Mapped[str] = mapped_column(String(120), nullable=False)
+    name_key: Mapped[str] = mapped_column(String(120), nullable=False, unique=True)
+    is_platform: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)

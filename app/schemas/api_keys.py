@@ -1,0 +1,35 @@
+"""API keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from app.schemas.common import RequestModel, ResponseModel
+
+
+class ApiKeyCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=120, examples=["ci-pipeline"])
+    role: Literal["admin", "owner", "member", "viewer"] | None = Field(
+        default=None, description="Defaults to the creator's role; never above it."
+    )
+    expires_at: datetime | None = Field(default=None, description="Optional expiry (UTC).")
+
+
+class ApiKeyOut(ResponseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    role: str
+    user_id: uuid.UUID
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret key. Shown once; store it now.")

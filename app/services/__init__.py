@@ -1,0 +1,1 @@
+"""Business logic. Routers call services; services call repositories."""

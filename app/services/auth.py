@@ -1,0 +1,127 @@
+"""Logging in, refreshing and revoking sessions, and turning a credential into a Principal."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import Unauthorized
+from app.core.security import (
+    TokenCodec,
+    TokenError,
+    hash_api_key,
+    looks_like_api_key,
+    verify_password,
+)
+from app.models import RefreshToken, Role, User
+from app.repositories.tokens import ApiKeyRepository, RefreshTokenRepository
+from app.repositories.users import UserRepository
+from app.schemas.auth import TokenPair
+from app.services.principal import Principal
+
+# Writing last_used_at on every request would turn reads into writes; once a minute is enough.
+API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+class AuthService:
+    def __init__(self, session: AsyncSession, codec: TokenCodec) -> None:
+        self.session = session
+        self.codec = codec
+        self.users = UserRepository(session)
+        self.refresh_tokens = RefreshTokenRepository(session)
+        self.api_keys = ApiKeyRepository(session)
+
+    async def login(self, email: str, password: str) -> TokenPair:
+        user = await self.users.by_email(email)
+        if not verify_password(password, user.password_hash if user else None) or user is None:
+            raise Unauthorized("Incorrect email or password.")
+        if not user.is_active:
+            raise Unauthorized("This user is deactivated.")
+        user.last_login_at = datetime.now(UTC)
+        pair = self._issue_pair(user.id, family_id=uuid.uuid4())
+        await self.session.commit()
+        return pair
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        row = await self._stored_refresh_token(refresh_token)
+        now = datetime.now(UTC)
+        if row.revoked_at is not None:
+            # A revoked token presented again: it was stolen or replayed. End the whole session.
+            await self.refresh_tokens.revoke_family(row.family_id, now)
+            await self.session.commit()
+            raise Unauthorized("This refresh token has been revoked.")
+        user = await self.users.get(row.user_id)
+        if user is None or not user.is_active:
+            raise Unauthorized("This user is deactivated.")
+        row.revoked_at = now
+        pair = self._issue_pair(user.id, family_id=row.family_id)
+        await self.session.commit()
+        return pair
+
+    async def logout(self, refresh_token: str) -> None:
+        row = await self._stored_refresh_token(refresh_token)
+        await self.refresh_tokens.revoke_family(row.family_id, datetime.now(UTC))
+        await self.session.commit()
+
+    async def authenticate(self, credential: str) -> Principal:
+        if looks_like_api_key(credential):
+            return await self._authenticate_api_key(credential)
+        try:
+            claims = self.codec.decode(credential, "access")
+        except TokenError as exc:
+            raise Unauthorized("The access token is invalid or expired.") from exc
+        user = await self._active_user(claims.subject)
+        return Principal(user_id=user.id, account_id=user.account_id, role=user.role_enum)
+
+    async def _authenticate_api_key(self, key: str) -> Principal:
+        api_key = await self.api_keys.by_hash(hash_api_key(key))
+        now = datetime.now(UTC)
+        if api_key is None or api_key.revoked_at is not None:
+            raise Unauthorized("The API key is invalid or revoked.")
+        if api_key.expires_at is not None and api_key.expires_at <= now:
+            raise Unauthorized("The API key has expired.")
+        user = await self._active_user(api_key.user_id)
+        if api_key.last_used_at is None or now - api_key.last_used_at > API_KEY_TOUCH_INTERVAL:
+            api_key.last_used_at = now
+            await self.session.commit()
+        # A key never carries more than its creator currently has.
+        role = min(Role(api_key.role), user.role_enum, key=lambda r: r.rank)
+        return Principal(
+            user_id=user.id, account_id=user.account_id, role=role, api_key_id=api_key.id
+        )
+
+    async def _active_user(self, user_id: uuid.UUID) -> User:
+        user = await self.users.get(user_id)
+        if user is None or not user.is_active:
+            raise Unauthorized("The user of this credential no longer exists or is deactivated.")
+        return user
+
+    async def _stored_refresh_token(self, token: str) -> RefreshToken:
+        try:
+            claims = self.codec.decode(token, "refresh")
+        except TokenError as exc:
+            raise Unauthorized("The refresh token is invalid or expired.") from exc
+        row = await self.refresh_tokens.get(claims.token_id)
+        if row is None or row.user_id != claims.subject:
+            raise Unauthorized("The refresh token is not known.")
+        return row
+
+    def _issue_pair(self, user_id: uuid.UUID, *, family_id: uuid.UUID) -> TokenPair:
+        access, _ = self.codec.issue(user_id, "access")
+        refresh, claims = self.codec.issue(user_id, "refresh")
+        self.refresh_tokens.add(
+            RefreshToken(
+                id=claims.token_id,
+                user_id=user_id,
+                family_id=family_id,
+                created_at=claims.issued_at,
+                expires_at=claims.expires_at,
+            )
+        )
+        return TokenPair(
+            access_token=access,
+            refresh_token=refresh,
+            expires_in=int(self.codec.lifetime("access").total_seconds()),
+        )

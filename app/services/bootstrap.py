@@ -1,0 +1,61 @@
+"""First start: on an empty database, create the platform account and its admin."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.security import hash_password
+from app.models import Account, Role, User
+from app.repositories.accounts import AccountRepository
+from app.repositories.users import UserRepository
+from app.services.accounts import name_key
+
+PLATFORM_ACCOUNT_NAME = "Platform"
+DEFAULT_ADMIN_EMAIL = "admin@renum.local"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    email: str
+    generated_password: str | None
+
+
+async def platform_account(session: AsyncSession) -> Account:
+    accounts = AccountRepository(session)
+    account = await accounts.platform()
+    if account is None:
+        account = Account(
+            name=PLATFORM_ACCOUNT_NAME, name_key=name_key(PLATFORM_ACCOUNT_NAME), is_platform=True
+        )
+        accounts.add(account)
+        await session.flush()
+    return account
+
+
+async def create_admin(session: AsyncSession, email: str, password: str) -> User:
+    account = await platform_account(session)
+    user = User(
+        account_id=account.id,
+        email=email.lower(),
+        password_hash=hash_password(password),
+        role=Role.admin.value,
+        full_name="Administrator",
+    )
+    UserRepository(session).add(user)
+    await session.commit()
+    return user
+
+
+async def bootstrap_admin(session: AsyncSession, settings: Settings) -> BootstrapResult | None:
+    """Create the first admin if the database has no users; return what was created."""
+    if await UserRepository(session).count() > 0:
+        return None
+    email = settings.bootstrap.admin_email or DEFAULT_ADMIN_EMAIL
+    configured = settings.bootstrap.admin_password
+    password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
+    await create_admin(session, email, password)
+    return BootstrapResult(email=email, generated_password=None if configured else password)

@@ -1,0 +1,106 @@
+"""User management: owners manage their account's users; admins manage every account's."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.security import hash_password
+from app.db.base import utcnow
+from app.models import Role, User
+from app.repositories.accounts import AccountRepository
+from app.repositories.tokens import RefreshTokenRepository
+from app.repositories.users import UserRepository
+from app.schemas.users import UserCreate, UserUpdate
+from app.services.principal import Principal
+
+
+class UserService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.users = UserRepository(session)
+        self.accounts = AccountRepository(session)
+        self.refresh_tokens = RefreshTokenRepository(session)
+
+    async def me(self, principal: Principal) -> User:
+        user = await self.users.get(principal.user_id)
+        if user is None:  # pragma: no cover - authentication already loaded this user
+            raise NotFound("No user with this id.")
+        return user
+
+    async def page(
+        self, principal: Principal, *, limit: int, offset: int
+    ) -> tuple[Sequence[User], int]:
+        principal.require(Role.owner)
+        return await self.users.page(principal.scope, limit=limit, offset=offset)
+
+    async def get(self, principal: Principal, user_id: uuid.UUID) -> User:
+        principal.require(Role.owner)
+        user = await self.users.get(user_id, principal.scope)
+        if user is None:
+            raise NotFound("No user with this id.")
+        return user
+
+    async def create(self, principal: Principal, data: UserCreate) -> User:
+        principal.require(Role.owner)
+        account_id = principal.account_id
+        if data.account_id is not None and data.account_id != principal.account_id:
+            if not principal.is_admin or await self.accounts.get(data.account_id) is None:
+                raise NotFound("No account with this id.")
+            account_id = data.account_id
+        elif principal.is_admin:
+            raise ValidationFailed(
+                "Admins must say which account the user belongs to.",
+                errors=[
+                    {
+                        "pointer": "/body/account_id",
+                        "location": "body",
+                        "type": "missing",
+                        "message": "Field required for admins",
+                    }
+                ],
+            )
+        if await self.users.by_email(data.email) is not None:
+            raise Conflict("A user with this email already exists.")
+        user = User(
+            account_id=account_id,
+            email=data.email.lower(),
+            full_name=data.full_name,
+            password_hash=hash_password(data.password),
+            role=data.role,
+        )
+        self.users.add(user)
+        try:
+            await self.session.commit()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict("A user with this email already exists.") from exc
+        return user
+
+    async def update(self, principal: Principal, user_id: uuid.UUID, data: UserUpdate) -> User:
+        user = await self.get(principal, user_id)
+        changes = data.model_dump(exclude_unset=True)
+        if user.id == principal.user_id and ({"role", "is_active"} & changes.keys()):
+            raise Conflict("You cannot change your own role or deactivate yourself.")
+        if user.role_enum is Role.admin and "role" in changes:
+            raise Conflict("Admin users are managed with `renum users create-admin`.")
+        for field in ("full_name", "role", "is_active"):
+            if field in changes and changes[field] is not None:
+                setattr(user, field, changes[field])
+        if changes.get("password"):
+            user.password_hash = hash_password(changes["password"])
+        if changes.get("password") or changes.get("is_active") is False:
+            await self.refresh_tokens.revoke_user(user.id, utcnow())
+        await self.session.commit()
+        return user
+
+    async def delete(self, principal: Principal, user_id: uuid.UUID) -> None:
+        user = await self.get(principal, user_id)
+        if user.id == principal.user_id:
+            raise Conflict("You cannot delete yourself.")
+        await self.users.delete(user)
+        await self.session.commit()
