@@ -147,11 +147,16 @@ class Settings(BaseSettings):
             return keys
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters long")
+        return value
+
     @model_validator(mode="after")
     def _safe_secrets(self) -> Settings:
         secret = self.secret_key.get_secret_value()
-        if len(secret) < 32:
-            raise ValueError("secret_key must be at least 32 characters long")
         if self.environment in {Environment.staging, Environment.production} and (
             secret == DEV_SECRET_KEY
         ):

@@ -1,0 +1,174 @@
+"""The ``renum`` command: serve the API, migrate the database, manage admins, show the version.
+
+Settings come from the environment and ``.env`` exactly as for the server. Errors print a
+readable message and exit non-zero; no traceback is shown for expected failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from app import __version__
+from app.core.config import Settings
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="renum",
+    help="Renum: run teams of AI agents. Settings come from RENUM_* variables and .env.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
+users_cli = typer.Typer(help="User administration.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(users_cli, name="users")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print("[bold red]Invalid configuration:[/]")
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"]]
+            where = f"{'.'.join(loc)} (RENUM_{'__'.join(loc).upper()}): " if loc else ""
+            err.print(f"  {where}{error['msg']}")
+        raise typer.Exit(2) from None
+
+
+def run_with_engine(work: Callable[..., Awaitable[T]], *args: object) -> T:
+    """Run ``work(engine, *args)`` against the configured database and dispose of it."""
+    from app.db.database import build_engine
+
+    settings = load_settings()
+
+    async def runner() -> T:
+        engine = build_engine(settings.database)
+        try:
+            return await work(engine, *args)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(runner())
+    except OSError as exc:
+        err.print(f"[bold red]Cannot reach the database:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@cli.command()
+def version() -> None:
+    """Print Renum's version."""
+    out.print(f"renum {__version__}")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the API with Uvicorn."""
+    import uvicorn
+
+    settings = load_settings()
+    out.print(
+        f"Renum {__version__} ({settings.environment.value}) on http://{host}:{port} "
+        f"- API docs at http://{host}:{port}/docs"
+    )
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        reload=reload,
+        workers=None if reload else workers,
+        log_config=None,
+    )
+
+
+@db_cli.command()
+def upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply migrations up to REVISION (default: the latest)."""
+    from app.db import migrate
+
+    run_with_engine(migrate.upgrade, revision)
+    out.print(f"Database upgraded to {revision}.")
+
+
+@db_cli.command()
+def downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1.")]) -> None:
+    """Revert migrations down to REVISION (`-1` is one step, `base` is empty)."""
+    from app.db import migrate
+
+    run_with_engine(migrate.downgrade, revision)
+    out.print(f"Database downgraded to {revision}.")
+
+
+@db_cli.command()
+def current() -> None:
+    """Show the database's revision and the code's head."""
+    from app.db import migrate
+
+    revision = run_with_engine(migrate.current_revision)
+    head = migrate.head_revision()
+    state = "up to date" if revision == head else "migrations pending: run `renum db upgrade`"
+    out.print(f"current: {revision or 'none'}  head: {head}  ({state})")
+
+
+@users_cli.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(prompt=True, help="The admin's email.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="RENUM_ADMIN_PASSWORD",
+            help="The admin's password (or RENUM_ADMIN_PASSWORD).",
+        ),
+    ],
+) -> None:
+    """Create a platform admin."""
+    from email_validator import EmailNotValidError, validate_email
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+    from app.repositories.users import UserRepository
+    from app.services.bootstrap import create_admin as create
+
+    try:
+        email = validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        err.print(f"[bold red]Invalid email:[/] {exc}")
+        raise typer.Exit(2) from None
+    if len(password) < 8:
+        err.print("[bold red]The password must have at least 8 characters.[/]")
+        raise typer.Exit(2)
+
+    async def work(engine: AsyncEngine) -> bool:
+        async with async_sessionmaker(engine)() as session:
+            if await UserRepository(session).by_email(email) is not None:
+                return False
+            await create(session, email, password)
+            return True
+
+    if not run_with_engine(work):
+        err.print(f"[bold red]A user with the email {email} already exists.[/]")
+        raise typer.Exit(1)
+    out.print(f"Admin {email} created.")
+
+
+def main() -> None:
+    cli()

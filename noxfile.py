@@ -1,0 +1,117 @@
+"""Renum's sessions. Plain `nox` runs what CI needs; see the README for each session.
+
+Every session shares one virtual environment (.nox/shared), reinstalled only when
+pyproject.toml changes, so a full run does not reinstall the world. Test sessions run under
+coverage (the launched server processes too); `coverage` combines them and enforces 90%.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+VENV = ROOT / ".nox" / "shared"
+REPORTS = ROOT / "reports"
+COVERAGE_DIR = REPORTS / "coverage"
+
+nox.options.default_venv_backend = "none"
+nox.options.error_on_external_run = False
+nox.options.sessions = ["lint", "unit", "integration", "property", "regression", "coverage"]
+
+
+def tool(name: str) -> str:
+    """A program installed in the shared environment (nox looks commands up on its own PATH)."""
+    return str(VENV / "bin" / name)
+
+
+def shared_env(session: nox.Session) -> dict[str, str]:
+    """Create or refresh the shared environment; return the variables that activate it."""
+    python = VENV / "bin" / "python"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / ".installed"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(VENV))
+    if not stamp.exists() or stamp.read_text() != digest:
+        session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        session.run(str(python), "-m", "pip", "install", "--quiet", "-e", ".[qa]")
+        stamp.write_text(digest)
+    return {
+        "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(VENV),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def run_pytest(session: nox.Session, name: str, *args: str) -> None:
+    """Run pytest under coverage, writing this session's data and JUnit report."""
+    env = shared_env(session)
+    COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in COVERAGE_DIR.glob(f".coverage.{name}*"):
+        stale.unlink()
+    env["COVERAGE_FILE"] = str(COVERAGE_DIR / f".coverage.{name}")
+    session.run(
+        tool("python"), "-m", "coverage", "run", "-m", "pytest", *args,
+        f"--junitxml={REPORTS / 'junit' / f'{name}.xml'}", *session.posargs,
+        env=env,
+    )  # fmt: skip
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff: lint rules and formatting."""
+    env = shared_env(session)
+    session.run(tool("ruff"), "check", ".", env=env)
+    session.run(tool("ruff"), "format", "--check", ".", env=env)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Fast tests of single modules, no server."""
+    run_pytest(session, "unit", "suites/unit")
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """The real backend over HTTP, on SQLite and on PostgreSQL."""
+    run_pytest(session, "integration", "suites/integration", "--db=sqlite,postgresql")
+
+
+@nox.session
+def property(session: nox.Session) -> None:
+    """Hypothesis properties of the domain and the API (`-- --profile=deep` explores longer)."""
+    profile = next(
+        (a.split("=", 1)[1] for a in session.posargs if a.startswith("--profile=")), "ci"
+    )
+    session.posargs[:] = [a for a in session.posargs if not a.startswith("--profile=")]
+    run_pytest(session, "property", "suites/property", f"--hypothesis-profile={profile}")
+
+
+@nox.session
+def regression(session: nox.Session) -> None:
+    """pytest-regressions snapshots (`-- --force-regen` to accept intended changes)."""
+    run_pytest(session, "regression", "suites/regression")
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """Combine every session's coverage (server processes included) and enforce 90%."""
+    env = shared_env(session)
+    session.run(
+        tool("python"), "-m", "qa.gates", "coverage",
+        "--data-dir", str(COVERAGE_DIR),
+        "--html", str(COVERAGE_DIR / "html"),
+        "--xml", str(REPORTS / "coverage.xml"),
+        env=env,
+    )  # fmt: skip
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Run the backend on the embedded default (SQLite) for exploration: `-- --port 9000`."""
+    env = shared_env(session)
+    session.run(tool("renum"), "serve", *session.posargs, env=env)

@@ -1,0 +1,193 @@
+"""Start the Renum backend as a real server process, or point at a deployed one.
+
+``LaunchedBackend`` runs uvicorn on a free port against a fresh database (an SQLite file in a
+temporary folder, or a new database on the local PostgreSQL), with a bootstrap admin, and waits
+until ``/health/ready`` answers. Coverage is measured inside the server when the harness itself
+runs under coverage (``[run] patch = subprocess`` in pyproject.toml); ``stop`` sends SIGTERM so
+the server shuts down cleanly and saves its data. The server's log is kept for failed runs.
+
+``RemoteBackend`` is the same interface for a deployment given with ``--target URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from qa import services
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FLAVOURS = ("sqlite", "postgresql")
+ADMIN_EMAIL = "admin@renum.test"
+TARGET_EMAIL_ENV = "RENUM_QA_ADMIN_EMAIL"
+TARGET_PASSWORD_ENV = "RENUM_QA_ADMIN_PASSWORD"
+
+
+class BackendFailed(RuntimeError):
+    """The backend did not start or stop as expected; the message carries its log's tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Backend:
+    """What a test needs to know about a backend, launched or remote."""
+
+    base_url: str
+    admin_email: str
+    admin_password: str
+    flavour: str
+    log_path: Path | None = None
+
+    @property
+    def launched(self) -> bool:
+        return self.log_path is not None
+
+    def log_text(self) -> str:
+        if self.log_path is None:
+            raise BackendFailed("a remote backend's log is not available to the harness")
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass
+class LaunchedBackend(Backend):
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+    database_name: str | None = None
+
+    @classmethod
+    def start(
+        cls,
+        flavour: str = "sqlite",
+        *,
+        extra_env: dict[str, str] | None = None,
+        ready_timeout: float = 60.0,
+    ) -> LaunchedBackend:
+        if flavour not in FLAVOURS:
+            raise ValueError(f"unknown database flavour {flavour!r}; choose from {FLAVOURS}")
+        workdir = Path(tempfile.mkdtemp(prefix=f"renum-{flavour}-"))
+        database_name = None
+        if flavour == "sqlite":
+            database_url = f"sqlite+aiosqlite:///{workdir / 'renum.db'}"
+        else:
+            database_name = f"renum_qa_{uuid.uuid4().hex[:12]}"
+            database_url = services.create_postgres_database(database_name)
+        port = free_port()
+        password = secrets.token_urlsafe(16)
+        env = {
+            **os.environ,
+            "RENUM_ENVIRONMENT": "test",
+            "RENUM_SECRET_KEY": secrets.token_urlsafe(48),
+            "RENUM_DATABASE__URL": database_url,
+            "RENUM_BOOTSTRAP__ADMIN_EMAIL": ADMIN_EMAIL,
+            "RENUM_BOOTSTRAP__ADMIN_PASSWORD": password,
+            "RENUM_LOG_FORMAT": "json",
+            **(extra_env or {}),
+        }
+        backend = cls(
+            base_url=f"http://127.0.0.1:{port}",
+            admin_email=ADMIN_EMAIL,
+            admin_password=password,
+            flavour=flavour,
+            log_path=workdir / "server.log",
+            env=env,
+            workdir=workdir,
+            database_name=database_name,
+        )
+        backend._spawn(port)
+        backend.wait_ready(ready_timeout)
+        return backend
+
+    def _spawn(self, port: int) -> None:
+        assert self.log_path is not None
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def _log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BackendFailed(
+                    f"the backend exited with code {self.process.returncode} during start-up; "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.base_url}/health/ready", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise BackendFailed(
+            f"the backend was not ready within {timeout:.0f}s; log {self.log_path}:\n"
+            f"{self._log_tail()}"
+        )
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Stop the server with SIGTERM (clean shutdown, coverage saved) and drop its database."""
+        code = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                code = self.process.wait()
+        elif self.process is not None:
+            code = self.process.returncode
+        if self.database_name is not None:
+            services.drop_postgres_database(self.database_name)
+            self.database_name = None
+        return code
+
+
+def remote_backend(url: str) -> Backend:
+    """A deployed backend; the admin's credentials come from the environment."""
+    email = os.environ.get(TARGET_EMAIL_ENV)
+    password = os.environ.get(TARGET_PASSWORD_ENV)
+    if not email or not password:
+        raise BackendFailed(
+            f"--target needs the admin's credentials in {TARGET_EMAIL_ENV} and "
+            f"{TARGET_PASSWORD_ENV}"
+        )
+    return Backend(
+        base_url=url.rstrip("/"), admin_email=email, admin_password=password, flavour="remote"
+    )

@@ -1,0 +1,145 @@
+"""The harness's pytest plugin (registered as ``renum_qa``): options and shared fixtures.
+
+Options: ``--db sqlite,postgresql`` picks the database flavours the backend is launched on
+(tests that use a backend run once per flavour); ``--target URL`` runs against a deployment
+instead (admin credentials from ``RENUM_QA_ADMIN_EMAIL`` / ``RENUM_QA_ADMIN_PASSWORD``).
+
+Fixtures: ``backend``, ``client`` (anonymous), ``admin_client``, ``tenant`` and
+``other_tenant`` (an account with owner, member and viewer each), ``owner_client``,
+``member_client``, ``viewer_client``, ``other_owner_client``, ``login`` (a client for any
+credentials) and ``launch_backend`` (a private server with its own settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from qa.client import ApiClient
+from qa.factories import Member, Tenant, create_tenant
+from qa.launcher import FLAVOURS, Backend, LaunchedBackend, remote_backend
+
+LaunchBackend = Callable[..., LaunchedBackend]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("renum", "Renum harness")
+    group.addoption(
+        "--db",
+        default="sqlite",
+        help="Comma-separated database flavours to launch the backend on: sqlite, postgresql.",
+    )
+    group.addoption(
+        "--target",
+        default=None,
+        metavar="URL",
+        help="Test a deployed backend at URL instead of launching one.",
+    )
+
+
+def _flavours(config: pytest.Config) -> list[str]:
+    if config.getoption("--target"):
+        return ["remote"]
+    flavours = [f.strip() for f in str(config.getoption("--db")).split(",") if f.strip()]
+    unknown = sorted(set(flavours) - set(FLAVOURS))
+    if unknown or not flavours:
+        raise pytest.UsageError(f"--db takes {', '.join(FLAVOURS)}; got {unknown or 'nothing'}")
+    return flavours
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_flavour" in metafunc.fixturenames:
+        metafunc.parametrize("db_flavour", _flavours(metafunc.config), scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest, db_flavour: str) -> Iterator[Backend]:
+    """The backend under test: launched on ``db_flavour``, or the ``--target`` deployment."""
+    target = request.config.getoption("--target")
+    if target:
+        yield remote_backend(target)
+        return
+    launched = LaunchedBackend.start(
+        db_flavour, extra_env={"RENUM_AUTH__ACCESS_TOKEN_MINUTES": "120"}
+    )
+    try:
+        yield launched
+    finally:
+        launched.stop()
+
+
+@pytest.fixture
+def launch_backend() -> Iterator[LaunchBackend]:
+    """Start private servers with their own settings; all are stopped after the test."""
+    started: list[LaunchedBackend] = []
+
+    def launch(flavour: str = "sqlite", **kwargs: object) -> LaunchedBackend:
+        server = LaunchedBackend.start(flavour, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield launch
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def client(backend: Backend) -> Iterator[ApiClient]:
+    """An anonymous client."""
+    with ApiClient(backend.base_url) as anonymous:
+        yield anonymous
+
+
+@pytest.fixture(scope="session")
+def login(backend: Backend) -> Iterator[Callable[[str, str], ApiClient]]:
+    """``login(email, password)``: a client logged in with those credentials."""
+    opened: list[ApiClient] = []
+
+    def make(email: str, password: str) -> ApiClient:
+        logged_in = ApiClient(backend.base_url).login(email, password)
+        opened.append(logged_in)
+        return logged_in
+
+    yield make
+    for opened_client in opened:
+        opened_client.close()
+
+
+@pytest.fixture(scope="session")
+def admin_client(backend: Backend, login: Callable[[str, str], ApiClient]) -> ApiClient:
+    return login(backend.admin_email, backend.admin_password)
+
+
+@pytest.fixture(scope="session")
+def tenant(admin_client: ApiClient) -> Tenant:
+    return create_tenant(admin_client)
+
+
+@pytest.fixture(scope="session")
+def other_tenant(admin_client: ApiClient) -> Tenant:
+    return create_tenant(admin_client)
+
+
+def _login_member(login: Callable[[str, str], ApiClient], member: Member) -> ApiClient:
+    return login(member.email, member.password)
+
+
+@pytest.fixture(scope="session")
+def owner_client(tenant: Tenant, login: Callable[[str, str], ApiClient]) -> ApiClient:
+    return _login_member(login, tenant.owner)
+
+
+@pytest.fixture(scope="session")
+def member_client(tenant: Tenant, login: Callable[[str, str], ApiClient]) -> ApiClient:
+    return _login_member(login, tenant.member)
+
+
+@pytest.fixture(scope="session")
+def viewer_client(tenant: Tenant, login: Callable[[str, str], ApiClient]) -> ApiClient:
+    return _login_member(login, tenant.viewer)
+
+
+@pytest.fixture(scope="session")
+def other_owner_client(other_tenant: Tenant, login: Callable[[str, str], ApiClient]) -> ApiClient:
+    return _login_member(login, other_tenant.owner)
