@@ -95,8 +95,8 @@ class LaunchedBackend(Backend):
             "RENUM_ENVIRONMENT": "test",
             "RENUM_SECRET_KEY": secrets.token_urlsafe(48),
             "RENUM_DATABASE__URL": database_url,
-            "RENUM_BOOTSTRAP__ADMIN_EMAIL": ADMIN_EMAIL,
-            "RENUM_BOOTSTRAP__ADMIN_PASSWORD": password,
+            "RENUM_BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
+            "RENUM_BOOTSTRAP_ADMIN_PASSWORD": password,
             "RENUM_LOG_FORMAT": "json",
             **(extra_env or {}),
         }

@@ -68,16 +68,6 @@ class AuthSettings(BaseModel):
     issuer: str = Field(default="renum", description="JWT `iss` claim.")
 
 
-class BootstrapSettings(BaseModel):
-    admin_email: str | None = Field(
-        default=None, description="Email of the admin created on an empty database."
-    )
-    admin_password: SecretStr | None = Field(
-        default=None,
-        description="Password of that admin; when unset a random one is printed once.",
-    )
-
-
 class Settings(BaseSettings):
     """All of Renum's configuration. Environment variables: ``RENUM_<FIELD>``,
     nested fields ``RENUM_<GROUP>__<FIELD>``."""
@@ -117,7 +107,19 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis URL (optional).")
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
-    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+    bootstrap_admin_email: str | None = Field(
+        default=None,
+        description="Email of the admin created on an empty database (default admin@renum.local).",
+    )
+    bootstrap_admin_password: SecretStr | None = Field(
+        default=None,
+        description="Password of that admin; when unset a random one is printed once.",
+    )
+
+    @field_validator("bootstrap_admin_email", "bootstrap_admin_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("log_level")
     @classmethod

@@ -54,8 +54,8 @@ async def bootstrap_admin(session: AsyncSession, settings: Settings) -> Bootstra
     """Create the first admin if the database has no users; return what was created."""
     if await UserRepository(session).count() > 0:
         return None
-    email = settings.bootstrap.admin_email or DEFAULT_ADMIN_EMAIL
-    configured = settings.bootstrap.admin_password
+    email = settings.bootstrap_admin_email or DEFAULT_ADMIN_EMAIL
+    configured = settings.bootstrap_admin_password
     password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
     await create_admin(session, email, password)
     return BootstrapResult(email=email, generated_password=None if configured else password)
