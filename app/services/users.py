@@ -88,8 +88,10 @@ class UserService:
             raise Conflict("You cannot change your own role or deactivate yourself.")
         if user.role_enum is Role.admin and "role" in changes:
             raise Conflict("Admin users are managed with `renum users create-admin`.")
-        for field in ("full_name", "role", "is_active"):
-            if field in changes and changes[field] is not None:
+        if "full_name" in changes:
+            user.full_name = changes["full_name"]
+        for field in ("role", "is_active"):
+            if changes.get(field) is not None:
                 setattr(user, field, changes[field])
         if changes.get("password"):
             user.password_hash = hash_password(changes["password"])
