@@ -21,6 +21,7 @@ from app.core.security import TokenCodec
 from app.db import migrate
 from app.db.database import Database
 from app.services.bootstrap import bootstrap_admin
+from app.web.docs import install_docs
 
 API_PREFIX = "/api/v1"
 log = get_logger("app")
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Compose teams of AI agents, run them, watch them, and account for them.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.codec = TokenCodec(settings)
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    install_docs(app)
 
     if settings.cors_origins:
         app.add_middleware(

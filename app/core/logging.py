@@ -123,6 +123,7 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).propagate = True
     # Requests are logged once by Renum's own middleware, with the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("sqlalchemy.engine").setLevel(
         logging.INFO if settings.database.echo else logging.WARNING
     )

@@ -1,0 +1,1 @@
+"""Pages served by the backend, with every asset shipped in ``static/`` (no CDN)."""
