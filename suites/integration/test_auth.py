@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from integration_support import MakeUser, assert_problem, assert_unauthorized, bearer, jwt_payload
 
-from integration_support import assert_problem, assert_unauthorized, bearer, jwt_payload
 from qa.client import API, ApiClient
 from qa.factories import DEFAULT_PASSWORD, Member, Tenant, expect, unique_email
 
@@ -43,7 +43,7 @@ def test_login_returns_working_access_and_refresh_tokens(client: ApiClient, tena
     assert profile["role"] == "member"
     assert profile["account_id"] == tenant.account_id
     assert profile["last_login_at"] is not None
-    assert "password" not in profile and "password_hash" not in profile
+    assert not {"password", "password_hash"} & profile.keys()
 
 
 def test_login_email_is_case_insensitive(client: ApiClient, tenant: Tenant) -> None:
@@ -71,7 +71,7 @@ def test_login_without_form_fields_is_422(client: ApiClient) -> None:
 
 
 def test_deactivated_user_cannot_log_in(
-    client: ApiClient, owner_client: ApiClient, make_user: Any
+    client: ApiClient, owner_client: ApiClient, make_user: MakeUser
 ) -> None:
     user = make_user("member")
     expect(owner_client.patch(f"{API}/users/{user.id}", json={"is_active": False}), 200)
@@ -79,7 +79,7 @@ def test_deactivated_user_cannot_log_in(
 
 
 def test_access_token_of_a_deactivated_user_stops_working(
-    client: ApiClient, owner_client: ApiClient, make_user: Any
+    client: ApiClient, owner_client: ApiClient, make_user: MakeUser
 ) -> None:
     user = make_user("member")
     tokens = login_pair(client, user)
@@ -103,9 +103,7 @@ def test_refresh_rotates_the_pair(client: ApiClient, tenant: Tenant) -> None:
     expect(me(client, third["access_token"]), 200)
 
 
-def test_replayed_refresh_token_revokes_the_whole_family(
-    client: ApiClient, tenant: Tenant
-) -> None:
+def test_replayed_refresh_token_revokes_the_whole_family(client: ApiClient, tenant: Tenant) -> None:
     first = login_pair(client, tenant.member)
     second = expect(refresh(client, first["refresh_token"]), 200)
     # The old refresh token presented again: a replay.
@@ -114,9 +112,7 @@ def test_replayed_refresh_token_revokes_the_whole_family(
     assert_unauthorized(refresh(client, second["refresh_token"]))
 
 
-def test_replay_does_not_end_other_sessions_of_the_user(
-    client: ApiClient, tenant: Tenant
-) -> None:
+def test_replay_does_not_end_other_sessions_of_the_user(client: ApiClient, tenant: Tenant) -> None:
     stolen = login_pair(client, tenant.member)
     other_session = login_pair(client, tenant.member)
     expect(refresh(client, stolen["refresh_token"]), 200)
@@ -163,7 +159,7 @@ def test_refresh_body_is_validated(client: ApiClient) -> None:
 
 
 def test_password_change_revokes_refresh_tokens(
-    client: ApiClient, owner_client: ApiClient, make_user: Any
+    client: ApiClient, owner_client: ApiClient, make_user: MakeUser
 ) -> None:
     user = make_user("member")
     before = login_pair(client, user)
@@ -176,7 +172,7 @@ def test_password_change_revokes_refresh_tokens(
 
 
 def test_deleted_user_credentials_stop_working(
-    client: ApiClient, owner_client: ApiClient, make_user: Any
+    client: ApiClient, owner_client: ApiClient, make_user: MakeUser
 ) -> None:
     user = make_user("member")
     tokens = login_pair(client, user)

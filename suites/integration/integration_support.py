@@ -1,0 +1,103 @@
+"""Assertions shared by the integration tests: problem documents, 401s, bearer headers.
+
+The module has a distinctive name because test directories without ``__init__.py`` share one
+import namespace; a generic ``support.py`` elsewhere would shadow it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from qa.client import ApiClient
+from qa.factories import Member
+
+FreshLogin = Callable[[Member], ApiClient]  # the ``fresh_login`` fixture
+MakeUser = Callable[..., Member]  # the ``make_user`` fixture
+Forge = Callable[..., str]  # the ``forge`` fixture
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
+GENERATED_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+API_KEY_SHAPE = re.compile(r"^rk_[A-Za-z0-9_-]{43,}$")
+
+# Text that must never reach a client: stack traces, driver and ORM names, SQL.
+LEAK_MARKERS = (
+    "Traceback",
+    'File "',
+    "sqlalchemy",
+    "sqlite3",
+    "asyncpg",
+    "aiosqlite",
+    "SELECT ",
+    "INSERT INTO",
+    "UPDATE ",
+    "DELETE FROM",
+    "OperationalError",
+    "IntegrityError",
+)
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+def assert_no_leak(text: str) -> None:
+    for marker in LEAK_MARKERS:
+        assert marker not in text, f"{marker!r} leaked into a response: {text}"
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Check ``response`` is an RFC 9457 problem document with ``status``; return its body."""
+    where = f"{response.request.method} {response.request.url.path}"
+    assert response.status_code == status, (
+        f"{where}: expected {status}, got {response.status_code}: {response.text}"
+    )
+    content_type = response.headers.get("content-type", "")
+    assert content_type.split(";")[0].strip() == "application/problem+json", (
+        f"{where}: content-type {content_type!r}"
+    )
+    body = response.json()
+    assert body.keys() >= PROBLEM_KEYS, f"{where}: keys {sorted(body)}"
+    assert body["status"] == status
+    for key in ("type", "title", "detail"):
+        assert isinstance(body[key], str), f"{where}: {key} is {body[key]!r}"
+        assert body[key].strip(), f"{where}: empty {key}"
+    assert body["instance"] == response.request.url.path
+    assert body["request_id"], f"{where}: no request_id"
+    assert body["request_id"] == response.headers.get("x-request-id")
+    assert_no_leak(response.text)
+    return body
+
+
+def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
+    body = assert_problem(response, 401)
+    challenge = response.headers.get("www-authenticate", "")
+    assert challenge.split(" ")[0] == "Bearer", f"WWW-Authenticate is {challenge!r}"
+    return body
+
+
+def pointers(problem: dict[str, Any]) -> set[str]:
+    """The JSON pointers of a validation problem's field errors."""
+    errors = problem.get("errors") or []
+    for error in errors:
+        assert {"pointer", "location", "type", "message"} <= error.keys(), error
+    return {error["pointer"] for error in errors}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_json(value: dict[str, Any]) -> str:
+    return b64url(json.dumps(value, separators=(",", ":")).encode())
+
+
+def jwt_payload(token: str) -> dict[str, Any]:
+    """The unverified payload of a JWT."""
+    segment = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
