@@ -72,6 +72,13 @@ class PayloadTooLarge(ProblemError):
 class ValidationFailed(ProblemError):
     status, slug, title = 422, "validation-error", "Invalid request"
 
+    @classmethod
+    def at(cls, pointer: str, message: str, error_type: str = "invalid") -> ValidationFailed:
+        """One bad field, e.g. ``ValidationFailed.at("/body/workflow/steps/0/agent_id", ...)``."""
+        location = pointer.strip("/").split("/", 1)[0] or "body"
+        error = {"pointer": pointer, "location": location, "type": error_type, "message": message}
+        return cls(message, errors=[error])
+
 
 def problem_body(
     status: int,

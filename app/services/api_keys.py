@@ -30,16 +30,8 @@ class ApiKeyService:
             if data.expires_at.tzinfo is None:
                 data.expires_at = data.expires_at.replace(tzinfo=UTC)
             if data.expires_at <= datetime.now(UTC):
-                raise ValidationFailed(
-                    "The expiry must be in the future.",
-                    errors=[
-                        {
-                            "pointer": "/body/expires_at",
-                            "location": "body",
-                            "type": "past_datetime",
-                            "message": "Must be in the future",
-                        }
-                    ],
+                raise ValidationFailed.at(
+                    "/body/expires_at", "The expiry must be in the future.", "past_datetime"
                 )
         secret = new_api_key()
         key = ApiKey(

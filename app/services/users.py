@@ -53,16 +53,8 @@ class UserService:
                 raise NotFound("No account with this id.")
             account_id = data.account_id
         elif principal.is_admin:
-            raise ValidationFailed(
-                "Admins must say which account the user belongs to.",
-                errors=[
-                    {
-                        "pointer": "/body/account_id",
-                        "location": "body",
-                        "type": "missing",
-                        "message": "Field required for admins",
-                    }
-                ],
+            raise ValidationFailed.at(
+                "/body/account_id", "Admins must say which account the user belongs to.", "missing"
             )
         if await self.users.by_email(data.email) is not None:
             raise Conflict("A user with this email already exists.")
