@@ -23,12 +23,21 @@ from app.core.config import DatabaseSettings
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy emits BEGIN itself (see _sqlite_begin), not the driver.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Take SQLite's write lock when a transaction starts, not at its first write: a
+    transaction that read first and wrote later would otherwise fail with "database is
+    locked" whenever another writer committed in between. Transactions are kept short."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def build_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -38,6 +47,7 @@ def build_engine(settings: DatabaseSettings) -> AsyncEngine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, echo=settings.echo)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True

@@ -1,8 +1,38 @@
 """SQLAlchemy ORM models. Importing this package registers every table on ``Base.metadata``."""
 
 from app.models.account import Account
+from app.models.agent import Agent
 from app.models.api_key import ApiKey
+from app.models.execution import (
+    ContextEntry,
+    Execution,
+    ExecutionEvent,
+    ExecutionStatus,
+    ExecutionStep,
+    LedgerEntry,
+    StepStatus,
+)
+from app.models.provider_key import ProviderKey
 from app.models.refresh_token import RefreshToken
+from app.models.team import Team, TeamMember, TeamWorkflowVersion
 from app.models.user import Role, User
 
-__all__ = ["Account", "ApiKey", "RefreshToken", "Role", "User"]
+__all__ = [
+    "Account",
+    "Agent",
+    "ApiKey",
+    "ContextEntry",
+    "Execution",
+    "ExecutionEvent",
+    "ExecutionStatus",
+    "ExecutionStep",
+    "LedgerEntry",
+    "ProviderKey",
+    "RefreshToken",
+    "Role",
+    "StepStatus",
+    "Team",
+    "TeamMember",
+    "TeamWorkflowVersion",
+    "User",
+]

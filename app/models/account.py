@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, String
+from sqlalchemy import Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, IdMixin, TimestampMixin
@@ -14,3 +14,6 @@ class Account(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(120), nullable=False)
     name_key: Mapped[str] = mapped_column(String(120), nullable=False, unique=True)
     is_platform: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    # Executions pending or running; bumped with a guarded UPDATE so that several API
+    # processes agree on the per-account concurrency limit.
+    active_executions: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
