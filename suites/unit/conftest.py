@@ -1,0 +1,84 @@
+"""Shared fixtures of the unit suite: a clean environment, in-process apps, tmp databases.
+
+Every unit test runs with no ``RENUM_*`` variable set and in an empty working directory, so a
+developer's environment or ``.env`` file cannot change what the settings model sees. Global
+logging state (structlog's configuration and the root logger's handlers) is restored after
+each test, because ``configure_logging`` rewires both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from app.core.config import Settings
+
+pytest_plugins = ["pytester"]
+
+TEST_SECRET = "unit-test-secret-key-0123456789abcdefghijklmnop"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("RENUM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    access = logging.getLogger("uvicorn.access")
+    access_disabled = access.disabled
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    access.disabled = access_disabled
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'unit.db'}"
+
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(sqlite_url: str) -> MakeSettings:
+    """``make_settings(**overrides)``: test settings on this test's SQLite file, JSON logs."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "secret_key": TEST_SECRET,
+            "log_format": "json",
+            "database": {"url": sqlite_url},
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings) -> Settings:
+    """Test settings with a configured bootstrap admin (root@example.com)."""
+    return make_settings(
+        bootstrap_admin_email="root@example.com", bootstrap_admin_password="root-password-1"
+    )

@@ -1,0 +1,230 @@
+"""The `renum` command, run in-process with Typer's CliRunner against a temporary SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from app import __version__
+from app.cli import cli
+from app.db import migrate
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines; compare on whitespace-normalised text."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    path = tmp_path / "cli" / "renum.db"
+    monkeypatch.setenv("RENUM_DATABASE__URL", f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def test_version() -> None:
+    result = runner.invoke(cli, ["version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"renum {__version__}"
+
+
+def test_no_arguments_shows_help() -> None:
+    result = runner.invoke(cli, [])
+    assert result.exit_code == 2
+    assert "serve" in result.output
+    assert "db" in result.output
+
+
+def test_db_current_upgrade_downgrade_cycle(database: Path) -> None:
+    head = migrate.head_revision()
+
+    fresh = runner.invoke(cli, ["db", "current"])
+    assert fresh.exit_code == 0, fresh.output
+    assert flat(fresh.stdout) == (
+        f"current: none head: {head} (migrations pending: run `renum db upgrade`)"
+    )
+    assert database.exists()  # the folder is created for a new SQLite file
+
+    upgraded = runner.invoke(cli, ["db", "upgrade"])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "Database upgraded to head." in upgraded.stdout
+
+    current = runner.invoke(cli, ["db", "current"])
+    assert flat(current.stdout) == f"current: {head} head: {head} (up to date)"
+
+    downgraded = runner.invoke(cli, ["db", "downgrade", "base"])
+    assert downgraded.exit_code == 0, downgraded.output
+    assert "Database downgraded to base." in downgraded.stdout
+    assert flat(runner.invoke(cli, ["db", "current"]).stdout).startswith("current: none")
+
+    again = runner.invoke(cli, ["db", "upgrade", head or "head"])
+    assert again.exit_code == 0
+    assert flat(runner.invoke(cli, ["db", "current"]).stdout).endswith("(up to date)")
+
+
+def test_db_downgrade_needs_a_revision(database: Path) -> None:
+    result = runner.invoke(cli, ["db", "downgrade"])
+    assert result.exit_code == 2
+    assert "Missing argument" in result.output
+
+
+def test_create_admin(database: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    args = ["users", "create-admin", "--email", "Ops@Example.COM", "--password", "long-enough"]
+    created = runner.invoke(cli, args)
+    assert created.exit_code == 0, created.output
+    assert "Admin Ops@example.com created." in flat(created.stdout)
+
+    duplicate = runner.invoke(cli, args)
+    assert duplicate.exit_code == 1
+    assert "already exists" in flat(duplicate.stderr)
+
+
+def test_create_admin_on_an_unmigrated_database_says_what_to_do(database: Path) -> None:
+    # An operator's first command on a fresh machine may well be create-admin. The module
+    # promises "a readable message and exit non-zero; no traceback for expected failures".
+    result = runner.invoke(
+        cli, ["users", "create-admin", "--email", "first@example.com", "--password", "long-enough"]
+    )
+    assert result.exit_code == 1
+    assert "renum db upgrade" in flat(result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+
+
+def test_create_admin_password_from_the_environment(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    monkeypatch.setenv("RENUM_ADMIN_PASSWORD", "from-the-environment")
+    result = runner.invoke(cli, ["users", "create-admin", "--email", "env@example.com"])
+    assert result.exit_code == 0, result.output
+    assert "from-the-environment" not in result.output
+
+
+def test_create_admin_prompts_for_missing_values(database: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(
+        cli,
+        ["users", "create-admin"],
+        input="prompted@example.com\nprompted-pass\nprompted-pass\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "prompted-pass" not in result.output  # hidden input
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "a@", "@example.com", "two@@example.com"])
+def test_create_admin_refuses_a_bad_email(database: Path, email: str) -> None:
+    result = runner.invoke(
+        cli, ["users", "create-admin", "--email", email, "--password", "long-enough"]
+    )
+    assert result.exit_code == 2
+    assert "Invalid email" in result.stderr
+
+
+def test_create_admin_refuses_a_short_password(database: Path) -> None:
+    result = runner.invoke(
+        cli, ["users", "create-admin", "--email", "a@example.com", "--password", "short"]
+    )
+    assert result.exit_code == 2
+    assert "at least 8 characters" in flat(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "where"),
+    [
+        ("RENUM_LOG_LEVEL", "chatty", "log_level (RENUM_LOG_LEVEL)"),
+        ("RENUM_DATABASE__URL", "mysql://nope", "database.url (RENUM_DATABASE__URL)"),
+        ("RENUM_SECRET_KEY", "short", "secret_key (RENUM_SECRET_KEY)"),
+    ],
+)
+@pytest.mark.parametrize("command", [["db", "current"], ["serve"], ["db", "upgrade"]])
+def test_invalid_settings_exit_2_with_the_variable_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, where: str, command: list[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    result = runner.invoke(cli, command)
+    assert result.exit_code == 2
+    assert "Invalid configuration" in result.stderr
+    assert where in flat(result.stderr)
+    assert "Traceback" not in result.output
+
+
+def test_model_level_setting_error_is_reported_without_a_location(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RENUM_ENVIRONMENT", "production")
+    result = runner.invoke(cli, ["db", "current"])
+    assert result.exit_code == 2
+    assert "development default is refused" in flat(result.stderr)
+
+
+class ServeRecorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
+
+
+@pytest.fixture
+def recorded_run(monkeypatch: pytest.MonkeyPatch) -> ServeRecorder:
+    recorder = ServeRecorder()
+    monkeypatch.setattr(uvicorn, "run", recorder)
+    return recorder
+
+
+def test_serve_runs_uvicorn_with_the_app_factory(recorded_run: ServeRecorder) -> None:
+    result = runner.invoke(cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    ((args, kwargs),) = recorded_run.calls
+    assert args == ("app.main:create_app",)
+    assert kwargs == {
+        "factory": True,
+        "host": "127.0.0.1",
+        "port": 8000,
+        "reload": False,
+        "workers": 1,
+        "log_config": None,
+    }
+    assert "API docs at http://127.0.0.1:8000/docs" in flat(result.stdout)
+    assert "(development)" in result.stdout
+
+
+def test_serve_passes_host_port_and_workers(recorded_run: ServeRecorder) -> None:
+    result = runner.invoke(
+        cli, ["serve", "--host", "192.0.2.10", "--port", "9001", "--workers", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    kwargs = recorded_run.calls[0][1]
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("192.0.2.10", 9001, 3)
+
+
+def test_serve_reload_disables_workers(recorded_run: ServeRecorder) -> None:
+    result = runner.invoke(cli, ["serve", "--reload", "--workers", "4"])
+    assert result.exit_code == 0, result.output
+    kwargs = recorded_run.calls[0][1]
+    assert kwargs["reload"] is True
+    assert kwargs["workers"] is None
+
+
+@pytest.mark.parametrize("args", [["--port", "0"], ["--port", "70000"], ["--workers", "0"]])
+def test_serve_refuses_out_of_range_options(recorded_run: ServeRecorder, args: list[str]) -> None:
+    result = runner.invoke(cli, ["serve", *args])
+    assert result.exit_code == 2
+    assert recorded_run.calls == []
+
+
+def test_unreachable_database_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing listens on port 1: asyncpg's connection is refused with an OSError.
+    monkeypatch.setenv("RENUM_DATABASE__URL", "postgresql+asyncpg://renum@127.0.0.1:1/renum")
+    result = runner.invoke(cli, ["db", "current"])
+    assert result.exit_code == 1
+    assert "Cannot reach the database" in flat(result.stderr)
