@@ -12,8 +12,21 @@ from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api.routes import accounts, api_keys, auth, health, users
+from app.api.routes import (
+    accounts,
+    agents,
+    api_keys,
+    auth,
+    health,
+    provider_keys,
+    team_executions,
+    team_members,
+    teams,
+    usage,
+    users,
+)
 from app.core.config import Settings
+from app.core.crypto import SecretBox
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging, get_logger
 from app.core.middleware import RequestContextMiddleware
@@ -21,6 +34,7 @@ from app.core.security import TokenCodec
 from app.db import migrate
 from app.db.database import Database
 from app.services.bootstrap import bootstrap_admin
+from app.services.runtime import Runtime
 from app.web.docs import install_docs
 
 API_PREFIX = "/api/v1"
@@ -51,13 +65,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     file=sys.stderr,
                     flush=True,
                 )
-        log.info(
-            "startup_complete",
-            version=__version__,
-            environment=settings.environment.value,
-            database=database.engine.dialect.name,
-        )
-        yield
+        runtime = Runtime.build(settings, database, app.state.box)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            log.info(
+                "startup_complete",
+                version=__version__,
+                environment=settings.environment.value,
+                database=database.engine.dialect.name,
+            )
+            yield
+        finally:
+            await runtime.stop()
     finally:
         await database.dispose()
         log.info("shutdown_complete")
@@ -77,10 +97,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.codec = TokenCodec(settings)
+    app.state.box = SecretBox.from_settings(settings)
     install_error_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, accounts, users, api_keys):
+    for module in (
+        auth,
+        accounts,
+        users,
+        api_keys,
+        provider_keys,
+        agents,
+        teams,
+        team_members,
+        team_executions,
+        usage,
+    ):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

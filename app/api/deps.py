@@ -11,11 +11,13 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.core.crypto import SecretBox
 from app.core.errors import Unauthorized
 from app.core.security import TokenCodec
 from app.schemas.common import Page, ResponseModel
 from app.services.auth import AuthService
 from app.services.principal import Principal
+from app.services.runtime import Runtime
 
 M = TypeVar("M", bound=ResponseModel)
 
@@ -34,6 +36,14 @@ def get_codec(request: Request) -> TokenCodec:
     return request.app.state.codec
 
 
+def get_box(request: Request) -> SecretBox:
+    return request.app.state.box
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.database.session() as session:
         yield session
@@ -41,6 +51,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 CodecDep = Annotated[TokenCodec, Depends(get_codec)]
+BoxDep = Annotated[SecretBox, Depends(get_box)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def get_principal(

@@ -7,6 +7,7 @@ environment anywhere else.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
@@ -68,6 +69,61 @@ class AuthSettings(BaseModel):
     issuer: str = Field(default="renum", description="JWT `iss` claim.")
 
 
+class ModelPrice(BaseModel):
+    input_per_mtok: Decimal = Field(ge=0, description="USD per million input tokens.")
+    output_per_mtok: Decimal = Field(ge=0, description="USD per million output tokens.")
+
+
+class ProviderSettings(BaseModel):
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="Default base URL of the OpenAI-compatible Chat Completions API.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, description="The platform's key, used by agents without a user key."
+    )
+    price_overrides: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Per-model prices replacing the built-in table, as JSON: "
+        '`{"model": {"input_per_mtok": "0.15", "output_per_mtok": "0.6"}}`.',
+    )
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class TeamSettings(BaseModel):
+    max_members: int = Field(default=10, ge=1, le=1000, description="Agents per team at most.")
+
+
+class ExecutionSettings(BaseModel):
+    max_concurrent_per_account: int = Field(
+        default=5, ge=1, le=10_000, description="Running executions per account at most."
+    )
+    runner_concurrency: int = Field(
+        default=16, ge=1, le=10_000, description="Executions one process runs at once."
+    )
+    heartbeat_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often a running execution's owner beats."
+    )
+    stale_after_seconds: float = Field(
+        default=30.0, gt=0, le=86_400, description="A heartbeat older than this is abandoned."
+    )
+    reaper_interval_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="How often abandoned executions are looked for."
+    )
+    max_resumes: int = Field(
+        default=3, ge=0, le=100, description="Resumptions after a crash before an execution fails."
+    )
+    max_wait_seconds: float = Field(
+        default=60.0, ge=0, le=3600, description="Longest `?wait=` a request may block."
+    )
+
+
 class Settings(BaseSettings):
     """All of Renum's configuration. Environment variables: ``RENUM_<FIELD>``,
     nested fields ``RENUM_<GROUP>__<FIELD>``."""
@@ -107,6 +163,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis URL (optional).")
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    teams: TeamSettings = Field(default_factory=TeamSettings)
+    executions: ExecutionSettings = Field(default_factory=ExecutionSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,
         description="Email of the admin created on an empty database (default admin@renum.local).",

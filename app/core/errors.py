@@ -69,6 +69,10 @@ class PayloadTooLarge(ProblemError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
+class TooManyRequests(ProblemError):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+
 class ValidationFailed(ProblemError):
     status, slug, title = 422, "validation-error", "Invalid request"
 

@@ -70,7 +70,7 @@ class Execution(IdMixin, TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), index=True, nullable=False)
     status_reason: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[Any] = mapped_column(JSON)
+    result: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     cancel_mode: Mapped[str | None] = mapped_column(String(16))
     owner: Mapped[str | None] = mapped_column(String(120))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -118,7 +118,7 @@ class ContextEntry(IdMixin, Base):
     )
     key: Mapped[str] = mapped_column(String(200), nullable=False)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
-    value: Mapped[Any] = mapped_column(JSON)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
     step_key: Mapped[str | None] = mapped_column(String(64))
     agent_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("agents.id", ondelete="SET NULL"), index=True

@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-T = TypeVar("T")
+from app.core.errors import Conflict
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -33,3 +36,40 @@ async def paginate(
     total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     rows = (await session.scalars(query.limit(limit).offset(offset))).all()
     return rows, int(total or 0)
+
+
+async def commit_unique(session: AsyncSession, conflict_message: str) -> None:
+    """Commit; a unique-constraint race lost to another request becomes a 409."""
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise Conflict(conflict_message) from exc
+
+
+class AccountScopedRepository(Generic[M]):
+    """Reads and writes of one model that has an ``account_id`` column."""
+
+    model: type[Any]
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, object_id: uuid.UUID, scope: Scope) -> M | None:
+        query = scope.apply(
+            select(self.model).where(self.model.id == object_id), self.model.account_id
+        )
+        return await self.session.scalar(query)
+
+    async def page(
+        self, scope: Scope, *, limit: int, offset: int, where: Sequence[Any] = ()
+    ) -> tuple[Sequence[M], int]:
+        query = scope.apply(select(self.model), self.model.account_id).where(*where)
+        query = query.order_by(self.model.created_at, self.model.id)
+        return await paginate(self.session, query, limit=limit, offset=offset)
+
+    def add(self, obj: M) -> None:
+        self.session.add(obj)
+
+    async def delete(self, obj: M) -> None:
+        await self.session.delete(obj)

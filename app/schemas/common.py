@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from decimal import Decimal
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 T = TypeVar("T")
+
+# Money travels as a decimal string ("0.0042"), never as a float.
+Money = Annotated[
+    Decimal,
+    PlainSerializer(
+        lambda value: format(value.normalize(), "f"), return_type=str, when_used="json"
+    ),
+]
 
 
 class RequestModel(BaseModel):
@@ -57,6 +66,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with an existing object.",
     413: "Request body too large.",
     422: "The request failed validation; `errors` lists each bad field.",
+    429: "A limit was reached (for example, concurrent executions per account).",
 }
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, NotFound
 from app.core.security import hash_password
 from app.models import Account, Role, User
 from app.repositories.accounts import AccountRepository
+from app.repositories.base import commit_unique
 from app.repositories.users import UserRepository
 from app.schemas.accounts import AccountCreate
 from app.services.principal import Principal
@@ -47,11 +47,7 @@ class AccountService:
                 role=Role.owner.value,
             )
         )
-        try:
-            await self.session.commit()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise Conflict("The account or its owner already exists.") from exc
+        await commit_unique(self.session, "The account or its owner already exists.")
         return account
 
     async def page(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, NotFound, ValidationFailed
@@ -13,6 +12,7 @@ from app.core.security import hash_password
 from app.db.base import utcnow
 from app.models import Role, User
 from app.repositories.accounts import AccountRepository
+from app.repositories.base import commit_unique
 from app.repositories.tokens import RefreshTokenRepository
 from app.repositories.users import UserRepository
 from app.schemas.users import UserCreate, UserUpdate
@@ -66,11 +66,7 @@ class UserService:
             role=data.role,
         )
         self.users.add(user)
-        try:
-            await self.session.commit()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise Conflict("A user with this email already exists.") from exc
+        await commit_unique(self.session, "A user with this email already exists.")
         return user
 
     async def update(self, principal: Principal, user_id: uuid.UUID, data: UserUpdate) -> User:

@@ -1,0 +1,91 @@
+"""Agents: CRUD, scoped to the caller's account."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, to_page
+from app.schemas.agents import AgentCreate, AgentOut, AgentUpdate
+from app.schemas.common import Page, problems
+from app.services.agents import AgentService
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AgentOut,
+    summary="Create an agent",
+    description="A model plus instructions (`openai`), or a local `builtin` agent "
+    "(`echo`, `template`) that needs no network.",
+    responses=problems(400, 401, 403, 409, 422),
+)
+async def create_agent(
+    body: AgentCreate, principal: PrincipalDep, session: SessionDep, box: BoxDep
+) -> AgentOut:
+    return AgentOut.model_validate(await AgentService(session, box).create(principal, body))
+
+
+@router.get(
+    "",
+    response_model=Page[AgentOut],
+    summary="List agents",
+    responses=problems(401, 422),
+)
+async def list_agents(
+    principal: PrincipalDep,
+    session: SessionDep,
+    box: BoxDep,
+    paging: PagingDep,
+    provider: Annotated[Literal["openai", "builtin"] | None, Query()] = None,
+) -> Page[AgentOut]:
+    rows, total = await AgentService(session, box).page(
+        principal, limit=paging.limit, offset=paging.offset, provider=provider
+    )
+    return to_page(AgentOut, rows, total, paging)
+
+
+@router.get(
+    "/{agent_id}",
+    response_model=AgentOut,
+    summary="Get an agent",
+    responses=problems(401, 404, 422),
+)
+async def get_agent(
+    agent_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
+) -> AgentOut:
+    return AgentOut.model_validate(await AgentService(session, box).get(principal, agent_id))
+
+
+@router.patch(
+    "/{agent_id}",
+    response_model=AgentOut,
+    summary="Change an agent",
+    responses=problems(400, 401, 403, 404, 409, 422),
+)
+async def update_agent(
+    agent_id: uuid.UUID,
+    body: AgentUpdate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    box: BoxDep,
+) -> AgentOut:
+    agent = await AgentService(session, box).update(principal, agent_id, body)
+    return AgentOut.model_validate(agent)
+
+
+@router.delete(
+    "/{agent_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an agent",
+    description="Refused (409) while the agent is a member of a team.",
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def delete_agent(
+    agent_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
+) -> None:
+    await AgentService(session, box).delete(principal, agent_id)

@@ -1,0 +1,60 @@
+"""Users' own model-provider keys: stored encrypted, never returned, shown masked."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, to_page
+from app.schemas.agents import ProviderKeyCreate, ProviderKeyOut
+from app.schemas.common import Page, problems
+from app.services.agents import ProviderKeyService
+
+router = APIRouter(prefix="/provider-keys", tags=["provider-keys"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProviderKeyOut,
+    summary="Store a provider key",
+    description="The key is encrypted (AES-GCM) at rest and never returned; agents refer to "
+    "it by id.",
+    responses=problems(400, 401, 403, 422),
+)
+async def create_provider_key(
+    body: ProviderKeyCreate, principal: PrincipalDep, session: SessionDep, box: BoxDep
+) -> ProviderKeyOut:
+    return ProviderKeyOut.model_validate(
+        await ProviderKeyService(session, box).create(principal, body)
+    )
+
+
+@router.get(
+    "",
+    response_model=Page[ProviderKeyOut],
+    summary="List provider keys (masked)",
+    description="Owners and admins see the account's keys; others their own.",
+    responses=problems(401, 422),
+)
+async def list_provider_keys(
+    principal: PrincipalDep, session: SessionDep, box: BoxDep, paging: PagingDep
+) -> Page[ProviderKeyOut]:
+    rows, total = await ProviderKeyService(session, box).page(
+        principal, limit=paging.limit, offset=paging.offset
+    )
+    return to_page(ProviderKeyOut, rows, total, paging)
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a provider key",
+    description="Refused (409) while an agent uses it.",
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def delete_provider_key(
+    key_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
+) -> None:
+    await ProviderKeyService(session, box).delete(principal, key_id)

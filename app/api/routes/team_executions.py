@@ -1,0 +1,246 @@
+"""Executions: start a team on a prompt, watch it (JSON or Server-Sent Events), cancel it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import PagingDep, PrincipalDep, RuntimeDep, SessionDep, SettingsDep, to_page
+from app.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
+from app.schemas.common import Page, problems
+from app.schemas.executions import (
+    ContextOut,
+    ContextValueOut,
+    EventOut,
+    ExecutionCancel,
+    ExecutionCreate,
+    ExecutionOut,
+    ExecutionSummary,
+    StepOut,
+)
+from app.services.executions import ExecutionService, event_stream, is_terminal, wait_for_end
+from app.services.runtime import Runtime
+
+router = APIRouter(tags=["executions"])
+
+_DONE = {StepStatus.completed, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled}
+SSE_HEARTBEAT_SECONDS = 15.0
+
+WaitQuery = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=3600,
+        description="Block up to this many seconds (capped by the server's setting) until the "
+        "execution ends.",
+    ),
+]
+
+
+def _out(execution: Execution, steps: list[ExecutionStep]) -> ExecutionOut:
+    done = sum(1 for s in steps if StepStatus(s.status) in _DONE)
+    return ExecutionOut.model_validate(
+        {
+            **{
+                c: getattr(execution, c) for c in ExecutionOut.model_fields if hasattr(execution, c)
+            },
+            "strategy": execution.workflow.get("strategy", "sequential"),
+            "progress": round(done / len(steps), 4) if steps else 1.0,
+            "steps": [StepOut.model_validate(s) for s in steps],
+        }
+    )
+
+
+async def _present(
+    service: ExecutionService, execution_id: uuid.UUID, principal: Any
+) -> ExecutionOut:
+    execution = await service.get(principal, execution_id)
+    await service.session.refresh(execution)
+    return _out(execution, await service.steps(execution))
+
+
+async def _wait(runtime: Runtime, settings: Any, execution_id: uuid.UUID, wait: float) -> None:
+    seconds = min(wait, settings.executions.max_wait_seconds)
+    if seconds > 0:
+        await wait_for_end(runtime.database, runtime.hub, execution_id, seconds)
+
+
+@router.post(
+    "/teams/{team_id}/executions",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExecutionOut,
+    summary="Run a team on a prompt",
+    description="Starts an execution and answers at once (202), or after `?wait=` seconds "
+    "or when it ends, whichever is first.",
+    responses=problems(400, 401, 403, 404, 409, 422, 429),
+)
+async def create_execution(
+    team_id: uuid.UUID,
+    body: ExecutionCreate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    wait: WaitQuery = 0,
+) -> ExecutionOut:
+    service = ExecutionService(session, settings)
+    execution = await service.create(principal, team_id, body, runtime.runner)
+    await _wait(runtime, settings, execution.id, wait)
+    return await _present(service, execution.id, principal)
+
+
+@router.get(
+    "/executions",
+    response_model=Page[ExecutionSummary],
+    summary="List executions",
+    responses=problems(401, 422),
+)
+async def list_executions(
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    paging: PagingDep,
+    team_id: uuid.UUID | None = None,
+    status_: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
+) -> Page[ExecutionSummary]:
+    rows, total = await ExecutionService(session, settings).page(
+        principal,
+        team_id=team_id,
+        status=status_.value if status_ else None,
+        limit=paging.limit,
+        offset=paging.offset,
+    )
+    return to_page(ExecutionSummary, rows, total, paging)
+
+
+@router.get(
+    "/executions/{execution_id}",
+    response_model=ExecutionOut,
+    summary="Get an execution: status, per-step status, progress, timings, result",
+    responses=problems(401, 404, 422),
+)
+async def get_execution(
+    execution_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    wait: WaitQuery = 0,
+) -> ExecutionOut:
+    service = ExecutionService(session, settings)
+    execution = await service.get(principal, execution_id)
+    if not is_terminal(execution) and wait > 0:
+        await session.commit()  # hold no transaction while waiting
+        await _wait(runtime, settings, execution_id, wait)
+    return await _present(service, execution_id, principal)
+
+
+@router.get(
+    "/executions/{execution_id}/steps",
+    response_model=list[StepOut],
+    summary="An execution's steps in workflow order",
+    responses=problems(401, 404, 422),
+)
+async def list_execution_steps(
+    execution_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> list[StepOut]:
+    service = ExecutionService(session, settings)
+    execution = await service.get(principal, execution_id)
+    return [StepOut.model_validate(s) for s in await service.steps(execution)]
+
+
+@router.get(
+    "/executions/{execution_id}/context",
+    response_model=ContextOut,
+    summary="An execution's shared context: current values and every versioned write",
+    responses=problems(401, 404, 422),
+)
+async def get_execution_context(
+    execution_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> ContextOut:
+    service = ExecutionService(session, settings)
+    history = await service.context(await service.get(principal, execution_id))
+    current = {entry.key: entry.value for entry in history}  # ordered by version per key
+    return ContextOut(current=current, history=[ContextValueOut.model_validate(e) for e in history])
+
+
+async def _sse(runtime: Runtime, execution_id: uuid.UUID, after: int) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    async for event in event_stream(
+        runtime.database, runtime.hub, execution_id, after, SSE_HEARTBEAT_SECONDS
+    ):
+        if event is None:
+            yield ": keep-alive\n\n"
+            continue
+        payload = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+        yield f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n"
+
+
+@router.get(
+    "/executions/{execution_id}/events",
+    response_model=list[EventOut],
+    summary="An execution's events, as JSON or as a live Server-Sent Events stream",
+    description="With `Accept: text/event-stream` the events stream live (each with `id:` "
+    "its sequence number) until the execution ends, resuming after `Last-Event-ID` or "
+    "`?after=`; idle streams get a keep-alive comment every 15 seconds.",
+    responses={
+        **problems(401, 404, 422),
+        200: {
+            "description": "The events after `after`, oldest first.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def list_execution_events(
+    execution_id: uuid.UUID,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger sequence.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> Any:
+    service = ExecutionService(session, settings)
+    execution = await service.get(principal, execution_id)
+    start = max(after, last_event_id or 0)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        await session.commit()  # the stream reads with short sessions of its own
+        return StreamingResponse(
+            _sse(runtime, execution.id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    rows = await service.events(execution, after=start, limit=limit)
+    return [EventOut.model_validate(r) for r in rows]
+
+
+@router.post(
+    "/executions/{execution_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExecutionOut,
+    summary="Cancel an execution",
+    description="Once this returns, no new step starts. `immediate` also abandons in-flight "
+    "model calls; `after_step` lets them finish.",
+    responses=problems(400, 401, 403, 404, 409, 422),
+)
+async def cancel_execution(
+    execution_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    body: ExecutionCancel | None = None,
+    wait: WaitQuery = 0,
+) -> ExecutionOut:
+    mode: Literal["immediate", "after_step"] = body.mode if body else "immediate"
+    service = ExecutionService(session, settings)
+    await service.cancel(principal, execution_id, mode, runtime.runner)
+    await _wait(runtime, settings, execution_id, wait)
+    return await _present(service, execution_id, principal)

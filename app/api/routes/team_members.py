@@ -1,0 +1,64 @@
+"""A team's member agents."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.schemas.common import problems
+from app.schemas.teams import TeamMemberCreate, TeamMemberOut
+from app.services.teams import TeamService
+
+router = APIRouter(prefix="/teams/{team_id}/members", tags=["team-members"])
+
+
+@router.get(
+    "",
+    response_model=list[TeamMemberOut],
+    summary="List a team's members in order",
+    responses=problems(401, 404, 422),
+)
+async def list_team_members(
+    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> list[TeamMemberOut]:
+    members = await TeamService(session, settings.teams).members(principal, team_id)
+    return [TeamMemberOut.model_validate(m) for m in members]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TeamMemberOut,
+    summary="Add an agent to a team",
+    description="The agent must belong to the team's account; a team holds at most "
+    "`RENUM_TEAMS__MAX_MEMBERS` agents (409 when full).",
+    responses=problems(400, 401, 403, 404, 409, 422),
+)
+async def add_team_member(
+    team_id: uuid.UUID,
+    body: TeamMemberCreate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> TeamMemberOut:
+    member = await TeamService(session, settings.teams).add_member(principal, team_id, body)
+    return TeamMemberOut.model_validate(member)
+
+
+@router.delete(
+    "/{agent_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove an agent from a team",
+    description="Refused (409) while the team's workflow uses the agent.",
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def remove_team_member(
+    team_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> None:
+    await TeamService(session, settings.teams).remove_member(principal, team_id, agent_id)

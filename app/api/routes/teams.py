@@ -1,0 +1,94 @@
+"""Teams: CRUD and workflow versions, scoped to the caller's account."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from app.api.deps import PagingDep, PrincipalDep, SessionDep, SettingsDep, to_page
+from app.schemas.common import Page, problems
+from app.schemas.teams import TeamCreate, TeamOut, TeamUpdate, WorkflowVersionOut
+from app.services.teams import TeamService
+
+router = APIRouter(prefix="/teams", tags=["teams"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TeamOut,
+    summary="Create a team",
+    description="Members are agents of the caller's account; a workflow, if given, is checked "
+    "against them and saved as version 1.",
+    responses=problems(400, 401, 403, 409, 422),
+)
+async def create_team(
+    body: TeamCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> TeamOut:
+    team = await TeamService(session, settings.teams).create(principal, body)
+    return TeamOut.model_validate(team)
+
+
+@router.get("", response_model=Page[TeamOut], summary="List teams", responses=problems(401, 422))
+async def list_teams(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep, paging: PagingDep
+) -> Page[TeamOut]:
+    rows, total = await TeamService(session, settings.teams).page(
+        principal, limit=paging.limit, offset=paging.offset
+    )
+    return to_page(TeamOut, rows, total, paging)
+
+
+@router.get(
+    "/{team_id}", response_model=TeamOut, summary="Get a team", responses=problems(401, 404, 422)
+)
+async def get_team(
+    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> TeamOut:
+    return TeamOut.model_validate(
+        await TeamService(session, settings.teams).get(principal, team_id)
+    )
+
+
+@router.patch(
+    "/{team_id}",
+    response_model=TeamOut,
+    summary="Change a team or its workflow",
+    description="A new workflow is validated against the members and saved as the next version.",
+    responses=problems(400, 401, 403, 404, 409, 422),
+)
+async def update_team(
+    team_id: uuid.UUID,
+    body: TeamUpdate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> TeamOut:
+    team = await TeamService(session, settings.teams).update(principal, team_id, body)
+    return TeamOut.model_validate(team)
+
+
+@router.delete(
+    "/{team_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a team",
+    responses=problems(401, 403, 404, 422),
+)
+async def delete_team(
+    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> None:
+    await TeamService(session, settings.teams).delete(principal, team_id)
+
+
+@router.get(
+    "/{team_id}/workflow/versions",
+    response_model=list[WorkflowVersionOut],
+    summary="Every saved version of the team's workflow",
+    responses=problems(401, 404, 422),
+)
+async def list_workflow_versions(
+    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> list[WorkflowVersionOut]:
+    versions = await TeamService(session, settings.teams).versions(principal, team_id)
+    return [WorkflowVersionOut.model_validate(v) for v in versions]

@@ -1,0 +1,32 @@
+"""Usage: tokens and cost from the ledger, grouped by team, agent, user or model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.schemas.common import problems
+from app.schemas.executions import UsageOut
+from app.services.executions import ExecutionService
+
+router = APIRouter(tags=["usage"])
+
+
+@router.get(
+    "/usage",
+    response_model=UsageOut,
+    summary="Tokens and cost of model calls, grouped",
+    responses=problems(401, 422),
+)
+async def get_usage(
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    group_by: Literal["team", "agent", "user", "model"] = "team",
+    since: Annotated[datetime | None, Query(alias="from")] = None,
+    until: Annotated[datetime | None, Query(alias="to")] = None,
+) -> UsageOut:
+    return await ExecutionService(session, settings).usage(principal, group_by, since, until)

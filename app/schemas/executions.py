@@ -1,0 +1,118 @@
+"""Executions, their steps, context, events, and usage."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import Money, RequestModel, ResponseModel
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    max_cost_usd: Money | None = Field(default=None, ge=0, le=1_000_000, decimal_places=8)
+    max_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+
+class ExecutionCreate(RequestModel):
+    prompt: str = Field(min_length=1, max_length=200_000, examples=["Summarise the report"])
+    variables: dict[str, Any] = Field(
+        default_factory=dict, description="Values templates can read as `variables`."
+    )
+    budget: Budget = Field(default_factory=Budget)
+
+
+class ExecutionCancel(RequestModel):
+    mode: Literal["immediate", "after_step"] = Field(
+        default="immediate",
+        description="`immediate` abandons in-flight model calls; `after_step` lets running "
+        "steps finish. Either way no new step starts once this returns.",
+    )
+
+
+class StepOut(ResponseModel):
+    step_key: str
+    position: int
+    agent_id: uuid.UUID | None
+    status: str
+    attempts: int
+    input: str | None
+    output: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Money
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExecutionOut(ResponseModel):
+    id: uuid.UUID
+    team_id: uuid.UUID
+    workflow_version: int
+    strategy: str
+    status: str
+    status_reason: str | None
+    prompt: str
+    variables: dict[str, Any]
+    budget: dict[str, Any]
+    result: Any
+    error: str | None
+    progress: float = Field(description="Share of steps that reached an end state, 0 to 1.")
+    steps: list[StepOut]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Money
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExecutionSummary(ResponseModel):
+    id: uuid.UUID
+    team_id: uuid.UUID
+    status: str
+    status_reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    cost_usd: Money
+
+
+class ContextValueOut(ResponseModel):
+    key: str
+    version: int
+    value: Any
+    step_key: str | None
+    agent_id: uuid.UUID | None
+    created_at: datetime
+
+
+class ContextOut(BaseModel):
+    current: dict[str, Any] = Field(description="The latest value of every key.")
+    history: list[ContextValueOut] = Field(description="Every write, oldest first per key.")
+
+
+class EventOut(ResponseModel):
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class UsageRow(BaseModel):
+    key: str | None = Field(description="The team, agent, user id, or model name.")
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Money
+
+
+class UsageOut(BaseModel):
+    group_by: str
+    rows: list[UsageRow]
+    total: UsageRow

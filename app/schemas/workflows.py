@@ -1,0 +1,91 @@
+"""Workflow definitions: which agents run, in what shape, under which conditions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Strategy = Literal["sequential", "parallel", "pipeline", "conditional"]
+Operator = Literal[
+    "equals",
+    "not_equals",
+    "contains",
+    "not_contains",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "exists",
+    "not_exists",
+    "matches",
+]
+UNARY_OPERATORS = frozenset({"exists", "not_exists"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Condition(_Strict):
+    """One test of a context path, e.g. `{"path": "review.score", "op": "gte", "value": 3}`."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=500,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="Dotted path into the shared context.",
+    )
+    op: Operator
+    value: Any = Field(default=None, description="Not used by `exists` / `not_exists`.")
+
+
+class ConditionGroup(_Strict):
+    """All (or any) of several conditions or groups."""
+
+    all: list[Condition | ConditionGroup] | None = Field(default=None, min_length=1)
+    any: list[Condition | ConditionGroup] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ConditionGroup:
+        if (self.all is None) == (self.any is None):
+            raise ValueError("a condition group has exactly one of `all` or `any`")
+        return self
+
+
+Guard = Condition | ConditionGroup
+
+
+class WorkflowStep(_Strict):
+    id: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Unique within the workflow.",
+        examples=["research"],
+    )
+    agent_id: uuid.UUID = Field(description="A member agent of the team.")
+    input_template: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="Jinja2 template building this step's input from `input` (the previous "
+        "output in a pipeline, else the prompt), `prompt`, `context` and `variables`.",
+    )
+    when: Guard | None = Field(
+        default=None, description="`conditional` workflows: run the step only if this holds."
+    )
+
+
+class WorkflowDefinition(_Strict):
+    strategy: Strategy
+    steps: list[WorkflowStep] = Field(
+        min_length=1, max_length=1000, description="The steps, in order."
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=1000, description="`parallel`: steps running at once at most."
+    )
+    failure_policy: Literal["fail_fast", "continue"] = Field(
+        default="fail_fast",
+        description="`parallel`: stop at the first failed step, or run the rest and report.",
+    )

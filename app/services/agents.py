@@ -1,0 +1,189 @@
+"""Agents and users' provider keys: validation, scoping and storage."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.crypto import SecretBox
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.models import Agent, ProviderKey, Role
+from app.repositories.agents import AgentRepository, ProviderKeyRepository
+from app.repositories.base import commit_unique
+from app.schemas.agents import AgentCreate, AgentUpdate, ProviderKeyCreate
+from app.services.principal import Principal
+from app.services.providers.builtin import validate_builtin
+
+
+def mask_key(key: str) -> str:
+    return f"{key[:3]}...{key[-4:]}"
+
+
+def provider_key_aad(account_id: uuid.UUID, key_id: uuid.UUID) -> str:
+    """Associated data binding a sealed key to its row."""
+    return f"provider-key:{account_id}:{key_id}"
+
+
+class ProviderKeyService:
+    def __init__(self, session: AsyncSession, box: SecretBox) -> None:
+        self.session = session
+        self.box = box
+        self.keys = ProviderKeyRepository(session)
+
+    async def create(self, principal: Principal, data: ProviderKeyCreate) -> ProviderKey:
+        principal.require(Role.member)
+        key_id = uuid.uuid4()
+        row = ProviderKey(
+            id=key_id,
+            account_id=principal.account_id,
+            user_id=principal.user_id,
+            name=data.name,
+            provider=data.provider,
+            sealed_key=self.box.seal(data.key, provider_key_aad(principal.account_id, key_id)),
+            encryption_key_id=self.box.current_key_id,
+            hint=mask_key(data.key),
+        )
+        self.keys.add(row)
+        await self.session.commit()
+        return row
+
+    async def page(
+        self, principal: Principal, *, limit: int, offset: int
+    ) -> tuple[Sequence[ProviderKey], int]:
+        where = (
+            []
+            if principal.role.at_least(Role.owner)
+            else [ProviderKey.user_id == principal.user_id]
+        )
+        return await self.keys.page(principal.scope, limit=limit, offset=offset, where=where)
+
+    async def get(self, principal: Principal, key_id: uuid.UUID) -> ProviderKey:
+        row = await self.keys.get(key_id, principal.scope)
+        # Owners and admins see the account's keys; others only their own.
+        if row is None or not (
+            principal.role.at_least(Role.owner) or row.user_id == principal.user_id
+        ):
+            raise NotFound("No provider key with this id.")
+        return row
+
+    async def delete(self, principal: Principal, key_id: uuid.UUID) -> None:
+        principal.require(Role.member)
+        row = await self.get(principal, key_id)
+        if await AgentRepository(self.session).uses_key(row.id):
+            raise Conflict("Agents still use this key; point them at another key first.")
+        await self.keys.delete(row)
+        await self.session.commit()
+
+    def reveal(self, row: ProviderKey) -> str:
+        """The plaintext key, for the provider call only; never returned or logged."""
+        return self.box.open(row.sealed_key, provider_key_aad(row.account_id, row.id))
+
+
+class AgentService:
+    def __init__(self, session: AsyncSession, box: SecretBox) -> None:
+        self.session = session
+        self.agents = AgentRepository(session)
+        self.provider_keys = ProviderKeyService(session, box)
+
+    async def _check(self, principal: Principal, values: dict[str, Any], pointer: str) -> None:
+        """Refuse combinations the schema alone cannot: builtin kinds, keys, base URLs."""
+        if values["provider"] == "builtin":
+            for field in ("provider_key_id", "base_url"):
+                if values.get(field) is not None:
+                    raise ValidationFailed.at(
+                        f"{pointer}/{field}", f"builtin agents take no {field}"
+                    )
+            parameters = {
+                k: v for k, v in (values.get("parameters") or {}).items() if v is not None
+            }
+            problems = validate_builtin(values["model"], parameters)
+            if problems:
+                field = "model" if values["model"] not in ("echo", "template") else "parameters"
+                raise ValidationFailed.at(f"{pointer}/{field}", "; ".join(problems))
+            return
+        if values.get("parameters", {}).get("template") is not None:
+            raise ValidationFailed.at(
+                f"{pointer}/parameters/template", "only builtin template agents take a template"
+            )
+        key_id = values.get("provider_key_id")
+        if key_id is not None:
+            try:
+                await self.provider_keys.get(principal, key_id)
+            except NotFound:
+                raise ValidationFailed.at(
+                    f"{pointer}/provider_key_id", "no provider key with this id", "not_found"
+                ) from None
+
+    async def create(self, principal: Principal, data: AgentCreate) -> Agent:
+        principal.require(Role.member)
+        values = data.model_dump(mode="json")
+        await self._check(principal, values, "/body")
+        if await self.agents.by_name(principal.account_id, data.name) is not None:
+            raise Conflict(f"An agent named {data.name!r} already exists.")
+        agent = Agent(
+            account_id=principal.account_id,
+            created_by=principal.user_id,
+            name=data.name,
+            description=data.description,
+            system_prompt=data.system_prompt,
+            provider=data.provider,
+            model=data.model,
+            parameters={k: v for k, v in values["parameters"].items() if v is not None},
+            timeout_seconds=data.timeout_seconds,
+            retry=values["retry"],
+            base_url=values["base_url"],
+            provider_key_id=data.provider_key_id,
+        )
+        self.agents.add(agent)
+        await commit_unique(self.session, f"An agent named {data.name!r} already exists.")
+        return agent
+
+    async def page(
+        self, principal: Principal, *, limit: int, offset: int, provider: str | None = None
+    ) -> tuple[Sequence[Agent], int]:
+        where = [] if provider is None else [Agent.provider == provider]
+        return await self.agents.page(principal.scope, limit=limit, offset=offset, where=where)
+
+    async def get(self, principal: Principal, agent_id: uuid.UUID) -> Agent:
+        agent = await self.agents.get(agent_id, principal.scope)
+        if agent is None:
+            raise NotFound("No agent with this id.")
+        return agent
+
+    async def update(self, principal: Principal, agent_id: uuid.UUID, data: AgentUpdate) -> Agent:
+        principal.require(Role.member)
+        agent = await self.get(principal, agent_id)
+        changes = data.model_dump(mode="json", exclude_unset=True)
+        for field in ("name", "model", "parameters", "timeout_seconds", "retry"):
+            if field in changes and changes[field] is None:
+                raise ValidationFailed.at(f"/body/{field}", f"{field} cannot be null", "null")
+        if "parameters" in changes:
+            changes["parameters"] = {
+                k: v for k, v in changes["parameters"].items() if v is not None
+            }
+        merged = {
+            "provider": agent.provider,
+            "model": agent.model,
+            "parameters": agent.parameters,
+            "base_url": agent.base_url,
+            "provider_key_id": agent.provider_key_id,
+            **changes,
+        }
+        if "provider_key_id" in changes and changes["provider_key_id"] is not None:
+            merged["provider_key_id"] = uuid.UUID(changes["provider_key_id"])
+        await self._check(principal, merged, "/body")
+        for field, value in changes.items():
+            setattr(agent, field, merged[field] if field == "provider_key_id" else value)
+        await commit_unique(self.session, "An agent with this name already exists.")
+        return agent
+
+    async def delete(self, principal: Principal, agent_id: uuid.UUID) -> None:
+        principal.require(Role.member)
+        agent = await self.get(principal, agent_id)
+        if await self.agents.in_a_team(agent.id):
+            raise Conflict("This agent is a member of a team; remove it from its teams first.")
+        await self.agents.delete(agent)
+        await self.session.commit()

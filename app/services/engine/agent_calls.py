@@ -1,0 +1,129 @@
+"""Running one agent on one input: a builtin agent locally, or a model over the
+OpenAI-compatible API with the right key. Retries, timeouts and cost live here and in the
+provider, in one place."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from app.core.config import Settings
+from app.core.crypto import SecretBox
+from app.models import Agent, ProviderKey
+from app.services.agents import provider_key_aad
+from app.services.providers.base import ChatMessage, ModelRequest, RetryPolicy
+from app.services.providers.builtin import run_builtin
+from app.services.providers.openai import OpenAICompatibleProvider
+from app.services.providers.prices import PriceTable
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    output: str
+    context_writes: dict[str, Any] = field(default_factory=dict)
+    provider: str = "builtin"
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    duration_ms: int = 0
+    paid_by: str | None = None  # "user" or "platform" for model calls; None for builtin
+
+    @property
+    def is_model_call(self) -> bool:
+        return self.paid_by is not None
+
+
+class AgentCaller:
+    """Turns an agent row and a step input into an outcome; raises ProviderError on failure."""
+
+    def __init__(
+        self, settings: Settings, box: SecretBox, prices: PriceTable, http: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self.box = box
+        self.prices = prices
+        self.http = http
+
+    async def call(
+        self,
+        agent: Agent,
+        provider_key: ProviderKey | None,
+        *,
+        step_input: str,
+        context: Mapping[str, Any],
+        variables: Mapping[str, Any],
+    ) -> AgentOutcome:
+        if agent.provider == "builtin":
+            started = time.perf_counter()
+            result = run_builtin(
+                agent.model,
+                agent.parameters,
+                input=step_input,
+                context=context,
+                variables=variables,
+            )
+            return AgentOutcome(
+                output=result.output,
+                context_writes=dict(result.context_writes),
+                model=agent.model,
+                duration_ms=int((time.perf_counter() - started) * 1000),
+            )
+        return await self._model_call(agent, provider_key, step_input, context)
+
+    async def _model_call(
+        self,
+        agent: Agent,
+        provider_key: ProviderKey | None,
+        step_input: str,
+        context: Mapping[str, Any],
+    ) -> AgentOutcome:
+        if provider_key is not None:
+            api_key: str | None = self.box.open(
+                provider_key.sealed_key, provider_key_aad(provider_key.account_id, provider_key.id)
+            )
+            paid_by = "user"
+        else:
+            platform = self.settings.providers.openai_api_key
+            api_key = platform.get_secret_value() if platform else None
+            paid_by = "platform"
+        messages = []
+        if agent.system_prompt:
+            messages.append(ChatMessage("system", agent.system_prompt))
+        if context:
+            shared = json.dumps(dict(context), default=str, sort_keys=True)
+            messages.append(ChatMessage("system", f"Shared context (JSON): {shared}"))
+        messages.append(ChatMessage("user", step_input))
+        retry = agent.retry or {}
+        request = ModelRequest(
+            model=agent.model,
+            messages=tuple(messages),
+            temperature=agent.parameters.get("temperature"),
+            max_tokens=agent.parameters.get("max_tokens"),
+            timeout_s=agent.timeout_seconds,
+            retry=RetryPolicy(
+                max_attempts=retry.get("max_attempts", 3),
+                initial_backoff_s=retry.get("initial_backoff_seconds", 0.5),
+                max_backoff_s=retry.get("max_backoff_seconds", 8.0),
+            ),
+        )
+        provider = OpenAICompatibleProvider(
+            agent.base_url or self.settings.providers.openai_base_url, api_key, client=self.http
+        )
+        response = await provider.complete(request)
+        return AgentOutcome(
+            output=response.content,
+            provider="openai",
+            model=agent.model,
+            input_tokens=response.input_tokens,
+            output_tokens=response.output_tokens,
+            cost_usd=self.prices.cost(agent.model, response.input_tokens, response.output_tokens),
+            duration_ms=int(response.duration_s * 1000),
+            paid_by=paid_by,
+        )

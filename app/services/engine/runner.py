@@ -1,0 +1,118 @@
+"""Dispatch: one interface for handing executions to whatever runs them. This module is the
+in-process runner (asyncio tasks under a concurrency limit) and its reaper, which resumes
+executions whose owner stopped beating. Distributed workers can implement the same
+interface later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+from app.core.config import ExecutionSettings
+from app.core.logging import get_logger
+from app.db.base import utcnow
+from app.db.database import Database
+from app.repositories.executions import ExecutionRepository
+from app.services.engine.engine import ExecutionEngine
+
+log = get_logger("app.runner")
+
+
+class ExecutionDispatcher(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def submit(self, execution_id: uuid.UUID) -> None: ...
+    def interrupt(self, execution_id: uuid.UUID) -> None: ...
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[None]
+    interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class InProcessRunner:
+    def __init__(
+        self, engine: ExecutionEngine, database: Database, settings: ExecutionSettings
+    ) -> None:
+        self.engine = engine
+        self.db = database
+        self.settings = settings
+        self._slots = asyncio.Semaphore(settings.runner_concurrency)
+        self._running: dict[uuid.UUID, _Running] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def stop(self) -> None:
+        """Stop driving executions; the next process resumes them without waiting."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        running = [r.task for r in self._running.values()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        async with self.db.session() as session:
+            await ExecutionRepository(session).release_ownership(self.engine.owner)
+            await session.commit()
+
+    def submit(self, execution_id: uuid.UUID) -> None:
+        if execution_id in self._running:
+            return
+        interrupt = asyncio.Event()
+        task = asyncio.create_task(self._run(execution_id, interrupt))
+        self._running[execution_id] = _Running(task, interrupt)
+
+    def interrupt(self, execution_id: uuid.UUID) -> None:
+        running = self._running.get(execution_id)
+        if running is not None:
+            running.interrupt.set()
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    async def _run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
+        try:
+            async with self._slots:
+                await self.engine.run(execution_id, interrupt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The execution stays claimed; its heartbeat stops and the reaper retries it.
+            log.error(
+                "execution_crashed",
+                execution_id=str(execution_id),
+                error_type=type(exc).__name__,
+                exc_info=exc,
+            )
+        finally:
+            self._running.pop(execution_id, None)
+
+    async def reap(self) -> list[uuid.UUID]:
+        """Submit every execution nobody is driving; return their ids."""
+        stale_before = utcnow() - timedelta(seconds=self.settings.stale_after_seconds)
+        async with self.db.session() as session:
+            ids = await ExecutionRepository(session).abandoned(stale_before)
+            await session.rollback()
+        found = [i for i in ids if i not in self._running]
+        for execution_id in found:
+            self.submit(execution_id)
+        if found:
+            log.info("executions_reaped", count=len(found))
+        return found
+
+    async def _reap_forever(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception as exc:  # a failed sweep is retried on the next interval
+                log.warning("reaper_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self.settings.reaper_interval_seconds)

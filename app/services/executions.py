@@ -1,0 +1,216 @@
+"""Executions as the API sees them: start one (within the account's concurrency limit), read
+its state, steps, context and events, wait for it, cancel it; and usage from the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
+from app.db.database import Database
+from app.models import (
+    ContextEntry,
+    Execution,
+    ExecutionEvent,
+    ExecutionStatus,
+    ExecutionStep,
+    Role,
+    StepStatus,
+)
+from app.repositories.agents import TeamRepository
+from app.repositories.executions import ExecutionRepository
+from app.repositories.ledger import LedgerRepository
+from app.schemas.executions import EventOut, ExecutionCreate, UsageOut, UsageRow
+from app.services.engine.runner import ExecutionDispatcher
+from app.services.events import EventHub
+from app.services.principal import Principal
+from app.services.teams import TeamService
+from app.services.workflows import default_workflow
+
+
+def is_terminal(execution: Execution) -> bool:
+    return ExecutionStatus(execution.status).terminal
+
+
+class ExecutionService:
+    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+        self.executions = ExecutionRepository(session)
+
+    async def create(
+        self,
+        principal: Principal,
+        team_id: uuid.UUID,
+        data: ExecutionCreate,
+        dispatcher: ExecutionDispatcher,
+    ) -> Execution:
+        principal.require(Role.member)
+        team = await TeamService(self.session, self.settings.teams).get(principal, team_id)
+        members = [m.agent_id for m in await TeamRepository(self.session).members(team.id)]
+        workflow = team.workflow or default_workflow(members)
+        if not workflow["steps"]:
+            raise Conflict("The team has no agents to run; add members first.")
+        limit = self.settings.executions.max_concurrent_per_account
+        if not await self.executions.reserve_slot(team.account_id, limit):
+            await self.session.rollback()
+            raise TooManyRequests(
+                f"The account already runs {limit} executions, its limit; retry when one ends."
+            )
+        execution = Execution(
+            account_id=team.account_id,
+            team_id=team.id,
+            created_by=principal.user_id,
+            workflow_version=team.workflow_version,
+            workflow=workflow,
+            prompt=data.prompt,
+            variables=data.variables,
+            budget=data.budget.model_dump(mode="json", exclude_none=True),
+            status=ExecutionStatus.pending.value,
+        )
+        self.executions.add(execution)
+        await self.session.flush()
+        for position, step in enumerate(workflow["steps"]):
+            self.session.add(
+                ExecutionStep(
+                    execution_id=execution.id,
+                    step_key=step["id"],
+                    position=position,
+                    agent_id=uuid.UUID(step["agent_id"]),
+                    status=StepStatus.pending.value,
+                )
+            )
+        await self.session.commit()
+        dispatcher.submit(execution.id)
+        return execution
+
+    async def get(self, principal: Principal, execution_id: uuid.UUID) -> Execution:
+        execution = await self.executions.get(execution_id, principal.scope)
+        if execution is None:
+            raise NotFound("No execution with this id.")
+        return execution
+
+    async def page(
+        self,
+        principal: Principal,
+        *,
+        team_id: uuid.UUID | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[Sequence[Execution], int]:
+        return await self.executions.page_filtered(
+            principal.scope, team_id=team_id, status=status, limit=limit, offset=offset
+        )
+
+    async def steps(self, execution: Execution) -> list[ExecutionStep]:
+        return await self.executions.steps(execution.id)
+
+    async def context(self, execution: Execution) -> list[ContextEntry]:
+        return await self.executions.context_history(execution.id)
+
+    async def events(self, execution: Execution, *, after: int, limit: int) -> list[ExecutionEvent]:
+        return await self.executions.events(execution.id, after=after, limit=limit)
+
+    async def cancel(
+        self,
+        principal: Principal,
+        execution_id: uuid.UUID,
+        mode: str,
+        dispatcher: ExecutionDispatcher,
+    ) -> Execution:
+        principal.require(Role.member)
+        execution = await self.get(principal, execution_id)
+        if is_terminal(execution):
+            raise Conflict(f"The execution already ended ({execution.status}).")
+        await self.executions.request_cancel(execution.id, mode)
+        await self.session.commit()
+        if mode == "immediate":
+            dispatcher.interrupt(execution.id)
+        return execution
+
+    async def usage(
+        self,
+        principal: Principal,
+        group_by: str,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> UsageOut:
+        since, until = (
+            None if t is None else (t if t.tzinfo else t.replace(tzinfo=UTC))
+            for t in (since, until)
+        )
+        if since is not None and until is not None and since >= until:
+            raise ValidationFailed.at("/query/to", "`to` must be after `from`")
+        rows = await LedgerRepository(self.session).totals(
+            principal.scope, group_by, since=since, until=until
+        )
+        out = [
+            UsageRow(
+                key=None if key is None else str(key),
+                calls=calls,
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                cost_usd=Decimal(str(cost)),
+            )
+            for key, calls, tokens_in, tokens_out, cost in rows
+        ]
+        total = UsageRow(
+            key=None,
+            calls=sum(r.calls for r in out),
+            input_tokens=sum(r.input_tokens for r in out),
+            output_tokens=sum(r.output_tokens for r in out),
+            cost_usd=sum((r.cost_usd for r in out), Decimal(0)),
+        )
+        return UsageOut(group_by=group_by, rows=out, total=total)
+
+
+async def wait_for_end(
+    database: Database, hub: EventHub, execution_id: uuid.UUID, seconds: float
+) -> None:
+    """Return when the execution has ended or ``seconds`` have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        async with database.session() as session:
+            execution = await session.get(Execution, execution_id)
+            if execution is None or is_terminal(execution):
+                return
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        await hub.wait(execution_id, min(left, 1.0))
+
+
+TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
+
+
+async def event_stream(
+    database: Database, hub: EventHub, execution_id: uuid.UUID, after: int, idle_seconds: float
+) -> AsyncIterator[EventOut | None]:
+    """Yield the execution's events after ``after`` as they are committed, until it ends;
+    ``None`` marks ``idle_seconds`` without news (a keep-alive). Each read uses its own short
+    session, so a long stream holds no transaction."""
+    last = after
+    while True:
+        async with database.session() as session:
+            repo = ExecutionRepository(session)
+            rows = await repo.events(execution_id, after=last, limit=500)
+            execution = await session.get(Execution, execution_id)
+        for row in rows:
+            last = row.seq
+            yield EventOut.model_validate(row)
+            if row.type in TERMINAL_EVENTS:
+                return
+        if rows:
+            continue
+        if execution is None or is_terminal(execution):
+            return
+        if not await hub.wait(execution_id, idle_seconds):
+            yield None
