@@ -14,11 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpcore  # noqa: F401  (see below)
 import pytest
 import structlog
 
 from app.core.config import Settings
 
+# Inner pytest sessions (pytester) run in this process and drop every module they import
+# when they end. httpx imports httpcore lazily and caches its exception classes on first use;
+# importing httpcore here keeps one copy of those classes for the whole run.
 pytest_plugins = ["pytester"]
 
 TEST_SECRET = "unit-test-secret-key-0123456789abcdefghijklmnop"

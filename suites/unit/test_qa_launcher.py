@@ -1,0 +1,320 @@
+"""The harness's launcher, services and API client.
+
+One real backend is shared by this module (the plugin's session-scoped ``backend``); the
+start-up failure tests spawn servers that exit (or are stopped) at once.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qa import launcher, services
+from qa.client import API, ApiClient
+from qa.factories import (
+    DEFAULT_PASSWORD,
+    Tenant,
+    create_tenant,
+    create_user,
+    expect,
+    unique_email,
+    unique_name,
+)
+from qa.launcher import (
+    ADMIN_EMAIL,
+    TARGET_EMAIL_ENV,
+    TARGET_PASSWORD_ENV,
+    Backend,
+    BackendFailed,
+    LaunchedBackend,
+    free_port,
+    remote_backend,
+)
+from qa.services import Service, ServiceUnavailable
+
+# --- free_port --------------------------------------------------------------------------
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+# --- starting and stopping --------------------------------------------------------------
+
+
+def test_unknown_flavour_is_refused_before_anything_starts() -> None:
+    with pytest.raises(ValueError, match="unknown database flavour 'mysql'"):
+        LaunchedBackend.start("mysql")
+
+
+def test_backend_that_exits_at_start_up_fails_with_its_log_tail() -> None:
+    with pytest.raises(BackendFailed) as caught:
+        LaunchedBackend.start("sqlite", extra_env={"RENUM_DATABASE__URL": "mysql://nope"})
+    message = str(caught.value)
+    assert "exited with code" in message
+    assert "during start-up" in message
+    assert "server.log" in message
+    # The tail of the server's log says why: the settings refused the URL.
+    assert "sqlite+aiosqlite:// or postgresql+asyncpg://" in message
+
+
+def test_backend_not_ready_in_time_is_stopped_and_reported() -> None:
+    with pytest.raises(BackendFailed, match="not ready within 0s"):
+        LaunchedBackend.start("sqlite", ready_timeout=0)
+
+
+def test_postgresql_flavour_says_how_to_start_a_missing_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = free_port()
+    monkeypatch.setenv(
+        services.POSTGRES_URL_ENV, f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/test"
+    )
+    with pytest.raises(ServiceUnavailable) as caught:
+        LaunchedBackend.start("postgresql")
+    assert f"127.0.0.1:{closed}" in str(caught.value)
+    assert "pg_ctlcluster" in str(caught.value)
+
+
+class StubbornProcess:
+    """A process that ignores SIGTERM until killed (stands in for a hung server)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.killed = False
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.killed:
+            raise subprocess.TimeoutExpired("uvicorn", timeout or 0)
+        self.returncode = -9
+        return -9
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def _backend(**fields: object) -> LaunchedBackend:
+    values: dict[str, object] = {
+        "base_url": "http://127.0.0.1:1",
+        "admin_email": ADMIN_EMAIL,
+        "admin_password": "pw",
+        "flavour": "sqlite",
+        "log_path": None,
+    }
+    values.update(fields)
+    return LaunchedBackend(**values)  # type: ignore[arg-type]
+
+
+def test_stop_kills_a_server_that_ignores_sigterm() -> None:
+    import signal
+
+    process = StubbornProcess()
+    backend = _backend(process=process)
+    assert backend.stop(timeout=0.01) == -9
+    assert process.signals == [signal.SIGTERM]
+    assert process.killed
+
+
+def test_stop_of_an_exited_server_returns_its_code_and_drops_its_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dropped: list[str] = []
+    monkeypatch.setattr(services, "drop_postgres_database", dropped.append)
+    process = StubbornProcess()
+    process.returncode = 3
+    backend = _backend(process=process, database_name="renum_qa_x", flavour="postgresql")
+    assert backend.stop() == 3
+    assert dropped == ["renum_qa_x"]
+    assert process.signals == []
+    assert backend.stop() == 3
+    assert dropped == ["renum_qa_x"]  # dropped once
+
+
+def test_stop_without_a_process() -> None:
+    assert _backend().stop() is None
+
+
+def test_log_tail_without_a_log(tmp_path: Path) -> None:
+    backend = _backend(log_path=tmp_path / "missing.log")
+    assert backend._log_tail() == "(no log)"
+    (tmp_path / "missing.log").write_text("\n".join(f"line {i}" for i in range(100)))
+    tail = backend._log_tail(lines=3)
+    assert tail == "line 97\nline 98\nline 99"
+
+
+# --- remote backends --------------------------------------------------------------------
+
+
+def test_remote_backend_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TARGET_EMAIL_ENV, raising=False)
+    monkeypatch.delenv(TARGET_PASSWORD_ENV, raising=False)
+    with pytest.raises(BackendFailed, match=TARGET_EMAIL_ENV):
+        remote_backend("https://staging.example")
+    monkeypatch.setenv(TARGET_EMAIL_ENV, "ops@example.com")
+    with pytest.raises(BackendFailed, match=TARGET_PASSWORD_ENV):
+        remote_backend("https://staging.example")
+
+
+def test_remote_backend_with_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TARGET_EMAIL_ENV, "ops@example.com")
+    monkeypatch.setenv(TARGET_PASSWORD_ENV, "s3cret-pass")
+    backend = remote_backend("https://staging.example/")
+    assert backend == Backend(
+        base_url="https://staging.example",
+        admin_email="ops@example.com",
+        admin_password="s3cret-pass",
+        flavour="remote",
+    )
+    assert not backend.launched
+    with pytest.raises(BackendFailed, match="log is not available"):
+        backend.log_text()
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+def test_service_require_on_a_closed_port_says_how_to_start_it() -> None:
+    port = free_port()
+    service = Service("Thing", f"thing://127.0.0.1:{port}/", "thing-server --start")
+    with pytest.raises(ServiceUnavailable) as caught:
+        service.require(timeout=0.5)
+    message = str(caught.value)
+    assert f"Thing is not reachable at 127.0.0.1:{port}" in message
+    assert "Start it with: thing-server --start" in message
+
+
+def test_service_require_on_an_open_port_returns() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert Service("Open", f"x://127.0.0.1:{port}", "-").require() is None
+
+
+def test_service_address_defaults() -> None:
+    assert Service("a", "redis://cache.internal", "-").address == ("cache.internal", 0)
+    assert Service("b", "redis:///0", "-").address == ("127.0.0.1", 0)
+    assert Service("c", "postgresql+asyncpg://u@db:6543/x", "-").address == ("db", 6543)
+
+
+def test_postgres_and_redis_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(services.POSTGRES_URL_ENV, raising=False)
+    monkeypatch.delenv(services.REDIS_URL_ENV, raising=False)
+    postgres, redis = services.postgres(), services.redis()
+    assert postgres.url == services.DEFAULT_POSTGRES_URL
+    assert postgres.address == ("127.0.0.1", 5432)
+    assert "pg_ctlcluster" in postgres.start_command
+    assert redis.url == services.DEFAULT_REDIS_URL
+    assert redis.address == ("127.0.0.1", 6379)
+    assert redis.start_command.startswith("redis-server --daemonize yes")
+
+
+def test_postgres_and_redis_read_their_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(services.POSTGRES_URL_ENV, "postgresql+asyncpg://qa@pg.internal:6000/t")
+    monkeypatch.setenv(services.REDIS_URL_ENV, "redis://redis.internal:7000/2")
+    assert services.postgres().address == ("pg.internal", 6000)
+    assert services.redis().address == ("redis.internal", 7000)
+
+
+def test_asyncpg_dsn_drops_the_driver() -> None:
+    assert services._asyncpg_dsn("postgresql+asyncpg://u@h:5432/db") == "postgresql://u@h:5432/db"
+
+
+# --- against the launched backend -------------------------------------------------------
+
+
+def test_launched_backend_describes_itself(backend: Backend) -> None:
+    assert backend.launched
+    assert backend.flavour == "sqlite"
+    assert backend.admin_email == ADMIN_EMAIL
+    assert backend.base_url.startswith("http://127.0.0.1:")
+    assert httpx.get(f"{backend.base_url}/health/ready").json() == {"status": "pass"}
+    log = backend.log_text()
+    assert '"event": "startup_complete"' in log
+    assert backend.admin_password not in log  # the bootstrap password is never logged
+
+
+def test_login_failure_raises_assertion_error(backend: Backend) -> None:
+    with ApiClient(backend.base_url) as client:
+        with pytest.raises(AssertionError, match=r"login as nobody@example\.com failed: 401"):
+            client.login("nobody@example.com", "wrong-password")
+        assert "Authorization" not in client.headers
+
+
+def test_login_success_sends_the_bearer_token(backend: Backend) -> None:
+    with ApiClient(backend.base_url) as client:
+        assert client.login(backend.admin_email, backend.admin_password) is client
+        assert client.tokens["token_type"] == "bearer"
+        assert client.headers["Authorization"] == f"Bearer {client.tokens['access_token']}"
+        assert client.get(f"{API}/users/me").json()["email"] == backend.admin_email
+        anonymous = client.anonymous()
+        with anonymous:
+            assert "Authorization" not in anonymous.headers
+            assert str(anonymous.base_url) == str(client.base_url)
+            assert anonymous.get(f"{API}/users/me").status_code == 401
+        assert client.timeout.read == 30.0
+
+
+def test_use_credential(backend: Backend) -> None:
+    with ApiClient(backend.base_url) as client:
+        client.use_credential("rk_not-a-real-key-0123456789")
+        response = client.get(f"{API}/users/me")
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_factories_build_a_real_tenant(backend: Backend, admin_client: ApiClient) -> None:
+    tenant = create_tenant(admin_client, name=unique_name("Factory"))
+    assert isinstance(tenant, Tenant)
+    assert tenant.name.startswith("Factory ")
+    assert {tenant.owner.role, tenant.member.role, tenant.viewer.role} == {
+        "owner",
+        "member",
+        "viewer",
+    }
+    with ApiClient(backend.base_url) as viewer:
+        viewer.login(tenant.viewer.email, DEFAULT_PASSWORD)
+        me = expect(viewer.get(f"{API}/users/me"), 200)
+        assert me["account_id"] == tenant.account_id
+        assert me["role"] == "viewer"
+    with ApiClient(backend.base_url) as owner:
+        owner.login(tenant.owner.email, DEFAULT_PASSWORD)
+        extra = create_user(owner, "member", email=unique_email("extra"), full_name="Extra")
+        assert expect(owner.get(f"{API}/users/{extra.id}"), 200)["full_name"] == "Extra"
+
+
+def test_expect_reports_the_unexpected_status(admin_client: ApiClient) -> None:
+    with pytest.raises(AssertionError, match=r"GET /api/v1/users/.*: expected 200, got 404"):
+        expect(admin_client.get(f"{API}/users/00000000-0000-0000-0000-000000000000"), 200)
+    assert expect(admin_client.get("/health/live"), 200) == {"status": "pass"}
+
+
+def test_expect_returns_none_for_an_empty_body() -> None:
+    request = httpx.Request("DELETE", "http://x/y")
+    assert expect(httpx.Response(204, request=request), 204) is None
+
+
+def test_unique_names() -> None:
+    assert unique_email("p") != unique_email("p")
+    assert unique_email("p").startswith("p-")
+    assert unique_email().endswith("@example.com")
+    assert unique_name() != unique_name()
+
+
+def test_launcher_module_paths() -> None:
+    assert (launcher.REPO_ROOT / "app" / "main.py").exists()
+    assert launcher.FLAVOURS == ("sqlite", "postgresql")
