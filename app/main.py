@@ -17,6 +17,7 @@ from app.api.routes import (
     agents,
     api_keys,
     auth,
+    execution_ws,
     health,
     provider_keys,
     team_executions,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         teams,
         team_members,
         team_executions,
+        execution_ws,
         usage,
     ):
         api.include_router(module.router)
