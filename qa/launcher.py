@@ -161,6 +161,22 @@ class LaunchedBackend(Backend):
             f"{self._log_tail()}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: nothing is shut down cleanly."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def respawn(self, extra_env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> None:
+        """Start a new server process on the same database (after ``kill`` or ``stop``)."""
+        if self.process is not None and self.process.poll() is None:
+            raise BackendFailed("the backend is still running; stop or kill it first")
+        self.env.update(extra_env or {})
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._spawn(port)
+        self.wait_ready(ready_timeout)
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """Stop the server with SIGTERM (clean shutdown, coverage saved) and drop its database."""
         code = None
