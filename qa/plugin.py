@@ -143,3 +143,12 @@ def viewer_client(tenant: Tenant, login: Callable[[str, str], ApiClient]) -> Api
 @pytest.fixture(scope="session")
 def other_owner_client(other_tenant: Tenant, login: Callable[[str, str], ApiClient]) -> ApiClient:
     return _login_member(login, other_tenant.owner)
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[object]:
+    """A started ``qa.fake_openai.FakeOpenAI`` on loopback, scriptable per test; stopped after."""
+    from qa.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        yield fake

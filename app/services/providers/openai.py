@@ -1,0 +1,320 @@
+"""The ``openai`` provider: the OpenAI-compatible Chat Completions API over httpx.
+
+Speaks ``POST {base_url}/chat/completions`` as OpenAI, vLLM, Ollama, LiteLLM and most gateways
+do; takes token usage from the response; retries rate limits, timeouts and outages with
+exponential backoff and full jitter, honouring ``Retry-After``; bounds every attempt by the
+request's timeout; and turns each failure into one of the :mod:`base` error types.
+
+Never logged and never put into an error message: the API key and the prompt or reply text.
+Logged per attempt: provider, model, attempt, HTTP status, duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import httpx
+
+from app.core.logging import get_logger
+from app.services.providers.base import (
+    ModelRequest,
+    ModelResponse,
+    ProviderAuthError,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    parse_retry_after,
+    retry_delay,
+)
+
+log = get_logger(__name__)
+
+USER_AGENT = "renum-provider/1"
+PROBE_TIMEOUT_S = 10.0
+_DETAIL_LIMIT = 200  # characters of a provider's own error message kept in ours
+_REDACTED = "[redacted]"
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class OpenAICompatibleProvider:
+    """A client for one OpenAI-compatible endpoint (``base_url`` ends before ``/chat``).
+
+    Pass a shared ``httpx.AsyncClient`` to pool connections across providers; without one the
+    provider opens its own on first use and :meth:`aclose` closes it. ``sleep`` and ``rng``
+    exist so tests can observe the backoff; production code leaves them alone.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        client: httpx.AsyncClient | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self._client = client
+        self._owns_client = client is None
+        self._sleep = sleep
+        self._rng = rng
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"OpenAICompatibleProvider(base_url={self.base_url!r}, api_key={key})"
+
+    async def __aenter__(self) -> OpenAICompatibleProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this provider opened it."""
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(verify=_tls_context())
+        return self._client
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _redact(self, text: str) -> str:
+        if self._api_key:
+            text = text.replace(self._api_key, _REDACTED)
+        return text
+
+    # -- the call ---------------------------------------------------------------------------
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """One chat completion, retried per ``request.retry`` on retryable failures.
+
+        Raises the last :class:`ProviderError` (its ``attempts`` says how many tries were made)
+        once a failure is not retryable or the attempts are used up. Cancellation propagates
+        at once, also from inside a backoff pause.
+        """
+        policy = request.retry
+        body = _request_body(request)
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                payload = await self._attempt(request, body, attempt)
+                return _parse_completion(
+                    payload, request, attempt=attempt, duration_s=time.perf_counter() - started
+                )
+            except ProviderError as error:
+                error.attempts = attempt
+                if not error.retryable or attempt >= policy.max_attempts:
+                    raise
+                delay = retry_delay(policy, attempt, self._rng, error.retry_after)
+                log.warning(
+                    "provider.retry",
+                    provider=self.name,
+                    model=request.model,
+                    attempt=attempt,
+                    kind=error.kind,
+                    status=error.status,
+                    delay_s=round(delay, 3),
+                )
+                await self._sleep(delay)
+
+    async def _attempt(self, request: ModelRequest, body: Mapping[str, Any], attempt: int) -> Any:
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            response = await self._send(
+                "POST",
+                "/chat/completions",
+                request.timeout_s,
+                json=body,
+            )
+            status = response.status_code
+            return self._payload_or_raise(response)
+        finally:
+            log.info(
+                "provider.attempt",
+                provider=self.name,
+                model=request.model,
+                attempt=attempt,
+                status=status,
+                duration_s=round(time.perf_counter() - started, 4),
+            )
+
+    async def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        """``GET {base_url}/models``: reachable and accepting our key, without spending tokens."""
+        response = await self._send("GET", "/models", timeout_s)
+        self._payload_or_raise(response)
+
+    async def _send(
+        self, method: str, path: str, timeout_s: float, json: Any = None
+    ) -> httpx.Response:
+        """One HTTP exchange, bounded as a whole by ``timeout_s``; transport failures mapped."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._http().request(
+                    method,
+                    f"{self.base_url}{path}",
+                    json=json,
+                    headers=self._headers(),
+                    timeout=httpx.Timeout(timeout_s),
+                )
+        except TimeoutError:
+            raise ProviderTimeout(f"no answer from the provider within {timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, timeout_s) from exc
+
+    # -- mapping failures -------------------------------------------------------------------
+
+    def _payload_or_raise(self, response: httpx.Response) -> Any:
+        """The response's JSON on 2xx; otherwise the matching ProviderError."""
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return response.json()
+            except ValueError:
+                content_type = response.headers.get("content-type", "unknown")
+                raise ProviderBadResponse(
+                    f"provider answered HTTP {status} with a body that is not JSON "
+                    f"(content-type {content_type})",
+                    status=status,
+                ) from None
+        detail = self._redact(_error_detail(response))
+        suffix = f": {detail}" if detail else ""
+        if status in (401, 403):
+            raise ProviderAuthError(
+                f"provider refused the credentials (HTTP {status}){suffix}", status=status
+            )
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if status == 429:
+            raise ProviderRateLimited(
+                f"provider rate limit reached (HTTP 429){suffix}",
+                status=status,
+                retry_after=retry_after,
+            )
+        if status == 408:
+            raise ProviderTimeout(
+                f"provider timed out the request (HTTP 408){suffix}",
+                status=status,
+                retry_after=retry_after,
+            )
+        if status >= 500:
+            raise ProviderUnavailable(
+                f"provider unavailable (HTTP {status}){suffix}",
+                status=status,
+                retry_after=retry_after,
+            )
+        raise ProviderBadResponse(
+            f"provider rejected the request (HTTP {status}){suffix}", status=status
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError, timeout_s: float) -> ProviderError:
+        name = type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderTimeout(f"no answer from the provider within {timeout_s:g} s ({name})")
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            return ProviderUnavailable(
+                f"the provider's base URL is not usable ({name}: {self._redact(str(exc))})",
+                retryable=False,
+            )
+        reason = self._redact(str(exc)) or "connection failed"
+        return ProviderUnavailable(f"could not reach the provider ({name}: {reason})")
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context (httpx's default: certifi, or SSL_CERT_FILE/SSL_CERT_DIR) for
+    every provider-owned client; building one costs about 50 ms."""
+    return httpx.create_ssl_context()
+
+
+def _request_body(request: ModelRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "stream": False,
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    return body
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The provider's own error message from a JSON error body, shortened; '' otherwise."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return ""
+    message: Any = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+        if message is None:
+            message = payload.get("message") or payload.get("detail")
+    if not isinstance(message, str):
+        return ""
+    message = " ".join(message.split())
+    return message if len(message) <= _DETAIL_LIMIT else message[: _DETAIL_LIMIT - 1] + "…"
+
+
+def _token_count(usage: Mapping[str, Any], key: str) -> int:
+    value = usage.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderBadResponse(f"provider response has no valid usage.{key}")
+    return value
+
+
+def _parse_completion(
+    payload: Any, request: ModelRequest, *, attempt: int, duration_s: float
+) -> ModelResponse:
+    if not isinstance(payload, dict):
+        raise ProviderBadResponse("provider response is not a JSON object")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ProviderBadResponse("provider response has no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise ProviderBadResponse("provider response's first choice has no message")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise ProviderBadResponse("provider response's message content is not text")
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        raise ProviderBadResponse("provider response has no usage")
+    model = payload.get("model")
+    finish_reason = choices[0].get("finish_reason")
+    return ModelResponse(
+        content=content,
+        input_tokens=_token_count(usage, "prompt_tokens"),
+        output_tokens=_token_count(usage, "completion_tokens"),
+        model=model if isinstance(model, str) and model else request.model,
+        attempts=attempt,
+        duration_s=duration_s,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+    )

@@ -1,0 +1,222 @@
+"""Builtin local agents: echo and sandboxed templates, their context writes and their errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.services.providers import (
+    BUILTIN_KINDS,
+    BuiltinAgentError,
+    BuiltinResult,
+    ProviderError,
+    builtin,
+    run_builtin,
+    validate_builtin,
+)
+
+
+def render(template: str, *, input: str = "the input", **parameters: Any) -> BuiltinResult:
+    return run_builtin(
+        "template",
+        {"template": template, **parameters},
+        input=input,
+        context={"topic": "tides", "facts": ["moon", "sun"], "score": 7},
+        variables={"audience": "children", "limit": 3},
+    )
+
+
+def refused(template: str) -> str:
+    with pytest.raises(BuiltinAgentError) as caught:
+        render(template)
+    assert caught.value.kind == "bad_request"
+    assert not caught.value.retryable
+    return caught.value.message
+
+
+def test_kinds() -> None:
+    assert BUILTIN_KINDS == ("echo", "template")
+    assert issubclass(BuiltinAgentError, ProviderError)
+
+
+def test_echo_returns_its_input() -> None:
+    result = run_builtin("echo", {}, input="same words back", context={"a": 1}, variables={})
+    assert result == BuiltinResult(output="same words back", context_writes={})
+
+
+def test_echo_honours_output_key() -> None:
+    result = run_builtin("echo", {"output_key": "said"}, input="hi", context={}, variables={})
+    assert result.context_writes == {"said": "hi"}
+
+
+def test_template_sees_input_context_and_variables() -> None:
+    result = render(
+        "Explain {{ context.topic }} to {{ variables.audience }} "
+        "({{ context.facts | join(', ') }}; score {{ context.score + variables.limit }}): "
+        "{{ input | upper }}"
+    )
+    assert result.output == "Explain tides to children (moon, sun; score 10): THE INPUT"
+    assert result.context_writes == {}
+
+
+def test_template_output_is_not_html_escaped() -> None:
+    assert render("{{ input }}", input="<b>&</b>").output == "<b>&</b>"
+
+
+def test_remember_records_context_writes_and_renders_nothing() -> None:
+    result = render(
+        "{{ remember('summary', input | title) }}"
+        "{% set _ = remember('count', context.facts | length) %}"
+        "{{ remember('facts', context.facts + ['stars']) }}done"
+    )
+    assert result.output == "done"
+    assert result.context_writes == {
+        "summary": "The Input",
+        "count": 2,
+        "facts": ["moon", "sun", "stars"],
+    }
+
+
+def test_the_last_write_to_a_key_wins_and_output_key_wins_over_remember() -> None:
+    result = render(
+        "{{ remember('k', 1) }}{{ remember('k', 2) }}{{ remember('out', 'early') }}final",
+        output_key="out",
+    )
+    assert result.context_writes == {"k": 2, "out": "final"}
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{{ remember('', 1) }}", "non-empty string key"),
+        ("{{ remember(3, 1) }}", "non-empty string key"),
+        ("{{ remember('k', range) }}", "not JSON data"),
+    ],
+)
+def test_remember_refuses_bad_writes(template: str, problem: str) -> None:
+    assert problem in refused(template)
+
+
+def test_undefined_names_are_errors_not_blanks() -> None:
+    assert refused("Hello {{ nobody }}") == "template error: 'nobody' is undefined"
+    message = refused("{{ context.missing_key }}")
+    assert "missing_key" in message
+
+
+def test_sandbox_violations_are_refused() -> None:
+    message = refused("{{ ''.__class__ }}")
+    assert message.startswith("template not allowed:")
+    assert "__class__" in message
+    assert "unsafe" in refused("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+
+
+def test_context_cannot_be_changed_in_place() -> None:
+    context: dict[str, Any] = {"items": [1]}
+    for template in ("{{ context.update({'x': 1}) }}", "{{ context['items'].append(2) }}"):
+        with pytest.raises(BuiltinAgentError, match="not allowed"):
+            run_builtin("template", {"template": template}, input="", context=context, variables={})
+    assert context == {"items": [1]}
+
+
+def test_syntax_errors_name_the_line() -> None:
+    assert refused("line one\n{% if %}") == (
+        "template syntax error on line 2: Expected an expression, got 'end of statement block'"
+    )
+
+
+def test_python_errors_inside_expressions_are_reported() -> None:
+    assert refused("{{ 1 / 0 }}") == "template error: ZeroDivisionError: division by zero"
+    assert refused("{{ 'a' + 1 }}").startswith("template error: TypeError: ")
+    assert refused("{{ [1] | map('nope') | list }}") == "template error: No filter named 'nope'."
+    assert "no loader" in refused("{% include 'other.txt' %}")  # no file system access
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(BuiltinAgentError, match="unknown builtin kind 'shell'"):
+        run_builtin("shell", {}, input="", context={}, variables={})
+
+
+@pytest.mark.parametrize("parameters", [{}, {"template": 42}])
+def test_template_parameter_is_required(parameters: dict[str, Any]) -> None:
+    with pytest.raises(BuiltinAgentError, match=r"parameters\.template"):
+        run_builtin("template", parameters, input="", context={}, variables={})
+
+
+def test_bad_output_key_is_refused() -> None:
+    with pytest.raises(BuiltinAgentError, match="output_key"):
+        run_builtin("echo", {"output_key": ""}, input="", context={}, variables={})
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{{ 'x' * 10000000 }}", "repetition longer than"),
+        ("{{ [1, 2] * 900000 }}", "repetition longer than"),
+        ("{{ 10 ** 100000 }}", "exponent larger than"),
+        (
+            "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+            "range() over more than",
+        ),
+        ("{% for i in range(90000) %}{{ 'x' * 20 }}{% endfor %}", "output longer than"),
+    ],
+)
+def test_renders_are_bounded(template: str, problem: str) -> None:
+    message = refused(template)
+    assert message.startswith("template stopped: ")
+    assert problem in message
+
+
+def test_small_arithmetic_still_works() -> None:
+    assert render("{{ 2 ** 10 }} {{ 3 * 4 }} {{ 'ab' * 3 }} {{ range(3) | list }}").output == (
+        "1024 12 ababab [0, 1, 2]"
+    )
+
+
+def test_slow_renders_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builtin, "MAX_RENDER_SECONDS", -1.0)
+    assert "took longer than" in refused("{% for i in range(3) %}{{ i }}{% endfor %}")
+
+
+def test_oversized_templates_are_refused() -> None:
+    huge = "x" * (builtin.MAX_TEMPLATE_CHARS + 1)
+    assert "longer than" in refused(huge)
+    assert validate_builtin("template", {"template": huge}) == [
+        f"parameters.template: longer than {builtin.MAX_TEMPLATE_CHARS} characters"
+    ]
+
+
+# -- validation at agent-create time ----------------------------------------------------------
+
+
+def test_valid_definitions_have_no_problems() -> None:
+    assert validate_builtin("echo", {}) == []
+    assert validate_builtin("echo", {"temperature": 0.3, "output_key": "said"}) == []
+    assert validate_builtin("template", {"template": "{{ input }}", "output_key": "k"}) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "parameters", "problems"),
+    [
+        (
+            "shell",
+            {},
+            ["kind: unknown builtin kind 'shell'; expected one of: echo, template"],
+        ),
+        (None, {}, ["kind: unknown builtin kind None; expected one of: echo, template"]),
+        ("echo", ["not", "a", "mapping"], ["parameters: must be an object"]),
+        ("template", {}, ["parameters.template: required for the template kind"]),
+        ("template", {"template": ["x"]}, ["parameters.template: must be a string"]),
+        (
+            "template",
+            {"template": "{% for x in %}", "output_key": 5},
+            [
+                "parameters.output_key: must be a non-empty string",
+                "parameters.template: template syntax error on line 1: "
+                "Expected an expression, got 'end of statement block'",
+            ],
+        ),
+    ],
+)
+def test_validation_names_each_problem(kind: Any, parameters: Any, problems: list[str]) -> None:
+    assert validate_builtin(kind, parameters) == problems
