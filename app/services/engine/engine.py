@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -51,6 +52,19 @@ _FINISH_EVENTS = {
     ExecutionStatus.timed_out: "execution_cancelled",
 }
 _COMMIT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one turn starts: the steps, and what they need to run outside any transaction."""
+
+    steps: list[PlannedStep]
+    agents: Mapping[str, Agent]
+    keys: Mapping[uuid.UUID, ProviderKey]
+    context: Mapping[str, Any]
+    variables: Mapping[str, Any]
+    max_concurrency: int | None
+    seconds_left: float | None
 
 
 class StepInterrupted(Exception):
@@ -166,27 +180,18 @@ class ExecutionEngine:
         return result.scalar_one()
 
     async def _drive(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
-        while True:
-            batch = await self._next_turn(execution_id)
-            if batch is None:
-                return
-            planned, agents, keys, context, variables = batch
-            await self._run_steps(
-                execution_id, planned, agents, keys, context, variables, interrupt
-            )
+        while (turn := await self._next_turn(execution_id)) is not None:
+            gate = asyncio.Semaphore(turn.max_concurrency or len(turn.steps))
 
-    async def _next_turn(
-        self, execution_id: uuid.UUID
-    ) -> (
-        tuple[
-            list[PlannedStep],
-            dict[str, Agent],
-            dict[uuid.UUID, ProviderKey],
-            dict[str, Any],
-            dict[str, Any],
-        ]
-        | None
-    ):
+            async def one(
+                step: PlannedStep, turn: Turn = turn, gate: asyncio.Semaphore = gate
+            ) -> None:
+                async with gate:
+                    await self._run_one(execution_id, step, turn, interrupt)
+
+            await asyncio.gather(*(one(step) for step in turn.steps))
+
+    async def _next_turn(self, execution_id: uuid.UUID) -> Turn | None:
         """Decide and commit the next move; return the steps to run, or None at the end."""
         while True:
             async with self.db.session() as session:
@@ -262,12 +267,16 @@ class ExecutionEngine:
                     for a in await session.scalars(select(Agent).where(Agent.id.in_(agent_ids)))
                 }
                 key_ids = {a.provider_key_id for a in agents.values() if a.provider_key_id}
-                keys = {
-                    k.id: k
-                    for k in await session.scalars(
-                        select(ProviderKey).where(ProviderKey.id.in_(key_ids))
-                    )
-                }
+                keys = (
+                    {
+                        k.id: k
+                        for k in await session.scalars(
+                            select(ProviderKey).where(ProviderKey.id.in_(key_ids))
+                        )
+                    }
+                    if key_ids
+                    else {}
+                )
                 now = utcnow()
                 events = []
                 for planned in decision.run:
@@ -282,55 +291,31 @@ class ExecutionEngine:
                 await repo.append_events(execution_id, events)
                 await session.commit()
             self.hub.notify(execution_id)
-            return decision.run, agents, keys, context, dict(execution.variables)
-
-    async def _run_steps(
-        self,
-        execution_id: uuid.UUID,
-        planned: list[PlannedStep],
-        agents: Mapping[str, Agent],
-        keys: Mapping[uuid.UUID, ProviderKey],
-        context: Mapping[str, Any],
-        variables: Mapping[str, Any],
-        interrupt: asyncio.Event,
-    ) -> None:
-        async with self.db.session() as session:
-            execution = await self._load(session, execution_id)
-            limit = WorkflowDefinition.model_validate(execution.workflow).max_concurrency
-            left = seconds_left(execution)
-        gate = asyncio.Semaphore(limit or len(planned))
-
-        async def one(step: PlannedStep) -> None:
-            async with gate:
-                await self._run_one(
-                    execution_id, step, agents, keys, context, variables, interrupt, left
-                )
-
-        await asyncio.gather(*(one(step) for step in planned))
+            return Turn(
+                steps=decision.run,
+                agents=agents,
+                keys=keys,
+                context=context,
+                variables=dict(execution.variables),
+                max_concurrency=workflow.max_concurrency,
+                seconds_left=seconds_left(execution),
+            )
 
     async def _run_one(
-        self,
-        execution_id: uuid.UUID,
-        step: PlannedStep,
-        agents: Mapping[str, Agent],
-        keys: Mapping[uuid.UUID, ProviderKey],
-        context: Mapping[str, Any],
-        variables: Mapping[str, Any],
-        interrupt: asyncio.Event,
-        seconds: float | None,
+        self, execution_id: uuid.UUID, step: PlannedStep, turn: Turn, interrupt: asyncio.Event
     ) -> None:
-        agent = agents.get(step.agent_id)
+        agent = turn.agents.get(step.agent_id)
         if agent is None:
             await self._commit_step(execution_id, step.key, error="the agent no longer exists")
             return
-        key = keys.get(agent.provider_key_id) if agent.provider_key_id else None
+        key = turn.keys.get(agent.provider_key_id) if agent.provider_key_id else None
         call = asyncio.ensure_future(
             self.caller.call(
-                agent, key, step_input=step.input, context=context, variables=variables
+                agent, key, step_input=step.input, context=turn.context, variables=turn.variables
             )
         )
         try:
-            outcome = await self._race(call, interrupt, seconds)
+            outcome = await self._race(call, interrupt, turn.seconds_left)
         except StepInterrupted as stop:
             await self._commit_step(execution_id, step.key, interrupted=stop.reason)
         except ProviderError as exc:
@@ -433,7 +418,7 @@ class ExecutionEngine:
             step.output_tokens += tokens_out
             step.cost_usd = Decimal(step.cost_usd) + cost
             events.append(("step_completed", {"step": step_key, "output": outcome.output}))
-            current = await repo.context_current(execution_id)
+            current = await repo.context_current(execution_id) if outcome.context_writes else {}
             for key, value in outcome.context_writes.items():
                 version = current[key].version + 1 if key in current else 1
                 session.add(
