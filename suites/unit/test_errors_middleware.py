@@ -218,6 +218,16 @@ async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None
     assert body["instance"] == "/nowhere"
 
 
+async def test_one_problem_type_has_one_title(client: httpx.AsyncClient) -> None:
+    """RFC 9457: a type's title does not change from occurrence to occurrence. A 404 for an
+    unknown id (NotFound) and for an unknown route (Starlette) share the type URI
+    .../not-found, so they must share the title too."""
+    by_id = (await client.get("/problem/missing")).json()
+    by_route = (await client.get("/nowhere")).json()
+    assert by_id["type"] == by_route["type"]
+    assert by_id["title"] == by_route["title"]
+
+
 async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClient) -> None:
     response = await client.delete("/items")
     assert_problem(response, 405, "method-not-allowed")
