@@ -97,6 +97,31 @@ def regression(session: nox.Session) -> None:
     run_pytest(session, "regression", "suites/regression")
 
 
+PERFORMANCE_THRESHOLD = "median:25%"
+
+
+@nox.session
+def performance(session: nox.Session) -> None:
+    """Engine benchmarks; saved per run and compared with the previous saved run, failing when
+    a median regresses by more than 25% (`-- --benchmark-compare-fail=median:10%` to tighten)."""
+    env = shared_env(session)
+    (REPORTS / "benchmarks").mkdir(parents=True, exist_ok=True)
+    storage = ROOT / ".benchmarks"
+    compare = (
+        ["--benchmark-compare", f"--benchmark-compare-fail={PERFORMANCE_THRESHOLD}"]
+        if any(storage.glob("*/*.json"))
+        else []
+    )
+    session.run(
+        tool("python"), "-m", "pytest", "suites/performance",
+        f"--benchmark-storage=file://{storage}", "--benchmark-autosave", *compare,
+        f"--benchmark-json={REPORTS / 'benchmarks' / 'engine.json'}",
+        "--benchmark-columns=median,iqr,mean,rounds",
+        f"--junitxml={REPORTS / 'junit' / 'performance.xml'}", *session.posargs,
+        env=env,
+    )  # fmt: skip
+
+
 @nox.session
 def coverage(session: nox.Session) -> None:
     """Combine every session's coverage (server processes included) and enforce 90%."""

@@ -1,0 +1,111 @@
+"""What the performance suite runs on: an event loop, a migrated database of each flavour, and
+a tenant with builtin agents, all in-process so the benchmarks measure the engine itself."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.config import Settings
+from app.db import migrate
+from app.db.database import Database
+from app.models import Account, Agent, Role, Team, TeamMember, User
+from app.services.principal import Principal
+from app.services.runtime import Runtime
+from qa import services
+
+
+@dataclass
+class Bench:
+    loop: asyncio.AbstractEventLoop
+    settings: Settings
+    database: Database
+    runtime: Runtime
+    principal: Principal
+    teams: dict[str, uuid.UUID]
+
+    def run(self, coroutine: object) -> object:
+        return self.loop.run_until_complete(coroutine)  # type: ignore[arg-type]
+
+
+async def _seed(database: Database) -> tuple[Principal, dict[str, uuid.UUID]]:
+    async with database.session() as session:
+        account = Account(name="bench", name_key="bench")
+        session.add(account)
+        await session.flush()
+        user = User(
+            account_id=account.id, email="bench@example.com", password_hash="x", role="owner"
+        )
+        session.add(user)
+        agents = [
+            Agent(account_id=account.id, name=f"echo-{n}", provider="builtin", model="echo")
+            for n in range(10)
+        ]
+        session.add_all(agents)
+        await session.flush()
+        teams: dict[str, uuid.UUID] = {}
+        for name, strategy, size in (
+            ("sequential-3", "sequential", 3),
+            ("parallel-10", "parallel", 10),
+        ):
+            members = agents[:size]
+            team = Team(
+                account_id=account.id,
+                name=name,
+                workflow_version=1,
+                workflow={
+                    "strategy": strategy,
+                    "steps": [
+                        {"id": f"s{n}", "agent_id": str(a.id)} for n, a in enumerate(members)
+                    ],
+                },
+            )
+            session.add(team)
+            await session.flush()
+            session.add_all(
+                TeamMember(team_id=team.id, agent_id=a.id, position=n)
+                for n, a in enumerate(members)
+            )
+            teams[name] = team.id
+        await session.commit()
+        return Principal(user.id, account.id, Role.owner), teams
+
+
+def open_bench(flavour: str) -> Iterator[Bench]:
+    """A migrated, seeded database of ``flavour`` with a runtime around it; cleaned up after."""
+    workdir = Path(tempfile.mkdtemp(prefix="renum-bench-"))
+    name = None
+    if flavour == "sqlite":
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    else:
+        name = f"renum_bench_{uuid.uuid4().hex[:10]}"
+        url = services.create_postgres_database(name)
+    settings = Settings(
+        environment="test",
+        database={"url": url},
+        executions={"max_concurrent_per_account": 10_000},
+        log_level="WARNING",
+    )
+    loop = asyncio.new_event_loop()
+    database = Database(settings.database)
+    loop.run_until_complete(migrate.upgrade(database.engine))
+    principal, teams = loop.run_until_complete(_seed(database))
+    runtime = Runtime.build(settings, database, _box(settings))
+    try:
+        yield Bench(loop, settings, database, runtime, principal, teams)
+    finally:
+        loop.run_until_complete(runtime.http.aclose())
+        loop.run_until_complete(database.dispose())
+        loop.close()
+        if name is not None:
+            services.drop_postgres_database(name)
+
+
+def _box(settings: Settings) -> object:
+    from app.core.crypto import SecretBox
+
+    return SecretBox.from_settings(settings)
