@@ -226,3 +226,74 @@ def test_main_needs_a_gate_name(capsys: pytest.CaptureFixture[str]) -> None:
         main([])
     assert exited.value.code == 2
     assert "coverage" in capsys.readouterr().err
+
+
+PROBE = """\
+import asyncio
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+async def work():
+    engine = create_async_engine("sqlite+aiosqlite:///:memory:")
+    async with engine.connect() as conn:
+        value = (await conn.execute(text("SELECT 1"))).scalar()
+    marker = value + 1
+    await engine.dispose()
+    return marker
+
+
+asyncio.run(work())
+"""
+
+MEASURE_WITH_PROJECT_CONFIG = """\
+import json
+import pathlib
+import sys
+
+import coverage
+
+config, probe = sys.argv[1], pathlib.Path(sys.argv[2])
+cov = coverage.Coverage(config_file=config, data_file=None, source=[str(probe.parent)])
+cov.start()
+exec(compile(probe.read_text(), str(probe), "exec"), {"__name__": "__main__"})
+cov.stop()
+data = cov.get_data()
+lines = [data.lines(name) for name in data.measured_files() if name.endswith(probe.name)]
+print(json.dumps(sorted(lines[0]) if lines else []))
+"""
+
+
+def test_project_coverage_config_measures_code_around_sqlalchemy_awaits(tmp_path: Path) -> None:
+    """SQLAlchemy's asyncio layer runs queries in greenlets. Unless coverage is told
+    (``[tool.coverage.run] concurrency = ["thread", "greenlet"]``), its tracer loses track at
+    each switch: lines after an awaited query go missing and lines of SQLAlchemy's own files
+    are recorded against ours (line numbers past the end of the file). The gate would then
+    judge numbers that are simply wrong, in the server processes and the tests alike."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from qa.launcher import REPO_ROOT
+
+    probe = tmp_path / "probe_module.py"
+    probe.write_text(PROBE)
+    script = tmp_path / "measure.py"
+    script.write_text(MEASURE_WITH_PROJECT_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
+    out = subprocess.run(  # noqa: S603 - our own interpreter and files
+        [sys.executable, str(script), str(REPO_ROOT / "pyproject.toml"), str(probe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    lines = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    length = len(PROBE.splitlines())
+    assert lines, out.stderr
+    assert max(lines) <= length, f"lines past the end of a {length}-line file: {sorted(lines)}"
+    marker = PROBE.splitlines().index("    marker = value + 1") + 1
+    assert marker in lines
