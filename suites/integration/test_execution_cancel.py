@@ -1,0 +1,226 @@
+"""Cancelling executions over HTTP: `immediate` abandons the in-flight model call, `after_step`
+lets it finish; either way no step starts once the cancel has returned. Plus who may cancel,
+and the per-account limit on concurrent executions."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import teams_support as ts
+from integration_support import assert_problem, pointers
+
+from qa.client import ApiClient
+from qa.factories import expect
+from qa.fake_openai import FakeOpenAI, Hang, Reply, Slow
+
+EXECUTIONS = ts.EXECUTIONS
+private_server = ts.private_server
+
+
+def cancel(
+    client: ApiClient, execution_id: str, mode: str = "immediate", wait: float = 10
+) -> tuple[dict[str, Any], datetime]:
+    response = client.post(
+        f"{EXECUTIONS}/{execution_id}/cancel", params={"wait": wait}, json={"mode": mode}
+    )
+    returned = datetime.now(UTC)
+    return expect(response, 202), returned
+
+
+def two_step_team(client: ApiClient, base_url: str, strategy: str = "sequential") -> Any:
+    """A model step followed by another model step (so a second call would be visible)."""
+    first = ts.model_agent(client, base_url, timeout_seconds=30)
+    second = ts.model_agent(client, base_url, timeout_seconds=30)
+    flow = ts.workflow(strategy, [ts.step("first", first), ts.step("second", second)])
+    return ts.create_team(client, [first, second], flow)
+
+
+def assert_nothing_started_after(
+    client: ApiClient, execution: dict[str, Any], returned: datetime
+) -> None:
+    for step in execution["steps"]:
+        started = ts.when(step["started_at"])
+        assert started is None or started < returned, f"{step['step_key']} started after cancel"
+    events = ts.events_of(client, execution["id"])
+    cancelled_at = next(
+        n for n, e in enumerate(events) if e["type"] in {"execution_cancelled", "step_cancelled"}
+    )
+    assert "step_started" not in ts.event_types(events[cancelled_at:])
+    assert events[-1]["type"] == "execution_cancelled"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_immediate_cancel_abandons_the_model_call(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    team = two_step_team(owner_client, fake_openai.base_url)
+    fake_openai.script(Hang(5))
+    execution = ts.start(owner_client, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    running = ts.get_execution(owner_client, execution["id"])
+    assert running["status"] == "running"
+    assert running["progress"] == 0.0
+    assert running["finished_at"] is None
+    assert [s["status"] for s in running["steps"]] == ["running", "pending"]
+    assert running["steps"][0]["started_at"] is not None
+
+    began = time.monotonic()
+    cancelled, returned = cancel(owner_client, execution["id"], "immediate")
+    assert time.monotonic() - began < 3.0, "the cancel waited for the hanging call"
+    assert cancelled["status"] == "cancelled", cancelled
+    assert cancelled["status_reason"] == "cancelled"
+    assert cancelled["finished_at"] is not None
+    steps = ts.steps_by_key(cancelled)
+    assert steps["first"]["status"] == "cancelled"
+    assert steps["first"]["output"] is None
+    assert steps["second"]["status"] == "cancelled"
+    assert steps["second"]["started_at"] is None
+    assert_nothing_started_after(owner_client, cancelled, returned)
+
+    # Still nothing later: no second model call, and the state is final.
+    time.sleep(0.3)
+    assert len(fake_openai.requests) == 1
+    assert ts.get_execution(owner_client, execution["id"]) == cancelled
+
+
+def test_after_step_cancel_lets_the_running_step_finish(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    team = two_step_team(owner_client, fake_openai.base_url)
+    fake_openai.script(Slow(1.0, Reply("finished anyway")), Reply("must not run"))
+    execution = ts.start(owner_client, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+
+    cancelled, returned = cancel(owner_client, execution["id"], "after_step")
+    assert cancelled["status"] == "cancelled", cancelled
+    steps = ts.steps_by_key(cancelled)
+    assert steps["first"]["status"] == "completed"
+    assert steps["first"]["output"] == "finished anyway"
+    assert steps["second"]["status"] == "cancelled"
+    assert steps["second"]["started_at"] is None
+    assert_nothing_started_after(owner_client, cancelled, returned)
+    assert len(fake_openai.requests) == 1
+    assert fake_openai.pending_steps == 1
+
+
+def test_immediate_cancel_of_parallel_steps(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    agent = ts.model_agent(owner_client, fake_openai.base_url, timeout_seconds=30)
+    flow = ts.workflow("parallel", [ts.step(f"p{n}", agent) for n in range(3)])
+    team = ts.create_team(owner_client, [agent], flow)
+    fake_openai.script(Hang(5), Hang(5), Hang(5))
+    execution = ts.start(owner_client, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 3, what="three model calls")
+    cancelled, returned = cancel(owner_client, execution["id"])
+    assert cancelled["status"] == "cancelled", cancelled
+    assert {s["status"] for s in cancelled["steps"]} == {"cancelled"}
+    assert_nothing_started_after(owner_client, cancelled, returned)
+
+
+def test_cancel_without_a_body_is_immediate(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    team = two_step_team(owner_client, fake_openai.base_url)
+    fake_openai.script(Hang(5))
+    execution = ts.start(owner_client, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    response = owner_client.post(f"{EXECUTIONS}/{execution['id']}/cancel", params={"wait": 10})
+    cancelled = expect(response, 202)
+    assert cancelled["status"] == "cancelled"
+    assert ts.steps_by_key(cancelled)["first"]["status"] == "cancelled"
+
+
+def test_cancelling_a_finished_execution_conflicts(owner_client: ApiClient) -> None:
+    team = ts.create_team(owner_client, [ts.echo_agent(owner_client)])
+    execution = ts.run_to_end(owner_client, team)
+    assert execution["status"] == "completed"
+    problem = assert_problem(owner_client.post(f"{EXECUTIONS}/{execution['id']}/cancel"), 409)
+    assert "completed" in problem["detail"]
+    assert ts.get_execution(owner_client, execution["id"])["status"] == "completed"
+
+
+def test_who_may_cancel(
+    owner_client: ApiClient,
+    viewer_client: ApiClient,
+    other_owner_client: ApiClient,
+    fake_openai: FakeOpenAI,
+) -> None:
+    team = two_step_team(owner_client, fake_openai.base_url)
+    fake_openai.script(Hang(5))
+    execution = ts.start(owner_client, team, wait=None)
+    url = f"{EXECUTIONS}/{execution['id']}/cancel"
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+
+    assert_problem(viewer_client.post(url, json={"mode": "immediate"}), 403)
+    assert_problem(other_owner_client.post(url, json={"mode": "immediate"}), 404)
+    bad_mode = owner_client.post(url, json={"mode": "eventually"})
+    assert pointers(assert_problem(bad_mode, 422)) == {"/body/mode"}
+    assert ts.get_execution(owner_client, execution["id"])["status"] == "running"
+
+    cancelled, _ = cancel(owner_client, execution["id"])
+    assert cancelled["status"] == "cancelled"
+    assert_problem(
+        owner_client.post(f"{EXECUTIONS}/00000000-0000-4000-8000-000000000000/cancel"), 404
+    )
+
+
+def test_concurrent_executions_per_account_are_limited(
+    private_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    server = private_server({"RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "1"})
+    owner = server.account.owner
+    team = two_step_team(owner, fake_openai.base_url)
+    fake_openai.script(Hang(5))
+    running = ts.start(owner, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+
+    refused = owner.post(f"{ts.TEAMS}/{team['id']}/executions", json={"prompt": "second"})
+    problem = assert_problem(refused, 429)
+    assert "1" in problem["detail"]
+    listed = expect(owner.get(EXECUTIONS), 200)
+    assert listed["total"] == 1, "the refused execution was stored"
+
+    # Another account on the same server has its own allowance.
+    other = ts.open_account(server.admin)
+    try:
+        their_team = ts.create_team(other.owner, [ts.echo_agent(other.owner)])
+        assert ts.run_to_end(other.owner, their_team)["status"] == "completed"
+    finally:
+        other.close()
+
+    cancelled, _ = cancel(owner, running["id"])
+    assert cancelled["status"] == "cancelled"
+    after = ts.start(owner, team, "third")
+    assert after["status"] == "completed", after
+    assert after["result"].startswith("echo:")
+
+
+def test_deleting_a_team_mid_execution_frees_its_slot(
+    private_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    server = private_server({"RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "1"})
+    owner = server.account.owner
+    team = two_step_team(owner, fake_openai.base_url)
+    fake_openai.script(Hang(3))
+    running = ts.start(owner, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+
+    deleted = owner.delete(f"{ts.TEAMS}/{team['id']}")
+    if deleted.status_code == 409:
+        # Refusing is fine too; then the running execution is cancelled first.
+        assert cancel(owner, running["id"])[0]["status"] == "cancelled"
+        expect(owner.delete(f"{ts.TEAMS}/{team['id']}"), 204)
+    else:
+        expect(deleted, 204)
+        assert_problem(owner.get(f"{EXECUTIONS}/{running['id']}"), 404)
+
+    # Whichever way, the account can run again: its slot was not lost with the team.
+    fresh_team = ts.create_team(owner, [ts.echo_agent(owner)])
+    fake_openai.reset()
+    after = owner.post(
+        f"{ts.TEAMS}/{fresh_team['id']}/executions", params={"wait": 10}, json={"prompt": "again"}
+    )
+    assert expect(after, 202)["status"] == "completed"
