@@ -21,7 +21,9 @@ COVERAGE_DIR = REPORTS / "coverage"
 
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
-nox.options.sessions = ["lint", "unit", "integration", "property", "regression", "coverage"]
+nox.options.sessions = [
+    "lint", "unit", "integration", "property", "regression", "contracts", "coverage",
+]  # fmt: skip
 
 
 def tool(name: str) -> str:
@@ -120,6 +122,17 @@ def performance(session: nox.Session) -> None:
         f"--junitxml={REPORTS / 'junit' / 'performance.xml'}", *session.posargs,
         env=env,
     )  # fmt: skip
+
+
+@nox.session
+def contracts(session: nox.Session) -> None:
+    """Schemathesis against the live backend, as an admin and as a member, and the guard against
+    breaking API changes. `-- --deep` explores long with a fresh seed (release candidates);
+    `-- --accept` records the served schema in contracts/openapi.json when nothing in it breaks
+    a client (`--accept --accept-breaking` for an intended break); `-- --target URL` tests a
+    deployment as the admin in RENUM_QA_ADMIN_EMAIL / RENUM_QA_ADMIN_PASSWORD. Findings, with
+    cURL reproductions and the seed, land in reports/contracts/."""
+    run_pytest(session, "contracts", "contracts")
 
 
 @nox.session

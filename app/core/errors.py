@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.request_context import current_request_id
 
@@ -173,17 +174,34 @@ async def _handle_validation(request: Request, exc: RequestValidationError) -> J
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (Starlette's 405 names only the
+    methods of the first route that matched the path). Runs on 405s only."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     status = exc.status_code
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     detail = exc.detail if isinstance(exc.detail, str) else phrase
+    headers = getattr(exc, "headers", None)
+    if status == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     return problem_response(
         status,
         phrase.lower().replace(" ", "-"),
         phrase,
         detail,
         instance=request.url.path,
-        headers=getattr(exc, "headers", None),
+        headers=headers,
     )
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import EmailStr, Field
+from pydantic import Field
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import Email, FullName, Name, Password, RequestModel, ResponseModel
 
 
 class AccountCreate(RequestModel):
-    name: str = Field(min_length=1, max_length=120, examples=["Acme Research"])
-    owner_email: EmailStr = Field(examples=["owner@acme.example"])
-    owner_password: str = Field(min_length=8, max_length=256, examples=["a-long-passphrase"])
-    owner_name: str | None = Field(default=None, max_length=200)
+    name: Name = Field(examples=["Acme Research"])
+    owner_email: Email = Field(examples=["owner@acme.example"])
+    owner_password: Password = Field(examples=["a-long-passphrase"])
+    owner_name: FullName | None = None
 
 
 class AccountOut(ResponseModel):

@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import Name, RequestModel, ResponseModel
 
 
 class ApiKeyCreate(RequestModel):
-    name: str = Field(min_length=1, max_length=120, examples=["ci-pipeline"])
+    name: Name = Field(examples=["ci-pipeline"])
     role: Literal["admin", "owner", "member", "viewer"] | None = Field(
         default=None, description="Defaults to the creator's role; never above it."
     )

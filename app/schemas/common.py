@@ -5,7 +5,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+import email_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 T = TypeVar("T")
 
@@ -18,8 +27,53 @@ Money = Annotated[
 ]
 
 
+# Whitespace as every regex dialect agrees on it: clients read a JSON Schema `pattern` in their
+# own dialect, and what `\s` matches differs between them.
+SPACES = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+
+
+def _trim(value: str) -> str:
+    return value.strip(SPACES)
+
+
+# Text is checked exactly as sent, so the schema's limits are the server's, and trimmed after.
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False, min_length=1, max_length=120, pattern=NOT_BLANK),
+    AfterValidator(_trim),
+]
+FullName = Annotated[
+    str, StringConstraints(strip_whitespace=False, max_length=200), AfterValidator(_trim)
+]
+
+
+def _email(value: str) -> str:
+    try:
+        checked = email_validator.validate_email(
+            value, check_deliverability=False, test_environment=True
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+    return checked.normalized
+
+
+# An address by its syntax (`format: email`, as sent: no display name, no padding). Renum sends
+# no mail, so a domain need not be deliverable; `.test` ones, used by test setups, are accepted.
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False, max_length=254),
+    AfterValidator(_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+]
+# Secrets are taken verbatim: the spaces of a password are part of it.
+Password = Annotated[str, StringConstraints(strip_whitespace=False, min_length=8, max_length=256)]
+Token = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=4096)]
+
+
 class RequestModel(BaseModel):
-    """Base of every request body: unknown fields are an error, strings are stripped."""
+    """Base of every request body: unknown fields are an error, strings are stripped (fields
+    typed ``Name``/``FullName`` are trimmed after validation, secrets are kept verbatim)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -68,6 +122,24 @@ _DESCRIPTIONS = {
     422: "The request failed validation; `errors` lists each bad field.",
     429: "A limit was reached (for example, concurrent executions per account).",
 }
+
+
+def link(operation_id: str, description: str, **values: Any) -> dict[str, Any]:
+    """An OpenAPI link to ``operation_id``: each value is a runtime expression (or an object of
+    them) for a parameter or, as ``requestBody``, for the body, e.g. ``"$response.body#/id"``."""
+    body = values.pop("requestBody", None)
+    found: dict[str, Any] = {"operationId": operation_id, "description": description}
+    if values:
+        found["parameters"] = values
+    if body is not None:
+        found["requestBody"] = body
+    return found
+
+
+def links(status: int, description: str, **targets: dict[str, Any]) -> dict[int | str, Any]:
+    """An OpenAPI ``responses`` entry whose links lead from the result to what can follow it
+    (create, then get, change, delete), so clients and stateful tests can chain operations."""
+    return {status: {"description": description, "links": targets}}
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

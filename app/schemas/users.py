@@ -6,17 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import EmailStr, Field
+from pydantic import Field
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import Email, FullName, Password, RequestModel, ResponseModel
 
 AccountRole = Literal["owner", "member", "viewer"]
 
 
 class UserCreate(RequestModel):
-    email: EmailStr = Field(examples=["ada@acme.example"])
-    password: str = Field(min_length=8, max_length=256, examples=["a-long-passphrase"])
-    full_name: str | None = Field(default=None, max_length=200, examples=["Ada Lovelace"])
+    email: Email = Field(examples=["ada@acme.example"])
+    password: Password = Field(examples=["a-long-passphrase"])
+    full_name: FullName | None = Field(default=None, examples=["Ada Lovelace"])
     role: AccountRole = Field(default="member")
     account_id: uuid.UUID | None = Field(
         default=None, description="Admins only: the account to create the user in."
@@ -24,10 +24,10 @@ class UserCreate(RequestModel):
 
 
 class UserUpdate(RequestModel):
-    full_name: str | None = Field(default=None, max_length=200)
+    full_name: FullName | None = None
     role: AccountRole | None = None
     is_active: bool | None = None
-    password: str | None = Field(default=None, min_length=8, max_length=256)
+    password: Password | None = None
 
 
 class UserOut(ResponseModel):

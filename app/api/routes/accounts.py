@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 
 from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
 from app.schemas.accounts import AccountCreate, AccountOut
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.services.accounts import AccountService
 
 router = APIRouter(prefix="/accounts", tags=["accounts"])
@@ -19,7 +19,27 @@ router = APIRouter(prefix="/accounts", tags=["accounts"])
     status_code=status.HTTP_201_CREATED,
     response_model=AccountOut,
     summary="Create an account and its first owner (admin)",
-    responses=problems(400, 401, 403, 409, 422),
+    responses={
+        **links(
+            201,
+            "The account; its owner can log in.",
+            GetAccount=link("get_account", "Read the account.", account_id="$response.body#/id"),
+            CreateUser=link(
+                "create_user",
+                "Add a user to the account.",
+                requestBody={"account_id": "$response.body#/id"},
+            ),
+            LogInAsOwner=link(
+                "login",
+                "Log in as the account's first owner.",
+                requestBody={
+                    "username": "$request.body#/owner_email",
+                    "password": "$request.body#/owner_password",
+                },
+            ),
+        ),
+        **problems(400, 401, 403, 409, 422),
+    },
 )
 async def create_account(
     body: AccountCreate, principal: PrincipalDep, session: SessionDep
@@ -32,7 +52,16 @@ async def create_account(
     "",
     response_model=Page[AccountOut],
     summary="List accounts (admin)",
-    responses=problems(401, 403, 422),
+    responses={
+        **links(
+            200,
+            "One page of accounts.",
+            GetAccount=link(
+                "get_account", "Read the first account.", account_id="$response.body#/items/0/id"
+            ),
+        ),
+        **problems(401, 403, 422),
+    },
 )
 async def list_accounts(
     principal: PrincipalDep, session: SessionDep, paging: PagingDep

@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 
 from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
 from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.services.api_keys import ApiKeyService
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
@@ -21,7 +21,14 @@ router = APIRouter(prefix="/api-keys", tags=["api-keys"])
     summary="Create an API key",
     description="The response is the only time the key is shown. Its role defaults to the "
     "caller's and can never exceed it.",
-    responses=problems(400, 401, 403, 422),
+    responses={
+        **links(
+            201,
+            "The key, with its secret.",
+            RevokeApiKey=link("revoke_api_key", "Revoke the key.", key_id="$response.body#/id"),
+        ),
+        **problems(400, 401, 403, 422),
+    },
 )
 async def create_api_key(
     body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep
@@ -37,7 +44,16 @@ async def create_api_key(
     response_model=Page[ApiKeyOut],
     summary="List API keys (never their secrets)",
     description="Owners and admins see every key of the account; others their own.",
-    responses=problems(401, 422),
+    responses={
+        **links(
+            200,
+            "One page of keys.",
+            RevokeApiKey=link(
+                "revoke_api_key", "Revoke the first key.", key_id="$response.body#/items/0/id"
+            ),
+        ),
+        **problems(401, 422),
+    },
 )
 async def list_api_keys(
     principal: PrincipalDep, session: SessionDep, paging: PagingDep

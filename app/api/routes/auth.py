@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, status
-from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import CodecDep, SessionDep
-from app.schemas.auth import LogoutRequest, RefreshRequest, TokenPair
-from app.schemas.common import problems
+from app.schemas.auth import LoginForm, LogoutRequest, RefreshRequest, TokenPair
+from app.schemas.common import link, links, problems
 from app.services.auth import AuthService
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def _session_links(description: str) -> dict[int | str, Any]:
+    """Links from a token pair to the operations that take its refresh token."""
+    token = {"refresh_token": "$response.body#/refresh_token"}
+    return links(
+        200,
+        description,
+        Refresh=link("refresh", "Rotate the tokens.", requestBody=token),
+        LogOut=link("logout", "End the session.", requestBody=token),
+    )
 
 
 @router.post(
@@ -21,10 +31,10 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     summary="Log in with email and password",
     description="OAuth2 password flow: `username` is the email. Returns a short-lived access "
     "token and a refresh token.",
-    responses=problems(401, 422),
+    responses={**_session_links("A new session's tokens."), **problems(401, 422)},
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, codec: CodecDep
+    form: Annotated[LoginForm, Depends()], session: SessionDep, codec: CodecDep
 ) -> TokenPair:
     return await AuthService(session, codec).login(form.username, form.password)
 
@@ -35,7 +45,7 @@ async def login(
     summary="Exchange a refresh token for new tokens",
     description="The presented refresh token is revoked and replaced (rotation); presenting a "
     "revoked one again ends the whole session.",
-    responses=problems(400, 401, 422),
+    responses={**_session_links("The session's new tokens."), **problems(400, 401, 422)},
 )
 async def refresh(body: RefreshRequest, session: SessionDep, codec: CodecDep) -> TokenPair:
     return await AuthService(session, codec).refresh(body.refresh_token)

@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, status
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.schemas.users import UserCreate, UserOut, UserUpdate
 from app.services.users import UserService
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
-@router.get("/me", response_model=UserOut, summary="The calling user", responses=problems(401))
+class _NotMe(StringConvertor):
+    """Any path segment but ``me``: ``/users/me`` then never reaches ``/users/{user_id}``, so
+    a method it does not serve answers 405, while a malformed id still gets a 422."""
+
+    regex = "(?!me(?:/|$))[^/]+"
+
+
+register_url_convertor("not_me", _NotMe())
+
+
+def _user_links(status: int, description: str, **more: dict[str, Any]) -> dict[int | str, Any]:
+    """Links from a response carrying one user to what can be done with that user."""
+    user_id = "$response.body#/id"
+    return links(
+        status,
+        description,
+        GetUser=link("get_user", "Read the user.", user_id=user_id),
+        UpdateUser=link("update_user", "Change the user.", user_id=user_id),
+        DeleteUser=link("delete_user", "Delete the user.", user_id=user_id),
+        **more,
+    )
+
+
+@router.get(
+    "/me",
+    response_model=UserOut,
+    summary="The calling user",
+    responses={
+        **links(
+            200,
+            "The calling user.",
+            GetAccount=link(
+                "get_account", "Read the caller's account.", account_id="$response.body#/account_id"
+            ),
+        ),
+        **problems(401),
+    },
+)
 async def get_me(principal: PrincipalDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).me(principal))
 
@@ -24,7 +63,14 @@ async def get_me(principal: PrincipalDep, session: SessionDep) -> UserOut:
     response_model=Page[UserOut],
     summary="List users (owner, admin)",
     description="Owners see their account's users; admins see every account's.",
-    responses=problems(401, 403, 422),
+    responses={
+        **links(
+            200,
+            "One page of users.",
+            GetUser=link("get_user", "Read the first user.", user_id="$response.body#/items/0/id"),
+        ),
+        **problems(401, 403, 422),
+    },
 )
 async def list_users(
     principal: PrincipalDep, session: SessionDep, paging: PagingDep
@@ -40,28 +86,42 @@ async def list_users(
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
     summary="Create a user (owner, admin)",
-    responses=problems(400, 401, 403, 404, 409, 422),
+    responses={
+        **_user_links(
+            201,
+            "The new user; they can log in with the password given.",
+            LogInAsUser=link(
+                "login",
+                "Log in as the new user.",
+                requestBody={
+                    "username": "$request.body#/email",
+                    "password": "$request.body#/password",
+                },
+            ),
+        ),
+        **problems(400, 401, 403, 404, 409, 422),
+    },
 )
 async def create_user(body: UserCreate, principal: PrincipalDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).create(principal, body))
 
 
 @router.get(
-    "/{user_id}",
+    "/{user_id:not_me}",
     response_model=UserOut,
     summary="Get a user (owner, admin)",
-    responses=problems(401, 403, 404, 422),
+    responses={**_user_links(200, "The user."), **problems(401, 403, 404, 422)},
 )
 async def get_user(user_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).get(principal, user_id))
 
 
 @router.patch(
-    "/{user_id}",
+    "/{user_id:not_me}",
     response_model=UserOut,
     summary="Change a user's name, role, password or activity (owner, admin)",
     description="Deactivating a user or changing their password ends their sessions.",
-    responses=problems(400, 401, 403, 404, 409, 422),
+    responses={**_user_links(200, "The changed user."), **problems(400, 401, 403, 404, 409, 422)},
 )
 async def update_user(
     user_id: uuid.UUID, body: UserUpdate, principal: PrincipalDep, session: SessionDep
@@ -70,7 +130,7 @@ async def update_user(
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:not_me}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a user (owner, admin)",
     responses=problems(401, 403, 404, 409, 422),

@@ -1,0 +1,184 @@
+"""Fixtures and options of the contract tests.
+
+Options: ``--deep`` (long exploration with a fresh seed, for release candidates),
+``--contract-seed N`` (replay a run), ``--accept`` (write the schema the backend serves now to
+``contracts/openapi.json`` when nothing in it is breaking) and ``--accept-breaking`` (also
+when something is). The plugin's ``--target URL`` points every test at a deployment.
+
+The identities: the platform ``admin`` and, from two fresh accounts made through the API, an
+``owner`` and a ``member`` each; tenant identities name their counterpart in the other account
+as their peer, which must never see their objects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import contract_support as support
+import httpx
+import pytest
+import schemathesis
+from _pytest.nodeid import coerce_node_id
+from _pytest.nodes import Node
+from contract_support import Identity, Profile, RunState
+from schemathesis.core.result import Ok
+
+from qa.client import API, ApiClient
+from qa.factories import Member, Tenant, expect
+from qa.launcher import Backend
+
+# Schemathesis 4.32 renames the running item through `Node._nodeid` while it tests a lazily
+# loaded schema (`schemathesis.pytest.from_fixture`); pytest 9.2 replaced that attribute with
+# `Node._id`. Give it back as a view of `_id` until Schemathesis follows; a no-op before 9.2.
+if not hasattr(Node, "_nodeid"):
+    Node._nodeid = property(  # type: ignore[attr-defined]
+        lambda node: str(node._id),
+        lambda node, value: setattr(node, "_id", coerce_node_id(value)),
+    )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("contracts", "Renum contract tests")
+    group.addoption(
+        "--deep",
+        action="store_true",
+        help="Explore for long (release candidates): larger budgets and a fresh seed.",
+    )
+    group.addoption(
+        "--contract-seed", type=int, default=None, help="Schemathesis seed (replays a run)."
+    )
+    group.addoption(
+        "--accept",
+        action="store_true",
+        help="Accept the served schema into contracts/openapi.json if nothing is breaking.",
+    )
+    group.addoption(
+        "--accept-breaking",
+        action="store_true",
+        help="With --accept: accept breaking changes too (an intended, announced break).",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    seed = config.getoption("--contract-seed", None)
+    deep = config.getoption("--deep", False)
+    profile = Profile.deep(seed) if deep else Profile.ci(seed)
+    support.RUN = RunState(profile)
+    support.reset_reports()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    profile = support.run_state().profile
+    return (
+        f"contracts: profile {profile.name}, seed {profile.seed}, "
+        f"{profile.max_examples} fuzzing cases per operation, {profile.scenarios} stateful "
+        f"scenarios, budget {profile.budget_seconds:.0f}s"
+    )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and support.RUN is not None:
+        support.write_failure(report.nodeid, report.longreprtext, support.RUN.profile)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if support.RUN is None or not support.RUN.cases:
+        return
+    summary = support.write_summary(support.RUN)
+    terminalreporter.write_sep("=", "Contract run")
+    for line in support.iter_summary_lines(support.RUN):
+        terminalreporter.write_line(f"  {line}")
+    terminalreporter.write_line(f"  summary: {summary}")
+    failures = support.REPORTS / "failures.md"
+    if failures.exists():
+        terminalreporter.write_line(f"  failures with reproductions: {failures}", red=True)
+
+
+def _identity(name: str, member: Member, client: ApiClient, peer: str | None = None) -> Identity:
+    me = expect(client.get(f"{API}/users/me"), 200)
+    return Identity(name, member.email, member.password, me["id"], me["account_id"], peer)
+
+
+@pytest.fixture(scope="session")
+def identities(
+    backend: Backend,
+    admin_client: ApiClient,
+    tenant: Tenant,
+    other_tenant: Tenant,
+    login: Callable[[str, str], ApiClient],
+) -> dict[str, Identity]:
+    """Every identity of the run, logged in once for the harness's own probes."""
+    admin = Member("", backend.admin_email, backend.admin_password, "admin")
+    people = [
+        ("admin", admin, None),
+        ("owner", tenant.owner, "other-owner"),
+        ("member", tenant.member, "other-member"),
+        ("other-owner", other_tenant.owner, None),
+        ("other-member", other_tenant.member, None),
+    ]
+    state = support.run_state()
+    state.base_url = backend.base_url
+    for name, member, peer in people:
+        client = admin_client if name == "admin" else login(member.email, member.password)
+        state.identities[name] = _identity(name, member, client, peer)
+        state.tokens[name] = str(client.headers["Authorization"]).removeprefix("Bearer ")
+    return state.identities
+
+
+@pytest.fixture(scope="session")
+def wfc_path(identities: dict[str, Identity], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The identities' logins as a WFC document; kept out of reports/ (it holds passwords)."""
+    path = tmp_path_factory.mktemp("contracts") / "identities.json"
+    path.write_text(json.dumps(support.wfc_document(list(identities.values()))))
+    return path
+
+
+SchemaFor = Callable[..., schemathesis.BaseSchema]
+
+
+@pytest.fixture(scope="session")
+def schema_for(backend: Backend, identities: dict[str, Identity], wfc_path: Path) -> SchemaFor:
+    """``schema_for(identity, public=True)``: the schema the backend serves, loaded fresh and
+    authenticated as ``identity``; ``public=False`` leaves out the operations that need no
+    credentials (they answer every caller alike, so one identity's run covers them)."""
+    state = support.run_state()
+
+    def load(name: str, *, public: bool = True) -> schemathesis.BaseSchema:
+        identity = identities[name]
+        raw = expect(httpx.get(f"{backend.base_url}/openapi.json", timeout=30), 200)
+        skip = [] if public else support.public_operation_ids(raw)
+        config = support.schemathesis_config(
+            state.profile, identity, wfc_path, base_url=backend.base_url, skip=skip
+        )
+        schema = schemathesis.openapi.from_dict(raw, config=config)
+
+        @schema.hook
+        def after_call(context: Any, case: schemathesis.Case, response: Any) -> None:
+            support.record_call(name, support.phase_of(case), case.operation.label)
+
+        state.operations |= {
+            result.ok().label for result in schema.get_all_operations() if isinstance(result, Ok)
+        }
+        return schema
+
+    return load
+
+
+@pytest.fixture(scope="session", params=["admin", "member"])
+def contract_identity(request: pytest.FixtureRequest, identities: dict[str, Identity]) -> Identity:
+    """The identity the per-operation tests run as: a platform admin, an ordinary member."""
+    return identities[request.param]
+
+
+@pytest.fixture(scope="session")
+def contract_schema(contract_identity: Identity, schema_for: SchemaFor) -> schemathesis.BaseSchema:
+    # The admin run covers the public operations (log in, refresh, probes) for everyone.
+    return schema_for(contract_identity.name, public=contract_identity.name == "admin")
+
+
+@pytest.fixture(scope="session")
+def run() -> RunState:
+    return support.run_state()
