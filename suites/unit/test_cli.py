@@ -228,3 +228,15 @@ def test_unreachable_database_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(cli, ["db", "current"])
     assert result.exit_code == 1
     assert "Cannot reach the database" in flat(result.stderr)
+
+
+def test_console_script_entry_point(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    monkeypatch.setattr("sys.argv", ["renum", "version"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    assert f"renum {__version__}" in capsys.readouterr().out

@@ -223,3 +223,13 @@ def test_empty_bootstrap_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -
 def test_unknown_settings_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RENUM_NOT_A_SETTING", "1")
     assert not hasattr(Settings(), "not_a_setting")
+
+
+def test_provider_base_url_must_be_http_and_loses_its_trailing_slash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RENUM_PROVIDERS__OPENAI_BASE_URL", "http://127.0.0.1:9999/v1/")
+    assert Settings().providers.openai_base_url == "http://127.0.0.1:9999/v1"
+    monkeypatch.setenv("RENUM_PROVIDERS__OPENAI_BASE_URL", "ftp://example.com")
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        Settings()

@@ -193,7 +193,9 @@ def test_console_format_is_not_json_and_still_redacts(
 
 def test_uvicorn_color_message_is_dropped(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(Settings(log_format="json"))
-    logging.getLogger("uvicorn.error").info(
+    # Uvicorn's loggers are shared with every in-process server the suite runs; a private
+    # logger carries the same record shape.
+    logging.getLogger("unit.uvicorn_like").info(
         "Started server", extra={"color_message": "\x1b[1mStarted\x1b[0m"}
     )
     (line,) = _json_lines(capsys.readouterr().err)
