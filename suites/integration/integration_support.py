@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import httpx
 
 from qa.client import ApiClient
 from qa.factories import Member
+from qa.launcher import Backend
 
 FreshLogin = Callable[[Member], ApiClient]  # the ``fresh_login`` fixture
 MakeUser = Callable[..., Member]  # the ``make_user`` fixture
@@ -87,6 +89,24 @@ def pointers(problem: dict[str, Any]) -> set[str]:
     for error in errors:
         assert {"pointer", "location", "type", "message"} <= error.keys(), error
     return {error["pointer"] for error in errors}
+
+
+def log_events(backend: Backend, *request_ids: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The JSON events of a launched server's log, once the ``request`` events of all
+    ``request_ids`` are in it (the server writes a request's line after sending the response,
+    so a test reading the log at once could race it). Non-JSON lines are left out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = backend.log_text()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written is not read
+        events = []
+        for line in complete.splitlines():
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        logged = {e.get("request_id") for e in events if e.get("event") == "request"}
+        if set(request_ids) <= logged or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
 
 
 def b64url(data: bytes) -> str:
