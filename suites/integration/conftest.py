@@ -50,13 +50,6 @@ def make_user(owner_client: ApiClient) -> MakeUser:
     return make
 
 
-@pytest.fixture
-def anonymous(backend: Backend) -> Iterator[ApiClient]:
-    """A client without credentials (the plugin's ``client`` under a clearer name)."""
-    with ApiClient(backend.base_url) as plain:
-        yield plain
-
-
 @pytest.fixture(scope="session")
 def secret_key(backend: Backend) -> str:
     """The launched server's JWT secret; a deployment's secret is not known to the harness."""
