@@ -224,3 +224,56 @@ def test_deleting_a_team_mid_execution_frees_its_slot(
         f"{ts.TEAMS}/{fresh_team['id']}/executions", params={"wait": 10}, json={"prompt": "again"}
     )
     assert expect(after, 202)["status"] == "completed"
+
+
+def test_no_step_starts_after_cancel_returns_on_a_busy_execution(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    """Hundreds of instant steps, so the cancel lands between steps: the guard must hold. A
+    hanging last step keeps the execution from ending before the cancel, however fast."""
+    echo = ts.echo_agent(owner_client)
+    last = ts.model_agent(owner_client, fake_openai.base_url, timeout_seconds=30)
+    steps = [ts.step(f"s{n}", echo) for n in range(400)] + [ts.step("last", last)]
+    team = ts.create_team(owner_client, [echo, last], ts.workflow("sequential", steps))
+    fake_openai.script(Hang(5))
+    execution = ts.start(owner_client, team, wait=0.3)
+    assert execution["status"] == "running", execution["status"]
+
+    cancelled, returned = cancel(owner_client, execution["id"], "immediate")
+    assert cancelled["status"] == "cancelled", cancelled
+    statuses = [s["status"] for s in cancelled["steps"]]
+    done = statuses.index("cancelled")
+    assert done > 0
+    assert set(statuses[:done]) == {"completed"}
+    assert set(statuses[done:]) == {"cancelled"}
+    assert_nothing_started_after(owner_client, cancelled, returned)
+    events = ts.events_of(owner_client, execution["id"], limit=1000)
+    late = [
+        e for e in events if e["type"] == "step_started" and ts.when(e["created_at"]) >= returned
+    ]
+    assert late == []
+
+
+def test_cancelling_a_queued_execution_ends_it_at_once(
+    private_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    """With one runner slot busy, a second execution waits as `pending`; cancelling it must
+    not wait for the slot."""
+    server = private_server({"RENUM_EXECUTIONS__RUNNER_CONCURRENCY": "1"})
+    owner = server.account.owner
+    team = two_step_team(owner, fake_openai.base_url)
+    fake_openai.script(Hang(4))
+    busy = ts.start(owner, team, wait=None)
+    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    queued = ts.start(owner, team, "queued", wait=0.3)
+    assert queued["status"] == "pending", queued
+
+    began = time.monotonic()
+    cancelled, _ = cancel(owner, queued["id"], "immediate", wait=2)
+    assert cancelled["status"] == "cancelled", cancelled
+    assert time.monotonic() - began < 2.0
+    assert {s["status"] for s in cancelled["steps"]} == {"cancelled"}
+    assert all(s["started_at"] is None for s in cancelled["steps"])
+    assert len(fake_openai.requests) == 1
+
+    assert cancel(owner, busy["id"])[0]["status"] == "cancelled"

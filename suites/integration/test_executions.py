@@ -4,6 +4,7 @@ parallel writers on one context key, and model agents against the fake OpenAI se
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -339,30 +340,57 @@ def test_server_sent_events_and_resume(owner_client: ApiClient) -> None:
     assert [f.data for f in after] == events[-2:]
 
 
+WATCHERS = 8
+
+
 def test_server_sent_events_stream_live(owner_client: ApiClient, fake_openai: FakeOpenAI) -> None:
+    """Several clients watch one execution live: each gets every event, in order, as it
+    happens, and its stream ends with the terminal event soon after the execution ends."""
     slow = ts.model_agent(owner_client, fake_openai.base_url)
-    team = ts.create_team(owner_client, [slow, ts.echo_agent(owner_client)])
+    echo = ts.echo_agent(owner_client)
+    flow = ts.workflow(
+        "sequential", [ts.step("slow", slow), ts.step("then", echo), ts.step("last", echo)]
+    )
+    team = ts.create_team(owner_client, [slow, echo], flow)
     fake_openai.script(Slow(1.0, Reply("late")))
     execution = ts.start(owner_client, team, "live", wait=None)
     assert execution["status"] in {"pending", "running"}
 
-    arrivals: dict[str, float] = {}
-    with owner_client.stream(
-        "GET",
-        f"{EXECUTIONS}/{execution['id']}/events",
-        headers={"Accept": "text/event-stream"},
-        timeout=20.0,
-    ) as response:
-        assert response.status_code == 200
-        frames = []
-        for frame in ts.parse_sse(response.iter_lines()):
-            frames.append(frame)
-            arrivals.setdefault(frame.event or "", time.monotonic())
-    assert frames[0].event == "execution_started"
-    assert frames[-1].event == "execution_completed"
-    assert [f.id for f in frames] == [str(n) for n in range(1, len(frames) + 1)]
-    # The first frames arrived while the model was still thinking, not at the end.
-    assert arrivals["execution_completed"] - arrivals["execution_started"] >= 0.5
+    watched: list[tuple[list[ts.SseFrame], dict[str, float], float]] = []
+
+    def watch() -> None:
+        arrivals: dict[str, float] = {}
+        frames: list[ts.SseFrame] = []
+        with owner_client.stream(
+            "GET",
+            f"{EXECUTIONS}/{execution['id']}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=30.0,
+        ) as response:
+            assert response.status_code == 200
+            for frame in ts.parse_sse(response.iter_lines()):
+                frames.append(frame)
+                arrivals.setdefault(frame.event or "", time.monotonic())
+        watched.append((frames, arrivals, time.monotonic()))
+
+    watchers = [threading.Thread(target=watch) for _ in range(WATCHERS)]
+    for watcher in watchers:
+        watcher.start()
+    for watcher in watchers:
+        watcher.join(40)
+    ended = time.monotonic()
+    assert len(watched) == WATCHERS, "a stream failed or never ended"
+
+    events = ts.events_of(owner_client, execution["id"])
+    assert events[-1]["type"] == "execution_completed"
+    for frames, arrivals, closed in watched:
+        assert [f.event for f in frames] == [e["type"] for e in events]
+        assert [f.id for f in frames] == [str(e["seq"]) for e in events]
+        # The first frames came while the model was still thinking, not all at the end ...
+        assert arrivals["execution_completed"] - arrivals["execution_started"] >= 0.5
+        # ... and no stream lingered once the execution was over.
+        assert closed - arrivals["step_completed"] < 3.0, "a stream stalled before its end"
+    assert ended - min(a["execution_started"] for _, a, _ in watched) < 8.0
     finished = ts.get_execution(owner_client, execution["id"])
     assert finished["status"] == "completed"
     assert finished["steps"][0]["output"] == "late"
