@@ -30,7 +30,7 @@ from qa.factories import (
     unique_email,
     unique_name,
 )
-from qa.launcher import Backend
+from qa.launcher import LaunchedBackend
 
 AGENTS = f"{API}/agents"
 PROVIDER_KEYS = f"{API}/provider-keys"
@@ -101,33 +101,37 @@ def fresh_account(admin_client: ApiClient) -> Iterator[Account]:
     account.close()
 
 
+LIMITS = {
+    "RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "1",
+    "RENUM_EXECUTIONS__RUNNER_CONCURRENCY": "1",
+}
+
+
 @dataclass
 class PrivateServer:
-    """A backend launched for one test with its own settings, and an account on it."""
+    """A backend launched with its own settings, and its admin's client."""
 
-    backend: Backend
+    backend: LaunchedBackend
     admin: ApiClient
-    account: Account
+
+    def account(self) -> Account:
+        return open_account(self.admin)
 
 
-@pytest.fixture
-def private_server(
-    launch_backend: Callable[..., Backend], db_flavour: str
-) -> Iterator[Callable[[dict[str, str]], PrivateServer]]:
-    """``private_server(env)``: a server on the session's database flavour with ``env`` set."""
-    opened: list[PrivateServer] = []
-
-    def start(env: dict[str, str]) -> PrivateServer:
-        server = launch_backend(db_flavour, extra_env=env)
-        admin = ApiClient(server.base_url).login(server.admin_email, server.admin_password)
-        made = PrivateServer(server, admin, open_account(admin))
-        opened.append(made)
-        return made
-
-    yield start
-    for made in opened:
-        made.account.close()
-        made.admin.close()
+@pytest.fixture(scope="module")
+def limited_server(request: pytest.FixtureRequest, db_flavour: str) -> Iterator[PrivateServer]:
+    """One server per module and flavour with ``LIMITS``: one running execution per account
+    and one execution driven at a time per process. Tests open their own accounts on it."""
+    if request.config.getoption("--target"):
+        pytest.skip("needs a private server with its own settings; --target cannot launch one")
+    server = LaunchedBackend.start(db_flavour, extra_env=LIMITS)
+    admin = ApiClient(server.base_url)
+    try:
+        admin.login(server.admin_email, server.admin_password)
+        yield PrivateServer(server, admin)
+    finally:
+        admin.close()
+        server.stop()
 
 
 # -- agents, keys, teams ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from qa.factories import expect
 from qa.fake_openai import FakeOpenAI, Hang, Reply, Slow
 
 EXECUTIONS = ts.EXECUTIONS
-private_server = ts.private_server
+limited_server = ts.limited_server
 
 
 def cancel(
@@ -167,65 +167,6 @@ def test_who_may_cancel(
     )
 
 
-def test_concurrent_executions_per_account_are_limited(
-    private_server: Any, fake_openai: FakeOpenAI
-) -> None:
-    server = private_server({"RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "1"})
-    owner = server.account.owner
-    team = two_step_team(owner, fake_openai.base_url)
-    fake_openai.script(Hang(5))
-    running = ts.start(owner, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
-
-    refused = owner.post(f"{ts.TEAMS}/{team['id']}/executions", json={"prompt": "second"})
-    problem = assert_problem(refused, 429)
-    assert "1" in problem["detail"]
-    listed = expect(owner.get(EXECUTIONS), 200)
-    assert listed["total"] == 1, "the refused execution was stored"
-
-    # Another account on the same server has its own allowance.
-    other = ts.open_account(server.admin)
-    try:
-        their_team = ts.create_team(other.owner, [ts.echo_agent(other.owner)])
-        assert ts.run_to_end(other.owner, their_team)["status"] == "completed"
-    finally:
-        other.close()
-
-    cancelled, _ = cancel(owner, running["id"])
-    assert cancelled["status"] == "cancelled"
-    after = ts.start(owner, team, "third")
-    assert after["status"] == "completed", after
-    assert after["result"].startswith("echo:")
-
-
-def test_deleting_a_team_mid_execution_frees_its_slot(
-    private_server: Any, fake_openai: FakeOpenAI
-) -> None:
-    server = private_server({"RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "1"})
-    owner = server.account.owner
-    team = two_step_team(owner, fake_openai.base_url)
-    fake_openai.script(Hang(3))
-    running = ts.start(owner, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
-
-    deleted = owner.delete(f"{ts.TEAMS}/{team['id']}")
-    if deleted.status_code == 409:
-        # Refusing is fine too; then the running execution is cancelled first.
-        assert cancel(owner, running["id"])[0]["status"] == "cancelled"
-        expect(owner.delete(f"{ts.TEAMS}/{team['id']}"), 204)
-    else:
-        expect(deleted, 204)
-        assert_problem(owner.get(f"{EXECUTIONS}/{running['id']}"), 404)
-
-    # Whichever way, the account can run again: its slot was not lost with the team.
-    fresh_team = ts.create_team(owner, [ts.echo_agent(owner)])
-    fake_openai.reset()
-    after = owner.post(
-        f"{ts.TEAMS}/{fresh_team['id']}/executions", params={"wait": 10}, json={"prompt": "again"}
-    )
-    assert expect(after, 202)["status"] == "completed"
-
-
 def test_no_step_starts_after_cancel_returns_on_a_busy_execution(
     owner_client: ApiClient, fake_openai: FakeOpenAI
 ) -> None:
@@ -254,26 +195,119 @@ def test_no_step_starts_after_cancel_returns_on_a_busy_execution(
     assert late == []
 
 
-def test_cancelling_a_queued_execution_ends_it_at_once(
-    private_server: Any, fake_openai: FakeOpenAI
+def test_after_step_cancel_stops_parallel_steps_still_waiting_for_a_slot(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
 ) -> None:
-    """With one runner slot busy, a second execution waits as `pending`; cancelling it must
-    not wait for the slot."""
-    server = private_server({"RENUM_EXECUTIONS__RUNNER_CONCURRENCY": "1"})
-    owner = server.account.owner
-    team = two_step_team(owner, fake_openai.base_url)
-    fake_openai.script(Hang(4))
-    busy = ts.start(owner, team, wait=None)
+    """With max_concurrency 1 the steps run one by one: a step that has not begun its call
+    when the cancel returns must never begin it."""
+    agent = ts.model_agent(owner_client, fake_openai.base_url, timeout_seconds=30)
+    flow = ts.workflow("parallel", [ts.step(f"p{n}", agent) for n in range(3)], max_concurrency=1)
+    team = ts.create_team(owner_client, [agent], flow)
+    fake_openai.script(*[Slow(0.7, Reply(f"r{n}")) for n in range(3)])
+    execution = ts.start(owner_client, team, wait=None)
     ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
-    queued = ts.start(owner, team, "queued", wait=0.3)
-    assert queued["status"] == "pending", queued
 
-    began = time.monotonic()
-    cancelled, _ = cancel(owner, queued["id"], "immediate", wait=2)
+    cancelled, returned = cancel(owner_client, execution["id"], "after_step")
     assert cancelled["status"] == "cancelled", cancelled
-    assert time.monotonic() - began < 2.0
-    assert {s["status"] for s in cancelled["steps"]} == {"cancelled"}
-    assert all(s["started_at"] is None for s in cancelled["steps"])
+    statuses = sorted(s["status"] for s in cancelled["steps"])
+    assert statuses == ["cancelled", "cancelled", "completed"], cancelled["steps"]
+    late = [r for r in fake_openai.requests if r.received_at >= returned.timestamp()]
+    assert late == [], f"{len(late)} model calls began after the cancel returned"
     assert len(fake_openai.requests) == 1
 
-    assert cancel(owner, busy["id"])[0]["status"] == "cancelled"
+
+# -- one server with LIMITS: one running execution per account, one driven per process ------
+
+
+def test_concurrent_executions_per_account_are_limited(
+    limited_server: ts.PrivateServer, fake_openai: FakeOpenAI
+) -> None:
+    first, second = limited_server.account(), limited_server.account()
+    try:
+        owner = first.owner
+        team = two_step_team(owner, fake_openai.base_url)
+        fake_openai.script(Hang(5))
+        running = ts.start(owner, team, wait=None)
+        ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+
+        refused = owner.post(f"{ts.TEAMS}/{team['id']}/executions", json={"prompt": "second"})
+        problem = assert_problem(refused, 429)
+        assert "1" in problem["detail"]
+        assert expect(owner.get(EXECUTIONS), 200)["total"] == 1, "the refused one was stored"
+
+        # Another account has its own allowance: accepted (it waits for the runner).
+        their_team = ts.create_team(second.owner, [ts.echo_agent(second.owner)])
+        theirs = ts.start(second.owner, their_team, wait=None)
+        assert theirs["status"] in {"pending", "running"}
+
+        assert cancel(owner, running["id"])[0]["status"] == "cancelled"
+        assert ts.get_execution(second.owner, theirs["id"], wait=10)["status"] == "completed"
+        # The slot is free again.
+        after = ts.start(owner, team, "third")
+        assert after["status"] == "completed", after
+        assert after["result"] == "echo: third"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_cancelling_a_queued_execution_ends_it_at_once(
+    limited_server: ts.PrivateServer, fake_openai: FakeOpenAI
+) -> None:
+    """With the one runner slot busy, another execution waits as `pending`; cancelling it
+    must not wait for the slot."""
+    first, second = limited_server.account(), limited_server.account()
+    busy: dict[str, Any] | None = None
+    try:
+        busy_team = two_step_team(first.owner, fake_openai.base_url)
+        fake_openai.script(Hang(4))
+        busy = ts.start(first.owner, busy_team, wait=None)
+        ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+        team = two_step_team(second.owner, fake_openai.base_url)
+        queued = ts.start(second.owner, team, "queued", wait=0.3)
+        assert queued["status"] == "pending", queued
+
+        began = time.monotonic()
+        cancelled, _ = cancel(second.owner, queued["id"], "immediate", wait=2)
+        assert cancelled["status"] == "cancelled", cancelled
+        assert time.monotonic() - began < 2.0
+        assert {s["status"] for s in cancelled["steps"]} == {"cancelled"}
+        assert all(s["started_at"] is None for s in cancelled["steps"])
+        assert len(fake_openai.requests) == 1
+    finally:
+        if busy is not None:
+            cancel(first.owner, busy["id"])
+        first.close()
+        second.close()
+
+
+def test_deleting_a_team_mid_execution_frees_its_slot(
+    limited_server: ts.PrivateServer, fake_openai: FakeOpenAI
+) -> None:
+    account = limited_server.account()
+    try:
+        owner = account.owner
+        team = two_step_team(owner, fake_openai.base_url)
+        fake_openai.script(Hang(2))
+        running = ts.start(owner, team, wait=None)
+        ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+
+        deleted = owner.delete(f"{ts.TEAMS}/{team['id']}")
+        if deleted.status_code == 409:
+            # Refusing is fine too; then the running execution is cancelled first.
+            assert cancel(owner, running["id"])[0]["status"] == "cancelled"
+            expect(owner.delete(f"{ts.TEAMS}/{team['id']}"), 204)
+        else:
+            expect(deleted, 204)
+            assert_problem(owner.get(f"{EXECUTIONS}/{running['id']}"), 404)
+
+        # Whichever way, the account can run again: its slot was not lost with the team.
+        fresh_team = ts.create_team(owner, [ts.echo_agent(owner)])
+        after = owner.post(
+            f"{ts.TEAMS}/{fresh_team['id']}/executions",
+            params={"wait": 10},
+            json={"prompt": "again"},
+        )
+        assert expect(after, 202)["status"] == "completed"
+    finally:
+        account.close()

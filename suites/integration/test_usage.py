@@ -223,3 +223,17 @@ def test_spending_stays_in_the_ledger_after_the_team_is_deleted(
     # Money spent is history: deleting the team must not erase it from the ledger.
     assert usage(owner, group_by="agent")["total"] == spent
     assert usage(owner, group_by="model")["total"] == spent
+
+
+def test_budget_stops_parallel_steps_still_waiting_for_a_slot(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    agent = ts.model_agent(owner_client, fake_openai.base_url, model="gpt-4o")
+    flow = ts.workflow("parallel", [ts.step(f"p{n}", agent) for n in range(3)], max_concurrency=1)
+    team = ts.create_team(owner_client, [agent], flow)
+    fake_openai.script(*[Reply("spent", input_tokens=1000, output_tokens=1000)] * 3)
+    execution = ts.start(owner_client, team, budget={"max_tokens": 100})
+    assert execution["status"] == "cancelled", execution
+    assert execution["status_reason"] == "budget_exceeded"
+    assert len(fake_openai.requests) == 1, "model calls started past the budget"
+    assert execution["input_tokens"] == 1000
