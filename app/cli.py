@@ -59,10 +59,19 @@ def run_with_engine(work: Callable[..., Awaitable[T]], *args: object) -> T:
         finally:
             await engine.dispose()
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return asyncio.run(runner())
     except OSError as exc:
         err.print(f"[bold red]Cannot reach the database:[/] {exc}")
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        err.print(
+            f"[bold red]Database error:[/] {reason}\n"
+            "If the schema is missing or old, run `renum db upgrade` first."
+        )
         raise typer.Exit(1) from None
 
 

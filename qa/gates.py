@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ def coverage_gate(
     passed = total >= threshold
     verdict = "PASS" if passed else "FAIL"
     out.write(
-        f"\ncoverage gate: {verdict}: total {total:.2f}% "
+        f"\ncoverage gate: {verdict}: total {math.floor(total * 100) / 100:.2f}% "
         f"{'>=' if passed else '<'} required {threshold:.2f}% "
         f"(combined from {len(pieces)} data files)\n"
     )

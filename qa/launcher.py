@@ -102,8 +102,8 @@ class LaunchedBackend(Backend):
         }
         backend = cls(
             base_url=f"http://127.0.0.1:{port}",
-            admin_email=ADMIN_EMAIL,
-            admin_password=password,
+            admin_email=env["RENUM_BOOTSTRAP_ADMIN_EMAIL"] or ADMIN_EMAIL,
+            admin_password=env["RENUM_BOOTSTRAP_ADMIN_PASSWORD"] or password,
             flavour=flavour,
             log_path=workdir / "server.log",
             env=env,

@@ -48,9 +48,20 @@ def _flavours(config: pytest.Config) -> list[str]:
     return flavours
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    _flavours(config)  # a bad --db is a usage error at once, not a collection error later
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_flavour" in metafunc.fixturenames:
         metafunc.parametrize("db_flavour", _flavours(metafunc.config), scope="session")
+
+
+@pytest.fixture(scope="session")
+def db_flavour(request: pytest.FixtureRequest) -> str:
+    """The first flavour of ``--db``; tests that name a backend fixture are parametrised over
+    every flavour instead (``pytest_generate_tests``). This covers fixtures requested lazily."""
+    return _flavours(request.config)[0]
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,18 @@ class ValidationFailed(ProblemError):
         return cls(message, errors=[error])
 
 
+_PROBLEM_CLASSES: tuple[type[ProblemError], ...] = (
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    ValidationFailed,
+    TooManyRequests,
+)
+
+
 def problem_body(
     status: int,
     slug: str,
@@ -154,14 +166,20 @@ async def _handle_problem(request: Request, exc: ProblemError) -> JSONResponse:
 
 async def _handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = _field_errors(exc)
-    if any(e["type"] == "json_invalid" for e in errors):
+    invalid = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+    if invalid:
+        # The location's second part is a character offset, not a field: say it in words.
+        offset = invalid[0].get("loc", ("body", 0))[-1]
+        message = f"{invalid[0].get('msg', 'JSON decode error')} at character {offset}"
         return problem_response(
             400,
             "malformed-json",
             "Malformed JSON",
             "The request body is not valid JSON.",
             instance=request.url.path,
-            errors=[e for e in errors if e["type"] == "json_invalid"],
+            errors=[
+                {"pointer": "/body", "location": "body", "type": "json_invalid", "message": message}
+            ],
         )
     count = len(errors)
     return problem_response(
@@ -188,21 +206,23 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+def _problem_class(status: int) -> type[ProblemError] | None:
+    return next((c for c in _PROBLEM_CLASSES if c.status == status), None)
+
+
 async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc.__cause__, ProblemError):
+        # FastAPI wraps errors raised while it reads the body (a body over the size limit).
+        return await _handle_problem(request, exc.__cause__)
     status = exc.status_code
+    known = _problem_class(status)
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    detail = exc.detail if isinstance(exc.detail, str) else phrase
+    slug, title = (known.slug, known.title) if known else (phrase.lower().replace(" ", "-"), phrase)
+    detail = exc.detail if isinstance(exc.detail, str) else title
     headers = getattr(exc, "headers", None)
     if status == 405:
         headers = {**(headers or {}), "Allow": _allowed_methods(request)}
-    return problem_response(
-        status,
-        phrase.lower().replace(" ", "-"),
-        phrase,
-        detail,
-        instance=request.url.path,
-        headers=headers,
-    )
+    return problem_response(status, slug, title, detail, instance=request.url.path, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

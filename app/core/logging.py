@@ -33,9 +33,10 @@ _SECRET_KEY_PARTS = (
 )
 
 # Values that look like secrets even under an innocent key.
+# Order matters: JWTs first, so an API-key match can never swallow a JWT's header alone.
 _SECRET_VALUE_PATTERNS = (
-    re.compile(r"rk_[A-Za-z0-9_-]{16,}"),  # Renum API keys
     re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),  # JWTs
+    re.compile(r"rk_[A-Za-z0-9_-]{16,}"),  # Renum API keys
     re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
 )
 

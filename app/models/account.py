@@ -12,7 +12,8 @@ class Account(IdMixin, TimestampMixin, Base):
     __tablename__ = "accounts"
 
     name: Mapped[str] = mapped_column(String(120), nullable=False)
-    name_key: Mapped[str] = mapped_column(String(120), nullable=False, unique=True)
+    # Case folding can triple a name's length ("ﬃ" -> "ffi"), so the key is wider.
+    name_key: Mapped[str] = mapped_column(String(360), nullable=False, unique=True)
     is_platform: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     # Executions pending or running; bumped with a guarded UPDATE so that several API
     # processes agree on the per-account concurrency limit.

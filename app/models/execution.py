@@ -147,8 +147,10 @@ class LedgerEntry(IdMixin, Base):
     account_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True, nullable=False
     )
-    execution_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("executions.id", ondelete="CASCADE"), index=True, nullable=False
+    # The ledger outlives what it accounts for: deleting a team (and so its executions)
+    # keeps its spending on record.
+    execution_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("executions.id", ondelete="SET NULL"), index=True
     )
     step_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("execution_steps.id", ondelete="SET NULL"), index=True

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
-from app.models import Agent, ProviderKey, Team, TeamMember, TeamWorkflowVersion
+from app.models import Agent, Execution, ProviderKey, Team, TeamMember, TeamWorkflowVersion
 from app.repositories.base import AccountScopedRepository
 
 
@@ -51,6 +51,14 @@ class TeamRepository(AccountScopedRepository[Team]):
         return await self.session.scalar(
             select(Team).where(Team.account_id == account_id, Team.name == name)
         )
+
+    async def has_active_executions(self, team_id: uuid.UUID) -> bool:
+        found = await self.session.scalar(
+            select(Execution.id)
+            .where(Execution.team_id == team_id, Execution.status.in_(("pending", "running")))
+            .limit(1)
+        )
+        return found is not None
 
     async def members(self, team_id: uuid.UUID) -> list[TeamMember]:
         rows = await self.session.scalars(

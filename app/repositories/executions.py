@@ -187,6 +187,27 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
         )
         return _rowcount(result) == 1
 
+    async def cancel_pending(self, execution_id: uuid.UUID, mode: str, now: datetime) -> bool:
+        """End an execution nobody has started yet; False if a runner claimed it first."""
+        result = await self.session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id, Execution.status == ExecutionStatus.pending.value)
+            .values(
+                status=ExecutionStatus.cancelled.value,
+                status_reason="cancelled",
+                cancel_mode=mode,
+                finished_at=now,
+            )
+        )
+        if _rowcount(result) != 1:
+            return False
+        await self.session.execute(
+            update(ExecutionStep)
+            .where(ExecutionStep.execution_id == execution_id)
+            .values(status="cancelled", finished_at=now)
+        )
+        return True
+
     async def release_ownership(self, owner: str) -> None:
         """On a clean shutdown: let the next process resume our executions at once."""
         await self.session.execute(

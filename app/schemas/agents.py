@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import Name, RequestModel, ResponseModel
 
 Provider = Literal["openai", "builtin"]
 
@@ -44,7 +44,7 @@ class AgentParameters(BaseModel):
 
 
 class AgentCreate(RequestModel):
-    name: str = Field(min_length=1, max_length=120, examples=["researcher"])
+    name: Name = Field(examples=["researcher"])
     description: str | None = Field(default=None, max_length=2000)
     system_prompt: str | None = Field(default=None, max_length=50_000)
     provider: Provider = Field(examples=["builtin"])
@@ -68,13 +68,14 @@ class AgentCreate(RequestModel):
 
 
 class AgentUpdate(RequestModel):
-    name: str | None = Field(default=None, min_length=1, max_length=120)
+    # Left out, a field keeps its value; those typed without `None` cannot be null.
+    name: Name = Field(default=None)  # type: ignore[assignment]
     description: str | None = Field(default=None, max_length=2000)
     system_prompt: str | None = Field(default=None, max_length=50_000)
-    model: str | None = Field(default=None, min_length=1, max_length=200)
-    parameters: AgentParameters | None = None
-    timeout_seconds: float | None = Field(default=None, gt=0, le=600)
-    retry: RetrySettings | None = None
+    model: str = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+    parameters: AgentParameters = Field(default=None)  # type: ignore[assignment]
+    timeout_seconds: float = Field(default=None, gt=0, le=600)  # type: ignore[assignment]
+    retry: RetrySettings = Field(default=None)  # type: ignore[assignment]
     base_url: AnyHttpUrl | None = None
     provider_key_id: uuid.UUID | None = None
 

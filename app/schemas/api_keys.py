@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.schemas.common import Name, RequestModel, ResponseModel
+from app.schemas.common import DateTime, Name, RequestModel, ResponseModel
 
 
 class ApiKeyCreate(RequestModel):
@@ -16,7 +16,9 @@ class ApiKeyCreate(RequestModel):
     role: Literal["admin", "owner", "member", "viewer"] | None = Field(
         default=None, description="Defaults to the creator's role; never above it."
     )
-    expires_at: datetime | None = Field(default=None, description="Optional expiry (UTC).")
+    expires_at: DateTime | None = Field(
+        default=None, description="Optional expiry, in the future (without an offset: UTC)."
+    )
 
 
 class ApiKeyOut(ResponseModel):

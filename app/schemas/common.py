@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, get_args
 
 import email_validator
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 
 T = TypeVar("T")
@@ -31,21 +35,14 @@ Money = Annotated[
 # own dialect, and what `\s` matches differs between them.
 SPACES = " \t\n\r\f\v"
 NOT_BLANK = r"[^ \t\n\r\f\v]"
+# Marks text a request model keeps exactly as sent (see `RequestModel`).
+VERBATIM = object()
 
-
-def _trim(value: str) -> str:
-    return value.strip(SPACES)
-
-
-# Text is checked exactly as sent, so the schema's limits are the server's, and trimmed after.
-Name = Annotated[
-    str,
-    StringConstraints(strip_whitespace=False, min_length=1, max_length=120, pattern=NOT_BLANK),
-    AfterValidator(_trim),
-]
-FullName = Annotated[
-    str, StringConstraints(strip_whitespace=False, max_length=200), AfterValidator(_trim)
-]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=NOT_BLANK)]
+FullName = Annotated[str, StringConstraints(max_length=200)]
+# Secrets are taken verbatim: the spaces of a password are part of it.
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256), VERBATIM]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=4096), VERBATIM]
 
 
 def _email(value: str) -> str:
@@ -62,20 +59,78 @@ def _email(value: str) -> str:
 # no mail, so a domain need not be deliverable; `.test` ones, used by test setups, are accepted.
 Email = Annotated[
     str,
-    StringConstraints(strip_whitespace=False, max_length=254),
+    StringConstraints(max_length=254),
     AfterValidator(_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
 ]
-# Secrets are taken verbatim: the spaces of a password are part of it.
-Password = Annotated[str, StringConstraints(strip_whitespace=False, min_length=8, max_length=256)]
-Token = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=4096)]
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date_time(value: Any) -> Any:
+    """Refuse what pydantic would otherwise read as a Unix timestamp or a bare date."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and (_NUMBER.fullmatch(value) or _DATE_ONLY.fullmatch(value))
+    ):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2030-01-31T12:00:00Z")
+    return value
+
+
+# An instant as `format: date-time` says: a date and a time (without an offset, read as UTC).
+DateTime = Annotated[datetime, BeforeValidator(_date_time)]
+
+MONEY_PATTERN = r"^(1000000(\.0{1,8})?|[0-9]{1,6}(\.[0-9]{1,8})?)$"
+
+
+def _money(value: Any) -> Any:
+    if not isinstance(value, str) or not re.fullmatch(MONEY_PATTERN, value):
+        raise ValueError("expected a decimal string from 0 to 1000000 with at most 8 places")
+    return value
+
+
+# An amount in US dollars as clients send it: an exact decimal string ("0.50"), never a float.
+MoneyAmount = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    PlainSerializer(
+        lambda value: format(value.normalize(), "f"), return_type=str, when_used="json"
+    ),
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["0.50"]}),
+]
+
+
+def _is_verbatim(annotation: Any, metadata: list[Any]) -> bool:
+    if VERBATIM in metadata:
+        return True
+    return any(VERBATIM in getattr(arg, "__metadata__", ()) for arg in get_args(annotation) if arg)
 
 
 class RequestModel(BaseModel):
-    """Base of every request body: unknown fields are an error, strings are stripped (fields
-    typed ``Name``/``FullName`` are trimmed after validation, secrets are kept verbatim)."""
+    """Base of every request body: unknown fields are an error; text fields are checked exactly
+    as sent (so the schema's lengths and patterns are the server's) and trimmed afterwards,
+    except those marked ``VERBATIM`` (passwords, tokens)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
+    _trimmed: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._trimmed = frozenset(
+            name
+            for name, field in cls.model_fields.items()
+            if not _is_verbatim(field.annotation, field.metadata)
+        )
+
+    @model_validator(mode="after")
+    def _trim_text(self) -> Self:
+        for name in self._trimmed:
+            value = self.__dict__.get(name)
+            if isinstance(value, str):
+                self.__dict__[name] = value.strip(SPACES)
+        return self
 
 
 class ResponseModel(BaseModel):

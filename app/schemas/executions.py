@@ -8,14 +8,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import Money, RequestModel, ResponseModel
+from app.schemas.common import Money, MoneyAmount, RequestModel, ResponseModel
 
 
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000_000)
-    max_cost_usd: Money | None = Field(default=None, ge=0, le=1_000_000, decimal_places=8)
+    max_cost_usd: MoneyAmount | None = Field(
+        default=None, description='A decimal string, e.g. `"0.50"`: at most 1000000.'
+    )
     max_seconds: float | None = Field(default=None, gt=0, le=86_400)
 
 

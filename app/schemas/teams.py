@@ -8,17 +8,18 @@ from typing import Any
 
 from pydantic import Field
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import Name, RequestModel, ResponseModel
 from app.schemas.workflows import WorkflowDefinition
 
 
 class TeamCreate(RequestModel):
-    name: str = Field(min_length=1, max_length=120, examples=["research-team"])
+    name: Name = Field(examples=["research-team"])
     description: str | None = Field(default=None, max_length=2000)
     agent_ids: list[uuid.UUID] = Field(
         default_factory=list,
         max_length=1000,
-        description="Agents to add as members, in order.",
+        json_schema_extra={"uniqueItems": True},
+        description="Agents to add as members, in order; each once.",
     )
     workflow: WorkflowDefinition | None = Field(
         default=None,
@@ -27,7 +28,8 @@ class TeamCreate(RequestModel):
 
 
 class TeamUpdate(RequestModel):
-    name: str | None = Field(default=None, min_length=1, max_length=120)
+    # Left out, a field keeps its value; `name` cannot be null (the schema says so too).
+    name: Name = Field(default=None)  # type: ignore[assignment]
     description: str | None = Field(default=None, max_length=2000)
     workflow: WorkflowDefinition | None = Field(
         default=None, description="A new definition; saved as the next version."

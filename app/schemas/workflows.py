@@ -41,8 +41,19 @@ class Condition(_Strict):
     value: Any = Field(default=None, description="Not used by `exists` / `not_exists`.")
 
 
+# Exactly one of `all` and `any` holds a list, the other is absent or null.
+_EXACTLY_ONE_LIST = {
+    "oneOf": [
+        {"required": [key], "properties": {key: {"type": "array"}, other: {"type": "null"}}}
+        for key, other in (("all", "any"), ("any", "all"))
+    ]
+}
+
+
 class ConditionGroup(_Strict):
     """All (or any) of several conditions or groups."""
+
+    model_config = ConfigDict(json_schema_extra=_EXACTLY_ONE_LIST)
 
     all: list[Condition | ConditionGroup] | None = Field(default=None, min_length=1)
     any: list[Condition | ConditionGroup] | None = Field(default=None, min_length=1)

@@ -101,8 +101,20 @@ class AgentService:
             }
             problems = validate_builtin(values["model"], parameters)
             if problems:
-                field = "model" if values["model"] not in ("echo", "template") else "parameters"
-                raise ValidationFailed.at(f"{pointer}/{field}", "; ".join(problems))
+                # Each problem reads "<field>: <message>"; the builtin kind is the agent's model.
+                errors = []
+                for problem in problems:
+                    field, _, message = problem.partition(": ")
+                    path = "model" if field == "kind" else field.replace(".", "/")
+                    errors.append(
+                        {
+                            "pointer": f"{pointer}/{path}",
+                            "location": "body",
+                            "type": "invalid",
+                            "message": message,
+                        }
+                    )
+                raise ValidationFailed("; ".join(problems), errors=errors)
             return
         if values.get("parameters", {}).get("template") is not None:
             raise ValidationFailed.at(
@@ -111,7 +123,7 @@ class AgentService:
         key_id = values.get("provider_key_id")
         if key_id is not None:
             try:
-                await self.provider_keys.get(principal, key_id)
+                await self.provider_keys.get(principal, uuid.UUID(str(key_id)))
             except NotFound:
                 raise ValidationFailed.at(
                     f"{pointer}/provider_key_id", "no provider key with this id", "not_found"

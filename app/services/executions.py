@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
+from app.db.base import utcnow
 from app.db.database import Database
 from app.models import (
     ContextEntry,
@@ -124,11 +125,21 @@ class ExecutionService:
         execution_id: uuid.UUID,
         mode: str,
         dispatcher: ExecutionDispatcher,
+        hub: EventHub,
     ) -> Execution:
         principal.require(Role.member)
         execution = await self.get(principal, execution_id)
         if is_terminal(execution):
             raise Conflict(f"The execution already ended ({execution.status}).")
+        if await self.executions.cancel_pending(execution.id, mode, utcnow()):
+            await self.executions.release_slot(execution.account_id)
+            await self.executions.append_events(
+                execution.id,
+                [("execution_cancelled", {"status": "cancelled", "reason": "cancelled"})],
+            )
+            await self.session.commit()
+            hub.notify(execution.id)
+            return execution
         await self.executions.request_cancel(execution.id, mode)
         await self.session.commit()
         if mode == "immediate":

@@ -89,6 +89,8 @@ class TeamService:
     async def delete(self, principal: Principal, team_id: uuid.UUID) -> None:
         principal.require(Role.member)
         team = await self.get(principal, team_id)
+        if await self.teams.has_active_executions(team.id):
+            raise Conflict("The team has pending or running executions; cancel them first.")
         await self.teams.delete(team)
         await self.session.commit()
 

@@ -47,15 +47,15 @@ class UserService:
 
     async def create(self, principal: Principal, data: UserCreate) -> User:
         principal.require(Role.owner)
-        account_id = principal.account_id
-        if data.account_id is not None and data.account_id != principal.account_id:
-            if not principal.is_admin or await self.accounts.get(data.account_id) is None:
-                raise NotFound("No account with this id.")
-            account_id = data.account_id
-        elif principal.is_admin:
+        if principal.is_admin and data.account_id is None:
             raise ValidationFailed.at(
                 "/body/account_id", "Admins must say which account the user belongs to.", "missing"
             )
+        account_id = data.account_id or principal.account_id
+        if account_id != principal.account_id and (
+            not principal.is_admin or await self.accounts.get(account_id) is None
+        ):
+            raise NotFound("No account with this id.")
         if await self.users.by_email(data.email) is not None:
             raise Conflict("A user with this email already exists.")
         user = User(

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
 
 from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, to_page
 from app.schemas.agents import AgentCreate, AgentOut, AgentUpdate
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.services.agents import AgentService
 
 router = APIRouter(prefix="/agents", tags=["agents"])
+
+
+def _agent_links(status: int, description: str, **more: dict[str, Any]) -> dict[int | str, Any]:
+    """Links from a response carrying one agent to what can be done with it."""
+    agent_id = "$response.body#/id"
+    return links(
+        status,
+        description,
+        GetAgent=link("get_agent", "Read the agent.", agent_id=agent_id),
+        UpdateAgent=link("update_agent", "Change the agent.", agent_id=agent_id),
+        DeleteAgent=link("delete_agent", "Delete the agent.", agent_id=agent_id),
+        **more,
+    )
 
 
 @router.post(
@@ -22,7 +35,18 @@ router = APIRouter(prefix="/agents", tags=["agents"])
     summary="Create an agent",
     description="A model plus instructions (`openai`), or a local `builtin` agent "
     "(`echo`, `template`) that needs no network.",
-    responses=problems(400, 401, 403, 409, 422),
+    responses={
+        **_agent_links(
+            201,
+            "The new agent.",
+            CreateTeam=link(
+                "create_team",
+                "Make a team of the agent.",
+                requestBody={"agent_ids": ["$response.body#/id"]},
+            ),
+        ),
+        **problems(400, 401, 403, 409, 422),
+    },
 )
 async def create_agent(
     body: AgentCreate, principal: PrincipalDep, session: SessionDep, box: BoxDep
@@ -34,7 +58,16 @@ async def create_agent(
     "",
     response_model=Page[AgentOut],
     summary="List agents",
-    responses=problems(401, 422),
+    responses={
+        **links(
+            200,
+            "One page of agents.",
+            GetAgent=link(
+                "get_agent", "Read the first agent.", agent_id="$response.body#/items/0/id"
+            ),
+        ),
+        **problems(401, 422),
+    },
 )
 async def list_agents(
     principal: PrincipalDep,
@@ -53,7 +86,7 @@ async def list_agents(
     "/{agent_id}",
     response_model=AgentOut,
     summary="Get an agent",
-    responses=problems(401, 404, 422),
+    responses={**_agent_links(200, "The agent."), **problems(401, 404, 422)},
 )
 async def get_agent(
     agent_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
@@ -65,7 +98,10 @@ async def get_agent(
     "/{agent_id}",
     response_model=AgentOut,
     summary="Change an agent",
-    responses=problems(400, 401, 403, 404, 409, 422),
+    responses={
+        **_agent_links(200, "The changed agent."),
+        **problems(400, 401, 403, 404, 409, 422),
+    },
 )
 async def update_agent(
     agent_id: uuid.UUID,

@@ -76,7 +76,7 @@ async def execution_socket(
             async with app.state.database.session() as session:
                 try:
                     await ExecutionService(session, app.state.settings).cancel(
-                        principal, execution_id, mode, runtime.runner
+                        principal, execution_id, mode, runtime.runner, runtime.hub
                     )
                     await websocket.send_json({"type": "cancel_accepted", "mode": mode})
                 except ProblemError as exc:

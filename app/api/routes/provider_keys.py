@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 
 from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, to_page
 from app.schemas.agents import ProviderKeyCreate, ProviderKeyOut
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.services.agents import ProviderKeyService
 
 router = APIRouter(prefix="/provider-keys", tags=["provider-keys"])
@@ -21,7 +21,16 @@ router = APIRouter(prefix="/provider-keys", tags=["provider-keys"])
     summary="Store a provider key",
     description="The key is encrypted (AES-GCM) at rest and never returned; agents refer to "
     "it by id.",
-    responses=problems(400, 401, 403, 422),
+    responses={
+        **links(
+            201,
+            "The stored key, masked.",
+            DeleteProviderKey=link(
+                "delete_provider_key", "Delete the key.", key_id="$response.body#/id"
+            ),
+        ),
+        **problems(400, 401, 403, 422),
+    },
 )
 async def create_provider_key(
     body: ProviderKeyCreate, principal: PrincipalDep, session: SessionDep, box: BoxDep
@@ -36,7 +45,18 @@ async def create_provider_key(
     response_model=Page[ProviderKeyOut],
     summary="List provider keys (masked)",
     description="Owners and admins see the account's keys; others their own.",
-    responses=problems(401, 422),
+    responses={
+        **links(
+            200,
+            "One page of keys.",
+            DeleteProviderKey=link(
+                "delete_provider_key",
+                "Delete the first key.",
+                key_id="$response.body#/items/0/id",
+            ),
+        ),
+        **problems(401, 422),
+    },
 )
 async def list_provider_keys(
     principal: PrincipalDep, session: SessionDep, box: BoxDep, paging: PagingDep

@@ -9,10 +9,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
+from pydantic import WithJsonSchema
 
 from app.api.deps import PagingDep, PrincipalDep, RuntimeDep, SessionDep, SettingsDep, to_page
 from app.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.schemas.executions import (
     ContextOut,
     ContextValueOut,
@@ -27,6 +28,32 @@ from app.services.executions import ExecutionService, event_stream, is_terminal,
 from app.services.runtime import Runtime
 
 router = APIRouter(tags=["executions"])
+
+
+def _execution_links(status: int, description: str) -> dict[int | str, Any]:
+    """Links from a response carrying one execution to reading, cancelling and cleaning up."""
+    execution_id = "$response.body#/id"
+    return links(
+        status,
+        description,
+        GetExecution=link("get_execution", "Read the execution.", execution_id=execution_id),
+        ListExecutionSteps=link(
+            "list_execution_steps", "Read its steps.", execution_id=execution_id
+        ),
+        GetExecutionContext=link(
+            "get_execution_context", "Read its shared context.", execution_id=execution_id
+        ),
+        ListExecutionEvents=link(
+            "list_execution_events", "Read its events.", execution_id=execution_id
+        ),
+        CancelExecution=link(
+            "cancel_execution", "Cancel the execution.", execution_id=execution_id
+        ),
+        DeleteTeam=link(
+            "delete_team", "Delete the team that ran it.", team_id="$response.body#/team_id"
+        ),
+    )
+
 
 _DONE = {StepStatus.completed, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled}
 SSE_HEARTBEAT_SECONDS = 15.0
@@ -77,7 +104,10 @@ async def _wait(runtime: Runtime, settings: Any, execution_id: uuid.UUID, wait: 
     summary="Run a team on a prompt",
     description="Starts an execution and answers at once (202), or after `?wait=` seconds "
     "or when it ends, whichever is first.",
-    responses=problems(400, 401, 403, 404, 409, 422, 429),
+    responses={
+        **_execution_links(202, "The execution, as it stands."),
+        **problems(400, 401, 403, 404, 409, 422, 429),
+    },
 )
 async def create_execution(
     team_id: uuid.UUID,
@@ -98,7 +128,18 @@ async def create_execution(
     "/executions",
     response_model=Page[ExecutionSummary],
     summary="List executions",
-    responses=problems(401, 422),
+    responses={
+        **links(
+            200,
+            "One page of executions.",
+            GetExecution=link(
+                "get_execution",
+                "Read the first execution.",
+                execution_id="$response.body#/items/0/id",
+            ),
+        ),
+        **problems(401, 422),
+    },
 )
 async def list_executions(
     principal: PrincipalDep,
@@ -122,7 +163,7 @@ async def list_executions(
     "/executions/{execution_id}",
     response_model=ExecutionOut,
     summary="Get an execution: status, per-step status, progress, timings, result",
-    responses=problems(401, 404, 422),
+    responses={**_execution_links(200, "The execution."), **problems(401, 404, 422)},
 )
 async def get_execution(
     execution_id: uuid.UUID,
@@ -205,7 +246,10 @@ async def list_execution_events(
     runtime: RuntimeDep,
     after: Annotated[int, Query(ge=0, description="Only events with a larger sequence.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    # A header is absent or a number; never "null" (the schema must not say it may be).
+    last_event_id: Annotated[
+        int | None, Header(ge=0), WithJsonSchema({"type": "integer", "minimum": 0})
+    ] = None,
 ) -> Any:
     service = ExecutionService(session, settings)
     execution = await service.get(principal, execution_id)
@@ -228,7 +272,10 @@ async def list_execution_events(
     summary="Cancel an execution",
     description="Once this returns, no new step starts. `immediate` also abandons in-flight "
     "model calls; `after_step` lets them finish.",
-    responses=problems(400, 401, 403, 404, 409, 422),
+    responses={
+        **_execution_links(202, "The execution, cancelling or ended."),
+        **problems(400, 401, 403, 404, 409, 422),
+    },
 )
 async def cancel_execution(
     execution_id: uuid.UUID,
@@ -241,6 +288,6 @@ async def cancel_execution(
 ) -> ExecutionOut:
     mode: Literal["immediate", "after_step"] = body.mode if body else "immediate"
     service = ExecutionService(session, settings)
-    await service.cancel(principal, execution_id, mode, runtime.runner)
+    await service.cancel(principal, execution_id, mode, runtime.runner, runtime.hub)
     await _wait(runtime, settings, execution_id, wait)
     return await _present(service, execution_id, principal)

@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep
-from app.schemas.common import problems
+from app.schemas.common import link, links, problems
 from app.schemas.teams import TeamMemberCreate, TeamMemberOut
 from app.services.teams import TeamService
 
@@ -18,7 +18,19 @@ router = APIRouter(prefix="/teams/{team_id}/members", tags=["team-members"])
     "",
     response_model=list[TeamMemberOut],
     summary="List a team's members in order",
-    responses=problems(401, 404, 422),
+    responses={
+        **links(
+            200,
+            "The members, in order.",
+            RemoveTeamMember=link(
+                "remove_team_member",
+                "Remove the first member.",
+                team_id="$request.path.team_id",
+                agent_id="$response.body#/0/agent_id",
+            ),
+        ),
+        **problems(401, 404, 422),
+    },
 )
 async def list_team_members(
     team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
@@ -34,7 +46,19 @@ async def list_team_members(
     summary="Add an agent to a team",
     description="The agent must belong to the team's account; a team holds at most "
     "`RENUM_TEAMS__MAX_MEMBERS` agents (409 when full).",
-    responses=problems(400, 401, 403, 404, 409, 422),
+    responses={
+        **links(
+            201,
+            "The new member.",
+            RemoveTeamMember=link(
+                "remove_team_member",
+                "Remove it again.",
+                team_id="$request.path.team_id",
+                agent_id="$response.body#/agent_id",
+            ),
+        ),
+        **problems(400, 401, 403, 404, 409, 422),
+    },
 )
 async def add_team_member(
     team_id: uuid.UUID,

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, status
 
 from app.api.deps import PagingDep, PrincipalDep, SessionDep, SettingsDep, to_page
-from app.schemas.common import Page, problems
+from app.schemas.common import Page, link, links, problems
 from app.schemas.teams import TeamCreate, TeamOut, TeamUpdate, WorkflowVersionOut
 from app.services.teams import TeamService
 
 router = APIRouter(prefix="/teams", tags=["teams"])
+
+
+def _team_links(status: int, description: str) -> dict[int | str, Any]:
+    """Links from a response carrying one team: read, change, run, delete."""
+    team_id = "$response.body#/id"
+    return links(
+        status,
+        description,
+        GetTeam=link("get_team", "Read the team.", team_id=team_id),
+        UpdateTeam=link("update_team", "Change the team or its workflow.", team_id=team_id),
+        ListTeamMembers=link("list_team_members", "Read its members.", team_id=team_id),
+        AddTeamMember=link("add_team_member", "Add a member.", team_id=team_id),
+        ListWorkflowVersions=link(
+            "list_workflow_versions", "Read its workflow versions.", team_id=team_id
+        ),
+        RunTeam=link("create_execution", "Run the team on a prompt.", team_id=team_id),
+        DeleteTeam=link("delete_team", "Delete the team.", team_id=team_id),
+    )
 
 
 @router.post(
@@ -21,7 +40,7 @@ router = APIRouter(prefix="/teams", tags=["teams"])
     summary="Create a team",
     description="Members are agents of the caller's account; a workflow, if given, is checked "
     "against them and saved as version 1.",
-    responses=problems(400, 401, 403, 409, 422),
+    responses={**_team_links(201, "The new team."), **problems(400, 401, 403, 409, 422)},
 )
 async def create_team(
     body: TeamCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
@@ -30,7 +49,19 @@ async def create_team(
     return TeamOut.model_validate(team)
 
 
-@router.get("", response_model=Page[TeamOut], summary="List teams", responses=problems(401, 422))
+@router.get(
+    "",
+    response_model=Page[TeamOut],
+    summary="List teams",
+    responses={
+        **links(
+            200,
+            "One page of teams.",
+            GetTeam=link("get_team", "Read the first team.", team_id="$response.body#/items/0/id"),
+        ),
+        **problems(401, 422),
+    },
+)
 async def list_teams(
     principal: PrincipalDep, session: SessionDep, settings: SettingsDep, paging: PagingDep
 ) -> Page[TeamOut]:
@@ -41,7 +72,10 @@ async def list_teams(
 
 
 @router.get(
-    "/{team_id}", response_model=TeamOut, summary="Get a team", responses=problems(401, 404, 422)
+    "/{team_id}",
+    response_model=TeamOut,
+    summary="Get a team",
+    responses={**_team_links(200, "The team."), **problems(401, 404, 422)},
 )
 async def get_team(
     team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
@@ -56,7 +90,7 @@ async def get_team(
     response_model=TeamOut,
     summary="Change a team or its workflow",
     description="A new workflow is validated against the members and saved as the next version.",
-    responses=problems(400, 401, 403, 404, 409, 422),
+    responses={**_team_links(200, "The changed team."), **problems(400, 401, 403, 404, 409, 422)},
 )
 async def update_team(
     team_id: uuid.UUID,
@@ -73,7 +107,9 @@ async def update_team(
     "/{team_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a team",
-    responses=problems(401, 403, 404, 422),
+    description="Refused (409) while the team has pending or running executions. Its "
+    "executions go with it; its spending stays in the usage ledger.",
+    responses=problems(401, 403, 404, 409, 422),
 )
 async def delete_team(
     team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep
-from app.schemas.common import problems
+from app.schemas.common import DateTime, problems
 from app.schemas.executions import UsageOut
 from app.services.executions import ExecutionService
 
@@ -26,7 +25,7 @@ async def get_usage(
     session: SessionDep,
     settings: SettingsDep,
     group_by: Literal["team", "agent", "user", "model"] = "team",
-    since: Annotated[datetime | None, Query(alias="from")] = None,
-    until: Annotated[datetime | None, Query(alias="to")] = None,
+    since: Annotated[DateTime | None, Query(alias="from")] = None,
+    until: Annotated[DateTime | None, Query(alias="to")] = None,
 ) -> UsageOut:
     return await ExecutionService(session, settings).usage(principal, group_by, since, until)

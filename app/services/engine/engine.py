@@ -64,6 +64,7 @@ class Turn:
     context: Mapping[str, Any]
     variables: Mapping[str, Any]
     max_concurrency: int | None
+    fail_fast: bool
     seconds_left: float | None
 
 
@@ -182,12 +183,15 @@ class ExecutionEngine:
     async def _drive(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         while (turn := await self._next_turn(execution_id)) is not None:
             gate = asyncio.Semaphore(turn.max_concurrency or len(turn.steps))
+            # Under fail_fast, the first failure stops the turn's other steps.
+            abort = asyncio.Event()
 
-            async def one(
-                step: PlannedStep, turn: Turn = turn, gate: asyncio.Semaphore = gate
-            ) -> None:
+            async def one(step: PlannedStep, turn: Turn = turn, gate: asyncio.Semaphore = gate,
+                          abort: asyncio.Event = abort) -> None:  # fmt: skip
                 async with gate:
-                    await self._run_one(execution_id, step, turn, interrupt)
+                    failed = await self._run_one(execution_id, step, turn, interrupt, abort)
+                if failed and turn.fail_fast:
+                    abort.set()
 
             await asyncio.gather(*(one(step) for step in turn.steps))
 
@@ -257,10 +261,6 @@ class ExecutionEngine:
                         error="the workflow made no progress",
                     )  # fmt: skip
                     return None
-                # The guard: no step starts once a cancel has been committed.
-                if not await repo.beat(execution_id, self.owner, utcnow()):
-                    await session.commit()
-                    continue
                 agent_ids = {uuid.UUID(p.agent_id) for p in decision.run}
                 agents = {
                     str(a.id): a
@@ -277,37 +277,35 @@ class ExecutionEngine:
                     if key_ids
                     else {}
                 )
-                now = utcnow()
-                events = []
-                for planned in decision.run:
-                    step = steps[planned.key]
-                    step.status = StepStatus.running.value
-                    step.input = planned.input
-                    step.attempts += 1
-                    step.started_at = now
-                    events.append(
-                        ("step_started", {"step": planned.key, "agent_id": planned.agent_id})
-                    )
-                await repo.append_events(execution_id, events)
-                await session.commit()
-            self.hub.notify(execution_id)
-            return Turn(
-                steps=decision.run,
-                agents=agents,
-                keys=keys,
-                context=context,
-                variables=dict(execution.variables),
-                max_concurrency=workflow.max_concurrency,
-                seconds_left=seconds_left(execution),
-            )
+                return Turn(
+                    steps=decision.run,
+                    agents=agents,
+                    keys=keys,
+                    context=context,
+                    variables=dict(execution.variables),
+                    max_concurrency=workflow.max_concurrency,
+                    fail_fast=workflow.strategy == "parallel"
+                    and workflow.failure_policy == "fail_fast",
+                    seconds_left=seconds_left(execution),
+                )
 
     async def _run_one(
-        self, execution_id: uuid.UUID, step: PlannedStep, turn: Turn, interrupt: asyncio.Event
-    ) -> None:
+        self,
+        execution_id: uuid.UUID,
+        step: PlannedStep,
+        turn: Turn,
+        interrupt: asyncio.Event,
+        abort: asyncio.Event,
+    ) -> bool:
+        """Start and run one step; return whether it failed."""
+        if interrupt.is_set() or abort.is_set():
+            return False
+        if not await self._start_step(execution_id, step):
+            return False
         agent = turn.agents.get(step.agent_id)
         if agent is None:
             await self._commit_step(execution_id, step.key, error="the agent no longer exists")
-            return
+            return True
         key = turn.keys.get(agent.provider_key_id) if agent.provider_key_id else None
         call = asyncio.ensure_future(
             self.caller.call(
@@ -315,33 +313,69 @@ class ExecutionEngine:
             )
         )
         try:
-            outcome = await self._race(call, interrupt, turn.seconds_left)
+            outcome = await self._race(call, interrupt, abort, turn.seconds_left)
         except StepInterrupted as stop:
             await self._commit_step(execution_id, step.key, interrupted=stop.reason)
         except ProviderError as exc:
             await self._commit_step(
                 execution_id, step.key, error=f"{exc.kind}: {exc.message}", failure=exc.to_dict()
             )
+            return True
         else:
             await self._commit_step(execution_id, step.key, outcome=outcome)
+        return False
+
+    async def _start_step(self, execution_id: uuid.UUID, step: PlannedStep) -> bool:
+        """Mark the step running, unless a cancel has been committed: the guard that keeps
+        any step from starting once a cancel has returned."""
+        async with self.db.session() as session:
+            repo = ExecutionRepository(session)
+            if not await repo.beat(execution_id, self.owner, utcnow()):
+                await session.rollback()
+                return False
+            await session.execute(
+                update(ExecutionStep)
+                .where(
+                    ExecutionStep.execution_id == execution_id,
+                    ExecutionStep.step_key == step.key,
+                )
+                .values(
+                    status=StepStatus.running.value,
+                    input=step.input,
+                    attempts=ExecutionStep.attempts + 1,
+                    started_at=utcnow(),
+                )
+            )
+            await repo.append_events(
+                execution_id, [("step_started", {"step": step.key, "agent_id": step.agent_id})]
+            )
+            await session.commit()
+        self.hub.notify(execution_id)
+        return True
 
     @staticmethod
     async def _race(
-        call: asyncio.Future[AgentOutcome], interrupt: asyncio.Event, seconds: float | None
+        call: asyncio.Future[AgentOutcome],
+        interrupt: asyncio.Event,
+        abort: asyncio.Event,
+        seconds: float | None,
     ) -> AgentOutcome:
-        waiter = asyncio.ensure_future(interrupt.wait())
+        stops = [asyncio.ensure_future(interrupt.wait()), asyncio.ensure_future(abort.wait())]
         try:
             done, _ = await asyncio.wait(
-                {call, waiter}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+                {call, *stops}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            waiter.cancel()
+            for stop in stops:
+                stop.cancel()
         if call in done:
             return call.result()
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await call
-        raise StepInterrupted("cancelled" if interrupt.is_set() else "timed_out")
+        if interrupt.is_set():
+            raise StepInterrupted("cancelled")
+        raise StepInterrupted("another step failed" if abort.is_set() else "timed_out")
 
     async def _commit_step(
         self,

@@ -111,14 +111,10 @@ def decide(
             s.id: (state(s).output if state(s).status is StepStatus.completed else None)
             for s in steps
         }
+        result = {"outputs": outputs, "failed": [s.id for s in failed]}
         if failed and len(failed) == len(steps):
-            return Decision(
-                finish=ExecutionStatus.failed, error="every step failed", result=outputs
-            )
-        return Decision(
-            finish=ExecutionStatus.completed,
-            result={"outputs": outputs, "failed": [s.id for s in failed]},
-        )
+            return Decision(finish=ExecutionStatus.failed, error="every step failed", result=result)
+        return Decision(finish=ExecutionStatus.completed, result=result)
 
     # sequential, pipeline and conditional run one step at a time, in order.
     if running:

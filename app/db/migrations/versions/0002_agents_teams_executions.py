@@ -340,7 +340,7 @@ def upgrade() -> None:
     op.create_table(
         "ledger_entries",
         sa.Column("account_id", sa.Uuid(), nullable=False),
-        sa.Column("execution_id", sa.Uuid(), nullable=False),
+        sa.Column("execution_id", sa.Uuid(), nullable=True),
         sa.Column("step_id", sa.Uuid(), nullable=True),
         sa.Column("team_id", sa.Uuid(), nullable=True),
         sa.Column("agent_id", sa.Uuid(), nullable=True),
@@ -364,7 +364,7 @@ def upgrade() -> None:
             ["execution_id"],
             ["executions.id"],
             name=op.f("fk_ledger_entries_execution_id_executions"),
-            ondelete="CASCADE",
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["step_id"],
@@ -394,10 +394,16 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("active_executions", sa.Integer(), nullable=False, server_default="0")
         )
+        batch_op.alter_column(
+            "name_key", existing_type=sa.String(length=120), type_=sa.String(length=360)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.alter_column(
+            "name_key", existing_type=sa.String(length=360), type_=sa.String(length=120)
+        )
         batch_op.drop_column("active_executions")
 
     with op.batch_alter_table("ledger_entries", schema=None) as batch_op:
