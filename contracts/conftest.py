@@ -141,23 +141,31 @@ SchemaFor = Callable[..., schemathesis.BaseSchema]
 
 @pytest.fixture(scope="session")
 def schema_for(backend: Backend, identities: dict[str, Identity], wfc_path: Path) -> SchemaFor:
-    """``schema_for(identity, public=True)``: the schema the backend serves, loaded fresh and
-    authenticated as ``identity``; ``public=False`` leaves out the operations that need no
-    credentials (they answer every caller alike, so one identity's run covers them)."""
+    """``schema_for(identity, public=True, coverage=True)``: the schema the backend serves,
+    loaded fresh and authenticated as ``identity``. ``public=False`` leaves out the operations
+    that need no credentials, ``coverage=False`` the coverage phase (boundary values of every
+    input): both test what every caller meets alike, so one identity's run covers them."""
     state = support.run_state()
 
-    def load(name: str, *, public: bool = True) -> schemathesis.BaseSchema:
+    def load(name: str, *, public: bool = True, coverage: bool = True) -> schemathesis.BaseSchema:
         identity = identities[name]
         raw = expect(httpx.get(f"{backend.base_url}/openapi.json", timeout=30), 200)
         skip = [] if public else support.public_operation_ids(raw)
         config = support.schemathesis_config(
-            state.profile, identity, wfc_path, base_url=backend.base_url, skip=skip
+            state.profile,
+            identity,
+            wfc_path,
+            base_url=backend.base_url,
+            skip=skip,
+            coverage=coverage,
         )
         schema = schemathesis.openapi.from_dict(raw, config=config)
 
         @schema.hook
         def after_call(context: Any, case: schemathesis.Case, response: Any) -> None:
             support.record_call(name, support.phase_of(case), case.operation.label)
+
+        schema.hook(support.filter_failure)
 
         state.operations |= {
             result.ok().label for result in schema.get_all_operations() if isinstance(result, Ok)
@@ -175,8 +183,10 @@ def contract_identity(request: pytest.FixtureRequest, identities: dict[str, Iden
 
 @pytest.fixture(scope="session")
 def contract_schema(contract_identity: Identity, schema_for: SchemaFor) -> schemathesis.BaseSchema:
-    # The admin run covers the public operations (log in, refresh, probes) for everyone.
-    return schema_for(contract_identity.name, public=contract_identity.name == "admin")
+    # The admin run covers, for everyone, the public operations (log in, refresh, probes) and
+    # the coverage phase's boundary values: input validation runs before the caller matters.
+    admin = contract_identity.name == "admin"
+    return schema_for(contract_identity.name, public=admin, coverage=admin)
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contract_support as support
 import schemathesis
-from contract_support import Identity, RunState
+from contract_support import RunState
 
 schema = schemathesis.pytest.from_fixture("contract_schema")
 
 
 @schema.parametrize()
-def test_operation(case: schemathesis.Case, contract_identity: Identity, run: RunState) -> None:
+def test_operation(case: schemathesis.Case, run: RunState) -> None:
     if run.budget_left <= 0:
         # The run's time budget is spent: the case is counted, not sent, and the summary says so.
         run.not_sent[case.operation.label] += 1
         return
-    support.prepare(case, contract_identity)
+    support.keep_identities_usable(case)
     case.call_and_validate()

@@ -31,7 +31,6 @@ def test_linked_sequences(
     if run.budget_left <= 0:
         run.not_sent[f"stateful as {name}"] += run.profile.scenarios
         return
-    identity = identities[name]
     base = schema_for(name).as_state_machine()
     found: list[FailureGroup] = []
 
@@ -40,7 +39,7 @@ def test_linked_sequences(
             run.scenarios[name] += 1
 
         def before_call(self, case: schemathesis.Case) -> None:
-            support.prepare(case, identity)
+            support.keep_identities_usable(case)
             super().before_call(case)
 
         def step(self, input: Any) -> Any:
