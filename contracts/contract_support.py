@@ -45,7 +45,7 @@ class Profile:
 
     @classmethod
     def ci(cls, seed: int | None = None) -> Profile:
-        return cls("ci", seed if seed is not None else CI_SEED, 25, 30, 6, 170.0)
+        return cls("ci", seed if seed is not None else CI_SEED, 20, 25, 6, 170.0)
 
     @classmethod
     def deep(cls, seed: int | None = None) -> Profile:

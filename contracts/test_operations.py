@@ -15,7 +15,7 @@ schema = schemathesis.pytest.from_fixture("contract_schema")
 
 
 @schema.parametrize()
-def test_operation(case: schemathesis.Case, run: RunState) -> None:
+def test_operation(case: schemathesis.Case, run: RunState, untraced: None) -> None:
     if run.budget_left <= 0:
         # The run's time budget is spent: the case is counted, not sent, and the summary says so.
         run.not_sent[case.operation.label] += 1

@@ -27,6 +27,7 @@ def test_linked_sequences(
     identities: dict[str, Identity],
     schema_for: Callable[[str], schemathesis.BaseSchema],
     run: RunState,
+    untraced: None,
 ) -> None:
     if run.budget_left <= 0:
         run.not_sent[f"stateful as {name}"] += run.profile.scenarios
