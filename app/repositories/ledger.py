@@ -16,6 +16,7 @@ GROUP_COLUMNS = {
     "agent": LedgerEntry.agent_id,
     "user": LedgerEntry.user_id,
     "model": LedgerEntry.model,
+    "paid_by": LedgerEntry.paid_by,
 }
 
 

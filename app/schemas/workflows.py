@@ -28,44 +28,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Condition(_Strict):
-    """One test of a context path, e.g. `{"path": "review.score", "op": "gte", "value": 3}`."""
+class Guard(_Strict):
+    """A condition on a context path, e.g. `{"path": "review.score", "op": "gte", "value": 3}`,
+    or a group of guards: `{"all": [...]}` or `{"any": [...]}`."""
 
-    path: str = Field(
+    path: str | None = Field(
+        default=None,
         min_length=1,
         max_length=500,
         pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
         description="Dotted path into the shared context.",
     )
-    op: Operator
+    op: Operator | None = None
     value: Any = Field(default=None, description="Not used by `exists` / `not_exists`.")
-
-
-# Exactly one of `all` and `any` holds a list, the other is absent or null.
-_EXACTLY_ONE_LIST = {
-    "oneOf": [
-        {"required": [key], "properties": {key: {"type": "array"}, other: {"type": "null"}}}
-        for key, other in (("all", "any"), ("any", "all"))
-    ]
-}
-
-
-class ConditionGroup(_Strict):
-    """All (or any) of several conditions or groups."""
-
-    model_config = ConfigDict(json_schema_extra=_EXACTLY_ONE_LIST)
-
-    all: list[Condition | ConditionGroup] | None = Field(default=None, min_length=1)
-    any: list[Condition | ConditionGroup] | None = Field(default=None, min_length=1)
+    all: list[Guard] | None = Field(default=None, min_length=1, max_length=100)
+    any: list[Guard] | None = Field(default=None, min_length=1, max_length=100)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> ConditionGroup:
-        if (self.all is None) == (self.any is None):
-            raise ValueError("a condition group has exactly one of `all` or `any`")
+    def _one_shape(self) -> Guard:
+        groups = [name for name in ("all", "any") if getattr(self, name) is not None]
+        if groups:
+            if len(groups) > 1 or self.path is not None or self.op is not None:
+                raise ValueError("a group has exactly one of `all` or `any`, and no path or op")
+        elif self.path is None or self.op is None:
+            raise ValueError("a condition needs `path` and `op` (or use `all` / `any`)")
         return self
 
-
-Guard = Condition | ConditionGroup
+    @property
+    def members(self) -> list[Guard] | None:
+        return self.all if self.all is not None else self.any
 
 
 class WorkflowStep(_Strict):

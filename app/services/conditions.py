@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from app.schemas.workflows import Condition, ConditionGroup, Guard
+from app.schemas.workflows import Guard
 
 _MISSING = object()
 
@@ -47,8 +47,9 @@ def _contains(actual: Any, expected: Any) -> bool:
     return False
 
 
-def check(condition: Condition, context: Mapping[str, Any]) -> bool:
-    actual = resolve(context, condition.path)
+def check(condition: Guard, context: Mapping[str, Any]) -> bool:
+    """One condition (a guard with a path and an operator)."""
+    actual = resolve(context, condition.path or "")
     op, expected = condition.op, condition.value
     if op == "exists":
         return actual is not _MISSING
@@ -74,8 +75,8 @@ def evaluate(guard: Guard | None, context: Mapping[str, Any]) -> bool:
     """True when the step should run (no guard always runs)."""
     if guard is None:
         return True
-    if isinstance(guard, ConditionGroup):
-        if guard.all is not None:
-            return all(evaluate(item, context) for item in guard.all)
-        return any(evaluate(item, context) for item in guard.any or ())
+    if guard.all is not None:
+        return all(evaluate(item, context) for item in guard.all)
+    if guard.any is not None:
+        return any(evaluate(item, context) for item in guard.any)
     return check(guard, context)

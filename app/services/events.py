@@ -1,7 +1,8 @@
 """Live delivery of execution events inside one process.
 
 Events are stored in the database (the source of truth); the hub only wakes up readers in
-this process when new ones are committed, so streams need not poll fast. Readers still
+this process when new ones are committed, so streams need not poll fast. A reader registers
+before it reads, so a commit between its read and its wait is never missed; readers still
 re-check the database on a timeout, which covers events committed by other processes.
 """
 
@@ -10,29 +11,38 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class EventHub:
     def __init__(self) -> None:
-        self._waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self._listeners: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
 
     def notify(self, execution_id: uuid.UUID) -> None:
-        for waiter in self._waiters.get(execution_id, ()):
-            waiter.set()
+        for signal in self._listeners.get(execution_id, ()):
+            signal.set()
 
-    async def wait(self, execution_id: uuid.UUID, seconds: float) -> bool:
-        """Wait until new events of ``execution_id`` are committed, or ``seconds`` pass."""
-        waiter = asyncio.Event()
-        self._waiters[execution_id].add(waiter)
+    @contextmanager
+    def listening(self, execution_id: uuid.UUID) -> Iterator[asyncio.Event]:
+        """An event set whenever ``execution_id`` commits news; clear it before each read."""
+        signal = asyncio.Event()
+        self._listeners[execution_id].add(signal)
         try:
-            async with asyncio.timeout(seconds):
-                await waiter.wait()
-            return True
-        except TimeoutError:
-            return False
+            yield signal
         finally:
-            waiters = self._waiters.get(execution_id)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    del self._waiters[execution_id]
+            listeners = self._listeners.get(execution_id)
+            if listeners is not None:
+                listeners.discard(signal)
+                if not listeners:
+                    del self._listeners[execution_id]
+
+
+async def wait_for(signal: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``signal`` is set or ``seconds`` pass; return whether it was set."""
+    try:
+        async with asyncio.timeout(seconds):
+            await signal.wait()
+    except TimeoutError:
+        return False
+    return True

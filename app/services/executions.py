@@ -29,7 +29,7 @@ from app.repositories.executions import ExecutionRepository
 from app.repositories.ledger import LedgerRepository
 from app.schemas.executions import EventOut, ExecutionCreate, UsageOut, UsageRow
 from app.services.engine.runner import ExecutionDispatcher
-from app.services.events import EventHub
+from app.services.events import EventHub, wait_for
 from app.services.principal import Principal
 from app.services.teams import TeamService
 from app.services.workflows import default_workflow
@@ -188,15 +188,17 @@ async def wait_for_end(
     """Return when the execution has ended or ``seconds`` have passed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while True:
-        async with database.session() as session:
-            execution = await session.get(Execution, execution_id)
-            if execution is None or is_terminal(execution):
+    with hub.listening(execution_id) as signal:
+        while True:
+            signal.clear()
+            async with database.session() as session:
+                execution = await session.get(Execution, execution_id)
+                if execution is None or is_terminal(execution):
+                    return
+            left = deadline - loop.time()
+            if left <= 0:
                 return
-        left = deadline - loop.time()
-        if left <= 0:
-            return
-        await hub.wait(execution_id, min(left, 1.0))
+            await wait_for(signal, min(left, 1.0))
 
 
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
@@ -209,19 +211,24 @@ async def event_stream(
     ``None`` marks ``idle_seconds`` without news (a keep-alive). Each read uses its own short
     session, so a long stream holds no transaction."""
     last = after
-    while True:
-        async with database.session() as session:
-            repo = ExecutionRepository(session)
-            rows = await repo.events(execution_id, after=last, limit=500)
-            execution = await session.get(Execution, execution_id)
-        for row in rows:
-            last = row.seq
-            yield EventOut.model_validate(row)
-            if row.type in TERMINAL_EVENTS:
+    with hub.listening(execution_id) as signal:
+        while True:
+            signal.clear()
+            async with database.session() as session:
+                # The status first: if it is final, the events read next include the last one.
+                execution = await session.get(Execution, execution_id)
+                ended = execution is None or is_terminal(execution)
+                rows = await ExecutionRepository(session).events(
+                    execution_id, after=last, limit=500
+                )
+            for row in rows:
+                last = row.seq
+                yield EventOut.model_validate(row)
+                if row.type in TERMINAL_EVENTS:
+                    return
+            if rows:
+                continue
+            if ended:
                 return
-        if rows:
-            continue
-        if execution is None or is_terminal(execution):
-            return
-        if not await hub.wait(execution_id, idle_seconds):
-            yield None
+            if not await wait_for(signal, idle_seconds):
+                yield None

@@ -79,6 +79,10 @@ class TeamService:
             team.name = data.name
         if "description" in changes:
             team.description = data.description
+        if "workflow" in changes and data.workflow is None:
+            raise ValidationFailed.at(
+                "/body/workflow", "a workflow cannot be removed; send a new one", "null"
+            )
         if data.workflow is not None:
             members = [m.agent_id for m in await self.teams.members(team.id)]
             validate_workflow(data.workflow, members, "/body/workflow")

@@ -11,22 +11,23 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from app.core.errors import ValidationFailed
-from app.schemas.workflows import Condition, ConditionGroup, Guard, WorkflowDefinition
+from app.schemas.workflows import Guard, WorkflowDefinition
 
 _templates = SandboxedEnvironment(autoescape=False)
 _ORDERING = {"gt", "gte", "lt", "lte"}
 
 
-def _conditions(guard: Guard, pointer: str) -> Iterator[tuple[Condition, str]]:
-    if isinstance(guard, ConditionGroup):
+def _conditions(guard: Guard, pointer: str) -> Iterator[tuple[Guard, str]]:
+    """Every condition in a guard, with its JSON pointer."""
+    if guard.members is not None:
         key = "all" if guard.all is not None else "any"
-        for index, item in enumerate(getattr(guard, key) or ()):
+        for index, item in enumerate(guard.members):
             yield from _conditions(item, f"{pointer}/{key}/{index}")
     else:
         yield guard, pointer
 
 
-def _check_condition(condition: Condition, pointer: str) -> None:
+def _check_condition(condition: Guard, pointer: str) -> None:
     if condition.op in _ORDERING and not isinstance(condition.value, int | float | str):
         raise ValidationFailed.at(
             f"{pointer}/value", f"`{condition.op}` compares with a number or a string"

@@ -24,7 +24,6 @@ def _team_links(status: int, description: str) -> dict[int | str, Any]:
         GetTeam=link("get_team", "Read the team.", team_id=team_id),
         UpdateTeam=link("update_team", "Change the team or its workflow.", team_id=team_id),
         ListTeamMembers=link("list_team_members", "Read its members.", team_id=team_id),
-        AddTeamMember=link("add_team_member", "Add a member.", team_id=team_id),
         ListWorkflowVersions=link(
             "list_workflow_versions", "Read its workflow versions.", team_id=team_id
         ),

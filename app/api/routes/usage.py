@@ -18,13 +18,14 @@ router = APIRouter(tags=["usage"])
     "/usage",
     response_model=UsageOut,
     summary="Tokens and cost of model calls, grouped",
+    description="`paid_by` splits calls paid with users' own keys from the platform's key.",
     responses=problems(401, 422),
 )
 async def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
-    group_by: Literal["team", "agent", "user", "model"] = "team",
+    group_by: Literal["team", "agent", "user", "model", "paid_by"] = "team",
     since: Annotated[DateTime | None, Query(alias="from")] = None,
     until: Annotated[DateTime | None, Query(alias="to")] = None,
 ) -> UsageOut:

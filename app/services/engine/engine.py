@@ -65,7 +65,6 @@ class Turn:
     variables: Mapping[str, Any]
     max_concurrency: int | None
     fail_fast: bool
-    seconds_left: float | None
 
 
 class StepInterrupted(Exception):
@@ -286,7 +285,6 @@ class ExecutionEngine:
                     max_concurrency=workflow.max_concurrency,
                     fail_fast=workflow.strategy == "parallel"
                     and workflow.failure_policy == "fail_fast",
-                    seconds_left=seconds_left(execution),
                 )
 
     async def _run_one(
@@ -300,7 +298,8 @@ class ExecutionEngine:
         """Start and run one step; return whether it failed."""
         if interrupt.is_set() or abort.is_set():
             return False
-        if not await self._start_step(execution_id, step):
+        started, seconds = await self._start_step(execution_id, step)
+        if not started:
             return False
         agent = turn.agents.get(step.agent_id)
         if agent is None:
@@ -313,7 +312,7 @@ class ExecutionEngine:
             )
         )
         try:
-            outcome = await self._race(call, interrupt, abort, turn.seconds_left)
+            outcome = await self._race(call, interrupt, abort, seconds)
         except StepInterrupted as stop:
             await self._commit_step(execution_id, step.key, interrupted=stop.reason)
         except ProviderError as exc:
@@ -325,14 +324,22 @@ class ExecutionEngine:
             await self._commit_step(execution_id, step.key, outcome=outcome)
         return False
 
-    async def _start_step(self, execution_id: uuid.UUID, step: PlannedStep) -> bool:
-        """Mark the step running, unless a cancel has been committed: the guard that keeps
-        any step from starting once a cancel has returned."""
+    async def _start_step(
+        self, execution_id: uuid.UUID, step: PlannedStep
+    ) -> tuple[bool, float | None]:
+        """Mark the step running unless a cancel has been committed or the budget is spent
+        (the guard that keeps any step from starting once a cancel has returned); return
+        whether it started and the seconds its time budget leaves."""
         async with self.db.session() as session:
             repo = ExecutionRepository(session)
             if not await repo.beat(execution_id, self.owner, utcnow()):
                 await session.rollback()
-                return False
+                return False, None
+            execution = await self._load(session, execution_id)
+            if budget_breach(execution):
+                await session.rollback()  # the next turn ends the execution
+                return False, None
+            seconds = seconds_left(execution)
             await session.execute(
                 update(ExecutionStep)
                 .where(
@@ -351,7 +358,7 @@ class ExecutionEngine:
             )
             await session.commit()
         self.hub.notify(execution_id)
-        return True
+        return True, seconds
 
     @staticmethod
     async def _race(
