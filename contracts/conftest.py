@@ -80,9 +80,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
+_written: set[str] = set()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.failed and support.RUN is not None:
-        support.write_failure(report.nodeid, report.longreprtext, support.RUN.profile)
+    # A failing operation is reported twice (its subtest, then the test); write it once.
+    text = report.longreprtext
+    if report.failed and support.RUN is not None and text not in _written:
+        _written.add(text)
+        support.write_failure(report.nodeid, text, support.RUN.profile)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -45,7 +45,7 @@ class Profile:
 
     @classmethod
     def ci(cls, seed: int | None = None) -> Profile:
-        return cls("ci", seed if seed is not None else CI_SEED, 20, 25, 6, 170.0)
+        return cls("ci", seed if seed is not None else CI_SEED, 20, 25, 8, 170.0)
 
     @classmethod
     def deep(cls, seed: int | None = None) -> Profile:
@@ -250,6 +250,23 @@ def keep_identities_usable(case: schemathesis.Case) -> None:
         case.body = {k: v for k, v in case.body.items() if k not in CREDENTIAL_FIELDS}
     elif case.method.upper() == "DELETE":
         case.path_parameters = {**case.path_parameters, "user_id": str(uuid.uuid4())}
+
+
+def runnable_sequences(case: schemathesis.Case) -> None:
+    """Stateful sequences only: start from objects that can run.
+
+    A random agent is almost never a valid builtin one (the fuzzing phases test those shapes),
+    so a sequence could not get past it to the flows the links describe: create an agent, make
+    a team of it, run the team, read the execution, cancel it, delete the team. In sequences an
+    agent is therefore created as a builtin `echo` agent (keeping its generated name), and a
+    team made of linked agents gets the default workflow.
+    """
+    if case.method.upper() != "POST" or not isinstance(case.body, dict):
+        return
+    if case.operation.path == "/api/v1/agents":
+        case.body = {"name": case.body.get("name", "echo"), "provider": "builtin", "model": "echo"}
+    elif case.operation.path == "/api/v1/teams" and case.body.get("agent_ids"):
+        case.body.pop("workflow", None)
 
 
 # Business rules a JSON Schema cannot state -----------------------------------------------

@@ -41,6 +41,7 @@ def test_linked_sequences(
 
         def before_call(self, case: schemathesis.Case) -> None:
             support.keep_identities_usable(case)
+            support.runnable_sequences(case)
             super().before_call(case)
 
         def step(self, input: Any) -> Any:
