@@ -168,7 +168,8 @@ def _shape(doc: _Document, schema: Any) -> _Shape:
         merged = {k: v for k, v in schema.items() if k != "allOf"}
         return _shape(doc, {**doc.resolve(schema["allOf"][0]), **merged})
     for union in ("anyOf", "oneOf"):
-        if union in schema:
+        # Beside a `type` or `properties` of its own, a combinator only constrains the schema.
+        if union in schema and "type" not in schema and "properties" not in schema:
             types: set[str] | None = set()
             enum: list[Any] | None = []
             branches: list[Schema] = []

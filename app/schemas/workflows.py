@@ -28,9 +28,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _only(present: tuple[str, ...], kinds: dict[str, str]) -> dict[str, Any]:
+    """One shape of a guard, for its JSON Schema: these keys set, the others absent or null."""
+    return {
+        "required": list(present),
+        "properties": {
+            key: {"type": kinds[key] if key in present else "null"}
+            for key in ("path", "op", "all", "any")
+        },
+    }
+
+
+# What `_one_shape` checks, said in the schema too: a condition, an `all` group or an `any` one.
+_SHAPES = {
+    "oneOf": [
+        _only(("path", "op"), {"path": "string", "op": "string"}),
+        _only(("all",), {"all": "array"}),
+        _only(("any",), {"any": "array"}),
+    ]
+}
+
+
 class Guard(_Strict):
     """A condition on a context path, e.g. `{"path": "review.score", "op": "gte", "value": 3}`,
     or a group of guards: `{"all": [...]}` or `{"any": [...]}`."""
+
+    model_config = ConfigDict(json_schema_extra=_SHAPES)
 
     path: str | None = Field(
         default=None,

@@ -435,6 +435,17 @@ def test_refs_to_path_items_and_parameters_are_resolved() -> None:
     assert kinds == {"type-narrowed"}
 
 
+def test_a_combinator_beside_a_type_constrains_it() -> None:
+    """A `oneOf` next to the schema's own `type`/`properties` (say, "exactly one of these
+    keys") narrows that object; it is not a union of untyped branches."""
+
+    def shapes(doc: Schema) -> None:
+        schemas(doc)["ItemCreate"]["oneOf"] = [{"required": ["kind"]}, {"required": ["size"]}]
+
+    assert compare(base(), changed(shapes)).breaking == []
+    assert compare(changed(shapes), base()).breaking == []
+
+
 def test_recursive_schemas_terminate() -> None:
     def tree(doc: Schema) -> None:
         schemas(doc)["Item"]["properties"]["children"] = {
