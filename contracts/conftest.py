@@ -13,6 +13,7 @@ as their peer, which must never see their objects.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import schemathesis
 from _pytest.nodeid import coerce_node_id
 from _pytest.nodes import Node
 from contract_support import Identity, Profile, RunState
+from coverage.exceptions import CoverageWarning
 from schemathesis.core.result import Ok
 
 from qa.client import API, ApiClient
@@ -148,13 +150,16 @@ SchemaFor = Callable[..., schemathesis.BaseSchema]
 
 @pytest.fixture(scope="session")
 def schema_for(backend: Backend, identities: dict[str, Identity], wfc_path: Path) -> SchemaFor:
-    """``schema_for(identity, public=True, coverage=True)``: the schema the backend serves,
-    loaded fresh and authenticated as ``identity``. ``public=False`` leaves out the operations
-    that need no credentials, ``coverage=False`` the coverage phase (boundary values of every
-    input): both test what every caller meets alike, so one identity's run covers them."""
+    """``schema_for(identity, public=True, coverage=True, negative=True)``: the schema the
+    backend serves, loaded fresh and authenticated as ``identity``. ``public=False`` leaves out
+    the operations that need no credentials, ``coverage=False`` the coverage phase (boundary
+    values of every input), ``negative=False`` invalid input: all three test what every caller
+    meets alike, so one identity's run covers them."""
     state = support.run_state()
 
-    def load(name: str, *, public: bool = True, coverage: bool = True) -> schemathesis.BaseSchema:
+    def load(
+        name: str, *, public: bool = True, coverage: bool = True, negative: bool = True
+    ) -> schemathesis.BaseSchema:
         identity = identities[name]
         raw = expect(httpx.get(f"{backend.base_url}/openapi.json", timeout=30), 200)
         skip = [] if public else support.public_operation_ids(raw)
@@ -165,6 +170,7 @@ def schema_for(backend: Backend, identities: dict[str, Identity], wfc_path: Path
             base_url=backend.base_url,
             skip=skip,
             coverage=coverage,
+            negative=negative,
         )
         schema = schemathesis.openapi.from_dict(raw, config=config)
 
@@ -190,10 +196,11 @@ def contract_identity(request: pytest.FixtureRequest, identities: dict[str, Iden
 
 @pytest.fixture(scope="session")
 def contract_schema(contract_identity: Identity, schema_for: SchemaFor) -> schemathesis.BaseSchema:
-    # The admin run covers, for everyone, the public operations (log in, refresh, probes) and
-    # the coverage phase's boundary values: input validation runs before the caller matters.
+    # The admin run covers, for everyone, the public operations (log in, refresh, probes), the
+    # coverage phase's boundary values and invalid input: validation runs before the caller
+    # matters. The member's run is about what a member may do, with valid input.
     admin = contract_identity.name == "admin"
-    return schema_for(contract_identity.name, public=admin, coverage=admin)
+    return schema_for(contract_identity.name, public=admin, coverage=admin, negative=admin)
 
 
 @pytest.fixture(scope="session")
@@ -217,4 +224,7 @@ def untraced() -> Iterator[None]:
     try:
         yield
     finally:
-        measuring.start()
+        with warnings.catch_warnings():
+            # Restarting notes every measured module imported meanwhile; nothing to act on.
+            warnings.simplefilter("ignore", CoverageWarning)
+            measuring.start()

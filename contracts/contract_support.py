@@ -45,7 +45,7 @@ class Profile:
 
     @classmethod
     def ci(cls, seed: int | None = None) -> Profile:
-        return cls("ci", seed if seed is not None else CI_SEED, 20, 25, 8, 170.0)
+        return cls("ci", seed if seed is not None else CI_SEED, 12, 20, 8, 180.0)
 
     @classmethod
     def deep(cls, seed: int | None = None) -> Profile:
@@ -116,9 +116,11 @@ def schemathesis_config(
     base_url: str,
     skip: list[str] | None = None,
     coverage: bool = True,
+    negative: bool = True,
 ) -> SchemathesisConfig:
-    """Every check and phase on (``coverage=False``: all but the coverage phase); budgets from
-    the profile; auth as ``identity``; the operations named in ``skip`` left out."""
+    """Every check and phase on (``coverage=False``: all but the coverage phase); valid and
+    invalid input (``negative=False``: valid only); budgets from the profile; auth as
+    ``identity``; the operations named in ``skip`` left out."""
     auth: dict[str, Any] = {"path": str(wfc_path), "user": identity.name}
     if identity.peer is not None:
         # Peers drive Schemathesis's `object_level_authorization` check: an object one reads
@@ -130,7 +132,11 @@ def schemathesis_config(
             "base-url": base_url,
             "operations": operations,
             "seed": profile.seed,
-            "generation": {"max-examples": profile.max_examples, "database": "none"},
+            "generation": {
+                "max-examples": profile.max_examples,
+                "database": "none",
+                "mode": "all" if negative else "positive",
+            },
             # Every built-in check; `max_response_time` only runs with a limit, so it gets a
             # generous one (argon2 hashing on a loaded 2-core runner stays far below it).
             "checks": {"enabled": True, "max_response_time": 10.0},
