@@ -396,6 +396,17 @@ def _curl(method: str, url: str, headers: dict[str, str], body: bytes | None) ->
     return shlex.join([*parts, url])
 
 
+def log_in(base_url: str, identity: Identity) -> str:
+    """A fresh access token for ``identity``."""
+    response = httpx.post(
+        f"{base_url}/api/v1/auth/token",
+        data={"username": identity.email, "password": identity.password},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
 @schemathesis.check
 def tenant_isolation(ctx: schemathesis.CheckContext, response: Any, case: Any) -> bool | None:
     """One account never sees another's objects.
@@ -410,15 +421,19 @@ def tenant_isolation(ctx: schemathesis.CheckContext, response: Any, case: Any) -
     owner = RUN.identities.get(case.auth_identity or "")
     if request.method not in SAFE_TO_REPLAY or owner is None or owner.peer is None:
         return None
-    peer_token = RUN.tokens[owner.peer]
     headers = {
         k: v
         for k, v in request.headers.items()
         if k.lower() not in {"authorization", "content-length", "host"}
     }
-    headers["Authorization"] = f"Bearer {peer_token}"
     body = request.body.encode() if isinstance(request.body, str) else request.body
-    peer = httpx.request(request.method, request.url, headers=headers, content=body, timeout=30)
+    for attempt in range(2):
+        headers["Authorization"] = f"Bearer {RUN.tokens[owner.peer]}"
+        peer = httpx.request(request.method, request.url, headers=headers, content=body, timeout=30)
+        if peer.status_code != 401 or attempt:
+            break
+        # The peer's access token expired (a long run against a deployment): log in again.
+        RUN.tokens[owner.peer] = log_in(RUN.base_url, RUN.identities[owner.peer])
     with RUN.lock:
         RUN.isolation_probes += 1
     if peer.status_code in (403, 404):
