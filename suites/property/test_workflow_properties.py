@@ -408,6 +408,11 @@ def resolve_pointer(document: Any, pointer: str, *, missing_ok: bool) -> None:
         last = index == len(parts) - 1
         if isinstance(node, dict):
             if part not in node:
+                if last and part == "value" and "op" in node and not missing_ok:
+                    # Known defect (see test_a_condition_without_its_value_is_refused_as_missing):
+                    # an absent `value` is reported as invalid, not missing.
+                    event("an absent value refused as invalid (known defect)")
+                    return
                 if not (last and missing_ok):
                     raise AssertionError(f"{pointer}: no {part!r} in {node!r}")
                 return
@@ -468,6 +473,27 @@ def test_generated_workflows_are_refused_with_a_pointer_or_run_to_an_end(
     execution = run_to_an_end(owner_client, team["id"], "generated")
     event(f"accepted, {execution['status']}")
     assert all(s["status"] not in {"pending", "running"} for s in execution["steps"]), execution
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="workflows._check_condition reports a matches/gt/gte/lt/lte condition without a "
+    "`value` as type `invalid` at .../when/value, a member the request does not have; an absent "
+    "field is `missing` everywhere else",
+)
+@pytest.mark.parametrize("op", ["matches", "gt"])
+def test_a_condition_without_its_value_is_refused_as_missing(
+    owner_client: ApiClient, roster: Roster, op: str
+) -> None:
+    workflow = {
+        "strategy": "conditional",
+        "steps": [{"id": "s0", "agent_id": roster.echo["id"], "when": {"path": "x", "op": op}}],
+    }
+    body = {"name": unique("team"), "agent_ids": [roster.echo["id"]], "workflow": workflow}
+    problem = expect(owner_client.post(TEAMS, json=body), 422)
+    first = problem["errors"][0]
+    assert first["pointer"] == "/body/workflow/steps/0/when/value"
+    assert first["type"] == "missing", first
 
 
 # == compare-and-set context writes ===============================================================
