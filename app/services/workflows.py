@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import regex
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -28,7 +28,12 @@ def _conditions(guard: Guard, pointer: str) -> Iterator[tuple[Guard, str]]:
 
 
 def _check_condition(condition: Guard, pointer: str) -> None:
-    if condition.op in _ORDERING and not isinstance(condition.value, int | float | str):
+    needs_value = condition.op in _ORDERING or condition.op == "matches"
+    if needs_value and condition.value is None:
+        raise ValidationFailed.at(f"{pointer}/value", f"`{condition.op}` needs a value", "missing")
+    if condition.op in _ORDERING and (
+        isinstance(condition.value, bool) or not isinstance(condition.value, int | float | str)
+    ):
         raise ValidationFailed.at(
             f"{pointer}/value", f"`{condition.op}` compares with a number or a string"
         )
@@ -36,8 +41,8 @@ def _check_condition(condition: Guard, pointer: str) -> None:
         if not isinstance(condition.value, str):
             raise ValidationFailed.at(f"{pointer}/value", "`matches` takes a regular expression")
         try:
-            re.compile(condition.value)
-        except re.error as exc:
+            regex.compile(condition.value)
+        except regex.error as exc:
             raise ValidationFailed.at(
                 f"{pointer}/value", f"invalid regular expression: {exc}"
             ) from None

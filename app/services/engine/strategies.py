@@ -13,7 +13,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from app.models import ExecutionStatus, StepStatus
 from app.schemas.workflows import WorkflowDefinition, WorkflowStep
-from app.services.conditions import evaluate
+from app.services.conditions import ConditionTimeout, evaluate
 
 _templates = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
 
@@ -133,8 +133,13 @@ def decide(
             result=state(completed[-1]).output if completed else None,
         )
     step = pending[0]
-    if workflow.strategy == "conditional" and not evaluate(step.when, context):
-        return Decision(skip=[step.id])
+    if workflow.strategy == "conditional":
+        try:
+            taken = evaluate(step.when, context)
+        except ConditionTimeout as exc:
+            raise StepInputError(step.id, f"its condition failed: {exc}") from exc
+        if not taken:
+            return Decision(skip=[step.id])
     step_input = prompt
     if workflow.strategy == "pipeline":
         done = [s for s in steps if state(s).status is StepStatus.completed]
