@@ -246,19 +246,13 @@ def cases(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def check_against_reference(guard: dict[str, Any], context: dict[str, Any]) -> None:
-    model = Guard.model_validate(guard)
-    actual = evaluate(model, context)
-    json_answer = holds(guard, context, bools_are_numbers=False)
-    python_answer = holds(guard, context, bools_are_numbers=True)
-    if json_answer != python_answer:
-        # A known defect (see the strict xfails in suites/unit/test_conditions_strategies.py):
-        # the backend compares a JSON boolean as the number 1 or 0. Pin today's answer so that
-        # everything else stays checked, and count how often it matters.
-        event("a boolean compared with a number (known defect)")
-        assert actual == python_answer, (guard, context)
-    else:
-        event(f"guard is {actual}")
-        assert actual == json_answer, (guard, context)
+    actual = evaluate(Guard.model_validate(guard), context)
+    if holds(guard, context, bools_are_numbers=False) != holds(
+        guard, context, bools_are_numbers=True
+    ):
+        event("a boolean meets a number")  # where Python's == and JSON's differ
+    event(f"guard is {actual}")
+    assert actual == holds(guard, context, bools_are_numbers=False), (guard, context)
 
 
 @scaled(400)
@@ -408,11 +402,6 @@ def resolve_pointer(document: Any, pointer: str, *, missing_ok: bool) -> None:
         last = index == len(parts) - 1
         if isinstance(node, dict):
             if part not in node:
-                if last and part == "value" and "op" in node and not missing_ok:
-                    # Known defect (see test_a_condition_without_its_value_is_refused_as_missing):
-                    # an absent `value` is reported as invalid, not missing.
-                    event("an absent value refused as invalid (known defect)")
-                    return
                 if not (last and missing_ok):
                     raise AssertionError(f"{pointer}: no {part!r} in {node!r}")
                 return
@@ -475,13 +464,7 @@ def test_generated_workflows_are_refused_with_a_pointer_or_run_to_an_end(
     assert all(s["status"] not in {"pending", "running"} for s in execution["steps"]), execution
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows._check_condition reports a matches/gt/gte/lt/lte condition without a "
-    "`value` as type `invalid` at .../when/value, a member the request does not have; an absent "
-    "field is `missing` everywhere else",
-)
-@pytest.mark.parametrize("op", ["matches", "gt"])
+@pytest.mark.parametrize("op", ["matches", "gt"])  # once reported as invalid: a fixed defect
 def test_a_condition_without_its_value_is_refused_as_missing(
     owner_client: ApiClient, roster: Roster, op: str
 ) -> None:

@@ -2,12 +2,14 @@
 decision function (``app.services.engine.strategies.decide``): edge cases of paths, operators
 and types; who runs next, who waits, who is skipped or cancelled, and how an execution ends.
 
-Tests marked ``xfail(strict=True)`` show backend defects found while writing these tests; each
-says what is wrong. They fail (XPASS) once the defect is fixed, so the mark gets removed then.
+The JSON-semantics and bounded-pattern tests pin fixes of defects these tests first found
+(booleans compared as numbers, a boolean accepted by ordering operators, an absent value
+reported as invalid, unbounded backtracking in ``matches``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from app.core.errors import ValidationFailed
 from app.models import ExecutionStatus, StepStatus
 from app.schemas.workflows import Guard, WorkflowDefinition
-from app.services.conditions import _MISSING, check, evaluate, resolve
+from app.services.conditions import _MISSING, ConditionTimeout, check, evaluate, resolve
 from app.services.engine.strategies import (
     Decision,
     PlannedStep,
@@ -228,9 +230,8 @@ def test_all_and_any_groups_nest() -> None:
 
 
 def test_groups_short_circuit() -> None:
-    # Short-circuiting means a later member is never looked at; a regex that would be slow to
-    # evaluate is a cheap way to see that.
-    never = cond("a", "matches", "^(a+)+$")
+    # Short-circuiting means a later member is never looked at: this one would raise.
+    never = cond("a", "matches", "^(a|a)*$")
     context = {"a": "a" * 40 + "!", "ok": 1}
     assert not evaluate(guard(all=[cond("ok", "equals", 2), never]), context)
     assert evaluate(guard(any=[cond("ok", "equals", 1), never]), context)
@@ -254,14 +255,9 @@ def test_malformed_guards_are_refused(fields: dict[str, Any]) -> None:
         Guard.model_validate(fields)
 
 
-# -- defects ---------------------------------------------------------------------------------
+# -- JSON semantics and bounded patterns (once defects, found by these tests) ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conditions.py compares with Python semantics, where True == 1 and True > 0: a JSON "
-    "boolean equals, contains and orders like the numbers 1/0",
-)
 @pytest.mark.parametrize(
     ("actual", "op", "value"),
     [
@@ -269,44 +265,87 @@ def test_malformed_guards_are_refused(fields: dict[str, Any]) -> None:
         (False, "equals", 0),
         (1, "equals", True),
         ([True], "equals", [1]),
+        ({"k": 0}, "equals", {"k": False}),
         ([False, "x"], "contains", 0),
+        ([1], "contains", True),
         (True, "gt", 0),
         (0, "lt", True),
+        (True, "gte", False),
     ],
 )
 def test_a_boolean_is_not_a_number(actual: Any, op: str, value: Any) -> None:
     assert check(cond("a", op, value), {"a": actual}) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows._check_condition accepts a boolean value for gt/gte/lt/lte "
-    "(isinstance(True, int)), though it says they compare with a number or a string",
+@pytest.mark.parametrize(
+    ("actual", "op", "value"),
+    [
+        (True, "not_equals", 1),
+        ([0], "not_contains", False),
+        (True, "equals", True),
+        ([1, {"k": True}], "equals", [1.0, {"k": True}]),
+        ([True, 1], "contains", True),
+    ],
 )
-@pytest.mark.parametrize("op", ["gt", "gte", "lt", "lte"])
-def test_ordering_with_a_boolean_is_refused(op: str) -> None:
-    definition = WorkflowDefinition.model_validate(
+def test_booleans_still_compare_with_booleans(actual: Any, op: str, value: Any) -> None:
+    assert check(cond("a", op, value), {"a": actual}) is True
+
+
+def definition_with(when: dict[str, Any]) -> WorkflowDefinition:
+    return WorkflowDefinition.model_validate(
         {
             "strategy": "conditional",
-            "steps": [
-                {"id": "s", "agent_id": str(AGENTS[0]), "when": cond("x", op, True).model_dump()}
-            ],
+            "steps": [{"id": "s", "agent_id": str(AGENTS[0]), "when": when}],
         }
     )
-    with pytest.raises(ValidationFailed):
-        validate_workflow(definition, AGENTS, "/body/workflow")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`matches` runs Python's backtracking `re` on the event loop with no bound: a "
-    "catastrophic pattern such as ^(a+)+$ over a 40-character context value blocks the "
-    "process for hours (time doubles per character)",
+@pytest.mark.parametrize("op", ["gt", "gte", "lt", "lte"])
+def test_ordering_with_a_boolean_is_refused(op: str) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        validate_workflow(definition_with({"path": "x", "op": op, "value": True}), AGENTS, "/w")
+    assert raised.value.errors == [
+        {
+            "pointer": "/w/steps/0/when/value",
+            "location": "w",
+            "type": "invalid",
+            "message": f"`{op}` compares with a number or a string",
+        }
+    ]
+
+
+@pytest.mark.parametrize("op", ["matches", "gt", "lte"])
+def test_a_condition_without_its_value_is_refused_as_missing(op: str) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        validate_workflow(definition_with({"path": "x", "op": op}), AGENTS, "/w")
+    (error,) = raised.value.errors or []
+    assert (error["pointer"], error["type"]) == ("/w/steps/0/when/value", "missing")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(3, "`matches` takes a regular expression"), ("(unclosed", "invalid regular expression")],
 )
-def test_matches_is_bounded_in_time() -> None:
+def test_matches_needs_a_valid_pattern(value: Any, message: str) -> None:
+    with pytest.raises(ValidationFailed, match=re.escape(message)):
+        validate_workflow(
+            definition_with({"path": "x", "op": "matches", "value": value}), AGENTS, "/w"
+        )
+
+
+def test_a_catastrophic_pattern_is_fast_or_stopped() -> None:
     started = time.perf_counter()
-    check(cond("a", "matches", "^(a+)+$"), {"a": "a" * 23 + "!"})
-    assert time.perf_counter() - started < 0.05
+    assert check(cond("a", "matches", "^(a+)+$"), {"a": "a" * 40 + "!"}) is False
+    with pytest.raises(ConditionTimeout, match="took longer than"):
+        check(cond("a", "matches", "^(a|a)*$"), {"a": "a" * 40 + "!"})
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_stopped_pattern_fails_its_step_instead_of_skipping_it() -> None:
+    flow = conditional(None, {"path": "text", "op": "matches", "value": "^(a|a)*$"})
+    with pytest.raises(StepInputError, match="its condition failed") as raised:
+        run(flow, {"s0": done()}, context={"text": "a" * 40 + "!"})
+    assert raised.value.step_key == "s1"
 
 
 # -- render_input --------------------------------------------------------------------------
