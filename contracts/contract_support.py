@@ -45,7 +45,7 @@ class Profile:
 
     @classmethod
     def ci(cls, seed: int | None = None) -> Profile:
-        return cls("ci", seed if seed is not None else CI_SEED, 12, 20, 8, 180.0)
+        return cls("ci", seed if seed is not None else CI_SEED, 20, 30, 8, 180.0)
 
     @classmethod
     def deep(cls, seed: int | None = None) -> Profile:
@@ -108,6 +108,46 @@ def public_operation_ids(raw_schema: dict[str, Any]) -> list[str]:
     return found
 
 
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return found.union(*(_refs(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(value) for value in node))
+    return set()
+
+
+def recursive_operation_ids(raw_schema: dict[str, Any]) -> list[str]:
+    """Operations whose input reaches a schema that contains itself (e.g. nested guards)."""
+    components = (raw_schema.get("components") or {}).get("schemas") or {}
+    prefix = "#/components/schemas/"
+    graph = {
+        prefix + name: {ref for ref in _refs(schema) if ref.startswith(prefix)}
+        for name, schema in components.items()
+    }
+
+    def reachable(start: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(start)
+        while todo:
+            ref = todo.pop()
+            if ref not in seen:
+                seen.add(ref)
+                todo.extend(graph.get(ref, ()))
+        return seen
+
+    cyclic = {ref for ref in graph if ref in reachable(graph[ref])}
+    found = []
+    for item in (raw_schema.get("paths") or {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue
+            inputs = {"body": operation.get("requestBody"), "params": operation.get("parameters")}
+            if reachable(_refs(inputs)) & cyclic:
+                found.append(operation["operationId"])
+    return found
+
+
 def schemathesis_config(
     profile: Profile,
     identity: Identity,
@@ -117,16 +157,24 @@ def schemathesis_config(
     skip: list[str] | None = None,
     coverage: bool = True,
     negative: bool = True,
+    no_coverage: list[str] | None = None,
 ) -> SchemathesisConfig:
     """Every check and phase on (``coverage=False``: all but the coverage phase); valid and
     invalid input (``negative=False``: valid only); budgets from the profile; auth as
-    ``identity``; the operations named in ``skip`` left out."""
+    ``identity``; the operations named in ``skip`` left out, those in ``no_coverage`` without
+    the coverage phase."""
     auth: dict[str, Any] = {"path": str(wfc_path), "user": identity.name}
     if identity.peer is not None:
         # Peers drive Schemathesis's `object_level_authorization` check: an object one reads
         # is replayed as the other, who must not get it.
         auth["peers"] = [identity.name, identity.peer]
-    operations = [{"include-operation-id": skip, "enabled": False}] if skip else []
+    operations: list[dict[str, Any]] = []
+    if skip:
+        operations.append({"include-operation-id": skip, "enabled": False})
+    if no_coverage:
+        operations.append(
+            {"include-operation-id": no_coverage, "phases": {"coverage": {"enabled": False}}}
+        )
     return SchemathesisConfig.from_dict(
         {
             "base-url": base_url,
@@ -180,6 +228,7 @@ class RunState:
     forgiven: Counter[str] = field(default_factory=Counter)
     diverged_replays: Counter[str] = field(default_factory=Counter)
     isolation_probes: int = 0
+    coverage_skipped: set[str] = field(default_factory=set)
     operations: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -213,6 +262,7 @@ class RunState:
             "isolation_probes": self.isolation_probes,
             "schema_valid_input_refused_by_a_documented_rule": dict(self.forgiven),
             "cases_not_sent_over_budget": dict(self.not_sent),
+            "coverage_phase_skipped_in_ci_for_recursive_input": sorted(self.coverage_skipped),
         }
 
 
@@ -502,5 +552,8 @@ def iter_summary_lines(state: RunState) -> Iterator[str]:
     forgiven = summary["schema_valid_input_refused_by_a_documented_rule"]
     if forgiven:
         yield f"refused by documented business rules (not failures): {forgiven}"
+    if summary["coverage_phase_skipped_in_ci_for_recursive_input"]:
+        skipped = ", ".join(summary["coverage_phase_skipped_in_ci_for_recursive_input"])
+        yield f"coverage phase left to --deep (recursive input): {skipped}"
     if summary["cases_not_sent_over_budget"]:
         yield f"NOT SENT (budget spent): {summary['cases_not_sent_over_budget']}"

@@ -28,10 +28,11 @@ class TeamCreate(RequestModel):
 
 
 class TeamUpdate(RequestModel):
-    # Left out, a field keeps its value; `name` cannot be null (the schema says so too).
+    # Left out, a field keeps its value; `name` and `workflow` cannot be null (the schema says
+    # so too: a workflow is replaced by a new version, never removed).
     name: Name = Field(default=None)  # type: ignore[assignment]
     description: str | None = Field(default=None, max_length=2000)
-    workflow: WorkflowDefinition | None = Field(
+    workflow: WorkflowDefinition = Field(  # type: ignore[assignment]
         default=None, description="A new definition; saved as the next version."
     )
 

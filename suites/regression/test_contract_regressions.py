@@ -166,12 +166,15 @@ def test_last_event_id_is_never_null(served_schema: dict[str, Any]) -> None:
 def test_fields_that_cannot_be_null_are_not_documented_as_nullable(
     owner_client: ApiClient, served_schema: dict[str, Any]
 ) -> None:
-    """ST202: `PATCH /api/v1/teams/{id}` documented `name` as nullable and answered 422 to
-    `null`; the schema now says what the server does."""
+    """ST202: `PATCH /api/v1/teams/{id}` documented `name` and `workflow` as nullable and
+    answered 422 to `null`; the schema now says what the server does."""
     schema = request_schema(served_schema, f"{API}/teams/{{team_id}}", "patch", "application/json")
-    assert not schema_accepts(served_schema, schema, {"name": None})
     team = expect(owner_client.post(f"{API}/teams", json={"name": unique_name("team")}), 201)
-    assert owner_client.patch(f"{API}/teams/{team['id']}", json={"name": None}).status_code == 422
+    # `workflow: null` too, once null became a 422 (a workflow is replaced, never removed).
+    for field in ("name", "workflow"):
+        assert not schema_accepts(served_schema, schema, {field: None})
+        response = owner_client.patch(f"{API}/teams/{team['id']}", json={field: None})
+        assert response.status_code == 422
 
 
 def test_an_unknown_provider_key_is_a_422_not_a_500(owner_client: ApiClient) -> None:
@@ -186,3 +189,19 @@ def test_an_unknown_provider_key_is_a_422_not_a_500(owner_client: ApiClient) -> 
     response = owner_client.post(f"{API}/agents", json=body)
     assert response.status_code == 422
     assert {e["pointer"] for e in response.json()["errors"]} == {"/body/provider_key_id"}
+
+
+def test_a_guard_has_one_of_its_shapes(served_schema: dict[str, Any]) -> None:
+    """ST202: with guards one flat model, `{}` and `{"path": "a"}` were schema-valid and
+    refused with 422; the schema now states the three shapes (a condition, `all`, `any`)."""
+    guard = {"$ref": "#/components/schemas/Guard"}
+    condition = {"path": "review.score", "op": "gte", "value": 3}
+    for good in (condition, {"all": [condition]}, {"any": [{"all": [condition]}]}):
+        assert schema_accepts(served_schema, guard, good)
+    for bad in (
+        {},
+        {"path": "a"},
+        {"all": [condition], "any": [condition]},
+        {**condition, "all": [condition]},
+    ):
+        assert not schema_accepts(served_schema, guard, bad)
