@@ -88,6 +88,7 @@ class Walk:
         }
         if "requestBody" in link:
             body = {**(body or {}), **self._evaluate(link["requestBody"])}
+        self.run.links[f"{self.operation.label} -> {name} (flow)"] += 1
         return self.send(target, expected, values, body)
 
     def snapshot(self) -> tuple[Any, dict[str, Any], Any]:
