@@ -30,6 +30,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORTS = REPO_ROOT / "reports" / "contracts"
 COMMITTED_SCHEMA = Path(__file__).resolve().parent / "openapi.json"
 CI_SEED = 20251125
+# Schemathesis 4.32's expected statuses for these two checks (schemathesis.config._checks).
+POSITIVE_EXPECTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+NEGATIVE_EXPECTED = [
+    *("400", "401", "403", "404", "405", "406", "409", "415", "422", "428", "429", "5xx"),
+]
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,20 @@ def schemathesis_config(
             },
             # Every built-in check; `max_response_time` only runs with a limit, so it gets a
             # generous one (argon2 hashing on a loaded 2-core runner stays far below it).
-            "checks": {"enabled": True, "max_response_time": 10.0},
+            "checks": {
+                "enabled": True,
+                "max_response_time": 10.0,
+                # Schemathesis's defaults plus 413: the body-size limit (RENUM_MAX_BODY_BYTES,
+                # a deployment setting) refuses a request that is too large, valid or not,
+                # before anything reads it; the schema documents the 413 on every operation
+                # with a body.
+                "positive_data_acceptance": {
+                    "expected-statuses": [*POSITIVE_EXPECTED, "413"],
+                },
+                "negative_data_rejection": {
+                    "expected-statuses": [*NEGATIVE_EXPECTED, "413"],
+                },
+            },
             "phases": {
                 "examples": {"enabled": True, "fill-missing": True},
                 "coverage": {"enabled": coverage},

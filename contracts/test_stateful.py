@@ -18,8 +18,6 @@ from contract_support import Identity, RunState
 from hypothesis.errors import Flaky, FlakyStrategyDefinition
 from schemathesis.core.failures import FailureGroup
 
-MAX_ROUNDS = 5
-
 
 @pytest.mark.parametrize("name", ["admin", "owner", "member"])
 def test_linked_sequences(
@@ -69,7 +67,7 @@ def test_linked_sequences(
     # confirm a failure, or while walking its tree of choices) need not go the same way again.
     # As in Schemathesis's own runner, the failures seen during the run are what counts; a
     # diverged replay only ends that round early, and the next round starts from the next seed.
-    for attempt in range(MAX_ROUNDS):
+    for attempt in range(max(5, run.profile.scenarios // 10)):
         seed = run.profile.seed + attempt
         machine = hypothesis.seed(seed)(Sequences)
         machine.rule_order_seed = seed  # which operation opens each scenario varies with it

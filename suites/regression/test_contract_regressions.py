@@ -10,6 +10,7 @@ method, ST205 Allow header mismatch).
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -205,3 +206,25 @@ def test_a_guard_has_one_of_its_shapes(served_schema: dict[str, Any]) -> None:
         {**condition, "all": [condition]},
     ):
         assert not schema_accepts(served_schema, guard, bad)
+
+
+def test_every_operation_with_a_body_documents_the_size_limit(
+    served_schema: dict[str, Any],
+) -> None:
+    """ST103 (found by a --deep run): a prompt within its 200,000 characters exceeded the
+    1 MiB body limit once JSON-escaped and got an undocumented 413."""
+    for path, item in served_schema["paths"].items():
+        for method, operation in item.items():
+            if "requestBody" in operation:
+                assert "413" in operation["responses"], f"{method.upper()} {path}"
+
+
+def test_a_body_over_the_limit_is_a_413_problem(owner_client: ApiClient) -> None:
+    body = json.dumps({"prompt": "\u009f" * 200_000})  # within maxLength; 1.2 MB as JSON
+    response = owner_client.post(
+        f"{API}/teams/{uuid.uuid4()}/executions",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
