@@ -135,7 +135,8 @@ def _label(key: tuple[str, str]) -> str:
     return f"{key[1].upper()} {key[0]}"
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a decoded JSON value."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -192,7 +193,7 @@ def _shape(doc: _Document, schema: Any) -> _Shape:
         enum = [schema["const"]]
     declared = schema.get("type")
     if declared is None:
-        types = {_json_type(v) for v in enum} if enum is not None else None
+        types = {json_type(v) for v in enum} if enum is not None else None
     else:
         types = set(declared) if isinstance(declared, list) else {declared}
     if types == {"null"} and enum is None:

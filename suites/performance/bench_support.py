@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.config import Settings
+from app.core.crypto import SecretBox
 from app.db import migrate
 from app.db.database import Database
 from app.models import Account, Agent, Role, Team, TeamMember, User
@@ -94,7 +95,7 @@ def open_bench(flavour: str) -> Iterator[Bench]:
     database = Database(settings.database)
     loop.run_until_complete(migrate.upgrade(database.engine))
     principal, teams = loop.run_until_complete(_seed(database))
-    runtime = Runtime.build(settings, database, _box(settings))
+    runtime = Runtime.build(settings, database, SecretBox.from_settings(settings))
     try:
         yield Bench(loop, settings, database, runtime, principal, teams)
     finally:
@@ -103,9 +104,3 @@ def open_bench(flavour: str) -> Iterator[Bench]:
         loop.close()
         if name is not None:
             services.drop_postgres_database(name)
-
-
-def _box(settings: Settings) -> object:
-    from app.core.crypto import SecretBox
-
-    return SecretBox.from_settings(settings)

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from qa.client import ApiClient
 from qa.launcher import Backend
+from qa.schema_diff import json_type
 
 JSON_TYPES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
 # What else Pydantic accepts for a declared JSON type in lax mode (e.g. "12" or true for an
@@ -87,7 +88,7 @@ class Schemas:
                 declared = "object"
             elif "const" in schema or "enum" in schema:
                 values = schema.get("enum", [schema.get("const")])
-                declared = [_json_type(v) for v in values]
+                declared = [json_type(v) for v in values]
             else:
                 return JSON_TYPES  # anything goes
         types = set(declared if isinstance(declared, list) else [declared])
@@ -99,20 +100,6 @@ class Schemas:
 
     def wrong_types(self, schema: dict[str, Any]) -> list[str]:
         return sorted(JSON_TYPES - self.accepted(schema))
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
 
 
 @dataclass(frozen=True)

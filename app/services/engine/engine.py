@@ -84,7 +84,8 @@ def budget_breach(execution: Execution) -> tuple[ExecutionStatus, str] | None:
     max_cost = budget.get("max_cost_usd")
     if max_cost is not None and Decimal(execution.cost_usd) >= Decimal(str(max_cost)):
         return ExecutionStatus.cancelled, "budget_exceeded"
-    if seconds_left(execution) is not None and (seconds_left(execution) or 0) <= 0:
+    left = seconds_left(execution)
+    if left is not None and left <= 0:
         return ExecutionStatus.timed_out, "timed_out"
     return None
 

@@ -75,10 +75,6 @@ class InProcessRunner:
         if running is not None:
             running.interrupt.set()
 
-    @property
-    def active(self) -> int:
-        return len(self._running)
-
     async def _run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         try:
             async with self._slots:
