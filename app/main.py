@@ -19,6 +19,7 @@ from app.api.routes import (
     auth,
     execution_ws,
     health,
+    metrics,
     provider_keys,
     team_executions,
     team_members,
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     install_docs(app)
 
     if settings.cors_origins:
