@@ -1,4 +1,5 @@
-"""Executions and everything they record: steps, shared context, events, and the ledger.
+"""Executions and everything they record: steps, shared context, messages between agents,
+events, and the ledger.
 
 The database is the execution's source of truth: the engine decides each move from committed
 rows, so any process can resume an execution after a crash.
@@ -123,6 +124,47 @@ class ContextEntry(IdMixin, Base):
     agent_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("agents.id", ondelete="SET NULL"), index=True
     )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class MessageKind(StrEnum):
+    direct = "direct"
+    broadcast = "broadcast"
+    request = "request"
+    response = "response"
+
+
+class MessageStatus(StrEnum):
+    delivered = "delivered"  # direct, broadcast and in-time responses
+    pending = "pending"  # a request waiting for its response
+    answered = "answered"  # a request that got its response in time
+    timed_out = "timed_out"  # a request whose deadline passed (or whose execution ended) first
+    late = "late"  # a response that arrived after its request timed out
+
+
+class ExecutionMessage(IdMixin, Base):
+    """One message from one agent to another (``recipient_agent_id``) or to every other agent
+    of the execution (a broadcast). A request and its response share a correlation id."""
+
+    __tablename__ = "execution_messages"
+    __table_args__ = (UniqueConstraint("execution_id", "seq"),)
+
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    sender_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id", ondelete="SET NULL"), index=True
+    )
+    sender_step: Mapped[str] = mapped_column(String(64), nullable=False)
+    recipient_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id", ondelete="SET NULL"), index=True
+    )
+    correlation_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    body: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
 

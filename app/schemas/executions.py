@@ -99,6 +99,26 @@ class ContextOut(BaseModel):
     history: list[ContextValueOut] = Field(description="Every write, oldest first per key.")
 
 
+MessageKindName = Literal["direct", "broadcast", "request", "response"]
+
+
+class MessageOut(ResponseModel):
+    id: uuid.UUID
+    seq: int = Field(description="Order of the message within its execution.")
+    kind: MessageKindName
+    status: Literal["delivered", "pending", "answered", "timed_out", "late"] = Field(
+        description="`pending`, `answered` or `timed_out` for a request; `late` for a response "
+        "that came after its request timed out; else `delivered`."
+    )
+    sender_agent_id: uuid.UUID | None
+    sender_step: str
+    recipient_agent_id: uuid.UUID | None = Field(description="None for a broadcast.")
+    correlation_id: str | None = Field(description="Shared by a request and its response.")
+    body: Any
+    expires_at: datetime | None = Field(description="A request's deadline.")
+    created_at: datetime
+
+
 class EventOut(ResponseModel):
     seq: int
     type: str

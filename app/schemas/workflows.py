@@ -100,6 +100,14 @@ class WorkflowStep(_Strict):
     when: Guard | None = Field(
         default=None, description="`conditional` workflows: run the step only if this holds."
     )
+    send_output_to: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Send the step's output as a message to these steps' agents (step ids), or "
+        'to every other agent with `"*"` (a broadcast).',
+        examples=[["review"]],
+    )
 
 
 class WorkflowDefinition(_Strict):

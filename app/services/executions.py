@@ -1,5 +1,6 @@
 """Executions as the API sees them: start one (within the account's concurrency limit), read
-its state, steps, context and events, wait for it, cancel it; and usage from the ledger."""
+its state, steps, context, messages and events, wait for it, cancel it; and usage from the
+ledger."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app.models import (
     ContextEntry,
     Execution,
     ExecutionEvent,
+    ExecutionMessage,
     ExecutionStatus,
     ExecutionStep,
     Role,
@@ -27,6 +29,7 @@ from app.models import (
 from app.repositories.agents import TeamRepository
 from app.repositories.executions import ExecutionRepository
 from app.repositories.ledger import LedgerRepository
+from app.repositories.messages import MessageRepository
 from app.schemas.executions import EventOut, ExecutionCreate, UsageOut, UsageRow
 from app.services.engine.runner import ExecutionDispatcher
 from app.services.events import EventHub, wait_for
@@ -118,6 +121,19 @@ class ExecutionService:
 
     async def events(self, execution: Execution, *, after: int, limit: int) -> list[ExecutionEvent]:
         return await self.executions.events(execution.id, after=after, limit=limit)
+
+    async def messages(
+        self,
+        execution: Execution,
+        *,
+        after: int,
+        limit: int,
+        kind: str | None,
+        agent_id: uuid.UUID | None,
+    ) -> list[ExecutionMessage]:
+        return await MessageRepository(self.session).list(
+            execution.id, after=after, limit=limit, kind=kind, agent_id=agent_id
+        )
 
     async def cancel(
         self,

@@ -12,6 +12,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from app.core.errors import ValidationFailed
 from app.schemas.workflows import Guard, WorkflowDefinition
+from app.services.messages import BROADCAST
 
 _templates = SandboxedEnvironment(autoescape=False)
 _ORDERING = {"gt", "gte", "lt", "lte"}
@@ -60,6 +61,7 @@ def validate_workflow(
 ) -> None:
     """Raise a 422 naming the first bad field of ``definition``."""
     members = set(member_ids)
+    step_ids = {step.id for step in definition.steps}
     seen: set[str] = set()
     if definition.max_concurrency is not None and definition.strategy != "parallel":
         raise ValidationFailed.at(
@@ -83,6 +85,13 @@ def validate_workflow(
                 )
             for condition, where in _conditions(step.when, f"{at}/when"):
                 _check_condition(condition, where)
+        for position, recipient in enumerate(step.send_output_to or ()):
+            if recipient != BROADCAST and recipient not in step_ids:
+                raise ValidationFailed.at(
+                    f"{at}/send_output_to/{position}",
+                    f'unknown step {recipient!r}: give a step id of this workflow or "*"',
+                    "unknown_step",
+                )
 
 
 def default_workflow(member_ids: Sequence[uuid.UUID]) -> dict[str, Any]:

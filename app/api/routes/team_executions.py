@@ -22,6 +22,8 @@ from app.schemas.executions import (
     ExecutionCreate,
     ExecutionOut,
     ExecutionSummary,
+    MessageKindName,
+    MessageOut,
     StepOut,
 )
 from app.services.executions import ExecutionService, event_stream, is_terminal, wait_for_end
@@ -42,6 +44,9 @@ def _execution_links(status: int, description: str) -> dict[int | str, Any]:
         ),
         GetExecutionContext=link(
             "get_execution_context", "Read its shared context.", execution_id=execution_id
+        ),
+        ListExecutionMessages=link(
+            "list_execution_messages", "Read its agents' messages.", execution_id=execution_id
         ),
         ListExecutionEvents=link(
             "list_execution_events", "Read its events.", execution_id=execution_id
@@ -208,6 +213,30 @@ async def get_execution_context(
     history = await service.context(await service.get(principal, execution_id))
     current = {entry.key: entry.value for entry in history}  # ordered by version per key
     return ContextOut(current=current, history=[ContextValueOut.model_validate(e) for e in history])
+
+
+@router.get(
+    "/executions/{execution_id}/messages",
+    response_model=list[MessageOut],
+    summary="Messages the execution's agents sent each other",
+    description="Direct messages, broadcasts, and requests with their responses (paired by "
+    "`correlation_id`), oldest first. `agent_id` keeps those the agent sent or received.",
+    responses=problems(401, 404, 422),
+)
+async def list_execution_messages(
+    execution_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, description="Only messages with a larger `seq`.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    kind: MessageKindName | None = None,
+    agent_id: uuid.UUID | None = None,
+) -> list[MessageOut]:
+    service = ExecutionService(session, settings)
+    execution = await service.get(principal, execution_id)
+    rows = await service.messages(execution, after=after, limit=limit, kind=kind, agent_id=agent_id)
+    return [MessageOut.model_validate(r) for r in rows]
 
 
 async def _sse(runtime: Runtime, execution_id: uuid.UUID, after: int) -> AsyncIterator[str]:

@@ -17,6 +17,7 @@ from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.models import Agent, ProviderKey
 from app.services.agents import provider_key_aad
+from app.services.messages import Mailbox, OutgoingMessage
 from app.services.providers.base import ChatMessage, ModelRequest, RetryPolicy
 from app.services.providers.builtin import run_builtin
 from app.services.providers.openai import OpenAICompatibleProvider
@@ -27,6 +28,7 @@ from app.services.providers.prices import PriceTable
 class AgentOutcome:
     output: str
     context_writes: dict[str, Any] = field(default_factory=dict)
+    messages: list[OutgoingMessage] = field(default_factory=list)
     provider: str = "builtin"
     model: str = ""
     input_tokens: int = 0
@@ -59,7 +61,10 @@ class AgentCaller:
         step_input: str,
         context: Mapping[str, Any],
         variables: Mapping[str, Any],
+        mailbox: Mailbox | None = None,
     ) -> AgentOutcome:
+        """Run the agent; ``mailbox`` holds its inbox and collects the messages it sends."""
+        mailbox = mailbox if mailbox is not None else Mailbox()
         if agent.provider == "builtin":
             started = time.perf_counter()
             result = run_builtin(
@@ -68,14 +73,16 @@ class AgentCaller:
                 input=step_input,
                 context=context,
                 variables=variables,
+                mailbox=mailbox,
             )
             return AgentOutcome(
                 output=result.output,
                 context_writes=dict(result.context_writes),
+                messages=list(mailbox.outgoing),
                 model=agent.model,
                 duration_ms=int((time.perf_counter() - started) * 1000),
             )
-        return await self._model_call(agent, provider_key, step_input, context)
+        return await self._model_call(agent, provider_key, step_input, context, mailbox.inbox)
 
     async def _model_call(
         self,
@@ -83,6 +90,7 @@ class AgentCaller:
         provider_key: ProviderKey | None,
         step_input: str,
         context: Mapping[str, Any],
+        inbox: list[dict[str, Any]],
     ) -> AgentOutcome:
         if provider_key is not None:
             api_key: str | None = self.box.open(
@@ -99,6 +107,9 @@ class AgentCaller:
         if context:
             shared = json.dumps(dict(context), default=str, sort_keys=True)
             messages.append(ChatMessage("system", f"Shared context (JSON): {shared}"))
+        if inbox:
+            mail = json.dumps(inbox, default=str, sort_keys=True)
+            messages.append(ChatMessage("system", f"Messages from other agents (JSON): {mail}"))
         messages.append(ChatMessage("user", step_input))
         retry = agent.retry or {}
         request = ModelRequest(

@@ -7,6 +7,10 @@ They let the embedded default run teams offline and make fast, exact agents for 
   ``input`` (the step's input text), ``context`` (the execution's shared context),
   ``variables`` (the execution's variables) and ``remember(key, value)``, which records a
   write to the shared context and renders as nothing. Undefined names are errors, not blanks.
+  Messages to other agents (see :mod:`app.services.messages`): ``inbox`` (this agent's
+  messages), ``send(to, body)``, ``broadcast(body)``, ``ask(to, body, timeout_seconds)``
+  (returns the request's correlation id) and ``reply(request, body)``; ``to`` is a step id or
+  an agent id of the workflow.
 
 Both kinds accept ``parameters["output_key"]``: the output is also written to that context key
 (after any ``remember`` writes, so it wins over one to the same key). Builtin calls spend no
@@ -31,6 +35,7 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from app.services.messages import Mailbox, MessageError
 from app.services.providers.base import ProviderError
 
 BUILTIN_KINDS: tuple[str, ...] = ("echo", "template")
@@ -148,6 +153,7 @@ def _render_template(
     input: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
+    mailbox: Mailbox,
 ) -> tuple[str, dict[str, Any]]:
     if len(source) > MAX_TEMPLATE_CHARS:
         raise _fail(f"template longer than {MAX_TEMPLATE_CHARS} characters")
@@ -162,11 +168,18 @@ def _render_template(
         "variables": variables,
         "remember": state.remember,
         "range": state.range,
+        "inbox": mailbox.inbox,
+        "send": mailbox.send,
+        "broadcast": mailbox.broadcast,
+        "ask": mailbox.ask,
+        "reply": mailbox.reply,
     }
     try:
         output = "".join(_bounded(template.generate(names)))
     except BuiltinAgentError:
         raise
+    except MessageError as error:
+        raise _fail(str(error)) from None
     except _RenderLimitExceeded as error:
         raise _fail(f"template stopped: {error}") from None
     except SecurityError as error:
@@ -186,6 +199,7 @@ def _echo(
     input: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
+    mailbox: Mailbox,
 ) -> tuple[str, dict[str, Any]]:
     return input, {}
 
@@ -196,11 +210,14 @@ def _template(
     input: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
+    mailbox: Mailbox,
 ) -> tuple[str, dict[str, Any]]:
     source = parameters.get("template")
     if not isinstance(source, str):
         raise _fail("the template agent needs parameters.template, a string")
-    return _render_template(source, input=input, context=context, variables=variables)
+    return _render_template(
+        source, input=input, context=context, variables=variables, mailbox=mailbox
+    )
 
 
 _RUNNERS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
@@ -220,15 +237,23 @@ def run_builtin(
     input: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
+    mailbox: Mailbox | None = None,
 ) -> BuiltinResult:
-    """Run the builtin agent ``kind`` on ``input``; raise BuiltinAgentError if it cannot."""
+    """Run the builtin agent ``kind`` on ``input``; raise BuiltinAgentError if it cannot.
+    Messages the agent sends are collected in ``mailbox.outgoing``."""
     runner = _RUNNERS.get(kind) if isinstance(kind, str) else None
     if runner is None:
         raise _fail(_unknown_kind(kind))
     output_key = parameters.get("output_key")
     if output_key is not None and (not isinstance(output_key, str) or not output_key):
         raise _fail("parameters.output_key must be a non-empty string")
-    output, writes = runner(parameters, input=input, context=context, variables=variables)
+    output, writes = runner(
+        parameters,
+        input=input,
+        context=context,
+        variables=variables,
+        mailbox=mailbox if mailbox is not None else Mailbox(),
+    )
     if output_key:
         writes[output_key] = output
     return BuiltinResult(output=output, context_writes=writes)
