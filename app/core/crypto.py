@@ -30,8 +30,9 @@ class CryptoError(Exception):
 
 
 def _b64decode(text: str) -> bytes:
+    """Strict base64url: a character outside the alphabet is an error, never skipped."""
     padded = text + "=" * (-len(text) % 4)
-    return base64.urlsafe_b64decode(padded.encode("ascii"))
+    return base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
 
 
 class SecretBox:

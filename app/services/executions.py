@@ -117,7 +117,10 @@ class ExecutionService:
         return await self.executions.steps(execution.id)
 
     async def context(self, execution: Execution) -> list[ContextEntry]:
-        return await self.executions.context_history(execution.id)
+        """Every write, by key (in code point order, whatever the database's collation) and
+        then by version."""
+        rows = await self.executions.context_history(execution.id)
+        return sorted(rows, key=lambda entry: (entry.key, entry.version))
 
     async def events(self, execution: Execution, *, after: int, limit: int) -> list[ExecutionEvent]:
         return await self.executions.events(execution.id, after=after, limit=limit)
