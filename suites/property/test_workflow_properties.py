@@ -275,11 +275,12 @@ class Roster:
     echo: dict[str, Any]
     shout: dict[str, Any]  # a template that writes a context key
     broken: dict[str, Any]  # a template that fails: it reads a key nobody writes
+    chatty: dict[str, Any]  # a template that broadcasts and reads its inbox
     outsider: dict[str, Any]  # never a member of the generated teams
 
     @property
     def members(self) -> list[dict[str, Any]]:
-        return [self.echo, self.shout, self.broken]
+        return [self.echo, self.shout, self.broken, self.chatty]
 
 
 def create_agent(client: ApiClient, **fields: Any) -> dict[str, Any]:
@@ -297,6 +298,9 @@ def roster(owner_client: ApiClient) -> Roster:
         echo=create_agent(owner_client),
         shout=template_agent(owner_client, "{{ remember('seen', input) }}{{ input | upper }}"),
         broken=template_agent(owner_client, "{{ context.never_written.deeper }}"),
+        chatty=template_agent(
+            owner_client, "{{ broadcast(input) }}{% for m in inbox %}{{ m.kind }};{% endfor %}"
+        ),
         outsider=create_agent(owner_client),
     )
 
@@ -375,6 +379,10 @@ def workflow_documents(draw: st.DrawFn, roster: Roster, members: list[dict[str, 
             step["input_template"] = draw(st.sampled_from(TEMPLATES))
         if draw(st.integers(0, 2)) == 0:
             step["when"] = draw(loose_guards())
+        if draw(st.integers(0, 4)) == 0:
+            step["send_output_to"] = draw(
+                st.lists(st.sampled_from(["s0", "s1", "s3", "*", "ghost", ""]), max_size=3)
+            )
         if draw(st.integers(0, 14)) == 0:
             step["max_concurrency"] = 2
         if draw(st.integers(0, 19)) == 0:
