@@ -30,10 +30,10 @@ from app.api.routes import (
 from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.core.errors import install_error_handlers
+from app.core.health.startup import migrate_if_possible, start_health
 from app.core.logging import configure_logging, get_logger
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
-from app.db import migrate
 from app.db.database import Database
 from app.services.bootstrap import bootstrap_admin
 from app.services.runtime import Runtime
@@ -54,9 +54,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database = database
     try:
         if settings.database.auto_migrate:
-            await migrate.upgrade(database.engine)
-        async with database.session() as session:
-            created = await bootstrap_admin(session, settings)
+            await migrate_if_possible(database)
+        monitor = await start_health(settings, database)
+        app.state.health_monitor = monitor
+        created = None
+        if monitor.ready:  # a degraded start leaves the first admin to a later start
+            async with database.session() as session:
+                created = await bootstrap_admin(session, settings)
         if created is not None:
             log.info("bootstrap_admin_created", email=created.email)
             if created.generated_password is not None:
@@ -79,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             yield
         finally:
+            await monitor.stop()
             await runtime.stop()
     finally:
         await database.dispose()

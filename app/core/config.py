@@ -124,6 +124,59 @@ class ExecutionSettings(BaseModel):
     )
 
 
+class CheckTuning(BaseModel):
+    """Overrides of a health check's timing; unset values keep the check's own default."""
+
+    interval_seconds: float | None = Field(
+        default=None, gt=0, le=86_400, description="Seconds between two background runs."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=600, description="Longest a run may take before it fails."
+    )
+    ttl_seconds: float | None = Field(
+        default=None, gt=0, le=604_800, description="A result older than this counts as failed."
+    )
+    failure_threshold: int | None = Field(
+        default=None, ge=1, le=100, description="Consecutive failures before the check fails."
+    )
+
+
+class HealthSettings(CheckTuning):
+    """Dependency validation and probes. The timing fields here apply to every check;
+    ``checks`` tunes one check by name (``{"redis": {"timeout_seconds": 1}}``)."""
+
+    probe_token: SecretStr | None = Field(
+        default=None,
+        description="Token that reveals the details of /health/dependencies to monitoring "
+        "(sent as `X-Probe-Token` or `Authorization: Bearer`); at least 16 characters.",
+    )
+    start_degraded: bool = Field(
+        default=False,
+        description="In production, start even when a critical dependency fails at start-up "
+        "(readiness stays 503 until it recovers) instead of stopping.",
+    )
+    monitor: bool = Field(
+        default=True,
+        description="Run the checks in the background; off, the start-up report stays the "
+        "probes' snapshot.",
+    )
+    checks: dict[str, CheckTuning] = Field(
+        default_factory=dict, description="Per-check overrides keyed by check name, as JSON."
+    )
+
+    @field_validator("probe_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("probe_token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters long")
+        return value
+
+
 class Settings(BaseSettings):
     """All of Renum's configuration. Environment variables: ``RENUM_<FIELD>``,
     nested fields ``RENUM_<GROUP>__<FIELD>``."""
@@ -166,6 +219,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     teams: TeamSettings = Field(default_factory=TeamSettings)
     executions: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,
         description="Email of the admin created on an empty database (default admin@renum.local).",

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from app import __version__
-from app.core.config import Settings
+from app.core.config import DatabaseSettings, Settings
 from app.db import migrate
 from app.db.database import Database
 from app.main import API_PREFIX, create_app
@@ -104,7 +104,7 @@ async def test_lifespan_without_auto_migrate_uses_the_existing_schema(
         assert (await login(client, DEFAULT_ADMIN_EMAIL, "configured-pass")).status_code == 200
 
 
-async def test_probes(settings: Settings) -> None:
+async def test_probes(settings: Settings, tmp_path: Path) -> None:
     app = create_app(settings)
     async with running(app) as client:
         for path in ("/health/live", "/livez", "/health/ready", "/readyz"):
@@ -112,10 +112,14 @@ async def test_probes(settings: Settings) -> None:
             assert response.status_code == 200, path
             assert response.json() == {"status": "pass"}
 
-        async def broken_ping() -> None:
-            raise ConnectionError("database went away")
-
-        app.state.database.ping = broken_ping
+        # Probes read the health monitor's snapshot: the database check fails once it has
+        # failed its threshold of consecutive runs (a directory is no SQLite database).
+        monitor = app.state.health_monitor
+        broken = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}"))
+        monitor.validator.database = broken
+        for _ in range(monitor.states["database"].spec.failure_threshold):
+            await monitor.refresh("database")
+        await broken.dispose()
         for path in ("/health/ready", "/readyz"):
             response = await client.get(path)
             assert response.status_code == 503

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import distinct, select, text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
@@ -136,6 +136,7 @@ def _package_outcome(lookup: MetadataLookup, req: Requirement, extra: str | None
             message=f"{req.name} is not installed ({DISTRIBUTION} needs {wanted}){feature}",
             fix=fix,
             affected_endpoints=affected,
+            critical=not optional,
         )
     try:
         compatible = req.specifier.contains(Version(installed), prereleases=True)
@@ -151,6 +152,7 @@ def _package_outcome(lookup: MetadataLookup, req: Requirement, extra: str | None
             f"{req.name}{req.specifier}{feature}",
             fix=fix,
             affected_endpoints=affected,
+            critical=not optional,
         )
     return CheckOutcome(
         component_id=req.name,
@@ -158,6 +160,7 @@ def _package_outcome(lookup: MetadataLookup, req: Requirement, extra: str | None
         observed_value=installed,
         observed_unit="version",
         message=f"{req.name} {installed} satisfies {wanted}",
+        critical=not optional,
     )
 
 
@@ -471,7 +474,7 @@ async def provider_base_urls(context: CheckContext) -> list[str]:
     try:
         async with context.database.session() as session:
             rows = await session.execute(
-                select(distinct(Agent.base_url)).where(Agent.base_url.is_not(None))
+                select(Agent.base_url).where(Agent.base_url.is_not(None)).distinct()
             )
             urls.extend(row for row in rows.scalars() if row)
     except Exception:  # noqa: S110 - without the database only the default is checked

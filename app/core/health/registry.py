@@ -89,6 +89,7 @@ class CheckOutcome:
     observed_unit: str | None = None
     fix: str | None = None
     affected_endpoints: list[str] | None = None  # None: the spec's list
+    critical: bool | None = None  # None: the spec's (an optional extra's package is not)
 
 
 class HealthCheck(ABC):

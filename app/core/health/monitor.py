@@ -1,0 +1,158 @@
+"""The background health monitor: runs each check on its own interval and keeps the snapshot
+the probes read.
+
+Each check runs in its own task, concurrently, bounded by its timeout (the validator enforces
+it). A failing run counts only after ``failure_threshold`` consecutive failures (hysteresis: one
+slow ping does not flap readiness); one passing run recovers at once. A check without a fresh
+result for ``ttl_seconds`` counts as failed. Probes never wait on a dependency: they read
+``snapshot()`` / ``ready``, which only look at memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, replace
+
+from app.core.dependency_validator import (
+    DependencyEntry,
+    DependencyValidator,
+    ValidationReport,
+    now_utc,
+)
+from app.core.health.registry import CheckSpec, HealthCheck, Status
+from app.core.logging import get_logger
+
+log = get_logger("app.health")
+
+
+@dataclass
+class CheckState:
+    """What the monitor knows about one check."""
+
+    spec: CheckSpec
+    entries: list[DependencyEntry]
+    completed_at: float  # time.monotonic() of the latest finished run
+    consecutive_failures: int = 0
+
+    @property
+    def failing(self) -> bool:
+        return any(entry.status is Status.fail for entry in self.entries)
+
+
+def _failed(entries: list[DependencyEntry]) -> bool:
+    return any(entry.status is Status.fail for entry in entries)
+
+
+class HealthMonitor:
+    """Owns the per-check background tasks and the latest snapshot."""
+
+    def __init__(self, validator: DependencyValidator, initial: ValidationReport) -> None:
+        self.validator = validator
+        now = time.monotonic()
+        self.states: dict[str, CheckState] = {}
+        for check in validator.checks:
+            name = check.spec.name
+            entries = [entry for entry in initial.entries if entry.check == name]
+            self.states[name] = CheckState(validator.specs[name], entries, now)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch_ttl = False
+        self._publish()
+
+    # --- reading (the probes) -------------------------------------------------------------
+
+    def snapshot(self) -> ValidationReport:
+        """The latest report; results past their TTL are reported as failed."""
+        if self._watch_ttl and time.monotonic() >= self._fresh_until:
+            self._publish()
+        return self._snapshot
+
+    @property
+    def ready(self) -> bool:
+        return self.snapshot().ready
+
+    # --- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one background task per check (TTLs are watched from now on)."""
+        self._watch_ttl = True
+        for check in self.validator.checks:
+            task = asyncio.create_task(self._loop(check), name=f"health:{check.spec.name}")
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def refresh(self, name: str) -> None:
+        """Run one check now and record its result (what each background round does)."""
+        check = next(c for c in self.validator.checks if c.spec.name == name)
+        self.record(name, await self.validator.run_check(check))
+
+    async def _loop(self, check: HealthCheck) -> None:
+        name = check.spec.name
+        while True:
+            await asyncio.sleep(self.states[name].spec.interval_seconds)
+            await self.refresh(name)
+
+    def record(self, name: str, entries: list[DependencyEntry]) -> None:
+        """Apply one run's result with hysteresis and publish the new snapshot."""
+        state = self.states[name]
+        state.completed_at = time.monotonic()
+        was_failing = state.failing
+        if _failed(entries):
+            state.consecutive_failures += 1
+            threshold = state.spec.failure_threshold
+            if not was_failing and state.consecutive_failures < threshold:
+                # Below the threshold: keep the last good entries, noting the failed run.
+                note = (
+                    f" (latest run failed, {state.consecutive_failures} of {threshold} before "
+                    f"this check fails: {'; '.join(e.message for e in entries if e.message)})"
+                )
+                state.entries = [replace(e, message=e.message + note) for e in state.entries]
+                self._publish()
+                return
+        else:
+            state.consecutive_failures = 0
+        state.entries = entries
+        if state.failing != was_failing:
+            log.warning(
+                "dependency_status_changed",
+                check=name,
+                status="fail" if state.failing else "pass",
+                messages=[e.message for e in entries if e.status is not Status.passed],
+            )
+        self._publish()
+
+    def _publish(self) -> None:
+        now = time.monotonic()
+        entries: list[DependencyEntry] = []
+        for state in self.states.values():
+            age = now - state.completed_at
+            if self._watch_ttl and age > state.spec.ttl_seconds:
+                entries.extend(self._stale(state, age))
+            else:
+                entries.extend(state.entries)
+        self._fresh_until = min(
+            (s.completed_at + s.spec.ttl_seconds for s in self.states.values()),
+            default=float("inf"),
+        )
+        self._snapshot = ValidationReport(entries, time=now_utc())
+
+    @staticmethod
+    def _stale(state: CheckState, age: float) -> list[DependencyEntry]:
+        message = (
+            f"no fresh result for {age:.0f}s (TTL {state.spec.ttl_seconds:g}s): "
+            "the check is not completing"
+        )
+        if not state.entries:
+            return []
+        return [
+            replace(entry, status=Status.fail, message=message, fix="Restart the process.")
+            for entry in state.entries[:1]
+        ]

@@ -1,0 +1,59 @@
+"""Start-up of the health layer: migrate when the database lets us, validate every dependency
+once, log the report as one structured event, stop a production start on a failed critical
+dependency (unless ``RENUM_HEALTH__START_DEGRADED``), and hand the report to the monitor."""
+
+from __future__ import annotations
+
+import sys
+
+from app.core.config import Environment, Settings
+from app.core.dependency_validator import DependencyValidator
+from app.core.health.monitor import HealthMonitor
+from app.core.logging import get_logger
+from app.db import migrate
+from app.db.database import Database
+
+log = get_logger("app.health")
+
+
+class StartupBlocked(RuntimeError):
+    """A critical dependency failed at start-up in production; the message says which and how
+    to fix it."""
+
+
+async def migrate_if_possible(database: Database) -> None:
+    """Apply pending migrations; a database that cannot be migrated now is reported by the
+    validation that follows (with its fix) instead of crashing here."""
+    try:
+        await migrate.upgrade(database.engine)
+    except Exception as exc:  # reported by the database and schema checks
+        inner = getattr(exc, "orig", None) or exc
+        log.error("auto_migrate_failed", error_type=type(inner).__name__)
+
+
+async def start_health(settings: Settings, database: Database) -> HealthMonitor:
+    """Validate once, log it, enforce the production rule, and return the monitor (started
+    when ``settings.health.monitor`` is on)."""
+    validator = DependencyValidator(settings, database)
+    report = await validator.validate()
+    fields = report.log_fields()
+    if report.ready:
+        log.info("dependency_validation", **fields)
+    else:
+        log.warning("dependency_validation", **fields)
+    if not report.ready:
+        production = settings.environment is Environment.production
+        if production and not settings.health.start_degraded:
+            summary = (
+                "Renum cannot start: a critical dependency failed.\n"
+                f"{report.summary()}\n"
+                "Fix it and start again, or set RENUM_HEALTH__START_DEGRADED=true to start "
+                "degraded (readiness answers 503 until it recovers)."
+            )
+            print(f"\n{summary}\n", file=sys.stderr, flush=True)
+            raise StartupBlocked(summary)
+        log.warning("starting_degraded", failing=[e.check for e in report.critical_failures()])
+    monitor = HealthMonitor(validator, report)
+    if settings.health.monitor:
+        monitor.start()
+    return monitor
