@@ -239,17 +239,32 @@ class PackagesCheck(HealthCheck):
 # --- database -------------------------------------------------------------------------------
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of an error, looking through SQLAlchemy's and the driver's
+    wrappers."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if code:
+            return str(code)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
 def database_error(exc: BaseException, url: str) -> tuple[str, str]:
     """A readable message and fix for a failed database connection (no password shown)."""
     where = make_url(url).render_as_string(hide_password=True)
-    name = type(getattr(exc, "orig", None) or exc).__name__
+    code = _sqlstate(exc)
     text_ = _error_text(exc)
-    if "Password" in name or "Authorization" in name or "authentication" in text_.lower():
+    # 28P01 invalid_password, 28000 invalid_authorization_specification (unknown role).
+    if code in {"28P01", "28000"} or "authentication failed" in text_.lower():
         return (
             f"the database refused the credentials of {where} ({text_})",
             "Check the user and password in RENUM_DATABASE__URL.",
         )
-    if "InvalidCatalogName" in name or "does not exist" in text_:
+    if code == "3D000":  # invalid_catalog_name
         return (
             f"the database of {where} does not exist ({text_})",
             "Create it (e.g. `createdb`) or fix the name in RENUM_DATABASE__URL.",

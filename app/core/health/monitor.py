@@ -77,6 +77,7 @@ class HealthMonitor:
     def start(self) -> None:
         """Start one background task per check (TTLs are watched from now on)."""
         self._watch_ttl = True
+        self._publish()
         for check in self.validator.checks:
             task = asyncio.create_task(self._loop(check), name=f"health:{check.spec.name}")
             self._tasks.append(task)

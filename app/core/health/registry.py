@@ -33,13 +33,6 @@ class Status(StrEnum):
     warn = "warn"
     fail = "fail"
 
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-
-_RANK = {Status.passed: 0, Status.warn: 1, Status.fail: 2}
-
 
 @dataclass(frozen=True)
 class Troubleshooting:
