@@ -136,6 +136,24 @@ def current() -> None:
     out.print(f"current: {revision or 'none'}  head: {head}  ({state})")
 
 
+@cli.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check every dependency (packages, database, migrations, Redis, model providers) and say
+    how to fix what fails. Exit code: 0 pass, 1 warn, 2 fail."""
+    import json
+
+    from app.core.health.doctor import EXIT_CODES, diagnose, report_table
+
+    report = asyncio.run(diagnose(load_settings()))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        out.print(report_table(report))
+    raise typer.Exit(EXIT_CODES[report.status])
+
+
 @users_cli.command("create-admin")
 def create_admin(
     email: Annotated[str, typer.Option(prompt=True, help="The admin's email.")],
