@@ -22,7 +22,8 @@ COVERAGE_DIR = REPORTS / "coverage"
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 nox.options.sessions = [
-    "lint", "unit", "integration", "property", "regression", "contracts", "coverage",
+    "lint", "unit", "integration", "property", "regression", "contracts", "load_smoke",
+    "coverage",
 ]  # fmt: skip
 
 
@@ -133,6 +134,38 @@ def contracts(session: nox.Session) -> None:
     deployment as the admin in RENUM_QA_ADMIN_EMAIL / RENUM_QA_ADMIN_PASSWORD. Findings, with
     cURL reproductions and the seed, land in reports/contracts/."""
     run_pytest(session, "contracts", "contracts")
+
+
+@nox.session
+def load(session: nox.Session) -> None:
+    """The release load test: Locust's `release` profile against a backend launched on the
+    embedded default, checked against load/thresholds.toml. `-- --profile NAME`, `--users N`,
+    `--run-time 5m`, `--workers N` (Locust master and N workers), `--compare BASELINE` (a file,
+    or `release` for the committed one), `--save-baseline [PATH]`, `--target URL` (admin in
+    RENUM_QA_ADMIN_EMAIL / RENUM_QA_ADMIN_PASSWORD). Reports in reports/load/. The server is
+    not measured by coverage here: the figures are the build's own, not a traced one's."""
+    env = shared_env(session)
+    session.run(
+        tool("python"), "-m", "qa.load", "--profile", "release",
+        "--reports", str(REPORTS / "load"), *session.posargs,
+        env=env,
+    )  # fmt: skip
+
+
+@nox.session
+def load_smoke(session: nox.Session) -> None:
+    """The `smoke` load profile (about a minute) with its thresholds, for the default run; the
+    harness and the launched server are measured by coverage like the other sessions."""
+    env = shared_env(session)
+    COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in COVERAGE_DIR.glob(".coverage.load_smoke*"):
+        stale.unlink()
+    env["COVERAGE_FILE"] = str(COVERAGE_DIR / ".coverage.load_smoke")
+    session.run(
+        tool("python"), "-m", "coverage", "run", "-m", "qa.load", "--profile", "smoke",
+        "--reports", str(REPORTS / "load" / "smoke"), *session.posargs,
+        env=env,
+    )  # fmt: skip
 
 
 @nox.session
