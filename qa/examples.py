@@ -29,6 +29,7 @@ import io
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Iterable, Iterator
@@ -222,7 +223,9 @@ class ExampleValidator:
                 block.code,
             ]
         )
-        env = {**os.environ, **self.env, "RENUM_EXAMPLE_STATE": str(state)}
+        # The harness's own programs (``renum``, ``python``) come first on the PATH.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, **self.env, "PATH": path, "RENUM_EXAMPLE_STATE": str(state)}
         try:
             done = subprocess.run(
                 ["bash", "-c", script],
