@@ -23,7 +23,7 @@ nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 nox.options.sessions = [
     "lint", "unit", "integration", "property", "regression", "contracts", "load_smoke",
-    "coverage",
+    "docs", "coverage",
 ]  # fmt: skip
 
 
@@ -179,6 +179,23 @@ def coverage(session: nox.Session) -> None:
         "--xml", str(REPORTS / "coverage.xml"),
         env=env,
     )  # fmt: skip
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs site: regenerate docs/reference from the backend's schema, settings and health
+    registry; check integrity (every operation and setting documented, committed pages
+    current); build with `mkdocs build --strict` into site/; run every example against a
+    launched backend. `-- serve` serves the site at http://127.0.0.1:8001 instead."""
+    env = shared_env(session)
+    session.run(tool("python"), "-m", "app.core.doc_generator", "docs/reference", env=env)
+    if session.posargs[:1] == ["serve"]:
+        session.run(
+            tool("mkdocs"), "serve", "--dev-addr", "127.0.0.1:8001", *session.posargs[1:],
+            env={**env, "NO_MKDOCS_2_WARNING": "1"},
+        )  # fmt: skip
+        return
+    run_pytest(session, "docs", "suites/docs")
 
 
 @nox.session

@@ -1,0 +1,179 @@
+"""The docs site's integrity checks, each returning precise problems (an empty list passes).
+
+- ``undocumented_operations``: every OpenAPI operation has a reference entry (a heading with
+  its operation id as anchor) with at least one example block;
+- ``undocumented_settings``: every setting's environment variable is in the configuration
+  reference;
+- ``stale_pages``: the reference pages on disk equal what the generator makes now;
+- ``uncommitted_pages``: the reference pages equal their committed versions (so CI, which
+  regenerates them, fails when a change to the API or settings was committed without them);
+- ``build_problems``: ``mkdocs build --strict`` passes, with the ``validation:`` settings of
+  ``mkdocs.yml`` turning broken links and anchors into errors.
+
+Command line: ``python -m qa.docs_integrity`` runs them all on this repository.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from app.core.doc_generator import (
+    GENERATED_NOTE,
+    METHODS,
+    DocumentationGenerator,
+    settings_rows,
+    slug,
+)
+from qa.examples import extract_blocks
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = REPO_ROOT / "docs" / "reference"
+CONFIGURATION_PAGE = "configuration.md"
+HEADING_ANCHOR = re.compile(r"^#{1,6} .*\{ *#(?P<anchor>[\w-]+) *\}\s*$")
+
+
+def reference_sections(directory: Path) -> dict[str, tuple[str, str]]:
+    """Each anchored heading of the reference pages: anchor -> (page name, section text)."""
+    sections: dict[str, tuple[str, str]] = {}
+    for page in sorted(directory.glob("*.md")):
+        anchor, lines = None, []
+        for line in [*page.read_text(encoding="utf-8").splitlines(), "## end"]:
+            is_heading = line.startswith("## ") or line.startswith("# ")
+            if is_heading and anchor is not None:
+                sections.setdefault(anchor, (page.name, "\n".join(lines)))
+                anchor = None
+            match = HEADING_ANCHOR.match(line) if line.startswith("## ") else None
+            if match:
+                anchor, lines = match["anchor"], []
+            elif anchor is not None:
+                lines.append(line)
+    return sections
+
+
+def undocumented_operations(schema: dict[str, Any], directory: Path) -> list[str]:
+    """Operations without a reference entry, or whose entry has no example."""
+    sections = reference_sections(directory)
+    problems = []
+    for path, item in sorted(schema.get("paths", {}).items()):
+        for method, operation in sorted(item.items()):
+            if method not in METHODS:
+                continue
+            operation_id = operation.get("operationId", "")
+            name = f"{method.upper()} {path} (operation {operation_id or 'without an id'})"
+            found = sections.get(slug(operation_id)) if operation_id else None
+            if found is None:
+                problems.append(f"{name} has no reference entry in {directory}")
+            elif not any(block.example for block in extract_blocks(found[1], found[0])):
+                problems.append(f"{name}: its entry in {directory / found[0]} has no example")
+    return problems
+
+
+def undocumented_settings(model: type[BaseModel], page: Path) -> list[str]:
+    """Settings whose environment variable the configuration reference does not mention."""
+    if not page.exists():
+        return [f"{page} does not exist: the configuration reference is missing"]
+    text = page.read_text(encoding="utf-8")
+    return [
+        f"setting {row.path} ({row.env}) is missing from {page}"
+        for row in settings_rows(model)
+        if f"`{row.env}`" not in text
+    ]
+
+
+def stale_pages(generator: DocumentationGenerator, directory: Path) -> list[str]:
+    """Generated pages that differ from (or are missing in, or linger in) ``directory``."""
+    pages = generator.pages()
+    problems = []
+    for name, text in pages.items():
+        target = directory / name
+        if not target.exists():
+            problems.append(f"{target} is missing: regenerate the reference (nox -s docs)")
+        elif target.read_text(encoding="utf-8") != text:
+            problems.append(f"{target} is out of date: regenerate the reference (nox -s docs)")
+    for page in sorted(directory.glob("*.md")):
+        if page.name not in pages and GENERATED_NOTE in page.read_text(encoding="utf-8"):
+            problems.append(f"{page} is no longer generated: delete it (nox -s docs does)")
+    return problems
+
+
+def uncommitted_pages(directory: Path, root: Path = REPO_ROOT) -> list[str]:
+    """Reference pages that differ from their committed versions, or are not committed."""
+    relative = directory.resolve().relative_to(root.resolve())
+
+    def git(*args: str) -> list[str]:
+        done = subprocess.run(
+            ["git", *args, "--", str(relative)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            raise RuntimeError(f"git {' '.join(args)} failed in {root}: {done.stderr.strip()}")
+        return [line for line in done.stdout.splitlines() if line]
+
+    changed = git("diff", "--name-only", "HEAD")
+    untracked = git("ls-files", "--others", "--exclude-standard")
+    return [
+        f"{name} differs from the committed version: the API or settings changed; commit "
+        "the regenerated reference pages"
+        for name in sorted(changed)
+    ] + [f"{name} is not committed: commit the regenerated reference pages" for name in untracked]
+
+
+def build_problems(config_file: Path, site_dir: Path) -> list[str]:
+    """Build the site strictly; on failure, the warnings and errors MkDocs printed."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(config_file),
+            "--site-dir",
+            str(site_dir),
+        ],
+        cwd=config_file.parent,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        check=False,
+    )
+    if done.returncode == 0:
+        return []
+    lines = [
+        line.strip()
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.startswith(("WARNING", "ERROR")) or "Error" in line
+    ]
+    return lines or [f"mkdocs build --strict failed (exit {done.returncode}):\n{done.stderr}"]
+
+
+def main() -> int:
+    from app.core.config import Settings
+
+    generator = DocumentationGenerator.for_app()
+    problems = [
+        *undocumented_operations(generator.schema, REFERENCE_DIR),
+        *undocumented_settings(Settings, REFERENCE_DIR / CONFIGURATION_PAGE),
+        *stale_pages(generator, REFERENCE_DIR),
+        *uncommitted_pages(REFERENCE_DIR),
+        *build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"),
+    ]
+    for problem in problems:
+        print(problem)
+    print(f"docs integrity: {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
