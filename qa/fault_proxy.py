@@ -43,6 +43,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._flowing: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -146,9 +147,22 @@ class FaultProxy:
     async def _shutdown(self) -> None:
         await self._close_listener()
         await self._abort_all()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Cancelled only by stop(): end quietly (asyncio's stream callback reports a task that
+        # ends cancelled as an error).
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._proxy(reader, writer)
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._flowing is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         self.connections_accepted += 1
         self._writers.add(writer)
         try:
