@@ -1,0 +1,325 @@
+"""DocumentationGenerator: pages from a small fixture schema (suites/fixtures/doc_schema.json),
+the examples planned from its links, the configuration and health pages, writing, and the
+generator run on this backend's own schema."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core import doc_generator
+from app.core.doc_generator import (
+    GENERATED_NOTE,
+    DocumentationGenerator,
+    ExamplePlan,
+    HealthDocs,
+    cell,
+    code,
+    constraints,
+    jq_path,
+    sample,
+    settings_rows,
+    slug,
+)
+from app.core.health.registry import PROBES, Troubleshooting, registered_checks
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
+
+
+@pytest.fixture
+def schema() -> dict:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def generator(schema: dict) -> DocumentationGenerator:
+    return DocumentationGenerator(schema)
+
+
+class Mode(StrEnum):
+    fast = "fast"
+    safe = "safe"
+
+
+class Group(BaseModel):
+    size: int = Field(default=3, ge=1, le=9, description="How many.")
+    names: list[str] = Field(default_factory=list, description="Some names.")
+
+
+class SmallSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APP_", env_nested_delimiter="__")
+
+    mode: Mode = Field(default=Mode.fast, description="The mode.")
+    token: SecretStr = Field(default=SecretStr("dev-only"), description="A secret.")
+    url: str | None = Field(default=None, description="Optional URL.")
+    required_name: str = Field(description="Must be given.")
+    group: Group = Field(default_factory=Group)
+
+
+def test_pages_are_one_per_tag_plus_index_and_schemas(generator: DocumentationGenerator) -> None:
+    assert list(generator.pages()) == [
+        "api-auth.md",
+        "api-ops.md",
+        "api-parts.md",
+        "api-widgets.md",
+        "index.md",
+        "schemas.md",
+    ]
+
+
+def test_index_lists_every_operation_with_its_role(generator: DocumentationGenerator) -> None:
+    index = generator.index_page()
+    assert "# API reference" in index
+    assert GENERATED_NOTE in index
+    for op in generator.operations:
+        assert f"[{op.operation_id}]({generator.page_name(op.tag)}#{slug(op.operation_id)})" in (
+            index
+        )
+    assert "| [create_widget](api-widgets.md#create-widget) | POST | `/api/widgets` |" in index
+    assert "member or higher" in index
+    assert "none (public)" in index  # the metrics endpoint has no security
+    assert "- [Widgets](api-widgets.md): 4 operations" in index
+
+
+def test_operation_entry_has_fields_statuses_and_links(generator: DocumentationGenerator) -> None:
+    page = generator.tag_page("widgets")
+    assert "## Create a widget { #create-widget }" in page
+    assert "`POST /api/widgets` · operation `create_widget`" in page
+    assert "Makes a widget | any size." in page  # descriptions are prose, not table cells
+    assert "| `name` | string | yes | min length 1; max length 40; pattern `^[a-z\\|-]+$` |" in page
+    assert "| `size` | integer | yes | ≥ 1; ≤ 10 | How big. |" in page
+    assert "| `tags` | array of string or null | no | max items 5 |  |" in page
+    assert "| `colour` | [Colour](schemas.md#colour) | yes |" in page
+    assert "| 422 | Unprocessable Content | `application/problem+json` [Problem]" in page
+    assert "- AddPart: [add_part](api-parts.md#add-part): Give it a part." in page
+    assert "| `limit` | query | integer | no | ≥ 1; ≤ 100; default `20` | Items per page. |" in page
+    assert "An array of [WidgetOut](schemas.md#widgetout)." in page
+
+
+def test_examples_follow_links_in_page_order(generator: DocumentationGenerator) -> None:
+    ops = [op for op in generator.operations if op.tag == "widgets"]
+    plan = ExamplePlan(generator, ops)
+    assert [op.operation_id for op in plan.ordered] == [
+        "create_widget",
+        "list_widgets",
+        "get_widget",
+        "delete_widget",
+    ]
+    create = plan.examples["create_widget"]
+    assert '-d \'{"name": "gear", "size": 1, "colour": "red"}\'' in create
+    assert "| tee response.json | jq ." in create
+    assert "WIDGET_ID=$(jq -r '.id' response.json)" in create
+    # a list's first item is never kept: an empty list has none
+    assert "WIDGET_ID" not in plan.examples["list_widgets"]
+    assert '"$RENUM_URL/api/widgets/$WIDGET_ID"' in plan.examples["delete_widget"]
+    assert plan.setup.startswith("TOKEN=$(curl")
+
+
+def test_setup_creates_what_another_page_needs(generator: DocumentationGenerator) -> None:
+    page = generator.tag_page("parts")
+    setup = page.split("## Setup", 1)[1].split("## Add a part", 1)[0]
+    assert '"name": "gear-for-parts"' in setup  # a setup's names do not clash with the page's
+    assert "> response.json\nWIDGET_ID=$(jq -r '.id' response.json)" in setup
+    assert '"$RENUM_URL/api/widgets/$WIDGET_ID/parts"' in page
+    assert '"label": "example-label"' in page  # padded to its minimum length
+
+
+def test_login_form_and_linked_body_values(generator: DocumentationGenerator) -> None:
+    ops = [op for op in generator.operations if op.tag == "auth"]
+    plan = ExamplePlan(generator, ops)
+    assert [op.operation_id for op in plan.ordered] == ["login", "logout"]
+    login = plan.examples["login"]
+    assert '--data-urlencode "username=$RENUM_EMAIL"' in login
+    assert "REFRESH_TOKEN=$(jq -r '.refresh_token' response.json)" in login
+    logout = plan.examples["logout"]
+    assert '--data-binary @- <<EOF\n{"refresh_token": "$REFRESH_TOKEN"}\nEOF' in logout
+    assert "Authorization" not in logout
+    assert plan.setup == ""  # nothing on the page needs a token
+
+
+def test_non_json_responses_are_not_piped_to_jq(generator: DocumentationGenerator) -> None:
+    page = generator.tag_page("ops")
+    assert 'curl -sS --fail-with-body -X GET "$RENUM_URL/metrics"\n```' in page
+    assert "| 200 | OK | `text/plain` string | Prometheus text. |" in page
+
+
+def test_not_runnable_examples_are_titled(
+    generator: DocumentationGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(doc_generator.NOT_RUNNABLE, "get_widget", "needs a real widget")
+    page = generator.tag_page("widgets")
+    assert '```bash title="Not run: needs a real widget"' in page
+    assert page.count('```bash title="Example"') == 3
+
+
+def test_schemas_page(generator: DocumentationGenerator) -> None:
+    page = generator.schemas_page()
+    assert "## Colour { #colour }" in page
+    assert "A `string`, one of `red`, `green`." in page
+    assert "An RFC 9457 problem document." in page
+    assert "| `fragile` | boolean | no | default `false` |  |" in page
+
+
+def test_roles() -> None:
+    generator = DocumentationGenerator(
+        {
+            "paths": {
+                "/a": {"get": {"operationId": "a", "security": [{"x": []}], "responses": {}}},
+                "/b": {
+                    "get": {
+                        "operationId": "b",
+                        "security": [{"x": []}],
+                        "responses": {"403": {"description": "no"}},
+                    }
+                },
+            }
+        }
+    )
+    a, b = generator.operations
+    assert generator.role(a) == "any signed-in user"
+    assert "checks the caller's role" in generator.role(b)
+    assert a.success is None
+    assert a.links() == {}
+
+
+def test_values_sampled_from_schemas(generator: DocumentationGenerator) -> None:
+    assert sample(generator, {"type": "string", "format": "email"}, "e", {}) == (
+        "someone@example.com"
+    )
+    assert sample(generator, {"type": "string", "format": "date-time"}, "t", {}) == (
+        "2030-01-01T00:00:00Z"
+    )
+    assert sample(generator, {"type": "boolean"}, "b", {}) is False
+    assert sample(generator, {"type": "number", "exclusiveMinimum": 0}, "n", {}) == 1
+    assert sample(generator, {"type": "array", "minItems": 2, "items": {"const": 1}}, "x", {}) == [
+        1,
+        1,
+    ]
+    assert sample(generator, {"type": "array", "items": {}}, "ids", {"ids": "WIDGET_ID"}) == [
+        "$WIDGET_ID"
+    ]
+    assert sample(generator, {"type": "string", "format": "uuid"}, "id", {"id": "X"}) == "$X"
+    email = {"type": "string", "format": "email", "examples": ["ann@example.com"]}
+    assert sample(generator, email, "owner", {}, suffix="-for-x") == "ann-for-x@example.com"
+
+
+def test_small_helpers() -> None:
+    assert slug("Create a Team!") == "create-a-team"
+    assert slug("Page_TeamOut_") == "page-teamout-"
+    assert cell("a |\n b") == "a \\| b"
+    assert code("has `tick`") == "`` has `tick` ``"
+    assert code({"b": 1, "a": [2]}) == '`{"a": [2], "b": 1}`'
+    assert jq_path("/id") == ".id"
+    assert jq_path("/items/0/id") == ".items[0].id"
+    assert jq_path("/0/agent_id") == ".[0].agent_id"
+    assert jq_path("") == "."
+    assert constraints({"anyOf": [{"type": "integer", "maximum": 3}, {"type": "null"}]}) == "≤ 3"
+    assert constraints({"exclusiveMaximum": 4, "minItems": 1, "uniqueItems": True}) == (
+        "< 4; min items 1; unique items"
+    )
+
+
+def test_type_names(generator: DocumentationGenerator) -> None:
+    assert generator.type_of(None) == "any"
+    assert generator.type_of({"allOf": [{"$ref": "#/x/Colour"}]}) == "[Colour](schemas.md#colour)"
+    assert generator.type_of({"type": "object", "additionalProperties": {"type": "integer"}}) == (
+        "object of integer"
+    )
+    assert generator.type_of({"const": "openai"}) == "`openai`"
+    assert generator.type_of({"type": ["string", "null"]}) == "string or null"
+    assert generator.fields_table({"type": "string"}) == ["string."]
+
+
+def test_configuration_reference_from_a_settings_model() -> None:
+    rows = {row.env: row for row in settings_rows(SmallSettings)}
+    assert list(rows) == [
+        "APP_MODE",
+        "APP_TOKEN",
+        "APP_URL",
+        "APP_REQUIRED_NAME",
+        "APP_GROUP__SIZE",
+        "APP_GROUP__NAMES",
+    ]
+    assert rows["APP_MODE"].type == "one of fast, safe"
+    assert rows["APP_MODE"].default == "`fast`"
+    assert rows["APP_TOKEN"].default == "a development value (set it)"
+    assert rows["APP_URL"].default == "unset"
+    assert rows["APP_URL"].type == "str | None"
+    assert rows["APP_REQUIRED_NAME"].default == "required"
+    assert rows["APP_GROUP__SIZE"].path == "group.size"
+    assert rows["APP_GROUP__SIZE"].description == "How many. (≥ 1, ≤ 9)"
+    assert rows["APP_GROUP__NAMES"].default == "empty"
+    page = DocumentationGenerator({}, settings_model=SmallSettings).pages()["configuration.md"]
+    assert "| `group.size` | `APP_GROUP__SIZE` | int | `3` | How many. (≥ 1, ≤ 9) |" in page
+
+
+def test_health_page_and_troubleshooting_snippet() -> None:
+    checks = [
+        {
+            "name": "disk",
+            "kind": "storage",
+            "critical": True,
+            "timeout_seconds": 1.0,
+            "interval_seconds": 5.0,
+            "ttl_seconds": 20.0,
+            "failure_threshold": 2,
+            "affected_endpoints": ["POST /files"],
+            "troubleshooting": Troubleshooting("Full.", "Logs grew.", "Rotate them.", "disk-full"),
+        },
+        {"name": "clock", "kind": "time", "critical": False, "troubleshooting": None},
+    ]
+    probes = [{"path": "/live", "purpose": "Up.", "status_codes": {200: "up"}}]
+    health = HealthDocs(probes=probes, checks=checks)
+    pages = DocumentationGenerator({}, health=health).pages()
+    page = pages["health.md"]
+    assert "| `/live` | Up. | 200: up |" in page
+    assert "| [disk](../troubleshooting.md#disk-full) | storage | yes | 1.0 | 5.0 | 20.0 | 2 |" in (
+        page
+    )
+    assert "| [clock](../troubleshooting.md#check-clock) | time | no |" in page
+    snippet = pages[doc_generator.TROUBLESHOOTING_SNIPPET]
+    assert "### disk { #disk-full }" in snippet
+    assert "- **Fix:** Rotate them." in snippet
+    assert "### clock { #check-clock }\n\nNo troubleshooting entry yet." in snippet
+
+
+def test_write_reports_changes_and_removes_stale_pages(
+    generator: DocumentationGenerator, tmp_path: Path
+) -> None:
+    (tmp_path / "api-gone.md").write_text(f"# Gone\n\n{GENERATED_NOTE}\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("# Hand-written\n", encoding="utf-8")
+    changed = generator.write(tmp_path)
+    assert "api-widgets.md" in changed
+    assert "api-gone.md" in changed
+    assert not (tmp_path / "api-gone.md").exists()
+    assert (tmp_path / "notes.md").exists()
+    assert generator.write(tmp_path) == []  # deterministic: a second run changes nothing
+
+
+def test_this_backend_is_fully_documented() -> None:
+    generator = DocumentationGenerator.for_app()
+    pages = generator.pages()
+    assert {"index.md", "configuration.md", "health.md", "api-teams.md"} <= set(pages)
+    index = pages["index.md"]
+    for op in generator.operations:
+        assert f"[{op.operation_id}](" in index
+    assert "`RENUM_DATABASE__URL`" in pages["configuration.md"]
+    for check in registered_checks():
+        assert f"[{check.name}](../troubleshooting.md#" in pages["health.md"]
+    for probe in PROBES:
+        assert f"`{probe.path}`" in pages["health.md"]
+    assert DocumentationGenerator.for_app().pages() == pages
+
+
+def test_command_line_writes_the_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert doc_generator.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"updated {tmp_path / 'index.md'}" in out
+    assert (tmp_path / "api-teams.md").exists()
+    assert doc_generator.main([str(tmp_path)]) == 0
+    assert f"reference pages in {tmp_path}: 0 changed" in capsys.readouterr().out
