@@ -1,17 +1,21 @@
 """The engine and session factory for one settings object; SQLite or PostgreSQL.
 
-Created by the application's lifespan (never at import time) and closed with it.
+Created by the application's lifespan (never at import time) and closed with it. Besides
+sessions, it runs short synchronous transactions in one hop (``run_transaction``), which the
+execution engine uses for its per-step writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -20,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.core.config import DatabaseSettings
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -54,6 +60,21 @@ def build_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
 
 
+def _sqlite_file(settings: DatabaseSettings) -> URL | None:
+    """The pysqlite URL of the same file, when the database is an SQLite file."""
+    url = make_url(settings.url)
+    if not settings.is_sqlite or not url.database or url.database == ":memory:":
+        return None
+    return url.set(drivername="sqlite")
+
+
+def build_sync_sqlite_engine(url: URL, echo: bool) -> Engine:
+    engine = create_engine(url, echo=echo)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
 class Database:
     """Owns one engine and hands out sessions."""
 
@@ -61,6 +82,8 @@ class Database:
         self.settings = settings
         self.engine = build_engine(settings)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_url = _sqlite_file(settings)
+        self._sqlite: _SQLiteWorker | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -71,5 +94,60 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def run_transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on a synchronous connection in one transaction, committed when it
+        returns (rolled back when it raises), in a single hop off the event loop.
+
+        On an SQLite file that is a plain pysqlite connection to the same file, in a worker
+        thread of its own (SQLite runs one writer at a time anyway, and through the async
+        driver each statement would cost a thread hop); elsewhere the async driver runs
+        ``work`` through SQLAlchemy's greenlet bridge (``run_sync``)."""
+        if self._sqlite_url is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(work)
+        if self._sqlite is None:
+            self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings.echo)
+        return await self._sqlite.run(work)
+
     async def dispose(self) -> None:
+        if self._sqlite is not None:
+            worker, self._sqlite = self._sqlite, None
+            await worker.close()
         await self.engine.dispose()
+
+
+class _SQLiteWorker:
+    """One thread with one open pysqlite connection to the database file, running one
+    transaction at a time (SQLite serialises writers anyway)."""
+
+    def __init__(self, url: URL, echo: bool) -> None:
+        self.engine = build_sync_sqlite_engine(url, echo)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="renum-sqlite")
+        self.conn: Connection | None = None
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        try:
+            with self.conn.begin():
+                return work(self.conn)
+        except BaseException:
+            # Whatever went wrong, the next transaction starts on a fresh connection.
+            self._close()
+            raise
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.thread, self._transaction, work
+        )
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.thread, self._close)
+        await loop.run_in_executor(self.thread, self.engine.dispose)
+        self.thread.shutdown(wait=True)

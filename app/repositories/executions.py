@@ -1,23 +1,33 @@
 """Execution queries, and the guarded updates the engine relies on for correctness
-(claiming, starting a step, cancelling, the per-account concurrency slots, event numbering)."""
+(claiming, starting a step, cancelling, the per-account concurrency slots, event numbering).
+
+``ExecutionRepository`` serves the API on an async session; ``EngineRepository`` holds the
+statements the engine runs inside its own short transactions (SQLAlchemy Core on a synchronous
+session, batched), so that one step costs a handful of statements."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import Integer, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.orm import Session
 
+from app.db.base import UTCDateTime
 from app.models import (
     Account,
+    Agent,
     ContextEntry,
     Execution,
     ExecutionEvent,
     ExecutionStatus,
     ExecutionStep,
+    LedgerEntry,
+    ProviderKey,
 )
 from app.repositories.base import AccountScopedRepository, Scope
 
@@ -74,25 +84,6 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
         )
         return list(rows)
 
-    async def context_current(self, execution_id: uuid.UUID) -> dict[str, ContextEntry]:
-        latest = (
-            select(ContextEntry.key, func.max(ContextEntry.version).label("version"))
-            .where(ContextEntry.execution_id == execution_id)
-            .group_by(ContextEntry.key)
-            .subquery()
-        )
-        rows = await self.session.scalars(
-            select(ContextEntry).join(
-                latest,
-                and_(
-                    ContextEntry.execution_id == execution_id,
-                    ContextEntry.key == latest.c.key,
-                    ContextEntry.version == latest.c.version,
-                ),
-            )
-        )
-        return {row.key: row for row in rows}
-
     async def append_events(
         self, execution_id: uuid.UUID, events: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[ExecutionEvent]:
@@ -127,37 +118,6 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
             .where(Account.id == account_id, Account.active_executions > 0)
             .values(active_executions=Account.active_executions - 1)
         )
-
-    async def claim(
-        self, execution_id: uuid.UUID, owner: str, now: datetime, stale_before: datetime
-    ) -> bool:
-        """Become the execution's owner if it is pending, or running with an expired
-        heartbeat (its owner died). Only one process can win."""
-        was_running = Execution.status == ExecutionStatus.running.value
-        result = await self.session.execute(
-            update(Execution)
-            .where(
-                Execution.id == execution_id,
-                or_(
-                    Execution.status == ExecutionStatus.pending.value,
-                    and_(
-                        was_running,
-                        or_(
-                            Execution.heartbeat_at.is_(None), Execution.heartbeat_at < stale_before
-                        ),
-                    ),
-                ),
-            )
-            .values(
-                status=ExecutionStatus.running.value,
-                owner=owner,
-                heartbeat_at=now,
-                started_at=func.coalesce(Execution.started_at, now),
-                resumed_count=Execution.resumed_count
-                + was_running.cast(Execution.resumed_count.type),
-            )
-        )
-        return _rowcount(result) == 1
 
     async def beat(self, execution_id: uuid.UUID, owner: str, now: datetime) -> bool:
         """Renew the heartbeat, only while this process still owns a running execution and
@@ -235,3 +195,241 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
             .limit(limit)
         )
         return list(rows)
+
+
+# The engine's statements are built once, with bound parameters, and reused: a step's
+# transaction then costs little more than the database's own work.
+_executions = Execution.__table__
+_steps = ExecutionStep.__table__
+_context = ContextEntry.__table__
+
+# What the engine keeps in memory of an execution it owns.
+_CLAIMED = (
+    _executions.c.id,
+    _executions.c.account_id,
+    _executions.c.team_id,
+    _executions.c.created_by,
+    _executions.c.workflow_version,
+    _executions.c.workflow,
+    _executions.c.prompt,
+    _executions.c.variables,
+    _executions.c.budget,
+    _executions.c.cancel_mode,
+    _executions.c.resumed_count,
+    _executions.c.started_at,
+    _executions.c.input_tokens,
+    _executions.c.output_tokens,
+    _executions.c.cost_usd,
+)
+_STEP_FIELDS = (
+    "status",
+    "attempts",
+    "input",
+    "output",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "started_at",
+    "finished_at",
+)
+_FINISH_FIELDS = ("status", "status_reason", "result", "error", "finished_at", "owner")
+
+
+def _claim_statement() -> Any:
+    was_running = _executions.c.status == ExecutionStatus.running.value
+    stale = or_(
+        _executions.c.heartbeat_at.is_(None),
+        _executions.c.heartbeat_at < bindparam("stale_before", type_=UTCDateTime()),
+    )
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        update(_executions)
+        .where(
+            _executions.c.id == bindparam("execution_id"),
+            or_(_executions.c.status == ExecutionStatus.pending.value, and_(was_running, stale)),
+        )
+        .values(
+            status=ExecutionStatus.running.value,
+            owner=bindparam("owner_"),
+            heartbeat_at=now,
+            started_at=func.coalesce(_executions.c.started_at, now),
+            resumed_count=_executions.c.resumed_count
+            + was_running.cast(_executions.c.resumed_count.type),
+        )
+        .returning(*_CLAIMED)
+    )
+
+
+def _advance_statement(*, unless_cancelled: bool, finish: bool) -> Any:
+    where = [
+        _executions.c.id == bindparam("execution_id"),
+        _executions.c.owner == bindparam("owner_"),
+        _executions.c.status == ExecutionStatus.running.value,
+    ]
+    if unless_cancelled:
+        where.append(_executions.c.cancel_mode.is_(None))
+    values: dict[str, Any] = {
+        "heartbeat_at": bindparam("now", type_=UTCDateTime()),
+        "last_event_seq": _executions.c.last_event_seq + bindparam("events", type_=Integer()),
+        "input_tokens": _executions.c.input_tokens + bindparam("tokens_in", type_=Integer()),
+        "output_tokens": _executions.c.output_tokens + bindparam("tokens_out", type_=Integer()),
+        "cost_usd": _executions.c.cost_usd + bindparam("cost", type_=_executions.c.cost_usd.type),
+    }
+    if finish:
+        values.update({name: bindparam(f"finish_{name}") for name in _FINISH_FIELDS})
+    return update(_executions).where(*where).values(values).returning(_executions.c.last_event_seq)
+
+
+_claim = _claim_statement()
+_advance = {
+    (guarded, finish): _advance_statement(unless_cancelled=guarded, finish=finish)
+    for guarded in (False, True)
+    for finish in (False, True)
+}
+_control = select(_executions.c.owner, _executions.c.status, _executions.c.cancel_mode).where(
+    _executions.c.id == bindparam("execution_id")
+)
+_read_steps = (
+    select(
+        _steps.c.id,
+        _steps.c.step_key.label("key"),
+        _steps.c.agent_id,
+        *_steps.c[_STEP_FIELDS],
+    )
+    .where(_steps.c.execution_id == bindparam("execution_id"))
+    .order_by(_steps.c.position)
+)
+_read_context = (
+    select(_context.c.key, _context.c.version, _context.c.value)
+    .where(_context.c.execution_id == bindparam("execution_id"))
+    .order_by(_context.c.key, _context.c.version)
+)
+_read_agents = select(Agent.__table__).where(Agent.id.in_(bindparam("ids", expanding=True)))
+_read_keys = select(ProviderKey.__table__).where(
+    ProviderKey.id.in_(bindparam("ids", expanding=True))
+)
+_write_steps = (
+    update(_steps)
+    .where(_steps.c.id == bindparam("step_id"))
+    .values({name: bindparam(f"{name}_") for name in _STEP_FIELDS})
+)
+_add_context = insert(_context)
+_add_ledger = insert(LedgerEntry.__table__)
+_add_events = insert(ExecutionEvent.__table__)
+_release_slot = (
+    update(Account.__table__)
+    .where(Account.id == bindparam("account_id"), Account.active_executions > 0)
+    .values(active_executions=Account.active_executions - 1)
+)
+
+
+class EngineRepository:
+    """The engine's statements on an execution it owns, inside one of its transactions."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in the same transaction, for writes that need one."""
+        if self._session is None:
+            self._session = Session(bind=self.conn)
+        return self._session
+
+    def claim(
+        self, execution_id: uuid.UUID, owner: str, now: datetime, stale_before: datetime
+    ) -> Row[Any] | None:
+        """Become the execution's owner if it is pending, or running with an expired
+        heartbeat (its owner died), and return what the engine keeps of it. Only one process
+        can win."""
+        params = {
+            "execution_id": execution_id,
+            "owner_": owner,
+            "now": now,
+            "stale_before": stale_before,
+        }
+        return self.conn.execute(_claim, params).one_or_none()
+
+    def steps(self, execution_id: uuid.UUID) -> Sequence[Row[Any]]:
+        return self.conn.execute(_read_steps, {"execution_id": execution_id}).all()
+
+    def context(self, execution_id: uuid.UUID) -> dict[str, tuple[int, Any]]:
+        """The latest version of each context key: ``{key: (version, value)}``."""
+        rows = self.conn.execute(_read_context, {"execution_id": execution_id})
+        return {key: (version, value) for key, version, value in rows}
+
+    def agents(self, agent_ids: set[uuid.UUID]) -> list[Agent]:
+        rows = self.conn.execute(_read_agents, {"ids": list(agent_ids)})
+        return [Agent(**row._mapping) for row in rows]
+
+    def provider_keys(self, key_ids: set[uuid.UUID]) -> list[ProviderKey]:
+        rows = self.conn.execute(_read_keys, {"ids": list(key_ids)})
+        return [ProviderKey(**row._mapping) for row in rows]
+
+    def advance(
+        self,
+        execution_id: uuid.UUID,
+        owner: str,
+        *,
+        now: datetime,
+        events: int,
+        tokens: tuple[int, int, Decimal],
+        unless_cancelled: bool,
+        finish: dict[str, Any] | None = None,
+    ) -> int | None:
+        """The guarded update every engine transaction makes first: renew the heartbeat,
+        add a step's tokens and cost, reserve ``events`` sequence numbers and, with ``finish``
+        (the values of ``_FINISH_FIELDS``), end the execution; only while this process owns
+        the running execution and, when ``unless_cancelled``, no cancel has been committed
+        (the guard that keeps any step from starting once a cancel has returned). Return the
+        last reserved sequence number, or None if the guard did not hold."""
+        tokens_in, tokens_out, cost = tokens
+        params: dict[str, Any] = {
+            "execution_id": execution_id,
+            "owner_": owner,
+            "now": now,
+            "events": events,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cost": cost,
+        }
+        if finish is not None:
+            params.update({f"finish_{name}": finish[name] for name in _FINISH_FIELDS})
+        statement = _advance[unless_cancelled, finish is not None]
+        last = self.conn.execute(statement, params).scalar_one_or_none()
+        return None if last is None else int(last)
+
+    def control(self, execution_id: uuid.UUID) -> Row[Any] | None:
+        """Who owns the execution, its status and any cancel asked for."""
+        return self.conn.execute(_control, {"execution_id": execution_id}).one_or_none()
+
+    def write_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store steps' state: each row has ``step_id`` and every field of ``_STEP_FIELDS``."""
+        if rows:
+            params = [{f"{k}_" if k != "step_id" else k: v for k, v in r.items()} for r in rows]
+            self.conn.execute(_write_steps, params)
+
+    def add_context(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(_add_context, list(rows))
+
+    def add_ledger(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(_add_ledger, list(rows))
+
+    def add_events(
+        self, execution_id: uuid.UUID, first_seq: int, events: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        if events:
+            self.conn.execute(
+                _add_events,
+                [
+                    {"execution_id": execution_id, "seq": first_seq + n, "type": kind, "data": data}
+                    for n, (kind, data) in enumerate(events)
+                ],
+            )
+
+    def release_slot(self, account_id: uuid.UUID) -> None:
+        self.conn.execute(_release_slot, {"account_id": account_id})

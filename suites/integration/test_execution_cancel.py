@@ -43,7 +43,7 @@ def assert_nothing_started_after(
     for step in execution["steps"]:
         started = ts.when(step["started_at"])
         assert started is None or started < returned, f"{step['step_key']} started after cancel"
-    events = ts.events_of(client, execution["id"])
+    events = ts.events_of(client, execution["id"], limit=1000)
     cancelled_at = next(
         n for n, e in enumerate(events) if e["type"] in {"execution_cancelled", "step_cancelled"}
     )

@@ -1,42 +1,39 @@
 """The engine: a small state machine over persisted steps.
 
-Each turn reads the committed state, lets the strategy decide, commits the decision (steps
-started, skipped, or the end) and only then calls agents; each step's result, context writes,
-ledger entry and events are committed together. Because every decision reads committed state,
-any process can resume an execution after a crash, and a cancel is a state change checked
-(under the same row guard) before anything new starts.
+An execution is claimed in one transaction, which also starts its first steps. From then on,
+each step's result (step row, context writes, ledger entry, events, the execution's totals
+and heartbeat) is committed in one short transaction together with what follows from it: the
+next steps started, steps skipped, or the execution's end. The engine decides that from the
+state it holds in memory (``Run``), which is exact because the committed state of an owned
+execution changes only through the engine's own writes; the one outside change, a cancel
+request, is checked in the same transaction by the guarded update that every start and every
+end goes through, so once a cancel has returned no new step starts. Every transaction leaves
+committed state from which any process resumes the execution after a crash (claim, reaper,
+steps left ``running`` run again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import Database
-from app.models import (
-    Agent,
-    ContextEntry,
-    Execution,
-    ExecutionStatus,
-    ExecutionStep,
-    LedgerEntry,
-    ProviderKey,
-    StepStatus,
-)
-from app.repositories.executions import ExecutionRepository
+from app.models import Agent, Execution, ExecutionStatus, ProviderKey, StepStatus
+from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
 from app.services.engine.strategies import PlannedStep, StepInputError, StepState, decide
@@ -51,20 +48,156 @@ _FINISH_EVENTS = {
     ExecutionStatus.cancelled: "execution_cancelled",
     ExecutionStatus.timed_out: "execution_cancelled",
 }
-_COMMIT_ATTEMPTS = 5
+_UNFINISHED = (StepStatus.pending.value, StepStatus.running.value)
+
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class StepRecord:
+    """One step as committed (or about to be): every field the engine writes."""
+
+    id: uuid.UUID
+    key: str
+    agent_id: uuid.UUID | None
+    status: str
+    attempts: int
+    input: str | None
+    output: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    def state(self) -> StepState:
+        return StepState(StepStatus(self.status), self.output, self.error)
+
+    def row(self) -> dict[str, Any]:
+        """The fields ``EngineRepository.write_steps`` stores."""
+        return {
+            "step_id": self.id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "input": self.input,
+            "output": self.output,
+            "error": self.error,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass
+class Run:
+    """What the engine holds of an execution it owns, as of its last commit."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    team_id: uuid.UUID
+    created_by: uuid.UUID | None
+    workflow: WorkflowDefinition
+    prompt: str
+    variables: dict[str, Any]
+    budget: dict[str, Any]
+    started_at: datetime | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    steps: dict[str, StepRecord]
+    context: dict[str, Any]
+    versions: dict[str, int]
+    # The agents of the workflow and their keys, as they were when the execution was claimed.
+    agents: dict[str, Agent]
+    keys: dict[uuid.UUID, ProviderKey]
+    finished: bool = False
+
+    @property
+    def fail_fast(self) -> bool:
+        return self.workflow.strategy == "parallel" and self.workflow.failure_policy == "fail_fast"
 
 
 @dataclass(frozen=True)
-class Turn:
-    """What one turn starts: the steps, and what they need to run outside any transaction."""
+class StepResult:
+    """How one step ended: an outcome, an error, or an interruption."""
 
-    steps: list[PlannedStep]
-    agents: Mapping[str, Agent]
-    keys: Mapping[uuid.UUID, ProviderKey]
+    key: str
+    outcome: AgentOutcome | None = None
+    error: str | None = None
+    failure: dict[str, Any] | None = None
+    interrupted: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is None and self.interrupted is None
+
+
+@dataclass(frozen=True)
+class StartedStep:
+    """A step committed as running, with what its agent call needs."""
+
+    planned: PlannedStep
+    agent: Agent | None
+    key: ProviderKey | None
     context: Mapping[str, Any]
     variables: Mapping[str, Any]
-    max_concurrency: int | None
-    fail_fast: bool
+    seconds: float | None  # what the time budget leaves it
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: ExecutionStatus
+    reason: str
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class Changes:
+    """One transaction's writes over a ``Run``; applied to it once committed."""
+
+    run: Run
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    context: dict[str, Any] | None = None  # the whole context after this transaction's writes
+    versions: dict[str, int] = field(default_factory=dict)
+    context_rows: list[dict[str, Any]] = field(default_factory=list)
+    ledger_rows: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    tokens: tuple[int, int, Decimal] = (0, 0, Decimal(0))
+    starting: list[PlannedStep] = field(default_factory=list)
+    started: list[StartedStep] = field(default_factory=list)
+    finish: Finish | None = None
+
+    def step(self, key: str) -> StepRecord:
+        """The step as this transaction leaves it (a copy, changed freely)."""
+        if key not in self.steps:
+            self.steps[key] = dataclasses.replace(self.run.steps[key])
+        return self.steps[key]
+
+    def states(self) -> dict[str, StepState]:
+        return {key: self.steps.get(key, step).state() for key, step in self.run.steps.items()}
+
+    @property
+    def current_context(self) -> Mapping[str, Any]:
+        return self.run.context if self.context is None else self.context
+
+    @property
+    def totals(self) -> tuple[int, int, Decimal]:
+        tokens_in, tokens_out, cost = self.tokens
+        run = self.run
+        return run.input_tokens + tokens_in, run.output_tokens + tokens_out, run.cost_usd + cost
+
+    def apply(self) -> None:
+        run = self.run
+        run.steps.update(self.steps)
+        if self.context is not None:
+            run.context = self.context
+        run.versions.update(self.versions)
+        run.input_tokens, run.output_tokens, run.cost_usd = self.totals
+        run.finished = self.finish is not None
 
 
 class StepInterrupted(Exception):
@@ -75,26 +208,35 @@ class StepInterrupted(Exception):
         self.reason = reason
 
 
-def budget_breach(execution: Execution) -> tuple[ExecutionStatus, str] | None:
+class ExecutionLost(Exception):
+    """The execution is no longer this process's to drive (deleted, or claimed by another
+    process after our heartbeat went stale); nothing of the transaction is kept."""
+
+
+def budget_breach(
+    budget: Mapping[str, Any],
+    totals: tuple[int, int, Decimal],
+    started_at: datetime | None,
+) -> Finish | None:
     """Whether the execution has used up its budget; checked before anything new starts."""
-    budget = execution.budget or {}
+    tokens_in, tokens_out, cost = totals
     max_tokens = budget.get("max_tokens")
-    if max_tokens is not None and execution.input_tokens + execution.output_tokens >= max_tokens:
-        return ExecutionStatus.cancelled, "budget_exceeded"
+    if max_tokens is not None and tokens_in + tokens_out >= max_tokens:
+        return Finish(ExecutionStatus.cancelled, "budget_exceeded")
     max_cost = budget.get("max_cost_usd")
-    if max_cost is not None and Decimal(execution.cost_usd) >= Decimal(str(max_cost)):
-        return ExecutionStatus.cancelled, "budget_exceeded"
-    left = seconds_left(execution)
+    if max_cost is not None and Decimal(cost) >= Decimal(str(max_cost)):
+        return Finish(ExecutionStatus.cancelled, "budget_exceeded")
+    left = seconds_left(budget, started_at)
     if left is not None and left <= 0:
-        return ExecutionStatus.timed_out, "timed_out"
+        return Finish(ExecutionStatus.timed_out, "timed_out")
     return None
 
 
-def seconds_left(execution: Execution) -> float | None:
-    max_seconds = (execution.budget or {}).get("max_seconds")
-    if max_seconds is None or execution.started_at is None:
+def seconds_left(budget: Mapping[str, Any], started_at: datetime | None) -> float | None:
+    max_seconds = budget.get("max_seconds")
+    if max_seconds is None or started_at is None:
         return None
-    return (execution.started_at + timedelta(seconds=max_seconds) - utcnow()).total_seconds()
+    return (started_at + timedelta(seconds=max_seconds) - utcnow()).total_seconds()
 
 
 class ExecutionEngine:
@@ -114,252 +256,397 @@ class ExecutionEngine:
 
     async def run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         """Drive one execution to its end, if this process can claim it."""
-        if not await self._claim(execution_id):
+        claimed = await self.db.run_transaction(partial(self._claim, execution_id))
+        if claimed is None:
+            return
+        claimed.apply()
+        self.hub.notify(execution_id)
+        if claimed.finish is not None:
+            self._finished(execution_id, claimed.finish)
             return
         heartbeat = asyncio.create_task(self._heartbeat(execution_id, interrupt))
         try:
-            await self._drive(execution_id, interrupt)
+            await self._drive(claimed.run, claimed.started, interrupt)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _claim(self, execution_id: uuid.UUID) -> bool:
+    # -- transactions (run by Database.run_transaction, off the event loop) -----------------
+
+    def _claim(self, execution_id: uuid.UUID, conn: Connection) -> Changes | None:
+        """Claim the execution, load it, and start its first steps."""
+        repo = EngineRepository(conn)
         now = utcnow()
         stale_before = now - timedelta(seconds=self.settings.stale_after_seconds)
-        async with self.db.session() as session:
-            repo = ExecutionRepository(session)
-            if not await repo.claim(execution_id, self.owner, now, stale_before):
-                await session.rollback()
-                return False
-            execution = await self._load(session, execution_id)
-            # Steps that were running when a previous owner died start again.
-            await session.execute(
-                update(ExecutionStep)
-                .where(
-                    ExecutionStep.execution_id == execution_id,
-                    ExecutionStep.status == StepStatus.running.value,
-                )
-                .values(status=StepStatus.pending.value, started_at=None)
-            )
-            if execution.resumed_count > self.settings.max_resumes:
-                steps = {s.step_key: s for s in await repo.steps(execution_id)}
-                await self._finish(
-                    session, execution, steps, ExecutionStatus.failed, "abandoned",
-                    error=f"the execution was abandoned {execution.resumed_count} times",
-                )  # fmt: skip
-                return False
-            if execution.resumed_count:
-                event = ("execution_resumed", {"resumed_count": execution.resumed_count})
+        row = repo.claim(execution_id, self.owner, now, stale_before)
+        if row is None:
+            return None
+        context = repo.context(execution_id)
+        workflow = WorkflowDefinition.model_validate(row.workflow)
+        agents = {str(a.id): a for a in repo.agents({s.agent_id for s in workflow.steps})}
+        key_ids = {a.provider_key_id for a in agents.values() if a.provider_key_id}
+        run = Run(
+            id=row.id,
+            account_id=row.account_id,
+            team_id=row.team_id,
+            created_by=row.created_by,
+            workflow=workflow,
+            prompt=row.prompt,
+            variables=dict(row.variables),
+            budget=dict(row.budget or {}),
+            started_at=row.started_at,
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            cost_usd=Decimal(row.cost_usd),
+            steps={row.key: StepRecord(**row._mapping) for row in repo.steps(execution_id)},
+            context={key: value for key, (_, value) in context.items()},
+            versions={key: version for key, (version, _) in context.items()},
+            agents=agents,
+            keys={k.id: k for k in repo.provider_keys(key_ids)} if key_ids else {},
+        )
+        changes = Changes(run)
+        # Steps that were running when a previous owner died start again.
+        for key, step in run.steps.items():
+            if step.status == StepStatus.running.value:
+                changes.step(key).status = StepStatus.pending.value
+                changes.step(key).started_at = None
+        if row.resumed_count > self.settings.max_resumes:
+            error = f"the execution was abandoned {row.resumed_count} times"
+            self._end(changes, Finish(ExecutionStatus.failed, "abandoned", error=error), now)
+        else:
+            if row.resumed_count:
+                changes.events.append(("execution_resumed", {"resumed_count": row.resumed_count}))
                 log.info("execution_resumed", execution_id=str(execution_id))
             else:
-                event = ("execution_started", {"workflow_version": execution.workflow_version})
-            await repo.append_events(execution_id, [event])
-            await session.commit()
-        self.hub.notify(execution_id)
+                changes.events.append(
+                    ("execution_started", {"workflow_version": row.workflow_version})
+                )
+            if row.cancel_mode is not None:
+                self._end(changes, Finish(ExecutionStatus.cancelled, "cancelled"), now)
+            else:
+                self._plan(changes, now)
+        # The claim holds the guard (the row is ours, its cancel_mode read under the claim).
+        self._write(repo, changes, now, unless_cancelled=False)
+        return changes
+
+    def _commit(self, run: Run, results: list[StepResult], conn: Connection) -> Changes:
+        """Commit steps' results and whatever follows from them, in one transaction."""
+        repo = EngineRepository(conn)
+        now = utcnow()
+        changes = Changes(run)
+        for result in results:
+            self._record(changes, result, now)
+        self._plan(changes, now)
+        moves_on = bool(changes.starting or changes.finish)
+        if self._write(repo, changes, now, unless_cancelled=moves_on):
+            return changes
+        control = repo.control(run.id)
+        if (
+            control is None
+            or control.owner != self.owner
+            or control.status != ExecutionStatus.running.value
+        ):
+            raise ExecutionLost(str(run.id))
+        # A cancel was committed: keep the results, start nothing, end once nothing runs.
+        changes = Changes(run)
+        for result in results:
+            self._record(changes, result, now)
+        if not any(s.status is StepStatus.running for s in changes.states().values()):
+            self._end(changes, Finish(ExecutionStatus.cancelled, "cancelled"), now)
+        self._write(repo, changes, now, unless_cancelled=False)
+        return changes
+
+    def _write(
+        self, repo: EngineRepository, changes: Changes, now: datetime, *, unless_cancelled: bool
+    ) -> bool:
+        """Store ``changes`` behind the execution's guard; False if the guard did not hold
+        (then nothing was written)."""
+        run = changes.run
+        finish = changes.finish
+        last_seq = repo.advance(
+            run.id,
+            self.owner,
+            now=now,
+            events=len(changes.events),
+            tokens=changes.tokens,
+            unless_cancelled=unless_cancelled,
+            finish=None
+            if finish is None
+            else {
+                "status": finish.status.value,
+                "status_reason": finish.reason,
+                "result": finish.result,
+                "error": finish.error,
+                "finished_at": now,
+                "owner": None,
+            },
+        )
+        if last_seq is None:
+            return False
+        changes.started = self._load_turn(repo, changes)
+        repo.write_steps([step.row() for step in changes.steps.values()])
+        repo.add_context(changes.context_rows)
+        repo.add_ledger(changes.ledger_rows)
+        # Hook: the messages a step sends are written here, with its result.
+        repo.add_events(run.id, last_seq - len(changes.events) + 1, changes.events)
+        if finish is not None:
+            repo.release_slot(run.account_id)
         return True
 
-    async def _heartbeat(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
-        """Keep ownership alive; notice an immediate cancel asked through another process."""
+    def _load_turn(self, repo: EngineRepository, changes: Changes) -> list[StartedStep]:
+        """What the steps starting now need to run, in the transaction that starts them.
+        Hook: their agents' inbox is read here."""
+        if not changes.starting:
+            return []
+        run = changes.run
+        seconds = seconds_left(run.budget, run.started_at)
+        started = []
+        for planned in changes.starting:
+            agent = run.agents.get(planned.agent_id)
+            key = run.keys.get(agent.provider_key_id) if agent and agent.provider_key_id else None
+            started.append(
+                StartedStep(planned, agent, key, changes.current_context, run.variables, seconds)
+            )
+        return started
+
+    # -- decisions, in memory ----------------------------------------------------------------
+
+    def _record(self, changes: Changes, result: StepResult, now: datetime) -> None:
+        """A step's result: its row, context writes, ledger entry and events."""
+        step = changes.step(result.key)
+        step.finished_at = now
+        outcome = result.outcome
+        if result.interrupted is not None:
+            step.status = StepStatus.cancelled.value
+            step.error = f"interrupted: {result.interrupted}"
+            changes.events.append(
+                ("step_cancelled", {"step": step.key, "reason": result.interrupted})
+            )
+            return
+        if outcome is None:
+            step.status = StepStatus.failed.value
+            step.error = result.error
+            error = result.failure or {"message": result.error}
+            changes.events.append(("step_failed", {"step": step.key, "error": error}))
+            return
+        step.status = StepStatus.completed.value
+        step.output = outcome.output
+        step.input_tokens += outcome.input_tokens
+        step.output_tokens += outcome.output_tokens
+        step.cost_usd = Decimal(step.cost_usd) + outcome.cost_usd
+        tokens_in, tokens_out, cost = changes.tokens
+        changes.tokens = (
+            tokens_in + outcome.input_tokens,
+            tokens_out + outcome.output_tokens,
+            cost + outcome.cost_usd,
+        )
+        changes.events.append(("step_completed", {"step": step.key, "output": outcome.output}))
+        if outcome.context_writes:
+            run = changes.run
+            if changes.context is None:
+                changes.context = dict(run.context)
+            for key, value in outcome.context_writes.items():
+                version = changes.versions.get(key, run.versions.get(key, 0)) + 1
+                changes.versions[key] = version
+                changes.context[key] = value
+                changes.context_rows.append(
+                    {
+                        "execution_id": run.id,
+                        "key": key,
+                        "version": version,
+                        "value": value,
+                        "step_key": step.key,
+                        "agent_id": step.agent_id,
+                    }
+                )
+                changes.events.append(
+                    ("context_updated", {"key": key, "version": version, "step": step.key})
+                )
+        if outcome.is_model_call:
+            run = changes.run
+            changes.ledger_rows.append(
+                {
+                    "account_id": run.account_id,
+                    "execution_id": run.id,
+                    "step_id": step.id,
+                    "team_id": run.team_id,
+                    "agent_id": step.agent_id,
+                    "user_id": run.created_by,
+                    "provider": outcome.provider,
+                    "model": outcome.model,
+                    "input_tokens": outcome.input_tokens,
+                    "output_tokens": outcome.output_tokens,
+                    "cost_usd": outcome.cost_usd,
+                    "duration_ms": outcome.duration_ms,
+                    "paid_by": outcome.paid_by or "platform",
+                }
+            )
+            tokens_in, tokens_out, cost = changes.totals
+            changes.events.append(
+                (
+                    "cost_updated",
+                    {
+                        "step": step.key,
+                        "input_tokens": tokens_in,
+                        "output_tokens": tokens_out,
+                        "cost_usd": str(cost),
+                    },
+                )
+            )
+
+    def _plan(self, changes: Changes, now: datetime) -> None:
+        """Decide what follows the committed state plus ``changes``: steps to start (as many
+        as the free slots allow), steps skipped or failed on the way, or the end."""
+        run = changes.run
+        states = changes.states()
+        running = sum(s.status is StepStatus.running for s in states.values())
+        breach = budget_breach(run.budget, changes.totals, run.started_at)
+        if breach is not None:
+            if not running:
+                self._end(changes, breach, now)
+            return
         while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
-            async with self.db.session() as session:
-                repo = ExecutionRepository(session)
-                if not await repo.beat(execution_id, self.owner, utcnow()):
-                    execution = await self._load(session, execution_id)
-                    if execution.cancel_mode == "immediate" or execution.owner != self.owner:
-                        interrupt.set()
-                await session.commit()
+            try:
+                decision = decide(
+                    run.workflow,
+                    states,
+                    prompt=run.prompt,
+                    context=changes.current_context,
+                    variables=run.variables,
+                )
+            except StepInputError as exc:
+                step = changes.step(exc.step_key)
+                step.status, step.error, step.finished_at = StepStatus.failed.value, str(exc), now
+                states[step.key] = step.state()
+                changes.events.append(
+                    ("step_failed", {"step": step.key, "error": {"message": str(exc)}})
+                )
+                continue
+            if decision.finish is not None:
+                finish = Finish(
+                    decision.finish, decision.finish.value, decision.result, decision.error
+                )
+                self._end(changes, finish, now)
+                return
+            if decision.skip:
+                for key in decision.skip:
+                    step = changes.step(key)
+                    step.status, step.finished_at = StepStatus.skipped.value, now
+                    states[key] = step.state()
+                    changes.events.append(
+                        ("step_skipped", {"step": key, "reason": "condition is false"})
+                    )
+                continue
+            if decision.run:
+                free = (run.workflow.max_concurrency or len(decision.run)) - running
+                for planned in decision.run[: max(free, 0)]:
+                    step = changes.step(planned.key)
+                    step.status, step.input, step.started_at = (
+                        StepStatus.running.value,
+                        planned.input,
+                        now,
+                    )
+                    step.attempts += 1
+                    changes.starting.append(planned)
+                    changes.events.append(
+                        ("step_started", {"step": planned.key, "agent_id": planned.agent_id})
+                    )
+                return
+            if not running:
+                error = "the workflow made no progress"
+                self._end(changes, Finish(ExecutionStatus.failed, "failed", error=error), now)
+            return
 
     @staticmethod
-    async def _load(session: AsyncSession, execution_id: uuid.UUID) -> Execution:
-        result = await session.execute(
-            select(Execution)
-            .where(Execution.id == execution_id)
-            .execution_options(populate_existing=True)
+    def _end(changes: Changes, finish: Finish, now: datetime) -> None:
+        changes.starting.clear()
+        for key, step in changes.run.steps.items():
+            if changes.steps.get(key, step).status in _UNFINISHED:
+                changes.step(key).status = StepStatus.cancelled.value
+                changes.step(key).finished_at = now
+        changes.finish = finish
+        changes.events.append(
+            (
+                _FINISH_EVENTS[finish.status],
+                {"status": finish.status.value, "reason": finish.reason, "error": finish.error},
+            )
         )
-        return result.scalar_one()
 
-    async def _drive(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
-        while (turn := await self._next_turn(execution_id)) is not None:
-            gate = asyncio.Semaphore(turn.max_concurrency or len(turn.steps))
-            # Under fail_fast, the first failure stops the turn's other steps.
-            abort = asyncio.Event()
+    # -- running steps ------------------------------------------------------------------------
 
-            async def one(step: PlannedStep, turn: Turn = turn, gate: asyncio.Semaphore = gate,
-                          abort: asyncio.Event = abort) -> None:  # fmt: skip
-                async with gate:
-                    failed = await self._run_one(execution_id, step, turn, interrupt, abort)
-                if failed and turn.fail_fast:
-                    abort.set()
+    async def _drive(self, run: Run, first: list[StartedStep], interrupt: asyncio.Event) -> None:
+        """Run the started steps and commit their results, until the execution ends. Results
+        that land together are committed together (one transaction, each step's rows and
+        events as if alone); each commit starts whatever follows."""
+        abort = asyncio.Event()  # under fail_fast, the first failure stops the other steps
+        running: set[asyncio.Task[StepResult]] = set()
 
-            await asyncio.gather(*(one(step) for step in turn.steps))
+        def launch(steps: list[StartedStep]) -> None:
+            for step in steps:
+                running.add(asyncio.create_task(self._run_step(step, interrupt, abort)))
 
-    async def _next_turn(self, execution_id: uuid.UUID) -> Turn | None:
-        """Decide and commit the next move; return the steps to run, or None at the end."""
-        while True:
-            async with self.db.session() as session:
-                repo = ExecutionRepository(session)
-                execution = await self._load(session, execution_id)
-                if execution.owner != self.owner or execution.status != "running":
-                    return None
-                steps = {s.step_key: s for s in await repo.steps(execution_id)}
-                context = {
-                    k: e.value for k, e in (await repo.context_current(execution_id)).items()
-                }
-                if execution.cancel_mode is not None:
-                    await self._finish(
-                        session, execution, steps, ExecutionStatus.cancelled, "cancelled"
-                    )
-                    return None
-                breach = budget_breach(execution)
-                if breach is not None:
-                    await self._finish(session, execution, steps, *breach)
-                    return None
-                workflow = WorkflowDefinition.model_validate(execution.workflow)
-                states = {
-                    key: StepState(StepStatus(s.status), s.output, s.error)
-                    for key, s in steps.items()
-                }
+        launch(first)
+        try:
+            while running:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                results = [task.result() for task in done]
                 try:
-                    decision = decide(
-                        workflow,
-                        states,
-                        prompt=execution.prompt,
-                        context=context,
-                        variables=execution.variables,
-                    )
-                except StepInputError as exc:
-                    await self._fail_step(session, execution_id, steps[exc.step_key], str(exc))
-                    continue
-                if decision.finish is not None:
-                    await self._finish(
-                        session,
-                        execution,
-                        steps,
-                        decision.finish,
-                        decision.finish.value,
-                        result=decision.result,
-                        error=decision.error,
-                    )
-                    return None
-                if decision.skip:
-                    events = []
-                    for key in decision.skip:
-                        steps[key].status = StepStatus.skipped.value
-                        steps[key].finished_at = utcnow()
-                        events.append(
-                            ("step_skipped", {"step": key, "reason": "condition is false"})
-                        )
-                    await repo.append_events(execution_id, events)
-                    await session.commit()
-                    self.hub.notify(execution_id)
-                    continue
-                if not decision.run:
-                    await self._finish(
-                        session, execution, steps, ExecutionStatus.failed, "failed",
-                        error="the workflow made no progress",
-                    )  # fmt: skip
-                    return None
-                agent_ids = {uuid.UUID(p.agent_id) for p in decision.run}
-                agents = {
-                    str(a.id): a
-                    for a in await session.scalars(select(Agent).where(Agent.id.in_(agent_ids)))
-                }
-                key_ids = {a.provider_key_id for a in agents.values() if a.provider_key_id}
-                keys = (
-                    {
-                        k.id: k
-                        for k in await session.scalars(
-                            select(ProviderKey).where(ProviderKey.id.in_(key_ids))
-                        )
-                    }
-                    if key_ids
-                    else {}
-                )
-                return Turn(
-                    steps=decision.run,
-                    agents=agents,
-                    keys=keys,
-                    context=context,
-                    variables=dict(execution.variables),
-                    max_concurrency=workflow.max_concurrency,
-                    fail_fast=workflow.strategy == "parallel"
-                    and workflow.failure_policy == "fail_fast",
-                )
+                    changes = await self.db.run_transaction(partial(self._commit, run, results))
+                except ExecutionLost:
+                    log.info("execution_lost", execution_id=str(run.id))
+                    interrupt.set()
+                    return
+                changes.apply()
+                self.hub.notify(run.id)
+                if changes.finish is not None:
+                    self._finished(run.id, changes.finish)
+                    return
+                if run.fail_fast and any(r.failed for r in results):
+                    abort.set()
+                launch(changes.started)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
-    async def _run_one(
+    async def _run_step(
+        self, step: StartedStep, interrupt: asyncio.Event, abort: asyncio.Event
+    ) -> StepResult:
+        """Run one started step's agent; how it ended, to be committed."""
+        key = step.planned.key
+        if interrupt.is_set() or abort.is_set():
+            return StepResult(
+                key, interrupted="cancelled" if interrupt.is_set() else "another step failed"
+            )
+        if step.agent is None:
+            return StepResult(key, error="the agent no longer exists")
+        return await self._call(step, step.agent, interrupt, abort)
+
+    async def _call(
         self,
-        execution_id: uuid.UUID,
-        step: PlannedStep,
-        turn: Turn,
+        step: StartedStep,
+        agent: Agent,
         interrupt: asyncio.Event,
         abort: asyncio.Event,
-    ) -> bool:
-        """Start and run one step; return whether it failed."""
-        if interrupt.is_set() or abort.is_set():
-            return False
-        started, seconds = await self._start_step(execution_id, step)
-        if not started:
-            return False
-        agent = turn.agents.get(step.agent_id)
-        if agent is None:
-            await self._commit_step(execution_id, step.key, error="the agent no longer exists")
-            return True
-        key = turn.keys.get(agent.provider_key_id) if agent.provider_key_id else None
+    ) -> StepResult:
+        key = step.planned.key
         call = asyncio.ensure_future(
             self.caller.call(
-                agent, key, step_input=step.input, context=turn.context, variables=turn.variables
+                agent,
+                step.key,
+                step_input=step.planned.input,
+                context=step.context,
+                variables=step.variables,
             )
         )
         try:
-            outcome = await self._race(call, interrupt, abort, seconds)
+            outcome = await self._race(call, interrupt, abort, step.seconds)
         except StepInterrupted as stop:
-            await self._commit_step(execution_id, step.key, interrupted=stop.reason)
+            return StepResult(key, interrupted=stop.reason)
         except ProviderError as exc:
-            await self._commit_step(
-                execution_id, step.key, error=f"{exc.kind}: {exc.message}", failure=exc.to_dict()
-            )
-            return True
-        else:
-            await self._commit_step(execution_id, step.key, outcome=outcome)
-        return False
-
-    async def _start_step(
-        self, execution_id: uuid.UUID, step: PlannedStep
-    ) -> tuple[bool, float | None]:
-        """Mark the step running unless a cancel has been committed or the budget is spent
-        (the guard that keeps any step from starting once a cancel has returned); return
-        whether it started and the seconds its time budget leaves."""
-        async with self.db.session() as session:
-            repo = ExecutionRepository(session)
-            if not await repo.beat(execution_id, self.owner, utcnow()):
-                await session.rollback()
-                return False, None
-            execution = await self._load(session, execution_id)
-            if budget_breach(execution):
-                await session.rollback()  # the next turn ends the execution
-                return False, None
-            seconds = seconds_left(execution)
-            await session.execute(
-                update(ExecutionStep)
-                .where(
-                    ExecutionStep.execution_id == execution_id,
-                    ExecutionStep.step_key == step.key,
-                )
-                .values(
-                    status=StepStatus.running.value,
-                    input=step.input,
-                    attempts=ExecutionStep.attempts + 1,
-                    started_at=utcnow(),
-                )
-            )
-            await repo.append_events(
-                execution_id, [("step_started", {"step": step.key, "agent_id": step.agent_id})]
-            )
-            await session.commit()
-        self.hub.notify(execution_id)
-        return True, seconds
+            return StepResult(key, error=f"{exc.kind}: {exc.message}", failure=exc.to_dict())
+        return StepResult(key, outcome=outcome)
 
     @staticmethod
     async def _race(
@@ -385,168 +672,33 @@ class ExecutionEngine:
             raise StepInterrupted("cancelled")
         raise StepInterrupted("another step failed" if abort.is_set() else "timed_out")
 
-    async def _commit_step(
-        self,
-        execution_id: uuid.UUID,
-        step_key: str,
-        *,
-        outcome: AgentOutcome | None = None,
-        error: str | None = None,
-        failure: dict[str, Any] | None = None,
-        interrupted: str | None = None,
-    ) -> None:
-        """Commit one step's result with its context writes, ledger entry and events."""
-        for attempt in range(_COMMIT_ATTEMPTS):
-            try:
-                async with self.db.session() as session:
-                    await self._write_step(
-                        session, execution_id, step_key, outcome, error, failure, interrupted
-                    )
-                    await session.commit()
-                break
-            except IntegrityError:
-                if attempt == _COMMIT_ATTEMPTS - 1:
-                    raise
-        self.hub.notify(execution_id)
+    @staticmethod
+    def _finished(execution_id: uuid.UUID, finish: Finish) -> None:
+        log.info("execution_finished", execution_id=str(execution_id), status=finish.status.value)
 
-    async def _write_step(
-        self,
-        session: AsyncSession,
-        execution_id: uuid.UUID,
-        step_key: str,
-        outcome: AgentOutcome | None,
-        error: str | None,
-        failure: dict[str, Any] | None,
-        interrupted: str | None,
-    ) -> None:
-        tokens_in = outcome.input_tokens if outcome else 0
-        tokens_out = outcome.output_tokens if outcome else 0
-        cost = outcome.cost_usd if outcome else Decimal(0)
-        # Updating the execution row first serialises concurrent step commits on it.
-        await session.execute(
-            update(Execution)
+    # -- ownership ------------------------------------------------------------------------------
+
+    async def _heartbeat(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
+        """Keep ownership alive; notice an immediate cancel asked through another process."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            async with self.db.session() as session:
+                repo = ExecutionRepository(session)
+                if not await repo.beat(execution_id, self.owner, utcnow()):
+                    execution = await self._load(session, execution_id)
+                    if (
+                        execution is None
+                        or execution.cancel_mode == "immediate"
+                        or execution.owner != self.owner
+                    ):
+                        interrupt.set()
+                await session.commit()
+
+    @staticmethod
+    async def _load(session: AsyncSession, execution_id: uuid.UUID) -> Execution | None:
+        result = await session.execute(
+            select(Execution)
             .where(Execution.id == execution_id)
-            .values(
-                input_tokens=Execution.input_tokens + tokens_in,
-                output_tokens=Execution.output_tokens + tokens_out,
-                cost_usd=Execution.cost_usd + cost,
-            )
+            .execution_options(populate_existing=True)
         )
-        repo = ExecutionRepository(session)
-        execution = await self._load(session, execution_id)
-        step = (
-            await session.scalars(
-                select(ExecutionStep).where(
-                    ExecutionStep.execution_id == execution_id, ExecutionStep.step_key == step_key
-                )
-            )
-        ).one()
-        step.finished_at = utcnow()
-        events: list[tuple[str, dict[str, Any]]] = []
-        if interrupted is not None:
-            step.status = StepStatus.cancelled.value
-            step.error = f"interrupted: {interrupted}"
-            events.append(("step_cancelled", {"step": step_key, "reason": interrupted}))
-        elif outcome is None:
-            step.status = StepStatus.failed.value
-            step.error = error
-            events.append(
-                ("step_failed", {"step": step_key, "error": failure or {"message": error}})
-            )
-        else:
-            step.status = StepStatus.completed.value
-            step.output = outcome.output
-            step.input_tokens += tokens_in
-            step.output_tokens += tokens_out
-            step.cost_usd = Decimal(step.cost_usd) + cost
-            events.append(("step_completed", {"step": step_key, "output": outcome.output}))
-            current = await repo.context_current(execution_id) if outcome.context_writes else {}
-            for key, value in outcome.context_writes.items():
-                version = current[key].version + 1 if key in current else 1
-                session.add(
-                    ContextEntry(
-                        execution_id=execution_id,
-                        key=key,
-                        version=version,
-                        value=value,
-                        step_key=step_key,
-                        agent_id=step.agent_id,
-                    )
-                )
-                events.append(
-                    ("context_updated", {"key": key, "version": version, "step": step_key})
-                )
-            if outcome.is_model_call:
-                session.add(
-                    LedgerEntry(
-                        account_id=execution.account_id,
-                        execution_id=execution_id,
-                        step_id=step.id,
-                        team_id=execution.team_id,
-                        agent_id=step.agent_id,
-                        user_id=execution.created_by,
-                        provider=outcome.provider,
-                        model=outcome.model,
-                        input_tokens=tokens_in,
-                        output_tokens=tokens_out,
-                        cost_usd=cost,
-                        duration_ms=outcome.duration_ms,
-                        paid_by=outcome.paid_by or "platform",
-                    )
-                )
-                events.append(
-                    (
-                        "cost_updated",
-                        {
-                            "step": step_key,
-                            "input_tokens": execution.input_tokens,
-                            "output_tokens": execution.output_tokens,
-                            "cost_usd": str(execution.cost_usd),
-                        },
-                    )
-                )
-        await repo.append_events(execution_id, events)
-
-    async def _fail_step(
-        self, session: AsyncSession, execution_id: uuid.UUID, step: ExecutionStep, error: str
-    ) -> None:
-        step.status = StepStatus.failed.value
-        step.error = error
-        step.finished_at = utcnow()
-        await ExecutionRepository(session).append_events(
-            execution_id, [("step_failed", {"step": step.step_key, "error": {"message": error}})]
-        )
-        await session.commit()
-        self.hub.notify(execution_id)
-
-    async def _finish(
-        self,
-        session: AsyncSession,
-        execution: Execution,
-        steps: Mapping[str, ExecutionStep],
-        status: ExecutionStatus,
-        reason: str,
-        *,
-        result: Any = None,
-        error: str | None = None,
-    ) -> None:
-        now = utcnow()
-        for step in steps.values():
-            if step.status in (StepStatus.pending.value, StepStatus.running.value):
-                step.status = StepStatus.cancelled.value
-                step.finished_at = now
-        execution.status = status.value
-        execution.status_reason = reason
-        execution.result = result
-        execution.error = error
-        execution.finished_at = now
-        execution.owner = None
-        repo = ExecutionRepository(session)
-        await repo.release_slot(execution.account_id)
-        await repo.append_events(
-            execution.id,
-            [(_FINISH_EVENTS[status], {"status": status.value, "reason": reason, "error": error})],
-        )
-        await session.commit()
-        self.hub.notify(execution.id)
-        log.info("execution_finished", execution_id=str(execution.id), status=status.value)
+        return result.scalar_one_or_none()

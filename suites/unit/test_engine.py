@@ -1,0 +1,496 @@
+"""The execution engine in-process, on SQLite and PostgreSQL, with builtin agents and a caller
+that acts between steps: the cancel guard (a cancel committed while a step runs keeps every
+later step from starting), an execution taken over by another process or deleted mid-step,
+budgets checked before each start, results that land together committed together, and the
+events' order and numbering."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from app.core.config import Settings
+from app.core.crypto import SecretBox
+from app.db import migrate
+from app.db.database import Database
+from app.models import (
+    Account,
+    Agent,
+    ContextEntry,
+    Execution,
+    ExecutionEvent,
+    ExecutionStep,
+    LedgerEntry,
+    Role,
+    Team,
+    User,
+)
+from app.schemas.executions import ExecutionCreate
+from app.services.engine.agent_calls import AgentCaller, AgentOutcome
+from app.services.engine.engine import ExecutionEngine
+from app.services.events import EventHub
+from app.services.executions import ExecutionService
+from app.services.principal import Principal
+from app.services.providers.prices import PriceTable
+from qa import services
+
+pytestmark = pytest.mark.anyio
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+class _NoDispatch:
+    """Executions are driven by the test; a cancel from "another process" reaches no runner."""
+
+    def submit(self, execution_id: uuid.UUID) -> None:
+        pass
+
+    def interrupt(self, execution_id: uuid.UUID) -> None:
+        pass
+
+
+class _Caller(AgentCaller):
+    """The real caller, with a hook that runs inside each agent call (between a step's start
+    and its result's commit), and optional token usage per call."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, SecretBox.from_settings(settings), PriceTable.load({}), None)  # type: ignore[arg-type]
+        self.hook: Hook | None = None
+        self.tokens: tuple[int, int] | None = None
+        self.calls: list[str] = []
+
+    async def call(self, agent: Agent, provider_key: Any, **kwargs: Any) -> AgentOutcome:
+        self.calls.append(kwargs["step_input"])
+        if self.hook is not None:
+            await self.hook(agent.name)
+        outcome = await super().call(agent, provider_key, **kwargs)
+        if self.tokens is None:
+            return outcome
+        tokens_in, tokens_out = self.tokens
+        return AgentOutcome(
+            output=outcome.output,
+            provider="openai",
+            model="gpt-4o-mini",
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cost_usd=Decimal("0.001"),
+            duration_ms=1,
+            paid_by="platform",
+        )
+
+
+@dataclass
+class World:
+    database: Database
+    settings: Settings
+    principal: Principal
+    agents: list[Agent]
+    caller: _Caller
+    engine: ExecutionEngine
+
+    async def team(self, strategy: str, size: int, **workflow: Any) -> uuid.UUID:
+        async with self.database.session() as session:
+            team = Team(
+                account_id=self.principal.account_id,
+                name=f"{strategy}-{uuid.uuid4().hex[:6]}",
+                workflow_version=1,
+                workflow={
+                    "strategy": strategy,
+                    "steps": [
+                        {"id": f"s{n}", "agent_id": str(agent.id)}
+                        for n, agent in enumerate(self.agents[:size])
+                    ],
+                    **workflow,
+                },
+            )
+            session.add(team)
+            await session.commit()
+            return team.id
+
+    async def start(self, team_id: uuid.UUID, **budget: Any) -> uuid.UUID:
+        async with self.database.session() as session:
+            execution = await ExecutionService(session, self.settings).create(
+                self.principal,
+                team_id,
+                ExecutionCreate(prompt="go", budget=budget),
+                _NoDispatch(),  # type: ignore[arg-type]
+            )
+            return execution.id
+
+    async def cancel(self, execution_id: uuid.UUID, mode: str) -> None:
+        """Cancel as the API does, from another process (no in-process interrupt)."""
+        async with self.database.session() as session:
+            await ExecutionService(session, self.settings).cancel(
+                self.principal, execution_id, mode, _NoDispatch(), EventHub()
+            )
+
+    async def execute(self, statement: Any) -> None:
+        async with self.database.session() as session:
+            await session.execute(statement)
+            await session.commit()
+
+    async def state(
+        self, execution_id: uuid.UUID
+    ) -> tuple[Execution | None, dict[str, ExecutionStep], list[ExecutionEvent]]:
+        async with self.database.session() as session:
+            execution = await session.get(Execution, execution_id)
+            steps = await session.scalars(
+                select(ExecutionStep).where(ExecutionStep.execution_id == execution_id)
+            )
+            events = await session.scalars(
+                select(ExecutionEvent)
+                .where(ExecutionEvent.execution_id == execution_id)
+                .order_by(ExecutionEvent.seq)
+            )
+            return execution, {s.step_key: s for s in steps}, list(events)
+
+
+async def _seed(database: Database) -> tuple[Principal, list[Agent]]:
+    async with database.session() as session:
+        account = Account(name="engine", name_key="engine")
+        session.add(account)
+        await session.flush()
+        user = User(account_id=account.id, email="e@example.com", password_hash="x", role="owner")
+        agents = [
+            Agent(account_id=account.id, name=f"a{n}", provider="builtin", model="echo")
+            for n in range(10)
+        ]
+        session.add_all([user, *agents])
+        await session.commit()
+        return Principal(user.id, account.id, Role.owner), agents
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    name = None
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    else:
+        name = f"renum_engine_{uuid.uuid4().hex[:10]}"
+        url = await asyncio.to_thread(services.create_postgres_database, name)
+    settings = Settings(environment="test", database={"url": url})
+    database = Database(settings.database)
+    try:
+        await migrate.upgrade(database.engine)
+        principal, agents = await _seed(database)
+        caller = _Caller(settings)
+        engine = ExecutionEngine(database, settings.executions, caller, EventHub(), "this-process")
+        yield World(database, settings, principal, agents, caller, engine)
+    finally:
+        await database.dispose()
+        if name is not None:
+            await asyncio.to_thread(services.drop_postgres_database, name)
+
+
+def _types(events: list[ExecutionEvent]) -> list[str]:
+    return [f"{e.type}:{e.data['step']}" if "step" in e.data else e.type for e in events]
+
+
+def _numbered(events: list[ExecutionEvent]) -> bool:
+    return [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_sequential_execution_commits_every_step_in_order(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 3))
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.result, execution.owner) == ("completed", "go", None)
+    assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed"] * 3
+    assert all(s.attempts == 1 and s.started_at and s.finished_at for s in steps.values())
+    assert _types(events) == [
+        "execution_started",
+        "step_started:s0",
+        "step_completed:s0",
+        "step_started:s1",
+        "step_completed:s1",
+        "step_started:s2",
+        "step_completed:s2",
+        "execution_completed",
+    ]
+    assert _numbered(events)
+    assert execution.last_event_seq == len(events)
+
+
+@pytest.mark.parametrize("mode", ["after_step", "immediate"])
+async def test_a_cancel_committed_between_steps_keeps_the_next_step_from_starting(
+    world: World, mode: str
+) -> None:
+    """The cancel is committed while s0 runs, by another process: s0's result is kept, and
+    the transaction that would start s1 finds the cancel and ends the execution instead."""
+    execution_id = await world.start(await world.team("sequential", 3))
+
+    async def cancel_during(agent: str) -> None:
+        if agent == "a0":
+            await world.cancel(execution_id, mode)
+
+    world.caller.hook = cancel_during
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("cancelled", "cancelled")
+    assert execution.cancel_mode == mode
+    assert steps["s0"].status == "completed"
+    for key in ("s1", "s2"):
+        assert steps[key].status == "cancelled"
+        assert (steps[key].attempts, steps[key].started_at) == (0, None)
+    assert world.caller.calls == ["go"], "no agent call after the cancel"
+    assert _types(events) == [
+        "execution_started",
+        "step_started:s0",
+        "step_completed:s0",
+        "execution_cancelled",
+    ]
+    assert _numbered(events)
+
+
+async def test_a_cancel_while_parallel_steps_wait_for_a_slot_starts_none_of_them(
+    world: World,
+) -> None:
+    execution_id = await world.start(await world.team("parallel", 3, max_concurrency=1))
+
+    async def cancel_during(agent: str) -> None:
+        if agent == "a0":
+            await world.cancel(execution_id, "after_step")
+
+    world.caller.hook = cancel_during
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "cancelled"
+    assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed", "cancelled", "cancelled"]
+    assert len(world.caller.calls) == 1
+    assert [e.type for e in events].count("step_started") == 1
+
+
+async def test_parallel_results_that_land_together_are_committed_together(
+    world: World,
+) -> None:
+    execution_id = await world.start(await world.team("parallel", 10))
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    assert execution.result == {"outputs": {f"s{n}": "go" for n in range(10)}, "failed": []}
+    assert {s.status for s in steps.values()} == {"completed"}
+    types = _types(events)
+    assert types[0] == "execution_started"
+    assert types[-1] == "execution_completed"
+    assert sorted(types[1:11]) == sorted(f"step_started:s{n}" for n in range(10))
+    assert sorted(types[11:21]) == sorted(f"step_completed:s{n}" for n in range(10))
+    assert _numbered(events)
+
+
+async def test_writers_to_one_key_committed_together_get_every_version_once(
+    world: World,
+) -> None:
+    await world.execute(update(Agent).values(parameters={"output_key": "shared"}))
+    execution_id = await world.start(await world.team("parallel", 10))
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, _, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    async with world.database.session() as session:
+        entries = list(
+            await session.scalars(
+                select(ContextEntry)
+                .where(ContextEntry.execution_id == execution_id)
+                .order_by(ContextEntry.version)
+            )
+        )
+    assert [e.version for e in entries] == list(range(1, 11))
+    assert sorted(e.step_key for e in entries) == sorted(f"s{n}" for n in range(10))
+    updates = [e.data for e in events if e.type == "context_updated"]
+    assert sorted(u["version"] for u in updates) == list(range(1, 11))
+
+
+async def test_an_execution_claimed_by_another_process_is_left_to_it(world: World) -> None:
+    """Our heartbeat went stale and another process claimed the execution while s0 ran: the
+    result is dropped (the new owner runs s0 again) and nothing more is written."""
+    execution_id = await world.start(await world.team("sequential", 3))
+
+    async def taken_over(agent: str) -> None:
+        await world.execute(
+            update(Execution).where(Execution.id == execution_id).values(owner="another-process")
+        )
+
+    world.caller.hook = taken_over
+    interrupt = asyncio.Event()
+    await world.engine.run(execution_id, interrupt)
+
+    assert interrupt.is_set()
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner) == ("running", "another-process")
+    assert steps["s0"].status == "running"
+    assert _types(events) == ["execution_started", "step_started:s0"]
+
+
+async def test_an_execution_deleted_mid_step_ends_its_drive(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 2))
+
+    async def deleted(agent: str) -> None:
+        await world.execute(delete(Execution).where(Execution.id == execution_id))
+
+    world.caller.hook = deleted
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert (execution, steps, events) == (None, {}, [])
+    assert len(world.caller.calls) == 1
+
+
+async def test_an_execution_is_claimed_once(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 1))
+    await world.engine.run(execution_id, asyncio.Event())
+    await world.engine.run(execution_id, asyncio.Event())  # already finished: not claimed
+    assert len(world.caller.calls) == 1
+
+
+async def test_the_token_budget_is_checked_before_each_step_starts(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 3), max_tokens=10)
+    world.caller.tokens = (4, 2)  # 6 tokens a step: s1 may start (6 < 10), s2 may not (12)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("cancelled", "budget_exceeded")
+    assert (execution.input_tokens, execution.output_tokens) == (8, 4)
+    assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed", "completed", "cancelled"]
+    assert steps["s2"].started_at is None
+    costs = [e.data for e in events if e.type == "cost_updated"]
+    assert [(c["input_tokens"], c["output_tokens"]) for c in costs] == [(4, 2), (8, 4)]
+    async with world.database.session() as session:
+        ledger = list(
+            await session.scalars(
+                select(LedgerEntry).where(LedgerEntry.execution_id == execution_id)
+            )
+        )
+    assert sorted(e.step_id for e in ledger) == sorted([steps["s0"].id, steps["s1"].id])
+    assert _numbered(events)
+
+
+async def test_a_budget_spent_by_parallel_steps_ends_the_execution_once_they_land(
+    world: World,
+) -> None:
+    execution_id = await world.start(
+        await world.team("parallel", 4, max_concurrency=2), max_tokens=5
+    )
+    world.caller.tokens = (3, 0)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("cancelled", "budget_exceeded")
+    assert [steps[k].status for k in ("s0", "s1", "s2", "s3")] == [
+        "completed",
+        "completed",
+        "cancelled",
+        "cancelled",
+    ]
+    assert execution.input_tokens == 6
+    assert len(world.caller.calls) == 2
+
+
+async def test_an_execution_resumed_too_often_fails_as_abandoned(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 2))
+    await world.execute(
+        update(Execution)
+        .where(Execution.id == execution_id)
+        .values(status="running", owner="dead-process", heartbeat_at=None, resumed_count=3)
+    )
+    await world.execute(
+        update(ExecutionStep)
+        .where(ExecutionStep.execution_id == execution_id, ExecutionStep.step_key == "s0")
+        .values(status="running", attempts=1)
+    )
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("failed", "abandoned")
+    assert execution.error == "the execution was abandoned 4 times"
+    assert {s.status for s in steps.values()} == {"cancelled"}
+    assert _types(events) == ["execution_failed"]
+    assert world.caller.calls == []
+
+
+async def test_a_resumed_execution_runs_its_interrupted_step_again(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 2))
+    await world.execute(
+        update(Execution)
+        .where(Execution.id == execution_id)
+        .values(status="running", owner="dead-process", heartbeat_at=None, last_event_seq=0)
+    )
+    await world.execute(
+        update(ExecutionStep)
+        .where(ExecutionStep.execution_id == execution_id, ExecutionStep.step_key == "s0")
+        .values(status="running", attempts=1)
+    )
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    assert execution.resumed_count == 1
+    assert (steps["s0"].attempts, steps["s1"].attempts) == (2, 1)
+    assert _types(events)[:2] == ["execution_resumed", "step_started:s0"]
+    assert _numbered(events)
+
+
+async def test_a_cancel_committed_before_a_resumption_ends_it(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 2))
+    await world.execute(
+        update(Execution)
+        .where(Execution.id == execution_id)
+        .values(status="running", owner="dead-process", heartbeat_at=None, cancel_mode="after_step")
+    )
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("cancelled", "cancelled")
+    assert {s.status for s in steps.values()} == {"cancelled"}
+    assert _types(events) == ["execution_resumed", "execution_cancelled"]
+    assert world.caller.calls == []
+
+
+async def test_an_immediate_cancel_in_this_process_abandons_the_running_step(
+    world: World,
+) -> None:
+    execution_id = await world.start(await world.team("sequential", 2))
+    interrupt = asyncio.Event()
+
+    async def interrupted(agent: str) -> None:
+        await world.cancel(execution_id, "immediate")
+        interrupt.set()  # what the runner does for a cancel through this process
+        await asyncio.sleep(10)  # a slow call, abandoned
+
+    world.caller.hook = interrupted
+    await asyncio.wait_for(world.engine.run(execution_id, interrupt), timeout=5)
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "cancelled"
+    assert steps["s0"].status == "cancelled"
+    assert steps["s0"].error == "interrupted: cancelled"
+    assert steps["s1"].started_at is None
+    assert _types(events) == [
+        "execution_started",
+        "step_started:s0",
+        "step_cancelled:s0",
+        "execution_cancelled",
+    ]
