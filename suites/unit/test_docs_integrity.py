@@ -1,0 +1,206 @@
+"""The docs integrity checks, each firing on a crafted defect with a precise message, and the
+MkDocs hook that puts the generated reference pages in the navigation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from app.core.doc_generator import DocumentationGenerator
+from qa import docs_integrity, mkdocs_hooks
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
+
+
+class Small(BaseModel):
+    model_config = {"env_prefix": "APP_"}
+
+    name: str = Field(default="x", description="A name.")
+    size: int = Field(default=1, description="A size.")
+
+
+@pytest.fixture
+def generator() -> DocumentationGenerator:
+    return DocumentationGenerator(json.loads(FIXTURE.read_text(encoding="utf-8")))
+
+
+@pytest.fixture
+def reference(tmp_path: Path, generator: DocumentationGenerator) -> Path:
+    directory = tmp_path / "reference"
+    generator.write(directory)
+    return directory
+
+
+def test_generated_reference_passes(generator: DocumentationGenerator, reference: Path) -> None:
+    assert docs_integrity.undocumented_operations(generator.schema, reference) == []
+    assert docs_integrity.stale_pages(generator, reference) == []
+
+
+def test_an_operation_without_an_entry(generator: DocumentationGenerator, reference: Path) -> None:
+    page = reference / "api-widgets.md"
+    page.write_text(
+        page.read_text(encoding="utf-8").replace("{ #get-widget }", ""), encoding="utf-8"
+    )
+    assert docs_integrity.undocumented_operations(generator.schema, reference) == [
+        f"GET /api/widgets/{{widget_id}} (operation get_widget) has no reference entry in "
+        f"{reference}"
+    ]
+
+
+def test_an_entry_without_an_example(generator: DocumentationGenerator, reference: Path) -> None:
+    page = reference / "api-parts.md"
+    text = page.read_text(encoding="utf-8")
+    head, example = text.split("### Example", 1)
+    page.write_text(head + "### Example\n\nSee above.\n", encoding="utf-8")
+    assert docs_integrity.undocumented_operations(generator.schema, reference) == [
+        "POST /api/widgets/{widget_id}/parts (operation add_part): its entry in "
+        f"{page} has no example"
+    ]
+    assert "```bash" in example
+
+
+def test_operations_without_an_id_are_named_by_method_and_path(tmp_path: Path) -> None:
+    schema = {"paths": {"/x": {"get": {"responses": {}}, "parameters": []}}}
+    assert docs_integrity.undocumented_operations(schema, tmp_path) == [
+        f"GET /x (operation without an id) has no reference entry in {tmp_path}"
+    ]
+
+
+def test_a_setting_missing_from_the_configuration_reference(tmp_path: Path) -> None:
+    page = tmp_path / "configuration.md"
+    assert docs_integrity.undocumented_settings(Small, page) == [
+        f"{page} does not exist: the configuration reference is missing"
+    ]
+    page.write_text("| `name` | `APP_NAME` | str |\n", encoding="utf-8")
+    assert docs_integrity.undocumented_settings(Small, page) == [
+        f"setting size (APP_SIZE) is missing from {page}"
+    ]
+    page.write_text(DocumentationGenerator({}, settings_model=Small).configuration_page(Small))
+    assert docs_integrity.undocumented_settings(Small, page) == []
+
+
+def test_stale_missing_and_lingering_pages(
+    generator: DocumentationGenerator, reference: Path
+) -> None:
+    (reference / "api-ops.md").write_text("# Ops\n\nedited by hand\n", encoding="utf-8")
+    (reference / "schemas.md").unlink()
+    lingering = reference / "api-old.md"
+    lingering.write_text(f"# Old\n\n{docs_integrity.GENERATED_NOTE}\n", encoding="utf-8")
+    (reference / "notes.md").write_text("# Hand-written notes\n", encoding="utf-8")
+    assert docs_integrity.stale_pages(generator, reference) == [
+        f"{reference / 'api-ops.md'} is out of date: regenerate the reference (nox -s docs)",
+        f"{reference / 'schemas.md'} is missing: regenerate the reference (nox -s docs)",
+        f"{lingering} is no longer generated: delete it (nox -s docs does)",
+    ]
+
+
+def git(root: Path, *args: str) -> None:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+    # fixed git arguments in a temporary repository, git from the PATH as a developer runs it
+    subprocess.run(command, cwd=root, check=True, capture_output=True)  # noqa: S603
+
+
+def test_pages_that_differ_from_the_committed_ones(tmp_path: Path, reference: Path) -> None:
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "reference")
+    git(tmp_path, "commit", "-qm", "reference")
+    assert docs_integrity.uncommitted_pages(reference, tmp_path) == []
+    (reference / "api-ops.md").write_text("# Ops, changed\n", encoding="utf-8")
+    (reference / "api-new.md").write_text("# New\n", encoding="utf-8")
+    assert docs_integrity.uncommitted_pages(reference, tmp_path) == [
+        "reference/api-ops.md differs from the committed version: the API or settings "
+        "changed; commit the regenerated reference pages",
+        "reference/api-new.md is not committed: commit the regenerated reference pages",
+    ]
+
+
+def test_committed_pages_need_a_git_checkout(tmp_path: Path, reference: Path) -> None:
+    with pytest.raises(RuntimeError, match="git diff --name-only HEAD failed"):
+        docs_integrity.uncommitted_pages(reference, tmp_path)
+
+
+def site(tmp_path: Path, page: str) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text(page, encoding="utf-8")
+    (docs / "other.md").write_text("# Other\n\n## Known heading\n", encoding="utf-8")
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(
+        "site_name: Test\n"
+        "validation:\n"
+        "  omitted_files: warn\n"
+        "  absolute_links: warn\n"
+        "  unrecognized_links: warn\n"
+        "  anchors: warn\n"
+        "nav:\n  - index.md\n  - other.md\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_a_site_with_good_links_builds(tmp_path: Path) -> None:
+    config = site(tmp_path, "# Home\n\n[Known](other.md#known-heading)\n")
+    assert docs_integrity.build_problems(config, tmp_path / "site") == []
+    assert (tmp_path / "site" / "other" / "index.html").exists()
+
+
+def test_a_broken_link_and_a_broken_anchor_fail_the_build(tmp_path: Path) -> None:
+    config = site(tmp_path, "# Home\n\n[Gone](missing.md)\n\n[Bad](other.md#no-such-heading)\n")
+    problems = docs_integrity.build_problems(config, tmp_path / "site")
+    assert any("missing.md" in p and "not found" in p for p in problems), problems
+    assert any("no-such-heading" in p for p in problems), problems
+
+
+def test_an_unreadable_config_reports_mkdocs_output(tmp_path: Path) -> None:
+    config = tmp_path / "mkdocs.yml"
+    config.write_text("site_name: [unclosed\n", encoding="utf-8")
+    (problem,) = docs_integrity.build_problems(config, tmp_path / "site")
+    assert "Error" in problem or "mkdocs build --strict failed" in problem
+
+
+def test_command_line_prints_each_problem(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(docs_integrity, "uncommitted_pages", lambda _d: ["a page differs"])
+    monkeypatch.setattr(docs_integrity, "build_problems", lambda _c, _s: [])
+    monkeypatch.setattr(docs_integrity, "stale_pages", lambda _g, _d: [])
+    assert docs_integrity.main() == 1
+    assert capsys.readouterr().out.endswith("a page differs\ndocs integrity: 1 problems\n")
+    monkeypatch.setattr(docs_integrity, "uncommitted_pages", lambda _d: [])
+    assert docs_integrity.main() == 0
+
+
+def test_reference_navigation_hook(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for name, title in [
+        ("index.md", "API reference"),
+        ("health.md", "Health checks"),
+        ("schemas.md", "Schemas"),
+        ("api-zebras.md", "Zebras"),
+        ("api-apples.md", "Apples"),
+        ("configuration.md", "Configuration reference"),
+        ("snippet.md", ""),
+    ]:
+        (reference / name).write_text(f"# {title}\n" if title else "text\n", encoding="utf-8")
+    config = {
+        "docs_dir": str(tmp_path),
+        "exclude_docs": None,
+        "nav": [{"Home": "index.md"}, {"API reference": []}],
+    }
+    mkdocs_hooks.on_config(config)
+    assert config["nav"][1]["API reference"] == [
+        {"API reference": "reference/index.md"},
+        {"Apples": "reference/api-apples.md"},
+        {"snippet": "reference/snippet.md"},
+        {"Zebras": "reference/api-zebras.md"},
+        {"Schemas": "reference/schemas.md"},
+        {"Configuration reference": "reference/configuration.md"},
+        {"Health checks": "reference/health.md"},
+    ]
+    excluded = mkdocs_hooks.reference_nav(tmp_path, lambda path: path.endswith("snippet.md"))
+    assert {"snippet": "reference/snippet.md"} not in excluded
