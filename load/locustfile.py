@@ -12,10 +12,11 @@ id, so Locust's statistics and the thresholds in ``load/thresholds.toml`` group 
 A profile file from ``load/profiles/`` gives the load shape:
 ``locust -f load/locustfile.py,load/profiles/release.py``; ``python -m qa.load`` runs both.
 
-Configuration (environment): ``RENUM_LOAD_ACCOUNTS_FILE`` (JSON list of ``{email, password}``,
-written by the harness; each user takes the next account) or ``RENUM_LOAD_EMAIL`` /
-``RENUM_LOAD_PASSWORD`` (one account), and ``RENUM_LOAD_MODEL_BASE_URL`` (an OpenAI-compatible
-endpoint the backend can reach; without it no model agent is made).
+Configuration (environment of the master, or of a standalone run): ``RENUM_LOAD_ACCOUNTS_FILE``
+(JSON list of ``{email, password}``, written by the harness; each user takes the next account)
+or ``RENUM_LOAD_EMAIL`` / ``RENUM_LOAD_PASSWORD`` (one account); workers get the accounts from
+the master. ``RENUM_LOAD_MODEL_BASE_URL``: an OpenAI-compatible endpoint the backend can
+reach (without it no model agent is made).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from locust import FastHttpUser, between, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
 
 API = "/api/v1"
 TERMINAL = {"completed", "failed", "cancelled", "timed_out"}
 RUN = "/api/v1/teams/{team_id}/executions"
 _next_account = itertools.count()
 STREAM_LIMIT_SECONDS = 30
+ACCOUNTS_MESSAGE = "renum_accounts"
 
 
 def accounts() -> list[dict[str, str]]:
@@ -51,9 +54,25 @@ def accounts() -> list[dict[str, str]]:
 
 
 @events.init.add_listener
-def check_configuration(environment: Any, **_: Any) -> None:
-    """Fail at start-up, not in every user, when no account is configured."""
+def share_accounts(environment: Any, **_: Any) -> None:
+    """The master (or a standalone run) reads the accounts and fails at start-up when none is
+    configured; in distributed mode it sends them to every worker (Locust's custom messages,
+    delivered before the spawn order), so workers on other machines need no credentials."""
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        environment.renum_accounts = []
+
+        def receive(message: Any, **_: Any) -> None:
+            environment.renum_accounts = message.data
+
+        runner.register_message(ACCOUNTS_MESSAGE, receive)
+        return
     environment.renum_accounts = accounts()
+    if isinstance(runner, MasterRunner):
+
+        @events.test_start.add_listener
+        def send(**_: Any) -> None:
+            runner.send_message(ACCOUNTS_MESSAGE, environment.renum_accounts)
 
 
 class ApiUser(FastHttpUser):
@@ -61,6 +80,8 @@ class ApiUser(FastHttpUser):
 
     def on_start(self) -> None:
         pool = self.environment.renum_accounts
+        if not pool:
+            raise RuntimeError("no account to log in with (none received from the master)")
         runner = self.environment.runner
         index = next(_next_account) * getattr(runner, "worker_count", 1)
         account = pool[(index + getattr(runner, "worker_index", 0)) % len(pool)]

@@ -51,6 +51,7 @@ BASELINES = LOAD_DIR / "baselines"
 REPORTS = ROOT / "reports" / "load"
 USERS_PER_ACCOUNT = 4
 SHUTDOWN_GRACE_SECONDS = 60.0
+WORKERS_MAX_WAIT_SECONDS = 600.0
 # The launched backend measures throughput, not the per-account limit the integration tests
 # cover; access tokens outlive a soak run.
 LAUNCH_ENV = {
@@ -72,6 +73,8 @@ class Options:
     users: int | None = None
     run_time: int | None = None
     workers: int = 0
+    remote_workers: int = 0
+    master_port: int | None = None
     compare: Path | None = None
     save_baseline: Path | None = None
     thresholds: Path = THRESHOLDS
@@ -114,6 +117,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--users", type=int, help="peak users (the profile is scaled)")
     parser.add_argument("--run-time", metavar="SPAN", help="total duration, e.g. 90s or 5m")
     parser.add_argument("--workers", type=int, default=0, help="Locust worker processes")
+    parser.add_argument(
+        "--remote-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also wait for N workers from other machines (the master listens on all interfaces)",
+    )
+    parser.add_argument("--master-port", type=int, default=5557, help="with --remote-workers")
     parser.add_argument("--compare", metavar="BASELINE", help="a baseline file or profile name")
     parser.add_argument(
         "--save-baseline",
@@ -128,8 +139,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if args.users is not None and args.users < 1:
         parser.error("--users must be at least 1")
-    if args.workers < 0:
-        parser.error("--workers must be 0 or more")
+    if args.workers < 0 or args.remote_workers < 0:
+        parser.error("--workers and --remote-workers must be 0 or more")
     try:
         run_time = parse_timespan(args.run_time) if args.run_time else None
     except ValueError as exc:
@@ -145,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         users=args.users,
         run_time=run_time,
         workers=args.workers,
+        remote_workers=args.remote_workers,
+        master_port=args.master_port if args.remote_workers else None,
         compare=baseline_path(args.compare) if args.compare else None,
         save_baseline=save,
         thresholds=Path(args.thresholds),
@@ -204,16 +217,18 @@ def locust_commands(
         "--loglevel",
         "WARNING",
     ]
-    if not options.workers:
+    if not options.workers and not options.remote_workers:
         return main, []
     main += [
         "--master",
         "--expect-workers",
-        str(options.workers),
+        str(options.workers + options.remote_workers),
         "--master-bind-host",
-        "127.0.0.1",
+        "0.0.0.0" if options.remote_workers else "127.0.0.1",  # noqa: S104 - remote workers
         "--master-bind-port",
         str(master_port),
+        "--expect-workers-max-wait",
+        str(int(WORKERS_MAX_WAIT_SECONDS)),
     ]
     worker = [*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)]
     return main, [list(worker) for _ in range(options.workers)]
@@ -238,17 +253,25 @@ def started(command: list[str], env: dict[str, str], log: Path) -> Iterator[subp
 def run_locust(options: Options, host: str, env: dict[str, str], reports: Path, seconds: float):
     """Run Locust to the end of its profile; raise LoadError when it fails to."""
     log = reports / "locust.log"
-    main, workers = locust_commands(options, host, reports, launcher.free_port())
+    port = options.master_port or launcher.free_port()
+    main, workers = locust_commands(options, host, reports, port)
+    if options.remote_workers:
+        print(
+            f"waiting for {options.remote_workers} remote worker(s): on each machine run\n"
+            f"  locust -f load/locustfile.py --worker --master-host THIS-HOST --master-port {port}",
+            flush=True,
+        )
     with contextlib.ExitStack() as stack:
         master = stack.enter_context(started(main, env, log))
         for command in workers:
             stack.enter_context(started(command, env, log))
+        limit = seconds + SHUTDOWN_GRACE_SECONDS
+        if options.remote_workers:
+            limit += WORKERS_MAX_WAIT_SECONDS
         try:
-            code = master.wait(seconds + SHUTDOWN_GRACE_SECONDS)
+            code = master.wait(limit)
         except subprocess.TimeoutExpired:
-            raise LoadError(
-                f"Locust did not finish within {seconds + SHUTDOWN_GRACE_SECONDS:.0f}s; see {log}"
-            ) from None
+            raise LoadError(f"Locust did not finish within {limit:.0f}s; see {log}") from None
     if code != 0 or not (reports / "locust.json").exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise LoadError(f"Locust exited with code {code}; {log}:\n{tail}")
@@ -349,7 +372,8 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
             env["RENUM_LOAD_RUN_TIME"] = str(options.run_time)
         print(
             f"load test: profile {profile.name}, peak {profile.peak_users} users, "
-            f"{profile.duration:.0f} s, {options.workers or 'no'} workers, against {described}",
+            f"{profile.duration:.0f} s, {options.workers or 'no'} local and "
+            f"{options.remote_workers or 'no'} remote workers, against {described}",
             flush=True,
         )
         sampler.start()
@@ -365,7 +389,7 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
         "peak_users": profile.peak_users,
         "planned_duration_s": round(profile.duration),
         "backend": "remote" if options.target else f"launched {options.db}",
-        "workers": options.workers,
+        "workers": options.workers + options.remote_workers,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         **results.summarise(entries, config.groups),

@@ -50,7 +50,8 @@ def test_every_override(tmp_path: Path) -> None:
     [
         (["--profile", "stress"], "invalid choice: 'stress'"),
         (["--users", "0"], "--users must be at least 1"),
-        (["--workers", "-1"], "--workers must be 0 or more"),
+        (["--workers", "-1"], "--workers and --remote-workers must be 0 or more"),
+        (["--remote-workers", "-2"], "--workers and --remote-workers must be 0 or more"),
         (["--run-time", "soon"], "not a time span"),
         (["--run-time", "0s"], "--run-time must be positive"),
     ],
@@ -216,3 +217,16 @@ def test_the_slowdown_needs_its_route(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(slowdown.ROUTE_ENV, raising=False)
     with pytest.raises(RuntimeError, match="RENUM_QA_SLOW_ROUTE must be 'METHOD PATH-REGEX'"):
         slowdown.create_app()
+
+
+def test_remote_workers_make_the_master_listen_on_every_interface(tmp_path: Path) -> None:
+    options = runner.parse_args(
+        ["--workers", "1", "--remote-workers", "3", "--master-port", "6000"]
+    )
+    assert (options.workers, options.remote_workers, options.master_port) == (1, 3, 6000)
+    main, workers = runner.locust_commands(options, "https://staging", tmp_path, 6000)
+    assert main[main.index("--expect-workers") + 1] == "4"
+    assert main[main.index("--master-bind-host") + 1] == "0.0.0.0"
+    assert main[main.index("--expect-workers-max-wait") + 1] == "600"
+    assert len(workers) == 1  # the others are started on their own machines
+    assert runner.parse_args(["--workers", "2"]).master_port is None  # a free local port
