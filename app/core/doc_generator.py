@@ -354,9 +354,12 @@ class DocumentationGenerator:
             "| --- | --- | --- | --- | --- |",
         ]
         for name, prop in properties.items():
+            description = str(prop.get("description", ""))
+            if prop.get("examples"):
+                description = f"{description} Example: {code(prop['examples'][0])}".strip()
             lines.append(
                 f"| `{name}` | {self.type_of(prop)} | {'yes' if name in required else 'no'} | "
-                f"{constraints(prop)} | {cell(prop.get('description', ''))} |"
+                f"{constraints(prop)} | {cell(description)} |"
             )
         return lines
 
