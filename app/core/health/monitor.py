@@ -70,7 +70,10 @@ class HealthMonitor:
 
     @property
     def ready(self) -> bool:
-        return self.snapshot().ready
+        """Every critical check passes (computed when a result arrives, not per probe)."""
+        if self._watch_ttl and time.monotonic() >= self._fresh_until:
+            self._publish()
+        return self._ready
 
     # --- running --------------------------------------------------------------------------
 
@@ -144,6 +147,7 @@ class HealthMonitor:
             default=float("inf"),
         )
         self._snapshot = ValidationReport(entries, time=now_utc())
+        self._ready = self._snapshot.ready
 
     @staticmethod
     def _stale(state: CheckState, age: float) -> list[DependencyEntry]:

@@ -1,0 +1,267 @@
+"""Readiness probe throughput against a bare route of the same app, measured in the same run.
+
+The issue's target: ``/health/ready`` serves at least 90% of the requests per second of a
+bare route (same middleware, a handler returning a constant), with zero dependency calls per
+probe. Two measurements, both asserting on the ratio, never on wall time:
+
+- ``test_ready_vs_bare_in_process``: the ASGI app called directly (the app's own cost per
+  request, no network), interleaved rounds, medians; database pool checkouts and check runs
+  are counted during the burst.
+- ``test_ready_vs_bare_over_http``: a real uvicorn process of the same app (plus the bare route)
+  on PostgreSQL behind the fault proxy, loaded over keep-alive HTTP connections; the proxy
+  counts the bytes sent to PostgreSQL during the burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from app.api.routes.health import PASS_BODY
+from app.core.config import Settings
+from app.main import create_app
+from qa import services
+from qa.fault_proxy import FaultProxy
+from qa.launcher import REPO_ROOT, free_port
+
+TARGET_RATIO = 0.90
+READY = "/health/ready"
+BARE = "/bench/bare"
+# Background checks far apart: the burst measures the probe, not the monitor.
+QUIET_HEALTH = {"interval_seconds": 3600, "ttl_seconds": 7200}
+
+
+def add_bare_route(app: Any) -> None:
+    """The baseline: a route of the same app that returns the same body and does nothing."""
+    from fastapi.responses import Response
+
+    async def bare() -> Response:
+        return Response(PASS_BODY, media_type="application/json")
+
+    app.add_api_route(BARE, bare, include_in_schema=False)
+
+
+# --- in-process -----------------------------------------------------------------------------
+
+Call = Callable[[str], Awaitable[int]]
+
+
+def asgi_caller(app: Any) -> Call:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def call(path: str) -> int:
+        status = 0
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"bench")],
+            "client": ("127.0.0.1", 40000),
+            "server": ("bench", 80),
+        }
+        await app(scope, receive, send)
+        return status
+
+    return call
+
+
+async def rate(call: Call, path: str, requests: int) -> float:
+    start = time.perf_counter()
+    for _ in range(requests):
+        assert await call(path) == 200
+    return requests / (time.perf_counter() - start)
+
+
+async def interleaved(call: Call, rounds: int, requests: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {READY: [], BARE: []}
+    for index in range(rounds):
+        order = (READY, BARE) if index % 2 == 0 else (BARE, READY)
+        for path in order:
+            rates[path].append(await rate(call, path, requests))
+    return rates
+
+
+def report(name: str, rates: dict[str, list[float]], record: Callable[[str, object], None]):
+    """The median of the per-round ratios (each round measures both routes back to back, so
+    load from elsewhere on the machine hits both alike), with the median rates for the log."""
+    ready, bare = statistics.median(rates[READY]), statistics.median(rates[BARE])
+    ratio = statistics.median(r / b for r, b in zip(rates[READY], rates[BARE], strict=True))
+    record(f"{name}_ready_rps", round(ready))
+    record(f"{name}_bare_rps", round(bare))
+    record(f"{name}_ratio", round(ratio, 3))
+    print(f"\n{name}: /health/ready {ready:.0f} req/s, bare {bare:.0f} req/s, ratio {ratio:.3f}")
+    return ratio
+
+
+def test_ready_vs_bare_in_process(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    settings = Settings(
+        environment="test",
+        secret_key="probe-bench-secret-key-0123456789abcdefghijkl",
+        log_level="WARNING",
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}"},
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+        health=QUIET_HEALTH,
+    )
+    app = create_app(settings)
+    add_bare_route(app)
+
+    async def measure() -> tuple[dict[str, list[float]], int, int]:
+        async with app.router.lifespan_context(app):
+            call = asgi_caller(app)
+            await interleaved(call, rounds=1, requests=300)  # warm up both paths
+            checkouts = 0
+
+            def count_checkout(*_: object) -> None:
+                nonlocal checkouts
+                checkouts += 1
+
+            pool = app.state.database.engine.sync_engine.pool
+            event.listen(pool, "checkout", count_checkout)
+            validator = app.state.health_monitor.validator
+            original = validator.run_check
+            check_runs = 0
+
+            async def counted(check: Any) -> Any:
+                nonlocal check_runs
+                check_runs += 1
+                return await original(check)
+
+            validator.run_check = counted
+            rates = await interleaved(call, rounds=7, requests=2000)
+            event.remove(pool, "checkout", count_checkout)
+            return rates, checkouts, check_runs
+
+    rates, checkouts, check_runs = asyncio.run(measure())
+    ratio = report("in_process", rates, record_property)
+    assert checkouts == 0, "a readiness probe touched the database"
+    assert check_runs == 0, "a readiness probe ran a dependency check"
+    assert ratio >= TARGET_RATIO, f"/health/ready at {ratio:.1%} of the bare route"
+
+
+# --- over HTTP ------------------------------------------------------------------------------
+
+SERVER = """
+import uvicorn
+from app.main import create_app
+from suites.performance.test_probe_throughput import add_bare_route
+
+app = create_app()
+add_bare_route(app)
+uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
+"""
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[tuple[str, FaultProxy]]:
+    """The app (with the bare route) in its own uvicorn process on PostgreSQL behind a proxy."""
+    postgres = services.postgres()
+    postgres.require()
+    name = f"renum_probe_bench_{uuid.uuid4().hex[:10]}"
+    url = services.create_postgres_database(name)
+    port = free_port()
+    with FaultProxy(*postgres.address) as proxy:
+        base, _, database = url.rpartition("/")
+        host = base.rsplit(":", 1)[0]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RENUM_")},
+            "PYTHONPATH": str(REPO_ROOT),
+            "RENUM_ENVIRONMENT": "test",
+            "RENUM_SECRET_KEY": "probe-bench-secret-key-0123456789abcdefghijkl",
+            "RENUM_LOG_LEVEL": "WARNING",
+            "RENUM_DATABASE__URL": f"{host}:{proxy.port}/{database}",
+            "RENUM_PROVIDERS__OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "RENUM_HEALTH__INTERVAL_SECONDS": "3600",
+            "RENUM_HEALTH__TTL_SECONDS": "7200",
+            # The execution reaper also sweeps the database now and then: not during the burst.
+            "RENUM_EXECUTIONS__REAPER_INTERVAL_SECONDS": "3600",
+        }
+        log = (tmp_path / "server.log").open("wb")
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, "-c", SERVER.format(port=port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, (tmp_path / "server.log").read_text()
+                try:
+                    if httpx.get(f"{base_url}{READY}", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the benchmark server did not start"
+                time.sleep(0.1)
+            yield base_url, proxy
+        finally:
+            process.terminate()
+            process.wait(20)
+            log.close()
+            services.drop_postgres_database(name)
+
+
+async def http_rate(base_url: str, path: str, requests: int, connections: int) -> float:
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=httpx.Limits(max_keepalive_connections=connections)
+    ) as client:
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                response = await client.get(path)
+                assert response.status_code == 200
+
+        await asyncio.gather(*(worker(2) for _ in range(connections)))  # open the connections
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(requests // connections) for _ in range(connections)))
+        return requests / (time.perf_counter() - start)
+
+
+def test_ready_vs_bare_over_http(
+    http_server: tuple[str, FaultProxy], record_property: Callable[[str, object], None]
+) -> None:
+    base_url, proxy = http_server
+
+    async def measure() -> dict[str, list[float]]:
+        rates: dict[str, list[float]] = {READY: [], BARE: []}
+        await http_rate(base_url, BARE, 400, 4)  # warm up
+        for index in range(11):
+            order = (READY, BARE) if index % 2 == 0 else (BARE, READY)
+            for path in order:
+                rates[path].append(await http_rate(base_url, path, 800, 4))
+        return rates
+
+    sent_before = proxy.bytes_up
+    rates = asyncio.run(measure())
+    assert proxy.bytes_up == sent_before, "a readiness probe sent bytes to PostgreSQL"
+    ratio = report("http", rates, record_property)
+    assert ratio >= TARGET_RATIO, f"/health/ready at {ratio:.1%} of the bare route over HTTP"
