@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import Integer, Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult
-from sqlalchemy.orm import Session
 
 from app.db.base import UTCDateTime
 from app.models import (
@@ -328,15 +327,7 @@ class EngineRepository:
     """The engine's statements on an execution it owns, inside one of its transactions."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._session: Session | None = None
-
-    @property
-    def session(self) -> Session:
-        """An ORM session in the same transaction, for writes that need one."""
-        if self._session is None:
-            self._session = Session(bind=self.conn)
-        return self._session
+        self.conn = conn  # ORM work in the same transaction binds a Session to it
 
     def claim(
         self, execution_id: uuid.UUID, owner: str, now: datetime, stale_before: datetime

@@ -494,3 +494,101 @@ async def test_an_immediate_cancel_in_this_process_abandons_the_running_step(
         "step_cancelled:s0",
         "execution_cancelled",
     ]
+
+
+async def test_a_cancel_found_while_other_steps_run_waits_for_them_to_land(
+    world: World,
+) -> None:
+    """s0 lands after the cancel while s1 still runs: s0's result is kept, s2 never starts,
+    and the execution ends once s1 has landed too."""
+    execution_id = await world.start(await world.team("parallel", 3, max_concurrency=2))
+
+    async def hook(agent: str) -> None:
+        if agent == "a0":
+            await world.cancel(execution_id, "after_step")
+        else:
+            await asyncio.sleep(0.3)
+
+    world.caller.hook = hook
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "cancelled"
+    assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed", "completed", "cancelled"]
+    assert steps["s2"].started_at is None
+    assert _types(events)[-3:] == ["step_completed:s0", "step_completed:s1", "execution_cancelled"]
+    assert _numbered(events)
+
+
+async def test_under_fail_fast_a_failure_interrupts_the_other_steps(world: World) -> None:
+    await world.execute(
+        update(Agent)
+        .where(Agent.id == world.agents[0].id)
+        .values(model="template", parameters={"template": "{{ undefined_name }}"})
+    )
+    execution_id = await world.start(await world.team("parallel", 3, failure_policy="fail_fast"))
+
+    async def slow_others(agent: str) -> None:
+        if agent != "a0":
+            await asyncio.sleep(10)
+
+    world.caller.hook = slow_others
+    await asyncio.wait_for(world.engine.run(execution_id, asyncio.Event()), timeout=5)
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "failed"
+    assert execution.error is not None
+    assert execution.error.startswith("step 's0' failed")
+    assert steps["s0"].status == "failed"
+    for key in ("s1", "s2"):
+        assert steps[key].status == "cancelled"
+        assert steps[key].error == "interrupted: another step failed"
+
+
+async def test_a_step_whose_agent_is_gone_fails(world: World) -> None:
+    execution_id = await world.start(await world.team("sequential", 2))
+    await world.execute(delete(Agent).where(Agent.id == world.agents[1].id))
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "failed"
+    assert steps["s0"].status == "completed"
+    assert steps["s1"].status == "failed"
+    assert steps["s1"].error == "the agent no longer exists"
+    assert len(world.caller.calls) == 1
+
+
+async def test_an_immediate_cancel_landing_just_after_a_start_keeps_the_agent_from_running(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel commits and interrupts this process right after the transaction that started
+    s0, before s0's agent is called: s0 is recorded as interrupted without a call."""
+    execution_id = await world.start(await world.team("sequential", 2))
+    interrupt = asyncio.Event()
+    run_transaction = world.database.run_transaction
+
+    async def then_cancel(work: Any) -> Any:
+        result = await run_transaction(work)
+        if not interrupt.is_set():
+            await world.cancel(execution_id, "immediate")
+            interrupt.set()  # what the runner does for a cancel through this process
+        return result
+
+    monkeypatch.setattr(world.database, "run_transaction", then_cancel)
+    await world.engine.run(execution_id, interrupt)
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "cancelled"
+    assert steps["s0"].error == "interrupted: cancelled"
+    assert steps["s1"].started_at is None
+    assert world.caller.calls == []
+    assert _types(events) == [
+        "execution_started",
+        "step_started:s0",
+        "step_cancelled:s0",
+        "execution_cancelled",
+    ]

@@ -282,7 +282,8 @@ class ExecutionEngine:
         row = repo.claim(execution_id, self.owner, now, stale_before)
         if row is None:
             return None
-        context = repo.context(execution_id)
+        # A first claim finds no context yet; a resumed execution reads what it had written.
+        context = repo.context(execution_id) if row.resumed_count else {}
         workflow = WorkflowDefinition.model_validate(row.workflow)
         agents = {str(a.id): a for a in repo.agents({s.agent_id for s in workflow.steps})}
         key_ids = {a.provider_key_id for a in agents.values() if a.provider_key_id}
@@ -388,7 +389,7 @@ class ExecutionEngine:
         repo.write_steps([step.row() for step in changes.steps.values()])
         repo.add_context(changes.context_rows)
         repo.add_ledger(changes.ledger_rows)
-        # Hook: the messages a step sends are written here, with its result.
+        # Hook: the rows of the messages the steps sent (see _record) are written here.
         repo.add_events(run.id, last_seq - len(changes.events) + 1, changes.events)
         if finish is not None:
             repo.release_slot(run.account_id)
@@ -442,6 +443,8 @@ class ExecutionEngine:
             cost + outcome.cost_usd,
         )
         changes.events.append(("step_completed", {"step": step.key, "output": outcome.output}))
+        # Hook: the messages the step sent become rows and `message` events here, like its
+        # context writes below (rows stored by _write, events numbered with the others).
         if outcome.context_writes:
             run = changes.run
             if changes.context is None:
