@@ -62,8 +62,8 @@ def share_accounts(environment: Any, **_: Any) -> None:
     if isinstance(runner, WorkerRunner):
         environment.renum_accounts = []
 
-        def receive(message: Any, **_: Any) -> None:
-            environment.renum_accounts = message.data
+        def receive(msg: Any, **_: Any) -> None:
+            environment.renum_accounts = msg.data
 
         runner.register_message(ACCOUNTS_MESSAGE, receive)
         return
