@@ -19,10 +19,13 @@ writes the pages and prints which ones changed.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -158,7 +161,8 @@ class DocumentationGenerator:
         from app.core.config import Settings
         from app.main import create_app
 
-        schema = create_app(Settings.model_construct()).openapi()
+        app = create_app(Settings.model_construct())
+        schema = with_required_roles(app.openapi(), required_roles(app))
         return cls(schema=schema, settings_model=Settings, health=_health_registry())
 
     # ---- pages --------------------------------------------------------------------------
@@ -510,14 +514,16 @@ class DocumentationGenerator:
         return str(kind or "any")
 
     def role(self, op: Operation) -> str:
-        """The role an operation needs: ``x-required-role`` when the schema states it."""
+        """The role an operation needs: ``x-required-role`` when the schema states it (the
+        generator adds it from the code for this backend, see ``required_roles``)."""
         if ROLE_EXTENSION in op.spec:
-            return f"{op.spec[ROLE_EXTENSION]} or higher"
+            role = str(op.spec[ROLE_EXTENSION])
+            return role if role == ROLE_ORDER[-1] else f"{role} or higher"
         if not op.secured:
             return "none (public)"
         if "403" in op.spec["responses"]:
             return "signed in; the operation checks the caller's role (403 when it is too low)"
-        return "any signed-in user"
+        return "any signed-in user (viewer or higher)"
 
 
 # ---- examples -------------------------------------------------------------------------------
@@ -956,6 +962,107 @@ def _token_url(schema: dict[str, Any]) -> str | None:
 
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+# ---- required roles ---------------------------------------------------------------------
+
+ROLE_ORDER = ("viewer", "member", "owner", "admin")
+
+
+def required_roles(app: Any) -> dict[str, str]:
+    """The role each operation needs (by route name, which is this app's operation id), read
+    from the code: the ``principal.require(Role.X)`` calls of the service methods its
+    endpoint calls (the highest one wins). Operations whose services check nothing are
+    absent."""
+    roles = {}
+    for route in _api_routes(app.routes):
+        found = [r for method in _service_methods(route.endpoint) for r in _requires(method)]
+        if found:
+            roles[route.name] = max(found, key=ROLE_ORDER.index)
+    return dict(sorted(roles.items()))
+
+
+def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every API route, also those inside included routers (kept nested since FastAPI 0.137)."""
+    from fastapi.routing import APIRoute
+
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if nested is not None and hasattr(nested, "routes"):
+            yield from _api_routes(nested.routes)
+
+
+def with_required_roles(schema: dict[str, Any], roles: dict[str, str]) -> dict[str, Any]:
+    """The schema with ``x-required-role`` on each operation whose role is known."""
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if method in METHODS and operation.get("operationId") in roles:
+                operation.setdefault(ROLE_EXTENSION, roles[operation["operationId"]])
+    return schema
+
+
+def _parse(function: Any) -> ast.AST | None:
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def _service_methods(endpoint: Any) -> list[Any]:
+    """Methods called on service objects in an endpoint: ``Service(...).method(...)`` or
+    ``service = Service(...)`` then ``service.method(...)``."""
+    tree = _parse(endpoint)
+    if tree is None:
+        return []
+    names = getattr(endpoint, "__globals__", {})
+    variables = {
+        target.id: node.value.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    methods = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name):
+            class_name = owner.func.id
+        elif isinstance(owner, ast.Name) and owner.id in variables:
+            class_name = variables[owner.id]
+        else:
+            continue
+        method = getattr(names.get(class_name), node.func.attr, None)
+        if method is not None:
+            methods.append(method)
+    return methods
+
+
+def _requires(method: Any, depth: int = 0) -> list[str]:
+    """The roles a method demands with ``principal.require(Role.X)``, also through the other
+    methods of its class it calls (``self.get(...)``), a few calls deep."""
+    tree = _parse(method)
+    if tree is None or depth > 3:
+        return []
+    owner = getattr(method, "__globals__", {}).get(method.__qualname__.split(".")[0])
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        target = node.func.value
+        if node.func.attr == "require" and node.args and isinstance(node.args[0], ast.Attribute):
+            if node.args[0].attr in ROLE_ORDER:
+                found.append(node.args[0].attr)
+        elif isinstance(target, ast.Name) and target.id == "self" and owner is not None:
+            called = getattr(owner, node.func.attr, None)
+            if inspect.isfunction(called) and called is not method:
+                found += _requires(called, depth + 1)
+    return found
 
 
 def _health_registry() -> HealthDocs | None:

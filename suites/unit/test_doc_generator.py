@@ -181,7 +181,7 @@ def test_roles() -> None:
         }
     )
     a, b = generator.operations
-    assert generator.role(a) == "any signed-in user"
+    assert generator.role(a) == "any signed-in user (viewer or higher)"
     assert "checks the caller's role" in generator.role(b)
     assert a.success is None
     assert a.links() == {}
@@ -323,3 +323,68 @@ def test_command_line_writes_the_pages(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "api-teams.md").exists()
     assert doc_generator.main([str(tmp_path)]) == 0
     assert f"reference pages in {tmp_path}: 0 changed" in capsys.readouterr().out
+
+
+class Principal:
+    def require(self, role: object) -> None:
+        """Stands in for the real principal's role check."""
+
+
+class Role:
+    viewer, member, owner, admin = "viewer", "member", "owner", "admin"
+
+
+class WidgetService:
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    def get(self) -> str:
+        self.principal.require(Role.member)
+        return "widget"
+
+    def delete(self) -> str:
+        self.get()
+        self.principal.require(Role.owner)
+        return "deleted"
+
+    def read(self) -> str:
+        return "anyone"
+
+
+def test_required_roles_are_read_from_the_services() -> None:
+    from fastapi import APIRouter, FastAPI
+
+    router = APIRouter(prefix="/widgets")
+
+    @router.get("/one")
+    def get_widget() -> str:
+        return WidgetService(Principal()).get()
+
+    @router.delete("/one")
+    def delete_widget() -> str:
+        service = WidgetService(Principal())
+        return service.delete()
+
+    @router.get("/open")
+    def read_widget() -> str:
+        return WidgetService(Principal()).read() + str(len("x"))
+
+    app = FastAPI(generate_unique_id_function=lambda route: route.name)  # as create_app does
+    app.include_router(router, prefix="/api")
+    roles = doc_generator.required_roles(app)
+    assert roles == {"delete_widget": "owner", "get_widget": "member"}
+    schema = doc_generator.with_required_roles(app.openapi(), {"get_widget": "member"})
+    operation = schema["paths"]["/api/widgets/one"]["get"]
+    assert operation["x-required-role"] == "member"
+    generator = DocumentationGenerator(schema)
+    assert generator.role(generator.find(operation["operationId"])) == "member or higher"
+    assert doc_generator._service_methods(len) == []
+    assert doc_generator._requires(len) == []
+
+
+def test_this_backends_roles() -> None:
+    generator = DocumentationGenerator.for_app()
+    assert generator.role(generator.find("create_team")) == "member or higher"
+    assert generator.role(generator.find("list_users")) == "owner or higher"
+    assert generator.role(generator.find("create_account")) == "admin"
+    assert generator.role(generator.find("list_teams")) == "any signed-in user (viewer or higher)"
