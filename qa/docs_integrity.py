@@ -8,7 +8,9 @@
 - ``uncommitted_pages``: the reference pages equal their committed versions (so CI, which
   regenerates them, fails when a change to the API or settings was committed without them);
 - ``build_problems``: ``mkdocs build --strict`` passes, with the ``validation:`` settings of
-  ``mkdocs.yml`` turning broken links and anchors into errors.
+  ``mkdocs.yml`` turning broken links and anchors into errors;
+- ``external_assets``: the built site loads nothing from another host (no CDN, no web fonts),
+  so it works offline.
 
 Command line: ``python -m qa.docs_integrity`` runs them all on this repository.
 """
@@ -158,6 +160,24 @@ def build_problems(config_file: Path, site_dir: Path) -> list[str]:
     return lines or [f"mkdocs build --strict failed (exit {done.returncode}):\n{done.stderr}"]
 
 
+EXTERNAL_ASSET = re.compile(
+    r"<(?:script|link|img)\b[^>]*\b(?:src|href)=[\"']?(https?:)?//[^\"' >]+"
+    r"|url\([\"']?(?:https?:)?//[^)]+\)"
+    r"|@import\s+[\"'](?:https?:)?//[^\"']+",
+    re.IGNORECASE,
+)
+
+
+def external_assets(site_dir: Path) -> list[str]:
+    """Scripts, stylesheets, fonts and images a built page would fetch from another host.
+    Links a reader follows (``<a href>``) are fine."""
+    problems = []
+    for path in sorted([*site_dir.rglob("*.html"), *site_dir.rglob("*.css")]):
+        for match in EXTERNAL_ASSET.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            problems.append(f"{path.relative_to(site_dir)} loads {match.group(0)!r} from the web")
+    return problems
+
+
 def main() -> int:
     from app.core.config import Settings
 
@@ -168,6 +188,7 @@ def main() -> int:
         *stale_pages(generator, REFERENCE_DIR),
         *uncommitted_pages(REFERENCE_DIR),
         *build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"),
+        *external_assets(REPO_ROOT / "site"),
     ]
     for problem in problems:
         print(problem)

@@ -44,6 +44,7 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
 def test_site_builds_strictly() -> None:
     _fail_on(docs_integrity.build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"))
     assert (REPO_ROOT / "site" / "reference" / "index.html").exists()
+    _fail_on(docs_integrity.external_assets(REPO_ROOT / "site"))
 
 
 @pytest.mark.target_ok

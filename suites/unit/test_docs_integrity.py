@@ -155,6 +155,29 @@ def test_a_broken_link_and_a_broken_anchor_fail_the_build(tmp_path: Path) -> Non
     assert any("no-such-heading" in p for p in problems), problems
 
 
+def test_assets_from_another_host_are_found(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text(
+        '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">\n'
+        '<script src="//cdn.example.com/x.js"></script>\n'
+        '<a href="https://example.com/docs">a link a reader follows</a>\n'
+        '<script src="assets/local.js"></script>\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "style.css").write_text(
+        "@import 'https://fonts.example.com/a.css';\n"
+        "body { background: url(https://img.example.com/b.png) }\n"
+        "p { background: url(local.png) }\n",
+        encoding="utf-8",
+    )
+    problems = docs_integrity.external_assets(tmp_path)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("assets/style.css loads \"@import 'https://fonts.example.com")
+    assert "url(https://img.example.com/b.png)" in problems[1]
+    assert "fonts.googleapis.com" in problems[2]
+    assert "//cdn.example.com/x.js" in problems[3]
+
+
 def test_an_unreadable_config_reports_mkdocs_output(tmp_path: Path) -> None:
     config = tmp_path / "mkdocs.yml"
     config.write_text("site_name: [unclosed\n", encoding="utf-8")
@@ -168,6 +191,7 @@ def test_command_line_prints_each_problem(
     monkeypatch.setattr(docs_integrity, "uncommitted_pages", lambda _d: ["a page differs"])
     monkeypatch.setattr(docs_integrity, "build_problems", lambda _c, _s: [])
     monkeypatch.setattr(docs_integrity, "stale_pages", lambda _g, _d: [])
+    monkeypatch.setattr(docs_integrity, "external_assets", lambda _s: [])
     assert docs_integrity.main() == 1
     assert capsys.readouterr().out.endswith("a page differs\ndocs integrity: 1 problems\n")
     monkeypatch.setattr(docs_integrity, "uncommitted_pages", lambda _d: [])
