@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database = database
     try:
         if settings.database.auto_migrate:
-            await migrate_if_possible(database)
+            await migrate_if_possible(settings, database)
         monitor = await start_health(settings, database)
         app.state.health_monitor = monitor
         created = None

@@ -219,6 +219,33 @@ def test_hung_postgresql_turns_readiness_503_after_the_threshold_and_recovers(
         server.stop()
 
 
+def test_postgresql_hung_at_start_up_does_not_hang_start_up(
+    launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
+) -> None:
+    name, port = postgres_database
+    with FaultProxy("127.0.0.1", port) as proxy:
+        proxy.hang()
+        server = launch_degraded(
+            RENUM_DATABASE__URL=url_via(services.postgres().url, port=proxy.port, database=name)
+        )
+        assert "auto_migrate_skipped" in server.log_text()
+        assert ready_status(server.base_url) == 503
+        assert_probes_fast(server.base_url, rounds=2)
+        proxy.pass_through()
+        # The database answers again, but start-up skipped its migrations: the schema check
+        # says so, with the fix, and readiness waits for it.
+        wait_for(
+            lambda: (
+                entry(details(server.base_url).json(), "database:responseTime")["status"] == "pass"
+            ),
+            what="database recovered",
+        )
+        schema = entry(details(server.base_url).json(), "schema:revision")
+        assert (schema["status"], schema["fix"]) == ("fail", "renum db upgrade")
+        assert ready_status(server.base_url) == 503
+        server.stop()
+
+
 def test_hung_redis_fails_within_its_timeout_while_probes_answer(
     launch_degraded: Callable[..., LaunchedBackend],
 ) -> None:

@@ -4,10 +4,12 @@ dependency (unless ``RENUM_HEALTH__START_DEGRADED``), and hand the report to the
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from app.core.config import Environment, Settings
-from app.core.dependency_validator import DependencyValidator
+from app.core.dependency_validator import DependencyValidator, tuned
+from app.core.health.checks import DatabaseCheck
 from app.core.health.monitor import HealthMonitor
 from app.core.logging import get_logger
 from app.db import migrate
@@ -21,9 +23,19 @@ class StartupBlocked(RuntimeError):
     to fix it."""
 
 
-async def migrate_if_possible(database: Database) -> None:
-    """Apply pending migrations; a database that cannot be migrated now is reported by the
-    validation that follows (with its fix) instead of crashing here."""
+async def migrate_if_possible(settings: Settings, database: Database) -> None:
+    """Apply pending migrations when the database answers within the database check's timeout;
+    a database that is down, hung or cannot be migrated is reported by the validation that
+    follows (with its fix) instead of crashing or hanging start-up here."""
+    timeout = tuned(DatabaseCheck.spec, settings.health).timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            await database.ping()
+    except Exception as exc:  # unreachable or hung: the database check says which
+        log.error(
+            "auto_migrate_skipped", reason="database not answering", error_type=type(exc).__name__
+        )
+        return
     try:
         await migrate.upgrade(database.engine)
     except Exception as exc:  # reported by the database and schema checks

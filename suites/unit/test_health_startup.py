@@ -1,0 +1,121 @@
+"""The health layer's start-up: migrations only when the database answers, the production
+rule (stop with a summary, or start degraded when allowed), the monitor switch."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from app.core.health import startup
+from app.core.health.startup import StartupBlocked, migrate_if_possible, start_health
+from app.db import migrate
+from app.db.database import Database
+from suites.unit.conftest import MakeSettings
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"timeout_seconds": 0.5}
+
+
+def unreachable_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"postgresql+asyncpg://renum:pw@127.0.0.1:{port}/renum"
+
+
+async def test_migrations_run_when_the_database_answers(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    database = Database(settings.database)
+    try:
+        await migrate_if_possible(settings, database)
+        assert await migrate.current_revision(database.engine) == migrate.head_revision()
+    finally:
+        await database.dispose()
+
+
+async def test_migrations_are_skipped_when_the_database_does_not_answer(
+    make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(database={"url": unreachable_url()}, health=FAST)
+    database = Database(settings.database)
+    try:
+        await migrate_if_possible(settings, database)  # neither raises nor hangs
+    finally:
+        await database.dispose()
+    assert "auto_migrate_skipped" in capsys.readouterr().out
+
+
+async def test_a_failing_migration_is_left_to_the_validation(
+    make_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def broken(engine: object, revision: str = "head") -> None:
+        raise RuntimeError("a migration failed")
+
+    monkeypatch.setattr(startup.migrate, "upgrade", broken)
+    settings = make_settings()
+    database = Database(settings.database)
+    try:
+        await migrate_if_possible(settings, database)
+        assert await migrate.current_revision(database.engine) is None
+    finally:
+        await database.dispose()
+    assert "auto_migrate_failed" in capsys.readouterr().out
+
+
+async def test_outside_production_a_failed_critical_dependency_starts_degraded(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(
+        database={"url": unreachable_url()},
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+        health={**FAST, "monitor": False},
+    )
+    database = Database(settings.database)
+    try:
+        monitor = await start_health(settings, database)
+        assert monitor.ready is False
+        assert monitor._tasks == []  # the monitor switch is off
+        await monitor.stop()
+    finally:
+        await database.dispose()
+
+
+async def test_production_stops_with_a_readable_summary(
+    make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(
+        environment="production",
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+    )
+    database = Database(settings.database)  # an empty database: migrations pending
+    try:
+        with pytest.raises(StartupBlocked) as blocked:
+            await start_health(settings, database)
+    finally:
+        await database.dispose()
+    message = str(blocked.value)
+    assert message.startswith("Renum cannot start: a critical dependency failed.")
+    assert "  - schema (alembic): migrations pending" in message
+    assert "    fix: renum db upgrade" in message
+    assert "RENUM_HEALTH__START_DEGRADED=true" in message
+    assert message in capsys.readouterr().err
+
+
+async def test_production_may_start_degraded(make_settings: MakeSettings) -> None:
+    settings = make_settings(
+        environment="production",
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+        health={"start_degraded": True},
+    )
+    database = Database(settings.database)
+    try:
+        monitor = await start_health(settings, database)
+        assert monitor.ready is False
+        assert len(monitor._tasks) == len(monitor.validator.checks)
+        await monitor.stop()
+    finally:
+        await database.dispose()
