@@ -544,6 +544,8 @@ class ExamplePlan:
             missing.update(set(self.needs(op)) - available)
             available.update(self.provides(op))
         external = sorted(missing, key=str.lower)
+        # Inputs no operation's links provide: their examples stop with a message saying so.
+        self.unbound = {name for name in external if name not in self.producers}
         setup_ops: list[Operation] = []
         self._resolve(external, setup_ops, set(), avoid=available | missing)
         tag = slug(ops[0].tag) if ops else ""
@@ -752,7 +754,12 @@ class ExamplePlan:
             command += " > /dev/null"
         if heredoc is not None:
             command += f"\n{heredoc}\nEOF"
-        lines = [command]
+        lines = [
+            f': "${{{name}:?no operation links to a {name.lower()}; add an OpenAPI link from '
+            'the operation that creates one}"'
+            for name in sorted(set(self.needs(op)) & self.unbound)
+        ]
+        lines.append(command)
         for name, pointer in sorted(provides.items()):
             lines.append(f"{name}=$(jq -r '{jq_path(pointer)}' response.json)")
         return "\n".join(lines)

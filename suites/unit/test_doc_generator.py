@@ -27,6 +27,7 @@ from app.core.doc_generator import (
     slug,
 )
 from app.core.health.registry import PROBES, Troubleshooting, registered_checks
+from qa.examples import ExampleValidator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
 
@@ -140,6 +141,25 @@ def test_login_form_and_linked_body_values(generator: DocumentationGenerator) ->
     assert '--data-binary @- <<EOF\n{"refresh_token": "$REFRESH_TOKEN"}\nEOF' in logout
     assert "Authorization" not in logout
     assert plan.setup == ""  # nothing on the page needs a token
+
+
+def test_an_input_no_link_provides_stops_its_example_with_a_reason() -> None:
+    operation = {
+        "operationId": "get_gadget",
+        "tags": ["gadgets"],
+        "parameters": [{"name": "gadget_id", "in": "path", "required": True, "schema": {}}],
+        "responses": {"200": {"description": "A gadget."}},
+    }
+    generator = DocumentationGenerator({"paths": {"/gadgets/{gadget_id}": {"get": operation}}})
+    example = ExamplePlan(generator, generator.operations).examples["get_gadget"]
+    assert example.splitlines()[0] == (
+        ': "${GADGET_ID:?no operation links to a gadget_id; add an OpenAPI link from the '
+        'operation that creates one}"'
+    )
+    page = f"```bash\n{example}\n```\n"
+    (outcome,) = ExampleValidator("http://127.0.0.1:9", "e", "p").run_page(page, "p.md").outcomes
+    assert not outcome.passed
+    assert "GADGET_ID: no operation links to a gadget_id" in outcome.output
 
 
 def test_non_json_responses_are_not_piped_to_jq(generator: DocumentationGenerator) -> None:
