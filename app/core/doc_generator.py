@@ -521,6 +521,8 @@ class DocumentationGenerator:
             return role if role == ROLE_ORDER[-1] else f"{role} or higher"
         if not op.secured:
             return "none (public)"
+        if "401" not in op.spec["responses"]:  # credentials are optional: they may show more
+            return "none (public); credentials may show more"
         if "403" in op.spec["responses"]:
             return "signed in; the operation checks the caller's role (403 when it is too low)"
         return "any signed-in user (viewer or higher)"

@@ -194,17 +194,20 @@ def test_roles() -> None:
                     "get": {
                         "operationId": "b",
                         "security": [{"x": []}],
-                        "responses": {"403": {"description": "no"}},
+                        "responses": {"401": {"description": "who?"}, "403": {"description": "no"}},
                     }
                 },
+                "/c": {"get": {"operationId": "c", "security": [{"x": []}], "responses": {}}},
             }
         }
     )
-    a, b = generator.operations
+    a, b, c = generator.operations
+    a.spec["responses"]["401"] = {"description": "who?"}
     assert generator.role(a) == "any signed-in user (viewer or higher)"
+    assert generator.role(c) == "none (public); credentials may show more"
     assert "checks the caller's role" in generator.role(b)
-    assert a.success is None
-    assert a.links() == {}
+    assert c.success is None
+    assert c.links() == {}
 
 
 def test_values_sampled_from_schemas(generator: DocumentationGenerator) -> None:
