@@ -9,21 +9,18 @@ execution changes only through the engine's own writes; the one outside change, 
 request, is checked in the same transaction by the guarded update that every start and every
 end goes through, so once a cancel has returned no new step starts. Every transaction leaves
 committed state from which any process resumes the execution after a crash (claim, reaper,
-steps left ``running`` run again).
+steps left ``running`` run again). The in-memory state and its changes live in ``state.py``,
+the statements in ``EngineRepository``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,11 +29,21 @@ from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import Database
-from app.models import Agent, Execution, ExecutionStatus, ProviderKey, StepStatus
+from app.models import Agent, Execution, ExecutionStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
-from app.services.engine.strategies import PlannedStep, StepInputError, StepState, decide
+from app.services.engine.state import (
+    Changes,
+    Finish,
+    Run,
+    StartedStep,
+    StepRecord,
+    StepResult,
+    budget_breach,
+    seconds_left,
+)
+from app.services.engine.strategies import StepInputError, decide
 from app.services.events import EventHub
 from app.services.providers.base import ProviderError
 
@@ -50,155 +57,6 @@ _FINISH_EVENTS = {
 }
 _UNFINISHED = (StepStatus.pending.value, StepStatus.running.value)
 
-Event = tuple[str, dict[str, Any]]
-
-
-@dataclass
-class StepRecord:
-    """One step as committed (or about to be): every field the engine writes."""
-
-    id: uuid.UUID
-    key: str
-    agent_id: uuid.UUID | None
-    status: str
-    attempts: int
-    input: str | None
-    output: str | None
-    error: str | None
-    input_tokens: int
-    output_tokens: int
-    cost_usd: Decimal
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    def state(self) -> StepState:
-        return StepState(StepStatus(self.status), self.output, self.error)
-
-    def row(self) -> dict[str, Any]:
-        """The fields ``EngineRepository.write_steps`` stores."""
-        return {
-            "step_id": self.id,
-            "status": self.status,
-            "attempts": self.attempts,
-            "input": self.input,
-            "output": self.output,
-            "error": self.error,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cost_usd": self.cost_usd,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
-
-
-@dataclass
-class Run:
-    """What the engine holds of an execution it owns, as of its last commit."""
-
-    id: uuid.UUID
-    account_id: uuid.UUID
-    team_id: uuid.UUID
-    created_by: uuid.UUID | None
-    workflow: WorkflowDefinition
-    prompt: str
-    variables: dict[str, Any]
-    budget: dict[str, Any]
-    started_at: datetime | None
-    input_tokens: int
-    output_tokens: int
-    cost_usd: Decimal
-    steps: dict[str, StepRecord]
-    context: dict[str, Any]
-    versions: dict[str, int]
-    # The agents of the workflow and their keys, as they were when the execution was claimed.
-    agents: dict[str, Agent]
-    keys: dict[uuid.UUID, ProviderKey]
-    finished: bool = False
-
-    @property
-    def fail_fast(self) -> bool:
-        return self.workflow.strategy == "parallel" and self.workflow.failure_policy == "fail_fast"
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """How one step ended: an outcome, an error, or an interruption."""
-
-    key: str
-    outcome: AgentOutcome | None = None
-    error: str | None = None
-    failure: dict[str, Any] | None = None
-    interrupted: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome is None and self.interrupted is None
-
-
-@dataclass(frozen=True)
-class StartedStep:
-    """A step committed as running, with what its agent call needs."""
-
-    planned: PlannedStep
-    agent: Agent | None
-    key: ProviderKey | None
-    context: Mapping[str, Any]
-    variables: Mapping[str, Any]
-    seconds: float | None  # what the time budget leaves it
-
-
-@dataclass(frozen=True)
-class Finish:
-    status: ExecutionStatus
-    reason: str
-    result: Any = None
-    error: str | None = None
-
-
-@dataclass
-class Changes:
-    """One transaction's writes over a ``Run``; applied to it once committed."""
-
-    run: Run
-    steps: dict[str, StepRecord] = field(default_factory=dict)
-    context: dict[str, Any] | None = None  # the whole context after this transaction's writes
-    versions: dict[str, int] = field(default_factory=dict)
-    context_rows: list[dict[str, Any]] = field(default_factory=list)
-    ledger_rows: list[dict[str, Any]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    tokens: tuple[int, int, Decimal] = (0, 0, Decimal(0))
-    starting: list[PlannedStep] = field(default_factory=list)
-    started: list[StartedStep] = field(default_factory=list)
-    finish: Finish | None = None
-
-    def step(self, key: str) -> StepRecord:
-        """The step as this transaction leaves it (a copy, changed freely)."""
-        if key not in self.steps:
-            self.steps[key] = dataclasses.replace(self.run.steps[key])
-        return self.steps[key]
-
-    def states(self) -> dict[str, StepState]:
-        return {key: self.steps.get(key, step).state() for key, step in self.run.steps.items()}
-
-    @property
-    def current_context(self) -> Mapping[str, Any]:
-        return self.run.context if self.context is None else self.context
-
-    @property
-    def totals(self) -> tuple[int, int, Decimal]:
-        tokens_in, tokens_out, cost = self.tokens
-        run = self.run
-        return run.input_tokens + tokens_in, run.output_tokens + tokens_out, run.cost_usd + cost
-
-    def apply(self) -> None:
-        run = self.run
-        run.steps.update(self.steps)
-        if self.context is not None:
-            run.context = self.context
-        run.versions.update(self.versions)
-        run.input_tokens, run.output_tokens, run.cost_usd = self.totals
-        run.finished = self.finish is not None
-
 
 class StepInterrupted(Exception):
     """A step's agent call was abandoned: an immediate cancel, or the time budget ran out."""
@@ -211,32 +69,6 @@ class StepInterrupted(Exception):
 class ExecutionLost(Exception):
     """The execution is no longer this process's to drive (deleted, or claimed by another
     process after our heartbeat went stale); nothing of the transaction is kept."""
-
-
-def budget_breach(
-    budget: Mapping[str, Any],
-    totals: tuple[int, int, Decimal],
-    started_at: datetime | None,
-) -> Finish | None:
-    """Whether the execution has used up its budget; checked before anything new starts."""
-    tokens_in, tokens_out, cost = totals
-    max_tokens = budget.get("max_tokens")
-    if max_tokens is not None and tokens_in + tokens_out >= max_tokens:
-        return Finish(ExecutionStatus.cancelled, "budget_exceeded")
-    max_cost = budget.get("max_cost_usd")
-    if max_cost is not None and Decimal(cost) >= Decimal(str(max_cost)):
-        return Finish(ExecutionStatus.cancelled, "budget_exceeded")
-    left = seconds_left(budget, started_at)
-    if left is not None and left <= 0:
-        return Finish(ExecutionStatus.timed_out, "timed_out")
-    return None
-
-
-def seconds_left(budget: Mapping[str, Any], started_at: datetime | None) -> float | None:
-    max_seconds = budget.get("max_seconds")
-    if max_seconds is None or started_at is None:
-        return None
-    return (started_at + timedelta(seconds=max_seconds) - utcnow()).total_seconds()
 
 
 class ExecutionEngine:
