@@ -250,7 +250,8 @@ class DocumentationGenerator:
             "The examples on this page run in order (later ones use ids that earlier ones "
             "keep in shell variables). They read `RENUM_URL`, `RENUM_EMAIL` and "
             "`RENUM_PASSWORD`; see [Getting started](../getting-started.md). They use `curl` "
-            "and `jq`.",
+            "and `jq`, and create, change and delete real objects: run them against a "
+            "development backend.",
             "",
             "| Operation | Method | Path |",
             "| --- | --- | --- |",
