@@ -80,6 +80,8 @@ class Block:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How one runnable block went: its output, and why it failed if it did."""
+
     block: Block
     passed: bool
     output: str
@@ -95,6 +97,8 @@ class Outcome:
 
 @dataclass
 class Report:
+    """Every block run (passed or failed) and every block marked not run."""
+
     outcomes: list[Outcome] = field(default_factory=list)
     not_run: list[Block] = field(default_factory=list)
 
