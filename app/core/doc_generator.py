@@ -73,9 +73,18 @@ def slug(text: str) -> str:
     return re.sub(r"[\s_-]+", "-", text)
 
 
+CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
+
+
 def cell(text: object) -> str:
-    """Text that is safe inside a Markdown table cell (one line, pipes escaped)."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text that is safe inside a Markdown table cell: one line, pipes escaped outside code
+    spans (a code span keeps its pipes: the table extension does not split inside one)."""
+    line = " ".join(str(text).split())
+    parts, last = [], 0
+    for span in CODE_SPAN.finditer(line):
+        parts += [line[last : span.start()].replace("|", "\\|"), span.group(0)]
+        last = span.end()
+    return "".join([*parts, line[last:].replace("|", "\\|")])
 
 
 def code(value: object) -> str:
