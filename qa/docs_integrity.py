@@ -4,6 +4,7 @@
   its operation id as anchor) with at least one example block;
 - ``undocumented_settings``: every setting's environment variable is in the configuration
   reference;
+- ``undocumented_sessions``: every nox session is in the harness guide;
 - ``stale_pages``: the reference pages on disk equal what the generator makes now;
 - ``uncommitted_pages``: the reference pages equal their committed versions (so CI, which
   regenerates them, fails when a change to the API or settings was committed without them);
@@ -17,6 +18,7 @@ Command line: ``python -m qa.docs_integrity`` runs them all on this repository.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -86,6 +88,39 @@ def undocumented_settings(model: type[BaseModel], page: Path) -> list[str]:
         f"setting {row.path} ({row.env}) is missing from {page}"
         for row in settings_rows(model)
         if f"`{row.env}`" not in text
+    ]
+
+
+def nox_sessions(noxfile: Path) -> list[str]:
+    """The names of the sessions a noxfile defines (functions decorated with ``nox.session``)."""
+    tree = ast.parse(noxfile.read_text(encoding="utf-8"))
+    names = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            call = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if isinstance(call, ast.Attribute) and call.attr == "session":
+                keywords = decorator.keywords if isinstance(decorator, ast.Call) else []
+                name = next(
+                    (
+                        k.value.value
+                        for k in keywords
+                        if k.arg == "name" and isinstance(k.value, ast.Constant)
+                    ),
+                    node.name,
+                )
+                names.append(str(name))
+    return names
+
+
+def undocumented_sessions(noxfile: Path, page: Path) -> list[str]:
+    """Sessions the harness guide does not name (as `` `name` ``)."""
+    text = page.read_text(encoding="utf-8")
+    return [
+        f"nox session {name!r} is not described in {page}"
+        for name in nox_sessions(noxfile)
+        if f"`{name}`" not in text
     ]
 
 
@@ -185,6 +220,7 @@ def main() -> int:
     problems = [
         *undocumented_operations(generator.schema, REFERENCE_DIR),
         *undocumented_settings(Settings, REFERENCE_DIR / CONFIGURATION_PAGE),
+        *undocumented_sessions(REPO_ROOT / "noxfile.py", REPO_ROOT / "docs" / "harness.md"),
         *stale_pages(generator, REFERENCE_DIR),
         *uncommitted_pages(REFERENCE_DIR),
         *build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"),

@@ -41,6 +41,10 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     _fail_on(docs_integrity.undocumented_settings(Settings, REFERENCE / "configuration.md"))
 
 
+def test_every_nox_session_is_in_the_harness_guide() -> None:
+    _fail_on(docs_integrity.undocumented_sessions(REPO_ROOT / "noxfile.py", DOCS / "harness.md"))
+
+
 def test_site_builds_strictly() -> None:
     _fail_on(docs_integrity.build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"))
     assert (REPO_ROOT / "site" / "reference" / "index.html").exists()

@@ -83,6 +83,24 @@ def test_a_setting_missing_from_the_configuration_reference(tmp_path: Path) -> N
     assert docs_integrity.undocumented_settings(Small, page) == []
 
 
+def test_a_session_missing_from_the_harness_guide(tmp_path: Path) -> None:
+    noxfile = tmp_path / "noxfile.py"
+    noxfile.write_text(
+        "import nox\n\n\n"
+        "@nox.session\ndef lint(session): ...\n\n\n"
+        "@nox.session(name='load-smoke')\ndef load_smoke(session): ...\n\n\n"
+        "@nox.session(python=False)\ndef docs(session): ...\n\n\n"
+        "def helper(): ...\n",
+        encoding="utf-8",
+    )
+    assert docs_integrity.nox_sessions(noxfile) == ["lint", "load-smoke", "docs"]
+    page = tmp_path / "harness.md"
+    page.write_text("| `lint` | ruff |\n| `docs` | the site |\n", encoding="utf-8")
+    assert docs_integrity.undocumented_sessions(noxfile, page) == [
+        f"nox session 'load-smoke' is not described in {page}"
+    ]
+
+
 def test_stale_missing_and_lingering_pages(
     generator: DocumentationGenerator, reference: Path
 ) -> None:
@@ -192,6 +210,7 @@ def test_command_line_prints_each_problem(
     monkeypatch.setattr(docs_integrity, "build_problems", lambda _c, _s: [])
     monkeypatch.setattr(docs_integrity, "stale_pages", lambda _g, _d: [])
     monkeypatch.setattr(docs_integrity, "external_assets", lambda _s: [])
+    monkeypatch.setattr(docs_integrity, "undocumented_sessions", lambda _n, _p: [])
     assert docs_integrity.main() == 1
     assert capsys.readouterr().out.endswith("a page differs\ndocs integrity: 1 problems\n")
     monkeypatch.setattr(docs_integrity, "uncommitted_pages", lambda _d: [])
