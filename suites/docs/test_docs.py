@@ -3,6 +3,7 @@ every operation and setting is documented, the site builds strictly, every examp
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,14 @@ def test_site_builds_strictly() -> None:
     _fail_on(docs_integrity.build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"))
     assert (REPO_ROOT / "site" / "reference" / "index.html").exists()
     _fail_on(docs_integrity.external_assets(REPO_ROOT / "site"))
+
+
+def test_the_examples_tools_are_installed() -> None:
+    missing = [tool for tool in ("bash", "curl", "jq") if shutil.which(tool) is None]
+    assert not missing, (
+        f"the docs' shell examples need {', '.join(missing)}: install them "
+        f"(Debian: apt-get install {' '.join(missing)})"
+    )
 
 
 @pytest.mark.target_ok
