@@ -191,12 +191,13 @@ class FaultProxy:
                 await self._flowing.wait()
                 if self.latency:
                     await asyncio.sleep(self.latency)
-                writer.write(data)
-                await writer.drain()
+                # Counted before sending, so a peer that got the bytes sees them counted.
                 if upstream:
                     self.bytes_up += len(data)
                 else:
                     self.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
         finally:
             with contextlib.suppress(OSError, RuntimeError):
                 writer.close()

@@ -255,7 +255,7 @@ class DependencyValidator:
             outcomes = [self._failure(spec, f"the check raised {type(exc).__name__}: {exc}")]
         latency = round((time.perf_counter() - start) * 1000, 2)
         moment = now_utc()
-        return [self._entry(spec, outcome, latency, moment) for outcome in outcomes]
+        return [make_entry(spec, outcome, latency, moment) for outcome in outcomes]
 
     async def validate(self) -> ValidationReport:
         """Every check at once; the report lists entries in registry order."""
@@ -267,24 +267,25 @@ class DependencyValidator:
         fix = spec.troubleshooting.fix if spec.troubleshooting else None
         return CheckOutcome(component_id=spec.name, status=Status.fail, message=message, fix=fix)
 
-    @staticmethod
-    def _entry(
-        spec: CheckSpec, outcome: CheckOutcome, latency: float, moment: datetime
-    ) -> DependencyEntry:
-        affected = outcome.affected_endpoints
-        return DependencyEntry(
-            check=spec.name,
-            component_id=outcome.component_id,
-            kind=spec.kind,
-            critical=spec.critical if outcome.critical is None else outcome.critical,
-            measurement=spec.measurement,
-            status=outcome.status,
-            message=outcome.message,
-            time=moment,
-            observed_value=outcome.observed_value,
-            observed_unit=outcome.observed_unit,
-            latency_ms=latency,
-            fix=outcome.fix,
-            docs_link=spec.troubleshooting.docs_link if spec.troubleshooting else None,
-            affected_endpoints=list(spec.affected_endpoints if affected is None else affected),
-        )
+
+def make_entry(
+    spec: CheckSpec, outcome: CheckOutcome, latency: float | None, moment: datetime
+) -> DependencyEntry:
+    """A report entry from a check's outcome and its (tuned) spec."""
+    affected = outcome.affected_endpoints
+    return DependencyEntry(
+        check=spec.name,
+        component_id=outcome.component_id,
+        kind=spec.kind,
+        critical=spec.critical if outcome.critical is None else outcome.critical,
+        measurement=spec.measurement,
+        status=outcome.status,
+        message=outcome.message,
+        time=moment,
+        observed_value=outcome.observed_value,
+        observed_unit=outcome.observed_unit,
+        latency_ms=latency,
+        fix=outcome.fix,
+        docs_link=spec.troubleshooting.docs_link if spec.troubleshooting else None,
+        affected_endpoints=list(spec.affected_endpoints if affected is None else affected),
+    )

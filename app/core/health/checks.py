@@ -243,9 +243,7 @@ def _sqlstate(exc: BaseException) -> str | None:
     """The PostgreSQL SQLSTATE of an error, looking through SQLAlchemy's and the driver's
     wrappers."""
     seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
+    while seen is not None:
         code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
         if code:
             return str(code)

@@ -19,9 +19,10 @@ from app.core.dependency_validator import (
     DependencyEntry,
     DependencyValidator,
     ValidationReport,
+    make_entry,
     now_utc,
 )
-from app.core.health.registry import CheckSpec, HealthCheck, Status
+from app.core.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status
 from app.core.logging import get_logger
 
 log = get_logger("app.health")
@@ -151,13 +152,14 @@ class HealthMonitor:
 
     @staticmethod
     def _stale(state: CheckState, age: float) -> list[DependencyEntry]:
-        message = (
-            f"no fresh result for {age:.0f}s (TTL {state.spec.ttl_seconds:g}s): "
-            "the check is not completing"
+        """One failing entry for a check whose latest result is older than its TTL."""
+        spec = state.spec
+        outcome = CheckOutcome(
+            component_id=spec.name,
+            status=Status.fail,
+            message=f"no fresh result for {age:.0f}s (TTL {spec.ttl_seconds:g}s): the check is "
+            "not completing",
+            fix="Restart the process if this persists; the check's own troubleshooting entry "
+            "explains the dependency.",
         )
-        if not state.entries:
-            return []
-        return [
-            replace(entry, status=Status.fail, message=message, fix="Restart the process.")
-            for entry in state.entries[:1]
-        ]
+        return [make_entry(spec, outcome, None, now_utc())]
