@@ -184,6 +184,12 @@ def make_accounts(admin: ApiClient, count: int) -> list[dict[str, str]]:
     return made
 
 
+def locust_mode(options: Options) -> str:
+    if not options.workers and not options.remote_workers:
+        return "Locust standalone"
+    return f"Locust master with {options.workers} local and {options.remote_workers} remote workers"
+
+
 def locust_env(extra: dict[str, str]) -> dict[str, str]:
     """Locust's environment: not measured by coverage (a traced load generator is a slow one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
@@ -372,8 +378,7 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
             env["RENUM_LOAD_RUN_TIME"] = str(options.run_time)
         print(
             f"load test: profile {profile.name}, peak {profile.peak_users} users, "
-            f"{profile.duration:.0f} s, {options.workers or 'no'} local and "
-            f"{options.remote_workers or 'no'} remote workers, against {described}",
+            f"{profile.duration:.0f} s, {locust_mode(options)}, against {described}",
             flush=True,
         )
         sampler.start()

@@ -226,7 +226,14 @@ def test_remote_workers_make_the_master_listen_on_every_interface(tmp_path: Path
     assert (options.workers, options.remote_workers, options.master_port) == (1, 3, 6000)
     main, workers = runner.locust_commands(options, "https://staging", tmp_path, 6000)
     assert main[main.index("--expect-workers") + 1] == "4"
-    assert main[main.index("--master-bind-host") + 1] == "0.0.0.0"
+    assert main[main.index("--master-bind-host") + 1] == "0.0.0.0"  # noqa: S104
     assert main[main.index("--expect-workers-max-wait") + 1] == "600"
     assert len(workers) == 1  # the others are started on their own machines
     assert runner.parse_args(["--workers", "2"]).master_port is None  # a free local port
+
+
+def test_the_run_says_how_locust_runs() -> None:
+    assert runner.locust_mode(runner.Options()) == "Locust standalone"
+    assert runner.locust_mode(runner.Options(workers=2, remote_workers=1)) == (
+        "Locust master with 2 local and 1 remote workers"
+    )
