@@ -1,4 +1,4 @@
-"""The ``spike`` profile: A calm load, a sudden burst of four times as many users, and the recovery.
+"""The ``spike`` profile: A calm load, a sudden burst of five times as many users, and the recovery.
 
 Run with ``locust -f load/locustfile.py,load/profiles/spike.py`` (see ``qa.load.profiles``)."""
 

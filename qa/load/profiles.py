@@ -87,7 +87,7 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "spike",
-            "A calm load, a sudden burst of four times as many users, and the recovery.",
+            "A calm load, a sudden burst of five times as many users, and the recovery.",
             (Stage(60, 6, 1.0), Stage(45, 30, 15.0), Stage(75, 6, 5.0)),
         ),
     )
