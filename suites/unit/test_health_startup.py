@@ -3,7 +3,10 @@ rule (stop with a summary, or start degraded when allowed), the monitor switch."
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +14,7 @@ from app.core.health import startup
 from app.core.health.startup import StartupBlocked, migrate_if_possible, start_health
 from app.db import migrate
 from app.db.database import Database
+from qa.launcher import REPO_ROOT
 from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +123,44 @@ async def test_production_may_start_degraded(make_settings: MakeSettings) -> Non
         await monitor.stop()
     finally:
         await database.dispose()
+
+
+def test_importing_and_creating_the_app_imports_no_optional_integration() -> None:
+    code = (
+        "import sys\n"
+        "from app.main import create_app\n"
+        "import app.cli\n"
+        "create_app()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))\n"
+    )
+    result = subprocess.run(  # noqa: S603 - this interpreter, fixed code
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
+
+
+async def test_without_the_redis_package_only_its_feature_is_disabled(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    settings = make_settings(
+        redis_url="redis://127.0.0.1:6379/0",
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+        health={"monitor": False},
+    )
+    database = Database(settings.database)
+    try:
+        await migrate_if_possible(settings, database)
+        monitor = await start_health(settings, database)
+    finally:
+        await database.dispose()
+    assert monitor.ready is True
+    [redis] = [e for e in monitor.snapshot().entries if e.check == "redis"]
+    assert redis.status.value == "warn"
+    assert redis.fix == 'python -m pip install "renum[redis]"'
