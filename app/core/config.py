@@ -134,7 +134,10 @@ class CheckTuning(BaseModel):
         default=None, gt=0, le=600, description="Longest a run may take before it fails."
     )
     ttl_seconds: float | None = Field(
-        default=None, gt=0, le=604_800, description="A result older than this counts as failed."
+        default=None,
+        gt=0,
+        le=604_800,
+        description="A result older than this counts as failed (at least interval + timeout).",
     )
     failure_threshold: int | None = Field(
         default=None, ge=1, le=100, description="Consecutive failures before the check fails."

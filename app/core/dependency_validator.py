@@ -207,7 +207,9 @@ class ValidationReport:
 
 
 def tuned(spec: CheckSpec, settings: HealthSettings) -> CheckSpec:
-    """The spec with the settings' overrides applied: per-check values beat global ones."""
+    """The spec with the settings' overrides applied: per-check values beat global ones. The
+    TTL is kept at least one interval plus one timeout, or every result would expire before
+    the next run could replace it."""
     changes: dict[str, Any] = {}
     for source in (settings, settings.checks.get(spec.name)):
         if source is None:
@@ -216,7 +218,11 @@ def tuned(spec: CheckSpec, settings: HealthSettings) -> CheckSpec:
             value = getattr(source, name)
             if value is not None:
                 changes[name] = value
-    return replace(spec, **changes) if changes else spec
+    if not changes:
+        return spec
+    result = replace(spec, **changes)
+    shortest_ttl = result.interval_seconds + result.timeout_seconds
+    return replace(result, ttl_seconds=max(result.ttl_seconds, shortest_ttl))
 
 
 class DependencyValidator:

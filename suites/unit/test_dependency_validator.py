@@ -329,3 +329,11 @@ def test_tuning_per_check_beats_global_and_unset_keeps_the_default(
     assert changed.failure_threshold == 7
     assert changed.timeout_seconds == base.timeout_seconds
     assert tuned(base, make_settings().health) is base
+
+
+def test_tuning_keeps_the_ttl_at_least_one_interval_and_timeout(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(health={"interval_seconds": 600, "ttl_seconds": 5})
+    changed = tuned(PackagesCheck.spec, settings.health)
+    assert changed.ttl_seconds == 600 + PackagesCheck.spec.timeout_seconds
