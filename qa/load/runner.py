@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from qa import launcher
 from qa.client import API, ApiClient
 from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
@@ -344,9 +346,6 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
     config = load_config(options.thresholds, options.profile)
     reference = baselines.load(options.compare) if options.compare else None
     reports = options.reports
-    reports.mkdir(parents=True, exist_ok=True)
-    for stale in reports.glob("locust*"):
-        stale.unlink()
     with contextlib.ExitStack() as stack:
         secrets_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="renum-load-")))
         if options.target:
@@ -381,6 +380,9 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
             f"{profile.duration:.0f} s, {locust_mode(options)}, against {described}",
             flush=True,
         )
+        reports.mkdir(parents=True, exist_ok=True)
+        for stale in reports.glob("locust*"):  # a failed run must not show the last one's
+            stale.unlink()
         sampler.start()
         started_at = time.monotonic()
         try:
@@ -420,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     try:
         outcome = run(options)
-    except (LoadError, ValueError, launcher.BackendFailed, OSError) as exc:
+    # AssertionError: the harness's API client refusing an answer (a wrong admin password)
+    except (LoadError, ValueError, OSError, AssertionError, httpx.HTTPError) as exc:
         print(f"load test could not run: {exc}", file=sys.stderr)
         return 2
     print(outcome.report)
