@@ -592,3 +592,65 @@ async def test_an_immediate_cancel_landing_just_after_a_start_keeps_the_agent_fr
         "step_cancelled:s0",
         "execution_cancelled",
     ]
+
+
+async def test_a_step_past_the_time_budget_is_stopped_and_the_execution_times_out(
+    world: World,
+) -> None:
+    execution_id = await world.start(await world.team("sequential", 2), max_seconds=0.5)
+
+    async def slow(agent: str) -> None:
+        await asyncio.sleep(10)
+
+    world.caller.hook = slow
+    await asyncio.wait_for(world.engine.run(execution_id, asyncio.Event()), timeout=5)
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("timed_out", "timed_out")
+    assert steps["s0"].error == "interrupted: timed_out"
+    assert steps["s1"].started_at is None
+    assert _types(events)[-2:] == ["step_cancelled:s0", "execution_cancelled"]
+
+
+async def test_an_unexpected_agent_error_leaves_the_execution_to_the_reaper(
+    world: World,
+) -> None:
+    """Not a provider's error (those fail the step): the drive stops, the execution stays
+    claimed and running, and the reaper resumes it once the heartbeat is stale."""
+    execution_id = await world.start(await world.team("sequential", 2))
+
+    async def broken(agent: str) -> None:
+        raise TimeoutError("a bug, not a budget")
+
+    world.caller.hook = broken
+    with pytest.raises(TimeoutError, match="a bug"):
+        await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner) == ("running", "this-process")
+    assert steps["s0"].status == "running"
+
+
+async def test_a_drive_cancelled_with_its_process_leaves_steps_to_run_again(
+    world: World,
+) -> None:
+    execution_id = await world.start(await world.team("parallel", 2))
+    started = asyncio.Event()
+
+    async def hang(agent: str) -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    world.caller.hook = hang
+    drive = asyncio.create_task(world.engine.run(execution_id, asyncio.Event()))
+    await asyncio.wait_for(started.wait(), timeout=5)
+    drive.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drive
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "running"
+    assert {s.status for s in steps.values()} == {"running"}

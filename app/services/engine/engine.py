@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -29,10 +30,10 @@ from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import Database
-from app.models import Agent, Execution, ExecutionStatus, StepStatus
+from app.models import Execution, ExecutionStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
-from app.services.engine.agent_calls import AgentCaller, AgentOutcome
+from app.services.engine.agent_calls import AgentCaller
 from app.services.engine.state import (
     Changes,
     Finish,
@@ -58,12 +59,19 @@ _FINISH_EVENTS = {
 _UNFINISHED = (StepStatus.pending.value, StepStatus.running.value)
 
 
-class StepInterrupted(Exception):
-    """A step's agent call was abandoned: an immediate cancel, or the time budget ran out."""
+@dataclass(frozen=True)
+class _Stop:
+    """What stops a drive's running steps: an interrupt (an immediate cancel) or, under
+    fail_fast, another step's failure."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    interrupt: asyncio.Event
+    abort: asyncio.Event
+
+    @property
+    def reason(self) -> str | None:
+        if self.interrupt.is_set():
+            return "cancelled"
+        return "another step failed" if self.abort.is_set() else None
 
 
 class ExecutionLost(Exception):
@@ -413,19 +421,32 @@ class ExecutionEngine:
     async def _drive(self, run: Run, first: list[StartedStep], interrupt: asyncio.Event) -> None:
         """Run the started steps and commit their results, until the execution ends. Results
         that land together are committed together (one transaction, each step's rows and
-        events as if alone); each commit starts whatever follows."""
-        abort = asyncio.Event()  # under fail_fast, the first failure stops the other steps
+        events as if alone); each commit starts whatever follows. An interrupt (an immediate
+        cancel) or, under fail_fast, a failure stops the running steps."""
+        abort = asyncio.Event()
+        stop = _Stop(interrupt, abort)
+        watchers = {asyncio.ensure_future(interrupt.wait()), asyncio.ensure_future(abort.wait())}
         running: set[asyncio.Task[StepResult]] = set()
 
         def launch(steps: list[StartedStep]) -> None:
             for step in steps:
-                running.add(asyncio.create_task(self._run_step(step, interrupt, abort)))
+                running.add(asyncio.create_task(self._run_step(step, stop)))
 
         launch(first)
         try:
             while running:
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                results = [task.result() for task in done]
+                done, _ = await asyncio.wait(
+                    running | watchers, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done & watchers:
+                    watchers -= done
+                    for task in running - done:
+                        task.cancel()
+                landed = done & running
+                if not landed:
+                    continue
+                running -= landed
+                results = [task.result() for task in landed]
                 try:
                     changes = await self.db.run_transaction(partial(self._commit, run, results))
                 except ExecutionLost:
@@ -441,71 +462,39 @@ class ExecutionEngine:
                     abort.set()
                 launch(changes.started)
         finally:
-            for task in running:
+            for task in (*running, *watchers):
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*running, *watchers, return_exceptions=True)
 
-    async def _run_step(
-        self, step: StartedStep, interrupt: asyncio.Event, abort: asyncio.Event
-    ) -> StepResult:
-        """Run one started step's agent; how it ended, to be committed."""
+    async def _run_step(self, step: StartedStep, stop: _Stop) -> StepResult:
+        """Run one started step's agent (within what the time budget leaves); how it ended,
+        to be committed. Cancelled by the drive when the running steps are stopped."""
         key = step.planned.key
-        if interrupt.is_set() or abort.is_set():
-            return StepResult(
-                key, interrupted="cancelled" if interrupt.is_set() else "another step failed"
-            )
+        if stop.reason is not None:
+            return StepResult(key, interrupted=stop.reason)
         if step.agent is None:
             return StepResult(key, error="the agent no longer exists")
-        return await self._call(step, step.agent, interrupt, abort)
-
-    async def _call(
-        self,
-        step: StartedStep,
-        agent: Agent,
-        interrupt: asyncio.Event,
-        abort: asyncio.Event,
-    ) -> StepResult:
-        key = step.planned.key
-        call = asyncio.ensure_future(
-            self.caller.call(
-                agent,
-                step.key,
-                step_input=step.planned.input,
-                context=step.context,
-                variables=step.variables,
-            )
-        )
+        deadline = asyncio.timeout(step.seconds)
         try:
-            outcome = await self._race(call, interrupt, abort, step.seconds)
-        except StepInterrupted as stop:
+            async with deadline:
+                outcome = await self.caller.call(
+                    step.agent,
+                    step.key,
+                    step_input=step.planned.input,
+                    context=step.context,
+                    variables=step.variables,
+                )
+        except asyncio.CancelledError:
+            if stop.reason is None:
+                raise  # the drive itself is being cancelled
             return StepResult(key, interrupted=stop.reason)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            return StepResult(key, interrupted="timed_out")
         except ProviderError as exc:
             return StepResult(key, error=f"{exc.kind}: {exc.message}", failure=exc.to_dict())
         return StepResult(key, outcome=outcome)
-
-    @staticmethod
-    async def _race(
-        call: asyncio.Future[AgentOutcome],
-        interrupt: asyncio.Event,
-        abort: asyncio.Event,
-        seconds: float | None,
-    ) -> AgentOutcome:
-        stops = [asyncio.ensure_future(interrupt.wait()), asyncio.ensure_future(abort.wait())]
-        try:
-            done, _ = await asyncio.wait(
-                {call, *stops}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for stop in stops:
-                stop.cancel()
-        if call in done:
-            return call.result()
-        call.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await call
-        if interrupt.is_set():
-            raise StepInterrupted("cancelled")
-        raise StepInterrupted("another step failed" if abort.is_set() else "timed_out")
 
     @staticmethod
     def _finished(execution_id: uuid.UUID, finish: Finish) -> None:
