@@ -96,7 +96,15 @@ class World:
     caller: _Caller
     engine: ExecutionEngine
 
-    async def team(self, strategy: str, size: int, **workflow: Any) -> uuid.UUID:
+    async def team(
+        self,
+        strategy: str,
+        size: int,
+        steps: dict[int, dict[str, Any]] | None = None,
+        **workflow: Any,
+    ) -> uuid.UUID:
+        """A team of the first ``size`` agents, step ``n`` with the fields ``steps[n]``."""
+        extra = steps or {}
         async with self.database.session() as session:
             team = Team(
                 account_id=self.principal.account_id,
@@ -105,7 +113,7 @@ class World:
                 workflow={
                     "strategy": strategy,
                     "steps": [
-                        {"id": f"s{n}", "agent_id": str(agent.id)}
+                        {"id": f"s{n}", "agent_id": str(agent.id), **extra.get(n, {})}
                         for n, agent in enumerate(self.agents[:size])
                     ],
                     **workflow,
@@ -654,3 +662,63 @@ async def test_a_drive_cancelled_with_its_process_leaves_steps_to_run_again(
     assert execution is not None
     assert execution.status == "running"
     assert {s.status for s in steps.values()} == {"running"}
+
+
+async def test_skips_and_a_failing_input_template_are_decided_in_the_same_transaction(
+    world: World,
+) -> None:
+    """After s0, s1's guard is false (skipped) and s2's input template fails (failed): both
+    are committed with s0's result, and the execution ends failed without another start."""
+    team = await world.team(
+        "conditional",
+        3,
+        steps={
+            1: {"when": {"path": "missing", "op": "exists"}},
+            2: {"input_template": "{{ undefined_name }}"},
+        },
+    )
+    execution_id = await world.start(team)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "failed"
+    assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed", "skipped", "failed"]
+    assert steps["s2"].started_at is None
+    assert _types(events) == [
+        "execution_started",
+        "step_started:s0",
+        "step_completed:s0",
+        "step_skipped:s1",
+        "step_failed:s2",
+        "execution_failed",
+    ]
+    assert len(world.caller.calls) == 1
+
+
+async def test_a_budget_spent_while_a_step_runs_waits_for_it_then_ends(world: World) -> None:
+    execution_id = await world.start(
+        await world.team("parallel", 4, max_concurrency=2), max_tokens=5
+    )
+    world.caller.tokens = (3, 0)
+
+    async def slow_a1(agent: str) -> None:
+        if agent == "a1":
+            await asyncio.sleep(0.3)
+
+    world.caller.hook = slow_a1
+    await world.engine.run(execution_id, asyncio.Event())
+
+    # s0 lands (3 tokens) and frees a slot for s2, which lands too (6): the budget is spent
+    # while s1 still runs, so nothing more starts and the end waits for s1.
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("cancelled", "budget_exceeded")
+    assert [steps[k].status for k in ("s0", "s1", "s2", "s3")] == [
+        "completed",
+        "completed",
+        "completed",
+        "cancelled",
+    ]
+    assert execution.input_tokens == 9
+    assert _types(events)[-2:] == ["cost_updated:s1", "execution_cancelled"]
