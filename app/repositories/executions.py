@@ -3,7 +3,7 @@
 
 ``ExecutionRepository`` serves the API on an async session; ``EngineRepository`` holds the
 statements the engine runs inside its own short transactions (SQLAlchemy Core on a synchronous
-session, batched), so that one step costs a handful of statements."""
+connection, built once, batched), so that one step costs a handful of statements."""
 
 from __future__ import annotations
 
@@ -397,7 +397,8 @@ class EngineRepository:
         return self.conn.execute(_control, {"execution_id": execution_id}).one_or_none()
 
     def write_steps(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Store steps' state: each row has ``step_id`` and every field of ``_STEP_FIELDS``."""
+        """Store steps' state: each row has ``step_id`` and every field of ``_STEP_FIELDS``
+        (bound as ``field_``: an UPDATE reserves its columns' own names)."""
         if rows:
             params = [{f"{k}_" if k != "step_id" else k: v for k, v in r.items()} for r in rows]
             self.conn.execute(_write_steps, params)
