@@ -4,9 +4,12 @@
 comparison looks at every scope of the baseline (overall and each route group) and rates each
 metric ``better``, ``within`` (tolerance) or ``regression``; a scope the new run lacks is
 ``missing``, which fails like a regression. Latencies (p95, p99) regress when they grow by more
-than their relative tolerance *and* by more than ``latency_floor_ms`` (a 2 ms route turning
-3 ms is noise, not a regression); throughput regresses when it drops by more than its
-tolerance; the failure ratio when it grows by more than its absolute tolerance.
+than their relative tolerance *and* by more than ``latency_floor_ms`` (a 5 ms route turning
+15 ms is scheduling noise on a busy machine, not a regression); throughput regresses when it
+drops by more than its tolerance; the failure ratio when it grows by more than its absolute
+tolerance. A group the baseline saw fewer than ``min_requests`` times (a probe scraped twenty
+times in a run) is judged on its failure ratio only: its percentiles and rate are shown but
+rated ``too few to judge``, since a handful of requests says nothing about them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from qa.load.results import Summary
 from qa.load.thresholds import Tolerances
 
 BETTER, WITHIN, REGRESSION, MISSING = "better", "within", "regression", "missing"
+FEW = "too few to judge"
 FORMAT = 1
 
 
@@ -113,14 +117,22 @@ def compare(baseline: Summary, current: Summary, tolerances: Tolerances) -> list
                 scope, "p99_ms", base["p99_ms"], now["p99_ms"], tolerances.p99_increase, floor
             ),
             _throughput(scope, base["rps"], now["rps"], tolerances.rps_decrease),
+        ]
+        if base.get("requests", 0) < tolerances.min_requests:
+            deltas[-3:] = [_few(d) for d in deltas[-3:]]
+        deltas.append(
             _failures(
                 scope,
                 base["failure_ratio"],
                 now["failure_ratio"],
                 tolerances.failure_ratio_increase,
-            ),
-        ]
+            )
+        )
     return deltas
+
+
+def _few(delta: Delta) -> Delta:
+    return Delta(delta.scope, delta.metric, delta.baseline, delta.current, delta.allowed, FEW)
 
 
 def regressed(deltas: list[Delta]) -> bool:

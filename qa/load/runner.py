@@ -92,6 +92,7 @@ class Outcome:
     deltas: list[baselines.Delta]
     samples: list[resources.Sample]
     report: str
+    saved: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -413,8 +414,9 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
             comparison += "\n\nNot strictly comparable: " + "; ".join(notes)
     outcome = Outcome(summary, checks, deltas, samples, render(summary, checks, comparison))
     write_reports(outcome, reports, str(options.compare) if reference else None)
-    if options.save_baseline is not None:
-        baselines.save(summary, options.save_baseline)
+    if options.save_baseline is not None and passed(checks):
+        # a baseline is a release that met its service levels (it may be slower on purpose)
+        outcome.saved = baselines.save(summary, options.save_baseline)
     return outcome
 
 
@@ -428,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(outcome.report)
     print(f"\nReports: {options.reports} (locust.html, locust_stats.csv, verdict.md, ...)")
-    if options.save_baseline is not None:
-        print(f"Baseline saved: {options.save_baseline}")
+    if outcome.saved is not None:
+        print(f"Baseline saved: {outcome.saved}")
+    elif options.save_baseline is not None:
+        print(f"Baseline not saved: this run failed its thresholds ({options.save_baseline})")
     return 0 if outcome.ok else 1

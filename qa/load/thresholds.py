@@ -53,7 +53,8 @@ class Tolerances:
     p99_increase: float = 0.25
     rps_decrease: float = 0.10
     failure_ratio_increase: float = 0.005
-    latency_floor_ms: float = 5.0
+    latency_floor_ms: float = 20.0
+    min_requests: int = 100
 
 
 @dataclass(frozen=True)
