@@ -10,6 +10,7 @@ what comparisons read.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import json
 from collections import Counter
@@ -108,3 +109,13 @@ def summarise(
 def load_locust_json(path: Path) -> list[dict[str, Any]]:
     """The entries Locust wrote with ``--json-file`` (the file ends in ``.json``)."""
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_failures(path: Path, limit: int = 10) -> list[dict[str, str]]:
+    """The most frequent failures Locust recorded (its ``_failures.csv``), most frequent first."""
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    rows.sort(key=lambda row: -int(row.get("Occurrences") or 0))
+    return rows[:limit]

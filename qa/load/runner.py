@@ -305,7 +305,12 @@ def write_reports(outcome: Outcome, reports: Path, baseline_name: str | None) ->
         (reports / "comparison.md").write_text(table + "\n")
 
 
-def render(summary: dict[str, Any], checks: list[Check], comparison: str | None) -> str:
+def render(
+    summary: dict[str, Any],
+    checks: list[Check],
+    comparison: str | None,
+    failures: list[dict[str, str]] | None = None,
+) -> str:
     overall = summary["overall"]
     usage = summary["resources"]
     lines = [
@@ -329,6 +334,14 @@ def render(summary: dict[str, Any], checks: list[Check], comparison: str | None)
             f"| {name} | {g['requests']} | {g['rps']:.2f} | {g['failure_ratio']:.2%} | "
             f"{g['p50_ms']:.0f} | {g['p95_ms']:.0f} | {g['p99_ms']:.0f} |"
         )
+    if failures:
+        lines += ["", "## Most frequent failures", "", "| request | error | times |"]
+        lines.append("| --- | --- | --- |")
+        for row in failures:
+            error = row.get("Error", "").replace("|", "/")[:160]
+            lines.append(
+                f"| {row.get('Method')} {row.get('Name')} | {error} | {row.get('Occurrences')} |"
+            )
     lines += ["", "## Thresholds", "", verdict_table(checks)]
     if comparison is not None:
         lines += ["", "## Baseline", "", comparison]
@@ -412,7 +425,9 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
         comparison = baselines.comparison_table(deltas, str(options.compare))
         if notes:
             comparison += "\n\nNot strictly comparable: " + "; ".join(notes)
-    outcome = Outcome(summary, checks, deltas, samples, render(summary, checks, comparison))
+    failures = results.load_failures(reports / "locust_failures.csv")
+    report = render(summary, checks, comparison, failures)
+    outcome = Outcome(summary, checks, deltas, samples, report)
     write_reports(outcome, reports, str(options.compare) if reference else None)
     if options.save_baseline is not None and passed(checks):
         # a baseline is a release that met its service levels (it may be slower on purpose)

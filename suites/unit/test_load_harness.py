@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from qa.load import resources, runner, slowdown
+from qa.load import resources, results, runner, slowdown
 from qa.load.thresholds import evaluate, parse_config
 
 
@@ -136,9 +136,10 @@ def test_the_report_leads_with_the_figures_and_ends_with_the_verdict() -> None:
 
 def test_a_local_process_is_sampled_with_psutil(tmp_path: Path) -> None:
     sampler = resources.ProcessSampler(os.getpid(), interval=0.05).start()
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while len(sampler.samples) < 3 and time.monotonic() < deadline:
         sum(i * i for i in range(20_000))  # some CPU to measure
+        time.sleep(0.01)  # and room for the sampler's thread on a busy machine
     samples = sampler.stop()
     assert len(samples) >= 2
     assert all(s.rss_mb > 10 for s in samples)
@@ -237,3 +238,21 @@ def test_the_run_says_how_locust_runs() -> None:
     assert runner.locust_mode(runner.Options(workers=2, remote_workers=1)) == (
         "Locust master with 2 local and 1 remote workers"
     )
+
+
+def test_the_report_lists_the_most_frequent_failures(tmp_path: Path) -> None:
+    path = tmp_path / "locust_failures.csv"
+    path.write_text(
+        "Method,Name,Error,Occurrences\n"
+        "GET,/health/dependencies,HTTPError('404 Client Error'),3\n"
+        "EXECUTION,end to end (wait),RuntimeError('execution failed | budget'),7\n"
+    )
+    rows = results.load_failures(path)
+    assert [r["Occurrences"] for r in rows] == ["7", "3"]
+    assert results.load_failures(tmp_path / "absent.csv") == []
+    checks = evaluate(parse_config({}, "smoke"), summary())
+    report = runner.render(summary(), checks, None, rows)
+    assert "## Most frequent failures" in report
+    row = "| EXECUTION end to end (wait) | RuntimeError('execution failed / budget') | 7 |"
+    assert row in report
+    assert "## Most frequent failures" not in runner.render(summary(), checks, None, [])
