@@ -23,6 +23,7 @@ from app.models import (
     ContextEntry,
     Execution,
     ExecutionEvent,
+    ExecutionMessage,
     ExecutionStatus,
     ExecutionStep,
     LedgerEntry,
@@ -316,6 +317,18 @@ _write_steps = (
 _add_context = insert(_context)
 _add_ledger = insert(LedgerEntry.__table__)
 _add_events = insert(ExecutionEvent.__table__)
+_messages = ExecutionMessage.__table__
+_read_messages = (
+    select(*(column for column in _messages.c if column.name != "execution_id"))
+    .where(_messages.c.execution_id == bindparam("execution_id"))
+    .order_by(_messages.c.seq)
+)
+_add_messages = insert(_messages)
+_set_message_status = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("message_id"))
+    .values(status=bindparam("status_"))
+)
 _release_slot = (
     update(Account.__table__)
     .where(Account.id == bindparam("account_id"), Account.active_executions > 0)
@@ -421,6 +434,21 @@ class EngineRepository:
                     {"execution_id": execution_id, "seq": first_seq + n, "type": kind, "data": data}
                     for n, (kind, data) in enumerate(events)
                 ],
+            )
+
+    def messages(self, execution_id: uuid.UUID) -> Sequence[Row[Any]]:
+        """The execution's messages in order, every column but the execution id."""
+        return self.conn.execute(_read_messages, {"execution_id": execution_id}).all()
+
+    def add_messages(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(_add_messages, list(rows))
+
+    def set_message_statuses(self, statuses: dict[uuid.UUID, str]) -> None:
+        if statuses:
+            self.conn.execute(
+                _set_message_status,
+                [{"message_id": key, "status_": value} for key, value in statuses.items()],
             )
 
     def release_slot(self, account_id: uuid.UUID) -> None:

@@ -4,12 +4,13 @@ A step reads its **inbox** (messages addressed to its agent, and other agents' b
 committed before the step started) and sends messages through its :class:`Mailbox`; what it
 sends is written with the step's result, in the same transaction, and announced as ``message``
 events. A request carries a correlation id and a deadline: the recipient answers it with
-``reply``; a request without an answer by its deadline, or when the execution ends, is
-``timed_out`` (a ``message_timed_out`` event). Steps that run in the same turn of a parallel
-workflow do not see each other's messages; later steps do.
+``reply``; a request without an answer by its deadline (noticed at the next commit), or when
+the execution ends, is ``timed_out`` (a ``message_timed_out`` event). Steps that run in the
+same turn of a parallel workflow do not see each other's messages; later steps do.
 
-The write side is plain synchronous SQLAlchemy over a ``Session`` so the engine can run it in
-whichever transaction commits the step.
+The engine keeps an execution's messages in memory (:class:`Message`, loaded once when it
+resumes an execution) and stages one transaction's changes in a :class:`MessageDraft`: no
+statement is spent on messages unless a step sends one.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
-
-from app.models import ExecutionMessage, MessageKind, MessageStatus
+from app.models import MessageKind, MessageStatus
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGES_PER_STEP = 100
@@ -144,7 +142,9 @@ def directory(steps: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return names
 
 
-def output_messages(recipients: Sequence[str], output: str, names: Mapping[str, str]) -> list:
+def output_messages(
+    recipients: Sequence[str], output: str, names: Mapping[str, str]
+) -> list[OutgoingMessage]:
     """The messages a step's ``send_output_to`` sends: its output to each recipient."""
     return [
         OutgoingMessage(MessageKind.broadcast, None, output)
@@ -154,140 +154,168 @@ def output_messages(recipients: Sequence[str], output: str, names: Mapping[str, 
     ]
 
 
-def as_inbox_item(message: ExecutionMessage) -> dict[str, Any]:
-    return {
-        "id": str(message.id),
-        "seq": message.seq,
-        "kind": message.kind,
-        "from": str(message.sender_agent_id) if message.sender_agent_id else None,
-        "from_step": message.sender_step,
-        "body": message.body,
-        "correlation_id": message.correlation_id,
-        "status": message.status,
-    }
+@dataclass(frozen=True)
+class Message:
+    """One committed message, as the engine holds it."""
 
+    id: uuid.UUID
+    seq: int
+    kind: str
+    status: str
+    sender_agent_id: uuid.UUID | None
+    sender_step: str
+    recipient_agent_id: uuid.UUID | None
+    correlation_id: str | None
+    body: Any
+    expires_at: datetime | None
+    created_at: datetime
 
-def inboxes(
-    session: Session, execution_id: uuid.UUID, agent_ids: Sequence[uuid.UUID]
-) -> dict[str, list[dict[str, Any]]]:
-    """Each agent's inbox: messages to it and other agents' broadcasts, oldest first."""
-    wanted = set(agent_ids)
-    if not wanted:
-        return {}
-    rows = session.scalars(
-        select(ExecutionMessage)
-        .where(
-            ExecutionMessage.execution_id == execution_id,
-            or_(
-                ExecutionMessage.recipient_agent_id.in_(wanted),
-                ExecutionMessage.kind == MessageKind.broadcast.value,
-            ),
+    def readable_by(self, agent_id: uuid.UUID) -> bool:
+        if self.kind == MessageKind.broadcast:
+            return self.sender_agent_id != agent_id
+        return self.recipient_agent_id == agent_id
+
+    def inbox_item(self) -> dict[str, Any]:
+        """How an agent sees the message."""
+        return {
+            "id": str(self.id),
+            "seq": self.seq,
+            "kind": self.kind,
+            "from": str(self.sender_agent_id) if self.sender_agent_id else None,
+            "from_step": self.sender_step,
+            "body": self.body,
+            "correlation_id": self.correlation_id,
+            "status": self.status,
+        }
+
+    def row(self, execution_id: uuid.UUID) -> dict[str, Any]:
+        """The ``execution_messages`` row."""
+        return {"execution_id": execution_id, **self.__dict__}
+
+    def event(self) -> Event:
+        return (
+            "message",
+            {
+                "id": str(self.id),
+                "seq": self.seq,
+                "kind": self.kind,
+                "status": self.status,
+                "from": str(self.sender_agent_id) if self.sender_agent_id else None,
+                "from_step": self.sender_step,
+                "to": str(self.recipient_agent_id) if self.recipient_agent_id else None,
+                "correlation_id": self.correlation_id,
+            },
         )
-        .order_by(ExecutionMessage.seq)
-    ).all()
-    boxes: dict[str, list[dict[str, Any]]] = {str(a): [] for a in wanted}
-    for row in rows:
-        if row.kind == MessageKind.broadcast:
-            readers = [a for a in wanted if a != row.sender_agent_id]
-        else:
-            readers = [row.recipient_agent_id] if row.recipient_agent_id in wanted else []
-        for reader in readers:
-            boxes[str(reader)].append(as_inbox_item(row))
-    return boxes
 
 
-def _message_event(row: ExecutionMessage) -> Event:
-    return (
-        "message",
-        {
-            "id": str(row.id),
-            "seq": row.seq,
-            "kind": row.kind,
-            "status": row.status,
-            "from": str(row.sender_agent_id) if row.sender_agent_id else None,
-            "from_step": row.sender_step,
-            "to": str(row.recipient_agent_id) if row.recipient_agent_id else None,
-            "correlation_id": row.correlation_id,
-        },
-    )
-
-
-def write(
-    session: Session,
-    execution_id: uuid.UUID,
-    *,
-    step_key: str,
-    sender_agent_id: uuid.UUID | None,
-    outgoing: Sequence[OutgoingMessage],
-    now: datetime,
-) -> list[Event]:
-    """Store a step's messages (in the caller's transaction); return their events."""
-    if not outgoing:
+def inbox(messages: Sequence[Message], agent_id: uuid.UUID | None) -> list[dict[str, Any]]:
+    """An agent's inbox: messages to it and other agents' broadcasts, oldest first."""
+    if agent_id is None:
         return []
-    last = session.scalar(
-        select(func.max(ExecutionMessage.seq)).where(ExecutionMessage.execution_id == execution_id)
-    )
-    seq = int(last or 0)
-    events: list[Event] = []
-    for message in outgoing:
-        seq += 1
-        status = MessageStatus.delivered
-        expires_at = None
-        if message.kind == MessageKind.request:
-            status = MessageStatus.pending
-            expires_at = now + timedelta(seconds=message.timeout_seconds or 0)
-        elif message.kind == MessageKind.response:
-            answered = session.execute(
-                update(ExecutionMessage)
-                .where(
-                    ExecutionMessage.execution_id == execution_id,
-                    ExecutionMessage.correlation_id == message.correlation_id,
-                    ExecutionMessage.kind == MessageKind.request.value,
-                    ExecutionMessage.status == MessageStatus.pending.value,
-                    ExecutionMessage.expires_at > now,
-                )
-                .values(status=MessageStatus.answered.value)
-            )
-            if answered.rowcount == 0:  # type: ignore[attr-defined]
-                status = MessageStatus.late
-        row = ExecutionMessage(
-            id=uuid.uuid4(),
-            execution_id=execution_id,
-            seq=seq,
-            kind=message.kind.value,
-            status=status.value,
-            sender_agent_id=sender_agent_id,
-            sender_step=step_key,
-            recipient_agent_id=uuid.UUID(message.recipient) if message.recipient else None,
-            correlation_id=message.correlation_id,
-            body=message.body,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        session.add(row)
-        events.append(_message_event(row))
-    return events
+    return [m.inbox_item() for m in messages if m.readable_by(agent_id)]
 
 
-def expire(
-    session: Session, execution_id: uuid.UUID, *, now: datetime, ending: bool = False
-) -> list[Event]:
-    """Time out the requests whose deadline has passed (every pending one when the execution
-    is ``ending``); return their ``message_timed_out`` events."""
-    query = select(ExecutionMessage).where(
-        ExecutionMessage.execution_id == execution_id,
-        ExecutionMessage.status == MessageStatus.pending.value,
-    )
-    if not ending:
-        query = query.where(ExecutionMessage.expires_at <= now)
-    events: list[Event] = []
-    for row in session.scalars(query.order_by(ExecutionMessage.seq)).all():
-        row.status = MessageStatus.timed_out.value
-        reason = "the execution ended" if ending and row.expires_at > now else "deadline passed"
-        events.append(
-            (
-                "message_timed_out",
-                {"id": str(row.id), "correlation_id": row.correlation_id, "reason": reason},
+@dataclass
+class MessageDraft:
+    """One transaction's changes to an execution's messages: new ones and new statuses."""
+
+    committed: Sequence[Message]
+    added: list[Message] = field(default_factory=list)
+    statuses: dict[uuid.UUID, str] = field(default_factory=dict)  # of committed messages
+
+    def post(
+        self,
+        outgoing: Sequence[OutgoingMessage],
+        *,
+        sender_agent_id: uuid.UUID | None,
+        sender_step: str,
+        now: datetime,
+    ) -> list[Event]:
+        """Add a step's messages; a response answers its request if it is still pending."""
+        events: list[Event] = []
+        for message in outgoing:
+            status = MessageStatus.delivered
+            expires_at = None
+            if message.kind == MessageKind.request:
+                status = MessageStatus.pending
+                expires_at = now + timedelta(seconds=message.timeout_seconds or 0)
+            elif message.kind == MessageKind.response:
+                request = self._pending_request(message.correlation_id, now)
+                if request is None:
+                    status = MessageStatus.late
+                else:
+                    self.statuses[request.id] = MessageStatus.answered.value
+            added = Message(
+                id=uuid.uuid4(),
+                seq=self._last_seq() + 1,
+                kind=message.kind.value,
+                status=status.value,
+                sender_agent_id=sender_agent_id,
+                sender_step=sender_step,
+                recipient_agent_id=uuid.UUID(message.recipient) if message.recipient else None,
+                correlation_id=message.correlation_id,
+                body=message.body,
+                expires_at=expires_at,
+                created_at=now,
             )
+            self.added.append(added)
+            events.append(added.event())
+        return events
+
+    def expire(self, now: datetime, *, ending: bool = False) -> list[Event]:
+        """Time out the pending requests whose deadline has passed (every one of them when
+        the execution is ``ending``)."""
+        events: list[Event] = []
+        for index, message in enumerate(self.added):
+            if self._expires(message, message.status, now, ending):
+                self.added[index] = replace(message, status=MessageStatus.timed_out.value)
+                events.append(self._timed_out(message, now))
+        for message in self.committed:
+            status = self.statuses.get(message.id, message.status)
+            if self._expires(message, status, now, ending):
+                self.statuses[message.id] = MessageStatus.timed_out.value
+                events.append(self._timed_out(message, now))
+        return events
+
+    def messages(self) -> list[Message]:
+        """The execution's messages once this draft is committed."""
+        changed = [
+            replace(m, status=self.statuses[m.id]) if m.id in self.statuses else m
+            for m in self.committed
+        ]
+        return [*changed, *self.added]
+
+    def _last_seq(self) -> int:
+        if self.added:
+            return self.added[-1].seq
+        return self.committed[-1].seq if self.committed else 0
+
+    def _pending_request(self, correlation_id: str | None, now: datetime) -> Message | None:
+        for message in self.committed:
+            if (
+                message.kind == MessageKind.request
+                and message.correlation_id == correlation_id
+                and self.statuses.get(message.id, message.status) == MessageStatus.pending
+                and message.expires_at is not None
+                and message.expires_at > now
+            ):
+                return message
+        return None
+
+    @staticmethod
+    def _expires(message: Message, status: str, now: datetime, ending: bool) -> bool:
+        if status != MessageStatus.pending:
+            return False
+        return ending or (message.expires_at is not None and message.expires_at <= now)
+
+    @staticmethod
+    def _timed_out(message: Message, now: datetime) -> Event:
+        deadline_passed = message.expires_at is not None and message.expires_at <= now
+        return (
+            "message_timed_out",
+            {
+                "id": str(message.id),
+                "correlation_id": message.correlation_id,
+                "reason": "deadline passed" if deadline_passed else "the execution ended",
+            },
         )
-    return events

@@ -10,16 +10,18 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.db import migrate
+from app.db.base import utcnow
 from app.db.database import Database
 from app.models import (
     Account,
@@ -27,6 +29,7 @@ from app.models import (
     ContextEntry,
     Execution,
     ExecutionEvent,
+    ExecutionMessage,
     ExecutionStep,
     LedgerEntry,
     Role,
@@ -456,6 +459,79 @@ async def test_a_resumed_execution_runs_its_interrupted_step_again(world: World)
     assert execution.resumed_count == 1
     assert (steps["s0"].attempts, steps["s1"].attempts) == (2, 1)
     assert _types(events)[:2] == ["execution_resumed", "step_started:s0"]
+    assert _numbered(events)
+
+
+async def test_a_resumed_execution_reads_the_messages_committed_before(world: World) -> None:
+    """Messages live in memory while an execution runs; a resumption reads them back, times
+    out the requests whose deadline passed meanwhile, and answers the others."""
+    execution_id = await world.start(await world.team("sequential", 2))
+    asker, answerer = world.agents[0], world.agents[1]
+    await world.execute(
+        update(Agent)
+        .where(Agent.id == answerer.id)
+        .values(
+            model="template",
+            parameters={
+                "template": "{% for m in inbox %}{{ m.correlation_id }}={{ m.status }};"
+                "{% if m.status == 'pending' %}{{ reply(m, 'yes') }}{% endif %}{% endfor %}"
+            },
+        )
+    )
+    await world.execute(
+        update(Execution)
+        .where(Execution.id == execution_id)
+        .values(status="running", owner="dead-process", heartbeat_at=None, last_event_seq=0)
+    )
+    await world.execute(
+        update(ExecutionStep)
+        .where(ExecutionStep.execution_id == execution_id, ExecutionStep.step_key == "s0")
+        .values(status="completed", output="asked", attempts=1)
+    )
+    now = utcnow()
+    for seq, (correlation_id, expires_in) in enumerate((("old", -5), ("fresh", 600)), 1):
+        await world.execute(
+            insert(ExecutionMessage).values(
+                id=uuid.uuid4(),
+                execution_id=execution_id,
+                seq=seq,
+                kind="request",
+                status="pending",
+                sender_agent_id=asker.id,
+                sender_step="s0",
+                recipient_agent_id=answerer.id,
+                correlation_id=correlation_id,
+                body="?",
+                expires_at=now + timedelta(seconds=expires_in),
+                created_at=now,
+            )
+        )
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    assert steps["s1"].output == "old=timed_out;fresh=pending;"
+    async with world.database.session() as session:
+        rows = await session.scalars(
+            select(ExecutionMessage)
+            .where(ExecutionMessage.execution_id == execution_id)
+            .order_by(ExecutionMessage.seq)
+        )
+        statuses = [(m.seq, m.kind, m.correlation_id, m.status) for m in rows]
+    assert statuses == [
+        (1, "request", "old", "timed_out"),
+        (2, "request", "fresh", "answered"),
+        (3, "response", "fresh", "delivered"),
+    ]
+    assert _types(events) == [
+        "execution_resumed",
+        "message_timed_out",
+        "step_started:s1",
+        "step_completed:s1",
+        "message",
+        "execution_completed",
+    ]
     assert _numbered(events)
 
 

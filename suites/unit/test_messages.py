@@ -1,21 +1,25 @@
 """Messages between agents: the mailbox a step sends through, template access to it, and the
-write side (numbering, request deadlines, responses, inboxes) on a real SQLite database."""
+engine's side (numbering, inboxes, request deadlines, responses), all without I/O."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event
-from sqlalchemy.orm import Session
 
-from app.db.base import Base, utcnow
-from app.models import Account, Agent, Execution, ExecutionMessage, MessageKind, Team
+from app.db.base import utcnow
+from app.models import MessageKind
 from app.services import messages
-from app.services.messages import Mailbox, MessageError, OutgoingMessage
+from app.services.messages import (
+    Mailbox,
+    Message,
+    MessageDraft,
+    MessageError,
+    OutgoingMessage,
+    inbox,
+)
 from app.services.providers import BuiltinAgentError, run_builtin
 
 WRITER, REVIEWER, EDITOR = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
@@ -155,176 +159,124 @@ def test_agents_without_a_mailbox_send_nothing() -> None:
     assert result.output == "x"
 
 
-# The write side, on a real database
+# The engine's side: an execution's messages in memory and one transaction's draft
 
 
-@pytest.fixture
-def store(tmp_path: Any) -> Iterator[tuple[Session, uuid.UUID, dict[str, uuid.UUID]]]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'messages.db'}")
-    event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=ON"))
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        account = Account(name="a", name_key="a")
-        session.add(account)
-        session.flush()
-        agents = {
-            name: Agent(account_id=account.id, name=name, provider="builtin", model="echo")
-            for name in ("writer", "reviewer", "editor")
-        }
-        session.add_all(agents.values())
-        team = Team(account_id=account.id, name="t", workflow={}, workflow_version=1)
-        session.add(team)
-        session.flush()
-        execution = Execution(
-            account_id=account.id,
-            team_id=team.id,
-            workflow_version=1,
-            workflow={},
-            prompt="p",
-            status="running",
-        )
-        session.add(execution)
-        session.commit()
-        yield session, execution.id, {name: agent.id for name, agent in agents.items()}
-    engine.dispose()
+A, B, C = (uuid.UUID(int=n) for n in (11, 12, 13))
+NOW = utcnow()
 
 
 def out(kind: MessageKind, to: uuid.UUID | None, body: Any, **extra: Any) -> OutgoingMessage:
     return OutgoingMessage(kind, str(to) if to else None, body, **extra)
 
 
-def test_messages_are_numbered_in_order_and_announced(store: Any) -> None:
-    session, execution_id, agents = store
-    now = utcnow()
-    events = messages.write(
-        session,
-        execution_id,
-        step_key="draft",
-        sender_agent_id=agents["writer"],
-        outgoing=[
-            out(MessageKind.direct, agents["reviewer"], {"n": 1}),
-            out(MessageKind.broadcast, None, "all"),
-        ],
-        now=now,
+def committed(draft: MessageDraft) -> list[Message]:
+    """What a later transaction starts from once ``draft`` is committed."""
+    return draft.messages()
+
+
+def test_messages_are_numbered_in_order_and_announced() -> None:
+    draft = MessageDraft([])
+    events = draft.post(
+        [out(MessageKind.direct, B, {"n": 1}), out(MessageKind.broadcast, None, "all")],
+        sender_agent_id=A,
+        sender_step="draft",
+        now=NOW,
     )
-    events += messages.write(
-        session,
-        execution_id,
-        step_key="review",
-        sender_agent_id=agents["reviewer"],
-        outgoing=[out(MessageKind.direct, agents["writer"], "back")],
-        now=now,
+    later = MessageDraft(committed(draft))
+    events += later.post(
+        [out(MessageKind.direct, A, "back")], sender_agent_id=B, sender_step="review", now=NOW
     )
-    session.commit()
     assert [(kind, data["seq"], data["kind"], data["status"]) for kind, data in events] == [
         ("message", 1, "direct", "delivered"),
         ("message", 2, "broadcast", "delivered"),
         ("message", 3, "direct", "delivered"),
     ]
-    assert events[0][1]["to"] == str(agents["reviewer"])
+    assert events[0][1]["to"] == str(B)
     assert events[1][1]["to"] is None
-    assert (
-        messages.write(
-            session, execution_id, step_key="x", sender_agent_id=None, outgoing=[], now=now
-        )
-        == []
+    assert [m.seq for m in committed(later)] == [1, 2, 3]
+    assert later.statuses == {}
+    row = later.added[0].row(uuid.UUID(int=99))
+    assert row["execution_id"] == uuid.UUID(int=99)
+    assert (row["seq"], row["sender_step"], row["recipient_agent_id"]) == (3, "review", A)
+
+
+def test_inboxes_hold_direct_messages_and_other_agents_broadcasts() -> None:
+    draft = MessageDraft([])
+    draft.post(
+        [out(MessageKind.direct, B, "for B"), out(MessageKind.broadcast, None, "for the rest")],
+        sender_agent_id=A,
+        sender_step="draft",
+        now=NOW,
+    )
+    messages = committed(draft)
+    assert [m["body"] for m in inbox(messages, A)] == []
+    assert [m["body"] for m in inbox(messages, B)] == ["for B", "for the rest"]
+    assert [m["body"] for m in inbox(messages, C)] == ["for the rest"]
+    assert inbox(messages, C)[0]["from"] == str(A)
+    assert inbox(messages, None) == []
+
+
+def request_and_reply(*, reply_after: float, timeout: float) -> list[str]:
+    asking = MessageDraft([])
+    asking.post(
+        [out(MessageKind.request, B, "ok?", correlation_id="c-9", timeout_seconds=timeout)],
+        sender_agent_id=A,
+        sender_step="draft",
+        now=NOW,
+    )
+    replying = MessageDraft(committed(asking))
+    replying.post(
+        [out(MessageKind.response, A, "yes", correlation_id="c-9")] * 2,
+        sender_agent_id=B,
+        sender_step="review",
+        now=NOW + timedelta(seconds=reply_after),
+    )
+    return [m.status for m in committed(replying)]
+
+
+def test_a_response_in_time_answers_its_request_and_a_second_one_is_late() -> None:
+    assert request_and_reply(reply_after=1, timeout=5) == ["answered", "delivered", "late"]
+
+
+def test_a_response_after_the_deadline_is_late() -> None:
+    assert request_and_reply(reply_after=6, timeout=5) == ["pending", "late", "late"]
+
+
+def ask(draft: MessageDraft, correlation_id: str, timeout: float) -> None:
+    draft.post(
+        [out(MessageKind.request, B, "?", correlation_id=correlation_id, timeout_seconds=timeout)],
+        sender_agent_id=A,
+        sender_step="draft",
+        now=NOW,
     )
 
 
-def test_inboxes_hold_direct_messages_and_other_agents_broadcasts(store: Any) -> None:
-    session, execution_id, agents = store
-    messages.write(
-        session,
-        execution_id,
-        step_key="draft",
-        sender_agent_id=agents["writer"],
-        outgoing=[
-            out(MessageKind.direct, agents["reviewer"], "for reviewer"),
-            out(MessageKind.broadcast, None, "for everyone else"),
-        ],
-        now=utcnow(),
-    )
-    session.commit()
-    boxes = messages.inboxes(session, execution_id, list(agents.values()))
-    bodies = {name: [m["body"] for m in boxes[str(agent)]] for name, agent in agents.items()}
-    assert bodies == {
-        "writer": [],
-        "reviewer": ["for reviewer", "for everyone else"],
-        "editor": ["for everyone else"],
-    }
-    assert boxes[str(agents["editor"])][0]["from"] == str(agents["writer"])
-    assert messages.inboxes(session, execution_id, []) == {}
-
-
-def request_and_reply(store: Any, *, reply_after: float, timeout: float) -> list[str]:
-    session, execution_id, agents = store
-    start = utcnow()
-    messages.write(
-        session,
-        execution_id,
-        step_key="draft",
-        sender_agent_id=agents["writer"],
-        outgoing=[
-            out(
-                MessageKind.request,
-                agents["reviewer"],
-                "ok?",
-                correlation_id="c-9",
-                timeout_seconds=timeout,
-            )
-        ],
-        now=start,
-    )
-    messages.write(
-        session,
-        execution_id,
-        step_key="review",
-        sender_agent_id=agents["reviewer"],
-        outgoing=[out(MessageKind.response, agents["writer"], "yes", correlation_id="c-9")],
-        now=start + timedelta(seconds=reply_after),
-    )
-    session.commit()
-    rows = session.query(ExecutionMessage).order_by(ExecutionMessage.seq).all()
-    return [row.status for row in rows]
-
-
-def test_a_response_in_time_answers_its_request(store: Any) -> None:
-    assert request_and_reply(store, reply_after=1, timeout=5) == ["answered", "delivered"]
-
-
-def test_a_response_after_the_deadline_is_late(store: Any) -> None:
-    assert request_and_reply(store, reply_after=6, timeout=5) == ["pending", "late"]
-
-
-def test_requests_time_out_at_their_deadline_or_when_the_execution_ends(store: Any) -> None:
-    session, execution_id, agents = store
-    start = utcnow()
-    for correlation_id, timeout in (("short", 1.0), ("long", 600.0)):
-        messages.write(
-            session,
-            execution_id,
-            step_key="draft",
-            sender_agent_id=agents["writer"],
-            outgoing=[
-                out(
-                    MessageKind.request,
-                    agents["reviewer"],
-                    "?",
-                    correlation_id=correlation_id,
-                    timeout_seconds=timeout,
-                )
-            ],
-            now=start,
-        )
-    assert messages.expire(session, execution_id, now=start) == []
-    expired = messages.expire(session, execution_id, now=start + timedelta(seconds=2))
+def test_requests_time_out_at_their_deadline_or_when_the_execution_ends() -> None:
+    draft = MessageDraft([])
+    ask(draft, "short", 1.0)
+    ask(draft, "long", 600.0)
+    later = MessageDraft(committed(draft))
+    assert later.expire(NOW) == []
+    expired = later.expire(NOW + timedelta(seconds=2))
     assert [(kind, data["correlation_id"], data["reason"]) for kind, data in expired] == [
         ("message_timed_out", "short", "deadline passed")
     ]
-    ended = messages.expire(session, execution_id, now=start + timedelta(seconds=3), ending=True)
+    ended = later.expire(NOW + timedelta(seconds=3), ending=True)
     assert [(data["correlation_id"], data["reason"]) for _, data in ended] == [
         ("long", "the execution ended")
     ]
-    session.commit()
-    statuses = {row.correlation_id: row.status for row in session.query(ExecutionMessage)}
-    assert statuses == {"short": "timed_out", "long": "timed_out"}
+    assert {m.correlation_id: m.status for m in committed(later)} == {
+        "short": "timed_out",
+        "long": "timed_out",
+    }
+    assert later.expire(NOW + timedelta(days=1), ending=True) == []
+
+
+def test_a_request_sent_as_the_execution_ends_times_out_with_it() -> None:
+    draft = MessageDraft([])
+    ask(draft, "last", 60.0)
+    [(kind, data)] = draft.expire(NOW, ending=True)
+    assert (kind, data["reason"]) == ("message_timed_out", "the execution ended")
+    assert [m.status for m in draft.added] == ["timed_out"]
+    assert draft.statuses == {}

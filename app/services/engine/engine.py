@@ -33,7 +33,7 @@ from app.db.database import Database
 from app.models import Execution, ExecutionStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
-from app.services.engine.agent_calls import AgentCaller
+from app.services.engine.agent_calls import AgentCaller, AgentOutcome
 from app.services.engine.state import (
     Changes,
     Finish,
@@ -46,6 +46,7 @@ from app.services.engine.state import (
 )
 from app.services.engine.strategies import StepInputError, decide
 from app.services.events import EventHub
+from app.services.messages import Mailbox, Message, directory, inbox, output_messages
 from app.services.providers.base import ProviderError
 
 log = get_logger("app.engine")
@@ -145,6 +146,11 @@ class ExecutionEngine:
             versions={key: version for key, (version, _) in context.items()},
             agents=agents,
             keys={k.id: k for k in repo.provider_keys(key_ids)} if key_ids else {},
+            # A first claim finds no messages yet either.
+            messages=[Message(**m._mapping) for m in repo.messages(execution_id)]
+            if row.resumed_count
+            else [],
+            directory=directory([s.model_dump() for s in workflow.steps]),
         )
         changes = Changes(run)
         # Steps that were running when a previous owner died start again.
@@ -166,6 +172,7 @@ class ExecutionEngine:
             if row.cancel_mode is not None:
                 self._end(changes, Finish(ExecutionStatus.cancelled, "cancelled"), now)
             else:
+                self._expire_requests(changes, now)
                 self._plan(changes, now)
         # The claim holds the guard (the row is ours, its cancel_mode read under the claim).
         self._write(repo, changes, now, unless_cancelled=False)
@@ -178,6 +185,7 @@ class ExecutionEngine:
         changes = Changes(run)
         for result in results:
             self._record(changes, result, now)
+        self._expire_requests(changes, now)
         self._plan(changes, now)
         moves_on = bool(changes.starting or changes.finish)
         if self._write(repo, changes, now, unless_cancelled=moves_on):
@@ -229,25 +237,31 @@ class ExecutionEngine:
         repo.write_steps([step.row() for step in changes.steps.values()])
         repo.add_context(changes.context_rows)
         repo.add_ledger(changes.ledger_rows)
-        # Hook: the rows of the messages the steps sent (see _record) are written here.
+        if changes.mail is not None:
+            repo.add_messages([m.row(run.id) for m in changes.mail.added])
+            repo.set_message_statuses(changes.mail.statuses)
         repo.add_events(run.id, last_seq - len(changes.events) + 1, changes.events)
         if finish is not None:
             repo.release_slot(run.account_id)
         return True
 
     def _load_turn(self, repo: EngineRepository, changes: Changes) -> list[StartedStep]:
-        """What the steps starting now need to run, in the transaction that starts them.
-        Hook: their agents' inbox is read here."""
+        """What the steps starting now need to run, in the transaction that starts them: their
+        agent and key, the context, and their agent's inbox (held in memory, like the context)."""
         if not changes.starting:
             return []
         run = changes.run
         seconds = seconds_left(run.budget, run.started_at)
+        messages = changes.current_messages
         started = []
         for planned in changes.starting:
             agent = run.agents.get(planned.agent_id)
             key = run.keys.get(agent.provider_key_id) if agent and agent.provider_key_id else None
+            mailbox = Mailbox(inbox(messages, agent.id if agent else None), run.directory)
             started.append(
-                StartedStep(planned, agent, key, changes.current_context, run.variables, seconds)
+                StartedStep(
+                    planned, agent, key, changes.current_context, run.variables, seconds, mailbox
+                )
             )
         return started
 
@@ -283,8 +297,7 @@ class ExecutionEngine:
             cost + outcome.cost_usd,
         )
         changes.events.append(("step_completed", {"step": step.key, "output": outcome.output}))
-        # Hook: the messages the step sent become rows and `message` events here, like its
-        # context writes below (rows stored by _write, events numbered with the others).
+        self._post_messages(changes, step.key, step.agent_id, outcome, now)
         if outcome.context_writes:
             run = changes.run
             if changes.context is None:
@@ -337,6 +350,31 @@ class ExecutionEngine:
                     },
                 )
             )
+
+    @staticmethod
+    def _post_messages(
+        changes: Changes,
+        step_key: str,
+        agent_id: uuid.UUID | None,
+        outcome: AgentOutcome,
+        now: datetime,
+    ) -> None:
+        """The messages a completed step sent, and its output to its `send_output_to`."""
+        run = changes.run
+        outgoing = list(outcome.messages)
+        definition = next(s for s in run.workflow.steps if s.id == step_key)
+        if definition.send_output_to:
+            outgoing += output_messages(definition.send_output_to, outcome.output, run.directory)
+        if outgoing:
+            changes.events += changes.draft().post(
+                outgoing, sender_agent_id=agent_id, sender_step=step_key, now=now
+            )
+
+    @staticmethod
+    def _expire_requests(changes: Changes, now: datetime, *, ending: bool = False) -> None:
+        """Requests past their deadline (every pending one when the execution ends) time out."""
+        if any(m.status == "pending" for m in changes.current_messages):
+            changes.events += changes.draft().expire(now, ending=ending)
 
     def _plan(self, changes: Changes, now: datetime) -> None:
         """Decide what follows the committed state plus ``changes``: steps to start (as many
@@ -408,6 +446,7 @@ class ExecutionEngine:
             if changes.steps.get(key, step).status in _UNFINISHED:
                 changes.step(key).status = StepStatus.cancelled.value
                 changes.step(key).finished_at = now
+        ExecutionEngine._expire_requests(changes, now, ending=True)
         changes.finish = finish
         changes.events.append(
             (
@@ -483,6 +522,7 @@ class ExecutionEngine:
                     step_input=step.planned.input,
                     context=step.context,
                     variables=step.variables,
+                    mailbox=step.mailbox,
                 )
         except asyncio.CancelledError:
             if stop.reason is None:

@@ -17,6 +17,7 @@ from app.models import Agent, ExecutionStatus, ProviderKey, StepStatus
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentOutcome
 from app.services.engine.strategies import PlannedStep, StepState
+from app.services.messages import Mailbox, Message, MessageDraft
 
 Event = tuple[str, dict[str, Any]]
 
@@ -81,6 +82,9 @@ class Run:
     # The agents of the workflow and their keys, as they were when the execution was claimed.
     agents: dict[str, Agent]
     keys: dict[uuid.UUID, ProviderKey]
+    messages: list[Message]
+    # Recipient names (step ids and agent ids) -> agent ids, for messages.
+    directory: dict[str, str]
 
     @property
     def fail_fast(self) -> bool:
@@ -112,6 +116,7 @@ class StartedStep:
     context: Mapping[str, Any]
     variables: Mapping[str, Any]
     seconds: float | None  # what the time budget leaves it
+    mailbox: Mailbox  # its agent's inbox; collects the messages it sends
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,17 @@ class Changes:
     starting: list[PlannedStep] = field(default_factory=list)
     started: list[StartedStep] = field(default_factory=list)
     finish: Finish | None = None
+    mail: MessageDraft | None = None  # set once the transaction touches a message
+
+    def draft(self) -> MessageDraft:
+        """This transaction's changes to the messages."""
+        if self.mail is None:
+            self.mail = MessageDraft(self.run.messages)
+        return self.mail
+
+    @property
+    def current_messages(self) -> list[Message]:
+        return self.run.messages if self.mail is None else self.mail.messages()
 
     def step(self, key: str) -> StepRecord:
         """The step as this transaction leaves it (a copy, changed freely)."""
@@ -164,6 +180,8 @@ class Changes:
             run.context = self.context
         run.versions.update(self.versions)
         run.input_tokens, run.output_tokens, run.cost_usd = self.totals
+        if self.mail is not None:
+            run.messages = self.mail.messages()
 
 
 def budget_breach(
