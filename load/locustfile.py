@@ -146,9 +146,9 @@ class ApiUser(FastHttpUser):
         self, method: str, path: str, name: str, expected: int = 200, **kwargs: Any
     ) -> Any | None:
         """One request; the JSON body on the expected status, else None (a failure)."""
+        extra = kwargs.pop("headers", {})
         for attempt in range(2):
-            headers = {"Authorization": f"Bearer {self.tokens['access_token']}"}
-            headers.update(kwargs.pop("headers", {}))
+            headers = {"Authorization": f"Bearer {self.tokens['access_token']}", **extra}
             with self.client.request(
                 method, path, name=name, headers=headers, catch_response=True, **kwargs
             ) as response:
