@@ -213,6 +213,12 @@ class FakeOpenAI:
             return list(self._requests)
 
     @property
+    def completions(self) -> list[RecordedRequest]:
+        """The chat completion requests received so far (the model calls), in arrival order;
+        a running backend's health checks may also list the models meanwhile."""
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
     def pending_steps(self) -> int:
         """Chat steps scripted but not yet consumed."""
         with self._lock:

@@ -58,7 +58,7 @@ def test_immediate_cancel_abandons_the_model_call(
     team = two_step_team(owner_client, fake_openai.base_url)
     fake_openai.script(Hang(5))
     execution = ts.start(owner_client, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
     running = ts.get_execution(owner_client, execution["id"])
     assert running["status"] == "running"
     assert running["progress"] == 0.0
@@ -81,7 +81,7 @@ def test_immediate_cancel_abandons_the_model_call(
 
     # Still nothing later: no second model call, and the state is final.
     time.sleep(0.3)
-    assert len(fake_openai.requests) == 1
+    assert len(fake_openai.completions) == 1
     assert ts.get_execution(owner_client, execution["id"]) == cancelled
 
 
@@ -91,7 +91,7 @@ def test_after_step_cancel_lets_the_running_step_finish(
     team = two_step_team(owner_client, fake_openai.base_url)
     fake_openai.script(Slow(1.0, Reply("finished anyway")), Reply("must not run"))
     execution = ts.start(owner_client, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
 
     cancelled, returned = cancel(owner_client, execution["id"], "after_step")
     assert cancelled["status"] == "cancelled", cancelled
@@ -101,7 +101,7 @@ def test_after_step_cancel_lets_the_running_step_finish(
     assert steps["second"]["status"] == "cancelled"
     assert steps["second"]["started_at"] is None
     assert_nothing_started_after(owner_client, cancelled, returned)
-    assert len(fake_openai.requests) == 1
+    assert len(fake_openai.completions) == 1
     assert fake_openai.pending_steps == 1
 
 
@@ -113,7 +113,7 @@ def test_immediate_cancel_of_parallel_steps(
     team = ts.create_team(owner_client, [agent], flow)
     fake_openai.script(Hang(5), Hang(5), Hang(5))
     execution = ts.start(owner_client, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 3, what="three model calls")
+    ts.wait_until(lambda: len(fake_openai.completions) == 3, what="three model calls")
     cancelled, returned = cancel(owner_client, execution["id"])
     assert cancelled["status"] == "cancelled", cancelled
     assert {s["status"] for s in cancelled["steps"]} == {"cancelled"}
@@ -126,7 +126,7 @@ def test_cancel_without_a_body_is_immediate(
     team = two_step_team(owner_client, fake_openai.base_url)
     fake_openai.script(Hang(5))
     execution = ts.start(owner_client, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
     response = owner_client.post(f"{EXECUTIONS}/{execution['id']}/cancel", params={"wait": 10})
     cancelled = expect(response, 202)
     assert cancelled["status"] == "cancelled"
@@ -152,7 +152,7 @@ def test_who_may_cancel(
     fake_openai.script(Hang(5))
     execution = ts.start(owner_client, team, wait=None)
     url = f"{EXECUTIONS}/{execution['id']}/cancel"
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
 
     assert_problem(viewer_client.post(url, json={"mode": "immediate"}), 403)
     assert_problem(other_owner_client.post(url, json={"mode": "immediate"}), 404)
@@ -205,15 +205,15 @@ def test_after_step_cancel_stops_parallel_steps_still_waiting_for_a_slot(
     team = ts.create_team(owner_client, [agent], flow)
     fake_openai.script(*[Slow(0.7, Reply(f"r{n}")) for n in range(3)])
     execution = ts.start(owner_client, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
 
     cancelled, returned = cancel(owner_client, execution["id"], "after_step")
     assert cancelled["status"] == "cancelled", cancelled
     statuses = sorted(s["status"] for s in cancelled["steps"])
     assert statuses == ["cancelled", "cancelled", "completed"], cancelled["steps"]
-    late = [r for r in fake_openai.requests if r.received_at >= returned.timestamp()]
+    late = [r for r in fake_openai.completions if r.received_at >= returned.timestamp()]
     assert late == [], f"{len(late)} model calls began after the cancel returned"
-    assert len(fake_openai.requests) == 1
+    assert len(fake_openai.completions) == 1
 
 
 # -- one server with LIMITS: one running execution per account, one driven per process ------
@@ -228,7 +228,7 @@ def test_concurrent_executions_per_account_are_limited(
         team = two_step_team(owner, fake_openai.base_url)
         fake_openai.script(Hang(5))
         running = ts.start(owner, team, wait=None)
-        ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+        ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
 
         refused = owner.post(f"{ts.TEAMS}/{team['id']}/executions", json={"prompt": "second"})
         problem = assert_problem(refused, 429)
@@ -262,7 +262,7 @@ def test_cancelling_a_queued_execution_ends_it_at_once(
         busy_team = two_step_team(first.owner, fake_openai.base_url)
         fake_openai.script(Hang(4))
         busy = ts.start(first.owner, busy_team, wait=None)
-        ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+        ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
         team = two_step_team(second.owner, fake_openai.base_url)
         queued = ts.start(second.owner, team, "queued", wait=0.3)
         assert queued["status"] == "pending", queued
@@ -273,7 +273,7 @@ def test_cancelling_a_queued_execution_ends_it_at_once(
         assert time.monotonic() - began < 2.0
         assert {s["status"] for s in cancelled["steps"]} == {"cancelled"}
         assert all(s["started_at"] is None for s in cancelled["steps"])
-        assert len(fake_openai.requests) == 1
+        assert len(fake_openai.completions) == 1
     finally:
         if busy is not None:
             cancel(first.owner, busy["id"])
@@ -290,7 +290,7 @@ def test_deleting_a_team_mid_execution_frees_its_slot(
         team = two_step_team(owner, fake_openai.base_url)
         fake_openai.script(Hang(2))
         running = ts.start(owner, team, wait=None)
-        ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the first model call")
+        ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
 
         deleted = owner.delete(f"{ts.TEAMS}/{team['id']}")
         if deleted.status_code == 409:

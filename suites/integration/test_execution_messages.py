@@ -142,7 +142,7 @@ def test_send_output_to_delivers_a_model_agents_output(
     kinds = [(m["kind"], m["body"]) for m in messages_of(owner_client, execution["id"])]
     assert kinds == [("direct", "a finding"), ("broadcast", "a finding")]
     # The reporter (a model agent) got both in its prompt; the reader saw the broadcast only.
-    chats = [r for r in fake_openai.requests if r.path.endswith("/chat/completions")]
+    chats = fake_openai.completions
     second = chats[-1].json["messages"]
     mail = [m["content"] for m in second if m["content"].startswith("Messages from other")]
     assert len(mail) == 1

@@ -66,7 +66,7 @@ def test_socket_cancels_a_running_execution(
     fake_openai.script(Hang(8))
     team = ts.create_team(owner_client, [ts.model_agent(owner_client, fake_openai.base_url)])
     execution = ts.start(owner_client, team, wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the model call")
     received, _ = asyncio.run(
         _session(
             _url(backend, execution["id"]),

@@ -616,7 +616,7 @@ def test_model_agents_end_to_end(owner_client: ApiClient, fake_openai: FakeOpenA
     # gpt-4o-mini: 0.15 and 0.60 USD per million tokens in and out.
     assert execution["cost_usd"] == asked["cost_usd"] == "0.0000036"
 
-    [request] = fake_openai.requests
+    [request] = fake_openai.completions
     assert request.path == "/v1/chat/completions"
     body = request.json
     assert body["model"] == "gpt-4o-mini"
@@ -644,7 +644,7 @@ def test_rate_limit_with_retry_after_then_success(
     execution = ts.start(owner_client, team)
     assert_finished_cleanly(execution)
     assert execution["result"] == "after the wait"
-    first, second = fake_openai.requests
+    first, second = fake_openai.completions
     assert second.received_at - first.received_at >= 0.35, "Retry-After was not honoured"
 
 
@@ -657,7 +657,7 @@ def test_a_timed_out_call_is_retried(owner_client: ApiClient, fake_openai: FakeO
     assert time.monotonic() - started < 2.5
     assert_finished_cleanly(execution)
     assert execution["result"] == "second try"
-    assert len(fake_openai.requests) == 2
+    assert len(fake_openai.completions) == 2
 
 
 @pytest.mark.parametrize(
@@ -685,7 +685,7 @@ def test_a_bad_provider_answer_fails_the_step_clearly(
     assert step["status"] == "failed"
     assert expected in step["error"], step["error"]
     assert step["step_key"] in execution["error"]
-    assert len(fake_openai.requests) == 1, "a non-retryable failure was retried"
+    assert len(fake_openai.completions) == 1, "a non-retryable failure was retried"
     failed = [e for e in ts.events_of(owner_client, execution["id"]) if e["type"] == "step_failed"]
     assert failed
     assert failed[0]["data"]["step"] == step["step_key"]
@@ -700,7 +700,7 @@ def test_server_errors_are_retried_until_attempts_run_out(
     execution = ts.start(owner_client, team)
     assert execution["status"] == "failed", execution
     assert "unavailable" in execution["steps"][0]["error"]
-    assert len(fake_openai.requests) == 3  # FAST_RETRY: three attempts
+    assert len(fake_openai.completions) == 3  # FAST_RETRY: three attempts
 
 
 def test_parallel_max_concurrency_is_honoured(
@@ -712,7 +712,7 @@ def test_parallel_max_concurrency_is_honoured(
     fake_openai.script(*[Slow(0.6) for _ in range(4)])
     execution = ts.start(owner_client, team, "wave")
     assert_finished_cleanly(execution)
-    arrivals = sorted(r.received_at for r in fake_openai.requests)
+    arrivals = sorted(r.received_at for r in fake_openai.completions)
     assert len(arrivals) == 4
     assert arrivals[1] - arrivals[0] < 0.4, "the first two calls should run together"
     assert arrivals[2] - arrivals[0] >= 0.5, "a third call started before a slot was free"

@@ -48,7 +48,7 @@ def test_active_executions_count_a_running_execution(
     fake_openai.script(Slow(3.0))
     team = ts.create_team(owner_client, [ts.model_agent(owner_client, fake_openai.base_url)])
     execution = ts.start(owner_client, team, "slow one", wait=None)
-    ts.wait_until(lambda: len(fake_openai.requests) == 1, what="the model call")
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the model call")
     assert samples(client.get("/metrics").text)["renum_executions_active"] >= 1
     finished = ts.get_execution(owner_client, execution["id"], wait=10)
     assert finished["status"] == "completed"

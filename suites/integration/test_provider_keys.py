@@ -146,7 +146,7 @@ def test_the_key_reaches_the_provider_and_nowhere_else(
     execution = ts.run_to_end(owner_client, team, "who pays?")
     assert execution["status"] == "completed", execution
     assert execution["result"] == "paid by the user"
-    [request] = fake_openai.requests
+    [request] = fake_openai.completions
     assert request.headers["authorization"] == f"Bearer {secret}"
 
     # A provider that echoes the key in its error message: the failure is recorded, the key

@@ -71,11 +71,11 @@ def test_usage_totals_equal_the_sum_of_the_calls(
     assert execution["status"] == "completed", execution
 
     # The user's key paid for its agent's call, nobody's key for the others.
-    cheap, dear, cheap_again = fake_openai.requests
+    cheap, dear, cheap_again = fake_openai.completions
     assert dear.headers["authorization"] == f"Bearer {secret}"
     assert "authorization" not in cheap.headers
     assert "authorization" not in cheap_again.headers
-    assert [r.json["model"] for r in fake_openai.requests] == [
+    assert [r.json["model"] for r in fake_openai.completions] == [
         "gpt-4o-mini",
         "gpt-4o",
         "gpt-4o-mini",
@@ -174,7 +174,7 @@ def test_exceeding_the_budget_cancels_before_the_next_call(
     assert execution["status"] == "cancelled", execution
     assert execution["status_reason"] == "budget_exceeded"
     assert execution["budget"] == budget
-    assert len(fake_openai.requests) == 1, "a model call started past the budget"
+    assert len(fake_openai.completions) == 1, "a model call started past the budget"
     steps = ts.steps_by_key(execution)
     assert steps["s1"]["status"] == "completed"
     assert steps["s2"]["status"] == steps["s3"]["status"] == "cancelled"
@@ -204,7 +204,7 @@ def test_max_seconds_times_out_a_hanging_call(
     assert steps["s1"]["status"] == "cancelled"
     assert "timed_out" in steps["s1"]["error"]
     assert steps["s2"]["started_at"] is None
-    assert len(fake_openai.requests) == 1
+    assert len(fake_openai.completions) == 1
     assert ts.events_of(owner_client, execution["id"])[-1]["data"]["reason"] == "timed_out"
 
 
@@ -235,5 +235,5 @@ def test_budget_stops_parallel_steps_still_waiting_for_a_slot(
     execution = ts.start(owner_client, team, budget={"max_tokens": 100})
     assert execution["status"] == "cancelled", execution
     assert execution["status_reason"] == "budget_exceeded"
-    assert len(fake_openai.requests) == 1, "model calls started past the budget"
+    assert len(fake_openai.completions) == 1, "model calls started past the budget"
     assert execution["input_tokens"] == 1000

@@ -636,7 +636,7 @@ def test_ledger_totals_equal_the_sum_of_their_calls(
     )
     execution = run_to_an_end(owner, team["id"], "count me")
     assert execution["status"] == "completed", execution
-    assert len(fake_openai.requests) == len(plan)
+    assert len(fake_openai.completions) == len(plan)
 
     prices = PriceTable.load()
     by_agent: dict[str | None, list[Any]] = {}

@@ -155,6 +155,9 @@ def test_models_endpoint_and_its_script(fake: FakeOpenAI, http: httpx.Client) ->
     fake.script_models(Fail(503), Reply("ignored: a Reply means the list"))
     assert http.get("/models").status_code == 503
     assert http.get("/models").json() == listing
+    http.post("/chat/completions", json={"model": "m", "messages": []})
+    assert len(fake.requests) == 4
+    assert [(r.method, r.path) for r in fake.completions] == [("POST", "/v1/chat/completions")]
 
 
 @pytest.mark.parametrize(
