@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -70,6 +71,9 @@ class LaunchedBackend(Backend):
     process: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
     database_name: str | None = None
+    # What "started" means: ready (the default), or only live for a backend expected to
+    # start degraded.
+    wait_for: ClassVar[str] = "ready"
 
     @classmethod
     def start(
@@ -150,14 +154,15 @@ class LaunchedBackend(Backend):
                     f"log {self.log_path}:\n{self._log_tail()}"
                 )
             try:
-                if httpx.get(f"{self.base_url}/health/ready", timeout=2.0).status_code == 200:
+                probe = f"{self.base_url}/health/{self.wait_for}"
+                if httpx.get(probe, timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         self.stop()
         raise BackendFailed(
-            f"the backend was not ready within {timeout:.0f}s; log {self.log_path}:\n"
+            f"the backend was not {self.wait_for} within {timeout:.0f}s; log {self.log_path}:\n"
             f"{self._log_tail()}"
         )
 

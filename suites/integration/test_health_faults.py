@@ -47,23 +47,7 @@ def closed_port() -> int:
 class DegradedBackend(LaunchedBackend):
     """A backend expected to start degraded: waits for liveness, not readiness."""
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.process is not None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BackendFailed(
-                    f"the backend exited with code {self.process.returncode} during start-up; "
-                    f"log {self.log_path}:\n{self._log_tail()}"
-                )
-            try:
-                if httpx.get(f"{self.base_url}/health/live", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise BackendFailed(f"the backend was not live within {timeout:.0f}s")
+    wait_for = "live"
 
 
 @pytest.fixture
