@@ -119,21 +119,25 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
             .values(active_executions=Account.active_executions - 1)
         )
 
-    async def beat(self, execution_id: uuid.UUID, owner: str, now: datetime) -> bool:
-        """Renew the heartbeat, only while this process still owns a running execution and
-        no cancel was asked for: the guard that keeps a cancelled execution from starting
-        anything new."""
-        result = await self.session.execute(
-            update(Execution)
-            .where(
-                Execution.id == execution_id,
-                Execution.owner == owner,
-                Execution.status == ExecutionStatus.running.value,
-                Execution.cancel_mode.is_(None),
+    async def beat(
+        self, execution_id: uuid.UUID, owner: str, now: datetime
+    ) -> tuple[bool, str | None]:
+        """Renew the heartbeat while this process owns the running execution, also once a
+        cancel was asked for (a step still running must not look abandoned to the reaper);
+        return whether it is still owned, and the cancel asked for, if any."""
+        row = (
+            await self.session.execute(
+                update(Execution)
+                .where(
+                    Execution.id == execution_id,
+                    Execution.owner == owner,
+                    Execution.status == ExecutionStatus.running.value,
+                )
+                .values(heartbeat_at=now)
+                .returning(Execution.cancel_mode)
             )
-            .values(heartbeat_at=now)
-        )
-        return _rowcount(result) == 1
+        ).one_or_none()
+        return (False, None) if row is None else (True, row.cancel_mode)
 
     async def request_cancel(self, execution_id: uuid.UUID, mode: str) -> bool:
         result = await self.session.execute(

@@ -535,6 +535,35 @@ async def test_a_resumed_execution_reads_the_messages_committed_before(world: Wo
     assert _numbered(events)
 
 
+async def test_the_heartbeat_goes_on_while_a_step_finishes_after_an_after_step_cancel(
+    world: World,
+) -> None:
+    """A step running past an `after_step` cancel keeps its execution owned (the reaper must
+    not take it over), and its result is kept."""
+    fast = world.settings.executions.model_copy(update={"heartbeat_seconds": 0.05})
+    engine = ExecutionEngine(world.database, fast, world.caller, EventHub(), "this-process")
+    execution_id = await world.start(await world.team("sequential", 2))
+    beats = []
+
+    async def long_step(agent: str) -> None:
+        await world.cancel(execution_id, "after_step")
+        for _ in range(2):
+            await asyncio.sleep(0.5)
+            execution, _, _ = await world.state(execution_id)
+            assert execution is not None
+            beats.append(execution.heartbeat_at)
+
+    world.caller.hook = long_step
+    await engine.run(execution_id, asyncio.Event())
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "cancelled"
+    assert (steps["s0"].status, steps["s1"].status) == ("completed", "cancelled")
+    assert beats[0] is not None
+    assert beats[1] > beats[0]
+
+
 async def test_a_cancel_committed_before_a_resumption_ends_it(world: World) -> None:
     execution_id = await world.start(await world.team("sequential", 2))
     await world.execute(

@@ -23,14 +23,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
-from sqlalchemy import Connection, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection
 
 from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import Database
-from app.models import Execution, ExecutionStatus, StepStatus
+from app.models import ExecutionStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
@@ -547,22 +546,9 @@ class ExecutionEngine:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             async with self.db.session() as session:
-                repo = ExecutionRepository(session)
-                if not await repo.beat(execution_id, self.owner, utcnow()):
-                    execution = await self._load(session, execution_id)
-                    if (
-                        execution is None
-                        or execution.cancel_mode == "immediate"
-                        or execution.owner != self.owner
-                    ):
-                        interrupt.set()
+                owned, cancel_mode = await ExecutionRepository(session).beat(
+                    execution_id, self.owner, utcnow()
+                )
                 await session.commit()
-
-    @staticmethod
-    async def _load(session: AsyncSession, execution_id: uuid.UUID) -> Execution | None:
-        result = await session.execute(
-            select(Execution)
-            .where(Execution.id == execution_id)
-            .execution_options(populate_existing=True)
-        )
-        return result.scalar_one_or_none()
+            if not owned or cancel_mode == "immediate":
+                interrupt.set()
