@@ -258,7 +258,8 @@ class DependencyValidator:
         except TimeoutError:
             outcomes = [self._failure(spec, f"no answer within {spec.timeout_seconds:g}s")]
         except Exception as exc:  # a broken check is reported, never allowed to stop others
-            outcomes = [self._failure(spec, f"the check raised {type(exc).__name__}: {exc}")]
+            # The type only: a driver's message may carry a connection string or a secret.
+            outcomes = [self._failure(spec, f"the check raised {type(exc).__name__}")]
         latency = round((time.perf_counter() - start) * 1000, 2)
         moment = now_utc()
         return [make_entry(spec, outcome, latency, moment) for outcome in outcomes]

@@ -231,7 +231,7 @@ async def test_a_broken_check_is_reported_and_does_not_stop_the_others(
         settings, database, checks=[Raises(), Fixed("ok", Status.passed)]
     )
     report = await validator.validate()
-    assert report.entries[0].message == "the check raised RuntimeError: a bug in the check"
+    assert report.entries[0].message == "the check raised RuntimeError"  # never its text
     assert report.entries[1].status is Status.passed
 
 

@@ -275,6 +275,7 @@ async def test_provider_answering_html_is_a_clear_failure() -> None:
         (401, "sk-bad", Status.warn, "refused the platform key"),
         (401, None, Status.passed, "reachable (HTTP 401)"),
         (404, None, Status.warn, "/models answered HTTP 404"),
+        (302, None, Status.warn, "/models redirects (HTTP 302)"),
     ],
 )
 async def test_provider_status_codes(
@@ -326,3 +327,42 @@ async def test_provider_urls_fall_back_to_the_default_without_a_database(
     finally:
         await db.dispose()
     assert urls == [settings.providers.openai_base_url]
+
+
+async def test_the_platform_key_goes_to_the_platform_url_and_urls_are_capped(
+    make_settings: MakeSettings, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        providers={"openai_base_url": "http://platform/v1/", "openai_api_key": "sk-platform"}
+    )
+    async with database.session() as session:
+        account = Account(name="many", name_key=f"many-{uuid.uuid4().hex}")
+        session.add(account)
+        await session.flush()
+        for n in range(3):
+            session.add(
+                Agent(
+                    account_id=account.id,
+                    name=f"agent-{n}",
+                    provider="openai",
+                    model="m",
+                    base_url=f"http://llm-{n}/v1",
+                )
+            )
+        await session.commit()
+    sent: list[tuple[str, str | None]] = []
+
+    async def fake_probe(
+        client: httpx.AsyncClient, url: str, key: str | None
+    ) -> checks.CheckOutcome:
+        sent.append((url, key))
+        return checks.CheckOutcome(url, Status.passed, "reachable (HTTP 200)")
+
+    monkeypatch.setattr(checks, "probe_provider", fake_probe)
+    monkeypatch.setattr(checks, "MAX_PROVIDER_URLS", 2)
+    outcomes = await ProvidersCheck().run(context(settings, database))
+    assert sent[0] == ("http://platform/v1", "sk-platform")
+    assert len(sent) == 2
+    assert all(key is None for _, key in sent[1:])
+    assert outcomes[-1].status is Status.warn
+    assert outcomes[-1].message == "2 more base URLs not checked (at most 2 per run)"

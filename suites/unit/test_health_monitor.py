@@ -78,7 +78,9 @@ async def test_failures_below_the_threshold_keep_the_last_good_result(
     assert monitor.ready is True
     [held] = monitor.snapshot().entries
     assert held.status is Status.passed
-    assert "latest run failed, 2 of 3 before this check fails: run 3: fail" in held.message
+    assert held.message == (
+        "run 1: pass (latest run failed, 2 of 3 before this check fails: run 3: fail)"
+    )
     await monitor.refresh("db")  # the third consecutive failure
     assert monitor.ready is False
     assert monitor.snapshot().status is Status.fail

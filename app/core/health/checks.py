@@ -498,6 +498,10 @@ async def provider_base_urls(context: CheckContext) -> list[str]:
     return list(seen)
 
 
+# Agents of every account name their own base URLs: the check probes this many at most.
+MAX_PROVIDER_URLS = 20
+
+
 async def probe_provider(
     client: httpx.AsyncClient, base_url: str, api_key: str | None
 ) -> CheckOutcome:
@@ -547,6 +551,15 @@ async def probe_provider(
             "ms",
             "Replace RENUM_PROVIDERS__OPENAI_API_KEY with a valid key.",
         )
+    if 300 <= code < 400:
+        return CheckOutcome(
+            where,
+            Status.warn,
+            f"{where}/models redirects (HTTP {code}); model calls are not redirected",
+            latency,
+            "ms",
+            "Set the base URL to where it redirects (the API root, usually ending in /v1).",
+        )
     if code >= 400 and code not in (401, 403):
         return CheckOutcome(
             where,
@@ -588,15 +601,24 @@ class ProvidersCheck(HealthCheck):
         settings = context.settings.providers
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         urls = await provider_base_urls(context)
+        platform_url = settings.openai_base_url.rstrip("/")
         limit = max(0.1, context.timeout_seconds * 0.8)
         async with httpx.AsyncClient(timeout=limit, follow_redirects=False) as client:
-            return list(
+            outcomes = list(
                 await asyncio.gather(
                     *(
-                        probe_provider(
-                            client, url, key if url == settings.openai_base_url else None
-                        )
-                        for url in urls
+                        probe_provider(client, url, key if url == platform_url else None)
+                        for url in urls[:MAX_PROVIDER_URLS]
                     )
                 )
             )
+        if len(urls) > MAX_PROVIDER_URLS:
+            outcomes.append(
+                CheckOutcome(
+                    "more base URLs",
+                    Status.warn,
+                    f"{len(urls) - MAX_PROVIDER_URLS} more base URLs not checked "
+                    f"(at most {MAX_PROVIDER_URLS} per run)",
+                )
+            )
+        return outcomes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from app.core.dependency_validator import (
     DependencyEntry,
@@ -33,13 +33,16 @@ class CheckState:
     """What the monitor knows about one check."""
 
     spec: CheckSpec
-    entries: list[DependencyEntry]
+    entries: list[DependencyEntry]  # what the snapshot shows
     completed_at: float  # time.monotonic() of the latest finished run
     consecutive_failures: int = 0
+    # The latest entries taken as they came: below the failure threshold the snapshot shows
+    # these with a note on the failed runs.
+    held: list[DependencyEntry] = field(default_factory=list)
 
     @property
     def failing(self) -> bool:
-        return any(entry.status is Status.fail for entry in self.entries)
+        return _failed(self.entries)
 
 
 def _failed(entries: list[DependencyEntry]) -> bool:
@@ -56,7 +59,7 @@ class HealthMonitor:
         for check in validator.checks:
             name = check.spec.name
             entries = [entry for entry in initial.entries if entry.check == name]
-            self.states[name] = CheckState(validator.specs[name], entries, now)
+            self.states[name] = CheckState(validator.specs[name], entries, now, held=entries)
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_ttl = False
         self._publish()
@@ -119,12 +122,12 @@ class HealthMonitor:
                     f" (latest run failed, {state.consecutive_failures} of {threshold} before "
                     f"this check fails: {'; '.join(e.message for e in entries if e.message)})"
                 )
-                state.entries = [replace(e, message=e.message + note) for e in state.entries]
+                state.entries = [replace(e, message=e.message + note) for e in state.held]
                 self._publish()
                 return
         else:
             state.consecutive_failures = 0
-        state.entries = entries
+        state.entries = state.held = entries
         if state.failing != was_failing:
             log.warning(
                 "dependency_status_changed",
