@@ -109,6 +109,8 @@ def parse_config(data: dict[str, Any], profile: str) -> LoadConfig:
             raise ThresholdsError(f"sla.groups.{name}: no such group in [groups]")
         thresholds += _thresholds(f"group:{name}", table, f"sla.groups.{name}")
     thresholds += _thresholds("resources", sla.get("resources", {}), "sla.resources")
+    if not thresholds:
+        raise ThresholdsError("no SLA threshold defined: a run with nothing to meet proves nothing")
     try:
         tolerances = Tolerances(**data.get("compare", {}))
     except TypeError as exc:

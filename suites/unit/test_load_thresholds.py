@@ -111,6 +111,7 @@ def test_a_profile_overrides_only_what_it_names() -> None:
         ({"sla": {"latency": {}}}, "unknown SLA scopes ['latency']"),
         ({"groups": {"probes": "GET /health/*"}}, "[groups] maps each group name to a list"),
         ({"compare": {"p95_grow": 0.1}}, "[compare]"),
+        ({"sla": {}}, "no SLA threshold defined"),
     ],
 )
 def test_malformed_files_say_where(change: dict[str, Any], message: str) -> None:
