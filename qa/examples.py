@@ -28,6 +28,7 @@ import contextlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -253,10 +254,33 @@ class ExampleValidator:
         buffer = io.StringIO()
         with _environment(self.env), contextlib.chdir(workdir), contextlib.redirect_stdout(buffer):
             try:
-                exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 - the docs' own examples
+                with _time_limit(self.timeout):
+                    exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 - the docs' own examples
+            except _TimedOut:
+                return False, f"timed out after {self.timeout:.0f}s\n{buffer.getvalue()}"
             except Exception:
                 return False, buffer.getvalue() + traceback.format_exc(limit=3)
         return True, buffer.getvalue()
+
+
+class _TimedOut(BaseException):
+    """A Python block ran past its time (a BaseException, so the block cannot catch it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` with SIGALRM (examples run on the main thread)."""
+
+    def expire(_signal: int, _frame: object) -> None:
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager

@@ -165,6 +165,17 @@ def test_a_block_that_hangs_is_stopped() -> None:
     assert outcome.output.startswith("timed out after 1s")
 
 
+def test_a_python_block_that_hangs_is_stopped() -> None:
+    validator = ExampleValidator("http://127.0.0.1:9", "a@b.test", "pw", timeout=1)
+    page = (
+        "```python\nimport time\nprint('waiting')\n"
+        "try:\n    time.sleep(5)\nexcept Exception:\n    print('caught')\n```\n"
+    )
+    outcome = validator.run_page(page, "slow.md").outcomes[0]
+    assert not outcome.passed
+    assert outcome.output == "timed out after 1s\nwaiting\n"
+
+
 def test_environment_is_restored_after_python_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RENUM_URL", "http://kept")
     monkeypatch.delenv("RENUM_EMAIL", raising=False)
