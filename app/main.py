@@ -3,6 +3,8 @@ routers together. Nothing connects at import time; the lifespan opens and closes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +32,7 @@ from app.api.routes import (
 from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.core.errors import install_error_handlers
-from app.core.health.startup import migrate_if_possible, start_health
+from app.core.health.startup import finish_start_up, migrate_if_possible, start_health
 from app.core.logging import configure_logging, get_logger
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
@@ -47,30 +49,47 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+async def _bootstrap(settings: Settings, database: Database) -> None:
+    """Create the first admin on an empty database."""
+    async with database.session() as session:
+        created = await bootstrap_admin(session, settings)
+    if created is None:
+        return
+    log.info("bootstrap_admin_created", email=created.email)
+    if created.generated_password is not None:
+        # Printed once to the console, deliberately not through the logger.
+        print(
+            f"\nRenum created the first admin: {created.email}\n"
+            f"Its generated password (shown once): {created.generated_password}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     database = Database(settings.database)
     app.state.database = database
+    later: asyncio.Task[None] | None = None
     try:
-        if settings.database.auto_migrate:
-            await migrate_if_possible(settings, database)
+        migrated = not settings.database.auto_migrate or await migrate_if_possible(
+            settings, database
+        )
         monitor = await start_health(settings, database)
         app.state.health_monitor = monitor
-        created = None
-        if monitor.ready:  # a degraded start leaves the first admin to a later start
-            async with database.session() as session:
-                created = await bootstrap_admin(session, settings)
-        if created is not None:
-            log.info("bootstrap_admin_created", email=created.email)
-            if created.generated_password is not None:
-                # Printed once to the console, deliberately not through the logger.
-                print(
-                    f"\nRenum created the first admin: {created.email}\n"
-                    f"Its generated password (shown once): {created.generated_password}\n",
-                    file=sys.stderr,
-                    flush=True,
+        if monitor.ready:
+            await _bootstrap(settings, database)
+        else:  # a degraded start: migrate and create the first admin once possible
+            later = asyncio.create_task(
+                finish_start_up(
+                    settings,
+                    database,
+                    monitor,
+                    migrated=migrated,
+                    bootstrap=lambda: _bootstrap(settings, database),
                 )
+            )
         runtime = Runtime.build(settings, database, app.state.box)
         app.state.runtime = runtime
         await runtime.start()
@@ -86,6 +105,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await monitor.stop()
             await runtime.stop()
     finally:
+        if later is not None:
+            later.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await later
         await database.dispose()
         log.info("shutdown_complete")
 

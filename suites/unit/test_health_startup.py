@@ -3,6 +3,7 @@ rule (stop with a summary, or start degraded when allowed), the monitor switch."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -11,7 +12,12 @@ import sys
 import pytest
 
 from app.core.health import startup
-from app.core.health.startup import StartupBlocked, migrate_if_possible, start_health
+from app.core.health.startup import (
+    StartupBlocked,
+    finish_start_up,
+    migrate_if_possible,
+    start_health,
+)
 from app.db import migrate
 from app.db.database import Database
 from qa.launcher import REPO_ROOT
@@ -68,6 +74,75 @@ async def test_a_failing_migration_is_left_to_the_validation(
     finally:
         await database.dispose()
     assert "auto_migrate_failed" in capsys.readouterr().out
+
+
+async def test_a_degraded_start_migrates_and_bootstraps_once_the_database_allows(
+    make_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    real_upgrade = startup.migrate.upgrade
+    attempts: list[str] = []
+
+    async def fails_twice(engine: object, revision: str = "head") -> None:
+        attempts.append(revision)
+        if len(attempts) < 3:
+            raise RuntimeError("the database went away")
+        await real_upgrade(engine, revision)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(startup.migrate, "upgrade", fails_twice)
+    settings = make_settings(
+        health={"monitor": False, "checks": {"database": {"interval_seconds": 0.01}}}
+    )
+    database = Database(settings.database)
+    bootstrapped: list[bool] = []
+
+    async def bootstrap() -> None:
+        bootstrapped.append(True)
+
+    try:
+        migrated = await migrate_if_possible(settings, database)
+        monitor = await start_health(settings, database)
+        assert (migrated, monitor.ready) == (False, False)  # the schema check fails
+        await asyncio.wait_for(
+            finish_start_up(settings, database, monitor, migrated=False, bootstrap=bootstrap), 10
+        )
+        assert monitor.ready is True
+        assert await migrate.current_revision(database.engine) == migrate.head_revision()
+    finally:
+        await database.dispose()
+    assert len(attempts) == 3
+    assert bootstrapped == [True]
+    out = capsys.readouterr().out
+    assert "auto_migrate_failed" in out
+    assert "auto_migrate_completed" in out
+
+
+async def test_a_failure_while_finishing_start_up_is_retried(
+    make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(
+        health={"monitor": False, "checks": {"database": {"interval_seconds": 0.01}}}
+    )
+    database = Database(settings.database)
+    calls: list[int] = []
+
+    async def flaky_bootstrap() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("the database went away")
+
+    try:
+        await migrate_if_possible(settings, database)
+        monitor = await start_health(settings, database)
+        await asyncio.wait_for(
+            finish_start_up(settings, database, monitor, migrated=True, bootstrap=flaky_bootstrap),
+            10,
+        )
+    finally:
+        await database.dispose()
+    assert len(calls) == 2
+    assert "start_up_retry_failed" in capsys.readouterr().out
 
 
 async def test_outside_production_a_failed_critical_dependency_starts_degraded(
