@@ -150,6 +150,26 @@ def test_send_output_to_delivers_a_model_agents_output(
     assert ts.steps_by_key(execution)["read"]["output"] == "broadcast=a finding;"
 
 
+def test_a_model_agent_answers_a_request_with_its_output(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Reply("forty-two"))
+    asker = ts.template_agent(owner_client, "{% set cid = ask('oracle', 'the answer?', 60) %}")
+    oracle = ts.model_agent(owner_client, fake_openai.base_url)
+    reader = ts.template_agent(owner_client, READER)
+    steps = [ts.step("ask", asker), ts.step("oracle", oracle), ts.step("read", reader)]
+    team = ts.create_team(owner_client, [asker, oracle, reader], ts.workflow("sequential", steps))
+    execution = ts.run_to_end(owner_client, team)
+    assert execution["status"] == "completed", execution
+    request, response = messages_of(owner_client, execution["id"])
+    assert (request["kind"], request["status"]) == ("request", "answered")
+    assert (response["kind"], response["body"]) == ("response", "forty-two")
+    assert response["correlation_id"] == request["correlation_id"]
+    assert response["recipient_agent_id"] == asker["id"]
+    prompt = [m["content"] for m in fake_openai.completions[-1].json["messages"]]
+    assert any("the answer?" in text for text in prompt)
+
+
 def test_a_message_to_an_unknown_recipient_fails_its_step(owner_client: ApiClient) -> None:
     lost = ts.template_agent(owner_client, "{{ send('nobody', 'hello?') }}")
     team = ts.create_team(owner_client, [lost], ts.workflow("sequential", [ts.step("s", lost)]))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -82,7 +82,12 @@ class AgentCaller:
                 model=agent.model,
                 duration_ms=int((time.perf_counter() - started) * 1000),
             )
-        return await self._model_call(agent, provider_key, step_input, context, mailbox.inbox)
+        outcome = await self._model_call(agent, provider_key, step_input, context, mailbox.inbox)
+        # A model agent answers the requests in its inbox with its output.
+        for item in mailbox.inbox:
+            if item["kind"] == "request" and item["status"] == "pending":
+                mailbox.reply(item, outcome.output)
+        return replace(outcome, messages=list(mailbox.outgoing))
 
     async def _model_call(
         self,
