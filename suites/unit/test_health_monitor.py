@@ -4,8 +4,7 @@ background loops per check, and probes that never wait on a check."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -45,6 +44,13 @@ class Switchable(HealthCheck):
         if self.hang:
             await asyncio.sleep(30)
         return [CheckOutcome(self.spec.name, self.status, f"run {self.runs}: {self.status}")]
+
+
+async def until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Yield to the monitor's tasks until ``condition`` holds (``limit`` only guards a hang)."""
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110 - polls the monitor's state, not an event
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -129,11 +135,10 @@ async def test_background_loops_run_each_check_on_its_interval_and_stop(
     fast = Switchable("db")
     monitor = await monitor_for(settings, database, fast)
     monitor.start()
-    await asyncio.sleep(0.4)
+    await until(lambda: fast.runs >= 4)  # the start-up run, then one per 0.05 s
     await monitor.stop()
     runs = fast.runs
-    assert runs >= 4  # the start-up run plus about one per 0.05 s
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.15)  # three intervals
     assert fast.runs == runs  # stopped
 
 
@@ -144,13 +149,11 @@ async def test_probes_answer_at_once_while_every_check_hangs(
     monitor = await monitor_for(settings, database, check)
     check.hang = True
     monitor.start()
-    await asyncio.sleep(0.1)  # a background run is now stuck until its 0.5 s timeout
-    start = time.perf_counter()
+    await until(lambda: check.runs == 2)  # a background run is now stuck until its timeout
     for _ in range(1000):
-        assert monitor.ready is True
-    assert time.perf_counter() - start < 0.5
-    await asyncio.sleep(0.6)  # the hung run timed out: that is a failure
-    assert monitor.ready is False
+        assert monitor.ready is True  # read from the snapshot: no probe runs or waits on a check
+    assert check.runs == 2
+    await until(lambda: not monitor.ready)  # the hung run timed out: that is a failure
     assert "no answer within 0.5s" in monitor.snapshot().entries[0].message
     await monitor.stop()
 
