@@ -250,7 +250,7 @@ def test_the_report_lists_the_most_frequent_failures(tmp_path: Path) -> None:
     rows = results.load_failures(path)
     assert [r["Occurrences"] for r in rows] == ["7", "3"]
     assert results.load_failures(tmp_path / "absent.csv") == []
-    checks = evaluate(parse_config({}, "smoke"), summary())
+    checks = evaluate(parse_config({"sla": {"overall": {"max_p95_ms": 10}}}, "smoke"), summary())
     report = runner.render(summary(), checks, None, rows)
     assert "## Most frequent failures" in report
     row = "| EXECUTION end to end (wait) | RuntimeError('execution failed / budget') | 7 |"
