@@ -311,6 +311,12 @@ class OperatorUser(FastHttpUser):
     fixed_count = 1
     wait_time = between(1.0, 3.0)
 
+    def on_start(self) -> None:
+        """A look at everything once, then the weighted mix."""
+        self.probes()
+        self.scrape()
+        self.dependencies()
+
     @task(3)
     def probes(self) -> None:
         self.client.get("/health/live", name="/health/live")

@@ -171,17 +171,18 @@ def test_hung_postgresql_turns_readiness_503_after_the_threshold_and_recovers(
     name, port = postgres_database
     with FaultProxy("127.0.0.1", port) as proxy:
         url = url_via(services.postgres().url, proxy.port, name)
-        server = launch_degraded(RENUM_DATABASE__URL=url)
+        # Three failed runs (about a second each) before readiness turns: time to see the hold.
+        server = launch_degraded(RENUM_DATABASE__URL=url, RENUM_HEALTH__FAILURE_THRESHOLD="3")
         wait_for(lambda: ready_status(server.base_url) == 200, what="ready through the proxy")
 
         proxy.hang()
-        # Hysteresis: the first failed run is noted, readiness holds until the second.
+        # Hysteresis: failed runs below the threshold are noted while readiness holds.
         wait_for(
             lambda: (
-                "latest run failed, 1 of 2"
+                "of 3 before this check fails"
                 in entry(details(server.base_url).json(), "database:responseTime")["output"]
             ),
-            what="one failure noted",
+            what="a failure noted while the check still passes",
         )
         wait_for(lambda: ready_status(server.base_url) == 503, what="503 after the threshold")
         wait_for(
