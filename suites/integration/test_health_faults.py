@@ -172,7 +172,12 @@ def test_hung_postgresql_turns_readiness_503_after_the_threshold_and_recovers(
     with FaultProxy("127.0.0.1", port) as proxy:
         url = url_via(services.postgres().url, proxy.port, name)
         # Three failed runs (about a second each) before readiness turns: time to see the hold.
-        server = launch_degraded(RENUM_DATABASE__URL=url, RENUM_HEALTH__FAILURE_THRESHOLD="3")
+        # A long TTL: on a busy machine the held result must not go stale during a hung run.
+        server = launch_degraded(
+            RENUM_DATABASE__URL=url,
+            RENUM_HEALTH__FAILURE_THRESHOLD="3",
+            RENUM_HEALTH__TTL_SECONDS="60",
+        )
         wait_for(lambda: ready_status(server.base_url) == 200, what="ready through the proxy")
 
         proxy.hang()
