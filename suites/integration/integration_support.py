@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from qa.client import ApiClient
 from qa.factories import Member
-from qa.launcher import Backend
+from qa.launcher import REPO_ROOT, Backend
 
 FreshLogin = Callable[[Member], ApiClient]  # the ``fresh_login`` fixture
 MakeUser = Callable[..., Member]  # the ``make_user`` fixture
@@ -121,3 +126,38 @@ def jwt_payload(token: str) -> dict[str, Any]:
     """The unverified payload of a JWT."""
     segment = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+# -- the ``renum`` console script -------------------------------------------------------------
+
+RENUM = Path(sys.executable).parent / "renum"
+
+
+@dataclass
+class Cli:
+    """The installed ``renum`` console script, run as a subprocess with ``env`` in ``cwd``."""
+
+    env: dict[str, str]
+    cwd: Path
+
+    def __call__(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
+            [str(RENUM), *args],
+            env={**self.env, **extra_env},
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """A ``renum`` subprocess's environment: none of the caller's ``RENUM_*`` variables, the
+    checkout under test on the path (whichever way the package was installed), a wide plain
+    console, and ``settings``."""
+    assert RENUM.exists(), f"the renum console script is not installed next to {sys.executable}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RENUM_")}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": pythonpath, "COLUMNS": "200", "NO_COLOR": "1", **settings}

@@ -3,55 +3,25 @@ console script against a temporary SQLite database."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from integration_support import Cli, cli_env
 
 from qa.client import API, ApiClient
 from qa.factories import expect
-from qa.launcher import REPO_ROOT
 from qa.plugin import LaunchBackend
 
-RENUM = Path(sys.executable).parent / "renum"
 ADMIN_PASSWORD = "cli-admin-passphrase"
-
-
-@dataclass
-class Cli:
-    env: dict[str, str]
-    cwd: Path
-
-    def __call__(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
-            [str(RENUM), *args],
-            env={**self.env, **extra_env},
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    assert RENUM.exists(), f"the renum console script is not installed next to {sys.executable}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RENUM_")}
-    env.update(
-        {
-            "RENUM_ENVIRONMENT": "test",
-            "RENUM_SECRET_KEY": "cli-test-secret-key-0123456789abcdefghijkl",
-            "RENUM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
-            # The checkout under test, whichever way the package was installed.
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-            "COLUMNS": "200",
-            "NO_COLOR": "1",
-        }
+    env = cli_env(
+        RENUM_ENVIRONMENT="test",
+        RENUM_SECRET_KEY="cli-test-secret-key-0123456789abcdefghijkl",
+        RENUM_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
     )
     # Run outside the repository so no .env file is picked up.
     return Cli(env=env, cwd=tmp_path)

@@ -4,42 +4,22 @@ PostgreSQL, its table, its JSON and its exit codes (0 pass, 1 warn, 2 fail)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from integration_support import Cli, cli_env
 
 from qa import services
-from qa.launcher import REPO_ROOT
-
-RENUM = Path(sys.executable).parent / "renum"
 
 
-@dataclass
-class Cli:
-    env: dict[str, str]
-    cwd: Path
-
-    def __call__(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
-            [str(RENUM), *args],
-            env={**self.env, **extra_env},
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+class DoctorCli(Cli):
+    """The console script, with ``renum doctor --json`` read back."""
 
     def doctor_json(self, **extra_env: str) -> tuple[int, dict[str, Any]]:
         result = self("doctor", "--json", **extra_env)
@@ -66,28 +46,21 @@ def database_url(db_flavour: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, database_url: str, fake_openai: Any) -> Cli:
-    assert RENUM.exists(), f"the renum console script is not installed next to {sys.executable}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RENUM_")}
-    env.update(
-        {
-            "RENUM_ENVIRONMENT": "test",
-            "RENUM_SECRET_KEY": "doctor-test-secret-key-0123456789abcdefghijkl",
-            "RENUM_DATABASE__URL": database_url,
-            "RENUM_PROVIDERS__OPENAI_BASE_URL": fake_openai.base_url,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-            "COLUMNS": "200",
-            "NO_COLOR": "1",
-        }
+def cli(tmp_path: Path, database_url: str, fake_openai: Any) -> DoctorCli:
+    env = cli_env(
+        RENUM_ENVIRONMENT="test",
+        RENUM_SECRET_KEY="doctor-test-secret-key-0123456789abcdefghijkl",
+        RENUM_DATABASE__URL=database_url,
+        RENUM_PROVIDERS__OPENAI_BASE_URL=fake_openai.base_url,
     )
-    return Cli(env=env, cwd=tmp_path)
+    return DoctorCli(env=env, cwd=tmp_path)
 
 
 def entries(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
     return [entry for entry in report["entries"] if entry["check"] == check]
 
 
-def test_healthy_installation_passes_with_exit_code_0(cli: Cli, db_flavour: str) -> None:
+def test_healthy_installation_passes_with_exit_code_0(cli: DoctorCli, db_flavour: str) -> None:
     assert cli("db", "upgrade").returncode == 0
     code, report = cli.doctor_json()
     assert code == 0, report
@@ -105,7 +78,7 @@ def test_healthy_installation_passes_with_exit_code_0(cli: Cli, db_flavour: str)
     assert "SQLite" in table.stdout or "PostgreSQL" in table.stdout
 
 
-def test_pending_migrations_fail_with_exit_code_2_and_the_fix(cli: Cli) -> None:
+def test_pending_migrations_fail_with_exit_code_2_and_the_fix(cli: DoctorCli) -> None:
     code, report = cli.doctor_json()
     assert code == 2
     assert report["status"] == "fail"
@@ -117,7 +90,7 @@ def test_pending_migrations_fail_with_exit_code_2_and_the_fix(cli: Cli) -> None:
     assert "fix: renum db upgrade" in table.stdout
 
 
-def test_unreachable_optional_redis_warns_with_exit_code_1(cli: Cli) -> None:
+def test_unreachable_optional_redis_warns_with_exit_code_1(cli: DoctorCli) -> None:
     assert cli("db", "upgrade").returncode == 0
     code, report = cli.doctor_json(RENUM_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
     assert code == 1
@@ -152,7 +125,9 @@ def web_page() -> Iterator[str]:
     server.server_close()
 
 
-def test_provider_answering_html_is_a_clear_entry_and_a_warning(cli: Cli, web_page: str) -> None:
+def test_provider_answering_html_is_a_clear_entry_and_a_warning(
+    cli: DoctorCli, web_page: str
+) -> None:
     assert cli("db", "upgrade").returncode == 0
     code, report = cli.doctor_json(RENUM_PROVIDERS__OPENAI_BASE_URL=web_page)
     assert code == 1
@@ -162,7 +137,7 @@ def test_provider_answering_html_is_a_clear_entry_and_a_warning(cli: Cli, web_pa
     assert "/v1" in provider["fix"]
 
 
-def test_unreachable_database_fails_without_showing_its_password(cli: Cli) -> None:
+def test_unreachable_database_fails_without_showing_its_password(cli: DoctorCli) -> None:
     url = f"postgresql+asyncpg://renum:s3cret-pass@127.0.0.1:{closed_port()}/renum"
     result = cli("doctor", "--json", RENUM_DATABASE__URL=url)
     assert result.returncode == 2
@@ -171,7 +146,7 @@ def test_unreachable_database_fails_without_showing_its_password(cli: Cli) -> No
     assert entries(report, "database")[0]["message"].startswith("cannot connect to ")
 
 
-def test_invalid_configuration_exits_2_with_the_variable(cli: Cli) -> None:
+def test_invalid_configuration_exits_2_with_the_variable(cli: DoctorCli) -> None:
     result = cli("doctor", RENUM_HEALTH__PROBE_TOKEN="short")
     assert result.returncode == 2
     assert "RENUM_HEALTH__PROBE_TOKEN" in result.stderr
