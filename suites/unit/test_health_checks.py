@@ -366,3 +366,4 @@ async def test_the_platform_key_goes_to_the_platform_url_and_urls_are_capped(
     assert all(key is None for _, key in sent[1:])
     assert outcomes[-1].status is Status.warn
     assert outcomes[-1].message == "2 more base URLs not checked (at most 2 per run)"
+    assert outcomes[-1].fix  # every entry that does not pass says what to do

@@ -619,6 +619,10 @@ class ProvidersCheck(HealthCheck):
                     Status.warn,
                     f"{len(urls) - MAX_PROVIDER_URLS} more base URLs not checked "
                     f"(at most {MAX_PROVIDER_URLS} per run)",
+                    observed_value=len(urls),
+                    observed_unit="base URLs",
+                    fix="Point agents at fewer distinct endpoints (a gateway such as LiteLLM), "
+                    "or check the others with their agents' executions.",
                 )
             )
         return outcomes
