@@ -22,8 +22,8 @@ COVERAGE_DIR = REPORTS / "coverage"
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 nox.options.sessions = [
-    "lint", "unit", "integration", "property", "regression", "contracts", "load_smoke",
-    "docs", "coverage",
+    "lint", "unit", "integration", "security", "property", "regression", "contracts",
+    "load_smoke", "docs", "coverage",
 ]  # fmt: skip
 
 
@@ -82,6 +82,15 @@ def unit(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """The real backend over HTTP, on SQLite and on PostgreSQL."""
     run_pytest(session, "integration", "suites/integration", "--db=sqlite,postgresql")
+
+
+@nox.session
+def security(session: nox.Session) -> None:
+    """The attacker's view, on SQLite and PostgreSQL: the egress guard and the platform key,
+    hostile templates, hostile inputs to every operation, contention, sessions, shutdown and
+    logs (`suites/security`), against a backend launched with no egress allowlist.
+    `-- --deep` explores longer."""
+    run_pytest(session, "security", "suites/security", "--db=sqlite,postgresql")
 
 
 @nox.session

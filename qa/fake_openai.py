@@ -20,6 +20,7 @@ many requests at once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import socket
 import threading
@@ -347,3 +348,21 @@ def _fail_response(step: Fail) -> Response:
     content = json.dumps(body) if isinstance(body, dict) else body
     headers = {} if step.retry_after is None else {"Retry-After": str(step.retry_after)}
     return Response(content, status_code=step.status, headers=headers, media_type=step.content_type)
+
+
+_shared_lock = threading.Lock()
+_shared: FakeOpenAI | None = None
+
+
+def shared_fake() -> FakeOpenAI:
+    """The harness process's one fake server, started on first use and stopped at exit.
+
+    Every launched backend uses it as its platform base URL (the operator's trusted
+    destination), so no backend ever resolves a public provider host; the ``fake_openai``
+    fixture hands it out, reset, to each test."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = FakeOpenAI().start()
+            atexit.register(_shared.stop)
+        return _shared

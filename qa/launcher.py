@@ -2,9 +2,15 @@
 
 ``LaunchedBackend`` runs uvicorn on a free port against a fresh database (an SQLite file in a
 temporary folder, or a new database on the local PostgreSQL), with a bootstrap admin, and waits
-until ``/health/ready`` answers. Coverage is measured inside the server when the harness itself
-runs under coverage (``[run] patch = subprocess`` in pyproject.toml); ``stop`` sends SIGTERM so
-the server shuts down cleanly and saves its data. The server's log is kept for failed runs.
+until ``/health/ready`` answers. Its platform base URL is the harness's shared fake
+OpenAI-compatible server on loopback (``qa.fake_openai.shared_fake``), and its egress
+allowlist holds exactly that server's host and port, so agents pointed at it stay valid and
+nothing ever resolves a public provider host. The process runs under ``qa.loopback_guard``
+(on the stdlib event loop, whose sockets the guard sees): a connection or name lookup outside
+loopback is refused there and reported when the backend stops (``BackendFailed`` with the destinations). Coverage is measured inside the server when
+the harness itself runs under coverage (``[run] patch = subprocess`` in pyproject.toml);
+``stop`` sends SIGTERM so the server shuts down cleanly and saves its data. The server's log
+is kept for failed runs.
 
 ``RemoteBackend`` is the same interface for a deployment given with ``--target URL``.
 """
@@ -27,6 +33,8 @@ from typing import ClassVar
 import httpx
 
 from qa import services
+from qa.fake_openai import shared_fake
+from qa.loopback_guard import LOG_ENV, read_violations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLAVOURS = ("sqlite", "postgresql")
@@ -94,6 +102,7 @@ class LaunchedBackend(Backend):
             database_url = services.create_postgres_database(database_name)
         port = free_port()
         password = secrets.token_urlsafe(16)
+        fake = shared_fake()
         env = {
             **os.environ,
             "RENUM_ENVIRONMENT": "test",
@@ -102,6 +111,9 @@ class LaunchedBackend(Backend):
             "RENUM_BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
             "RENUM_BOOTSTRAP_ADMIN_PASSWORD": password,
             "RENUM_LOG_FORMAT": "json",
+            "RENUM_PROVIDERS__OPENAI_BASE_URL": fake.base_url,
+            "RENUM_EGRESS__ALLOW": f"{fake.host}:{fake.port}",
+            LOG_ENV: str(workdir / "network-violations.jsonl"),
             **(extra_env or {}),
         }
         backend = cls(
@@ -123,6 +135,7 @@ class LaunchedBackend(Backend):
         command = [
             sys.executable,
             "-m",
+            "qa.loopback_guard",
             "uvicorn",
             "app.main:create_app",
             "--factory",
@@ -132,6 +145,10 @@ class LaunchedBackend(Backend):
             str(port),
             "--log-level",
             "info",
+            # The stdlib event loop: uvloop's sockets bypass Python's audit hooks, which the
+            # loopback guard needs to see every connection and lookup.
+            "--loop",
+            "asyncio",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -182,8 +199,14 @@ class LaunchedBackend(Backend):
         self._spawn(port)
         self.wait_ready(ready_timeout)
 
+    def network_violations(self) -> list[str]:
+        """Destinations outside loopback the server tried to reach (refused by the guard)."""
+        path = self.env.get(LOG_ENV)
+        return read_violations(path) if path else []
+
     def stop(self, timeout: float = 20.0) -> int | None:
-        """Stop the server with SIGTERM (clean shutdown, coverage saved) and drop its database."""
+        """Stop the server with SIGTERM (clean shutdown, coverage saved) and drop its database;
+        fail when it tried to reach anything outside loopback."""
         code = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -197,6 +220,12 @@ class LaunchedBackend(Backend):
         if self.database_name is not None:
             services.drop_postgres_database(self.database_name)
             self.database_name = None
+        violations = self.network_violations()
+        if violations:
+            raise BackendFailed(
+                "the backend tried to reach outside loopback (refused): "
+                + "; ".join(sorted(set(violations)))
+            )
         return code
 
 

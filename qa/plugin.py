@@ -158,8 +158,12 @@ def other_owner_client(other_tenant: Tenant, login: Callable[[str, str], ApiClie
 
 @pytest.fixture
 def fake_openai() -> Iterator[object]:
-    """A started ``qa.fake_openai.FakeOpenAI`` on loopback, scriptable per test; stopped after."""
-    from qa.fake_openai import FakeOpenAI
+    """The harness's shared ``qa.fake_openai.FakeOpenAI`` on loopback (every launched
+    backend's platform base URL, and allowlisted there), reset for this test: scriptable,
+    with only this test's requests recorded."""
+    from qa.fake_openai import shared_fake
 
-    with FakeOpenAI() as fake:
-        yield fake
+    fake = shared_fake()
+    fake.reset()
+    yield fake
+    fake.reset()

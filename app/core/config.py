@@ -96,6 +96,68 @@ class ProviderSettings(BaseModel):
         return value.rstrip("/")
 
 
+def _split_commas(value: object) -> object:
+    """A comma-separated environment value as a list; lists and JSON pass through."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class EgressSettings(BaseModel):
+    """Outbound HTTP made on a tenant's behalf (model calls to a tenant's base URL, model
+    listings, and every later feature that calls a URL a tenant gave). Destinations the
+    operator configures (the platform base URL, alert channels, ...) are trusted; every other
+    destination must resolve to public addresses on an allowed port, or be allowed here."""
+
+    allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Further destinations tenants may reach, comma separated, each a host or "
+        "CIDR with a port: `vllm.internal:8000`, `10.0.0.0/8:11434`, `[::1]:8000`.",
+    )
+    allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [80, 443],
+        description="Ports a tenant URL may use, comma separated (entries of `allow` carry "
+        "their own port).",
+    )
+
+    _split = field_validator("allow", "allowed_ports", mode="before")(_split_commas)
+
+
+class TemplateSettings(BaseModel):
+    """The bounded renderer of tenant templates (builtin `template` agents and workflow
+    `input_template`s): rendered in worker processes, killed past the time limit."""
+
+    timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Longest a render may run before it is stopped."
+    )
+    max_output_chars: int = Field(
+        default=1_000_000, ge=1_000, le=100_000_000, description="Longest output of a render."
+    )
+    max_iterations: int = Field(
+        default=100_000,
+        ge=100,
+        le=100_000_000,
+        description="Loop iterations (and range() items) one render may run, all loops summed.",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=64, description="Worker processes that render templates at once."
+    )
+    memory_mb: int = Field(
+        default=256,
+        ge=64,
+        le=65_536,
+        description="Memory a render worker may allocate beyond its start-up size.",
+    )
+
+
+class MetricsSettings(BaseModel):
+    public: bool | None = Field(
+        default=None,
+        description="Whether anonymous callers may read /metrics; unset: public outside "
+        "production. When not public, platform admins and the probe token may read it.",
+    )
+
+
 class TeamSettings(BaseModel):
     max_members: int = Field(default=10, ge=1, le=1000, description="Agents per team at most.")
 
@@ -216,6 +278,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest accepted request body (413 above)."
     )
+    max_json_depth: int = Field(
+        default=64, ge=2, le=512, description="Deepest nesting of a JSON body (422 above)."
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="On SIGTERM, longest wait for open requests and streams before they are "
+        "closed and running executions released for another process to resume.",
+    )
     redis_url: str | None = Field(default=None, description="Redis URL (optional).")
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -223,6 +295,9 @@ class Settings(BaseSettings):
     teams: TeamSettings = Field(default_factory=TeamSettings)
     executions: ExecutionSettings = Field(default_factory=ExecutionSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,
         description="Email of the admin created on an empty database (default admin@renum.local).",

@@ -40,7 +40,7 @@ import httpx
 from qa import launcher
 from qa.client import API, ApiClient
 from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
-from qa.fake_openai import FakeOpenAI
+from qa.fake_openai import shared_fake
 from qa.load import baseline as baselines
 from qa.load import resources, results
 from qa.load.profiles import PROFILES, get_profile, parse_timespan
@@ -373,7 +373,7 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
             stack.callback(launched.stop)
             assert launched.process is not None
             backend = launched
-            model_url = stack.enter_context(FakeOpenAI()).base_url
+            model_url = shared_fake().base_url  # the launched backend's platform URL
             sampler = resources.ProcessSampler(launched.process.pid)
             described = f"a launched backend ({options.db})"
         admin = stack.enter_context(ApiClient(backend.base_url))

@@ -45,50 +45,48 @@ def _wait_for(predicate: Callable[[], bool], seconds: float = 20.0) -> None:
 
 @pytest.mark.parametrize("flavour", ["sqlite", "postgresql"])
 def test_killed_backend_resumes_execution_from_last_completed_step(
-    launch_backend: LaunchBackend, flavour: str
+    launch_backend: LaunchBackend, flavour: str, fake_openai: FakeOpenAI
 ) -> None:
-    with FakeOpenAI() as fake:
-        # Step 1 answers at once; step 2 is slow, so the kill lands while it is in flight.
-        fake.script(Reply("first"), Slow(8, Reply("never delivered")))
-        backend = launch_backend(flavour, extra_env=FAST_RECOVERY)
-        owner, email = _owner(backend.base_url, backend.admin_email, backend.admin_password)
-        agents = [
-            expect(
-                owner.post(
-                    f"{API}/agents",
-                    json={
-                        "name": f"model-{n}",
-                        "provider": "openai",
-                        "model": "gpt-4o-mini",
-                        "base_url": fake.base_url,
-                        "retry": {"max_attempts": 1},
-                    },
-                ),
-                201,
-            )["id"]
-            for n in range(3)
-        ]
-        team = expect(
-            owner.post(f"{API}/teams", json={"name": "durable", "agent_ids": agents}), 201
-        )
-        execution = expect(
-            owner.post(f"{API}/teams/{team['id']}/executions", json={"prompt": "go"}), 202
-        )
-        url = f"{API}/executions/{execution['id']}"
+    fake = fake_openai
+    # Step 1 answers at once; step 2 is slow, so the kill lands while it is in flight.
+    fake.script(Reply("first"), Slow(8, Reply("never delivered")))
+    backend = launch_backend(flavour, extra_env=FAST_RECOVERY)
+    owner, email = _owner(backend.base_url, backend.admin_email, backend.admin_password)
+    agents = [
+        expect(
+            owner.post(
+                f"{API}/agents",
+                json={
+                    "name": f"model-{n}",
+                    "provider": "openai",
+                    "model": "gpt-4o-mini",
+                    "base_url": fake.base_url,
+                    "retry": {"max_attempts": 1},
+                },
+            ),
+            201,
+        )["id"]
+        for n in range(3)
+    ]
+    team = expect(owner.post(f"{API}/teams", json={"name": "durable", "agent_ids": agents}), 201)
+    execution = expect(
+        owner.post(f"{API}/teams/{team['id']}/executions", json={"prompt": "go"}), 202
+    )
+    url = f"{API}/executions/{execution['id']}"
 
-        def second_step_running() -> bool:
-            steps = expect(owner.get(f"{url}/steps"), 200)
-            return steps[0]["status"] == "completed" and steps[1]["status"] == "running"
+    def second_step_running() -> bool:
+        steps = expect(owner.get(f"{url}/steps"), 200)
+        return steps[0]["status"] == "completed" and steps[1]["status"] == "running"
 
-        _wait_for(second_step_running)
-        backend.kill()
-        owner.close()
+    _wait_for(second_step_running)
+    backend.kill()
+    owner.close()
 
-        fake.reset()
-        fake.script(Reply("second"), Reply("third"))
-        backend.respawn()
-        owner = ApiClient(backend.base_url).login(email, DEFAULT_PASSWORD)
-        final = expect(owner.get(f"{url}?wait=30"), 200)
+    fake.reset()
+    fake.script(Reply("second"), Reply("third"))
+    backend.respawn()
+    owner = ApiClient(backend.base_url).login(email, DEFAULT_PASSWORD)
+    final = expect(owner.get(f"{url}?wait=30"), 200)
 
     assert final["status"] == "completed", final
     assert final["result"] == "third"
