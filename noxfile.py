@@ -136,13 +136,14 @@ def performance(session: nox.Session) -> None:
 
 @nox.session
 def contracts(session: nox.Session) -> None:
-    """Schemathesis against the live backend, as an admin and as a member, and the guard against
-    breaking API changes. `-- --deep` explores long with a fresh seed (release candidates);
+    """Schemathesis against the live backend on SQLite and then PostgreSQL, as an admin and as a
+    member (NUL characters and, through a hook, non-finite numbers included), and the guard
+    against breaking API changes. `-- --deep` explores long with a fresh seed (release candidates);
     `-- --accept` records the served schema in contracts/openapi.json when nothing in it breaks
     a client (`--accept --accept-breaking` for an intended break); `-- --target URL` tests a
     deployment as the admin in RENUM_QA_ADMIN_EMAIL / RENUM_QA_ADMIN_PASSWORD. Findings, with
     cURL reproductions and the seed, land in reports/contracts/."""
-    run_pytest(session, "contracts", "contracts")
+    run_pytest(session, "contracts", "contracts", "--db=sqlite,postgresql")
 
 
 @nox.session

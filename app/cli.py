@@ -7,6 +7,7 @@ readable message and exit non-zero; no traceback is shown for expected failures.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -88,7 +89,9 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
 ) -> None:
-    """Serve the API with Uvicorn."""
+    """Serve the API with Uvicorn. On SIGTERM or Ctrl+C it stops within
+    RENUM_SHUTDOWN_TIMEOUT_SECONDS: live streams end at once, running executions are released
+    to another process, and requests still open past the timeout are cancelled."""
     import uvicorn
 
     settings = load_settings()
@@ -104,6 +107,7 @@ def serve(
         reload=reload,
         workers=None if reload else workers,
         log_config=None,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout_seconds)),
     )
 
 

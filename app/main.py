@@ -14,6 +14,8 @@ from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api import server_rules
+from app.api.input_guard import CheckInputs
 from app.api.routes import (
     accounts,
     agents,
@@ -36,6 +38,7 @@ from app.core.health.startup import finish_start_up, migrate_if_possible, start_
 from app.core.logging import configure_logging, get_logger
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
+from app.core.shutdown import GracefulShutdown
 from app.db.database import Database
 from app.services.bootstrap import bootstrap_admin
 from app.services.runtime import Runtime
@@ -93,6 +96,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings, database, app.state.box)
         app.state.runtime = runtime
         await runtime.start()
+        # SIGTERM ends live streams and releases running executions at once (app.core.shutdown).
+        shutdown = app.state.shutdown = GracefulShutdown(settings.shutdown_timeout_seconds)
+        shutdown.on_begin(runtime.hub.close)
+        shutdown.on_begin(runtime.runner.begin_stop)
+        shutdown.hook_signals()
         try:
             log.info(
                 "startup_complete",
@@ -102,8 +110,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             yield
         finally:
+            shutdown.begin("lifespan")
+            shutdown.unhook_signals()
             await monitor.stop()
-            await runtime.stop()
+            try:
+                async with asyncio.timeout(settings.shutdown_timeout_seconds):
+                    await runtime.stop()
+            except TimeoutError:
+                log.warning("shutdown_timed_out", timeout_seconds=settings.shutdown_timeout_seconds)
     finally:
         if later is not None:
             later.cancel()
@@ -129,8 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.codec = TokenCodec(settings)
     app.state.box = SecretBox.from_settings(settings)
     install_error_handlers(app)
+    server_rules.install(app)
 
-    api = APIRouter(prefix=API_PREFIX)
+    # Input limits on every API operation, before anything else runs (probes take no input).
+    api = APIRouter(prefix=API_PREFIX, dependencies=[CheckInputs])
     for module in (
         auth,
         accounts,

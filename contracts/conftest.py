@@ -8,6 +8,9 @@ when something is). The plugin's ``--target URL`` points every test at a deploym
 The identities: the platform ``admin`` and, from two fresh accounts made through the API, an
 ``owner`` and a ``member`` each; tenant identities name their counterpart in the other account
 as their peer, which must never see their objects.
+
+Databases: the plugin's ``--db`` (``--db=sqlite,postgresql``) runs everything once per
+database, one database after the other, each with its own backend, identities and time budget.
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     seed = config.getoption("--contract-seed", None)
     deep = config.getoption("--deep", False)
-    profile = Profile.deep(seed) if deep else Profile.ci(seed)
-    support.RUN = RunState(profile)
+    support.PROFILE = Profile.deep(seed) if deep else Profile.ci(seed)
+    support.RUN = None
+    support.RUNS.clear()
     support.reset_reports()
 
 
@@ -78,16 +82,28 @@ def pytest_configure(config: pytest.Config) -> None:
 ORDER = ("test_schema_guard.py", "test_flows.py", "test_stateful.py", "test_operations.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: ORDER.index(item.path.name) if item.path.name in ORDER else 0)
+def _database(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    return str(callspec.params.get("db_flavour", "")) if callspec is not None else ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # One database after the other (each backend is started once), in ORDER within each.
+    databases = {name: index for index, name in enumerate(str(config.getoption("--db")).split(","))}
+    items.sort(
+        key=lambda item: (
+            databases.get(_database(item), -1),
+            ORDER.index(item.path.name) if item.path.name in ORDER else 0,
+        )
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    profile = support.run_state().profile
+    profile = support.run_profile()
     return (
         f"contracts: profile {profile.name}, seed {profile.seed}, "
         f"{profile.max_examples} fuzzing cases per operation, {profile.scenarios} stateful "
-        f"scenarios, budget {profile.budget_seconds:.0f}s"
+        f"scenarios, budget {profile.budget_seconds:.0f}s per database"
     )
 
 
@@ -103,12 +119,14 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if support.RUN is None or not support.RUN.cases:
+    runs = [state for state in support.RUNS if state.cases]
+    if not runs:
         return
-    summary = support.write_summary(support.RUN)
+    summary = support.write_summary(runs)
     terminalreporter.write_sep("=", "Contract run")
-    for line in support.iter_summary_lines(support.RUN):
-        terminalreporter.write_line(f"  {line}")
+    for state in runs:
+        for line in support.iter_summary_lines(state):
+            terminalreporter.write_line(f"  {line}")
     terminalreporter.write_line(f"  summary: {summary}")
     failures = support.REPORTS / "failures.md"
     if failures.exists():
@@ -137,7 +155,7 @@ def identities(
         ("other-owner", other_tenant.owner, None),
         ("other-member", other_tenant.member, None),
     ]
-    state = support.run_state()
+    state = support.start_run(support.run_profile(), backend.flavour)
     state.base_url = backend.base_url
     for name, member, peer in people:
         client = admin_client if name == "admin" else login(member.email, member.password)
@@ -190,12 +208,15 @@ def schema_for(backend: Backend, identities: dict[str, Identity], wfc_path: Path
             no_coverage=recursive,
         )
         schema = schemathesis.openapi.from_dict(raw, config=config)
+        # The rules only the server can judge, as the schema documents them per operation.
+        state.rules = support.documented_rules(raw)
 
         @schema.hook
         def after_call(context: Any, case: schemathesis.Case, response: Any) -> None:
             support.record_call(name, support.phase_of(case), case.operation.label)
 
         schema.hook(support.filter_failure)
+        schema.hook(support.flatmap_body)  # non-finite numbers, now and then
 
         state.operations |= {
             result.ok().label for result in schema.get_all_operations() if isinstance(result, Ok)
@@ -221,7 +242,8 @@ def contract_schema(contract_identity: Identity, schema_for: SchemaFor) -> schem
 
 
 @pytest.fixture(scope="session")
-def run() -> RunState:
+def run(identities: dict[str, Identity]) -> RunState:
+    """The run of the database under test (it starts with its identities)."""
     return support.run_state()
 
 

@@ -7,10 +7,10 @@ OpenAI-compatible server on loopback (``qa.fake_openai.shared_fake``), and its e
 allowlist holds exactly that server's host and port, so agents pointed at it stay valid and
 nothing ever resolves a public provider host. The process runs under ``qa.loopback_guard``
 (on the stdlib event loop, whose sockets the guard sees): a connection or name lookup outside
-loopback is refused there and reported when the backend stops (``BackendFailed`` with the destinations). Coverage is measured inside the server when
-the harness itself runs under coverage (``[run] patch = subprocess`` in pyproject.toml);
-``stop`` sends SIGTERM so the server shuts down cleanly and saves its data. The server's log
-is kept for failed runs.
+loopback is refused there and reported when the backend stops (``BackendFailed`` with the
+destinations). Coverage is measured inside the server when the harness itself runs under
+coverage (``[run] patch = subprocess`` in pyproject.toml); ``stop`` sends SIGTERM so the
+server shuts down cleanly and saves its data. The server's log is kept for failed runs.
 
 ``RemoteBackend`` is the same interface for a deployment given with ``--target URL``.
 """

@@ -1,7 +1,9 @@
-"""FastAPI dependencies: settings, database session, the authenticated principal, paging."""
+"""FastAPI dependencies: settings, database session, the authenticated principal, the probe
+token, paging."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -67,6 +69,22 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+PROBE_TOKEN_HEADER = "X-Probe-Token"  # noqa: S105 - a header name, not a secret
+
+
+def probe_token_matches(request: Request, credential: str | None) -> bool:
+    """Whether the caller sent the configured probe token (``X-Probe-Token`` or ``Authorization:
+    Bearer``); compared in constant time, and read directly from the headers so that a probe
+    never answers 422."""
+    configured = request.app.state.settings.health.probe_token
+    if configured is None:
+        return False
+    expected = configured.get_secret_value().encode()
+    for candidate in (request.headers.get(PROBE_TOKEN_HEADER), credential):
+        if candidate and hmac.compare_digest(candidate.encode(), expected):
+            return True
+    return False
 
 
 @dataclass(frozen=True)

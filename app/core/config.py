@@ -14,6 +14,8 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.egress import parse_allow_entry
+
 DEV_SECRET_KEY = "renum-development-secret-key-change-me-0123456789"  # noqa: S105 - refused outside development
 
 
@@ -80,7 +82,9 @@ class ProviderSettings(BaseModel):
         description="Default base URL of the OpenAI-compatible Chat Completions API.",
     )
     openai_api_key: SecretStr | None = Field(
-        default=None, description="The platform's key, used by agents without a user key."
+        default=None,
+        description="The platform's key: sent only to the platform base URL, for agents "
+        "there without a provider key of their own.",
     )
     price_overrides: dict[str, ModelPrice] = Field(
         default_factory=dict,
@@ -122,22 +126,45 @@ class EgressSettings(BaseModel):
 
     _split = field_validator("allow", "allowed_ports", mode="before")(_split_commas)
 
+    @field_validator("allow")
+    @classmethod
+    def _valid_destinations(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_allow_entry(entry)  # a ValueError naming the entry and the accepted forms
+        return value
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _valid_ports(cls, value: list[int]) -> list[int]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not a number from 1 to 65535")
+        return value
+
 
 class TemplateSettings(BaseModel):
     """The bounded renderer of tenant templates (builtin `template` agents and workflow
     `input_template`s): rendered in worker processes, killed past the time limit."""
 
     timeout_seconds: float = Field(
-        default=2.0, gt=0, le=60, description="Longest a render may run before it is stopped."
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Longest a render may run; past it the worker process is killed and replaced.",
     )
     max_output_chars: int = Field(
-        default=1_000_000, ge=1_000, le=100_000_000, description="Longest output of a render."
+        default=1_000_000,
+        ge=1_000,
+        le=100_000_000,
+        description="Longest output of a render, and longest string or list a template may "
+        "build on the way.",
     )
     max_iterations: int = Field(
         default=100_000,
         ge=100,
         le=100_000_000,
-        description="Loop iterations (and range() items) one render may run, all loops summed.",
+        description="Iterations one render may run: the items of every loop (range() items "
+        "included) and macro calls, summed.",
     )
     workers: int = Field(
         default=2, ge=1, le=64, description="Worker processes that render templates at once."
@@ -151,11 +178,20 @@ class TemplateSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
+    """Who may read `GET /metrics` (it shows the environment, the version and the Python
+    build, which help an attacker pick exploits)."""
+
     public: bool | None = Field(
         default=None,
         description="Whether anonymous callers may read /metrics; unset: public outside "
         "production. When not public, platform admins and the probe token may read it.",
     )
+
+    def is_public(self, environment: Environment) -> bool:
+        """Whether anonymous callers may read the metrics in ``environment``."""
+        if self.public is None:
+            return environment is not Environment.production
+        return self.public
 
 
 class TeamSettings(BaseModel):
@@ -279,14 +315,14 @@ class Settings(BaseSettings):
         default=1_048_576, ge=1024, description="Largest accepted request body (413 above)."
     )
     max_json_depth: int = Field(
-        default=64, ge=2, le=512, description="Deepest nesting of a JSON body (422 above)."
+        default=64, ge=2, le=200, description="Deepest nesting of a JSON body (422 above)."
     )
     shutdown_timeout_seconds: float = Field(
         default=5.0,
         gt=0,
         le=600,
-        description="On SIGTERM, longest wait for open requests and streams before they are "
-        "closed and running executions released for another process to resume.",
+        description="On SIGTERM, live streams end and running executions are released at "
+        "once; other open requests get at most this long before they are cancelled.",
     )
     redis_url: str | None = Field(default=None, description="Redis URL (optional).")
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)

@@ -3,7 +3,8 @@
 Services raise ``ProblemError`` subclasses; the handlers installed by ``install_error_handlers``
 turn those, FastAPI's validation errors and Starlette's HTTP errors into one problem document
 shape carrying the request id; ``app.core.middleware`` answers unexpected exceptions the same
-way. No stack trace or SQL reaches a client.
+way. No stack trace or SQL reaches a client. Every 429 says when to retry (``Retry-After``,
+added by ``problem_response`` whichever path refused the request).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.core.input_limits import parse_error_problem
 from app.core.request_context import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -70,8 +72,17 @@ class PayloadTooLarge(ProblemError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
+# Seconds a 429 asks the client to wait when the limit does not know better.
+DEFAULT_RETRY_AFTER_SECONDS = 5
+
+
 class TooManyRequests(ProblemError):
+    """A limit was reached; ``Retry-After`` says when to try again (every 429 carries it)."""
+
     status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int = DEFAULT_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
 
 
 class ValidationFailed(ProblemError):
@@ -128,6 +139,9 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    if status == 429 and not any(name.lower() == "retry-after" for name in headers or ()):
+        # Every 429 says when to retry, whichever code path refused the request.
+        headers = {**(headers or {}), "Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)}
     return JSONResponse(
         problem_body(status, slug, title, detail, instance, errors),
         status_code=status,
@@ -214,6 +228,15 @@ async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONRes
     if isinstance(exc.__cause__, ProblemError):
         # FastAPI wraps errors raised while it reads the body (a body over the size limit).
         return await _handle_problem(request, exc.__cause__)
+    limit = parse_error_problem(exc.__cause__, "/body") if exc.__cause__ else None
+    if limit is not None:
+        # A JSON body nested too deeply to parse, or with an integer too long to convert: an
+        # input limit (app.core.input_limits), answered as the request guard answers the rest.
+        error = {"pointer": limit.pointer, "location": "body", "type": limit.type}
+        return await _handle_problem(
+            request,
+            ValidationFailed(limit.message, errors=[{**error, "message": limit.message}]),
+        )
     status = exc.status_code
     known = _problem_class(status)
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"

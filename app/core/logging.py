@@ -3,6 +3,11 @@
 structlog renders JSON outside development and a readable console format in development.
 Standard-library loggers (uvicorn, SQLAlchemy, Alembic) go through the same processors, so
 every line carries the same fields and passes the same redaction.
+
+Database errors never carry the values of a statement into a log: every engine hides SQL
+parameters (``hide_parameters=True``), and a logged traceback loses what drivers echo of them
+(PostgreSQL's ``DETAIL:`` lines, asyncpg's ``invalid input for query argument $1: <value>``,
+quoted input values in messages). Tracebacks are plain text: no local variables.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -39,6 +45,132 @@ _SECRET_VALUE_PATTERNS = (
     re.compile(r"rk_[A-Za-z0-9_-]{16,}"),  # Renum API keys
     re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
 )
+
+
+# What database drivers echo of a statement's values in their error messages.
+_DATABASE_VALUE_PATTERNS = (
+    # PostgreSQL's DETAIL: "Key (email)=(ada@example.com) already exists.", "Failing row
+    # contains (...)": a row's values.
+    (re.compile(r"(?m)^([ \t]*DETAIL:)[^\n]*"), r"\1 [redacted]"),
+    # asyncpg: "invalid input for query argument $2: 'the value' (reason)".
+    (re.compile(r"(query argument \$\d+:)[^\n]*"), r"\1 [redacted]"),
+    # SQLAlchemy's parameter list, should an engine ever be built without hide_parameters.
+    (re.compile(r"(?m)^([ \t]*\[parameters:)[^\n]*"), r"\1 [redacted]]"),
+    # PostgreSQL: 'invalid input syntax for type uuid: "abc"', 'value "9" is out of range'.
+    (re.compile(r'(?m)(: )"[^"\n]*"(?=[ \t]*$)'), r'\1"[redacted]"'),
+    (re.compile(r'(\bvalue )"[^"\n]*"'), r'\1"[redacted]"'),
+)
+# In a database error's message a quoted text is a value unless it names something.
+_QUOTED = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'")
+_NAMES_FOLLOW = re.compile(
+    r"\b(?:class|collation|column|constraint|cursor|database|domain|encoding|extension|function"
+    r"|index|operator|parameter|relation|role|savepoint|schema|sequence|statement|table"
+    r"|tablespace|trigger|type|user|view)\s+$",
+    re.IGNORECASE,
+)
+_DATABASE_PACKAGES = frozenset({"sqlalchemy", "asyncpg", "sqlite3", "aiosqlite", "psycopg"})
+
+
+def redact_database_values(text: str) -> str:
+    """``text`` (an error message or a traceback) without the statement values that database
+    drivers are known to echo; identifiers (tables, columns, constraints) and SQL stay."""
+    for pattern, replacement in _DATABASE_VALUE_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_quoted(message: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if _NAMES_FOLLOW.search(message[max(0, match.start() - 40) : match.start()]):
+            return match.group(0)
+        quote = match.group(0)[0]
+        return f"{quote}{REDACTED}{quote}"
+
+    return _QUOTED.sub(replace, message)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending += [current.__cause__, current.__context__]
+    return found
+
+
+def _from_database(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".", 1)[0] in _DATABASE_PACKAGES
+
+
+def _safe_message(exc: BaseException) -> str:
+    """A database error's message as it may be logged: its first line with quoted values
+    redacted (and, for SQLAlchemy's errors, the statement, whose values are parameters)."""
+    statement = getattr(exc, "statement", None)
+    orig = getattr(exc, "orig", None)
+    if isinstance(statement, str) and isinstance(orig, BaseException):
+        kind = f"{type(orig).__module__}.{type(orig).__qualname__}"
+        first = redact_database_values(_redact_quoted(str(orig).split("\n", 1)[0]))
+        return f"({kind}) {first}\n[SQL: {statement}]\n[SQL parameters hidden]"
+    text = str(exc).split("\n", 1)[0]
+    return redact_database_values(_redact_quoted(text))
+
+
+_stand_in_classes: dict[type[BaseException], type[Exception]] = {}
+
+
+def _stand_in(exc: BaseException, made: dict[int, BaseException]) -> BaseException:
+    """A copy of ``exc`` and its causes that renders as the original does (same class names,
+    same frames), with safe messages; the original is left untouched."""
+    if id(exc) in made:
+        return made[id(exc)]
+    original = type(exc)
+    cls = _stand_in_classes.get(original)
+    if cls is None:
+        attributes = {"__module__": original.__module__, "__qualname__": original.__qualname__}
+        cls = _stand_in_classes[original] = type(original.__name__, (Exception,), attributes)
+    copy = cls(_safe_message(exc))
+    made[id(exc)] = copy
+    copy.__traceback__ = exc.__traceback__
+    if exc.__cause__ is not None:
+        copy.__cause__ = _stand_in(exc.__cause__, made)
+    if exc.__context__ is not None:
+        copy.__context__ = _stand_in(exc.__context__, made)
+    copy.__suppress_context__ = exc.__suppress_context__
+    return copy
+
+
+def render_exception(exc: BaseException) -> str:
+    """``exc`` as a plain traceback (frames and messages, never local variables). When a
+    database error is part of it, every message of the chain keeps only its first line with
+    quoted values redacted, and SQLAlchemy's errors show their statement without values: no
+    parameter or row reaches the log, whatever the driver echoed."""
+    chain = _chain(exc)
+    if not any(_from_database(e) for e in chain):
+        return "".join(traceback.format_exception(exc)).rstrip("\n")
+    if any(isinstance(e, BaseExceptionGroup) for e in chain):  # rare: the known patterns
+        return redact_database_values("".join(traceback.format_exception(exc)).rstrip("\n"))
+    return "".join(traceback.format_exception(_stand_in(exc, {}))).rstrip("\n")
+
+
+def format_exc_info(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: ``exc_info`` rendered by ``render_exception`` as ``exception``."""
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc: BaseException | None = exc_info
+    elif isinstance(exc_info, tuple):
+        exc = exc_info[1]
+    else:
+        exc = sys.exc_info()[1]
+    if exc is not None:
+        event_dict["exception"] = render_exception(exc)
+    return event_dict
 
 
 def _is_secret_key(key: str) -> bool:
@@ -92,7 +224,7 @@ def configure_logging(settings: Settings) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
+        format_exc_info,
         redact_secrets,
     ]
     renderer: Any = (

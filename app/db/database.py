@@ -2,7 +2,11 @@
 
 Created by the application's lifespan (never at import time) and closed with it. Besides
 sessions, it runs short synchronous transactions in one hop (``run_transaction``), which the
-execution engine uses for its per-step writes.
+execution engine uses for its per-step writes, and a health round trip (``server_version``,
+``ping``) on a connection of its own that never waits for SQLite's write lock or the pool.
+
+Every engine hides SQL parameters (``hide_parameters=True``): a failed statement's error, and
+the statement log of ``echo``, never carry the values bound to it (prompts, key hashes, ...).
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from app.core.config import DatabaseSettings
 
 T = TypeVar("T")
+
+# Execution option naming how an SQLite transaction begins: "IMMEDIATE" (the default: take the
+# write lock at once) or "DEFERRED" (a read-only transaction: no write lock, never waits for a
+# writer under WAL). Ignored on PostgreSQL.
+SQLITE_BEGIN = "renum_sqlite_begin"
+READ_ONLY: dict[str, Any] = {SQLITE_BEGIN: "DEFERRED"}
+_BEGIN_MODES = frozenset({"IMMEDIATE", "DEFERRED"})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -39,11 +51,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_probe_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # A health round trip changes nothing: no journal-mode switch, which may need a lock.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=2000")
+    cursor.close()
+
+
 def _sqlite_begin(conn: Any) -> None:
     """Take SQLite's write lock when a transaction starts, not at its first write: a
     transaction that read first and wrote later would otherwise fail with "database is
-    locked" whenever another writer committed in between. Transactions are kept short."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    locked" whenever another writer committed in between. Transactions are kept short.
+    A transaction that only reads says so (``execution_options(**READ_ONLY)``) and begins
+    deferred: under WAL it never waits for the writer."""
+    mode = conn.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
+    if mode not in _BEGIN_MODES:
+        raise ValueError(f"{SQLITE_BEGIN} must be one of {sorted(_BEGIN_MODES)}, not {mode!r}")
+    conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def build_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -51,13 +76,32 @@ def build_engine(settings: DatabaseSettings) -> AsyncEngine:
     if settings.is_sqlite:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=settings.echo)
+        engine = create_async_engine(url, echo=settings.echo, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
-        url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True
+        url,
+        echo=settings.echo,
+        hide_parameters=True,
+        pool_size=settings.pool_size,
+        pool_pre_ping=True,
     )
+
+
+def build_probe_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """An engine for health round trips: no pool (each check connects afresh, so a busy
+    application pool never delays it) and, on SQLite, read-only transactions that begin
+    deferred (no write lock, so a burst of writers never delays it)."""
+    url = make_url(settings.url)
+    if settings.is_sqlite:
+        engine = create_async_engine(
+            url, poolclass=NullPool, hide_parameters=True, execution_options=READ_ONLY
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_probe_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(url, poolclass=NullPool, hide_parameters=True)
 
 
 def _sqlite_file(settings: DatabaseSettings) -> URL | None:
@@ -69,7 +113,7 @@ def _sqlite_file(settings: DatabaseSettings) -> URL | None:
 
 
 def build_sync_sqlite_engine(url: URL, echo: bool) -> Engine:
-    engine = create_engine(url, echo=echo)
+    engine = create_engine(url, echo=echo, hide_parameters=True)
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
@@ -84,15 +128,31 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_url = _sqlite_file(settings)
         self._sqlite: _SQLiteWorker | None = None
+        self._probe: AsyncEngine | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker() as session:
             yield session
 
+    @property
+    def probe_engine(self) -> AsyncEngine:
+        """The engine of health round trips (``build_probe_engine``), built when first used."""
+        if self._probe is None:
+            self._probe = build_probe_engine(self.settings)
+        return self._probe
+
+    async def server_version(self) -> str:
+        """The server's version, from a round trip on a fresh connection of its own that
+        takes no write lock: the database being busy never makes it wait (only its being
+        down, hung or unreachable does)."""
+        query = "select sqlite_version()" if self.settings.is_sqlite else "show server_version"
+        async with self.probe_engine.connect() as conn:
+            return str((await conn.execute(text(query))).scalar_one())
+
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        """A round trip that never waits for a writer or for the pool (see server_version)."""
+        await self.server_version()
 
     async def run_transaction(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on a synchronous connection in one transaction, committed when it
@@ -113,6 +173,9 @@ class Database:
         if self._sqlite is not None:
             worker, self._sqlite = self._sqlite, None
             await worker.close()
+        if self._probe is not None:
+            probe, self._probe = self._probe, None
+            await probe.dispose()
         await self.engine.dispose()
 
 

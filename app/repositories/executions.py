@@ -172,14 +172,6 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
         )
         return True
 
-    async def release_ownership(self, owner: str) -> None:
-        """On a clean shutdown: let the next process resume our executions at once."""
-        await self.session.execute(
-            update(Execution)
-            .where(Execution.owner == owner, Execution.status == ExecutionStatus.running.value)
-            .values(heartbeat_at=None, owner=None)
-        )
-
     async def abandoned(self, stale_before: datetime, limit: int = 100) -> list[uuid.UUID]:
         """Executions nobody drives: pending ones, and running ones whose heartbeat expired."""
         rows = await self.session.scalars(
@@ -362,6 +354,19 @@ class EngineRepository:
 
     def steps(self, execution_id: uuid.UUID) -> Sequence[Row[Any]]:
         return self.conn.execute(_read_steps, {"execution_id": execution_id}).all()
+
+    def release_ownership(self, owner: str) -> int:
+        """On a clean shutdown: let the next process resume ``owner``'s running executions
+        at once (no owner, no heartbeat); how many there were."""
+        result = self.conn.execute(
+            update(_executions)
+            .where(
+                _executions.c.owner == owner,
+                _executions.c.status == ExecutionStatus.running.value,
+            )
+            .values(heartbeat_at=None, owner=None)
+        )
+        return int(result.rowcount)
 
     def context(self, execution_id: uuid.UUID) -> dict[str, tuple[int, Any]]:
         """The latest version of each context key: ``{key: (version, value)}``."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import User
@@ -34,6 +35,25 @@ class UserRepository:
 
     def add(self, user: User) -> None:
         self.session.add(user)
+
+    async def record_login(self, user_id: uuid.UUID, when: datetime) -> None:
+        await self.session.execute(
+            update(User).where(User.id == user_id).values(last_login_at=when)
+        )
+
+    async def change_password(
+        self, user_id: uuid.UUID, new_hash: str, *, expected_hash: str | None = None
+    ) -> bool:
+        """Store ``new_hash`` and move to the next token generation (ending every token issued
+        before); with ``expected_hash``, only if the stored hash is still that one (nobody
+        changed the password meanwhile). Whether the user was changed."""
+        query = update(User).where(User.id == user_id)
+        if expected_hash is not None:
+            query = query.where(User.password_hash == expected_hash)
+        result = await self.session.execute(
+            query.values(password_hash=new_hash, token_generation=User.token_generation + 1)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def delete(self, user: User) -> None:
         await self.session.delete(user)

@@ -43,6 +43,19 @@ class AgentParameters(BaseModel):
     )
 
 
+BASE_URL_HELP = (
+    "`openai` agents: another OpenAI-compatible endpoint than the platform's (http or https, "
+    "no user information, query or fragment; its host must be publicly routable on an "
+    "allowed port unless the operator allows it, else 422). Such an agent needs its own "
+    "`provider_key_id`."
+)
+PROVIDER_KEY_HELP = (
+    "`openai` agents: pay with this stored provider key instead of the platform's key. "
+    "Required when `base_url` is not the platform's (the platform's key goes only to the "
+    "platform's URL)."
+)
+
+
 class AgentCreate(RequestModel):
     name: Name = Field(examples=["researcher"])
     description: str | None = Field(default=None, max_length=2000)
@@ -57,14 +70,8 @@ class AgentCreate(RequestModel):
     parameters: AgentParameters = Field(default_factory=AgentParameters)
     timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     retry: RetrySettings = Field(default_factory=RetrySettings)
-    base_url: AnyHttpUrl | None = Field(
-        default=None, description="`openai` agents: override the platform's base URL."
-    )
-    provider_key_id: uuid.UUID | None = Field(
-        default=None,
-        description="`openai` agents: pay with this stored provider key instead of the "
-        "platform's key.",
-    )
+    base_url: AnyHttpUrl | None = Field(default=None, description=BASE_URL_HELP)
+    provider_key_id: uuid.UUID | None = Field(default=None, description=PROVIDER_KEY_HELP)
 
 
 class AgentUpdate(RequestModel):
@@ -76,8 +83,8 @@ class AgentUpdate(RequestModel):
     parameters: AgentParameters = Field(default=None)  # type: ignore[assignment]
     timeout_seconds: float = Field(default=None, gt=0, le=600)  # type: ignore[assignment]
     retry: RetrySettings = Field(default=None)  # type: ignore[assignment]
-    base_url: AnyHttpUrl | None = None
-    provider_key_id: uuid.UUID | None = None
+    base_url: AnyHttpUrl | None = Field(default=None, description=BASE_URL_HELP)
+    provider_key_id: uuid.UUID | None = Field(default=None, description=PROVIDER_KEY_HELP)
 
 
 class AgentOut(ResponseModel):

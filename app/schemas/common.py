@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, get_args
 
@@ -19,6 +19,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 
@@ -78,8 +79,21 @@ def _date_time(value: Any) -> Any:
     return value
 
 
-# An instant as `format: date-time` says: a date and a time (without an offset, read as UTC).
-DateTime = Annotated[datetime, BeforeValidator(_date_time)]
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC; one Python cannot hold in UTC is refused, not a 500 later (found
+    by an attacker: `9999-12-31T23:59:59-05:00` overflowed when converted)."""
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_out_of_range",
+            "the instant is out of range: it must lie between 0001-01-01 and 9999-12-31 in UTC",
+        ) from None
+
+
+# An instant as `format: date-time` says: a date and a time (without an offset, read as UTC);
+# every date-time input is one, handed on in UTC.
+DateTime = Annotated[datetime, BeforeValidator(_date_time), AfterValidator(_in_utc)]
 
 MONEY_PATTERN = r"^(1000000(\.0{1,8})?|[0-9]{1,6}(\.[0-9]{1,8})?)$"
 
@@ -204,6 +218,15 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "model": Problem,
             "description": _DESCRIPTIONS[status],
             "content": {"application/problem+json": {}},
+            **({"headers": _RETRY_AFTER} if status == 429 else {}),
         }
         for status in statuses
     }
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
-from app.schemas.common import Email, FullName, Password, RequestModel, ResponseModel
+from app.schemas.common import VERBATIM, Email, FullName, Password, RequestModel, ResponseModel
 
 AccountRole = Literal["owner", "member", "viewer"]
 
@@ -39,3 +39,18 @@ class UserOut(ResponseModel):
     is_active: bool
     created_at: datetime
     last_login_at: datetime | None
+
+
+# The password a user has now: whatever it is (an operator may have set a short one), as sent.
+CurrentPassword = Annotated[str, StringConstraints(min_length=1, max_length=256), VERBATIM]
+
+
+class PasswordChange(RequestModel):
+    current_password: CurrentPassword = Field(
+        description="The password the caller logs in with now.",
+        examples=["the-current-passphrase"],
+    )
+    new_password: Password = Field(
+        description="The new password: the same rules as a new user's (8 to 256 characters).",
+        examples=["an-even-longer-passphrase"],
+    )

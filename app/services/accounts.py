@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, NotFound
-from app.core.security import hash_password
 from app.models import Account, Role, User
 from app.repositories.accounts import AccountRepository
 from app.repositories.base import commit_unique
 from app.repositories.users import UserRepository
 from app.schemas.accounts import AccountCreate
+from app.services.passwords import hash_outside_transaction
 from app.services.principal import Principal
 
 
@@ -30,6 +30,7 @@ class AccountService:
 
     async def create(self, principal: Principal, data: AccountCreate) -> Account:
         principal.require(Role.admin)
+        password_hash = await hash_outside_transaction(self.session, data.owner_password)
         key = name_key(data.name)
         if await self.accounts.by_name_key(key) is not None:
             raise Conflict(f"An account named {data.name!r} already exists.")
@@ -43,7 +44,7 @@ class AccountService:
                 account_id=account.id,
                 email=data.owner_email.lower(),
                 full_name=data.owner_name,
-                password_hash=hash_password(data.owner_password),
+                password_hash=password_hash,
                 role=Role.owner.value,
             )
         )

@@ -1,4 +1,8 @@
-"""Agents and users' provider keys: validation, scoping and storage."""
+"""Agents and users' provider keys: validation, scoping and storage.
+
+An ``openai`` agent's base URL must pass the egress guard's static check, and an agent whose
+base URL is not the platform's must name its own provider key: the platform's key goes only to
+the platform's URL."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.config import Settings
 from app.core.crypto import SecretBox
+from app.core.egress import EgressGuard, EgressRefused, is_under
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.models import Agent, ProviderKey, Role
 from app.repositories.agents import AgentRepository, ProviderKeyRepository
@@ -83,8 +89,9 @@ class ProviderKeyService:
 
 
 class AgentService:
-    def __init__(self, session: AsyncSession, box: SecretBox) -> None:
+    def __init__(self, session: AsyncSession, box: SecretBox, settings: Settings) -> None:
         self.session = session
+        self.settings = settings
         self.agents = AgentRepository(session)
         self.provider_keys = ProviderKeyService(session, box)
 
@@ -120,6 +127,16 @@ class AgentService:
             raise ValidationFailed.at(
                 f"{pointer}/parameters/template", "only builtin template agents take a template"
             )
+        base_url = values.get("base_url")
+        if base_url is not None:
+            try:
+                EgressGuard.from_settings(self.settings).check_url(base_url)
+            except EgressRefused as refused:
+                raise ValidationFailed.at(
+                    f"{pointer}/base_url",
+                    f"refused by the egress policy: {refused.detail}",
+                    "egress_refused",
+                ) from None
         key_id = values.get("provider_key_id")
         if key_id is not None:
             try:
@@ -128,6 +145,14 @@ class AgentService:
                 raise ValidationFailed.at(
                     f"{pointer}/provider_key_id", "no provider key with this id", "not_found"
                 ) from None
+        platform_url = self.settings.providers.openai_base_url
+        if key_id is None and not is_under(base_url or platform_url, platform_url):
+            raise ValidationFailed.at(
+                f"{pointer}/provider_key_id",
+                "an agent whose base_url is not the platform's needs its own provider key: "
+                "set provider_key_id (the platform's key goes only to the platform's URL)",
+                "required",
+            )
 
     async def create(self, principal: Principal, data: AgentCreate) -> Agent:
         principal.require(Role.member)

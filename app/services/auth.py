@@ -1,4 +1,10 @@
-"""Logging in, refreshing and revoking sessions, and turning a credential into a Principal."""
+"""Logging in, refreshing and revoking sessions, and turning a credential into a Principal.
+
+A login reads the user in a read-only transaction, ends it, verifies the password in the
+hashing threads, then records the session in a new short transaction: no lock is held while
+argon2 runs. An access token is accepted only while its ``gen`` claim equals the user's
+current token generation (read with the user, so the check costs nothing extra); a password
+change or a deactivation moves the generation on and so ends every token issued before."""
 
 from __future__ import annotations
 
@@ -13,12 +19,13 @@ from app.core.security import (
     TokenError,
     hash_api_key,
     looks_like_api_key,
-    verify_password,
 )
+from app.db.database import READ_ONLY
 from app.models import RefreshToken, Role, User
 from app.repositories.tokens import ApiKeyRepository, RefreshTokenRepository
 from app.repositories.users import UserRepository
 from app.schemas.auth import TokenPair
+from app.services.passwords import verify_outside_transaction
 from app.services.principal import Principal
 
 # Writing last_used_at on every request would turn reads into writes; once a minute is enough.
@@ -34,13 +41,22 @@ class AuthService:
         self.api_keys = ApiKeyRepository(session)
 
     async def login(self, email: str, password: str) -> TokenPair:
+        if not self.session.in_transaction():
+            await self.session.connection(execution_options=READ_ONLY)
         user = await self.users.by_email(email)
-        if not verify_password(password, user.password_hash if user else None) or user is None:
+        password_hash = user.password_hash if user else None
+        found = (user.id, user.is_active, user.token_generation) if user else None
+        if not await verify_outside_transaction(self.session, password, password_hash) or (
+            found is None
+        ):
             raise Unauthorized("Incorrect email or password.")
-        if not user.is_active:
+        user_id, is_active, generation = found
+        if not is_active:
             raise Unauthorized("This user is deactivated.")
-        user.last_login_at = datetime.now(UTC)
-        pair = self._issue_pair(user.id, family_id=uuid.uuid4())
+        await self.users.record_login(user_id, datetime.now(UTC))
+        # Should the password have changed meanwhile, these tokens carry the old generation
+        # and are refused at once.
+        pair = self._issue_pair(user_id, generation, family_id=uuid.uuid4())
         await self.session.commit()
         return pair
 
@@ -56,7 +72,7 @@ class AuthService:
         if user is None or not user.is_active:
             raise Unauthorized("This user is deactivated.")
         row.revoked_at = now
-        pair = self._issue_pair(user.id, family_id=row.family_id)
+        pair = self._issue_pair(user.id, user.token_generation, family_id=row.family_id)
         await self.session.commit()
         return pair
 
@@ -73,6 +89,11 @@ class AuthService:
         except TokenError as exc:
             raise Unauthorized("The access token is invalid or expired.") from exc
         user = await self._active_user(claims.subject)
+        if claims.generation != user.token_generation:
+            raise Unauthorized(
+                "This session has ended (the password changed or the user was deactivated); "
+                "log in again."
+            )
         return Principal(user_id=user.id, account_id=user.account_id, role=user.role_enum)
 
     async def _authenticate_api_key(self, key: str) -> Principal:
@@ -108,9 +129,11 @@ class AuthService:
             raise Unauthorized("The refresh token is not known.")
         return row
 
-    def _issue_pair(self, user_id: uuid.UUID, *, family_id: uuid.UUID) -> TokenPair:
-        access, _ = self.codec.issue(user_id, "access")
-        refresh, claims = self.codec.issue(user_id, "refresh")
+    def _issue_pair(
+        self, user_id: uuid.UUID, generation: int, *, family_id: uuid.UUID
+    ) -> TokenPair:
+        access, _ = self.codec.issue(user_id, "access", generation=generation)
+        refresh, claims = self.codec.issue(user_id, "refresh", generation=generation)
         self.refresh_tokens.add(
             RefreshToken(
                 id=claims.token_id,

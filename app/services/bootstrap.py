@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.security import hash_password
+from app.core.security import hash_password_async
 from app.models import Account, Role, User
 from app.repositories.accounts import AccountRepository
 from app.repositories.users import UserRepository
@@ -37,11 +37,12 @@ async def platform_account(session: AsyncSession) -> Account:
 
 
 async def create_admin(session: AsyncSession, email: str, password: str) -> User:
+    password_hash = await hash_password_async(password)
     account = await platform_account(session)
     user = User(
         account_id=account.id,
         email=email.lower(),
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         role=Role.admin.value,
         full_name="Administrator",
     )

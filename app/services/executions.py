@@ -32,7 +32,7 @@ from app.repositories.ledger import LedgerRepository
 from app.repositories.messages import MessageRepository
 from app.schemas.executions import EventOut, ExecutionCreate, UsageOut, UsageRow
 from app.services.engine.runner import ExecutionDispatcher
-from app.services.events import EventHub, wait_for
+from app.services.events import EventHub, StreamsClosed, wait_for
 from app.services.principal import Principal
 from app.services.teams import TeamService
 from app.services.workflows import default_workflow
@@ -176,8 +176,9 @@ class ExecutionService:
             None if t is None else (t if t.tzinfo else t.replace(tzinfo=UTC))
             for t in (since, until)
         )
-        if since is not None and until is not None and since >= until:
-            raise ValidationFailed.at("/query/to", "`to` must be after `from`")
+        # `from` counts, `to` does not: `from == to` is an empty period, with nothing in it.
+        if since is not None and until is not None and since > until:
+            raise ValidationFailed.at("/query/to", "`to` must not come before `from`")
         rows = await LedgerRepository(self.session).totals(
             principal.scope, group_by, since=since, until=until
         )
@@ -204,11 +205,12 @@ class ExecutionService:
 async def wait_for_end(
     database: Database, hub: EventHub, execution_id: uuid.UUID, seconds: float
 ) -> None:
-    """Return when the execution has ended or ``seconds`` have passed."""
+    """Return when the execution has ended, ``seconds`` have passed or the process is
+    shutting down."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     with hub.listening(execution_id) as signal:
-        while True:
+        while not hub.closed:
             signal.clear()
             async with database.session() as session:
                 execution = await session.get(Execution, execution_id)
@@ -228,10 +230,13 @@ async def event_stream(
 ) -> AsyncIterator[EventOut | None]:
     """Yield the execution's events after ``after`` as they are committed, until it ends;
     ``None`` marks ``idle_seconds`` without news (a keep-alive). Each read uses its own short
-    session, so a long stream holds no transaction."""
+    session, so a long stream holds no transaction. Raises ``StreamsClosed`` when the process
+    shuts down (the client resumes elsewhere after the last event it got)."""
     last = after
     with hub.listening(execution_id) as signal:
         while True:
+            if hub.closed:
+                raise StreamsClosed("the server is shutting down")
             signal.clear()
             async with database.session() as session:
                 # The status first: if it is final, the events read next include the last one.

@@ -1,6 +1,8 @@
 """What a running backend process holds for executions: the database, the event hub, the
-HTTP client for model calls, the engine and its dispatcher. Built and torn down by the
-application's lifespan; nothing here connects at import time."""
+HTTP clients for model calls (trusted for the operator's URLs, guarded by the egress policy for
+tenants'), the bounded template renderer (its worker processes start on first use), the
+engine and its dispatcher. Built and torn down by the application's lifespan; nothing here
+connects at import time."""
 
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-import httpx
-
 from app.core.config import Settings
 from app.core.crypto import SecretBox
+from app.core.egress import EgressClients
+from app.core.templates import TemplateRenderer
 from app.db.database import Database
 from app.services.engine.agent_calls import AgentCaller
 from app.services.engine.engine import ExecutionEngine
 from app.services.engine.runner import InProcessRunner
 from app.services.events import EventHub
+from app.services.providers.builtin import TEMPLATE_KITS
 from app.services.providers.prices import PriceTable
 
 
@@ -25,8 +28,9 @@ from app.services.providers.prices import PriceTable
 class Runtime:
     database: Database
     hub: EventHub
-    http: httpx.AsyncClient
+    http: EgressClients
     runner: InProcessRunner
+    templates: TemplateRenderer
 
     @classmethod
     def build(cls, settings: Settings, database: Database, box: SecretBox) -> Runtime:
@@ -34,16 +38,19 @@ class Runtime:
             model: price.model_dump(mode="json")
             for model, price in settings.providers.price_overrides.items()
         }
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
+        http = EgressClients.build(settings)
         hub = EventHub()
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        caller = AgentCaller(settings, box, PriceTable.load(overrides), http)
+        templates = TemplateRenderer(settings.templates, TEMPLATE_KITS)
+        caller = AgentCaller(settings, box, PriceTable.load(overrides), http, templates)
         engine = ExecutionEngine(database, settings.executions, caller, hub, owner)
-        return cls(database, hub, http, InProcessRunner(engine, database, settings.executions))
+        runner = InProcessRunner(engine, database, settings.executions)
+        return cls(database, hub, http, runner, templates)
 
     async def start(self) -> None:
         await self.runner.start()
 
     async def stop(self) -> None:
         await self.runner.stop()
+        await self.templates.close()
         await self.http.aclose()

@@ -1,4 +1,10 @@
-"""User management: owners manage their account's users; admins manage every account's."""
+"""User management: owners manage their account's users; admins manage every account's;
+every user changes their own password.
+
+Passwords are hashed and verified with no transaction open (``app.services.passwords``). A
+password change, by the user or by an owner or admin, and a deactivation end the user's
+sessions: their refresh tokens are revoked and their token generation moves on, which ends
+their access tokens too. API keys are credentials of their own and stay valid."""
 
 from __future__ import annotations
 
@@ -7,15 +13,16 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.core.security import hash_password
+from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.core.security import hash_password_async
 from app.db.base import utcnow
 from app.models import Role, User
 from app.repositories.accounts import AccountRepository
 from app.repositories.base import commit_unique
 from app.repositories.tokens import RefreshTokenRepository
 from app.repositories.users import UserRepository
-from app.schemas.users import UserCreate, UserUpdate
+from app.schemas.users import PasswordChange, UserCreate, UserUpdate
+from app.services.passwords import hash_outside_transaction, verify_outside_transaction
 from app.services.principal import Principal
 
 
@@ -47,6 +54,7 @@ class UserService:
 
     async def create(self, principal: Principal, data: UserCreate) -> User:
         principal.require(Role.owner)
+        password_hash = await hash_outside_transaction(self.session, data.password)
         if principal.is_admin and data.account_id is None:
             raise ValidationFailed.at(
                 "/body/account_id", "Admins must say which account the user belongs to.", "missing"
@@ -62,7 +70,7 @@ class UserService:
             account_id=account_id,
             email=data.email.lower(),
             full_name=data.full_name,
-            password_hash=hash_password(data.password),
+            password_hash=password_hash,
             role=data.role,
         )
         self.users.add(user)
@@ -70,8 +78,12 @@ class UserService:
         return user
 
     async def update(self, principal: Principal, user_id: uuid.UUID, data: UserUpdate) -> User:
-        user = await self.get(principal, user_id)
         changes = data.model_dump(exclude_unset=True)
+        new_hash = None
+        if changes.get("password"):
+            principal.require(Role.owner)
+            new_hash = await hash_outside_transaction(self.session, changes["password"])
+        user = await self.get(principal, user_id)
         if user.id == principal.user_id and ({"role", "is_active"} & changes.keys()):
             raise Conflict("You cannot change your own role or deactivate yourself.")
         if user.role_enum is Role.admin and "role" in changes:
@@ -81,12 +93,39 @@ class UserService:
         for field in ("role", "is_active"):
             if changes.get(field) is not None:
                 setattr(user, field, changes[field])
-        if changes.get("password"):
-            user.password_hash = hash_password(changes["password"])
-        if changes.get("password") or changes.get("is_active") is False:
+        if new_hash is not None:
+            user.password_hash = new_hash
+        if new_hash is not None or changes.get("is_active") is False:
+            user.token_generation += 1  # ends the user's access tokens
             await self.refresh_tokens.revoke_user(user.id, utcnow())
         await self.session.commit()
         return user
+
+    async def change_own_password(self, principal: Principal, data: PasswordChange) -> None:
+        """The caller's new password, given the current one; ends every session of theirs
+        (this one too). API keys stay valid."""
+        if principal.api_key_id is not None:
+            raise Forbidden(
+                "Change your password with an access token from logging in, not an API key."
+            )
+        user = await self.me(principal)
+        user_id, stored = user.id, user.password_hash
+        if not await verify_outside_transaction(self.session, data.current_password, stored):
+            raise ValidationFailed.at(
+                "/body/current_password", "The current password is not correct.", "wrong_password"
+            )
+        if data.new_password == data.current_password:
+            raise ValidationFailed.at(
+                "/body/new_password",
+                "The new password must differ from the current one.",
+                "unchanged_password",
+            )
+        new_hash = await hash_password_async(data.new_password)
+        if not await self.users.change_password(user_id, new_hash, expected_hash=stored):
+            await self.session.rollback()
+            raise Conflict("The password was changed meanwhile; log in with the new one.")
+        await self.refresh_tokens.revoke_user(user_id, utcnow())
+        await self.session.commit()
 
     async def delete(self, principal: Principal, user_id: uuid.UUID) -> None:
         user = await self.get(principal, user_id)

@@ -7,14 +7,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import regex
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
 
 from app.core.errors import ValidationFailed
+from app.core.templates import template_problem
 from app.schemas.workflows import Guard, WorkflowDefinition
 from app.services.messages import BROADCAST
 
-_templates = SandboxedEnvironment(autoescape=False)
 _ORDERING = {"gt", "gte", "lt", "lte"}
 
 
@@ -50,10 +48,10 @@ def _check_condition(condition: Guard, pointer: str) -> None:
 
 
 def check_template(template: str, pointer: str) -> None:
-    try:
-        _templates.parse(template)
-    except TemplateSyntaxError as exc:
-        raise ValidationFailed.at(pointer, f"template syntax error: {exc.message}") from None
+    """A 422 at ``pointer`` unless ``template`` parses (it is never run here)."""
+    problem = template_problem(template)
+    if problem is not None:
+        raise ValidationFailed.at(pointer, problem)
 
 
 def validate_workflow(

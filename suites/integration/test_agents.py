@@ -265,3 +265,86 @@ def test_other_accounts_see_nothing(owner_client: ApiClient, other_owner_client:
 def test_anonymous_is_refused(client: ApiClient) -> None:
     assert_problem(client.get(AGENTS), 401)
     assert_problem(client.post(AGENTS, json={"name": "x", "provider": "builtin"}), 401)
+
+
+# -- base URLs and whose key pays -------------------------------------------------------------
+
+ELSEWHERE = "https://llm.example.com/v1"  # a public name: fine to store, never called here
+
+
+def model_body(**fields: Any) -> dict[str, Any]:
+    return {"name": ts.unique("model"), "provider": "openai", "model": "gpt-4o-mini", **fields}
+
+
+def test_an_agent_off_the_platform_url_needs_its_own_key(
+    member_client: ApiClient, fake_openai: Any
+) -> None:
+    problem = assert_problem(member_client.post(AGENTS, json=model_body(base_url=ELSEWHERE)), 422)
+    assert pointers(problem) == {"/body/provider_key_id"}
+    assert "provider_key_id" in problem["errors"][0]["message"]
+    # A path that only starts like the platform's is elsewhere too: refused by the key rule,
+    # or (on a backend that does not allowlist the fake server) by the egress check first.
+    evil = fake_openai.base_url + "evil"
+    problem = assert_problem(member_client.post(AGENTS, json=model_body(base_url=evil)), 422)
+    assert len(pointers(problem) & {"/body/provider_key_id", "/body/base_url"}) == 1
+    # The platform's own URL (or none) takes the platform's key.
+    for base_url in (None, fake_openai.base_url, fake_openai.base_url + "/"):
+        expect(member_client.post(AGENTS, json=model_body(base_url=base_url)), 201)
+    key = ts.create_key(member_client, ts.new_secret())
+    agent = expect(
+        member_client.post(AGENTS, json=model_body(base_url=ELSEWHERE, provider_key_id=key["id"])),
+        201,
+    )
+    assert agent["provider_key_id"] == key["id"]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        pytest.param("http://127.0.0.1:8000/v1", id="loopback"),
+        pytest.param("http://[::1]/v1", id="v6-loopback"),
+        pytest.param("http://[::ffff:127.0.0.1]/v1", id="v4-mapped"),
+        pytest.param("http://2130706433/v1", id="decimal"),
+        pytest.param("http://0177.0.0.1/v1", id="octal"),
+        pytest.param("http://169.254.169.254/latest", id="metadata"),
+        pytest.param("http://10.0.0.7/v1", id="private"),
+        pytest.param("http://[fd00::1]/v1", id="unique-local"),
+        pytest.param("https://llm.example.com:8443/v1", id="port"),
+        pytest.param("https://llm.example.com/v1?api-version=1", id="query"),
+        pytest.param("https://llm.example.com/v1#x", id="fragment"),
+        pytest.param("https://user:pw@llm.example.com/v1", id="userinfo"),
+        pytest.param("http://llm.example.com@127.0.0.1/v1", id="userinfo-trick"),
+    ],
+)
+def test_a_base_url_the_egress_policy_refuses_is_a_422(
+    member_client: ApiClient, base_url: str
+) -> None:
+    key = ts.create_key(member_client, ts.new_secret())
+    body = model_body(base_url=base_url, provider_key_id=key["id"])
+    problem = assert_problem(member_client.post(AGENTS, json=body), 422)
+    assert pointers(problem) == {"/body/base_url"}, problem
+    assert "egress policy" in problem["errors"][0]["message"]
+
+
+def test_an_update_is_checked_in_its_merged_state(
+    member_client: ApiClient, fake_openai: Any
+) -> None:
+    key = ts.create_key(member_client, ts.new_secret())
+    body = model_body(base_url=ELSEWHERE, provider_key_id=key["id"])
+    agent = expect(member_client.post(AGENTS, json=body), 201)
+    url = f"{AGENTS}/{agent['id']}"
+    # Dropping the key while the URL stays elsewhere is refused ...
+    dropped = member_client.patch(url, json={"provider_key_id": None})
+    assert pointers(assert_problem(dropped, 422)) == {"/body/provider_key_id"}
+    # ... so is a refused URL ...
+    moved = member_client.patch(url, json={"base_url": "http://127.0.0.1:6379/"})
+    assert pointers(assert_problem(moved, 422)) == {"/body/base_url"}
+    assert expect(member_client.get(url), 200) == agent
+    # ... and a key-less agent moved off the platform.
+    keyless = expect(member_client.post(AGENTS, json=model_body()), 201)
+    away = member_client.patch(f"{AGENTS}/{keyless['id']}", json={"base_url": ELSEWHERE})
+    assert pointers(assert_problem(away, 422)) == {"/body/provider_key_id"}
+    # Back to the platform, the key may go.
+    back = {"base_url": fake_openai.base_url, "provider_key_id": None}
+    changed = expect(member_client.patch(url, json=back), 200)
+    assert changed["provider_key_id"] is None

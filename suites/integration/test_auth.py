@@ -158,17 +158,21 @@ def test_refresh_body_is_validated(client: ApiClient) -> None:
     assert "/body/extra" in {e["pointer"] for e in body["errors"]}
 
 
-def test_password_change_revokes_refresh_tokens(
+def test_password_change_ends_access_and_refresh_tokens(
     client: ApiClient, owner_client: ApiClient, make_user: MakeUser
 ) -> None:
     user = make_user("member")
     before = login_pair(client, user)
+    expect(me(client, before["access_token"]), 200)
     new_password = "a-brand-new-passphrase"
     expect(owner_client.patch(f"{API}/users/{user.id}", json={"password": new_password}), 200)
+    assert_unauthorized(me(client, before["access_token"]))
     assert_unauthorized(refresh(client, before["refresh_token"]))
     assert_unauthorized(token_request(client, user.email, user.password))
     after = expect(token_request(client, user.email, new_password), 200)
-    expect(refresh(client, after["refresh_token"]), 200)
+    expect(me(client, after["access_token"]), 200)
+    rotated = expect(refresh(client, after["refresh_token"]), 200)
+    expect(me(client, rotated["access_token"]), 200)
 
 
 def test_deleted_user_credentials_stop_working(

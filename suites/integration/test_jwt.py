@@ -67,6 +67,9 @@ FORGED: dict[str, Callable[[Forge, str], str]] = {
     "sub not a uuid": lambda forge, sub: forge("admin"),
     "sub of nobody": lambda forge, sub: forge(str(uuid.uuid4())),
     "exp not a number": lambda forge, sub: forge(sub, exp="tomorrow"),
+    "gen not a number": lambda forge, sub: forge(sub, gen="0"),
+    "gen negative": lambda forge, sub: forge(sub, gen=-1),
+    "gen of another generation": lambda forge, sub: forge(sub, gen=1),
     "HS512 with the right key": lambda forge, sub: forge(sub, algorithm="HS512"),
     "signed with another key": lambda forge, sub: forge(sub, key=OTHER_KEY),
 }
@@ -199,6 +202,7 @@ def test_jwt_library_agrees_a_server_token_is_valid(
         audience="renum-api",
         issuer="renum",
     )
-    assert {"sub", "jti", "typ", "aud", "iss", "iat", "exp"} <= claims.keys()
+    assert {"sub", "jti", "typ", "aud", "iss", "iat", "exp", "gen"} <= claims.keys()
     assert claims["typ"] == "access"
+    assert claims["gen"] == 0  # the member's password never changed
     assert claims["exp"] > claims["iat"]

@@ -212,11 +212,17 @@ def test_patch_is_active(
     assert_unauthorized(client.get(f"{USERS}/me", headers=bearer(token)))
     expect(owner_client.patch(f"{USERS}/{user.id}", json={"is_active": True}), 200)
     expect(fresh_login(user).get(f"{USERS}/me"), 200)
+    # Reactivation does not revive the sessions the deactivation ended.
+    assert_unauthorized(client.get(f"{USERS}/me", headers=bearer(token)))
 
 
-def test_patch_password(client: ApiClient, owner_client: ApiClient, make_user: MakeUser) -> None:
+def test_patch_password(
+    client: ApiClient, owner_client: ApiClient, fresh_login: FreshLogin, make_user: MakeUser
+) -> None:
     user = make_user("member")
+    token = str(fresh_login(user).tokens["access_token"])
     expect(owner_client.patch(f"{USERS}/{user.id}", json={"password": "another-passphrase"}), 200)
+    assert_unauthorized(client.get(f"{USERS}/me", headers=bearer(token)))
     token_url = f"{API}/auth/token"
     assert_unauthorized(
         client.post(token_url, data={"username": user.email, "password": user.password})

@@ -228,3 +228,185 @@ def test_a_body_over_the_limit_is_a_413_problem(owner_client: ApiClient) -> None
     )
     assert response.status_code == 413
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+# Rules only the server can judge, and the input limits -------------------------------------
+
+
+def documented_rules(document: dict[str, Any], path: str, method: str) -> set[tuple[str, str]]:
+    """The (pointer, type) rules the served schema documents on the operation's 422."""
+    response = document["paths"][path][method]["responses"]["422"]
+    return {(rule["pointer"], rule["type"]) for rule in response.get("x-server-rules", ())}
+
+
+def assert_documented_refusal(
+    document: dict[str, Any], path: str, method: str, response: httpx.Response
+) -> None:
+    """A 422 whose every error is a rule the schema documents on the operation (a rule covers
+    the input it names and what is below it)."""
+    assert response.status_code == 422, response.text
+    rules = documented_rules(document, path, method)
+    for error in response.json()["errors"]:
+        assert any(
+            error["type"] == kind and (error["pointer"] + "/").startswith(pointer + "/")
+            for pointer, kind in rules
+        ), f"{method.upper()} {path}: {error} is not documented in {sorted(rules)}"
+
+
+def test_an_empty_usage_period_is_an_empty_result(
+    owner_client: ApiClient, served_schema: dict[str, Any]
+) -> None:
+    """ST202: `GET /usage` with `from` equal to `to` answered 422 (`to` must be after `from`);
+    the schema allows it, and the period is empty: nothing was used in it."""
+    instant = "2030-01-01T00:00:00Z"
+    response = owner_client.get(f"{API}/usage", params={"from": instant, "to": instant})
+    assert response.status_code == 200
+    assert response.json()["rows"] == []
+    assert response.json()["total"]["calls"] == 0
+    # A period that ends before it starts is still refused, as the schema documents.
+    backwards = owner_client.get(
+        f"{API}/usage", params={"from": instant, "to": "2029-12-31T23:59:59Z"}
+    )
+    assert_documented_refusal(served_schema, f"{API}/usage", "get", backwards)
+
+
+def test_an_unknown_provider_key_is_a_documented_422(
+    owner_client: ApiClient, served_schema: dict[str, Any]
+) -> None:
+    """ST202: an agent naming a provider key that does not exist is schema-valid; the 422 it
+    gets is documented on the operation (a reference only the server can check)."""
+    body = {
+        "name": unique_name("agent"),
+        "provider": "openai",
+        "model": "gpt-4o",
+        "provider_key_id": str(uuid.uuid4()),
+    }
+    schema = request_schema(served_schema, f"{API}/agents", "post", "application/json")
+    assert schema_accepts(served_schema, schema, body)
+    response = owner_client.post(f"{API}/agents", json=body)
+    assert_documented_refusal(served_schema, f"{API}/agents", "post", response)
+    assert ("/body/provider_key_id", "not_found") in documented_rules(
+        served_schema, f"{API}/agents", "post"
+    )
+
+
+def test_an_expiry_in_the_past_is_a_documented_422(
+    owner_client: ApiClient, served_schema: dict[str, Any]
+) -> None:
+    """ST202: an API key expiring in the past is schema-valid (a schema cannot read the
+    clock); the 422 it gets is documented on the operation."""
+    body = {"name": "ci-pipeline", "expires_at": "2000-01-01T00:00:00Z"}
+    schema = request_schema(served_schema, f"{API}/api-keys", "post", "application/json")
+    assert schema_accepts(served_schema, schema, body)
+    response = owner_client.post(f"{API}/api-keys", json=body)
+    assert_documented_refusal(served_schema, f"{API}/api-keys", "post", response)
+    assert response.json()["errors"][0]["type"] == "past_datetime"
+
+
+def test_a_team_of_an_unknown_agent_is_a_documented_422(
+    owner_client: ApiClient, served_schema: dict[str, Any]
+) -> None:
+    """ST202: a team naming an agent that does not exist (as a member, or in its workflow) is
+    schema-valid; the 422 it gets is documented on the operation."""
+    unknown = str(uuid.uuid4())
+    for body in (
+        {"name": unique_name("team"), "agent_ids": [unknown]},
+        {
+            "name": unique_name("team"),
+            "workflow": {"strategy": "sequential", "steps": [{"id": "a", "agent_id": unknown}]},
+        },
+    ):
+        schema = request_schema(served_schema, f"{API}/teams", "post", "application/json")
+        assert schema_accepts(served_schema, schema, body)
+        response = owner_client.post(f"{API}/teams", json=body)
+        assert_documented_refusal(served_schema, f"{API}/teams", "post", response)
+
+
+def test_users_refused_by_the_server_are_documented(
+    admin_client: ApiClient, owner_client: ApiClient, served_schema: dict[str, Any]
+) -> None:
+    """ST202: a new user the schema allows was refused: by an admin without `account_id`, and
+    a password change whose current password is wrong or whose new one is the same. The
+    schema says what it can (password lengths) and documents the rest on the operations."""
+    body = {"email": f"ada-{uuid.uuid4().hex[:6]}@acme.example", "password": DEFAULT_PASSWORD}
+    response = admin_client.post(f"{API}/users", json=body)
+    assert_documented_refusal(served_schema, f"{API}/users", "post", response)
+
+    path = f"{API}/users/me/password"
+    if path not in served_schema["paths"]:
+        pytest.skip("this backend has no password change")
+    schema = request_schema(served_schema, path, "post", "application/json")
+    for change in (
+        {"current_password": "not-the-password", "new_password": "a-new-passphrase"},
+        {"current_password": DEFAULT_PASSWORD, "new_password": DEFAULT_PASSWORD},
+    ):
+        assert schema_accepts(served_schema, schema, change)
+        refused = owner_client.post(path, json=change)
+        assert_documented_refusal(served_schema, path, "post", refused)
+    password = served_schema["components"]["schemas"]["UserCreate"]["properties"]["password"]
+    assert (password["minLength"], password["maxLength"]) == (8, 256)
+
+
+@pytest.mark.parametrize(
+    "instant", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"], ids=["max", "min"]
+)
+def test_instants_that_overflow_in_utc_are_documented_422s(
+    owner_client: ApiClient, served_schema: dict[str, Any], instant: str
+) -> None:
+    """A `format: date-time` value that overflows once converted to UTC answered 500; it is a
+    422 now, documented on every operation with a date-time input."""
+    body = {"name": unique_name("key"), "expires_at": instant}
+    schema = request_schema(served_schema, f"{API}/api-keys", "post", "application/json")
+    assert schema_accepts(served_schema, schema, body)
+    response = owner_client.post(f"{API}/api-keys", json=body)
+    assert_documented_refusal(served_schema, f"{API}/api-keys", "post", response)
+    for name in ("from", "to"):
+        response = owner_client.get(f"{API}/usage", params={name: instant})
+        assert_documented_refusal(served_schema, f"{API}/usage", "get", response)
+
+
+NUL, NON_FINITE = "nul_character", "non_finite_number"
+
+
+@pytest.mark.parametrize(
+    ("raw", "pointer", "kind"),
+    [
+        ('{"prompt": "a\\u0000b"}', "/body/prompt", NUL),
+        ('{"prompt": "x", "variables": {"k\\u0000": 1}}', "/body/variables/k\u0000", NUL),
+        ('{"prompt": "x", "variables": {"n": NaN}}', "/body/variables/n", NON_FINITE),
+        (
+            '{"prompt": "x", "budget": {"max_seconds": Infinity}}',
+            "/body/budget/max_seconds",
+            NON_FINITE,
+        ),
+        ('{"prompt": "x", "variables": {"n": 1e999}}', "/body/variables/n", NON_FINITE),
+    ],
+    ids=["nul", "nul-key", "nan", "infinity", "1e999"],
+)
+def test_nul_characters_and_non_finite_numbers_are_422_on_every_database(
+    owner_client: ApiClient, raw: str, pointer: str, kind: str
+) -> None:
+    """ST101 on PostgreSQL (a NUL cannot be stored: 500), silently stored (or nulled) on
+    SQLite: Schemathesis's NUL characters and the non-finite numbers the harness adds are
+    refused before anything is stored, with a pointer to the value."""
+    team = expect(owner_client.post(f"{API}/teams", json={"name": unique_name("team")}), 201)
+    response = owner_client.post(
+        f"{API}/teams/{team['id']}/executions",
+        content=raw,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert [(e["pointer"], e["type"]) for e in response.json()["errors"]] == [(pointer, kind)]
+    listed = owner_client.get(f"{API}/executions", params={"team_id": team["id"]})
+    assert listed.json()["total"] == 0
+
+
+def test_every_operation_with_input_documents_a_422(served_schema: dict[str, Any]) -> None:
+    """A NUL in any parameter or body is refused (422) by any operation that takes input:
+    each one says so, and each one with a JSON body documents the 400 of a malformed one."""
+    for path, item in served_schema["paths"].items():
+        for method, operation in item.items():
+            if operation.get("parameters") or operation.get("requestBody"):
+                assert "422" in operation["responses"], f"{method.upper()} {path}"
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                assert "400" in operation["responses"], f"{method.upper()} {path}"

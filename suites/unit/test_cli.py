@@ -193,9 +193,20 @@ def test_serve_runs_uvicorn_with_the_app_factory(recorded_run: ServeRecorder) ->
         "reload": False,
         "workers": 1,
         "log_config": None,
+        "timeout_graceful_shutdown": 5,
     }
     assert "API docs at http://127.0.0.1:8000/docs" in flat(result.stdout)
     assert "(development)" in result.stdout
+
+
+@pytest.mark.parametrize(("setting", "seconds"), [("0.2", 1), ("2.5", 3), ("30", 30)])
+def test_serve_bounds_uvicorn_shutdown_by_the_setting(
+    recorded_run: ServeRecorder, monkeypatch: pytest.MonkeyPatch, setting: str, seconds: int
+) -> None:
+    monkeypatch.setenv("RENUM_SHUTDOWN_TIMEOUT_SECONDS", setting)
+    result = runner.invoke(cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert recorded_run.calls[0][1]["timeout_graceful_shutdown"] == seconds
 
 
 def test_serve_passes_host_port_and_workers(recorded_run: ServeRecorder) -> None:

@@ -1,6 +1,7 @@
 """Unit tests of conditional guards (``app.services.conditions``) and of the four strategies'
 decision function (``app.services.engine.strategies.decide``): edge cases of paths, operators
-and types; who runs next, who waits, who is skipped or cancelled, and how an execution ends.
+and types; who runs next, who waits, who is skipped or cancelled, and how an execution ends;
+and of ``render_input``, which renders a planned step's input template when it runs.
 
 The JSON-semantics and bounded-pattern tests pin fixes of defects these tests first found
 (booleans compared as numbers, a boolean accepted by ordering operators, an absent value
@@ -12,10 +13,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pydantic
 import pytest
+from template_support import SharedRenderer
 
 from app.core.errors import ValidationFailed
 from app.models import ExecutionStatus, StepStatus
@@ -351,25 +354,31 @@ def test_a_stopped_pattern_fails_its_step_instead_of_skipping_it() -> None:
 # -- render_input --------------------------------------------------------------------------
 
 
-def step_of(template: str | None, step_id: str = "s") -> Any:
-    definition = WorkflowDefinition.model_validate(
-        {
-            "strategy": "pipeline",
-            "steps": [{"id": step_id, "agent_id": str(AGENTS[0]), "input_template": template}],
-        }
-    )
-    return definition.steps[0]
+@pytest.fixture(scope="module")
+def templates() -> Iterator[SharedRenderer]:
+    renderer = SharedRenderer()
+    yield renderer
+    renderer.shutdown()
 
 
-def test_render_input_without_a_template_is_the_input() -> None:
-    assert render_input(step_of(None), input="in", prompt="p", context={}, variables={}) == "in"
+def planned(template: str | None, step_id: str = "s", input: str = "") -> PlannedStep:
+    return PlannedStep(step_id, str(AGENTS[0]), input, template)
 
 
-def test_render_input_sees_input_prompt_context_and_variables() -> None:
+@pytest.mark.anyio
+async def test_render_input_without_a_template_is_the_input(templates: SharedRenderer) -> None:
+    step = planned(None, input="in")
+    assert await render_input(templates, step, prompt="p", context={}, variables={}) == "in"
+
+
+@pytest.mark.anyio
+async def test_render_input_sees_input_prompt_context_and_variables(
+    templates: SharedRenderer,
+) -> None:
     template = "{{ input }}|{{ prompt }}|{{ context.review.score }}|{{ variables.lang }}"
-    rendered = render_input(
-        step_of(template),
-        input="in",
+    rendered = await render_input(
+        templates,
+        planned(template, input="in"),
         prompt="p",
         context={"review": {"score": 4}},
         variables={"lang": "en"},
@@ -377,6 +386,7 @@ def test_render_input_sees_input_prompt_context_and_variables() -> None:
     assert rendered == "in|p|4|en"
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "template",
     [
@@ -385,13 +395,19 @@ def test_render_input_sees_input_prompt_context_and_variables() -> None:
         "{{ input.__class__.__mro__ }}",  # the sandbox refuses internals
         "{{ 1 / 0 if false else undefined_thing }}",
         "{% for %}",  # not even a template
+        "{{ range(10**9) | list }}",  # too many iterations: no longer an uncaught error
+        "{{ '{:>30000000}'.format(input) }}",  # too wide
     ],
 )
-def test_render_input_failures_are_step_input_errors(template: str) -> None:
+async def test_render_input_failures_are_step_input_errors(
+    templates: SharedRenderer, template: str
+) -> None:
     with pytest.raises(StepInputError) as raised:
-        render_input(step_of(template, "broken"), input="", prompt="p", context={}, variables={})
+        await render_input(
+            templates, planned(template, "broken"), prompt="p", context={}, variables={}
+        )
     assert raised.value.step_key == "broken"
-    assert str(raised.value).startswith("step 'broken': input template failed:")
+    assert str(raised.value).startswith("step 'broken': input template failed: template ")
 
 
 # -- decide ----------------------------------------------------------------------------------
@@ -485,10 +501,12 @@ def test_pipeline_input_template_wraps_the_previous_output() -> None:
         ],
     )
     decision = run(flow, {"a": done("draft")}, variables={"lang": "fr"})
-    assert decision.run == [PlannedStep("b", str(AGENTS[1]), "[draft] for the prompt in fr")]
+    template = "[{{ input }}] for {{ prompt }} in {{ variables.lang }}"
+    # Planned with its template unrendered: it renders when the step runs.
+    assert decision.run == [PlannedStep("b", str(AGENTS[1]), "draft", template)]
 
 
-def test_a_failing_input_template_raises_step_input_error() -> None:
+def test_a_failing_input_template_is_not_rendered_when_deciding() -> None:
     flow = workflow(
         "sequential",
         steps=[
@@ -496,10 +514,10 @@ def test_a_failing_input_template_raises_step_input_error() -> None:
             {"id": "b", "agent_id": str(AGENTS[1]), "input_template": "{{ context.absent }}"},
         ],
     )
-    assert run(flow).run[0].key == "a"  # only the step about to run is rendered
-    with pytest.raises(StepInputError) as raised:
-        run(flow, {"a": done()})
-    assert raised.value.step_key == "b"
+    assert run(flow).run[0].key == "a"
+    assert run(flow, {"a": done()}).run == [
+        PlannedStep("b", str(AGENTS[1]), "the prompt", "{{ context.absent }}")
+    ]
 
 
 def conditional(*whens: dict[str, Any] | None) -> WorkflowDefinition:
@@ -613,17 +631,7 @@ def test_parallel_input_templates_render_for_each_step() -> None:
             {"id": "fr", "agent_id": str(AGENTS[1]), "input_template": "{{ input }} (fr)"},
         ],
     )
-    assert [p.input for p in run(flow).run] == ["the prompt (en)", "the prompt (fr)"]
-
-
-def test_parallel_input_template_failure_names_its_step() -> None:
-    flow = workflow(
-        "parallel",
-        steps=[
-            {"id": "ok", "agent_id": str(AGENTS[0])},
-            {"id": "bad", "agent_id": str(AGENTS[1]), "input_template": "{{ variables.x.y }}"},
-        ],
-    )
-    with pytest.raises(StepInputError) as raised:
-        run(flow)
-    assert raised.value.step_key == "bad"
+    assert [(p.input, p.template) for p in run(flow).run] == [
+        ("the prompt", "{{ prompt }} (en)"),
+        ("the prompt", "{{ input }} (fr)"),
+    ]

@@ -233,3 +233,21 @@ def test_provider_base_url_must_be_http_and_loses_its_trailing_slash(
     monkeypatch.setenv("RENUM_PROVIDERS__OPENAI_BASE_URL", "ftp://example.com")
     with pytest.raises(ValidationError, match="http:// or https://"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("environment", "public", "expected"),
+    [
+        ("development", None, True),
+        ("test", None, True),
+        ("staging", None, True),
+        ("production", None, False),
+        ("production", True, True),
+        ("development", False, False),
+    ],
+)
+def test_metrics_are_public_outside_production_unless_set(
+    environment: str, public: bool | None, expected: bool
+) -> None:
+    settings = Settings(environment=environment, secret_key="k" * 40, metrics={"public": public})
+    assert settings.metrics.is_public(settings.environment) is expected

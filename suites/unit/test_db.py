@@ -1,4 +1,5 @@
-"""The database layer: UTC timestamps, the engine's SQLite pragmas, Alembic migrations."""
+"""The database layer: UTC timestamps, the engine's SQLite pragmas and begin modes, hidden SQL
+parameters, the health round trip that never waits for a writer, Alembic migrations."""
 
 from __future__ import annotations
 
@@ -6,13 +7,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.core.config import DatabaseSettings
 from app.db import migrate
 from app.db.base import NAMING_CONVENTION, Base, UTCDateTime, utcnow
-from app.db.database import Database, build_engine
+from app.db.database import (
+    READ_ONLY,
+    Database,
+    build_engine,
+    build_probe_engine,
+    build_sync_sqlite_engine,
+)
 
 EXPECTED_TABLES = {"accounts", "users", "api_keys", "refresh_tokens"}
 
@@ -117,6 +126,76 @@ def test_postgresql_engine_is_built_lazily_with_a_pool() -> None:
     assert engine.dialect.name == "postgresql"
     assert engine.pool.size() == 3  # type: ignore[attr-defined]
     assert engine.pool._pre_ping  # type: ignore[attr-defined]
+
+
+def test_every_engine_hides_sql_parameters(tmp_path: Path) -> None:
+    sqlite_settings = DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+    pg_settings = DatabaseSettings(url="postgresql+asyncpg://renum@127.0.0.1:1/none")
+    engines = [
+        build_engine(sqlite_settings).sync_engine,
+        build_engine(pg_settings).sync_engine,
+        build_probe_engine(sqlite_settings).sync_engine,
+        build_probe_engine(pg_settings).sync_engine,
+        build_sync_sqlite_engine(make_url(sqlite_settings.url).set(drivername="sqlite"), False),
+    ]
+    assert all(engine.hide_parameters for engine in engines)
+
+
+@pytest.mark.anyio
+async def test_a_failed_statement_error_does_not_carry_its_parameters(tmp_path: Path) -> None:
+    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"))
+    try:
+        async with database.engine.connect() as conn:
+            with pytest.raises(DBAPIError) as caught:
+                await conn.execute(text("SELECT :prompt + no_such_column"), {"prompt": "s3cr3t"})
+        assert "s3cr3t" not in str(caught.value)
+        assert "[SQL parameters hidden due to hide_parameters=True]" in str(caught.value)
+    finally:
+        await database.dispose()
+
+
+def _short_busy_timeout(conn: Connection) -> None:
+    # On the driver's connection: a statement through SQLAlchemy would begin a transaction.
+    conn.connection.dbapi_connection.cursor().execute("PRAGMA busy_timeout=50")  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_sqlite_transactions_begin_immediate_unless_read_only(tmp_path: Path) -> None:
+    """A writer holds SQLite's write lock: a read-only transaction (and the health round
+    trips) still run, a normal one (BEGIN IMMEDIATE) waits for the lock."""
+    path = tmp_path / "lock.db"
+    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
+    try:
+        await migrate.upgrade(database.engine)
+        async with database.engine.connect() as writer:
+            await writer.execute(text("CREATE TABLE t (n INTEGER)"))
+            await writer.commit()
+            await writer.execute(text("INSERT INTO t VALUES (1)"))  # holds the write lock
+            async with database.engine.connect() as reader:
+                reader = await reader.execution_options(**READ_ONLY)
+                assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            assert (await database.server_version()).startswith("3.")
+            await database.ping()
+            head = migrate.head_revision()
+            assert await migrate.current_revision(database.probe_engine) == head
+            async with database.engine.connect() as blocked:
+                await blocked.run_sync(_short_busy_timeout)
+                with pytest.raises(OperationalError, match="locked"):
+                    await blocked.execute(text("SELECT 1"))
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.anyio
+async def test_an_unknown_sqlite_begin_mode_is_refused(tmp_path: Path) -> None:
+    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"))
+    try:
+        async with database.engine.connect() as conn:
+            conn = await conn.execution_options(renum_sqlite_begin="EXCLUSIVE; DROP TABLE x")
+            with pytest.raises(ValueError, match="renum_sqlite_begin"):
+                await conn.execute(text("SELECT 1"))
+    finally:
+        await database.dispose()
 
 
 def test_head_revision_is_the_latest_migration() -> None:

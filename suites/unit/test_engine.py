@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from app.core.config import Settings
+from app.core.config import Settings, TemplateSettings
 from app.core.crypto import SecretBox
+from app.core.templates import TemplateRenderer
 from app.db import migrate
 from app.db.base import utcnow
 from app.db.database import Database
@@ -39,6 +40,7 @@ from app.models import (
 from app.schemas.executions import ExecutionCreate
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
 from app.services.engine.engine import ExecutionEngine
+from app.services.engine.runner import InProcessRunner
 from app.services.events import EventHub
 from app.services.executions import ExecutionService
 from app.services.principal import Principal
@@ -194,7 +196,10 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         principal, agents = await _seed(database)
         caller = _Caller(settings)
         engine = ExecutionEngine(database, settings.executions, caller, EventHub(), "this-process")
-        yield World(database, settings, principal, agents, caller, engine)
+        try:
+            yield World(database, settings, principal, agents, caller, engine)
+        finally:
+            await caller.templates.close()
     finally:
         await database.dispose()
         if name is not None:
@@ -769,11 +774,12 @@ async def test_a_drive_cancelled_with_its_process_leaves_steps_to_run_again(
     assert {s.status for s in steps.values()} == {"running"}
 
 
-async def test_skips_and_a_failing_input_template_are_decided_in_the_same_transaction(
+async def test_a_skip_is_decided_with_the_result_and_an_input_template_fails_its_step(
     world: World,
 ) -> None:
-    """After s0, s1's guard is false (skipped) and s2's input template fails (failed): both
-    are committed with s0's result, and the execution ends failed without another start."""
+    """After s0, s1's guard is false: skipped in the transaction that commits s0's result,
+    which also starts s2. s2's input template renders when s2 runs (outside any transaction)
+    and fails: s2 fails with the reason, its agent is never called, the execution fails."""
     team = await world.team(
         "conditional",
         3,
@@ -789,16 +795,85 @@ async def test_skips_and_a_failing_input_template_are_decided_in_the_same_transa
     assert execution is not None
     assert execution.status == "failed"
     assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed", "skipped", "failed"]
-    assert steps["s2"].started_at is None
+    assert steps["s2"].error == (
+        "step 's2': input template failed: template error: 'undefined_name' is undefined"
+    )
+    assert execution.error == f"step 's2' failed: {steps['s2'].error}"
     assert _types(events) == [
         "execution_started",
         "step_started:s0",
         "step_completed:s0",
         "step_skipped:s1",
+        "step_started:s2",
         "step_failed:s2",
         "execution_failed",
     ]
+    assert events[-2].data["error"] == {"message": steps["s2"].error}
     assert len(world.caller.calls) == 1
+
+
+async def test_an_input_template_renders_when_its_step_runs(world: World) -> None:
+    """It sees the context as its step starts (s0's write included), and the step's stored
+    input is the rendered one."""
+    await world.execute(
+        update(Agent)
+        .where(Agent.id == world.agents[0].id)
+        .values(model="template", parameters={"template": "{{ remember('k', 'v') }}out"})
+    )
+    team = await world.team(
+        "pipeline", 2, steps={1: {"input_template": "{{ input }}+{{ context.k }}+{{ prompt }}"}}
+    )
+    execution_id = await world.start(team)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.result) == ("completed", "out+v+go")
+    assert (steps["s0"].input, steps["s1"].input) == ("go", "out+v+go")
+    assert world.caller.calls == ["go", "out+v+go"]
+
+
+async def test_a_hostile_input_template_fails_its_step_and_frees_the_account(
+    world: World,
+) -> None:
+    """range(10**9) once escaped the template error handling inside the claim's transaction,
+    leaving the execution pending and its account's slot taken: now its step fails."""
+    team = await world.team(
+        "sequential", 2, steps={1: {"input_template": "{{ range(10**9) | list }}"}}
+    )
+    execution_id = await world.start(team)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner) == ("failed", None)
+    assert steps["s1"].status == "failed"
+    assert steps["s1"].error is not None
+    assert "template stopped: more than 100000 iterations" in steps["s1"].error
+    again = await world.start(team)  # the account's slot was released
+    await world.engine.run(again, asyncio.Event())
+    execution, _, _ = await world.state(again)
+    assert execution is not None
+    assert execution.status == "failed"
+
+
+async def test_the_time_budget_bounds_an_input_template(world: World) -> None:
+    """A render slower than what the execution's time budget leaves is stopped with the step
+    (its worker killed), and the execution times out."""
+    slow = TemplateRenderer(TemplateSettings(timeout_seconds=30, max_iterations=10**8))
+    await world.caller.templates.close()
+    world.caller.templates = slow
+    loops = "{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}"
+    team = await world.team("sequential", 2, steps={0: {"input_template": loops}})
+    execution_id = await world.start(team, max_seconds=0.5)
+    await asyncio.wait_for(world.engine.run(execution_id, asyncio.Event()), timeout=10)
+
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("timed_out", "timed_out")
+    assert steps["s0"].error == "interrupted: timed_out"
+    assert world.caller.calls == []
+    assert slow.pids == [], "the busy worker was killed"
 
 
 async def test_a_budget_spent_while_a_step_runs_waits_for_it_then_ends(world: World) -> None:
@@ -827,3 +902,46 @@ async def test_a_budget_spent_while_a_step_runs_waits_for_it_then_ends(world: Wo
     ]
     assert execution.input_tokens == 9
     assert _types(events)[-2:] == ["cost_updated:s1", "execution_cancelled"]
+
+
+async def test_a_stopped_runner_releases_its_executions_to_another_process_at_once(
+    world: World,
+) -> None:
+    """On shutdown the runner cancels the drive mid-step and clears owner and heartbeat: a
+    process with a long staleness window claims the execution at once and runs the
+    interrupted step again. Executions submitted after the stop stay pending."""
+    execution_id = await world.start(await world.team("sequential", 2))
+    entered, never = asyncio.Event(), asyncio.Event()
+
+    async def hang(agent: str) -> None:
+        entered.set()
+        await never.wait()
+
+    world.caller.hook = hang
+    runner = InProcessRunner(world.engine, world.database, world.settings.executions)
+    runner.submit(execution_id)
+    await asyncio.wait_for(entered.wait(), 30)
+    execution, _, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner) == ("running", "this-process")
+
+    await asyncio.gather(runner.stop(), runner.stop(), runner.stop())
+    execution, steps, _ = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner, execution.heartbeat_at) == ("running", None, None)
+    assert steps["s0"].status == "running"  # nothing of the cancelled drive was committed
+
+    later = await world.start(await world.team("sequential", 1))
+    runner.submit(later)
+    execution, _, _ = await world.state(later)
+    assert execution is not None
+    assert execution.status == "pending"
+
+    world.caller.hook = None
+    patient = world.settings.executions.model_copy(update={"stale_after_seconds": 86_400})
+    other = ExecutionEngine(world.database, patient, world.caller, EventHub(), "next-process")
+    await other.run(execution_id, asyncio.Event())
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.resumed_count) == ("completed", 1)
+    assert "execution_resumed" in _types(events)

@@ -26,10 +26,12 @@ from app.core.errors import (
     NotFound,
     PayloadTooLarge,
     ProblemError,
+    TooManyRequests,
     Unauthorized,
     ValidationFailed,
     install_error_handlers,
     problem_body,
+    problem_response,
 )
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
@@ -65,6 +67,12 @@ def build_app() -> FastAPI:
             ),
         }
         raise errors[kind]
+
+    @app.get("/limited")
+    async def limited(seconds: int | None = None) -> None:
+        if seconds is None:
+            raise TooManyRequests("slow down")
+        raise TooManyRequests("slow down", retry_after=seconds)
 
     @app.get("/boom")
     async def boom() -> None:
@@ -404,3 +412,28 @@ def test_problem_body_outside_a_request_has_no_request_id() -> None:
         "request_id": None,
         "errors": [{"pointer": "/"}],
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "retry_after"),
+    [("/limited", "5"), ("/limited?seconds=30", "30"), ("/limited?seconds=0", "1")],
+)
+async def test_a_429_says_when_to_retry(
+    client: httpx.AsyncClient, path: str, retry_after: str
+) -> None:
+    response = await client.get(path)
+    assert_problem(response, 429, "too-many-requests")
+    assert response.headers["retry-after"] == retry_after
+
+
+async def test_every_429_carries_retry_after_whoever_raised_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """A plain HTTP 429 (a library's, a future limiter's) gets the default too."""
+    response = await client.get("/http/429")
+    assert_problem(response, 429, "too-many-requests")
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["x-custom"] == "1"
+    direct = problem_response(429, "x", "X", "d", headers={"retry-after": "9"})
+    assert direct.headers["retry-after"] == "9"
+    assert "retry-after" not in problem_response(503, "x", "X", "d").headers

@@ -295,61 +295,22 @@ async def test_provider_connection_error_fails() -> None:
     assert "cannot reach https://llm.example/v1" in outcome.message
 
 
-async def test_provider_urls_are_the_default_and_each_distinct_agent_url(
-    make_settings: MakeSettings, database: Database
-) -> None:
-    settings = make_settings(providers={"openai_base_url": "http://127.0.0.1:9/v1"})
-    async with database.session() as session:
-        account = Account(name="acme", name_key=f"acme-{uuid.uuid4().hex}")
-        session.add(account)
-        await session.flush()
-        for name, url in [("a", "http://llm-a/v1/"), ("b", "http://llm-a/v1"), ("c", None)]:
-            session.add(
-                Agent(account_id=account.id, name=name, provider="openai", model="m", base_url=url)
-            )
-        await session.commit()
-    urls = await provider_base_urls(context(settings, database))
-    assert urls == ["http://127.0.0.1:9/v1", "http://llm-a/v1"]
-    outcomes = await ProvidersCheck().run(context(settings, database, timeout=1.0))
-    assert [o.component_id for o in outcomes] == urls
-    assert all(o.status is Status.fail for o in outcomes)
-
-
-async def test_provider_urls_fall_back_to_the_default_without_a_database(
-    make_settings: MakeSettings,
-) -> None:
-    settings = make_settings(
-        database={"url": f"postgresql+asyncpg://x@127.0.0.1:{closed_port()}/x"}
-    )
-    db = Database(settings.database)
-    try:
-        urls = await provider_base_urls(context(settings, db))
-    finally:
-        await db.dispose()
-    assert urls == [settings.providers.openai_base_url]
-
-
-async def test_the_platform_key_goes_to_the_platform_url_and_urls_are_capped(
+async def test_only_the_platform_url_is_probed_never_an_agents(
     make_settings: MakeSettings, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(
         providers={"openai_base_url": "http://platform/v1/", "openai_api_key": "sk-platform"}
     )
     async with database.session() as session:
-        account = Account(name="many", name_key=f"many-{uuid.uuid4().hex}")
+        account = Account(name="acme", name_key=f"acme-{uuid.uuid4().hex}")
         session.add(account)
         await session.flush()
-        for n in range(3):
+        for name, url in [("a", "http://127.0.0.1:6379/v1"), ("b", "http://10.0.0.7/v1")]:
             session.add(
-                Agent(
-                    account_id=account.id,
-                    name=f"agent-{n}",
-                    provider="openai",
-                    model="m",
-                    base_url=f"http://llm-{n}/v1",
-                )
+                Agent(account_id=account.id, name=name, provider="openai", model="m", base_url=url)
             )
         await session.commit()
+    assert provider_base_urls(settings) == ["http://platform/v1"]
     sent: list[tuple[str, str | None]] = []
 
     async def fake_probe(
@@ -359,11 +320,15 @@ async def test_the_platform_key_goes_to_the_platform_url_and_urls_are_capped(
         return checks.CheckOutcome(url, Status.passed, "reachable (HTTP 200)")
 
     monkeypatch.setattr(checks, "probe_provider", fake_probe)
-    monkeypatch.setattr(checks, "MAX_PROVIDER_URLS", 2)
     outcomes = await ProvidersCheck().run(context(settings, database))
-    assert sent[0] == ("http://platform/v1", "sk-platform")
-    assert len(sent) == 2
-    assert all(key is None for _, key in sent[1:])
-    assert outcomes[-1].status is Status.warn
-    assert outcomes[-1].message == "2 more base URLs not checked (at most 2 per run)"
-    assert outcomes[-1].fix  # every entry that does not pass says what to do
+    assert sent == [("http://platform/v1", "sk-platform")]
+    assert [o.component_id for o in outcomes] == ["http://platform/v1"]
+
+
+async def test_an_unreachable_platform_url_fails(
+    make_settings: MakeSettings, database: Database
+) -> None:
+    settings = make_settings(providers={"openai_base_url": f"http://127.0.0.1:{closed_port()}/v1"})
+    [outcome] = await ProvidersCheck().run(context(settings, database, timeout=1.0))
+    assert outcome.component_id == settings.providers.openai_base_url
+    assert outcome.status is Status.fail

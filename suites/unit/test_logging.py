@@ -9,7 +9,14 @@ import pytest
 import structlog
 
 from app.core.config import Settings
-from app.core.logging import REDACTED, configure_logging, get_logger, redact_secrets, scrub
+from app.core.logging import (
+    REDACTED,
+    configure_logging,
+    get_logger,
+    redact_database_values,
+    redact_secrets,
+    scrub,
+)
 
 API_KEY = "rk_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0U1v"
 JWT = (
@@ -213,3 +220,157 @@ def test_library_loggers_are_wired(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(Settings(log_format="json"))
     assert logging.getLogger("sqlalchemy.engine").level == logging.WARNING
     assert len(logging.getLogger().handlers) == 1  # reconfiguring replaces, never stacks
+
+
+@pytest.mark.parametrize(
+    ("message", "kept", "value"),
+    [
+        (
+            'duplicate key value violates unique constraint "uq_users_email"\n'
+            "DETAIL:  Key (email)=(ada@example.com) already exists.",
+            'unique constraint "uq_users_email"',
+            "ada@example.com",
+        ),
+        (
+            'new row for relation "executions" violates check constraint "ck_prompt"\n'
+            "DETAIL:  Failing row contains (1, the secret prompt, running).",
+            'check constraint "ck_prompt"',
+            "the secret prompt",
+        ),
+        (
+            "invalid input for query argument $2: 'sk-live-key' (expected str, got int)",
+            "invalid input for query argument $2:",
+            "sk-live-key",
+        ),
+        (
+            "invalid input for query argument $1: 1099511627776 (value out of int32 range)",
+            "query argument $1",
+            "1099511627776",
+        ),
+        ('invalid input syntax for type uuid: "not-a-uuid"', "for type uuid", "not-a-uuid"),
+        ('value "99999999999" is out of range for type integer', "out of range", "99999999999"),
+        ("[SQL: SELECT 1]\n[parameters: ('hunter2', 3)]", "[SQL: SELECT 1]", "hunter2"),
+    ],
+)
+def test_database_values_are_redacted_identifiers_kept(message: str, kept: str, value: str) -> None:
+    redacted = redact_database_values(message)
+    assert value not in redacted
+    assert kept in redacted
+
+
+def test_messages_without_values_pass_unchanged() -> None:
+    for message in (
+        'invalid byte sequence for encoding "UTF8": 0x00',
+        "UNIQUE constraint failed: users.email",
+        "value too long for type character varying(120)",
+        'File "app/services/auth.py", line 3, in login',
+    ):
+        assert redact_database_values(message) == message
+
+
+def test_a_logged_traceback_loses_the_database_values_of_its_whole_chain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As asyncpg's error is the cause of SQLAlchemy's: every exception of the chain is
+    rendered in the log line, and none keeps a value."""
+    configure_logging(Settings(log_format="json"))
+    key_hash, prompt = "9f86d081" + "884c7d65", "the " + "prompt"
+
+    try:
+        try:
+            raise _DataError(
+                'duplicate key value violates unique constraint "uq_api_keys_key_hash"\n'
+                f"DETAIL:  Key (key_hash)=({key_hash}) already exists."
+            )
+        except _DataError as driver_error:
+            raise RuntimeError(
+                f"(UniqueViolationError) duplicate key ('{key_hash}', '{prompt}')"
+            ) from driver_error
+    except RuntimeError:
+        get_logger("unit.db").exception("unhandled_error")
+    (line,) = _json_lines(capsys.readouterr().err)
+    rendered = str(line["exception"])
+    assert "asyncpg.exceptions._DataError" in rendered
+    assert "RuntimeError: (UniqueViolationError) duplicate key" in rendered
+    assert "uq_api_keys_key_hash" in rendered
+    assert key_hash not in rendered
+    assert prompt not in rendered
+
+
+class _DataError(Exception):
+    """Stands for a driver's error (the module decides what counts as a database error)."""
+
+
+_DataError.__module__ = "asyncpg.exceptions"
+
+
+class _StatementError(Exception):
+    """Stands for SQLAlchemy's error: a statement and the driver's error it wraps."""
+
+    def __init__(self, message: str, statement: str, orig: BaseException) -> None:
+        super().__init__(message)
+        self.statement = statement
+        self.orig = orig
+
+
+_StatementError.__module__ = "sqlalchemy.exc"
+
+
+def test_a_database_error_chain_is_rendered_without_any_value() -> None:
+    """Whatever a driver or its codecs echo (a value in a ValueError deep in the chain, a
+    DETAIL line, a quoted literal), the rendered chain keeps class names, frames, the
+    statement and the constraint names, and no value; the exceptions are not changed."""
+    from app.core.logging import render_exception
+
+    secret = "s3cr3t" + "-value"  # never written out whole: source lines are rendered too
+
+    def raise_chain() -> None:
+        try:
+            try:
+                raise ValueError(f"invalid UUID '{secret}': length must be 32..36")
+            except ValueError as codec:
+                raise _DataError(
+                    f"invalid input for query argument $1: '{secret}' (invalid UUID)\n"
+                    f"DETAIL:  Key (id)=({secret}) already exists."
+                ) from codec
+        except _DataError as driver:
+            raise _StatementError(
+                f"(DataError) ... [parameters: ('{secret}',)]",
+                "SELECT * FROM t WHERE id = $1 AND \"name\" = 'literal'",
+                driver,
+            ) from driver
+
+    with pytest.raises(_StatementError) as caught:
+        raise_chain()
+    rendered = render_exception(caught.value)
+    assert secret not in rendered
+    assert "ValueError" in rendered
+    assert "asyncpg.exceptions._DataError" in rendered
+    assert "sqlalchemy.exc._StatementError" in rendered
+    assert "[SQL: SELECT * FROM t WHERE id = $1" in rendered
+    assert "in raise_chain" in rendered  # the frames are kept
+    assert secret in str(caught.value.__cause__)  # the original is untouched
+    assert isinstance(caught.value.__cause__.__cause__, ValueError)
+
+
+def test_identifiers_in_a_database_error_stay() -> None:
+    from app.core.logging import render_exception
+
+    error = _DataError(
+        'duplicate key value violates unique constraint "uq_users_email"\n'
+        "DETAIL:  Key (email)=(ada@example.com) already exists."
+    )
+    rendered = render_exception(error)
+    assert 'unique constraint "uq_users_email"' in rendered
+    assert "ada@example.com" not in rendered
+
+
+def test_other_tracebacks_are_rendered_as_python_does() -> None:
+    import traceback
+
+    from app.core.logging import render_exception
+
+    with pytest.raises(KeyError) as caught:
+        raise KeyError("a 'quoted' key")
+    expected = "".join(traceback.format_exception(caught.value)).rstrip("\n")
+    assert render_exception(caught.value) == expected

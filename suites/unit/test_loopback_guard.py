@@ -28,7 +28,8 @@ def test_loopback_hosts(host: object) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["10.0.0.1", "192.168.1.1", "8.8.8.8", "::", "0.0.0.0", "example.com", "localhost.evil",
+    ["10.0.0.1", "192.168.1.1", "8.8.8.8", "::", "0.0.0.0",  # noqa: S104
+     "example.com", "localhost.evil",
      "::ffff:10.0.0.1", "2130706433", 42],
 )  # fmt: skip
 def test_other_hosts(host: object) -> None:
@@ -88,9 +89,9 @@ def test_a_guarded_process_is_refused_and_recorded(tmp_path: Path) -> None:
     ]
 
 
-def test_the_guard_needs_its_log_and_a_module() -> None:
-    for argv, env in ((["uvicorn"], {}), ([], {LOG_ENV: "/tmp/x"})):
-        result = subprocess.run(
+def test_the_guard_needs_its_log_and_a_module(tmp_path: Path) -> None:
+    for argv, env in ((["uvicorn"], {}), ([], {LOG_ENV: str(tmp_path / "log")})):
+        result = subprocess.run(  # noqa: S603 - the test's own interpreter and arguments
             [sys.executable, "-m", "qa.loopback_guard", *argv],
             cwd=REPO_ROOT,
             env={"PATH": "/usr/bin", **env},

@@ -1,13 +1,16 @@
-"""Messages between agents: the mailbox a step sends through, template access to it, and the
-engine's side (numbering, inboxes, request deadlines, responses), all without I/O."""
+"""Messages between agents: the mailbox a step sends through, template access to it (through
+the bounded renderer's workers, shared by this module's tests), and the engine's side
+(numbering, inboxes, request deadlines, responses), without I/O."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from template_support import SharedRenderer
 
 from app.db.base import utcnow
 from app.models import MessageKind
@@ -125,15 +128,31 @@ def test_output_messages_address_steps_or_everyone() -> None:
 # Templates
 
 
-def run_template(template: str, box: Mailbox) -> str:
-    return run_builtin(
-        "template", {"template": template}, input="in", context={}, variables={}, mailbox=box
-    ).output
+@pytest.fixture(scope="module")
+def templates() -> Iterator[SharedRenderer]:
+    renderer = SharedRenderer()
+    yield renderer
+    renderer.shutdown()
 
 
-def test_templates_read_the_inbox_and_send_every_kind() -> None:
+async def run_template(templates: SharedRenderer, template: str, box: Mailbox) -> str:
+    result = await run_builtin(
+        "template",
+        {"template": template},
+        input="in",
+        context={},
+        variables={},
+        mailbox=box,
+        templates=templates,
+    )
+    return result.output
+
+
+@pytest.mark.anyio
+async def test_templates_read_the_inbox_and_send_every_kind(templates: SharedRenderer) -> None:
     box = Mailbox(inbox=[request_item()], directory=NAMES)
-    output = run_template(
+    output = await run_template(
+        templates,
         "{% for m in inbox %}{{ m.from_step }} asks: {{ m.body }}"
         "{{ reply(m, 'yes') }}{% endfor %}"
         "{{ send('draft', 'thanks') }}{{ broadcast('done') }}"
@@ -142,20 +161,29 @@ def test_templates_read_the_inbox_and_send_every_kind() -> None:
     )
     assert output == "draft asks: is this clear?[36]"
     assert [m.kind for m in box.outgoing] == ["response", "direct", "broadcast", "request"]
+    response, direct, _, request = box.outgoing
+    assert (response.recipient, response.correlation_id) == (WRITER, "c-1")
+    assert (direct.recipient, direct.body) == (WRITER, "thanks")
+    assert (request.timeout_seconds, len(request.correlation_id or "")) == (30.0, 36)
 
 
-def test_template_message_errors_fail_the_agent_with_the_reason() -> None:
+@pytest.mark.anyio
+async def test_template_message_errors_fail_the_agent_with_the_reason(
+    templates: SharedRenderer,
+) -> None:
     with pytest.raises(BuiltinAgentError, match=r"send\(\): unknown recipient 'ghost'"):
-        run_template("{{ send('ghost', 'boo') }}", Mailbox(directory=NAMES))
+        await run_template(templates, "{{ send('ghost', 'boo') }}", Mailbox(directory=NAMES))
 
 
-def test_the_inbox_cannot_be_changed_by_a_template() -> None:
+@pytest.mark.anyio
+async def test_the_inbox_cannot_be_changed_by_a_template(templates: SharedRenderer) -> None:
     with pytest.raises(BuiltinAgentError, match="template not allowed"):
-        run_template("{{ inbox.append(1) }}", Mailbox(directory=NAMES))
+        await run_template(templates, "{{ inbox.append(1) }}", Mailbox(directory=NAMES))
 
 
-def test_agents_without_a_mailbox_send_nothing() -> None:
-    result = run_builtin("echo", {}, input="x", context={}, variables={})
+@pytest.mark.anyio
+async def test_agents_without_a_mailbox_send_nothing() -> None:
+    result = await run_builtin("echo", {}, input="x", context={}, variables={})
     assert result.output == "x"
 
 

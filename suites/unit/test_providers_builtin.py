@@ -1,11 +1,15 @@
-"""Builtin local agents: echo and sandboxed templates, their context writes and their errors."""
+"""Builtin local agents: echo and sandboxed templates (rendered by the bounded renderer's
+workers, shared by this module's tests), their context writes and their errors."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from template_support import SharedRenderer
 
+from app.core.config import TemplateSettings
 from app.services.providers import (
     BUILTIN_KINDS,
     BuiltinAgentError,
@@ -16,9 +20,26 @@ from app.services.providers import (
     validate_builtin,
 )
 
+pytestmark = pytest.mark.anyio
 
-def render(template: str, *, input: str = "the input", **parameters: Any) -> BuiltinResult:
-    return run_builtin(
+_SHARED: list[SharedRenderer] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def templates() -> Iterator[SharedRenderer]:
+    renderer = SharedRenderer()
+    _SHARED.append(renderer)
+    yield renderer
+    _SHARED.remove(renderer)
+    renderer.shutdown()
+
+
+async def run(kind: str, parameters: Any, **kwargs: Any) -> BuiltinResult:
+    return await run_builtin(kind, parameters, templates=_SHARED[0], **kwargs)
+
+
+async def render(template: str, *, input: str = "the input", **parameters: Any) -> BuiltinResult:
+    return await run(
         "template",
         {"template": template, **parameters},
         input=input,
@@ -27,31 +48,31 @@ def render(template: str, *, input: str = "the input", **parameters: Any) -> Bui
     )
 
 
-def refused(template: str) -> str:
+async def refused(template: str) -> str:
     with pytest.raises(BuiltinAgentError) as caught:
-        render(template)
+        await render(template)
     assert caught.value.kind == "bad_request"
     assert not caught.value.retryable
     return caught.value.message
 
 
-def test_kinds() -> None:
+async def test_kinds() -> None:
     assert BUILTIN_KINDS == ("echo", "template")
     assert issubclass(BuiltinAgentError, ProviderError)
 
 
-def test_echo_returns_its_input() -> None:
-    result = run_builtin("echo", {}, input="same words back", context={"a": 1}, variables={})
+async def test_echo_returns_its_input() -> None:
+    result = await run_builtin("echo", {}, input="same words back", context={"a": 1}, variables={})
     assert result == BuiltinResult(output="same words back", context_writes={})
 
 
-def test_echo_honours_output_key() -> None:
-    result = run_builtin("echo", {"output_key": "said"}, input="hi", context={}, variables={})
+async def test_echo_honours_output_key() -> None:
+    result = await run("echo", {"output_key": "said"}, input="hi", context={}, variables={})
     assert result.context_writes == {"said": "hi"}
 
 
-def test_template_sees_input_context_and_variables() -> None:
-    result = render(
+async def test_template_sees_input_context_and_variables() -> None:
+    result = await render(
         "Explain {{ context.topic }} to {{ variables.audience }} "
         "({{ context.facts | join(', ') }}; score {{ context.score + variables.limit }}): "
         "{{ input | upper }}"
@@ -60,12 +81,12 @@ def test_template_sees_input_context_and_variables() -> None:
     assert result.context_writes == {}
 
 
-def test_template_output_is_not_html_escaped() -> None:
-    assert render("{{ input }}", input="<b>&</b>").output == "<b>&</b>"
+async def test_template_output_is_not_html_escaped() -> None:
+    assert (await render("{{ input }}", input="<b>&</b>")).output == "<b>&</b>"
 
 
-def test_remember_records_context_writes_and_renders_nothing() -> None:
-    result = render(
+async def test_remember_records_context_writes_and_renders_nothing() -> None:
+    result = await render(
         "{{ remember('summary', input | title) }}"
         "{% set _ = remember('count', context.facts | length) %}"
         "{{ remember('facts', context.facts + ['stars']) }}done"
@@ -78,8 +99,8 @@ def test_remember_records_context_writes_and_renders_nothing() -> None:
     }
 
 
-def test_the_last_write_to_a_key_wins_and_output_key_wins_over_remember() -> None:
-    result = render(
+async def test_the_last_write_to_a_key_wins_and_output_key_wins_over_remember() -> None:
+    result = await render(
         "{{ remember('k', 1) }}{{ remember('k', 2) }}{{ remember('out', 'early') }}final",
         output_key="out",
     )
@@ -92,60 +113,68 @@ def test_the_last_write_to_a_key_wins_and_output_key_wins_over_remember() -> Non
         ("{{ remember('', 1) }}", "non-empty string key"),
         ("{{ remember(3, 1) }}", "non-empty string key"),
         ("{{ remember('k', range) }}", "not JSON data"),
+        ("{{ remember('k', 'inf' | float) }}", "not JSON data"),
     ],
 )
-def test_remember_refuses_bad_writes(template: str, problem: str) -> None:
-    assert problem in refused(template)
+async def test_remember_refuses_bad_writes(template: str, problem: str) -> None:
+    assert problem in await refused(template)
 
 
-def test_undefined_names_are_errors_not_blanks() -> None:
-    assert refused("Hello {{ nobody }}") == "template error: 'nobody' is undefined"
-    message = refused("{{ context.missing_key }}")
+async def test_undefined_names_are_errors_not_blanks() -> None:
+    assert await refused("Hello {{ nobody }}") == "template error: 'nobody' is undefined"
+    message = await refused("{{ context.missing_key }}")
     assert "missing_key" in message
 
 
-def test_sandbox_violations_are_refused() -> None:
-    message = refused("{{ ''.__class__ }}")
+async def test_sandbox_violations_are_refused() -> None:
+    message = await refused("{{ ''.__class__ }}")
     assert message.startswith("template not allowed:")
     assert "__class__" in message
-    assert "unsafe" in refused("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    assert "unsafe" in await refused("{{ ''.__class__.__mro__[1].__subclasses__() }}")
 
 
-def test_context_cannot_be_changed_in_place() -> None:
+async def test_context_cannot_be_changed_in_place() -> None:
     context: dict[str, Any] = {"items": [1]}
     for template in ("{{ context.update({'x': 1}) }}", "{{ context['items'].append(2) }}"):
         with pytest.raises(BuiltinAgentError, match="not allowed"):
-            run_builtin("template", {"template": template}, input="", context=context, variables={})
+            await run("template", {"template": template}, input="", context=context, variables={})
     assert context == {"items": [1]}
 
 
-def test_syntax_errors_name_the_line() -> None:
-    assert refused("line one\n{% if %}") == (
+async def test_syntax_errors_name_the_line() -> None:
+    assert await refused("line one\n{% if %}") == (
         "template syntax error on line 2: Expected an expression, got 'end of statement block'"
     )
 
 
-def test_python_errors_inside_expressions_are_reported() -> None:
-    assert refused("{{ 1 / 0 }}") == "template error: ZeroDivisionError: division by zero"
-    assert refused("{{ 'a' + 1 }}").startswith("template error: TypeError: ")
-    assert refused("{{ [1] | map('nope') | list }}") == "template error: No filter named 'nope'."
-    assert "no loader" in refused("{% include 'other.txt' %}")  # no file system access
+async def test_python_errors_inside_expressions_are_reported() -> None:
+    assert await refused("{{ 1 / 0 }}") == "template error: ZeroDivisionError: division by zero"
+    assert (await refused("{{ 'a' + 1 }}")).startswith("template error: TypeError: ")
+    assert await refused("{{ [1] | map('nope') | list }}") == (
+        "template error: No filter named 'nope'."
+    )
+    assert "no loader" in await refused("{% include 'other.txt' %}")  # no file system access
 
 
-def test_unknown_kind_is_refused() -> None:
+async def test_unknown_kind_is_refused() -> None:
     with pytest.raises(BuiltinAgentError, match="unknown builtin kind 'shell'"):
-        run_builtin("shell", {}, input="", context={}, variables={})
+        await run("shell", {}, input="", context={}, variables={})
 
 
 @pytest.mark.parametrize("parameters", [{}, {"template": 42}])
-def test_template_parameter_is_required(parameters: dict[str, Any]) -> None:
+async def test_template_parameter_is_required(parameters: dict[str, Any]) -> None:
     with pytest.raises(BuiltinAgentError, match=r"parameters\.template"):
-        run_builtin("template", parameters, input="", context={}, variables={})
+        await run("template", parameters, input="", context={}, variables={})
 
 
-def test_bad_output_key_is_refused() -> None:
+async def test_a_template_agent_needs_the_renderer() -> None:
+    with pytest.raises(RuntimeError, match="needs the template renderer"):
+        await run_builtin("template", {"template": "x"}, input="", context={}, variables={})
+
+
+async def test_bad_output_key_is_refused() -> None:
     with pytest.raises(BuiltinAgentError, match="output_key"):
-        run_builtin("echo", {"output_key": ""}, input="", context={}, variables={})
+        await run("echo", {"output_key": ""}, input="", context={}, variables={})
 
 
 @pytest.mark.parametrize(
@@ -153,40 +182,58 @@ def test_bad_output_key_is_refused() -> None:
     [
         ("{{ 'x' * 10000000 }}", "repetition longer than"),
         ("{{ [1, 2] * 900000 }}", "repetition longer than"),
-        ("{{ 10 ** 100000 }}", "exponent larger than"),
+        ("{{ 10 ** 100000 }}", "a number larger than"),
         (
             "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
-            "range() over more than",
+            "more than 100000 iterations",
         ),
         ("{% for i in range(90000) %}{{ 'x' * 20 }}{% endfor %}", "output longer than"),
     ],
 )
-def test_renders_are_bounded(template: str, problem: str) -> None:
-    message = refused(template)
+async def test_renders_are_bounded(template: str, problem: str) -> None:
+    message = await refused(template)
     assert message.startswith("template stopped: ")
     assert problem in message
 
 
-def test_small_arithmetic_still_works() -> None:
-    assert render("{{ 2 ** 10 }} {{ 3 * 4 }} {{ 'ab' * 3 }} {{ range(3) | list }}").output == (
-        "1024 12 ababab [0, 1, 2]"
-    )
+async def test_small_arithmetic_still_works() -> None:
+    rendered = await render("{{ 2 ** 10 }} {{ 3 * 4 }} {{ 'ab' * 3 }} {{ range(3) | list }}")
+    assert rendered.output == "1024 12 ababab [0, 1, 2]"
 
 
-def test_slow_renders_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builtin, "MAX_RENDER_SECONDS", -1.0)
-    assert "took longer than" in refused("{% for i in range(3) %}{{ i }}{% endfor %}")
+async def test_slow_renders_stop() -> None:
+    renderer = SharedRenderer(TemplateSettings(timeout_seconds=0.3, max_iterations=10**8))
+    try:
+        with pytest.raises(BuiltinAgentError) as caught:
+            await run_builtin(
+                "template",
+                {
+                    "template": "{% for i in range(10**5) %}{% for j in range(10**5) %}"
+                    "{% endfor %}{% endfor %}"
+                },
+                input="",
+                context={},
+                variables={},
+                templates=renderer,
+            )
+        assert caught.value.message == "template stopped: rendering took longer than 0.3 s"
+    finally:
+        renderer.shutdown()
 
 
-def test_oversized_templates_are_refused() -> None:
+async def test_oversized_templates_are_refused() -> None:
     huge = "x" * (builtin.MAX_TEMPLATE_CHARS + 1)
-    assert "longer than" in refused(huge)
+    assert "longer than" in await refused(huge)
     assert validate_builtin("template", {"template": huge}) == [
-        f"parameters.template: longer than {builtin.MAX_TEMPLATE_CHARS} characters"
+        f"parameters.template: template longer than {builtin.MAX_TEMPLATE_CHARS} characters"
     ]
 
 
 # -- validation at agent-create time ----------------------------------------------------------
+
+
+def test_validation_never_runs_the_template() -> None:
+    assert validate_builtin("template", {"template": '{{ "x" | center(1000000000) }}'}) == []
 
 
 def test_valid_definitions_have_no_problems() -> None:

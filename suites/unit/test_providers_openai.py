@@ -1,8 +1,10 @@
 """The OpenAI-compatible provider against the fake server, over real HTTP on loopback.
 
 Covers replies and usage, each failure kind, retries with backoff and Retry-After (the sleep
-is injected, so no test waits for a backoff), per-attempt timeouts, the API key's handling and
-the pure backoff arithmetic.
+is injected, so no test waits for a backoff), per-attempt timeouts, the API key's handling,
+the generic failure messages (a status without the provider's body; one "unreachable" for a
+closed, a silent and a non-HTTP port of a tenant's URL; the egress guard's refusal) and the
+pure backoff arithmetic.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from app.core.egress import EgressGuard, guarded_client
 from app.services.providers import (
     ChatMessage,
     ModelProvider,
@@ -27,6 +30,7 @@ from app.services.providers import (
     ProviderBadResponse,
     ProviderError,
     ProviderRateLimited,
+    ProviderRefused,
     ProviderTimeout,
     ProviderUnavailable,
     RetryPolicy,
@@ -297,8 +301,7 @@ async def test_html_body_is_a_bad_response_and_not_retried(fake: FakeOpenAI) -> 
     assert error.kind == "bad_response"
     assert not error.retryable
     assert error.attempts == 1
-    assert "not JSON" in error.message
-    assert "text/html" in error.message
+    assert error.message == "provider answered HTTP 200 with a body that is not JSON"
     assert "Welcome" not in error.message
     assert len(fake.requests) == 1
 
@@ -325,40 +328,57 @@ async def test_auth_failures_are_not_retried(fake: FakeOpenAI, status: int) -> N
     assert len(fake.requests) == 1
 
 
-async def test_other_client_errors_are_bad_responses_with_the_providers_message(
+async def test_other_client_errors_are_bad_responses_with_only_the_status(
     fake: FakeOpenAI,
 ) -> None:
     fake.script(Fail(404, {"error": {"message": "The model `gpt-9` does not exist"}}))
-    async with provider_for(fake) as provider:
-        with pytest.raises(ProviderBadResponse) as caught:
-            await provider.complete(make_request())
+    with capture_logs() as logs:
+        async with provider_for(fake) as provider:
+            with pytest.raises(ProviderBadResponse) as caught:
+                await provider.complete(make_request())
     assert caught.value.status == 404
-    assert caught.value.message == (
-        "provider rejected the request (HTTP 404): The model `gpt-9` does not exist"
-    )
+    assert caught.value.message == "provider rejected the request (HTTP 404)"
+    [failure] = [entry for entry in logs if entry["event"] == "provider.failure"]
+    assert failure["detail"] == "The model `gpt-9` does not exist"  # for operators only
+    assert failure["status"] == 404
+    assert failure["host"] == f"127.0.0.1:{fake.port}"
 
 
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"error": "plain string error"}, ": plain string error"),
-        ({"message": "top-level message"}, ": top-level message"),
-        ({"detail": "fastapi style"}, ": fastapi style"),
-        ({"error": {"code": 1}}, ")"),
-        (["not", "an", "object"], ")"),
-        ({"error": {"message": "x" * 500}}, "x…"),
+        ({"error": "plain string error"}, "plain string error"),
+        ({"message": "top-level message"}, "top-level message"),
+        ({"detail": "fastapi style"}, "fastapi style"),
+        ({"error": {"code": 1}}, None),
+        (["not", "an", "object"], None),
+        ({"error": {"message": "x" * 500}}, "x" * 199 + "…"),
     ],
 )
-async def test_error_details_are_extracted_and_shortened(
-    fake: FakeOpenAI, body: object, expected: str
+async def test_error_details_are_logged_shortened_and_never_shown(
+    fake: FakeOpenAI, body: object, expected: str | None
 ) -> None:
     text = body if isinstance(body, dict) else '["not", "an", "object"]'
     fake.script(Fail(400, text))  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        async with provider_for(fake) as provider:
+            with pytest.raises(ProviderBadResponse) as caught:
+                await provider.complete(make_request())
+    assert caught.value.message == "provider rejected the request (HTTP 400)"
+    [failure] = [entry for entry in logs if entry["event"] == "provider.failure"]
+    assert failure["detail"] == expected
+
+
+async def test_a_redirect_is_not_followed(fake: FakeOpenAI) -> None:
+    fake.script(Fail(302, ""), Reply("never"))
     async with provider_for(fake) as provider:
         with pytest.raises(ProviderBadResponse) as caught:
             await provider.complete(make_request())
-    assert caught.value.message.endswith(expected)
-    assert len(caught.value.message) < 260
+    assert caught.value.message == (
+        "provider redirected the request (HTTP 302); redirects are not followed"
+    )
+    assert not caught.value.retryable
+    assert len(fake.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -421,7 +441,7 @@ async def test_connection_refused_is_unavailable_after_all_attempts() -> None:
     assert caught.value.retryable
     assert caught.value.attempts == 3
     assert caught.value.status is None
-    assert "could not reach the provider" in caught.value.message
+    assert caught.value.message == "provider unreachable"
     assert len(sleeps.delays) == 2
 
 
@@ -465,6 +485,85 @@ async def test_cancellation_propagates_at_once(fake: FakeOpenAI) -> None:
             await task
 
 
+# -- a tenant's base URL: one message per class, nothing to scan ports with -------------------
+
+
+async def _serve(handler: object) -> asyncio.Server:
+    return await asyncio.start_server(handler, "127.0.0.1", 0)  # type: ignore[arg-type]
+
+
+async def test_closed_silent_and_non_http_ports_look_alike(fake: FakeOpenAI) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; the client gives up first
+
+    servers = [await _serve(garbage), await _serve(silent)]
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    closed = int(closed_port_url().rsplit(":", 1)[1].split("/")[0])
+    fake.script(Fail(500, {"error": {"message": "internal: db at 10.0.0.7 is down"}}))
+    guard = EgressGuard(allow=[f"127.0.0.1:{port}" for port in [*ports, closed, fake.port]])
+    errors: list[ProviderError] = []
+    try:
+        async with guarded_client(guard) as client:
+            for port in [*ports, closed, fake.port]:
+                provider = OpenAICompatibleProvider(
+                    f"http://127.0.0.1:{port}/v1", KEY, client, sleep=Sleeps(), tenant_url=True
+                )
+                with pytest.raises(ProviderError) as caught:
+                    await provider.complete(
+                        make_request(timeout_s=0.3, retry=RetryPolicy(max_attempts=1))
+                    )
+                errors.append(caught.value)
+    finally:
+        for server in servers:
+            server.close()
+    *unreachable, http_error = [error.to_dict() for error in errors]
+    expected = {
+        "kind": "unavailable",
+        "message": "provider unreachable",
+        "status": None,
+        "retryable": True,
+        "attempts": 1,
+    }
+    assert unreachable == [expected, expected, expected]
+    assert http_error == {**expected, "message": "provider unavailable (HTTP 500)", "status": 500}
+
+
+async def test_a_refused_destination_is_one_generic_error_and_logged_for_operators() -> None:
+    async with guarded_client(EgressGuard()) as client:
+        provider = OpenAICompatibleProvider(
+            "http://localhost:8000/v1", KEY, client, sleep=Sleeps(), tenant_url=True
+        )
+        with capture_logs() as logs, pytest.raises(ProviderRefused) as caught:
+            await provider.complete(make_request())
+    assert caught.value.to_dict() == {
+        "kind": "egress_refused",
+        "message": "the provider's address is refused by the egress policy",
+        "status": None,
+        "retryable": False,
+        "attempts": 1,
+    }
+    [failure] = [entry for entry in logs if entry["event"] == "provider.failure"]
+    assert failure["host"] == "localhost:8000"
+    assert "none allowed" in failure["detail"]
+    assert KEY not in repr(logs)
+
+
+async def test_a_tenant_urls_timeout_reads_like_unreachable(fake: FakeOpenAI) -> None:
+    fake.script(Hang(5))
+    guard = EgressGuard(allow=[f"127.0.0.1:{fake.port}"])
+    async with guarded_client(guard) as client:
+        provider = OpenAICompatibleProvider(fake.base_url, KEY, client, tenant_url=True)
+        with pytest.raises(ProviderUnavailable) as caught:
+            await provider.complete(make_request(timeout_s=0.2, retry=RetryPolicy(max_attempts=1)))
+    assert caught.value.message == "provider unreachable"
+    assert caught.value.retryable
+
+
 # -- the API key ------------------------------------------------------------------------------
 
 
@@ -486,7 +585,7 @@ async def test_a_wrong_key_is_refused(fake: FakeOpenAI) -> None:
     async with provider_for(fake) as provider:
         with pytest.raises(ProviderAuthError) as caught:
             await provider.complete(make_request())
-    assert "Incorrect API key" in caught.value.message
+    assert caught.value.message == "provider refused the credentials (HTTP 401)"
 
 
 async def test_the_key_never_appears_in_errors_reprs_or_logs(fake: FakeOpenAI) -> None:
@@ -501,14 +600,20 @@ async def test_the_key_never_appears_in_errors_reprs_or_logs(fake: FakeOpenAI) -
                 await provider.complete(make_request(secret_prompt))
     assert KEY not in caught.value.message
     assert KEY not in str(caught.value)
-    assert "[redacted]" in caught.value.message
     assert KEY not in repr(provider)
     assert logs, "attempts are logged"
     logged = repr(logs)
     assert KEY not in logged
+    assert "[redacted]" in logged  # the provider's own message, in the log, without the key
     assert secret_prompt not in logged
-    assert {entry["event"] for entry in logs} == {"provider.attempt", "provider.retry"}
-    assert {entry["model"] for entry in logs} == {"gpt-4o-mini"}
+    assert {entry["event"] for entry in logs} == {
+        "provider.attempt",
+        "provider.retry",
+        "provider.failure",
+    }
+    assert {entry["model"] for entry in logs if entry["event"] != "provider.failure"} == {
+        "gpt-4o-mini"
+    }
 
 
 # -- probe ------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -19,9 +21,11 @@ from app.core.security import (
     TokenError,
     hash_api_key,
     hash_password,
+    hash_password_async,
     looks_like_api_key,
     new_api_key,
     verify_password,
+    verify_password_async,
 )
 
 SECRET = "security-unit-test-secret-0123456789abcdef"
@@ -115,7 +119,7 @@ def test_header_is_hs256_jwt(codec: TokenCodec) -> None:
     token, _ = codec.issue(uuid.uuid4(), "access")
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
     payload = jwt.decode(token, options={"verify_signature": False})
-    assert set(payload) == {"sub", "jti", "typ", "aud", "iss", "iat", "exp"}
+    assert set(payload) == {"sub", "jti", "typ", "aud", "iss", "iat", "exp", "gen"}
 
 
 @pytest.mark.parametrize(("issued", "expected"), [("access", "refresh"), ("refresh", "access")])
@@ -254,3 +258,56 @@ def test_hash_api_key_is_stable_sha256_hex() -> None:
 )
 def test_looks_like_api_key(credential: str, expected: bool) -> None:
     assert looks_like_api_key(credential) is expected
+
+
+def test_password_work_runs_in_the_hashing_threads_not_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from argon2 import PasswordHasher
+
+    from app.core import security
+
+    fast = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    threads: list[str] = []
+
+    class Recording:
+        def hash(self, password: str) -> str:
+            threads.append(threading.current_thread().name)
+            return fast.hash(password)
+
+        def verify(self, password_hash: str, password: str) -> bool:
+            threads.append(threading.current_thread().name)
+            return fast.verify(password_hash, password)
+
+    monkeypatch.setattr(security, "_hasher", Recording())
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        hashed = await hash_password_async("correct horse")
+        return (
+            await verify_password_async("correct horse", hashed),
+            await verify_password_async("wrong horse", hashed),
+            await verify_password_async("anything", None),
+        )
+
+    assert asyncio.run(scenario()) == (True, False, False)
+    assert len(threads) == 4
+    assert all(name.startswith("renum-argon2") for name in threads), threads
+
+
+def test_tokens_carry_the_generation_they_were_issued_in(codec: TokenCodec) -> None:
+    token, issued = codec.issue(uuid.uuid4(), "access", generation=7)
+    assert jwt.decode(token, options={"verify_signature": False})["gen"] == 7
+    assert codec.decode(token, "access") == issued
+    assert issued.generation == 7
+
+
+def test_a_token_without_a_generation_reads_as_the_first(codec: TokenCodec) -> None:
+    token = jwt.encode(_claims(), SECRET, algorithm=JWT_ALGORITHM)
+    assert codec.decode(token, "access").generation == 0
+
+
+@pytest.mark.parametrize("generation", [-1, "1", 1.5, True, None, [1]])
+def test_a_malformed_generation_is_refused(codec: TokenCodec, generation: object) -> None:
+    token = jwt.encode(_claims(gen=generation), SECRET, algorithm=JWT_ALGORITHM)
+    with pytest.raises(TokenError, match="malformed"):
+        codec.decode(token, "access")

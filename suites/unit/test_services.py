@@ -23,7 +23,7 @@ from app.repositories.base import Scope, paginate
 from app.repositories.users import UserRepository
 from app.schemas.accounts import AccountCreate
 from app.schemas.api_keys import ApiKeyCreate
-from app.schemas.users import UserCreate, UserUpdate
+from app.schemas.users import PasswordChange, UserCreate, UserUpdate
 from app.services import auth as auth_module
 from app.services.accounts import AccountService, name_key
 from app.services.api_keys import ApiKeyService
@@ -394,6 +394,99 @@ async def test_update_changes_fields_and_ends_sessions(
     cleared = await users.update(world.owner, world.member.user_id, UserUpdate(full_name=None))
     assert cleared.full_name is None
     assert cleared.role == "viewer"  # unset fields are left alone
+
+
+async def test_a_password_change_by_an_owner_ends_access_tokens_too(
+    session: AsyncSession, world: World, codec: TokenCodec
+) -> None:
+    auth = AuthService(session, codec)
+    old = await auth.login("member@acme.example", PASSWORD)
+    assert (await auth.authenticate(old.access_token)).user_id == world.member.user_id
+    await UserService(session).update(
+        world.owner, world.member.user_id, UserUpdate(password="new-passphrase")
+    )
+    with pytest.raises(Unauthorized, match="session has ended"):
+        await auth.authenticate(old.access_token)
+    new = await auth.login("member@acme.example", "new-passphrase")
+    assert codec.decode(new.access_token, "access").generation == 1
+    assert (await auth.authenticate(new.access_token)).user_id == world.member.user_id
+    rotated = await auth.refresh(new.refresh_token)
+    assert codec.decode(rotated.access_token, "access").generation == 1
+
+
+async def test_users_change_their_own_password_given_the_current_one(
+    session: AsyncSession, world: World, codec: TokenCodec
+) -> None:
+    auth = AuthService(session, codec)
+    old = await auth.login("viewer@acme.example", PASSWORD)
+    users = UserService(session)
+    change = PasswordChange(current_password=PASSWORD, new_password="viewer-new-passphrase")
+    await users.change_own_password(world.viewer, change)
+    with pytest.raises(Unauthorized, match="session has ended"):
+        await auth.authenticate(old.access_token)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await auth.refresh(old.refresh_token)
+    with pytest.raises(Unauthorized, match="Incorrect"):
+        await auth.login("viewer@acme.example", PASSWORD)
+    await auth.login("viewer@acme.example", "viewer-new-passphrase")
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "pointer"),
+    [
+        ("not-the-password", "viewer-new-passphrase", "/body/current_password"),
+        (PASSWORD, PASSWORD, "/body/new_password"),
+    ],
+)
+async def test_own_password_change_refusals_change_nothing(
+    session: AsyncSession, world: World, codec: TokenCodec, current: str, new: str, pointer: str
+) -> None:
+    auth = AuthService(session, codec)
+    pair = await auth.login("member@acme.example", PASSWORD)
+    change = PasswordChange(current_password=current, new_password=new)
+    with pytest.raises(ValidationFailed) as caught:
+        await UserService(session).change_own_password(world.member, change)
+    assert caught.value.errors is not None
+    assert caught.value.errors[0]["pointer"] == pointer
+    await auth.authenticate(pair.access_token)  # still valid
+    await auth.refresh(pair.refresh_token)
+
+
+async def test_an_api_key_cannot_change_its_users_password(
+    session: AsyncSession, world: World
+) -> None:
+    as_key = Principal(world.member.user_id, world.account.id, Role.member, uuid.uuid4())
+    change = PasswordChange(current_password=PASSWORD, new_password="whatever-passphrase")
+    with pytest.raises(Forbidden, match="API key"):
+        await UserService(session).change_own_password(as_key, change)
+
+
+async def test_a_concurrent_password_change_wins_over_a_stale_one(
+    session: AsyncSession, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between reading the hash and writing the new one (while argon2 runs, with no
+    transaction open) another change lands: the stale one is refused, not applied."""
+    from app.services import users as users_module
+
+    users = UserService(session)
+
+    original = users_module.hash_password_async
+
+    async def meanwhile_changed(password: str) -> str:
+        await UserRepository(session).change_password(
+            world.member.user_id, hash_password("changed-meanwhile")
+        )
+        await session.commit()
+        return await original(password)
+
+    monkeypatch.setattr(users_module, "hash_password_async", meanwhile_changed)
+    change = PasswordChange(current_password=PASSWORD, new_password="the-stale-passphrase")
+    with pytest.raises(Conflict, match="meanwhile"):
+        await users.change_own_password(world.member, change)
+    user = await session.get(User, world.member.user_id)
+    assert user is not None
+    await session.refresh(user)
+    assert verify_password("changed-meanwhile", user.password_hash)
 
 
 async def test_deactivation_ends_sessions_and_blocks_login(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, to_page
+from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, SettingsDep, to_page
 from app.schemas.agents import AgentCreate, AgentOut, AgentUpdate
 from app.schemas.common import Page, link, links, problems
 from app.services.agents import AgentService
@@ -49,9 +49,15 @@ def _agent_links(status: int, description: str, **more: dict[str, Any]) -> dict[
     },
 )
 async def create_agent(
-    body: AgentCreate, principal: PrincipalDep, session: SessionDep, box: BoxDep
+    body: AgentCreate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    box: BoxDep,
+    settings: SettingsDep,
 ) -> AgentOut:
-    return AgentOut.model_validate(await AgentService(session, box).create(principal, body))
+    return AgentOut.model_validate(
+        await AgentService(session, box, settings).create(principal, body)
+    )
 
 
 @router.get(
@@ -73,10 +79,11 @@ async def list_agents(
     principal: PrincipalDep,
     session: SessionDep,
     box: BoxDep,
+    settings: SettingsDep,
     paging: PagingDep,
     provider: Annotated[Literal["openai", "builtin"] | None, Query()] = None,
 ) -> Page[AgentOut]:
-    rows, total = await AgentService(session, box).page(
+    rows, total = await AgentService(session, box, settings).page(
         principal, limit=paging.limit, offset=paging.offset, provider=provider
     )
     return to_page(AgentOut, rows, total, paging)
@@ -89,9 +96,15 @@ async def list_agents(
     responses={**_agent_links(200, "The agent."), **problems(401, 404, 422)},
 )
 async def get_agent(
-    agent_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
+    agent_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    box: BoxDep,
+    settings: SettingsDep,
 ) -> AgentOut:
-    return AgentOut.model_validate(await AgentService(session, box).get(principal, agent_id))
+    return AgentOut.model_validate(
+        await AgentService(session, box, settings).get(principal, agent_id)
+    )
 
 
 @router.patch(
@@ -109,8 +122,9 @@ async def update_agent(
     principal: PrincipalDep,
     session: SessionDep,
     box: BoxDep,
+    settings: SettingsDep,
 ) -> AgentOut:
-    agent = await AgentService(session, box).update(principal, agent_id, body)
+    agent = await AgentService(session, box, settings).update(principal, agent_id, body)
     return AgentOut.model_validate(agent)
 
 
@@ -122,6 +136,10 @@ async def update_agent(
     responses=problems(401, 403, 404, 409, 422),
 )
 async def delete_agent(
-    agent_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
+    agent_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    box: BoxDep,
+    settings: SettingsDep,
 ) -> None:
-    await AgentService(session, box).delete(principal, agent_id)
+    await AgentService(session, box, settings).delete(principal, agent_id)

@@ -4,8 +4,11 @@ No secret travels in the URL: the client's first message authenticates,
 `{"type": "auth", "token": "<access token or API key>"}`, within a few seconds. Then the
 server sends each event as `{"type": "event", "event": {...}}` (resuming after `?after=`) and
 a final `{"type": "end"}`; the client may send `{"type": "cancel", "mode": "immediate"}`.
-Close codes: 4401 authentication failed, 4404 no such execution; a bad command gets
-an `{"type": "error"}` reply.
+Messages are parsed as strictly as request bodies (no NUL characters, non-finite numbers
+or nesting past `RENUM_MAX_JSON_DEPTH`). Close codes: 4401 authentication failed (a first
+message that is not a valid `auth` one included), 4404 no such execution, 1001 the server is
+shutting down (reconnect and resume with `?after=` the last `seq` received); a bad command
+gets an `{"type": "error"}` reply.
 """
 
 from __future__ import annotations
@@ -18,19 +21,31 @@ from typing import Any
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from app.core.errors import ProblemError
+from app.core.input_limits import UnsafeInput, strict_loads
 from app.services.auth import AuthService
+from app.services.events import StreamsClosed
 from app.services.executions import ExecutionService, event_stream
 
 router = APIRouter()
 
 AUTH_TIMEOUT_SECONDS = 5.0
+GOING_AWAY = 1001  # RFC 6455: the server is going down
+
+
+async def _receive(websocket: WebSocket) -> Any:
+    """The next message, parsed as strictly as a request body (the same input limits);
+    ``ValueError`` if it is not JSON or breaks a limit, ``KeyError`` if it is not text."""
+    text = await websocket.receive_text()
+    if not isinstance(text, str):
+        raise ValueError("not a text message")
+    return strict_loads(text, max_depth=websocket.app.state.settings.max_json_depth)
 
 
 async def _authenticate(websocket: WebSocket) -> Any:
     app = websocket.app
     try:
         async with asyncio.timeout(AUTH_TIMEOUT_SECONDS):
-            message = await websocket.receive_json()
+            message = await _receive(websocket)
     except (TimeoutError, ValueError, KeyError):
         return None
     token = message.get("token") if isinstance(message, dict) else None
@@ -63,7 +78,14 @@ async def execution_socket(
 
     async def commands() -> None:
         while True:
-            message = await websocket.receive_json()
+            try:
+                message = await _receive(websocket)
+            except UnsafeInput as exc:
+                await websocket.send_json({"type": "error", "detail": str(exc)})
+                continue
+            except (ValueError, KeyError):
+                await websocket.send_json({"type": "error", "detail": "send JSON text"})
+                continue
             if not isinstance(message, dict) or message.get("type") != "cancel":
                 await websocket.send_json({"type": "error", "detail": "unknown command"})
                 continue
@@ -84,16 +106,23 @@ async def execution_socket(
 
     listener = asyncio.create_task(commands())
     try:
-        async for event in event_stream(runtime.database, runtime.hub, execution_id, after, 15.0):
-            if listener.done():
-                break
-            if event is None:
-                await websocket.send_json({"type": "keep-alive"})
-            else:
-                await websocket.send_json({"type": "event", "event": event.model_dump(mode="json")})
-        else:
-            await websocket.send_json({"type": "end"})
-            await websocket.close()
+        with app.state.shutdown.hold():  # the server waits for the goodbye below
+            try:
+                async for event in event_stream(
+                    runtime.database, runtime.hub, execution_id, after, 15.0
+                ):
+                    if listener.done():
+                        break
+                    if event is None:
+                        await websocket.send_json({"type": "keep-alive"})
+                    else:
+                        message = {"type": "event", "event": event.model_dump(mode="json")}
+                        await websocket.send_json(message)
+                else:
+                    await websocket.send_json({"type": "end"})
+                    await websocket.close()
+            except StreamsClosed:
+                await websocket.close(code=GOING_AWAY, reason="server shutting down")
     except WebSocketDisconnect:
         pass
     finally:

@@ -1,10 +1,21 @@
-"""`GET /metrics`: the process's metrics in the Prometheus text format (no authentication,
-like the health probes; expose it only where your scraper can reach it)."""
+"""`GET /metrics`: the process's metrics in the Prometheus text format.
+
+Who may read them is ``settings.metrics``: anyone while public (the default outside
+production), else platform admins and the health probe token (``X-Probe-Token`` or
+``Authorization: Bearer``, as ``/health/dependencies`` takes it; a scraper needs no user).
+Anonymous callers then get 401, other users 403. The token is checked without the database;
+an admin's credentials cost one lookup, like any API call."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
 
+from fastapi import APIRouter, Depends, Request, Response
+
+from app.api.deps import oauth2_scheme, probe_token_matches
+from app.core.errors import Forbidden, Unauthorized
+from app.schemas.common import problems
+from app.services.auth import AuthService
 from app.services.metrics import CONTENT_TYPE, ProcessMetrics
 
 router = APIRouter(tags=["health"])
@@ -21,17 +32,41 @@ renum_executions_active 3.0
 """
 
 
+async def metrics_access(
+    request: Request, credential: Annotated[str | None, Depends(oauth2_scheme)]
+) -> None:
+    """Let the caller through when the metrics are public, or for the probe token or a
+    platform admin; 401 without credentials (or invalid ones), 403 for other users."""
+    settings = request.app.state.settings
+    if settings.metrics.is_public(settings.environment) or probe_token_matches(request, credential):
+        return
+    if not credential:
+        raise Unauthorized(
+            "The metrics are not public here: send the probe token (`X-Probe-Token`) or a "
+            "platform admin's `Authorization: Bearer` credentials."
+        )
+    async with request.app.state.database.session() as session:
+        principal = await AuthService(session, request.app.state.codec).authenticate(credential)
+    if not principal.is_admin:
+        raise Forbidden("Only platform admins and the probe token may read the metrics.")
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics: process CPU and memory, interpreter, executions in flight",
     description="The text exposition format (version 0.0.4). Application gauges are read "
-    "when scraped, so serving requests costs nothing extra.",
+    "when scraped, so serving requests costs nothing extra. Anyone may read them while "
+    "`RENUM_METRICS__PUBLIC` allows it (by default outside production); otherwise platform "
+    "admins and the health probe token (`X-Probe-Token: <token>` or `Authorization: Bearer "
+    "<token>`) only.",
     response_class=Response,
+    dependencies=[Depends(metrics_access)],
     responses={
         200: {
             "description": "The metrics, one sample per line.",
             "content": {"text/plain": {"schema": {"type": "string"}, "example": EXAMPLE}},
-        }
+        },
+        **problems(401, 403),
     },
 )
 async def metrics(request: Request) -> Response:

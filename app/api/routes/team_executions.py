@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
 from app.api.deps import PagingDep, PrincipalDep, RuntimeDep, SessionDep, SettingsDep, to_page
+from app.core.shutdown import GracefulShutdown
 from app.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from app.schemas.common import Page, link, links, problems
 from app.schemas.executions import (
@@ -26,6 +27,7 @@ from app.schemas.executions import (
     MessageOut,
     StepOut,
 )
+from app.services.events import StreamsClosed
 from app.services.executions import ExecutionService, event_stream, is_terminal, wait_for_end
 from app.services.runtime import Runtime
 
@@ -239,16 +241,24 @@ async def list_execution_messages(
     return [MessageOut.model_validate(r) for r in rows]
 
 
-async def _sse(runtime: Runtime, execution_id: uuid.UUID, after: int) -> AsyncIterator[str]:
-    yield "retry: 2000\n\n"
-    async for event in event_stream(
-        runtime.database, runtime.hub, execution_id, after, SSE_HEARTBEAT_SECONDS
-    ):
-        if event is None:
-            yield ": keep-alive\n\n"
-            continue
-        payload = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
-        yield f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n"
+async def _sse(
+    runtime: Runtime, shutdown: GracefulShutdown, execution_id: uuid.UUID, after: int
+) -> AsyncIterator[str]:
+    with shutdown.hold():
+        yield "retry: 2000\n\n"
+        try:
+            async for event in event_stream(
+                runtime.database, runtime.hub, execution_id, after, SSE_HEARTBEAT_SECONDS
+            ):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                payload = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+                yield f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n"
+        except StreamsClosed:
+            # The stream ends here; the client reconnects (to another process) and resumes
+            # after the last id it got.
+            yield ": server shutting down; reconnect with Last-Event-ID\n\n"
 
 
 @router.get(
@@ -257,7 +267,8 @@ async def _sse(runtime: Runtime, execution_id: uuid.UUID, after: int) -> AsyncIt
     summary="An execution's events, as JSON or as a live Server-Sent Events stream",
     description="With `Accept: text/event-stream` the events stream live (each with `id:` "
     "its sequence number) until the execution ends, resuming after `Last-Event-ID` or "
-    "`?after=`; idle streams get a keep-alive comment every 15 seconds.",
+    "`?after=`; idle streams get a keep-alive comment every 15 seconds. A server that shuts "
+    "down ends its streams at once (reconnect, to resume where you were).",
     responses={
         **problems(401, 404, 422),
         200: {
@@ -286,7 +297,7 @@ async def list_execution_events(
     if "text/event-stream" in request.headers.get("accept", ""):
         await session.commit()  # the stream reads with short sessions of its own
         return StreamingResponse(
-            _sse(runtime, execution.id, start),
+            _sse(runtime, request.app.state.shutdown, execution.id, start),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -26,7 +26,16 @@ async def get_usage(
     session: SessionDep,
     settings: SettingsDep,
     group_by: Literal["team", "agent", "user", "model", "paid_by"] = "team",
-    since: Annotated[DateTime | None, Query(alias="from")] = None,
-    until: Annotated[DateTime | None, Query(alias="to")] = None,
+    since: Annotated[
+        DateTime | None, Query(alias="from", description="Calls at or after this instant.")
+    ] = None,
+    until: Annotated[
+        DateTime | None,
+        Query(
+            alias="to",
+            description="Calls before this instant; not before `from` (equal to it: an empty "
+            "period, with nothing in it).",
+        ),
+    ] = None,
 ) -> UsageOut:
     return await ExecutionService(session, settings).usage(principal, group_by, since, until)

@@ -1,4 +1,4 @@
-"""Users: the caller's own profile, and user management for owners and admins."""
+"""Users: the caller's own profile and password, and user management for owners and admins."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
 from app.schemas.common import Page, link, links, problems
-from app.schemas.users import UserCreate, UserOut, UserUpdate
+from app.schemas.users import PasswordChange, UserCreate, UserOut, UserUpdate
 from app.services.users import UserService
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -56,6 +56,27 @@ def _user_links(status: int, description: str, **more: dict[str, Any]) -> dict[i
 )
 async def get_me(principal: PrincipalDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).me(principal))
+
+
+@router.post(
+    "/me/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Change your own password",
+    description="Any user (viewers too) changes their own password by giving the current one; "
+    "the new one follows the same rules as a new user's. Every session of the user ends: "
+    "their refresh tokens are revoked and their access tokens, the one that made this call "
+    "included, are refused from now on, so log in again with the new password. API keys are "
+    "not affected (they are separate credentials; revoke them with `DELETE /api-keys/{id}`), "
+    "and cannot make this call: it needs an access token from logging in.",
+    responses={
+        **problems(401, 403, 409, 422),
+        204: {"description": "Changed; log in again with the new password."},
+    },
+)
+async def change_my_password(
+    body: PasswordChange, principal: PrincipalDep, session: SessionDep
+) -> None:
+    await UserService(session).change_own_password(principal, body)
 
 
 @router.get(
@@ -120,7 +141,9 @@ async def get_user(user_id: uuid.UUID, principal: PrincipalDep, session: Session
     "/{user_id:not_me}",
     response_model=UserOut,
     summary="Change a user's name, role, password or activity (owner, admin)",
-    description="Deactivating a user or changing their password ends their sessions.",
+    description="Deactivating a user or changing their password ends their sessions: their "
+    "refresh tokens are revoked and their access tokens refused from then on. Their API keys "
+    "are not affected (a deactivated user's keys stop working while they are deactivated).",
     responses={**_user_links(200, "The changed user."), **problems(400, 401, 403, 404, 409, 422)},
 )
 async def update_user(

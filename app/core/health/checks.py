@@ -20,7 +20,6 @@ from alembic.script import ScriptDirectory
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
@@ -309,9 +308,8 @@ class DatabaseCheck(HealthCheck):
         dialect = database.engine.dialect.name
         start = time.perf_counter()
         try:
-            async with database.engine.connect() as conn:
-                query = "select sqlite_version()" if dialect == "sqlite" else "show server_version"
-                raw = str((await conn.execute(text(query))).scalar_one())
+            # Its own connection, no write lock: a busy database never fails readiness.
+            raw = await database.server_version()
         except Exception as exc:  # any driver or network error is this check's answer
             message, fix = database_error(exc, database.settings.url)
             return [CheckOutcome(dialect, Status.fail, message, elapsed_ms(start), "ms", fix)]
@@ -368,7 +366,7 @@ class SchemaCheck(HealthCheck):
     async def run(self, context: CheckContext) -> list[CheckOutcome]:
         head = await asyncio.to_thread(migrate.head_revision)
         try:
-            current = await migrate.current_revision(context.database.engine)
+            current = await migrate.current_revision(context.database.probe_engine)
         except Exception as exc:  # the database check reports the connection itself
             return [
                 CheckOutcome(
@@ -479,27 +477,10 @@ class RedisCheck(HealthCheck):
 # --- model providers ------------------------------------------------------------------------
 
 
-async def provider_base_urls(context: CheckContext) -> list[str]:
-    """The platform default and every distinct base URL configured on an agent."""
-    from app.models.agent import Agent
-
-    urls = [context.settings.providers.openai_base_url]
-    try:
-        async with context.database.session() as session:
-            rows = await session.execute(
-                select(Agent.base_url).where(Agent.base_url.is_not(None)).distinct()
-            )
-            urls.extend(row for row in rows.scalars() if row)
-    except Exception:  # noqa: S110 - without the database only the default is checked
-        pass
-    seen: dict[str, None] = {}
-    for url in urls:
-        seen.setdefault(url.rstrip("/"), None)
-    return list(seen)
-
-
-# Agents of every account name their own base URLs: the check probes this many at most.
-MAX_PROVIDER_URLS = 20
+def provider_base_urls(settings: Settings) -> list[str]:
+    """The provider base URLs the operator configured (today the platform's). Tenants' agent
+    URLs are never probed: a background check must not call a URL a tenant wrote."""
+    return [settings.providers.openai_base_url.rstrip("/")]
 
 
 async def probe_provider(
@@ -578,8 +559,8 @@ class ProvidersCheck(HealthCheck):
         name="providers",
         kind="provider",
         critical=False,
-        description="Each distinct model-provider base URL (the platform default and every "
-        "agent's) answers GET /models, without spending tokens.",
+        description="The platform's model-provider base URL (the operator's; agents' own URLs "
+        "are never probed) answers GET /models, without spending tokens.",
         measurement="responseTime",
         timeout_seconds=5.0,
         interval_seconds=60.0,
@@ -587,12 +568,12 @@ class ProvidersCheck(HealthCheck):
         failure_threshold=3,
         affected_endpoints=EXECUTION_ENDPOINTS,
         troubleshooting=Troubleshooting(
-            symptom="`providers:responseTime` is 'fail' for a base URL; executions of agents "
-            "using it fail their model steps.",
+            symptom="`providers:responseTime` is 'fail' for the platform base URL; executions "
+            "of agents using it fail their model steps.",
             cause="The provider endpoint is unreachable from this host, answers HTML (a web "
             "page instead of the API root), or is failing.",
-            fix="Fix the agent's `base_url` or RENUM_PROVIDERS__OPENAI_BASE_URL (the API root, "
-            "usually ending in /v1) and the host's network access to it.",
+            fix="Fix RENUM_PROVIDERS__OPENAI_BASE_URL (the API root, usually ending in /v1) and "
+            "the host's network access to it.",
             docs_anchor="providers",
         ),
     )
@@ -600,29 +581,13 @@ class ProvidersCheck(HealthCheck):
     async def run(self, context: CheckContext) -> list[CheckOutcome]:
         settings = context.settings.providers
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        urls = await provider_base_urls(context)
-        platform_url = settings.openai_base_url.rstrip("/")
         limit = max(0.1, context.timeout_seconds * 0.8)
         async with httpx.AsyncClient(timeout=limit, follow_redirects=False) as client:
-            outcomes = list(
+            return list(
                 await asyncio.gather(
                     *(
-                        probe_provider(client, url, key if url == platform_url else None)
-                        for url in urls[:MAX_PROVIDER_URLS]
+                        probe_provider(client, url, key)
+                        for url in provider_base_urls(context.settings)
                     )
                 )
             )
-        if len(urls) > MAX_PROVIDER_URLS:
-            outcomes.append(
-                CheckOutcome(
-                    "more base URLs",
-                    Status.warn,
-                    f"{len(urls) - MAX_PROVIDER_URLS} more base URLs not checked "
-                    f"(at most {MAX_PROVIDER_URLS} per run)",
-                    observed_value=len(urls),
-                    observed_unit="base URLs",
-                    fix="Point agents at fewer distinct endpoints (a gateway such as LiteLLM), "
-                    "or check the others with their agents' executions.",
-                )
-            )
-        return outcomes

@@ -1,6 +1,11 @@
 """Running one agent on one input: a builtin agent locally, or a model over the
 OpenAI-compatible API with the right key. Retries, timeouts and cost live here and in the
-provider, in one place."""
+provider, in one place.
+
+The platform's key goes only to the platform's base URL (the operator's, compared by scheme,
+host, port and path segments): an agent pointed elsewhere pays with its own provider key, and
+without one its step fails before anything is sent. Calls to a tenant's base URL go through
+the egress guard's client."""
 
 from __future__ import annotations
 
@@ -11,15 +16,21 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-import httpx
-
 from app.core.config import Settings
 from app.core.crypto import SecretBox
+from app.core.egress import EgressClients, is_under
+from app.core.templates import TemplateRenderer
 from app.models import Agent, ProviderKey
 from app.services.agents import provider_key_aad
+from app.services.engine.storable import check_storable
 from app.services.messages import Mailbox, OutgoingMessage
-from app.services.providers.base import ChatMessage, ModelRequest, RetryPolicy
-from app.services.providers.builtin import run_builtin
+from app.services.providers.base import (
+    ChatMessage,
+    ModelRequest,
+    ProviderAuthError,
+    RetryPolicy,
+)
+from app.services.providers.builtin import TEMPLATE_KITS, run_builtin
 from app.services.providers.openai import OpenAICompatibleProvider
 from app.services.providers.prices import PriceTable
 
@@ -37,6 +48,10 @@ class AgentOutcome:
     duration_ms: int = 0
     paid_by: str | None = None  # "user" or "platform" for model calls; None for builtin
 
+    def __post_init__(self) -> None:
+        # Only what can be stored is an outcome; else the step fails (UnstorableOutput).
+        check_storable(self.output, self.context_writes, (m.body for m in self.messages))
+
     @property
     def is_model_call(self) -> bool:
         return self.paid_by is not None
@@ -46,12 +61,22 @@ class AgentCaller:
     """Turns an agent row and a step input into an outcome; raises ProviderError on failure."""
 
     def __init__(
-        self, settings: Settings, box: SecretBox, prices: PriceTable, http: httpx.AsyncClient
+        self,
+        settings: Settings,
+        box: SecretBox,
+        prices: PriceTable,
+        http: EgressClients,
+        templates: TemplateRenderer | None = None,
     ) -> None:
         self.settings = settings
         self.box = box
         self.prices = prices
         self.http = http
+        # The bounded renderer of template agents and input templates; one of its own
+        # unless given (whoever builds the caller closes it).
+        if templates is None:
+            templates = TemplateRenderer(settings.templates, TEMPLATE_KITS)
+        self.templates = templates
 
     async def call(
         self,
@@ -67,13 +92,14 @@ class AgentCaller:
         mailbox = mailbox if mailbox is not None else Mailbox()
         if agent.provider == "builtin":
             started = time.perf_counter()
-            result = run_builtin(
+            result = await run_builtin(
                 agent.model,
                 agent.parameters,
                 input=step_input,
                 context=context,
                 variables=variables,
                 mailbox=mailbox,
+                templates=self.templates,
             )
             return AgentOutcome(
                 output=result.output,
@@ -97,15 +123,23 @@ class AgentCaller:
         context: Mapping[str, Any],
         inbox: list[dict[str, Any]],
     ) -> AgentOutcome:
+        platform_url = self.settings.providers.openai_base_url
+        base_url = agent.base_url or platform_url
         if provider_key is not None:
             api_key: str | None = self.box.open(
                 provider_key.sealed_key, provider_key_aad(provider_key.account_id, provider_key.id)
             )
             paid_by = "user"
-        else:
+        elif is_under(base_url, platform_url):
             platform = self.settings.providers.openai_api_key
             api_key = platform.get_secret_value() if platform else None
             paid_by = "platform"
+        else:
+            raise ProviderAuthError(
+                "the agent's base URL is not the platform's, so it needs its own provider key "
+                "(provider_key_id); nothing was sent",
+                retryable=False,
+            )
         messages = []
         if agent.system_prompt:
             messages.append(ChatMessage("system", agent.system_prompt))
@@ -130,7 +164,10 @@ class AgentCaller:
             ),
         )
         provider = OpenAICompatibleProvider(
-            agent.base_url or self.settings.providers.openai_base_url, api_key, client=self.http
+            base_url,
+            api_key,
+            client=self.http.for_url(base_url),
+            tenant_url=not self.http.guard.is_trusted(base_url),
         )
         response = await provider.complete(request)
         return AgentOutcome(

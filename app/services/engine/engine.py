@@ -10,7 +10,8 @@ request, is checked in the same transaction by the guarded update that every sta
 end goes through, so once a cancel has returned no new step starts. Every transaction leaves
 committed state from which any process resumes the execution after a crash (claim, reaper,
 steps left ``running`` run again). The in-memory state and its changes live in ``state.py``,
-the statements in ``EngineRepository``.
+the statements in ``EngineRepository``. No template runs inside a transaction: a step's input
+template is rendered when the step runs, by the bounded renderer's worker processes.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from app.services.engine.state import (
     budget_breach,
     seconds_left,
 )
-from app.services.engine.strategies import StepInputError, decide
+from app.services.engine.strategies import StepInputError, decide, render_input
 from app.services.events import EventHub
 from app.services.messages import Mailbox, Message, directory, inbox, output_messages
 from app.services.providers.base import ProviderError
@@ -259,7 +260,14 @@ class ExecutionEngine:
             mailbox = Mailbox(inbox(messages, agent.id if agent else None), run.directory)
             started.append(
                 StartedStep(
-                    planned, agent, key, changes.current_context, run.variables, seconds, mailbox
+                    planned,
+                    agent,
+                    key,
+                    changes.current_context,
+                    run.variables,
+                    seconds,
+                    mailbox,
+                    run.prompt,
                 )
             )
         return started
@@ -270,6 +278,8 @@ class ExecutionEngine:
         """A step's result: its row, context writes, ledger entry and events."""
         step = changes.step(result.key)
         step.finished_at = now
+        if result.input is not None:
+            step.input = result.input
         outcome = result.outcome
         if result.interrupted is not None:
             step.status = StepStatus.cancelled.value
@@ -505,35 +515,47 @@ class ExecutionEngine:
             await asyncio.gather(*running, *watchers, return_exceptions=True)
 
     async def _run_step(self, step: StartedStep, stop: _Stop) -> StepResult:
-        """Run one started step's agent (within what the time budget leaves); how it ended,
-        to be committed. Cancelled by the drive when the running steps are stopped."""
+        """Render one started step's input template and run its agent (both within what the
+        time budget leaves); how it ended, to be committed. Cancelled by the drive when the
+        running steps are stopped."""
         key = step.planned.key
         if stop.reason is not None:
             return StepResult(key, interrupted=stop.reason)
         if step.agent is None:
             return StepResult(key, error="the agent no longer exists")
         deadline = asyncio.timeout(step.seconds)
+        step_input = None
         try:
             async with deadline:
+                step_input = await render_input(
+                    self.caller.templates,
+                    step.planned,
+                    prompt=step.prompt,
+                    context=step.context,
+                    variables=step.variables,
+                )
                 outcome = await self.caller.call(
                     step.agent,
                     step.key,
-                    step_input=step.planned.input,
+                    step_input=step_input,
                     context=step.context,
                     variables=step.variables,
                     mailbox=step.mailbox,
                 )
+        except StepInputError as exc:
+            return StepResult(key, error=str(exc), failure={"message": str(exc)})
         except asyncio.CancelledError:
             if stop.reason is None:
                 raise  # the drive itself is being cancelled
-            return StepResult(key, interrupted=stop.reason)
+            return StepResult(key, interrupted=stop.reason, input=step_input)
         except TimeoutError:
             if not deadline.expired():
                 raise
-            return StepResult(key, interrupted="timed_out")
+            return StepResult(key, interrupted="timed_out", input=step_input)
         except ProviderError as exc:
-            return StepResult(key, error=f"{exc.kind}: {exc.message}", failure=exc.to_dict())
-        return StepResult(key, outcome=outcome)
+            error = f"{exc.kind}: {exc.message}"
+            return StepResult(key, error=error, failure=exc.to_dict(), input=step_input)
+        return StepResult(key, outcome=outcome, input=step_input)
 
     @staticmethod
     def _finished(execution_id: uuid.UUID, finish: Finish) -> None:

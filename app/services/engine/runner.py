@@ -1,7 +1,14 @@
 """Dispatch: one interface for handing executions to whatever runs them. This module is the
 in-process runner (asyncio tasks under a concurrency limit) and its reaper, which resumes
 executions whose owner stopped beating. Distributed workers can implement the same
-interface later."""
+interface later.
+
+Stopping (on shutdown, as soon as it begins) cancels the running drives (a step's model call
+in flight is made again by whoever resumes) and releases their executions: no owner, no
+heartbeat, so another process's reaper resumes them at once instead of after
+``stale_after_seconds``. The release goes through ``Database.run_transaction``, after any
+engine transaction already queued there. Executions submitted after that stay pending for
+another process."""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import Database
-from app.repositories.executions import ExecutionRepository
+from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.services.engine.engine import ExecutionEngine
 
 log = get_logger("app.runner")
@@ -45,12 +52,24 @@ class InProcessRunner:
         self._slots = asyncio.Semaphore(settings.runner_concurrency)
         self._running: dict[uuid.UUID, _Running] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def stop(self) -> None:
-        """Stop driving executions; the next process resumes them without waiting."""
+        """Stop driving executions; the next process resumes them without waiting. Safe to
+        call again (and while a first call runs): every call waits for the one stop."""
+        await asyncio.shield(self.begin_stop())
+
+    def begin_stop(self) -> asyncio.Future[None]:
+        """Start stopping now, from synchronous code (the shutdown's first moment); ``stop``
+        waits for it."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -59,13 +78,19 @@ class InProcessRunner:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        async with self.db.session() as session:
-            await ExecutionRepository(session).release_ownership(self.engine.owner)
-            await session.commit()
+        owner = self.engine.owner
+        try:
+            released = await self.db.run_transaction(
+                lambda conn: EngineRepository(conn).release_ownership(owner)
+            )
+        except Exception as exc:  # they are resumed once their heartbeat is stale instead
+            log.warning("executions_release_failed", error_type=type(exc).__name__)
+            return
+        log.info("executions_released", count=released, cancelled=len(running))
 
     def submit(self, execution_id: uuid.UUID) -> None:
-        if execution_id in self._running:
-            return
+        if self._stopping is not None or execution_id in self._running:
+            return  # stopping: it stays pending for another process
         interrupt = asyncio.Event()
         task = asyncio.create_task(self._run(execution_id, interrupt))
         self._running[execution_id] = _Running(task, interrupt)

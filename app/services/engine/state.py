@@ -100,6 +100,7 @@ class StepResult:
     error: str | None = None
     failure: dict[str, Any] | None = None
     interrupted: str | None = None
+    input: str | None = None  # the input after its input template, once rendered
 
     @property
     def failed(self) -> bool:
@@ -117,6 +118,7 @@ class StartedStep:
     variables: Mapping[str, Any]
     seconds: float | None  # what the time budget leaves it
     mailbox: Mailbox  # its agent's inbox; collects the messages it sends
+    prompt: str  # the execution's, for its input template
 
 
 @dataclass(frozen=True)

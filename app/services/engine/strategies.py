@@ -1,6 +1,10 @@
 """The four strategies as one pure function: given the workflow and the committed state of
 an execution's steps, decide what happens next. No I/O, so every decision can be replayed
-from the database after a crash."""
+from the database after a crash.
+
+A planned step carries its input template unrendered: :func:`render_input` renders it when the
+step runs (through the bounded renderer, outside any transaction, within the step's time
+budget), and a failure fails that step."""
 
 from __future__ import annotations
 
@@ -8,14 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
-
+from app.core.input_limits import text_problem
+from app.core.templates import RenderError, TemplateRenderer
 from app.models import ExecutionStatus, StepStatus
 from app.schemas.workflows import WorkflowDefinition, WorkflowStep
 from app.services.conditions import ConditionTimeout, evaluate
-
-_templates = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class StepState:
 class PlannedStep:
     key: str
     agent_id: str
-    input: str
+    input: str  # before its input template, if it has one
+    template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,29 +47,36 @@ class Decision:
 
 
 class StepInputError(Exception):
-    """A step's input template could not be rendered."""
+    """A step's input could not be made: its input template failed, or its condition."""
 
     def __init__(self, step_key: str, message: str) -> None:
         super().__init__(f"step {step_key!r}: {message}")
         self.step_key = step_key
 
 
-def render_input(
-    step: WorkflowStep,
+async def render_input(
+    templates: TemplateRenderer,
+    step: PlannedStep,
     *,
-    input: str,
     prompt: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
 ) -> str:
-    if step.input_template is None:
-        return input
+    """The step's input after its input template (``input``, ``prompt``, ``context`` and
+    ``variables`` in scope); raises StepInputError if the template fails or renders what
+    cannot be stored."""
+    if step.template is None:
+        return step.input
+    data = {"input": step.input, "prompt": prompt, "context": context, "variables": variables}
     try:
-        return _templates.from_string(step.input_template).render(
-            input=input, prompt=prompt, context=context, variables=variables
-        )
-    except TemplateError as exc:
-        raise StepInputError(step.id, f"input template failed: {exc}") from exc
+        rendered = (await templates.render(step.template, data)).output
+    except RenderError as exc:
+        raise StepInputError(step.key, f"input template failed: {exc.reason}") from None
+    # The rendered input is stored with the step: what cannot be stored fails the step here.
+    problem = text_problem(rendered)
+    if problem is not None:
+        raise StepInputError(step.key, f"input template failed: its output {problem[1]}")
+    return rendered
 
 
 def decide(
@@ -88,11 +97,8 @@ def decide(
     failed = [s for s in steps if state(s).status is StepStatus.failed]
     pending = [s for s in steps if state(s).status is StepStatus.pending]
 
-    def render(step: WorkflowStep, step_input: str) -> PlannedStep:
-        text = render_input(
-            step, input=step_input, prompt=prompt, context=context, variables=variables
-        )
-        return PlannedStep(step.id, str(step.agent_id), text)
+    def plan(step: WorkflowStep, step_input: str) -> PlannedStep:
+        return PlannedStep(step.id, str(step.agent_id), step_input, step.input_template)
 
     if workflow.strategy == "parallel":
         if failed and workflow.failure_policy == "fail_fast":
@@ -104,7 +110,7 @@ def decide(
                 error=f"step {failed[0].id!r} failed: {state(failed[0]).error}",
             )
         if pending:
-            return Decision(run=[render(s, prompt) for s in pending])
+            return Decision(run=[plan(s, prompt) for s in pending])
         if running:
             return Decision()
         outputs = {
@@ -144,4 +150,4 @@ def decide(
     if workflow.strategy == "pipeline":
         done = [s for s in steps if state(s).status is StepStatus.completed]
         step_input = (state(done[-1]).output or "") if done else prompt
-    return Decision(run=[render(step, step_input)])
+    return Decision(run=[plan(step, step_input)])

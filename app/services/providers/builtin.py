@@ -3,49 +3,56 @@
 They let the embedded default run teams offline and make fast, exact agents for workflows:
 
 - ``echo``: the output is the input.
-- ``template``: ``parameters["template"]`` rendered by a sandboxed Jinja2 environment over
-  ``input`` (the step's input text), ``context`` (the execution's shared context),
-  ``variables`` (the execution's variables) and ``remember(key, value)``, which records a
-  write to the shared context and renders as nothing. Undefined names are errors, not blanks.
-  Messages to other agents (see :mod:`app.services.messages`): ``inbox`` (this agent's
-  messages), ``send(to, body)``, ``broadcast(body)``, ``ask(to, body, timeout_seconds)``
-  (returns the request's correlation id) and ``reply(request, body)``; ``to`` is a step id or
-  an agent id of the workflow.
+- ``template``: ``parameters["template"]`` rendered by the bounded renderer
+  (:mod:`app.core.templates`: a sandbox with size, iteration and time limits, in a worker
+  process) over ``input`` (the step's input text), ``context`` (the execution's shared
+  context), ``variables`` (the execution's variables) and ``remember(key, value)``, which
+  records a write to the shared context and renders as nothing. Undefined names are errors,
+  not blanks. Messages to other agents (see :mod:`app.services.messages`): ``inbox`` (this
+  agent's messages), ``send(to, body)``, ``broadcast(body)``, ``ask(to, body,
+  timeout_seconds)`` (returns the request's correlation id) and ``reply(request, body)``;
+  ``to`` is a step id or an agent id of the workflow.
+
+``remember`` and the messages run in the render worker as the ``builtin`` kit
+(:class:`TemplateKit`, registered by :data:`TEMPLATE_KITS`): the agent's inbox and the
+workflow's directory go there as JSON, the writes and the messages sent come back as JSON.
 
 Both kinds accept ``parameters["output_key"]``: the output is also written to that context key
 (after any ``remember`` writes, so it wins over one to the same key). Builtin calls spend no
 tokens and cost nothing. Every failure is a :class:`BuiltinAgentError` (kind ``bad_request``).
-
-Rendering is bounded: the template's size, the output's size, the total length of ``range``
-calls, string/list repetition and powers are capped, and the render stops after
-``MAX_RENDER_SECONDS`` of producing output.
 """
 
 from __future__ import annotations
 
 import json
-import operator
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
-from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from app.services.messages import Mailbox, MessageError
+from app.core.templates import (
+    MAX_TEMPLATE_CHARS,
+    KitError,
+    RenderError,
+    TemplateRenderer,
+    template_problem,
+)
+from app.models import MessageKind
+from app.services.messages import Mailbox, MessageError, OutgoingMessage
 from app.services.providers.base import ProviderError
 
 BUILTIN_KINDS: tuple[str, ...] = ("echo", "template")
+TEMPLATE_KITS = {"builtin": "app.services.providers.builtin:TemplateKit"}
 
-MAX_TEMPLATE_CHARS = 64_000
-MAX_OUTPUT_CHARS = 1_000_000
-MAX_RANGE_ITEMS = 100_000  # summed over every range() call of one render
-MAX_SEQUENCE_ITEMS = 1_000_000  # result length of "x" * n, [..] * n
-MAX_EXPONENT = 1_000
-MAX_RENDER_SECONDS = 2.0
+__all__ = [
+    "BUILTIN_KINDS",
+    "MAX_TEMPLATE_CHARS",
+    "TEMPLATE_KITS",
+    "BuiltinAgentError",
+    "BuiltinResult",
+    "TemplateKit",
+    "run_builtin",
+    "validate_builtin",
+]
 
 
 class BuiltinAgentError(ProviderError):
@@ -60,177 +67,101 @@ class BuiltinResult:
     context_writes: dict[str, Any]
 
 
-class _RenderLimitExceeded(SecurityError):
-    """Raised inside a render when it exceeds one of the module's bounds."""
-
-
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, with repetition and powers kept to sane sizes.
-
-    Immutable: a template cannot change ``context`` or ``variables`` in place (``.update``,
-    ``.append``, ...); it writes to the context through ``remember`` only.
-    """
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "**":
-            if isinstance(right, int) and abs(right) > MAX_EXPONENT:
-                raise _RenderLimitExceeded(f"exponent larger than {MAX_EXPONENT}")
-            return operator.pow(left, right)
-        for sequence, count in ((left, right), (right, left)):
-            if (
-                isinstance(sequence, str | list | tuple)
-                and isinstance(count, int)
-                and len(sequence) * count > MAX_SEQUENCE_ITEMS
-            ):
-                raise _RenderLimitExceeded(f"repetition longer than {MAX_SEQUENCE_ITEMS}")
-        return operator.mul(left, right)
-
-
-_ENV = _BoundedSandbox(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
-
-
 def _fail(message: str) -> BuiltinAgentError:
     return BuiltinAgentError(message)
 
 
-@lru_cache(maxsize=256)
-def _compile(source: str) -> Template:
-    return _ENV.from_string(source)
+class TemplateKit:
+    """What a template agent's render may do besides its output, run in the render worker:
+    ``remember`` (context writes) and the messaging functions of a :class:`Mailbox` made from
+    ``data`` (``{"inbox": [...], "directory": {...}}``). :meth:`effects` returns the writes and
+    the messages sent, as JSON data."""
 
-
-def _syntax_problem(error: TemplateSyntaxError) -> str:
-    return f"template syntax error on line {error.lineno}: {error.message}"
-
-
-def _json_ready(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-class _Render:
-    """The mutable state of one render: context writes and the range budget."""
-
-    def __init__(self) -> None:
+    def __init__(self, data: Any) -> None:
+        data = data or {}
         self.writes: dict[str, Any] = {}
-        self.range_items = 0
+        self.mailbox = Mailbox(list(data.get("inbox", [])), dict(data.get("directory", {})))
+        box = self.mailbox
+        self.names = {
+            "remember": self.remember,
+            "inbox": box.inbox,
+            "send": self._kit(box.send),
+            "broadcast": self._kit(box.broadcast),
+            "ask": self._kit(box.ask),
+            "reply": self._kit(box.reply),
+        }
+
+    @staticmethod
+    def _kit(function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except MessageError as error:
+                raise KitError(str(error)) from None
+
+        return call
 
     def remember(self, key: Any, value: Any) -> str:
         if not isinstance(key, str) or not key:
-            raise _fail("remember() needs a non-empty string key")
-        if not _json_ready(value):
-            raise _fail(f"remember({key!r}, ...) got a value that is not JSON data")
+            raise KitError("remember() needs a non-empty string key")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise KitError(f"remember({key!r}, ...) got a value that is not JSON data") from None
         self.writes[key] = value
         return ""
 
-    def range(self, *args: int) -> range:
-        items = range(*args)
-        self.range_items += len(items)
-        if self.range_items > MAX_RANGE_ITEMS:
-            raise _RenderLimitExceeded(f"range() over more than {MAX_RANGE_ITEMS} items")
-        return items
+    def effects(self) -> dict[str, Any]:
+        messages = [
+            {
+                "kind": m.kind.value,
+                "recipient": m.recipient,
+                "body": m.body,
+                "correlation_id": m.correlation_id,
+                "timeout_seconds": m.timeout_seconds,
+            }
+            for m in self.mailbox.outgoing
+        ]
+        return {"writes": self.writes, "messages": messages}
 
 
-def _bounded(chunks: Iterator[str]) -> Iterator[str]:
-    deadline = time.monotonic() + MAX_RENDER_SECONDS
-    produced = 0
-    for chunk in chunks:
-        produced += len(chunk)
-        if produced > MAX_OUTPUT_CHARS:
-            raise _RenderLimitExceeded(f"output longer than {MAX_OUTPUT_CHARS} characters")
-        if time.monotonic() > deadline:
-            raise _RenderLimitExceeded(f"rendering took longer than {MAX_RENDER_SECONDS:g} s")
-        yield chunk
-
-
-def _render_template(
+async def _render_template(
     source: str,
     *,
     input: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
     mailbox: Mailbox,
+    templates: TemplateRenderer,
 ) -> tuple[str, dict[str, Any]]:
-    if len(source) > MAX_TEMPLATE_CHARS:
-        raise _fail(f"template longer than {MAX_TEMPLATE_CHARS} characters")
     try:
-        template = _compile(source)
-    except TemplateSyntaxError as error:
-        raise _fail(_syntax_problem(error)) from None
-    state = _Render()
-    names = {
-        "input": input,
-        "context": context,
-        "variables": variables,
-        "remember": state.remember,
-        "range": state.range,
-        "inbox": mailbox.inbox,
-        "send": mailbox.send,
-        "broadcast": mailbox.broadcast,
-        "ask": mailbox.ask,
-        "reply": mailbox.reply,
-    }
-    try:
-        output = "".join(_bounded(template.generate(names)))
-    except BuiltinAgentError:
-        raise
-    except MessageError as error:
-        raise _fail(str(error)) from None
-    except _RenderLimitExceeded as error:
-        raise _fail(f"template stopped: {error}") from None
-    except SecurityError as error:
-        raise _fail(f"template not allowed: {error}") from None
-    except UndefinedError as error:
-        raise _fail(f"template error: {error.message}") from None
-    except TemplateError as error:
-        raise _fail(f"template error: {error}") from None
-    except Exception as error:  # a Python error inside an expression: 1/0, int('x'), ...
-        raise _fail(f"template error: {type(error).__name__}: {error}") from None
-    return output, state.writes
-
-
-def _echo(
-    parameters: Mapping[str, Any],
-    *,
-    input: str,
-    context: Mapping[str, Any],
-    variables: Mapping[str, Any],
-    mailbox: Mailbox,
-) -> tuple[str, dict[str, Any]]:
-    return input, {}
-
-
-def _template(
-    parameters: Mapping[str, Any],
-    *,
-    input: str,
-    context: Mapping[str, Any],
-    variables: Mapping[str, Any],
-    mailbox: Mailbox,
-) -> tuple[str, dict[str, Any]]:
-    source = parameters.get("template")
-    if not isinstance(source, str):
-        raise _fail("the template agent needs parameters.template, a string")
-    return _render_template(
-        source, input=input, context=context, variables=variables, mailbox=mailbox
-    )
-
-
-_RUNNERS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
-    "echo": _echo,
-    "template": _template,
-}
+        rendered = await templates.render(
+            source,
+            {"input": input, "context": context, "variables": variables},
+            kit="builtin",
+            kit_data={"inbox": mailbox.inbox, "directory": dict(mailbox.directory)},
+        )
+    except RenderError as error:
+        raise _fail(error.reason) from None
+    effects = rendered.effects
+    for message in effects["messages"]:
+        mailbox.outgoing.append(
+            OutgoingMessage(
+                MessageKind(message["kind"]),
+                message["recipient"],
+                message["body"],
+                message["correlation_id"],
+                message["timeout_seconds"],
+            )
+        )
+    return rendered.output, dict(effects["writes"])
 
 
 def _unknown_kind(kind: object) -> str:
     return f"unknown builtin kind {kind!r}; expected one of: {', '.join(BUILTIN_KINDS)}"
 
 
-def run_builtin(
+async def run_builtin(
     kind: str,
     parameters: Mapping[str, Any],
     *,
@@ -238,22 +169,31 @@ def run_builtin(
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
     mailbox: Mailbox | None = None,
+    templates: TemplateRenderer | None = None,
 ) -> BuiltinResult:
     """Run the builtin agent ``kind`` on ``input``; raise BuiltinAgentError if it cannot.
-    Messages the agent sends are collected in ``mailbox.outgoing``."""
-    runner = _RUNNERS.get(kind) if isinstance(kind, str) else None
-    if runner is None:
+    A ``template`` agent renders through ``templates`` (a pool with the :data:`TEMPLATE_KITS`);
+    the messages it sends are collected in ``mailbox.outgoing``."""
+    if not isinstance(kind, str) or kind not in BUILTIN_KINDS:
         raise _fail(_unknown_kind(kind))
     output_key = parameters.get("output_key")
     if output_key is not None and (not isinstance(output_key, str) or not output_key):
         raise _fail("parameters.output_key must be a non-empty string")
-    output, writes = runner(
-        parameters,
-        input=input,
-        context=context,
-        variables=variables,
-        mailbox=mailbox if mailbox is not None else Mailbox(),
-    )
+    output, writes = input, {}
+    if kind == "template":
+        source = parameters.get("template")
+        if not isinstance(source, str):
+            raise _fail("the template agent needs parameters.template, a string")
+        if templates is None:
+            raise RuntimeError("a template agent needs the template renderer")
+        output, writes = await _render_template(
+            source,
+            input=input,
+            context=context,
+            variables=variables,
+            mailbox=mailbox if mailbox is not None else Mailbox(),
+            templates=templates,
+        )
     if output_key:
         writes[output_key] = output
     return BuiltinResult(output=output, context_writes=writes)
@@ -264,9 +204,10 @@ def validate_builtin(kind: str, parameters: Mapping[str, Any]) -> list[str]:
 
     Returns ``[]`` for a valid definition. Messages read ``"<field>: <problem>"`` with the
     field one of ``kind``, ``parameters``, ``parameters.template``, ``parameters.output_key``.
-    Extra parameters (temperature, ...) are allowed and ignored.
+    Extra parameters (temperature, ...) are allowed and ignored. The template is parsed, never
+    run.
     """
-    if not isinstance(kind, str) or kind not in _RUNNERS:
+    if not isinstance(kind, str) or kind not in BUILTIN_KINDS:
         return [f"kind: {_unknown_kind(kind)}"]
     if not isinstance(parameters, Mapping):
         return ["parameters: must be an object"]
@@ -280,11 +221,6 @@ def validate_builtin(kind: str, parameters: Mapping[str, Any]) -> list[str]:
             problems.append("parameters.template: required for the template kind")
         elif not isinstance(source, str):
             problems.append("parameters.template: must be a string")
-        elif len(source) > MAX_TEMPLATE_CHARS:
-            problems.append(f"parameters.template: longer than {MAX_TEMPLATE_CHARS} characters")
-        else:
-            try:
-                _compile(source)
-            except TemplateSyntaxError as error:
-                problems.append(f"parameters.template: {_syntax_problem(error)}")
+        elif (problem := template_problem(source)) is not None:
+            problems.append(f"parameters.template: {problem}")
     return problems

@@ -5,6 +5,12 @@ do; takes token usage from the response; retries rate limits, timeouts and outag
 exponential backoff and full jitter, honouring ``Retry-After``; bounds every attempt by the
 request's timeout; and turns each failure into one of the :mod:`base` error types.
 
+Error messages reach tenants, so they say only which class of failure happened: refused by the
+egress policy, provider unreachable (every transport failure; for a tenant's base URL timeouts
+too, so a closed, a silent and a non-HTTP port look alike), or the provider's HTTP status,
+never its body. What operators need (exception, text, host, the provider's own message) goes
+to the log.
+
 Never logged and never put into an error message: the API key and the prompt or reply text.
 Logged per attempt: provider, model, attempt, HTTP status, duration.
 """
@@ -18,9 +24,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from app.core.egress import EgressRefused
 from app.core.logging import get_logger
 from app.services.providers.base import (
     ModelRequest,
@@ -29,6 +37,7 @@ from app.services.providers.base import (
     ProviderBadResponse,
     ProviderError,
     ProviderRateLimited,
+    ProviderRefused,
     ProviderTimeout,
     ProviderUnavailable,
     parse_retry_after,
@@ -39,7 +48,8 @@ log = get_logger(__name__)
 
 USER_AGENT = "renum-provider/1"
 PROBE_TIMEOUT_S = 10.0
-_DETAIL_LIMIT = 200  # characters of a provider's own error message kept in ours
+_DETAIL_LIMIT = 200  # characters of a provider's own error message kept in the log
+UNREACHABLE = "provider unreachable"
 _REDACTED = "[redacted]"
 
 Sleep = Callable[[float], Awaitable[Any]]
@@ -49,8 +59,11 @@ class OpenAICompatibleProvider:
     """A client for one OpenAI-compatible endpoint (``base_url`` ends before ``/chat``).
 
     Pass a shared ``httpx.AsyncClient`` to pool connections across providers; without one the
-    provider opens its own on first use and :meth:`aclose` closes it. ``sleep`` and ``rng``
-    exist so tests can observe the backoff; production code leaves them alone.
+    provider opens its own (unguarded: for operator-configured URLs only) on first use and
+    :meth:`aclose` closes it. A tenant's base URL takes the egress guard's client and
+    ``tenant_url=True``, which makes a timeout read like any other transport failure.
+    ``sleep`` and ``rng`` exist so tests can observe the backoff; production code leaves them
+    alone.
     """
 
     name = "openai"
@@ -62,8 +75,11 @@ class OpenAICompatibleProvider:
         client: httpx.AsyncClient | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        *,
+        tenant_url: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.tenant_url = tenant_url
         self._api_key = api_key or None
         self._client = client
         self._owns_client = client is None
@@ -178,10 +194,17 @@ class OpenAICompatibleProvider:
                     headers=self._headers(),
                     timeout=httpx.Timeout(timeout_s),
                 )
-        except TimeoutError:
-            raise ProviderTimeout(f"no answer from the provider within {timeout_s:g} s") from None
+        except EgressRefused as refused:
+            self._log_failure(refused, detail=refused.detail)
+            raise ProviderRefused(
+                "the provider's address is refused by the egress policy", retryable=False
+            ) from None
+        except TimeoutError as exc:
+            self._log_failure(exc)
+            raise self._timeout(timeout_s) from None
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, timeout_s) from exc
+            self._log_failure(exc)
+            raise self._transport_error(exc, timeout_s) from None
 
     # -- mapping failures -------------------------------------------------------------------
 
@@ -192,52 +215,70 @@ class OpenAICompatibleProvider:
             try:
                 return response.json()
             except ValueError:
-                content_type = response.headers.get("content-type", "unknown")
+                self._log_failure(None, status=status, detail=_content_type(response))
                 raise ProviderBadResponse(
-                    f"provider answered HTTP {status} with a body that is not JSON "
-                    f"(content-type {content_type})",
+                    f"provider answered HTTP {status} with a body that is not JSON",
                     status=status,
                 ) from None
-        detail = self._redact(_error_detail(response))
-        suffix = f": {detail}" if detail else ""
+        self._log_failure(None, status=status, detail=self._redact(_error_detail(response)))
         if status in (401, 403):
             raise ProviderAuthError(
-                f"provider refused the credentials (HTTP {status}){suffix}", status=status
+                f"provider refused the credentials (HTTP {status})", status=status
             )
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if status == 429:
             raise ProviderRateLimited(
-                f"provider rate limit reached (HTTP 429){suffix}",
-                status=status,
-                retry_after=retry_after,
+                "provider rate limit reached (HTTP 429)", status=status, retry_after=retry_after
             )
         if status == 408:
             raise ProviderTimeout(
-                f"provider timed out the request (HTTP 408){suffix}",
+                "provider timed out the request (HTTP 408)",
                 status=status,
                 retry_after=retry_after,
             )
         if status >= 500:
             raise ProviderUnavailable(
-                f"provider unavailable (HTTP {status}){suffix}",
-                status=status,
-                retry_after=retry_after,
+                f"provider unavailable (HTTP {status})", status=status, retry_after=retry_after
             )
-        raise ProviderBadResponse(
-            f"provider rejected the request (HTTP {status}){suffix}", status=status
-        )
+        if 300 <= status < 400:
+            raise ProviderBadResponse(
+                f"provider redirected the request (HTTP {status}); redirects are not followed",
+                status=status,
+            )
+        raise ProviderBadResponse(f"provider rejected the request (HTTP {status})", status=status)
+
+    def _timeout(self, timeout_s: float) -> ProviderError:
+        if self.tenant_url:
+            return ProviderUnavailable(UNREACHABLE)
+        return ProviderTimeout(f"no answer from the provider within {timeout_s:g} s")
 
     def _transport_error(self, exc: httpx.HTTPError, timeout_s: float) -> ProviderError:
-        name = type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(f"no answer from the provider within {timeout_s:g} s ({name})")
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-            return ProviderUnavailable(
-                f"the provider's base URL is not usable ({name}: {self._redact(str(exc))})",
-                retryable=False,
-            )
-        reason = self._redact(str(exc)) or "connection failed"
-        return ProviderUnavailable(f"could not reach the provider ({name}: {reason})")
+            return ProviderUnavailable("the provider's base URL is not usable", retryable=False)
+        if isinstance(exc, httpx.TimeoutException):
+            return self._timeout(timeout_s)
+        return ProviderUnavailable(UNREACHABLE)
+
+    def _log_failure(
+        self, exc: BaseException | None, *, status: int | None = None, detail: str = ""
+    ) -> None:
+        """What operators need to tell failures apart; tenants see only the generic message."""
+        log.warning(
+            "provider.failure",
+            provider=self.name,
+            host=self._host(),
+            status=status,
+            error_type=type(exc).__name__ if exc is not None else None,
+            error=self._redact(str(exc)) if exc is not None else None,
+            detail=detail or None,
+        )
+
+    def _host(self) -> str:
+        try:
+            parts = urlsplit(self.base_url)
+            return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+        except ValueError:
+            return "unparsable"
 
 
 @lru_cache(maxsize=1)
@@ -258,6 +299,10 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     return body
+
+
+def _content_type(response: httpx.Response) -> str:
+    return f"content-type {response.headers.get('content-type', 'unknown')}"
 
 
 def _error_detail(response: httpx.Response) -> str:
