@@ -75,3 +75,14 @@ def create_tenant(admin: ApiClient, name: str | None = None) -> Tenant:
     finally:
         owner_client.close()
     return Tenant(account["id"], name, owner, member, viewer)
+
+
+def tenant_with_owner(
+    base_url: str, admin_email: str, admin_password: str
+) -> tuple[Tenant, ApiClient]:
+    """A new tenant on the backend at ``base_url``, made by its admin, and a client logged in
+    as its owner (the caller closes it)."""
+    with ApiClient(base_url) as admin:
+        admin.login(admin_email, admin_password)
+        tenant = create_tenant(admin)
+    return tenant, ApiClient(base_url).login(tenant.owner.email, tenant.owner.password)

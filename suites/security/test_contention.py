@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from qa.client import API, ApiClient
-from qa.factories import create_tenant, create_user, expect
+from qa.factories import create_tenant, create_user, expect, tenant_with_owner
 from qa.fake_openai import FakeOpenAI, Hang
 from qa.plugin import LaunchBackend
 
@@ -113,12 +113,7 @@ def test_the_concurrent_execution_limit_answers_429_with_retry_after(
     backend = launch_backend(
         flavour, extra_env={"RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "1"}
     )
-    admin = ApiClient(backend.base_url).login(backend.admin_email, backend.admin_password)
-    try:
-        tenant = create_tenant(admin)
-    finally:
-        admin.close()
-    owner = ApiClient(backend.base_url).login(tenant.owner.email, tenant.owner.password)
+    _, owner = tenant_with_owner(backend.base_url, backend.admin_email, backend.admin_password)
     try:
         agent = expect(
             owner.post(

@@ -27,8 +27,8 @@ from app.core.config import DatabaseSettings, Settings
 from app.core.logging import configure_logging, get_logger
 from app.db.database import Database
 from qa import services
-from qa.client import API, ApiClient
-from qa.factories import create_tenant, expect
+from qa.client import API
+from qa.factories import expect, tenant_with_owner
 from qa.plugin import LaunchBackend
 
 SHA256_HEX = re.compile(r"\b[0-9a-f]{64}\b")
@@ -66,12 +66,7 @@ def test_a_database_error_through_the_api_logs_no_values(launch_backend: LaunchB
             f"CHECK (name NOT LIKE '{canary}%')",
         )
     )
-    admin = ApiClient(backend.base_url).login(backend.admin_email, backend.admin_password)
-    try:
-        tenant = create_tenant(admin)
-    finally:
-        admin.close()
-    owner = ApiClient(backend.base_url).login(tenant.owner.email, tenant.owner.password)
+    _, owner = tenant_with_owner(backend.base_url, backend.admin_email, backend.admin_password)
     try:
         agent = expect(
             owner.post(f"{API}/agents", json={"name": "e", "provider": "builtin", "model": "echo"}),

@@ -25,7 +25,7 @@ import pytest
 import websockets
 
 from qa.client import API, ApiClient
-from qa.factories import create_tenant, expect
+from qa.factories import expect, tenant_with_owner
 from qa.fake_openai import FakeOpenAI, Hang
 from qa.launcher import REPO_ROOT, LaunchedBackend
 from qa.plugin import LaunchBackend
@@ -178,12 +178,7 @@ def test_sigterm_closes_streams_exits_in_bounded_time_and_releases_the_execution
 ) -> None:
     fake_openai.script(Hang(PATIENCE_SECONDS))  # the first model call never answers in time
     backend = launch(db_flavour)
-    admin = ApiClient(backend.base_url).login(backend.admin_email, backend.admin_password)
-    try:
-        tenant = create_tenant(admin)
-    finally:
-        admin.close()
-    owner = ApiClient(backend.base_url).login(tenant.owner.email, tenant.owner.password)
+    tenant, owner = tenant_with_owner(backend.base_url, backend.admin_email, backend.admin_password)
     try:
         agent = expect(
             owner.post(
