@@ -32,8 +32,9 @@ from qa.launcher import LaunchedBackend
 
 AGENTS = f"{API}/agents"
 SECRET_BODY = "internal: db-primary.corp at 10.0.0.7 is down"
-REFUSED = "egress_refused: the provider's address is refused by the egress policy"
 UNREACHABLE = "unavailable: provider unreachable"
+# A call-time refusal reads as an unreachable host: names cannot be probed through errors.
+REFUSED = UNREACHABLE
 
 
 # -- loopback listeners -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from app.core.egress import EgressClients
 from app.models import Agent, ProviderKey
 from app.services.agents import provider_key_aad
 from app.services.engine.agent_calls import AgentCaller
-from app.services.providers import ProviderAuthError, ProviderRefused
+from app.services.providers import ProviderAuthError, ProviderUnavailable
 from app.services.providers.prices import PriceTable
 from qa.fake_openai import FakeOpenAI
 from suites.unit.conftest import MakeSettings
@@ -127,7 +127,7 @@ async def test_a_tenant_url_meets_the_guard_even_with_the_users_key(
     caller: AgentCaller, fake: FakeOpenAI
 ) -> None:
     key = user_key(caller.box)
-    with pytest.raises(ProviderRefused):
+    with pytest.raises(ProviderUnavailable, match="provider unreachable"):
         await run(caller, agent(f"http://localhost:{fake.port}/v1", key), key)
     assert fake.requests == []
 

@@ -337,6 +337,26 @@ def test_an_outcome_that_cannot_be_stored_is_a_provider_error(
     assert f"cannot be stored: {where}" in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"output": "x" * 1_000_001}, "output is longer than 1000000 characters"),
+        (
+            {"output": "ok", "context_writes": {f"k{i}": "x" * 300_000 for i in range(4)}},
+            "context writes are larger than 1048576 bytes",
+        ),
+    ],
+    ids=["output", "context"],
+)
+def test_an_outcome_larger_than_a_step_may_add_is_refused(
+    fields: dict[str, Any], reason: str
+) -> None:
+    """One step wrote 7 MB of context, and every later step was handed all of it."""
+    with pytest.raises(UnstorableOutput, match=reason) as refused:
+        AgentOutcome(**fields)
+    assert not refused.value.retryable
+
+
 def test_a_storable_outcome_is_made() -> None:
     outcome = AgentOutcome(
         output="é",

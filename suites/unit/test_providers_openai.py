@@ -30,7 +30,6 @@ from app.services.providers import (
     ProviderBadResponse,
     ProviderError,
     ProviderRateLimited,
-    ProviderRefused,
     ProviderTimeout,
     ProviderUnavailable,
     RetryPolicy,
@@ -538,18 +537,20 @@ async def test_a_refused_destination_is_one_generic_error_and_logged_for_operato
         provider = OpenAICompatibleProvider(
             "http://localhost:8000/v1", KEY, client, sleep=Sleeps(), tenant_url=True
         )
-        with capture_logs() as logs, pytest.raises(ProviderRefused) as caught:
+        with capture_logs() as logs, pytest.raises(ProviderUnavailable) as caught:
             await provider.complete(make_request())
+    # Exactly what an unreachable host gives: no oracle of which internal names exist.
     assert caught.value.to_dict() == {
-        "kind": "egress_refused",
-        "message": "the provider's address is refused by the egress policy",
+        "kind": "unavailable",
+        "message": "provider unreachable",
         "status": None,
-        "retryable": False,
-        "attempts": 1,
+        "retryable": True,
+        "attempts": 3,
     }
-    [failure] = [entry for entry in logs if entry["event"] == "provider.failure"]
-    assert failure["host"] == "localhost:8000"
-    assert "none allowed" in failure["detail"]
+    failures = [entry for entry in logs if entry["event"] == "provider.failure"]
+    assert len(failures) == 3  # one per attempt, each with the operator's detail
+    assert {failure["host"] for failure in failures} == {"localhost:8000"}
+    assert all("none allowed" in failure["detail"] for failure in failures)
     assert KEY not in repr(logs)
 
 
@@ -703,3 +704,14 @@ def test_request_defaults() -> None:
     assert request.retry == RetryPolicy(max_attempts=3, initial_backoff_s=0.5, max_backoff_s=8.0)
     assert request.temperature is None
     assert request.max_tokens is None
+
+
+async def test_an_answer_larger_than_the_limit_fails_unread(fake: FakeOpenAI) -> None:
+    """A provider answering hundreds of MB took the whole process's memory; the answer is
+    now read up to a limit, then the call fails."""
+    fake.script(Reply("x" * 5_000), Reply("small"))
+    async with OpenAICompatibleProvider(fake.base_url, KEY, max_response_bytes=2_000) as big:
+        with pytest.raises(ProviderBadResponse, match="more than 2000 bytes") as caught:
+            await big.complete(make_request())
+        assert caught.value.retryable is False
+        assert (await big.complete(make_request())).content == "small"

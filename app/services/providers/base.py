@@ -3,10 +3,11 @@
 Every provider (the OpenAI-compatible HTTP client, and whatever comes later) speaks these
 types, so the execution engine handles retries, timeouts, rate limits and cost in one way.
 Errors carry a stable ``kind`` string (``auth``, ``rate_limit``, ``timeout``, ``unavailable``,
-``bad_response``, ``bad_request``, ``egress_refused``) that the engine records on a failed
-step, and a ``retryable`` flag that the retry loop obeys. Their messages are what a tenant
-sees: generic per class (an HTTP status, never the provider's body text; one "unreachable"
-for every transport failure), so they cannot be used to scan ports behind a base URL.
+``bad_response``, ``bad_request``) that the engine records on a failed step, and a
+``retryable`` flag that the retry loop obeys. Their messages are what a tenant sees: generic
+per class (an HTTP status, never the provider's body text; one "unreachable" for every
+transport failure and every call-time refusal by the egress guard), so they cannot be used to
+scan ports or probe internal names behind a base URL.
 """
 
 from __future__ import annotations
@@ -129,17 +130,11 @@ class ProviderTimeout(ProviderError):
 
 
 class ProviderUnavailable(ProviderError):
-    """5xx, or the connection was refused, reset or closed early."""
+    """5xx, or the connection was refused, reset or closed early, or (for a tenant's URL) the
+    egress guard refused the address it resolved to."""
 
     kind = "unavailable"
     default_retryable = True
-
-
-class ProviderRefused(ProviderError):
-    """The egress policy refused the provider's address (loopback, private, a port not
-    allowed, ...). Retrying will not help."""
-
-    kind = "egress_refused"
 
 
 class ProviderBadResponse(ProviderError):

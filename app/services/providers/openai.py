@@ -37,7 +37,6 @@ from app.services.providers.base import (
     ProviderBadResponse,
     ProviderError,
     ProviderRateLimited,
-    ProviderRefused,
     ProviderTimeout,
     ProviderUnavailable,
     parse_retry_after,
@@ -49,6 +48,8 @@ log = get_logger(__name__)
 USER_AGENT = "renum-provider/1"
 PROBE_TIMEOUT_S = 10.0
 _DETAIL_LIMIT = 200  # characters of a provider's own error message kept in the log
+# The largest answer read from a provider (decoded): a bigger one fails the call unread.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 UNREACHABLE = "provider unreachable"
 _REDACTED = "[redacted]"
 
@@ -61,9 +62,12 @@ class OpenAICompatibleProvider:
     Pass a shared ``httpx.AsyncClient`` to pool connections across providers; without one the
     provider opens its own (unguarded: for operator-configured URLs only) on first use and
     :meth:`aclose` closes it. A tenant's base URL takes the egress guard's client and
-    ``tenant_url=True``, which makes a timeout read like any other transport failure.
-    ``sleep`` and ``rng`` exist so tests can observe the backoff; production code leaves them
-    alone.
+    ``tenant_url=True``, which makes a timeout read like any other transport failure (a
+    call-time refusal by the egress guard always does, so a tenant cannot probe which
+    internal names exist).
+    An answer larger than ``max_response_bytes`` (decoded) fails the call without being read
+    further. ``sleep`` and ``rng`` exist so tests can observe the backoff; production code
+    leaves them alone.
     """
 
     name = "openai"
@@ -77,9 +81,11 @@ class OpenAICompatibleProvider:
         rng: Callable[[], float] = random.random,
         *,
         tenant_url: bool = False,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tenant_url = tenant_url
+        self.max_response_bytes = max_response_bytes
         self._api_key = api_key or None
         self._client = client
         self._owns_client = client is None
@@ -185,26 +191,51 @@ class OpenAICompatibleProvider:
         self, method: str, path: str, timeout_s: float, json: Any = None
     ) -> httpx.Response:
         """One HTTP exchange, bounded as a whole by ``timeout_s``; transport failures mapped."""
+        client = self._http()
+        request = client.build_request(
+            method,
+            f"{self.base_url}{path}",
+            json=json,
+            headers=self._headers(),
+            timeout=httpx.Timeout(timeout_s),
+        )
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._http().request(
-                    method,
-                    f"{self.base_url}{path}",
-                    json=json,
-                    headers=self._headers(),
-                    timeout=httpx.Timeout(timeout_s),
-                )
+                return await self._bounded(await client.send(request, stream=True))
         except EgressRefused as refused:
+            # The same reason as an unreachable host: no oracle of which internal names exist.
             self._log_failure(refused, detail=refused.detail)
-            raise ProviderRefused(
-                "the provider's address is refused by the egress policy", retryable=False
-            ) from None
+            raise ProviderUnavailable(UNREACHABLE) from None
         except TimeoutError as exc:
             self._log_failure(exc)
             raise self._timeout(timeout_s) from None
         except httpx.HTTPError as exc:
             self._log_failure(exc)
             raise self._transport_error(exc, timeout_s) from None
+
+    async def _bounded(self, streamed: httpx.Response) -> httpx.Response:
+        """The streamed response read into memory, at most ``max_response_bytes`` of it
+        (decoded, so a compressed bomb stops too); larger answers fail unread."""
+        body = bytearray()
+        try:
+            async for chunk in streamed.aiter_bytes():
+                body += chunk
+                if len(body) > self.max_response_bytes:
+                    self._log_failure(None, status=streamed.status_code, detail="too large")
+                    raise ProviderBadResponse(
+                        f"provider answered with more than {self.max_response_bytes} bytes",
+                        status=streamed.status_code,
+                    )
+        finally:
+            await streamed.aclose()
+        headers = [
+            (name, value)
+            for name, value in streamed.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=bytes(body), request=streamed.request
+        )
 
     # -- mapping failures -------------------------------------------------------------------
 
