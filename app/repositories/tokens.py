@@ -23,6 +23,17 @@ class RefreshTokenRepository:
     def add(self, token: RefreshToken) -> None:
         self.session.add(token)
 
+    async def revoke(self, token_id: uuid.UUID, when: datetime) -> bool:
+        """Revoke one token if it is not revoked yet (a conditional update, not a read then a
+        write): whether this call revoked it. Of two callers racing to rotate or revoke the
+        same token, exactly one gets True."""
+        result = await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=when)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def revoke_family(self, family_id: uuid.UUID, when: datetime) -> None:
         await self.session.execute(
             update(RefreshToken)

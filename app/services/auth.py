@@ -2,9 +2,12 @@
 
 A login reads the user in a read-only transaction, ends it, verifies the password in the
 hashing threads, then records the session in a new short transaction: no lock is held while
-argon2 runs. An access token is accepted only while its ``gen`` claim equals the user's
-current token generation (read with the user, so the check costs nothing extra); a password
-change or a deactivation moves the generation on and so ends every token issued before."""
+argon2 runs. An access or refresh token is accepted only while its ``gen`` claim equals the
+user's current token generation (read with the user, so the check costs nothing extra); a
+password change or a deactivation moves the generation on and so ends every token issued
+before. A login whose user moved on while the password was being verified is refused, and a
+refresh token is rotated by a conditional update, so that of two requests racing to rotate or
+revoke the same token only one succeeds."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Unauthorized
 from app.core.security import (
+    TokenClaims,
     TokenCodec,
     TokenError,
     hash_api_key,
@@ -30,6 +34,10 @@ from app.services.principal import Principal
 
 # Writing last_used_at on every request would turn reads into writes; once a minute is enough.
 API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+
+SESSION_ENDED = (
+    "This session has ended (the password changed or the user was deactivated); log in again."
+)
 
 
 class AuthService:
@@ -53,31 +61,44 @@ class AuthService:
         user_id, is_active, generation = found
         if not is_active:
             raise Unauthorized("This user is deactivated.")
-        await self.users.record_login(user_id, datetime.now(UTC))
-        # Should the password have changed meanwhile, these tokens carry the old generation
-        # and are refused at once.
+        # The password was verified against what was read before, with no transaction open: a
+        # password change or a deactivation may have landed meanwhile. The login stands only if
+        # the user is still at the generation read (a conditional update, which also keeps
+        # any change out until this transaction ends), and its tokens carry that generation.
+        if not await self.users.record_login(user_id, datetime.now(UTC), generation=generation):
+            await self.session.rollback()
+            raise Unauthorized("Incorrect email or password.")
         pair = self._issue_pair(user_id, generation, family_id=uuid.uuid4())
         await self.session.commit()
         return pair
 
     async def refresh(self, refresh_token: str) -> TokenPair:
-        row = await self._stored_refresh_token(refresh_token)
+        row, claims = await self._stored_refresh_token(refresh_token)
         now = datetime.now(UTC)
         if row.revoked_at is not None:
             # A revoked token presented again: it was stolen or replayed. End the whole session.
-            await self.refresh_tokens.revoke_family(row.family_id, now)
-            await self.session.commit()
+            await self._end_session(row.family_id, now)
             raise Unauthorized("This refresh token has been revoked.")
         user = await self.users.get(row.user_id)
         if user is None or not user.is_active:
             raise Unauthorized("This user is deactivated.")
-        row.revoked_at = now
-        pair = self._issue_pair(user.id, user.token_generation, family_id=row.family_id)
+        if claims.generation != user.token_generation:
+            # Issued before a password change or a deactivation (say, by a login that verified
+            # the old password while the change landed): the session ended with that change.
+            await self._end_session(row.family_id, now)
+            raise Unauthorized(SESSION_ENDED)
+        if not await self.refresh_tokens.revoke(row.id, now):
+            # Rotated or revoked by a concurrent request since it was read: a replay.
+            await self._end_session(row.family_id, now)
+            raise Unauthorized("This refresh token has been revoked.")
+        # The new pair keeps the token's generation (the one just checked), never a newer one
+        # read later: a change landing before this commit still ends the new pair.
+        pair = self._issue_pair(user.id, claims.generation, family_id=row.family_id)
         await self.session.commit()
         return pair
 
     async def logout(self, refresh_token: str) -> None:
-        row = await self._stored_refresh_token(refresh_token)
+        row, _ = await self._stored_refresh_token(refresh_token)
         await self.refresh_tokens.revoke_family(row.family_id, datetime.now(UTC))
         await self.session.commit()
 
@@ -90,10 +111,7 @@ class AuthService:
             raise Unauthorized("The access token is invalid or expired.") from exc
         user = await self._active_user(claims.subject)
         if claims.generation != user.token_generation:
-            raise Unauthorized(
-                "This session has ended (the password changed or the user was deactivated); "
-                "log in again."
-            )
+            raise Unauthorized(SESSION_ENDED)
         return Principal(user_id=user.id, account_id=user.account_id, role=user.role_enum)
 
     async def _authenticate_api_key(self, key: str) -> Principal:
@@ -119,7 +137,7 @@ class AuthService:
             raise Unauthorized("The user of this credential no longer exists or is deactivated.")
         return user
 
-    async def _stored_refresh_token(self, token: str) -> RefreshToken:
+    async def _stored_refresh_token(self, token: str) -> tuple[RefreshToken, TokenClaims]:
         try:
             claims = self.codec.decode(token, "refresh")
         except TokenError as exc:
@@ -127,7 +145,12 @@ class AuthService:
         row = await self.refresh_tokens.get(claims.token_id)
         if row is None or row.user_id != claims.subject:
             raise Unauthorized("The refresh token is not known.")
-        return row
+        return row, claims
+
+    async def _end_session(self, family_id: uuid.UUID, when: datetime) -> None:
+        """Revoke every refresh token of the session (the token family) and commit."""
+        await self.refresh_tokens.revoke_family(family_id, when)
+        await self.session.commit()
 
     def _issue_pair(
         self, user_id: uuid.UUID, generation: int, *, family_id: uuid.UUID

@@ -96,7 +96,9 @@ class UserService:
         if new_hash is not None:
             user.password_hash = new_hash
         if new_hash is not None or changes.get("is_active") is False:
-            user.token_generation += 1  # ends the user's access tokens
+            # Ends the user's access tokens. The database does the increment: a read-then-write
+            # here could lose a concurrent change's increment and revive that change's tokens.
+            await self.users.advance_token_generation(user.id)
             await self.refresh_tokens.revoke_user(user.id, utcnow())
         await self.session.commit()
         return user

@@ -1,22 +1,37 @@
 """Sessions end when the password changes: an access token issued before a password change is
 refused at once (over HTTP and on the execution WebSocket), whether the user changed it
 (`POST /users/me/password`, viewers too) or an owner or admin did (`PATCH /users/{id}`);
-refresh tokens are revoked too, and API keys keep working."""
+refresh tokens are revoked too, and API keys keep working.
+
+No session outlives the change through a race either: a login that verified the old password
+while the change landed is refused, a refresh token minted before the change (which such a
+login used to leave behind) is refused and its session revoked, and of concurrent refreshes of
+one token only one succeeds. The login race is driven in-process, with the real services on the
+launched backend's database and secret, the change made over HTTP between verification and
+the login's write."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import websockets
 
+from app.core.config import Settings
+from app.core.errors import Unauthorized
+from app.core.security import TokenCodec
+from app.db.database import Database
+from app.models import RefreshToken
+from app.services import auth as auth_module
+from app.services.auth import AuthService
 from qa.client import API, ApiClient
 from qa.factories import Tenant, create_user, expect
-from qa.launcher import Backend
+from qa.launcher import Backend, LaunchedBackend
 
 ME = f"{API}/users/me"
 CHANGE = f"{ME}/password"
@@ -30,6 +45,31 @@ def sessions(backend: Backend) -> Iterator[list[ApiClient]]:
     yield opened
     for opened_client in opened:
         opened_client.close()
+
+
+T = TypeVar("T")
+InProcess = Callable[[Callable[[Database, TokenCodec], Awaitable[T]]], T]
+
+
+@pytest.fixture
+def in_process(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> InProcess[Any]:
+    """``in_process(work)``: run ``work(database, codec)`` in this process, with the launched
+    backend's settings (its database, its signing secret), and return its result."""
+    if not isinstance(backend, LaunchedBackend):
+        pytest.skip("driving the services in-process needs the backend's database and secret")
+    for name, value in backend.env.items():
+        if name.startswith("RENUM_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()  # as the backend reads them (its environment wins over .env)
+
+    async def run(work: Callable[[Database, TokenCodec], Awaitable[Any]]) -> Any:
+        database = Database(settings.database)
+        try:
+            return await work(database, TokenCodec(settings))
+        finally:
+            await database.dispose()
+
+    return lambda work: asyncio.run(run(work))
 
 
 def _login(backend: Backend, opened: list[ApiClient], email: str, password: str) -> ApiClient:
@@ -154,6 +194,104 @@ def test_an_old_access_token_no_longer_opens_the_execution_socket(
     renewed = _login(backend, sessions, user.email, NEW_PASSWORD)
     new = str(renewed.tokens["access_token"])
     assert asyncio.run(_socket_close_code(backend, execution_id, new)) == 1000
+
+
+def test_a_login_racing_a_password_change_gets_no_session(
+    backend: Backend,
+    owner_client: ApiClient,
+    client: ApiClient,
+    sessions: list[ApiClient],
+    in_process: InProcess[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attacker logs in with the old password; while argon2 verifies it (no transaction
+    open) the victim changes the password. The attacker's login must not store a session:
+    such a session used to be refreshed into tokens of the new generation."""
+    user = create_user(owner_client, "member")
+    victim = _login(backend, sessions, user.email, user.password)
+    real_verify = auth_module.verify_outside_transaction
+    changed: list[int] = []
+
+    async def verify_then_change(session: Any, password: str, stored: str | None) -> bool:
+        verified = await real_verify(session, password, stored)
+        body = {"current_password": user.password, "new_password": NEW_PASSWORD}
+        changed.append(victim.post(CHANGE, json=body).status_code)
+        return verified
+
+    async def attacker_login(database: Database, codec: TokenCodec) -> Any:
+        async with database.session() as session:
+            return await AuthService(session, codec).login(user.email, user.password)
+
+    monkeypatch.setattr(auth_module, "verify_outside_transaction", verify_then_change)
+    with pytest.raises(Unauthorized):
+        in_process(attacker_login)
+    assert changed == [204]
+    monkeypatch.setattr(auth_module, "verify_outside_transaction", real_verify)
+    _problem(_refresh(client, victim.tokens["refresh_token"]), 401)
+    assert expect(_login(backend, sessions, user.email, NEW_PASSWORD).get(ME), 200)["id"] == user.id
+
+
+def test_a_refresh_token_minted_before_a_password_change_is_refused(
+    backend: Backend,
+    owner_client: ApiClient,
+    client: ApiClient,
+    sessions: list[ApiClient],
+    in_process: InProcess[Any],
+) -> None:
+    """What a login racing a password change used to leave behind: an unrevoked refresh token
+    of the generation before the change. Refreshing it is refused and ends its session; a
+    session opened with the new password refreshes as before."""
+    user = create_user(owner_client, "member")
+    session = _login(backend, sessions, user.email, user.password)
+    user_id = uuid.UUID(expect(session.get(ME), 200)["id"])
+    body = {"current_password": user.password, "new_password": NEW_PASSWORD}
+    expect(session.post(CHANGE, json=body), 204)  # generation 0 -> 1
+
+    async def stored_with_the_old_generation(database: Database, codec: TokenCodec) -> str:
+        token, claims = codec.issue(user_id, "refresh", generation=0)
+        async with database.session() as db_session:
+            db_session.add(
+                RefreshToken(
+                    id=claims.token_id,
+                    user_id=user_id,
+                    family_id=uuid.uuid4(),
+                    created_at=claims.issued_at,
+                    expires_at=claims.expires_at,
+                )
+            )
+            await db_session.commit()
+        return token
+
+    stale = in_process(stored_with_the_old_generation)
+    problem = _problem(_refresh(client, stale), 401)
+    assert "log in again" in problem["detail"]
+    assert "revoked" in _problem(_refresh(client, stale), 401)["detail"]  # its session ended
+
+    renewed = _login(backend, sessions, user.email, NEW_PASSWORD)
+    rotated = expect(_refresh(client, renewed.tokens["refresh_token"]), 200)
+    assert expect(client.get(ME, headers=_bearer(rotated["access_token"])), 200)["id"] == user.id
+
+
+def test_concurrent_refreshes_of_one_token_open_at_most_one_session(
+    backend: Backend, owner_client: ApiClient, sessions: list[ApiClient]
+) -> None:
+    """The same refresh token presented by several requests at once (a stolen copy racing
+    its owner): rotation is a conditional update, so exactly one is answered with a new pair
+    and the others are refused as replays."""
+    user = create_user(owner_client, "member")
+    token = _login(backend, sessions, user.email, user.password).tokens["refresh_token"]
+
+    async def at_once(count: int) -> list[int]:
+        async with httpx.AsyncClient(base_url=backend.base_url, timeout=60) as http:
+            responses = await asyncio.gather(
+                *(
+                    http.post(f"{API}/auth/refresh", json={"refresh_token": token})
+                    for _ in range(count)
+                )
+            )
+        return sorted(response.status_code for response in responses)
+
+    assert asyncio.run(at_once(6)) == [200] + [401] * 5
 
 
 CURRENT = "<the current password>"  # replaced by the user's password when sent

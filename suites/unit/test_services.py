@@ -707,6 +707,192 @@ async def test_refresh_tokens_must_be_known_and_match_their_user(
         await auth.refresh(access)  # an access token is not a refresh token
 
 
+# --- sessions racing password changes -----------------------------------------------------
+
+
+async def _live_refresh_tokens(database: Database, user_id: uuid.UUID) -> list[RefreshToken]:
+    async with database.session() as fresh:
+        query = select(RefreshToken).where(
+            RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)
+        )
+        return list((await fresh.scalars(query)).all())
+
+
+async def _generation(database: Database, user_id: uuid.UUID) -> int:
+    async with database.session() as fresh:
+        user = await fresh.get(User, user_id)
+        assert user is not None
+        return user.token_generation
+
+
+@pytest.mark.parametrize("change", ["own password", "owner reset", "deactivation"])
+async def test_a_login_racing_a_password_change_is_refused(
+    session: AsyncSession,
+    database: Database,
+    world: World,
+    codec: TokenCodec,
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+) -> None:
+    """The attacker's login verifies the old password (no transaction open); meanwhile the
+    user's password changes or they are deactivated. The login must not store a session that
+    outlives the change."""
+    member = world.member
+    real_verify = auth_module.verify_outside_transaction
+
+    async def verify_then_change(own: AsyncSession, password: str, stored: str | None) -> bool:
+        verified = await real_verify(own, password, stored)
+        async with database.session() as other:
+            users = UserService(other)
+            if change == "own password":
+                new = PasswordChange(current_password=PASSWORD, new_password="changed-meanwhile")
+                await users.change_own_password(member, new)
+            elif change == "owner reset":
+                await users.update(world.owner, member.user_id, UserUpdate(password="reset-pw-1"))
+            else:
+                await users.update(world.owner, member.user_id, UserUpdate(is_active=False))
+        return verified
+
+    monkeypatch.setattr(auth_module, "verify_outside_transaction", verify_then_change)
+    with pytest.raises(Unauthorized):
+        await AuthService(session, codec).login("member@acme.example", PASSWORD)
+    assert await _live_refresh_tokens(database, member.user_id) == []
+    async with database.session() as fresh:
+        user = await fresh.get(User, member.user_id)
+        assert user is not None
+        assert user.last_login_at is None  # the refused login recorded nothing
+
+
+async def test_a_refresh_token_of_an_older_generation_ends_its_session(
+    session: AsyncSession, database: Database, world: World, codec: TokenCodec
+) -> None:
+    """What a login racing a password change would have left without its check: an unrevoked
+    refresh token minted (as ``_issue_pair`` mints them) with the generation before the
+    change. Refreshing it is refused, and its whole session is revoked."""
+    auth = AuthService(session, codec)
+    await auth.login("member@acme.example", PASSWORD)
+    change = PasswordChange(current_password=PASSWORD, new_password="member-new-passphrase")
+    await UserService(session).change_own_password(world.member, change)
+    assert await _generation(database, world.member.user_id) == 1
+    family = uuid.uuid4()
+    stale = auth._issue_pair(world.member.user_id, 0, family_id=family)
+    await session.commit()
+    assert len(await _live_refresh_tokens(database, world.member.user_id)) == 1
+
+    async with database.session() as request:
+        with pytest.raises(Unauthorized, match="session has ended"):
+            await AuthService(request, codec).refresh(stale.refresh_token)
+    assert await _live_refresh_tokens(database, world.member.user_id) == []
+    async with database.session() as request:
+        with pytest.raises(Unauthorized, match="revoked"):
+            await AuthService(request, codec).refresh(stale.refresh_token)
+    # A session of the current generation refreshes as before, keeping its generation.
+    fresh_pair = await auth.login("member@acme.example", "member-new-passphrase")
+    async with database.session() as request:
+        rotated = await AuthService(request, codec).refresh(fresh_pair.refresh_token)
+    assert codec.decode(rotated.access_token, "access").generation == 1
+    assert codec.decode(rotated.refresh_token, "refresh").generation == 1
+
+
+async def test_a_refresh_token_rotated_by_another_request_cannot_be_rotated_again(
+    session: AsyncSession, database: Database, world: World, codec: TokenCodec
+) -> None:
+    """Two requests present the same refresh token: the one that read it before the other
+    rotated it (its copy of the row still says "not revoked") must not rotate it again; the
+    rotation is a conditional update, and the loser ends the session as for a replay."""
+    await session.commit()  # the fixtures' transaction holds SQLite's write lock
+    async with database.session() as setup:
+        pair = await AuthService(setup, codec).login("member@acme.example", PASSWORD)
+    token_id = codec.decode(pair.refresh_token, "refresh").token_id
+    async with database.session() as slow, database.session() as fast:
+        read = await slow.get(RefreshToken, token_id)  # held: the session keeps this copy
+        assert read is not None
+        assert read.revoked_at is None
+        await slow.commit()
+        winner = await AuthService(fast, codec).refresh(pair.refresh_token)
+        with pytest.raises(Unauthorized, match="revoked"):
+            await AuthService(slow, codec).refresh(pair.refresh_token)
+    assert await _live_refresh_tokens(database, world.member.user_id) == []
+    async with database.session() as request:
+        with pytest.raises(Unauthorized, match="revoked"):
+            await AuthService(request, codec).refresh(winner.refresh_token)
+
+
+async def test_an_owner_change_from_a_stale_read_still_moves_the_generation_on(
+    session: AsyncSession, database: Database, world: World, codec: TokenCodec
+) -> None:
+    """The owner's update read the user before the user's own password change landed: its
+    generation bump is done by the database, so both changes count and the session opened
+    with the user's new password ends with the owner's reset."""
+    member = world.member
+    users = UserService(session)
+    stale = await users.get(world.owner, member.user_id)  # held: the session keeps this copy
+    assert stale.token_generation == 0
+    await session.commit()
+    async with database.session() as other:
+        change = PasswordChange(current_password=PASSWORD, new_password="member-own-choice")
+        await UserService(other).change_own_password(member, change)
+        between = await AuthService(other, codec).login("member@acme.example", "member-own-choice")
+    assert codec.decode(between.access_token, "access").generation == 1
+
+    await users.update(world.owner, member.user_id, UserUpdate(password="owner-reset-pw"))
+    assert await _generation(database, member.user_id) == 2
+    async with database.session() as request:
+        auth = AuthService(request, codec)
+        with pytest.raises(Unauthorized, match="session has ended"):
+            await auth.authenticate(between.access_token)
+        with pytest.raises(Unauthorized):
+            await auth.refresh(between.refresh_token)
+
+
+async def test_deactivation_from_a_stale_read_still_moves_the_generation_on(
+    session: AsyncSession, database: Database, world: World
+) -> None:
+    member = world.member
+    users = UserService(session)
+    stale = await users.get(world.owner, member.user_id)  # held: the session keeps this copy
+    assert stale.token_generation == 0
+    await session.commit()
+    async with database.session() as other:
+        change = PasswordChange(current_password=PASSWORD, new_password="member-own-choice")
+        await UserService(other).change_own_password(member, change)
+    updated = await users.update(world.owner, member.user_id, UserUpdate(is_active=False))
+    assert await _generation(database, member.user_id) == 2
+    assert updated.token_generation == 2  # the loaded user shows what was stored
+
+
+async def test_repository_conditional_writes(session: AsyncSession, world: World) -> None:
+    from app.repositories.tokens import RefreshTokenRepository
+
+    users = UserRepository(session)
+    now = datetime.now(UTC)
+    assert not await users.record_login(world.member.user_id, now, generation=1)
+    assert await users.record_login(world.member.user_id, now, generation=0)
+    await users.advance_token_generation(world.member.user_id)
+    await users.advance_token_generation(world.member.user_id)
+    await session.commit()
+    assert await _generation_in(session, world.member.user_id) == 2
+    assert not await users.record_login(world.member.user_id, now, generation=0)
+
+    tokens = RefreshTokenRepository(session)
+    row = RefreshToken(
+        user_id=world.member.user_id,
+        family_id=uuid.uuid4(),
+        expires_at=now + timedelta(days=1),
+    )
+    tokens.add(row)
+    await session.commit()
+    assert await tokens.revoke(row.id, now)
+    assert not await tokens.revoke(row.id, now)  # already revoked: the second caller loses
+    assert not await tokens.revoke(uuid.uuid4(), now)
+
+
+async def _generation_in(session: AsyncSession, user_id: uuid.UUID) -> int:
+    value = await session.scalar(select(User.token_generation).where(User.id == user_id))
+    assert value is not None
+    return value
+
+
 async def test_access_token_of_a_deleted_user_is_refused(
     session: AsyncSession, world: World, codec: TokenCodec
 ) -> None:
