@@ -49,6 +49,8 @@ ROLE_EXTENSION = "x-required-role"
 NOT_RUNNABLE = {
     "cancel_execution": "the example team's echo agent finishes within milliseconds, and "
     "cancelling a finished execution answers 409",
+    "change_my_password": "it needs your current password, and it ends every session of "
+    "yours (the Authentication guide shows a run that changes nothing)",
 }
 STATUS_TEXT = {
     "200": "OK",
