@@ -1,18 +1,22 @@
 """A render worker of the bounded template renderer (:mod:`app.core.templates`).
 
 Started by the pool as ``python -m app.core.template_worker CONFIG`` (CONFIG: JSON with the
-limits, ``memory_mb`` and the kits ``{name: "module:factory"}``). It imports the kits, caps its
-own address space at its start-up size plus ``memory_mb`` (so a memory bomb is a
-``MemoryError``, reported like any limit), says it is ready, then renders one request at a time:
-frames of JSON on stdin; on stdout (the real one: ``print`` goes to stderr) an acknowledgement
-as soon as it has a request, then the reply. It exits normally when stdin closes, so coverage
-measurement saves its data.
+limits, ``memory_mb``, ``cpu_seconds`` and the kits ``{name: "module:factory"}``), with an
+environment holding none of the server's secrets. It imports the kits, caps its own address
+space at its start-up size plus ``memory_mb`` (so a memory bomb is a ``MemoryError``, reported
+like any limit), says it is ready, then renders one request at a time: frames of JSON on stdin;
+on stdout (the real one: ``print`` goes to stderr) an acknowledgement as soon as it has a
+request, then the reply. Each render may spend at most ``cpu_seconds`` of processor time
+(``RLIMIT_CPU``; the pool kills it long before, so only a worker whose server died meets it).
+It exits normally when stdin closes (or breaks off mid-request), so coverage measurement saves
+its data, and a worker whose server died does not outlive it.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -44,11 +48,41 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size, hard))
 
 
+def _limit_cpu(seconds: int) -> None:
+    """Let the next render spend at most ``seconds`` of processor time: the kernel ends the
+    process past it (SIGXCPU, no core file)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix: no limit
+        return
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = math.ceil(used.ru_utime + used.ru_stime)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = spent + seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _no_core_files() -> None:
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not Unix, or not allowed
+        pass
+
+
 def _read(stream: IO[bytes]) -> Any:
+    """The next request, or None when stdin closed (or broke off mid-request)."""
     header = stream.readline()
-    if not header:
+    if not header.strip().isdigit():
         return None
-    return json.loads(stream.read(int(header)))
+    size = int(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return json.loads(payload)
 
 
 def handle(request: Any, kits: dict[str, Callable[[Any], Any]], limits: RenderLimits) -> Any:
@@ -75,10 +109,12 @@ def main(argv: list[str]) -> int:
     sys.stdout = sys.stderr
     requests = sys.stdin.buffer
     os.nice(NICENESS)
+    _no_core_files()
     _limit_memory(config["memory_mb"])
     replies.write(encode_frame({"ready": True}))
     replies.flush()
     while (request := _read(requests)) is not None:
+        _limit_cpu(config["cpu_seconds"])
         replies.write(ACK)
         replies.flush()
         try:

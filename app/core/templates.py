@@ -17,6 +17,11 @@ Two halves:
   (``python -m app.core.template_worker``), started on first use, each render given to an idle
   one over pipes (JSON both ways, never pickle). Past ``timeout_seconds`` the worker is
   SIGKILLed and replaced; a worker that died (killed from outside, crashed) is replaced too.
+  Renders name their owner (the account): an account holds at most half the workers (at least
+  one) and a freed worker goes to the longest-waiting render whose account is under that share
+  (:class:`FairShares`), so an account whose renders all run until killed delays only itself.
+  Workers start with a scrubbed environment (:func:`worker_environment`: no ``RENUM_*``
+  secrets) and a processor-time limit per render, so one whose server died cannot spin on.
   Closing the pool closes the workers' stdin, so they exit normally (and save coverage data).
 
 Functions with effects (``remember``, messages) come in **kits**: the pool is given
@@ -35,11 +40,13 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import operator
+import os
 import re
 import sys
 import types
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import chain
@@ -390,7 +397,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             if isinstance(left, int) and isinstance(right, int) and right > 0:
                 self._check_bits((left.bit_length() - 1) * right)
             return left**right
-        if operator_name == "%" and isinstance(left, str):
+        if operator_name == "%" and isinstance(left, str | bytes):
             return self._percent(left, right)
         return operator.mod(left, right)
 
@@ -399,15 +406,17 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         if bits > MAX_INT_BITS:
             raise _LimitExceeded(f"a number larger than {MAX_INT_BITS} bits")
 
-    def _percent(self, text: str, arguments: Any) -> str:
+    def _percent(self, text: Any, arguments: Any) -> Any:
+        """``text % arguments`` (``text`` a str or bytes), its widths checked before."""
+        spec = text.decode("latin-1") if isinstance(text, bytes) else text
         width = 0
-        for match in _PERCENT_SPEC.finditer(text):
+        for match in _PERCENT_SPEC.finditer(spec):
             if "*" in match.groups():
                 raise _LimitExceeded("a * width in % formatting")
             width += sum(int(group) for group in match.groups() if group)
         self._check(width, "% formatting")
         self.measure(arguments)
-        return self.sized(text % arguments, "% formatting")  # type: ignore[no-any-return]
+        return self.sized(text % arguments, "% formatting")
 
     # -- string methods -----------------------------------------------------------------------
 
@@ -651,6 +660,14 @@ def render_template(
 
 
 ACK = b"+\n"  # a worker's first answer to a request: it has it (so it was alive)
+CPU_FACTOR = 10  # a render's processor time, at most this many times the time limit
+
+
+def worker_cpu_seconds(timeout_seconds: float) -> int:
+    """The processor time a worker may spend on one render before the kernel ends it
+    (``RLIMIT_CPU``): far past the time limit, so only a worker whose pool is gone (a dead
+    server) ever meets it, and it then stops instead of spinning forever."""
+    return max(10, math.ceil(timeout_seconds * CPU_FACTOR))
 
 
 def encode_frame(message: Any) -> bytes:
@@ -705,6 +722,107 @@ class _Worker:
             self.process.kill()
 
 
+class FairShares:
+    """Who renders next, so that one account cannot starve the others of workers.
+
+    The rule: an owner (an account) holds at most ``per_owner`` of the ``slots`` at once (the
+    pool gives each account half its workers, at least one); a freed slot goes to the
+    longest-waiting render whose owner is under its share, so an owner at its share waits
+    behind everyone else. A render without an owner (``None``) is held to no share.
+
+    An account whose renders all run until killed thus delays only its own renders: with two
+    workers or more, another account finds a worker free (unless other accounts use the rest);
+    with one, it waits for the render in progress only, not for the hostile account's queue."""
+
+    def __init__(self, slots: int, per_owner: int) -> None:
+        self.free = slots
+        self.per_owner = per_owner
+        self.held: dict[Hashable, int] = {}  # owner -> slots it holds
+        self._waiting: list[tuple[Hashable | None, asyncio.Future[None]]] = []
+
+    @property
+    def waiting(self) -> list[Hashable | None]:
+        """The owners of the waiting renders, in the order they came."""
+        return [owner for owner, future in self._waiting if not future.done()]
+
+    def _may_take(self, owner: Hashable | None) -> bool:
+        return owner is None or self.held.get(owner, 0) < self.per_owner
+
+    def _take(self, owner: Hashable | None) -> None:
+        self.free -= 1
+        if owner is not None:
+            self.held[owner] = self.held.get(owner, 0) + 1
+
+    async def acquire(self, owner: Hashable | None) -> None:
+        """Wait for a slot for ``owner``; cancelled, it takes none."""
+        if self.free > 0 and self._may_take(owner):
+            self._take(owner)  # no one who may take a slot is waiting: see _dispatch
+            return
+        entry = (owner, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            await entry[1]
+        except BaseException:
+            if entry[1].done() and not entry[1].cancelled():
+                self.release(owner)  # given a slot, then cancelled before it could use it
+            else:
+                self._waiting.remove(entry)
+            raise
+
+    def release(self, owner: Hashable | None) -> None:
+        self.free += 1
+        if owner is not None:
+            left = self.held[owner] - 1
+            if left:
+                self.held[owner] = left
+            else:
+                del self.held[owner]
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        index = 0
+        while self.free > 0 and index < len(self._waiting):
+            owner, future = self._waiting[index]
+            if future.done() or not self._may_take(owner):
+                index += 1  # cancelled (its waiter removes it), or its owner at its share
+                continue
+            del self._waiting[index]
+            self._take(owner)
+            future.set_result(None)
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a render worker: only what Python needs (``PATH``, the locale, the
+    ``PYTHON*`` variables that find and run the code) and coverage's ``COVERAGE_*`` variables
+    (so measured runs measure the workers too); never the server's secrets (the secret key,
+    the database URL, the platform's provider key: every ``RENUM_*`` variable)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _WORKER_VARIABLES or name.startswith(("LC_", "COVERAGE_"))
+    }
+
+
+_WORKER_VARIABLES = frozenset(
+    {
+        "PATH",
+        "LD_LIBRARY_PATH",  # an interpreter built with a shared libpython may need it
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONPYCACHEPREFIX",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "PYTHONSAFEPATH",
+        "PYTHONNOUSERSITE",
+    }
+)
+
+
 class TemplateRenderer:
     """A small pool of render workers; see the module's docstring. Usable from one event loop
     (the one it first renders on); ``close()`` ends its workers."""
@@ -714,7 +832,7 @@ class TemplateRenderer:
         self.kits = dict(kits or {})
         self._idle: list[_Worker] = []
         self._live: set[_Worker] = set()
-        self._slots = asyncio.Semaphore(settings.workers)
+        self.shares = FairShares(settings.workers, max(1, settings.workers // 2))
         self._reaping: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.started = 0  # workers started so far (replacements included)
@@ -731,16 +849,22 @@ class TemplateRenderer:
         *,
         kit: str | None = None,
         kit_data: Any = None,
+        owner: Hashable | None = None,
     ) -> Rendered:
         """Render ``source`` over ``data`` (JSON data) in a worker; with ``kit``, its
-        functions too, made from ``kit_data``. Raises :class:`RenderError`."""
+        functions too, made from ``kit_data``. ``owner`` (the account whose template it is)
+        holds at most its share of the workers (see :class:`FairShares`). Raises
+        :class:`RenderError`."""
         if kit is not None and kit not in self.kits:
             raise ValueError(f"unknown template kit {kit!r}")
         if len(source) > MAX_TEMPLATE_CHARS:
             raise RenderError(f"template longer than {MAX_TEMPLATE_CHARS} characters")
         request = encode_frame({"source": source, "data": data, "kit": kit, "kit_data": kit_data})
-        async with self._slots:
+        await self.shares.acquire(owner)
+        try:
             reply = await self._exchange(request)
+        finally:
+            self.shares.release(owner)
         if not reply.get("ok"):
             raise RenderError(str(reply.get("reason") or "template error"))
         return Rendered(str(reply.get("output", "")), reply.get("effects"))
@@ -781,6 +905,7 @@ class TemplateRenderer:
             "max_output_chars": self.settings.max_output_chars,
             "max_iterations": self.settings.max_iterations,
             "memory_mb": self.settings.memory_mb,
+            "cpu_seconds": worker_cpu_seconds(self.settings.timeout_seconds),
             "kits": self.kits,
         }
         process = await asyncio.create_subprocess_exec(
@@ -790,6 +915,7 @@ class TemplateRenderer:
             json.dumps(config),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env=worker_environment(os.environ),
         )
         max_reply = 8 * self.settings.max_output_chars * (2 + MAX_EFFECTS_FACTOR) + 65_536
         worker = _Worker(process, max_reply)

@@ -5,9 +5,15 @@ transaction (``range(10**9)``), plus a render that only the time limit stops and
 
 While they run, the server stays live (``/health/live`` latency against a baseline taken in
 the same test, compared as a ratio), another tenant's writes meet no 5xx (on SQLite a render
-once held the write lock), every hostile execution ends ``failed`` with a reason that says
-which limit stopped it (never stuck ``pending``), and the account can start a new execution
-afterwards (its slots were released).
+once held the write lock) and its template agents' executions complete, every hostile
+execution ends ``failed`` with a reason that says which limit stopped it (never stuck
+``pending``), and the account can start a new execution afterwards (its slots were released).
+
+The render workers are shared fairly: a tenant whose renders all run until the time limit
+kills them (sixteen at once, enough to queue the whole pool for many seconds) holds at most
+its share of the workers, so another tenant's template agents finish within a step budget
+shorter than that queue, while the hostile renders still run. Before, the neighbour's trivial
+render waited behind the whole queue and its steps ended ``timed_out``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ AGENT_TEMPLATES = {
     QUADRATIC: "template stopped: rendering took longer than",
     MEMORY_BOMB: "template stopped: out of memory",
 }
+# The neighbour's executions: a step budget well past a render or two (a worker started, a
+# free worker's render), well short of the hostile queue (16 renders of 2 s on 2 workers).
+NEIGHBOUR_BUDGET = {"max_seconds": 6}
+HOGS, HOG_STEPS = 2, 8
 INPUT_TEMPLATES = {
     "{{ range(10**9) | list }}": "input template failed: template stopped: more than 100000",
     NESTED: "input template failed: template stopped: more than 100000 iterations",
@@ -71,7 +81,11 @@ def hostile_teams(owner: ApiClient) -> list[tuple[dict[str, Any], str]]:
 
 
 def run_to_an_end(client: ApiClient, team: dict[str, Any]) -> dict[str, Any]:
-    execution = ts.start(client, team, PROMPT, wait=10)
+    return run_until_ended(client, ts.start(client, team, PROMPT, wait=10)["id"])
+
+
+def run_until_ended(client: ApiClient, execution_id: str) -> dict[str, Any]:
+    execution = ts.get_execution(client, execution_id)
     deadline = time.monotonic() + 60
     while execution["status"] not in ts.TERMINAL:
         assert time.monotonic() < deadline, f"stuck {execution['status']}: {execution['id']}"
@@ -95,8 +109,9 @@ def test_hostile_templates_fail_cleanly_while_the_server_stays_live(
     other_owner_client: ApiClient,
 ) -> None:
     teams = hostile_teams(owner_client)
-    neighbour = ts.echo_agent(other_owner_client)
+    neighbour = ts.template_agent(other_owner_client, "{{ input | upper }}")
     neighbour_team = ts.create_team(other_owner_client, [neighbour])
+    neighbour_runs: list[str] = []
     baseline = [probe(client) for _ in range(40)]
 
     # At most four at once: an account runs five executions at a time.
@@ -115,9 +130,12 @@ def test_hostile_templates_fail_cleanly_while_the_server_stays_live(
             statuses.append(written.status_code)
             if len(during) % 10 == 0:
                 started = other_owner_client.post(
-                    f"{ts.TEAMS}/{neighbour_team['id']}/executions", json={"prompt": "hi"}
+                    f"{ts.TEAMS}/{neighbour_team['id']}/executions",
+                    json={"prompt": "hi", "budget": NEIGHBOUR_BUDGET},
                 )
                 statuses.append(started.status_code)
+                if started.status_code == 202:
+                    neighbour_runs.append(started.json()["id"])
         executions = [run.result() for run in runs]
 
     for execution, (_, reason) in zip(executions, teams, strict=True):
@@ -128,6 +146,11 @@ def test_hostile_templates_fail_cleanly_while_the_server_stays_live(
         assert reason in hostile["error"]
     assert statuses, "the other tenant wrote while the hostile renders ran"
     assert all(status < 500 for status in statuses), statuses
+    # The other tenant's template agents rendered meanwhile, within their step budget.
+    assert neighbour_runs
+    for execution_id in neighbour_runs:
+        ended = run_until_ended(other_owner_client, execution_id)
+        assert (ended["status"], ended["result"]) == ("completed", "HI"), ended
     assert len(during) >= 10
     ratio = statistics.median(during) / statistics.median(baseline)
     assert ratio <= LIVENESS_FACTOR, (
@@ -137,3 +160,42 @@ def test_hostile_templates_fail_cleanly_while_the_server_stays_live(
     benign = ts.template_agent(owner_client, "fine: {{ input | length }}")
     after = ts.run_to_end(owner_client, ts.create_team(owner_client, [benign]), "four")
     assert (after["status"], after["result"]) == ("completed", "fine: 4")
+
+
+def every_step_running(client: ApiClient, execution_id: str) -> bool:
+    """Whether each step of the execution runs (its render is queued or rendering)."""
+    steps = ts.get_execution(client, execution_id)["steps"]
+    return len(steps) == HOG_STEPS and all(step["status"] == "running" for step in steps)
+
+
+def test_a_tenant_whose_renders_run_until_killed_delays_only_itself(
+    owner_client: ApiClient, other_owner_client: ApiClient
+) -> None:
+    # The hostile tenant: two executions of eight parallel steps, each a render that only the
+    # time limit stops: sixteen renders of 2 s queued at once.
+    hog = ts.template_agent(owner_client, QUADRATIC)
+    flow = ts.workflow(
+        "parallel",
+        [ts.step(f"hog{n}", hog) for n in range(HOG_STEPS)],
+        failure_policy="continue",
+    )
+    hog_team = ts.create_team(owner_client, [hog], flow)
+    hogs = [ts.start(owner_client, hog_team, "x", wait=None)["id"] for _ in range(HOGS)]
+    deadline = time.monotonic() + 30
+    while not all(every_step_running(owner_client, h) for h in hogs):
+        assert time.monotonic() < deadline, "the hostile steps never all ran"
+        time.sleep(0.05)
+    neighbour = ts.template_agent(other_owner_client, "{{ input | upper }}")
+    neighbour_team = ts.create_team(other_owner_client, [neighbour])
+    try:
+        for n in range(3):
+            ended = ts.run_to_end(
+                other_owner_client, neighbour_team, f"hi {n}", budget=NEIGHBOUR_BUDGET
+            )
+            assert (ended["status"], ended["result"]) == ("completed", f"HI {n}"), ended
+        # ... while the hostile renders still run (queued behind their own account's share).
+        assert [ts.get_execution(owner_client, h)["status"] for h in hogs] == ["running"] * HOGS
+    finally:
+        for execution_id in hogs:
+            owner_client.post(f"{ts.EXECUTIONS}/{execution_id}/cancel", params={"wait": 10})
+    assert [run_until_ended(owner_client, h)["status"] for h in hogs] == ["cancelled"] * HOGS

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from template_support import OwnerRecorder
 
 from app.core.crypto import SecretBox
 from app.core.egress import EgressClients
@@ -145,3 +146,25 @@ async def test_an_allowed_tenant_url_gets_the_users_key_and_the_user_pays(
     assert outcome.paid_by == "user"
     assert platform.paid_by == "user"
     assert [r.headers["authorization"] for r in fake.completions] == [f"Bearer {USER_KEY}"] * 2
+
+
+async def test_a_template_agent_renders_as_its_account(
+    make_settings: MakeSettings, fake: FakeOpenAI
+) -> None:
+    recorder = OwnerRecorder()
+    settings = make_settings()
+    caller = AgentCaller(
+        settings,
+        SecretBox.from_settings(settings),
+        PriceTable.load({}),
+        EgressClients.build(settings),
+        templates=recorder,
+    )
+    row = agent()
+    row.provider, row.model, row.parameters = "builtin", "template", {"template": "hello"}
+    try:
+        outcome = await run(caller, row)
+    finally:
+        await caller.http.aclose()
+    assert outcome.output == "hello"
+    assert recorder.renders == [("hello", ACCOUNT)]  # its account's share of the workers

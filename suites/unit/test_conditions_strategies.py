@@ -18,7 +18,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from template_support import SharedRenderer
+from template_support import OwnerRecorder, SharedRenderer
 
 from app.core.errors import ValidationFailed
 from app.models import ExecutionStatus, StepStatus
@@ -384,6 +384,16 @@ async def test_render_input_sees_input_prompt_context_and_variables(
         variables={"lang": "en"},
     )
     assert rendered == "in|p|4|en"
+
+
+@pytest.mark.anyio
+async def test_render_input_renders_as_the_owner_it_is_given() -> None:
+    recorder = OwnerRecorder()
+    owner = uuid.uuid4()
+    step = planned("{{ input }}", input="in")
+    await render_input(recorder, step, prompt="p", context={}, variables={}, owner=owner)
+    await render_input(recorder, step, prompt="p", context={}, variables={})
+    assert recorder.renders == [("{{ input }}", owner), ("{{ input }}", None)]
 
 
 @pytest.mark.anyio

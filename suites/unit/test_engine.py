@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, update
+from template_support import OwnerRecorder
 
 from app.core.config import Settings, TemplateSettings
 from app.core.crypto import SecretBox
@@ -831,6 +832,17 @@ async def test_an_input_template_renders_when_its_step_runs(world: World) -> Non
     assert (execution.status, execution.result) == ("completed", "out+v+go")
     assert (steps["s0"].input, steps["s1"].input) == ("go", "out+v+go")
     assert world.caller.calls == ["go", "out+v+go"]
+
+
+async def test_an_input_template_renders_as_its_account(world: World) -> None:
+    """Renders are shared fairly among accounts: an input template's render names the
+    execution's account, like a template agent's."""
+    recorder = OwnerRecorder()
+    world.caller.templates = recorder
+    team = await world.team("pipeline", 2, steps={1: {"input_template": "{{ input }}!"}})
+    execution_id = await world.start(team)
+    await world.engine.run(execution_id, asyncio.Event())
+    assert recorder.renders == [("{{ input }}!", world.principal.account_id)]
 
 
 async def test_a_hostile_input_template_fails_its_step_and_frees_the_account(

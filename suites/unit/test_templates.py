@@ -7,10 +7,14 @@ memory, carries a kit's effects back as JSON, and closes cleanly."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +22,20 @@ from template_support import SharedRenderer
 
 from app.core.config import TemplateSettings
 from app.core.templates import (
+    ACK,
     MAX_TEMPLATE_CHARS,
+    WORKER_MODULE,
+    FairShares,
     KitError,
     Rendered,
     RenderError,
     RenderLimits,
     TemplateRenderer,
+    encode_frame,
     render_template,
     template_problem,
+    worker_cpu_seconds,
+    worker_environment,
 )
 from app.services.providers.builtin import TemplateKit
 
@@ -89,6 +99,10 @@ def refused(source: str, **data: Any) -> str:
         ("{{ [1] | slice(10**9) | list }}", "slice() longer than"),
         ("{{ '%1000000000d' % 1 }}", "% formatting longer than"),
         ("{{ '%*d' % (10**9, 1) }}", "a * width in % formatting"),
+        ("{{ ('%0200000000d'.encode() % 1) | length }}", "% formatting longer than"),
+        ("{{ '%*d'.encode() % (10**9, 1) }}", "a * width in % formatting"),
+        ("{{ '%s'.encode() % ([input] * 1000,) }}", "a value's text longer than"),
+        ("{{ 'x'.encode() * 10000000 }}", "a repetition longer than"),
         ("{{ '%s' | format([input] * 1000) }}", "a value's text longer than"),
         ("{{ 'x' * 10000000 }}", "a repetition longer than"),
         ("{{ [1, 2] * 900000 }}", "a repetition longer than"),
@@ -183,6 +197,7 @@ def test_legitimate_templates_still_render() -> None:
         == "10"
     )
     assert render("{{ input[:2] ~ '!' }}{{ 'x' ~ 1 ~ [2] }}\n") == "aa!x1[2]\n"
+    assert render("{{ ('%03d|%s'.encode() % (7, 'é'.encode())).decode() }}") == "007|é"
 
 
 @pytest.mark.parametrize(
@@ -423,6 +438,179 @@ async def test_a_worker_that_cannot_start_is_a_render_error() -> None:
             await renderer.render("x", {})
     finally:
         await renderer.close()
+
+
+# -- sharing the workers between accounts -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_account_holds_at_most_its_share_and_waits_behind_the_others() -> None:
+    shares = FairShares(slots=2, per_owner=1)
+    order: list[str] = []
+
+    async def take(name: str, owner: str | None) -> None:
+        await shares.acquire(owner)
+        order.append(name)
+
+    def arrive(*names: str) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(take(name, name[0])) for name in names]
+
+    await take("a1", "a")
+    tasks = arrive("a2", "a3", "b1")
+    await asyncio.sleep(0)
+    # b finds the second slot free although a's renders came first: a is at its share.
+    assert (order, shares.held, shares.waiting) == (["a1", "b1"], {"a": 1, "b": 1}, ["a", "a"])
+    tasks += arrive("c1")
+    await asyncio.sleep(0)
+    assert shares.waiting == ["a", "a", "c"]
+    shares.release("a")  # the longest-waiting render whose account is under its share: a2
+    await asyncio.sleep(0)
+    assert (order[-1], shares.waiting) == ("a2", ["a", "c"])
+    shares.release("b")  # a3 came before c1, but a is at its share again: c1
+    await asyncio.sleep(0)
+    assert (order[-1], shares.held, shares.waiting) == ("c1", {"a": 1, "c": 1}, ["a"])
+    shares.release("a")  # a2 is done: a is under its share, a3 goes next
+    await asyncio.gather(*tasks)
+    assert order == ["a1", "b1", "a2", "c1", "a3"]
+    assert (shares.free, shares.held, shares.waiting) == (0, {"a": 1, "c": 1}, [])
+
+
+@pytest.mark.anyio
+async def test_renders_without_an_owner_have_no_share_and_cancelled_waits_take_no_slot() -> None:
+    shares = FairShares(slots=2, per_owner=1)
+    await shares.acquire(None)
+    await shares.acquire(None)  # no owner: no share, every slot
+    assert (shares.free, shares.held) == (0, {})
+    gone = asyncio.create_task(shares.acquire("a"))
+    kept = asyncio.create_task(shares.acquire("b"))
+    await asyncio.sleep(0)
+    gone.cancel()  # cancelled while waiting: it leaves the queue
+    await asyncio.gather(gone, return_exceptions=True)
+    assert shares.waiting == ["b"]
+    shares.release(None)
+    await kept
+    late = asyncio.create_task(shares.acquire("c"))
+    await asyncio.sleep(0)
+    shares.release(None)  # c is given the slot ...
+    late.cancel()  # ... and cancelled before it could use it: the slot comes back
+    await asyncio.gather(late, return_exceptions=True)
+    assert (shares.free, shares.held, shares.waiting) == (1, {"b": 1}, [])
+
+
+@pytest.mark.anyio
+async def test_an_account_s_endless_renders_do_not_hold_up_another_account() -> None:
+    renderer = TemplateRenderer(
+        TemplateSettings(workers=2, timeout_seconds=20, max_iterations=100_000_000)
+    )
+    hostile = [asyncio.create_task(renderer.render(SLOW, {}, owner="hostile")) for _ in range(4)]
+    try:
+        await asyncio.sleep(0)
+        assert (renderer.shares.held, renderer.shares.waiting) == ({"hostile": 1}, ["hostile"] * 3)
+        # The neighbour's render takes the other worker at once: it waits for none of them.
+        assert (await renderer.render("{{ 1 + 1 }}", {}, owner="neighbour")).output == "2"
+        assert not any(task.done() for task in hostile)
+        assert (renderer.shares.held, renderer.shares.waiting) == ({"hostile": 1}, ["hostile"] * 3)
+    finally:
+        for task in hostile:
+            task.cancel()
+        await asyncio.gather(*hostile, return_exceptions=True)
+        await renderer.close()
+    assert all(task.cancelled() for task in hostile)
+
+
+# -- the worker's process -----------------------------------------------------------------------
+
+CANARY = "canary-secret-0123456789"
+
+
+def test_a_worker_s_environment_holds_only_what_python_and_coverage_need() -> None:
+    environ = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": "/srv/lib",
+        "COVERAGE_PROCESS_CONFIG": ":data:{}",
+        "COVERAGE_FILE": "/reports/.coverage.unit",
+        "RENUM_SECRET_KEY": CANARY,
+        "RENUM_DATABASE__URL": f"postgresql://renum:{CANARY}@db/renum",
+        "RENUM_PROVIDERS__OPENAI_API_KEY": CANARY,
+        "HOME": "/root",
+        "AWS_SECRET_ACCESS_KEY": CANARY,
+    }
+    assert worker_environment(environ) == {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": "/srv/lib",
+        "COVERAGE_PROCESS_CONFIG": ":data:{}",
+        "COVERAGE_FILE": "/reports/.coverage.unit",
+    }
+
+
+@pytest.mark.anyio
+async def test_a_worker_sees_no_secret_and_renders_under_a_cpu_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RENUM_SECRET_KEY", CANARY)
+    monkeypatch.setenv("RENUM_DATABASE__URL", f"postgresql://renum:{CANARY}@db/renum")
+    monkeypatch.setenv("RENUM_PROVIDERS__OPENAI_API_KEY", CANARY)
+    here = str(Path(__file__).parent)  # where the test-only kit is
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.getenv("PYTHONPATH")])))
+    renderer = TemplateRenderer(
+        TemplateSettings(timeout_seconds=2), {"process": "template_support:ProcessKit"}
+    )
+    try:
+        effects = (await renderer.render("ok", {}, kit="process")).effects
+    finally:
+        await renderer.close()
+    environ = effects["environ"]
+    assert [name for name in environ if name.startswith("RENUM_")] == []
+    assert not any(CANARY in value for value in environ.values())
+    assert environ["PYTHONPATH"].split(os.pathsep)[0] == here
+    assert effects["cpu_spent"] < effects["cpu_limit"]
+    assert effects["cpu_limit"] <= effects["cpu_spent"] + worker_cpu_seconds(2) + 1
+
+
+def _worker(cpu_seconds: int) -> subprocess.Popen[bytes]:
+    """A render worker started as the pool starts one, with no pool to watch over it."""
+    config = {
+        "max_output_chars": 1_000_000,
+        "max_iterations": 100_000_000,
+        "memory_mb": 256,
+        "cpu_seconds": cpu_seconds,
+        "kits": {},
+    }
+    worker = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+        [sys.executable, "-m", WORKER_MODULE, json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=worker_environment(os.environ),
+    )
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    ready = worker.stdout.read(int(worker.stdout.readline()))
+    assert json.loads(ready) == {"ready": True}
+    return worker
+
+
+def test_a_worker_exits_when_its_stdin_closes_even_mid_request() -> None:
+    worker = _worker(cpu_seconds=10)
+    assert worker.stdin is not None
+    worker.stdin.write(b'100\n{"source": ')  # the server died while sending a request
+    worker.stdin.close()
+    assert worker.wait(timeout=60) == 0
+
+
+def test_a_worker_left_rendering_by_a_dead_server_stops_at_its_cpu_limit() -> None:
+    worker = _worker(cpu_seconds=1)
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    worker.stdin.write(encode_frame({"source": SLOW, "data": {}, "kit": None, "kit_data": None}))
+    worker.stdin.flush()
+    assert worker.stdout.readline() == ACK
+    worker.stdin.close()  # nobody will kill it past the time limit: the kernel ends it
+    assert worker.wait(timeout=120) == -signal.SIGXCPU
+    worker.stdout.close()
 
 
 def test_rendered_is_plain_data() -> None:

@@ -100,6 +100,7 @@ class AgentCaller:
                 variables=variables,
                 mailbox=mailbox,
                 templates=self.templates,
+                owner=agent.account_id,  # its account's share of the render workers
             )
             return AgentOutcome(
                 output=result.output,

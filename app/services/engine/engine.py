@@ -533,6 +533,7 @@ class ExecutionEngine:
                     prompt=step.prompt,
                     context=step.context,
                     variables=step.variables,
+                    owner=step.agent.account_id,  # renders are shared fairly among accounts
                 )
                 outcome = await self.caller.call(
                     step.agent,

@@ -8,7 +8,7 @@ budget), and a failure fails that step."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,15 +61,17 @@ async def render_input(
     prompt: str,
     context: Mapping[str, Any],
     variables: Mapping[str, Any],
+    owner: Hashable | None = None,
 ) -> str:
     """The step's input after its input template (``input``, ``prompt``, ``context`` and
-    ``variables`` in scope); raises StepInputError if the template fails or renders what
-    cannot be stored."""
+    ``variables`` in scope), rendered as ``owner`` (the execution's account: it holds at most
+    its share of the render workers); raises StepInputError if the template fails or renders
+    what cannot be stored."""
     if step.template is None:
         return step.input
     data = {"input": step.input, "prompt": prompt, "context": context, "variables": variables}
     try:
-        rendered = (await templates.render(step.template, data)).output
+        rendered = (await templates.render(step.template, data, owner=owner)).output
     except RenderError as exc:
         raise StepInputError(step.key, f"input template failed: {exc.reason}") from None
     # The rendered input is stored with the step: what cannot be stored fails the step here.

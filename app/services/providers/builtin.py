@@ -25,7 +25,7 @@ tokens and cost nothing. Every failure is a :class:`BuiltinAgentError` (kind ``b
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,7 @@ async def _render_template(
     variables: Mapping[str, Any],
     mailbox: Mailbox,
     templates: TemplateRenderer,
+    owner: Hashable | None,
 ) -> tuple[str, dict[str, Any]]:
     try:
         rendered = await templates.render(
@@ -140,6 +141,7 @@ async def _render_template(
             {"input": input, "context": context, "variables": variables},
             kit="builtin",
             kit_data={"inbox": mailbox.inbox, "directory": dict(mailbox.directory)},
+            owner=owner,
         )
     except RenderError as error:
         raise _fail(error.reason) from None
@@ -170,10 +172,12 @@ async def run_builtin(
     variables: Mapping[str, Any],
     mailbox: Mailbox | None = None,
     templates: TemplateRenderer | None = None,
+    owner: Hashable | None = None,
 ) -> BuiltinResult:
     """Run the builtin agent ``kind`` on ``input``; raise BuiltinAgentError if it cannot.
-    A ``template`` agent renders through ``templates`` (a pool with the :data:`TEMPLATE_KITS`);
-    the messages it sends are collected in ``mailbox.outgoing``."""
+    A ``template`` agent renders through ``templates`` (a pool with the :data:`TEMPLATE_KITS`)
+    as ``owner`` (the agent's account: it holds at most its share of the workers); the
+    messages it sends are collected in ``mailbox.outgoing``."""
     if not isinstance(kind, str) or kind not in BUILTIN_KINDS:
         raise _fail(_unknown_kind(kind))
     output_key = parameters.get("output_key")
@@ -193,6 +197,7 @@ async def run_builtin(
             variables=variables,
             mailbox=mailbox if mailbox is not None else Mailbox(),
             templates=templates,
+            owner=owner,
         )
     if output_key:
         writes[output_key] = output
