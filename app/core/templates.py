@@ -869,6 +869,20 @@ class TemplateRenderer:
             raise RenderError(str(reply.get("reason") or "template error"))
         return Rendered(str(reply.get("output", "")), reply.get("effects"))
 
+    async def warm(self) -> None:
+        """Start idle workers up to the pool's size, so the first renders do not wait for a
+        worker to start (about half a second each); the app's lifespan runs it in the
+        background."""
+        while not self._closed and len(self._live) < self.settings.workers:
+            try:
+                worker = await self._start()
+            except RenderError:
+                return  # logged by _start; renders will try again when they need a worker
+            if self._closed:
+                self._discard(worker)
+                return
+            self._idle.append(worker)
+
     async def _exchange(self, request: bytes) -> Any:
         for _attempt in range(2):
             if self._closed:

@@ -1,11 +1,13 @@
 """What a running backend process holds for executions: the database, the event hub, the
 HTTP clients for model calls (trusted for the operator's URLs, guarded by the egress policy for
-tenants'), the bounded template renderer (its worker processes start on first use), the
-engine and its dispatcher. Built and torn down by the application's lifespan; nothing here
-connects at import time."""
+tenants'), the bounded template renderer (its worker processes start in the background with
+the app), the engine and its dispatcher. Built and torn down by the application's lifespan;
+nothing here connects at import time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -31,6 +33,7 @@ class Runtime:
     http: EgressClients
     runner: InProcessRunner
     templates: TemplateRenderer
+    warming: asyncio.Task[None] | None = None  # the template workers starting in the background
 
     @classmethod
     def build(cls, settings: Settings, database: Database, box: SecretBox) -> Runtime:
@@ -49,8 +52,13 @@ class Runtime:
 
     async def start(self) -> None:
         await self.runner.start()
+        self.warming = asyncio.get_running_loop().create_task(self.templates.warm())
 
     async def stop(self) -> None:
         await self.runner.stop()
+        if self.warming is not None:
+            self.warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.warming
         await self.templates.close()
         await self.http.aclose()

@@ -615,3 +615,19 @@ def test_a_worker_left_rendering_by_a_dead_server_stops_at_its_cpu_limit() -> No
 
 def test_rendered_is_plain_data() -> None:
     assert Rendered("out") == Rendered("out", None)
+
+
+@pytest.mark.anyio
+async def test_warm_starts_idle_workers_up_to_the_pool_size() -> None:
+    renderer = TemplateRenderer(TemplateSettings(workers=2))
+    try:
+        await renderer.warm()
+        assert (renderer.started, len(renderer.pids)) == (2, 2)
+        await renderer.warm()  # already full: nothing more starts
+        assert renderer.started == 2
+        assert (await renderer.render("{{ 1 + 1 }}", {})).output == "2"
+        assert renderer.started == 2  # the render took a warm worker
+    finally:
+        await renderer.close()
+    await renderer.warm()  # closed: starts nothing
+    assert renderer.pids == []
