@@ -11,9 +11,8 @@ import namespace.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +30,7 @@ from qa.factories import (
     unique_name,
 )
 from qa.launcher import LaunchedBackend
+from qa.polling import wait_until  # noqa: F401 - the suites' helpers import it from here
 
 AGENTS = f"{API}/agents"
 PROVIDER_KEYS = f"{API}/provider-keys"
@@ -240,15 +240,6 @@ def context_of(client: ApiClient, execution_id: str) -> dict[str, Any]:
 
 def when(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll a local condition (the fake server's request log): no server round trips."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 # -- Server-Sent Events -----------------------------------------------------------------------

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from qa.factories import expect, tenant_with_owner
 from qa.fake_openai import FakeOpenAI, Hang
 from qa.launcher import REPO_ROOT, LaunchedBackend
 from qa.plugin import LaunchBackend
+from qa.polling import wait_until
 
 SHUTDOWN = {
     "RENUM_SHUTDOWN_TIMEOUT_SECONDS": "2",
@@ -41,15 +41,6 @@ SHUTDOWN = {
 # streams never exits by itself at all.
 EXIT_DEADLINE_SECONDS = 20.0
 PATIENCE_SECONDS = 60.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = PATIENCE_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not reached in time: {what}")
 
 
 def chat_calls(fake: FakeOpenAI) -> list[Any]:
@@ -203,15 +194,25 @@ def test_sigterm_closes_streams_exits_in_bounded_time_and_releases_the_execution
     finally:
         owner.close()
     execution_id = execution["id"]
-    wait_for(lambda: len(chat_calls(fake_openai)) == 1, "the model call is in flight")
+    wait_until(
+        lambda: len(chat_calls(fake_openai)) == 1,
+        PATIENCE_SECONDS,
+        what="the model call is in flight",
+    )
     assert ownership(backend, execution_id)[0] == "running"
 
     events_url = f"{backend.base_url}{API}/executions/{execution_id}/events"
     socket_url = backend.base_url.replace("http://", "ws://", 1)
     sse = start(read_sse, events_url, token)
     socket = start(read_socket, f"{socket_url}{API}/executions/{execution_id}/ws", token)
-    wait_for(sse.saw_a_step_start, f"the SSE stream is live ({sse.error!r})")
-    wait_for(socket.saw_a_step_start, f"the WebSocket is live ({socket.error!r})")
+    wait_until(
+        sse.saw_a_step_start, PATIENCE_SECONDS, what=f"the SSE stream is live ({sse.error!r})"
+    )
+    wait_until(
+        socket.saw_a_step_start,
+        PATIENCE_SECONDS,
+        what=f"the WebSocket is live ({socket.error!r})",
+    )
 
     assert backend.process is not None
     backend.process.send_signal(signal.SIGTERM)
@@ -245,9 +246,11 @@ def test_sigterm_closes_streams_exits_in_bounded_time_and_releases_the_execution
     resumed = ApiClient(backend.base_url).login(tenant.owner.email, tenant.owner.password)
     try:
         url = f"{API}/executions/{execution_id}"
-        wait_for(
+        wait_until(
             lambda: expect(resumed.get(url), 200)["status"] == "completed",
-            "the execution is resumed and completes",
+            PATIENCE_SECONDS,
+            what="the execution is resumed and completes",
+            interval=0.05,
         )
         kinds = [event["type"] for event in expect(resumed.get(f"{url}/events"), 200)]
         assert kinds.count("execution_resumed") == 1
