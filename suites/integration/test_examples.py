@@ -110,7 +110,7 @@ def test_command_line(backend: Backend, tmp_path: Path, capsys: pytest.CaptureFi
     good.write_text(PAGE.split("```python\napi.get(")[0], encoding="utf-8")
     bad = tmp_path / "bad.md"
     bad.write_text(PAGE, encoding="utf-8")
-    credentials = ["--email", backend.admin_email, "--password", backend.admin_password]
+    credentials = ["--email", backend.admin_email, f"--password={backend.admin_password}"]
     assert examples.main([str(good), "--url", backend.base_url, *credentials]) == 0
     assert "4 examples run on 1 pages: 4 passed, 0 failed" in capsys.readouterr().out
     assert examples.main([str(tmp_path), "--url", backend.base_url, *credentials]) == 1
