@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -28,8 +29,10 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
 users_cli = typer.Typer(help="User administration.", no_args_is_help=True)
+docs_cli = typer.Typer(help="The docs site's generated reference.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
+cli.add_typer(docs_cli, name="docs")
 
 out = Console()
 err = Console(stderr=True)
@@ -148,7 +151,7 @@ def doctor(
     how to fix what fails. Exit code: 0 pass, 1 warn, 2 fail."""
     import json
 
-    from app.core.health.doctor import EXIT_CODES, diagnose, report_table
+    from app.capabilities.health import EXIT_CODES, diagnose, report_table
 
     report = asyncio.run(diagnose(load_settings()))
     if as_json:
@@ -156,6 +159,22 @@ def doctor(
     else:
         out.print(report_table(report))
     raise typer.Exit(EXIT_CODES[report.status])
+
+
+@docs_cli.command("generate")
+def generate_docs(
+    directory: Annotated[Path, typer.Argument(help="Where the reference pages go.")] = Path(
+        "docs/reference"
+    ),
+) -> None:
+    """Write the reference pages (API, configuration, health) generated from this backend's
+    schema, settings model and health registry; print which ones changed."""
+    from app.main import reference_docs
+
+    changed = reference_docs().write(directory)
+    for name in changed:
+        typer.echo(f"updated {directory / name}")
+    typer.echo(f"reference pages in {directory}: {len(changed)} changed")
 
 
 @users_cli.command("create-admin")

@@ -1,11 +1,11 @@
 """The ASGI application: ``create_app(settings)`` wires settings, database, middleware and
-routers together. Nothing connects at import time; the lifespan opens and closes resources."""
+routers together, and enables the operations capabilities listed in ``CAPABILITIES`` whose
+switch is on. Nothing connects at import time; the lifespan opens and closes resources."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,8 +22,6 @@ from app.api.routes import (
     api_keys,
     auth,
     execution_ws,
-    health,
-    metrics,
     provider_keys,
     team_executions,
     team_members,
@@ -31,20 +29,22 @@ from app.api.routes import (
     usage,
     users,
 )
+from app.capabilities import docs, health, metrics
+from app.capabilities.base import AppContext, Capability
 from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.core.errors import install_error_handlers
-from app.core.health.startup import finish_start_up, migrate_if_possible, start_health
 from app.core.logging import configure_logging, get_logger
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
 from app.core.shutdown import GracefulShutdown
 from app.db.database import Database
-from app.services.bootstrap import bootstrap_admin
 from app.services.runtime import Runtime
-from app.web.docs import install_docs
+from app.services.startup import StartUp
 
 API_PREFIX = "/api/v1"
+# Every operations capability, in the order they start (and the reverse order they stop).
+CAPABILITIES: tuple[Capability, ...] = (health.CAPABILITY, metrics.CAPABILITY, docs.CAPABILITY)
 log = get_logger("app")
 
 
@@ -52,21 +52,8 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-async def _bootstrap(settings: Settings, database: Database) -> None:
-    """Create the first admin on an empty database."""
-    async with database.session() as session:
-        created = await bootstrap_admin(session, settings)
-    if created is None:
-        return
-    log.info("bootstrap_admin_created", email=created.email)
-    if created.generated_password is not None:
-        # Printed once to the console, deliberately not through the logger.
-        print(
-            f"\nRenum created the first admin: {created.email}\n"
-            f"Its generated password (shown once): {created.generated_password}\n",
-            file=sys.stderr,
-            flush=True,
-        )
+def enabled_capabilities(settings: Settings) -> list[Capability]:
+    return [capability for capability in CAPABILITIES if capability.enabled(settings)]
 
 
 @asynccontextmanager
@@ -74,27 +61,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     database = Database(settings.database)
     app.state.database = database
-    later: asyncio.Task[None] | None = None
-    try:
-        migrated = not settings.database.auto_migrate or await migrate_if_possible(
-            settings, database
-        )
-        monitor = await start_health(settings, database)
-        app.state.health_monitor = monitor
-        if monitor.ready:
-            await _bootstrap(settings, database)
-        else:  # a degraded start: migrate and create the first admin once possible
-            later = asyncio.create_task(
-                finish_start_up(
-                    settings,
-                    database,
-                    monitor,
-                    migrated=migrated,
-                    bootstrap=lambda: _bootstrap(settings, database),
-                )
-            )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(database.dispose)
+        startup = StartUp(settings, database)
+        stack.push_async_callback(startup.stop)
+        await startup.begin()
         runtime = Runtime.build(settings, database, app.state.box)
         app.state.runtime = runtime
+        context = AppContext(app, settings, database, runtime, startup)
+        for capability in enabled_capabilities(settings):
+            await stack.enter_async_context(capability.running(context))
         await runtime.start()
         # SIGTERM ends live streams and releases running executions at once (app.core.shutdown).
         shutdown = app.state.shutdown = GracefulShutdown(settings.shutdown_timeout_seconds)
@@ -107,24 +83,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 version=__version__,
                 environment=settings.environment.value,
                 database=database.engine.dialect.name,
+                capabilities=[c.name for c in enabled_capabilities(settings)],
             )
             yield
         finally:
             shutdown.begin("lifespan")
             shutdown.unhook_signals()
-            await monitor.stop()
             try:
                 async with asyncio.timeout(settings.shutdown_timeout_seconds):
                     await runtime.stop()
             except TimeoutError:
                 log.warning("shutdown_timed_out", timeout_seconds=settings.shutdown_timeout_seconds)
-    finally:
-        if later is not None:
-            later.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await later
-        await database.dispose()
-        log.info("shutdown_complete")
+    log.info("shutdown_complete")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -162,9 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         api.include_router(module.router)
     app.include_router(api)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    install_docs(app)
+    for capability in enabled_capabilities(settings):
+        capability.install(app, settings)
 
     if settings.cors_origins:
         app.add_middleware(
@@ -176,3 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def reference_docs() -> docs.DocumentationGenerator:
+    """The docs site's reference generator for this backend, every capability switched on."""
+    return docs.DocumentationGenerator.for_app(create_app(Settings.model_construct()))

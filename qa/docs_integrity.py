@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.core.doc_generator import (
+from app.capabilities.docs.generator import (
     GENERATED_NOTE,
     METHODS,
     DocumentationGenerator,
@@ -47,7 +47,8 @@ def reference_sections(directory: Path) -> dict[str, tuple[str, str]]:
     """Each anchored heading of the reference pages: anchor -> (page name, section text)."""
     sections: dict[str, tuple[str, str]] = {}
     for page in sorted(directory.glob("*.md")):
-        anchor, lines = None, []
+        anchor: str | None = None
+        lines: list[str] = []
         for line in [*page.read_text(encoding="utf-8").splitlines(), "## end"]:
             is_heading = line.startswith("## ") or line.startswith("# ")
             if is_heading and anchor is not None:
@@ -215,8 +216,9 @@ def external_assets(site_dir: Path) -> list[str]:
 
 def main() -> int:
     from app.core.config import Settings
+    from app.main import reference_docs
 
-    generator = DocumentationGenerator.for_app()
+    generator = reference_docs()
     problems = [
         *undocumented_operations(generator.schema, REFERENCE_DIR),
         *undocumented_settings(Settings, REFERENCE_DIR / CONFIGURATION_PAGE),

@@ -161,6 +161,13 @@ class LaunchedBackend(Backend):
         except OSError:
             return "(no log)"
 
+    def readiness_url(self) -> str:
+        """The probe that says the backend started; with the health capability switched off,
+        the schema, served once the lifespan's start-up has finished."""
+        if self.env.get("RENUM_HEALTH__ENABLED", "true").lower() in ("false", "0"):
+            return f"{self.base_url}/openapi.json"
+        return f"{self.base_url}/health/{self.wait_for}"
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         assert self.process is not None
@@ -171,8 +178,7 @@ class LaunchedBackend(Backend):
                     f"log {self.log_path}:\n{self._log_tail()}"
                 )
             try:
-                probe = f"{self.base_url}/health/{self.wait_for}"
-                if httpx.get(probe, timeout=2.0).status_code == 200:
+                if httpx.get(self.readiness_url(), timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -44,6 +44,20 @@ class DatabaseSettings(BaseModel):
         description="Apply pending Alembic migrations at start-up (turn off where "
         "`renum db upgrade` runs as a release step).",
     )
+    connect_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="How long start-up waits for the database to answer before it starts "
+        "degraded and retries in the background.",
+    )
+    retry_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="After a degraded start, how often the skipped migrations and the first "
+        "admin are retried.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -178,9 +192,14 @@ class TemplateSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    """Who may read `GET /metrics` (it shows the environment, the version and the Python
-    build, which help an attacker pick exploits)."""
+    """The metrics capability: `GET /metrics` in the Prometheus text format, and who may read it
+    (it shows the environment, the version and the Python build, which help an attacker pick
+    exploits)."""
 
+    enabled: bool = Field(
+        default=True,
+        description="Serve `GET /metrics`. Off, the route does not exist (the rollback switch).",
+    )
     public: bool | None = Field(
         default=None,
         description="Whether anonymous callers may read /metrics; unset: public outside "
@@ -192,6 +211,17 @@ class MetricsSettings(BaseModel):
         if self.public is None:
             return environment is not Environment.production
         return self.public
+
+
+class DocsSettings(BaseModel):
+    """The docs capability: the interactive API explorer at `/docs`, served from vendored
+    assets (the OpenAPI schema at `/openapi.json` is part of the base API)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve the API explorer at `/docs`. Off, the page and its assets do not "
+        "exist (the rollback switch).",
+    )
 
 
 class TeamSettings(BaseModel):
@@ -245,6 +275,12 @@ class CheckTuning(BaseModel):
 class HealthSettings(CheckTuning):
     """Dependency validation and probes. The timing fields here apply to every check;
     ``checks`` tunes one check by name (``{"redis": {"timeout_seconds": 1}}``)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="The health capability: start-up dependency validation, the background "
+        "monitor and the `/health/*` probes. Off, none of them exist (the rollback switch).",
+    )
 
     probe_token: SecretStr | None = Field(
         default=None,
@@ -334,6 +370,7 @@ class Settings(BaseSettings):
     egress: EgressSettings = Field(default_factory=EgressSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    docs: DocsSettings = Field(default_factory=DocsSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,
         description="Email of the admin created on an empty database (default admin@renum.local).",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Account
@@ -28,6 +28,14 @@ class AccountRepository:
     async def page(self, *, limit: int, offset: int) -> tuple[Sequence[Account], int]:
         query = select(Account).order_by(Account.created_at, Account.id)
         return await paginate(self.session, query, limit=limit, offset=offset)
+
+    async def active_executions_total(self) -> int:
+        """Executions pending or running across all accounts: the per-account slot counters
+        summed."""
+        total = await self.session.scalar(
+            select(func.coalesce(func.sum(Account.active_executions), 0))
+        )
+        return int(total or 0)
 
     def add(self, account: Account) -> None:
         self.session.add(account)

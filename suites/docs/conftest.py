@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.core.doc_generator import DocumentationGenerator
+from app.capabilities.docs.generator import DocumentationGenerator
+from app.main import reference_docs
 from qa.examples import Report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ _report = Report()
 
 @pytest.fixture(scope="session")
 def generator() -> DocumentationGenerator:
-    return DocumentationGenerator.for_app()
+    return reference_docs()
 
 
 @pytest.fixture(scope="session")

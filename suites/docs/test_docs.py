@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.core.config import Settings
-from app.core.doc_generator import DocumentationGenerator
+from app.capabilities.docs.generator import DocumentationGenerator
 from qa import docs_integrity
 from qa.examples import ExampleValidator, Report, markdown_pages
 from qa.launcher import Backend

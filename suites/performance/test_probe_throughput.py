@@ -31,7 +31,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from app.api.routes.health import PASS_BODY
+from app.capabilities.health.routes import PASS_BODY
 from app.core.config import Settings
 from app.main import create_app
 from qa import services

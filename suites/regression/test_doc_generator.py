@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pytest_regressions.file_regression import FileRegressionFixture
 
-from app.core.doc_generator import DocumentationGenerator, HealthDocs
+from app.capabilities.docs.generator import DocumentationGenerator, HealthDocs
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
 

@@ -11,15 +11,15 @@ from datetime import UTC, datetime
 import pytest
 
 from app.core.config import Settings
-from app.core.dependency_validator import (
+from app.capabilities.health.validator import (
     DependencyEntry,
     DependencyValidator,
     ValidationReport,
     aggregate,
     tuned,
 )
-from app.core.health.checks import CheckContext, PackagesCheck, package_outcomes
-from app.core.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status, Troubleshooting
+from app.capabilities.health.checks import CheckContext, PackagesCheck, package_outcomes
+from app.capabilities.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status, Troubleshooting
 from app.db import migrate
 from app.db.database import Database
 from suites.unit.conftest import MakeSettings
@@ -134,7 +134,7 @@ def test_unreadable_requirement_line_is_reported_not_raised() -> None:
 
 
 def test_the_installed_renum_distribution_satisfies_its_own_requirements() -> None:
-    from app.core.health.checks import InstalledMetadata
+    from app.capabilities.health.checks import InstalledMetadata
 
     outcomes = package_outcomes(InstalledMetadata())
     assert outcomes, "the renum distribution declares requirements"

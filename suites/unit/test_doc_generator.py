@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typer.testing import CliRunner
 
-from app.core import doc_generator
-from app.core.doc_generator import (
+from app.capabilities.docs import generator as doc_generator
+from app.capabilities.docs.generator import (
     GENERATED_NOTE,
     DocumentationGenerator,
     ExamplePlan,
@@ -26,7 +27,9 @@ from app.core.doc_generator import (
     settings_rows,
     slug,
 )
-from app.core.health.registry import PROBES, Troubleshooting, registered_checks
+from app.capabilities.health.registry import PROBES, Troubleshooting, registered_checks
+from app.cli import cli
+from app.main import reference_docs
 from qa.examples import ExampleValidator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
@@ -326,7 +329,7 @@ def test_write_reports_changes_and_removes_stale_pages(
 
 
 def test_this_backend_is_fully_documented() -> None:
-    generator = DocumentationGenerator.for_app()
+    generator = reference_docs()
     pages = generator.pages()
     assert {"index.md", "configuration.md", "health.md", "api-teams.md"} <= set(pages)
     index = pages["index.md"]
@@ -337,77 +340,41 @@ def test_this_backend_is_fully_documented() -> None:
         assert f"[{check.name}](../troubleshooting.md#" in pages["health.md"]
     for probe in PROBES:
         assert f"`{probe.path}`" in pages["health.md"]
-    assert DocumentationGenerator.for_app().pages() == pages
+    assert reference_docs().pages() == pages
 
 
-def test_command_line_writes_the_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert doc_generator.main([str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert f"updated {tmp_path / 'index.md'}" in out
+def test_command_line_writes_the_pages(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(cli, ["docs", "generate", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    assert f"updated {tmp_path / 'index.md'}" in first.output
     assert (tmp_path / "api-teams.md").exists()
-    assert doc_generator.main([str(tmp_path)]) == 0
-    assert f"reference pages in {tmp_path}: 0 changed" in capsys.readouterr().out
+    again = runner.invoke(cli, ["docs", "generate", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert f"reference pages in {tmp_path}: 0 changed" in again.output
 
 
-class Principal:
-    def require(self, role: object) -> None:
-        """Stands in for the real principal's role check."""
-
-
-class Role:
-    viewer, member, owner, admin = "viewer", "member", "owner", "admin"
-
-
-class WidgetService:
-    def __init__(self, principal: Principal) -> None:
-        self.principal = principal
-
-    def get(self) -> str:
-        self.principal.require(Role.member)
-        return "widget"
-
-    def delete(self) -> str:
-        self.get()
-        self.principal.require(Role.owner)
-        return "deleted"
-
-    def read(self) -> str:
-        return "anyone"
-
-
-def test_required_roles_are_read_from_the_services() -> None:
-    from fastapi import APIRouter, FastAPI
-
-    router = APIRouter(prefix="/widgets")
-
-    @router.get("/one")
-    def get_widget() -> str:
-        return WidgetService(Principal()).get()
-
-    @router.delete("/one")
-    def delete_widget() -> str:
-        service = WidgetService(Principal())
-        return service.delete()
-
-    @router.get("/open")
-    def read_widget() -> str:
-        return WidgetService(Principal()).read() + str(len("x"))
-
-    app = FastAPI(generate_unique_id_function=lambda route: route.name)  # as create_app does
-    app.include_router(router, prefix="/api")
-    roles = doc_generator.required_roles(app)
-    assert roles == {"delete_widget": "owner", "get_widget": "member"}
-    schema = doc_generator.with_required_roles(app.openapi(), {"get_widget": "member"})
-    operation = schema["paths"]["/api/widgets/one"]["get"]
-    assert operation["x-required-role"] == "member"
+def test_the_required_role_is_read_from_the_schema() -> None:
+    schema = {
+        "openapi": "3.1.0",
+        "paths": {
+            "/api/widgets/{widget_id}": {
+                "get": {"operationId": "get_widget", "x-required-role": "member", "responses": {}},
+                "delete": {
+                    "operationId": "delete_widget",
+                    "x-required-role": "admin",
+                    "responses": {},
+                },
+            }
+        },
+    }
     generator = DocumentationGenerator(schema)
-    assert generator.role(generator.find(operation["operationId"])) == "member or higher"
-    assert doc_generator._service_methods(len) == []
-    assert doc_generator._requires(len) == []
+    assert generator.role(generator.find("get_widget")) == "member or higher"
+    assert generator.role(generator.find("delete_widget")) == "admin"
 
 
 def test_this_backends_roles() -> None:
-    generator = DocumentationGenerator.for_app()
+    generator = reference_docs()
     assert generator.role(generator.find("create_team")) == "member or higher"
     assert generator.role(generator.find("list_users")) == "owner or higher"
     assert generator.role(generator.find("create_account")) == "admin"

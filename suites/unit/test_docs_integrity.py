@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from app.core.doc_generator import DocumentationGenerator
+from app.capabilities.docs.generator import DocumentationGenerator
 from qa import docs_integrity, mkdocs_hooks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"

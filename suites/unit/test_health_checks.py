@@ -13,8 +13,8 @@ import pytest
 from packaging.version import Version
 
 from app.core.config import Settings
-from app.core.health import checks
-from app.core.health.checks import (
+from app.capabilities.health import checks
+from app.capabilities.health.checks import (
     CheckContext,
     DatabaseCheck,
     ProvidersCheck,
@@ -24,7 +24,7 @@ from app.core.health.checks import (
     provider_base_urls,
     safe_url,
 )
-from app.core.health.registry import Status
+from app.capabilities.health.registry import Status
 from app.db import migrate
 from app.db.database import Database
 from app.models.account import Account

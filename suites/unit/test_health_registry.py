@@ -8,9 +8,9 @@ import re
 import pytest
 
 from app.core.config import Settings
-from app.core.health import registry
-from app.core.health.checks import CheckContext
-from app.core.health.registry import (
+from app.capabilities.health import registry
+from app.capabilities.health.checks import CheckContext
+from app.capabilities.health.registry import (
     PROBES,
     CheckOutcome,
     CheckSpec,

@@ -1,5 +1,6 @@
-"""The health layer's start-up: migrations only when the database answers, the production
-rule (stop with a summary, or start degraded when allowed), the monitor switch."""
+"""Start-up: the base's migrations only when the database answers and its retries after a
+degraded start (app.services.startup); the health capability's production rule (stop with a
+summary, or start degraded when allowed) and its monitor switch."""
 
 from __future__ import annotations
 
@@ -11,21 +12,18 @@ import sys
 
 import pytest
 
-from app.core.health import startup
-from app.core.health.startup import (
-    StartupBlocked,
-    finish_start_up,
-    migrate_if_possible,
-    start_health,
-)
+from app.capabilities.health.startup import StartupBlocked, start_health
 from app.db import migrate
 from app.db.database import Database
+from app.services import startup
+from app.services.startup import StartUp
 from qa.launcher import REPO_ROOT
 from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"timeout_seconds": 0.5}
+FAST_DATABASE = {"connect_timeout_seconds": 0.5, "retry_interval_seconds": 0.01}
 
 
 def unreachable_url() -> str:
@@ -39,7 +37,7 @@ async def test_migrations_run_when_the_database_answers(make_settings: MakeSetti
     settings = make_settings()
     database = Database(settings.database)
     try:
-        await migrate_if_possible(settings, database)
+        await StartUp(settings, database).migrate_if_possible()
         assert await migrate.current_revision(database.engine) == migrate.head_revision()
     finally:
         await database.dispose()
@@ -48,10 +46,10 @@ async def test_migrations_run_when_the_database_answers(make_settings: MakeSetti
 async def test_migrations_are_skipped_when_the_database_does_not_answer(
     make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = make_settings(database={"url": unreachable_url()}, health=FAST)
+    settings = make_settings(database={"url": unreachable_url(), **FAST_DATABASE})
     database = Database(settings.database)
     try:
-        await migrate_if_possible(settings, database)  # neither raises nor hangs
+        await StartUp(settings, database).migrate_if_possible()  # neither raises nor hangs
     finally:
         await database.dispose()
     assert "auto_migrate_skipped" in capsys.readouterr().out
@@ -69,7 +67,7 @@ async def test_a_failing_migration_is_left_to_the_validation(
     settings = make_settings()
     database = Database(settings.database)
     try:
-        await migrate_if_possible(settings, database)
+        await StartUp(settings, database).migrate_if_possible()
         assert await migrate.current_revision(database.engine) is None
     finally:
         await database.dispose()
@@ -83,6 +81,7 @@ async def test_a_degraded_start_migrates_and_bootstraps_once_the_database_allows
 ) -> None:
     real_upgrade = startup.migrate.upgrade
     attempts: list[str] = []
+    heard: list[str] = []
 
     async def fails_twice(engine: object, revision: str = "head") -> None:
         attempts.append(revision)
@@ -90,58 +89,96 @@ async def test_a_degraded_start_migrates_and_bootstraps_once_the_database_allows
             raise RuntimeError("the database went away")
         await real_upgrade(engine, revision)  # type: ignore[arg-type]
 
+    async def bootstrap(settings: object, database: object) -> None:
+        heard.append("bootstrap")
+
+    async def migrated() -> None:
+        heard.append("migrated")
+
     monkeypatch.setattr(startup.migrate, "upgrade", fails_twice)
-    settings = make_settings(
-        health={"monitor": False, "checks": {"database": {"interval_seconds": 0.01}}}
-    )
+    monkeypatch.setattr(startup, "bootstrap", bootstrap)
+    settings = make_settings(database=FAST_DATABASE, health={"monitor": False})
     database = Database(settings.database)
-    bootstrapped: list[bool] = []
-
-    async def bootstrap() -> None:
-        bootstrapped.append(True)
-
+    start_up = StartUp(settings, database)
+    start_up.on_migrated(migrated)
     try:
-        migrated = await migrate_if_possible(settings, database)
+        await start_up.begin()
         monitor = await start_health(settings, database)
-        assert (migrated, monitor.ready) == (False, False)  # the schema check fails
-        await asyncio.wait_for(
-            finish_start_up(settings, database, monitor, migrated=False, bootstrap=bootstrap), 10
-        )
+        assert (start_up.migrated, monitor.ready) == (False, False)  # the schema check fails
+        await asyncio.wait_for(start_up.finished.wait(), 10)
+        await monitor.refresh("schema")
         assert monitor.ready is True
         assert await migrate.current_revision(database.engine) == migrate.head_revision()
     finally:
+        await start_up.stop()
         await database.dispose()
     assert len(attempts) == 3
-    assert bootstrapped == [True]
+    assert heard == ["migrated", "bootstrap"]
     out = capsys.readouterr().out
     assert "auto_migrate_failed" in out
     assert "auto_migrate_completed" in out
 
 
 async def test_a_failure_while_finishing_start_up_is_retried(
-    make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+    make_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = make_settings(
-        health={"monitor": False, "checks": {"database": {"interval_seconds": 0.01}}}
-    )
-    database = Database(settings.database)
     calls: list[int] = []
 
-    async def flaky_bootstrap() -> None:
+    async def flaky_bootstrap(settings: object, database: object) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise OSError("the database went away")
 
+    async def broken_listener() -> None:
+        raise RuntimeError("a listener failed")
+
+    monkeypatch.setattr(startup, "bootstrap", flaky_bootstrap)
+    settings = make_settings(database={**FAST_DATABASE, "auto_migrate": False})
+    database = Database(settings.database)
+    start_up = StartUp(settings, database)
+    start_up.on_migrated(broken_listener)  # never called: nothing was left to migrate
     try:
-        await migrate_if_possible(settings, database)
-        monitor = await start_health(settings, database)
-        await asyncio.wait_for(
-            finish_start_up(settings, database, monitor, migrated=True, bootstrap=flaky_bootstrap),
-            10,
-        )
+        await start_up.begin()
+        assert not start_up.finished.is_set()
+        await asyncio.wait_for(start_up.finished.wait(), 10)
     finally:
+        await start_up.stop()
         await database.dispose()
     assert len(calls) == 2
+    assert "start_up_retry_failed" in capsys.readouterr().out
+
+
+async def test_a_failing_listener_does_not_stop_the_retries(
+    make_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    real_upgrade = startup.migrate.upgrade
+    attempts: list[str] = []
+
+    async def fails_once(engine: object, revision: str = "head") -> None:
+        attempts.append(revision)
+        if len(attempts) < 2:
+            raise RuntimeError("the database went away")
+        await real_upgrade(engine, revision)  # type: ignore[arg-type]
+
+    async def broken_listener() -> None:
+        raise RuntimeError("a listener failed")
+
+    monkeypatch.setattr(startup.migrate, "upgrade", fails_once)
+    settings = make_settings(database=FAST_DATABASE)
+    database = Database(settings.database)
+    start_up = StartUp(settings, database)
+    start_up.on_migrated(broken_listener)
+    try:
+        await start_up.begin()
+        await asyncio.wait_for(start_up.finished.wait(), 10)
+    finally:
+        await start_up.stop()
+        await database.dispose()
+    assert start_up.migrated is True
     assert "start_up_retry_failed" in capsys.readouterr().out
 
 
@@ -231,7 +268,7 @@ async def test_without_the_redis_package_only_its_feature_is_disabled(
     )
     database = Database(settings.database)
     try:
-        await migrate_if_possible(settings, database)
+        await StartUp(settings, database).migrate_if_possible()
         monitor = await start_health(settings, database)
     finally:
         await database.dispose()

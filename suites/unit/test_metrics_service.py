@@ -1,4 +1,4 @@
-"""app/services/metrics.py without a server: one registry per app, and a scrape that still
+"""The metrics collector without a server: one registry per app, and a scrape that still
 answers when the database does not."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.services import metrics
-from app.services.metrics import ProcessMetrics
+from app.capabilities.metrics import collector as metrics
+from app.capabilities.metrics.collector import ProcessMetrics
 
 
 def names(body: bytes) -> set[str]:
@@ -32,7 +32,7 @@ class BrokenDatabase:
 def test_two_registries_never_collide() -> None:
     first, second = ProcessMetrics("test"), ProcessMetrics("production")
     assert first.registry is not second.registry
-    assert "renum_build_info" in names(asyncio.run(second.render(None)))
+    assert "renum_build_info" in names(asyncio.run(second.render(BrokenDatabase())))  # type: ignore[arg-type]
 
 
 def test_a_failing_database_leaves_the_gauges_out_of_date_but_the_scrape_answers() -> None:

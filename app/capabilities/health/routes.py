@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
-from app.api.deps import oauth2_scheme, probe_token_matches
-from app.core.health.monitor import HealthMonitor
+from app.api.deps import get_codec, oauth2_scheme, probe_token_matches
+from app.capabilities.health.monitor import HealthMonitor
+from app.capabilities.health.schemas import HEALTH_JSON, REPORT_EXAMPLE, HealthReport, ProbeStatus
 from app.services.auth import AuthService
 
 router = APIRouter(tags=["health"])
 
-HEALTH_JSON = "application/health+json"
 # How long /health/dependencies may spend checking a caller's credentials.
 CREDENTIAL_TIMEOUT_SECONDS = 2.0
 PASS_BODY = b'{"status":"pass"}'
@@ -37,99 +35,6 @@ FAIL_BODY = b'{"status":"fail"}'
 
 class HealthJSONResponse(JSONResponse):
     media_type = HEALTH_JSON
-
-
-class ProbeStatus(BaseModel):
-    """A probe's answer: its status only."""
-
-    status: Literal["pass", "fail"] = Field(examples=["pass"])
-
-
-class HealthCheckResult(BaseModel):
-    """One component's result (IETF fields, plus `kind`, `critical` and `fix`)."""
-
-    componentId: str = Field(examples=["postgresql"])
-    componentType: str = Field(examples=["datastore"])
-    kind: str = Field(
-        description="The registry's kind: package, database, schema, cache, provider, ...",
-        examples=["database"],
-    )
-    critical: bool = Field(description="A failing critical dependency makes the service fail.")
-    status: Literal["pass", "warn", "fail"]
-    time: datetime = Field(description="When the check ran.")
-    output: str = Field(description="What was observed, in words.", examples=["PostgreSQL 16.4"])
-    observedValue: float | str | None = Field(default=None, examples=[2.4])
-    observedUnit: str | None = Field(default=None, examples=["ms"])
-    fix: str | None = Field(default=None, description="What to do (when not passing).")
-    affectedEndpoints: list[str] | None = Field(
-        default=None,
-        description="Routes that fail or degrade while this dependency is not passing.",
-        examples=[["POST /api/v1/teams/{team_id}/executions"]],
-    )
-    links: dict[str, str] | None = Field(
-        default=None, description="`about`: the troubleshooting entry."
-    )
-
-
-class HealthReport(BaseModel):
-    """The dependency report; anonymous callers get `status` only."""
-
-    status: Literal["pass", "warn", "fail"] = Field(
-        description="fail: a critical dependency fails; warn: an optional one fails or "
-        "something needs attention; pass: all well."
-    )
-    version: str | None = Field(default=None, description="Public API version.", examples=["1"])
-    releaseId: str | None = Field(default=None, examples=["0.1.0"])
-    serviceId: str | None = Field(default=None, examples=["renum"])
-    description: str | None = None
-    time: datetime | None = Field(default=None, description="When the snapshot was taken.")
-    output: str | None = Field(default=None, description="The problems, in one line.")
-    checks: dict[str, list[HealthCheckResult]] | None = Field(
-        default=None, description="Results keyed `component:measurement`."
-    )
-
-
-REPORT_EXAMPLE: dict[str, Any] = {
-    "status": "warn",
-    "version": "1",
-    "releaseId": "0.1.0",
-    "serviceId": "renum",
-    "description": "Renum API and its dependencies",
-    "time": "2026-11-25T10:00:00Z",
-    "output": "redis:responseTime redis://cache:6379/0: Redis did not answer",
-    "checks": {
-        "database:responseTime": [
-            {
-                "componentId": "postgresql",
-                "componentType": "datastore",
-                "kind": "database",
-                "critical": True,
-                "status": "pass",
-                "time": "2026-11-25T10:00:00Z",
-                "output": "PostgreSQL 16.4 answered",
-                "observedValue": 2.4,
-                "observedUnit": "ms",
-                "links": {"about": "troubleshooting.md#database"},
-            }
-        ],
-        "redis:responseTime": [
-            {
-                "componentId": "redis://cache:6379/0",
-                "componentType": "datastore",
-                "kind": "cache",
-                "critical": False,
-                "status": "fail",
-                "time": "2026-11-25T10:00:00Z",
-                "output": "Redis did not answer",
-                "observedValue": 2000.0,
-                "observedUnit": "ms",
-                "fix": "Start or reach the Redis server, or unset RENUM_REDIS_URL.",
-                "affectedEndpoints": ["GET /api/v1/executions/{execution_id}/events"],
-                "links": {"about": "troubleshooting.md#redis"},
-            }
-        ],
-    },
-}
 
 
 def _probe_responses(fail_description: str | None) -> dict[int | str, dict[str, Any]]:
@@ -145,8 +50,13 @@ def _probe_responses(fail_description: str | None) -> dict[int | str, dict[str, 
     return responses
 
 
-def monitor_of(request: Request) -> HealthMonitor:
-    return request.app.state.health_monitor
+def get_monitor(request: Request) -> HealthMonitor:
+    """The monitor the capability started for this app."""
+    monitor: HealthMonitor = request.app.state.health_monitor
+    return monitor
+
+
+MonitorDep = Annotated[HealthMonitor, Depends(get_monitor)]
 
 
 @router.get(
@@ -173,8 +83,8 @@ async def live() -> Response:
     responses=_probe_responses("A critical dependency is failing."),
 )
 @router.get("/readyz", response_class=HealthJSONResponse, include_in_schema=False)
-async def ready(request: Request) -> Response:
-    if monitor_of(request).ready:
+async def ready(monitor: MonitorDep) -> Response:
+    if monitor.ready:
         return Response(PASS_BODY, media_type=HEALTH_JSON)
     return Response(FAIL_BODY, status_code=503, media_type=HEALTH_JSON)
 
@@ -192,8 +102,7 @@ async def details_allowed(
     try:
         async with asyncio.timeout(CREDENTIAL_TIMEOUT_SECONDS):
             async with request.app.state.database.session() as session:
-                codec = request.app.state.codec
-                principal = await AuthService(session, codec).authenticate(credential)
+                principal = await AuthService(session, get_codec(request)).authenticate(credential)
     except Exception:  # invalid credentials, or a database too slow to tell: status only
         return False
     return principal.is_admin
@@ -221,9 +130,9 @@ async def details_allowed(
     },
 )
 async def dependencies(
-    request: Request, details: Annotated[bool, Depends(details_allowed)]
+    monitor: MonitorDep, details: Annotated[bool, Depends(details_allowed)]
 ) -> Response:
-    report = monitor_of(request).snapshot()
+    report = monitor.snapshot()
     body = report.health_json(details=details)
     return Response(
         json.dumps(body, separators=(",", ":")).encode(),

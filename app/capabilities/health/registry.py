@@ -18,10 +18,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from app.core.health.checks import CheckContext
+    from app.capabilities.health.checks import CheckContext
 
 # Modules whose import registers checks; a feature with its own check adds its module here.
-CHECK_MODULES: tuple[str, ...] = ("app.core.health.checks",)
+CHECK_MODULES: tuple[str, ...] = ("app.capabilities.health.checks",)
 
 DOCS_PAGE = "troubleshooting.md"
 

@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.api.deps import oauth2_scheme, probe_token_matches
+from app.api.deps import SettingsDep, get_codec, oauth2_scheme, probe_token_matches
+from app.capabilities.metrics.collector import CONTENT_TYPE, ProcessMetrics
 from app.core.errors import Forbidden, Unauthorized
+from app.db.database import Database
 from app.schemas.common import problems
 from app.services.auth import AuthService
-from app.services.metrics import CONTENT_TYPE, ProcessMetrics
 
 router = APIRouter(tags=["health"])
 
@@ -32,12 +33,24 @@ renum_executions_active 3.0
 """
 
 
+def get_collector(request: Request) -> ProcessMetrics:
+    """The collector the capability installed on this app."""
+    collector: ProcessMetrics = request.app.state.metrics
+    return collector
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
 async def metrics_access(
-    request: Request, credential: Annotated[str | None, Depends(oauth2_scheme)]
+    request: Request,
+    settings: SettingsDep,
+    credential: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> None:
     """Let the caller through when the metrics are public, or for the probe token or a
     platform admin; 401 without credentials (or invalid ones), 403 for other users."""
-    settings = request.app.state.settings
     if settings.metrics.is_public(settings.environment) or probe_token_matches(request, credential):
         return
     if not credential:
@@ -45,8 +58,8 @@ async def metrics_access(
             "The metrics are not public here: send the probe token (`X-Probe-Token`) or a "
             "platform admin's `Authorization: Bearer` credentials."
         )
-    async with request.app.state.database.session() as session:
-        principal = await AuthService(session, request.app.state.codec).authenticate(credential)
+    async with get_database(request).session() as session:
+        principal = await AuthService(session, get_codec(request)).authenticate(credential)
     if not principal.is_admin:
         raise Forbidden("Only platform admins and the probe token may read the metrics.")
 
@@ -69,9 +82,8 @@ async def metrics_access(
         **problems(401, 403),
     },
 )
-async def metrics(request: Request) -> Response:
-    state = request.app.state
-    if getattr(state, "metrics", None) is None:
-        state.metrics = ProcessMetrics(state.settings.environment.value)
-    body = await state.metrics.render(getattr(state, "database", None))
-    return Response(body, media_type=CONTENT_TYPE)
+async def metrics(
+    collector: Annotated[ProcessMetrics, Depends(get_collector)],
+    database: Annotated[Database, Depends(get_database)],
+) -> Response:
+    return Response(await collector.render(database), media_type=CONTENT_TYPE)

@@ -10,11 +10,12 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parents[2] / "web" / "static"
 ASSETS = "/static/swagger-ui"
 
 
-def install_docs(app: FastAPI) -> None:
+def install_explorer(app: FastAPI) -> None:
+    """Serve Swagger UI at ``/docs`` and its vendored assets under ``/static``."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/docs", response_class=HTMLResponse)

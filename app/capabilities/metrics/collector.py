@@ -22,12 +22,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from sqlalchemy import func, select
 
 from app import __version__
 from app.core.logging import get_logger
 from app.db.database import Database
-from app.models import Account
+from app.repositories.accounts import AccountRepository
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 QUERY_TIMEOUT_SECONDS = 1.0
@@ -57,13 +56,12 @@ class ProcessMetrics:
             registry=self.registry,
         )
 
-    async def render(self, database: Database | None) -> bytes:
+    async def render(self, database: Database) -> bytes:
         """The text exposition format, with the application gauges read now."""
-        if database is not None:
-            self.pool_checked_out.set(_checked_out(database.engine.pool))
-            active = await _active_executions(database)
-            if active is not None:
-                self.active_executions.set(active)
+        self.pool_checked_out.set(_checked_out(database.engine.pool))
+        active = await _active_executions(database)
+        if active is not None:
+            self.active_executions.set(active)
         return generate_latest(self.registry)
 
 
@@ -77,11 +75,9 @@ async def _active_executions(database: Database) -> int | None:
 
     async def read() -> int:
         async with database.session() as session:
-            total = await session.scalar(
-                select(func.coalesce(func.sum(Account.active_executions), 0))
-            )
+            total = await AccountRepository(session).active_executions_total()
             await session.rollback()
-            return int(total or 0)
+            return total
 
     try:
         return await asyncio.wait_for(read(), QUERY_TIMEOUT_SECONDS)

@@ -15,14 +15,14 @@ import contextlib
 import time
 from dataclasses import dataclass, field, replace
 
-from app.core.dependency_validator import (
+from app.capabilities.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status
+from app.capabilities.health.validator import (
     DependencyEntry,
     DependencyValidator,
     ValidationReport,
     make_entry,
     now_utc,
 )
-from app.core.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status
 from app.core.logging import get_logger
 
 log = get_logger("app.health")

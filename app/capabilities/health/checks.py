@@ -22,8 +22,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import make_url
 
-from app.core.config import Settings
-from app.core.health.registry import (
+from app.capabilities.health.registry import (
     CheckOutcome,
     CheckSpec,
     HealthCheck,
@@ -31,6 +30,7 @@ from app.core.health.registry import (
     Troubleshooting,
     register,
 )
+from app.core.config import Settings
 from app.db import migrate
 from app.db.database import Database
 

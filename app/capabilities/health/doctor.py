@@ -6,9 +6,9 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from app.capabilities.health.registry import Status
+from app.capabilities.health.validator import DependencyValidator, ValidationReport
 from app.core.config import Settings
-from app.core.dependency_validator import DependencyValidator, ValidationReport
-from app.core.health.registry import Status
 from app.db.database import Database
 
 EXIT_CODES = {Status.passed: 0, Status.warn: 1, Status.fail: 2}

@@ -1,0 +1,26 @@
+"""The metrics capability: `GET /metrics` in the Prometheus text format (process, interpreter
+and a few application gauges read when scraped). Switched off with
+``RENUM_METRICS__ENABLED=false``: the route does not exist."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.capabilities.base import Capability
+from app.capabilities.metrics import routes
+from app.capabilities.metrics.collector import CONTENT_TYPE, ProcessMetrics
+from app.core.config import Settings
+
+__all__ = ["CAPABILITY", "CONTENT_TYPE", "ProcessMetrics"]
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    app.state.metrics = ProcessMetrics(settings.environment.value)
+    app.include_router(routes.router)
+
+
+CAPABILITY = Capability(
+    name="metrics",
+    summary="GET /metrics in the Prometheus text format.",
+    install=install,
+)

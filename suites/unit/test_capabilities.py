@@ -1,0 +1,121 @@
+"""The shape of the operations capabilities: every package under app/capabilities is in the one
+list the app factory reads, has a settings section with an `enabled` switch, and is removed
+whole (routes and schema) when switched off; the improvement plan's files in app/core only
+re-export, and nothing in app imports them."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.capabilities.base import Capability
+from app.core.config import Settings
+from app.main import CAPABILITIES, create_app, enabled_capabilities
+from qa.launcher import REPO_ROOT
+
+CAPABILITIES_DIR = REPO_ROOT / "app" / "capabilities"
+# The improvement plan's paths and the public class each re-exports (those that exist yet).
+PLAN_FILES = {
+    "app/core/dependency_validator.py": ("DependencyValidator", "app.capabilities.health"),
+    "app/core/doc_generator.py": ("DocumentationGenerator", "app.capabilities.docs"),
+}
+PLAN_NAMES = (
+    "dependency_validator",
+    "health_monitor",
+    "sqlalchemy_manager",
+    "environment_config",
+    "doc_generator",
+    "performance",
+    "security_manager",
+    "premium_monitor",
+)
+ROUTES = {
+    "health": {"/health/live", "/livez", "/health/ready", "/readyz", "/health/dependencies"},
+    "metrics": {"/metrics"},
+    "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
+}
+
+
+def route_paths(routes: Iterable[Any]) -> Iterator[str]:
+    """Every route's path, also inside included routers (FastAPI keeps them nested)."""
+    for route in routes:
+        if getattr(route, "path", None):
+            yield route.path
+        nested = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if nested is not None and hasattr(nested, "routes"):
+            yield from route_paths(nested.routes)
+
+
+def paths(settings: Settings) -> set[str]:
+    return set(route_paths(create_app(settings).routes))
+
+
+def test_every_capability_package_is_listed_once_with_a_switch() -> None:
+    packages = sorted(p.name for p in CAPABILITIES_DIR.iterdir() if (p / "__init__.py").exists())
+    names = [capability.name for capability in CAPABILITIES]
+    assert sorted(names) == packages
+    assert len(set(names)) == len(names)
+    defaults = Settings.model_construct()
+    for capability in CAPABILITIES:
+        module = importlib.import_module(f"app.capabilities.{capability.name}")
+        assert module.CAPABILITY is capability
+        section = type(getattr(defaults, capability.name))
+        assert "enabled" in section.model_fields, capability.name
+        assert section.model_fields["enabled"].description
+
+
+@pytest.mark.parametrize("name", [*ROUTES, "all"])
+def test_a_switched_off_capability_is_removed_whole(name: str) -> None:
+    off = set(ROUTES) if name == "all" else {name}
+    settings = Settings(**{section: {"enabled": False} for section in off})
+    assert {c.name for c in enabled_capabilities(settings)} == set(ROUTES) - off
+    served = paths(settings)
+    schema = create_app(settings).openapi()["paths"]
+    for capability, routes in ROUTES.items():
+        if capability in off:
+            assert not routes & served, capability
+            assert not routes & set(schema), capability
+        else:
+            assert routes <= served, capability
+    assert "/api/v1/teams" in schema  # the base API stays
+
+
+def test_a_capability_without_hooks_installs_and_runs_nothing() -> None:
+    bare = Capability(name="docs", summary="only a switch")
+    app = create_app(Settings(docs={"enabled": False}))
+    before = len(app.routes)
+    bare.install(app, Settings())
+    assert len(app.routes) == before
+
+
+@pytest.mark.parametrize(("path", "export"), PLAN_FILES.items())
+def test_the_plan_files_only_re_export(path: str, export: tuple[str, str]) -> None:
+    name, package = export
+    tree = ast.parse((REPO_ROOT / path).read_text(encoding="utf-8"))
+    body = [node for node in tree.body if not isinstance(node, ast.Expr)]  # the docstring
+    assert [type(node) for node in body] == [ast.ImportFrom, ast.Assign]
+    assert isinstance(body[0], ast.ImportFrom)
+    assert body[0].module == package
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    assert getattr(module, name) is getattr(importlib.import_module(package), name)
+
+
+def test_nothing_in_app_imports_the_plan_files() -> None:
+    plan_modules = {f"app.core.{name}" for name in PLAN_NAMES}
+    for source in (REPO_ROOT / "app").rglob("*.py"):
+        if source.stem in PLAN_NAMES and source.parent.name == "core":
+            continue
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported = {alias.name for alias in node.names}
+            else:
+                continue
+            assert not imported & plan_modules, f"{Path(source).relative_to(REPO_ROOT)}"
