@@ -180,7 +180,9 @@ class GracefulShutdown:
         elapsed = 0.0
         if self._began_at is not None:
             elapsed = asyncio.get_running_loop().time() - self._began_at
-        server.config.timeout_graceful_shutdown = max(0.1, self.timeout_seconds - elapsed)
+        # uvicorn's annotation says int; it only compares and sleeps with the value.
+        remaining: Any = max(0.1, self.timeout_seconds - elapsed)
+        server.config.timeout_graceful_shutdown = remaining
 
     def _forward(self, sig: int, frame: FrameType | None) -> None:
         previous = self._previous.get(sig)

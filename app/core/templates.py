@@ -171,8 +171,10 @@ class _Range:
     has no ``__len__``, which ``list()`` and ``join`` would use to allocate room for every item
     at once (``range(10**9) | list``); the ``length`` filter knows it."""
 
-    def __init__(self, *args: int) -> None:
-        self._range = args[0] if len(args) == 1 and isinstance(args[0], range) else range(*args)
+    def __init__(self, *args: Any) -> None:
+        self._range: range = (
+            args[0] if len(args) == 1 and isinstance(args[0], range) else range(*args)
+        )
 
     @property
     def start(self) -> int:
@@ -354,7 +356,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         self._check(sum(map(len, texts)), "a ~ concatenation")
         return "".join(texts)
 
-    def concat(self, parts: Iterable[str]) -> str:  # type: ignore[override]
+    def concat(self, parts: Iterable[str]) -> str:
         """Joins the output of blocks captured by ``{% set %}``, macros and filter blocks."""
         collected, total = [], 0
         for part in parts:
@@ -461,13 +463,13 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             self._check(len(owner) * max(longest, 1), "translate()")
 
     def _joinable(self, separator: Any, items: Any) -> list[Any]:
-        items = list(items)
+        collected: list[Any] = list(items)
         self._check(
-            sum(len(item) for item in items if isinstance(item, _SIZED))
-            + len(separator) * max(len(items) - 1, 0),
+            sum(len(item) for item in collected if isinstance(item, _SIZED))
+            + len(separator) * max(len(collected) - 1, 0),
             "join()",
         )
-        return items
+        return collected
 
     def _str_format(self, text: str, is_map: bool) -> Callable[..., str]:
         def bounded(*args: Any, **kwargs: Any) -> str:
@@ -478,7 +480,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             if is_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
-                args, kwargs = (), args[0]
+                mapping: Any = args[0]
+                return type(text)(formatter.vformat(text, (), mapping))
             return type(text)(formatter.vformat(text, args, kwargs))
 
         return bounded
@@ -522,7 +525,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def _format(self, value: Any, *args: Any, **kwargs: Any) -> str:
         if args and kwargs:
             raise TypeError("format() takes positional or keyword arguments, not both")
-        return self._percent(self.to_text(value), kwargs or args)
+        formatted: str = self._percent(self.to_text(value), kwargs or args)
+        return formatted
 
     def _center(self, value: Any, width: int = 80) -> str:
         if isinstance(width, int):

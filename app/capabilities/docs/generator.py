@@ -723,7 +723,8 @@ class ExamplePlan:
         content = (op.spec.get("requestBody") or {}).get("content") or {}
         for media in ("application/json", "application/x-www-form-urlencoded"):
             if media in content:
-                return content[media].get("schema", {})
+                schema: dict[str, Any] = content[media].get("schema", {})
+                return schema
         return None
 
     def request(

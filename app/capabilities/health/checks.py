@@ -120,7 +120,7 @@ def _package_outcome(lookup: MetadataLookup, req: Requirement, extra: str | None
     fix = _pip(f"{DISTRIBUTION}[{extra}]" if optional else f"{req.name}{req.specifier}")
     feature = (
         f"; the optional feature '{extra}' is disabled ({EXTRA_FEATURES.get(extra, extra)})"
-        if optional
+        if extra is not None
         else ""
     )
     affected = EXTRA_ENDPOINTS.get(extra or "", []) if optional else ALL_API
@@ -445,7 +445,9 @@ class RedisCheck(HealthCheck):
                 )
             ]
         limit = max(0.1, context.timeout_seconds * 0.8)
-        client = aioredis.from_url(url, socket_connect_timeout=limit, socket_timeout=limit)
+        client = aioredis.from_url(  # type: ignore[no-untyped-call]  # redis leaves it unannotated
+            url, socket_connect_timeout=limit, socket_timeout=limit
+        )
         start = time.perf_counter()
         try:
             await client.ping()
