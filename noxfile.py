@@ -1,6 +1,7 @@
 """Renum's sessions. Plain `nox` runs what CI needs; see the README for each session.
 
-Every session shares one virtual environment (.nox/shared), reinstalled only when
+Every session shares one virtual environment (.nox/shared) holding exactly the versions pinned
+in requirements/qa.lock (plus the project, editable), reinstalled only when the lock or
 pyproject.toml changes, so a full run does not reinstall the world. Test sessions run under
 coverage (the launched server processes too); `coverage` combines them and enforces 90%.
 """
@@ -8,16 +9,25 @@ coverage (the launched server processes too); `coverage` combines them and enfor
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 ROOT = Path(__file__).parent
 VENV = ROOT / ".nox" / "shared"
 REPORTS = ROOT / "reports"
 COVERAGE_DIR = REPORTS / "coverage"
+PYPROJECT = ROOT / "pyproject.toml"
+# The environment the sessions use, resolved by `nox -s lock` (uv) for this Python on linux.
+LOCK = ROOT / "requirements" / "qa.lock"
+LOCK_PYTHON = "3.11"
+LOCK_DIGEST_PREFIX = "# pyproject-dependencies-sha256: "
 
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
@@ -32,16 +42,61 @@ def tool(name: str) -> str:
     return str(VENV / "bin" / name)
 
 
+def dependency_digest(pyproject: Path = PYPROJECT) -> str:
+    """The digest of what the lock is resolved from: pyproject's requires-python, dependencies
+    and optional-dependencies (other tables, such as tool settings, do not affect the lock)."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    keys = ("requires-python", "dependencies", "optional-dependencies")
+    tables = {key: project.get(key) for key in keys}
+    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()
+
+
+def recorded_digest(lock: Path = LOCK) -> str | None:
+    """The dependency digest `nox -s lock` wrote in the lock's header, if any."""
+    for line in lock.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith(LOCK_DIGEST_PREFIX):
+            return line.removeprefix(LOCK_DIGEST_PREFIX).strip()
+    return None
+
+
+def canonical(name: str) -> str:
+    """A distribution's normalised name (PEP 503), as the lock and pip may spell it differently."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions(lock: Path = LOCK) -> dict[str, str]:
+    """Canonical package name -> pinned version, for every requirement in the lock."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", lock.read_text(), re.M)
+    return {canonical(name): version for name, version in pins}
+
+
 def shared_env(session: nox.Session) -> dict[str, str]:
-    """Create or refresh the shared environment; return the variables that activate it."""
+    """Create or refresh the shared environment; return the variables that activate it.
+
+    The lock is installed with pip (always in a venv, nothing to bootstrap) in hash-checking
+    mode and without resolving (the lock is complete); packages the lock no longer names are
+    removed; then the project goes in editable, without dependencies."""
     python = VENV / "bin" / "python"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not LOCK.exists():
+        session.error("requirements/qa.lock is missing: restore it from git (nox -s lock needs it)")
+    digest = hashlib.sha256(LOCK.read_bytes() + PYPROJECT.read_bytes()).hexdigest()
     stamp = VENV / ".installed"
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(VENV))
     if not stamp.exists() or stamp.read_text() != digest:
-        session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-        session.run(str(python), "-m", "pip", "install", "--quiet", "-e", ".[qa]")
+        pip = (str(python), "-m", "pip", "--disable-pip-version-check")
+        if sys.version_info[:2] != tuple(map(int, LOCK_PYTHON.split("."))):
+            session.warn(f"requirements/qa.lock is resolved for Python {LOCK_PYTHON}")
+        session.run(*pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(LOCK))
+        listed = session.run(*pip, "list", "--format=json", "--exclude-editable", silent=True)
+        keep = locked_versions().keys() | {"pip", "setuptools", "wheel"}
+        stray = [d["name"] for d in json.loads(str(listed)) if canonical(d["name"]) not in keep]
+        if stray:
+            session.run(*pip, "uninstall", "--quiet", "--yes", *stray)
+        session.run(*pip, "install", "--quiet", "--no-deps", "-e", ".")
+        session.run(*pip, "check")
         stamp.write_text(digest)
     return {
         "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -66,10 +121,25 @@ def run_pytest(session: nox.Session, name: str, *args: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff: lint rules and formatting."""
+    """Ruff (lint rules, formatting), mypy --strict on app, qa and noxfile.py ([tool.mypy]) and
+    the architecture contracts (lint-imports, [tool.importlinter]). Every check runs; the
+    session fails at the end naming those that failed."""
     env = shared_env(session)
-    session.run(tool("ruff"), "check", ".", env=env)
-    session.run(tool("ruff"), "format", "--check", ".", env=env)
+    lint_imports_cache = str(VENV.parent / "import_linter_cache")
+    checks = {
+        "ruff check": [tool("ruff"), "check", "."],
+        "ruff format": [tool("ruff"), "format", "--check", "."],
+        "mypy": [tool("mypy")],
+        "lint-imports": [tool("lint-imports"), "--no-logo", "--cache-dir", lint_imports_cache],
+    }
+    failed = []
+    for name, command in checks.items():
+        try:
+            session.run(*command, env=env)
+        except CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error(f"failed: {', '.join(failed)}")
 
 
 @nox.session
@@ -198,7 +268,7 @@ def docs(session: nox.Session) -> None:
     current); build with `mkdocs build --strict` into site/; run every example against a
     launched backend. `-- serve` serves the site at http://127.0.0.1:8001 instead."""
     env = shared_env(session)
-    session.run(tool("python"), "-m", "app.core.doc_generator", "docs/reference", env=env)
+    session.run(tool("renum"), "docs", "generate", "docs/reference", env=env)
     if session.posargs[:1] == ["serve"]:
         session.run(
             tool("mkdocs"), "serve", "--dev-addr", "127.0.0.1:8001", *session.posargs[1:],
@@ -206,6 +276,44 @@ def docs(session: nox.Session) -> None:
         )  # fmt: skip
         return
     run_pytest(session, "docs", "suites/docs")
+
+
+@nox.session
+def drills(session: nox.Session) -> None:
+    """The long drills in suites/drills (not in the default run; CI runs them after it), with a
+    JUnit report. Not measured by coverage: drills add confidence, not coverage, so they neither
+    feed the 90% gate nor need to have run for it."""
+    env: dict[str, str | None] = {**shared_env(session)}
+    if not any((ROOT / "suites" / "drills").rglob("test_*.py")):
+        session.skip("suites/drills holds no drills yet")
+    # Unset any inherited coverage settings so no process of the drills writes coverage data.
+    env.update(dict.fromkeys((k for k in os.environ if k.startswith("COVERAGE_")), None))
+    session.run(
+        tool("python"), "-m", "pytest", "suites/drills",
+        f"--junitxml={REPORTS / 'junit' / 'drills.xml'}", *session.posargs,
+        env=env,
+    )  # fmt: skip
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Re-resolve requirements/qa.lock (the project with its `qa` extra, Python 3.11, linux,
+    hashes) with uv after pyproject's dependencies change, keeping the current pins where they
+    still fit. `-- --upgrade` moves everything to the newest allowed versions,
+    `-- --upgrade-package NAME` one package."""
+    env = shared_env(session)
+    LOCK.parent.mkdir(exist_ok=True)
+    session.run(
+        tool("uv"), "pip", "compile", str(PYPROJECT.relative_to(ROOT)), "--extra", "qa",
+        "--python-version", LOCK_PYTHON, "--python-platform", "linux", "--generate-hashes",
+        "--custom-compile-command", "nox -s lock", "--quiet",
+        "-o", str(LOCK.relative_to(ROOT)), *session.posargs,
+        env=env,
+    )  # fmt: skip
+    lines = LOCK.read_text().splitlines(keepends=True)
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    lines.insert(header, f"{LOCK_DIGEST_PREFIX}{dependency_digest()}\n")
+    LOCK.write_text("".join(lines))
 
 
 @nox.session

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,7 +262,9 @@ class FakeOpenAI:
                 return
             await asyncio.sleep(min(left, _STOP_POLL_S))
 
-    async def _play(self, step: Step | None, normal: Any) -> Response:
+    async def _play(
+        self, step: Step | None, normal: Callable[[Reply | None], Response]
+    ) -> Response:
         while isinstance(step, Hang | Slow):
             await self._pause(step.seconds)
             step = step.reply if isinstance(step, Slow) else None

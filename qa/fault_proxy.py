@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any
 
 CHUNK = 65536
 
@@ -107,8 +109,8 @@ class FaultProxy:
 
     # --- inside the proxy's loop ----------------------------------------------------------
 
-    def _call(self, coro: object) -> None:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+    def _call(self, coro: Coroutine[Any, Any, object]) -> None:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         future.result(10)
 
     async def _init_and_listen(self) -> None:

@@ -506,11 +506,11 @@ class _Comparer:
                     "enum-narrowed", where, f"no longer accepts {_values(removed)}", breaking=True
                 )
         if before is not None:
-            added = [v for v in after if v not in before] if after is not None else None
-            if added is None:
+            widened = [v for v in after if v not in before] if after is not None else None
+            if widened is None:
                 self.add("enum-widened", where, "any value accepted", breaking=False)
-            elif added:
-                self.add("enum-widened", where, f"also accepts {_values(added)}", breaking=False)
+            elif widened:
+                self.add("enum-widened", where, f"also accepts {_values(widened)}", breaking=False)
 
     # Schemas a client receives: every promised field stays, nothing undescribed appears -------
 
@@ -586,7 +586,8 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> SchemaDiff:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
 
 
 def dump(schema: dict[str, Any], path: Path) -> None:

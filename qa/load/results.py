@@ -14,7 +14,7 @@ import csv
 import fnmatch
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def window(entries: Iterable[Mapping[str, Any]]) -> float:
 
 
 def summarise(
-    entries: list[Mapping[str, Any]],
+    entries: Sequence[Mapping[str, Any]],
     groups: Mapping[str, Iterable[str]],
     seconds: float | None = None,
 ) -> Summary:
@@ -108,7 +108,8 @@ def summarise(
 
 def load_locust_json(path: Path) -> list[dict[str, Any]]:
     """The entries Locust wrote with ``--json-file`` (the file ends in ``.json``)."""
-    return json.loads(path.read_text(encoding="utf-8"))
+    entries: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+    return entries
 
 
 def load_failures(path: Path, limit: int = 10) -> list[dict[str, str]]:

@@ -244,7 +244,9 @@ def locust_commands(
 
 
 @contextlib.contextmanager
-def started(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+def started(
+    command: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -259,7 +261,9 @@ def started(command: list[str], env: dict[str, str], log: Path) -> Iterator[subp
                 process.wait()
 
 
-def run_locust(options: Options, host: str, env: dict[str, str], reports: Path, seconds: float):
+def run_locust(
+    options: Options, host: str, env: dict[str, str], reports: Path, seconds: float
+) -> None:
     """Run Locust to the end of its profile; raise LoadError when it fails to."""
     log = reports / "locust.log"
     port = options.master_port or launcher.free_port()

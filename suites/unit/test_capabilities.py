@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,19 @@ def test_nothing_in_app_imports_the_plan_files() -> None:
             else:
                 continue
             assert not imported & plan_modules, f"{Path(source).relative_to(REPO_ROOT)}"
+
+
+def test_every_plan_file_that_exists_is_in_the_import_contracts() -> None:
+    contracts = {
+        c["id"]: c
+        for c in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
+            "contracts"
+        ]
+    }
+    existing = {
+        f"app.core.{n}" for n in PLAN_NAMES if (REPO_ROOT / "app/core" / f"{n}.py").exists()
+    }
+    assert existing == {path.removesuffix(".py").replace("/", ".") for path in PLAN_FILES}
+    ignored = {line.split(" -> ")[0] for line in contracts["layers"]["ignore_imports"]}
+    assert ignored == existing
+    assert set(contracts["core-reexports"]["protected_modules"]) == existing

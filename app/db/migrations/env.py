@@ -1,11 +1,13 @@
-"""Alembic environment: runs migrations on the connection app.db.migrate hands over."""
+"""Alembic environment: runs migrations on the connection app.db.migrate hands over.
+
+The db layer does not import the models: whoever needs the models' metadata (autogenerate,
+``alembic check``) passes it as ``config.attributes["target_metadata"]`` from a layer above,
+e.g. ``Base.metadata`` after ``import app.models``. Upgrades and downgrades do not need it.
+"""
 
 from __future__ import annotations
 
 from alembic import context
-
-import app.models  # noqa: F401  (registers every table)
-from app.db.base import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only reached when alembic is run by hand
@@ -13,7 +15,7 @@ if connection is None:  # pragma: no cover - only reached when alembic is run by
 
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=context.config.attributes.get("target_metadata"),
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )
