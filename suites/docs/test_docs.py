@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.core.config import Settings
 from app.capabilities.docs.generator import DocumentationGenerator
+from app.core.config import Settings
 from qa import docs_integrity
 from qa.examples import ExampleValidator, Report, markdown_pages
 from qa.launcher import Backend

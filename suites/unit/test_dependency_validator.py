@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.core.config import Settings
+from app.capabilities.health.checks import CheckContext, PackagesCheck, package_outcomes
+from app.capabilities.health.registry import (
+    CheckOutcome,
+    CheckSpec,
+    HealthCheck,
+    Status,
+    Troubleshooting,
+)
 from app.capabilities.health.validator import (
     DependencyEntry,
     DependencyValidator,
@@ -18,8 +25,7 @@ from app.capabilities.health.validator import (
     aggregate,
     tuned,
 )
-from app.capabilities.health.checks import CheckContext, PackagesCheck, package_outcomes
-from app.capabilities.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status, Troubleshooting
+from app.core.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from suites.unit.conftest import MakeSettings

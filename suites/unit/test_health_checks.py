@@ -12,7 +12,6 @@ import httpx
 import pytest
 from packaging.version import Version
 
-from app.core.config import Settings
 from app.capabilities.health import checks
 from app.capabilities.health.checks import (
     CheckContext,
@@ -25,6 +24,7 @@ from app.capabilities.health.checks import (
     safe_url,
 )
 from app.capabilities.health.registry import Status
+from app.core.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.models.account import Account

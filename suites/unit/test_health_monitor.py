@@ -9,11 +9,17 @@ from dataclasses import replace
 
 import pytest
 
-from app.core.config import Settings
-from app.capabilities.health.validator import DependencyValidator
 from app.capabilities.health.checks import CheckContext
 from app.capabilities.health.monitor import HealthMonitor
-from app.capabilities.health.registry import CheckOutcome, CheckSpec, HealthCheck, Status, Troubleshooting
+from app.capabilities.health.registry import (
+    CheckOutcome,
+    CheckSpec,
+    HealthCheck,
+    Status,
+    Troubleshooting,
+)
+from app.capabilities.health.validator import DependencyValidator
+from app.core.config import Settings
 from app.db.database import Database
 
 pytestmark = pytest.mark.anyio

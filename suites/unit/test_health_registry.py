@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from app.core.config import Settings
 from app.capabilities.health import registry
 from app.capabilities.health.checks import CheckContext
 from app.capabilities.health.registry import (
@@ -20,6 +19,7 @@ from app.capabilities.health.registry import (
     register,
     registered_checks,
 )
+from app.core.config import Settings
 from app.main import create_app
 
 ROUTE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|WS|\*) /\S*$")

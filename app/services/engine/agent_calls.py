@@ -20,10 +20,10 @@ from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.core.egress import EgressClients, is_under
 from app.core.templates import TemplateRenderer
-from app.models import Agent, ProviderKey
-from app.services.agents import provider_key_aad
+from app.models import Agent, MessageKind, MessageStatus, ProviderKey
 from app.services.engine.storable import check_storable
 from app.services.messages import Mailbox, OutgoingMessage
+from app.services.provider_keys import provider_key_aad
 from app.services.providers.base import (
     ChatMessage,
     ModelRequest,
@@ -112,7 +112,7 @@ class AgentCaller:
         outcome = await self._model_call(agent, provider_key, step_input, context, mailbox.inbox)
         # A model agent answers the requests in its inbox with its output.
         for item in mailbox.inbox:
-            if item["kind"] == "request" and item["status"] == "pending":
+            if item["kind"] == MessageKind.request and item["status"] == MessageStatus.pending:
                 mailbox.reply(item, outcome.output)
         return replace(outcome, messages=list(mailbox.outgoing))
 

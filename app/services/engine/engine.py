@@ -30,10 +30,23 @@ from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import Database
-from app.models import ExecutionStatus, StepStatus
+from app.models import ExecutionStatus, MessageStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
+from app.services.engine.events import (
+    ContextUpdated,
+    CostUpdated,
+    ExecutionResumed,
+    ExecutionStarted,
+    StepCancelled,
+    StepCompleted,
+    StepFailed,
+    StepSkipped,
+    StepStarted,
+    execution_ended,
+    from_stored_pairs,
+)
 from app.services.engine.state import (
     Changes,
     Finish,
@@ -51,13 +64,7 @@ from app.services.providers.base import ProviderError
 
 log = get_logger("app.engine")
 
-_FINISH_EVENTS = {
-    ExecutionStatus.completed: "execution_completed",
-    ExecutionStatus.failed: "execution_failed",
-    ExecutionStatus.cancelled: "execution_cancelled",
-    ExecutionStatus.timed_out: "execution_cancelled",
-}
-_UNFINISHED = (StepStatus.pending.value, StepStatus.running.value)
+_UNFINISHED = frozenset({StepStatus.pending, StepStatus.running})
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,7 @@ class ExecutionEngine:
             input_tokens=row.input_tokens,
             output_tokens=row.output_tokens,
             cost_usd=Decimal(row.cost_usd),
-            steps={row.key: StepRecord(**row._mapping) for row in repo.steps(execution_id)},
+            steps={row.key: StepRecord.from_row(row._mapping) for row in repo.steps(execution_id)},
             context={key: value for key, (_, value) in context.items()},
             versions={key: version for key, (version, _) in context.items()},
             agents=agents,
@@ -155,20 +162,18 @@ class ExecutionEngine:
         changes = Changes(run)
         # Steps that were running when a previous owner died start again.
         for key, step in run.steps.items():
-            if step.status == StepStatus.running.value:
-                changes.step(key).status = StepStatus.pending.value
+            if step.status is StepStatus.running:
+                changes.step(key).status = StepStatus.pending
                 changes.step(key).started_at = None
         if row.resumed_count > self.settings.max_resumes:
             error = f"the execution was abandoned {row.resumed_count} times"
             self._end(changes, Finish(ExecutionStatus.failed, "abandoned", error=error), now)
         else:
             if row.resumed_count:
-                changes.events.append(("execution_resumed", {"resumed_count": row.resumed_count}))
+                changes.events.append(ExecutionResumed(resumed_count=row.resumed_count))
                 log.info("execution_resumed", execution_id=str(execution_id))
             else:
-                changes.events.append(
-                    ("execution_started", {"workflow_version": row.workflow_version})
-                )
+                changes.events.append(ExecutionStarted(workflow_version=row.workflow_version))
             if row.cancel_mode is not None:
                 self._end(changes, Finish(ExecutionStatus.cancelled, "cancelled"), now)
             else:
@@ -194,7 +199,7 @@ class ExecutionEngine:
         if (
             control is None
             or control.owner != self.owner
-            or control.status != ExecutionStatus.running.value
+            or ExecutionStatus(control.status) is not ExecutionStatus.running
         ):
             raise ExecutionLost(str(run.id))
         # A cancel was committed: keep the results, start nothing, end once nothing runs.
@@ -240,7 +245,9 @@ class ExecutionEngine:
         if changes.mail is not None:
             repo.add_messages([m.row(run.id) for m in changes.mail.added])
             repo.set_message_statuses(changes.mail.statuses)
-        repo.add_events(run.id, last_seq - len(changes.events) + 1, changes.events)
+        repo.add_events(
+            run.id, last_seq - len(changes.events) + 1, [e.stored() for e in changes.events]
+        )
         if finish is not None:
             repo.release_slot(run.account_id)
         return True
@@ -282,19 +289,17 @@ class ExecutionEngine:
             step.input = result.input
         outcome = result.outcome
         if result.interrupted is not None:
-            step.status = StepStatus.cancelled.value
+            step.status = StepStatus.cancelled
             step.error = f"interrupted: {result.interrupted}"
-            changes.events.append(
-                ("step_cancelled", {"step": step.key, "reason": result.interrupted})
-            )
+            changes.events.append(StepCancelled(step=step.key, reason=result.interrupted))
             return
         if outcome is None:
-            step.status = StepStatus.failed.value
+            step.status = StepStatus.failed
             step.error = result.error
             error = result.failure or {"message": result.error}
-            changes.events.append(("step_failed", {"step": step.key, "error": error}))
+            changes.events.append(StepFailed(step=step.key, error=error))
             return
-        step.status = StepStatus.completed.value
+        step.status = StepStatus.completed
         step.output = outcome.output
         step.input_tokens += outcome.input_tokens
         step.output_tokens += outcome.output_tokens
@@ -305,7 +310,7 @@ class ExecutionEngine:
             tokens_out + outcome.output_tokens,
             cost + outcome.cost_usd,
         )
-        changes.events.append(("step_completed", {"step": step.key, "output": outcome.output}))
+        changes.events.append(StepCompleted(step=step.key, output=outcome.output))
         self._post_messages(changes, step.key, step.agent_id, outcome, now)
         if outcome.context_writes:
             run = changes.run
@@ -325,9 +330,7 @@ class ExecutionEngine:
                         "agent_id": step.agent_id,
                     }
                 )
-                changes.events.append(
-                    ("context_updated", {"key": key, "version": version, "step": step.key})
-                )
+                changes.events.append(ContextUpdated(key=key, version=version, step=step.key))
         if outcome.is_model_call:
             run = changes.run
             changes.ledger_rows.append(
@@ -349,14 +352,8 @@ class ExecutionEngine:
             )
             tokens_in, tokens_out, cost = changes.totals
             changes.events.append(
-                (
-                    "cost_updated",
-                    {
-                        "step": step.key,
-                        "input_tokens": tokens_in,
-                        "output_tokens": tokens_out,
-                        "cost_usd": str(cost),
-                    },
+                CostUpdated(
+                    step=step.key, input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost
                 )
             )
 
@@ -375,15 +372,16 @@ class ExecutionEngine:
         if definition.send_output_to:
             outgoing += output_messages(definition.send_output_to, outcome.output, run.directory)
         if outgoing:
-            changes.events += changes.draft().post(
+            posted = changes.draft().post(
                 outgoing, sender_agent_id=agent_id, sender_step=step_key, now=now
             )
+            changes.events += from_stored_pairs(posted)
 
     @staticmethod
     def _expire_requests(changes: Changes, now: datetime, *, ending: bool = False) -> None:
         """Requests past their deadline (every pending one when the execution ends) time out."""
-        if any(m.status == "pending" for m in changes.current_messages):
-            changes.events += changes.draft().expire(now, ending=ending)
+        if any(m.status == MessageStatus.pending for m in changes.current_messages):
+            changes.events += from_stored_pairs(changes.draft().expire(now, ending=ending))
 
     def _plan(self, changes: Changes, now: datetime) -> None:
         """Decide what follows the committed state plus ``changes``: steps to start (as many
@@ -407,11 +405,9 @@ class ExecutionEngine:
                 )
             except StepInputError as exc:
                 step = changes.step(exc.step_key)
-                step.status, step.error, step.finished_at = StepStatus.failed.value, str(exc), now
+                step.status, step.error, step.finished_at = StepStatus.failed, str(exc), now
                 states[step.key] = step.state()
-                changes.events.append(
-                    ("step_failed", {"step": step.key, "error": {"message": str(exc)}})
-                )
+                changes.events.append(StepFailed(step=step.key, error={"message": str(exc)}))
                 continue
             if decision.finish is not None:
                 finish = Finish(
@@ -422,25 +418,20 @@ class ExecutionEngine:
             if decision.skip:
                 for key in decision.skip:
                     step = changes.step(key)
-                    step.status, step.finished_at = StepStatus.skipped.value, now
+                    step.status, step.finished_at = StepStatus.skipped, now
                     states[key] = step.state()
-                    changes.events.append(
-                        ("step_skipped", {"step": key, "reason": "condition is false"})
-                    )
+                    changes.events.append(StepSkipped(step=key, reason="condition is false"))
                 continue
             if decision.run:
                 free = (run.workflow.max_concurrency or len(decision.run)) - running
                 for planned in decision.run[: max(free, 0)]:
                     step = changes.step(planned.key)
-                    step.status, step.input, step.started_at = (
-                        StepStatus.running.value,
-                        planned.input,
-                        now,
-                    )
+                    step.status, step.started_at = StepStatus.running, now
+                    step.input = planned.input
                     step.attempts += 1
                     changes.starting.append(planned)
                     changes.events.append(
-                        ("step_started", {"step": planned.key, "agent_id": planned.agent_id})
+                        StepStarted(step=planned.key, agent_id=uuid.UUID(planned.agent_id))
                     )
                 return
             if not running:
@@ -453,16 +444,11 @@ class ExecutionEngine:
         changes.starting.clear()
         for key, step in changes.run.steps.items():
             if changes.steps.get(key, step).status in _UNFINISHED:
-                changes.step(key).status = StepStatus.cancelled.value
+                changes.step(key).status = StepStatus.cancelled
                 changes.step(key).finished_at = now
         ExecutionEngine._expire_requests(changes, now, ending=True)
         changes.finish = finish
-        changes.events.append(
-            (
-                _FINISH_EVENTS[finish.status],
-                {"status": finish.status.value, "reason": finish.reason, "error": finish.error},
-            )
-        )
+        changes.events.append(execution_ended(finish.status, finish.reason, finish.error))
 
     # -- running steps ------------------------------------------------------------------------
 
@@ -490,7 +476,7 @@ class ExecutionEngine:
                     watchers -= done
                     for task in running - done:
                         task.cancel()
-                landed = done & running
+                landed = {task for task in running if task in done}
                 if not landed:
                     continue
                 running -= landed
@@ -510,8 +496,8 @@ class ExecutionEngine:
                     abort.set()
                 launch(changes.started)
         finally:
-            for task in (*running, *watchers):
-                task.cancel()
+            for pending in (*running, *watchers):
+                pending.cancel()
             await asyncio.gather(*running, *watchers, return_exceptions=True)
 
     async def _run_step(self, step: StartedStep, stop: _Stop) -> StepResult:

@@ -16,10 +16,9 @@ from app.db.base import utcnow
 from app.models import Agent, ExecutionStatus, ProviderKey, StepStatus
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentOutcome
+from app.services.engine.events import EngineEvent
 from app.services.engine.strategies import PlannedStep, StepState
 from app.services.messages import Mailbox, Message, MessageDraft
-
-Event = tuple[str, dict[str, Any]]
 
 
 @dataclass
@@ -29,7 +28,7 @@ class StepRecord:
     id: uuid.UUID
     key: str
     agent_id: uuid.UUID | None
-    status: str
+    status: StepStatus
     attempts: int
     input: str | None
     output: str | None
@@ -40,14 +39,19 @@ class StepRecord:
     started_at: datetime | None
     finished_at: datetime | None
 
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StepRecord:
+        """A step as ``EngineRepository.steps`` reads it (its status stored as text)."""
+        return cls(**{**row, "status": StepStatus(row["status"])})
+
     def state(self) -> StepState:
-        return StepState(StepStatus(self.status), self.output, self.error)
+        return StepState(self.status, self.output, self.error)
 
     def row(self) -> dict[str, Any]:
         """The fields ``EngineRepository.write_steps`` stores."""
         return {
             "step_id": self.id,
-            "status": self.status,
+            "status": self.status.value,
             "attempts": self.attempts,
             "input": self.input,
             "output": self.output,
@@ -139,7 +143,7 @@ class Changes:
     versions: dict[str, int] = field(default_factory=dict)
     context_rows: list[dict[str, Any]] = field(default_factory=list)
     ledger_rows: list[dict[str, Any]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    events: list[EngineEvent] = field(default_factory=list)
     tokens: tuple[int, int, Decimal] = (0, 0, Decimal(0))
     starting: list[PlannedStep] = field(default_factory=list)
     started: list[StartedStep] = field(default_factory=list)
