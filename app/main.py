@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api import server_rules
 from app.api.input_guard import CheckInputs
+from app.api.roles import declare_required_roles
 from app.api.routes import (
     accounts,
     agents,
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     for capability in enabled_capabilities(settings):
         capability.install(app, settings)
+    declare_required_roles(app)  # x-required-role from each route's declared role
 
     if settings.cors_origins:
         app.add_middleware(

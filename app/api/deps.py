@@ -1,14 +1,19 @@
-"""FastAPI dependencies: settings, database session, the authenticated principal, the probe
-token, paging."""
+"""FastAPI dependencies: settings, database and session, the process's runtime and shutdown,
+the authenticated principal and the role an operation requires, the probe token, paging.
+
+The application's resources are read from ``HTTPConnection``, so they serve WebSocket routes
+as well as HTTP ones."""
 
 from __future__ import annotations
 
+import functools
 import hmac
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
+from fastapi.requests import HTTPConnection
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +21,9 @@ from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.core.errors import Unauthorized
 from app.core.security import TokenCodec
+from app.core.shutdown import GracefulShutdown
+from app.db.database import Database
+from app.models import Role
 from app.schemas.common import Page, ResponseModel
 from app.services.auth import AuthService
 from app.services.principal import Principal
@@ -30,24 +38,41 @@ oauth2_scheme = OAuth2PasswordBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_settings(connection: HTTPConnection) -> Settings:
+    settings: Settings = connection.app.state.settings
+    return settings
 
 
-def get_codec(request: Request) -> TokenCodec:
-    return request.app.state.codec
+def get_codec(connection: HTTPConnection) -> TokenCodec:
+    codec: TokenCodec = connection.app.state.codec
+    return codec
 
 
-def get_box(request: Request) -> SecretBox:
-    return request.app.state.box
+def get_box(connection: HTTPConnection) -> SecretBox:
+    box: SecretBox = connection.app.state.box
+    return box
 
 
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+def get_runtime(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.database.session() as session:
+def get_database(connection: HTTPConnection) -> Database:
+    database: Database = connection.app.state.database
+    return database
+
+
+def get_shutdown(connection: HTTPConnection) -> GracefulShutdown:
+    shutdown: GracefulShutdown = connection.app.state.shutdown
+    return shutdown
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
+async def get_session(database: DatabaseDep) -> AsyncIterator[AsyncSession]:
+    async with database.session() as session:
         yield session
 
 
@@ -56,6 +81,7 @@ CodecDep = Annotated[TokenCodec, Depends(get_codec)]
 BoxDep = Annotated[SecretBox, Depends(get_box)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ShutdownDep = Annotated[GracefulShutdown, Depends(get_shutdown)]
 
 
 async def get_principal(
@@ -69,6 +95,38 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+_REQUIRED_ROLES: dict[object, Role] = {}
+
+
+@functools.cache
+def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that declares the role an operation requires: the authenticated caller
+    (``get_principal``: 401 without valid credentials), refused with 403 unless their role is
+    ``role`` or higher. Use it as the route's principal parameter (``MemberDep``, ...);
+    ``app.api.roles.declare_required_roles`` reads it into the schema."""
+
+    async def principal_with_role(principal: PrincipalDep) -> Principal:
+        principal.require(role)
+        return principal
+
+    principal_with_role.__name__ = principal_with_role.__qualname__ = f"requires_{role.value}"
+    _REQUIRED_ROLES[principal_with_role] = role
+    return principal_with_role
+
+
+def required_role_of(dependency: object) -> Role | None:
+    """The role a dependency made by ``requires`` demands; ``None`` for any other callable."""
+    try:
+        return _REQUIRED_ROLES.get(dependency)
+    except TypeError:  # an unhashable callable: not one of ours
+        return None
+
+
+ViewerDep = Annotated[Principal, Depends(requires(Role.viewer))]
+MemberDep = Annotated[Principal, Depends(requires(Role.member))]
+OwnerDep = Annotated[Principal, Depends(requires(Role.owner))]
+AdminDep = Annotated[Principal, Depends(requires(Role.admin))]
 
 PROBE_TOKEN_HEADER = "X-Probe-Token"  # noqa: S105 - a header name, not a secret
 

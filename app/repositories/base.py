@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.errors import Conflict
 
 M = TypeVar("M")
+SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Scope:
     def all_accounts(self) -> bool:
         return self.account_id is None
 
-    def apply(self, query: Select[Any], column: Any) -> Select[Any]:
+    def apply(self, query: SelectT, column: Any) -> SelectT:
         return query if self.account_id is None else query.where(column == self.account_id)
 
 
@@ -59,7 +60,8 @@ class AccountScopedRepository(Generic[M]):
         query = scope.apply(
             select(self.model).where(self.model.id == object_id), self.model.account_id
         )
-        return await self.session.scalar(query)
+        found: M | None = await self.session.scalar(query)
+        return found
 
     async def page(
         self, scope: Scope, *, limit: int, offset: int, where: Sequence[Any] = ()

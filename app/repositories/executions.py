@@ -13,10 +13,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Integer, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, Row, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult
 
-from app.db.base import UTCDateTime
+from app.db.base import Base, UTCDateTime
 from app.models import (
     Account,
     Agent,
@@ -195,9 +195,19 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
 
 # The engine's statements are built once, with bound parameters, and reused: a step's
 # transaction then costs little more than the database's own work.
-_executions = Execution.__table__
-_steps = ExecutionStep.__table__
-_context = ContextEntry.__table__
+
+
+def _table(model: type[Base]) -> Table:
+    """A model's table, typed as one (the declarative attribute is typed as any FromClause)."""
+    table = model.__table__
+    if not isinstance(table, Table):  # pragma: no cover - every model here maps one table
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
+
+
+_executions = _table(Execution)
+_steps = _table(ExecutionStep)
+_context = _table(ContextEntry)
 
 # What the engine keeps in memory of an execution it owns.
 _CLAIMED = (
@@ -301,19 +311,17 @@ _read_context = (
     .where(_context.c.execution_id == bindparam("execution_id"))
     .order_by(_context.c.key, _context.c.version)
 )
-_read_agents = select(Agent.__table__).where(Agent.id.in_(bindparam("ids", expanding=True)))
-_read_keys = select(ProviderKey.__table__).where(
-    ProviderKey.id.in_(bindparam("ids", expanding=True))
-)
+_read_agents = select(_table(Agent)).where(Agent.id.in_(bindparam("ids", expanding=True)))
+_read_keys = select(_table(ProviderKey)).where(ProviderKey.id.in_(bindparam("ids", expanding=True)))
 _write_steps = (
     update(_steps)
     .where(_steps.c.id == bindparam("step_id"))
     .values({name: bindparam(f"{name}_") for name in _STEP_FIELDS})
 )
 _add_context = insert(_context)
-_add_ledger = insert(LedgerEntry.__table__)
-_add_events = insert(ExecutionEvent.__table__)
-_messages = ExecutionMessage.__table__
+_add_ledger = insert(_table(LedgerEntry))
+_add_events = insert(_table(ExecutionEvent))
+_messages = _table(ExecutionMessage)
 _read_messages = (
     select(*(column for column in _messages.c if column.name != "execution_id"))
     .where(_messages.c.execution_id == bindparam("execution_id"))
@@ -326,7 +334,7 @@ _set_message_status = (
     .values(status=bindparam("status_"))
 )
 _release_slot = (
-    update(Account.__table__)
+    update(_table(Account))
     .where(Account.id == bindparam("account_id"), Account.active_executions > 0)
     .values(active_executions=Account.active_executions - 1)
 )
@@ -414,9 +422,12 @@ class EngineRepository:
         last = self.conn.execute(statement, params).scalar_one_or_none()
         return None if last is None else int(last)
 
-    def control(self, execution_id: uuid.UUID) -> Row[Any] | None:
+    def control(self, execution_id: uuid.UUID) -> Row[*tuple[Any, ...]] | None:
         """Who owns the execution, its status and any cancel asked for."""
-        return self.conn.execute(_control, {"execution_id": execution_id}).one_or_none()
+        row: Row[*tuple[Any, ...]] | None = self.conn.execute(
+            _control, {"execution_id": execution_id}
+        ).one_or_none()
+        return row
 
     def write_steps(self, rows: Sequence[dict[str, Any]]) -> None:
         """Store steps' state: each row has ``step_id`` and every field of ``_STEP_FIELDS``

@@ -48,4 +48,7 @@ class LedgerRepository:
         if until is not None:
             query = query.where(LedgerEntry.created_at < until)
         rows = await self.session.execute(query.group_by(column).order_by(column))
-        return [tuple(row) for row in rows]
+        return [
+            (key, int(calls), int(inputs), int(outputs), cost)
+            for key, calls, inputs, outputs, cost in rows
+        ]

@@ -58,7 +58,8 @@ class ApiKeyRepository:
 
     async def get(self, key_id: uuid.UUID, scope: Scope) -> ApiKey | None:
         query = scope.apply(select(ApiKey).where(ApiKey.id == key_id), ApiKey.account_id)
-        return await self.session.scalar(query)
+        key: ApiKey | None = await self.session.scalar(query)
+        return key
 
     async def page(
         self, scope: Scope, *, user_id: uuid.UUID | None, limit: int, offset: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,9 +29,15 @@ class ExecutionCreate(RequestModel):
     budget: Budget = Field(default_factory=Budget)
 
 
+CancelMode = Literal["immediate", "after_step"]
+# The one list of cancel modes: the HTTP body's schema and the service's check both use it.
+CANCEL_MODES: tuple[CancelMode, ...] = get_args(CancelMode)
+DEFAULT_CANCEL_MODE: CancelMode = "immediate"
+
+
 class ExecutionCancel(RequestModel):
-    mode: Literal["immediate", "after_step"] = Field(
-        default="immediate",
+    mode: CancelMode = Field(
+        default=DEFAULT_CANCEL_MODE,
         description="`immediate` abandons in-flight model calls; `after_step` lets running "
         "steps finish. Either way no new step starts once this returns.",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 Strategy = Literal["sequential", "parallel", "pipeline", "conditional"]
 Operator = Literal[
@@ -40,7 +40,7 @@ def _only(present: tuple[str, ...], kinds: dict[str, str]) -> dict[str, Any]:
 
 
 # What `_one_shape` checks, said in the schema too: a condition, an `all` group or an `any` one.
-_SHAPES = {
+_SHAPES: dict[str, JsonValue] = {
     "oneOf": [
         _only(("path", "op"), {"path": "string", "op": "string"}),
         _only(("all",), {"all": "array"}),

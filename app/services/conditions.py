@@ -106,6 +106,8 @@ def check(condition: Guard, context: Mapping[str, Any]) -> bool:
         return not _contains(actual, expected)
     if op == "matches":
         return _matches(str(expected), actual)
+    if op is None:  # a validated Guard with a path always has an operator
+        raise ValueError("a condition needs an operator")
     return _compare(op, actual, expected)
 
 

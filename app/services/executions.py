@@ -1,14 +1,13 @@
 """Executions as the API sees them: start one (within the account's concurrency limit), read
-its state, steps, context, messages and events, wait for it, cancel it; and usage from the
-ledger."""
+its state (with its progress), steps, context, messages and events, wait for it, follow it
+live, cancel it."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,20 +25,49 @@ from app.models import (
     Role,
     StepStatus,
 )
-from app.repositories.agents import TeamRepository
 from app.repositories.executions import ExecutionRepository
-from app.repositories.ledger import LedgerRepository
 from app.repositories.messages import MessageRepository
-from app.schemas.executions import EventOut, ExecutionCreate, UsageOut, UsageRow
+from app.repositories.teams import TeamRepository
+from app.schemas.executions import (
+    CANCEL_MODES,
+    CancelMode,
+    EventOut,
+    ExecutionCreate,
+    ExecutionOut,
+    StepOut,
+)
+from app.services.engine.events import TERMINAL_EVENT_TYPES, ExecutionCancelled
 from app.services.engine.runner import ExecutionDispatcher
 from app.services.events import EventHub, StreamsClosed, wait_for
 from app.services.principal import Principal
 from app.services.teams import TeamService
 from app.services.workflows import default_workflow
 
+if TYPE_CHECKING:
+    from app.services.runtime import Runtime
+
+STEP_ENDS = frozenset(
+    {StepStatus.completed, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled}
+)
+
 
 def is_terminal(execution: Execution) -> bool:
     return ExecutionStatus(execution.status).terminal
+
+
+def progress(steps: Sequence[ExecutionStep]) -> float:
+    """The share of steps that reached an end state, 0 to 1 (1 for an execution without
+    steps)."""
+    done = sum(1 for step in steps if StepStatus(step.status) in STEP_ENDS)
+    return round(done / len(steps), 4) if steps else 1.0
+
+
+def cancel_mode(value: object) -> CancelMode:
+    """``value`` as a cancel mode (one of ``CANCEL_MODES``, the cancel request's schema);
+    ``ValidationFailed`` when it is none of them."""
+    if isinstance(value, str) and value in CANCEL_MODES:
+        return value
+    raise ValidationFailed.at("/body/mode", f"mode is {' or '.join(CANCEL_MODES)}")
 
 
 class ExecutionService:
@@ -100,6 +128,42 @@ class ExecutionService:
             raise NotFound("No execution with this id.")
         return execution
 
+    async def view(self, principal: Principal, execution_id: uuid.UUID) -> ExecutionOut:
+        """The execution as it stands now (re-read), with its steps and progress."""
+        execution = await self.get(principal, execution_id)
+        await self.session.refresh(execution)
+        steps = await self.steps(execution)
+        return ExecutionOut.model_validate(
+            {
+                **{
+                    column: getattr(execution, column)
+                    for column in ExecutionOut.model_fields
+                    if hasattr(execution, column)
+                },
+                "strategy": execution.workflow.get("strategy", "sequential"),
+                "progress": progress(steps),
+                "steps": [StepOut.model_validate(step) for step in steps],
+            }
+        )
+
+    async def wait(self, execution: Execution, seconds: float, runtime: Runtime) -> None:
+        """Return when the execution has ended or ``seconds`` (capped by the server's
+        ``executions.max_wait_seconds``) have passed; no transaction is held meanwhile."""
+        seconds = min(seconds, self.settings.executions.max_wait_seconds)
+        if seconds <= 0 or is_terminal(execution):
+            return
+        await self.session.commit()  # hold no transaction while waiting
+        await wait_for_end(runtime.database, runtime.hub, execution.id, seconds)
+
+    async def follow(
+        self, execution: Execution, after: int, runtime: Runtime, idle_seconds: float
+    ) -> AsyncIterator[EventOut | None]:
+        """The execution's events live, after ``after`` (see ``event_stream``). This session's
+        transaction ends first: the stream reads with short sessions of its own."""
+        execution_id = execution.id
+        await self.session.commit()
+        return event_stream(runtime.database, runtime.hub, execution_id, after, idle_seconds)
+
     async def page(
         self,
         principal: Principal,
@@ -142,10 +206,13 @@ class ExecutionService:
         self,
         principal: Principal,
         execution_id: uuid.UUID,
-        mode: str,
+        requested_mode: object,
         dispatcher: ExecutionDispatcher,
         hub: EventHub,
     ) -> Execution:
+        """Cancel in ``requested_mode`` (checked first: ``ValidationFailed`` unless it is one of
+        ``CANCEL_MODES``); once this returns no new step starts."""
+        mode = cancel_mode(requested_mode)
         principal.require(Role.member)
         execution = await self.get(principal, execution_id)
         if is_terminal(execution):
@@ -154,7 +221,7 @@ class ExecutionService:
             await self.executions.release_slot(execution.account_id)
             await self.executions.append_events(
                 execution.id,
-                [("execution_cancelled", {"status": "cancelled", "reason": "cancelled"})],
+                [ExecutionCancelled(ExecutionStatus.cancelled, "cancelled", None).stored()],
             )
             await self.session.commit()
             hub.notify(execution.id)
@@ -164,42 +231,6 @@ class ExecutionService:
         if mode == "immediate":
             dispatcher.interrupt(execution.id)
         return execution
-
-    async def usage(
-        self,
-        principal: Principal,
-        group_by: str,
-        since: datetime | None,
-        until: datetime | None,
-    ) -> UsageOut:
-        since, until = (
-            None if t is None else (t if t.tzinfo else t.replace(tzinfo=UTC))
-            for t in (since, until)
-        )
-        # `from` counts, `to` does not: `from == to` is an empty period, with nothing in it.
-        if since is not None and until is not None and since > until:
-            raise ValidationFailed.at("/query/to", "`to` must not come before `from`")
-        rows = await LedgerRepository(self.session).totals(
-            principal.scope, group_by, since=since, until=until
-        )
-        out = [
-            UsageRow(
-                key=None if key is None else str(key),
-                calls=calls,
-                input_tokens=tokens_in,
-                output_tokens=tokens_out,
-                cost_usd=Decimal(str(cost)),
-            )
-            for key, calls, tokens_in, tokens_out, cost in rows
-        ]
-        total = UsageRow(
-            key=None,
-            calls=sum(r.calls for r in out),
-            input_tokens=sum(r.input_tokens for r in out),
-            output_tokens=sum(r.output_tokens for r in out),
-            cost_usd=sum((r.cost_usd for r in out), Decimal(0)),
-        )
-        return UsageOut(group_by=group_by, rows=out, total=total)
 
 
 async def wait_for_end(
@@ -222,7 +253,7 @@ async def wait_for_end(
             await wait_for(signal, min(left, 1.0))
 
 
-TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
+TERMINAL_EVENTS = frozenset(cls.type for cls in TERMINAL_EVENT_TYPES)
 
 
 async def event_stream(

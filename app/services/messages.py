@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.models import MessageKind, MessageStatus
+from app.services.engine.events import EngineEvent, MessageSent, MessageTimedOut
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGES_PER_STEP = 100
@@ -30,7 +31,7 @@ MAX_REQUEST_TIMEOUT_SECONDS = 86_400.0
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60.0
 BROADCAST = "*"
 
-Event = tuple[str, dict[str, Any]]
+Event = EngineEvent
 
 
 class MessageError(ValueError):
@@ -192,19 +193,16 @@ class Message:
         """The ``execution_messages`` row."""
         return {"execution_id": execution_id, **self.__dict__}
 
-    def event(self) -> Event:
-        return (
-            "message",
-            {
-                "id": str(self.id),
-                "seq": self.seq,
-                "kind": self.kind,
-                "status": self.status,
-                "from": str(self.sender_agent_id) if self.sender_agent_id else None,
-                "from_step": self.sender_step,
-                "to": str(self.recipient_agent_id) if self.recipient_agent_id else None,
-                "correlation_id": self.correlation_id,
-            },
+    def event(self) -> MessageSent:
+        return MessageSent(
+            id=self.id,
+            seq=self.seq,
+            kind=MessageKind(self.kind),
+            status=MessageStatus(self.status),
+            from_=self.sender_agent_id,
+            from_step=self.sender_step,
+            to=self.recipient_agent_id,
+            correlation_id=self.correlation_id,
         )
 
 
@@ -309,13 +307,10 @@ class MessageDraft:
         return ending or (message.expires_at is not None and message.expires_at <= now)
 
     @staticmethod
-    def _timed_out(message: Message, now: datetime) -> Event:
+    def _timed_out(message: Message, now: datetime) -> MessageTimedOut:
         deadline_passed = message.expires_at is not None and message.expires_at <= now
-        return (
-            "message_timed_out",
-            {
-                "id": str(message.id),
-                "correlation_id": message.correlation_id,
-                "reason": "deadline passed" if deadline_passed else "the execution ended",
-            },
+        return MessageTimedOut(
+            id=message.id,
+            correlation_id=message.correlation_id,
+            reason="deadline passed" if deadline_passed else "the execution ended",
         )

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import TeamSettings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.models import Role, Team, TeamMember, TeamWorkflowVersion
-from app.repositories.agents import AgentRepository, TeamRepository
+from app.repositories.agents import AgentRepository
 from app.repositories.base import Scope, commit_unique
+from app.repositories.teams import TeamRepository
 from app.schemas.teams import TeamCreate, TeamMemberCreate, TeamUpdate
 from app.schemas.workflows import WorkflowDefinition
 from app.services.principal import Principal

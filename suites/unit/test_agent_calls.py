@@ -15,8 +15,8 @@ from template_support import OwnerRecorder
 from app.core.crypto import SecretBox
 from app.core.egress import EgressClients
 from app.models import Agent, ProviderKey
-from app.services.agents import provider_key_aad
 from app.services.engine.agent_calls import AgentCaller
+from app.services.provider_keys import provider_key_aad
 from app.services.providers import ProviderAuthError, ProviderUnavailable
 from app.services.providers.prices import PriceTable
 from qa.fake_openai import FakeOpenAI

@@ -77,7 +77,7 @@ def _messages() -> tuple[list[OldEvent], list[OldEvent]]:
     later = MessageDraft(draft.messages())
     timed_out = later.expire(NOW + timedelta(seconds=2))
     timed_out += MessageDraft(draft.messages()).expire(NOW, ending=True)
-    return posted + anonymous, timed_out
+    return [e.stored() for e in posted + anonymous], [e.stored() for e in timed_out]
 
 
 def _samples() -> Iterator[tuple[EngineEvent, OldEvent]]:

@@ -215,13 +215,14 @@ def test_messages_are_numbered_in_order_and_announced() -> None:
     events += later.post(
         [out(MessageKind.direct, A, "back")], sender_agent_id=B, sender_step="review", now=NOW
     )
-    assert [(kind, data["seq"], data["kind"], data["status"]) for kind, data in events] == [
+    stored = [event.stored() for event in events]
+    assert [(kind, data["seq"], data["kind"], data["status"]) for kind, data in stored] == [
         ("message", 1, "direct", "delivered"),
         ("message", 2, "broadcast", "delivered"),
         ("message", 3, "direct", "delivered"),
     ]
-    assert events[0][1]["to"] == str(B)
-    assert events[1][1]["to"] is None
+    assert stored[0][1]["to"] == str(B)
+    assert stored[1][1]["to"] is None
     assert [m.seq for m in committed(later)] == [1, 2, 3]
     assert later.statuses == {}
     row = later.added[0].row(uuid.UUID(int=99))
@@ -287,11 +288,12 @@ def test_requests_time_out_at_their_deadline_or_when_the_execution_ends() -> Non
     later = MessageDraft(committed(draft))
     assert later.expire(NOW) == []
     expired = later.expire(NOW + timedelta(seconds=2))
-    assert [(kind, data["correlation_id"], data["reason"]) for kind, data in expired] == [
-        ("message_timed_out", "short", "deadline passed")
-    ]
+    assert [
+        (kind, data["correlation_id"], data["reason"])
+        for kind, data in (event.stored() for event in expired)
+    ] == [("message_timed_out", "short", "deadline passed")]
     ended = later.expire(NOW + timedelta(seconds=3), ending=True)
-    assert [(data["correlation_id"], data["reason"]) for _, data in ended] == [
+    assert [(event.correlation_id, event.reason) for event in ended] == [
         ("long", "the execution ended")
     ]
     assert {m.correlation_id: m.status for m in committed(later)} == {
@@ -304,7 +306,7 @@ def test_requests_time_out_at_their_deadline_or_when_the_execution_ends() -> Non
 def test_a_request_sent_as_the_execution_ends_times_out_with_it() -> None:
     draft = MessageDraft([])
     ask(draft, "last", 60.0)
-    [(kind, data)] = draft.expire(NOW, ending=True)
+    [(kind, data)] = [event.stored() for event in draft.expire(NOW, ending=True)]
     assert (kind, data["reason"]) == ("message_timed_out", "the execution ended")
     assert [m.status for m in draft.added] == ["timed_out"]
     assert draft.statuses == {}

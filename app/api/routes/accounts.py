@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
+from app.api.deps import AdminDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.schemas.accounts import AccountCreate, AccountOut
 from app.schemas.common import Page, link, links, problems
 from app.services.accounts import AccountService
@@ -42,7 +42,7 @@ router = APIRouter(prefix="/accounts", tags=["accounts"])
     },
 )
 async def create_account(
-    body: AccountCreate, principal: PrincipalDep, session: SessionDep
+    body: AccountCreate, principal: AdminDep, session: SessionDep
 ) -> AccountOut:
     account = await AccountService(session).create(principal, body)
     return AccountOut.model_validate(account)
@@ -64,7 +64,7 @@ async def create_account(
     },
 )
 async def list_accounts(
-    principal: PrincipalDep, session: SessionDep, paging: PagingDep
+    principal: AdminDep, session: SessionDep, paging: PagingDep
 ) -> Page[AccountOut]:
     rows, total = await AccountService(session).page(
         principal, limit=paging.limit, offset=paging.offset
@@ -80,6 +80,6 @@ async def list_accounts(
     responses=problems(401, 404, 422),
 )
 async def get_account(
-    account_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+    account_id: uuid.UUID, principal: ViewerDep, session: SessionDep
 ) -> AccountOut:
     return AccountOut.model_validate(await AccountService(session).get(principal, account_id))

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, SettingsDep, to_page
+from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, SettingsDep, ViewerDep, to_page
 from app.schemas.agents import AgentCreate, AgentOut, AgentUpdate
 from app.schemas.common import Page, link, links, problems
 from app.services.agents import AgentService
@@ -50,7 +50,7 @@ def _agent_links(status: int, description: str, **more: dict[str, Any]) -> dict[
 )
 async def create_agent(
     body: AgentCreate,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     box: BoxDep,
     settings: SettingsDep,
@@ -76,7 +76,7 @@ async def create_agent(
     },
 )
 async def list_agents(
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
     box: BoxDep,
     settings: SettingsDep,
@@ -97,7 +97,7 @@ async def list_agents(
 )
 async def get_agent(
     agent_id: uuid.UUID,
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
     box: BoxDep,
     settings: SettingsDep,
@@ -119,7 +119,7 @@ async def get_agent(
 async def update_agent(
     agent_id: uuid.UUID,
     body: AgentUpdate,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     box: BoxDep,
     settings: SettingsDep,
@@ -137,7 +137,7 @@ async def update_agent(
 )
 async def delete_agent(
     agent_id: uuid.UUID,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     box: BoxDep,
     settings: SettingsDep,

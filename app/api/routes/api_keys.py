@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
+from app.api.deps import MemberDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.schemas.common import Page, link, links, problems
 from app.services.api_keys import ApiKeyService
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/api-keys", tags=["api-keys"])
     },
 )
 async def create_api_key(
-    body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep
+    body: ApiKeyCreate, principal: MemberDep, session: SessionDep
 ) -> ApiKeyCreated:
     key, secret = await ApiKeyService(session).create(principal, body)
     return ApiKeyCreated.model_validate(
@@ -56,7 +56,7 @@ async def create_api_key(
     },
 )
 async def list_api_keys(
-    principal: PrincipalDep, session: SessionDep, paging: PagingDep
+    principal: ViewerDep, session: SessionDep, paging: PagingDep
 ) -> Page[ApiKeyOut]:
     rows, total = await ApiKeyService(session).page(
         principal, limit=paging.limit, offset=paging.offset
@@ -70,5 +70,5 @@ async def list_api_keys(
     summary="Revoke an API key",
     responses=problems(401, 403, 404, 422),
 )
-async def revoke_api_key(key_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> None:
+async def revoke_api_key(key_id: uuid.UUID, principal: MemberDep, session: SessionDep) -> None:
     await ApiKeyService(session).revoke(principal, key_id)

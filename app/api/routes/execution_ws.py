@@ -20,66 +20,71 @@ from typing import Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
+from app.api.deps import CodecDep, DatabaseDep, RuntimeDep, SettingsDep, ShutdownDep
 from app.core.errors import ProblemError
 from app.core.input_limits import UnsafeInput, strict_loads
-from app.services.auth import AuthService
+from app.schemas.executions import DEFAULT_CANCEL_MODE
 from app.services.events import StreamsClosed
-from app.services.executions import ExecutionService, event_stream
+from app.services.live_executions import LiveExecutionService
+from app.services.principal import Principal
 
 router = APIRouter()
 
 AUTH_TIMEOUT_SECONDS = 5.0
+KEEP_ALIVE_SECONDS = 15.0
 GOING_AWAY = 1001  # RFC 6455: the server is going down
 
 
-async def _receive(websocket: WebSocket) -> Any:
+async def _receive(websocket: WebSocket, max_depth: int) -> Any:
     """The next message, parsed as strictly as a request body (the same input limits);
     ``ValueError`` if it is not JSON or breaks a limit, ``KeyError`` if it is not text."""
     text = await websocket.receive_text()
     if not isinstance(text, str):
         raise ValueError("not a text message")
-    return strict_loads(text, max_depth=websocket.app.state.settings.max_json_depth)
+    return strict_loads(text, max_depth=max_depth)
 
 
-async def _authenticate(websocket: WebSocket) -> Any:
-    app = websocket.app
+async def _authenticate(
+    websocket: WebSocket, live: LiveExecutionService, max_depth: int
+) -> Principal | None:
+    """The caller named by the first message, a valid ``auth`` one sent in time; else None."""
     try:
         async with asyncio.timeout(AUTH_TIMEOUT_SECONDS):
-            message = await _receive(websocket)
+            message = await _receive(websocket, max_depth)
     except (TimeoutError, ValueError, KeyError):
         return None
     token = message.get("token") if isinstance(message, dict) else None
     if not isinstance(message, dict) or message.get("type") != "auth" or not isinstance(token, str):
         return None
-    async with app.state.database.session() as session:
-        try:
-            return await AuthService(session, app.state.codec).authenticate(token)
-        except ProblemError:
-            return None
+    return await live.authenticate(token)
 
 
 @router.websocket("/executions/{execution_id}/ws")
 async def execution_socket(
-    websocket: WebSocket, execution_id: uuid.UUID, after: int = Query(default=0, ge=0)
+    websocket: WebSocket,
+    execution_id: uuid.UUID,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    codec: CodecDep,
+    runtime: RuntimeDep,
+    shutdown: ShutdownDep,
+    after: int = Query(default=0, ge=0),
 ) -> None:
+    live = LiveExecutionService(database, settings, codec, runtime)
+    max_depth = settings.max_json_depth
     await websocket.accept()
-    principal = await _authenticate(websocket)
+    principal = await _authenticate(websocket, live, max_depth)
     if principal is None:
         await websocket.close(code=4401, reason="authentication failed")
         return
-    app = websocket.app
-    runtime = app.state.runtime
-    async with app.state.database.session() as session:
-        try:
-            await ExecutionService(session, app.state.settings).get(principal, execution_id)
-        except ProblemError:
-            await websocket.close(code=4404, reason="no such execution")
-            return
+    if not await live.visible(principal, execution_id):
+        await websocket.close(code=4404, reason="no such execution")
+        return
 
     async def commands() -> None:
         while True:
             try:
-                message = await _receive(websocket)
+                message = await _receive(websocket, max_depth)
             except UnsafeInput as exc:
                 await websocket.send_json({"type": "error", "detail": str(exc)})
                 continue
@@ -89,28 +94,18 @@ async def execution_socket(
             if not isinstance(message, dict) or message.get("type") != "cancel":
                 await websocket.send_json({"type": "error", "detail": "unknown command"})
                 continue
-            mode = message.get("mode", "immediate")
-            if mode not in ("immediate", "after_step"):
-                await websocket.send_json(
-                    {"type": "error", "detail": "mode is immediate or after_step"}
-                )
-                continue
-            async with app.state.database.session() as session:
-                try:
-                    await ExecutionService(session, app.state.settings).cancel(
-                        principal, execution_id, mode, runtime.runner, runtime.hub
-                    )
-                    await websocket.send_json({"type": "cancel_accepted", "mode": mode})
-                except ProblemError as exc:
-                    await websocket.send_json({"type": "error", "detail": exc.detail})
+            mode = message.get("mode", DEFAULT_CANCEL_MODE)
+            try:
+                await live.cancel(principal, execution_id, mode)
+                await websocket.send_json({"type": "cancel_accepted", "mode": mode})
+            except ProblemError as exc:
+                await websocket.send_json({"type": "error", "detail": exc.detail})
 
     listener = asyncio.create_task(commands())
     try:
-        with app.state.shutdown.hold():  # the server waits for the goodbye below
+        with shutdown.hold():  # the server waits for the goodbye below
             try:
-                async for event in event_stream(
-                    runtime.database, runtime.hub, execution_id, after, 15.0
-                ):
+                async for event in live.events(execution_id, after, KEEP_ALIVE_SECONDS):
                     if listener.done():
                         break
                     if event is None:

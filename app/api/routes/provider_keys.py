@@ -6,10 +6,10 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from app.api.deps import BoxDep, PagingDep, PrincipalDep, SessionDep, to_page
+from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.schemas.agents import ProviderKeyCreate, ProviderKeyOut
 from app.schemas.common import Page, link, links, problems
-from app.services.agents import ProviderKeyService
+from app.services.provider_keys import ProviderKeyService
 
 router = APIRouter(prefix="/provider-keys", tags=["provider-keys"])
 
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/provider-keys", tags=["provider-keys"])
     },
 )
 async def create_provider_key(
-    body: ProviderKeyCreate, principal: PrincipalDep, session: SessionDep, box: BoxDep
+    body: ProviderKeyCreate, principal: MemberDep, session: SessionDep, box: BoxDep
 ) -> ProviderKeyOut:
     return ProviderKeyOut.model_validate(
         await ProviderKeyService(session, box).create(principal, body)
@@ -59,7 +59,7 @@ async def create_provider_key(
     },
 )
 async def list_provider_keys(
-    principal: PrincipalDep, session: SessionDep, box: BoxDep, paging: PagingDep
+    principal: ViewerDep, session: SessionDep, box: BoxDep, paging: PagingDep
 ) -> Page[ProviderKeyOut]:
     rows, total = await ProviderKeyService(session, box).page(
         principal, limit=paging.limit, offset=paging.offset
@@ -75,6 +75,6 @@ async def list_provider_keys(
     responses=problems(401, 403, 404, 409, 422),
 )
 async def delete_provider_key(
-    key_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, box: BoxDep
+    key_id: uuid.UUID, principal: MemberDep, session: SessionDep, box: BoxDep
 ) -> None:
     await ProviderKeyService(session, box).delete(principal, key_id)

@@ -5,17 +5,27 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
-from app.api.deps import PagingDep, PrincipalDep, RuntimeDep, SessionDep, SettingsDep, to_page
+from app.api.deps import (
+    MemberDep,
+    PagingDep,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    ShutdownDep,
+    ViewerDep,
+    to_page,
+)
 from app.core.shutdown import GracefulShutdown
-from app.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
+from app.models import ExecutionStatus
 from app.schemas.common import Page, link, links, problems
 from app.schemas.executions import (
+    DEFAULT_CANCEL_MODE,
     ContextOut,
     ContextValueOut,
     EventOut,
@@ -28,8 +38,7 @@ from app.schemas.executions import (
     StepOut,
 )
 from app.services.events import StreamsClosed
-from app.services.executions import ExecutionService, event_stream, is_terminal, wait_for_end
-from app.services.runtime import Runtime
+from app.services.executions import ExecutionService
 
 router = APIRouter(tags=["executions"])
 
@@ -62,7 +71,6 @@ def _execution_links(status: int, description: str) -> dict[int | str, Any]:
     )
 
 
-_DONE = {StepStatus.completed, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled}
 SSE_HEARTBEAT_SECONDS = 15.0
 
 WaitQuery = Annotated[
@@ -74,34 +82,6 @@ WaitQuery = Annotated[
         "execution ends.",
     ),
 ]
-
-
-def _out(execution: Execution, steps: list[ExecutionStep]) -> ExecutionOut:
-    done = sum(1 for s in steps if StepStatus(s.status) in _DONE)
-    return ExecutionOut.model_validate(
-        {
-            **{
-                c: getattr(execution, c) for c in ExecutionOut.model_fields if hasattr(execution, c)
-            },
-            "strategy": execution.workflow.get("strategy", "sequential"),
-            "progress": round(done / len(steps), 4) if steps else 1.0,
-            "steps": [StepOut.model_validate(s) for s in steps],
-        }
-    )
-
-
-async def _present(
-    service: ExecutionService, execution_id: uuid.UUID, principal: Any
-) -> ExecutionOut:
-    execution = await service.get(principal, execution_id)
-    await service.session.refresh(execution)
-    return _out(execution, await service.steps(execution))
-
-
-async def _wait(runtime: Runtime, settings: Any, execution_id: uuid.UUID, wait: float) -> None:
-    seconds = min(wait, settings.executions.max_wait_seconds)
-    if seconds > 0:
-        await wait_for_end(runtime.database, runtime.hub, execution_id, seconds)
 
 
 @router.post(
@@ -119,7 +99,7 @@ async def _wait(runtime: Runtime, settings: Any, execution_id: uuid.UUID, wait: 
 async def create_execution(
     team_id: uuid.UUID,
     body: ExecutionCreate,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
@@ -127,8 +107,8 @@ async def create_execution(
 ) -> ExecutionOut:
     service = ExecutionService(session, settings)
     execution = await service.create(principal, team_id, body, runtime.runner)
-    await _wait(runtime, settings, execution.id, wait)
-    return await _present(service, execution.id, principal)
+    await service.wait(execution, wait, runtime)
+    return await service.view(principal, execution.id)
 
 
 @router.get(
@@ -149,7 +129,7 @@ async def create_execution(
     },
 )
 async def list_executions(
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
     settings: SettingsDep,
     paging: PagingDep,
@@ -174,7 +154,7 @@ async def list_executions(
 )
 async def get_execution(
     execution_id: uuid.UUID,
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
@@ -182,10 +162,8 @@ async def get_execution(
 ) -> ExecutionOut:
     service = ExecutionService(session, settings)
     execution = await service.get(principal, execution_id)
-    if not is_terminal(execution) and wait > 0:
-        await session.commit()  # hold no transaction while waiting
-        await _wait(runtime, settings, execution_id, wait)
-    return await _present(service, execution_id, principal)
+    await service.wait(execution, wait, runtime)
+    return await service.view(principal, execution_id)
 
 
 @router.get(
@@ -195,7 +173,7 @@ async def get_execution(
     responses=problems(401, 404, 422),
 )
 async def list_execution_steps(
-    execution_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    execution_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> list[StepOut]:
     service = ExecutionService(session, settings)
     execution = await service.get(principal, execution_id)
@@ -209,7 +187,7 @@ async def list_execution_steps(
     responses=problems(401, 404, 422),
 )
 async def get_execution_context(
-    execution_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    execution_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> ContextOut:
     service = ExecutionService(session, settings)
     history = await service.context(await service.get(principal, execution_id))
@@ -227,7 +205,7 @@ async def get_execution_context(
 )
 async def list_execution_messages(
     execution_id: uuid.UUID,
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
     settings: SettingsDep,
     after: Annotated[int, Query(ge=0, description="Only messages with a larger `seq`.")] = 0,
@@ -242,14 +220,12 @@ async def list_execution_messages(
 
 
 async def _sse(
-    runtime: Runtime, shutdown: GracefulShutdown, execution_id: uuid.UUID, after: int
+    events: AsyncIterator[EventOut | None], shutdown: GracefulShutdown
 ) -> AsyncIterator[str]:
     with shutdown.hold():
         yield "retry: 2000\n\n"
         try:
-            async for event in event_stream(
-                runtime.database, runtime.hub, execution_id, after, SSE_HEARTBEAT_SECONDS
-            ):
+            async for event in events:
                 if event is None:
                     yield ": keep-alive\n\n"
                     continue
@@ -280,10 +256,11 @@ async def _sse(
 async def list_execution_events(
     execution_id: uuid.UUID,
     request: Request,
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
+    shutdown: ShutdownDep,
     after: Annotated[int, Query(ge=0, description="Only events with a larger sequence.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     # A header is absent or a number; never "null" (the schema must not say it may be).
@@ -295,9 +272,9 @@ async def list_execution_events(
     execution = await service.get(principal, execution_id)
     start = max(after, last_event_id or 0)
     if "text/event-stream" in request.headers.get("accept", ""):
-        await session.commit()  # the stream reads with short sessions of its own
+        events = await service.follow(execution, start, runtime, SSE_HEARTBEAT_SECONDS)
         return StreamingResponse(
-            _sse(runtime, request.app.state.shutdown, execution.id, start),
+            _sse(events, shutdown),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -319,15 +296,15 @@ async def list_execution_events(
 )
 async def cancel_execution(
     execution_id: uuid.UUID,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
     body: ExecutionCancel | None = None,
     wait: WaitQuery = 0,
 ) -> ExecutionOut:
-    mode: Literal["immediate", "after_step"] = body.mode if body else "immediate"
+    mode = body.mode if body else DEFAULT_CANCEL_MODE
     service = ExecutionService(session, settings)
-    await service.cancel(principal, execution_id, mode, runtime.runner, runtime.hub)
-    await _wait(runtime, settings, execution_id, wait)
-    return await _present(service, execution_id, principal)
+    execution = await service.cancel(principal, execution_id, mode, runtime.runner, runtime.hub)
+    await service.wait(execution, wait, runtime)
+    return await service.view(principal, execution_id)

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.api.deps import MemberDep, SessionDep, SettingsDep, ViewerDep
 from app.schemas.common import link, links, problems
 from app.schemas.teams import TeamMemberCreate, TeamMemberOut
 from app.services.teams import TeamService
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/teams/{team_id}/members", tags=["team-members"])
     },
 )
 async def list_team_members(
-    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    team_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> list[TeamMemberOut]:
     members = await TeamService(session, settings.teams).members(principal, team_id)
     return [TeamMemberOut.model_validate(m) for m in members]
@@ -63,7 +63,7 @@ async def list_team_members(
 async def add_team_member(
     team_id: uuid.UUID,
     body: TeamMemberCreate,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> TeamMemberOut:
@@ -81,7 +81,7 @@ async def add_team_member(
 async def remove_team_member(
     team_id: uuid.UUID,
     agent_id: uuid.UUID,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> None:

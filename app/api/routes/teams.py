@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from app.api.deps import PagingDep, PrincipalDep, SessionDep, SettingsDep, to_page
+from app.api.deps import MemberDep, PagingDep, SessionDep, SettingsDep, ViewerDep, to_page
 from app.schemas.common import Page, link, links, problems
 from app.schemas.teams import TeamCreate, TeamOut, TeamUpdate, WorkflowVersionOut
 from app.services.teams import TeamService
@@ -42,7 +42,7 @@ def _team_links(status: int, description: str) -> dict[int | str, Any]:
     responses={**_team_links(201, "The new team."), **problems(400, 401, 403, 409, 422)},
 )
 async def create_team(
-    body: TeamCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    body: TeamCreate, principal: MemberDep, session: SessionDep, settings: SettingsDep
 ) -> TeamOut:
     team = await TeamService(session, settings.teams).create(principal, body)
     return TeamOut.model_validate(team)
@@ -62,7 +62,7 @@ async def create_team(
     },
 )
 async def list_teams(
-    principal: PrincipalDep, session: SessionDep, settings: SettingsDep, paging: PagingDep
+    principal: ViewerDep, session: SessionDep, settings: SettingsDep, paging: PagingDep
 ) -> Page[TeamOut]:
     rows, total = await TeamService(session, settings.teams).page(
         principal, limit=paging.limit, offset=paging.offset
@@ -77,7 +77,7 @@ async def list_teams(
     responses={**_team_links(200, "The team."), **problems(401, 404, 422)},
 )
 async def get_team(
-    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    team_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> TeamOut:
     return TeamOut.model_validate(
         await TeamService(session, settings.teams).get(principal, team_id)
@@ -94,7 +94,7 @@ async def get_team(
 async def update_team(
     team_id: uuid.UUID,
     body: TeamUpdate,
-    principal: PrincipalDep,
+    principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> TeamOut:
@@ -111,7 +111,7 @@ async def update_team(
     responses=problems(401, 403, 404, 409, 422),
 )
 async def delete_team(
-    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    team_id: uuid.UUID, principal: MemberDep, session: SessionDep, settings: SettingsDep
 ) -> None:
     await TeamService(session, settings.teams).delete(principal, team_id)
 
@@ -123,7 +123,7 @@ async def delete_team(
     responses=problems(401, 404, 422),
 )
 async def list_workflow_versions(
-    team_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    team_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> list[WorkflowVersionOut]:
     versions = await TeamService(session, settings.teams).versions(principal, team_id)
     return [WorkflowVersionOut.model_validate(v) for v in versions]

@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.api.deps import SessionDep, ViewerDep
 from app.schemas.common import DateTime, problems
 from app.schemas.executions import UsageOut
-from app.services.executions import ExecutionService
+from app.services.usage import UsageService
 
 router = APIRouter(tags=["usage"])
 
@@ -22,9 +22,8 @@ router = APIRouter(tags=["usage"])
     responses=problems(401, 422),
 )
 async def get_usage(
-    principal: PrincipalDep,
+    principal: ViewerDep,
     session: SessionDep,
-    settings: SettingsDep,
     group_by: Literal["team", "agent", "user", "model", "paid_by"] = "team",
     since: Annotated[
         DateTime | None, Query(alias="from", description="Calls at or after this instant.")
@@ -38,4 +37,4 @@ async def get_usage(
         ),
     ] = None,
 ) -> UsageOut:
-    return await ExecutionService(session, settings).usage(principal, group_by, since, until)
+    return await UsageService(session).report(principal, group_by, since, until)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from app.api.deps import PagingDep, PrincipalDep, SessionDep, to_page
+from app.api.deps import OwnerDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.schemas.common import Page, link, links, problems
 from app.schemas.users import PasswordChange, UserCreate, UserOut, UserUpdate
 from app.services.users import UserService
@@ -54,7 +54,7 @@ def _user_links(status: int, description: str, **more: dict[str, Any]) -> dict[i
         **problems(401),
     },
 )
-async def get_me(principal: PrincipalDep, session: SessionDep) -> UserOut:
+async def get_me(principal: ViewerDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).me(principal))
 
 
@@ -74,7 +74,7 @@ async def get_me(principal: PrincipalDep, session: SessionDep) -> UserOut:
     },
 )
 async def change_my_password(
-    body: PasswordChange, principal: PrincipalDep, session: SessionDep
+    body: PasswordChange, principal: ViewerDep, session: SessionDep
 ) -> None:
     await UserService(session).change_own_password(principal, body)
 
@@ -93,9 +93,7 @@ async def change_my_password(
         **problems(401, 403, 422),
     },
 )
-async def list_users(
-    principal: PrincipalDep, session: SessionDep, paging: PagingDep
-) -> Page[UserOut]:
+async def list_users(principal: OwnerDep, session: SessionDep, paging: PagingDep) -> Page[UserOut]:
     rows, total = await UserService(session).page(
         principal, limit=paging.limit, offset=paging.offset
     )
@@ -123,7 +121,7 @@ async def list_users(
         **problems(400, 401, 403, 404, 409, 422),
     },
 )
-async def create_user(body: UserCreate, principal: PrincipalDep, session: SessionDep) -> UserOut:
+async def create_user(body: UserCreate, principal: OwnerDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).create(principal, body))
 
 
@@ -133,7 +131,7 @@ async def create_user(body: UserCreate, principal: PrincipalDep, session: Sessio
     summary="Get a user (owner, admin)",
     responses={**_user_links(200, "The user."), **problems(401, 403, 404, 422)},
 )
-async def get_user(user_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> UserOut:
+async def get_user(user_id: uuid.UUID, principal: OwnerDep, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await UserService(session).get(principal, user_id))
 
 
@@ -147,7 +145,7 @@ async def get_user(user_id: uuid.UUID, principal: PrincipalDep, session: Session
     responses={**_user_links(200, "The changed user."), **problems(400, 401, 403, 404, 409, 422)},
 )
 async def update_user(
-    user_id: uuid.UUID, body: UserUpdate, principal: PrincipalDep, session: SessionDep
+    user_id: uuid.UUID, body: UserUpdate, principal: OwnerDep, session: SessionDep
 ) -> UserOut:
     return UserOut.model_validate(await UserService(session).update(principal, user_id, body))
 
@@ -158,5 +156,5 @@ async def update_user(
     summary="Delete a user (owner, admin)",
     responses=problems(401, 403, 404, 409, 422),
 )
-async def delete_user(user_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> None:
+async def delete_user(user_id: uuid.UUID, principal: OwnerDep, session: SessionDep) -> None:
     await UserService(session).delete(principal, user_id)

@@ -45,6 +45,8 @@ EXAMPLE_TITLE = "Example"
 SETUP_TITLE = "Setup for this page's examples"
 ROLE_EXTENSION = "x-required-role"
 HIGHEST_ROLE = "admin"
+LOWEST_ROLE = "viewer"
+ANY_SIGNED_IN = "any signed-in user (viewer or higher)"
 # Operations whose generated example cannot succeed on a fresh backend, with the reason shown
 # on the page ("Not run: ..."); the example validator counts them.
 NOT_RUNNABLE = {
@@ -529,6 +531,8 @@ class DocumentationGenerator:
         backend's routes declare it, see ``app.api.roles``)."""
         if ROLE_EXTENSION in op.spec:
             role = str(op.spec[ROLE_EXTENSION])
+            if role == LOWEST_ROLE:
+                return ANY_SIGNED_IN
             return role if role == HIGHEST_ROLE else f"{role} or higher"
         if not op.secured:
             return "none (public)"
@@ -536,7 +540,7 @@ class DocumentationGenerator:
             return "none (public); credentials may show more"
         if "403" in op.spec["responses"]:
             return "signed in; the operation checks the caller's role (403 when it is too low)"
-        return "any signed-in user (viewer or higher)"
+        return ANY_SIGNED_IN
 
 
 # ---- examples -------------------------------------------------------------------------------

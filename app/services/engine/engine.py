@@ -45,7 +45,6 @@ from app.services.engine.events import (
     StepSkipped,
     StepStarted,
     execution_ended,
-    from_stored_pairs,
 )
 from app.services.engine.state import (
     Changes,
@@ -375,13 +374,13 @@ class ExecutionEngine:
             posted = changes.draft().post(
                 outgoing, sender_agent_id=agent_id, sender_step=step_key, now=now
             )
-            changes.events += from_stored_pairs(posted)
+            changes.events += posted
 
     @staticmethod
     def _expire_requests(changes: Changes, now: datetime, *, ending: bool = False) -> None:
         """Requests past their deadline (every pending one when the execution ends) time out."""
         if any(m.status == MessageStatus.pending for m in changes.current_messages):
-            changes.events += from_stored_pairs(changes.draft().expire(now, ending=ending))
+            changes.events += changes.draft().expire(now, ending=ending)
 
     def _plan(self, changes: Changes, now: datetime) -> None:
         """Decide what follows the committed state plus ``changes``: steps to start (as many

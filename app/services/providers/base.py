@@ -161,7 +161,7 @@ def backoff_delay(policy: RetryPolicy, failed_attempt: int, rng: Callable[[], fl
     initial_backoff_s * 2 ** (failed_attempt - 1))``.
     """
     ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2 ** (failed_attempt - 1))
-    return rng() * ceiling
+    return float(rng() * ceiling)
 
 
 def retry_delay(

@@ -183,7 +183,8 @@ async def run_builtin(
     output_key = parameters.get("output_key")
     if output_key is not None and (not isinstance(output_key, str) or not output_key):
         raise _fail("parameters.output_key must be a non-empty string")
-    output, writes = input, {}
+    output: Any = input
+    writes: dict[str, Any] = {}
     if kind == "template":
         source = parameters.get("template")
         if not isinstance(source, str):

@@ -353,8 +353,8 @@ def _error_detail(response: httpx.Response) -> str:
             message = payload.get("message") or payload.get("detail")
     if not isinstance(message, str):
         return ""
-    message = " ".join(message.split())
-    return message if len(message) <= _DETAIL_LIMIT else message[: _DETAIL_LIMIT - 1] + "…"
+    text = " ".join(message.split())
+    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
 def _token_count(usage: Mapping[str, Any], key: str) -> int:
