@@ -9,15 +9,21 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from app import __version__
-from app.core.config import Settings
+from app.core.config import Environment, Settings
+from app.core.config_rules import Severity, UnsafeConfiguration, check_settings, refuse_unsafe
+from app.core.config_sources import ConfigFileError, setting_sources
+from app.core.config_view import effective_configuration
 
 T = TypeVar("T")
 
@@ -30,24 +36,42 @@ cli = typer.Typer(
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
 users_cli = typer.Typer(help="User administration.", no_args_is_help=True)
 docs_cli = typer.Typer(help="The docs site's generated reference.", no_args_is_help=True)
+config_cli = typer.Typer(help="The effective configuration and its checks.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(docs_cli, name="docs")
+cli.add_typer(config_cli, name="config")
 
 out = Console()
 err = Console(stderr=True)
 
 
-def load_settings() -> Settings:
+def read_settings(**overrides: Any) -> Settings:
+    """The settings from every source; on invalid values, every problem and exit code 2."""
     try:
-        return Settings()
-    except ValidationError as exc:
+        return Settings(**overrides)
+    except (ValidationError, ConfigFileError) as exc:
         err.print("[bold red]Invalid configuration:[/]")
-        for error in exc.errors():
-            loc = [str(part) for part in error["loc"]]
-            where = f"{'.'.join(loc)} (RENUM_{'__'.join(loc).upper()}): " if loc else ""
-            err.print(f"  {where}{error['msg']}")
+        if isinstance(exc, ConfigFileError):
+            err.print(f"  {exc}")
+        else:
+            for error in exc.errors():
+                loc = [str(part) for part in error["loc"]]
+                where = f"{'.'.join(loc)} (RENUM_{'__'.join(loc).upper()}): " if loc else ""
+                err.print(f"  {where}{error['msg']}")
         raise typer.Exit(2) from None
+
+
+def load_settings() -> Settings:
+    """The settings, refused (exit code 2, every problem listed) when unsafe for their
+    environment."""
+    settings = read_settings()
+    try:
+        refuse_unsafe(settings, setting_sources(Settings))
+    except UnsafeConfiguration as exc:
+        err.print(f"[bold red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
+    return settings
 
 
 def run_with_engine(work: Callable[..., Awaitable[T]], *args: object) -> T:
@@ -159,6 +183,58 @@ def doctor(
     else:
         out.print(report_table(report))
     raise typer.Exit(EXIT_CODES[report.status])
+
+
+@config_cli.command("check")
+def config_check(
+    environment: Annotated[
+        Environment | None,
+        typer.Option(help="Check as if RENUM_ENVIRONMENT were this (its profile too)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
+) -> None:
+    """Validate the configuration without starting: every problem at once, each with the
+    setting, where its value came from, why and the fix. Exit code: 0 pass, 1 warnings,
+    2 errors (invalid values, or what the environment refuses)."""
+    import json
+
+    overrides = {} if environment is None else {"environment": environment}
+    settings = read_settings(**overrides)
+    problems = check_settings(settings, setting_sources(Settings, **overrides))
+    errors = [p for p in problems if p.severity is Severity.error]
+    if as_json:
+        body = {
+            "environment": settings.environment.value,
+            "status": "fail" if errors else "warn" if problems else "pass",
+            "problems": [asdict(p) for p in problems],
+        }
+        typer.echo(json.dumps(body, indent=2))
+    else:
+        for problem in problems:
+            style = "bold red" if problem.severity is Severity.error else "yellow"
+            out.print(f"[{style}]{escape(problem.line())}[/]")
+        verdict = f"{len(errors)} errors, {len(problems) - len(errors)} warnings"
+        out.print(f"configuration for {settings.environment.value}: {verdict}")
+    raise typer.Exit(2 if errors else 1 if problems else 0)
+
+
+@config_cli.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the settings as JSON.")] = False,
+) -> None:
+    """The effective configuration: every setting, its value (secrets masked) and where it
+    came from (environment, dotenv, config_file, profile, default)."""
+    import json
+
+    settings = read_settings()
+    views = effective_configuration(settings, setting_sources(Settings))
+    if as_json:
+        typer.echo(json.dumps([view.as_dict() for view in views], indent=2))
+        return
+    table = Table("variable", "value", "source")
+    for view in views:
+        table.add_row(view.variable, escape(json.dumps(view.value)), view.source)
+    out.print(table)
 
 
 @docs_cli.command("generate")

@@ -33,6 +33,7 @@ from app.api.routes import (
 from app.capabilities import docs, health, metrics
 from app.capabilities.base import AppContext, Capability
 from app.core.config import Settings
+from app.core.config_rules import refuse_unsafe
 from app.core.crypto import SecretBox
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging, get_logger
@@ -101,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
+    warnings = refuse_unsafe(settings)  # UnsafeConfiguration lists every error at once
     app = FastAPI(
         title=f"{settings.app_name} API",
         version=__version__,
@@ -111,6 +113,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    for problem in warnings:
+        log.warning(
+            "configuration_warning",
+            setting=problem.setting,
+            rule=problem.rule,
+            message=problem.message,
+            fix=problem.fix,
+        )
     app.state.codec = TokenCodec(settings)
     app.state.box = SecretBox.from_settings(settings)
     install_error_handlers(app)

@@ -17,6 +17,7 @@ server shuts down cleanly and saves its data. The server's log is kept for faile
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -82,6 +83,8 @@ class LaunchedBackend(Backend):
     # What "started" means: ready (the default), or only live for a backend expected to
     # start degraded.
     wait_for: ClassVar[str] = "ready"
+    # The application factory uvicorn serves (a subclass may serve the app with additions).
+    app_factory: ClassVar[str] = "app.main:create_app"
 
     @classmethod
     def start(
@@ -107,6 +110,7 @@ class LaunchedBackend(Backend):
             **os.environ,
             "RENUM_ENVIRONMENT": "test",
             "RENUM_SECRET_KEY": secrets.token_urlsafe(48),
+            "RENUM_ENCRYPTION_KEYS": f"qa:{base64.b64encode(secrets.token_bytes(32)).decode()}",
             "RENUM_DATABASE__URL": database_url,
             "RENUM_BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
             "RENUM_BOOTSTRAP_ADMIN_PASSWORD": password,
@@ -137,7 +141,7 @@ class LaunchedBackend(Backend):
             "-m",
             "qa.loopback_guard",
             "uvicorn",
-            "app.main:create_app",
+            self.app_factory,
             "--factory",
             "--host",
             "127.0.0.1",

@@ -1,8 +1,9 @@
 """The settings model: the single source of the backend's configuration.
 
-Every value comes from the environment (prefix ``RENUM_``, nested with ``__``) or a ``.env``
-file. One ``Settings`` object is created at start-up and passed down; nothing reads the
-environment anywhere else.
+Values come, highest first, from the environment (prefix ``RENUM_``, nested with ``__``), a
+``.env`` file, the config file named by ``RENUM_CONFIG_FILE`` and the environment's profile
+(``app.core.profiles``), over the defaults here (``app.core.config_sources``). One ``Settings``
+object is created at start-up and passed down; nothing reads the environment anywhere else.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from app.core.config_sources import ordered_sources
 from app.core.egress import parse_allow_entry
 
-DEV_SECRET_KEY = "renum-development-secret-key-change-me-0123456789"  # noqa: S105 - refused outside development
+DEV_SECRET_KEY = "renum-development-secret-key-change-me-0123456789"  # noqa: S105 - refused in staging and production (app.core.config_rules)
 
 
 class Environment(StrEnum):
@@ -380,6 +387,17 @@ class Settings(BaseSettings):
         description="Password of that admin; when unset a random one is printed once.",
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return ordered_sources(settings_cls, init_settings, env_settings, dotenv_settings)
+
     @field_validator("bootstrap_admin_email", "bootstrap_admin_password", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -419,18 +437,6 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters long")
         return value
-
-    @model_validator(mode="after")
-    def _safe_secrets(self) -> Settings:
-        secret = self.secret_key.get_secret_value()
-        if self.environment in {Environment.staging, Environment.production} and (
-            secret == DEV_SECRET_KEY
-        ):
-            raise ValueError(
-                f"secret_key must be set (RENUM_SECRET_KEY) in {self.environment.value}; "
-                "the development default is refused"
-            )
-        return self
 
     @property
     def json_logs(self) -> bool:

@@ -163,7 +163,8 @@ def test_model_level_setting_error_is_reported_without_a_location(
     monkeypatch.setenv("RENUM_ENVIRONMENT", "production")
     result = runner.invoke(cli, ["db", "current"])
     assert result.exit_code == 2
-    assert "development default is refused" in flat(result.stderr)
+    assert "will not start in production" in flat(result.stderr)
+    assert "RENUM_SECRET_KEY (from default)" in flat(result.stderr)
 
 
 class ServeRecorder:

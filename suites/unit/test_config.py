@@ -14,8 +14,10 @@ from app.core.config import (
     LogFormat,
     Settings,
 )
+from app.core.config_rules import UnsafeConfiguration, refuse_unsafe
 
 LONG_SECRET = "x" * 32
+KEYS = "k1:" + "A" * 43 + "="
 
 
 def test_defaults_are_the_embedded_development_setup() -> None:
@@ -25,7 +27,7 @@ def test_defaults_are_the_embedded_development_setup() -> None:
     assert settings.secret_key.get_secret_value() == DEV_SECRET_KEY
     assert settings.encryption_keys == {}
     assert settings.log_level == "INFO"
-    assert settings.log_format is LogFormat.auto
+    assert settings.log_format is LogFormat.console  # the development profile
     assert settings.cors_origins == []
     assert settings.max_body_bytes == 1_048_576
     assert settings.redis_url is None
@@ -178,9 +180,11 @@ def test_secret_key_shorter_than_32_characters_is_refused() -> None:
 
 @pytest.mark.parametrize("environment", ["staging", "production"])
 def test_development_secret_is_refused_in_staging_and_production(environment: str) -> None:
-    with pytest.raises(ValidationError, match="development default is refused"):
-        Settings(environment=environment)
-    assert Settings(environment=environment, secret_key=LONG_SECRET).environment == environment
+    with pytest.raises(UnsafeConfiguration, match="RENUM_SECRET_KEY") as refused:
+        refuse_unsafe(Settings(environment=environment))
+    assert "the development default signs tokens" in str(refused.value)
+    safe = Settings(environment=environment, secret_key=LONG_SECRET, encryption_keys=KEYS)
+    assert refuse_unsafe(safe)  # warnings only (no probe token)
 
 
 @pytest.mark.parametrize("environment", ["development", "test"])
