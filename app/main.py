@@ -30,7 +30,7 @@ from app.api.routes import (
     usage,
     users,
 )
-from app.capabilities import docs, health, metrics
+from app.capabilities import configuration, docs, health, metrics
 from app.capabilities.base import AppContext, Capability
 from app.core.config import Settings
 from app.core.config_rules import refuse_unsafe
@@ -46,7 +46,12 @@ from app.services.startup import StartUp
 
 API_PREFIX = "/api/v1"
 # Every operations capability, in the order they start (and the reverse order they stop).
-CAPABILITIES: tuple[Capability, ...] = (health.CAPABILITY, metrics.CAPABILITY, docs.CAPABILITY)
+CAPABILITIES: tuple[Capability, ...] = (
+    configuration.CAPABILITY,
+    health.CAPABILITY,
+    metrics.CAPABILITY,
+    docs.CAPABILITY,
+)
 log = get_logger("app")
 
 

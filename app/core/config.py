@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -23,6 +23,9 @@ from pydantic_settings import (
 from app.core.config_sources import ordered_sources
 from app.core.egress import parse_allow_entry
 
+# Marks a setting that a reload applies without a restart (the configuration capability's
+# reload; every other changed setting is reported as needing a restart).
+LIVE: dict[str, Any] = {"reload": "live"}
 DEV_SECRET_KEY = "renum-development-secret-key-change-me-0123456789"  # noqa: S105 - refused in staging and production (app.core.config_rules)
 
 
@@ -209,6 +212,7 @@ class MetricsSettings(BaseModel):
     )
     public: bool | None = Field(
         default=None,
+        json_schema_extra=LIVE,
         description="Whether anonymous callers may read /metrics; unset: public outside "
         "production. When not public, platform admins and the probe token may read it.",
     )
@@ -218,6 +222,22 @@ class MetricsSettings(BaseModel):
         if self.public is None:
             return environment is not Environment.production
         return self.public
+
+
+class ConfigurationSettings(BaseModel):
+    """The configuration capability: live reload (SIGHUP, a change of the config file, or
+    `POST /api/v1/ops/config/reload`) and the effective configuration at
+    `GET /api/v1/ops/config`."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Reload settings live and serve the ops configuration endpoints. Off, "
+        "settings change only with a restart (the rollback switch).",
+    )
+    watch_file: bool = Field(
+        default=True,
+        description="Reload when the file named by RENUM_CONFIG_FILE changes.",
+    )
 
 
 class DocsSettings(BaseModel):
@@ -232,12 +252,18 @@ class DocsSettings(BaseModel):
 
 
 class TeamSettings(BaseModel):
-    max_members: int = Field(default=10, ge=1, le=1000, description="Agents per team at most.")
+    max_members: int = Field(
+        default=10, ge=1, le=1000, json_schema_extra=LIVE, description="Agents per team at most."
+    )
 
 
 class ExecutionSettings(BaseModel):
     max_concurrent_per_account: int = Field(
-        default=5, ge=1, le=10_000, description="Running executions per account at most."
+        default=5,
+        ge=1,
+        le=10_000,
+        json_schema_extra=LIVE,
+        description="Running executions per account at most.",
     )
     runner_concurrency: int = Field(
         default=16, ge=1, le=10_000, description="Executions one process runs at once."
@@ -255,7 +281,11 @@ class ExecutionSettings(BaseModel):
         default=3, ge=0, le=100, description="Resumptions after a crash before an execution fails."
     )
     max_wait_seconds: float = Field(
-        default=60.0, ge=0, le=3600, description="Longest `?wait=` a request may block."
+        default=60.0,
+        ge=0,
+        le=3600,
+        json_schema_extra=LIVE,
+        description="Longest `?wait=` a request may block.",
     )
 
 
@@ -346,7 +376,9 @@ class Settings(BaseSettings):
         description="Encryption keys for stored secrets as `id:base64key,id2:base64key`; "
         "the first is current.",
     )
-    log_level: str = Field(default="INFO", description="Lowest log level written.")
+    log_level: str = Field(
+        default="INFO", json_schema_extra=LIVE, description="Lowest log level written."
+    )
     log_format: LogFormat = Field(
         default=LogFormat.auto,
         description="`json`, `console`, or `auto` (JSON outside development).",
@@ -358,7 +390,11 @@ class Settings(BaseSettings):
         default=1_048_576, ge=1024, description="Largest accepted request body (413 above)."
     )
     max_json_depth: int = Field(
-        default=64, ge=2, le=200, description="Deepest nesting of a JSON body (422 above)."
+        default=64,
+        ge=2,
+        le=200,
+        json_schema_extra=LIVE,
+        description="Deepest nesting of a JSON body (422 above).",
     )
     shutdown_timeout_seconds: float = Field(
         default=5.0,
@@ -378,6 +414,7 @@ class Settings(BaseSettings):
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)
+    configuration: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,
         description="Email of the admin created on an empty database (default admin@renum.local).",

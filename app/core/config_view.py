@@ -4,6 +4,8 @@ it came from. ``renum config show`` prints it; the ops endpoint serves it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -98,3 +100,14 @@ def effective_configuration(settings: Settings, sources: dict[str, str]) -> list
 
     walk(settings, "")
     return views
+
+
+def fingerprint(settings: Settings) -> str:
+    """A short hash of the effective non-secret configuration plus which secrets are set
+    (never their values): two processes with the same fingerprint run the same configuration."""
+    summary = [
+        (view.setting, bool(view.value) if view.secret else view.value)
+        for view in effective_configuration(settings, {})
+    ]
+    digest = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

@@ -24,6 +24,10 @@ CAPABILITIES_DIR = REPO_ROOT / "app" / "capabilities"
 PLAN_FILES = {
     "app/core/dependency_validator.py": ("DependencyValidator", "app.capabilities.health"),
     "app/core/doc_generator.py": ("DocumentationGenerator", "app.capabilities.docs"),
+    "app/core/environment_config.py": (
+        "EnvironmentConfigManager",
+        "app.capabilities.configuration",
+    ),
 }
 PLAN_NAMES = (
     "dependency_validator",
@@ -36,6 +40,7 @@ PLAN_NAMES = (
     "premium_monitor",
 )
 ROUTES = {
+    "configuration": {"/api/v1/ops/config", "/api/v1/ops/config/reload"},
     "health": {"/health/live", "/livez", "/health/ready", "/readyz", "/health/dependencies"},
     "metrics": {"/metrics"},
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},

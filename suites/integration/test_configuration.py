@@ -1,0 +1,162 @@
+"""Live configuration on a real backend: the effective configuration with its sources, reload
+through the endpoint, on SIGHUP and on a change of the config file; live settings take effect
+for the next request, restart-only ones are reported and kept, an invalid file changes
+nothing; the fingerprint tells two differently configured backends apart. SQLite only: none
+of this depends on the database."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import closing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from teams_support import TEAMS, create_agent
+
+from qa.client import API, ApiClient
+from qa.factories import expect, tenant_with_owner
+from qa.launcher import LaunchedBackend
+from qa.polling import wait_until
+
+OPS = f"{API}/ops/config"
+BASE = 'log_level = "INFO"\n[teams]\nmax_members = 10\n'
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "renum.toml"
+    path.write_text(BASE)
+    return path
+
+
+def launch(config_file: Path, watch: bool) -> Iterator[LaunchedBackend]:
+    env = {"RENUM_CONFIG_FILE": str(config_file), "RENUM_CONFIGURATION__WATCH_FILE": str(watch)}
+    backend = LaunchedBackend.start("sqlite", extra_env=env)
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+@pytest.fixture
+def configured(config_file: Path) -> Iterator[LaunchedBackend]:
+    """A backend reading ``config_file``, reloading only when asked (no file watcher)."""
+    yield from launch(config_file, watch=False)
+
+
+@pytest.fixture
+def watching(config_file: Path) -> Iterator[LaunchedBackend]:
+    """A backend that also reloads when ``config_file`` changes."""
+    yield from launch(config_file, watch=True)
+
+
+def admin_of(backend: LaunchedBackend) -> ApiClient:
+    return ApiClient(backend.base_url).login(backend.admin_email, backend.admin_password)
+
+
+def settings_of(admin: ApiClient) -> dict[str, Any]:
+    body = expect(admin.get(OPS), 200)
+    return {row["setting"]: row for row in body["settings"]} | {"_": body}
+
+
+def test_reload_applies_live_settings_reports_the_rest_and_refuses_bad_files(
+    configured: LaunchedBackend, config_file: Path
+) -> None:
+    with closing(admin_of(configured)) as admin:
+        before = settings_of(admin)
+        assert before["teams.max_members"]["source"] == "config_file"
+        assert before["teams.max_members"]["live"] is True
+        assert before["database.url"]["live"] is False
+        assert before["secret_key"]["value"] == "********"
+        assert before["_"]["last_reload"] is None
+
+        # Through the endpoint: a live setting applies, a restart-only one is kept.
+        config_file.write_text(
+            'log_level = "INFO"\nshutdown_timeout_seconds = 9\n[teams]\nmax_members = 1\n'
+        )
+        result = expect(admin.post(f"{OPS}/reload"), 200)
+        assert result["status"] == "applied"
+        assert result["applied"] == ["teams.max_members"]
+        assert result["restart_required"] == ["shutdown_timeout_seconds"]
+        assert result["fingerprint"] != before["_"]["fingerprint"]
+        after = settings_of(admin)
+        assert after["teams.max_members"]["value"] == 1
+        assert after["shutdown_timeout_seconds"]["value"] == 5.0  # kept until a restart
+
+        # The next request sees the new limit.
+        _tenant, owner = tenant_with_owner(
+            configured.base_url, configured.admin_email, configured.admin_password
+        )
+        with closing(owner):
+            agents = [create_agent(owner)["id"], create_agent(owner)["id"]]
+            refused = owner.post(TEAMS, json={"name": "two", "agent_ids": agents})
+            assert refused.status_code == 422, refused.text
+            assert expect(owner.post(TEAMS, json={"name": "one", "agent_ids": agents[:1]}), 201)
+
+        # An invalid file changes nothing and says why.
+        config_file.write_text('log_level = "LOUD"\n[teams]\nmax_members = 5\n')
+        refused_reload = expect(admin.post(f"{OPS}/reload"), 200)
+        assert refused_reload["status"] == "refused"
+        assert any("log_level" in problem for problem in refused_reload["problems"])
+        assert settings_of(admin)["teams.max_members"]["value"] == 1
+        assert refused_reload["fingerprint"] == result["fingerprint"]
+
+
+def test_reload_on_sighup_and_on_a_file_change(
+    watching: LaunchedBackend, config_file: Path
+) -> None:
+    assert watching.process is not None
+    with closing(admin_of(watching)) as admin:
+        config_file.write_text(BASE.replace("max_members = 10", "max_members = 3"))
+
+        def last_reload() -> dict[str, Any] | None:
+            found: dict[str, Any] | None = settings_of(admin)["_"]["last_reload"]
+            return found
+
+        # The file watcher reloads on its own.
+        reloaded = wait_until(
+            lambda: (r := last_reload()) is not None and r["status"] == "applied" and r,
+            timeout=20,
+            what="a reload of the changed config file",
+            interval=0.2,
+        )
+        assert reloaded["trigger"] == "config_file"
+        assert settings_of(admin)["teams.max_members"]["value"] == 3
+
+        watching.process.send_signal(signal.SIGHUP)
+        by_signal = wait_until(
+            lambda: (r := last_reload()) is not None and r["trigger"] == "SIGHUP" and r,
+            timeout=20,
+            what="a reload on SIGHUP",
+            interval=0.2,
+        )
+        assert by_signal["status"] == "unchanged"  # nothing changed since the file reload
+        assert watching.process.poll() is None  # SIGHUP did not stop the server
+
+
+def test_only_platform_admins_see_or_reload_the_configuration(
+    configured: LaunchedBackend,
+) -> None:
+    _tenant, owner = tenant_with_owner(
+        configured.base_url, configured.admin_email, configured.admin_password
+    )
+    with closing(owner):
+        assert owner.get(OPS).status_code == 403
+        assert owner.post(f"{OPS}/reload").status_code == 403
+    with ApiClient(configured.base_url) as anonymous:
+        assert anonymous.get(OPS).status_code == 401
+
+
+def test_the_fingerprint_differs_between_differently_configured_backends(
+    configured: LaunchedBackend,
+) -> None:
+    other = LaunchedBackend.start("sqlite", extra_env={"RENUM_TEAMS__MAX_MEMBERS": "4"})
+    try:
+        with closing(admin_of(configured)) as first, closing(admin_of(other)) as second:
+            one = expect(first.get(OPS), 200)["fingerprint"]
+            two = expect(second.get(OPS), 200)["fingerprint"]
+        assert one != two
+    finally:
+        other.stop()
