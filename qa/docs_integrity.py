@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,16 @@ def undocumented_settings(model: type[BaseModel], page: Path) -> list[str]:
         f"setting {row.path} ({row.env}) is missing from {page}"
         for row in settings_rows(model)
         if f"`{row.env}`" not in text
+    ]
+
+
+def missing_checklist_lines(rules: Iterable[Any], page: Path) -> list[str]:
+    """Configuration rules whose production-checklist line the guide does not carry."""
+    text = page.read_text(encoding="utf-8") if page.exists() else ""
+    return [
+        f"rule {rule.id} has no production-checklist line in {page}: add '- {rule.checklist}'"
+        for rule in rules
+        if f"- {rule.checklist}" not in text
     ]
 
 
@@ -216,12 +227,14 @@ def external_assets(site_dir: Path) -> list[str]:
 
 def main() -> int:
     from app.core.config import Settings
+    from app.core.config_rules import RULES
     from app.main import reference_docs
 
     generator = reference_docs()
     problems = [
         *undocumented_operations(generator.schema, REFERENCE_DIR),
         *undocumented_settings(Settings, REFERENCE_DIR / CONFIGURATION_PAGE),
+        *missing_checklist_lines(RULES, REPO_ROOT / "docs" / "configuration.md"),
         *undocumented_sessions(REPO_ROOT / "noxfile.py", REPO_ROOT / "docs" / "harness.md"),
         *stale_pages(generator, REFERENCE_DIR),
         *uncommitted_pages(REFERENCE_DIR),

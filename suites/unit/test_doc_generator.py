@@ -29,6 +29,7 @@ from app.capabilities.docs.generator import (
 )
 from app.capabilities.health.registry import PROBES, Troubleshooting, registered_checks
 from app.cli import cli
+from app.core.config import LIVE
 from app.main import reference_docs
 from qa.examples import ExampleValidator
 
@@ -58,7 +59,7 @@ class Group(BaseModel):
 class SmallSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APP_", env_nested_delimiter="__")
 
-    mode: Mode = Field(default=Mode.fast, description="The mode.")
+    mode: Mode = Field(default=Mode.fast, description="The mode.", json_schema_extra=LIVE)
     token: SecretStr = Field(default=SecretStr("dev-only"), description="A secret.")
     url: str | None = Field(default=None, description="Optional URL.")
     required_name: str = Field(description="Must be given.")
@@ -281,8 +282,19 @@ def test_configuration_reference_from_a_settings_model() -> None:
     assert rows["APP_GROUP__SIZE"].path == "group.size"
     assert rows["APP_GROUP__SIZE"].description == "How many. (≥ 1, ≤ 9)"
     assert rows["APP_GROUP__NAMES"].default == "empty"
+    assert (rows["APP_MODE"].reload, rows["APP_URL"].reload) == ("live", "restart")
     page = DocumentationGenerator({}, settings_model=SmallSettings).pages()["configuration.md"]
-    assert "| `group.size` | `APP_GROUP__SIZE` | int | `3` | How many. (≥ 1, ≤ 9) |" in page
+    assert "| `group.size` | `APP_GROUP__SIZE` | int | `3` | restart | How many. (≥ 1, ≤ 9) |" in (
+        page
+    )
+    assert "## Profiles" not in page
+    profiles = {"dev": {"mode": "safe"}, "prod": {"group": {"size": 9}}}
+    generator = DocumentationGenerator({}, settings_model=SmallSettings, profiles=profiles)
+    with_profiles = generator.pages()["configuration.md"]
+    assert "| Setting | dev | prod |" in with_profiles
+    assert "| `mode` | `safe` | - |" in with_profiles
+    assert "| `group.size` | - | `9` |" in with_profiles
+    assert "`group.names` |" not in with_profiles.split("## Profiles")[1]
 
 
 def test_health_page_and_troubleshooting_snippet() -> None:

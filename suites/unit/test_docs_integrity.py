@@ -247,3 +247,19 @@ def test_reference_navigation_hook(tmp_path: Path) -> None:
     ]
     excluded = mkdocs_hooks.reference_nav(tmp_path, lambda path: path.endswith("snippet.md"))
     assert {"snippet": "reference/snippet.md"} not in excluded
+
+
+def test_every_configuration_rule_needs_its_production_checklist_line(tmp_path: Path) -> None:
+    from app.core.config_rules import RULES
+
+    guide = tmp_path / "configuration.md"
+    guide.write_text("\n".join(f"- {rule.checklist}" for rule in RULES[1:]), encoding="utf-8")
+    problems = docs_integrity.missing_checklist_lines(RULES, guide)
+    assert problems == [
+        f"rule {RULES[0].id} has no production-checklist line in {guide}: "
+        f"add '- {RULES[0].checklist}'"
+    ]
+    guide.write_text("\n".join(f"- {rule.checklist}" for rule in RULES), encoding="utf-8")
+    assert docs_integrity.missing_checklist_lines(RULES, guide) == []
+    real = docs_integrity.REPO_ROOT / "docs" / "configuration.md"
+    assert docs_integrity.missing_checklist_lines(RULES, real) == []

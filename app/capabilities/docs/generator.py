@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
+from app.core.config import LIVE
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -157,6 +159,8 @@ class DocumentationGenerator:
     schema: dict[str, Any]
     settings_model: type[BaseModel] | None = None
     health: HealthDocs | None = None
+    # Each environment's profile (nested like the settings), shown beside the defaults.
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     operations: list[Operation] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -174,8 +178,14 @@ class DocumentationGenerator:
         """The generator for this backend: the app's served schema, the settings model and the
         health registry."""
         from app.core.config import Settings
+        from app.core.profiles import PROFILES
 
-        return cls(schema=app.openapi(), settings_model=Settings, health=_health_registry())
+        return cls(
+            schema=app.openapi(),
+            settings_model=Settings,
+            health=_health_registry(),
+            profiles=PROFILES,
+        )
 
     # ---- pages --------------------------------------------------------------------------
 
@@ -408,18 +418,44 @@ class DocumentationGenerator:
             GENERATED_NOTE,
             "",
             "Every setting of the backend, from its settings model. Each is read from an "
-            "environment variable (or a `.env` file in the working directory); nested groups "
-            "use `__`. See [Configuration per environment](../configuration.md) for profiles.",
+            "environment variable, a `.env` file in the working directory or the config file "
+            "(`RENUM_CONFIG_FILE`); nested groups use `__`. *Reload* says whether a reload "
+            "applies a change without a restart. See "
+            "[Configuration per environment](../configuration.md).",
             "",
-            "| Setting | Environment variable | Type | Default | Description |",
-            "| --- | --- | --- | --- | --- |",
+            "| Setting | Environment variable | Type | Default | Reload | Description |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
-        for setting in settings_rows(model):
+        rows = settings_rows(model)
+        for setting in rows:
             lines.append(
                 f"| `{setting.path}` | `{setting.env}` | {cell(setting.type)} | "
-                f"{setting.default} | {cell(setting.description)} |"
+                f"{setting.default} | {setting.reload} | {cell(setting.description)} |"
             )
+        if self.profiles:
+            lines += self._profiles_table(rows)
         return "\n".join([*lines, ""])
+
+    def _profiles_table(self, rows: list[SettingRow]) -> list[str]:
+        """The settings the profiles set, with each environment's value (`-`: the model's
+        default)."""
+        names = list(self.profiles)
+        lines = [
+            "",
+            "## Profiles",
+            "",
+            "The defaults each environment (`RENUM_ENVIRONMENT`) gives, over the model's own; "
+            "any explicit setting overrides them. `-`: the model's default.",
+            "",
+            "| Setting | " + " | ".join(names) + " |",
+            "| --- | " + " | ".join("---" for _ in names) + " |",
+        ]
+        for setting in rows:
+            values = [_profile_value(self.profiles[name], setting.path) for name in names]
+            if any(value is not _UNSET for value in values):
+                shown = ["-" if value is _UNSET else code(value) for value in values]
+                lines.append(f"| `{setting.path}` | " + " | ".join(shown) + " |")
+        return lines
 
     def health_page(self, health: HealthDocs) -> str:
         lines = [
@@ -892,6 +928,19 @@ class SettingRow:
     type: str
     default: str
     description: str
+    reload: str = "restart"
+
+
+_UNSET = object()
+
+
+def _profile_value(profile: dict[str, Any], dotted: str) -> Any:
+    node: Any = profile
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _UNSET
+        node = node[part]
+    return node
 
 
 def settings_rows(model: type[BaseModel]) -> list[SettingRow]:
@@ -908,9 +957,15 @@ def settings_rows(model: type[BaseModel]) -> list[SettingRow]:
                 continue
             dotted = ".".join([*path, name])
             env = prefix + delimiter.join([*path, name]).upper()
+            live = info.json_schema_extra == LIVE
             rows.append(
                 SettingRow(
-                    dotted, env, _annotation_text(annotation), _default(info), _describe(info)
+                    dotted,
+                    env,
+                    _annotation_text(annotation),
+                    _default(info),
+                    _describe(info),
+                    "live" if live else "restart",
                 )
             )
 
