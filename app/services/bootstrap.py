@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.config import Settings
+from app.core.config import Environment, Settings
 from app.core.security import hash_password_async
 from app.models import Account, Role, User
 from app.repositories.accounts import AccountRepository
@@ -22,6 +22,7 @@ DEFAULT_ADMIN_EMAIL = "admin@renum.local"
 class BootstrapResult:
     email: str
     generated_password: str | None
+    created: bool = True  # False: no admin yet, and this environment does not make one
 
 
 async def platform_account(session: AsyncSession) -> Account:
@@ -51,12 +52,29 @@ async def create_admin(session: AsyncSession, email: str, password: str) -> User
     return user
 
 
+class BootstrapPasswordLeft(RuntimeError):
+    """Staging or production still carries the bootstrap password once the first admin exists."""
+
+
 async def bootstrap_admin(session: AsyncSession, settings: Settings) -> BootstrapResult | None:
-    """Create the first admin if the database has no users; return what was created."""
+    """Create the first admin if the database has no users; return what was created.
+
+    Staging and production never generate a password (it would be printed to a log): without
+    ``RENUM_BOOTSTRAP_ADMIN_PASSWORD`` they create nobody (use ``renum users create-admin``),
+    and once an admin exists they refuse to run with that password still set."""
+    configured = settings.bootstrap_admin_password
+    strict = settings.environment in (Environment.staging, Environment.production)
     if await UserRepository(session).count() > 0:
+        if strict and configured is not None:
+            raise BootstrapPasswordLeft(
+                f"RENUM_BOOTSTRAP_ADMIN_PASSWORD is still set in {settings.environment.value} "
+                "although the first admin exists: remove it from the environment (the admin "
+                "changes passwords with POST /api/v1/users/me/password)"
+            )
         return None
     email = settings.bootstrap_admin_email or DEFAULT_ADMIN_EMAIL
-    configured = settings.bootstrap_admin_password
+    if strict and configured is None:
+        return BootstrapResult(email=email, generated_password=None, created=False)
     password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
     await create_admin(session, email, password)
     return BootstrapResult(email=email, generated_password=None if configured else password)

@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.core.logging import get_logger
 from app.db import migrate
 from app.db.database import Database
-from app.services.bootstrap import bootstrap_admin
+from app.services.bootstrap import BootstrapPasswordLeft, bootstrap_admin
 
 log = get_logger("app.startup")
 
@@ -70,6 +70,8 @@ class StartUp:
         try:
             async with asyncio.timeout(self.settings.database.connect_timeout_seconds):
                 await bootstrap(self.settings, self.database)
+        except BootstrapPasswordLeft:
+            raise  # a configuration error: the start stops with its message
         except Exception as exc:  # the database went away, or is not migrated yet
             log.warning("start_up_retry_failed", error_type=type(exc).__name__)
             return False
@@ -103,6 +105,13 @@ async def bootstrap(settings: Settings, database: Database) -> None:
     async with database.session() as session:
         created = await bootstrap_admin(session, settings)
     if created is None:
+        return
+    if not created.created:
+        log.warning(
+            "bootstrap_admin_not_created",
+            reason=f"{settings.environment.value} never generates a password",
+            fix="renum users create-admin --email EMAIL",
+        )
         return
     log.info("bootstrap_admin_created", email=created.email)
     if created.generated_password is not None:

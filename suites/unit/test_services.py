@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.config import DatabaseSettings, Settings
+from app.core.config import DatabaseSettings, Environment, Settings
 from app.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.core.security import TokenCodec, hash_password, verify_password
 from app.db import migrate
@@ -31,6 +31,7 @@ from app.services.auth import AuthService
 from app.services.bootstrap import (
     DEFAULT_ADMIN_EMAIL,
     PLATFORM_ACCOUNT_NAME,
+    BootstrapPasswordLeft,
     bootstrap_admin,
     create_admin,
     platform_account,
@@ -111,20 +112,6 @@ def test_validation_failed_at_builds_one_field_error() -> None:
 
 
 # --- database fixtures ------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argon2 with its production cost takes ~0.3 s a hash; these tests make dozens. The
-    parameters are the only change: hashes are still argon2id and verified the same way
-    (test_security.py checks the real hasher)."""
-    from argon2 import PasswordHasher
-
-    from app.core import security
-
-    monkeypatch.setattr(
-        security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    )
 
 
 @pytest.fixture
@@ -235,6 +222,33 @@ async def test_bootstrap_is_a_no_op_when_users_exist(session: AsyncSession) -> N
     await create_admin(session, "first@example.com", PASSWORD)
     assert await bootstrap_admin(session, Settings()) is None
     assert await UserRepository(session).count() == 1
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+async def test_production_never_generates_the_first_admins_password(
+    session: AsyncSession, environment: str
+) -> None:
+    settings = Settings(environment=environment, secret_key=SECRET)
+    result = await bootstrap_admin(session, settings)
+    assert result is not None
+    assert (result.created, result.generated_password) == (False, None)
+    assert await UserRepository(session).count() == 0
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+async def test_production_refuses_a_bootstrap_password_left_once_the_admin_exists(
+    session: AsyncSession, environment: str
+) -> None:
+    settings = Settings(
+        environment=environment, secret_key=SECRET, bootstrap_admin_password="pw-1234567"
+    )
+    first = await bootstrap_admin(session, settings)
+    assert first is not None
+    assert first.created
+    with pytest.raises(BootstrapPasswordLeft, match="RENUM_BOOTSTRAP_ADMIN_PASSWORD is still set"):
+        await bootstrap_admin(session, settings)
+    development = settings.model_copy(update={"environment": Environment.development})
+    assert await bootstrap_admin(session, development) is None
 
 
 async def test_platform_account_is_created_once(session: AsyncSession) -> None:
