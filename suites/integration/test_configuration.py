@@ -7,8 +7,8 @@ of this depends on the database."""
 from __future__ import annotations
 
 import signal
-from contextlib import closing
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
