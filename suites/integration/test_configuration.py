@@ -116,22 +116,26 @@ def test_reload_on_sighup_and_on_a_file_change(
             return found
 
         # The file watcher reloads on its own.
-        reloaded = wait_until(
-            lambda: (r := last_reload()) is not None and r["status"] == "applied" and r,
+        wait_until(
+            lambda: (r := last_reload()) is not None and r["status"] == "applied",
             timeout=20,
             what="a reload of the changed config file",
             interval=0.2,
         )
+        reloaded = last_reload()
+        assert reloaded is not None
         assert reloaded["trigger"] == "config_file"
         assert settings_of(admin)["teams.max_members"]["value"] == 3
 
         watching.process.send_signal(signal.SIGHUP)
-        by_signal = wait_until(
-            lambda: (r := last_reload()) is not None and r["trigger"] == "SIGHUP" and r,
+        wait_until(
+            lambda: (r := last_reload()) is not None and r["trigger"] == "SIGHUP",
             timeout=20,
             what="a reload on SIGHUP",
             interval=0.2,
         )
+        by_signal = last_reload()
+        assert by_signal is not None
         assert by_signal["status"] == "unchanged"  # nothing changed since the file reload
         assert watching.process.poll() is None  # SIGHUP did not stop the server
 
