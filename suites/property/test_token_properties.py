@@ -74,9 +74,13 @@ def test_any_single_character_change_is_refused(
     forged = ".".join(parts)
     if _decoded(changed) == _decoded(original):
         # The last character of a base64 segment carries a few padding bits; changing only
-        # those bits yields the very same bytes, so the token is the same token. It must then
-        # decode to exactly the same claims, never to anything else.
-        assert CODEC.decode(forged, token_type) == claims  # type: ignore[arg-type]
+        # those bits yields the very same bytes. Such a token is refused (PyJWT checks the
+        # padding bits) or decodes to exactly the same claims, never to anything else.
+        try:
+            decoded = CODEC.decode(forged, token_type)  # type: ignore[arg-type]
+        except TokenError:
+            return
+        assert decoded == claims
         return
     with pytest.raises(TokenError):
         CODEC.decode(forged, token_type)  # type: ignore[arg-type]
