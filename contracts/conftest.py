@@ -218,9 +218,11 @@ def schema_for(backend: Backend, identities: dict[str, Identity], wfc_path: Path
         schema.hook(support.filter_failure)
         schema.hook(support.flatmap_body)  # non-finite numbers, now and then
 
-        state.operations |= {
+        labels = {
             result.ok().label for result in schema.get_all_operations() if isinstance(result, Ok)
         }
+        state.operations |= labels
+        state.planned[name] = len(labels)  # for "ran out after k of these" when time runs out
         return schema
 
     return load

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core import NotSet
@@ -51,7 +52,9 @@ class Profile:
     max_examples: int  # fuzzing cases per operation and identity
     scenarios: int  # stateful scenarios per identity
     max_steps: int  # longest stateful scenario
-    budget_seconds: float  # the whole Schemathesis run; later cases are not sent once it is spent
+    # The whole Schemathesis run; once it is spent, what was not explored yet is reported as
+    # skipped with that reason (never as passed), and counted in the summary as not sent.
+    budget_seconds: float
 
     @classmethod
     def ci(cls, seed: int | None = None) -> Profile:
@@ -259,6 +262,8 @@ class RunState:
     isolation_probes: int = 0
     coverage_skipped: set[str] = field(default_factory=set)
     operations: set[str] = field(default_factory=set)
+    planned: dict[str, int] = field(default_factory=dict)  # operations per identity's schema
+    failing: set[str] = field(default_factory=set)  # operations with a failure, being shrunk
     rules: dict[str, list[Rule]] = field(default_factory=dict)  # by operation label
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -324,6 +329,25 @@ def run_state() -> RunState:
     if RUN is None:
         raise RuntimeError("the contracts conftest sets up the run before any test")
     return RUN
+
+
+def budget_ran_out(run: RunState, done: int, planned: int, what: str) -> str:
+    """The reason a test skips the exploration its time budget left no time for."""
+    budget = run.profile.budget_seconds
+    return f"time budget of {budget:g}s ran out after {done} of {planned} {what}"
+
+
+def skip_when_over_budget(run: RunState, identity: str, operation: str) -> None:
+    """Before a case is sent: once the run's time budget is spent, the rest of this operation
+    is skipped (pytest.skip, with how far the run got) and the case counted as not sent.
+    Not while Hypothesis shrinks a failure of this operation: a failure is always reported."""
+    if run.budget_left > 0 or operation in run.failing:
+        return
+    with run.lock:
+        run.not_sent[operation] += 1
+        explored = len({op for (who, op, _) in run.cases if who == identity})
+    planned = run.planned.get(identity, len(run.operations))
+    pytest.skip(budget_ran_out(run, explored, planned, f"operations as {identity}"))
 
 
 def record_call(identity: str, phase: str, operation: str) -> None:
@@ -755,4 +779,7 @@ def iter_summary_lines(state: RunState) -> Iterator[str]:
         skipped = ", ".join(summary["coverage_phase_skipped_in_ci_for_recursive_input"])
         yield f"coverage phase left to --deep (recursive input): {skipped}"
     if summary["cases_not_sent_over_budget"]:
-        yield f"NOT SENT (budget spent): {summary['cases_not_sent_over_budget']}"
+        yield (
+            "SKIPPED, the time budget ran out (cases not sent): "
+            f"{summary['cases_not_sent_over_budget']}"
+        )

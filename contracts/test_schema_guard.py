@@ -16,6 +16,9 @@ from qa import schema_diff
 from qa.factories import expect
 from qa.launcher import Backend
 
+# Both databases: the contract is the API's promise on each (see docs/harness.md).
+pytestmark = pytest.mark.both_databases
+
 ACCEPT = "nox -s contracts -- --accept"
 
 

@@ -18,6 +18,9 @@ from contract_support import Identity, RunState
 from hypothesis.errors import Flaky, FlakyStrategyDefinition
 from schemathesis.core.failures import FailureGroup
 
+# Both databases: the contract is the API's promise on each (see docs/harness.md).
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.mark.parametrize("name", ["admin", "owner", "member"])
 def test_linked_sequences(
@@ -27,9 +30,10 @@ def test_linked_sequences(
     run: RunState,
     untraced: None,
 ) -> None:
+    planned = run.profile.scenarios
     if run.budget_left <= 0:
-        run.not_sent[f"stateful as {name}"] += run.profile.scenarios
-        return
+        run.not_sent[f"stateful as {name}"] += planned
+        pytest.skip(support.budget_ran_out(run, 0, planned, f"stateful scenarios as {name}"))
     base = schema_for(name).as_state_machine()
     found: list[FailureGroup] = []
 
@@ -81,3 +85,7 @@ def test_linked_sequences(
             break
     if found:
         raise found[0]
+    if run.scenarios[name] < planned and run.budget_left <= 0:
+        run.not_sent[f"stateful as {name}"] += planned - run.scenarios[name]
+        done = run.scenarios[name]
+        pytest.skip(support.budget_ran_out(run, done, planned, f"stateful scenarios as {name}"))

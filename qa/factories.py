@@ -19,6 +19,12 @@ def unique_name(prefix: str = "Account") -> str:
     return f"{prefix} {uuid.uuid4().hex[:8]}"
 
 
+def unique(prefix: str) -> str:
+    """``prefix-`` and eight random hex digits: an object name no other test uses (names are
+    unique per account, and session fixtures share accounts between tests)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
 @dataclass(frozen=True)
 class Member:
     """A user of a tenant, with the password the harness gave it."""
@@ -53,6 +59,15 @@ def create_user(owner: ApiClient, role: str, **fields: Any) -> Member:
     body = {"email": email, "password": DEFAULT_PASSWORD, "role": role, **fields}
     created = expect(owner.post(f"{API}/users", json=body), 201)
     return Member(id=created["id"], email=email, password=DEFAULT_PASSWORD, role=role)
+
+
+def create_agent(client: ApiClient, name: str = "agent", **fields: Any) -> dict[str, Any]:
+    """An agent of the caller's account, named ``unique(name)``: the builtin ``echo`` model
+    unless ``fields`` say otherwise (any field of the request, e.g. ``provider="openai"``,
+    ``model="template"``, ``parameters={...}``). Returns the created agent."""
+    body = {"name": unique(name), "provider": "builtin", "model": "echo", **fields}
+    created: dict[str, Any] = expect(client.post(f"{API}/agents", json=body), 201)
+    return created
 
 
 def create_tenant(admin: ApiClient, name: str | None = None) -> Tenant:

@@ -15,6 +15,12 @@ usage counted in words. ``script_models`` does the same for ``/v1/models`` (defa
 list). ``require_key`` makes both endpoints answer 401 to any other bearer key. Everything is
 guarded by one lock, so tests may script and read from any thread while the server answers
 many requests at once.
+
+Tests observe states rather than time: ``Held`` keeps an answer back until the test releases
+it, ``in_flight`` and ``peak_in_flight`` count the chat requests being answered now and at
+most at once, and ``abandoned`` lists those whose client went away before its answer (a
+timeout, a cancel). A pause (``Hang``, ``Slow``, ``Held``) ends early when its client goes
+away, when ``reset`` is called or when the server stops.
 """
 
 from __future__ import annotations
@@ -79,7 +85,18 @@ class Slow:
     reply: Reply | Fail | None = None
 
 
-Step = Reply | Fail | Hang | Slow
+@dataclass(frozen=True)
+class Held:
+    """Keep the answer back until the test sets ``release`` (a ``threading.Event``), then
+    send ``reply`` (the default echo reply when None). While held, the request counts in
+    ``in_flight``: a test can see that a call is under way, and that something happened
+    (a timeout, a cancel, a fail-fast) while the answer had not come."""
+
+    release: threading.Event
+    reply: Reply | Fail | None = None
+
+
+Step = Reply | Fail | Hang | Slow | Held
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,15 @@ class FakeOpenAI:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self._completions = 0
+        # Chat requests being answered now (by the id of their record, which the list of
+        # requests keeps alive), the most at once and the ones whose client left first, all
+        # since the last reset (its generation); each request's generation, to end its pause
+        # when a reset comes.
+        self._generation = 0
+        self._tickets: dict[int, int] = {}
+        self._in_flight: set[int] = set()
+        self._peak_in_flight = 0
+        self._abandoned: list[RecordedRequest] = []
         self.port: int | None = None
         self.app = Starlette(
             routes=[
@@ -201,12 +227,18 @@ class FakeOpenAI:
             self._required_key = key
 
     def reset(self) -> None:
-        """Forget the script, the recorded requests and the required key."""
+        """Forget the script, the recorded requests, the counts and the required key; a
+        request still paused (hanging, slow or held) is answered at once."""
         with self._lock:
             self._chat_steps.clear()
             self._model_steps.clear()
             self._requests.clear()
             self._required_key = None
+            self._generation += 1
+            self._tickets.clear()
+            self._in_flight.clear()
+            self._peak_in_flight = 0
+            self._abandoned.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -226,9 +258,30 @@ class FakeOpenAI:
         with self._lock:
             return len(self._chat_steps)
 
+    @property
+    def in_flight(self) -> int:
+        """Chat requests received and not yet answered (nor abandoned by their client)."""
+        with self._lock:
+            return len(self._in_flight)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most chat requests that were being answered at once since the last reset."""
+        with self._lock:
+            return self._peak_in_flight
+
+    @property
+    def abandoned(self) -> list[RecordedRequest]:
+        """Chat requests whose client went away (a timeout, a cancel) before the answer
+        was sent, in the order they were given up; noticed while their answer was paused."""
+        with self._lock:
+            return list(self._abandoned)
+
     # -- handlers ---------------------------------------------------------------------------
 
     async def _record(self, request: Request) -> tuple[RecordedRequest, str | None, Step | None]:
+        """Record the request and take its step; a chat request counts in flight from here
+        until ``_release`` (same lock: whoever sees it recorded sees it in flight)."""
         raw = await request.body()
         try:
             body = json.loads(raw) if raw else None
@@ -243,6 +296,10 @@ class FakeOpenAI:
         is_chat = request.url.path.endswith("/chat/completions")
         with self._lock:
             self._requests.append(recorded)
+            if is_chat:
+                self._tickets[id(recorded)] = self._generation
+                self._in_flight.add(id(recorded))
+                self._peak_in_flight = max(self._peak_in_flight, len(self._in_flight))
             required = self._required_key
             authorized = required is None or recorded.headers.get("authorization") == (
                 f"Bearer {required}"
@@ -253,27 +310,74 @@ class FakeOpenAI:
             step = queue.popleft() if queue else None
         return recorded, None, step
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake early when the server is stopping."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping.is_set():
-            left = deadline - time.monotonic()
+    def _interrupted(self, generation: int) -> bool:
+        with self._lock:
+            return self._stopping.is_set() or generation != self._generation
+
+    async def _pause(
+        self,
+        request: Request,
+        generation: int,
+        seconds: float | None = None,
+        release: threading.Event | None = None,
+    ) -> bool:
+        """Wait ``seconds`` or until ``release`` is set; False when the client went away
+        meanwhile. Ends early when the server stops or the fake is reset."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._interrupted(generation):
+            if await request.is_disconnected():
+                return False
+            if release is not None and release.is_set():
+                return True
+            left = _STOP_POLL_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                return
+                return True
             await asyncio.sleep(min(left, _STOP_POLL_S))
+        return True
 
     async def _play(
-        self, step: Step | None, normal: Callable[[Reply | None], Response]
-    ) -> Response:
-        while isinstance(step, Hang | Slow):
-            await self._pause(step.seconds)
-            step = step.reply if isinstance(step, Slow) else None
+        self,
+        request: Request,
+        generation: int,
+        step: Step | None,
+        normal: Callable[[Reply | None], Response],
+    ) -> Response | None:
+        """The step's answer, or None when the client went away before it."""
+        while isinstance(step, Hang | Slow | Held):
+            if isinstance(step, Held):
+                waited = await self._pause(request, generation, release=step.release)
+            else:
+                waited = await self._pause(request, generation, seconds=step.seconds)
+            if not waited:
+                return None
+            step = None if isinstance(step, Hang) else step.reply
         if isinstance(step, Fail):
             return _fail_response(step)
         return normal(step)
 
+    def _release(self, recorded: RecordedRequest, abandoned: bool) -> None:
+        """The chat request is answered, or given up by its client: no longer in flight."""
+        with self._lock:
+            if self._tickets.pop(id(recorded), None) != self._generation:
+                return  # recorded before a reset: counted in nothing any more
+            self._in_flight.discard(id(recorded))
+            if abandoned:
+                self._abandoned.append(recorded)
+
     async def _chat(self, request: Request) -> Response:
         recorded, problem, step = await self._record(request)
+        answer = None
+        try:
+            answer = await self._answer_chat(request, recorded, problem, step)
+        finally:
+            self._release(recorded, abandoned=answer is None)
+        return answer or _GONE
+
+    async def _answer_chat(
+        self, request: Request, recorded: RecordedRequest, problem: str | None, step: Step | None
+    ) -> Response | None:
+        with self._lock:
+            generation = self._tickets.get(id(recorded), -1)
         if problem:
             return JSONResponse(
                 _error_body(401, "Incorrect API key provided.", "invalid_api_key"), 401
@@ -321,9 +425,11 @@ class FakeOpenAI:
                 }
             )
 
-        return await self._play(step, completion)
+        return await self._play(request, generation, step, completion)
 
     async def _list_models(self, request: Request) -> Response:
+        with self._lock:
+            generation = self._generation
         _recorded, problem, step = await self._record(request)
         if problem:
             return JSONResponse(
@@ -341,7 +447,11 @@ class FakeOpenAI:
                 }
             )
 
-        return await self._play(step, listing)
+        return await self._play(request, generation, step, listing) or _GONE
+
+
+# The "answer" to a client that went away before it: nobody reads it.
+_GONE = Response(status_code=499)
 
 
 def _fail_response(step: Fail) -> Response:

@@ -1,8 +1,15 @@
 """The harness's pytest plugin (registered as ``renum_qa``): options and shared fixtures.
 
-Options: ``--db sqlite,postgresql`` picks the database flavours the backend is launched on
-(tests that use a backend run once per flavour); ``--target URL`` runs against a deployment
-instead (admin credentials from ``RENUM_QA_ADMIN_EMAIL`` / ``RENUM_QA_ADMIN_PASSWORD``).
+Options: ``--db sqlite,postgresql`` picks the database flavours the backend is launched on;
+``--target URL`` runs against a deployment instead (admin credentials from
+``RENUM_QA_ADMIN_EMAIL`` / ``RENUM_QA_ADMIN_PASSWORD``).
+
+Which flavours a test runs on: a test (or module, or class) marked ``both_databases`` runs
+once per flavour given with ``--db``; any other test that uses a backend runs once, on the
+first flavour given. Tests whose behaviour depends on the database (transactions, locking,
+resuming executions, migrations, aggregation queries) carry the mark; the rest would only
+repeat themselves. A test that launches a backend on a flavour it names itself is not
+affected either way.
 
 Fixtures: ``backend``, ``client`` (anonymous), ``admin_client``, ``tenant`` and
 ``other_tenant`` (an account with owner, member and viewer each), ``owner_client``,
@@ -48,19 +55,37 @@ def _flavours(config: pytest.Config) -> list[str]:
     return flavours
 
 
+BOTH_DATABASES = "both_databases"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _flavours(config)  # a bad --db is a usage error at once, not a collection error later
+    config.addinivalue_line(
+        "markers",
+        f"{BOTH_DATABASES}: the test's behaviour depends on the database; it runs on every "
+        "flavour given with --db (other tests run on the first one only)",
+    )
+
+
+def flavours_for(config: pytest.Config, marked: bool) -> list[str]:
+    """The flavours a test runs on: every one of ``--db`` when marked ``both_databases``,
+    else the first."""
+    flavours = _flavours(config)
+    return flavours if marked else flavours[:1]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_flavour" in metafunc.fixturenames:
-        metafunc.parametrize("db_flavour", _flavours(metafunc.config), scope="session")
+        marked = metafunc.definition.get_closest_marker(BOTH_DATABASES) is not None
+        flavours = flavours_for(metafunc.config, marked)
+        metafunc.parametrize("db_flavour", flavours, scope="session")
 
 
 @pytest.fixture(scope="session")
 def db_flavour(request: pytest.FixtureRequest) -> str:
-    """The first flavour of ``--db``; tests that name a backend fixture are parametrised over
-    every flavour instead (``pytest_generate_tests``). This covers fixtures requested lazily."""
+    """The first flavour of ``--db``; tests that name a backend fixture are parametrised
+    instead (``pytest_generate_tests``: every flavour when marked ``both_databases``, else the
+    first). This covers fixtures requested lazily."""
     return _flavours(request.config)[0]
 
 

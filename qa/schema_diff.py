@@ -229,6 +229,11 @@ class _Comparer:
         self.old = _Document(old)
         self.new = _Document(new)
         self.changes: list[Change] = []
+        # The (old, new) object schemas being compared further up the current path: meeting
+        # a pair again means a recursive schema (a guard holding guards) came round to itself,
+        # and everything below was or will be compared there. Without it a recursive input was
+        # walked to the depth limit along every branch (seconds per operation).
+        self._open: set[tuple[int, int]] = set()
 
     def add(self, kind: str, where: str, detail: str, *, breaking: bool) -> None:
         self.changes.append(Change(kind, where, detail, breaking))
@@ -419,6 +424,16 @@ class _Comparer:
                 )
 
     def _request_object(self, where: str, old: Schema, new: Schema, depth: int) -> None:
+        pair = (id(old), id(new))
+        if pair in self._open:
+            return
+        self._open.add(pair)
+        try:
+            self._request_fields(where, old, new, depth)
+        finally:
+            self._open.discard(pair)
+
+    def _request_fields(self, where: str, old: Schema, new: Schema, depth: int) -> None:
         old_props = old.get("properties") or {}
         new_props = new.get("properties") or {}
         old_required = set(old.get("required") or [])
@@ -543,6 +558,16 @@ class _Comparer:
                 )
 
     def _response_object(self, where: str, old: Schema, new: Schema, depth: int) -> None:
+        pair = (id(old), id(new))
+        if pair in self._open:
+            return
+        self._open.add(pair)
+        try:
+            self._response_fields(where, old, new, depth)
+        finally:
+            self._open.discard(pair)
+
+    def _response_fields(self, where: str, old: Schema, new: Schema, depth: int) -> None:
         old_props = old.get("properties") or {}
         new_props = new.get("properties") or {}
         old_required = set(old.get("required") or [])

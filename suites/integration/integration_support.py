@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 from qa.client import ApiClient
 from qa.factories import Member
 from qa.launcher import REPO_ROOT, Backend
+from qa.polling import wait_until
 
 FreshLogin = Callable[[Member], ApiClient]  # the ``fresh_login`` fixture
 MakeUser = Callable[..., Member]  # the ``make_user`` fixture
@@ -99,19 +99,27 @@ def pointers(problem: dict[str, Any]) -> set[str]:
 def log_events(backend: Backend, *request_ids: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The JSON events of a launched server's log, once the ``request`` events of all
     ``request_ids`` are in it (the server writes a request's line after sending the response,
-    so a test reading the log at once could race it). Non-JSON lines are left out."""
-    deadline = time.monotonic() + timeout
-    while True:
+    so a test reading the log at once could race it); fails when they do not come within
+    ``timeout``. Non-JSON lines are left out."""
+
+    def events() -> list[dict[str, Any]]:
         text = backend.log_text()
         complete = text[: text.rfind("\n") + 1]  # a line still being written is not read
-        events = []
-        for line in complete.splitlines():
-            if line.startswith("{"):
-                events.append(json.loads(line))
-        logged = {e.get("request_id") for e in events if e.get("event") == "request"}
-        if set(request_ids) <= logged or time.monotonic() > deadline:
-            return events
-        time.sleep(0.05)
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
+
+    def with_requests() -> list[dict[str, Any]] | None:
+        found = events()
+        logged = {e.get("request_id") for e in found if e.get("event") == "request"}
+        return found if set(request_ids) <= logged else None
+
+    if not request_ids:
+        return events()
+    return wait_until(
+        with_requests,
+        timeout=timeout,
+        what=f"the log lines of requests {', '.join(request_ids)}",
+        interval=0.05,
+    )
 
 
 def b64url(data: bytes) -> str:

@@ -21,11 +21,13 @@ import httpx
 import pytest
 
 from qa.client import API, ApiClient
-from qa.factories import (
+from qa.factories import (  # create_agent and unique: the suites' helpers use them from here
     DEFAULT_PASSWORD,
     Member,
+    create_agent,
     create_user,
     expect,
+    unique,
     unique_email,
     unique_name,
 )
@@ -40,10 +42,6 @@ USAGE = f"{API}/usage"
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out"}
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -135,11 +133,6 @@ def limited_server(request: pytest.FixtureRequest, db_flavour: str) -> Iterator[
 
 
 # -- agents, keys, teams ----------------------------------------------------------------------
-
-
-def create_agent(client: ApiClient, **fields: Any) -> dict[str, Any]:
-    body = {"name": unique("agent"), "provider": "builtin", "model": "echo", **fields}
-    return expect(client.post(AGENTS, json=body), 201)
 
 
 def echo_agent(client: ApiClient, **fields: Any) -> dict[str, Any]:

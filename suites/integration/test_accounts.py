@@ -56,6 +56,7 @@ def test_admin_creates_an_account_whose_owner_can_log_in(
     assert created["id"] in {account["id"] for account in all_accounts(admin_client)}
 
 
+@pytest.mark.both_databases  # a unique index
 def test_account_names_are_unique_regardless_of_case_and_spacing(admin_client: ApiClient) -> None:
     name = unique_name("Acme Research")
     expect(admin_client.post(ACCOUNTS, json=account_body(name=name)), 201)
@@ -66,6 +67,7 @@ def test_account_names_are_unique_regardless_of_case_and_spacing(admin_client: A
     assert len(all_accounts(admin_client)) == before
 
 
+@pytest.mark.both_databases  # a unique index
 def test_duplicate_owner_email_is_409_and_changes_nothing(
     admin_client: ApiClient, tenant: Tenant
 ) -> None:

@@ -188,6 +188,7 @@ def test_model_agent_cannot_use_another_users_or_accounts_key(
     )
 
 
+@pytest.mark.both_databases  # constraints
 def test_duplicate_name_conflicts(owner_client: ApiClient, member_client: ApiClient) -> None:
     agent = ts.echo_agent(owner_client)
     again = {"name": agent["name"], "provider": "builtin", "model": "echo"}
@@ -206,6 +207,7 @@ def test_same_name_in_another_account_is_fine(
     assert twin["id"] != agent["id"]
 
 
+@pytest.mark.both_databases  # constraints
 def test_delete_is_refused_while_the_agent_is_in_a_team(owner_client: ApiClient) -> None:
     agent = ts.echo_agent(owner_client)
     team = ts.create_team(owner_client, [agent])

@@ -252,7 +252,8 @@ def test_revoking_an_unknown_or_malformed_id(owner_client: ApiClient) -> None:
 @pytest.mark.parametrize(
     "expires_at",
     [
-        (datetime.now(UTC) - timedelta(minutes=5)).isoformat(),
+        # A fixed id: the value changes with the clock, test ids must not (pytest-xdist).
+        pytest.param((datetime.now(UTC) - timedelta(minutes=5)).isoformat(), id="minutes-ago"),
         "2001-01-01T00:00:00Z",
         "2001-01-01T00:00:00",  # naive: read as UTC
     ],

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from integration_support import MakeUser, assert_problem, assert_unauthorized, bearer, jwt_payload
 
 from qa.client import API, ApiClient
 from qa.factories import DEFAULT_PASSWORD, Member, Tenant, expect, unique_email
+
+# Both databases: refresh-token rotation, replay and revocation are transactions: on each database.
+pytestmark = pytest.mark.both_databases
 
 
 def token_request(client: httpx.Client, email: str, password: str) -> httpx.Response:

@@ -17,6 +17,9 @@ from qa.factories import expect
 from qa.launcher import ADMIN_EMAIL, FLAVOURS, Backend
 from qa.plugin import LaunchBackend
 
+# Both databases: migrations and the first admin on an empty database of each flavour.
+pytestmark = pytest.mark.both_databases
+
 NO_PASSWORD = {"RENUM_BOOTSTRAP_ADMIN_PASSWORD": ""}
 GENERATED = re.compile(r"generated password[^:\n]*:\s*(\S+)", re.IGNORECASE)
 

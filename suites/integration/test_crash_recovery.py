@@ -1,17 +1,22 @@
 """Durability: a backend killed with SIGKILL mid-execution is replaced by a new process on the
-same database, which resumes the execution from its last completed step."""
+same database, which resumes the execution from its last completed step.
+
+One kill, on each database: the behaviour, kept in the default run. The drills
+(``suites/drills/test_crash_drills.py``) kill a longer pipeline again and again, parallel
+steps, and past the resume limit.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import threading
 
 import pytest
 
 from qa.client import API, ApiClient
-from qa.factories import DEFAULT_PASSWORD, expect, unique_email
-from qa.fake_openai import FakeOpenAI, Reply, Slow
+from qa.factories import create_agent, expect, tenant_with_owner
+from qa.fake_openai import FakeOpenAI, Held, Reply
 from qa.plugin import LaunchBackend
+from qa.polling import wait_until
 
 FAST_RECOVERY = {
     "RENUM_EXECUTIONS__HEARTBEAT_SECONDS": "0.2",
@@ -20,51 +25,23 @@ FAST_RECOVERY = {
 }
 
 
-def _owner(base_url: str, admin_email: str, admin_password: str) -> tuple[ApiClient, str]:
-    admin = ApiClient(base_url).login(admin_email, admin_password)
-    email = unique_email("owner")
-    expect(
-        admin.post(
-            f"{API}/accounts",
-            json={"name": email, "owner_email": email, "owner_password": DEFAULT_PASSWORD},
-        ),
-        201,
-    )
-    admin.close()
-    return ApiClient(base_url).login(email, DEFAULT_PASSWORD), email
-
-
-def _wait_for(predicate: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.mark.parametrize("flavour", ["sqlite", "postgresql"])
 def test_killed_backend_resumes_execution_from_last_completed_step(
     launch_backend: LaunchBackend, flavour: str, fake_openai: FakeOpenAI
 ) -> None:
     fake = fake_openai
-    # Step 1 answers at once; step 2 is slow, so the kill lands while it is in flight.
-    fake.script(Reply("first"), Slow(8, Reply("never delivered")))
+    # Step 1 answers at once; step 2's answer is held, so the kill lands while it is in flight.
+    fake.script(Reply("first"), Held(threading.Event(), Reply("never delivered")))
     backend = launch_backend(flavour, extra_env=FAST_RECOVERY)
-    owner, email = _owner(backend.base_url, backend.admin_email, backend.admin_password)
+    tenant, owner = tenant_with_owner(backend.base_url, backend.admin_email, backend.admin_password)
     agents = [
-        expect(
-            owner.post(
-                f"{API}/agents",
-                json={
-                    "name": f"model-{n}",
-                    "provider": "openai",
-                    "model": "gpt-4o-mini",
-                    "base_url": fake.base_url,
-                    "retry": {"max_attempts": 1},
-                },
-            ),
-            201,
+        create_agent(
+            owner,
+            f"model-{n}",
+            provider="openai",
+            model="gpt-4o-mini",
+            base_url=fake.base_url,
+            retry={"max_attempts": 1},
         )["id"]
         for n in range(3)
     ]
@@ -78,14 +55,15 @@ def test_killed_backend_resumes_execution_from_last_completed_step(
         steps = expect(owner.get(f"{url}/steps"), 200)
         return steps[0]["status"] == "completed" and steps[1]["status"] == "running"
 
-    _wait_for(second_step_running)
+    wait_until(second_step_running, timeout=20, what="the second step running", interval=0.1)
+    wait_until(lambda: fake.in_flight == 1, what="the second step's model call")
     backend.kill()
     owner.close()
 
     fake.reset()
     fake.script(Reply("second"), Reply("third"))
     backend.respawn()
-    owner = ApiClient(backend.base_url).login(email, DEFAULT_PASSWORD)
+    owner = ApiClient(backend.base_url).login(tenant.owner.email, tenant.owner.password)
     final = expect(owner.get(f"{url}?wait=30"), 200)
 
     assert final["status"] == "completed", final
@@ -96,9 +74,9 @@ def test_killed_backend_resumes_execution_from_last_completed_step(
     assert steps[0]["output"] == "first"
     assert steps[1]["attempts"] == 2
     assert steps[1]["output"] == "second"
-    events = [e["type"] for e in expect(owner.get(f"{url}/events"), 200)]
-    assert "execution_resumed" in events
-    assert events[-1] == "execution_completed"
-    seqs = [e["seq"] for e in expect(owner.get(f"{url}/events"), 200)]
-    assert seqs == list(range(1, len(seqs) + 1))
+    events = expect(owner.get(f"{url}/events"), 200)
+    types = [e["type"] for e in events]
+    assert types.count("execution_resumed") == 1
+    assert types[-1] == "execution_completed"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     owner.close()

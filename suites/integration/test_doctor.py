@@ -17,6 +17,9 @@ from integration_support import Cli, cli_env
 
 from qa import services
 
+# Both databases: renum doctor checks the database of each flavour.
+pytestmark = pytest.mark.both_databases
+
 
 class DoctorCli(Cli):
     """The console script, with ``renum doctor --json`` read back."""

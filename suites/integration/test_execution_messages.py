@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import teams_support as ts
 from integration_support import assert_problem, pointers
 
 from qa.client import ApiClient
 from qa.factories import expect
 from qa.fake_openai import FakeOpenAI, Reply
+
+# Both databases: messages persisted by the engine, their deadlines and ordering, on each database.
+pytestmark = pytest.mark.both_databases
 
 ASKER = (
     "{% set cid = ask('review', 'Is ' ~ input ~ ' clear?', 30) %}"

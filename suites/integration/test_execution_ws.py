@@ -15,6 +15,9 @@ from qa.client import ApiClient
 from qa.fake_openai import FakeOpenAI, Hang
 from qa.launcher import Backend
 
+# Both databases: live events and cancels of the engine, on each database.
+pytestmark = pytest.mark.both_databases
+
 
 def _url(backend: Backend, execution_id: str, after: int = 0) -> str:
     base = backend.base_url.replace("http://", "ws://", 1)

@@ -5,16 +5,19 @@ parallel writers on one context key, and model agents against the fake OpenAI se
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
 import teams_support as ts
-from integration_support import assert_problem, pointers
+from integration_support import assert_problem, log_events, pointers
 
 from qa.client import ApiClient
 from qa.factories import expect
-from qa.fake_openai import Fail, FakeOpenAI, Hang, Reply, Slow
+from qa.fake_openai import Fail, FakeOpenAI, Held, Reply, Slow
+from qa.launcher import Backend
+
+# Both databases: the engine (strategies, concurrent context writers, events, resumes).
+pytestmark = pytest.mark.both_databases
 
 EXECUTIONS = ts.EXECUTIONS
 
@@ -344,23 +347,25 @@ WATCHERS = 8
 
 
 def test_server_sent_events_stream_live(owner_client: ApiClient, fake_openai: FakeOpenAI) -> None:
-    """Several clients watch one execution live: each gets every event, in order, as it
-    happens, and its stream ends with the terminal event soon after the execution ends."""
+    """Several clients watch one execution live: each gets the events up to the model call
+    while the model's answer is still held back (so they were sent as they happened, not all
+    at the end), then every later event, in order, and its stream ends with the terminal
+    event once the execution is over."""
     slow = ts.model_agent(owner_client, fake_openai.base_url)
     echo = ts.echo_agent(owner_client)
     flow = ts.workflow(
         "sequential", [ts.step("slow", slow), ts.step("then", echo), ts.step("last", echo)]
     )
     team = ts.create_team(owner_client, [slow, echo], flow)
-    fake_openai.script(Slow(1.0, Reply("late")))
+    answer = threading.Event()
+    fake_openai.script(Held(answer, Reply("late")))
     execution = ts.start(owner_client, team, "live", wait=None)
     assert execution["status"] in {"pending", "running"}
 
-    watched: list[tuple[list[ts.SseFrame], dict[str, float], float]] = []
+    streams: list[list[ts.SseFrame]] = [[] for _ in range(WATCHERS)]
+    ended: list[int] = []
 
-    def watch() -> None:
-        arrivals: dict[str, float] = {}
-        frames: list[ts.SseFrame] = []
+    def watch(index: int) -> None:
         with owner_client.stream(
             "GET",
             f"{EXECUTIONS}/{execution['id']}/events",
@@ -369,28 +374,36 @@ def test_server_sent_events_stream_live(owner_client: ApiClient, fake_openai: Fa
         ) as response:
             assert response.status_code == 200
             for frame in ts.parse_sse(response.iter_lines()):
-                frames.append(frame)
-                arrivals.setdefault(frame.event or "", time.monotonic())
-        watched.append((frames, arrivals, time.monotonic()))
+                streams[index].append(frame)
+        ended.append(index)
 
-    watchers = [threading.Thread(target=watch) for _ in range(WATCHERS)]
+    def seen(index: int) -> list[str | None]:
+        return [frame.event for frame in list(streams[index])]
+
+    watchers = [threading.Thread(target=watch, args=(n,)) for n in range(WATCHERS)]
     for watcher in watchers:
         watcher.start()
+    # Every watcher has the slow step's start while its model call waits for the answer ...
+    ts.wait_until(
+        lambda: all("step_started" in seen(n) for n in range(WATCHERS)),
+        timeout=30,
+        what="every watcher to see the slow step start",
+    )
+    assert fake_openai.in_flight == 1
+    for index in range(WATCHERS):
+        assert seen(index) == ["execution_started", "step_started"], seen(index)
+    assert ended == [], "a stream ended while the execution was running"
+    # ... and, once the model answers, every later event and the end of its stream.
+    answer.set()
     for watcher in watchers:
         watcher.join(40)
-    ended = time.monotonic()
-    assert len(watched) == WATCHERS, "a stream failed or never ended"
+    assert sorted(ended) == list(range(WATCHERS)), "a stream failed or never ended"
 
     events = ts.events_of(owner_client, execution["id"])
     assert events[-1]["type"] == "execution_completed"
-    for frames, arrivals, closed in watched:
+    for frames in streams:
         assert [f.event for f in frames] == [e["type"] for e in events]
         assert [f.id for f in frames] == [str(e["seq"]) for e in events]
-        # The first frames came while the model was still thinking, not all at the end ...
-        assert arrivals["execution_completed"] - arrivals["execution_started"] >= 0.5
-        # ... and no stream lingered once the execution was over.
-        assert closed - arrivals["step_completed"] < 3.0, "a stream stalled before its end"
-    assert ended - min(a["execution_started"] for _, a, _ in watched) < 8.0
     finished = ts.get_execution(owner_client, execution["id"])
     assert finished["status"] == "completed"
     assert finished["steps"][0]["output"] == "late"
@@ -636,28 +649,44 @@ def test_model_agents_end_to_end(owner_client: ApiClient, fake_openai: FakeOpenA
 
 
 def test_rate_limit_with_retry_after_then_success(
-    owner_client: ApiClient, fake_openai: FakeOpenAI
+    owner_client: ApiClient, fake_openai: FakeOpenAI, backend: Backend
 ) -> None:
     agent = ts.model_agent(owner_client, fake_openai.base_url)
     team = ts.create_team(owner_client, [agent])
-    fake_openai.script(Fail(429, retry_after=0.4), Reply("after the wait"))
+    # An odd Retry-After, so this test's retry is told apart in the shared server's log.
+    retry_after = 0.37
+    fake_openai.script(Fail(429, retry_after=retry_after), Reply("after the wait"))
     execution = ts.start(owner_client, team)
     assert_finished_cleanly(execution)
     assert execution["result"] == "after the wait"
-    first, second = fake_openai.completions
-    assert second.received_at - first.received_at >= 0.35, "Retry-After was not honoured"
+    assert len(fake_openai.completions) == 2
+    # The server paused for what Retry-After asked (not its own backoff) before the retry.
+    # That the pause is slept before the next attempt is the provider's unit tests' business.
+    if not backend.launched:
+        return  # a deployment's log is not the harness's to read
+    retries = ts.wait_until(
+        lambda: [
+            event
+            for event in log_events(backend)
+            if event.get("event") == "provider.retry" and event.get("delay_s") == retry_after
+        ],
+        what="the retry in the server's log",
+    )
+    assert [(r["status"], r["kind"], r["attempt"]) for r in retries] == [(429, "rate_limit", 1)]
 
 
 def test_a_timed_out_call_is_retried(owner_client: ApiClient, fake_openai: FakeOpenAI) -> None:
     agent = ts.model_agent(owner_client, fake_openai.base_url, timeout_seconds=0.5)
     team = ts.create_team(owner_client, [agent])
-    fake_openai.script(Hang(3), Reply("second try"))
-    started = time.monotonic()
+    never = threading.Event()  # the first answer is never released: only the timeout ends it
+    fake_openai.script(Held(never), Reply("second try"))
     execution = ts.start(owner_client, team)
-    assert time.monotonic() - started < 2.5
     assert_finished_cleanly(execution)
     assert execution["result"] == "second try"
     assert len(fake_openai.completions) == 2
+    # The first call was given up by the server (its timeout), not answered.
+    [abandoned] = ts.wait_until(lambda: fake_openai.abandoned, what="the timed-out call")
+    assert abandoned is fake_openai.completions[0]
 
 
 @pytest.mark.parametrize(
@@ -710,13 +739,24 @@ def test_parallel_max_concurrency_is_honoured(
     agent = ts.model_agent(owner_client, fake_openai.base_url)
     flow = ts.workflow("parallel", [ts.step(f"s{n}", agent) for n in range(4)], max_concurrency=2)
     team = ts.create_team(owner_client, [agent], flow)
-    fake_openai.script(*[Slow(0.6) for _ in range(4)])
-    execution = ts.start(owner_client, team, "wave")
+    first_wave = threading.Event()
+    fake_openai.script(Held(first_wave), Held(first_wave), Reply("third"), Reply("fourth"))
+    started = ts.start(owner_client, team, "wave", wait=None)
+    # The first two calls run together and hold both slots: the other two steps wait.
+    ts.wait_until(lambda: fake_openai.in_flight == 2, what="the first two calls together")
+    waiting = ts.get_execution(owner_client, started["id"])
+    assert sorted(s["status"] for s in waiting["steps"]) == [
+        "pending",
+        "pending",
+        "running",
+        "running",
+    ], waiting["steps"]
+    assert len(fake_openai.completions) == 2, "a third call started before a slot was free"
+    first_wave.set()
+    execution = ts.get_execution(owner_client, started["id"], wait=10)
     assert_finished_cleanly(execution)
-    arrivals = sorted(r.received_at for r in fake_openai.completions)
-    assert len(arrivals) == 4
-    assert arrivals[1] - arrivals[0] < 0.4, "the first two calls should run together"
-    assert arrivals[2] - arrivals[0] >= 0.5, "a third call started before a slot was free"
+    assert len(fake_openai.completions) == 4
+    assert fake_openai.peak_in_flight == 2
 
     # What the API reports agrees: never more than two steps running at once.
     spans = [(ts.when(s["started_at"]), ts.when(s["finished_at"])) for s in execution["steps"]]
@@ -734,12 +774,13 @@ def test_parallel_fail_fast_does_not_wait_for_slow_steps(
         "parallel", [ts.step("slow", slow), ts.step("bad", broken)], failure_policy="fail_fast"
     )
     team = ts.create_team(owner_client, [slow, broken], flow)
-    fake_openai.script(Slow(3.0, Reply("too late")))
-    started = time.monotonic()
+    never = threading.Event()  # the slow step's answer is never released
+    fake_openai.script(Held(never, Reply("too late")))
     execution = ts.start(owner_client, team)
-    elapsed = time.monotonic() - started
+    # It ended without the slow step's answer: fail_fast did not wait for it ...
     assert execution["status"] == "failed", execution
     steps = ts.steps_by_key(execution)
     assert steps["bad"]["status"] == "failed"
     assert steps["slow"]["status"] == "cancelled", steps["slow"]
-    assert elapsed < 2.0, f"fail_fast waited {elapsed:.1f}s for the slow step"
+    # ... and gave the call up (the server dropped it, no answer is left pending).
+    ts.wait_until(lambda: len(fake_openai.abandoned) == 1, what="the slow call given up")

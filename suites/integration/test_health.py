@@ -13,6 +13,9 @@ from qa.client import ApiClient
 from qa.launcher import Backend
 from qa.plugin import LaunchBackend
 
+# Both databases: the database check reports the flavour it runs on.
+pytestmark = pytest.mark.both_databases
+
 HEALTH_JSON = "application/health+json"
 PROBE_TOKEN = "probe-token-0123456789abcdef"
 EXPECTED_KEYS = {

@@ -99,6 +99,7 @@ def test_405_names_all_the_allowed_methods(admin_client: ApiClient) -> None:
     assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}
 
 
+@pytest.mark.both_databases  # an integrity error
 def test_409_is_a_problem_document(owner_client: ApiClient, tenant: Tenant) -> None:
     body = assert_problem(
         owner_client.post(

@@ -105,6 +105,7 @@ def test_invalid_keys_are_refused(
         assert body["key"] not in response.text, "the refused key is echoed back"
 
 
+@pytest.mark.both_databases  # a key in use
 def test_delete_and_delete_while_in_use(owner_client: ApiClient) -> None:
     key = ts.create_key(owner_client, ts.new_secret())
     agent = ts.create_agent(

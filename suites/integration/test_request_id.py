@@ -14,13 +14,15 @@ from qa.client import API, ApiClient
 from qa.factories import expect
 from qa.launcher import Backend
 
+# Fixed ids for the values made at import: test ids must be the same in every process that
+# collects them (pytest-xdist's workers compare their collections).
 VALID = [
     "abc",
     "req-0001",
     "trace.id:span-42_x",
-    str(uuid.uuid4()),
-    uuid.uuid4().hex,
-    "a" * 128,
+    pytest.param(str(uuid.uuid4()), id="uuid"),
+    pytest.param(uuid.uuid4().hex, id="uuid-hex"),
+    pytest.param("a" * 128, id="128-characters"),
 ]
 
 INVALID = [

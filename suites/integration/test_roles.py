@@ -37,7 +37,8 @@ def needs(role: str) -> str:
     ("caller", "method", "path", "role"),
     [
         ("viewer", "GET", f"{API}/users", "owner"),
-        ("member", "DELETE", f"{API}/users/{uuid.uuid4()}", "owner"),
+        # A fixed id (no such user): test ids must be the same in every process (pytest-xdist).
+        ("member", "DELETE", f"{API}/users/7d2c0e4a-5b1f-4c3e-9a6d-2f8e1b0c4d5a", "owner"),
         ("member", "POST", f"{API}/accounts", "admin"),
         ("viewer", "POST", f"{API}/teams", "member"),
     ],

@@ -12,6 +12,9 @@ from integration_support import assert_problem, pointers
 from qa.client import ApiClient
 from qa.factories import expect
 
+# Both databases: versioned workflows, member limits and conflicts are written by the database.
+pytestmark = pytest.mark.both_databases
+
 TEAMS = ts.TEAMS
 MAX_MEMBERS = 10  # the default of RENUM_TEAMS__MAX_MEMBERS
 fresh_account = ts.fresh_account

@@ -99,6 +99,7 @@ def test_email_is_stored_lowercase(owner_client: ApiClient) -> None:
     assert created["email"] == email.lower()
 
 
+@pytest.mark.both_databases  # a unique index
 def test_duplicate_email_is_409_regardless_of_case(
     owner_client: ApiClient, tenant: Tenant, other_tenant: Tenant
 ) -> None:

@@ -6,9 +6,9 @@ probe. Two measurements, both asserting on the ratio, never on wall time:
 
 - ``test_ready_vs_bare_in_process``: the ASGI app called directly (the app's own cost per
   request, no network); database pool checkouts and check runs are counted during the burst.
-- ``test_ready_vs_bare_over_http``: a real uvicorn process of the same app (plus the bare route)
-  on PostgreSQL behind the fault proxy, loaded over keep-alive HTTP connections; the proxy
-  counts the bytes sent to PostgreSQL during the burst.
+- ``test_ready_vs_bare_over_http``: a real server process of the same app (plus the bare
+  route), launched by the harness's launcher on PostgreSQL behind the fault proxy, loaded over
+  keep-alive HTTP connections; the proxy counts the bytes sent to PostgreSQL during the burst.
 
 In both, requests alternate between the two routes one by one, so whatever else the machine
 is doing slows both alike; the ratio is the median over rounds.
@@ -17,15 +17,12 @@ is doing slows both alike; the ratio is the median over rounds.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -36,7 +33,7 @@ from app.core.config import Settings
 from app.main import create_app
 from qa import services
 from qa.fault_proxy import FaultProxy
-from qa.launcher import REPO_ROOT, free_port
+from qa.launcher import LaunchedBackend
 
 TARGET_RATIO = 0.90
 READY = "/health/ready"
@@ -168,67 +165,46 @@ def test_ready_vs_bare_in_process(
 
 # --- over HTTP ------------------------------------------------------------------------------
 
-SERVER = """
-import uvicorn
-from app.main import create_app
-from suites.performance.test_probe_throughput import add_bare_route
 
-app = create_app()
-add_bare_route(app)
-uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
-"""
+def bench_app() -> Any:
+    """The application with the bare route beside it: what ``ProbeBench`` serves."""
+    app = create_app()
+    add_bare_route(app)
+    return app
+
+
+class ProbeBench(LaunchedBackend):
+    """A backend launched like any other (free port, fresh database, the loopback guard, a
+    clean SIGTERM stop) that serves ``bench_app``."""
+
+    app_factory = "suites.performance.test_probe_throughput:bench_app"
+
+
+QUIET_ENV = {
+    "RENUM_LOG_LEVEL": "WARNING",
+    "RENUM_HEALTH__INTERVAL_SECONDS": "3600",
+    "RENUM_HEALTH__TTL_SECONDS": "7200",
+    # The execution reaper also sweeps the database now and then: not during the burst.
+    "RENUM_EXECUTIONS__REAPER_INTERVAL_SECONDS": "3600",
+}
 
 
 @pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[str, FaultProxy]]:
-    """The app (with the bare route) in its own uvicorn process on PostgreSQL behind a proxy."""
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, FaultProxy]]:
+    """The app (with the bare route) launched on PostgreSQL reached through a fault proxy: the
+    launcher creates (and drops) the database through the proxy's address."""
     postgres = services.postgres()
     postgres.require()
-    name = f"renum_probe_bench_{uuid.uuid4().hex[:10]}"
-    url = services.create_postgres_database(name)
-    port = free_port()
     with FaultProxy(*postgres.address) as proxy:
-        base, _, database = url.rpartition("/")
-        host = base.rsplit(":", 1)[0]
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("RENUM_")},
-            "PYTHONPATH": str(REPO_ROOT),
-            "RENUM_ENVIRONMENT": "test",
-            "RENUM_SECRET_KEY": "probe-bench-secret-key-0123456789abcdefghijkl",
-            "RENUM_LOG_LEVEL": "WARNING",
-            "RENUM_DATABASE__URL": f"{host}:{proxy.port}/{database}",
-            "RENUM_PROVIDERS__OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
-            "RENUM_HEALTH__INTERVAL_SECONDS": "3600",
-            "RENUM_HEALTH__TTL_SECONDS": "7200",
-            # The execution reaper also sweeps the database now and then: not during the burst.
-            "RENUM_EXECUTIONS__REAPER_INTERVAL_SECONDS": "3600",
-        }
-        log = (tmp_path / "server.log").open("wb")
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
-            [sys.executable, "-c", SERVER.format(port=port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base_url = f"http://127.0.0.1:{port}"
+        parts = urlsplit(postgres.url)
+        netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
+        via_proxy = urlunsplit(parts._replace(netloc=f"{netloc}:{proxy.port}"))
+        monkeypatch.setenv(services.POSTGRES_URL_ENV, via_proxy)
+        server = ProbeBench.start("postgresql", extra_env=QUIET_ENV)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, (tmp_path / "server.log").read_text()
-                try:
-                    if httpx.get(f"{base_url}{READY}", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the benchmark server did not start"
-                time.sleep(0.1)
-            yield base_url, proxy
+            yield server.base_url, proxy
         finally:
-            process.terminate()
-            process.wait(20)
-            log.close()
-            services.drop_postgres_database(name)
+            server.stop()
 
 
 async def http_round(

@@ -18,7 +18,6 @@ bounded below the profile's (``ci``: 40) because each example runs an execution.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,8 +33,16 @@ from app.schemas.workflows import Guard
 from app.services.conditions import evaluate
 from app.services.providers.prices import PriceTable
 from qa.client import API, ApiClient
-from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
+from qa.factories import (
+    DEFAULT_PASSWORD,
+    create_agent,
+    expect,
+    unique,
+    unique_email,
+    unique_name,
+)
 from qa.fake_openai import FakeOpenAI, Reply
+from qa.polling import wait_until
 
 AGENTS = f"{API}/agents"
 TEAMS = f"{API}/teams"
@@ -61,10 +68,6 @@ ORDERING = {"gt", "gte", "lt", "lte"}
 def scaled(examples: int) -> settings:
     """``examples`` under the ``ci`` profile (40 examples), proportionally more under ``deep``."""
     return settings(max_examples=max(1, examples * settings.default.max_examples // 40))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 # == condition evaluation against a reference ===================================================
@@ -283,11 +286,6 @@ class Roster:
         return [self.echo, self.shout, self.broken, self.chatty]
 
 
-def create_agent(client: ApiClient, **fields: Any) -> dict[str, Any]:
-    body = {"name": unique("agent"), "provider": "builtin", "model": "echo", **fields}
-    return expect(client.post(AGENTS, json=body), 201)
-
-
 def template_agent(client: ApiClient, template: str) -> dict[str, Any]:
     return create_agent(client, model="template", parameters={"template": template})
 
@@ -427,12 +425,15 @@ def run_to_an_end(client: ApiClient, team_id: str, prompt: str) -> dict[str, Any
         f"{TEAMS}/{team_id}/executions", params={"wait": 10}, json={"prompt": prompt}
     )
     assert response.status_code < 500, response.text
-    execution = expect(response, 202)
-    deadline = time.monotonic() + 30
-    while execution["status"] not in TERMINAL:
-        assert time.monotonic() < deadline, f"stuck {execution['status']}: {execution}"
-        execution = expect(client.get(f"{EXECUTIONS}/{execution['id']}", params={"wait": 5}), 200)
-    return execution
+    execution: dict[str, Any] = expect(response, 202)
+    if execution["status"] in TERMINAL:
+        return execution
+
+    def ended() -> dict[str, Any] | None:
+        read = expect(client.get(f"{EXECUTIONS}/{execution['id']}", params={"wait": 5}), 200)
+        return read if read["status"] in TERMINAL else None
+
+    return wait_until(ended, timeout=30, what="the execution's end", interval=0)
 
 
 @scaled(25)

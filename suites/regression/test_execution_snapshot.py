@@ -10,14 +10,13 @@ The team is ``conditional`` with three steps: ``draft`` (echo, through an input 
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import pytest
 from pytest_regressions.data_regression import DataRegressionFixture
 
 from qa.client import API, ApiClient
-from qa.factories import expect
+from qa.factories import create_agent, expect, unique
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIME_FIELDS = {"created_at", "started_at", "finished_at", "updated_at"}
@@ -27,11 +26,6 @@ REVIEW_TEMPLATE = (
     "{{ remember('reviewed_by', variables.reviewer) }}"
     "{{ variables.reviewer }} approves: {{ input }}"
 )
-
-
-def create_agent(client: ApiClient, name: str, **fields: Any) -> dict[str, Any]:
-    body = {"name": f"{name}-{uuid.uuid4().hex[:8]}", "provider": "builtin", **fields}
-    return expect(client.post(f"{API}/agents", json=body), 201)
 
 
 def normalise(value: Any, names: dict[str, str]) -> Any:
@@ -84,7 +78,7 @@ def test_conditional_execution_snapshot(
         owner_client.post(
             f"{API}/teams",
             json={
-                "name": f"snapshot-{uuid.uuid4().hex[:8]}",
+                "name": unique("snapshot"),
                 "agent_ids": [a["id"] for a in agents],
                 "workflow": workflow,
             },

@@ -16,6 +16,9 @@ from qa.factories import create_tenant, create_user, expect, tenant_with_owner
 from qa.fake_openai import FakeOpenAI, Hang
 from qa.plugin import LaunchBackend
 
+# Both databases: contention and locking are the database's.
+pytestmark = pytest.mark.both_databases
+
 PROBE_TOKEN = "contention-probe-token-0123456789"
 # The database and schema checks run four times a second, time out after 2 s and fail
 # readiness after two failures in a row: a check that waited for the write lock through a

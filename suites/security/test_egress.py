@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from security_support import CANARY_PLATFORM_KEY
 from qa.client import API, ApiClient
 from qa.factories import create_tenant, expect
 from qa.launcher import LaunchedBackend
+from qa.polling import wait_until
 
 AGENTS = f"{API}/agents"
 SECRET_BODY = "internal: db-primary.corp at 10.0.0.7 is down"
@@ -376,11 +376,17 @@ def test_a_provider_error_shows_its_status_never_its_body(
 
 def wait_for_log(backend: LaunchedBackend, text: str, timeout: float = 10.0) -> str:
     """The server's log once ``text`` is in it (lines land a moment after the response)."""
-    deadline = time.monotonic() + timeout
-    while text not in (log := backend.log_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert text in log, f"{text!r} never reached the server's log"
-    return log
+
+    def logged() -> str | None:
+        log = backend.log_text()
+        return log if text in log else None
+
+    return wait_until(
+        logged,
+        timeout=timeout,
+        what=f"{text!r} in the server's log",
+        interval=0.05,
+    )
 
 
 def test_a_redirect_from_an_allowed_place_is_not_followed(

@@ -33,6 +33,9 @@ from qa.client import API, ApiClient
 from qa.factories import Tenant, create_user, expect
 from qa.launcher import Backend, LaunchedBackend
 
+# Both databases: races between logins, refreshes and password changes are transactions.
+pytestmark = pytest.mark.both_databases
+
 ME = f"{API}/users/me"
 CHANGE = f"{ME}/password"
 NEW_PASSWORD = "a-new-and-longer-passphrase"

@@ -30,6 +30,9 @@ from qa.launcher import REPO_ROOT, LaunchedBackend
 from qa.plugin import LaunchBackend
 from qa.polling import wait_until
 
+# Both databases: a released execution is resumed by a new process on the same database.
+pytestmark = pytest.mark.both_databases
+
 SHUTDOWN = {
     "RENUM_SHUTDOWN_TIMEOUT_SECONDS": "2",
     "RENUM_EXECUTIONS__HEARTBEAT_SECONDS": "0.5",

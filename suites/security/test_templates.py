@@ -25,10 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qa.client import ApiClient
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 import teams_support as ts
+
+# Both databases: a render once held SQLite's write lock; the claim's transaction differs.
+pytestmark = pytest.mark.both_databases
 
 PROMPT = "p" * 10_000
 # The median /health/live probe while hostile renders run, against the baseline's. Renders in
@@ -85,12 +90,11 @@ def run_to_an_end(client: ApiClient, team: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_until_ended(client: ApiClient, execution_id: str) -> dict[str, Any]:
-    execution = ts.get_execution(client, execution_id)
-    deadline = time.monotonic() + 60
-    while execution["status"] not in ts.TERMINAL:
-        assert time.monotonic() < deadline, f"stuck {execution['status']}: {execution['id']}"
-        execution = ts.get_execution(client, execution["id"], wait=5)
-    return execution
+    def ended() -> dict[str, Any] | None:
+        execution = ts.get_execution(client, execution_id, wait=5)
+        return execution if execution["status"] in ts.TERMINAL else None
+
+    return ts.wait_until(ended, timeout=60, what=f"execution {execution_id} to end", interval=0)
 
 
 def probe(client: ApiClient) -> float:
@@ -181,10 +185,12 @@ def test_a_tenant_whose_renders_run_until_killed_delays_only_itself(
     )
     hog_team = ts.create_team(owner_client, [hog], flow)
     hogs = [ts.start(owner_client, hog_team, "x", wait=None)["id"] for _ in range(HOGS)]
-    deadline = time.monotonic() + 30
-    while not all(every_step_running(owner_client, h) for h in hogs):
-        assert time.monotonic() < deadline, "the hostile steps never all ran"
-        time.sleep(0.05)
+    ts.wait_until(
+        lambda: all(every_step_running(owner_client, h) for h in hogs),
+        timeout=30,
+        what="every hostile step running",
+        interval=0.05,
+    )
     neighbour = ts.template_agent(other_owner_client, "{{ input | upper }}")
     neighbour_team = ts.create_team(other_owner_client, [neighbour])
     try:

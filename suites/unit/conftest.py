@@ -50,6 +50,21 @@ def restore_logging() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2 at its production cost takes a good part of a second a hash, and many unit tests
+    make one (a bootstrap admin, a user, a login). Only the cost parameters change: hashes are
+    still argon2id, verified the same way. ``test_security.py`` overrides this fixture and
+    checks the real hasher."""
+    from argon2 import PasswordHasher
+
+    from app.core import security
+
+    monkeypatch.setattr(
+        security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -1,16 +1,18 @@
-"""The fake OpenAI-compatible server itself: defaults, each scripted step, keys, concurrency."""
+"""The fake OpenAI-compatible server itself: defaults, each scripted step, keys, concurrency,
+and the states tests read instead of clocks (held answers, requests in flight, abandoned)."""
 
 from __future__ import annotations
 
 import socket
-import time
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from qa.fake_openai import DEFAULT_MODELS, Fail, FakeOpenAI, Hang, Reply, Slow
+from qa.fake_openai import DEFAULT_MODELS, Fail, FakeOpenAI, Hang, Held, Reply, Slow
+from qa.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -100,23 +102,74 @@ def test_fail_steps(fake: FakeOpenAI, http: httpx.Client) -> None:
     assert html.text == "<html>gateway</html>"
 
 
-def test_hang_and_slow_delay_the_answer(fake: FakeOpenAI, http: httpx.Client) -> None:
-    fake.script(Hang(0.2), Slow(0.1, Reply("late")), Slow(0.1, Fail(502)), Slow(0.05))
-    started = time.perf_counter()
-    assert chat(http).json()["choices"][0]["message"]["content"] == "echo: hello there"
-    assert time.perf_counter() - started >= 0.2
-    assert chat(http).json()["choices"][0]["message"]["content"] == "late"
+def content(response: httpx.Response) -> str:
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def test_hang_and_slow_answer_after_their_pause(fake: FakeOpenAI, http: httpx.Client) -> None:
+    fake.script(Hang(0.05), Slow(0.05, Reply("late")), Slow(0.05, Fail(502)), Slow(0.05))
+    assert content(chat(http)) == "echo: hello there"
+    assert content(chat(http)) == "late"
     assert chat(http).status_code == 502
-    assert chat(http, "default").json()["choices"][0]["message"]["content"] == "echo: default"
+    assert content(chat(http, "default")) == "echo: default"
+    assert (fake.in_flight, fake.peak_in_flight, fake.abandoned) == (0, 1, [])
+
+
+def test_paused_answers_are_held_back_while_others_are_answered(
+    fake: FakeOpenAI, http: httpx.Client
+) -> None:
+    """Each pause keeps its answer back (the request stays in flight) while the server answers
+    later requests; a held answer goes when released, the others when their pause ends (here
+    cut short by ``reset``, so no test waits out a pause)."""
+    release = threading.Event()
+    fake.script(Hang(60), Slow(60, Reply("late")), Held(release, Fail(502)))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        hanging = pool.submit(chat, http, "hanging")
+        wait_until(lambda: fake.in_flight == 1, what="the hanging request")
+        slow = pool.submit(chat, http, "slow")
+        wait_until(lambda: fake.in_flight == 2, what="the slow request")
+        held = pool.submit(chat, http, "held")
+        wait_until(lambda: fake.in_flight == 3, what="the held request")
+
+        assert content(chat(http, "meanwhile")) == "echo: meanwhile"
+        assert [f.done() for f in (hanging, slow, held)] == [False, False, False]
+        assert (fake.in_flight, fake.peak_in_flight) == (3, 4)
+
+        release.set()
+        assert held.result(timeout=10).status_code == 502
+        assert fake.in_flight == 2
+        assert [f.done() for f in (hanging, slow)] == [False, False]
+
+        fake.reset()  # ends every pause: each answers as its step says after the pause
+        assert content(hanging.result(timeout=10)) == "echo: hanging"
+        assert content(slow.result(timeout=10)) == "late"
+    assert (fake.in_flight, fake.peak_in_flight, fake.abandoned) == (0, 0, [])
 
 
 def test_a_client_timeout_on_hang(fake: FakeOpenAI) -> None:
-    fake.script(Hang(5))
+    fake.script(Hang(60))
     with httpx.Client(base_url=fake.base_url, timeout=0.2) as impatient:
         with pytest.raises(httpx.ReadTimeout):
-            chat(impatient)
+            chat(impatient, "given up")
         # the server keeps answering others while one handler hangs
         assert chat(impatient).status_code == 200
+    # The client went away: the request is abandoned, not in flight for the rest of the hang.
+    [abandoned] = wait_until(lambda: fake.abandoned, what="the abandoned request")
+    assert abandoned.json["messages"][-1]["content"] == "given up"
+    assert fake.in_flight == 0
+
+
+def test_a_held_request_whose_client_leaves_is_abandoned(fake: FakeOpenAI) -> None:
+    release = threading.Event()
+    fake.script(Held(release))
+    with (
+        httpx.Client(base_url=fake.base_url, timeout=0.2) as impatient,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        chat(impatient)
+    wait_until(lambda: len(fake.abandoned) == 1, what="the abandoned request")
+    assert not release.is_set()  # left without its answer being released
+    assert fake.in_flight == 0
 
 
 def test_requests_are_recorded(fake: FakeOpenAI, http: httpx.Client) -> None:
@@ -182,20 +235,24 @@ def test_no_user_message_echoes_nothing(http: httpx.Client) -> None:
 
 def test_concurrent_requests_are_answered_side_by_side(fake: FakeOpenAI) -> None:
     count = 40
-    fake.script(*(Slow(0.2, Reply(f"reply {i}")) for i in range(count)))
+    release = threading.Event()
+    fake.script(*(Held(release, Reply(f"reply {i}")) for i in range(count)))
 
     limits = httpx.Limits(max_connections=count)
-    with httpx.Client(base_url=fake.base_url, timeout=5, limits=limits) as client:
+    with httpx.Client(base_url=fake.base_url, timeout=30, limits=limits) as client:
 
         def call(i: int) -> str:
-            return chat(client, f"q{i}").json()["choices"][0]["message"]["content"]
+            return content(chat(client, f"q{i}"))
 
-        started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=count) as pool:
-            replies = list(pool.map(call, range(count)))
-        elapsed = time.perf_counter() - started
-    assert sorted(replies) == sorted(f"reply {i}" for i in range(count))  # each step used once
-    assert elapsed < 2.0  # 40 x 0.2 s one after another would take 8 s
+            replies = pool.map(call, range(count))
+            # All forty are being answered at once (none was answered before the others came).
+            wait_until(lambda: fake.in_flight == count, what=f"{count} requests in flight")
+            release.set()
+            answered = list(replies)
+    assert sorted(answered) == sorted(f"reply {i}" for i in range(count))  # each step used once
+    assert fake.peak_in_flight == count
+    assert fake.in_flight == 0
     assert len(fake.requests) == count
     assert fake.pending_steps == 0
 
@@ -216,8 +273,17 @@ def test_lifecycle() -> None:
         ):
             chat(client)
         port = fake.port
-        started = time.perf_counter()
-    assert time.perf_counter() - started < 3  # the hanging handler did not hold up stop()
+        # A client still waiting on a hanging answer: stopping cuts the pause short, so the
+        # client gets its answer and stop() does not wait for the hang.
+        fake.script(Hang(60))
+        with (
+            httpx.Client(base_url=fake.base_url, timeout=30) as patient,
+            ThreadPoolExecutor(max_workers=1) as pool,
+        ):
+            waiting = pool.submit(chat, patient, "still there")
+            wait_until(lambda: fake.in_flight == 1, what="the hanging request")
+            fake.stop()
+            assert content(waiting.result(timeout=10)) == "echo: still there"
     fake.stop()
     with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
         probe.connect(("127.0.0.1", port))

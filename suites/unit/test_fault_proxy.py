@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
+from qa import fault_proxy
 from qa.fault_proxy import FaultProxy
 
 
@@ -23,7 +25,10 @@ class _Echo(socketserver.BaseRequestHandler):
 def echo_port() -> Iterator[int]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the next one (half a second by default, per test).
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     yield server.server_address[1]
     server.shutdown()
@@ -70,12 +75,21 @@ def test_passes_bytes_through_both_ways_and_counts_them(proxy: FaultProxy) -> No
     assert proxy.bytes_down == 10
 
 
-def test_latency_delays_each_direction(proxy: FaultProxy) -> None:
-    proxy.add_latency(0.15)
+def test_latency_delays_each_direction(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk waits the latency before it is passed on, in each direction: the proxy's
+    pauses are recorded (and still taken), not timed."""
+    pauses: list[float] = []
+
+    async def recorded_sleep(delay: float) -> None:
+        pauses.append(delay)
+        await asyncio.sleep(delay)
+
+    recording = SimpleNamespace(**{**vars(asyncio), "sleep": recorded_sleep})
+    monkeypatch.setattr(fault_proxy, "asyncio", recording)
+    proxy.add_latency(0.05)
     with connect(proxy) as sock:
-        start = time.monotonic()
         assert roundtrip(sock) == b"ping"
-        assert time.monotonic() - start >= 0.3  # 0.15 s up and 0.15 s down
+    assert pauses == [0.05, 0.05]  # once up, once down
     proxy.pass_through()
     assert proxy.latency == 0.0
     with pytest.raises(ValueError, match="negative"):

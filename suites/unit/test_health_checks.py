@@ -1,5 +1,7 @@
-"""The built-in checks one by one: database (SQLite, PostgreSQL, errors), schema revision,
-Redis (not configured, package missing, unreachable, live), model providers (every answer)."""
+"""The built-in checks one by one: database (SQLite, PostgreSQL unreachable, errors), schema
+revision, Redis (not configured, package missing, unreachable), model providers (every answer).
+The checks against the live local PostgreSQL and Redis are in
+``suites/integration/test_health_checks_live.py``: the unit suite needs no server."""
 
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from app.db import migrate
 from app.db.database import Database
 from app.models.account import Account
 from app.models.agent import Agent
-from qa import services
 from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
@@ -90,14 +91,6 @@ async def postgres_outcome(make_settings: MakeSettings, url: str) -> checks.Chec
     return outcome
 
 
-async def test_postgresql_passes(make_settings: MakeSettings) -> None:
-    services.postgres().require()
-    outcome = await postgres_outcome(make_settings, services.postgres().url)
-    assert outcome.status is Status.passed
-    assert outcome.component_id == "postgresql"
-    assert outcome.message.startswith("PostgreSQL ")
-
-
 async def test_postgresql_unreachable_names_the_host_without_the_password(
     make_settings: MakeSettings,
 ) -> None:
@@ -107,24 +100,6 @@ async def test_postgresql_unreachable_names_the_host_without_the_password(
     assert "cannot connect to postgresql+asyncpg://renum:***@127.0.0.1" in outcome.message
     assert "hunter2secret" not in outcome.message
     assert "RENUM_DATABASE__URL" in (outcome.fix or "")
-
-
-async def test_postgresql_wrong_user_is_a_credentials_problem(make_settings: MakeSettings):
-    services.postgres().require()
-    url = services.postgres().url.replace("postgres@", f"nobody_{uuid.uuid4().hex[:6]}@", 1)
-    outcome = await postgres_outcome(make_settings, url)
-    assert outcome.status is Status.fail
-    assert "refused the credentials" in outcome.message
-    assert outcome.fix == "Check the user and password in RENUM_DATABASE__URL."
-
-
-async def test_postgresql_missing_database_says_so(make_settings: MakeSettings) -> None:
-    services.postgres().require()
-    base = services.postgres().url.rsplit("/", 1)[0]
-    outcome = await postgres_outcome(make_settings, f"{base}/renum_missing_{uuid.uuid4().hex}")
-    assert outcome.status is Status.fail
-    assert "does not exist" in outcome.message
-    assert "createdb" in (outcome.fix or "")
 
 
 # --- schema ---------------------------------------------------------------------------------
@@ -213,25 +188,6 @@ async def test_redis_unreachable_fails_with_a_fix(
     assert "did not answer" in outcome.message
     assert "pw" not in outcome.component_id
     assert "Start or reach the Redis server" in (outcome.fix or "")
-
-
-async def test_redis_live_server_passes(make_settings: MakeSettings, database: Database) -> None:
-    services.redis().require()
-    settings = make_settings(redis_url=services.redis().url)
-    [outcome] = await RedisCheck().run(context(settings, database))
-    assert outcome.status is Status.passed, outcome.message
-    assert outcome.message.startswith("Redis ")
-
-
-async def test_redis_wrong_password_is_reported(
-    make_settings: MakeSettings, database: Database
-) -> None:
-    services.redis().require()
-    url = services.redis().url.replace("redis://", "redis://nobody:wrong@", 1)
-    settings = make_settings(redis_url=url)
-    [outcome] = await RedisCheck().run(context(settings, database))
-    assert outcome.status is Status.fail
-    assert outcome.fix == "Check the password in RENUM_REDIS_URL."
 
 
 # --- providers ------------------------------------------------------------------------------

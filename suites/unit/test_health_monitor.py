@@ -4,7 +4,7 @@ background loops per check, and probes that never wait on a check."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -21,6 +21,7 @@ from app.capabilities.health.registry import (
 from app.capabilities.health.validator import DependencyValidator
 from app.core.config import Settings
 from app.db.database import Database
+from qa.polling import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -52,11 +53,8 @@ class Switchable(HealthCheck):
         return [CheckOutcome(self.spec.name, self.status, f"run {self.runs}: {self.status}")]
 
 
-async def until(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    """Yield to the monitor's tasks until ``condition`` holds (``limit`` only guards a hang)."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - polls the monitor's state, not an event
-            await asyncio.sleep(0.01)
+# Yield to the monitor's tasks until a condition holds (the timeout only guards a hang).
+until = wait_until_async
 
 
 @pytest.fixture
@@ -174,7 +172,7 @@ async def test_a_result_older_than_its_ttl_counts_as_failed(
     )
     monitor.start()  # TTLs are watched once the monitor runs
     assert monitor.ready is True
-    await asyncio.sleep(0.2)
+    await until(lambda: monitor.snapshot().entries[0].status is Status.fail, what="staleness")
     [stale] = monitor.snapshot().entries
     assert stale.status is Status.fail
     assert "no fresh result" in stale.message

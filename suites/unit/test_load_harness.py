@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ import pytest
 
 from qa.load import resources, results, runner, slowdown
 from qa.load.thresholds import evaluate, parse_config
+from qa.polling import wait_until
 
 
 def test_defaults_are_the_release_profile_on_the_embedded_default() -> None:
@@ -136,10 +137,13 @@ def test_the_report_leads_with_the_figures_and_ends_with_the_verdict() -> None:
 
 def test_a_local_process_is_sampled_with_psutil(tmp_path: Path) -> None:
     sampler = resources.ProcessSampler(os.getpid(), interval=0.05).start()
-    deadline = time.monotonic() + 10
-    while len(sampler.samples) < 3 and time.monotonic() < deadline:
+
+    def sampled_three() -> bool:
         sum(i * i for i in range(20_000))  # some CPU to measure
-        time.sleep(0.01)  # and room for the sampler's thread on a busy machine
+        return len(sampler.samples) >= 3
+
+    # The interval leaves room for the sampler's thread on a busy machine.
+    wait_until(sampled_three, what="three samples", interval=0.01)
     samples = sampler.stop()
     assert len(samples) >= 2
     assert all(s.rss_mb > 10 for s in samples)
@@ -158,7 +162,7 @@ def test_an_empty_series_has_no_figures() -> None:
 
 def test_an_unreachable_deployment_gives_errors_not_samples() -> None:
     sampler = resources.MetricsSampler("http://127.0.0.1:9", interval=0.05).start()
-    time.sleep(0.2)
+    wait_until(lambda: sampler.errors, what="a failed scrape")
     assert sampler.stop() == []
     assert sampler.errors
     assert "ConnectError" in sampler.errors[0]
@@ -185,32 +189,43 @@ def test_the_deployments_cpu_share_comes_from_the_counter() -> None:
 
     sampler = resources.MetricsSampler("http://deploy", transport=httpx.MockTransport(handler))
     sampler._prime()
-    sampler._last = (time.monotonic() - 1.0, 10.0)  # as if scraped one second ago
-    cpu, rss = sampler._read()  # type: ignore[misc]
-    assert cpu == pytest.approx(50, rel=0.1)
+    sampler._last = (100.0, 10.0)  # scraped at 100 s on the sampler's clock ...
+    clock = SimpleNamespace(monotonic=lambda: 101.0)  # ... and read again a second later
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resources, "time", clock)
+        cpu, rss = sampler._read()  # type: ignore[misc]
+    assert cpu == pytest.approx(50)  # half a CPU second in one second
     assert rss == 200.0
 
 
 # -- the slowdown ------------------------------------------------------------------------------
 
 
-def test_the_slowdown_delays_only_its_route() -> None:
+def test_the_slowdown_delays_only_its_route(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
+    pauses: list[float] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append(f"{scope.get('method', '-')} {scope.get('path', '-')}")
 
+    async def recorded_sleep(delay: float) -> None:
+        pauses.append(delay)
+
+    monkeypatch.setattr(slowdown, "asyncio", SimpleNamespace(sleep=recorded_sleep))
     slow = slowdown.SlowRoute(app, "post", r"/api/v1/teams/[^/]+/executions", 0.2)
 
-    def timed(scope: dict[str, Any]) -> float:
-        started = time.monotonic()
+    def paused(scope: dict[str, Any]) -> list[float]:
+        """The pauses taken before this request was passed on."""
+        pauses.clear()
         asyncio.run(slow(scope, None, None))
-        return time.monotonic() - started
+        return list(pauses)
 
-    assert timed({"type": "http", "method": "POST", "path": "/api/v1/teams/t1/executions"}) >= 0.2
-    assert timed({"type": "http", "method": "GET", "path": "/api/v1/teams/t1/executions"}) < 0.1
-    assert timed({"type": "http", "method": "POST", "path": "/api/v1/teams/t1/executionsX"}) < 0.1
-    assert timed({"type": "lifespan"}) < 0.1
+    assert paused({"type": "http", "method": "POST", "path": "/api/v1/teams/t1/executions"}) == [
+        0.2
+    ]
+    assert paused({"type": "http", "method": "GET", "path": "/api/v1/teams/t1/executions"}) == []
+    assert paused({"type": "http", "method": "POST", "path": "/api/v1/teams/t1/executionsX"}) == []
+    assert paused({"type": "lifespan"}) == []
     assert len(seen) == 4  # everything is passed on
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,8 @@ from app.services.providers import (
     RetryPolicy,
 )
 from app.services.providers.base import backoff_delay, parse_retry_after, retry_delay
-from qa.fake_openai import Fail, FakeOpenAI, Hang, Reply, Slow
+from qa.fake_openai import Fail, FakeOpenAI, Hang, Held, Reply
+from qa.polling import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -99,13 +101,15 @@ def closed_port_url() -> str:
 
 async def test_normal_reply_carries_content_usage_and_sends_the_request(fake: FakeOpenAI) -> None:
     async with provider_for(fake) as provider:
+        started = time.perf_counter()
         response = await provider.complete(make_request(temperature=0.2, max_tokens=50))
+        around = time.perf_counter() - started
     assert response.content == "echo: hello world"
     assert (response.input_tokens, response.output_tokens) == (4, 3)  # words in, words out
     assert response.model == "gpt-4o-mini"
     assert response.attempts == 1
     assert response.finish_reason == "stop"
-    assert 0 < response.duration_s < 5
+    assert 0 < response.duration_s <= around  # the call's own time, inside the time around it
     [sent] = fake.requests
     assert sent.method == "POST"
     assert sent.path == "/v1/chat/completions"
@@ -154,15 +158,16 @@ async def test_a_shared_client_is_used_and_left_open(fake: FakeOpenAI) -> None:
 
 
 async def test_concurrent_calls_on_one_provider(fake: FakeOpenAI) -> None:
-    fake.script(*(Slow(0.1) for _ in range(10)))
+    release = threading.Event()
+    fake.script(*(Held(release) for _ in range(10)))
     async with provider_for(fake) as provider:
-        started = time.perf_counter()
-        responses = await asyncio.gather(
-            *(provider.complete(make_request(f"call {i}")) for i in range(10))
-        )
-        elapsed = time.perf_counter() - started
+        calls = asyncio.gather(*(provider.complete(make_request(f"call {i}")) for i in range(10)))
+        # Side by side, not one after another: all ten wait on the server at once.
+        await wait_until_async(lambda: fake.in_flight == 10, what="ten calls in flight")
+        release.set()
+        responses = await calls
     assert sorted(r.content for r in responses) == sorted(f"echo: call {i}" for i in range(10))
-    assert elapsed < 0.9  # answered side by side, not one after another
+    assert fake.peak_in_flight == 10
 
 
 # -- retries ----------------------------------------------------------------------------------
@@ -254,31 +259,42 @@ async def test_the_real_sleep_is_used_by_default(fake: FakeOpenAI) -> None:
 
 
 async def test_each_attempt_is_bounded_by_the_timeout(fake: FakeOpenAI) -> None:
-    fake.script(Hang(5))
-    started = time.perf_counter()
+    release = threading.Event()  # never set: only the timeout can end the call
+    fake.script(Held(release))
     async with provider_for(fake) as provider:
         with pytest.raises(ProviderTimeout) as caught:
             await provider.complete(make_request(timeout_s=0.2, retry=RetryPolicy(max_attempts=1)))
-    assert time.perf_counter() - started < 2
+    # The provider gave up on the held answer: the server saw its client leave.
+    await wait_until_async(lambda: fake.abandoned, what="the abandoned call")
+    assert not release.is_set()
     assert caught.value.kind == "timeout"
     assert caught.value.retryable
     assert "0.2 s" in caught.value.message
 
 
 async def test_a_timed_out_attempt_is_retried(fake: FakeOpenAI) -> None:
-    fake.script(Hang(5), Reply("second time lucky"))
+    fake.script(Held(threading.Event()), Reply("second time lucky"))
     async with provider_for(fake) as provider:
         response = await provider.complete(make_request(timeout_s=0.2))
     assert response.content == "second time lucky"
     assert response.attempts == 2
+    await wait_until_async(lambda: len(fake.abandoned) == 1, what="the first, abandoned call")
 
 
 async def test_slow_reply_within_the_timeout_succeeds(fake: FakeOpenAI) -> None:
-    fake.script(Slow(0.1, Reply("patience")))
+    release = threading.Event()
+    fake.script(Held(release, Reply("patience")))
     async with provider_for(fake) as provider:
-        response = await provider.complete(make_request(timeout_s=2))
+        call = asyncio.ensure_future(provider.complete(make_request(timeout_s=30)))
+        await wait_until_async(lambda: fake.in_flight == 1, what="the call in flight")
+        held_from = time.perf_counter()
+        await asyncio.sleep(0.05)  # how long is immaterial: the figures below are compared
+        release.set()
+        held = time.perf_counter() - held_from
+        response = await call
     assert response.content == "patience"
-    assert response.duration_s >= 0.1
+    # The call's duration covers the time its answer was held (measured inside the call).
+    assert response.duration_s >= held
 
 
 async def test_http_408_is_a_retryable_timeout(fake: FakeOpenAI) -> None:
@@ -478,7 +494,7 @@ async def test_cancellation_propagates_at_once(fake: FakeOpenAI) -> None:
     fake.script(Hang(5))
     async with provider_for(fake) as provider:
         task = asyncio.ensure_future(provider.complete(make_request()))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: fake.in_flight == 1, what="the call in flight")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

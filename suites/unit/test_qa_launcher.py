@@ -1,11 +1,13 @@
-"""The harness's launcher, services and API client.
+"""The harness's launcher, services and API client, without launching anything: refusals
+before a process starts, stopping stubborn or exited processes, remote backends, services.
 
-One real backend is shared by this module (the plugin's session-scoped ``backend``); the
-start-up failure tests spawn servers that exit (or are stopped) at once.
+The tests that launch servers (or use the plugin's ``backend``) are in
+``suites/integration/test_harness.py``.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -14,13 +16,9 @@ import httpx
 import pytest
 
 from qa import launcher, services
-from qa.client import API, ApiClient
 from qa.factories import (
-    DEFAULT_PASSWORD,
-    Tenant,
-    create_tenant,
-    create_user,
     expect,
+    unique,
     unique_email,
     unique_name,
 )
@@ -52,22 +50,6 @@ def test_free_port_can_be_bound() -> None:
 def test_unknown_flavour_is_refused_before_anything_starts() -> None:
     with pytest.raises(ValueError, match="unknown database flavour 'mysql'"):
         LaunchedBackend.start("mysql")
-
-
-def test_backend_that_exits_at_start_up_fails_with_its_log_tail() -> None:
-    with pytest.raises(BackendFailed) as caught:
-        LaunchedBackend.start("sqlite", extra_env={"RENUM_DATABASE__URL": "mysql://nope"})
-    message = str(caught.value)
-    assert "exited with code" in message
-    assert "during start-up" in message
-    assert "server.log" in message
-    # The tail of the server's log says why: the settings refused the URL.
-    assert "sqlite+aiosqlite:// or postgresql+asyncpg://" in message
-
-
-def test_backend_not_ready_in_time_is_stopped_and_reported() -> None:
-    with pytest.raises(BackendFailed, match="not ready within 0s"):
-        LaunchedBackend.start("sqlite", ready_timeout=0)
 
 
 def test_postgresql_flavour_says_how_to_start_a_missing_server(
@@ -234,75 +216,6 @@ def test_asyncpg_dsn_drops_the_driver() -> None:
     assert services._asyncpg_dsn("postgresql+asyncpg://u@h:5432/db") == "postgresql://u@h:5432/db"
 
 
-# --- against the launched backend -------------------------------------------------------
-
-
-def test_launched_backend_describes_itself(backend: Backend) -> None:
-    assert backend.launched
-    assert backend.flavour == "sqlite"
-    assert backend.admin_email == ADMIN_EMAIL
-    assert backend.base_url.startswith("http://127.0.0.1:")
-    assert httpx.get(f"{backend.base_url}/health/ready").json() == {"status": "pass"}
-    log = backend.log_text()
-    assert '"event": "startup_complete"' in log
-    assert backend.admin_password not in log  # the bootstrap password is never logged
-
-
-def test_login_failure_raises_assertion_error(backend: Backend) -> None:
-    with ApiClient(backend.base_url) as client:
-        with pytest.raises(AssertionError, match=r"login as nobody@example\.com failed: 401"):
-            client.login("nobody@example.com", "wrong-password")
-        assert "Authorization" not in client.headers
-
-
-def test_login_success_sends_the_bearer_token(backend: Backend) -> None:
-    with ApiClient(backend.base_url) as client:
-        assert client.login(backend.admin_email, backend.admin_password) is client
-        assert client.tokens["token_type"] == "bearer"
-        assert client.headers["Authorization"] == f"Bearer {client.tokens['access_token']}"
-        assert client.get(f"{API}/users/me").json()["email"] == backend.admin_email
-        anonymous = client.anonymous()
-        with anonymous:
-            assert "Authorization" not in anonymous.headers
-            assert str(anonymous.base_url) == str(client.base_url)
-            assert anonymous.get(f"{API}/users/me").status_code == 401
-        assert client.timeout.read == 30.0
-
-
-def test_use_credential(backend: Backend) -> None:
-    with ApiClient(backend.base_url) as client:
-        client.use_credential("rk_not-a-real-key-0123456789")
-        response = client.get(f"{API}/users/me")
-        assert response.status_code == 401
-        assert response.headers["content-type"] == "application/problem+json"
-
-
-def test_factories_build_a_real_tenant(backend: Backend, admin_client: ApiClient) -> None:
-    tenant = create_tenant(admin_client, name=unique_name("Factory"))
-    assert isinstance(tenant, Tenant)
-    assert tenant.name.startswith("Factory ")
-    assert {tenant.owner.role, tenant.member.role, tenant.viewer.role} == {
-        "owner",
-        "member",
-        "viewer",
-    }
-    with ApiClient(backend.base_url) as viewer:
-        viewer.login(tenant.viewer.email, DEFAULT_PASSWORD)
-        me = expect(viewer.get(f"{API}/users/me"), 200)
-        assert me["account_id"] == tenant.account_id
-        assert me["role"] == "viewer"
-    with ApiClient(backend.base_url) as owner:
-        owner.login(tenant.owner.email, DEFAULT_PASSWORD)
-        extra = create_user(owner, "member", email=unique_email("extra"), full_name="Extra")
-        assert expect(owner.get(f"{API}/users/{extra.id}"), 200)["full_name"] == "Extra"
-
-
-def test_expect_reports_the_unexpected_status(admin_client: ApiClient) -> None:
-    with pytest.raises(AssertionError, match=r"GET /api/v1/users/.*: expected 200, got 404"):
-        expect(admin_client.get(f"{API}/users/00000000-0000-0000-0000-000000000000"), 200)
-    assert expect(admin_client.get("/health/live"), 200) == {"status": "pass"}
-
-
 def test_expect_returns_none_for_an_empty_body() -> None:
     request = httpx.Request("DELETE", "http://x/y")
     assert expect(httpx.Response(204, request=request), 204) is None
@@ -313,6 +226,8 @@ def test_unique_names() -> None:
     assert unique_email("p").startswith("p-")
     assert unique_email().endswith("@example.com")
     assert unique_name() != unique_name()
+    assert unique("agent") != unique("agent")
+    assert re.fullmatch(r"agent-[0-9a-f]{8}", unique("agent"))
 
 
 def test_launcher_module_paths() -> None:

@@ -1,11 +1,13 @@
-"""The harness's pytest plugin: option parsing and fixtures, in inner pytest sessions."""
+"""The harness's pytest plugin: option parsing, the choice of database flavours per test, and
+its fixtures, in inner pytest sessions that launch no backend (those that do are in
+``suites/integration/test_harness.py``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from qa.launcher import TARGET_EMAIL_ENV, TARGET_PASSWORD_ENV, Backend
-from qa.plugin import _flavours
+from qa.launcher import TARGET_EMAIL_ENV, TARGET_PASSWORD_ENV
+from qa.plugin import _flavours, flavours_for
 
 BACKEND_TEST = """
 def test_live(client):
@@ -69,83 +71,6 @@ def test_bad_db_option_is_a_usage_error(pytester: pytest.Pytester, source: str) 
     result.stderr.fnmatch_lines(["ERROR: --db takes sqlite, postgresql; got ['bogus']"])
 
 
-def test_inner_session_on_sqlite_uses_the_client_fixture(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        BACKEND_TEST
-        + """
-
-def test_admin(backend, admin_client, db_flavour):
-    assert db_flavour == "sqlite"
-    assert backend.launched
-    me = admin_client.get("/api/v1/users/me").json()
-    assert me["email"] == backend.admin_email
-    assert me["role"] == "admin"
-"""
-    )
-    result = pytester.runpytest("--db=sqlite", "-v")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*test_live?sqlite? PASSED*", "*test_admin?sqlite? PASSED*"])
-
-
-def test_inner_session_against_a_target(
-    pytester: pytest.Pytester, backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """--target runs the same fixtures against a deployment: here, this suite's backend."""
-    monkeypatch.setenv(TARGET_EMAIL_ENV, backend.admin_email)
-    monkeypatch.setenv(TARGET_PASSWORD_ENV, backend.admin_password)
-    pytester.makepyfile(
-        """
-import pytest
-
-def test_remote(backend, db_flavour, client):
-    assert db_flavour == "remote"
-    assert backend.flavour == "remote"
-    assert not backend.launched
-    assert client.get("/health/live").status_code == 200
-
-def test_role_clients(admin_client, owner_client, member_client, viewer_client,
-                      other_owner_client):
-    roles = [c.get("/api/v1/users/me").json()["role"] for c in
-             (admin_client, owner_client, member_client, viewer_client, other_owner_client)]
-    assert roles == ["admin", "owner", "member", "viewer", "owner"]
-
-def test_tenants_are_different(tenant, other_tenant, owner_client, other_owner_client):
-    assert tenant.account_id != other_tenant.account_id
-    mine = owner_client.get("/api/v1/users/me").json()["account_id"]
-    theirs = other_owner_client.get("/api/v1/users/me").json()["account_id"]
-    assert (mine, theirs) == (tenant.account_id, other_tenant.account_id)
-
-def test_login_fixture(login, tenant):
-    member = login(tenant.member.email, tenant.member.password)
-    assert member.get("/api/v1/users/me").json()["email"] == tenant.member.email
-"""
-    )
-    result = pytester.runpytest(f"--target={backend.base_url}", "--db=ignored-with-target")
-    result.assert_outcomes(passed=4)
-
-
-def test_backend_fixtures_can_be_requested_dynamically(
-    pytester: pytest.Pytester, backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``request.getfixturevalue("admin_client")`` (the usual way to parametrize a test over
-    role clients) must work like naming the fixture in the signature. Today it fails with
-    "fixture 'db_flavour' not found": db_flavour exists only through pytest_generate_tests,
-    which sees the signature's fixtures alone."""
-    monkeypatch.setenv(TARGET_EMAIL_ENV, backend.admin_email)
-    monkeypatch.setenv(TARGET_PASSWORD_ENV, backend.admin_password)
-    pytester.makepyfile(
-        """
-import pytest
-
-@pytest.mark.parametrize("fixture", ["admin_client", "owner_client"])
-def test_dynamic(request, fixture):
-    assert request.getfixturevalue(fixture).get("/api/v1/users/me").status_code == 200
-"""
-    )
-    result = pytester.runpytest(f"--target={backend.base_url}")
-    result.assert_outcomes(passed=2)
-
-
 def test_target_without_credentials_fails_the_setup(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,3 +85,136 @@ def test_target_without_credentials_fails_the_setup(
 def test_options_are_listed_in_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*Renum harness*", "*--db=DB*", "*--target=URL*"])
+
+
+# --- which tests run on both databases ----------------------------------------------------
+
+SELECTION_CONFTEST = """
+import pytest
+
+setups = []
+
+
+@pytest.fixture(scope="session")
+def launched(db_flavour):
+    # Stands in for the session's backend: one per flavour, shared by every test on it.
+    setups.append(db_flavour)
+    return db_flavour
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"backends started: {setups}")
+"""
+
+SELECTION_TESTS = """
+import pytest
+
+
+def test_unmarked(launched):
+    pass
+
+
+@pytest.mark.both_databases
+def test_marked(launched):
+    pass
+
+
+@pytest.mark.both_databases
+class TestMarkedClass:
+    def test_in_class(self, launched):
+        pass
+
+
+def test_lazy(request):
+    assert request.getfixturevalue("db_flavour") == request.config.getoption("--db").split(",")[0]
+
+
+@pytest.mark.parametrize("flavour", ["sqlite", "postgresql"])
+def test_names_its_own_flavour(flavour):
+    pass
+
+
+def test_no_backend():
+    pass
+"""
+
+MARKED_MODULE = """
+import pytest
+
+pytestmark = pytest.mark.both_databases
+
+
+def test_in_marked_module(db_flavour):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("db", "marked", "expected"),
+    [
+        ("sqlite,postgresql", True, ["sqlite", "postgresql"]),
+        ("sqlite,postgresql", False, ["sqlite"]),
+        ("postgresql,sqlite", False, ["postgresql"]),
+        ("postgresql", True, ["postgresql"]),
+        ("sqlite", False, ["sqlite"]),
+    ],
+)
+def test_marked_tests_get_every_flavour_and_the_others_the_first(
+    db: str, marked: bool, expected: list[str]
+) -> None:
+    assert flavours_for(StubConfig(db), marked) == expected  # type: ignore[arg-type]
+
+
+def test_under_target_every_test_runs_once_on_the_deployment() -> None:
+    config = StubConfig("sqlite,postgresql", target="https://x.example")
+    assert flavours_for(config, True) == flavours_for(config, False) == ["remote"]  # type: ignore[arg-type]
+
+
+def _selected(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    pytester.makeconftest(SELECTION_CONFTEST)
+    pytester.makepyfile(test_selection=SELECTION_TESTS, test_marked_module=MARKED_MODULE)
+    return pytester.runpytest("-v", *args)
+
+
+def test_on_two_databases_marked_tests_run_on_both_and_the_rest_once(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _selected(pytester, "--db=sqlite,postgresql")
+    result.assert_outcomes(passed=11)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_selection.py::test_unmarked?sqlite? PASSED*",
+            "*test_selection.py::test_marked?sqlite? PASSED*",
+            "*test_selection.py::test_marked?postgresql? PASSED*",
+            "*test_selection.py::TestMarkedClass::test_in_class?sqlite? PASSED*",
+            "*test_selection.py::TestMarkedClass::test_in_class?postgresql? PASSED*",
+            "*test_selection.py::test_lazy PASSED*",
+            "*test_selection.py::test_names_its_own_flavour?sqlite? PASSED*",
+            "*test_selection.py::test_names_its_own_flavour?postgresql? PASSED*",
+            "*test_selection.py::test_no_backend PASSED*",
+            "*test_marked_module.py::test_in_marked_module?sqlite? PASSED*",
+            "*test_marked_module.py::test_in_marked_module?postgresql? PASSED*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*test_unmarked?postgresql?*")
+    # One backend per flavour, shared by the marked and the unmarked tests on it.
+    result.stdout.fnmatch_lines(["backends started: ['sqlite', 'postgresql']"])
+
+
+def test_the_first_flavour_given_is_the_one_for_unmarked_tests(pytester: pytest.Pytester) -> None:
+    result = _selected(pytester, "--db=postgresql,sqlite")
+    result.assert_outcomes(passed=11)
+    result.stdout.fnmatch_lines(["*test_selection.py::test_unmarked?postgresql? PASSED*"])
+    result.stdout.no_fnmatch_line("*test_unmarked?sqlite?*")
+    result.stdout.fnmatch_lines(["backends started: ['postgresql', 'sqlite']"])
+
+
+def test_on_one_database_every_test_runs_once(pytester: pytest.Pytester) -> None:
+    result = _selected(pytester, "--db=sqlite")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["backends started: ['sqlite']"])
+
+
+def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.both_databases: *every flavour given with --db*"])

@@ -456,6 +456,34 @@ def test_recursive_schemas_terminate() -> None:
     assert compare(changed(tree), changed(tree)).changes == []
 
 
+def test_a_change_inside_a_branching_recursive_input_is_reported_once_per_path_to_it() -> None:
+    """A guard of guards (``all``, ``any`` and ``not`` each hold guards) is compared until it
+    comes round to itself: a change inside it is reported where the recursion starts, not once
+    for every path down to the depth limit (3**32 of them, in principle)."""
+
+    def guards(doc: Schema) -> None:
+        guard = {"$ref": "#/components/schemas/Guard"}
+        schemas(doc)["Guard"] = {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "all": {"type": "array", "items": guard},
+                "any": {"type": "array", "items": guard},
+                "not": guard,
+            },
+        }
+        schemas(doc)["ItemCreate"]["properties"]["when"] = guard
+
+    def tighter(doc: Schema) -> None:
+        guards(doc)
+        schemas(doc)["Guard"]["properties"]["path"]["maxLength"] = 10
+
+    changes = compare(changed(guards), changed(tighter)).changes
+    assert [(c.kind, c.where) for c in changes] == [
+        ("constraint-tightened", "POST /items request body.when.path")
+    ]
+
+
 def test_cli_accepts_additive_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     schema_diff.dump(base(), old)

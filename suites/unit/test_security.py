@@ -31,6 +31,16 @@ from app.core.security import (
 SECRET = "security-unit-test-secret-0123456789abcdef"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing() -> None:
+    """Overrides the unit suite's cheap hasher: this module checks the real one."""
+
+
+def test_the_real_hasher_has_the_production_cost() -> None:
+    hashed = hash_password("checked at full cost")
+    assert re.search(r"^\$argon2id\$v=19\$m=65536,t=3,p=4\$", hashed), hashed
+
+
 @pytest.fixture
 def codec() -> TokenCodec:
     return TokenCodec(Settings(secret_key=SECRET))

@@ -6,9 +6,10 @@ Python handler installed first, so a failure can never kill the test run."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType, SimpleNamespace
 from typing import Any
 
@@ -20,6 +21,7 @@ from app.core.shutdown import GracefulShutdown
 from app.services import executions as executions_module
 from app.services.events import EventHub, StreamsClosed
 from app.services.executions import event_stream, wait_for_end
+from qa.polling import wait_until_async
 
 # Generous: only a broken implementation ever waits this long.
 PATIENCE_SECONDS = 30.0
@@ -46,10 +48,8 @@ def server_handler() -> Iterator[Recorder]:
         signal.signal(signal.SIGTERM, original)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(PATIENCE_SECONDS):
-        while not condition():  # noqa: ASYNC110 - the conditions are plain state, not events
-            await asyncio.sleep(0.01)
+# Yield to the loop's tasks until a condition holds (the patience only guards a hang).
+until = functools.partial(wait_until_async, timeout=PATIENCE_SECONDS)
 
 
 async def settle(rounds: int = 20) -> None:

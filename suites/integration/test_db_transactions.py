@@ -1,6 +1,9 @@
 """``Database.run_transaction``: one synchronous transaction in one hop, on an SQLite file (its
 own worker thread and connection) and on PostgreSQL (``run_sync``): committed when the work
-returns, rolled back when it raises, and usable again after a failure and after dispose."""
+returns, rolled back when it raises, and usable again after a failure and after dispose.
+
+In this process, no backend launched; on each database given with ``--db`` (the behaviour is
+the database's: marked ``both_databases``)."""
 
 from __future__ import annotations
 
@@ -17,13 +20,20 @@ from app.core.config import DatabaseSettings
 from app.db.database import Database
 from qa import services
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def database(db_flavour: str, tmp_path: Path) -> AsyncIterator[Database]:
+    if db_flavour not in ("sqlite", "postgresql"):
+        pytest.skip("needs a local database; --target names a deployment")
     name = None
-    if request.param == "sqlite":
+    if db_flavour == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'tx.db'}"
     else:
         name = f"renum_tx_{uuid.uuid4().hex[:10]}"
