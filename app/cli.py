@@ -26,6 +26,7 @@ from app.core.config_sources import ConfigFileError, setting_sources
 from app.core.config_view import effective_configuration
 
 T = TypeVar("T")
+APP_FACTORY = "app.main:create_app"
 
 cli = typer.Typer(
     name="renum",
@@ -62,10 +63,10 @@ def read_settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def load_settings() -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """The settings, refused (exit code 2, every problem listed) when unsafe for their
     environment."""
-    settings = read_settings()
+    settings = read_settings(**overrides)
     try:
         refuse_unsafe(settings, setting_sources(Settings))
     except UnsafeConfiguration as exc:
@@ -114,28 +115,44 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Worker processes (default: RENUM_WORKERS, 1)."),
+    ] = None,
 ) -> None:
     """Serve the API with Uvicorn. On SIGTERM or Ctrl+C it stops within
     RENUM_SHUTDOWN_TIMEOUT_SECONDS: live streams end at once, running executions are released
-    to another process, and requests still open past the timeout are cancelled."""
+    to another process, and requests still open past the timeout are cancelled. SIGHUP reloads
+    the configuration (with several workers: validated once, then applied by every worker)."""
     import uvicorn
 
-    settings = load_settings()
+    settings = load_settings(**({} if workers is None else {"workers": workers}))
+    processes = 1 if reload else settings.workers
     out.print(
         f"Renum {__version__} ({settings.environment.value}) on http://{host}:{port} "
+        f"with {processes} worker{'s' if processes > 1 else ''} "
         f"- API docs at http://{host}:{port}/docs"
     )
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        reload=reload,
-        workers=None if reload else workers,
-        log_config=None,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout_seconds)),
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": processes,
+        "log_config": None,
+        "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout_seconds)),
+    }
+    if processes == 1 or not settings.configuration.enabled:
+        # One process handles SIGHUP itself (the configuration capability); with the
+        # capability off, uvicorn's supervisor restarts the workers on SIGHUP instead.
+        uvicorn.run(APP_FACTORY, reload=reload, **options)
+        return
+    from app.capabilities.configuration import serve_workers
+    from app.core.config_sources import config_file_path
+    from app.core.logging import configure_logging
+
+    configure_logging(settings)
+    watch = config_file_path() if settings.configuration.watch_file else None
+    serve_workers(uvicorn.Config(APP_FACTORY, **options), watch)
 
 
 @db_cli.command()

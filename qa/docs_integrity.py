@@ -4,6 +4,8 @@
   its operation id as anchor) with at least one example block;
 - ``undocumented_settings``: every setting's environment variable is in the configuration
   reference;
+- ``missing_checklist_lines``: every configuration rule (``app.core.config_rules.RULES``) has
+  its line in the production checklist of ``docs/environments/production.md``;
 - ``undocumented_sessions``: every nox session is in the harness guide;
 - ``stale_pages``: the reference pages on disk equal what the generator makes now;
 - ``uncommitted_pages``: the reference pages equal their committed versions (so CI, which
@@ -41,6 +43,7 @@ from qa.examples import extract_blocks
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = REPO_ROOT / "docs" / "reference"
 CONFIGURATION_PAGE = "configuration.md"
+PRODUCTION_GUIDE = REPO_ROOT / "docs" / "environments" / "production.md"
 HEADING_ANCHOR = re.compile(r"^#{1,6} .*\{ *#(?P<anchor>[\w-]+) *\}\s*$")
 
 
@@ -93,14 +96,64 @@ def undocumented_settings(model: type[BaseModel], page: Path) -> list[str]:
     ]
 
 
-def missing_checklist_lines(rules: Iterable[Any], page: Path) -> list[str]:
-    """Configuration rules whose production-checklist line the guide does not carry."""
-    text = page.read_text(encoding="utf-8") if page.exists() else ""
+CHECKLIST_HEADING = re.compile(r"^(?P<level>#{1,6}) .*\bchecklist\b", re.IGNORECASE)
+HEADING = re.compile(r"^(?P<level>#{1,6}) ")
+FENCE = re.compile(r"^\s*(```|~~~)")
+LIST_ITEM = re.compile(r"^[-*] (?P<text>.*)$")
+
+
+def checklist_items(text: str) -> list[str]:
+    """The list items of a page's checklist section (from a heading naming a checklist to the
+    next heading of its level or higher), each on one line with its whitespace collapsed: an
+    item may wrap onto indented lines. Code blocks are skipped."""
+    items: list[list[str]] = []
+    level: int | None = None  # the checklist heading's, while inside its section
+    in_fence = in_item = False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            in_fence, in_item = not in_fence, False
+            continue
+        if in_fence:
+            continue
+        heading = HEADING.match(line)
+        if heading:
+            if level is not None and len(heading["level"]) <= level:
+                level = None
+            checklist = CHECKLIST_HEADING.match(line)
+            if level is None and checklist:
+                level = len(checklist["level"])
+            in_item = False
+            continue
+        item = LIST_ITEM.match(line)
+        if level is not None and item:
+            items.append([item["text"]])
+            in_item = True
+        elif in_item and line[:1].isspace() and line.strip():
+            items[-1].append(line)
+        else:
+            in_item = False
+    return [" ".join(" ".join(lines).split()) for lines in items]
+
+
+def missing_checklist_lines(rules: Iterable[Any], page: Path = PRODUCTION_GUIDE) -> list[str]:
+    """Configuration rules without their line in the production checklist of ``page``: an
+    item of its checklist section that starts with the rule's ``checklist`` text."""
+    items = checklist_items(page.read_text(encoding="utf-8")) if page.exists() else []
+    shown = _shown(page)
     return [
-        f"rule {rule.id} has no production-checklist line in {page}: add '- {rule.checklist}'"
+        f"rule {rule.id} has no line in the production checklist of {shown}: "
+        f"add '- {rule.checklist}'"
         for rule in rules
-        if f"- {rule.checklist}" not in text
+        if not any(item.startswith(" ".join(rule.checklist.split())) for item in items)
     ]
+
+
+def _shown(path: Path) -> str:
+    """A path as a reader finds it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def nox_sessions(noxfile: Path) -> list[str]:
@@ -234,7 +287,7 @@ def main() -> int:
     problems = [
         *undocumented_operations(generator.schema, REFERENCE_DIR),
         *undocumented_settings(Settings, REFERENCE_DIR / CONFIGURATION_PAGE),
-        *missing_checklist_lines(RULES, REPO_ROOT / "docs" / "configuration.md"),
+        *missing_checklist_lines(RULES, PRODUCTION_GUIDE),
         *undocumented_sessions(REPO_ROOT / "noxfile.py", REPO_ROOT / "docs" / "harness.md"),
         *stale_pages(generator, REFERENCE_DIR),
         *uncommitted_pages(REFERENCE_DIR),

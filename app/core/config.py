@@ -403,6 +403,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, live streams end and running executions are released at "
         "once; other open requests get at most this long before they are cancelled.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes of `renum serve` (its `--workers` option overrides). "
+        "More than one needs PostgreSQL.",
+    )
     redis_url: str | None = Field(default=None, description="Redis URL (optional).")
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -132,6 +132,15 @@ def _probe_token(settings: Settings) -> str | None:
     return None
 
 
+def _sqlite_workers(settings: Settings) -> str | None:
+    if settings.database.is_sqlite and settings.workers > 1:
+        return (
+            f"SQLite with {settings.workers} worker processes: each process runs its own "
+            "engine and executions, and SQLite takes one writer at a time"
+        )
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         id="secret-key-default",
@@ -164,6 +173,14 @@ RULES: tuple[Rule, ...] = (
         checklist="`RENUM_PROVIDERS__OPENAI_BASE_URL` uses https:// (plain HTTP only on loopback).",
         fix="Use the provider's https:// URL",
         violated=_plain_http_provider,
+    ),
+    Rule(
+        id="sqlite-workers",
+        setting="workers",
+        checklist="More than one worker process (`RENUM_WORKERS`, `renum serve --workers`) "
+        "only on PostgreSQL.",
+        fix="Use PostgreSQL (RENUM_DATABASE__URL=postgresql+asyncpg://...) or run one worker",
+        violated=_sqlite_workers,
     ),
     Rule(
         id="sql-echo",

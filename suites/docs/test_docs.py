@@ -1,5 +1,6 @@
 """The docs site, checked as `nox -s docs` runs it: the reference is current and committed,
-every operation and setting is documented, the site builds strictly, every example runs."""
+every operation and setting is documented, every configuration rule has its line in the
+production checklist, the site builds strictly, every example runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from app.capabilities.docs.generator import DocumentationGenerator
 from app.core.config import Settings
+from app.core.config_rules import RULES
 from qa import docs_integrity
 from qa.examples import ExampleValidator, Report, markdown_pages
 from qa.launcher import Backend
@@ -40,6 +42,10 @@ def test_every_operation_has_an_entry_with_an_example(generator: DocumentationGe
 
 def test_every_setting_is_in_the_configuration_reference() -> None:
     _fail_on(docs_integrity.undocumented_settings(Settings, REFERENCE / "configuration.md"))
+
+
+def test_every_configuration_rule_is_in_the_production_checklist() -> None:
+    _fail_on(docs_integrity.missing_checklist_lines(RULES))
 
 
 def test_every_nox_session_is_in_the_harness_guide() -> None:

@@ -1,26 +1,33 @@
 """Live configuration on a real backend: the effective configuration with its sources, reload
 through the endpoint, on SIGHUP and on a change of the config file; live settings take effect
 for the next request, restart-only ones are reported and kept, an invalid file changes
-nothing; the fingerprint tells two differently configured backends apart. SQLite only: none
-of this depends on the database."""
+nothing and shows on the dependency report; the fingerprint tells two differently configured
+backends apart, on the ops endpoint and on /health/dependencies. With `renum serve --workers
+2`, the supervisor validates a reload once and every worker applies it; a bad file reaches no
+worker and restarts none. SQLite, except the workers (several need PostgreSQL): none of this
+depends on the database."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from integration_support import log_events
 from teams_support import TEAMS, create_agent
 
 from qa.client import API, ApiClient
 from qa.factories import expect, tenant_with_owner
-from qa.launcher import LaunchedBackend
+from qa.launcher import REPO_ROOT, LaunchedBackend
 from qa.polling import wait_until
 
 OPS = f"{API}/ops/config"
+CHECK = "configuration:fingerprint"
 BASE = 'log_level = "INFO"\n[teams]\nmax_members = 10\n'
 
 
@@ -59,6 +66,13 @@ def admin_of(backend: LaunchedBackend) -> ApiClient:
 def settings_of(admin: ApiClient) -> dict[str, Any]:
     body = expect(admin.get(OPS), 200)
     return {row["setting"]: row for row in body["settings"]} | {"_": body}
+
+
+def configuration_entry(admin: ApiClient) -> dict[str, Any]:
+    """The configuration's entry in the dependency report (details: the admin's)."""
+    report = admin.get("/health/dependencies").json()
+    entry: dict[str, Any] = report["checks"][CHECK][0]
+    return entry
 
 
 def test_reload_applies_live_settings_reports_the_rest_and_refuses_bad_files(
@@ -102,6 +116,16 @@ def test_reload_applies_live_settings_reports_the_rest_and_refuses_bad_files(
         assert any("log_level" in problem for problem in refused_reload["problems"])
         assert settings_of(admin)["teams.max_members"]["value"] == 1
         assert refused_reload["fingerprint"] == result["fingerprint"]
+        # ... and so does the dependency report, until a reload succeeds.
+        warned = wait_until(
+            lambda: (e := configuration_entry(admin))["status"] == "warn" and e,
+            timeout=20,
+            what="the refused reload on /health/dependencies",
+            interval=0.2,
+        )
+        assert "log_level" in warned["output"]
+        assert warned["observedValue"] == result["fingerprint"]
+        assert warned["fix"].startswith("Run `renum config check`")
 
 
 def test_reload_on_sighup_and_on_a_file_change(
@@ -161,6 +185,111 @@ def test_the_fingerprint_differs_between_differently_configured_backends(
         with closing(admin_of(configured)) as first, closing(admin_of(other)) as second:
             one = expect(first.get(OPS), 200)["fingerprint"]
             two = expect(second.get(OPS), 200)["fingerprint"]
+            # The dependency report shows the same fingerprints, for replicas side by side.
+            assert configuration_entry(first)["observedValue"] == one
+            assert configuration_entry(second)["observedValue"] == two
         assert one != two
     finally:
         other.stop()
+
+
+class ServedWithWorkers(LaunchedBackend):
+    """The backend as operators run it: ``renum serve --workers 2``."""
+
+    def _spawn(self, port: int) -> None:
+        assert self.log_path is not None
+        command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+
+def reloads(backend: LaunchedBackend, event: str, **fields: object) -> list[dict[str, Any]]:
+    """The log's ``event`` events with these fields, in the order they were written."""
+    return [
+        e
+        for e in log_events(backend)
+        if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+    ]
+
+
+def after(events: list[dict[str, Any]], mark: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events logged after ``mark`` (log events carry no sequence; the order is the file's)."""
+    return events[events.index(mark) + 1 :]
+
+
+def test_with_several_workers_a_reload_is_validated_once_and_reaches_every_worker(
+    config_file: Path,
+) -> None:
+    """A file change is validated by the supervisor and applied by both workers; an invalid
+    file is refused by the supervisor alone; the endpoint's reload reaches the other worker.
+    (One write may reach the watcher as two changes: counts below allow extra forwards, which
+    the workers see as 'unchanged'.)"""
+    env = {"RENUM_CONFIG_FILE": str(config_file), "RENUM_CONFIGURATION__WATCH_FILE": "true"}
+    backend = ServedWithWorkers.start("postgresql", extra_env=env)
+    try:
+        with closing(admin_of(backend)) as admin:
+            config_file.write_text(BASE.replace("max_members = 10", "max_members = 3"))
+            applied = wait_until(
+                lambda: (
+                    len(r := reloads(backend, "configuration_reloaded", status="applied")) >= 2
+                    and r
+                ),
+                timeout=20,
+                what="both workers applying the file's change",
+                interval=0.2,
+            )
+            workers = {e["pid"] for e in applied}
+            assert len(workers) == 2
+            assert len(applied) == 2
+            assert all(e["trigger"] == "SIGHUP" for e in applied)  # passed on by the supervisor
+            forwarded = reloads(backend, "configuration_reload_forwarded")
+            assert forwarded
+            assert all(set(f["workers"]) == workers for f in forwarded)
+            for _ in range(6):  # whichever worker answers
+                assert settings_of(admin)["teams.max_members"]["value"] == 3
+
+            # An invalid file: refused by the supervisor; no worker reloads or restarts.
+            config_file.write_text('log_level = "LOUD"\n')
+            refused = wait_until(
+                lambda: reloads(backend, "configuration_reload_refused", trigger="supervisor"),
+                timeout=20,
+                what="the supervisor refusing the invalid file",
+                interval=0.2,
+            )
+            assert any("log_level" in problem for problem in refused[0]["problems"])
+            assert not reloads(backend, "configuration_reload_refused", trigger="SIGHUP")
+            for _ in range(6):
+                assert settings_of(admin)["teams.max_members"]["value"] == 3
+
+            # Corrected, then reloaded through the endpoint of one worker: the supervisor
+            # passes that reload on to both.
+            config_file.write_text(BASE.replace("max_members = 10", "max_members = 4"))
+            wait_until(
+                lambda: len(reloads(backend, "configuration_reloaded", status="applied")) == 4,
+                timeout=20,
+                what="both workers applying the corrected file",
+                interval=0.2,
+            )
+            assert expect(admin.post(f"{OPS}/reload"), 200)["status"] == "unchanged"
+            (by_api,) = reloads(backend, "configuration_reloaded", trigger="api")
+            passed_on = wait_until(
+                lambda: (
+                    {
+                        e["pid"]
+                        for e in after(reloads(backend, "configuration_reloaded"), by_api)
+                        if e["trigger"] == "SIGHUP"
+                    }
+                    == workers
+                ),
+                timeout=20,
+                what="both workers reloading after the endpoint's reload",
+                interval=0.2,
+            )
+            assert passed_on
+            assert {e["pid"] for e in reloads(backend, "configuration_reloaded")} == workers
+        assert backend.process is not None
+        assert backend.process.poll() is None
+    finally:
+        backend.stop()

@@ -168,17 +168,27 @@ def test_model_level_setting_error_is_reported_without_a_location(
 
 
 class ServeRecorder:
+    """Records how ``renum serve`` would serve: ``uvicorn.run`` for one process (or with the
+    configuration capability off), the reloading supervisor for several workers."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.supervised: list[tuple[uvicorn.Config, Path | None]] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         self.calls.append((args, kwargs))
 
+    def serve_workers(self, config: uvicorn.Config, watch: Path | None) -> None:
+        self.supervised.append((config, watch))
+
 
 @pytest.fixture
 def recorded_run(monkeypatch: pytest.MonkeyPatch) -> ServeRecorder:
+    import app.capabilities.configuration as configuration
+
     recorder = ServeRecorder()
     monkeypatch.setattr(uvicorn, "run", recorder)
+    monkeypatch.setattr(configuration, "serve_workers", recorder.serve_workers)
     return recorder
 
 
@@ -198,6 +208,7 @@ def test_serve_runs_uvicorn_with_the_app_factory(recorded_run: ServeRecorder) ->
     }
     assert "API docs at http://127.0.0.1:8000/docs" in flat(result.stdout)
     assert "(development)" in result.stdout
+    assert recorded_run.supervised == []
 
 
 @pytest.mark.parametrize(("setting", "seconds"), [("0.2", 1), ("2.5", 3), ("30", 30)])
@@ -210,21 +221,61 @@ def test_serve_bounds_uvicorn_shutdown_by_the_setting(
     assert recorded_run.calls[0][1]["timeout_graceful_shutdown"] == seconds
 
 
-def test_serve_passes_host_port_and_workers(recorded_run: ServeRecorder) -> None:
+def test_several_workers_run_under_the_reloading_supervisor(
+    recorded_run: ServeRecorder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "renum.toml"
+    config_file.write_text("")
+    monkeypatch.setenv("RENUM_CONFIG_FILE", str(config_file))
     result = runner.invoke(
         cli, ["serve", "--host", "192.0.2.10", "--port", "9001", "--workers", "3"]
     )
     assert result.exit_code == 0, result.output
-    kwargs = recorded_run.calls[0][1]
-    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("192.0.2.10", 9001, 3)
+    assert "with 3 workers" in flat(result.stdout)
+    assert recorded_run.calls == []
+    ((config, watch),) = recorded_run.supervised
+    assert (config.app, config.factory) == ("app.main:create_app", True)
+    assert (config.host, config.port, config.workers) == ("192.0.2.10", 9001, 3)
+    assert watch == config_file  # the supervisor watches the file, not the workers
+
+    monkeypatch.setenv("RENUM_CONFIGURATION__WATCH_FILE", "false")
+    assert runner.invoke(cli, ["serve", "--workers", "2"]).exit_code == 0
+    assert recorded_run.supervised[-1][1] is None
 
 
-def test_serve_reload_disables_workers(recorded_run: ServeRecorder) -> None:
+def test_workers_default_to_the_setting_and_the_switch_rolls_back_to_uvicorn(
+    recorded_run: ServeRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RENUM_WORKERS", "2")
+    assert runner.invoke(cli, ["serve"]).exit_code == 0
+    assert recorded_run.supervised[-1][0].workers == 2
+    # With live reload switched off, uvicorn's own supervisor runs the workers.
+    monkeypatch.setenv("RENUM_CONFIGURATION__ENABLED", "false")
+    assert runner.invoke(cli, ["serve"]).exit_code == 0
+    ((_, kwargs),) = recorded_run.calls
+    assert kwargs["workers"] == 2
+
+
+def test_several_workers_on_sqlite_are_refused_in_production(
+    recorded_run: ServeRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RENUM_ENVIRONMENT", "production")
+    monkeypatch.setenv("RENUM_SECRET_KEY", "s" * 40)
+    monkeypatch.setenv("RENUM_ENCRYPTION_KEYS", "k1:" + "A" * 43 + "=")
+    result = runner.invoke(cli, ["serve", "--workers", "2"])
+    assert result.exit_code == 2
+    assert "RENUM_WORKERS" in flat(result.stderr)
+    assert "SQLite with 2 worker processes" in flat(result.stderr)
+    assert (recorded_run.calls, recorded_run.supervised) == ([], [])
+
+
+def test_serve_reload_runs_one_process(recorded_run: ServeRecorder) -> None:
     result = runner.invoke(cli, ["serve", "--reload", "--workers", "4"])
     assert result.exit_code == 0, result.output
     kwargs = recorded_run.calls[0][1]
     assert kwargs["reload"] is True
-    assert kwargs["workers"] is None
+    assert kwargs["workers"] == 1
+    assert recorded_run.supervised == []
 
 
 @pytest.mark.parametrize("args", [["--port", "0"], ["--port", "70000"], ["--workers", "0"]])

@@ -155,6 +155,7 @@ def unsafe_production() -> Settings:
         database={"echo": True},
         providers={"openai_base_url": "http://models.example/v1"},
         metrics={"public": True},
+        workers=4,
     )
 
 
@@ -168,6 +169,7 @@ def test_every_production_refusal_is_reported_in_one_run() -> None:
         "cors-open",
         "provider-plain-http",
         "sql-echo",
+        "sqlite-workers",
     }
     assert warnings == {"debug-logs", "metrics-public", "probe-token-missing"}
     assert {p.rule for p in problems} == {rule.id for rule in RULES}  # every rule can fire
@@ -180,9 +182,9 @@ def test_every_production_refusal_is_reported_in_one_run() -> None:
 def test_staging_refuses_like_production_and_development_only_warns() -> None:
     staging = unsafe_production().model_copy(update={"environment": Environment.staging})
     assert any(p.severity is Severity.error for p in check_settings(staging))
-    development = Settings(cors_origins="*", database={"echo": True})
+    development = Settings(cors_origins="*", database={"echo": True}, workers=2)
     problems = check_settings(development)
-    assert {p.rule for p in problems} == {"secret-key-default", "cors-open"}
+    assert {p.rule for p in problems} == {"secret-key-default", "cors-open", "sqlite-workers"}
     assert all(p.severity is Severity.warning for p in problems)
     assert check_settings(Settings(environment="test")) == []
 
@@ -195,6 +197,17 @@ def test_a_safe_production_configuration_starts_with_warnings_at_most() -> None:
         health={"probe_token": "p" * 20},
     )
     assert refuse_unsafe(settings) == []
+
+
+def test_several_workers_need_postgresql() -> None:
+    postgres = {"url": "postgresql+asyncpg://renum@127.0.0.1/renum"}
+    on_postgres = Settings(environment="production", workers=4, database=postgres)
+    assert "sqlite-workers" not in {p.rule for p in check_settings(on_postgres)}
+    one = Settings(environment="production", workers=1)
+    assert "sqlite-workers" not in {p.rule for p in check_settings(one)}
+    (problem,) = [p for p in check_settings(unsafe_production()) if p.rule == "sqlite-workers"]
+    assert problem.setting == "RENUM_WORKERS"
+    assert "SQLite with 4 worker processes" in problem.message
 
 
 def test_loopback_provider_urls_may_be_plain_http() -> None:

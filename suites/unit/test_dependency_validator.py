@@ -202,7 +202,8 @@ async def test_validate_runs_the_registered_checks_on_a_healthy_database(
     validator = DependencyValidator(settings, database, metadata=FakeMetadata(HEALTHY))
     report = await validator.validate()
     checks = {entry.check: entry for entry in report.entries}
-    assert set(checks) == {"packages", "database", "schema", "redis", "providers"}
+    assert set(checks) == {"packages", "database", "schema", "redis", "providers", "configuration"}
+    assert checks["configuration"].message.startswith("live reload is off")  # no app state
     assert checks["database"].status is Status.passed
     assert checks["database"].observed_unit == "ms"
     assert checks["schema"].status is Status.passed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -252,14 +253,47 @@ def test_reference_navigation_hook(tmp_path: Path) -> None:
 def test_every_configuration_rule_needs_its_production_checklist_line(tmp_path: Path) -> None:
     from app.core.config_rules import RULES
 
-    guide = tmp_path / "configuration.md"
-    guide.write_text("\n".join(f"- {rule.checklist}" for rule in RULES[1:]), encoding="utf-8")
+    guide = tmp_path / "production.md"
+    lines = [f"- {rule.checklist}" for rule in RULES]
+    # The first rule's line only outside the checklist section does not count.
+    guide.write_text(
+        "\n".join(["# Production", "", lines[0], "", "## Production checklist", "", *lines[1:]]),
+        encoding="utf-8",
+    )
     problems = docs_integrity.missing_checklist_lines(RULES, guide)
     assert problems == [
-        f"rule {RULES[0].id} has no production-checklist line in {guide}: "
+        f"rule {RULES[0].id} has no line in the production checklist of {guide}: "
         f"add '- {RULES[0].checklist}'"
     ]
-    guide.write_text("\n".join(f"- {rule.checklist}" for rule in RULES), encoding="utf-8")
+    # Every line in the section, one wrapped onto an indented line, one followed by more text.
+    words = lines[0].split(" ")
+    wrapped = " ".join(words[:3]) + "\n  " + " ".join(words[3:])
+    guide.write_text(
+        "\n".join(["## Production checklist", wrapped, f"{lines[1]} More advice.", *lines[2:]]),
+        encoding="utf-8",
+    )
     assert docs_integrity.missing_checklist_lines(RULES, guide) == []
-    real = docs_integrity.REPO_ROOT / "docs" / "configuration.md"
-    assert docs_integrity.missing_checklist_lines(RULES, real) == []
+    # A later heading of the same level ends the section.
+    guide.write_text(
+        "\n".join(["## Production checklist", *lines[:-1], "## Afterwards", lines[-1]]),
+        encoding="utf-8",
+    )
+    assert [
+        p.split(" has no line")[0] for p in docs_integrity.missing_checklist_lines(RULES, guide)
+    ] == [f"rule {RULES[-1].id}"]
+    missing = tmp_path / "absent.md"
+    assert len(docs_integrity.missing_checklist_lines(RULES, missing)) == len(RULES)
+
+
+def test_the_production_guide_carries_every_checklist_line() -> None:
+    from app.core.config_rules import RULES
+
+    guide = docs_integrity.REPO_ROOT / "docs" / "environments" / "production.md"
+    assert guide == docs_integrity.PRODUCTION_GUIDE
+    assert docs_integrity.missing_checklist_lines(RULES, guide) == []
+    # A rule the guide has no line for fails, and the message names the guide's path.
+    unlisted = replace(RULES[0], id="made-up", checklist="A line no guide carries.")
+    assert docs_integrity.missing_checklist_lines([*RULES, unlisted]) == [
+        "rule made-up has no line in the production checklist of "
+        "docs/environments/production.md: add '- A line no guide carries.'"
+    ]

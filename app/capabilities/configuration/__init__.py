@@ -1,8 +1,10 @@
 """The configuration capability: live reload of the settings that allow it (on SIGHUP, when
 the file named by ``RENUM_CONFIG_FILE`` changes, or through
-``POST /api/v1/ops/config/reload``) and the effective configuration at
-``GET /api/v1/ops/config``. Profiles, sources and the rules that refuse unsafe settings are
-building blocks in ``app.core`` and apply with or without this capability. Switched off with
+``POST /api/v1/ops/config/reload``), the effective configuration at ``GET /api/v1/ops/config``,
+its health check (the fingerprint and the last reload), and the supervisor of
+``renum serve --workers N`` that validates a reload once and passes it to every worker.
+Profiles, sources and the rules that refuse unsafe settings are building blocks in
+``app.core`` and apply with or without this capability. Switched off with
 ``RENUM_CONFIGURATION__ENABLED=false``: settings change only with a restart."""
 
 from __future__ import annotations
@@ -21,18 +23,36 @@ from app.capabilities.configuration.manager import (
     EnvironmentConfigManager,
     ReloadResult,
     is_live,
+    read_and_validate,
+)
+from app.capabilities.configuration.supervisor import (
+    ReloadingSupervisor,
+    serve_workers,
+    supervised,
 )
 from app.core.config import Settings
 from app.core.config_sources import config_file_path
 from app.core.logging import get_logger
 
-__all__ = ["CAPABILITY", "EnvironmentConfigManager", "ReloadResult", "is_live"]
+__all__ = [
+    "CAPABILITY",
+    "EnvironmentConfigManager",
+    "ReloadResult",
+    "ReloadingSupervisor",
+    "is_live",
+    "read_and_validate",
+    "serve_workers",
+]
 
 log = get_logger("app.configuration")
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(routes.router)
+    if supervised():
+        # Until the lifespan installs the reload handler, a SIGHUP from the supervisor must
+        # not end this worker (its default action); the worker reads the sources at start.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 async def _watch_file(manager: EnvironmentConfigManager) -> None:
@@ -67,7 +87,8 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     watcher = None
-    if context.settings.configuration.watch_file and config_file_path() is not None:
+    watch = context.settings.configuration.watch_file and not supervised()
+    if watch and config_file_path() is not None:  # under a supervisor, the supervisor watches
         watcher = loop.create_task(_watch_file(manager), name="renum-config-watch")
     try:
         yield

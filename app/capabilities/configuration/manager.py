@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,6 +95,22 @@ def _problem_lines(exc: ValidationError | ConfigFileError) -> list[str]:
     return lines
 
 
+def read_and_validate(read: Callable[[], Settings] = Settings) -> tuple[Settings | None, list[str]]:
+    """Read every source and validate the result like a start would: the settings and no
+    problems, or None and every problem (invalid values, an unreadable file, the
+    environment's errors). Blocking: it reads the ``.env`` file and the config file."""
+    try:
+        candidate = read()
+    except (ValidationError, ConfigFileError) as exc:
+        return None, _problem_lines(exc)
+    errors = [
+        p.line()
+        for p in check_settings(candidate, setting_sources(Settings))
+        if p.severity is Severity.error
+    ]
+    return (None, errors) if errors else (candidate, [])
+
+
 class EnvironmentConfigManager:
     """Owns the running settings of one app: ``current`` is what new requests see."""
 
@@ -123,7 +140,12 @@ class EnvironmentConfigManager:
         async with self._lock:
             result = await self._reload(trigger)
             self.last = result
-        fields = {"trigger": trigger, "status": result.status, "fingerprint": result.fingerprint}
+        fields = {
+            "trigger": trigger,
+            "status": result.status,
+            "fingerprint": result.fingerprint,
+            "pid": os.getpid(),  # which worker, under `renum serve --workers N`
+        }
         if result.status == "refused":
             log.error("configuration_reload_refused", problems=result.problems, **fields)
         else:
@@ -137,18 +159,8 @@ class EnvironmentConfigManager:
 
     async def _reload(self, trigger: str) -> ReloadResult:
         now = datetime.now(UTC)
-        try:
-            candidate = await asyncio.to_thread(self._read)
-        except (ValidationError, ConfigFileError) as exc:
-            return ReloadResult(
-                "refused", trigger, now, self.fingerprint, [], [], _problem_lines(exc)
-            )
-        errors = [
-            p.line()
-            for p in check_settings(candidate, await asyncio.to_thread(setting_sources, Settings))
-            if p.severity is Severity.error
-        ]
-        if errors:
+        candidate, errors = await asyncio.to_thread(read_and_validate, self._read)
+        if candidate is None:
             return ReloadResult("refused", trigger, now, self.fingerprint, [], [], errors)
         old, new = _leaves(self.current), _leaves(candidate)
         changed = sorted(k for k in new if _comparable(new[k]) != _comparable(old.get(k)))

@@ -17,6 +17,7 @@ from app.capabilities.configuration.manager import (
     ReloadResult,
     is_live,
 )
+from app.capabilities.configuration.supervisor import notify_supervisor
 from app.core.config import Settings
 from app.core.config_sources import setting_sources
 from app.core.config_view import effective_configuration
@@ -101,8 +102,12 @@ async def get_configuration(_: AdminDep, manager: ManagerDep) -> ConfigurationOu
     description="Reads the `.env` file and the config file again, validates the result like a "
     "start would, and applies the settings that reload live; the others are listed as "
     "needing a restart. A configuration that fails validation changes nothing: the answer "
-    "says why (`status: refused`).",
+    "says why (`status: refused`). Under `renum serve --workers N` the answer is this "
+    "worker's; the supervisor then reloads every worker.",
     responses=problems(401, 403),
 )
 async def reload_configuration(_: AdminDep, manager: ManagerDep) -> ReloadOut:
-    return ReloadOut.model_validate(await manager.reload("api"), from_attributes=True)
+    result = await manager.reload("api")
+    if result.status != "refused":
+        notify_supervisor()  # under `renum serve --workers N`: the other workers reload too
+    return ReloadOut.model_validate(result, from_attributes=True)

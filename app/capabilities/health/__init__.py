@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.capabilities.base import AppContext, Capability
 from app.capabilities.health import routes
+from app.capabilities.health.checks import CheckContext
 from app.capabilities.health.doctor import EXIT_CODES, diagnose, report_table
 from app.capabilities.health.monitor import HealthMonitor
 from app.capabilities.health.registry import (
@@ -33,6 +34,7 @@ __all__ = [
     "CAPABILITY",
     "EXIT_CODES",
     "PROBES",
+    "CheckContext",
     "CheckOutcome",
     "CheckSpec",
     "DependencyValidator",
@@ -58,7 +60,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 async def running(context: AppContext) -> AsyncIterator[None]:
     """Validate once, keep the monitor running, and re-read the schema as soon as a degraded
     start has applied its migrations."""
-    monitor = await start_health(context.settings, context.database)
+    monitor = await start_health(context.settings, context.database, context.app.state)
     context.app.state.health_monitor = monitor
 
     async def schema_changed() -> None:

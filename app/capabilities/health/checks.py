@@ -21,6 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import make_url
+from starlette.datastructures import State
 
 from app.capabilities.health.registry import (
     CheckOutcome,
@@ -75,13 +76,16 @@ class InstalledMetadata:
 
 @dataclass
 class CheckContext:
-    """What a check may use: the settings, the database, the package metadata, and the time
-    it has (the caller enforces it; checks use it to bound their own client timeouts)."""
+    """What a check may use: the settings, the database, the package metadata, the time it
+    has (the caller enforces it; checks use it to bound their own client timeouts), and the
+    running app's state, where capabilities keep their components (``None`` outside a
+    server, as in ``renum doctor``)."""
 
     settings: Settings
     database: Database
     metadata: MetadataLookup = field(default_factory=InstalledMetadata)
     timeout_seconds: float = 5.0
+    state: State | None = None
 
 
 def elapsed_ms(start: float) -> float:

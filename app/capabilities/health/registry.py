@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from app.capabilities.health.checks import CheckContext
 
 # Modules whose import registers checks; a feature with its own check adds its module here.
-CHECK_MODULES: tuple[str, ...] = ("app.capabilities.health.checks",)
+CHECK_MODULES: tuple[str, ...] = (
+    "app.capabilities.health.checks",
+    "app.capabilities.configuration.checks",
+)
 
 DOCS_PAGE = "troubleshooting.md"
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from starlette.datastructures import State
+
 from app.capabilities.health.monitor import HealthMonitor
 from app.capabilities.health.validator import DependencyValidator
 from app.core.config import Environment, Settings
@@ -21,10 +23,13 @@ class StartupBlocked(RuntimeError):
     to fix it."""
 
 
-async def start_health(settings: Settings, database: Database) -> HealthMonitor:
+async def start_health(
+    settings: Settings, database: Database, state: State | None = None
+) -> HealthMonitor:
     """Validate once, log it, enforce the production rule, and return the monitor (started
-    when ``settings.health.monitor`` is on)."""
-    validator = DependencyValidator(settings, database)
+    when ``settings.health.monitor`` is on). ``state`` is the app's, for checks that look at
+    the capabilities running in it."""
+    validator = DependencyValidator(settings, database, state=state)
     report = await validator.validate()
     fields = report.log_fields()
     if report.ready:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.datastructures import State
+
 from app import __version__
 from app.capabilities.health.checks import CheckContext, InstalledMetadata, MetadataLookup
 from app.capabilities.health.registry import (
@@ -229,9 +231,11 @@ class DependencyValidator:
         *,
         metadata: MetadataLookup | None = None,
         checks: Sequence[HealthCheck] | None = None,
+        state: State | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
+        self.state = state
         self.metadata = metadata or InstalledMetadata()
         self.checks = list(checks) if checks is not None else [cls() for cls in check_classes()]
         self.specs = {c.spec.name: tuned(c.spec, settings.health) for c in self.checks}
@@ -244,6 +248,7 @@ class DependencyValidator:
             database=self.database,
             metadata=self.metadata,
             timeout_seconds=spec.timeout_seconds,
+            state=self.state,
         )
         start = time.perf_counter()
         try:
