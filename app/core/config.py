@@ -174,10 +174,12 @@ class TemplateSettings(BaseModel):
         default=2.0,
         gt=0,
         le=60,
+        json_schema_extra=LIVE,
         description="Longest a render may run; past it the worker process is killed and replaced.",
     )
     max_output_chars: int = Field(
         default=1_000_000,
+        json_schema_extra=LIVE,
         ge=1_000,
         le=100_000_000,
         description="Longest output of a render, and longest string or list a template may "
@@ -185,6 +187,7 @@ class TemplateSettings(BaseModel):
     )
     max_iterations: int = Field(
         default=100_000,
+        json_schema_extra=LIVE,
         ge=100,
         le=100_000_000,
         description="Iterations one render may run: the items of every loop (range() items "
@@ -195,6 +198,7 @@ class TemplateSettings(BaseModel):
     )
     memory_mb: int = Field(
         default=256,
+        json_schema_extra=LIVE,
         ge=64,
         le=65_536,
         description="Memory a render worker may allocate beyond its start-up size.",

@@ -690,10 +690,13 @@ class _WorkerGone(Exception):
 
 
 class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process, max_reply: int) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, max_reply: int, settings: TemplateSettings
+    ) -> None:
         if process.stdin is None or process.stdout is None:  # pragma: no cover - always piped
             raise RuntimeError("a render worker needs pipes")
         self.process = process
+        self.settings = settings  # the limits it was started with
         self.requests: asyncio.StreamWriter = process.stdin
         self.replies: asyncio.StreamReader = process.stdout
         self.max_reply = max_reply
@@ -873,6 +876,22 @@ class TemplateRenderer:
             raise RenderError(str(reply.get("reason") or "template error"))
         return Rendered(str(reply.get("output", "")), reply.get("effects"))
 
+    def reconfigure(self, settings: TemplateSettings) -> None:
+        """Apply new limits (a live reload of the settings): the time limit from the next
+        render, the size, iteration and memory limits through workers started with them. Idle
+        workers are replaced at once, busy ones after their render; the pool's size changes
+        only with a restart. Call it on the renderer's event loop."""
+        settings = settings.model_copy(update={"workers": self.settings.workers})
+        if settings == self.settings:
+            return
+        self.settings = settings
+        for worker in list(self._idle):
+            self._discard(worker)
+        if not self._closed:
+            task = asyncio.get_running_loop().create_task(self.warm())
+            self._reaping.add(task)
+            task.add_done_callback(self._reaping.discard)
+
     async def warm(self) -> None:
         """Start idle workers up to the pool's size, so the first renders do not wait for a
         worker to start (about half a second each); the app's lifespan runs it in the
@@ -914,7 +933,10 @@ class TemplateRenderer:
             except BaseException:  # cancelled (a step's budget, a cancel): the worker is busy
                 self._discard(worker)
                 raise
-            self._idle.append(worker)
+            if worker.settings is self.settings:
+                self._idle.append(worker)
+            else:
+                self._discard(worker)  # started with limits a reload has since changed
             return reply
         raise RenderError("template stopped: the renderer crashed")  # pragma: no cover
 
@@ -936,7 +958,7 @@ class TemplateRenderer:
             env=worker_environment(os.environ),
         )
         max_reply = 8 * self.settings.max_output_chars * (2 + MAX_EFFECTS_FACTOR) + 65_536
-        worker = _Worker(process, max_reply)
+        worker = _Worker(process, max_reply, self.settings)
         self._live.add(worker)
         self.started += 1
         try:

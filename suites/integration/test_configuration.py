@@ -9,6 +9,7 @@ depends on the database."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import teams_support as ts
 from integration_support import log_events
 from teams_support import TEAMS, create_agent
 
@@ -162,6 +164,22 @@ def test_reload_on_sighup_and_on_a_file_change(
         assert by_signal is not None
         assert by_signal["status"] == "unchanged"  # nothing changed since the file reload
         assert watching.process.poll() is None  # SIGHUP did not stop the server
+
+
+def test_template_limits_reload_live(configured: LaunchedBackend, config_file: Path) -> None:
+    loop = "{% for i in range(500) %}{% endfor %}looped"
+    _tenant, owner = tenant_with_owner(
+        configured.base_url, configured.admin_email, configured.admin_password
+    )
+    with closing(admin_of(configured)) as admin, closing(owner):
+        team = ts.create_team(owner, [ts.template_agent(owner, loop)])
+        assert ts.run_to_end(owner, team)["status"] == "completed"
+        config_file.write_text(BASE + "[templates]\nmax_iterations = 100\n")
+        result = expect(admin.post(f"{OPS}/reload"), 200)
+        assert result["applied"] == ["templates.max_iterations"]
+        failed = ts.run_to_end(owner, team)  # the next render runs under the new limit
+        assert failed["status"] == "failed"
+        assert "more than 100 iterations" in json.dumps(failed)
 
 
 def test_only_platform_admins_see_or_reload_the_configuration(

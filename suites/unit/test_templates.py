@@ -38,6 +38,7 @@ from app.core.templates import (
     worker_environment,
 )
 from app.services.providers.builtin import TemplateKit
+from qa.polling import wait_until_async
 
 DATA = {"input": "a" * 10_000, "context": {"items": [{"n": 1, "kids": [{"n": 2}]}]}}
 SLOW = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -631,3 +632,26 @@ async def test_warm_starts_idle_workers_up_to_the_pool_size() -> None:
         await renderer.close()
     await renderer.warm()  # closed: starts nothing
     assert renderer.pids == []
+
+
+@pytest.mark.anyio
+async def test_new_limits_apply_to_the_next_render_and_busy_workers_retire_after_theirs() -> None:
+    renderer = TemplateRenderer(TemplateSettings(workers=2, max_iterations=100_000_000))
+    loop = "{% for i in range(50000) %}{% endfor %}done"
+    long = "{% for i in range(3000000) %}{% endfor %}long"  # within every limit, not instant
+    try:
+        assert (await renderer.render(loop, {})).output == "done"
+        [first] = renderer.pids
+        busy = asyncio.create_task(renderer.render(long, {}))  # takes the idle worker
+        await wait_until_async(lambda: renderer._idle == [], what="the render taking the worker")
+        renderer.reconfigure(TemplateSettings(workers=8, max_iterations=1_000))
+        assert renderer.settings.workers == 2  # the pool's size waits for a restart
+        with pytest.raises(RenderError, match="more than 1000 iterations"):
+            await renderer.render(loop, {})  # a worker started with the new limit
+        assert (await busy).output == "long"  # finished under the limits it began with
+        assert first not in renderer.pids  # ... and its worker retired after it
+        kept = renderer.pids
+        renderer.reconfigure(renderer.settings)  # the same limits: nothing is replaced
+        assert set(kept) <= set(renderer.pids)  # (a warm-up may still be adding workers)
+    finally:
+        await renderer.close()

@@ -76,6 +76,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         app.state.settings = settings
 
     manager = EnvironmentConfigManager(context.settings, publish)
+    manager.on_change(lambda settings: context.runtime.templates.reconfigure(settings.templates))
     app.state.config_manager = manager
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[object]] = set()
