@@ -636,7 +636,9 @@ async def test_warm_starts_idle_workers_up_to_the_pool_size() -> None:
 
 @pytest.mark.anyio
 async def test_new_limits_apply_to_the_next_render_and_busy_workers_retire_after_theirs() -> None:
-    renderer = TemplateRenderer(TemplateSettings(workers=2, max_iterations=100_000_000))
+    # A generous time limit: the long render must end by itself, however loaded the machine.
+    limits = TemplateSettings(workers=2, max_iterations=100_000_000, timeout_seconds=60)
+    renderer = TemplateRenderer(limits)
     loop = "{% for i in range(50000) %}{% endfor %}done"
     long = "{% for i in range(3000000) %}{% endfor %}long"  # within every limit, not instant
     try:
