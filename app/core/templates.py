@@ -904,6 +904,9 @@ class TemplateRenderer:
             if self._closed:
                 self._discard(worker)
                 return
+            if worker.settings is not self.settings:
+                self._discard(worker)  # started before a reconfigure: replaced by the loop
+                continue
             self._idle.append(worker)
 
     async def _exchange(self, request: bytes) -> Any:

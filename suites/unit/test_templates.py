@@ -657,3 +657,18 @@ async def test_new_limits_apply_to_the_next_render_and_busy_workers_retire_after
         assert set(kept) <= set(renderer.pids)  # (a warm-up may still be adding workers)
     finally:
         await renderer.close()
+
+
+@pytest.mark.anyio
+async def test_a_worker_warming_up_during_a_reconfigure_never_serves_the_old_limits() -> None:
+    renderer = TemplateRenderer(TemplateSettings(workers=1))
+    loop = "{% for i in range(500) %}{% endfor %}looped"
+    try:
+        warming = asyncio.create_task(renderer.warm())
+        await wait_until_async(lambda: renderer.started == 1, what="the warm-up starting a worker")
+        renderer.reconfigure(TemplateSettings(workers=1, max_iterations=100))
+        await warming
+        with pytest.raises(RenderError, match="more than 100 iterations"):
+            await renderer.render(loop, {})
+    finally:
+        await renderer.close()
