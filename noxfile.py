@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -105,6 +106,22 @@ def shared_env(session: nox.Session) -> dict[str, str]:
     }
 
 
+def debian_tool(session: nox.Session, command: str, package: str) -> None:
+    """Install the Debian package that provides ``command`` when the machine lacks it (the
+    sessions run as root in CI; elsewhere they say what to install)."""
+    if shutil.which(command):
+        return
+    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    if os.geteuid() != 0:
+        session.error(f"{command} is missing: install it with `sudo {' '.join(install)}`")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        session.run(*install, external=True, env=env)
+    except CommandFailed:  # a stale package index: refresh it once
+        session.run("apt-get", "update", external=True, env=env)
+        session.run(*install, external=True, env=env)
+
+
 def run_pytest(session: nox.Session, name: str, *args: str) -> None:
     """Run pytest under coverage, writing this session's data and JUnit report."""
     env = shared_env(session)
@@ -150,7 +167,9 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def integration(session: nox.Session) -> None:
-    """The real backend over HTTP, on SQLite and on PostgreSQL."""
+    """The real backend over HTTP, on SQLite and on PostgreSQL (`promtool`, from Debian's
+    `prometheus`, checks the served metrics)."""
+    debian_tool(session, "promtool", "prometheus")
     run_pytest(session, "integration", "suites/integration", "--db=sqlite,postgresql")
 
 

@@ -141,6 +141,8 @@ def serve(
         "log_config": None,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout_seconds)),
     }
+    if processes > 1:
+        _share_metrics_across_workers()
     if processes == 1 or not settings.configuration.enabled:
         # One process handles SIGHUP itself (the configuration capability); with the
         # capability off, uvicorn's supervisor restarts the workers on SIGHUP instead.
@@ -153,6 +155,24 @@ def serve(
     configure_logging(settings)
     watch = config_file_path() if settings.configuration.watch_file else None
     serve_workers(uvicorn.Config(APP_FACTORY, **options), watch)
+
+
+def _share_metrics_across_workers() -> None:
+    """Give the workers a fresh folder for prometheus_client's multiprocess mode (each worker
+    writes its metrics there; a scrape adds them up), removed when the server stops. An
+    operator's own ``PROMETHEUS_MULTIPROC_DIR`` is kept."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    from app.core.metrics import MULTIPROCESS_ENV
+
+    if os.environ.get(MULTIPROCESS_ENV):
+        return
+    directory = tempfile.mkdtemp(prefix="renum-metrics-")
+    os.environ[MULTIPROCESS_ENV] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
 
 @db_cli.command()

@@ -30,13 +30,14 @@ from app.api.routes import (
     usage,
     users,
 )
-from app.capabilities import configuration, docs, health, metrics
+from app.capabilities import configuration, docs, health, metrics, monitor
 from app.capabilities.base import AppContext, Capability
 from app.core.config import Environment, Settings
 from app.core.config_rules import refuse_unsafe
 from app.core.crypto import SecretBox
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging, get_logger
+from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
 from app.core.shutdown import GracefulShutdown
@@ -50,6 +51,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     configuration.CAPABILITY,
     health.CAPABILITY,
     metrics.CAPABILITY,
+    monitor.CAPABILITY,
     docs.CAPABILITY,
 )
 log = get_logger("app")
@@ -101,6 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     await runtime.stop()
             except TimeoutError:
                 log.warning("shutdown_timed_out", timeout_seconds=settings.shutdown_timeout_seconds)
+    Metrics.process_exited()  # this worker's live gauges leave the sums of the others
     log.info("shutdown_complete")
 
 
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics(__version__, settings.environment.value)
     for problem in warnings:
         log.warning(
             "configuration_warning",

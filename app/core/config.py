@@ -244,6 +244,27 @@ class ConfigurationSettings(BaseModel):
     )
 
 
+class MonitorSettings(BaseModel):
+    """The monitor capability: system figures, endpoint performance and execution metrics,
+    sampled in the background and kept in memory for the dashboard, and on `/metrics`."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Sample the system, time every API request and count the engine's work. "
+        "Off, none of it runs (the rollback switch); `/metrics` keeps the process figures.",
+    )
+    interval_seconds: float = Field(
+        default=10.0, gt=0.05, le=3600, description="How often the system is sampled."
+    )
+    history_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=168,
+        description="How long samples are kept at full resolution (in memory, per process); "
+        "older ones are kept as one point per 30 samples, for a week.",
+    )
+
+
 class DocsSettings(BaseModel):
     """The docs capability: the interactive API explorer at `/docs`, served from vendored
     assets (the OpenAPI schema at `/openapi.json` is part of the base API)."""
@@ -424,6 +445,7 @@ class Settings(BaseSettings):
     egress: EgressSettings = Field(default_factory=EgressSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)
     configuration: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
     bootstrap_admin_email: str | None = Field(

@@ -21,7 +21,7 @@ import httpx
 
 from qa.client import ApiClient
 from qa.factories import Member
-from qa.launcher import REPO_ROOT, Backend
+from qa.launcher import REPO_ROOT, Backend, LaunchedBackend
 from qa.polling import wait_until
 
 FreshLogin = Callable[[Member], ApiClient]  # the ``fresh_login`` fixture
@@ -169,3 +169,16 @@ def cli_env(**settings: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("RENUM_")}
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return {**env, "PYTHONPATH": pythonpath, "COLUMNS": "200", "NO_COLOR": "1", **settings}
+
+
+class ServedWithWorkers(LaunchedBackend):
+    """The backend as operators run it: ``renum serve --workers 2`` (each worker spawned by
+    the supervisor; coverage is not measured inside the workers)."""
+
+    def _spawn(self, port: int) -> None:
+        assert self.log_path is not None
+        command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -20,12 +18,12 @@ from typing import Any
 
 import pytest
 import teams_support as ts
-from integration_support import log_events
+from integration_support import ServedWithWorkers, log_events
 from teams_support import TEAMS, create_agent
 
 from qa.client import API, ApiClient
 from qa.factories import expect, tenant_with_owner
-from qa.launcher import REPO_ROOT, LaunchedBackend
+from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
 
 OPS = f"{API}/ops/config"
@@ -209,18 +207,6 @@ def test_the_fingerprint_differs_between_differently_configured_backends(
         assert one != two
     finally:
         other.stop()
-
-
-class ServedWithWorkers(LaunchedBackend):
-    """The backend as operators run it: ``renum serve --workers 2``."""
-
-    def _spawn(self, port: int) -> None:
-        assert self.log_path is not None
-        command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
-                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
 
 
 def reloads(backend: LaunchedBackend, event: str, **fields: object) -> list[dict[str, Any]]:

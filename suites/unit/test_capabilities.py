@@ -28,6 +28,7 @@ PLAN_FILES = {
         "EnvironmentConfigManager",
         "app.capabilities.configuration",
     ),
+    "app/core/health_monitor.py": ("AdvancedHealthMonitor", "app.capabilities.monitor"),
 }
 PLAN_NAMES = (
     "dependency_validator",
@@ -43,6 +44,7 @@ ROUTES = {
     "configuration": {"/api/v1/ops/config", "/api/v1/ops/config/reload"},
     "health": {"/health/live", "/livez", "/health/ready", "/readyz", "/health/dependencies"},
     "metrics": {"/metrics"},
+    "monitor": {"/api/v1/ops/monitor", "/api/v1/ops/monitor/history/{figure}"},
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 
@@ -89,6 +91,16 @@ def test_a_switched_off_capability_is_removed_whole(name: str) -> None:
         else:
             assert routes <= served, capability
     assert "/api/v1/teams" in schema  # the base API stays
+
+
+def test_the_monitor_s_middleware_goes_with_its_switch() -> None:
+    from app.capabilities.monitor.endpoints import EndpointMetricsMiddleware
+
+    def middleware(settings: Settings) -> set[type]:
+        return {m.cls for m in create_app(settings).user_middleware}  # type: ignore[misc]
+
+    assert EndpointMetricsMiddleware in middleware(Settings())
+    assert EndpointMetricsMiddleware not in middleware(Settings(monitor={"enabled": False}))
 
 
 def test_a_capability_without_hooks_installs_and_runs_nothing() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from app import __version__
 from app.cli import cli
+from app.core.metrics import MULTIPROCESS_ENV
 from app.db import migrate
 
 runner = CliRunner()
@@ -187,6 +189,9 @@ def recorded_run(monkeypatch: pytest.MonkeyPatch) -> ServeRecorder:
     import app.capabilities.configuration as configuration
 
     recorder = ServeRecorder()
+    # `serve --workers N` names a folder for the workers' metrics in the environment; set
+    # empty (unset for the command) through monkeypatch, the variable is removed afterwards.
+    monkeypatch.setenv(MULTIPROCESS_ENV, "")
     monkeypatch.setattr(uvicorn, "run", recorder)
     monkeypatch.setattr(configuration, "serve_workers", recorder.serve_workers)
     return recorder
@@ -237,6 +242,9 @@ def test_several_workers_run_under_the_reloading_supervisor(
     assert (config.app, config.factory) == ("app.main:create_app", True)
     assert (config.host, config.port, config.workers) == ("192.0.2.10", 9001, 3)
     assert watch == config_file  # the supervisor watches the file, not the workers
+    shared = Path(os.environ[MULTIPROCESS_ENV])  # a fresh folder for the workers' metrics
+    assert shared.is_dir()
+    assert not any(shared.iterdir())
 
     monkeypatch.setenv("RENUM_CONFIGURATION__WATCH_FILE", "false")
     assert runner.invoke(cli, ["serve", "--workers", "2"]).exit_code == 0

@@ -10,7 +10,12 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.capabilities.metrics import collector as metrics
-from app.capabilities.metrics.collector import ProcessMetrics
+from app.capabilities.metrics.collector import ScrapedGauges
+from app.core.metrics import Metrics
+
+
+def gauges(environment: str = "test") -> ScrapedGauges:
+    return ScrapedGauges(Metrics("0.0.0", environment))
 
 
 def names(body: bytes) -> set[str]:
@@ -30,13 +35,13 @@ class BrokenDatabase:
 
 
 def test_two_registries_never_collide() -> None:
-    first, second = ProcessMetrics("test"), ProcessMetrics("production")
-    assert first.registry is not second.registry
+    first, second = gauges("test"), gauges("production")
+    assert first.metrics.shared is not second.metrics.shared
     assert "renum_build_info" in names(asyncio.run(second.render(BrokenDatabase())))  # type: ignore[arg-type]
 
 
 def test_a_failing_database_leaves_the_gauges_out_of_date_but_the_scrape_answers() -> None:
-    body = asyncio.run(ProcessMetrics("test").render(BrokenDatabase()))  # type: ignore[arg-type]
+    body = asyncio.run(gauges().render(BrokenDatabase()))  # type: ignore[arg-type]
     found = names(body)
     assert "process_resident_memory_bytes" in found
     assert "renum_executions_active" in found  # never set: the initial 0

@@ -57,7 +57,12 @@ SERVICE_CHECKED_ROLES = {
     "update_user": "owner",
 }
 # Operations added since, with the role their routes declare.
-DECLARED_SINCE = {"get_configuration": "admin", "reload_configuration": "admin"}
+DECLARED_SINCE = {
+    "get_configuration": "admin",
+    "reload_configuration": "admin",
+    "get_monitor_snapshot": "admin",
+    "get_monitor_history": "admin",
+}
 PUBLIC_OPERATIONS = {"login", "refresh", "logout"}
 
 

@@ -1,9 +1,10 @@
-"""Prometheus metrics of one backend process, for `GET /metrics`.
+"""The metrics capability's own gauges, read when scraped.
 
-The process collector gives CPU seconds and resident memory (what the load-test harness reads
-when it targets a deployment); the platform and GC collectors describe the interpreter; a few
-application gauges are read when scraped, never updated per request, so serving traffic costs
-nothing extra (see the overhead budget in DESIGN.md).
+The registry and the exposition are the app's (``app.core.metrics.Metrics``, created by
+``create_app``, where other capabilities define their metrics too); this module adds the
+gauges read at scrape time: executions in flight (from the database) and this process's
+database connections in use. Reading them at scrape time, never per request, keeps serving
+traffic free of their cost (see the overhead budget in DESIGN.md).
 """
 
 from __future__ import annotations
@@ -11,58 +12,40 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_PLAIN_0_0_4,
-    GC_COLLECTOR,
-    CollectorRegistry,
-    Gauge,
-    GCCollector,
-    Info,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
-
-from app import __version__
 from app.core.logging import get_logger
+from app.core.metrics import CONTENT_TYPE, Metrics
 from app.db.database import Database
 from app.repositories.accounts import AccountRepository
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+__all__ = ["CONTENT_TYPE", "ScrapedGauges"]
+
 QUERY_TIMEOUT_SECONDS = 1.0
 log = get_logger("app.metrics")
 
 
-class ProcessMetrics:
-    """One registry per application (so several apps in one process never collide)."""
+class ScrapedGauges:
+    """The gauges ``GET /metrics`` reads before it answers."""
 
-    def __init__(self, environment: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        if GC_COLLECTOR is not None:  # absent on interpreters without gc.get_stats
-            GCCollector(registry=self.registry)
-        Info("renum_build", "The running Renum build.", registry=self.registry).info(
-            {"version": __version__, "environment": environment}
-        )
-        self.active_executions = Gauge(
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.active_executions = metrics.gauge(
             "renum_executions_active",
             "Executions pending or running across all accounts (from the database).",
-            registry=self.registry,
+            mode="max",  # every worker reads the same figure
         )
-        self.pool_checked_out = Gauge(
+        self.pool_checked_out = metrics.gauge(
             "renum_database_connections_in_use",
-            "Database connections this process has checked out of its pool.",
-            registry=self.registry,
+            "Database connections checked out of the pools (summed over live workers).",
+            mode="livesum",
         )
 
     async def render(self, database: Database) -> bytes:
-        """The text exposition format, with the application gauges read now."""
+        """The text exposition format, with the gauges read now."""
         self.pool_checked_out.set(_checked_out(database.engine.pool))
         active = await _active_executions(database)
         if active is not None:
             self.active_executions.set(active)
-        return generate_latest(self.registry)
+        return self.metrics.exposition()
 
 
 def _checked_out(pool: Any) -> int:

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.deps import SettingsDep, get_codec, oauth2_scheme, probe_token_matches
-from app.capabilities.metrics.collector import CONTENT_TYPE, ProcessMetrics
+from app.capabilities.metrics.collector import CONTENT_TYPE, ScrapedGauges
 from app.core.errors import Forbidden, Unauthorized
 from app.db.database import Database
 from app.schemas.common import problems
@@ -33,9 +33,9 @@ renum_executions_active 3.0
 """
 
 
-def get_collector(request: Request) -> ProcessMetrics:
-    """The collector the capability installed on this app."""
-    collector: ProcessMetrics = request.app.state.metrics
+def get_collector(request: Request) -> ScrapedGauges:
+    """The gauges the capability installed on this app."""
+    collector: ScrapedGauges = request.app.state.scraped_gauges
     return collector
 
 
@@ -83,7 +83,7 @@ async def metrics_access(
     },
 )
 async def metrics(
-    collector: Annotated[ProcessMetrics, Depends(get_collector)],
+    collector: Annotated[ScrapedGauges, Depends(get_collector)],
     database: Annotated[Database, Depends(get_database)],
 ) -> Response:
     return Response(await collector.render(database), media_type=CONTENT_TYPE)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -60,6 +61,7 @@ from app.services.engine.strategies import StepInputError, decide, render_input
 from app.services.events import EventHub
 from app.services.messages import Mailbox, Message, directory, inbox, output_messages
 from app.services.providers.base import ProviderError
+from app.services.webhooks import enqueue_execution_ended
 
 log = get_logger("app.engine")
 
@@ -100,6 +102,8 @@ class ExecutionEngine:
         self.caller = caller
         self.hub = hub
         self.owner = owner
+        # Called with each committed transaction's changes (the monitor's execution metrics).
+        self.observers: list[Callable[[Changes], None]] = []
 
     async def run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         """Drive one execution to its end, if this process can claim it."""
@@ -108,6 +112,7 @@ class ExecutionEngine:
             return
         claimed.apply()
         self.hub.notify(execution_id)
+        self._observe(claimed)
         if claimed.finish is not None:
             self._finished(execution_id, claimed.finish)
             return
@@ -249,6 +254,7 @@ class ExecutionEngine:
         )
         if finish is not None:
             repo.release_slot(run.account_id)
+            enqueue_execution_ended(repo.conn, changes, now)  # its webhooks, in this commit
         return True
 
     def _load_turn(self, repo: EngineRepository, changes: Changes) -> list[StartedStep]:
@@ -488,6 +494,7 @@ class ExecutionEngine:
                     return
                 changes.apply()
                 self.hub.notify(run.id)
+                self._observe(changes)
                 if changes.finish is not None:
                     self._finished(run.id, changes.finish)
                     return
@@ -542,6 +549,15 @@ class ExecutionEngine:
             error = f"{exc.kind}: {exc.message}"
             return StepResult(key, error=error, failure=exc.to_dict(), input=step_input)
         return StepResult(key, outcome=outcome, input=step_input)
+
+    def _observe(self, changes: Changes) -> None:
+        """Tell the observers what a transaction committed; an observer's failure is logged
+        and never reaches the execution."""
+        for observer in self.observers:
+            try:
+                observer(changes)
+            except Exception as exc:
+                log.warning("engine_observer_failed", error_type=type(exc).__name__, exc_info=exc)
 
     @staticmethod
     def _finished(execution_id: uuid.UUID, finish: Finish) -> None:

@@ -51,6 +51,7 @@ class InProcessRunner:
         self.settings = settings
         self._slots = asyncio.Semaphore(settings.runner_concurrency)
         self._running: dict[uuid.UUID, _Running] = {}
+        self._driving = 0  # those of _running holding a slot
         self._reaper: asyncio.Task[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
 
@@ -88,6 +89,10 @@ class InProcessRunner:
             return
         log.info("executions_released", count=released, cancelled=len(running))
 
+    def load(self) -> tuple[int, int]:
+        """Executions this process drives now, and those waiting for a free slot."""
+        return self._driving, len(self._running) - self._driving
+
     def submit(self, execution_id: uuid.UUID) -> None:
         if self._stopping is not None or execution_id in self._running:
             return  # stopping: it stays pending for another process
@@ -103,7 +108,11 @@ class InProcessRunner:
     async def _run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         try:
             async with self._slots:
-                await self.engine.run(execution_id, interrupt)
+                self._driving += 1
+                try:
+                    await self.engine.run(execution_id, interrupt)
+                finally:
+                    self._driving -= 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
