@@ -49,9 +49,13 @@ MEMORY_BOMB = (
     "{% set ns = namespace(keep=[]) %}{% for i in range(300) %}"
     "{% set ns.keep = ns.keep + [('x' * 999000) ~ i] %}{% endfor %}{{ ns.keep | length }}"
 )
-AGENT_TEMPLATES = {
-    NESTED: "template stopped: more than 100000 iterations",
-    "{{ range(10**9) | list }}": "template stopped: more than 100000 iterations",
+# The iteration attacks stop at the iteration limit within a second or so; traced by coverage
+# on a loaded 2-core machine, the 2 s time limit may stop them first. Either is a clean stop;
+# which limit bites is proven without load in suites/unit/test_templates.py.
+ITERATIONS_OR_TIME = ("more than 100000 iterations", "rendering took longer than")
+AGENT_TEMPLATES: dict[str, str | tuple[str, ...]] = {
+    NESTED: tuple(f"template stopped: {reason}" for reason in ITERATIONS_OR_TIME),
+    "{{ range(10**9) | list }}": tuple(f"template stopped: {r}" for r in ITERATIONS_OR_TIME),
     "{{ '{:>30000000}'.format(input) }}": "template stopped: format() wider than",
     "{{ ([input] * 200) | join }}": "template stopped: join() longer than",
     '{{ "x" | center(10**9) }}': "template stopped: center() longer than",
@@ -62,27 +66,33 @@ AGENT_TEMPLATES = {
 # free worker's render), well short of the hostile queue (16 renders of 2 s on 2 workers).
 NEIGHBOUR_BUDGET = {"max_seconds": 6}
 HOGS, HOG_STEPS = 2, 8
-INPUT_TEMPLATES = {
-    "{{ range(10**9) | list }}": "input template failed: template stopped: more than 100000",
-    NESTED: "input template failed: template stopped: more than 100000 iterations",
+INPUT_TEMPLATES: dict[str, str | tuple[str, ...]] = {
+    "{{ range(10**9) | list }}": tuple(
+        f"input template failed: template stopped: {r}" for r in ITERATIONS_OR_TIME
+    ),
+    NESTED: tuple(f"input template failed: template stopped: {r}" for r in ITERATIONS_OR_TIME),
     QUADRATIC: "input template failed: template stopped: rendering took longer than",
 }
 
 
-def hostile_teams(owner: ApiClient) -> list[tuple[dict[str, Any], str]]:
-    """Teams that each run one hostile template, with the reason their execution must give."""
+def hostile_teams(owner: ApiClient) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Teams that each run one hostile template, with the reasons their execution may give."""
     teams = []
     echo = ts.echo_agent(owner)
     for template, reason in AGENT_TEMPLATES.items():
         agent = ts.template_agent(owner, template)
         flow = ts.workflow("sequential", [ts.step("hostile", agent)])
-        teams.append((ts.create_team(owner, [agent], flow), reason))
+        teams.append((ts.create_team(owner, [agent], flow), reasons(reason)))
     for template, reason in INPUT_TEMPLATES.items():
         flow = ts.workflow(
             "pipeline", [ts.step("first", echo), ts.step("hostile", echo, input_template=template)]
         )
-        teams.append((ts.create_team(owner, [echo], flow), reason))
+        teams.append((ts.create_team(owner, [echo], flow), reasons(reason)))
     return teams
+
+
+def reasons(reason: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (reason,) if isinstance(reason, str) else reason
 
 
 def run_to_an_end(client: ApiClient, team: dict[str, Any]) -> dict[str, Any]:
@@ -142,12 +152,12 @@ def test_hostile_templates_fail_cleanly_while_the_server_stays_live(
                     neighbour_runs.append(started.json()["id"])
         executions = [run.result() for run in runs]
 
-    for execution, (_, reason) in zip(executions, teams, strict=True):
+    for execution, (_, allowed) in zip(executions, teams, strict=True):
         assert execution["status"] == "failed", execution
-        assert reason in execution["error"], execution["error"]
+        assert any(reason in execution["error"] for reason in allowed), execution["error"]
         hostile = ts.steps_by_key(execution)["hostile"]
         assert hostile["status"] == "failed"
-        assert reason in hostile["error"]
+        assert any(reason in hostile["error"] for reason in allowed), hostile["error"]
     assert statuses, "the other tenant wrote while the hostile renders ran"
     assert all(status < 500 for status in statuses), statuses
     # The other tenant's template agents rendered meanwhile, within their step budget.
