@@ -29,6 +29,7 @@ from app.api.routes import (
     teams,
     usage,
     users,
+    webhooks,
 )
 from app.capabilities import configuration, docs, health, metrics, monitor
 from app.capabilities.base import AppContext, Capability
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics(__version__, settings.environment.value)
+    app.state.request_observers = []  # capabilities add theirs (RequestContextMiddleware)
     for problem in warnings:
         log.warning(
             "configuration_warning",
@@ -149,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         team_executions,
         execution_ws,
         usage,
+        webhooks,
     ):
         api.include_router(module.router)
     app.include_router(api)
@@ -164,7 +167,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        observers=app.state.request_observers,
+    )
     return app
 
 

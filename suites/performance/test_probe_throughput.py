@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from bench_support import Call, asgi_caller
 from sqlalchemy import event
 
 from app.capabilities.health.routes import PASS_BODY
@@ -53,40 +54,6 @@ def add_bare_route(app: Any) -> None:
 
 
 # --- in-process -----------------------------------------------------------------------------
-
-Call = Callable[[str], Awaitable[int]]
-
-
-def asgi_caller(app: Any) -> Call:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def call(path: str) -> int:
-        status = 0
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"bench")],
-            "client": ("127.0.0.1", 40000),
-            "server": ("bench", 80),
-        }
-        await app(scope, receive, send)
-        return status
-
-    return call
 
 
 async def interleaved(call: Call, rounds: int, requests: int) -> dict[str, list[float]]:

@@ -93,14 +93,14 @@ def test_a_switched_off_capability_is_removed_whole(name: str) -> None:
     assert "/api/v1/teams" in schema  # the base API stays
 
 
-def test_the_monitor_s_middleware_goes_with_its_switch() -> None:
-    from app.capabilities.monitor.endpoints import EndpointMetricsMiddleware
+def test_the_monitor_s_request_observer_goes_with_its_switch() -> None:
+    from app.capabilities.monitor import EndpointStats
 
-    def middleware(settings: Settings) -> set[type]:
-        return {m.cls for m in create_app(settings).user_middleware}  # type: ignore[misc]
+    def observers(settings: Settings) -> list[type]:
+        return [type(o) for o in create_app(settings).state.request_observers]
 
-    assert EndpointMetricsMiddleware in middleware(Settings())
-    assert EndpointMetricsMiddleware not in middleware(Settings(monitor={"enabled": False}))
+    assert observers(Settings()) == [EndpointStats]
+    assert observers(Settings(monitor={"enabled": False})) == []
 
 
 def test_a_capability_without_hooks_installs_and_runs_nothing() -> None:

@@ -13,17 +13,12 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.capabilities.monitor.endpoints import (
-    UNMATCHED,
-    EndpointMetricsMiddleware,
-    EndpointStats,
-    quantile,
-    route_template,
-)
+from app.capabilities.monitor.endpoints import UNMATCHED, EndpointStats, quantile, route_template
 from app.capabilities.monitor.history import History
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, LoopLag, SystemSampler, data_directory
 from app.core.metrics import Metrics
+from app.core.middleware import RequestContextMiddleware
 
 # -- history ---------------------------------------------------------------------------------
 
@@ -89,11 +84,12 @@ def test_a_request_no_route_matched_counts_as_unmatched() -> None:
     assert route_template({"path": "/wp-admin/x.php"}) == UNMATCHED
 
 
-# -- the middleware ------------------------------------------------------------------------------
+# -- the request observer ------------------------------------------------------------------
 
 
-def app_with_stats() -> tuple[FastAPI, EndpointStats]:
-    stats = EndpointStats(Metrics("0", "test"))
+def app_with_stats() -> tuple[FastAPI, EndpointStats, Metrics]:
+    metrics = Metrics("0", "test")
+    stats = EndpointStats(metrics)
     app = FastAPI()
     items = APIRouter(prefix="/api/v1/items")
 
@@ -108,8 +104,8 @@ def app_with_stats() -> tuple[FastAPI, EndpointStats]:
         return {"status": "pass"}
 
     app.include_router(items)
-    app.add_middleware(EndpointMetricsMiddleware, stats=stats)
-    return app, stats
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=1024, observers=[stats])
+    return app, stats, metrics
 
 
 def samples(stats: EndpointStats, name: str) -> dict[tuple[str, ...], float]:
@@ -123,8 +119,8 @@ def samples(stats: EndpointStats, name: str) -> dict[tuple[str, ...], float]:
 
 
 @pytest.mark.anyio
-async def test_the_middleware_counts_by_template_method_and_status_class() -> None:
-    app, stats = app_with_stats()
+async def test_requests_are_counted_by_template_method_and_status_class() -> None:
+    app, stats, metrics = app_with_stats()
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         for item in ("a", "b", "c"):
@@ -143,7 +139,9 @@ async def test_the_middleware_counts_by_template_method_and_status_class() -> No
     }
     counts = samples(stats, "http_request_duration_seconds_count")
     assert counts[("GET", "/api/v1/items/{item_id}")] == 4.0
-    assert stats.in_flight._value.get() == 0  # every request left
+    assert stats.active == 0  # every request left
+    stats.publish_in_flight()
+    assert "http_requests_in_flight 0.0" in metrics.exposition().decode()
     (row,) = [r for r in stats.table() if r.method == "GET" and r.route.startswith("/api")]
     assert (row.requests, row.errors) == (4.0, 1.0)
     assert row.p50 is not None

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from app.capabilities.base import AppContext, Capability
 from app.capabilities.monitor import routes
-from app.capabilities.monitor.endpoints import EndpointMetricsMiddleware, EndpointStats
+from app.capabilities.monitor.endpoints import EndpointStats
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, Figure, SystemSampler, data_directory
 from app.core.config import Settings
@@ -27,7 +27,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     metrics: Metrics = app.state.metrics
     stats = EndpointStats(metrics)
     app.state.endpoint_stats = stats
-    app.add_middleware(EndpointMetricsMiddleware, stats=stats)
+    app.state.request_observers.append(stats)  # timed by the base middleware
     app.include_router(routes.router)
 
 

@@ -1,12 +1,15 @@
-"""Endpoint performance: a pure ASGI middleware that counts every API request by route
-template (``/api/v1/teams/{team_id}``, never the raw path), method and status class, times it
-in a latency histogram, and counts the requests in flight.
+"""Endpoint performance: every API request counted by route template
+(``/api/v1/teams/{team_id}``, never the raw path), method and status class, timed in a latency
+histogram, and the requests in flight counted.
 
-Per request it does O(1) work: two clock reads, one dictionary lookup for the label set's
-children (created once per route, method and status class) and two updates. Probes and the
-metrics route (``/health/*``, ``/livez``, ``/readyz``, ``/metrics``) are left out, as are
-WebSocket and lifespan traffic. A request no route matched counts under the template
-``<unmatched>``, so a scan of random paths cannot grow the label sets.
+``EndpointStats`` is a request observer of the base middleware (``app.core.middleware``), which
+already times every request for the access log: the monitor adds no middleware layer of its
+own. Per request it does O(1) work: one dictionary lookup for the label set's children (made
+once per route, method and status class) and two metric updates. Probes and the metrics route
+(``/health/*``, ``/livez``, ``/readyz``, ``/metrics``) are left out, as is WebSocket traffic. A
+request no route matched counts under the template ``<unmatched>``, so a scan of random paths
+cannot grow the label sets. The requests in flight are a plain counter, copied to the
+``http_requests_in_flight`` gauge with each system sample.
 
 The route template is rebuilt from the path and its parameters (``route_template``): the route
 object FastAPI hands over knows only its own part of the path, not the prefixes of the routers
@@ -18,14 +21,13 @@ them back for the dashboard.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from app.core.metrics import Metrics
 
@@ -60,6 +62,20 @@ class EndpointStats:
             "http_requests_in_flight", "HTTP requests being answered now.", mode="livesum"
         )
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.active = 0  # requests in flight now
+
+    def publish_in_flight(self) -> None:
+        """Copy the requests in flight to their gauge (with each system sample)."""
+        self.in_flight.set(self.active)
+
+    def request_started(self, scope: Scope) -> None:
+        if not excluded(scope["path"]):
+            self.active += 1
+
+    def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
+        if not excluded(scope["path"]):
+            self.active -= 1
+            self.record(scope["method"], route_template(scope), status, seconds)
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, STATUS_CLASSES[min(max(status // 100, 1), 5) - 1])
@@ -162,34 +178,3 @@ def route_template(scope: Scope) -> str:
             continue
         segments = ["{" + name + "}" if segment == text else segment for segment in segments]
     return "/".join(segments)
-
-
-class EndpointMetricsMiddleware:
-    """Pure ASGI: times and counts each HTTP request (see the module's docstring)."""
-
-    def __init__(self, app: ASGIApp, stats: EndpointStats) -> None:
-        self.app = app
-        self.stats = stats
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or excluded(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        stats = self.stats
-        started = time.perf_counter()
-        status = 500  # an exception before the response starts is answered with a 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        stats.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            stats.in_flight.dec()
-            stats.record(
-                scope["method"], route_template(scope), status, time.perf_counter() - started
-            )

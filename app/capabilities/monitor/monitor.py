@@ -143,6 +143,7 @@ class AdvancedHealthMonitor:
             value = figures.get(figure)
             if value is not None:
                 gauge.set(value * factor)
+        self.endpoints.publish_in_flight()
         totals = _Totals(now)
         for row in self.endpoints.table():
             totals.counts[(row.method, row.route)] = (row.requests, row.errors)

@@ -1,0 +1,87 @@
+"""What the monitor costs a request: the same app with the monitor on and off, in one run.
+
+Both apps serve the same small JSON route; requests alternate between them one by one (so
+whatever else the machine does slows both alike), each app called directly as ASGI (its own
+cost per request, no network). The figure is the median over rounds of the per-round ratio of
+requests per second, monitor on over monitor off. The issue's target: the monitor costs at
+most 5% (a ratio of 0.95 or more). Never an assertion on wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench_support import asgi_caller
+from fastapi.responses import JSONResponse
+
+from app.core.config import Settings
+from app.main import create_app
+
+TARGET_RATIO = 0.95
+ROUTE = "/bench/json"
+QUIET_HEALTH = {"interval_seconds": 3600, "ttl_seconds": 7200}
+
+
+def bench_app(tmp_path: Path, name: str, monitor: bool) -> Any:
+    settings = Settings(
+        environment="test",
+        secret_key="monitor-bench-secret-key-0123456789abcdefghijk",
+        log_level="WARNING",
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"},
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+        health=QUIET_HEALTH,
+        monitor={"enabled": monitor},
+        configuration={"enabled": False},  # no signal handlers: two apps share this process
+    )
+    app = create_app(settings)
+
+    async def small_json() -> JSONResponse:
+        return JSONResponse({"status": "ok", "items": [1, 2, 3]})
+
+    app.add_api_route(ROUTE, small_json, include_in_schema=False)
+    return app
+
+
+def test_the_monitor_costs_at_most_five_percent(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    with_monitor = bench_app(tmp_path, "on", monitor=True)
+    without = bench_app(tmp_path, "off", monitor=False)
+
+    async def measure() -> dict[str, list[float]]:
+        async with contextlib.AsyncExitStack() as stack:
+            for app in (with_monitor, without):
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            calls = {"on": asgi_caller(with_monitor), "off": asgi_caller(without)}
+            rates: dict[str, list[float]] = {"on": [], "off": []}
+            for round_ in range(10):
+                busy = {"on": 0.0, "off": 0.0}
+                requests = 300 if round_ == 0 else 3000
+                for index in range(requests):
+                    name = "on" if index % 2 == 0 else "off"
+                    start = time.perf_counter()
+                    assert await calls[name](ROUTE) == 200
+                    busy[name] += time.perf_counter() - start
+                if round_ == 0:
+                    continue  # the warm-up round
+                for name in rates:
+                    rates[name].append((requests // 2) / busy[name])
+            return rates
+
+    rates = asyncio.run(measure())
+    ratio = statistics.median(on / off for on, off in zip(rates["on"], rates["off"], strict=True))
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    record_property("monitor_on_rps", round(on))
+    record_property("monitor_off_rps", round(off))
+    record_property("monitor_ratio", round(ratio, 3))
+    print(f"\nmonitor on {on:.0f} req/s, off {off:.0f} req/s, ratio {ratio:.3f}")
+    # The monitor really ran in the measured app: it counted the route.
+    stats = with_monitor.state.endpoint_stats
+    assert any(row.route == ROUTE for row in stats.table())
+    assert ratio >= TARGET_RATIO, f"the monitor's app served {ratio:.1%} of the other's rate"
