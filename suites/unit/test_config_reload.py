@@ -27,14 +27,6 @@ from app.core.config import Settings
 from app.core.config_view import fingerprint
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("RENUM_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
 class Kills:
     """Records the signals ``forward_reload`` sends; ``gone`` pids have exited."""
 

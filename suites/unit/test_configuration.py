@@ -35,17 +35,6 @@ CANARY_TEXTS = ["canary-secret-key", "Y2FuYXJ5", "sk-canary", "canary-probe", "c
 CANARY_TEXTS += ["canary-db-password", "canary-redis-password"]
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No RENUM_* variable or .env file of the machine leaks into these tests."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("RENUM_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
 # -- profiles ----------------------------------------------------------------------------------
 
 
