@@ -50,8 +50,12 @@ def _probe_responses(fail_description: str | None) -> dict[int | str, dict[str, 
     return responses
 
 
-def get_monitor(request: Request) -> HealthMonitor:
-    """The monitor the capability started for this app."""
+async def get_monitor(request: Request) -> HealthMonitor:
+    """The monitor the capability started for this app.
+
+    A coroutine on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a hop
+    to a worker thread and back on every probe (it cost ``/health/ready`` most of its rate and
+    let background work run in the middle of each probe)."""
     monitor: HealthMonitor = request.app.state.health_monitor
     return monitor
 
