@@ -38,32 +38,36 @@ oauth2_scheme = OAuth2PasswordBearer(
 )
 
 
-def get_settings(connection: HTTPConnection) -> Settings:
+# The accessors below are coroutines on purpose: FastAPI runs a plain ``def`` dependency in
+# its thread pool, a hop to a worker thread and back for each one on every request.
+
+
+async def get_settings(connection: HTTPConnection) -> Settings:
     settings: Settings = connection.app.state.settings
     return settings
 
 
-def get_codec(connection: HTTPConnection) -> TokenCodec:
+async def get_codec(connection: HTTPConnection) -> TokenCodec:
     codec: TokenCodec = connection.app.state.codec
     return codec
 
 
-def get_box(connection: HTTPConnection) -> SecretBox:
+async def get_box(connection: HTTPConnection) -> SecretBox:
     box: SecretBox = connection.app.state.box
     return box
 
 
-def get_runtime(connection: HTTPConnection) -> Runtime:
+async def get_runtime(connection: HTTPConnection) -> Runtime:
     runtime: Runtime = connection.app.state.runtime
     return runtime
 
 
-def get_database(connection: HTTPConnection) -> Database:
+async def get_database(connection: HTTPConnection) -> Database:
     database: Database = connection.app.state.database
     return database
 
 
-def get_shutdown(connection: HTTPConnection) -> GracefulShutdown:
+async def get_shutdown(connection: HTTPConnection) -> GracefulShutdown:
     shutdown: GracefulShutdown = connection.app.state.shutdown
     return shutdown
 
@@ -151,7 +155,7 @@ class Paging:
     offset: int
 
 
-def get_paging(
+async def get_paging(
     limit: Annotated[int, Query(ge=1, le=200, description="Items per page.")] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
 ) -> Paging:

@@ -26,7 +26,7 @@ from app.schemas.common import problems
 router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 
-def get_manager(request: Request) -> EnvironmentConfigManager:
+async def get_manager(request: Request) -> EnvironmentConfigManager:
     """The manager the capability started for this app."""
     manager: EnvironmentConfigManager = request.app.state.config_manager
     return manager

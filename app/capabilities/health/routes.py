@@ -106,7 +106,8 @@ async def details_allowed(
     try:
         async with asyncio.timeout(CREDENTIAL_TIMEOUT_SECONDS):
             async with request.app.state.database.session() as session:
-                principal = await AuthService(session, get_codec(request)).authenticate(credential)
+                codec = await get_codec(request)
+                principal = await AuthService(session, codec).authenticate(credential)
     except Exception:  # invalid credentials, or a database too slow to tell: status only
         return False
     return principal.is_admin

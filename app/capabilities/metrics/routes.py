@@ -33,13 +33,13 @@ renum_executions_active 3.0
 """
 
 
-def get_collector(request: Request) -> ScrapedGauges:
+async def get_collector(request: Request) -> ScrapedGauges:
     """The gauges the capability installed on this app."""
     collector: ScrapedGauges = request.app.state.scraped_gauges
     return collector
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
@@ -58,8 +58,9 @@ async def metrics_access(
             "The metrics are not public here: send the probe token (`X-Probe-Token`) or a "
             "platform admin's `Authorization: Bearer` credentials."
         )
-    async with get_database(request).session() as session:
-        principal = await AuthService(session, get_codec(request)).authenticate(credential)
+    codec = await get_codec(request)
+    async with (await get_database(request)).session() as session:
+        principal = await AuthService(session, codec).authenticate(credential)
     if not principal.is_admin:
         raise Forbidden("Only platform admins and the probe token may read the metrics.")
 

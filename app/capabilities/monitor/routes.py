@@ -18,7 +18,7 @@ from app.schemas.common import problems
 router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 
-def get_monitor(request: Request) -> AdvancedHealthMonitor:
+async def get_monitor(request: Request) -> AdvancedHealthMonitor:
     monitor: AdvancedHealthMonitor = request.app.state.monitor
     return monitor
 
