@@ -138,3 +138,16 @@ def test_probe_routes_declare_only_async_dependencies(settings: Settings) -> Non
     """The cause named directly: no probe has a dependency FastAPI would run in a thread."""
     app = create_app(settings)
     assert {path: sync_dependencies(app, path) for path in PROBES} == {path: [] for path in PROBES}
+
+
+def test_no_route_hops_to_a_worker_thread_but_the_login_form(settings: Settings) -> None:
+    """Every route's handler and dependencies run on the event loop; the one exception is the
+    login form's class (OAuth2's form model), on the one route that hashes a password anyway."""
+    app = create_app(settings)
+    hops = {}
+    for route in api_routes(app.routes):
+        calls = [route.endpoint, *_dependencies(route.dependant)]
+        found = [getattr(c, "__qualname__", repr(c)) for c in calls if not _runs_on_the_loop(c)]
+        if found:
+            hops[route.name] = found
+    assert hops == {"login": ["LoginForm"]}
