@@ -34,7 +34,7 @@ nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 nox.options.sessions = [
     "lint", "unit", "integration", "security", "property", "regression", "contracts",
-    "load_smoke", "docs", "coverage",
+    "load_smoke", "docs", "browser", "coverage",
 ]  # fmt: skip
 
 
@@ -295,6 +295,15 @@ def docs(session: nox.Session) -> None:
         )  # fmt: skip
         return
     run_pytest(session, "docs", "suites/docs")
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The pages in a real browser (`suites/browser`): Debian's `chromium`, installed when
+    missing, driven headless by Playwright's Python package (never `playwright install`: no
+    browser is downloaded) against a launched backend. Screenshots land in reports/browser/."""
+    debian_tool(session, "chromium", "chromium")
+    run_pytest(session, "browser", "suites/browser")
 
 
 @nox.session

@@ -118,6 +118,9 @@ class LaunchedBackend(Backend):
             "RENUM_PROVIDERS__OPENAI_BASE_URL": fake.base_url,
             "RENUM_EGRESS__ALLOW": f"{fake.host}:{fake.port}",
             LOG_ENV: str(workdir / "network-violations.jsonl"),
+            # The webhook dispatcher off: tests that create webhooks to example hosts must not
+            # make the backend resolve them; the webhook tests switch it on.
+            "RENUM_DELIVERIES__ENABLED": "false",
             **(extra_env or {}),
         }
         backend = cls(

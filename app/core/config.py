@@ -265,6 +265,64 @@ class MonitorSettings(BaseModel):
     )
 
 
+class DeliverySettings(BaseModel):
+    """The outbound delivery service: signed JSON POSTs queued in the database (tenant webhooks,
+    later alert channels and reports), sent by a background dispatcher in every API process,
+    retried with backoff and full jitter, then kept in a bounded dead-letter list."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the dispatcher in this process. Off, deliveries still queue in the "
+        "database and go out from any process where it is on, or once it is back on.",
+    )
+    interval_seconds: float = Field(
+        default=1.0,
+        gt=0.01,
+        le=300,
+        description="How often the dispatcher looks for due deliveries when idle.",
+    )
+    concurrency: int = Field(
+        default=10, ge=1, le=1000, description="Deliveries one process sends at once."
+    )
+    timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Longest one attempt may take (connecting, sending, the response's status).",
+    )
+    max_attempts: int = Field(
+        default=10, ge=1, le=100, description="Attempts before a delivery is dead-lettered."
+    )
+    backoff_base_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=86_400,
+        description="Retry n waits a random time up to base * 2^(n-1) (full jitter), capped.",
+    )
+    backoff_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=604_800,
+        description="The cap of the backoff before a retry.",
+    )
+    dead_letter_max: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Dead letters kept per owner (each account, and the platform); past it the "
+        "oldest are dropped.",
+    )
+    retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=3650,
+        description="How long delivered deliveries stay in the delivery log.",
+    )
+    webhooks_per_account: int = Field(
+        default=20, ge=1, le=1000, description="Webhook endpoints one account may register."
+    )
+
+
 class DocsSettings(BaseModel):
     """The docs capability: the interactive API explorer at `/docs`, served from vendored
     assets (the OpenAPI schema at `/openapi.json` is part of the base API)."""
@@ -444,6 +502,7 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
     egress: EgressSettings = Field(default_factory=EgressSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    deliveries: DeliverySettings = Field(default_factory=DeliverySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)

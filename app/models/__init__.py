@@ -3,6 +3,7 @@
 from app.models.account import Account
 from app.models.agent import Agent
 from app.models.api_key import ApiKey
+from app.models.delivery import Delivery, DeliveryStatus, Webhook
 from app.models.execution import (
     ContextEntry,
     Execution,
@@ -25,6 +26,8 @@ __all__ = [
     "Agent",
     "ApiKey",
     "ContextEntry",
+    "Delivery",
+    "DeliveryStatus",
     "Execution",
     "ExecutionEvent",
     "ExecutionMessage",
@@ -41,4 +44,5 @@ __all__ = [
     "TeamMember",
     "TeamWorkflowVersion",
     "User",
+    "Webhook",
 ]

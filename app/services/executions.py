@@ -41,6 +41,7 @@ from app.services.engine.runner import ExecutionDispatcher
 from app.services.events import EventHub, StreamsClosed, wait_for
 from app.services.principal import Principal
 from app.services.teams import TeamService
+from app.services.webhooks import enqueue_cancelled_before_start
 from app.services.workflows import default_workflow
 
 if TYPE_CHECKING:
@@ -217,12 +218,14 @@ class ExecutionService:
         execution = await self.get(principal, execution_id)
         if is_terminal(execution):
             raise Conflict(f"The execution already ended ({execution.status}).")
-        if await self.executions.cancel_pending(execution.id, mode, utcnow()):
+        now = utcnow()
+        if await self.executions.cancel_pending(execution.id, mode, now):
             await self.executions.release_slot(execution.account_id)
             await self.executions.append_events(
                 execution.id,
                 [ExecutionCancelled(ExecutionStatus.cancelled, "cancelled", None).stored()],
             )
+            await enqueue_cancelled_before_start(self.session, execution, now)  # its webhooks
             await self.session.commit()
             hub.notify(execution.id)
             return execution

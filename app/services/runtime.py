@@ -1,8 +1,9 @@
 """What a running backend process holds for executions: the database, the event hub, the
 HTTP clients for model calls (trusted for the operator's URLs, guarded by the egress policy for
 tenants'), the bounded template renderer (its worker processes start in the background with
-the app), the engine and its dispatcher. Built and torn down by the application's lifespan;
-nothing here connects at import time."""
+the app), the engine and its dispatcher, and the dispatcher of outbound deliveries (webhooks,
+alerts). Built and torn down by the application's lifespan; nothing here connects at import
+time."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from app.core.crypto import SecretBox
 from app.core.egress import EgressClients
 from app.core.templates import TemplateRenderer
 from app.db.database import Database
+from app.services.delivery import DeliveryDispatcher
 from app.services.engine.agent_calls import AgentCaller
 from app.services.engine.engine import ExecutionEngine
 from app.services.engine.runner import InProcessRunner
@@ -33,6 +35,7 @@ class Runtime:
     http: EgressClients
     runner: InProcessRunner
     templates: TemplateRenderer
+    deliveries: DeliveryDispatcher
     warming: asyncio.Task[None] | None = None  # the template workers starting in the background
 
     @classmethod
@@ -48,14 +51,18 @@ class Runtime:
         caller = AgentCaller(settings, box, PriceTable.load(overrides), http, templates)
         engine = ExecutionEngine(database, settings.executions, caller, hub, owner)
         runner = InProcessRunner(engine, database, settings.executions)
-        return cls(database, hub, http, runner, templates)
+        deliveries = DeliveryDispatcher(database, settings.deliveries, box, http, owner)
+        engine.observers.append(deliveries.on_engine_commit)
+        return cls(database, hub, http, runner, templates, deliveries)
 
     async def start(self) -> None:
         await self.runner.start()
+        await self.deliveries.start()
         self.warming = asyncio.get_running_loop().create_task(self.templates.warm())
 
     async def stop(self) -> None:
         await self.runner.stop()
+        await self.deliveries.stop()
         if self.warming is not None:
             self.warming.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -240,7 +240,12 @@ class World:
     ids: dict[str, str]
 
     def client_for(self, operation: Operation) -> ApiClient:
-        return self.admin if operation.path.startswith(f"{API}/accounts") else self.owner
+        """The admin for the platform's operations (accounts, and those the schema says need
+        the admin role), else the tenant's owner."""
+        admin_only = operation.spec.get("x-required-role") == "admin"
+        return (
+            self.admin if admin_only or operation.path.startswith(f"{API}/accounts") else self.owner
+        )
 
     def url(self, operation: Operation, overrides: dict[str, str] | None = None) -> str:
         url = operation.path

@@ -44,7 +44,14 @@ ROUTES = {
     "configuration": {"/api/v1/ops/config", "/api/v1/ops/config/reload"},
     "health": {"/health/live", "/livez", "/health/ready", "/readyz", "/health/dependencies"},
     "metrics": {"/metrics"},
-    "monitor": {"/api/v1/ops/monitor", "/api/v1/ops/monitor/history/{figure}"},
+    "monitor": {
+        "/api/v1/ops/monitor",
+        "/api/v1/ops/monitor/history/{figure}",
+        "/api/v1/ops/monitor/stream",
+        "/health/dashboard",
+        "/health/dashboard/assets",
+        "/health/dashboard/vendor",
+    },
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 

@@ -62,6 +62,13 @@ DECLARED_SINCE = {
     "reload_configuration": "admin",
     "get_monitor_snapshot": "admin",
     "get_monitor_history": "admin",
+    "stream_monitor": "admin",
+    "create_webhook": "owner",
+    "update_webhook": "owner",
+    "delete_webhook": "owner",
+    "rotate_webhook_secret": "owner",
+    "test_webhook": "owner",
+    "list_dead_letters": "admin",
 }
 PUBLIC_OPERATIONS = {"login", "refresh", "logout"}
 

@@ -617,8 +617,19 @@ class ExamplePlan:
     # what an operation needs and provides, as shell variable names
     def needs(self, op: Operation) -> list[str]:
         """The variables an operation's example uses: path parameters and bound body fields."""
-        needed = [env_name(p["name"]) for p in op.parameters("path")]
+        literal = self.literal_path_values(op)
+        needed = [env_name(p["name"]) for p in op.parameters("path") if p["name"] not in literal]
         return needed + [v for v in self.bindings(op).values() if v not in needed]
+
+    def literal_path_values(self, op: Operation) -> dict[str, str]:
+        """Path parameters with a fixed set of values (an enum, such as a figure's name) take
+        the first one in the example: no other operation needs to provide them."""
+        values = {}
+        for parameter in op.parameters("path"):
+            schema = self.generator.resolve(parameter.get("schema", {}))
+            if schema.get("enum"):
+                values[parameter["name"]] = str(schema["enum"][0])
+        return values
 
     def bindings(self, op: Operation) -> dict[str, str]:
         """Body fields filled from variables: required fields without an example that name a
@@ -771,7 +782,10 @@ class ExamplePlan:
         self, op: Operation, bindings: dict[str, str], suffix: str = "", show: bool = True
     ) -> str:
         """The ``curl`` command of one call; it keeps the values later examples use."""
-        path = re.sub(r"\{(\w+)\}", lambda m: "$" + env_name(m.group(1)), op.path)
+        literal = self.literal_path_values(op)
+        path = re.sub(
+            r"\{(\w+)\}", lambda m: literal.get(m.group(1)) or "$" + env_name(m.group(1)), op.path
+        )
         query = [
             f"{p['name']}={sample(self.generator, p.get('schema', {}), p['name'], {})}"
             for p in op.parameters("query")

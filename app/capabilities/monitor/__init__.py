@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.capabilities.base import AppContext, Capability
-from app.capabilities.monitor import routes
+from app.capabilities.monitor import dashboard, routes
 from app.capabilities.monitor.endpoints import EndpointStats
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, Figure, SystemSampler, data_directory
@@ -29,6 +29,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.endpoint_stats = stats
     app.state.request_observers.append(stats)  # timed by the base middleware
     app.include_router(routes.router)
+    dashboard.install(app)  # /health/dashboard and its live stream
 
 
 @asynccontextmanager

@@ -61,6 +61,7 @@ from app.services.engine.strategies import StepInputError, decide, render_input
 from app.services.events import EventHub
 from app.services.messages import Mailbox, Message, directory, inbox, output_messages
 from app.services.providers.base import ProviderError
+from app.services.webhooks import enqueue_execution_ended
 
 log = get_logger("app.engine")
 
@@ -253,6 +254,7 @@ class ExecutionEngine:
         )
         if finish is not None:
             repo.release_slot(run.account_id)
+            enqueue_execution_ended(repo.conn, changes, now)  # its webhooks, in this commit
         return True
 
     def _load_turn(self, repo: EngineRepository, changes: Changes) -> list[StartedStep]:

@@ -1,0 +1,49 @@
+"""What the browser suite's tests and fixtures share: the browser's command line, the viewport
+sizes, and a page that records its requests (see ``conftest.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from playwright.sync_api import Page
+
+from qa.launcher import REPO_ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO_ROOT / "reports" / "browser"
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# How long an expectation waits for the page (auto-waiting; no test sleeps).
+EXPECT_TIMEOUT_MS = 20_000
+SAMPLING_SECONDS = "0.5"
+
+
+@dataclass
+class BrowserPage:
+    """A page in its own browser context, with every request it made and every error it logged."""
+
+    page: Page
+    requests: list[str] = field(default_factory=list)
+    # Console errors and uncaught exceptions (a refused asset or a CSP violation shows here).
+    errors: list[str] = field(default_factory=list)
+
+    def screenshot(self, name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+OpenPage = Callable[..., BrowserPage]

@@ -1,0 +1,99 @@
+"""Fixtures of the browser suite: Debian's chromium driven headless by Playwright's Python
+package (never `playwright install`: the browser is the system's), against a backend
+launched with a short sampling interval so live updates arrive quickly.
+
+Every page records the requests it makes (``BrowserPage.requests``), so a test can check that
+the page loaded nothing from another host. Screenshots land in ``reports/browser/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    EXPECT_TIMEOUT_MS,
+    LAPTOP,
+    SAMPLING_SECONDS,
+    BrowserPage,
+    OpenPage,
+)
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Error,
+    Playwright,
+    Request,
+    sync_playwright,
+)
+
+from qa.launcher import LaunchedBackend
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium "
+            "(`apt-get install -y --no-install-recommends chromium`; `nox -s browser` does it)"
+        )
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield launched
+    finally:
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def dashboard_backend() -> Iterator[LaunchedBackend]:
+    """A backend on SQLite sampling every half second."""
+    launched = LaunchedBackend.start(
+        "sqlite", extra_env={"RENUM_MONITOR__INTERVAL_SECONDS": SAMPLING_SECONDS}
+    )
+    try:
+        yield launched
+    finally:
+        launched.stop()
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[OpenPage]:
+    """``open_page(viewport)``: a fresh context (no shared storage) and page at that size,
+    recording every request; closed after the test."""
+    contexts = []
+
+    def make(viewport: dict[str, int] = LAPTOP) -> BrowserPage:
+        context = browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+        context.set_default_timeout(EXPECT_TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        opened = BrowserPage(page)
+
+        def record(request: Request) -> None:
+            opened.requests.append(request.url)
+
+        def console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                opened.errors.append(message.text)
+
+        def uncaught(error: Error) -> None:
+            opened.errors.append(f"uncaught: {error}")
+
+        page.on("request", record)
+        page.on("console", console)
+        page.on("pageerror", uncaught)
+        return opened
+
+    yield make
+    for context in contexts:
+        context.close()
