@@ -289,9 +289,26 @@ def served(backend: Backend) -> dict[str, Any]:
     return expect(httpx.get(f"{backend.base_url}/openapi.json", timeout=30), 200)
 
 
+def enum_path_values(document: dict[str, Any]) -> dict[str, str]:
+    """Path parameters with a fixed set of values (a monitor figure's name): the first one, so
+    that the parameter under attack is the only wrong one in the request."""
+    found = {}
+    builder = Builder(document, {})
+    for operation in operations(document):
+        for parameter in operation.parameters("path"):
+            schema, _ = builder.resolve(parameter.get("schema", {}), ())
+            if isinstance(schema, dict) and schema.get("enum"):
+                found[parameter["name"]] = str(schema["enum"][0])
+    return found
+
+
 @pytest.fixture(scope="module")
 def world(
-    backend: Backend, admin_client: ApiClient, owner_client: ApiClient, tenant: Tenant
+    backend: Backend,
+    admin_client: ApiClient,
+    owner_client: ApiClient,
+    tenant: Tenant,
+    served: dict[str, Any],
 ) -> World:
     agent = expect(
         owner_client.post(
@@ -315,6 +332,7 @@ def world(
     user = create_user(owner_client, "member")
     key = expect(owner_client.post(f"{API}/api-keys", json={"name": unique_name("key")}), 201)
     ids = {  # path parameters (and body fields of the same name) name these objects
+        **enum_path_values(served),
         "agent_id": agent["id"],
         "team_id": team["id"],
         "execution_id": execution["id"],

@@ -96,7 +96,8 @@ async def get_monitor_history(
     monitor: MonitorDep,
     figure: Figure,
     since: Annotated[
-        float | None, Query(description="Only points from this Unix time on.", ge=0)
+        float | None,
+        Query(description="Only points from this Unix time on.", ge=0, le=32_503_680_000),
     ] = None,
 ) -> SeriesOut:
     points = [PointOut(at=p.at, value=p.value, peak=p.peak) for p in monitor.series(figure, since)]
