@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from schemathesis.core.result import Ok
 from qa.client import API, ApiClient
 from qa.factories import Member, Tenant, expect
 from qa.launcher import Backend
+from qa.plugin import flavours_for
 
 # Schemathesis 4.32 renames the running item through `Node._nodeid` while it tests a lazily
 # loaded schema (`schemathesis.pytest.from_fixture`); pytest 9.2 replaced that attribute with
@@ -102,8 +104,9 @@ def pytest_report_header(config: pytest.Config) -> str:
     profile = support.run_profile()
     return (
         f"contracts: profile {profile.name}, seed {profile.seed}, "
-        f"{profile.max_examples} fuzzing cases per operation, {profile.scenarios} stateful "
-        f"scenarios, budget {profile.budget_seconds:.0f}s per database"
+        f"{profile.max_examples} fuzzing cases per operation (half on a second database), "
+        f"{profile.scenarios} stateful scenarios, budget {profile.budget_seconds:.0f}s per "
+        "database"
     )
 
 
@@ -133,6 +136,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"  failures with reproductions: {failures}", red=True)
 
 
+def profile_for(config: pytest.Config, flavour: str) -> Profile:
+    """The run's profile on the first database of ``--db``; in CI, half the fuzzing cases per
+    operation on the next ones (the stateful scenarios and every operation stay whole): how
+    the API refuses invalid input does not depend on the database, what it stores does."""
+    profile = support.run_profile()
+    if profile.name != "ci" or flavour == flavours_for(config, marked=False)[0]:
+        return profile
+    return replace(profile, max_examples=max(5, profile.max_examples // 2))
+
+
 def _identity(name: str, member: Member, client: ApiClient, peer: str | None = None) -> Identity:
     me = expect(client.get(f"{API}/users/me"), 200)
     return Identity(name, member.email, member.password, me["id"], me["account_id"], peer)
@@ -140,6 +153,7 @@ def _identity(name: str, member: Member, client: ApiClient, peer: str | None = N
 
 @pytest.fixture(scope="session")
 def identities(
+    request: pytest.FixtureRequest,
     backend: Backend,
     admin_client: ApiClient,
     tenant: Tenant,
@@ -155,7 +169,7 @@ def identities(
         ("other-owner", other_tenant.owner, None),
         ("other-member", other_tenant.member, None),
     ]
-    state = support.start_run(support.run_profile(), backend.flavour)
+    state = support.start_run(profile_for(request.config, backend.flavour), backend.flavour)
     state.base_url = backend.base_url
     for name, member, peer in people:
         client = admin_client if name == "admin" else login(member.email, member.password)

@@ -10,7 +10,10 @@ together, twice (hung, then refused), which takes a minute or so:
   as while all was well (their medians compared as a ratio, measured in the same test),
   readiness turns 503 and each dependency's check fails;
 - after each outage every check passes again and readiness returns, with no restart;
-- live pooled connections cut from under the backend are replaced by the next checks.
+- live pooled connections cut from under the backend are replaced by the next checks;
+- PostgreSQL hung while the backend starts: the start-up does not hang, the backend starts
+  degraded, and once the database answers it applies the skipped migrations, turns ready and
+  creates the first admin, without a restart.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qa import services
+from qa.client import ApiClient
 from qa.fault_proxy import FaultProxy
 from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
@@ -105,4 +109,33 @@ def test_every_dependency_down_at_once_hung_then_refused_and_back(
         wait_for(three_checks_since_the_cut, what="three database checks after the cut")
         wait_for(lambda: all_passing(base_url), what="every check passing after the cut")
         assert fs.ready_status(base_url) == 200
+        server.stop()
+
+
+def test_postgresql_hung_at_start_up_does_not_hang_start_up_and_recovers_without_a_restart(
+    launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
+) -> None:
+    name, port = postgres_database
+    with FaultProxy("127.0.0.1", port) as proxy:
+        proxy.hang()
+        server = launch_degraded(
+            RENUM_DATABASE__URL=fs.url_via(services.postgres().url, port=proxy.port, database=name)
+        )
+        assert "auto_migrate_skipped" in server.log_text()
+        assert fs.ready_status(server.base_url) == 503
+        schema = fs.entry(fs.details(server.base_url).json(), "schema:revision")
+        assert schema["status"] == "fail"
+        assert "renum db upgrade" in schema["fix"]
+        hung = fs.probe_times(server.base_url, rounds=2)
+        proxy.pass_through()
+        # The database answers again: the migrations start-up skipped are applied, readiness
+        # follows and the first admin is created, all without a restart.
+        fs.wait_for(lambda: fs.ready_status(server.base_url) == 200, what="ready after recovery")
+        assert fs.entry(fs.details(server.base_url).json(), "schema:revision")["status"] == "pass"
+        # The first admin follows readiness (the same background task, a moment later).
+        fs.wait_for(lambda: "bootstrap_admin_created" in server.log_text(), what="first admin")
+        assert "auto_migrate_completed" in server.log_text()
+        with ApiClient(server.base_url) as admin:
+            admin.login(server.admin_email, server.admin_password)
+        fs.assert_probes_unaffected(hung, healthy=fs.probe_times(server.base_url, rounds=2))
         server.stop()

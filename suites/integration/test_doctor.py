@@ -17,9 +17,6 @@ from integration_support import Cli, cli_env
 
 from qa import services
 
-# Both databases: renum doctor checks the database of each flavour.
-pytestmark = pytest.mark.both_databases
-
 
 class DoctorCli(Cli):
     """The console script, with ``renum doctor --json`` read back."""
@@ -63,6 +60,7 @@ def entries(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
     return [entry for entry in report["entries"] if entry["check"] == check]
 
 
+@pytest.mark.both_databases  # the database check of each flavour
 def test_healthy_installation_passes_with_exit_code_0(cli: DoctorCli, db_flavour: str) -> None:
     assert cli("db", "upgrade").returncode == 0
     code, report = cli.doctor_json()
@@ -81,6 +79,7 @@ def test_healthy_installation_passes_with_exit_code_0(cli: DoctorCli, db_flavour
     assert "SQLite" in table.stdout or "PostgreSQL" in table.stdout
 
 
+@pytest.mark.both_databases  # the database check of each flavour
 def test_pending_migrations_fail_with_exit_code_2_and_the_fix(cli: DoctorCli) -> None:
     code, report = cli.doctor_json()
     assert code == 2
@@ -140,6 +139,7 @@ def test_provider_answering_html_is_a_clear_entry_and_a_warning(
     assert "/v1" in provider["fix"]
 
 
+@pytest.mark.both_databases  # the database check of each flavour
 def test_unreachable_database_fails_without_showing_its_password(cli: DoctorCli) -> None:
     url = f"postgresql+asyncpg://renum:s3cret-pass@127.0.0.1:{closed_port()}/renum"
     result = cli("doctor", "--json", RENUM_DATABASE__URL=url)

@@ -28,7 +28,6 @@ from faults_support import (
 )
 
 from qa import services
-from qa.client import ApiClient
 from qa.fault_proxy import FaultProxy
 from qa.launcher import REPO_ROOT, BackendFailed, LaunchedBackend
 from qa.plugin import LaunchBackend
@@ -129,35 +128,6 @@ def test_hung_postgresql_turns_readiness_503_after_the_threshold_and_recovers(
         wait_for(three_checks_since_the_cut, what="three database checks after the cut")
         assert ready_status(server.base_url) == 200
         assert entry(details(server.base_url).json(), "database:responseTime")["status"] == "pass"
-        server.stop()
-
-
-def test_postgresql_hung_at_start_up_does_not_hang_start_up_and_recovers_without_a_restart(
-    launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
-) -> None:
-    name, port = postgres_database
-    with FaultProxy("127.0.0.1", port) as proxy:
-        proxy.hang()
-        server = launch_degraded(
-            RENUM_DATABASE__URL=url_via(services.postgres().url, port=proxy.port, database=name)
-        )
-        assert "auto_migrate_skipped" in server.log_text()
-        assert ready_status(server.base_url) == 503
-        schema = entry(details(server.base_url).json(), "schema:revision")
-        assert schema["status"] == "fail"
-        assert "renum db upgrade" in schema["fix"]
-        hung = probe_times(server.base_url, rounds=2)
-        proxy.pass_through()
-        # The database answers again: the migrations start-up skipped are applied, readiness
-        # follows and the first admin is created, all without a restart.
-        wait_for(lambda: ready_status(server.base_url) == 200, what="ready after recovery")
-        assert entry(details(server.base_url).json(), "schema:revision")["status"] == "pass"
-        # The first admin follows readiness (the same background task, a moment later).
-        wait_for(lambda: "bootstrap_admin_created" in server.log_text(), what="first admin")
-        assert "auto_migrate_completed" in server.log_text()
-        with ApiClient(server.base_url) as admin:
-            admin.login(server.admin_email, server.admin_password)
-        assert_probes_unaffected(hung, healthy=probe_times(server.base_url, rounds=2))
         server.stop()
 
 
