@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from app.core.config import Settings
 from app.core.crypto import SecretBox
@@ -105,40 +104,3 @@ def open_bench(flavour: str) -> Iterator[Bench]:
         loop.close()
         if name is not None:
             services.drop_postgres_database(name)
-
-
-# -- calling an ASGI app directly ---------------------------------------------------------
-
-Call = Callable[[str], Awaitable[int]]
-
-
-def asgi_caller(app: Any) -> Call:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def call(path: str) -> int:
-        status = 0
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"bench")],
-            "client": ("127.0.0.1", 40000),
-            "server": ("bench", 80),
-        }
-        await app(scope, receive, send)
-        return status
-
-    return call

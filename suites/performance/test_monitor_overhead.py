@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_support import asgi_caller
 from fastapi.responses import JSONResponse
 
 from app.core.config import Settings
 from app.main import create_app
+from qa.asgi import asgi_caller
 
 TARGET_RATIO = 0.95
 ROUTE = "/bench/json"

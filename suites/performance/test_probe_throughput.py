@@ -37,13 +37,9 @@ from app.capabilities.health.routes import PASS_BODY
 from app.core.config import Settings
 from app.main import create_app
 from qa import services
+from qa.asgi import Call, asgi_caller
 from qa.fault_proxy import FaultProxy
 from qa.launcher import LaunchedBackend
-
-try:
-    from bench_support import Call, asgi_caller
-except ModuleNotFoundError:  # the server ProbeBench launches imports this module by its path
-    from suites.performance.bench_support import Call, asgi_caller
 
 TARGET_RATIO = 0.90
 READY = "/health/ready"

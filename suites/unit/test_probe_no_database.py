@@ -25,6 +25,7 @@ from sqlalchemy import event
 from app.api.roles import api_routes
 from app.core.config import Settings
 from app.main import create_app
+from qa.asgi import asgi_caller
 
 pytestmark = pytest.mark.anyio
 
@@ -63,34 +64,10 @@ def sync_dependencies(app: FastAPI, path: str) -> list[str]:
 async def answer(app: FastAPI, path: str) -> tuple[int, bool]:
     """One GET straight into the ASGI app: its status, and whether it yielded to the event loop
     (a callback scheduled before the call runs only if the call let the loop run)."""
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"probe")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("probe", 80),
-    }
     yielded: list[bool] = []
     marker = asyncio.get_running_loop().call_soon(yielded.append, True)
     try:
-        await app(scope, receive, send)
+        status = await asgi_caller(app, host="probe")(path)
     finally:
         marker.cancel()
     return status, bool(yielded)
