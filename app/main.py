@@ -33,6 +33,7 @@ from app.api.routes import (
 )
 from app.capabilities import configuration, docs, health, metrics, monitor
 from app.capabilities.base import AppContext, Capability
+from app.core.alerts import LogAlertReporter
 from app.core.config import Environment, Settings
 from app.core.config_rules import refuse_unsafe
 from app.core.crypto import SecretBox
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics(__version__, settings.environment.value)
     app.state.request_observers = []  # capabilities add theirs (RequestContextMiddleware)
+    app.state.alerts = LogAlertReporter()  # the monitor replaces it with its alert manager
     for problem in warnings:
         log.warning(
             "configuration_warning",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -244,6 +245,166 @@ class ConfigurationSettings(BaseModel):
     )
 
 
+# The alert rules a deployment has (``app.capabilities.monitor.alerting.default_rules``); the
+# settings may tune or switch off each of them by name.
+ALERT_RULES = (
+    "route_error_ratio",
+    "route_latency_p95",
+    "memory_high",
+    "dependency_failing",
+    "provider_error_ratio",
+    "disk_full_forecast",
+    "pool_exhaustion_forecast",
+)
+Severity = Literal["info", "warning", "critical"]
+CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,23}$"
+
+
+class AlertRuleSettings(BaseModel):
+    """Overrides of one alert rule (unset fields keep the rule's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Evaluate the rule.")
+    bound: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e15,
+        description="The rule's threshold in its own unit: a ratio (0.05 is 5%) for error "
+        "rules, seconds for latency, percent for memory, seconds ahead for forecasts.",
+    )
+    for_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=604_800,
+        description="How long a finding must hold before its alert fires.",
+    )
+    min_requests: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e9,
+        description="Route and provider rules: the fewest requests (calls) in the window for "
+        "the rule to judge a route (a provider).",
+    )
+    severity: Severity | None = Field(default=None, description="info, warning or critical.")
+
+
+class AlertChannelSettings(BaseModel):
+    """One place alerts are sent to, configured by the operator (trusted: not the tenant
+    egress policy's business)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=CHANNEL_NAME, description="Names the channel in the delivery log.")
+    type: Literal["webhook", "slack", "email"] = Field(
+        description="`webhook`: Renum's signed JSON; `slack`: a Slack-compatible incoming "
+        "webhook payload; `email`: a message through the `smtp` settings."
+    )
+    url: SecretStr | None = Field(
+        default=None,
+        max_length=2048,
+        description="webhook and slack: where to POST (kept secret: a Slack webhook's path is "
+        "its token).",
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        description="webhook: signs each delivery (`Renum-Signature`, as tenant webhooks).",
+    )
+    to: list[str] = Field(default_factory=list, max_length=50, description="email: the recipients.")
+    min_severity: Severity = Field(
+        default="warning", description="Alerts below this severity are not sent here."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in (
+            "http",
+            "https",
+        ):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _has_destination(self) -> AlertChannelSettings:
+        if self.type == "email":
+            if not self.to or any("@" not in address for address in self.to):
+                raise ValueError("an email channel needs `to`: one or more addresses")
+        elif self.url is None:
+            raise ValueError(f"a {self.type} channel needs `url`")
+        return self
+
+
+class SmtpSettings(BaseModel):
+    """The mail server email channels send through."""
+
+    host: str | None = Field(default=None, description="Unset: email channels cannot send.")
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="`starttls` upgrades the connection (port 587), `tls` starts in TLS (465), "
+        "`none` sends in the clear (a relay on loopback only).",
+    )
+    username: str | None = Field(default=None, description="Log in when set.")
+    password: SecretStr | None = None
+    from_address: str = Field(default="renum@localhost", description="The sender.")
+    ca_file: str | None = Field(
+        default=None, description="Trust this CA bundle for the server's certificate."
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class AlertSettings(BaseModel):
+    """Alert rules evaluated over the monitor's figures, and where alerts go."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Evaluate the rules (one evaluator per deployment: on PostgreSQL the "
+        "process holding an advisory lock).",
+    )
+    evaluation_interval_seconds: float = Field(
+        default=15.0, gt=0.05, le=3600, description="How often the rules are evaluated."
+    )
+    repeat_interval_seconds: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        le=30 * 86_400,
+        json_schema_extra=LIVE,
+        description="A firing alert is sent again at most this often.",
+    )
+    rules: dict[str, AlertRuleSettings] = Field(
+        default_factory=dict,
+        json_schema_extra=LIVE,
+        description="Overrides per rule name: " + ", ".join(ALERT_RULES) + ".",
+    )
+    channels: list[AlertChannelSettings] = Field(
+        default_factory=list,
+        max_length=20,
+        json_schema_extra=LIVE,
+        description="Where firing and resolved alerts are sent besides the log.",
+    )
+    smtp: SmtpSettings = Field(default_factory=lambda: SmtpSettings(), json_schema_extra=LIVE)
+    silence_max_hours: float = Field(
+        default=7 * 24.0, gt=0, le=90 * 24, description="The longest a silence may last."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: dict[str, AlertRuleSettings]) -> dict[str, AlertRuleSettings]:
+        unknown = sorted(set(value) - set(ALERT_RULES))
+        if unknown:
+            raise ValueError(f"unknown rules {unknown}; the rules are {list(ALERT_RULES)}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, value: list[AlertChannelSettings]) -> list[AlertChannelSettings]:
+        names = [channel.name for channel in value]
+        if len(names) != len(set(names)):
+            raise ValueError("channel names must be unique")
+        return value
+
+
 class MonitorSettings(BaseModel):
     """The monitor capability: system figures, endpoint performance and execution metrics,
     sampled in the background and kept in memory for the dashboard, and on `/metrics`."""
@@ -262,6 +423,10 @@ class MonitorSettings(BaseModel):
         le=168,
         description="How long samples are kept at full resolution (in memory, per process); "
         "older ones are kept as one point per 30 samples, for a week.",
+    )
+    alerts: AlertSettings = Field(
+        default_factory=lambda: AlertSettings(),
+        description="Alert rules, their evaluation and the channels alerts are sent to.",
     )
 
 

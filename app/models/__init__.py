@@ -2,6 +2,7 @@
 
 from app.models.account import Account
 from app.models.agent import Agent
+from app.models.alert import AlertRecord, AlertSilence
 from app.models.api_key import ApiKey
 from app.models.delivery import Delivery, DeliveryStatus, Webhook
 from app.models.execution import (
@@ -24,6 +25,8 @@ from app.models.user import Role, User
 __all__ = [
     "Account",
     "Agent",
+    "AlertRecord",
+    "AlertSilence",
     "ApiKey",
     "ContextEntry",
     "Delivery",

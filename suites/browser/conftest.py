@@ -8,6 +8,7 @@ the page loaded nothing from another host. Screenshots land in ``reports/browser
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,10 +57,20 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture(scope="session")
 def dashboard_backend() -> Iterator[LaunchedBackend]:
-    """A backend on SQLite sampling every half second."""
-    launched = LaunchedBackend.start(
-        "sqlite", extra_env={"RENUM_MONITOR__INTERVAL_SECONDS": SAMPLING_SECONDS}
-    )
+    """A backend on SQLite sampling and evaluating alerts every half second, whose latency
+    rule fires for any route with a request, and whose one alert channel (a closed loopback
+    port) fails."""
+    rules = {"route_latency_p95": {"bound": 0, "for_seconds": 0, "min_requests": 1}}
+    channels = [{"name": "pager", "type": "webhook", "url": "http://127.0.0.1:9/alerts"}]
+    env = {
+        "RENUM_MONITOR__INTERVAL_SECONDS": SAMPLING_SECONDS,
+        "RENUM_MONITOR__ALERTS__EVALUATION_INTERVAL_SECONDS": SAMPLING_SECONDS,
+        "RENUM_MONITOR__ALERTS__RULES": json.dumps(rules),
+        "RENUM_MONITOR__ALERTS__CHANNELS": json.dumps(channels),
+        "RENUM_DELIVERIES__ENABLED": "true",
+        "RENUM_DELIVERIES__BACKOFF_MAX_SECONDS": "1",
+    }
+    launched = LaunchedBackend.start("sqlite", extra_env=env)
     try:
         yield launched
     finally:

@@ -2,8 +2,11 @@
 (CPU, memory, disk, file descriptors, event-loop lag, the database pool, executions), every API
 request timed by route template, the engine's executions, steps and model calls counted, all
 of it on ``/metrics`` and kept in a bounded in-memory history read by
-``GET /api/v1/ops/monitor``. Switched off with ``RENUM_MONITOR__ENABLED=false``: no
-middleware, sampler or engine observer runs, and ``/metrics`` keeps the process figures."""
+``GET /api/v1/ops/monitor``; alert rules evaluated over those figures, with their alerts and
+silences in the database and notifications sent through the delivery service
+(``GET /api/v1/ops/alerts``, ``/api/v1/ops/silences``). Switched off with
+``RENUM_MONITOR__ENABLED=false``: no middleware, sampler, engine observer or alert loop runs,
+``/metrics`` keeps the process figures, and what would alert is only logged."""
 
 from __future__ import annotations
 
@@ -13,10 +16,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.capabilities.base import AppContext, Capability
-from app.capabilities.monitor import dashboard, routes
+from app.capabilities.monitor import alert_routes, dashboard, routes
+from app.capabilities.monitor.alerting import CheckFigures
+from app.capabilities.monitor.alerts import AlertManager
 from app.capabilities.monitor.endpoints import EndpointStats
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, Figure, SystemSampler, data_directory
+from app.core.alerts import LogAlertReporter
 from app.core.config import Settings
 from app.core.metrics import Metrics
 
@@ -29,6 +35,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.endpoint_stats = stats
     app.state.request_observers.append(stats)  # timed by the base middleware
     app.include_router(routes.router)
+    app.include_router(alert_routes.router)
     dashboard.install(app)  # /health/dashboard and its live stream
 
 
@@ -50,11 +57,35 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         history_seconds=settings.history_hours * 3600,
     )
     context.app.state.monitor = monitor
+    app = context.app
+
+    def checks() -> list[CheckFigures]:
+        """The health capability's latest dependency report, when it runs."""
+        reports = getattr(app.state, "health_monitor", None)
+        if reports is None:
+            return []
+        return [
+            CheckFigures(entry.key, entry.critical, str(entry.status), entry.message)
+            for entry in reports.snapshot().entries
+        ]
+
+    alerts = AlertManager(
+        database=context.database,
+        monitor=monitor,
+        dispatcher=runtime.deliveries,
+        settings=lambda: app.state.settings,
+        checks=checks,
+    )
+    app.state.alert_manager = alerts
+    app.state.alerts = alerts  # capabilities' reports join the monitor's alerts
     runtime.runner.engine.observers.append(monitor.executions)
     monitor.start()
+    alerts.start()
     try:
         yield
     finally:
+        app.state.alerts = LogAlertReporter()
+        await alerts.stop()
         runtime.runner.engine.observers.remove(monitor.executions)
         await monitor.stop()
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from app.core.config import AlertRuleSettings
 from app.core.forecast import exhaustion
 
 
@@ -36,6 +37,14 @@ class AlertSeverity(StrEnum):
     info = "info"
     warning = "warning"
     critical = "critical"
+
+
+SEVERITY_RANK = {AlertSeverity.info: 0, AlertSeverity.warning: 1, AlertSeverity.critical: 2}
+
+
+def at_least(severity: str, minimum: str) -> bool:
+    """Whether ``severity`` is ``minimum`` or more severe."""
+    return SEVERITY_RANK[AlertSeverity(severity)] >= SEVERITY_RANK[AlertSeverity(minimum)]
 
 
 class AlertState(StrEnum):
@@ -238,57 +247,100 @@ def exhausted_within(
     return check
 
 
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule's defaults and how to build its check from a bound (and a minimum of requests
+    or calls where the rule judges rates)."""
+
+    severity: AlertSeverity
+    summary: str  # formatted with the bound: {bound}, {hours}
+    build: Callable[[float, float], Check]
+    bound: float
+    for_seconds: float = 0.0
+    min_requests: float = 0.0
+
+
+RULE_SPECS: dict[str, RuleSpec] = {
+    "route_error_ratio": RuleSpec(
+        AlertSeverity.critical,
+        "A route answers more than {bound:.0%} of its requests with 5xx",
+        route_error_ratio,
+        0.05,
+        for_seconds=300,
+        min_requests=20,
+    ),
+    "route_latency_p95": RuleSpec(
+        AlertSeverity.warning,
+        "A route's p95 latency is over {bound:g} s",
+        route_latency,
+        2.0,
+        for_seconds=300,
+        min_requests=20,
+    ),
+    "memory_high": RuleSpec(
+        AlertSeverity.warning,
+        "The host's memory is more than {bound:g}% used",
+        lambda bound, _: system_above("host_memory_used_percent", bound),
+        90.0,
+        for_seconds=120,
+    ),
+    "dependency_failing": RuleSpec(
+        AlertSeverity.critical,
+        "A critical dependency fails",
+        lambda _bound, _min: dependency_failing(),
+        1.0,
+    ),
+    "provider_error_ratio": RuleSpec(
+        AlertSeverity.warning,
+        "A model provider fails more than {bound:.0%} of calls",
+        provider_error_ratio,
+        0.2,
+        for_seconds=300,
+        min_requests=10,
+    ),
+    "disk_full_forecast": RuleSpec(
+        AlertSeverity.critical,
+        "The data directory's disk is predicted full within {hours:g} h",
+        lambda bound, _: exhausted_within("disk_used_percent", 100.0, bound, "disk full"),
+        24 * 3600.0,
+    ),
+    "pool_exhaustion_forecast": RuleSpec(
+        AlertSeverity.warning,
+        "The database pool is predicted exhausted within {hours:g} h",
+        lambda bound, _: exhausted_within(
+            "pool_checked_out", "pool_size", bound, "database pool exhausted"
+        ),
+        3600.0,
+    ),
+}
+
+
+def configured_rules(overrides: Mapping[str, AlertRuleSettings] | None = None) -> list[Rule]:
+    """The rules with the settings' overrides applied (``RENUM_MONITOR__ALERTS__RULES``):
+    each rule's bound, duration, minimum of requests and severity, or the rule switched off."""
+    rules = []
+    for name, spec in RULE_SPECS.items():
+        tuned = (overrides or {}).get(name) or AlertRuleSettings()
+        if not tuned.enabled:
+            continue
+        bound = spec.bound if tuned.bound is None else tuned.bound
+        minimum = spec.min_requests if tuned.min_requests is None else tuned.min_requests
+        rules.append(
+            Rule(
+                name,
+                AlertSeverity(tuned.severity) if tuned.severity else spec.severity,
+                spec.summary.format(bound=bound, hours=bound / 3600),
+                spec.build(bound, minimum),
+                spec.for_seconds if tuned.for_seconds is None else tuned.for_seconds,
+            )
+        )
+    return rules
+
+
 def default_rules() -> list[Rule]:
     """The rules a fresh deployment starts with (each can be tuned or switched off in the
     settings)."""
-    return [
-        Rule(
-            "route_error_ratio",
-            AlertSeverity.critical,
-            "A route answers more than 5% of its requests with 5xx",
-            route_error_ratio(0.05),
-            for_seconds=300,
-        ),
-        Rule(
-            "route_latency_p95",
-            AlertSeverity.warning,
-            "A route's p95 latency is over 2 s",
-            route_latency(2.0),
-            for_seconds=300,
-        ),
-        Rule(
-            "memory_high",
-            AlertSeverity.warning,
-            "The host's memory is more than 90% used",
-            system_above("host_memory_used_percent", 90.0),
-            for_seconds=120,
-        ),
-        Rule(
-            "dependency_failing",
-            AlertSeverity.critical,
-            "A critical dependency fails",
-            dependency_failing(),
-        ),
-        Rule(
-            "provider_error_ratio",
-            AlertSeverity.warning,
-            "A model provider fails more than 20% of calls",
-            provider_error_ratio(0.2),
-            for_seconds=300,
-        ),
-        Rule(
-            "disk_full_forecast",
-            AlertSeverity.critical,
-            "The data directory's disk is predicted full within 24 h",
-            exhausted_within("disk_used_percent", 100.0, 24 * 3600, "disk full"),
-        ),
-        Rule(
-            "pool_exhaustion_forecast",
-            AlertSeverity.warning,
-            "The database pool is predicted exhausted within 1 h",
-            exhausted_within("pool_checked_out", "pool_size", 3600, "database pool exhausted"),
-        ),
-    ]
+    return configured_rules()
 
 
 # -- alerts, silences and the evaluator ----------------------------------------------------------
@@ -316,6 +368,7 @@ class Alert:
     fired_at: float | None = None
     resolved_at: float | None = None
     notified_at: float | None = None  # the last notification sent for it
+    seen_at: float | None = None  # the last evaluation that found its condition
 
 
 @dataclass(frozen=True)
@@ -336,6 +389,10 @@ class Silence:
     def matches(self, alert: Alert) -> bool:
         values = {"rule": alert.rule, **dict(alert.labels)}
         return all(values.get(name) == wanted for name, wanted in self.matchers.items())
+
+
+# The rule name of an alert a capability reported (``app.core.alerts``), before its source.
+REPORTED = "reported:"
 
 
 class NotificationKind(StrEnum):
@@ -379,6 +436,8 @@ class Evaluator:
         for key, alert in list(self.alerts.items()):
             if key in seen:
                 continue
+            if alert.rule.startswith(REPORTED) and alert.state is not AlertState.resolved:
+                continue  # reported by a capability, which clears it itself
             if alert.state is AlertState.resolved:
                 if now - (alert.resolved_at or now) > self.keep_resolved_seconds:
                     del self.alerts[key]
@@ -408,7 +467,11 @@ class Evaluator:
                 key, rule.name, rule.severity, finding.labels, AlertState.pending, now, 0.0, ""
             )
         alert = replace(
-            previous, value=finding.value, message=finding.message, diagnostics=finding.diagnostics
+            previous,
+            value=finding.value,
+            message=finding.message,
+            diagnostics=finding.diagnostics,
+            seen_at=now,
         )
         if alert.state is AlertState.pending:
             if now - alert.started_at >= rule.for_seconds:

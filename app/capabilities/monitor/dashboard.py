@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -31,6 +32,8 @@ from starlette.staticfiles import StaticFiles
 
 from app.api.deps import AdminDep, SessionDep, ShutdownDep
 from app.api.input_guard import CheckInputs
+from app.capabilities.monitor.alert_routes import AlertsOut, alerts_report
+from app.capabilities.monitor.alerts import AlertManager
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.routes import MonitorDep, MonitorSnapshot
 from app.core.shutdown import GracefulShutdown
@@ -46,7 +49,8 @@ STREAM_EXAMPLE = (
     'event: snapshot\ndata: {"pid":4242,"at":1764835200.0,"interval_seconds":10.0,'
     '"window_seconds":300.0,"system":{...},"routes":[...],"slowest":[...],'
     '"executions":{"running":0.0,"queued":0.0},'
-    '"dependencies":{"status":"pass","output":null,"checks":{...}}}\n\n'
+    '"dependencies":{"status":"pass","output":null,"checks":{...}},'
+    '"alerts":{"active":[...],"recent":[...],"channels":[...],"evaluating":true}}\n\n'
     ": keep-alive\n\n"
 )
 # The page loads and connects to its own origin only; no inline script or style runs.
@@ -77,10 +81,15 @@ class DependenciesOut(BaseModel):
 
 
 class LiveSnapshot(MonitorSnapshot):
-    """One event of the stream: the monitor's snapshot and the dependency report."""
+    """One event of the stream: the monitor's snapshot, the dependency report and the
+    alerts."""
 
     dependencies: DependenciesOut | None = Field(
         description="The dependency report; None when the health capability is switched off."
+    )
+    alerts: AlertsOut | None = Field(
+        description="The alerts and channels as this process last read them (once per "
+        "evaluation interval), as `GET /api/v1/ops/alerts` answers; None before the first read."
     )
 
 
@@ -92,11 +101,23 @@ class _Reports(Protocol):
     def snapshot(self) -> _Report: ...
 
 
-def live_snapshot(monitor: AdvancedHealthMonitor, health: _Reports | None) -> LiveSnapshot:
+def live_snapshot(
+    monitor: AdvancedHealthMonitor, health: _Reports | None, alerts: AlertManager | None
+) -> LiveSnapshot:
     """The monitor's snapshot with the dependency report (``health`` is the health
-    capability's monitor, when it runs)."""
+    capability's monitor, when it runs) and the alerts the process last read."""
     body = dict(monitor.snapshot())
     body["dependencies"] = health.snapshot().health_json(details=True) if health else None
+    body["alerts"] = None
+    view = alerts.view if alerts is not None else None
+    if alerts is not None and view is not None and view.refreshed_at is not None:
+        body["alerts"] = alerts_report(
+            view.alerts,
+            view.silences,
+            view.channels,
+            alerts.config,
+            datetime.fromtimestamp(view.refreshed_at, UTC),
+        )
     return LiveSnapshot.model_validate(body)
 
 
@@ -113,6 +134,7 @@ async def _shutdown_within(shutdown: GracefulShutdown, seconds: float) -> bool:
 async def snapshot_events(
     monitor: AdvancedHealthMonitor,
     health: _Reports | None,
+    alerts: AlertManager | None,
     shutdown: GracefulShutdown,
     heartbeat_seconds: float = SSE_HEARTBEAT_SECONDS,
 ) -> AsyncIterator[str]:
@@ -123,7 +145,7 @@ async def snapshot_events(
         yield "retry: 2000\n\n"
         while not shutdown.begun:
             payload = json.dumps(
-                live_snapshot(monitor, health).model_dump(mode="json"), separators=(",", ":")
+                live_snapshot(monitor, health, alerts).model_dump(mode="json"), separators=(",", ":")
             )
             yield f"event: snapshot\ndata: {payload}\n\n"
             due = loop.time() + monitor.interval_seconds
@@ -138,6 +160,11 @@ async def snapshot_events(
 def health_reports(request: Request) -> _Reports | None:
     reports: _Reports | None = getattr(request.app.state, "health_monitor", None)
     return reports
+
+
+def alert_manager(request: Request) -> AlertManager | None:
+    manager: AlertManager | None = getattr(request.app.state, "alert_manager", None)
+    return manager
 
 
 @router.get(
@@ -172,17 +199,18 @@ async def stream_monitor(
     shutdown: ShutdownDep,
 ) -> Any:
     health = health_reports(request)
+    alerts = alert_manager(request)
     if "text/event-stream" in request.headers.get("accept", ""):
         # The session that authenticated the caller would stay open for as long as the
         # stream (and on SQLite its transaction holds the write lock): end it now; the
         # stream reads memory only.
         await session.close()
         return StreamingResponse(
-            snapshot_events(monitor, health, shutdown),
+            snapshot_events(monitor, health, alerts, shutdown),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return live_snapshot(monitor, health)
+    return live_snapshot(monitor, health, alerts)
 
 
 def install(app: FastAPI) -> None:

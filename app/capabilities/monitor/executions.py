@@ -80,6 +80,19 @@ class ExecutionMetrics:
         )
         self._models: set[tuple[str, str]] = set()
 
+    def provider_totals(self) -> dict[str, tuple[float, float]]:
+        """Each provider's model calls so far in this process, and how many of them failed."""
+        totals: dict[str, tuple[float, float]] = {}
+        for family in self.model_calls.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                provider = sample.labels["provider"]
+                calls, errors = totals.get(provider, (0.0, 0.0))
+                failed = sample.value if sample.labels["outcome"] != "ok" else 0.0
+                totals[provider] = (calls + sample.value, errors + failed)
+        return totals
+
     def model_label(self, provider: str, model: str) -> str:
         key = (provider, model)
         if key in self._models:

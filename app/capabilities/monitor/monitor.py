@@ -119,6 +119,7 @@ class AdvancedHealthMonitor:
     ) -> None:
         self.sampler = sampler
         self.interval_seconds = interval_seconds
+        self.window_seconds = window_seconds
         self.history = History(interval_seconds, history_seconds)
         self.endpoints = endpoints  # filled by the middleware the capability installed
         self.executions = ExecutionMetrics(metrics)

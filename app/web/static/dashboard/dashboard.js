@@ -464,12 +464,27 @@
   // ---- alerts --------------------------------------------------------------------------------
 
   function alertItem(alert) {
-    var parts = [alert.severity, alert.state].filter(Boolean).join(", ");
-    var text = alert.message || alert.summary || alert.name || alert.rule || alert.fingerprint || "alert";
-    var when = alert.started_at || alert.starts_at || alert.start || alert.at;
-    return el("li", { className: alert.severity ? "alert-" + alert.severity : "" }, [
-      parts ? el("strong", { text: parts + ": " }) : "",
-      text + (when ? " (since " + when + ")" : ""),
+    var labels = Object.keys(alert.labels || {}).map(function (name) {
+      return name + "=" + alert.labels[name];
+    }).join(", ");
+    var since = alert.state === "resolved" ? "resolved " + alert.resolved_at : "since " + alert.started_at;
+    var children = [
+      el("strong", { text: alert.severity + ", " + alert.state + ": " }),
+      alert.message,
+      el("span", { className: "muted", text: " (" + alert.rule + (labels ? "; " + labels : "") + "; " + since + ")" }),
+    ];
+    if (alert.silenced_by && alert.silenced_by.length) children.push(el("span", { className: "badge", text: " silenced" }));
+    return el("li", { className: "alert-" + alert.severity }, children);
+  }
+
+  function channelItem(channel) {
+    var status = channel.failing
+      ? "failing: " + channel.last_error + " (" + channel.pending + " waiting, retried with backoff)"
+      : channel.last_attempt_at ? "ok, last sent " + channel.last_attempt_at : "nothing sent yet";
+    if (channel.dead) status += "; " + channel.dead + " dead";
+    return el("li", { className: channel.failing ? "channel-failing" : "" }, [
+      el("strong", { text: channel.name + " (" + channel.type + ", " + channel.min_severity + " and up): " }),
+      status,
     ]);
   }
 
@@ -477,16 +492,21 @@
     var holder = $("alerts");
     var alerts = snapshot.alerts;
     if (!alerts) {
-      holder.replaceChildren(el("p", { className: "muted", text: "Alerts are not configured yet." }));
+      holder.replaceChildren(el("p", { className: "muted", text: "No alert evaluation has been read yet." }));
       return;
     }
     var children = [];
-    [["Active", alerts.active || []], ["Recent", alerts.recent || []]].forEach(function (group) {
+    if (!alerts.evaluating) children.push(el("p", { className: "muted", text: "Rule evaluation is switched off." }));
+    [["Active", alerts.active], ["Recent", alerts.recent]].forEach(function (group) {
       children.push(el("h3", { text: group[0] + " (" + group[1].length + ")" }));
       children.push(group[1].length
         ? el("ul", { className: "plain" }, group[1].map(alertItem))
         : el("p", { className: "muted", text: group[0] === "Active" ? "No active alerts." : "None recently." }));
     });
+    children.push(el("h3", { text: "Channels" }));
+    children.push(alerts.channels.length
+      ? el("ul", { className: "plain", id: "alert-channels" }, alerts.channels.map(channelItem))
+      : el("p", { className: "muted", text: "No channel configured: alerts go to the log." }));
     holder.replaceChildren.apply(holder, children);
   }
 
