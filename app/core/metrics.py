@@ -13,11 +13,17 @@ prometheus_client cannot add up across processes.
 A gauge that is shared needs a ``multiprocess_mode`` saying how workers' values combine
 (``livesum`` for things in flight, ``max`` for one value every worker reads alike, ``all`` for
 one series per worker, labelled ``pid``); ``gauge`` below picks the mode.
+
+A capability may record on the request path into plain numbers of its own and fold them into
+its shared metrics only when they are read (the monitor's endpoint figures, where the metrics'
+locks would cost every request): it registers the fold with ``before_collect``, and the
+exposition runs it first, so a scrape reads what was recorded up to that moment.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Literal
 
 from prometheus_client import (
@@ -57,6 +63,12 @@ class Metrics:
         Info("renum_build", "The running Renum build.", registry=self.local).info(
             {"version": version, "environment": environment}
         )
+        self._before_collect: list[Callable[[], None]] = []
+
+    def before_collect(self, fold: Callable[[], None]) -> None:
+        """Run ``fold`` (on the event loop, like the scrape) before the shared metrics are
+        read (``service_registry``, hence every exposition)."""
+        self._before_collect.append(fold)
 
     def gauge(
         self, name: str, documentation: str, mode: GaugeMode, labelnames: tuple[str, ...] = ()
@@ -64,17 +76,23 @@ class Metrics:
         """A shared gauge whose workers' values combine by ``mode``."""
         return Gauge(name, documentation, labelnames, registry=self.shared, multiprocess_mode=mode)
 
+    def service_registry(self) -> CollectorRegistry:
+        """The shared metrics as the service has them: every worker's, added up, in
+        multiprocess mode; this process's otherwise. The ``before_collect`` folds run first:
+        this process's figures are exact, other workers' are as of their own last fold."""
+        for fold in self._before_collect:
+            fold()
+        directory = multiprocess_dir()
+        if directory is None:
+            return self.shared
+        combined = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
+        return combined
+
     def exposition(self) -> bytes:
         """The text format: the shared metrics (every worker's, added up, in multiprocess
         mode) followed by this process's own."""
-        directory = multiprocess_dir()
-        if directory is None:
-            shared = generate_latest(self.shared)
-        else:
-            combined = CollectorRegistry()
-            prometheus_multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
-            shared = generate_latest(combined)
-        return shared + generate_latest(self.local)
+        return generate_latest(self.service_registry()) + generate_latest(self.local)
 
     @staticmethod
     def process_exited(pid: int | None = None) -> None:

@@ -13,6 +13,7 @@ time).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import uuid
@@ -26,7 +27,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from integration_support import ServedWithWorkers
 
+from app.capabilities.monitor.alerts import Leadership
+from app.core.config import DatabaseSettings
+from app.db.database import Database
 from app.services.delivery import verify_signature
+from qa import services
 from qa.client import API, ApiClient
 from qa.factories import expect
 from qa.launcher import LaunchedBackend, free_port
@@ -441,3 +446,30 @@ def test_the_alert_list_is_shaped_for_the_dashboard(
     finally:
         admin.close()
         backend.stop()
+
+
+def test_one_process_holds_the_evaluator_lock_until_it_lets_go() -> None:
+    """Two processes' leaderships on one PostgreSQL database: the first holds the advisory
+    lock, the second does not get it, and takes it once the first lets go (as when a process
+    stops or dies: its connection closes)."""
+    name = f"renum_qa_{uuid.uuid4().hex[:12]}"
+    url = services.create_postgres_database(name)
+
+    async def scenario() -> list[bool]:
+        first = Database(DatabaseSettings(url=url))
+        second = Database(DatabaseSettings(url=url))
+        one, two = Leadership(first), Leadership(second)
+        try:
+            seen = [await one.hold(), await two.hold(), await one.hold(), await two.hold()]
+            await one.release()
+            seen += [await two.hold(), await one.hold()]
+            await two.release()
+            return seen
+        finally:
+            await first.dispose()
+            await second.dispose()
+
+    try:
+        assert asyncio.run(scenario()) == [True, False, True, False, True, False]
+    finally:
+        services.drop_postgres_database(name)

@@ -1,8 +1,10 @@
 """The monitor on a real backend: `/metrics` after a known sequence of requests (counts by
 route template, method and status class), valid for `promtool check metrics`; the engine's
 executions, steps and model calls counted; `/api/v1/ops/monitor` for platform admins only;
-and, under `renum serve --workers 2`, metrics that add up across the workers. SQLite, except
-the workers (several need PostgreSQL): what is counted does not depend on the database."""
+and, under `renum serve --workers 2`, metrics that add up across the workers (within a
+sampling interval: each worker folds its requests in when it samples or answers a scrape).
+SQLite, except the workers (several need PostgreSQL): what is counted does not depend on the
+database."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from qa.launcher import Backend
 from qa.polling import wait_until
 
 MONITOR = f"{API}/ops/monitor"
+SAMPLING_SECONDS = 1.0
 TEAM_ROUTE = "/api/v1/teams/{team_id}"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -145,8 +148,12 @@ def test_the_monitor_snapshot_is_for_platform_admins(
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[ServedWithWorkers]:
-    # The operator's own folder for the multiprocess metrics, so the test can look into it.
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    # The operator's own folder for the multiprocess metrics, so the test can look into it;
+    # a short sampling interval, the bound on how late a worker's requests reach the sum.
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "RENUM_MONITOR__INTERVAL_SECONDS": str(SAMPLING_SECONDS),
+    }
     backend = ServedWithWorkers.start("postgresql", extra_env=env)
     try:
         yield backend
@@ -179,10 +186,18 @@ def test_with_several_workers_the_metrics_add_up(
         assert {path.name.split("_")[-1] for path in tmp_path.glob("counter_*.db")} >= {
             f"{pid}.db" for pid in pids
         }  # each worker wrote its own counts
-        for _ in range(4):  # whichever worker answers the scrape, the figure is the sum
+
+        def total() -> float:
             _, samples = scrape(workers.base_url, admin)
-            total = sum(
+            return sum(
                 value(samples, "http_requests_total", method="GET", route=MONITOR, status=status)
                 for status in ("2xx", "4xx", "5xx")
             )
-            assert total == made
+
+        # A worker folds its requests into the shared files when it answers a scrape and at
+        # each of its samples: within one sampling interval, the scrape has every worker's.
+        wait_until(
+            lambda: total() == made, timeout=10 * SAMPLING_SECONDS, what="every worker's count"
+        )
+        for _ in range(4):  # whichever worker answers the scrape, the figure is the sum
+            assert total() == made

@@ -5,6 +5,16 @@ whatever else the machine does slows both alike), each app called directly as AS
 cost per request, no network). The figure is the median over rounds of the per-round ratio of
 requests per second, monitor on over monitor off. The issue's target: the monitor costs at
 most 5% (a ratio of 0.95 or more). Never an assertion on wall time.
+
+The route is the first either app tries, as an API route is tried before any capability's:
+the API router comes first in ``create_app``, and the monitor's routers (its ops routes, alerts,
+silences, the dashboard and its assets) come after it. Appended after them, the route cost the
+monitor's app fourteen more candidates to try than the other (eight routes in four routers and
+two mounts, tried in turn: about 20 µs a request on this machine), a cost no API request pays;
+and both apps walked every API route first, some 130 µs a request that diluted what the monitor
+costs. Tried first, the ratio sets the monitor's own work per request (its request observer in
+the base middleware, its sampler and alert loop sharing the event loop) against all the rest a
+small route costs, about 50 µs, so a microsecond of monitor work weighs about 2%.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ def bench_app(tmp_path: Path, name: str, monitor: bool) -> Any:
         return JSONResponse({"status": "ok", "items": [1, 2, 3]})
 
     app.add_api_route(ROUTE, small_json, include_in_schema=False)
+    app.router.routes.insert(0, app.router.routes.pop())  # tried first (see the docstring)
     return app
 
 
@@ -53,6 +64,8 @@ def test_the_monitor_costs_at_most_five_percent(
 ) -> None:
     with_monitor = bench_app(tmp_path, "on", monitor=True)
     without = bench_app(tmp_path, "off", monitor=False)
+    for app in (with_monitor, without):
+        assert getattr(app.router.routes[0], "path", None) == ROUTE
 
     async def measure() -> dict[str, list[float]]:
         async with contextlib.AsyncExitStack() as stack:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import MakeSettings
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
@@ -18,7 +19,6 @@ from app.core.config import Settings
 from app.db.base import utcnow
 from app.main import create_app
 from app.models import AlertRecord, AlertSilence, Delivery
-from conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -39,9 +39,7 @@ def quiet_settings(make_settings: MakeSettings, **monitor: Any) -> Settings:
 async def rows(manager: AlertManager) -> tuple[list[AlertRecord], list[Delivery]]:
     async with manager.database.session() as session:
         alerts = list((await session.scalars(select(AlertRecord))).all())
-        queued = list(
-            (await session.scalars(select(Delivery).order_by(Delivery.created_at))).all()
-        )
+        queued = list((await session.scalars(select(Delivery).order_by(Delivery.created_at))).all())
     return alerts, queued
 
 
@@ -54,7 +52,9 @@ async def test_a_reported_problem_fires_once_stays_until_cleared_and_resolves_on
         assert app.state.alerts is manager
 
         with capture_logs() as logs:
-            await app.state.alerts.report(SOURCE, "critical", "nightly backup failed", labels=LABELS)
+            await app.state.alerts.report(
+                SOURCE, "critical", "nightly backup failed", labels=LABELS
+            )
         alerts, queued = await rows(manager)
         assert [(a.rule, a.state, a.labels) for a in alerts] == [
             ("reported:backups", "firing", LABELS)

@@ -4,6 +4,7 @@ exclusions, the system sampler's figures, and the monitor's windows over route t
 
 from __future__ import annotations
 
+import collections
 import math
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,17 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.capabilities.monitor.endpoints import UNMATCHED, EndpointStats, quantile, route_template
+from app.capabilities.monitor import endpoints
+from app.capabilities.monitor.endpoints import (
+    BUCKETS,
+    UNMATCHED,
+    EndpointStats,
+    quantile,
+    route_template,
+)
 from app.capabilities.monitor.history import History
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, LoopLag, SystemSampler, data_directory
@@ -109,6 +118,8 @@ def app_with_stats() -> tuple[FastAPI, EndpointStats, Metrics]:
 
 
 def samples(stats: EndpointStats, name: str) -> dict[tuple[str, ...], float]:
+    """The metrics' samples named ``name``, once the recorded requests are folded into them."""
+    stats.flush()
     found = {}
     for family in (stats.requests, stats.duration):
         for metric in family.collect():
@@ -130,6 +141,14 @@ async def test_requests_are_counted_by_template_method_and_status_class() -> Non
         assert (await client.post("/api/v1/items/a")).status_code == 405
         for _ in range(5):
             await client.get("/health/live")  # probes are left out
+    # A scrape folds what the requests recorded: exact without anyone flushing first.
+    scraped = {
+        (tuple(sample.labels.values()), sample.value)
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+    }
+    assert (("GET", "/api/v1/items/{item_id}", "2xx"), 3.0) in scraped
     requests = samples(stats, "http_requests_total")
     assert requests == {
         ("GET", "/api/v1/items/{item_id}", "2xx"): 3.0,
@@ -147,6 +166,114 @@ async def test_requests_are_counted_by_template_method_and_status_class() -> Non
     assert row.p50 is not None
     assert row.p99 is not None
     assert row.p50 <= row.p99
+
+
+def test_folded_requests_read_as_if_each_had_been_observed() -> None:
+    """``flush`` adds many observations to a histogram's buckets at once, through
+    prometheus_client's internals: the result must be what ``observe`` makes, one by one."""
+    metrics = Metrics("0", "test")
+    stats = EndpointStats(metrics)
+    histogram = Histogram(
+        "http_request_duration_seconds",
+        "reference",
+        ("method", "route"),
+        buckets=BUCKETS,
+        registry=CollectorRegistry(),
+    )
+    reference = histogram.labels("GET", "/r")
+    durations = [0.0, 0.001, 0.005, 0.0051, 0.01, 0.3, 0.3, 7.0, 30.0, 31.0, 1e6]
+    for _ in range(2):  # folding twice adds up
+        for index, seconds in enumerate(durations):
+            stats.record("GET", "/r", (200, 404, 503, 99, 600)[index % 5], seconds)
+            reference.observe(seconds)
+        stats.flush()
+    folded = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in stats.duration.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    observed = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in histogram.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    assert folded == pytest.approx(observed)
+    assert folded[("http_request_duration_seconds_count", None)] == 2 * len(durations)
+    # Status classes outside 1xx-5xx count in the nearest one, as before.
+    assert samples(stats, "http_requests_total") == {
+        ("GET", "/r", "1xx"): 4.0,  # 99
+        ("GET", "/r", "2xx"): 6.0,
+        ("GET", "/r", "4xx"): 4.0,
+        ("GET", "/r", "5xx"): 8.0,  # 503 and 600
+    }
+    (row,) = stats.table()
+    assert row.buckets[-1] == (math.inf, 2.0 * len(durations))
+
+
+@pytest.mark.anyio
+async def test_each_route_s_template_is_worked_out_once_and_stays_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route included under two prefixes (one with a parameter), a parameter's value equal
+    to a fixed segment, a converted parameter and a ``{name:path}`` one: each request counts
+    under its own template, whichever order they come in and whatever the cache holds; a
+    template is worked out once, but for the ``{name:path}`` one's changing depth."""
+    worked_out: list[str] = []
+
+    def counted(scope: Any) -> str:
+        worked_out.append(scope["path"])
+        return route_template(scope)
+
+    monkeypatch.setattr(endpoints, "route_template", counted)
+    metrics = Metrics("0", "test")
+    stats = EndpointStats(metrics)
+    app = FastAPI()
+    parts = APIRouter()
+
+    @parts.get("/{item_id}/parts/{part}")
+    async def get_part(item_id: str, part: str) -> dict[str, str]:
+        return {"id": item_id, "part": part}
+
+    @app.get("/numbers/{number:int}")
+    async def number(number: int) -> dict[str, int]:
+        return {"number": number}
+
+    @app.get("/files/{rest:path}")
+    async def file(rest: str) -> dict[str, str]:
+        return {"rest": rest}
+
+    app.include_router(parts, prefix="/api/v1/items")
+    app.include_router(parts, prefix="/api/v2/groups/{group}/items")
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=1024, observers=[stats])
+    paths = {
+        "/api/v1/items/a/parts/b": "/api/v1/items/{item_id}/parts/{part}",
+        "/api/v1/items/parts/parts/parts": "/api/v1/items/{item_id}/parts/{part}",
+        "/api/v2/groups/g1/items/a/parts/b": "/api/v2/groups/{group}/items/{item_id}/parts/{part}",
+        "/numbers/007": "/numbers/{number}",
+        "/files/a": "/files/{rest}",
+        "/files/a/b/c.js": "/files/{rest}",
+    }
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for _ in range(2):
+            for path in [*paths, *reversed(paths)]:
+                assert (await client.get(path)).status_code == 200, path
+    expected: dict[tuple[str, ...], float] = {}
+    for template in paths.values():
+        key = ("GET", template, "2xx")
+        expected[key] = expected.get(key, 0.0) + 4.0
+    assert samples(stats, "http_requests_total") == expected
+    # Once per route and prefix, and the "/files/{rest}" path deeper than its template each
+    # time; "/api/v1/items/parts/parts/parts" found its inclusion's template in the cache.
+    assert collections.Counter(worked_out) == {
+        "/api/v1/items/a/parts/b": 1,
+        "/api/v2/groups/g1/items/a/parts/b": 1,
+        "/numbers/007": 1,
+        "/files/a": 1,
+        "/files/a/b/c.js": 4,
+    }
 
 
 def test_the_metrics_pass_the_prometheus_parser() -> None:

@@ -348,13 +348,13 @@ class AlertManager:
     # -- observing ------------------------------------------------------------------------------
 
     def observe(self) -> Observation:
-        """What the rules judge now: this process's routes over the monitor's window, the
-        latest system figures and their history, the dependency checks, and each model
-        provider's calls over the same window."""
+        """What the rules judge now: every worker's routes over the monitor's window (their
+        requests, 5xx answers and p95 in it), this process's latest system figures and their
+        history, the dependency checks, and each model provider's calls over the window."""
         now = self.clock()
         routes = [
-            RouteFigures(w.figures.method, w.figures.route, w.requests, w.errors, w.figures.p95)
-            for w in self.monitor.route_windows()
+            RouteFigures(w.figures.method, w.figures.route, w.requests, w.errors, w.p95)
+            for w in self.monitor.route_windows(service=True)
         ]
         latest = self.monitor.history.latest()
         system = {name: value for name, value in latest.items() if value is not None}

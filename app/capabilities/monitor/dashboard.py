@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -145,7 +145,8 @@ async def snapshot_events(
         yield "retry: 2000\n\n"
         while not shutdown.begun:
             payload = json.dumps(
-                live_snapshot(monitor, health, alerts).model_dump(mode="json"), separators=(",", ":")
+                live_snapshot(monitor, health, alerts).model_dump(mode="json"),
+                separators=(",", ":"),
             )
             yield f"event: snapshot\ndata: {payload}\n\n"
             due = loop.time() + monitor.interval_seconds

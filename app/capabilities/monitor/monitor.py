@@ -20,12 +20,12 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from app.capabilities.monitor.endpoints import EndpointStats, RouteFigures
+from app.capabilities.monitor.endpoints import EndpointStats, RouteFigures, quantile
 from app.capabilities.monitor.executions import ExecutionMetrics
 from app.capabilities.monitor.history import History, Point
 from app.capabilities.monitor.system import FIGURES, LoopLag, SystemSampler
 from app.core.logging import get_logger
-from app.core.metrics import GaugeMode, Metrics
+from app.core.metrics import GaugeMode, Metrics, multiprocess_dir
 
 log = get_logger("app.monitor")
 
@@ -81,12 +81,14 @@ EXPORTED: dict[str, tuple[str, str, GaugeMode, float]] = {
 
 @dataclass(frozen=True)
 class RouteWindow:
-    """One route over a recent window: requests and 5xx answers in it, per second rates."""
+    """One route over a recent window: requests and 5xx answers in it, per second rates, and
+    its p95 latency within the window (None without a request in it)."""
 
     figures: RouteFigures
     window_seconds: float
     requests: float
     errors: float
+    p95: float | None = None
 
     @property
     def rate(self) -> float:
@@ -100,7 +102,22 @@ class RouteWindow:
 @dataclass
 class _Totals:
     at: float
-    counts: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], RouteFigures] = field(default_factory=dict)
+
+
+def _window(now: RouteFigures, before: RouteFigures | None, span: float) -> RouteWindow:
+    """A route's figures since ``before`` (its totals at the window's start, if it had any)."""
+    if before is None:
+        return RouteWindow(now, span, now.requests, now.errors, now.p95)
+    earlier = dict(before.buckets)
+    buckets = [(bound, count - earlier.get(bound, 0.0)) for bound, count in now.buckets]
+    return RouteWindow(
+        now,
+        span,
+        now.requests - before.requests,
+        now.errors - before.errors,
+        quantile(buckets, 0.95),
+    )
 
 
 class AdvancedHealthMonitor:
@@ -130,8 +147,10 @@ class AdvancedHealthMonitor:
             figure: (metrics.gauge(name, doc, mode), factor)
             for figure, (name, doc, mode, factor) in EXPORTED.items()
         }
+        self.metrics = metrics
         keep = max(2, round(window_seconds / interval_seconds) + 1)
-        self._totals: deque[_Totals] = deque(maxlen=keep)
+        self._totals: deque[_Totals] = deque(maxlen=keep)  # this process's
+        self._service_totals: deque[_Totals] = deque(maxlen=keep)  # every worker's
         self._task: asyncio.Task[None] | None = None
 
     # -- sampling -------------------------------------------------------------------------------
@@ -145,10 +164,14 @@ class AdvancedHealthMonitor:
             if value is not None:
                 gauge.set(value * factor)
         self.endpoints.publish_in_flight()
-        totals = _Totals(now)
-        for row in self.endpoints.table():
-            totals.counts[(row.method, row.route)] = (row.requests, row.errors)
-        self._totals.append(totals)
+        self._totals.append(self._snapshot(now, service=False))
+        if multiprocess_dir() is not None:
+            self._service_totals.append(self._snapshot(now, service=True))
+
+    def _snapshot(self, now: float, *, service: bool) -> _Totals:
+        registry = self.metrics.service_registry() if service else None
+        rows = self.endpoints.table(registry)
+        return _Totals(now, {(row.method, row.route): row for row in rows})
 
     async def sample_once(self, loop_lag_ms: float | None = None) -> None:
         self.record(await asyncio.to_thread(self.sampler.sample, loop_lag_ms))
@@ -160,6 +183,7 @@ class AdvancedHealthMonitor:
                 await self.sample_once(lag.woke())
             except Exception as exc:  # a failed sample is logged; the next one may work
                 log.warning("monitor_sample_failed", error_type=type(exc).__name__)
+                self.endpoints.flush()  # the other workers' scrapes still get this one's figures
             lag.expect(self.interval_seconds)
             await asyncio.sleep(self.interval_seconds)
 
@@ -171,20 +195,21 @@ class AdvancedHealthMonitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.endpoints.flush()  # a stopping worker's last requests still count
 
     # -- reading --------------------------------------------------------------------------------
 
-    def route_windows(self) -> list[RouteWindow]:
-        """Each route's figures now, with its requests and errors since the oldest totals the
-        window keeps (a route first seen since then counts from zero)."""
+    def route_windows(self, *, service: bool = False) -> list[RouteWindow]:
+        """Each route's figures now, with its requests, errors and p95 since the oldest totals
+        the window keeps (a route first seen since then counts from zero): this process's,
+        or with ``service`` every worker's (the same under one process)."""
         now = self.clock()
-        first = self._totals[0] if self._totals else _Totals(now)
+        combined = service and multiprocess_dir() is not None
+        kept = self._service_totals if combined else self._totals
+        first = kept[0] if kept else _Totals(now)
+        rows = self.endpoints.table(self.metrics.service_registry() if combined else None)
         span = now - first.at
-        windows = []
-        for row in self.endpoints.table():
-            before = first.counts.get((row.method, row.route), (0.0, 0.0))
-            windows.append(RouteWindow(row, span, row.requests - before[0], row.errors - before[1]))
-        return windows
+        return [_window(row, first.routes.get((row.method, row.route)), span) for row in rows]
 
     def series(self, figure: str, since: float | None = None) -> list[Point]:
         return self.history.points(figure, since)
