@@ -1,4 +1,5 @@
-"""The outbound delivery service: signed JSON POSTs, queued durably, sent in the background.
+"""The outbound delivery service: signed JSON POSTs and emails, queued durably, sent in the
+background.
 
 Every outbound notification (tenant webhooks today; alert channels, reports, security events
 and backup alerts later) is a row of ``deliveries``, written by :func:`enqueue` in the
@@ -21,6 +22,14 @@ runtime starts and stops it) and sends what is due:
   guard's client (:func:`app.core.egress.guarded_client`: resolved addresses checked at
   every connection, no redirects); only destinations the operator configured use the trusted
   client. The response body is never read. One attempt is bounded by ``timeout_seconds``.
+* **Email.** A delivery whose URL is ``mailto:`` (RFC 6068: ``mailto:a@example.com,b@...``,
+  percent-decoded) is an email instead: its payload is ``{"subject": ..., "text": ...}``,
+  sent as plain text through the operator's SMTP server (``monitor.alerts.smtp``, live; see
+  :mod:`app.services.mailer`) with ``Renum-Delivery``, ``Renum-Event`` and ``Renum-Attempt``
+  as headers and a ``Message-ID`` made from the delivery id, the same on every attempt. Only
+  operator destinations may be emails. It is retried, dead-lettered and logged as a POST is;
+  SMTP not configured, a malformed ``mailto:`` URL or payload, or a tenant (guarded) mailto
+  delivery is dead at once.
 * **Retry.** A 2xx ends it ``delivered``. Anything else (another status, a timeout, a refused
   connection) is retried after a random delay up to ``base * 2^(n-1)`` capped at
   ``backoff_max_seconds`` ("full jitter": receivers coming back are not hit by every sender at
@@ -29,8 +38,9 @@ runtime starts and stops it) and sends what is due:
   (each account, and the platform), so one tenant's broken endpoint cannot push out another's;
   admins list them. Delivered ones leave the log after ``retention_days``.
 * **Errors** recorded on a delivery are generic (``HTTP 503``, ``timed out after 10s``, ``could
-  not connect``, ``refused by the egress policy``): never a response body, a resolved address
-  or a secret. Logs name deliveries by id, never by URL (a URL's path may hold a token).
+  not connect``, ``refused by the egress policy``, ``the server refused the login``, ``SMTP
+  error 451``): never a response body or an SMTP reply, a resolved address or a secret.
+  Logs name deliveries by id, never by URL (a URL's path may hold a token).
 
 Nothing here runs on a request's path but the insert: a slow or failing destination only
 keeps the dispatcher's own tasks busy.
@@ -57,7 +67,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import __version__
-from app.core.config import DeliverySettings
+from app.core.config import DeliverySettings, SmtpSettings
 from app.core.crypto import CryptoError, SecretBox
 from app.core.egress import EgressClients, EgressRefused
 from app.core.logging import get_logger
@@ -65,6 +75,7 @@ from app.db.base import utcnow
 from app.db.database import READ_ONLY, Database
 from app.models import Delivery, DeliveryStatus, Webhook
 from app.repositories.deliveries import DeliveryRepository, WebhookRepository
+from app.services.mailer import MailError, is_mailto, parse_mailto, send_email
 
 if TYPE_CHECKING:
     from app.services.engine.state import Changes
@@ -268,7 +279,9 @@ async def dead_letters(
 
 def origin_of(url: str) -> str:
     """``scheme://host[:port]`` of a URL: where a delivery went, without a path that may
-    carry a token."""
+    carry a token (``mailto:`` alone for an email)."""
+    if is_mailto(url):
+        return "mailto:"
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -281,6 +294,21 @@ def origin_of(url: str) -> str:
 
 
 # -- the dispatcher -----------------------------------------------------------------------------
+
+
+def _email_content(body: bytes) -> tuple[str, str]:
+    """The subject and text of an email delivery's payload (``{"subject": str, "text": str}``);
+    a permanent :class:`MailError` when it is not that."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        payload = {}
+    subject, text = payload.get("subject"), payload.get("text")
+    if not isinstance(subject, str) or not isinstance(text, str):
+        raise MailError("the email payload needs a subject and a text", permanent=True)
+    return subject, text
 
 
 @dataclass(frozen=True)
@@ -319,6 +347,7 @@ class DeliveryDispatcher:
     box: SecretBox
     clients: EgressClients
     owner: str
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)  # for mailto: deliveries
     rand: Callable[[], float] = random.random
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
@@ -336,6 +365,10 @@ class DeliveryDispatcher:
     def kick(self) -> None:
         """Look for due deliveries now rather than at the next interval."""
         self._wake.set()
+
+    def reconfigure_smtp(self, smtp: SmtpSettings) -> None:
+        """Send emails through this SMTP server from the next attempt on (a live reload)."""
+        self.smtp = smtp
 
     def on_engine_commit(self, changes: Changes) -> None:
         """An engine observer: an execution's end may have queued webhook deliveries."""
@@ -481,7 +514,10 @@ class DeliveryDispatcher:
             )
 
     async def attempt(self, job: _Job) -> Outcome:
-        """One POST of the delivery, within ``timeout_seconds``."""
+        """One POST of the delivery (an email for a ``mailto:`` URL), within
+        ``timeout_seconds``."""
+        if is_mailto(job.url):
+            return await self._attempt_email(job)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
@@ -514,6 +550,29 @@ class DeliveryDispatcher:
         if 300 <= status < 400:
             return Outcome(status, f"HTTP {status} (redirects are not followed)")
         return Outcome(status, f"HTTP {status}")
+
+    async def _attempt_email(self, job: _Job) -> Outcome:
+        """One email of the delivery through the configured SMTP server."""
+        if job.guarded:
+            return Outcome(error="email goes to operator destinations only", permanent=True)
+        seconds = self.settings.timeout_seconds
+        try:
+            recipients = parse_mailto(job.url)
+            subject, text = _email_content(job.body)
+            headers = {
+                DELIVERY_HEADER: str(job.id),
+                EVENT_HEADER: job.event,
+                ATTEMPT_HEADER: str(job.attempt),
+            }
+            async with asyncio.timeout(seconds):
+                await send_email(
+                    self.smtp, recipients, subject, text, headers=headers, message_id=str(job.id)
+                )
+        except MailError as exc:
+            return Outcome(error=str(exc), permanent=exc.permanent)
+        except TimeoutError:
+            return Outcome(error=f"timed out after {seconds:g}s")
+        return Outcome()
 
     async def _record(self, job: _Job, outcome: Outcome) -> None:
         now = utcnow()

@@ -51,7 +51,9 @@ class Runtime:
         caller = AgentCaller(settings, box, PriceTable.load(overrides), http, templates)
         engine = ExecutionEngine(database, settings.executions, caller, hub, owner)
         runner = InProcessRunner(engine, database, settings.executions)
-        deliveries = DeliveryDispatcher(database, settings.deliveries, box, http, owner)
+        deliveries = DeliveryDispatcher(
+            database, settings.deliveries, box, http, owner, smtp=settings.monitor.alerts.smtp
+        )
         engine.observers.append(deliveries.on_engine_commit)
         return cls(database, hub, http, runner, templates, deliveries)
 

@@ -180,9 +180,13 @@ def evaluated_after(admin: ApiClient, fingerprint: str, moment: str, rounds: int
     wait_until(later, timeout=30, what=f"{rounds} evaluations after {moment}")
 
 
-def reload(admin: ApiClient, config_file: Path, text: str) -> None:
+def reload(admin: ApiClient, config_file: Path, text: str, changed: str) -> None:
+    """Rewrite the config file and reload it: ``changed`` must apply live."""
     config_file.write_text(text)
-    assert expect(admin.post(RELOAD), 200)["applied"] is True
+    answer = expect(admin.post(RELOAD), 200)
+    assert answer["status"] == "applied", answer
+    assert changed in answer["applied"], answer
+    assert answer["restart_required"] == [], answer
 
 
 def test_an_alert_fires_is_deduplicated_silenced_repeated_and_resolved_on_every_channel(
@@ -246,7 +250,12 @@ def test_an_alert_fires_is_deduplicated_silenced_repeated_and_resolved_on_every_
         )
         assert silence["author"] == backend.admin_email
         assert silence["active"] is True
-        reload(admin, config_file, config(receiver, smtp_port, repeat_seconds=0.3))
+        reload(
+            admin,
+            config_file,
+            config(receiver, smtp_port, repeat_seconds=0.3),
+            "monitor.alerts.repeat_interval_seconds",
+        )
         moment = expect(admin.get(ALERTS), 200)["active"][0]["seen_at"]
         evaluated_after(admin, fingerprint, moment, rounds=5)
         assert len(notifications(receiver, fingerprint)) == 1
@@ -266,7 +275,9 @@ def test_an_alert_fires_is_deduplicated_silenced_repeated_and_resolved_on_every_
         )
 
         # A live rule change clears it: resolved once, on every channel.
-        reload(admin, config_file, config(receiver, smtp_port, bound=1000.0))
+        reload(
+            admin, config_file, config(receiver, smtp_port, bound=1000.0), "monitor.alerts.rules"
+        )
         resolved = wait_until(
             lambda: watched_alert(admin, "resolved"), timeout=30, what="the alert resolved"
         )

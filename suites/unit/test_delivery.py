@@ -2,7 +2,9 @@
 bodies and timestamps, replays, wrong secrets), the backoff schedule and its jitter bounds,
 and the dispatcher against a mock transport on a real database: retries, dead letters and
 their bound per owner, a claim taken by one process only, sealed secrets, the egress guard's
-refusal, the claims released on stop."""
+refusal, the claims released on stop; and ``mailto:`` deliveries emailed through a local SMTP
+server (aiosmtpd), retried, following a live SMTP change, or dead at once when they cannot be
+sent."""
 
 from __future__ import annotations
 
@@ -10,18 +12,22 @@ import asyncio
 import hashlib
 import hmac
 import json
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
-from app.core.config import DeliverySettings, Settings
+from app.core.config import DeliverySettings, Settings, SmtpSettings
 from app.core.crypto import SecretBox
 from app.core.egress import EgressClients, EgressGuard, EgressRefused
 from app.db import migrate
@@ -40,6 +46,7 @@ from app.services.delivery import (
 )
 from app.services.webhooks import enqueue_cancelled_before_start, execution_event
 from qa import services
+from qa.launcher import free_port
 
 SECRET = "whsec_unit-test-secret"
 BODY = b'{"id":"d1","type":"execution.completed","data":{"cost_usd":"0.01"}}'
@@ -469,3 +476,147 @@ async def test_an_execution_cancelled_before_it_started_reaches_its_subscribers(
         "started_at": None,
         "finished_at": now.isoformat().replace("+00:00", "Z"),
     }
+
+
+# -- email deliveries -------------------------------------------------------------------------
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message it accepts (in the server's thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[tuple[list[str], EmailMessage]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        with self._lock:
+            self._messages.append((list(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+    @property
+    def messages(self) -> list[tuple[list[str], EmailMessage]]:
+        with self._lock:
+            return list(self._messages)
+
+
+@pytest.fixture
+def mail_server() -> Iterator[tuple[Mailbox, SmtpSettings]]:
+    """A plain SMTP relay on a free loopback port, and the settings that send through it."""
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield (
+            mailbox,
+            SmtpSettings(
+                host="127.0.0.1",
+                port=controller.port,
+                security="none",
+                from_address="renum-alerts@example.test",
+            ),
+        )
+    finally:
+        controller.stop()
+
+
+EMAIL = {"subject": "[FIRING] p95 latency (test)", "text": "GET /api/v1/teams: p95 2.50s"}
+
+
+async def queue_email(
+    world: World,
+    url: str = "mailto:ops%2Balerts@example.test,oncall@example.test",
+    payload: dict[str, Any] | None = None,
+    *,
+    guarded: bool = False,
+) -> uuid.UUID:
+    destination = Destination(url, guarded=guarded)
+    async with world.database.session() as session:
+        made = await enqueue(
+            session,
+            destination,
+            EMAIL if payload is None else payload,
+            event="alert.firing",
+            kind="alert",
+        )
+        await session.commit()
+    return made.id
+
+
+@pytest.mark.anyio
+async def test_a_mailto_delivery_is_emailed_retried_and_follows_a_live_smtp_change(
+    world: World, mail_server: tuple[Mailbox, SmtpSettings]
+) -> None:
+    """The first attempt finds no server (retried, as an HTTP failure is); the SMTP settings
+    change (a reload) and the second attempt is an email with the delivery's headers."""
+    mailbox, smtp = mail_server
+    delivery_id = await queue_email(world)
+    dispatcher = world.make()
+    dispatcher.reconfigure_smtp(smtp.model_copy(update={"port": free_port()}))  # nobody there
+    await make_due(world)
+    await dispatcher.dispatch_once()
+    await asyncio.gather(*list(dispatcher._inflight))
+    failed = (await rows(world))[delivery_id]
+    assert (failed.status, failed.attempts, failed.last_error) == (
+        "pending",
+        1,
+        "could not connect",
+    )
+
+    dispatcher.reconfigure_smtp(smtp)
+    await drain(dispatcher, world)
+    done = (await rows(world))[delivery_id]
+    assert (done.status, done.attempts, done.last_error) == ("delivered", 2, None)
+    assert world.receiver.requests == []  # no HTTP at all
+    ((recipients, message),) = mailbox.messages
+    assert recipients == ["ops+alerts@example.test", "oncall@example.test"]
+    assert message["Subject"] == EMAIL["subject"]
+    assert message["From"] == "renum-alerts@example.test"
+    assert message["Renum-Delivery"] == str(delivery_id)
+    assert message["Renum-Event"] == "alert.firing"
+    assert message["Renum-Attempt"] == "2"
+    assert message["Message-ID"] == f"<{delivery_id}@example.test>"  # the same on every attempt
+    body = message.get_body(("plain",))
+    assert isinstance(body, EmailMessage)
+    assert str(body.get_content()).strip() == EMAIL["text"]
+
+
+@pytest.mark.anyio
+async def test_a_mail_server_down_is_retried_until_dead(world: World) -> None:
+    delivery_id = await queue_email(world)
+    dispatcher = world.make(max_attempts=2)
+    dispatcher.reconfigure_smtp(SmtpSettings(host="127.0.0.1", port=free_port(), security="none"))
+    await drain(dispatcher, world)
+    dead = (await rows(world))[delivery_id]
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 2, "could not connect")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("url", "payload", "guarded", "error"),
+    [
+        ("mailto:ops@example.test", EMAIL, False, "SMTP is not configured"),
+        ("mailto:not-an-address", EMAIL, False, "the mailto URL is malformed"),
+        ("mailto:", EMAIL, False, "the mailto URL names no recipient"),
+        (
+            "mailto:ops@example.test",
+            {"text": "no subject"},
+            False,
+            "the email payload needs a subject and a text",
+        ),
+        ("mailto:ops@example.test", EMAIL, True, "email goes to operator destinations only"),
+    ],
+    ids=["smtp-not-configured", "malformed-url", "no-recipient", "malformed-payload", "guarded"],
+)
+async def test_an_email_that_cannot_be_sent_is_dead_at_once(
+    world: World, url: str, payload: dict[str, Any], guarded: bool, error: str
+) -> None:
+    delivery_id = await queue_email(world, url, payload, guarded=guarded)
+    dispatcher = world.make(max_attempts=5)
+    if error != "SMTP is not configured":  # these fail before any connection
+        dispatcher.reconfigure_smtp(SmtpSettings(host="127.0.0.1", port=free_port()))
+    await drain(dispatcher, world)
+    dead = (await rows(world))[delivery_id]
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 1, error)
+    assert service.origin_of(url) == "mailto:"

@@ -77,6 +77,9 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
     manager = EnvironmentConfigManager(context.settings, publish)
     manager.on_change(lambda settings: context.runtime.templates.reconfigure(settings.templates))
+    manager.on_change(
+        lambda settings: context.runtime.deliveries.reconfigure_smtp(settings.monitor.alerts.smtp)
+    )
     app.state.config_manager = manager
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[object]] = set()
