@@ -79,7 +79,7 @@ def test_a_login_burst_on_sqlite_gives_no_5xx_and_readiness_stays_up(
             owner.close()
     finally:
         admin.close()
-    burst = 400 if deep else 150
+    burst = 400 if deep else 100
     logins = [
         {"username": members[n % USERS].email, "password": members[n % USERS].password}
         for n in range(burst)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,6 @@ from qa.fake_openai import FakeOpenAI, Hang
 from qa.launcher import REPO_ROOT, LaunchedBackend
 from qa.plugin import LaunchBackend
 from qa.polling import wait_until
-
-# Both databases: a released execution is resumed by a new process on the same database.
-pytestmark = pytest.mark.both_databases
 
 SHUTDOWN = {
     "RENUM_SHUTDOWN_TIMEOUT_SECONDS": "2",
@@ -147,31 +144,29 @@ class ServedBackend(LaunchedBackend):
             )
 
 
-@pytest.fixture(params=["uvicorn", "renum serve"])
-def launch(
-    request: pytest.FixtureRequest, launch_backend: LaunchBackend
-) -> Iterator[Callable[[str], LaunchedBackend]]:
-    """Start the backend as the launcher does (`python -m uvicorn app.main:create_app`), or
-    with `renum serve`: both are bounded."""
-    served: list[LaunchedBackend] = []
+@pytest.mark.both_databases  # a released execution is resumed by a new process on the database
+def test_sigterm_closes_streams_exits_in_bounded_time_and_releases_the_execution(
+    launch_backend: LaunchBackend, fake_openai: FakeOpenAI, db_flavour: str
+) -> None:
+    sigterm_drill(launch_backend(db_flavour, extra_env=SHUTDOWN), fake_openai)
 
-    def start(flavour: str) -> LaunchedBackend:
-        if request.param == "uvicorn":
-            return launch_backend(flavour, extra_env=SHUTDOWN)
-        backend = ServedBackend.start(flavour, extra_env=SHUTDOWN)
-        served.append(backend)
-        return backend
 
-    yield start
-    for backend in served:
+def test_under_renum_serve_the_shutdown_is_bounded_too(
+    fake_openai: FakeOpenAI, db_flavour: str
+) -> None:
+    """The same under `renum serve` (its own signal handling in front of uvicorn's), on one
+    database: what the database does on release is the test above's."""
+    backend = ServedBackend.start(db_flavour, extra_env=SHUTDOWN)
+    try:
+        sigterm_drill(backend, fake_openai)
+    finally:
         backend.stop()
 
 
-def test_sigterm_closes_streams_exits_in_bounded_time_and_releases_the_execution(
-    launch: Callable[[str], LaunchedBackend], fake_openai: FakeOpenAI, db_flavour: str
-) -> None:
+def sigterm_drill(backend: LaunchedBackend, fake_openai: FakeOpenAI) -> None:
+    """SIGTERM with both streams open and the execution's model call hanging; then a new
+    process on the same database resumes the execution."""
     fake_openai.script(Hang(PATIENCE_SECONDS))  # the first model call never answers in time
-    backend = launch(db_flavour)
     tenant, owner = tenant_with_owner(backend.base_url, backend.admin_email, backend.admin_password)
     try:
         agent = expect(
