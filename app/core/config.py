@@ -9,7 +9,10 @@ object is created at start-up and passed down; nothing reads the environment any
 from __future__ import annotations
 
 from decimal import Decimal
+from email.errors import MessageError
+from email.headerregistry import Address
 from enum import StrEnum
+from ipaddress import ip_address
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -245,6 +248,24 @@ class ConfigurationSettings(BaseModel):
     )
 
 
+def is_email_address(text: str) -> bool:
+    """A plain ``local@domain`` address, as an email header holds it."""
+    try:
+        address = Address(addr_spec=text)
+    except (ValueError, IndexError, MessageError):
+        return False
+    return bool(address.username and address.domain)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 # The alert rules a deployment has (``app.capabilities.monitor.alerting.default_rules``); the
 # settings may tune or switch off each of them by name.
 ALERT_RULES = (
@@ -328,7 +349,7 @@ class AlertChannelSettings(BaseModel):
     @model_validator(mode="after")
     def _has_destination(self) -> AlertChannelSettings:
         if self.type == "email":
-            if not self.to or any("@" not in address for address in self.to):
+            if not self.to or not all(map(is_email_address, self.to)):
                 raise ValueError("an email channel needs `to`: one or more addresses")
         elif self.url is None:
             raise ValueError(f"a {self.type} channel needs `url`")
@@ -336,22 +357,41 @@ class AlertChannelSettings(BaseModel):
 
 
 class SmtpSettings(BaseModel):
-    """The mail server email channels send through."""
+    """The mail server email channels send through (every field live: the next email uses
+    it)."""
 
-    host: str | None = Field(default=None, description="Unset: email channels cannot send.")
-    port: int = Field(default=587, ge=1, le=65535)
+    host: str | None = Field(
+        default=None, json_schema_extra=LIVE, description="Unset: email channels cannot send."
+    )
+    port: int = Field(default=587, ge=1, le=65535, json_schema_extra=LIVE)
     security: Literal["starttls", "tls", "none"] = Field(
         default="starttls",
+        json_schema_extra=LIVE,
         description="`starttls` upgrades the connection (port 587), `tls` starts in TLS (465), "
-        "`none` sends in the clear (a relay on loopback only).",
+        "`none` sends in the clear: only to a relay on loopback, without a login.",
     )
-    username: str | None = Field(default=None, description="Log in when set.")
-    password: SecretStr | None = None
-    from_address: str = Field(default="renum@localhost", description="The sender.")
+    username: str | None = Field(
+        default=None, json_schema_extra=LIVE, description="Log in (after TLS) when set."
+    )
+    password: SecretStr | None = Field(default=None, json_schema_extra=LIVE)
+    from_address: str = Field(
+        default="renum@localhost", json_schema_extra=LIVE, description="The sender."
+    )
     ca_file: str | None = Field(
-        default=None, description="Trust this CA bundle for the server's certificate."
+        default=None,
+        json_schema_extra=LIVE,
+        description="Trust this CA bundle for the server's certificate.",
     )
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120, json_schema_extra=LIVE)
+
+    @model_validator(mode="after")
+    def _clear_text_stays_local(self) -> SmtpSettings:
+        if self.security == "none":
+            if self.username is not None:
+                raise ValueError("a login needs TLS: set security to starttls or tls")
+            if self.host is not None and not is_loopback_host(self.host):
+                raise ValueError("security none is for a relay on loopback only")
+        return self
 
 
 class AlertSettings(BaseModel):

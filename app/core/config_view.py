@@ -104,10 +104,17 @@ def effective_configuration(settings: Settings, sources: dict[str, str]) -> list
 
 def fingerprint(settings: Settings) -> str:
     """A short hash of the effective non-secret configuration plus which secrets are set
-    (never their values): two processes with the same fingerprint run the same configuration."""
+    (never their values; a list or map holding secrets, such as the alert channels, counts by
+    its masked value): two processes with the same fingerprint run the same configuration."""
     summary = [
-        (view.setting, bool(view.value) if view.secret else view.value)
+        (view.setting, _fingerprinted(view.value) if view.secret else view.value)
         for view in effective_configuration(settings, {})
     ]
     digest = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def _fingerprinted(masked: Any) -> Any:
+    """What a secret setting adds to the fingerprint: whether it is set, or for a list or map
+    its masked value (its other fields do count; its secrets show as the mask)."""
+    return masked if isinstance(masked, (list, dict)) else bool(masked)

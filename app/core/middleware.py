@@ -48,6 +48,16 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+# Set in a request's scope by a route that holds the request open on purpose (an event stream,
+# a long-poll): observers count it, but its duration says nothing about the service's speed.
+HELD_OPEN = "renum.held_open"
+
+
+def hold_open(scope: Scope) -> None:
+    """Mark this request as held open on purpose (see ``HELD_OPEN``)."""
+    scope[HELD_OPEN] = True
+
+
 class RequestObserver(Protocol):
     """Told about every HTTP request; both calls run on the event loop and must be O(1)."""
 

@@ -2,7 +2,7 @@
 
 from app.models.account import Account
 from app.models.agent import Agent
-from app.models.alert import AlertRecord, AlertSilence
+from app.models.alert import AlertEvaluation, AlertRecord, AlertSilence
 from app.models.api_key import ApiKey
 from app.models.delivery import Delivery, DeliveryStatus, Webhook
 from app.models.execution import (
@@ -25,6 +25,7 @@ from app.models.user import Role, User
 __all__ = [
     "Account",
     "Agent",
+    "AlertEvaluation",
     "AlertRecord",
     "AlertSilence",
     "ApiKey",

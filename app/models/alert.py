@@ -4,7 +4,8 @@ process agrees on it (one evaluator per deployment writes it; any process reads 
 An ``AlertRecord`` is one alert, identified by its fingerprint (the rule and the labels of
 what breaks it): its state (pending, firing, resolved), when it started, fired, was resolved
 and last notified, the value that triggered it and a message with diagnostics. An
-``AlertSilence`` keeps the alerts its matchers select from being notified until it expires.
+``AlertSilence`` keeps the alerts its matchers select from being notified until it expires;
+``AlertEvaluation`` records when the rules were last evaluated, and by which process.
 """
 
 from __future__ import annotations
@@ -50,3 +51,14 @@ class AlertSilence(IdMixin, TimestampMixin, Base):
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # ended early by an admin
+
+
+class AlertEvaluation(Base):
+    """The evaluator's heartbeat: one row per kind of evaluation (``rules``), updated by each
+    evaluation, so that every process can tell when the rules were last evaluated, and where."""
+
+    __tablename__ = "alert_evaluations"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    by: Mapped[str] = mapped_column(String(300), nullable=False)
+    evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

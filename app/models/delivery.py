@@ -52,6 +52,8 @@ class Delivery(IdMixin, TimestampMixin, Base):
         Index("ix_deliveries_webhook_id_created_at", "webhook_id", "created_at"),
         # Dead letters per owner (the bound); an account's deliveries (its deletion).
         Index("ix_deliveries_account_id_status_finished_at", "account_id", "status", "finished_at"),
+        # An alert channel's latest delivery (its state on the dashboard).
+        Index("ix_deliveries_kind_updated_at", "kind", "updated_at"),
     )
 
     # The owner: an account, or None for the platform's own deliveries (alerts, reports).

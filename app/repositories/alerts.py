@@ -13,10 +13,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import AlertRecord, AlertSilence, Delivery, DeliveryStatus
+from app.models import AlertEvaluation, AlertRecord, AlertSilence, Delivery, DeliveryStatus
+
+# The rule name of reported alerts (``app.capabilities.monitor.alerting.REPORTED``) and their
+# states: repeated here, as a repository does not import a capability.
+REPORTED = "reported:"
+RESOLVED = "resolved"
+EVALUATION = "rules"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The last evaluation of the rules: when, and by which process (``host:pid``)."""
+
+    at: datetime
+    by: str
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,14 @@ class AlertRepository:
         query = select(AlertRecord).order_by(AlertRecord.started_at.desc())
         return (await self.session.scalars(query)).all()
 
+    async def lock(self, fingerprint: str) -> None:
+        """Serialise the writers of one alert until the transaction ends: a PostgreSQL
+        transaction-level advisory lock on the fingerprint (SQLite runs one writer at a
+        time already: its write transactions begin immediately)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            key = int(fingerprint[:16], 16) - (1 << 63)  # into the signed bigint range
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
     async def get(self, fingerprint: str) -> AlertRecord | None:
         return await self.session.get(AlertRecord, fingerprint)
 
@@ -51,9 +73,25 @@ class AlertRepository:
             await self.session.merge(record)
 
     async def forget(self, fingerprints: Iterable[str]) -> None:
+        """Drop the evaluator's alerts it no longer keeps; a reported one only while it is
+        still resolved (another process may have reported it again meanwhile)."""
         keys = list(fingerprints)
         if keys:
-            await self.session.execute(delete(AlertRecord).where(AlertRecord.fingerprint.in_(keys)))
+            reported = AlertRecord.rule.startswith(REPORTED, autoescape=True)
+            still_resolved = AlertRecord.state == RESOLVED
+            await self.session.execute(
+                delete(AlertRecord)
+                .where(AlertRecord.fingerprint.in_(keys))
+                .where(or_(~reported, still_resolved))
+            )
+
+    async def evaluated(self, by: str, at: datetime) -> None:
+        """Record an evaluation (the heartbeat the API and the dashboard show)."""
+        await self.session.merge(AlertEvaluation(name=EVALUATION, by=by, evaluated_at=at))
+
+    async def last_evaluation(self) -> Evaluation | None:
+        row = await self.session.get(AlertEvaluation, EVALUATION)
+        return Evaluation(row.evaluated_at, row.by) if row is not None else None
 
     # -- silences -------------------------------------------------------------------------------
 

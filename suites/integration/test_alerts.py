@@ -25,11 +25,14 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from integration_support import ServedWithWorkers
+from integration_support import ServedWithWorkers, pointers
+from sqlalchemy import select
 
 from app.capabilities.monitor.alerts import Leadership
-from app.core.config import DatabaseSettings
+from app.core.config import DatabaseSettings, Settings
 from app.db.database import Database
+from app.main import create_app
+from app.models import Delivery
 from app.services.delivery import verify_signature
 from qa import services
 from qa.client import API, ApiClient
@@ -202,6 +205,10 @@ def test_an_alert_fires_is_deduplicated_silenced_repeated_and_resolved_on_every_
             expect(admin.get(WATCHED), 200)
         alert = wait_until(lambda: watched_alert(admin), timeout=30, what="a firing alert")
         fingerprint = alert["fingerprint"]
+        listed = expect(admin.get(ALERTS), 200)
+        assert listed["evaluated_at"] is not None
+        assert backend.process is not None
+        assert listed["evaluated_by"].endswith(f":{backend.process.pid}")  # host:pid
 
         # Fired: signed JSON, a Slack body and an email, each once.
         fired = wait_until(
@@ -398,6 +405,16 @@ def test_silences_are_validated_and_admin_only(
         assert problem.status_code == 422
         assert problem.json()["errors"][0]["pointer"] == "/body/duration_minutes"
         assert admin.post(SILENCES, json={**too_long, "matchers": {}}).status_code == 422
+        fine = {**too_long, "duration_minutes": 60}
+        for wrong, pointer in (
+            ({"matchers": {"severity": "critical"}}, "/body/matchers/severity"),
+            ({"reason": "   "}, "/body/reason"),
+            ({"duration_minutes": True}, "/body/duration_minutes"),
+            ({"starts_at": "2030-01-01T00:00:00Z"}, "/body/starts_at"),
+        ):
+            refused = admin.post(SILENCES, json={**fine, **wrong})
+            assert refused.status_code == 422, (wrong, refused.text)
+            assert pointer in pointers(refused.json()), (wrong, refused.json())
         assert admin.delete(f"{SILENCES}/{uuid.uuid4()}").status_code == 404
         assert expect(admin.get(SILENCES), 200) == []
         anonymous = ApiClient(backend.base_url)
@@ -484,3 +501,51 @@ def test_one_process_holds_the_evaluator_lock_until_it_lets_go() -> None:
         assert asyncio.run(scenario()) == [True, False, True, False, True, False]
     finally:
         services.drop_postgres_database(name)
+
+
+def test_processes_reporting_one_problem_at_once_notify_once() -> None:
+    """Two processes (two apps on one PostgreSQL database) report the same problem at the same
+    moment, then clear it at the same moment: one alert, one firing and one resolved
+    notification, and no error to either reporter."""
+    name = f"renum_qa_{uuid.uuid4().hex[:12]}"
+    url = services.create_postgres_database(name)
+    channel = {"name": "pager", "type": "webhook", "url": "http://127.0.0.1:9/alerts"}
+
+    def settings() -> Settings:
+        return Settings.model_validate(
+            {
+                "environment": "test",
+                "secret_key": "alerts-race-secret-key-0123456789abcdefghijklmn",
+                "database": {"url": url},
+                "providers": {"openai_base_url": "http://127.0.0.1:9/v1"},
+                "health": {"interval_seconds": 3600, "ttl_seconds": 7200},
+                "deliveries": {"enabled": False},
+                "monitor": {
+                    "interval_seconds": 3600,
+                    "alerts": {"evaluation_interval_seconds": 3600, "channels": [channel]},
+                },
+            }
+        )
+
+    async def scenario() -> list[tuple[str, str]]:
+        first, second = create_app(settings()), create_app(settings())
+        async with first.router.lifespan_context(first), second.router.lifespan_context(second):
+            labels = {"target": "postgresql"}
+            for _ in range(3):  # fire, clear; fire again (from resolved), clear
+                await asyncio.gather(
+                    first.state.alerts.report("backups", "critical", "failed", labels=labels),
+                    second.state.alerts.report("backups", "critical", "failed", labels=labels),
+                )
+                await asyncio.gather(
+                    first.state.alerts.clear("backups", labels=labels),
+                    second.state.alerts.clear("backups", labels=labels),
+                )
+            async with first.state.alert_manager.database.session() as session:
+                rows = (await session.scalars(select(Delivery).order_by(Delivery.created_at))).all()
+                return [(row.kind, row.event) for row in rows]
+
+    try:
+        queued = asyncio.run(scenario())
+    finally:
+        services.drop_postgres_database(name)
+    assert queued == [("alert:pager", "alert.firing"), ("alert:pager", "alert.resolved")] * 3

@@ -6,6 +6,7 @@ A running app on SQLite, its loops quiet (long intervals) so the test drives eve
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +16,12 @@ from structlog.testing import capture_logs
 
 from app.capabilities.monitor.alerts import AlertManager
 from app.core.alerts import LogAlertReporter
-from app.core.config import Settings
+from app.core.config import DatabaseSettings, Settings
 from app.db.base import utcnow
+from app.db.database import Database
 from app.main import create_app
 from app.models import AlertRecord, AlertSilence, Delivery
+from app.repositories.alerts import AlertRepository
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +36,7 @@ def quiet_settings(make_settings: MakeSettings, **monitor: Any) -> Settings:
         monitor={**QUIET, **monitor, "alerts": {**QUIET["alerts"], "channels": [CHANNEL]}},
         deliveries={"enabled": False},  # queued only: the test reads what was queued
         health={"interval_seconds": 3600, "ttl_seconds": 7200},
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},  # no lookup off the machine
     )
 
 
@@ -108,7 +112,11 @@ async def test_a_silence_holds_a_reported_problem_back(make_settings: MakeSettin
 
 
 async def test_with_the_monitor_off_reports_are_logged(make_settings: MakeSettings) -> None:
-    app = create_app(make_settings(monitor={"enabled": False}))
+    app = create_app(
+        make_settings(
+            monitor={"enabled": False}, providers={"openai_base_url": "http://127.0.0.1:9/v1"}
+        )
+    )
     async with app.router.lifespan_context(app):
         reporter = app.state.alerts
         assert isinstance(reporter, LogAlertReporter)
@@ -121,3 +129,61 @@ async def test_with_the_monitor_off_reports_are_logged(make_settings: MakeSettin
     ]
     assert logs[0]["labels"] == LABELS
     assert logs[0]["alert_message"] == "backup late"
+
+
+async def test_a_rising_severity_is_told_at_once(make_settings: MakeSettings) -> None:
+    app = create_app(quiet_settings(make_settings))
+    async with app.router.lifespan_context(app):
+        manager: AlertManager = app.state.alert_manager
+        await app.state.alerts.report(SOURCE, "warning", "backup late", labels=LABELS)
+        await app.state.alerts.report(SOURCE, "warning", "backup later", labels=LABELS)
+        await app.state.alerts.report(SOURCE, "critical", "backup failed", labels=LABELS)
+        _, queued = await rows(manager)
+        told = [(d.event, d.payload["alert"]["severity"]) for d in queued]
+        assert told == [("alert.firing", "warning"), ("alert.firing", "critical")]
+
+
+async def test_the_evaluator_never_forgets_a_reported_alert_fired_again(
+    make_settings: MakeSettings,
+) -> None:
+    """The evaluator drops resolved alerts past their day; one reported again meanwhile (by
+    another process, between the evaluator's read and its delete) stays."""
+    app = create_app(quiet_settings(make_settings))
+    async with app.router.lifespan_context(app):
+        manager: AlertManager = app.state.alert_manager
+        await app.state.alerts.report(SOURCE, "warning", "backup late", labels=LABELS)
+        alerts, _ = await rows(manager)
+        async with manager.database.session() as session:
+            await AlertRepository(session).forget([alerts[0].fingerprint])
+            await session.commit()
+        assert [a.state for a in (await rows(manager))[0]] == ["firing"]
+        await app.state.alerts.clear(SOURCE, labels=LABELS)
+        async with manager.database.session() as session:
+            await AlertRepository(session).forget([alerts[0].fingerprint])
+            await session.commit()
+        assert (await rows(manager))[0] == []
+
+
+async def test_without_its_database_a_report_is_logged_not_raised(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    app = create_app(quiet_settings(make_settings))
+    async with app.router.lifespan_context(app):
+        manager: AlertManager = app.state.alert_manager
+        away = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/missing/x.db"))
+        manager.database = away
+        try:
+            with capture_logs() as logs:
+                await app.state.alerts.report(SOURCE, "critical", "backup failed", labels=LABELS)
+                await app.state.alerts.clear(SOURCE, labels=LABELS)
+        finally:
+            await away.dispose()
+        with pytest.raises(ValueError, match="alert source"):
+            await app.state.alerts.report("Not A Source", "warning", "x")
+    events = [(e["event"], e["log_level"]) for e in logs]
+    assert events == [
+        ("alert_report_failed", "error"),
+        ("alert_reported", "error"),
+        ("alert_clear_failed", "error"),
+        ("alert_cleared", "info"),
+    ]

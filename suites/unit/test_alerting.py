@@ -7,6 +7,7 @@ sawtooth that never fills."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -120,8 +121,12 @@ def test_silences_hold_notifications_until_they_expire() -> None:
     (alert,) = evaluator.active()
     assert alert.state is AlertState.firing  # still tracked while silenced
     assert evaluator.evaluate(Observation(300, routes=[failing_route(10)]), [silence]) == []
-    # Expired: the firing alert is told at once, as a repeat.
+    # Expired: the firing alert is told at once, as firing (it never was), then repeated.
     assert kinds(evaluator.evaluate(Observation(600, routes=[failing_route(10)]), [silence])) == [
+        "firing"
+    ]
+    assert evaluator.evaluate(Observation(900, routes=[failing_route(10)]), [silence]) == []
+    assert kinds(evaluator.evaluate(Observation(4200, routes=[failing_route(10)]), [])) == [
         "repeat"
     ]
     assert not silence.active(600)
@@ -206,3 +211,15 @@ def test_the_default_rules_cover_the_issue_s_list() -> None:
     }
     quiet = Observation(0)
     assert Evaluator(default_rules()).evaluate(quiet) == []
+
+
+def test_a_severity_that_rises_is_told_at_once_as_firing() -> None:
+    warning = Rule("route_error_ratio", AlertSeverity.warning, "5xx", route_error_ratio(0.05, 1))
+    evaluator = Evaluator([warning], repeat_seconds=3600)
+    assert kinds(evaluator.evaluate(Observation(0, routes=[failing_route(10)]))) == ["firing"]
+    assert evaluator.evaluate(Observation(60, routes=[failing_route(10)])) == []
+    evaluator.rules = [replace(warning, severity=AlertSeverity.critical)]  # tuned live
+    told = evaluator.evaluate(Observation(120, routes=[failing_route(10)]))
+    assert [(n.kind.value, n.alert.severity) for n in told] == [("firing", AlertSeverity.critical)]
+    evaluator.rules = [warning]  # lowered again: nothing to tell
+    assert evaluator.evaluate(Observation(180, routes=[failing_route(10)])) == []

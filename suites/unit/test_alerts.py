@@ -3,9 +3,12 @@ the channels' payloads and destinations, and the settings' validation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pydantic import ValidationError
 
+from app.capabilities.configuration import is_live
 from app.capabilities.monitor.alerting import (
     RULE_SPECS,
     Alert,
@@ -23,11 +26,19 @@ from app.capabilities.monitor.alerts import (
     alert_payload,
     destination,
     email_payload,
+    reported_labels,
     slack_payload,
     to_alert,
     to_record,
 )
-from app.core.config import ALERT_RULES, AlertChannelSettings, AlertRuleSettings, Settings
+from app.core.config import (
+    ALERT_RULES,
+    AlertChannelSettings,
+    AlertRuleSettings,
+    Settings,
+    SmtpSettings,
+)
+from app.core.config_view import fingerprint as fingerprint_of
 
 ALERT = Alert(
     fingerprint="0123456789abcdef",
@@ -142,3 +153,47 @@ def test_unknown_rules_and_duplicate_channel_names_are_refused() -> None:
 
 def test_the_evaluator_lock_key_is_a_signed_bigint() -> None:
     assert -(2**63) <= EVALUATOR_LOCK < 2**63
+
+
+def test_slack_text_is_escaped() -> None:
+    reported = replace(ALERT, message="<!channel> look at <unmatched> & more")
+    chat = slack_payload(Notification(NotificationKind.firing, reported), "prod")
+    section = chat["blocks"][1]["text"]["text"]
+    assert section.startswith("&lt;!channel&gt; look at &lt;unmatched&gt; &amp; more")
+    assert "<" not in section
+
+
+def test_smtp_settings_are_live_and_clear_text_stays_on_loopback() -> None:
+    assert is_live("monitor.alerts.smtp.host")
+    assert is_live("monitor.alerts.smtp.password")
+    local = {"security": "none", "host": "127.0.0.1"}
+    assert SmtpSettings.model_validate(local).host == "127.0.0.1"
+    with pytest.raises(ValidationError, match="loopback only"):
+        SmtpSettings.model_validate({**local, "host": "smtp.example.com"})
+    with pytest.raises(ValidationError, match="a login needs TLS"):
+        SmtpSettings.model_validate({**local, "username": "renum"})
+
+
+def test_channels_count_in_the_configuration_fingerprint_but_never_their_secrets() -> None:
+    def with_channel(**channel: object) -> str:
+        base = {"name": "a", "type": "slack", "url": "https://hooks.example.com/1"}
+        return fingerprint_of(
+            Settings.model_validate({"monitor": {"alerts": {"channels": [{**base, **channel}]}}})
+        )
+
+    assert with_channel() != with_channel(name="b")
+    assert with_channel() == with_channel(url="https://hooks.example.com/2")
+
+
+def test_reported_problems_carry_checked_labels() -> None:
+    assert reported_labels("backups", {"target": "pg", "n": 3}) == (("n", "3"), ("target", "pg"))
+    assert reported_labels("backups", {"long": "x" * 500})[0][1] == "x" * 200
+    for source, labels in (
+        ("Backups!", {}),
+        ("b" * 56, {}),
+        ("backups", {"rule": "x"}),
+        ("backups", {"Bad Name": "x"}),
+        ("backups", {f"l{n}": "x" for n in range(9)}),
+    ):
+        with pytest.raises(ValueError, match="alert"):
+            reported_labels(source, labels)

@@ -18,16 +18,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.capabilities.monitor import endpoints
 from app.capabilities.monitor.endpoints import (
     BUCKETS,
+    OTHER_METHOD,
     UNMATCHED,
     EndpointStats,
     quantile,
     route_template,
 )
+from app.capabilities.monitor.executions import ExecutionMetrics
 from app.capabilities.monitor.history import History
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, LoopLag, SystemSampler, data_directory
 from app.core.metrics import Metrics
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import HELD_OPEN, RequestContextMiddleware
 
 # -- history ---------------------------------------------------------------------------------
 
@@ -380,3 +382,27 @@ def test_the_monitor_reports_rates_and_error_ratios_over_its_window(tmp_path: Pa
     body = metrics.exposition().decode()
     assert "renum_host_cpu_ratio 0.5" in body
     assert "renum_disk_used_ratio 0.4" in body
+
+
+def test_requests_held_open_are_counted_not_timed_and_odd_methods_share_one_label() -> None:
+    """An event stream or a long-poll lasts as long as its client wants: counted, but its
+    duration would make a healthy route look slow. A made-up method (h11 accepts any
+    token) counts as OTHER, so a scan of methods cannot grow the label sets."""
+    stats = EndpointStats(Metrics("0", "test"))
+    held = {"path": "/api/v1/executions/1/events", "method": "GET", HELD_OPEN: True}
+    for scope in (held, {"path": "/api/v1/teams", "method": "BREW"}):
+        stats.request_started(scope)
+        stats.request_finished(scope, 200, 3600.0)
+    counts = samples(stats, "http_requests_total")
+    assert counts[("GET", UNMATCHED, "2xx")] == 1
+    assert counts[(OTHER_METHOD, UNMATCHED, "2xx")] == 1
+    timed = samples(stats, "http_request_duration_seconds_count")
+    assert (OTHER_METHOD, UNMATCHED) in timed
+    assert timed.get(("GET", UNMATCHED), 0.0) == 0.0
+
+
+def test_provider_failures_leave_out_the_tenant_s_own_mistakes() -> None:
+    calls = ExecutionMetrics(Metrics("0", "test"))
+    for outcome, count in (("ok", 6), ("auth", 5), ("bad_request", 2), ("unavailable", 3)):
+        calls.model_calls.labels("openai", "gpt-4o-mini", outcome).inc(count)
+    assert calls.provider_totals() == {"openai": (16.0, 3.0)}

@@ -21,6 +21,7 @@ from app.api.deps import (
     ViewerDep,
     to_page,
 )
+from app.core.middleware import hold_open
 from app.core.shutdown import GracefulShutdown
 from app.models import ExecutionStatus
 from app.schemas.common import Page, link, links, problems
@@ -97,6 +98,7 @@ WaitQuery = Annotated[
     },
 )
 async def create_execution(
+    request: Request,
     team_id: uuid.UUID,
     body: ExecutionCreate,
     principal: MemberDep,
@@ -105,6 +107,8 @@ async def create_execution(
     runtime: RuntimeDep,
     wait: WaitQuery = 0,
 ) -> ExecutionOut:
+    if wait > 0:
+        hold_open(request.scope)  # a long-poll: not timed as the route's latency
     service = ExecutionService(session, settings)
     execution = await service.create(principal, team_id, body, runtime.runner)
     await service.wait(execution, wait, runtime)
@@ -153,6 +157,7 @@ async def list_executions(
     responses={**_execution_links(200, "The execution."), **problems(401, 404, 422)},
 )
 async def get_execution(
+    request: Request,
     execution_id: uuid.UUID,
     principal: ViewerDep,
     session: SessionDep,
@@ -160,6 +165,8 @@ async def get_execution(
     runtime: RuntimeDep,
     wait: WaitQuery = 0,
 ) -> ExecutionOut:
+    if wait > 0:
+        hold_open(request.scope)
     service = ExecutionService(session, settings)
     execution = await service.get(principal, execution_id)
     await service.wait(execution, wait, runtime)
@@ -272,6 +279,7 @@ async def list_execution_events(
     execution = await service.get(principal, execution_id)
     start = max(after, last_event_id or 0)
     if "text/event-stream" in request.headers.get("accept", ""):
+        hold_open(request.scope)  # a stream lasts as long as the client wants
         events = await service.follow(execution, start, runtime, SSE_HEARTBEAT_SECONDS)
         return StreamingResponse(
             _sse(events, shutdown),

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
 from app.api.input_guard import CheckInputs
@@ -26,13 +26,16 @@ from app.core.config import AlertChannelSettings, AlertSettings
 from app.core.errors import NotFound, ValidationFailed
 from app.db.base import utcnow
 from app.models import AlertSilence, User
-from app.repositories.alerts import AlertRepository, ChannelStatus
-from app.schemas.common import problems
+from app.repositories.alerts import AlertRepository, ChannelStatus, Evaluation
+from app.schemas.common import RequestModel, problems
 
 router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 MAX_SILENCE_MINUTES = 90 * 24 * 60  # the settings' largest silence_max_hours
 MATCHER_NAME = r"^[a-z][a-z0-9_]{0,31}$"
+# An alert's fields that are not labels: a matcher on one of them would never match.
+NOT_LABELS = frozenset({"severity", "state", "fingerprint", "message", "value"})
+RECENT_SECONDS = 24 * 3600.0
 
 
 class AlertOut(BaseModel):
@@ -74,19 +77,35 @@ class AlertsOut(BaseModel):
     evaluating: bool = Field(
         description="Whether the rules are evaluated (`RENUM_MONITOR__ALERTS__ENABLED`)."
     )
+    evaluated_at: datetime | None = Field(
+        description="When the rules were last evaluated, by any process (None: never). Far "
+        "behind the evaluation interval, no process evaluates (the database was away, or the "
+        "evaluator's host is)."
+    )
+    evaluated_by: str | None = Field(
+        description="The process that evaluated them (`host:pid`).", examples=["api-1:4242"]
+    )
 
 
-class SilenceCreate(BaseModel):
+class SilenceCreate(RequestModel):
     matchers: dict[
-        Annotated[str, Field(pattern=MATCHER_NAME)], Annotated[str, Field(max_length=200)]
+        Annotated[str, Field(pattern=MATCHER_NAME)],
+        Annotated[str, Field(min_length=1, max_length=200)],
     ] = Field(
         min_length=1,
         max_length=10,
-        description="`rule` and label names with the exact values an alert must have.",
+        description="`rule` and label names (`method`, `route`, `check`, `provider`, or a "
+        "reported problem's own) with the exact values an alert must have; an alert's "
+        "severity, state or fingerprint are not labels.",
         examples=[{"rule": "route_latency_p95", "route": "/api/v1/executions"}],
     )
-    reason: str = Field(min_length=1, max_length=500, examples=["Known slow import, ticket OPS-42"])
-    duration_minutes: int = Field(
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        pattern=r"\S",
+        examples=["Known slow import, ticket OPS-42"],
+    )
+    duration_minutes: StrictInt = Field(
         ge=1,
         le=MAX_SILENCE_MINUTES,
         description="How long it lasts from now; at most "
@@ -125,8 +144,10 @@ def alerts_report(
     channels: Mapping[str, ChannelStatus],
     config: AlertSettings,
     now: datetime,
+    evaluation: Evaluation | None,
 ) -> AlertsOut:
-    """The alerts (with the silences in force that match each), the channels' state."""
+    """The alerts (with the silences in force that match each; resolved ones of the last
+    day), the channels' state, and the last evaluation."""
     at = now.timestamp()
     in_force = [to_silence(s) for s in silences if s.ended_at is None]
 
@@ -136,7 +157,11 @@ def alerts_report(
 
     active = [a for a in alerts if a.state is not AlertState.resolved]
     active.sort(key=lambda a: a.started_at, reverse=True)
-    recent = [a for a in alerts if a.state is AlertState.resolved]
+    recent = [
+        a
+        for a in alerts
+        if a.state is AlertState.resolved and (a.resolved_at or 0.0) >= at - RECENT_SECONDS
+    ]
     recent.sort(key=lambda a: a.resolved_at or 0.0, reverse=True)
     return AlertsOut(
         active=[out(a) for a in active],
@@ -145,6 +170,8 @@ def alerts_report(
             _channel_out(c, channels.get(CHANNEL_KIND.format(name=c.name))) for c in config.channels
         ],
         evaluating=config.enabled,
+        evaluated_at=evaluation.at if evaluation else None,
+        evaluated_by=evaluation.by if evaluation else None,
     )
 
 
@@ -183,6 +210,7 @@ async def list_alerts(_: AdminDep, session: SessionDep, settings: SettingsDep) -
         await repo.channel_status([CHANNEL_KIND.format(name=c.name) for c in config.channels]),
         config,
         now,
+        await repo.last_evaluation(),
     )
 
 
@@ -211,6 +239,11 @@ async def list_silences(_: AdminDep, session: SessionDep) -> list[SilenceOut]:
 async def create_silence(
     body: SilenceCreate, principal: AdminDep, session: SessionDep, settings: SettingsDep
 ) -> SilenceOut:
+    for name in body.matchers:
+        if name in NOT_LABELS:
+            raise ValidationFailed.at(
+                f"/body/matchers/{name}", f"{name} is not a label: no alert could ever match"
+            )
     longest = settings.monitor.alerts.silence_max_hours * 60
     if body.duration_minutes > longest:
         raise ValidationFailed.at(
@@ -235,8 +268,9 @@ async def create_silence(
     "/silences/{silence_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="End a silence now",
-    description="Matching alerts are notified again from the next evaluation. Ending a "
-    "silence that already ended changes nothing.",
+    description="Matching alerts are notified again as they come due: one that fired under "
+    "the silence at the next evaluation, one already notified once its repeat interval has "
+    "passed. Ending a silence that already ended changes nothing.",
     responses=problems(401, 403, 404, 422),
 )
 async def end_silence(silence_id: uuid.UUID, _: AdminDep, session: SessionDep) -> None:

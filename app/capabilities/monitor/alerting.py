@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -407,6 +406,20 @@ class Notification:
     alert: Alert
 
 
+def due(
+    previous: Alert, alert: Alert, now: float, repeat_seconds: float
+) -> NotificationKind | None:
+    """What a firing alert seen again calls for: ``firing`` when it was never notified (it
+    fired under a silence) or its severity rose (a channel for the higher severity has not
+    heard of it), ``repeat`` once the repeat interval has passed, else nothing."""
+    rose = SEVERITY_RANK[alert.severity] > SEVERITY_RANK[previous.severity]
+    if alert.notified_at is None or rose:
+        return NotificationKind.firing
+    if now - alert.notified_at >= repeat_seconds:
+        return NotificationKind.repeat
+    return None
+
+
 @dataclass
 class Evaluator:
     """Applies the rules to each observation and keeps every alert's state (see the module's
@@ -468,6 +481,7 @@ class Evaluator:
             )
         alert = replace(
             previous,
+            severity=rule.severity,  # a severity tuned live applies to the rule's alerts
             value=finding.value,
             message=finding.message,
             diagnostics=finding.diagnostics,
@@ -479,10 +493,7 @@ class Evaluator:
                     alert, state=AlertState.firing, fired_at=now
                 ), NotificationKind.firing
             return alert, None
-        last = alert.notified_at if alert.notified_at is not None else -math.inf
-        if now - last >= self.repeat_seconds:
-            return alert, NotificationKind.repeat
-        return alert, None
+        return alert, due(previous, alert, now, self.repeat_seconds)
 
     def active(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.state is not AlertState.resolved]

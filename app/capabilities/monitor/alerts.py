@@ -34,6 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -61,15 +64,16 @@ from app.capabilities.monitor.alerting import (
     Silence,
     at_least,
     configured_rules,
+    due,
     fingerprint,
 )
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
-from app.core.alerts import LOG_LEVELS, Severity
+from app.core.alerts import LOG_LEVELS, LogAlertReporter, Severity
 from app.core.config import AlertChannelSettings, AlertSettings, Settings
 from app.core.logging import get_logger
 from app.db.database import Database
 from app.models import AlertRecord, AlertSilence
-from app.repositories.alerts import AlertRepository, ChannelStatus
+from app.repositories.alerts import AlertRepository, ChannelStatus, Evaluation
 from app.services.delivery import DeliveryDispatcher, Destination
 
 log = get_logger("app.alerts")
@@ -79,6 +83,14 @@ EVALUATOR_LOCK = int.from_bytes(
     hashlib.sha256(b"renum:alert-evaluator").digest()[:8], "big", signed=True
 )
 KEEP_ENDED_SILENCES_SECONDS = 24 * 3600.0
+LOCK_CHECK_SECONDS = 10.0
+# What a reported problem may carry (``report``): its source names the rule ``reported:<source>``.
+SOURCE = re.compile(r"^[a-z][a-z0-9_.-]{0,54}$")
+LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MAX_LABELS = 8
+MAX_LABEL_CHARS = 200
+MAX_MESSAGE_CHARS = 2000
+EVALUATOR = f"{socket.gethostname()}:{os.getpid()}"
 RECENT_RESOLVED = 50
 CHANNEL_KIND = "alert:{name}"
 
@@ -143,6 +155,24 @@ def to_silence(row: AlertSilence) -> Silence:
     )
 
 
+Labels = tuple[tuple[str, str], ...]
+
+
+def reported_labels(source: str, labels: Mapping[str, str] | None) -> Labels:
+    """A reported problem's labels, sorted, each value a string of at most
+    ``MAX_LABEL_CHARS``; ``ValueError`` for a malformed source or label name (``rule`` is
+    taken: silences match on it)."""
+    if not SOURCE.match(source):
+        raise ValueError(f"an alert source matches {SOURCE.pattern}, not {source!r}")
+    items = dict(labels or {})
+    if len(items) > MAX_LABELS:
+        raise ValueError(f"an alert has at most {MAX_LABELS} labels")
+    for name in items:
+        if not LABEL_NAME.match(name) or name == "rule":
+            raise ValueError(f"an alert label name matches {LABEL_NAME.pattern}, not 'rule'")
+    return tuple(sorted((name, str(value)[:MAX_LABEL_CHARS]) for name, value in items.items()))
+
+
 def alert_out(alert: Alert) -> dict[str, Any]:
     """An alert as the API, the stream and the webhook channel show it."""
     return {
@@ -184,13 +214,19 @@ def headline(notification: Notification) -> str:
     return f"[{state}] {alert.severity.value}: {alert.rule}"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's three control characters escaped, so that a route such as ``<unmatched>`` or a
+    reported ``<!channel>`` is shown, never read as a link or a mention."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_payload(notification: Notification, environment: str) -> dict[str, Any]:
     """The ``slack`` channel's body: Slack's incoming-webhook format (``text`` for
-    notifications, ``blocks`` for the message)."""
+    notifications, ``blocks`` for the message), every text escaped."""
     alert = notification.alert
-    lines = [alert.message, *alert.diagnostics]
+    lines = [slack_escape(line) for line in (alert.message, *alert.diagnostics)]
     return {
-        "text": f"{headline(notification)} ({environment})",
+        "text": slack_escape(f"{headline(notification)} ({environment})"),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": headline(notification)}},
             {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
@@ -254,24 +290,28 @@ class Leadership:
         return self.database.settings.is_sqlite or self._connection is not None
 
     async def hold(self) -> bool:
-        """Keep or try to take the lock; whether this process holds it now."""
+        """Keep or try to take the lock; whether this process holds it now. Each step is
+        bounded by ``LOCK_CHECK_SECONDS``: a connection that does not answer in time is
+        given up (and the lock with it)."""
         if self.database.settings.is_sqlite:
             return True
         if self._connection is not None:
             try:
-                await self._connection.execute(text("SELECT 1"))
+                async with asyncio.timeout(LOCK_CHECK_SECONDS):
+                    await self._connection.execute(text("SELECT 1"))
                 return True
             except Exception as exc:  # the connection (and with it the lock) is gone
                 log.warning("alert_evaluator_lost", error_type=type(exc).__name__)
-                await self._close()
+                await self._drop()
         connection = await self.database.engine.connect()
         try:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            held = await connection.scalar(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": EVALUATOR_LOCK}
-            )
-        except Exception:
-            await connection.close()
+            async with asyncio.timeout(LOCK_CHECK_SECONDS):
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                held = await connection.scalar(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": EVALUATOR_LOCK}
+                )
+        except BaseException:  # cancelled too: whether it took the lock is unknown
+            await _discard(connection)
             raise
         if not held:
             await connection.close()
@@ -283,17 +323,30 @@ class Leadership:
     async def release(self) -> None:
         if self._connection is None:
             return
-        with contextlib.suppress(Exception):  # closing the connection frees it anyway
-            await self._connection.execute(
-                text("SELECT pg_advisory_unlock(:key)"), {"key": EVALUATOR_LOCK}
-            )
-        await self._close()
+        try:
+            async with asyncio.timeout(LOCK_CHECK_SECONDS):
+                await self._connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": EVALUATOR_LOCK}
+                )
+        except Exception:  # unknown whether it is still held: the connection is discarded
+            await self._drop()
+            return
+        connection, self._connection = self._connection, None
+        await connection.close()
 
-    async def _close(self) -> None:
+    async def _drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await _discard(connection)
+
+
+async def _discard(connection: AsyncConnection) -> None:
+    """Close a connection that may still hold the lock without returning it to the pool
+    (a pooled connection would keep the lock for whoever checks it out next)."""
+    with contextlib.suppress(Exception):
+        await connection.invalidate()
+    with contextlib.suppress(Exception):
+        await connection.close()
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -313,6 +366,7 @@ class AlertView:
     silences: list[AlertSilence] = field(default_factory=list)
     channels: dict[str, ChannelStatus] = field(default_factory=dict)
     refreshed_at: float | None = None
+    evaluation: Evaluation | None = None
 
 
 class AlertManager:
@@ -372,7 +426,11 @@ class AlertManager:
         )
 
     def _provider_window(self, now: float) -> list[ProviderFigures]:
-        totals = self.monitor.executions.provider_totals()
+        registry = self.monitor.metrics.service_registry()
+        totals = self.monitor.executions.provider_totals(registry)
+        interval = self.config.evaluation_interval_seconds
+        if self._calls and now - self._calls[-1].at > 3 * interval:
+            self._calls.clear()  # evaluated elsewhere meanwhile: start the window again
         self._calls.append(_Calls(now, totals))
         window = self.monitor.window_seconds
         while len(self._calls) > 2 and now - self._calls[1].at >= window:
@@ -418,6 +476,8 @@ class AlertManager:
             for notification in sent:
                 self._log(notification)
                 await self._enqueue(session, notification, config)
+            await repo.evaluated(EVALUATOR, now)
+            await repo.purge_silences(_at(observation.at - KEEP_ENDED_SILENCES_SECONDS))
             await session.commit()
         self.evaluated_at = observation.at
         if sent:
@@ -432,7 +492,8 @@ class AlertManager:
             alerts = [to_alert(r) for r in await repo.all()]
             silences = list(await repo.silences(since=_at(now - KEEP_ENDED_SILENCES_SECONDS)))
             channels = await repo.channel_status(kinds)
-        self.view = AlertView(alerts, silences, channels, now)
+            evaluation = await repo.last_evaluation()
+        self.view = AlertView(alerts, silences, channels, now, evaluation)
 
     def _log(self, notification: Notification) -> None:
         alert = notification.alert
@@ -473,46 +534,58 @@ class AlertManager:
         *,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        """A capability's problem is happening: fire it (or keep it firing, repeated at most
-        every repeat interval), unless a silence holds it."""
+        """A capability's problem is happening: fire it (or keep it firing: told again when
+        its severity rises, else at most every repeat interval), unless a silence holds it.
+        Never raises for want of the database: the report is then logged, as with the
+        monitor off. A malformed ``source`` or label is the caller's bug (``ValueError``)."""
+        keys = reported_labels(source, labels)
+        text = message[:MAX_MESSAGE_CHARS]
+        try:
+            await self._report(source, AlertSeverity(severity), text, keys)
+        except Exception as exc:
+            log.error("alert_report_failed", source=source, error_type=type(exc).__name__)
+            await LogAlertReporter().report(source, severity, text, labels=dict(keys))
+
+    async def _report(
+        self, source: str, severity: AlertSeverity, message: str, keys: Labels
+    ) -> None:
         rule = REPORTED + source
-        keys = tuple(sorted((labels or {}).items()))
         key = fingerprint(rule, keys)
         now = self.clock()
         config = self.config
         async with self.database.session() as session:
             repo = AlertRepository(session)
+            await repo.lock(key)  # one report or clear of this alert at a time
             record = await repo.get(key)
             previous = to_alert(record) if record is not None else None
             kind: NotificationKind | None = NotificationKind.firing
             if previous is None or previous.state is AlertState.resolved:
                 alert = Alert(
-                    key,
-                    rule,
-                    AlertSeverity(severity),
-                    keys,
-                    AlertState.firing,
-                    now,
-                    1.0,
-                    message,
-                    fired_at=now,
-                    seen_at=now,
-                )
+                    key, rule, severity, keys, AlertState.firing, now, 1.0, message,
+                    fired_at=now, seen_at=now,
+                )  # fmt: skip
             else:
-                alert = replace(
-                    previous, severity=AlertSeverity(severity), message=message, seen_at=now
-                )
-                last = previous.notified_at or 0.0
-                due = now - last >= config.repeat_interval_seconds
-                kind = NotificationKind.repeat if due else None
+                alert = replace(previous, severity=severity, message=message, seen_at=now)
+                kind = due(previous, alert, now, config.repeat_interval_seconds)
             await self._settle(session, alert, kind, config)
 
     async def clear(self, source: str, *, labels: Mapping[str, str] | None = None) -> None:
-        """A capability's problem is over: resolve its alert (notified once)."""
-        key = fingerprint(REPORTED + source, tuple(sorted((labels or {}).items())))
+        """A capability's problem is over: resolve its alert (notified once). Never raises
+        for want of the database (logged instead)."""
+        keys = reported_labels(source, labels)
+        try:
+            await self._clear(source, keys)
+        except Exception as exc:
+            log.error("alert_clear_failed", source=source, error_type=type(exc).__name__)
+            await LogAlertReporter().clear(source, labels=dict(keys))
+
+    async def _clear(self, source: str, keys: Labels) -> None:
+        key = fingerprint(REPORTED + source, keys)
         now = self.clock()
         async with self.database.session() as session:
-            record = await AlertRepository(session).get(key)
+            repo = AlertRepository(session)
+            await repo.lock(key)
+            record = await repo.get(key)
             if record is None or record.state == AlertState.resolved.value:
                 return
             alert = replace(to_alert(record), state=AlertState.resolved, resolved_at=now)

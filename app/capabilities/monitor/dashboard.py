@@ -36,6 +36,7 @@ from app.capabilities.monitor.alert_routes import AlertsOut, alerts_report
 from app.capabilities.monitor.alerts import AlertManager
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.routes import MonitorDep, MonitorSnapshot
+from app.core.middleware import hold_open
 from app.core.shutdown import GracefulShutdown
 from app.schemas.common import problems
 
@@ -117,6 +118,7 @@ def live_snapshot(
             view.channels,
             alerts.config,
             datetime.fromtimestamp(view.refreshed_at, UTC),
+            view.evaluation,
         )
     return LiveSnapshot.model_validate(body)
 
@@ -206,6 +208,7 @@ async def stream_monitor(
         # stream (and on SQLite its transaction holds the write lock): end it now; the
         # stream reads memory only.
         await session.close()
+        hold_open(request.scope)
         return StreamingResponse(
             snapshot_events(monitor, health, alerts, shutdown),
             media_type="text/event-stream",

@@ -47,8 +47,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import Scope
 
 from app.core.metrics import Metrics
+from app.core.middleware import HELD_OPEN
 
 UNMATCHED = "<unmatched>"
+# Methods counted under their own name; any other (h11 accepts any token) under OTHER_METHOD,
+# so that made-up methods cannot grow the label sets.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+OTHER_METHOD = "OTHER"
 EXCLUDED_PREFIXES = ("/health/", "/livez", "/readyz", "/metrics")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -109,7 +116,9 @@ class EndpointStats:
         if excluded(scope["path"]):
             return
         self.active -= 1
-        self.record(scope["method"], self.template(scope), status, seconds)
+        method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
+        timed = not scope.get(HELD_OPEN)
+        self.record(method, self.template(scope), status, seconds if timed else None)
 
     def template(self, scope: Scope) -> str:
         """``route_template(scope)``, worked out once per route: a route seen before answers
@@ -135,14 +144,16 @@ class EndpointStats:
             self._templates[id(route)] = (*mine[-(MAX_TEMPLATES_PER_ROUTE - 1) :], entry)
         return template
 
-    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+    def record(self, method: str, route: str, status: int, seconds: float | None) -> None:
         """Count one request (O(1): three additions to plain numbers; ``flush`` folds them
-        into the metrics)."""
+        into the metrics). ``seconds`` None: counted, not timed (held open on purpose)."""
         cells = self._pending.get((method, route))
         if cells is None:
             cells = self._pending[(method, route)] = [0.0] * _CELLS
         status_class = status // 100
         cells[status_class - 1 if 1 <= status_class <= 5 else (0 if status_class < 1 else 4)] += 1
+        if seconds is None:
+            return
         cells[_SUM] += seconds
         # The bucket of the first bound at or above the duration (Prometheus' "le").
         cells[_FIRST_BUCKET + bisect_left(BUCKETS, seconds)] += 1

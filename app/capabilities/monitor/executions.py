@@ -15,7 +15,7 @@ label; later ones count as ``other`` (a tenant cannot grow the series without bo
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from app.core.metrics import Metrics
 from app.models import StepStatus
@@ -23,6 +23,9 @@ from app.services.engine.events import ExecutionStarted, StepFailed
 from app.services.engine.state import Changes
 
 MAX_MODELS = 50
+# Model call failures that are the tenant's own doing (their key, their request), not the
+# provider's: the provider error rule does not count them (`provider_totals`).
+TENANT_SIDE = frozenset({"auth", "bad_request"})
 OTHER = "other"
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -80,16 +83,22 @@ class ExecutionMetrics:
         )
         self._models: set[tuple[str, str]] = set()
 
-    def provider_totals(self) -> dict[str, tuple[float, float]]:
-        """Each provider's model calls so far in this process, and how many of them failed."""
+    def provider_totals(
+        self, registry: CollectorRegistry | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """Each provider's model calls so far (this process's, or as ``registry`` holds them:
+        every worker's), and how many failed on the provider's side. A tenant's own mistakes
+        (a wrong key, a request the provider refused: ``TENANT_SIDE``) are calls, not
+        failures: they say nothing of the provider's health."""
+        source = self.model_calls.collect() if registry is None else registry.collect()
         totals: dict[str, tuple[float, float]] = {}
-        for family in self.model_calls.collect():
+        for family in source:
             for sample in family.samples:
-                if not sample.name.endswith("_total"):
+                if sample.name != "renum_model_calls_total":
                     continue
-                provider = sample.labels["provider"]
+                provider, outcome = sample.labels["provider"], sample.labels["outcome"]
                 calls, errors = totals.get(provider, (0.0, 0.0))
-                failed = sample.value if sample.labels["outcome"] != "ok" else 0.0
+                failed = 0.0 if outcome == "ok" or outcome in TENANT_SIDE else sample.value
                 totals[provider] = (calls + sample.value, errors + failed)
         return totals
 

@@ -206,8 +206,10 @@ class AdvancedHealthMonitor:
         now = self.clock()
         combined = service and multiprocess_dir() is not None
         kept = self._service_totals if combined else self._totals
-        first = kept[0] if kept else _Totals(now)
         rows = self.endpoints.table(self.metrics.service_registry() if combined else None)
+        if not kept:  # before the first sample: no window yet (not the lifetime's figures)
+            return [_window(row, row, 0.0) for row in rows]
+        first = kept[0]
         span = now - first.at
         return [_window(row, first.routes.get((row.method, row.route)), span) for row in rows]
 

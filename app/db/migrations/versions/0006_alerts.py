@@ -1,4 +1,5 @@
-"""alerts and alert silences: the monitor's alert state shared by every API process
+"""alerts, alert silences and the evaluator's heartbeat: the monitor's alert state shared by
+every API process; deliveries indexed by kind (an alert channel's latest delivery)
 
 Revision ID: 0006
 Revises: 0005
@@ -64,8 +65,21 @@ def upgrade() -> None:
     with op.batch_alter_table("alert_silences", schema=None) as batch_op:
         batch_op.create_index("ix_alert_silences_expires_at", ["expires_at"], unique=False)
 
+    op.create_table(
+        "alert_evaluations",
+        sa.Column("name", sa.String(length=32), nullable=False),
+        sa.Column("by", sa.String(length=300), nullable=False),
+        sa.Column("evaluated_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_alert_evaluations")),
+    )
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.create_index("ix_deliveries_kind_updated_at", ["kind", "updated_at"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_deliveries_kind_updated_at")
+    op.drop_table("alert_evaluations")
     with op.batch_alter_table("alert_silences", schema=None) as batch_op:
         batch_op.drop_index("ix_alert_silences_expires_at")
     op.drop_table("alert_silences")

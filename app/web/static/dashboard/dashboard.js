@@ -497,6 +497,13 @@
     }
     var children = [];
     if (!alerts.evaluating) children.push(el("p", { className: "muted", text: "Rule evaluation is switched off." }));
+    children.push(el("p", {
+      id: "alerts-evaluated",
+      className: "muted",
+      text: alerts.evaluated_at
+        ? "Rules last evaluated " + alerts.evaluated_at + " by " + alerts.evaluated_by + "."
+        : "The rules have not been evaluated yet.",
+    }));
     [["Active", alerts.active], ["Recent", alerts.recent]].forEach(function (group) {
       children.push(el("h3", { text: group[0] + " (" + group[1].length + ")" }));
       children.push(group[1].length
