@@ -170,6 +170,7 @@ async def test_without_its_database_a_report_is_logged_not_raised(
     app = create_app(quiet_settings(make_settings))
     async with app.router.lifespan_context(app):
         manager: AlertManager = app.state.alert_manager
+        await manager.stop()  # its loop's first round would fail too, and log so
         away = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/missing/x.db"))
         manager.database = away
         try:
