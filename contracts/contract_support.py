@@ -58,7 +58,7 @@ class Profile:
 
     @classmethod
     def ci(cls, seed: int | None = None) -> Profile:
-        return cls("ci", seed if seed is not None else CI_SEED, 20, 30, 8, 180.0)
+        return cls("ci", seed if seed is not None else CI_SEED, 14, 30, 8, 180.0)
 
     @classmethod
     def deep(cls, seed: int | None = None) -> Profile:

@@ -129,6 +129,20 @@ RULES: dict[str, tuple[ServerRule, ...]] = {
     ),
     "update_team": _workflow_rules(),
     "get_usage": (ServerRule("/query/to", "invalid", "`to` must not come before `from`."),),
+    "create_silence": (
+        ServerRule(
+            "/body/duration_minutes",
+            "silence_too_long",
+            "A silence lasts at most `RENUM_MONITOR__ALERTS__SILENCE_MAX_HOURS` (a deployment "
+            "setting, a week by default).",
+        ),
+        ServerRule(
+            "/body/matchers",
+            "not_a_label",
+            "A matcher names `rule` or a label: an alert's severity, state, fingerprint, "
+            "message and value are not labels.",
+        ),
+    ),
 }
 
 

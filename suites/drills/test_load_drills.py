@@ -1,6 +1,8 @@
 """Load drills: the harness's longer runs, each a minute or so of Locust against real
 backends, in the drills session (CI runs it after nox):
 
+- a short smoke run against a launched backend that reports everything (the load_smoke
+  session of the default run makes the same run, without looking into its reports);
 - master and two workers against a "deployment" reached only over HTTP, its CPU and memory
   read from its /metrics, failing the one service level it cannot meet;
 - the same short release-shaped run twice, as built (saved as the baseline) and with 0.4 s
@@ -10,6 +12,9 @@ backends, in the drills session (CI runs it after nox):
 
 from __future__ import annotations
 
+import csv
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +27,8 @@ from qa.load.slowdown import ROUTE_ENV, SECONDS_ENV, SlowedBackend
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from load_support import loose_thresholds
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-")
 
 
 def test_workers_and_a_target_reached_over_http(
@@ -87,3 +94,43 @@ def test_the_release_comparison_catches_a_deliberate_slowdown(tmp_path: Path) ->
     assert "| group:executions | p95_ms |" in comparison
     assert "REGRESSION" in comparison
     assert after.report.rstrip().endswith("Verdict: FAIL")
+
+
+def test_a_short_run_reports_everything_and_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reports = tmp_path / "reports"
+    thresholds = loose_thresholds(tmp_path)
+    argv = ["--profile", "smoke", "--run-time", "20s", "--reports", str(reports)]
+    argv += ["--thresholds", str(thresholds), "--save-baseline", str(tmp_path / "smoke.json")]
+    code = runner.main(argv)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "Verdict: PASS" in printed
+    assert "| overall | failure_ratio | <= 0.05 |" in printed
+    for name in ("locust.html", "locust_stats.csv", "locust_stats_history.csv", "locust.json"):
+        assert (reports / name).stat().st_size > 0, name
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["profile"] == "smoke"
+    assert summary["backend"] == "launched sqlite"
+    assert summary["planned_duration_s"] == 20
+    # every kind of user ran: the API user, the operator, the anonymous probes
+    assert {"auth", "executions", "outcomes", "probes", "metrics", "dependencies"} <= set(
+        summary["groups"]
+    )
+    assert summary["groups"]["outcomes"]["failures"] == 0  # every execution completed
+    assert not any(UUID.search(route) for route in summary["routes"])  # templates, not ids
+    assert "GET /api/v1/executions/{execution_id}" in summary["routes"]
+    assert summary["resources"]["source"] == "psutil"
+    assert summary["resources"]["samples"] >= 10
+    assert summary["resources"]["rss_mb_peak"] > 20
+    series = list(csv.DictReader((reports / "resources.csv").open()))
+    assert len(series) == summary["resources"]["samples"]
+    assert (reports / "verdict.md").read_text().rstrip().endswith("Verdict: PASS")
+    # a group of one route has Locust's own percentiles for that route
+    with (reports / "locust_stats.csv").open() as stats:
+        [metrics_row] = [r for r in csv.DictReader(stats) if r["Name"] == "/metrics"]
+    assert summary["groups"]["metrics"]["p95_ms"] == float(metrics_row["95%"])
+    assert summary["groups"]["metrics"]["requests"] == int(metrics_row["Request Count"])
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["overall"] == summary["overall"]

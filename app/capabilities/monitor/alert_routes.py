@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, Field
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
 from app.api.input_guard import CheckInputs
@@ -27,7 +27,7 @@ from app.core.errors import NotFound, ValidationFailed
 from app.db.base import utcnow
 from app.models import AlertSilence, User
 from app.repositories.alerts import AlertRepository, ChannelStatus, Evaluation
-from app.schemas.common import RequestModel, problems
+from app.schemas.common import RequestModel, link, links, problems
 
 router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
@@ -36,6 +36,9 @@ MATCHER_NAME = r"^[a-z][a-z0-9_]{0,31}$"
 # An alert's fields that are not labels: a matcher on one of them would never match.
 NOT_LABELS = frozenset({"severity", "state", "fingerprint", "message", "value"})
 RECENT_SECONDS = 24 * 3600.0
+# The types of the server's own refusals (documented on the operation: app.api.server_rules).
+NOT_A_LABEL = "not_a_label"
+SILENCE_TOO_LONG = "silence_too_long"
 
 
 class AlertOut(BaseModel):
@@ -87,6 +90,16 @@ class AlertsOut(BaseModel):
     )
 
 
+def _not_a_boolean(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid integer")  # JSON's true is not a number
+    return value
+
+
+# An integer as JSON Schema has it: 60 and 60.0, never true.
+WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
+
+
 class SilenceCreate(RequestModel):
     matchers: dict[
         Annotated[str, Field(pattern=MATCHER_NAME)],
@@ -98,6 +111,8 @@ class SilenceCreate(RequestModel):
         "reported problem's own) with the exact values an alert must have; an alert's "
         "severity, state or fingerprint are not labels.",
         examples=[{"rule": "route_latency_p95", "route": "/api/v1/executions"}],
+        # Only names that match the pattern (JSON Schema lets others through otherwise).
+        json_schema_extra={"additionalProperties": False},
     )
     reason: str = Field(
         min_length=1,
@@ -105,7 +120,7 @@ class SilenceCreate(RequestModel):
         pattern=r"\S",
         examples=["Known slow import, ticket OPS-42"],
     )
-    duration_minutes: StrictInt = Field(
+    duration_minutes: WholeNumber = Field(
         ge=1,
         le=MAX_SILENCE_MINUTES,
         description="How long it lasts from now; at most "
@@ -234,7 +249,14 @@ async def list_silences(_: AdminDep, session: SessionDep) -> list[SilenceOut]:
     description="Alerts whose rule and labels match every matcher still change state and show "
     "in `GET /api/v1/ops/alerts`, but are not notified until the silence expires. A duration "
     "over `RENUM_MONITOR__ALERTS__SILENCE_MAX_HOURS` is a 422.",
-    responses=problems(401, 403, 422),
+    responses={
+        **links(
+            201,
+            "The silence, in force.",
+            EndSilence=link("end_silence", "End it now.", silence_id="$response.body#/id"),
+        ),
+        **problems(401, 403, 422),
+    },
 )
 async def create_silence(
     body: SilenceCreate, principal: AdminDep, session: SessionDep, settings: SettingsDep
@@ -242,12 +264,16 @@ async def create_silence(
     for name in body.matchers:
         if name in NOT_LABELS:
             raise ValidationFailed.at(
-                f"/body/matchers/{name}", f"{name} is not a label: no alert could ever match"
+                f"/body/matchers/{name}",
+                f"{name} is not a label: no alert could ever match",
+                NOT_A_LABEL,
             )
     longest = settings.monitor.alerts.silence_max_hours * 60
     if body.duration_minutes > longest:
         raise ValidationFailed.at(
-            "/body/duration_minutes", f"a silence lasts at most {longest:g} minutes"
+            "/body/duration_minutes",
+            f"a silence lasts at most {longest:g} minutes",
+            SILENCE_TOO_LONG,
         )
     user = await session.get(User, principal.user_id)
     now = utcnow()
