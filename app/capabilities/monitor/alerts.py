@@ -285,10 +285,6 @@ class Leadership:
         self.database = database
         self._connection: AsyncConnection | None = None
 
-    @property
-    def held(self) -> bool:
-        return self.database.settings.is_sqlite or self._connection is not None
-
     async def hold(self) -> bool:
         """Keep or try to take the lock; whether this process holds it now. Each step is
         bounded by ``LOCK_CHECK_SECONDS``: a connection that does not answer in time is
@@ -390,7 +386,6 @@ class AlertManager:
         self.clock = clock
         self.leadership = Leadership(database)
         self.view = AlertView()
-        self.evaluated_at: float | None = None
         self._calls: deque[_Calls] = deque()
         self._failing = False
         self._task: asyncio.Task[None] | None = None
@@ -479,7 +474,6 @@ class AlertManager:
             await repo.evaluated(EVALUATOR, now)
             await repo.purge_silences(_at(observation.at - KEEP_ENDED_SILENCES_SECONDS))
             await session.commit()
-        self.evaluated_at = observation.at
         if sent:
             self.dispatcher.kick()
         return sent
