@@ -31,7 +31,7 @@ from app.api.routes import (
     users,
     webhooks,
 )
-from app.capabilities import configuration, docs, health, metrics, monitor
+from app.capabilities import configuration, database_manager, docs, health, metrics, monitor
 from app.capabilities.base import AppContext, Capability
 from app.core.alerts import LogAlertReporter
 from app.core.config import Environment, Settings
@@ -43,7 +43,7 @@ from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
 from app.core.shutdown import GracefulShutdown
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager, require_driver
 from app.services.runtime import Runtime
 from app.services.startup import StartUp
 
@@ -51,6 +51,7 @@ API_PREFIX = "/api/v1"
 # Every operations capability, in the order they start (and the reverse order they stop).
 CAPABILITIES: tuple[Capability, ...] = (
     configuration.CAPABILITY,
+    database_manager.CAPABILITY,
     health.CAPABILITY,
     metrics.CAPABILITY,
     monitor.CAPABILITY,
@@ -70,7 +71,7 @@ def enabled_capabilities(settings: Settings) -> list[Capability]:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     app.state.database = database
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(database.dispose)
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
     warnings = refuse_unsafe(settings)  # UnsafeConfiguration lists every error at once
+    require_driver(settings.database)  # MissingDriver names the install command
     app = FastAPI(
         title=f"{settings.app_name} API",
         version=__version__,

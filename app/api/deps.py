@@ -22,7 +22,7 @@ from app.core.crypto import SecretBox
 from app.core.errors import Unauthorized
 from app.core.security import TokenCodec
 from app.core.shutdown import GracefulShutdown
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import Role
 from app.schemas.common import Page, ResponseModel
 from app.services.auth import AuthService
@@ -62,8 +62,8 @@ async def get_runtime(connection: HTTPConnection) -> Runtime:
     return runtime
 
 
-async def get_database(connection: HTTPConnection) -> Database:
-    database: Database = connection.app.state.database
+async def get_database(connection: HTTPConnection) -> SQLAlchemyManager:
+    database: SQLAlchemyManager = connection.app.state.database
     return database
 
 
@@ -72,7 +72,7 @@ async def get_shutdown(connection: HTTPConnection) -> GracefulShutdown:
     return shutdown
 
 
-DatabaseDep = Annotated[Database, Depends(get_database)]
+DatabaseDep = Annotated[SQLAlchemyManager, Depends(get_database)]
 
 
 async def get_session(database: DatabaseDep) -> AsyncIterator[AsyncSession]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from app.core.config import Settings
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.services.runtime import Runtime
 from app.services.startup import StartUp
 
@@ -29,7 +29,7 @@ class AppContext:
 
     app: FastAPI
     settings: Settings
-    database: Database
+    database: SQLAlchemyManager
     runtime: Runtime
     startup: StartUp
 

@@ -53,6 +53,56 @@ class DatabaseSettings(BaseModel):
     )
     echo: bool = Field(default=False, description="Log every SQL statement (development only).")
     pool_size: int = Field(default=5, ge=1, le=100, description="PostgreSQL connection pool size.")
+    max_overflow: int = Field(
+        default=10,
+        ge=0,
+        le=200,
+        description="PostgreSQL connections opened beyond the pool size under a burst, closed "
+        "again when returned.",
+    )
+    pool_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="How long a request waits for a free pooled connection before it is "
+        "answered 503.",
+    )
+    pool_recycle_seconds: int = Field(
+        default=1800,
+        ge=-1,
+        le=86_400,
+        description="Pooled connections older than this are replaced (-1: never), so a "
+        "server's or proxy's idle timeout never hands out a dead connection.",
+    )
+    pool_pre_ping: bool = Field(
+        default=True,
+        description="Test each pooled connection with a round trip when it is checked out "
+        "(replaces connections a database restart killed).",
+    )
+    statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        le=3_600_000,
+        description="PostgreSQL cancels any statement running longer (0: no limit).",
+    )
+    command_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long the driver waits for the server's answer to a statement before "
+        "giving up on the connection (a hung server or network).",
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        default=5000,
+        ge=0,
+        le=600_000,
+        description="How long SQLite waits for another writer's lock before failing.",
+    )
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
+        default="NORMAL",
+        description="SQLite's synchronous level (NORMAL is durable under WAL except across a "
+        "power loss; FULL survives that too).",
+    )
     auto_migrate: bool = Field(
         default=True,
         description="Apply pending Alembic migrations at start-up (turn off where "
@@ -86,6 +136,66 @@ class DatabaseSettings(BaseModel):
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+
+class DatabaseManagerSettings(BaseModel):
+    """The database manager capability: a circuit breaker that answers 503 at once while the
+    database is away, pool and slow-query figures for the monitor, the per-request query budget
+    and the retention purge. Pool and driver settings are the `database` section's."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the database manager. Off, requests wait for the database as the base "
+        "layer does and nothing is purged (the rollback switch).",
+    )
+    breaker_failures: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Consecutive connection failures that open the circuit breaker.",
+    )
+    breaker_probe_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        json_schema_extra=LIVE,
+        description="While the breaker is open, how often one probe tries the database.",
+    )
+    retry_after_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        json_schema_extra=LIVE,
+        description="`Retry-After` of the 503 answered while the database is away.",
+    )
+    transient_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Times an idempotent operation is retried after a serialization failure, "
+        "a deadlock or a dropped connection.",
+    )
+    slow_query_ms: float = Field(
+        default=250.0,
+        gt=0,
+        json_schema_extra=LIVE,
+        description="Statements slower than this are logged (parameters masked) with their "
+        "route, and counted on `/metrics`.",
+    )
+    query_budget: int = Field(
+        default=40,
+        ge=1,
+        le=10_000,
+        json_schema_extra=LIVE,
+        description="Queries one API request may issue before it is logged as over budget "
+        "(counted in development and test only).",
+    )
+    query_budgets: dict[str, int] = Field(
+        default_factory=dict,
+        json_schema_extra=LIVE,
+        description="Per-route budgets that replace `query_budget`, keyed by "
+        "`METHOD /path/template`.",
+    )
 
 
 class AuthSettings(BaseModel):
@@ -700,6 +810,7 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(default=None, description="Redis URL (optional).")
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    database_manager: DatabaseManagerSettings = Field(default_factory=DatabaseManagerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     teams: TeamSettings = Field(default_factory=TeamSettings)

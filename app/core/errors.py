@@ -85,6 +85,22 @@ class TooManyRequests(ProblemError):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class ServiceUnavailable(ProblemError):
+    """A dependency is away; ``Retry-After`` says when to try again (every 503 carries it)."""
+
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = DEFAULT_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached: the request was refused before it changed anything, or
+    its transaction was rolled back."""
+
+    slug, title = "database-unavailable", "Database unavailable"
+
+
 class ValidationFailed(ProblemError):
     status, slug, title = 422, "validation-error", "Invalid request"
 
@@ -105,6 +121,7 @@ _PROBLEM_CLASSES: tuple[type[ProblemError], ...] = (
     PayloadTooLarge,
     ValidationFailed,
     TooManyRequests,
+    ServiceUnavailable,
 )
 
 

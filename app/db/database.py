@@ -1,9 +1,16 @@
-"""The engine and session factory for one settings object; SQLite or PostgreSQL.
+"""The database manager (``SQLAlchemyManager``): the engines and sessions of one settings
+object, on SQLite or PostgreSQL. Nothing else in the application creates an engine or imports a
+driver.
 
-Created by the application's lifespan (never at import time) and closed with it. Besides
-sessions, it runs short synchronous transactions in one hop (``run_transaction``), which the
-execution engine uses for its per-step writes, and a health round trip (``server_version``,
-``ping``) on a connection of its own that never waits for SQLite's write lock or the pool.
+Created by the application's lifespan (never at import time) and disposed of with it. It checks
+that the URL's driver is installed (``require_driver``: one clear error with the install
+command), builds the engine with the pool and driver settings of the ``database`` section (pool
+size, overflow, timeout, recycle, pre-ping; PostgreSQL's statement timeout and the driver's
+connect and command timeouts; SQLite's pragmas), measures its pool (``app.db.pool``) and lets a
+circuit breaker guard every checkout (``attach_breaker``). Besides sessions, it runs short
+synchronous transactions in one hop (``run_transaction``), which the execution engine uses for
+its per-step writes, and a health round trip (``server_version``, ``ping``) on a connection of
+its own that never waits for SQLite's write lock or the pool.
 
 Every engine hides SQL parameters (``hide_parameters=True``): a failed statement's error, and
 the statement log of ``echo``, never carry the values bound to it (prompts, key hashes, ...).
@@ -12,6 +19,8 @@ the statement log of ``echo``, never carry the values bound to it (prompts, key 
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -29,6 +38,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from app.core.config import DatabaseSettings
+from app.db.breaker import CircuitBreaker
+from app.db.pool import MeasuredPool, PoolStats, pool_status
 
 T = TypeVar("T")
 
@@ -40,14 +51,46 @@ READ_ONLY: dict[str, Any] = {SQLITE_BEGIN: "DEFERRED"}
 _BEGIN_MODES = frozenset({"IMMEDIATE", "DEFERRED"})
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+# The driver each URL scheme needs, and how to install it.
+DRIVERS = {
+    "sqlite+aiosqlite": ("aiosqlite", "python -m pip install 'aiosqlite>=0.20,<1'"),
+    "postgresql+asyncpg": ("asyncpg", "python -m pip install 'asyncpg>=0.29,<1'"),
+}
+
+
+class MissingDriver(RuntimeError):
+    """The database URL names a driver that is not installed: the backend does not start."""
+
+
+def missing_driver(settings: DatabaseSettings) -> str | None:
+    """Why the URL's driver cannot be used (with the command that installs it), or None."""
+    scheme = settings.url.split("://", 1)[0]
+    module, install = DRIVERS[scheme]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return (
+            f"RENUM_DATABASE__URL uses {scheme}://, but its driver `{module}` cannot be "
+            f"imported ({exc}). Install it: {install}"
+        )
+    return None
+
+
+def require_driver(settings: DatabaseSettings) -> None:
+    """Raise ``MissingDriver`` when the URL's driver is not installed."""
+    problem = missing_driver(settings)
+    if problem is not None:
+        raise MissingDriver(problem)
+
+
+def _sqlite_pragmas(settings: DatabaseSettings, dbapi_connection: Any, _record: Any) -> None:
     # SQLAlchemy emits BEGIN itself (see _sqlite_begin), not the driver.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
+    cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
     cursor.close()
 
 
@@ -71,21 +114,43 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _postgres_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
+    """asyncpg's connect and command timeouts, and the server's statement timeout."""
+    server_settings = {"application_name": "renum"}
+    if settings.statement_timeout_ms:
+        server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+    return {
+        "timeout": settings.connect_timeout_seconds,
+        "command_timeout": settings.command_timeout_seconds,
+        "server_settings": server_settings,
+    }
+
+
 def build_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """The application's engine: a measured pool (``MeasuredPool``) with the section's
+    settings; on SQLite, the pragmas and the begin mode of ``_sqlite_begin``."""
     url = make_url(settings.url)
+    pool: dict[str, Any] = {
+        "poolclass": MeasuredPool,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout_seconds,
+        "pool_recycle": settings.pool_recycle_seconds,
+        "pool_pre_ping": settings.pool_pre_ping,
+    }
     if settings.is_sqlite:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=settings.echo, hide_parameters=True)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_async_engine(url, echo=settings.echo, hide_parameters=True, **pool)
+        event.listen(engine.sync_engine, "connect", functools.partial(_sqlite_pragmas, settings))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url,
         echo=settings.echo,
         hide_parameters=True,
-        pool_size=settings.pool_size,
-        pool_pre_ping=True,
+        connect_args=_postgres_connect_args(settings),
+        **pool,
     )
 
 
@@ -101,7 +166,12 @@ def build_probe_engine(settings: DatabaseSettings) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_probe_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, poolclass=NullPool, hide_parameters=True)
+    return create_async_engine(
+        url,
+        poolclass=NullPool,
+        hide_parameters=True,
+        connect_args=_postgres_connect_args(settings),
+    )
 
 
 def _sqlite_file(settings: DatabaseSettings) -> URL | None:
@@ -112,19 +182,21 @@ def _sqlite_file(settings: DatabaseSettings) -> URL | None:
     return url.set(drivername="sqlite")
 
 
-def build_sync_sqlite_engine(url: URL, echo: bool) -> Engine:
-    engine = create_engine(url, echo=echo, hide_parameters=True)
-    event.listen(engine, "connect", _sqlite_pragmas)
+def build_sync_sqlite_engine(url: URL, settings: DatabaseSettings) -> Engine:
+    engine = create_engine(url, echo=settings.echo, hide_parameters=True)
+    event.listen(engine, "connect", functools.partial(_sqlite_pragmas, settings))
     event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-class Database:
-    """Owns one engine and hands out sessions."""
+class SQLAlchemyManager:
+    """Owns the engines of one ``database`` settings section and hands out sessions."""
 
     def __init__(self, settings: DatabaseSettings) -> None:
+        require_driver(settings)
         self.settings = settings
         self.engine = build_engine(settings)
+        self.breaker: CircuitBreaker | None = None
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_url = _sqlite_file(settings)
         self._sqlite: _SQLiteWorker | None = None
@@ -134,6 +206,28 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker() as session:
             yield session
+
+    @property
+    def pool_stats(self) -> PoolStats:
+        stats: PoolStats = self.engine.pool.stats  # type: ignore[attr-defined]  # MeasuredPool
+        return stats
+
+    def pool_status(self) -> dict[str, float]:
+        """Size, checked out, overflow, waits, wait time and connection errors of the pool."""
+        return pool_status(self.engine.pool)
+
+    def attach_breaker(self, breaker: CircuitBreaker | None) -> None:
+        """Let ``breaker`` guard every checkout (None: no guard, the base behaviour). When it
+        opens, the connections checked out are terminated, ending statements hung on them."""
+        self.breaker = breaker
+        self.pool_stats.gate = breaker
+        if breaker is not None:
+            breaker.on_open = self.terminate_in_use
+
+    def terminate_in_use(self) -> None:
+        pool = self.engine.pool
+        if isinstance(pool, MeasuredPool):
+            pool.terminate_in_use()
 
     @property
     def probe_engine(self) -> AsyncEngine:
@@ -162,11 +256,13 @@ class Database:
         thread of its own (SQLite runs one writer at a time anyway, and through the async
         driver each statement would cost a thread hop); elsewhere the async driver runs
         ``work`` through SQLAlchemy's greenlet bridge (``run_sync``)."""
+        if self.breaker is not None:
+            self.breaker.check()
         if self._sqlite_url is None:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(work)
         if self._sqlite is None:
-            self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings.echo)
+            self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings)
         return await self._sqlite.run(work)
 
     async def dispose(self) -> None:
@@ -183,8 +279,8 @@ class _SQLiteWorker:
     """One thread with one open pysqlite connection to the database file, running one
     transaction at a time (SQLite serialises writers anyway)."""
 
-    def __init__(self, url: URL, echo: bool) -> None:
-        self.engine = build_sync_sqlite_engine(url, echo)
+    def __init__(self, url: URL, settings: DatabaseSettings) -> None:
+        self.engine = build_sync_sqlite_engine(url, settings)
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="renum-sqlite")
         self.conn: Connection | None = None
 

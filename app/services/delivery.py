@@ -72,7 +72,7 @@ from app.core.crypto import CryptoError, SecretBox
 from app.core.egress import EgressClients, EgressRefused
 from app.core.logging import get_logger
 from app.db.base import utcnow
-from app.db.database import READ_ONLY, Database
+from app.db.database import READ_ONLY, SQLAlchemyManager
 from app.models import Delivery, DeliveryStatus, Webhook
 from app.repositories.deliveries import DeliveryRepository, WebhookRepository
 from app.services.mailer import MailError, is_mailto, parse_mailto, send_email
@@ -342,7 +342,7 @@ class _Job:
 class DeliveryDispatcher:
     """Sends due deliveries in the background of one process (see the module docstring)."""
 
-    database: Database
+    database: SQLAlchemyManager
     settings: DeliverySettings
     box: SecretBox
     clients: EgressClients

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from app.db.base import utcnow
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import (
     ContextEntry,
     Execution,
@@ -237,7 +237,7 @@ class ExecutionService:
 
 
 async def wait_for_end(
-    database: Database, hub: EventHub, execution_id: uuid.UUID, seconds: float
+    database: SQLAlchemyManager, hub: EventHub, execution_id: uuid.UUID, seconds: float
 ) -> None:
     """Return when the execution has ended, ``seconds`` have passed or the process is
     shutting down."""
@@ -260,7 +260,11 @@ TERMINAL_EVENTS = frozenset(cls.type for cls in TERMINAL_EVENT_TYPES)
 
 
 async def event_stream(
-    database: Database, hub: EventHub, execution_id: uuid.UUID, after: int, idle_seconds: float
+    database: SQLAlchemyManager,
+    hub: EventHub,
+    execution_id: uuid.UUID,
+    after: int,
+    idle_seconds: float,
 ) -> AsyncIterator[EventOut | None]:
     """Yield the execution's events after ``after`` as they are committed, until it ends;
     ``None`` marks ``idle_seconds`` without news (a keep-alive). Each read uses its own short

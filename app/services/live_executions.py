@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from app.core.config import Settings
 from app.core.errors import ProblemError
 from app.core.security import TokenCodec
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.schemas.executions import EventOut
 from app.services.auth import AuthService
 from app.services.executions import ExecutionService, event_stream
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 class LiveExecutionService:
     def __init__(
-        self, database: Database, settings: Settings, codec: TokenCodec, runtime: Runtime
+        self, database: SQLAlchemyManager, settings: Settings, codec: TokenCodec, runtime: Runtime
     ) -> None:
         self.database = database
         self.settings = settings

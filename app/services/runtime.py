@@ -18,7 +18,7 @@ from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.core.egress import EgressClients
 from app.core.templates import TemplateRenderer
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.services.delivery import DeliveryDispatcher
 from app.services.engine.agent_calls import AgentCaller
 from app.services.engine.engine import ExecutionEngine
@@ -30,7 +30,7 @@ from app.services.providers.prices import PriceTable
 
 @dataclass
 class Runtime:
-    database: Database
+    database: SQLAlchemyManager
     hub: EventHub
     http: EgressClients
     runner: InProcessRunner
@@ -39,7 +39,7 @@ class Runtime:
     warming: asyncio.Task[None] | None = None  # the template workers starting in the background
 
     @classmethod
-    def build(cls, settings: Settings, database: Database, box: SecretBox) -> Runtime:
+    def build(cls, settings: Settings, database: SQLAlchemyManager, box: SecretBox) -> Runtime:
         overrides = {
             model: price.model_dump(mode="json")
             for model, price in settings.providers.price_overrides.items()

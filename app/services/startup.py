@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from app.core.config import Settings
 from app.core.logging import get_logger
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.services.bootstrap import BootstrapPasswordLeft, bootstrap_admin
 
 log = get_logger("app.startup")
@@ -23,7 +23,7 @@ log = get_logger("app.startup")
 class StartUp:
     """Migrations and the first admin, now or, after a degraded start, as soon as possible."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(self, settings: Settings, database: SQLAlchemyManager) -> None:
         self.settings = settings
         self.database = database
         self.migrated = not settings.database.auto_migrate
@@ -100,7 +100,7 @@ class StartUp:
                 await self._retry
 
 
-async def bootstrap(settings: Settings, database: Database) -> None:
+async def bootstrap(settings: Settings, database: SQLAlchemyManager) -> None:
     """Create the first admin on an empty database."""
     async with database.session() as session:
         created = await bootstrap_admin(session, settings)

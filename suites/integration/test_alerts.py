@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from app.capabilities.monitor.alerts import Leadership
 from app.core.config import DatabaseSettings, Settings
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.main import create_app
 from app.models import Delivery
 from app.services.delivery import verify_signature
@@ -468,8 +468,8 @@ def test_one_process_holds_the_evaluator_lock_until_it_lets_go() -> None:
     url = services.create_postgres_database(name)
 
     async def scenario() -> list[bool]:
-        first = Database(DatabaseSettings(url=url))
-        second = Database(DatabaseSettings(url=url))
+        first = SQLAlchemyManager(DatabaseSettings(url=url))
+        second = SQLAlchemyManager(DatabaseSettings(url=url))
         one, two = Leadership(first), Leadership(second)
         try:
             seen = [await one.hold(), await two.hold(), await one.hold(), await two.hold()]

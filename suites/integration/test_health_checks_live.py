@@ -18,7 +18,7 @@ import pytest
 from app.capabilities.health.checks import CheckContext, CheckOutcome, DatabaseCheck, RedisCheck
 from app.capabilities.health.registry import Status
 from app.core.config import Settings
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from qa import services
 
 pytestmark = pytest.mark.anyio
@@ -53,7 +53,7 @@ def make_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MakeSettin
 
 
 async def outcome_of(check: DatabaseCheck | RedisCheck, settings: Settings) -> CheckOutcome:
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         context = CheckContext(settings=settings, database=database, timeout_seconds=5.0)
         [outcome] = await check.run(context)

@@ -13,7 +13,7 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import Account, Agent, Role, Team, TeamMember, User
 from app.services.principal import Principal
 from app.services.runtime import Runtime
@@ -24,7 +24,7 @@ from qa import services
 class Bench:
     loop: asyncio.AbstractEventLoop
     settings: Settings
-    database: Database
+    database: SQLAlchemyManager
     runtime: Runtime
     principal: Principal
     teams: dict[str, uuid.UUID]
@@ -33,7 +33,7 @@ class Bench:
         return self.loop.run_until_complete(coroutine)  # type: ignore[arg-type]
 
 
-async def _seed(database: Database) -> tuple[Principal, dict[str, uuid.UUID]]:
+async def _seed(database: SQLAlchemyManager) -> tuple[Principal, dict[str, uuid.UUID]]:
     async with database.session() as session:
         account = Account(name="bench", name_key="bench")
         session.add(account)
@@ -92,7 +92,7 @@ def open_bench(flavour: str) -> Iterator[Bench]:
         log_level="WARNING",
     )
     loop = asyncio.new_event_loop()
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     loop.run_until_complete(migrate.upgrade(database.engine))
     principal, teams = loop.run_until_complete(_seed(database))
     runtime = Runtime.build(settings, database, SecretBox.from_settings(settings))

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.core.config import DatabaseSettings, Settings
 from app.core.logging import configure_logging, get_logger
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from qa import services
 from qa.client import API
 from qa.factories import expect, tenant_with_owner
@@ -155,13 +155,13 @@ def test_postgresql_errors_logged_by_the_application_carry_no_values(
     params = {k: v.format(canary=canary) if isinstance(v, str) else v for k, v in template.items()}
 
     async def provoke() -> None:
-        database = Database(DatabaseSettings(url=postgres_url))
+        database = SQLAlchemyManager(DatabaseSettings(url=postgres_url))
         try:
             await fail(database)
         finally:
             await database.dispose()
 
-    async def fail(database: Database) -> None:
+    async def fail(database: SQLAlchemyManager) -> None:
         async with database.engine.begin() as conn:
             await conn.execute(
                 text(

@@ -25,7 +25,7 @@ import websockets
 from app.core.config import Settings
 from app.core.errors import Unauthorized
 from app.core.security import TokenCodec
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import RefreshToken
 from app.services import auth as auth_module
 from app.services.auth import AuthService
@@ -51,7 +51,7 @@ def sessions(backend: Backend) -> Iterator[list[ApiClient]]:
 
 
 T = TypeVar("T")
-InProcess = Callable[[Callable[[Database, TokenCodec], Awaitable[T]]], T]
+InProcess = Callable[[Callable[[SQLAlchemyManager, TokenCodec], Awaitable[T]]], T]
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def in_process(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> InProcess[A
             monkeypatch.setenv(name, value)
     settings = Settings()  # as the backend reads them (its environment wins over .env)
 
-    async def run(work: Callable[[Database, TokenCodec], Awaitable[Any]]) -> Any:
-        database = Database(settings.database)
+    async def run(work: Callable[[SQLAlchemyManager, TokenCodec], Awaitable[Any]]) -> Any:
+        database = SQLAlchemyManager(settings.database)
         try:
             return await work(database, TokenCodec(settings))
         finally:
@@ -221,7 +221,7 @@ def test_a_login_racing_a_password_change_gets_no_session(
         changed.append(victim.post(CHANGE, json=body).status_code)
         return verified
 
-    async def attacker_login(database: Database, codec: TokenCodec) -> Any:
+    async def attacker_login(database: SQLAlchemyManager, codec: TokenCodec) -> Any:
         async with database.session() as session:
             return await AuthService(session, codec).login(user.email, user.password)
 
@@ -250,7 +250,7 @@ def test_a_refresh_token_minted_before_a_password_change_is_refused(
     body = {"current_password": user.password, "new_password": NEW_PASSWORD}
     expect(session.post(CHANGE, json=body), 204)  # generation 0 -> 1
 
-    async def stored_with_the_old_generation(database: Database, codec: TokenCodec) -> str:
+    async def stored_with_the_old_generation(database: SQLAlchemyManager, codec: TokenCodec) -> str:
         token, claims = codec.issue(user_id, "refresh", generation=0)
         async with database.session() as db_session:
             db_session.add(

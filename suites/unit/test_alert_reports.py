@@ -18,7 +18,7 @@ from app.capabilities.monitor.alerts import AlertManager
 from app.core.alerts import LogAlertReporter
 from app.core.config import DatabaseSettings, Settings
 from app.db.base import utcnow
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.main import create_app
 from app.models import AlertRecord, AlertSilence, Delivery
 from app.repositories.alerts import AlertRepository
@@ -171,7 +171,9 @@ async def test_without_its_database_a_report_is_logged_not_raised(
     async with app.router.lifespan_context(app):
         manager: AlertManager = app.state.alert_manager
         await manager.stop()  # its loop's first round would fail too, and log so
-        away = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/missing/x.db"))
+        away = SQLAlchemyManager(
+            DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/missing/x.db")
+        )
         manager.database = away
         try:
             with capture_logs() as logs:

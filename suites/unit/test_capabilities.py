@@ -29,6 +29,7 @@ PLAN_FILES = {
         "app.capabilities.configuration",
     ),
     "app/core/health_monitor.py": ("AdvancedHealthMonitor", "app.capabilities.monitor"),
+    "app/core/sqlalchemy_manager.py": ("SQLAlchemyManager", "app.db.database"),
 }
 PLAN_NAMES = (
     "dependency_validator",
@@ -42,6 +43,7 @@ PLAN_NAMES = (
 )
 ROUTES = {
     "configuration": {"/api/v1/ops/config", "/api/v1/ops/config/reload"},
+    "database_manager": set(),  # no routes of its own: 503s and /metrics figures
     "health": {"/health/live", "/livez", "/health/ready", "/readyz", "/health/dependencies"},
     "metrics": {"/metrics"},
     "monitor": {

@@ -17,7 +17,7 @@ from app.db import migrate
 from app.db.base import NAMING_CONVENTION, Base, UTCDateTime, utcnow
 from app.db.database import (
     READ_ONLY,
-    Database,
+    SQLAlchemyManager,
     build_engine,
     build_probe_engine,
     build_sync_sqlite_engine,
@@ -79,7 +79,9 @@ async def test_utc_datetime_round_trips_through_sqlite(tmp_path: Path) -> None:
     table = Table(
         "stamps", metadata, Column("id", Integer, primary_key=True), Column("at", UTCDateTime)
     )
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'stamps.db'}"))
+    database = SQLAlchemyManager(
+        DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'stamps.db'}")
+    )
     try:
         async with database.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
@@ -95,7 +97,7 @@ async def test_utc_datetime_round_trips_through_sqlite(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_sqlite_engine_creates_the_folder_and_sets_pragmas(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "renum.db"
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
     try:
         assert path.parent.is_dir()
         await database.ping()
@@ -136,14 +138,16 @@ def test_every_engine_hides_sql_parameters(tmp_path: Path) -> None:
         build_engine(pg_settings).sync_engine,
         build_probe_engine(sqlite_settings).sync_engine,
         build_probe_engine(pg_settings).sync_engine,
-        build_sync_sqlite_engine(make_url(sqlite_settings.url).set(drivername="sqlite"), False),
+        build_sync_sqlite_engine(
+            make_url(sqlite_settings.url).set(drivername="sqlite"), sqlite_settings
+        ),
     ]
     assert all(engine.hide_parameters for engine in engines)
 
 
 @pytest.mark.anyio
 async def test_a_failed_statement_error_does_not_carry_its_parameters(tmp_path: Path) -> None:
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"))
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"))
     try:
         async with database.engine.connect() as conn:
             with pytest.raises(DBAPIError) as caught:
@@ -164,7 +168,7 @@ async def test_sqlite_transactions_begin_immediate_unless_read_only(tmp_path: Pa
     """A writer holds SQLite's write lock: a read-only transaction (and the health round
     trips) still run, a normal one (BEGIN IMMEDIATE) waits for the lock."""
     path = tmp_path / "lock.db"
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
     try:
         await migrate.upgrade(database.engine)
         async with database.engine.connect() as writer:
@@ -188,7 +192,7 @@ async def test_sqlite_transactions_begin_immediate_unless_read_only(tmp_path: Pa
 
 @pytest.mark.anyio
 async def test_an_unknown_sqlite_begin_mode_is_refused(tmp_path: Path) -> None:
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"))
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"))
     try:
         async with database.engine.connect() as conn:
             conn = await conn.execution_options(renum_sqlite_begin="EXCLUSIVE; DROP TABLE x")
@@ -207,7 +211,7 @@ def test_head_revision_is_the_latest_migration() -> None:
 
 @pytest.mark.anyio
 async def test_upgrade_current_downgrade(tmp_path: Path) -> None:
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"))
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"))
     try:
         assert await migrate.current_revision(database.engine) is None
         await migrate.upgrade(database.engine)
@@ -235,7 +239,9 @@ async def test_migrations_match_the_models(tmp_path: Path) -> None:
 
     import app.models  # noqa: F401
 
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'diff.db'}"))
+    database = SQLAlchemyManager(
+        DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'diff.db'}")
+    )
     try:
         await migrate.upgrade(database.engine)
         async with database.engine.connect() as conn:

@@ -32,7 +32,7 @@ from app.core.crypto import SecretBox
 from app.core.egress import EgressClients, EgressGuard, EgressRefused
 from app.db import migrate
 from app.db.base import utcnow
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import Account, Delivery, Execution, ExecutionStatus, Webhook
 from app.services import delivery as service
 from app.services.delivery import (
@@ -184,7 +184,7 @@ class Receiver:
 
 @dataclass
 class World:
-    database: Database
+    database: SQLAlchemyManager
     box: SecretBox
     receiver: Receiver
     account_id: uuid.UUID
@@ -200,7 +200,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         name = f"renum_deliveries_{uuid.uuid4().hex[:10]}"
         url = await asyncio.to_thread(services.create_postgres_database, name)
     settings = Settings(environment="test", database={"url": url})
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     receiver = Receiver()
     clients: list[httpx.AsyncClient] = []
     try:

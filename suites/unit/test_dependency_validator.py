@@ -27,7 +27,7 @@ from app.capabilities.health.validator import (
 )
 from app.core.config import Settings
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
@@ -151,8 +151,8 @@ def test_the_installed_renum_distribution_satisfies_its_own_requirements() -> No
 
 
 @pytest.fixture
-async def database(make_settings: MakeSettings) -> AsyncIterator[Database]:
-    db = Database(make_settings().database)
+async def database(make_settings: MakeSettings) -> AsyncIterator[SQLAlchemyManager]:
+    db = SQLAlchemyManager(make_settings().database)
     await migrate.upgrade(db.engine)
     yield db
     await db.dispose()
@@ -196,7 +196,7 @@ class Raises(HealthCheck):
 
 
 async def test_validate_runs_the_registered_checks_on_a_healthy_database(
-    make_settings: MakeSettings, database: Database
+    make_settings: MakeSettings, database: SQLAlchemyManager
 ) -> None:
     settings = make_settings(providers={"openai_base_url": "http://127.0.0.1:9/v1"})
     validator = DependencyValidator(settings, database, metadata=FakeMetadata(HEALTHY))
@@ -215,7 +215,7 @@ async def test_validate_runs_the_registered_checks_on_a_healthy_database(
 
 
 async def test_a_hung_check_fails_at_its_timeout_and_the_others_still_report(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     checks = [Hangs(), Fixed("ok", Status.passed)]
     validator = DependencyValidator(settings, database, checks=checks)
@@ -231,7 +231,7 @@ async def test_a_hung_check_fails_at_its_timeout_and_the_others_still_report(
 
 
 async def test_a_broken_check_is_reported_and_does_not_stop_the_others(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     validator = DependencyValidator(
         settings, database, checks=[Raises(), Fixed("ok", Status.passed)]

@@ -24,7 +24,7 @@ from app.core.crypto import SecretBox
 from app.core.templates import TemplateRenderer
 from app.db import migrate
 from app.db.base import utcnow
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import (
     Account,
     Agent,
@@ -95,7 +95,7 @@ class _Caller(AgentCaller):
 
 @dataclass
 class World:
-    database: Database
+    database: SQLAlchemyManager
     settings: Settings
     principal: Principal
     agents: list[Agent]
@@ -167,7 +167,7 @@ class World:
             return execution, {s.step_key: s for s in steps}, list(events)
 
 
-async def _seed(database: Database) -> tuple[Principal, list[Agent]]:
+async def _seed(database: SQLAlchemyManager) -> tuple[Principal, list[Agent]]:
     async with database.session() as session:
         account = Account(name="engine", name_key="engine")
         session.add(account)
@@ -191,7 +191,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         name = f"renum_engine_{uuid.uuid4().hex[:10]}"
         url = await asyncio.to_thread(services.create_postgres_database, name)
     settings = Settings(environment="test", database={"url": url})
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         await migrate.upgrade(database.engine)
         principal, agents = await _seed(database)

@@ -28,7 +28,7 @@ from app.capabilities.health.checks import (
 from app.capabilities.health.registry import Status
 from app.core.config import Settings
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models.account import Account
 from app.models.agent import Agent
 from suites.unit.conftest import MakeSettings
@@ -43,14 +43,14 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    db = Database(settings.database)
+async def database(settings: Settings) -> AsyncIterator[SQLAlchemyManager]:
+    db = SQLAlchemyManager(settings.database)
     await migrate.upgrade(db.engine)
     yield db
     await db.dispose()
 
 
-def context(settings: Settings, database: Database, timeout: float = 2.0) -> CheckContext:
+def context(settings: Settings, database: SQLAlchemyManager, timeout: float = 2.0) -> CheckContext:
     return CheckContext(settings=settings, database=database, timeout_seconds=timeout)
 
 
@@ -62,7 +62,9 @@ def test_safe_url_drops_credentials_query_and_fragment() -> None:
 # --- database -------------------------------------------------------------------------------
 
 
-async def test_database_passes_with_version_and_latency(settings: Settings, database: Database):
+async def test_database_passes_with_version_and_latency(
+    settings: Settings, database: SQLAlchemyManager
+):
     [outcome] = await DatabaseCheck().run(context(settings, database))
     assert outcome.status is Status.passed
     assert outcome.component_id == "sqlite"
@@ -72,7 +74,7 @@ async def test_database_passes_with_version_and_latency(settings: Settings, data
 
 
 async def test_database_older_than_supported_fails(
-    settings: Settings, database: Database, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, database: SQLAlchemyManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(checks, "MIN_SQLITE", Version("99.0"))
     [outcome] = await DatabaseCheck().run(context(settings, database))
@@ -83,7 +85,7 @@ async def test_database_older_than_supported_fails(
 
 async def postgres_outcome(make_settings: MakeSettings, url: str) -> checks.CheckOutcome:
     settings = make_settings(database={"url": url})
-    db = Database(settings.database)
+    db = SQLAlchemyManager(settings.database)
     try:
         [outcome] = await DatabaseCheck().run(context(settings, db))
     finally:
@@ -105,14 +107,14 @@ async def test_postgresql_unreachable_names_the_host_without_the_password(
 # --- schema ---------------------------------------------------------------------------------
 
 
-async def test_schema_at_head_passes(settings: Settings, database: Database) -> None:
+async def test_schema_at_head_passes(settings: Settings, database: SQLAlchemyManager) -> None:
     [outcome] = await SchemaCheck().run(context(settings, database))
     assert outcome.status is Status.passed
     assert outcome.observed_value == migrate.head_revision()
 
 
 async def test_pending_migrations_fail_with_renum_db_upgrade(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     await migrate.downgrade(database.engine, "-1")
     [outcome] = await SchemaCheck().run(context(settings, database))
@@ -123,7 +125,7 @@ async def test_pending_migrations_fail_with_renum_db_upgrade(
 
 async def test_empty_database_has_no_revision(make_settings: MakeSettings) -> None:
     settings = make_settings()
-    db = Database(settings.database)
+    db = SQLAlchemyManager(settings.database)
     try:
         [outcome] = await SchemaCheck().run(context(settings, db))
     finally:
@@ -133,7 +135,7 @@ async def test_empty_database_has_no_revision(make_settings: MakeSettings) -> No
 
 
 async def test_unknown_revision_belongs_to_another_release(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     from sqlalchemy import text
 
@@ -149,7 +151,7 @@ async def test_schema_unreadable_when_the_database_is_unreachable(
 ) -> None:
     url = f"postgresql+asyncpg://renum@127.0.0.1:{closed_port()}/renum"
     settings = make_settings(database={"url": url})
-    db = Database(settings.database)
+    db = SQLAlchemyManager(settings.database)
     try:
         [outcome] = await SchemaCheck().run(context(settings, db))
     finally:
@@ -161,14 +163,14 @@ async def test_schema_unreadable_when_the_database_is_unreachable(
 # --- redis ----------------------------------------------------------------------------------
 
 
-async def test_redis_not_configured_passes(settings: Settings, database: Database) -> None:
+async def test_redis_not_configured_passes(settings: Settings, database: SQLAlchemyManager) -> None:
     [outcome] = await RedisCheck().run(context(settings, database))
     assert outcome.status is Status.passed
     assert outcome.message.startswith("not configured")
 
 
 async def test_redis_configured_without_the_package_warns(
-    make_settings: MakeSettings, database: Database, monkeypatch: pytest.MonkeyPatch
+    make_settings: MakeSettings, database: SQLAlchemyManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
@@ -179,7 +181,7 @@ async def test_redis_configured_without_the_package_warns(
 
 
 async def test_redis_unreachable_fails_with_a_fix(
-    make_settings: MakeSettings, database: Database
+    make_settings: MakeSettings, database: SQLAlchemyManager
 ) -> None:
     settings = make_settings(redis_url=f"redis://:pw@127.0.0.1:{closed_port()}/0")
     [outcome] = await RedisCheck().run(context(settings, database))
@@ -252,7 +254,7 @@ async def test_provider_connection_error_fails() -> None:
 
 
 async def test_only_the_platform_url_is_probed_never_an_agents(
-    make_settings: MakeSettings, database: Database, monkeypatch: pytest.MonkeyPatch
+    make_settings: MakeSettings, database: SQLAlchemyManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(
         providers={"openai_base_url": "http://platform/v1/", "openai_api_key": "sk-platform"}
@@ -282,7 +284,7 @@ async def test_only_the_platform_url_is_probed_never_an_agents(
 
 
 async def test_an_unreachable_platform_url_fails(
-    make_settings: MakeSettings, database: Database
+    make_settings: MakeSettings, database: SQLAlchemyManager
 ) -> None:
     settings = make_settings(providers={"openai_base_url": f"http://127.0.0.1:{closed_port()}/v1"})
     [outcome] = await ProvidersCheck().run(context(settings, database, timeout=1.0))

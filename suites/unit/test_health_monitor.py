@@ -20,7 +20,7 @@ from app.capabilities.health.registry import (
 )
 from app.capabilities.health.validator import DependencyValidator
 from app.core.config import Settings
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from qa.polling import wait_until_async
 
 pytestmark = pytest.mark.anyio
@@ -58,18 +58,20 @@ until = wait_until_async
 
 
 @pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    db = Database(settings.database)
+async def database(settings: Settings) -> AsyncIterator[SQLAlchemyManager]:
+    db = SQLAlchemyManager(settings.database)
     yield db
     await db.dispose()
 
 
-async def monitor_for(settings: Settings, database: Database, *checks: HealthCheck):
+async def monitor_for(settings: Settings, database: SQLAlchemyManager, *checks: HealthCheck):
     validator = DependencyValidator(settings, database, checks=list(checks))
     return HealthMonitor(validator, await validator.validate())
 
 
-async def test_snapshot_starts_from_the_start_up_report(settings: Settings, database: Database):
+async def test_snapshot_starts_from_the_start_up_report(
+    settings: Settings, database: SQLAlchemyManager
+):
     check = Switchable("db")
     monitor = await monitor_for(settings, database, check)
     assert check.runs == 1
@@ -78,7 +80,7 @@ async def test_snapshot_starts_from_the_start_up_report(settings: Settings, data
 
 
 async def test_failures_below_the_threshold_keep_the_last_good_result(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     check = Switchable("db", threshold=3)
     monitor = await monitor_for(settings, database, check)
@@ -101,7 +103,9 @@ async def test_failures_below_the_threshold_keep_the_last_good_result(
     assert monitor.states["db"].consecutive_failures == 0
 
 
-async def test_a_pass_between_failures_resets_the_count(settings: Settings, database: Database):
+async def test_a_pass_between_failures_resets_the_count(
+    settings: Settings, database: SQLAlchemyManager
+):
     check = Switchable("db", threshold=2)
     monitor = await monitor_for(settings, database, check)
     for status in (Status.fail, Status.passed, Status.fail):
@@ -110,7 +114,9 @@ async def test_a_pass_between_failures_resets_the_count(settings: Settings, data
     assert monitor.ready is True  # never two failures in a row
 
 
-async def test_a_check_failing_from_the_start_fails_at_once(settings: Settings, database: Database):
+async def test_a_check_failing_from_the_start_fails_at_once(
+    settings: Settings, database: SQLAlchemyManager
+):
     check = Switchable("db", threshold=5)
     check.status = Status.fail
     monitor = await monitor_for(settings, database, check)
@@ -120,7 +126,7 @@ async def test_a_check_failing_from_the_start_fails_at_once(settings: Settings, 
 
 
 async def test_warnings_and_optional_failures_do_not_stop_readiness(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     critical = Switchable("db")
     optional = Switchable("cache", critical=False, threshold=1)
@@ -134,7 +140,7 @@ async def test_warnings_and_optional_failures_do_not_stop_readiness(
 
 
 async def test_background_loops_run_each_check_on_its_interval_and_stop(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     fast = Switchable("db")
     monitor = await monitor_for(settings, database, fast)
@@ -147,7 +153,7 @@ async def test_background_loops_run_each_check_on_its_interval_and_stop(
 
 
 async def test_probes_answer_at_once_while_every_check_hangs(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     check = Switchable("db", threshold=1)
     monitor = await monitor_for(settings, database, check)
@@ -163,7 +169,7 @@ async def test_probes_answer_at_once_while_every_check_hangs(
 
 
 async def test_a_result_older_than_its_ttl_counts_as_failed(
-    settings: Settings, database: Database
+    settings: Settings, database: SQLAlchemyManager
 ) -> None:
     check = Switchable("db")
     monitor = await monitor_for(settings, database, check)

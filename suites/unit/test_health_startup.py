@@ -14,7 +14,7 @@ import pytest
 
 from app.capabilities.health.startup import StartupBlocked, start_health
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.services import startup
 from app.services.startup import StartUp
 from qa.launcher import REPO_ROOT
@@ -35,7 +35,7 @@ def unreachable_url() -> str:
 
 async def test_migrations_run_when_the_database_answers(make_settings: MakeSettings) -> None:
     settings = make_settings()
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         await StartUp(settings, database).migrate_if_possible()
         assert await migrate.current_revision(database.engine) == migrate.head_revision()
@@ -47,7 +47,7 @@ async def test_migrations_are_skipped_when_the_database_does_not_answer(
     make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = make_settings(database={"url": unreachable_url(), **FAST_DATABASE})
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         await StartUp(settings, database).migrate_if_possible()  # neither raises nor hangs
     finally:
@@ -65,7 +65,7 @@ async def test_a_failing_migration_is_left_to_the_validation(
 
     monkeypatch.setattr(startup.migrate, "upgrade", broken)
     settings = make_settings()
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         await StartUp(settings, database).migrate_if_possible()
         assert await migrate.current_revision(database.engine) is None
@@ -98,7 +98,7 @@ async def test_a_degraded_start_migrates_and_bootstraps_once_the_database_allows
     monkeypatch.setattr(startup.migrate, "upgrade", fails_twice)
     monkeypatch.setattr(startup, "bootstrap", bootstrap)
     settings = make_settings(database=FAST_DATABASE, health={"monitor": False})
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     start_up = StartUp(settings, database)
     start_up.on_migrated(migrated)
     try:
@@ -136,7 +136,7 @@ async def test_a_failure_while_finishing_start_up_is_retried(
 
     monkeypatch.setattr(startup, "bootstrap", flaky_bootstrap)
     settings = make_settings(database={**FAST_DATABASE, "auto_migrate": False})
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     start_up = StartUp(settings, database)
     start_up.on_migrated(broken_listener)  # never called: nothing was left to migrate
     try:
@@ -169,7 +169,7 @@ async def test_a_failing_listener_does_not_stop_the_retries(
 
     monkeypatch.setattr(startup.migrate, "upgrade", fails_once)
     settings = make_settings(database=FAST_DATABASE)
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     start_up = StartUp(settings, database)
     start_up.on_migrated(broken_listener)
     try:
@@ -190,7 +190,7 @@ async def test_outside_production_a_failed_critical_dependency_starts_degraded(
         providers={"openai_base_url": "http://127.0.0.1:9/v1"},
         health={**FAST, "monitor": False},
     )
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         monitor = await start_health(settings, database)
         assert monitor.ready is False
@@ -207,7 +207,7 @@ async def test_production_stops_with_a_readable_summary(
         environment="production",
         providers={"openai_base_url": "http://127.0.0.1:9/v1"},
     )
-    database = Database(settings.database)  # an empty database: migrations pending
+    database = SQLAlchemyManager(settings.database)  # an empty database: migrations pending
     try:
         with pytest.raises(StartupBlocked) as blocked:
             await start_health(settings, database)
@@ -227,7 +227,7 @@ async def test_production_may_start_degraded(make_settings: MakeSettings) -> Non
         providers={"openai_base_url": "http://127.0.0.1:9/v1"},
         health={"start_degraded": True},
     )
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         monitor = await start_health(settings, database)
         assert monitor.ready is False
@@ -266,7 +266,7 @@ async def test_without_the_redis_package_only_its_feature_is_disabled(
         providers={"openai_base_url": "http://127.0.0.1:9/v1"},
         health={"monitor": False},
     )
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         await StartUp(settings, database).migrate_if_possible()
         monitor = await start_health(settings, database)

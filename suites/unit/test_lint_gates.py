@@ -229,7 +229,7 @@ async def test_alembic_autogenerate_gets_the_metadata_from_the_caller(tmp_path: 
     from app.core.config import DatabaseSettings
     from app.db import migrate
     from app.db.base import Base
-    from app.db.database import Database
+    from app.db.database import SQLAlchemyManager
 
     def check_against(metadata: object) -> Callable[[Connection], None]:
         def check(connection: Connection) -> None:
@@ -239,7 +239,9 @@ async def test_alembic_autogenerate_gets_the_metadata_from_the_caller(tmp_path: 
 
         return check
 
-    database = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'check.db'}"))
+    database = SQLAlchemyManager(
+        DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'check.db'}")
+    )
     try:
         await migrate.upgrade(database.engine)
         async with database.engine.connect() as conn:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.core.config import DatabaseSettings, Settings
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.main import API_PREFIX, create_app
 from app.services.bootstrap import DEFAULT_ADMIN_EMAIL
 
@@ -93,7 +93,7 @@ async def test_bootstrap_uses_the_configured_email_with_a_generated_password(
 async def test_lifespan_without_auto_migrate_uses_the_existing_schema(
     make_settings: MakeSettings, sqlite_url: str
 ) -> None:
-    database = Database(make_settings().database)
+    database = SQLAlchemyManager(make_settings().database)
     await migrate.upgrade(database.engine)
     await database.dispose()
     settings = make_settings(
@@ -115,7 +115,7 @@ async def test_probes(settings: Settings, tmp_path: Path) -> None:
         # Probes read the health monitor's snapshot: the database check fails once it has
         # failed its threshold of consecutive runs (a directory is no SQLite database).
         monitor = app.state.health_monitor
-        broken = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}"))
+        broken = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}"))
         monitor.validator.database = broken
         for _ in range(monitor.states["database"].spec.failure_threshold):
             await monitor.refresh("database")

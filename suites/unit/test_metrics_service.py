@@ -25,7 +25,7 @@ def names(body: bytes) -> set[str]:
 class BrokenDatabase:
     """A database whose pool has no counter and whose sessions fail."""
 
-    class engine:  # mimics Database.engine
+    class engine:  # mimics SQLAlchemyManager.engine
         pool = object()
 
     @asynccontextmanager

@@ -17,7 +17,7 @@ from app.core.config import DatabaseSettings, Environment, Settings
 from app.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.core.security import TokenCodec, hash_password, verify_password
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import Account, ApiKey, RefreshToken, Role, User
 from app.repositories.base import Scope, paginate
 from app.repositories.users import UserRepository
@@ -115,8 +115,8 @@ def test_validation_failed_at_builds_one_field_error() -> None:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'services.db'}"))
+async def database(tmp_path: Path) -> AsyncIterator[SQLAlchemyManager]:
+    db = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'services.db'}"))
     await migrate.upgrade(db.engine)
     try:
         yield db
@@ -125,7 +125,7 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def session(database: Database) -> AsyncIterator[AsyncSession]:
+async def session(database: SQLAlchemyManager) -> AsyncIterator[AsyncSession]:
     async with database.session() as session:
         yield session
 
@@ -724,7 +724,9 @@ async def test_refresh_tokens_must_be_known_and_match_their_user(
 # --- sessions racing password changes -----------------------------------------------------
 
 
-async def _live_refresh_tokens(database: Database, user_id: uuid.UUID) -> list[RefreshToken]:
+async def _live_refresh_tokens(
+    database: SQLAlchemyManager, user_id: uuid.UUID
+) -> list[RefreshToken]:
     async with database.session() as fresh:
         query = select(RefreshToken).where(
             RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)
@@ -732,7 +734,7 @@ async def _live_refresh_tokens(database: Database, user_id: uuid.UUID) -> list[R
         return list((await fresh.scalars(query)).all())
 
 
-async def _generation(database: Database, user_id: uuid.UUID) -> int:
+async def _generation(database: SQLAlchemyManager, user_id: uuid.UUID) -> int:
     async with database.session() as fresh:
         user = await fresh.get(User, user_id)
         assert user is not None
@@ -742,7 +744,7 @@ async def _generation(database: Database, user_id: uuid.UUID) -> int:
 @pytest.mark.parametrize("change", ["own password", "owner reset", "deactivation"])
 async def test_a_login_racing_a_password_change_is_refused(
     session: AsyncSession,
-    database: Database,
+    database: SQLAlchemyManager,
     world: World,
     codec: TokenCodec,
     monkeypatch: pytest.MonkeyPatch,
@@ -778,7 +780,7 @@ async def test_a_login_racing_a_password_change_is_refused(
 
 
 async def test_a_refresh_token_of_an_older_generation_ends_its_session(
-    session: AsyncSession, database: Database, world: World, codec: TokenCodec
+    session: AsyncSession, database: SQLAlchemyManager, world: World, codec: TokenCodec
 ) -> None:
     """What a login racing a password change would have left without its check: an unrevoked
     refresh token minted (as ``_issue_pair`` mints them) with the generation before the
@@ -809,7 +811,7 @@ async def test_a_refresh_token_of_an_older_generation_ends_its_session(
 
 
 async def test_a_refresh_token_rotated_by_another_request_cannot_be_rotated_again(
-    session: AsyncSession, database: Database, world: World, codec: TokenCodec
+    session: AsyncSession, database: SQLAlchemyManager, world: World, codec: TokenCodec
 ) -> None:
     """Two requests present the same refresh token: the one that read it before the other
     rotated it (its copy of the row still says "not revoked") must not rotate it again; the
@@ -833,7 +835,7 @@ async def test_a_refresh_token_rotated_by_another_request_cannot_be_rotated_agai
 
 
 async def test_an_owner_change_from_a_stale_read_still_moves_the_generation_on(
-    session: AsyncSession, database: Database, world: World, codec: TokenCodec
+    session: AsyncSession, database: SQLAlchemyManager, world: World, codec: TokenCodec
 ) -> None:
     """The owner's update read the user before the user's own password change landed: its
     generation bump is done by the database, so both changes count and the session opened
@@ -860,7 +862,7 @@ async def test_an_owner_change_from_a_stale_read_still_moves_the_generation_on(
 
 
 async def test_deactivation_from_a_stale_read_still_moves_the_generation_on(
-    session: AsyncSession, database: Database, world: World
+    session: AsyncSession, database: SQLAlchemyManager, world: World
 ) -> None:
     member = world.member
     users = UserService(session)

@@ -33,7 +33,7 @@ from app.capabilities.health.registry import (
 )
 from app.core.config import Settings
 from app.db import migrate
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 
 DISTRIBUTION = "renum"
 # Extras that belong to the test harness, not to a feature of the running backend.
@@ -82,7 +82,7 @@ class CheckContext:
     server, as in ``renum doctor``)."""
 
     settings: Settings
-    database: Database
+    database: SQLAlchemyManager
     metadata: MetadataLookup = field(default_factory=InstalledMetadata)
     timeout_seconds: float = 5.0
     state: State | None = None

@@ -9,7 +9,7 @@ from rich.text import Text
 from app.capabilities.health.registry import Status
 from app.capabilities.health.validator import DependencyValidator, ValidationReport
 from app.core.config import Settings
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 
 EXIT_CODES = {Status.passed: 0, Status.warn: 1, Status.fail: 2}
 # Checks with more passing components than this show them as one row.
@@ -19,7 +19,7 @@ STYLES = {Status.passed: "green", Status.warn: "yellow", Status.fail: "bold red"
 
 async def diagnose(settings: Settings) -> ValidationReport:
     """Validate every dependency with a database of its own, closed afterwards."""
-    database = Database(settings.database)
+    database = SQLAlchemyManager(settings.database)
     try:
         return await DependencyValidator(settings, database).validate()
     finally:

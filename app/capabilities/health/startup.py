@@ -13,7 +13,7 @@ from app.capabilities.health.monitor import HealthMonitor
 from app.capabilities.health.validator import DependencyValidator
 from app.core.config import Environment, Settings
 from app.core.logging import get_logger
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 
 log = get_logger("app.health")
 
@@ -24,7 +24,7 @@ class StartupBlocked(RuntimeError):
 
 
 async def start_health(
-    settings: Settings, database: Database, state: State | None = None
+    settings: Settings, database: SQLAlchemyManager, state: State | None = None
 ) -> HealthMonitor:
     """Validate once, log it, enforce the production rule, and return the monitor (started
     when ``settings.health.monitor`` is on). ``state`` is the app's, for checks that look at

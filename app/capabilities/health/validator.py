@@ -29,7 +29,7 @@ from app.capabilities.health.registry import (
 )
 from app.capabilities.health.schemas import HealthCheckResult, HealthReport
 from app.core.config import HealthSettings, Settings
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 
 API_VERSION = "1"
 SERVICE_ID = "renum"
@@ -227,7 +227,7 @@ class DependencyValidator:
     def __init__(
         self,
         settings: Settings,
-        database: Database,
+        database: SQLAlchemyManager,
         *,
         metadata: MetadataLookup | None = None,
         checks: Sequence[HealthCheck] | None = None,

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.core.logging import get_logger
 from app.core.metrics import CONTENT_TYPE, Metrics
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.repositories.accounts import AccountRepository
 
 __all__ = ["CONTENT_TYPE", "ScrapedGauges"]
@@ -39,7 +39,7 @@ class ScrapedGauges:
             mode="livesum",
         )
 
-    async def render(self, database: Database) -> bytes:
+    async def render(self, database: SQLAlchemyManager) -> bytes:
         """The text exposition format, with the gauges read now."""
         self.pool_checked_out.set(_checked_out(database.engine.pool))
         active = await _active_executions(database)
@@ -53,7 +53,7 @@ def _checked_out(pool: Any) -> int:
     return int(counter()) if callable(counter) else 0
 
 
-async def _active_executions(database: Database) -> int | None:
+async def _active_executions(database: SQLAlchemyManager) -> int | None:
     """The per-account slot counters summed; None when the database does not answer quickly."""
 
     async def read() -> int:

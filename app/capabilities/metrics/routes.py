@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from app.api.deps import SettingsDep, get_codec, oauth2_scheme, probe_token_matches
 from app.capabilities.metrics.collector import CONTENT_TYPE, ScrapedGauges
 from app.core.errors import Forbidden, Unauthorized
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.schemas.common import problems
 from app.services.auth import AuthService
 
@@ -39,8 +39,8 @@ async def get_collector(request: Request) -> ScrapedGauges:
     return collector
 
 
-async def get_database(request: Request) -> Database:
-    database: Database = request.app.state.database
+async def get_database(request: Request) -> SQLAlchemyManager:
+    database: SQLAlchemyManager = request.app.state.database
     return database
 
 
@@ -85,6 +85,6 @@ async def metrics_access(
 )
 async def metrics(
     collector: Annotated[ScrapedGauges, Depends(get_collector)],
-    database: Annotated[Database, Depends(get_database)],
+    database: Annotated[SQLAlchemyManager, Depends(get_database)],
 ) -> Response:
     return Response(await collector.render(database), media_type=CONTENT_TYPE)

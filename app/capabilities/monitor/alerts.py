@@ -71,7 +71,7 @@ from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.core.alerts import LOG_LEVELS, LogAlertReporter, Severity
 from app.core.config import AlertChannelSettings, AlertSettings, Settings
 from app.core.logging import get_logger
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import AlertRecord, AlertSilence
 from app.repositories.alerts import AlertRepository, ChannelStatus, Evaluation
 from app.services.delivery import DeliveryDispatcher, Destination
@@ -281,7 +281,7 @@ PAYLOADS: dict[str, Callable[[Notification, str], dict[str, Any]]] = {
 class Leadership:
     """Whether this process is the deployment's evaluator (see the module's docstring)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: SQLAlchemyManager) -> None:
         self.database = database
         self._connection: AsyncConnection | None = None
 
@@ -371,7 +371,7 @@ class AlertManager:
     def __init__(
         self,
         *,
-        database: Database,
+        database: SQLAlchemyManager,
         monitor: AdvancedHealthMonitor,
         dispatcher: DeliveryDispatcher,
         settings: Callable[[], Settings],

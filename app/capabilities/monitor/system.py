@@ -3,7 +3,8 @@
 One ``sample()`` reads: the process's and the host's CPU (percent since the previous sample),
 the process's resident memory and open file descriptors, the host's available memory, the
 usage and free space of the disk holding the data directory, the event loop's lag (how late
-the sampler's own timer fired), the database pool (size, checked out, overflow) and the
+the sampler's own timer fired), the database pool (size, checked out, overflow, and since the
+start the checkouts that waited, their wait and the connections that failed) and the
 executions this process drives and queues. Reading them costs a few system calls; the sampler
 runs them in a thread so the event loop never waits on the disk.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from app.db.pool import pool_status
 
 
 class Figure(StrEnum):
@@ -36,6 +39,9 @@ class Figure(StrEnum):
     pool_size = "pool_size"
     pool_checked_out = "pool_checked_out"
     pool_overflow = "pool_overflow"
+    pool_waits = "pool_waits"
+    pool_wait_seconds = "pool_wait_seconds"
+    pool_connection_errors = "pool_connection_errors"
     executions_running = "executions_running"
     executions_queued = "executions_queued"
 
@@ -54,6 +60,9 @@ FIGURES: dict[Figure, tuple[str, str]] = {
     Figure.pool_size: ("count", "database pool size"),
     Figure.pool_checked_out: ("count", "database connections in use"),
     Figure.pool_overflow: ("count", "database connections beyond the pool size"),
+    Figure.pool_waits: ("count", "checkouts that waited for a free connection, since the start"),
+    Figure.pool_wait_seconds: ("s", "time checkouts waited for a free connection, since the start"),
+    Figure.pool_connection_errors: ("count", "database connections that failed, since the start"),
     Figure.executions_running: ("count", "executions this process drives"),
     Figure.executions_queued: ("count", "executions waiting for a slot in this process"),
 }
@@ -70,19 +79,10 @@ def data_directory(database_url: str) -> Path:
 
 
 def _pool_figures(pool: Any) -> dict[str, float | None]:
-    """Size, checked out and overflow of a SQLAlchemy pool (None where it has no such count:
-    SQLite's single-connection pools). The pool counts overflow below zero until it has
-    opened all of its connections; that is shown as 0."""
-
-    def read(name: str) -> float | None:
-        method = getattr(pool, name, None)
-        return float(method()) if callable(method) else None
-
-    return {
-        "pool_size": read("size"),
-        "pool_checked_out": read("checkedout"),
-        "pool_overflow": None if (overflow := read("overflow")) is None else max(0.0, overflow),
-    }
+    """The pool's figures (``app.db.pool.pool_status``); None where it has no such count."""
+    status = pool_status(pool)
+    names = ("size", "checked_out", "overflow", "waits", "wait_seconds", "connection_errors")
+    return {f"pool_{name}": status.get(name) for name in names}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from sqlalchemy import Connection
 from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.models import ExecutionStatus, MessageStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
@@ -91,7 +91,7 @@ class ExecutionLost(Exception):
 class ExecutionEngine:
     def __init__(
         self,
-        database: Database,
+        database: SQLAlchemyManager,
         settings: ExecutionSettings,
         caller: AgentCaller,
         hub: EventHub,
@@ -124,7 +124,7 @@ class ExecutionEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    # -- transactions (run by Database.run_transaction, off the event loop) -----------------
+    # -- transactions (run by SQLAlchemyManager.run_transaction, off the event loop) ----------
 
     def _claim(self, execution_id: uuid.UUID, conn: Connection) -> Changes | None:
         """Claim the execution, load it, and start its first steps."""

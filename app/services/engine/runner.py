@@ -6,8 +6,8 @@ interface later.
 Stopping (on shutdown, as soon as it begins) cancels the running drives (a step's model call
 in flight is made again by whoever resumes) and releases their executions: no owner, no
 heartbeat, so another process's reaper resumes them at once instead of after
-``stale_after_seconds``. The release goes through ``Database.run_transaction``, after any
-engine transaction already queued there. Executions submitted after that stay pending for
+``stale_after_seconds``. The release goes through ``SQLAlchemyManager.run_transaction``, after
+any engine transaction already queued there. Executions submitted after that stay pending for
 another process."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Protocol
 from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
 from app.db.base import utcnow
-from app.db.database import Database
+from app.db.database import SQLAlchemyManager
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.services.engine.engine import ExecutionEngine
 
@@ -44,7 +44,7 @@ class _Running:
 
 class InProcessRunner:
     def __init__(
-        self, engine: ExecutionEngine, database: Database, settings: ExecutionSettings
+        self, engine: ExecutionEngine, database: SQLAlchemyManager, settings: ExecutionSettings
     ) -> None:
         self.engine = engine
         self.db = database

@@ -1,0 +1,57 @@
+"""The database manager capability (SQLAlchemyManager's operations layer): a circuit breaker
+that answers 503 with ``Retry-After`` at once while the database is away and closes when it
+answers again, the pool's and the breaker's figures on ``/metrics``, and the per-request query
+budget in development and test. The engines, pools and drivers themselves are the database
+layer's (``app.db.database``). Switched off with ``RENUM_DATABASE_MANAGER__ENABLED=false``:
+requests wait for the database as the base layer does, and a lost database answers 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.capabilities.base import AppContext, Capability
+from app.capabilities.database_manager.outage import OutageWatch, install_answers
+from app.capabilities.database_manager.pool_metrics import PoolMetrics
+from app.core.config import Settings
+from app.db.breaker import CircuitBreaker
+
+__all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics"]
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    install_answers(app)
+
+
+@asynccontextmanager
+async def running(context: AppContext) -> AsyncIterator[None]:
+    app = context.app
+
+    def current() -> Settings:
+        settings: Settings = app.state.settings  # live: a reload replaces it
+        return settings
+
+    breaker = CircuitBreaker(
+        failures=context.settings.database_manager.breaker_failures,
+        retry_after=lambda: current().database_manager.retry_after_seconds,
+    )
+    context.database.attach_breaker(breaker)
+    app.state.database_watch = watch = OutageWatch(context.database, breaker, current)
+    PoolMetrics(app.state.metrics, context.database)
+    watch.start()
+    try:
+        yield
+    finally:
+        await watch.stop()
+        context.database.attach_breaker(None)
+
+
+CAPABILITY = Capability(
+    name="database_manager",
+    summary="A circuit breaker with clean 503s during database outages, pool figures, the "
+    "query budget.",
+    install=install,
+    running=running,
+)

@@ -1,0 +1,93 @@
+"""The circuit breaker between the application and its database.
+
+Closed, every checkout from the pool goes ahead. After ``failures`` consecutive connections
+that could not be opened, or when told the database stopped answering (``open``), it opens:
+every checkout is refused at once with ``DatabaseUnavailable`` (503 with ``Retry-After``)
+instead of waiting for a connect or pool timeout, and whatever hangs on a connection checked
+out before is terminated (``on_open``). While it is open nothing touches the database but the
+watcher's probe (``app.capabilities.database_manager``), which closes it when the database
+answers again. Time is read from ``clock`` so tests can step it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+from app.core.errors import DatabaseUnavailable
+from app.core.logging import get_logger
+
+log = get_logger("app.database")
+
+
+class BreakerState(StrEnum):
+    closed = "closed"
+    open = "open"
+
+
+class CircuitBreaker:
+    """Opens on consecutive connection failures or when told to; closes when told the database
+    answers. Not thread-safe by design: the pool and the watcher run on the event loop."""
+
+    def __init__(
+        self,
+        failures: int,
+        retry_after: Callable[[], int],
+        on_open: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures = failures
+        self.retry_after = retry_after
+        self.on_open = on_open
+        self.clock = clock
+        self.state = BreakerState.closed
+        self.opened_at: float | None = None
+        self.outages = 0  # times it opened
+        self.refused = 0  # checkouts refused while open
+        self.last_outage_seconds: float | None = None
+        self._consecutive = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is BreakerState.open
+
+    def check(self) -> None:
+        """Refuse a checkout while open."""
+        if self.state is BreakerState.open:
+            self.refused += 1
+            raise DatabaseUnavailable(
+                "The database is not answering; nothing was changed. Try again shortly.",
+                retry_after=self.retry_after(),
+            )
+
+    def succeeded(self) -> None:
+        self._consecutive = 0
+
+    def failed(self) -> None:
+        self._consecutive += 1
+        if self._consecutive >= self.failures:
+            self.open(f"{self._consecutive} connections in a row could not be opened")
+
+    def open(self, reason: str) -> None:
+        if self.state is BreakerState.open:
+            return
+        self.state = BreakerState.open
+        self.opened_at = self.clock()
+        self.outages += 1
+        log.error("database_unavailable", reason=reason, breaker="open")
+        self.on_open()
+
+    def close(self) -> None:
+        if self.state is BreakerState.closed:
+            return
+        self.last_outage_seconds = self.clock() - (self.opened_at or self.clock())
+        self.state = BreakerState.closed
+        self.opened_at = None
+        self._consecutive = 0
+        log.info(
+            "database_available",
+            breaker="closed",
+            outage_seconds=round(self.last_outage_seconds, 3),
+            refused=self.refused,
+        )

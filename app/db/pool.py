@@ -1,0 +1,145 @@
+"""The connection pool of the application's engine, measured, and the guard of every checkout.
+
+``MeasuredPool`` is SQLAlchemy's asyncio queue pool with three additions, all O(1) per checkout:
+
+- its figures (``PoolStats``): checkouts that had to wait for a connection and the time they
+  waited, connections that could not be opened or were lost, beside the pool's own size,
+  checked-out and overflow counts (``pool_status``);
+- a ``gate`` asked before each checkout (the database manager's circuit breaker: while the
+  database is away, a checkout is refused at once instead of waiting for a timeout) and told
+  of each checkout's outcome;
+- the connections checked out right now, so that when an outage is detected they can be
+  terminated, which ends the statements hung on them at once (``terminate_in_use``).
+
+A failure to open a connection (refused, timed out, reset: the driver raises ``OSError`` or
+``TimeoutError``, which SQLAlchemy passes through unwrapped) is raised as ``ConnectionFailed``,
+so that the layers above tell a database outage from any other error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
+
+
+class ConnectionFailed(ConnectionError):
+    """The database could not be reached: a connection could not be opened, or was lost."""
+
+
+class CheckoutGate(Protocol):
+    """What the pool asks before a checkout and tells after it (the circuit breaker)."""
+
+    def check(self) -> None:
+        """Raise to refuse the checkout."""
+
+    def succeeded(self) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+@dataclass
+class PoolStats:
+    """Counters of one engine's pool, kept across the pool's re-creation (``dispose``)."""
+
+    waits: int = 0
+    wait_seconds: float = 0.0
+    connection_errors: int = 0
+    gate: CheckoutGate | None = None
+    in_use: set[ConnectionPoolEntry] = field(default_factory=set)
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or the connection was lost (as
+    opposed to a statement the database refused)."""
+    if isinstance(exc, ConnectionFailed | OSError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return isinstance(exc.orig, OSError | TimeoutError | ConnectionError)
+    return False
+
+
+class MeasuredPool(AsyncAdaptedQueuePool):
+    """``AsyncAdaptedQueuePool`` with the figures, gate and tracking described above."""
+
+    stats: PoolStats
+
+    def __init__(self, *args: Any, stats: PoolStats | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stats = stats or PoolStats()
+        self._open = self._invoke_creator
+        # Every new connection goes through here: the first ones, overflow, and the
+        # replacements pre-ping and recycling open.
+        self._invoke_creator = self._open_connection
+
+    def _open_connection(self, record: ConnectionPoolEntry) -> Any:
+        try:
+            return self._open(record)
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            self.stats.connection_errors += 1
+            if self.stats.gate is not None:
+                self.stats.gate.failed()
+            raise ConnectionFailed(
+                f"cannot connect to the database ({type(exc).__name__})"
+            ) from exc
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        stats = self.stats
+        if stats.gate is not None:
+            stats.gate.check()
+        # A checkout waits when no connection is idle and the overflow is used up.
+        waits = self._pool.empty() and -1 < self._max_overflow <= self._overflow
+        started = time.perf_counter() if waits else 0.0
+        try:
+            record = super()._do_get()
+        finally:
+            if waits:
+                stats.waits += 1
+                stats.wait_seconds += time.perf_counter() - started
+        stats.in_use.add(record)
+        if stats.gate is not None:
+            stats.gate.succeeded()
+        return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        self.stats.in_use.discard(record)
+        super()._do_return_conn(record)
+
+    def recreate(self) -> Pool:
+        fresh = super().recreate()
+        fresh.stats = self.stats  # type: ignore[attr-defined]  # built by self.__class__
+        self.stats.in_use.clear()
+        return fresh
+
+    def terminate_in_use(self) -> int:
+        """Terminate every checked-out connection (no goodbye to a server that may not answer):
+        whatever waits on one fails at once and the pool replaces it. Returns how many."""
+        records = list(self.stats.in_use)
+        for record in records:
+            connection = record.dbapi_connection
+            if connection is not None:
+                self._dialect.do_terminate(connection)
+        return len(records)
+
+
+def pool_status(pool: Pool) -> dict[str, float]:
+    """The pool's figures now: size, checked out, overflow (never below 0), waits, wait time,
+    connection errors. A pool other than ``MeasuredPool`` reports its own counts only."""
+    status: dict[str, float] = {}
+    for name, method in (("size", "size"), ("checked_out", "checkedout"), ("overflow", "overflow")):
+        read = getattr(pool, method, None)
+        if callable(read):
+            status[name] = float(max(0, read()))
+    stats = getattr(pool, "stats", None)
+    if isinstance(stats, PoolStats):
+        status["waits"] = float(stats.waits)
+        status["wait_seconds"] = stats.wait_seconds
+        status["connection_errors"] = float(stats.connection_errors)
+    return status
