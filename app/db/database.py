@@ -39,7 +39,7 @@ from sqlalchemy.pool import NullPool
 
 from app.core.config import DatabaseSettings
 from app.db.breaker import CircuitBreaker
-from app.db.pool import MeasuredPool, PoolStats, pool_status
+from app.db.pool import MeasuredPool, PoolStats, is_connection_failure, pool_status
 
 T = TypeVar("T")
 
@@ -204,8 +204,19 @@ class SQLAlchemyManager:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessionmaker() as session:
+        """A session, closed when the block ends. A connection lost under it fails the block's
+        own statements; closing it afterwards does not fail again (the server rolled back
+        whatever was not committed when the connection went)."""
+        session = self.sessionmaker()
+        try:
             yield session
+        finally:
+            try:
+                await session.close()
+            except Exception as exc:
+                if not is_connection_failure(exc):
+                    raise
+                await session.invalidate()
 
     @property
     def pool_stats(self) -> PoolStats:
@@ -217,14 +228,13 @@ class SQLAlchemyManager:
         return pool_status(self.engine.pool)
 
     def attach_breaker(self, breaker: CircuitBreaker | None) -> None:
-        """Let ``breaker`` guard every checkout (None: no guard, the base behaviour). When it
-        opens, the connections checked out are terminated, ending statements hung on them."""
+        """Let ``breaker`` guard every checkout (None: no guard, the base behaviour)."""
         self.breaker = breaker
         self.pool_stats.gate = breaker
-        if breaker is not None:
-            breaker.on_open = self.terminate_in_use
 
     def terminate_in_use(self) -> None:
+        """Terminate the connections checked out now (a breaker's ``on_open``): statements hung
+        on them fail at once."""
         pool = self.engine.pool
         if isinstance(pool, MeasuredPool):
             pool.terminate_in_use()

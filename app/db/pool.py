@@ -52,15 +52,42 @@ class PoolStats:
     in_use: set[ConnectionPoolEntry] = field(default_factory=set)
 
 
+# The driver errors (by class, or a base class, as asyncpg names them) that mean the server
+# went away or cannot take the connection, rather than refusing a statement: SQLSTATE class 08
+# (PostgresConnectionError and its subclasses), a connection closed under an operation, the
+# server shutting down or starting (57P01-57P03), and no connection slot left (53300).
+DRIVER_CONNECTION_ERRORS = frozenset(
+    {
+        "PostgresConnectionError",
+        "ConnectionDoesNotExistError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "CannotConnectNowError",
+        "TooManyConnectionsError",
+    }
+)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error it wraps, and their causes, first to last."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = getattr(current, "orig", None) or current.__cause__
+    return chain
+
+
 def is_connection_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached or the connection was lost (as
     opposed to a statement the database refused)."""
-    if isinstance(exc, ConnectionFailed | OSError | TimeoutError):
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
+    for cause in _causes(exc):
+        if isinstance(cause, OSError | TimeoutError):
             return True
-        return isinstance(exc.orig, OSError | TimeoutError | ConnectionError)
+        if any(kind.__name__ in DRIVER_CONNECTION_ERRORS for kind in type(cause).__mro__):
+            return True
     return False
 
 

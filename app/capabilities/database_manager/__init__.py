@@ -36,6 +36,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     breaker = CircuitBreaker(
         failures=context.settings.database_manager.breaker_failures,
         retry_after=lambda: current().database_manager.retry_after_seconds,
+        on_open=context.database.terminate_in_use,
     )
     context.database.attach_breaker(breaker)
     app.state.database_watch = watch = OutageWatch(context.database, breaker, current)

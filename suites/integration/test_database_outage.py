@@ -1,0 +1,156 @@
+"""A database outage under a running backend, through ``qa/fault_proxy.py`` in front of a fresh
+PostgreSQL database (never by stopping the shared server): PostgreSQL hung, refusing and cut.
+
+While it is away, API calls answer 503 ``application/problem+json`` with ``Retry-After``; once
+the circuit breaker is open they are refused without touching the database (the breaker's own
+count of refused checkouts grows with them); a write attempted during the outage changed
+nothing; readiness turns 503 and liveness stays 200; and when the database answers again the
+API serves reads and writes without a restart. The same outage with the database manager
+switched off is the base behaviour: no breaker, and its figures stay at zero.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import faults_support as fs
+import httpx
+from faults_support import ready_status, url_via
+
+from qa import services
+from qa.client import ApiClient
+from qa.factories import create_agent
+from qa.fault_proxy import FaultProxy
+from qa.launcher import LaunchedBackend
+from qa.polling import wait_until
+
+launch_degraded = fs.launch_degraded
+postgres_database = fs.postgres_database
+
+API = "/api/v1"
+# A probe every 0.2 s, each given at most 1 s: the breaker opens within about a second.
+OUTAGE = {
+    "RENUM_DATABASE_MANAGER__BREAKER_PROBE_SECONDS": "0.2",
+    "RENUM_DATABASE__CONNECT_TIMEOUT_SECONDS": "1",
+    "RENUM_DATABASE_MANAGER__RETRY_AFTER_SECONDS": "3",
+}
+# No request may hang: each of the test's requests gives up after this long, and fails the test.
+REQUEST_TIMEOUT = 15.0
+
+
+def counter(base_url: str, name: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=REQUEST_TIMEOUT).text
+    found = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def assert_database_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "3"
+    body = response.json()
+    assert body["type"].endswith("/database-unavailable")
+    assert "Traceback" not in response.text
+
+
+def wait_for_503(admin: ApiClient) -> httpx.Response:
+    answers: list[httpx.Response] = []
+
+    def refused() -> bool:
+        answers.append(admin.get(f"{API}/agents"))
+        return answers[-1].status_code == 503
+
+    wait_until(refused, timeout=30.0, interval=0.1, what="API calls answered 503")
+    return answers[-1]
+
+
+def launch(
+    launcher: Callable[..., LaunchedBackend], name: str, port: int, **env: str
+) -> tuple[LaunchedBackend, ApiClient]:
+    server = launcher(
+        RENUM_DATABASE__URL=url_via(services.postgres().url, port, name), **{**OUTAGE, **env}
+    )
+    fs.wait_for(lambda: ready_status(server.base_url) == 200, what="ready through the proxy")
+    admin = ApiClient(server.base_url, timeout=REQUEST_TIMEOUT)
+    admin.login(server.admin_email, server.admin_password)
+    return server, admin
+
+
+def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
+    launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
+) -> None:
+    name, port = postgres_database
+    with FaultProxy("127.0.0.1", port) as proxy:
+        server, admin = launch(launch_degraded, name, proxy.port)
+        before = create_agent(admin, "before the outage")["name"]
+        assert counter(server.base_url, "renum_database_outages") == 0
+
+        proxy.hang()
+        assert_database_unavailable(wait_for_503(admin))
+        assert counter(server.base_url, "renum_database_outages") == 1
+        assert counter(server.base_url, "renum_database_breaker_open") == 1
+        # Open: each call is refused before it reaches the pool (counted, never waited for).
+        refused_before = counter(server.base_url, "renum_database_refused_requests")
+        for _ in range(5):
+            assert_database_unavailable(admin.get(f"{API}/agents"))
+        write = admin.post(f"{API}/agents", json={"name": "during the outage", "model": "m"})
+        assert_database_unavailable(write)
+        assert counter(server.base_url, "renum_database_refused_requests") >= refused_before + 6
+        assert httpx.get(f"{server.base_url}/health/live").status_code == 200
+        fs.wait_for(lambda: ready_status(server.base_url) == 503, what="readiness 503")
+
+        proxy.pass_through()
+        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="served again")
+        names = {agent["name"] for agent in admin.get(f"{API}/agents").json()["items"]}
+        assert names == {before}  # the refused write changed nothing
+        create_agent(admin, "after the outage")
+        assert counter(server.base_url, "renum_database_breaker_open") == 0
+        fs.wait_for(lambda: ready_status(server.base_url) == 200, what="ready again")
+        log = server.log_text()
+        assert "database_unavailable" in log
+        assert "database_available" in log
+        assert "Traceback" not in log
+        admin.close()
+        server.stop()
+
+
+def test_refused_and_cut_connections_answer_503_and_recover(
+    launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
+) -> None:
+    name, port = postgres_database
+    with FaultProxy("127.0.0.1", port) as proxy:
+        server, admin = launch(launch_degraded, name, proxy.port)
+        proxy.refuse()
+        assert_database_unavailable(wait_for_503(admin))
+        assert counter(server.base_url, "renum_database_connection_errors") >= 1
+        proxy.pass_through()
+        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="served again")
+
+        proxy.cut()  # live pooled connections reset under a healthy database
+        answers = [admin.get(f"{API}/agents").status_code for _ in range(5)]
+        assert set(answers) <= {200, 503}, answers  # never a 500, never a hang
+        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="after the cut")
+        create_agent(admin, "after the cut")
+        admin.close()
+        server.stop()
+
+
+def test_switched_off_the_base_layer_waits_and_nothing_is_counted(
+    launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
+) -> None:
+    name, port = postgres_database
+    with FaultProxy("127.0.0.1", port) as proxy:
+        server, admin = launch(
+            launch_degraded, name, proxy.port, RENUM_DATABASE_MANAGER__ENABLED="false"
+        )
+        proxy.refuse()
+        answer = admin.get(f"{API}/agents")
+        assert answer.status_code == 500  # the base layer's answer to a lost database
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert counter(server.base_url, "renum_database_outages") == 0
+        assert "renum_database_breaker_open" not in httpx.get(f"{server.base_url}/metrics").text
+        proxy.pass_through()
+        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="served again")
+        admin.close()
+        server.stop()
