@@ -169,7 +169,8 @@ async def test_a_refused_connection_is_counted_and_told_to_the_gate() -> None:
                 async with database.engine.connect():
                     pass
         assert database.pool_status()["connection_errors"] == 2
-        assert made.is_open and opened == ["open"]
+        assert made.is_open
+        assert opened == ["open"]
         with pytest.raises(DatabaseUnavailable):  # open: refused before any connection
             async with database.session() as session:
                 await session.execute(text("select 1"))
@@ -285,7 +286,7 @@ def test_a_missing_driver_stops_the_start_with_the_install_command(
         assert done.returncode == 2, done.stderr
         assert f"python -m pip install '{module}" in done.stderr
         assert "Traceback" not in done.stderr
-    factory = subprocess.run(  # noqa: S603
+    factory = subprocess.run(
         [sys.executable, "-c", "from app.main import create_app; create_app()"],
         env=env,
         cwd=tmp_path,
