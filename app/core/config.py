@@ -105,8 +105,9 @@ class DatabaseSettings(BaseModel):
     )
     auto_migrate: bool = Field(
         default=True,
-        description="Apply pending Alembic migrations at start-up (turn off where "
-        "`renum db upgrade` runs as a release step).",
+        description="Apply pending Alembic migrations at start-up. Off (production's "
+        "default), `renum db upgrade` is a release step and a start with pending migrations "
+        "stops, naming it.",
     )
     connect_timeout_seconds: float = Field(
         default=3.0,

@@ -37,7 +37,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "log_format": "json",
         "metrics": {"public": False},
         "docs": {"enabled": False},
-        "database": {"pool_size": 20},
+        # Migrations are a release step (`renum db upgrade`): a start with pending ones stops.
+        "database": {"pool_size": 20, "auto_migrate": False},
     },
 }
 

@@ -222,9 +222,8 @@ def test_production_refuses_to_start_on_a_failed_critical_dependency(
         launch_backend(
             "sqlite",
             extra_env={
-                "RENUM_ENVIRONMENT": "production",
+                "RENUM_ENVIRONMENT": "production",  # its profile applies no migration
                 "RENUM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}",
-                "RENUM_DATABASE__AUTO_MIGRATE": "false",
             },
         )
     message = str(caught.value)

@@ -15,7 +15,11 @@ from qa.plugin import LaunchBackend
 PROBE_TOKEN = "metrics-probe-token-0123456789abcdef"
 NOT_PUBLIC = {
     "explicitly": {"RENUM_METRICS__PUBLIC": "false"},
-    "in production by default": {"RENUM_ENVIRONMENT": "production"},
+    # Production applies no migration at start-up unless told to (a fresh database here).
+    "in production by default": {
+        "RENUM_ENVIRONMENT": "production",
+        "RENUM_DATABASE__AUTO_MIGRATE": "true",
+    },
 }
 
 
