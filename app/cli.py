@@ -65,13 +65,19 @@ def read_settings(**overrides: Any) -> Settings:
 
 def load_settings(**overrides: Any) -> Settings:
     """The settings, refused (exit code 2, every problem listed) when unsafe for their
-    environment."""
+    environment or when the database URL's driver is not installed."""
+    from app.db.database import missing_driver
+
     settings = read_settings(**overrides)
     try:
         refuse_unsafe(settings, setting_sources(Settings))
     except UnsafeConfiguration as exc:
         err.print(f"[bold red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
+    driver = missing_driver(settings.database)
+    if driver is not None:
+        err.print(f"[bold red]Renum will not start:[/] {escape(driver)}")
+        raise typer.Exit(2)
     return settings
 
 
@@ -185,8 +191,13 @@ def upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = 
 
 
 @db_cli.command()
-def downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1.")]) -> None:
-    """Revert migrations down to REVISION (`-1` is one step, `base` is empty)."""
+def downgrade(
+    revision: Annotated[
+        str, typer.Argument(help="Target revision: 0005, base, or -- -1 (one step).")
+    ],
+) -> None:
+    """Revert migrations down to REVISION (`renum db downgrade -- -1` is one step, `base` is
+    empty)."""
     from app.db import migrate
 
     run_with_engine(migrate.downgrade, revision)
@@ -202,6 +213,37 @@ def current() -> None:
     head = migrate.head_revision()
     state = "up to date" if revision == head else "migrations pending: run `renum db upgrade`"
     out.print(f"current: {revision or 'none'}  head: {head}  ({state})")
+
+
+@db_cli.command()
+def check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare the models with the live schema and report drift (missing or extra tables,
+    columns, indexes and constraints; changed types, nullability and defaults), one line per
+    difference, without changing anything. Alembic's alembic_version and other components'
+    tables (procrastinate_*) are left out. Exit code: 0 no drift, 1 drift, 2 could not check."""
+    import json
+
+    import app.models  # noqa: F401  (registers every table on Base.metadata)
+    from app.db.base import Base
+    from app.db.drift import CannotCheck, check_database
+
+    settings = load_settings()
+    try:
+        report = asyncio.run(check_database(settings.database, Base.metadata))
+    except CannotCheck as exc:
+        if as_json:
+            typer.echo(json.dumps({"status": "error", "error": str(exc)}, indent=2))
+        err.print(f"[bold red]Cannot check the schema:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for difference in report.differences:
+            typer.echo(difference.line())
+        typer.echo(report.summary())
+    raise typer.Exit(1 if report.drift else 0)
 
 
 @cli.command()

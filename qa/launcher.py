@@ -8,9 +8,13 @@ allowlist holds exactly that server's host and port, so agents pointed at it sta
 nothing ever resolves a public provider host. The process runs under ``qa.loopback_guard``
 (on the stdlib event loop, whose sockets the guard sees): a connection or name lookup outside
 loopback is refused there and reported when the backend stops (``BackendFailed`` with the
-destinations). Coverage is measured inside the server when the harness itself runs under
-coverage (``[run] patch = subprocess`` in pyproject.toml); ``stop`` sends SIGTERM so the
-server shuts down cleanly and saves its data. The server's log is kept for failed runs.
+destinations). It runs in the ``test`` environment, where the backend counts each request's
+database statements against its route's query budget: a request over budget (an N+1 pattern)
+is logged as ``query_budget_exceeded``, and ``stop`` fails the run naming each such route with
+its count and budget (``query_budget_violations``). Coverage is measured inside the server when
+the harness itself runs under coverage (``[run] patch = subprocess`` in pyproject.toml);
+``stop`` sends SIGTERM so the server shuts down cleanly and saves its data. The server's log is
+kept for failed runs.
 
 ``RemoteBackend`` is the same interface for a deployment given with ``--target URL``.
 """
@@ -18,6 +22,7 @@ server shuts down cleanly and saves its data. The server's log is kept for faile
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import signal
@@ -46,6 +51,47 @@ TARGET_PASSWORD_ENV = "RENUM_QA_ADMIN_PASSWORD"
 
 class BackendFailed(RuntimeError):
     """The backend did not start or stop as expected; the message carries its log's tail."""
+
+
+QUERY_BUDGET_EVENT = "query_budget_exceeded"
+
+
+def query_budget_violations(log_text: str) -> list[str]:
+    """The routes a server's log shows over their query budget, one line each with the highest
+    count seen, the budget and how many requests went over (``query_budget_exceeded`` events,
+    JSON lines); a line naming the event that is not JSON is quoted as it is, so that a log in
+    another format can never pass unnoticed."""
+    worst: dict[str, tuple[int, int, int]] = {}  # route -> (highest count, budget, requests)
+    unparsed: list[str] = []
+    for line in log_text.splitlines():
+        if QUERY_BUDGET_EVENT not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            unparsed.append(line.strip()[:300])
+            continue
+        if entry.get("event") != QUERY_BUDGET_EVENT:
+            continue
+        route = str(entry.get("route"))
+        count, budget = _number(entry.get("count")), _number(entry.get("budget"))
+        highest, _, requests = worst.get(route, (-1, budget, 0))
+        worst[route] = (max(highest, count), budget, requests + 1)
+    found = [
+        f"{route}: {count} queries (budget {budget}; {requests} request"
+        f"{'' if requests == 1 else 's'} over)"
+        for route, (count, budget, requests) in sorted(worst.items())
+    ]
+    return found + unparsed
+
+
+def _number(value: object) -> int:
+    """A count or budget read from a log line (-1 when it is not a number)."""
+    if isinstance(value, int | float):
+        return int(value)
+    return int(value) if isinstance(value, str) and value.isdigit() else -1
 
 
 def free_port() -> int:
@@ -217,9 +263,16 @@ class LaunchedBackend(Backend):
         path = self.env.get(LOG_ENV)
         return read_violations(path) if path else []
 
+    def query_budget_violations(self) -> list[str]:
+        """The routes over their query budget in the server's log (``query_budget_violations``)."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        return query_budget_violations(self.log_text())
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """Stop the server with SIGTERM (clean shutdown, coverage saved) and drop its database;
-        fail when it tried to reach anything outside loopback."""
+        fail when it tried to reach anything outside loopback, or when a request went over its
+        route's query budget (``query_budget_violations``)."""
         code = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -233,12 +286,22 @@ class LaunchedBackend(Backend):
         if self.database_name is not None:
             services.drop_postgres_database(self.database_name)
             self.database_name = None
+        problems = []
         violations = self.network_violations()
         if violations:
-            raise BackendFailed(
+            problems.append(
                 "the backend tried to reach outside loopback (refused): "
                 + "; ".join(sorted(set(violations)))
             )
+        over_budget = self.query_budget_violations()
+        if over_budget:
+            problems.append(
+                "requests went over their route's query budget (an N+1 pattern? see "
+                "RENUM_DATABASE_MANAGER__QUERY_BUDGETS):"
+                + "".join(f"\n  {line}" for line in over_budget)
+            )
+        if problems:
+            raise BackendFailed("\n".join(problems))
         return code
 
 

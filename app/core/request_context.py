@@ -1,8 +1,16 @@
-"""The request id of the request being handled, readable anywhere in its task."""
+"""The request being handled: its id, readable anywhere in its task, and the template of the
+route that answered it (the monitor's endpoint metrics and the query budget key on it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
+from typing import Any
+
+from starlette.types import Scope
+
+# The route template of a request no route matched (a scan of random paths adds no series).
+UNMATCHED = "<unmatched>"
 
 _request_id: ContextVar[str | None] = ContextVar("renum_request_id", default=None)
 
@@ -17,3 +25,48 @@ def set_request_id(value: str | None) -> object:
 
 def reset_request_id(token: object) -> None:
     _request_id.reset(token)  # type: ignore[arg-type]
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (``/api/v1/teams/{team_id}``); ``UNMATCHED``
+    when no route matched.
+
+    The route's own template (its ``path_format``) is the end of the full one; what comes
+    before is the prefixes of the routers that included it, read off the path, with the value
+    of any parameter those prefixes hold put back as ``{name}``. A parameter's value that
+    equals a fixed segment of the route's own path (``/teams/teams``) or that a convertor
+    changed (``{n:int}`` given ``007``) cannot confuse it. Without a usable ``path_format``,
+    or with a ``{name:path}`` parameter (its value spans segments), every parameter's value is
+    put back in the whole path."""
+    if scope.get("route") is None:
+        return UNMATCHED
+    path: str = scope["path"]
+    params: Mapping[str, Any] = scope.get("path_params") or {}
+    if not params:
+        return path
+    own = getattr(scope["route"], "path_format", None)
+    values = [str(value) for value in params.values()]
+    if isinstance(own, str) and own.startswith("/") and all(v and "/" not in v for v in values):
+        depth = own.count("/")
+        parts = path.rsplit("/", depth)
+        if len(parts) == depth + 1:
+            outer = {name: v for name, v in params.items() if "{" + name + "}" not in own}
+            return _put_back(parts[0], outer) + own
+    return _put_back(path, params)
+
+
+def _put_back(path: str, params: Mapping[str, Any]) -> str:
+    """``path`` with each parameter's value put back as ``{name}``: a segment equal to the
+    value, or the rest of the path for a value that spans segments (``{name:path}``)."""
+    tail = ""
+    for name, value in params.items():
+        text = str(value)
+        if ("/" in text or not text) and path.endswith("/" + text):
+            path = path[: len(path) - len(text) - 1]
+            tail = "/{" + name + "}" + tail
+    segments = path.split("/")
+    for name, value in params.items():
+        text = str(value)
+        if text and "/" not in text:
+            segments = ["{" + name + "}" if segment == text else segment for segment in segments]
+    return "/".join(segments) + tail

@@ -40,6 +40,7 @@ from sqlalchemy.pool import NullPool
 from app.core.config import DatabaseSettings
 from app.db.breaker import CircuitBreaker
 from app.db.pool import MeasuredPool, PoolStats, is_connection_failure, pool_status
+from app.db.queries import QueryHooks, instrument, uninstrument
 
 T = TypeVar("T")
 
@@ -197,6 +198,7 @@ class SQLAlchemyManager:
         self.settings = settings
         self.engine = build_engine(settings)
         self.breaker: CircuitBreaker | None = None
+        self.query_hooks: QueryHooks | None = None
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_url = _sqlite_file(settings)
         self._sqlite: _SQLiteWorker | None = None
@@ -231,6 +233,17 @@ class SQLAlchemyManager:
         """Let ``breaker`` guard every checkout (None: no guard, the base behaviour)."""
         self.breaker = breaker
         self.pool_stats.gate = breaker
+
+    def attach_query_hooks(self, hooks: QueryHooks | None) -> None:
+        """Count and time every statement of the application's engines (``app.db.queries``);
+        None detaches them."""
+        self.query_hooks = hooks
+        engines = [self.engine.sync_engine] + ([self._sqlite.engine] if self._sqlite else [])
+        for engine in engines:
+            if hooks is None:
+                uninstrument(engine)
+            else:
+                instrument(engine, hooks)
 
     def terminate_in_use(self) -> None:
         """Terminate the connections checked out now (a breaker's ``on_open``): statements hung
@@ -273,6 +286,8 @@ class SQLAlchemyManager:
                 return await conn.run_sync(work)
         if self._sqlite is None:
             self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings)
+            if self.query_hooks is not None:
+                instrument(self._sqlite.engine, self.query_hooks)
         return await self._sqlite.run(work)
 
     async def dispose(self) -> None:

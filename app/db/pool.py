@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
@@ -102,7 +102,7 @@ class MeasuredPool(AsyncAdaptedQueuePool):
         self._open = self._invoke_creator
         # Every new connection goes through here: the first ones, overflow, and the
         # replacements pre-ping and recycling open.
-        self._invoke_creator = self._open_connection
+        self._invoke_creator = self._open_connection  # type: ignore[assignment]  # same call, Any result
 
     def _open_connection(self, record: ConnectionPoolEntry) -> Any:
         try:
@@ -139,9 +139,9 @@ class MeasuredPool(AsyncAdaptedQueuePool):
         self.stats.in_use.discard(record)
         super()._do_return_conn(record)
 
-    def recreate(self) -> Pool:
-        fresh = super().recreate()
-        fresh.stats = self.stats  # type: ignore[attr-defined]  # built by self.__class__
+    def recreate(self) -> MeasuredPool:
+        fresh = cast(MeasuredPool, super().recreate())  # QueuePool builds self.__class__
+        fresh.stats = self.stats
         self.stats.in_use.clear()
         return fresh
 

@@ -105,14 +105,16 @@ def test_a_switched_off_capability_is_removed_whole(name: str) -> None:
     assert "/api/v1/teams" in schema  # the base API stays
 
 
-def test_the_monitor_s_request_observer_goes_with_its_switch() -> None:
+def test_the_request_observers_go_with_their_switches() -> None:
+    from app.capabilities.database_manager import QueryBudget
     from app.capabilities.monitor import EndpointStats
 
     def observers(settings: Settings) -> list[type]:
         return [type(o) for o in create_app(settings).state.request_observers]
 
-    assert observers(Settings()) == [EndpointStats]
-    assert observers(Settings(monitor={"enabled": False})) == []
+    assert observers(Settings()) == [QueryBudget, EndpointStats]
+    assert observers(Settings(monitor={"enabled": False})) == [QueryBudget]
+    assert observers(Settings(database_manager={"enabled": False})) == [EndpointStats]
 
 
 def test_a_capability_without_hooks_installs_and_runs_nothing() -> None:

@@ -7,6 +7,7 @@ The tests that launch servers (or use the plugin's ``backend``) are in
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from qa.launcher import (
     BackendFailed,
     LaunchedBackend,
     free_port,
+    query_budget_violations,
     remote_backend,
 )
 from qa.services import Service, ServiceUnavailable
@@ -136,6 +138,93 @@ def test_log_tail_without_a_log(tmp_path: Path) -> None:
     (tmp_path / "missing.log").write_text("\n".join(f"line {i}" for i in range(100)))
     tail = backend._log_tail(lines=3)
     assert tail == "line 97\nline 98\nline 99"
+
+
+# --- the query budget gate --------------------------------------------------------------
+
+
+def _budget_line(route: str, count: int, budget: int) -> str:
+    return json.dumps(
+        {
+            "route": route,
+            "count": count,
+            "budget": budget,
+            "event": "query_budget_exceeded",
+            "request_id": "r1",
+            "level": "warning",
+            "logger": "app.database_manager",
+        }
+    )
+
+
+def test_query_budget_violations_name_each_route_with_its_count_and_budget() -> None:
+    log = "\n".join(
+        [
+            "INFO:     Started server process [123]",
+            json.dumps({"event": "request", "path": "/api/v1/teams", "status": 200}),
+            _budget_line("GET /api/v1/teams", 52, 40),
+            _budget_line("GET /api/v1/teams/{team_id}", 12, 10),
+            _budget_line("GET /api/v1/teams", 61, 40),
+            # Another event that mentions the name (a settings dump, say) is not a violation.
+            json.dumps({"event": "startup_complete", "note": "query_budget_exceeded"}),
+        ]
+    )
+    assert query_budget_violations(log) == [
+        "GET /api/v1/teams: 61 queries (budget 40; 2 requests over)",
+        "GET /api/v1/teams/{team_id}: 12 queries (budget 10; 1 request over)",
+    ]
+
+
+def test_query_budget_violations_of_a_clean_log() -> None:
+    assert query_budget_violations("") == []
+    assert query_budget_violations('{"event": "request", "status": 200}\nplain text') == []
+
+
+def test_query_budget_violations_quote_a_line_that_is_not_json() -> None:
+    line = "2026-12-04 [warning] query_budget_exceeded budget=40 count=55 route=GET /api/v1/x"
+    assert query_budget_violations(line) == [line]
+    odd = json.dumps({"event": "query_budget_exceeded", "route": "GET /x", "count": "many"})
+    assert query_budget_violations(odd) == ["GET /x: -1 queries (budget -1; 1 request over)"]
+
+
+def test_stop_fails_naming_the_routes_over_their_query_budget(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    log_path.write_text(_budget_line("POST /api/v1/teams/{team_id}/executions", 45, 40) + "\n")
+    backend = _backend(log_path=log_path)
+    with pytest.raises(BackendFailed) as caught:
+        backend.stop()
+    message = str(caught.value)
+    assert "query budget" in message
+    assert "POST /api/v1/teams/{team_id}/executions: 45 queries (budget 40" in message
+
+
+def test_stop_reports_loopback_violations_and_query_budgets_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_path = tmp_path / "server.log"
+    log_path.write_text(_budget_line("GET /api/v1/agents", 41, 40) + "\n")
+    backend = _backend(log_path=log_path)
+    monkeypatch.setattr(backend, "network_violations", lambda: ["example.com:443"])
+    with pytest.raises(BackendFailed) as caught:
+        backend.stop()
+    assert str(caught.value).splitlines() == [
+        "the backend tried to reach outside loopback (refused): example.com:443",
+        "requests went over their route's query budget (an N+1 pattern? see "
+        "RENUM_DATABASE_MANAGER__QUERY_BUDGETS):",
+        "  GET /api/v1/agents: 41 queries (budget 40; 1 request over)",
+    ]
+
+
+def test_stop_with_a_clean_or_missing_log(tmp_path: Path) -> None:
+    assert _backend(log_path=tmp_path / "missing.log").stop() is None
+    (tmp_path / "server.log").write_text('{"event": "request", "status": 200}\n')
+    assert _backend(log_path=tmp_path / "server.log").stop() is None
+
+
+def test_launched_backends_run_in_the_test_environment() -> None:
+    """The query budget is counted in development and test only: the gate needs ``test``."""
+    source = Path(launcher.__file__).read_text(encoding="utf-8")
+    assert '"RENUM_ENVIRONMENT": "test"' in source
 
 
 # --- remote backends --------------------------------------------------------------------

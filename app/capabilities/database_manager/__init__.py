@@ -1,9 +1,10 @@
 """The database manager capability (SQLAlchemyManager's operations layer): a circuit breaker
 that answers 503 with ``Retry-After`` at once while the database is away and closes when it
-answers again, the pool's and the breaker's figures on ``/metrics``, and the per-request query
-budget in development and test. The engines, pools and drivers themselves are the database
-layer's (``app.db.database``). Switched off with ``RENUM_DATABASE_MANAGER__ENABLED=false``:
-requests wait for the database as the base layer does, and a lost database answers 500."""
+answers again, the pool's and the breaker's figures on ``/metrics``, the per-request query
+budget in development and test, and the slow-query log. The engines, pools and drivers
+themselves are the database layer's (``app.db.database``). Switched off with
+``RENUM_DATABASE_MANAGER__ENABLED=false``: requests wait for the database as the base layer
+does, a lost database answers 500, and no statement is counted or timed."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ from fastapi import FastAPI
 from app.capabilities.base import AppContext, Capability
 from app.capabilities.database_manager.outage import OutageWatch, install_answers
 from app.capabilities.database_manager.pool_metrics import PoolMetrics
+from app.capabilities.database_manager.query_budget import QueryBudget
 from app.core.config import Settings
 from app.db.breaker import CircuitBreaker
 
-__all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics"]
+__all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget"]
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     install_answers(app)
+    budget = QueryBudget(lambda: app.state.settings, app.state.metrics)
+    app.state.query_budget = budget
+    app.state.request_observers.append(budget)  # told by the base middleware
 
 
 @asynccontextmanager
@@ -41,11 +46,13 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     context.database.attach_breaker(breaker)
     app.state.database_watch = watch = OutageWatch(context.database, breaker, current)
     PoolMetrics(app.state.metrics, context.database)
+    context.database.attach_query_hooks(app.state.query_budget.hooks)
     watch.start()
     try:
         yield
     finally:
         await watch.stop()
+        context.database.attach_query_hooks(None)
         context.database.attach_breaker(None)
 
 

@@ -39,7 +39,6 @@ to a route already seen costs a dictionary lookup instead of splitting its path.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +47,8 @@ from starlette.types import Scope
 
 from app.core.metrics import Metrics
 from app.core.middleware import HELD_OPEN
+from app.core.request_context import UNMATCHED, route_template
 
-UNMATCHED = "<unmatched>"
 # Methods counted under their own name; any other (h11 accepts any token) under OTHER_METHOD,
 # so that made-up methods cannot grow the label sets.
 METHODS = frozenset(
@@ -280,48 +279,3 @@ def quantile(cumulative: list[tuple[float, float]], q: float) -> float | None:
     if count == below:
         return upper
     return lower + (upper - lower) * (rank - below) / (count - below)
-
-
-def route_template(scope: Scope) -> str:
-    """The template of the route that answered (``/api/v1/teams/{team_id}``); ``UNMATCHED``
-    when no route matched.
-
-    The route's own template (its ``path_format``) is the end of the full one; what comes
-    before is the prefixes of the routers that included it, read off the path, with the value
-    of any parameter those prefixes hold put back as ``{name}``. A parameter's value that
-    equals a fixed segment of the route's own path (``/teams/teams``) or that a convertor
-    changed (``{n:int}`` given ``007``) cannot confuse it. Without a usable ``path_format``,
-    or with a ``{name:path}`` parameter (its value spans segments), every parameter's value is
-    put back in the whole path."""
-    if scope.get("route") is None:
-        return UNMATCHED
-    path: str = scope["path"]
-    params: Mapping[str, Any] = scope.get("path_params") or {}
-    if not params:
-        return path
-    own = getattr(scope["route"], "path_format", None)
-    values = [str(value) for value in params.values()]
-    if isinstance(own, str) and own.startswith("/") and all(v and "/" not in v for v in values):
-        depth = own.count("/")
-        parts = path.rsplit("/", depth)
-        if len(parts) == depth + 1:
-            outer = {name: v for name, v in params.items() if "{" + name + "}" not in own}
-            return _put_back(parts[0], outer) + own
-    return _put_back(path, params)
-
-
-def _put_back(path: str, params: Mapping[str, Any]) -> str:
-    """``path`` with each parameter's value put back as ``{name}``: a segment equal to the
-    value, or the rest of the path for a value that spans segments (``{name:path}``)."""
-    tail = ""
-    for name, value in params.items():
-        text = str(value)
-        if ("/" in text or not text) and path.endswith("/" + text):
-            path = path[: len(path) - len(text) - 1]
-            tail = "/{" + name + "}" + tail
-    segments = path.split("/")
-    for name, value in params.items():
-        text = str(value)
-        if text and "/" not in text:
-            segments = ["{" + name + "}" if segment == text else segment for segment in segments]
-    return "/".join(segments) + tail

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from app.core.config import ExecutionSettings
 from app.core.logging import get_logger
+from app.db import queries
 from app.db.base import utcnow
 from app.db.database import SQLAlchemyManager
 from app.repositories.executions import EngineRepository, ExecutionRepository
@@ -106,6 +107,8 @@ class InProcessRunner:
             running.interrupt.set()
 
     async def _run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
+        # Submitted from a request's task: its statements are the engine's, not the request's.
+        queries.detach()
         try:
             async with self._slots:
                 self._driving += 1

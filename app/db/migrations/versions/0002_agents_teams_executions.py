@@ -400,10 +400,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.alter_column(
-            "name_key", existing_type=sa.String(length=360), type_=sa.String(length=120)
-        )
+    # Plain ALTER TABLE statements, never SQLite's batch "move and copy": that drops and
+    # recreates `accounts`, and with foreign keys enforced the drop deletes every row referring
+    # to an account (users, API keys, ...) through ON DELETE CASCADE. SQLite cannot change a
+    # column's type in place, and does not enforce VARCHAR lengths either, so there `name_key`
+    # keeps its declared VARCHAR(360): it accepts exactly what VARCHAR(120) would.
+    with op.batch_alter_table("accounts", schema=None, recreate="never") as batch_op:
+        if op.get_bind().dialect.name != "sqlite":
+            batch_op.alter_column(
+                "name_key", existing_type=sa.String(length=360), type_=sa.String(length=120)
+            )
         batch_op.drop_column("active_executions")
 
     with op.batch_alter_table("ledger_entries", schema=None) as batch_op:

@@ -26,5 +26,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users", schema=None) as batch_op:
+    # An ALTER TABLE ... DROP COLUMN (SQLite 3.35+), never SQLite's batch "move and copy": that
+    # drops and recreates `users`, and with foreign keys enforced the drop deletes every row
+    # referring to a user (API keys, refresh tokens, provider keys) through ON DELETE CASCADE.
+    with op.batch_alter_table("users", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("token_generation")
