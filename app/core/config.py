@@ -139,6 +139,100 @@ class DatabaseSettings(BaseModel):
         return self.url.startswith("sqlite")
 
 
+class RetentionSettings(BaseModel):
+    """How long each kind of data of ended executions is kept (days; unset: forever). The purge
+    removes older rows in bounded batches; the ledger's totals survive it (rows are folded into
+    daily totals before they go)."""
+
+    events_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36_500,
+        json_schema_extra=LIVE,
+        description="Execution events.",
+    )
+    steps_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36_500,
+        json_schema_extra=LIVE,
+        description="Execution steps (their inputs and outputs).",
+    )
+    messages_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36_500,
+        json_schema_extra=LIVE,
+        description="Messages between agents and people.",
+    )
+    context_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36_500,
+        json_schema_extra=LIVE,
+        description="Versions of the executions' shared context.",
+    )
+    ledger_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36_500,
+        json_schema_extra=LIVE,
+        description="Ledger rows (each model call's tokens and cost); their daily totals stay.",
+    )
+    rollups_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36_500,
+        json_schema_extra=LIVE,
+        description="Daily totals of purged ledger rows.",
+    )
+    interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86_400,
+        json_schema_extra=LIVE,
+        description="How often the background purge runs.",
+    )
+    batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        json_schema_extra=LIVE,
+        description="Rows removed per transaction (short transactions never lock a table "
+        "for long).",
+    )
+
+
+class LastKnownSettings(BaseModel):
+    """Reads answered from their last known state while the database is away."""
+
+    enabled: bool = Field(
+        default=True,
+        json_schema_extra=LIVE,
+        description="While the circuit breaker is open, answer a GET the same caller made "
+        "before with its last answer (marked with `Age` and `Cache-Status`).",
+    )
+    max_entries: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="Answers kept per process (the least recently used go first).",
+    )
+    max_body_bytes: int = Field(
+        default=65_536,
+        ge=256,
+        le=16_777_216,
+        description="Larger answers are not kept.",
+    )
+    max_age_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        le=86_400,
+        json_schema_extra=LIVE,
+        description="Older answers are not served.",
+    )
+
+
 class DatabaseManagerSettings(BaseModel):
     """The database manager capability: a circuit breaker that answers 503 at once while the
     database is away, pool and slow-query figures for the monitor, the per-request query budget
@@ -196,6 +290,14 @@ class DatabaseManagerSettings(BaseModel):
         json_schema_extra=LIVE,
         description="Per-route budgets that replace `query_budget`, keyed by "
         "`METHOD /path/template`.",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=lambda: RetentionSettings(),
+        description="How long each kind of data is kept, and the purge.",
+    )
+    last_known: LastKnownSettings = Field(
+        default_factory=lambda: LastKnownSettings(),
+        description="Reads answered from their last known state during an outage.",
     )
 
 
