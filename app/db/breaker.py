@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from enum import StrEnum
 
 from app.core.errors import DatabaseUnavailable
 from app.core.logging import get_logger
+from app.db.base import utcnow
 
 log = get_logger("app.database")
 
@@ -46,6 +48,10 @@ class CircuitBreaker:
         self.outages = 0  # times it opened
         self.refused = 0  # checkouts refused while open
         self.last_outage_seconds: float | None = None
+        # The last outage in wall-clock time (when it began; when it ended, None while open):
+        # an owner could not renew its executions' heartbeats in between.
+        self.outage_began: datetime | None = None
+        self.outage_ended: datetime | None = None
         self._consecutive = 0
 
     @property
@@ -74,6 +80,7 @@ class CircuitBreaker:
             return
         self.state = BreakerState.open
         self.opened_at = self.clock()
+        self.outage_began, self.outage_ended = utcnow(), None
         self.outages += 1
         log.error("database_unavailable", reason=reason, breaker="open")
         self.on_open()
@@ -84,6 +91,7 @@ class CircuitBreaker:
         self.last_outage_seconds = self.clock() - (self.opened_at or self.clock())
         self.state = BreakerState.closed
         self.opened_at = None
+        self.outage_ended = utcnow()
         self._consecutive = 0
         log.info(
             "database_available",

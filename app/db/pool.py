@@ -91,6 +91,25 @@ def is_connection_failure(exc: BaseException) -> bool:
     return False
 
 
+# SQLSTATEs that say "try the same transaction again": a serialization failure and a deadlock
+# (PostgreSQL rolled the transaction back; it can succeed as it is the next time).
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same idempotent work again may succeed: a lost or refused
+    connection, a serialization failure, a deadlock, or SQLite's write lock still held by
+    another writer after the busy timeout."""
+    if is_connection_failure(exc):
+        return True
+    for cause in _causes(exc):
+        if getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        if type(cause).__name__ == "OperationalError" and "database is locked" in str(cause):
+            return True
+    return False
+
+
 class MeasuredPool(AsyncAdaptedQueuePool):
     """``AsyncAdaptedQueuePool`` with the figures, gate and tracking described above."""
 

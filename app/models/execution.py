@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -82,6 +83,10 @@ class Execution(IdMixin, TimestampMixin, Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), nullable=False)
     last_event_seq: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # The ownership's generation: every claim and every engine commit advances it, and each
+    # checks it first, so a stale owner (or a commit that landed although its connection was
+    # lost before the answer) can change nothing.
+    lease: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"), nullable=False)
 
 
 class ExecutionStep(IdMixin, Base):

@@ -226,6 +226,7 @@ _CLAIMED = (
     _executions.c.input_tokens,
     _executions.c.output_tokens,
     _executions.c.cost_usd,
+    _executions.c.lease,
 )
 _STEP_FIELDS = (
     "status",
@@ -262,6 +263,7 @@ def _claim_statement() -> Any:
             started_at=func.coalesce(_executions.c.started_at, now),
             resumed_count=_executions.c.resumed_count
             + was_running.cast(_executions.c.resumed_count.type),
+            lease=_executions.c.lease + 1,
         )
         .returning(*_CLAIMED)
     )
@@ -271,6 +273,7 @@ def _advance_statement(*, unless_cancelled: bool, finish: bool) -> Any:
     where = [
         _executions.c.id == bindparam("execution_id"),
         _executions.c.owner == bindparam("owner_"),
+        _executions.c.lease == bindparam("lease_", type_=Integer()),
         _executions.c.status == ExecutionStatus.running.value,
     ]
     if unless_cancelled:
@@ -281,6 +284,7 @@ def _advance_statement(*, unless_cancelled: bool, finish: bool) -> Any:
         "input_tokens": _executions.c.input_tokens + bindparam("tokens_in", type_=Integer()),
         "output_tokens": _executions.c.output_tokens + bindparam("tokens_out", type_=Integer()),
         "cost_usd": _executions.c.cost_usd + bindparam("cost", type_=_executions.c.cost_usd.type),
+        "lease": _executions.c.lease + 1,
     }
     if finish:
         values.update({name: bindparam(f"finish_{name}") for name in _FINISH_FIELDS})
@@ -293,9 +297,9 @@ _advance = {
     for guarded in (False, True)
     for finish in (False, True)
 }
-_control = select(_executions.c.owner, _executions.c.status, _executions.c.cancel_mode).where(
-    _executions.c.id == bindparam("execution_id")
-)
+_control = select(
+    _executions.c.owner, _executions.c.status, _executions.c.cancel_mode, _executions.c.lease
+).where(_executions.c.id == bindparam("execution_id"))
 _read_steps = (
     select(
         _steps.c.id,
@@ -363,6 +367,21 @@ class EngineRepository:
     def steps(self, execution_id: uuid.UUID) -> Sequence[Row[Any]]:
         return self.conn.execute(_read_steps, {"execution_id": execution_id}).all()
 
+    def release(self, execution_id: uuid.UUID, owner: str, lease: int) -> bool:
+        """Give up one execution held under ``lease`` (no owner, no heartbeat: the next claim
+        takes it at once); whether it was held so."""
+        result = self.conn.execute(
+            update(_executions)
+            .where(
+                _executions.c.id == execution_id,
+                _executions.c.owner == owner,
+                _executions.c.lease == lease,
+                _executions.c.status == ExecutionStatus.running.value,
+            )
+            .values(heartbeat_at=None, owner=None)
+        )
+        return int(result.rowcount) == 1
+
     def release_ownership(self, owner: str) -> int:
         """On a clean shutdown: let the next process resume ``owner``'s running executions
         at once (no owner, no heartbeat); how many there were."""
@@ -393,6 +412,7 @@ class EngineRepository:
         self,
         execution_id: uuid.UUID,
         owner: str,
+        lease: int,
         *,
         now: datetime,
         events: int,
@@ -404,12 +424,14 @@ class EngineRepository:
         add a step's tokens and cost, reserve ``events`` sequence numbers and, with ``finish``
         (the values of ``_FINISH_FIELDS``), end the execution; only while this process owns
         the running execution and, when ``unless_cancelled``, no cancel has been committed
-        (the guard that keeps any step from starting once a cancel has returned). Return the
-        last reserved sequence number, or None if the guard did not hold."""
+        (the guard that keeps any step from starting once a cancel has returned), and only
+        under the lease generation ``lease``, which it advances by one. Return the last
+        reserved sequence number, or None if the guard did not hold."""
         tokens_in, tokens_out, cost = tokens
         params: dict[str, Any] = {
             "execution_id": execution_id,
             "owner_": owner,
+            "lease_": lease,
             "now": now,
             "events": events,
             "tokens_in": tokens_in,

@@ -1,7 +1,8 @@
 """The database manager's parts on their own: the circuit breaker's states, the measured pool
 (waits, connection errors, the gate, terminating what is checked out), what counts as a lost
-connection, the outage watcher's rounds, the pool figures on /metrics, and the missing-driver
-refusal at start-up (a real process that cannot import the driver)."""
+connection and as transient, the outage watcher's rounds, the pool figures on /metrics, reads
+run again after a transient error (writes never), and the missing-driver refusal at start-up
+(a real process that cannot import the driver)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.capabilities.database_manager import OutageWatch, PoolMetrics
+from app.capabilities.database_manager.outage import install_answers
+from app.capabilities.database_manager.retry import RetryTransientReads
 from app.core.config import DatabaseSettings, Settings
 from app.core.errors import DatabaseUnavailable
 from app.core.metrics import Metrics
 from app.db.breaker import BreakerState, CircuitBreaker
 from app.db.database import SQLAlchemyManager, missing_driver
-from app.db.pool import ConnectionFailed, is_connection_failure
+from app.db.pool import ConnectionFailed, is_connection_failure, is_transient
 from qa.launcher import REPO_ROOT
 
 CLOSED = "postgresql+asyncpg://renum@127.0.0.1:9/renum"  # loopback; nothing listens on 9
@@ -302,3 +307,79 @@ def test_a_missing_driver_stops_the_start_with_the_install_command(
 def test_an_installed_driver_is_no_problem() -> None:
     assert missing_driver(DatabaseSettings()) is None
     assert missing_driver(DatabaseSettings(url=CLOSED)) is None
+
+
+class Conflict(Exception):
+    """A driver error carrying a SQLSTATE, as asyncpg's and SQLAlchemy's adapters do."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+class OperationalError(Exception):
+    """Named as sqlite3 names it."""
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (wrapped(Conflict("40001")), True),  # serialization failure
+        (wrapped(Conflict("40P01")), True),  # deadlock
+        (wrapped(OperationalError("database is locked")), True),
+        (ConnectionResetError(), True),
+        (wrapped(Conflict("23505")), False),  # unique violation: the same again fails again
+        (IntegrityError("insert", None, Cause("duplicate key")), False),
+    ],
+)
+def test_what_counts_as_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def retrying_app(failures: int, retries: int) -> tuple[FastAPI, list[str]]:
+    """An app whose GET and POST fail with a deadlock ``failures`` times, then answer."""
+    app = FastAPI()
+    app.state.settings = Settings(database_manager={"transient_retries": retries})
+    app.state.database = type("Database", (), {"breaker": None})()
+    calls: list[str] = []
+
+    def flaky(method: str) -> dict[str, str]:
+        calls.append(method)
+        if len(calls) <= failures:
+            raise wrapped(Conflict("40P01"))
+        return {"answer": method}
+
+    app.get("/api/v1/thing")(lambda: flaky("GET"))
+    app.post("/api/v1/thing")(lambda: flaky("POST"))
+    install_answers(app)
+    app.add_middleware(RetryTransientReads, settings=lambda: app.state.settings)
+    return app, calls
+
+
+@pytest.mark.anyio
+async def test_a_read_that_met_a_deadlock_is_run_again_before_anyone_sees_it() -> None:
+    app, calls = retrying_app(failures=2, retries=3)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+        response = await http.get("/api/v1/thing")
+    assert (response.status_code, response.json()) == (200, {"answer": "GET"})
+    assert calls == ["GET"] * 3
+
+
+@pytest.mark.anyio
+async def test_a_read_still_failing_after_its_retries_answers_503_once() -> None:
+    app, calls = retrying_app(failures=10, retries=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+        response = await http.get("/api/v1/thing")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert calls == ["GET"] * 3  # the first try and two retries
+
+
+@pytest.mark.anyio
+async def test_a_write_is_never_run_again() -> None:
+    app, calls = retrying_app(failures=1, retries=3)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+        response = await http.post("/api/v1/thing")
+    assert response.status_code == 503
+    assert calls == ["POST"]

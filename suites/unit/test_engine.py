@@ -24,6 +24,7 @@ from app.core.crypto import SecretBox
 from app.core.templates import TemplateRenderer
 from app.db import migrate
 from app.db.base import utcnow
+from app.db.breaker import CircuitBreaker
 from app.db.database import SQLAlchemyManager
 from app.models import (
     Account,
@@ -40,7 +41,7 @@ from app.models import (
 )
 from app.schemas.executions import ExecutionCreate
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
-from app.services.engine.engine import ExecutionEngine
+from app.services.engine.engine import CommitLanded, ExecutionEngine, stale_before
 from app.services.engine.runner import InProcessRunner
 from app.services.events import EventHub
 from app.services.executions import ExecutionService
@@ -957,3 +958,108 @@ async def test_a_stopped_runner_releases_its_executions_to_another_process_at_on
     assert execution is not None
     assert (execution.status, execution.resumed_count) == ("completed", 1)
     assert "execution_resumed" in _types(events)
+
+
+async def test_a_commit_that_landed_unanswered_is_released_and_driven_again(
+    world: World,
+) -> None:
+    """The lease moved on by exactly one commit while s0 ran, under our own name: a commit of
+    ours landed although its answer was lost. The drive does not apply it again; it releases
+    the execution, and driving it again from the committed state completes it."""
+    execution_id = await world.start(await world.team("sequential", 2))
+
+    async def landed(agent: str) -> None:
+        if len(world.caller.calls) == 1:
+            await world.execute(
+                update(Execution)
+                .where(Execution.id == execution_id)
+                .values(lease=Execution.lease + 1)
+            )
+
+    world.caller.hook = landed
+    with pytest.raises(CommitLanded):
+        await world.engine.run(execution_id, asyncio.Event())
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner, execution.heartbeat_at) == ("running", None, None)
+    assert steps["s0"].status == "running"  # the "landed" commit is the test's stand-in
+
+    world.caller.hook = None
+    await world.engine.run(execution_id, asyncio.Event())
+    execution, _, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    assert _numbered(events)
+    assert "execution_resumed" in _types(events)
+
+
+async def test_a_lease_taken_by_a_newer_claim_of_the_same_process_changes_nothing(
+    world: World,
+) -> None:
+    """Same owner name, newer generation (a claim made since): the older drive is fenced."""
+    execution_id = await world.start(await world.team("sequential", 2))
+
+    async def reclaimed(agent: str) -> None:
+        await world.execute(
+            update(Execution).where(Execution.id == execution_id).values(lease=Execution.lease + 2)
+        )
+
+    world.caller.hook = reclaimed
+    interrupt = asyncio.Event()
+    await world.engine.run(execution_id, interrupt)
+    assert interrupt.is_set()
+    _, steps, events = await world.state(execution_id)
+    assert steps["s0"].status == "running"
+    assert _types(events) == ["execution_started", "step_started:s0"]
+
+
+async def test_a_drive_pauses_while_the_database_is_away_and_goes_on_after(world: World) -> None:
+    """The breaker opens while s0 runs: its commit waits, the heartbeat keeps trying, and once
+    the database is back the same drive commits s0's result and finishes, with no resume."""
+    breaker = CircuitBreaker(1, retry_after=lambda: 1)
+    world.database.attach_breaker(breaker)
+    execution_id = await world.start(await world.team("sequential", 2))
+    closed: list[asyncio.Task[None]] = []
+
+    async def close_later() -> None:
+        await asyncio.sleep(0.3)
+        breaker.close()
+
+    async def outage(agent: str) -> None:
+        if agent == "a0":
+            breaker.open("test outage")
+            closed.append(asyncio.create_task(close_later()))
+
+    world.caller.hook = outage
+    try:
+        await world.engine.run(execution_id, asyncio.Event())
+    finally:
+        world.database.attach_breaker(None)
+    await asyncio.gather(*closed)
+    execution, _, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    assert len(world.caller.calls) == 2  # s0 was not run again
+    assert breaker.refused >= 1
+    assert _numbered(events)
+    assert "execution_resumed" not in _types(events)
+
+
+def test_staleness_is_counted_from_the_database_s_return() -> None:
+    class Database:
+        breaker: CircuitBreaker | None = None
+
+    database = Database()
+    now = utcnow()
+    assert stale_before(database, now, 30) == now - timedelta(seconds=30)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(1, retry_after=lambda: 1)
+    database.breaker = breaker
+    assert stale_before(database, now, 30) == now - timedelta(seconds=30)  # type: ignore[arg-type]
+    breaker.outage_began = now - timedelta(seconds=100)
+    breaker.outage_ended = None  # still away
+    expected = now - timedelta(seconds=130)
+    assert stale_before(database, now, 30) == expected  # type: ignore[arg-type]
+    breaker.outage_ended = now - timedelta(seconds=10)  # back for less than stale_after
+    assert stale_before(database, now, 30) == expected  # type: ignore[arg-type]
+    breaker.outage_ended = now - timedelta(seconds=31)  # back for longer: the usual cut-off
+    assert stale_before(database, now, 30) == now - timedelta(seconds=30)  # type: ignore[arg-type]

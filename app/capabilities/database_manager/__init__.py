@@ -1,10 +1,11 @@
 """The database manager capability (SQLAlchemyManager's operations layer): a circuit breaker
 that answers 503 with ``Retry-After`` at once while the database is away and closes when it
 answers again, the pool's and the breaker's figures on ``/metrics``, the per-request query
-budget in development and test, and the slow-query log. The engines, pools and drivers
-themselves are the database layer's (``app.db.database``). Switched off with
-``RENUM_DATABASE_MANAGER__ENABLED=false``: requests wait for the database as the base layer
-does, a lost database answers 500, and no statement is counted or timed."""
+budget in development and test, the slow-query log, and reads tried again after a transient
+error. The engines, pools and drivers themselves are the database layer's
+(``app.db.database``). Switched off with ``RENUM_DATABASE_MANAGER__ENABLED=false``: requests
+wait for the database as the base layer does, a lost database answers 500, and no statement
+is counted or timed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app.capabilities.base import AppContext, Capability
 from app.capabilities.database_manager.outage import OutageWatch, install_answers
 from app.capabilities.database_manager.pool_metrics import PoolMetrics
 from app.capabilities.database_manager.query_budget import QueryBudget
+from app.capabilities.database_manager.retry import RetryTransientReads
 from app.core.config import Settings
 from app.db.breaker import CircuitBreaker
 
@@ -25,6 +27,7 @@ __all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget"]
 
 def install(app: FastAPI, settings: Settings) -> None:
     install_answers(app)
+    app.add_middleware(RetryTransientReads, settings=lambda: app.state.settings)
     budget = QueryBudget(lambda: app.state.settings, app.state.metrics)
     app.state.query_budget = budget
     app.state.request_observers.append(budget)  # told by the base middleware

@@ -10,9 +10,10 @@ opened (``app.db.pool``).
 
 While it is open, every request that needs the database is answered at once with 503
 ``application/problem+json`` and ``Retry-After``; so is one whose connection was lost under it
-(its transaction never committed), and one that found the pool exhausted. Any other database
-error keeps its usual answer (a 500 without details). Every operation of the API documents the
-503.
+(its transaction never committed), one whose transaction met a serialization failure or a
+deadlock (after ``retry.py`` ran a read again), and one that found the pool exhausted. Any
+other database error keeps its usual answer (a 500 without details). Every operation of the API
+documents the 503.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.capabilities.database_manager.retry import TRANSIENT
 from app.core.config import Settings
 from app.core.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -37,7 +39,7 @@ from app.core.errors import (
 from app.core.logging import get_logger
 from app.db.breaker import CircuitBreaker
 from app.db.database import SQLAlchemyManager
-from app.db.pool import ConnectionFailed, is_connection_failure
+from app.db.pool import ConnectionFailed, is_connection_failure, is_transient
 
 log = get_logger("app.database")
 
@@ -110,11 +112,15 @@ def _answer(request: Request, problem: ServiceUnavailable) -> JSONResponse:
 
 
 async def _connection_failed(request: Request, exc: Exception) -> JSONResponse:
-    """A connection could not be opened or was lost mid-request: nothing was committed."""
-    if isinstance(exc, DBAPIError) and not is_connection_failure(exc):
+    """A connection could not be opened or was lost mid-request, or the transaction met a
+    serialization failure or a deadlock: nothing was committed. A read is marked so that
+    ``RetryTransientReads`` runs it again."""
+    if isinstance(exc, DBAPIError) and not is_transient(exc):
         raise exc  # a statement the database refused: the usual 500
+    setattr(request.state, TRANSIENT, True)
     breaker: CircuitBreaker | None = request.app.state.database.breaker
-    if breaker is not None and not isinstance(exc, ConnectionFailed):
+    lost = is_connection_failure(exc)
+    if breaker is not None and lost and not isinstance(exc, ConnectionFailed):
         breaker.failed()  # the pool counted connection failures already
     log.warning("database_request_refused", error_type=type(exc).__name__)
     detail = "The database is not answering; nothing was changed. Try again shortly."

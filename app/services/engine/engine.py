@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
 from app.core.config import ExecutionSettings
+from app.core.errors import DatabaseUnavailable
 from app.core.logging import get_logger
 from app.db.base import utcnow
 from app.db.database import SQLAlchemyManager
+from app.db.pool import is_connection_failure, is_transient
 from app.models import ExecutionStatus, MessageStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
@@ -64,8 +68,11 @@ from app.services.providers.base import ProviderError
 from app.services.webhooks import enqueue_execution_ended
 
 log = get_logger("app.engine")
+T = TypeVar("T")
 
 _UNFINISHED = frozenset({StepStatus.pending, StepStatus.running})
+# Times one engine transaction is tried again after a deadlock or a serialization failure.
+CONFLICT_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,33 @@ class _Stop:
 class ExecutionLost(Exception):
     """The execution is no longer this process's to drive (deleted, or claimed by another
     process after our heartbeat went stale); nothing of the transaction is kept."""
+
+
+class CommitLanded(Exception):
+    """A commit whose connection was lost before its answer did land (the lease moved on by
+    exactly that commit): what it started is not known here, so the execution is released and
+    driven again from its committed state."""
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached now (as opposed to a statement it
+    refused): the circuit breaker's refusal, or a connection that failed or was lost."""
+    return isinstance(exc, DatabaseUnavailable) or is_connection_failure(exc)
+
+
+def stale_before(database: SQLAlchemyManager, now: datetime, stale_after: float) -> datetime:
+    """Running executions whose heartbeat is older than this are abandoned: ``stale_after``
+    seconds ago, but counted from when the database came back after an outage (no owner could
+    beat while it was away). Until then only heartbeats already stale when the outage began
+    count."""
+    cutoff = now - timedelta(seconds=stale_after)
+    breaker = database.breaker
+    if breaker is None or breaker.outage_began is None:
+        return cutoff
+    ended = breaker.outage_ended
+    if ended is None or now - ended < timedelta(seconds=stale_after):
+        return min(cutoff, breaker.outage_began - timedelta(seconds=stale_after))
+    return cutoff
 
 
 class ExecutionEngine:
@@ -130,8 +164,8 @@ class ExecutionEngine:
         """Claim the execution, load it, and start its first steps."""
         repo = EngineRepository(conn)
         now = utcnow()
-        stale_before = now - timedelta(seconds=self.settings.stale_after_seconds)
-        row = repo.claim(execution_id, self.owner, now, stale_before)
+        cutoff = stale_before(self.db, now, self.settings.stale_after_seconds)
+        row = repo.claim(execution_id, self.owner, now, cutoff)
         if row is None:
             return None
         # A first claim finds no context yet; a resumed execution reads what it had written.
@@ -162,6 +196,7 @@ class ExecutionEngine:
             if row.resumed_count
             else [],
             directory=directory([s.model_dump() for s in workflow.steps]),
+            lease=row.lease,
         )
         changes = Changes(run)
         # Steps that were running when a previous owner died start again.
@@ -206,6 +241,10 @@ class ExecutionEngine:
             or ExecutionStatus(control.status) is not ExecutionStatus.running
         ):
             raise ExecutionLost(str(run.id))
+        if control.lease == run.lease + 1:
+            raise CommitLanded(str(run.id))  # this commit's earlier attempt
+        if control.lease != run.lease:
+            raise ExecutionLost(str(run.id))
         # A cancel was committed: keep the results, start nothing, end once nothing runs.
         changes = Changes(run)
         for result in results:
@@ -225,6 +264,7 @@ class ExecutionEngine:
         last_seq = repo.advance(
             run.id,
             self.owner,
+            run.lease,
             now=now,
             events=len(changes.events),
             tokens=changes.tokens,
@@ -242,6 +282,7 @@ class ExecutionEngine:
         )
         if last_seq is None:
             return False
+        changes.lease = run.lease + 1
         changes.started = self._load_turn(repo, changes)
         repo.write_steps([step.row() for step in changes.steps.values()])
         repo.add_context(changes.context_rows)
@@ -487,11 +528,21 @@ class ExecutionEngine:
                 running -= landed
                 results = [task.result() for task in landed]
                 try:
-                    changes = await self.db.run_transaction(partial(self._commit, run, results))
+                    changes = await self._through_outage(
+                        run.id, partial(self._commit, run, results)
+                    )
                 except ExecutionLost:
                     log.info("execution_lost", execution_id=str(run.id))
                     interrupt.set()
                     return
+                except CommitLanded:
+                    await self._through_outage(
+                        run.id,
+                        lambda conn: EngineRepository(conn).release(
+                            run.id, self.owner, run.lease + 1
+                        ),
+                    )
+                    raise
                 changes.apply()
                 self.hub.notify(run.id)
                 self._observe(changes)
@@ -563,16 +614,80 @@ class ExecutionEngine:
     def _finished(execution_id: uuid.UUID, finish: Finish) -> None:
         log.info("execution_finished", execution_id=str(execution_id), status=finish.status.value)
 
+    # -- outages -------------------------------------------------------------------------------
+
+    async def _through_outage(self, execution_id: uuid.UUID, work: Callable[[Connection], T]) -> T:
+        """Run one of the drive's transactions; while the database is away the execution
+        pauses (its running steps go on, their results wait in memory) and the transaction is
+        tried again once the database answers; after a deadlock or a serialization failure it
+        is tried again after a short backoff, ``CONFLICT_RETRIES`` times at most. Trying again
+        is safe: every engine commit is fenced by the lease generation, so an attempt that
+        landed although its answer was lost is recognised (``CommitLanded``) instead of
+        applied twice."""
+        paused_at: float | None = None
+        conflicts = 0
+        while True:
+            try:
+                result = await self.db.run_transaction(work)
+            except Exception as exc:
+                if not database_away(exc):
+                    if not is_transient(exc) or conflicts == CONFLICT_RETRIES:
+                        raise
+                    conflicts += 1  # a deadlock or a serialization failure: rolled back
+                    await asyncio.sleep(0.05 * 2**conflicts)
+                    continue
+                if paused_at is None:
+                    paused_at = time.monotonic()
+                    log.warning(
+                        "execution_paused",
+                        execution_id=str(execution_id),
+                        error_type=type(exc).__name__,
+                    )
+                await self._until_database_answers()
+                continue
+            if paused_at is not None:
+                log.info(
+                    "execution_continued",
+                    execution_id=str(execution_id),
+                    paused_seconds=round(time.monotonic() - paused_at, 3),
+                )
+            return result
+
+    async def _until_database_answers(self) -> None:
+        """Wait until a probe reaches the database and no circuit breaker holds it closed off,
+        backing off from 0.1 s to 2 s between tries."""
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            breaker = self.db.breaker
+            if breaker is not None and breaker.is_open:
+                continue  # its watcher probes the database and closes it when it answers
+            if await self._database_answers():
+                return
+
+    async def _database_answers(self) -> bool:
+        try:
+            await self.db.ping()
+        except Exception:  # still away
+            return False
+        return True
+
     # -- ownership ------------------------------------------------------------------------------
 
     async def _heartbeat(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         """Keep ownership alive; notice an immediate cancel asked through another process."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
-            async with self.db.session() as session:
-                owned, cancel_mode = await ExecutionRepository(session).beat(
-                    execution_id, self.owner, utcnow()
-                )
-                await session.commit()
+            try:
+                async with self.db.session() as session:
+                    owned, cancel_mode = await ExecutionRepository(session).beat(
+                        execution_id, self.owner, utcnow()
+                    )
+                    await session.commit()
+            except Exception as exc:
+                if not database_away(exc):
+                    raise
+                continue  # the database is away: beat again when it is back
             if not owned or cancel_mode == "immediate":
                 interrupt.set()

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Protocol
 
 from app.core.config import ExecutionSettings
@@ -25,7 +24,7 @@ from app.db import queries
 from app.db.base import utcnow
 from app.db.database import SQLAlchemyManager
 from app.repositories.executions import EngineRepository, ExecutionRepository
-from app.services.engine.engine import ExecutionEngine
+from app.services.engine.engine import CommitLanded, ExecutionEngine, stale_before
 
 log = get_logger("app.runner")
 
@@ -109,6 +108,7 @@ class InProcessRunner:
     async def _run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         # Submitted from a request's task: its statements are the engine's, not the request's.
         queries.detach()
+        again = False
         try:
             async with self._slots:
                 self._driving += 1
@@ -118,6 +118,10 @@ class InProcessRunner:
                     self._driving -= 1
         except asyncio.CancelledError:
             raise
+        except CommitLanded:
+            # Released: driven again from its committed state, here and now.
+            log.info("execution_redriven", execution_id=str(execution_id))
+            again = True
         except Exception as exc:
             # The execution stays claimed; its heartbeat stops and the reaper retries it.
             log.error(
@@ -128,12 +132,14 @@ class InProcessRunner:
             )
         finally:
             self._running.pop(execution_id, None)
+        if again:
+            self.submit(execution_id)
 
     async def reap(self) -> list[uuid.UUID]:
         """Submit every execution nobody is driving; return their ids."""
-        stale_before = utcnow() - timedelta(seconds=self.settings.stale_after_seconds)
+        cutoff = stale_before(self.db, utcnow(), self.settings.stale_after_seconds)
         async with self.db.session() as session:
-            ids = await ExecutionRepository(session).abandoned(stale_before)
+            ids = await ExecutionRepository(session).abandoned(cutoff)
             await session.rollback()
         found = [i for i in ids if i not in self._running]
         for execution_id in found:

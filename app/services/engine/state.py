@@ -89,6 +89,8 @@ class Run:
     messages: list[Message]
     # Recipient names (step ids and agent ids) -> agent ids, for messages.
     directory: dict[str, str]
+    # The ownership's generation as of the last commit (``executions.lease``).
+    lease: int = 0
 
     @property
     def fail_fast(self) -> bool:
@@ -149,6 +151,7 @@ class Changes:
     started: list[StartedStep] = field(default_factory=list)
     finish: Finish | None = None
     mail: MessageDraft | None = None  # set once the transaction touches a message
+    lease: int | None = None  # the lease generation once written
 
     def draft(self) -> MessageDraft:
         """This transaction's changes to the messages."""
@@ -188,6 +191,8 @@ class Changes:
         run.input_tokens, run.output_tokens, run.cost_usd = self.totals
         if self.mail is not None:
             run.messages = self.mail.messages()
+        if self.lease is not None:
+            run.lease = self.lease
 
 
 def budget_breach(
