@@ -34,7 +34,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
+db_cli = typer.Typer(
+    help="The database: migrations, schema drift, retention.", no_args_is_help=True
+)
 users_cli = typer.Typer(help="User administration.", no_args_is_help=True)
 docs_cli = typer.Typer(help="The docs site's generated reference.", no_args_is_help=True)
 config_cli = typer.Typer(help="The effective configuration and its checks.", no_args_is_help=True)
@@ -244,6 +246,87 @@ def check(
             typer.echo(difference.line())
         typer.echo(report.summary())
     raise typer.Exit(1 if report.drift else 0)
+
+
+@db_cli.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Remove the data of ended executions older than its retention
+    (RENUM_DATABASE_MANAGER__RETENTION__*_DAYS) now, in batches, and print the rows removed per
+    kind; ledger rows are folded into daily totals first, so usage figures stay the same. With
+    --dry-run, print what would go and each kind's cut-off instead. Exit code: 0 done (or
+    nothing configured), 2 the database could not be used."""
+    import json
+    from typing import NoReturn
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.capabilities.database_manager.retention import PurgeReport, Retention
+    from app.db.base import utcnow
+    from app.db.database import build_engine
+
+    settings = load_settings()
+    retention = settings.database_manager.retention
+    url = make_url(settings.database.url)
+    where = url.render_as_string(hide_password=True)
+
+    def fail(reason: str) -> NoReturn:
+        if as_json:
+            typer.echo(json.dumps({"status": "error", "error": reason}, indent=2))
+        err.print(f"[bold red]Cannot purge:[/] {escape(reason)}", soft_wrap=True)
+        raise typer.Exit(2)
+
+    def first_line(exc: BaseException) -> str:
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+
+    async def work() -> PurgeReport:
+        engine = build_engine(settings.database)
+        try:
+            purger = Retention(engine, lambda: retention)
+            return await (purger.preview() if dry_run else purger.purge())
+        finally:
+            await engine.dispose()
+
+    report = PurgeReport.planned(retention, utcnow(), dry_run=dry_run)
+    if report.kinds:
+        sqlite_file = url.database if settings.database.is_sqlite else None
+        if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).is_file():
+            fail(f"no SQLite database at {sqlite_file}: run `renum db upgrade` to create it")
+        try:
+            report = asyncio.run(work())
+        except (OSError, TimeoutError) as exc:
+            fail(f"cannot reach the database at {where}: {first_line(exc)}")
+        except SQLAlchemyError as exc:
+            fail(
+                f"database error at {where}: {first_line(exc)} (if the schema is missing or "
+                "old, run `renum db upgrade` first)"
+            )
+    if as_json:
+        typer.echo(json.dumps({"status": "ok", **report.as_dict()}, indent=2))
+    elif not report.kinds:
+        typer.echo(
+            "No retention is configured (RENUM_DATABASE_MANAGER__RETENTION__<KIND>_DAYS): "
+            "nothing to purge."
+        )
+    else:
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"{'kind':<8}  {'days':>5}  {'cut-off (UTC)':<19}  {verb:>12}  batches")
+        for kind in report.kinds.values():
+            cutoff = kind.cutoff.strftime("%Y-%m-%d %H:%M:%S")
+            batches = "-" if dry_run else str(kind.batches)
+            typer.echo(
+                f"{kind.kind:<8}  {kind.days:>5}  {cutoff:<19}  {kind.removed:>12}  {batches}"
+            )
+        if dry_run:
+            typer.echo(f"dry run: {report.total} rows would be removed; nothing was changed")
+        else:
+            typer.echo(f"purged {report.total} rows in {report.seconds:.1f} s")
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from app.models.execution import (
     MessageStatus,
     StepStatus,
 )
+from app.models.ledger_total import LedgerDailyTotal
 from app.models.provider_key import ProviderKey
 from app.models.refresh_token import RefreshToken
 from app.models.team import Team, TeamMember, TeamWorkflowVersion
@@ -37,6 +38,7 @@ __all__ = [
     "ExecutionMessage",
     "ExecutionStatus",
     "ExecutionStep",
+    "LedgerDailyTotal",
     "LedgerEntry",
     "MessageKind",
     "MessageStatus",

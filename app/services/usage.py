@@ -1,5 +1,6 @@
 """Usage: tokens and cost of model calls from the ledger, grouped and totalled, within the
-caller's scope."""
+caller's scope. The ledger's figures include the daily totals its purged rows were folded into
+(``LedgerRepository.totals``), so a retention purge leaves them as they were."""
 
 from __future__ import annotations
 

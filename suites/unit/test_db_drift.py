@@ -508,6 +508,7 @@ def test_db_check_reports_pending_migrations(database: Path) -> None:
         "alerts",
         "alert_silences",
         "alert_evaluations",
+        "ledger_daily_totals",
     }
 
 

@@ -1,11 +1,11 @@
 """The database manager capability (SQLAlchemyManager's operations layer): a circuit breaker
 that answers 503 with ``Retry-After`` at once while the database is away and closes when it
 answers again, the pool's and the breaker's figures on ``/metrics``, the per-request query
-budget in development and test, the slow-query log, and reads tried again after a transient
-error. The engines, pools and drivers themselves are the database layer's
+budget in development and test, the slow-query log, reads tried again after a transient
+error, and the retention purge. The engines, pools and drivers themselves are the database layer's
 (``app.db.database``). Switched off with ``RENUM_DATABASE_MANAGER__ENABLED=false``: requests
-wait for the database as the base layer does, a lost database answers 500, and no statement
-is counted or timed."""
+wait for the database as the base layer does, a lost database answers 500, no statement is
+counted or timed, and nothing is purged."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from app.capabilities.base import AppContext, Capability
 from app.capabilities.database_manager.outage import OutageWatch, install_answers
 from app.capabilities.database_manager.pool_metrics import PoolMetrics
 from app.capabilities.database_manager.query_budget import QueryBudget
+from app.capabilities.database_manager.retention import Retention
 from app.capabilities.database_manager.retry import RetryTransientReads
 from app.core.config import Settings
 from app.db.breaker import CircuitBreaker
 
-__all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget"]
+__all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget", "Retention"]
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -51,9 +52,16 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     PoolMetrics(app.state.metrics, context.database)
     context.database.attach_query_hooks(app.state.query_budget.hooks)
     watch.start()
+    app.state.retention = retention = Retention(
+        context.database.engine,
+        lambda: current().database_manager.retention,
+        app.state.metrics,
+    )
+    retention.start()
     try:
         yield
     finally:
+        await retention.stop()
         await watch.stop()
         context.database.attach_query_hooks(None)
         context.database.attach_breaker(None)
