@@ -247,9 +247,11 @@ class SQLAlchemyManager:
 
     def terminate_in_use(self) -> None:
         """Terminate the connections checked out now (a breaker's ``on_open``): statements hung
-        on them fail at once."""
+        on a server that stopped answering fail at once. PostgreSQL only: an SQLite file has no
+        server to hang on, and aiosqlite leaves a statement waiting on a terminated connection
+        waiting for ever."""
         pool = self.engine.pool
-        if isinstance(pool, MeasuredPool):
+        if isinstance(pool, MeasuredPool) and not self.settings.is_sqlite:
             pool.terminate_in_use()
 
     @property

@@ -28,6 +28,7 @@ from app.core.metrics import Metrics
 from app.db.breaker import BreakerState, CircuitBreaker
 from app.db.database import SQLAlchemyManager, missing_driver
 from app.db.pool import ConnectionFailed, is_connection_failure, is_transient
+from qa import services
 from qa.launcher import REPO_ROOT
 
 CLOSED = "postgresql+asyncpg://renum@127.0.0.1:9/renum"  # loopback; nothing listens on 9
@@ -191,22 +192,42 @@ async def test_a_refused_connection_is_counted_and_told_to_the_gate() -> None:
 
 
 @pytest.mark.anyio
-async def test_opening_terminates_what_is_checked_out(tmp_path: Path) -> None:
-    database = sqlite(tmp_path)
+async def test_opening_terminates_a_statement_hung_on_postgresql(tmp_path: Path) -> None:
+    """A statement waiting on the server when the breaker opens fails at once (its connection
+    is terminated), and its connection leaves the pool's count of those in use. On SQLite
+    nothing is terminated (there is no server to hang on)."""
+    service = services.postgres()
+    service.require()
+    database = SQLAlchemyManager(DatabaseSettings(url=service.url))
     made = CircuitBreaker(1, retry_after=lambda: 1, on_open=database.terminate_in_use)
     database.attach_breaker(made)
+
+    async def hung() -> None:
+        async with database.engine.connect() as conn:
+            await conn.execute(text("select pg_sleep(60)"))
+
     try:
-        conn = await database.engine.connect()
-        await conn.execute(text("select 1"))
+        waiting = asyncio.create_task(hung())
+        for _ in range(1000):  # until its connection is checked out (10 s at most)
+            if database.pool_stats.in_use:
+                break
+            await asyncio.sleep(0.01)
         assert len(database.pool_stats.in_use) == 1
+        await asyncio.sleep(0.1)  # the statement is on the server
         made.open("test")
-        with pytest.raises(DBAPIError):  # its connection was terminated under it
-            await conn.execute(text("select 1"))
-        await conn.invalidate()
-        await conn.close()
+        with pytest.raises(DBAPIError):  # terminated under it, long before pg_sleep ends
+            await asyncio.wait_for(waiting, timeout=30)
         assert not database.pool_stats.in_use
     finally:
         await database.dispose()
+    local = sqlite(tmp_path)
+    try:
+        async with local.engine.connect() as conn:
+            await conn.execute(text("select 1"))
+            local.terminate_in_use()
+            assert (await conn.execute(text("select 2"))).scalar_one() == 2
+    finally:
+        await local.dispose()
 
 
 @pytest.mark.anyio
