@@ -114,6 +114,9 @@ class MeasuredPool(AsyncAdaptedQueuePool):
     """``AsyncAdaptedQueuePool`` with the figures, gate and tracking described above."""
 
     stats: PoolStats
+    # SQLAlchemy names a pool's logger after its class; this subclass lives under ``app``,
+    # whose loggers run at INFO, so keep SQLAlchemy's own name (and its WARNING level).
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
     def __init__(self, *args: Any, stats: PoolStats | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -35,19 +35,24 @@ TOTAL_COLUMNS = {
 }
 
 
-def first_day_from(moment: datetime) -> date:
-    """The first day whose start (00:00 UTC) is at or after ``moment``."""
+def first_day_from(moment: datetime) -> date | None:
+    """The first day whose start (00:00 UTC) is at or after ``moment`` (None: no day left
+    after the calendar's last one starts)."""
     moment = moment.astimezone(UTC)
     day = moment.date()
-    return day if moment.time() == time(0) else day + timedelta(days=1)
+    if moment.time() == time(0):
+        return day
+    return None if day == date.max else day + timedelta(days=1)
 
 
 def day_window(since: datetime | None, until: datetime | None) -> tuple[date | None, date | None]:
     """The days whose start falls in ``[since, until)``, as ``[first, end)`` (None: open)."""
-    return (
-        None if since is None else first_day_from(since),
-        None if until is None else first_day_from(until),
-    )
+    first = None if since is None else first_day_from(since)
+    end = None if until is None else first_day_from(until)
+    if since is not None and first is None:
+        # No day starts in the window: an empty one.
+        return date.max, date.max
+    return first, end
 
 
 class LedgerRepository:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,6 +85,18 @@ def test_a_day_counts_when_its_start_is_in_the_period() -> None:
     # An empty period holds no day.
     first, end = day_window(midnight + timedelta(hours=1), midnight + timedelta(hours=2))
     assert first == end == date(2026, 11, 3)
+
+
+def test_the_calendar_s_last_day_bounds_a_period_without_overflow() -> None:
+    last_start = datetime.combine(date.max, time(0), tzinfo=UTC)
+    latest = datetime.combine(date.max, time.max, tzinfo=UTC)
+    assert first_day_from(last_start) == date.max
+    assert first_day_from(latest) is None
+    # Until the latest instant there is: every day starts before it (open end).
+    assert day_window(None, latest) == (None, None)
+    # From inside the last day: no day starts in the period.
+    first, end = day_window(latest, None)
+    assert first == end == date.max
 
 
 # -- folding ------------------------------------------------------------------------------------
