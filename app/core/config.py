@@ -216,12 +216,14 @@ class LastKnownSettings(BaseModel):
         default=2000,
         ge=1,
         le=1_000_000,
+        json_schema_extra=LIVE,
         description="Answers kept per process (the least recently used go first).",
     )
     max_body_bytes: int = Field(
         default=65_536,
         ge=256,
         le=16_777_216,
+        json_schema_extra=LIVE,
         description="Larger answers are not kept.",
     )
     max_age_seconds: float = Field(

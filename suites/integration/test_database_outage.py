@@ -72,6 +72,12 @@ def wait_for_503(admin: ApiClient) -> httpx.Response:
     return answers[-1]
 
 
+def served_fresh(admin: ApiClient, path: str) -> bool:
+    """Answered by the database: a 200 that is not a last-known answer kept from before."""
+    answer = admin.get(path)
+    return answer.status_code == 200 and "cache-status" not in answer.headers
+
+
 def launch(
     launcher: Callable[..., LaunchedBackend], name: str, port: int, **env: str
 ) -> tuple[LaunchedBackend, ApiClient]:
@@ -161,12 +167,12 @@ def test_refused_and_cut_connections_answer_503_and_recover(
             lambda: counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
         )
         proxy.pass_through()
-        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="served again")
+        fs.wait_for(lambda: served_fresh(admin, f"{API}/agents"), what="served again")
 
         proxy.cut()  # live pooled connections reset under a healthy database
         answers = [admin.get(f"{API}/agents").status_code for _ in range(5)]
         assert set(answers) <= {200, 503}, answers  # never a 500, never a hang
-        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="after the cut")
+        fs.wait_for(lambda: served_fresh(admin, f"{API}/agents"), what="after the cut")
         create_agent(admin, "after the cut")
         admin.close()
         server.stop()
@@ -187,7 +193,7 @@ def test_switched_off_the_base_layer_waits_and_nothing_is_counted(
         assert counter(server.base_url, "renum_database_outages") == 0
         assert "renum_database_breaker_open" not in httpx.get(f"{server.base_url}/metrics").text
         proxy.pass_through()
-        fs.wait_for(lambda: admin.get(f"{API}/agents").status_code == 200, what="served again")
+        fs.wait_for(lambda: served_fresh(admin, f"{API}/agents"), what="served again")
         admin.close()
         server.stop()
 
@@ -243,7 +249,7 @@ def test_an_execution_pauses_through_the_outage_and_completes_without_a_resume(
             what="the outage going on",
         )
         proxy.pass_through()
-        fs.wait_for(lambda: admin.get(url).status_code == 200, what="served again")
+        fs.wait_for(lambda: served_fresh(admin, url), what="served again")
 
         final = expect(admin.get(f"{url}?wait=30"), 200)
         assert final["status"] == "completed", final

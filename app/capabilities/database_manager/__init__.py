@@ -2,10 +2,11 @@
 that answers 503 with ``Retry-After`` at once while the database is away and closes when it
 answers again, the pool's and the breaker's figures on ``/metrics``, the per-request query
 budget in development and test, the slow-query log, reads tried again after a transient
-error, and the retention purge. The engines, pools and drivers themselves are the database layer's
+error, authenticated reads answered from their last known state during an outage, and the
+retention purge. The engines, pools and drivers themselves are the database layer's
 (``app.db.database``). Switched off with ``RENUM_DATABASE_MANAGER__ENABLED=false``: requests
 wait for the database as the base layer does, a lost database answers 500, no statement is
-counted or timed, and nothing is purged."""
+counted or timed, no answer is kept, and nothing is purged."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import Counter
 
 from app.capabilities.base import AppContext, Capability
+from app.capabilities.database_manager.last_known import (
+    COUNTED_METRIC,
+    OUTCOMES,
+    LastKnownReads,
+)
 from app.capabilities.database_manager.outage import OutageWatch, install_answers
 from app.capabilities.database_manager.pool_metrics import PoolMetrics
 from app.capabilities.database_manager.query_budget import QueryBudget
@@ -29,6 +36,15 @@ __all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget", "Retention
 def install(app: FastAPI, settings: Settings) -> None:
     install_answers(app)
     app.add_middleware(RetryTransientReads, settings=lambda: app.state.settings)
+    last_known = Counter(
+        COUNTED_METRIC,
+        "Authenticated API reads kept, replayed during a database outage, or missed then.",
+        ["outcome"],
+        registry=app.state.metrics.shared,
+    )
+    for outcome in OUTCOMES:
+        last_known.labels(outcome)  # every outcome shows, at 0 until counted
+    app.add_middleware(LastKnownReads, state=app.state, counter=last_known)
     budget = QueryBudget(lambda: app.state.settings, app.state.metrics)
     app.state.query_budget = budget
     app.state.request_observers.append(budget)  # told by the base middleware
