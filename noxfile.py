@@ -122,15 +122,17 @@ def debian_tool(session: nox.Session, command: str, package: str) -> None:
         session.run(*install, external=True, env=env)
 
 
-def run_pytest(session: nox.Session, name: str, *args: str) -> None:
-    """Run pytest under coverage, writing this session's data and JUnit report."""
+def run_pytest(session: nox.Session, name: str, *args: str, workers: int = 0) -> None:
+    """Run pytest under coverage, writing this session's data and JUnit report; with
+    ``workers``, in that many pytest-xdist processes (each measured: ``patch = subprocess``)."""
     env = shared_env(session)
     COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
     for stale in COVERAGE_DIR.glob(f".coverage.{name}*"):
         stale.unlink()
     env["COVERAGE_FILE"] = str(COVERAGE_DIR / f".coverage.{name}")
+    parallel = ("-n", str(workers)) if workers else ()
     session.run(
-        tool("python"), "-m", "coverage", "run", "-m", "pytest", *args,
+        tool("python"), "-m", "coverage", "run", "-m", "pytest", *args, *parallel,
         f"--junitxml={REPORTS / 'junit' / f'{name}.xml'}", *session.posargs,
         env=env,
     )  # fmt: skip
@@ -161,8 +163,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    """Fast tests of single modules, no server."""
-    run_pytest(session, "unit", "suites/unit")
+    """Fast tests of single modules, no server (two pytest-xdist workers, one per core)."""
+    run_pytest(session, "unit", "suites/unit", workers=2)
 
 
 @nox.session
@@ -170,7 +172,8 @@ def integration(session: nox.Session) -> None:
     """The real backend over HTTP, on SQLite and on PostgreSQL (`promtool`, from Debian's
     `prometheus`, checks the served metrics)."""
     debian_tool(session, "promtool", "prometheus")
-    run_pytest(session, "integration", "suites/integration", "--db=sqlite,postgresql")
+    # Three workers on two cores: the tests mostly wait on the servers they launched.
+    run_pytest(session, "integration", "suites/integration", "--db=sqlite,postgresql", workers=3)
 
 
 @nox.session

@@ -4,9 +4,13 @@ say when one is missing: the command that starts it, never a silent skip."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 POSTGRES_URL_ENV = "RENUM_QA_POSTGRES_URL"
@@ -84,3 +88,34 @@ def create_postgres_database(name: str) -> str:
 
 def drop_postgres_database(name: str) -> None:
     asyncio.run(_execute(postgres().url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def migrated_database(flavour: str, directory: Path, prefix: str) -> Iterator[str]:
+    """A new database of ``flavour`` migrated to the head revision, as a SQLAlchemy URL:
+    ``sqlite`` a file in ``directory``, ``postgresql`` a database named ``prefix`` plus a random
+    suffix on the local server, dropped afterwards."""
+    from app.core.config import DatabaseSettings
+    from app.db import migrate
+    from app.db.database import build_engine
+
+    name = None
+    if flavour == "sqlite":
+        url = f"sqlite+aiosqlite:///{directory / f'{prefix}.db'}"
+    else:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        url = create_postgres_database(name)
+
+    async def upgrade() -> None:
+        engine = build_engine(DatabaseSettings(url=url))
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(upgrade())
+        yield url
+    finally:
+        if name is not None:
+            drop_postgres_database(name)

@@ -7,14 +7,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict
+from app.db.base import Base
 
 M = TypeVar("M")
 SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's table, typed as one (the declarative attribute is typed as any FromClause)."""
+    table = model.__table__
+    if not isinstance(table, Table):  # pragma: no cover - every model here maps one table
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
 
 
 @dataclass(frozen=True)

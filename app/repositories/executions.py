@@ -13,10 +13,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Integer, Row, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult
 
-from app.db.base import Base, UTCDateTime
+from app.db.base import UTCDateTime
 from app.models import (
     Account,
     Agent,
@@ -29,7 +29,7 @@ from app.models import (
     LedgerEntry,
     ProviderKey,
 )
-from app.repositories.base import AccountScopedRepository, Scope
+from app.repositories.base import AccountScopedRepository, Scope, table_of
 
 ACTIVE = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
@@ -197,17 +197,9 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
 # transaction then costs little more than the database's own work.
 
 
-def _table(model: type[Base]) -> Table:
-    """A model's table, typed as one (the declarative attribute is typed as any FromClause)."""
-    table = model.__table__
-    if not isinstance(table, Table):  # pragma: no cover - every model here maps one table
-        raise TypeError(f"{model.__name__} is not mapped to a table")
-    return table
-
-
-_executions = _table(Execution)
-_steps = _table(ExecutionStep)
-_context = _table(ContextEntry)
+_executions = table_of(Execution)
+_steps = table_of(ExecutionStep)
+_context = table_of(ContextEntry)
 
 # What the engine keeps in memory of an execution it owns.
 _CLAIMED = (
@@ -315,17 +307,19 @@ _read_context = (
     .where(_context.c.execution_id == bindparam("execution_id"))
     .order_by(_context.c.key, _context.c.version)
 )
-_read_agents = select(_table(Agent)).where(Agent.id.in_(bindparam("ids", expanding=True)))
-_read_keys = select(_table(ProviderKey)).where(ProviderKey.id.in_(bindparam("ids", expanding=True)))
+_read_agents = select(table_of(Agent)).where(Agent.id.in_(bindparam("ids", expanding=True)))
+_read_keys = select(table_of(ProviderKey)).where(
+    ProviderKey.id.in_(bindparam("ids", expanding=True))
+)
 _write_steps = (
     update(_steps)
     .where(_steps.c.id == bindparam("step_id"))
     .values({name: bindparam(f"{name}_") for name in _STEP_FIELDS})
 )
 _add_context = insert(_context)
-_add_ledger = insert(_table(LedgerEntry))
-_add_events = insert(_table(ExecutionEvent))
-_messages = _table(ExecutionMessage)
+_add_ledger = insert(table_of(LedgerEntry))
+_add_events = insert(table_of(ExecutionEvent))
+_messages = table_of(ExecutionMessage)
 _read_messages = (
     select(*(column for column in _messages.c if column.name != "execution_id"))
     .where(_messages.c.execution_id == bindparam("execution_id"))
@@ -338,7 +332,7 @@ _set_message_status = (
     .values(status=bindparam("status_"))
 )
 _release_slot = (
-    update(_table(Account))
+    update(table_of(Account))
     .where(Account.id == bindparam("account_id"), Account.active_executions > 0)
     .values(active_executions=Account.active_executions - 1)
 )

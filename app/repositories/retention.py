@@ -23,7 +23,6 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.base import Base
 from app.models import (
     ContextEntry,
     Execution,
@@ -35,6 +34,7 @@ from app.models import (
     LedgerEntry,
 )
 from app.models.ledger_total import total_id
+from app.repositories.base import table_of
 
 TERMINAL = tuple(status.value for status in ExecutionStatus if status.terminal)
 
@@ -42,26 +42,19 @@ TERMINAL = tuple(status.value for status in ExecutionStatus if status.terminal)
 MAX_BOUND_IDS = 10_000
 
 
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    if not isinstance(table, Table):  # pragma: no cover - every model here maps one table
-        raise TypeError(f"{model.__name__} is not mapped to a table")
-    return table
-
-
-_executions = _table(Execution)
-_ledger = _table(LedgerEntry)
-_totals = _table(LedgerDailyTotal)
+_executions = table_of(Execution)
+_ledger = table_of(LedgerEntry)
+_totals = table_of(LedgerDailyTotal)
 
 # The kinds of rows an execution owns (besides ledger rows), by kind name, in purge order.
 # Nothing refers to events, messages or context rows; ledger rows refer to steps
 # (``step_id``, ON DELETE SET NULL), so steps go last, after the ledger rows of the same
 # executions when those expire too.
 EXECUTION_TABLES: dict[str, Table] = {
-    "events": _table(ExecutionEvent),
-    "messages": _table(ExecutionMessage),
-    "context": _table(ContextEntry),
-    "steps": _table(ExecutionStep),
+    "events": table_of(ExecutionEvent),
+    "messages": table_of(ExecutionMessage),
+    "context": table_of(ContextEntry),
+    "steps": table_of(ExecutionStep),
 }
 
 # When an execution ended: its finish time, or its last update for one that ended without
@@ -228,23 +221,20 @@ async def _fold_ledger_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> i
     return len(removed)
 
 
+async def _purge_ledger_where(conn: AsyncConnection, limit: int, *conditions: Any) -> Batch:
+    """Fold and delete up to ``limit`` ledger rows matching ``conditions``, oldest ids first."""
+    query = select(_ledger.c.id).where(*conditions).order_by(_ledger.c.id).limit(limit)
+    ids = list((await conn.execute(query)).scalars())
+    if not ids:
+        return Batch(0, 0)
+    return Batch(len(ids), await _fold_ledger_ids(conn, ids))
+
+
 async def purge_ledger_rows(
     conn: AsyncConnection, execution_ids: Sequence[uuid.UUID], limit: int
 ) -> Batch:
     """Fold and delete up to ``limit`` ledger rows of these executions."""
-    ids = list(
-        (
-            await conn.execute(
-                select(_ledger.c.id)
-                .where(_ledger.c.execution_id.in_(execution_ids))
-                .order_by(_ledger.c.id)
-                .limit(limit)
-            )
-        ).scalars()
-    )
-    if not ids:
-        return Batch(0, 0)
-    return Batch(len(ids), await _fold_ledger_ids(conn, ids))
+    return await _purge_ledger_where(conn, limit, _ledger.c.execution_id.in_(execution_ids))
 
 
 _orphans = _ledger.c.execution_id.is_(None)
@@ -253,19 +243,7 @@ _orphans = _ledger.c.execution_id.is_(None)
 async def purge_orphan_ledger_rows(conn: AsyncConnection, before: datetime, limit: int) -> Batch:
     """Fold and delete up to ``limit`` ledger rows whose execution is gone (its team was
     deleted) recorded before ``before``."""
-    ids = list(
-        (
-            await conn.execute(
-                select(_ledger.c.id)
-                .where(_orphans, _ledger.c.created_at < before)
-                .order_by(_ledger.c.id)
-                .limit(limit)
-            )
-        ).scalars()
-    )
-    if not ids:
-        return Batch(0, 0)
-    return Batch(len(ids), await _fold_ledger_ids(conn, ids))
+    return await _purge_ledger_where(conn, limit, _orphans, _ledger.c.created_at < before)
 
 
 async def purge_rollups(conn: AsyncConnection, before: date, limit: int) -> Batch:

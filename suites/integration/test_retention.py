@@ -33,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app.capabilities.database_manager.retention import Retention
 from app.core.config import DatabaseSettings, RetentionSettings
-from app.db import migrate
 from app.db.base import Base, utcnow
 from app.db.database import build_engine
 from app.repositories.base import Scope
@@ -70,26 +69,8 @@ def database_url(db_flavour: str, tmp_path: Path) -> Iterator[str]:
     """A database of ``db_flavour`` migrated to the head revision."""
     if db_flavour not in ("sqlite", "postgresql"):
         pytest.skip("needs a local database; --target names a deployment")
-    name = None
-    if db_flavour == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}"
-    else:
-        name = f"renum_retention_{uuid.uuid4().hex[:10]}"
-        url = services.create_postgres_database(name)
-
-    async def upgrade() -> None:
-        engine = build_engine(DatabaseSettings(url=url))
-        try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(upgrade())
-    try:
+    with services.migrated_database(db_flavour, tmp_path, "renum_retention") as url:
         yield url
-    finally:
-        if name is not None:
-            services.drop_postgres_database(name)
 
 
 @pytest.fixture

@@ -4,11 +4,15 @@ a tenant with builtin agents, all in-process so the benchmarks measure the engin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import statistics
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.core.config import Settings
 from app.core.crypto import SecretBox
@@ -18,6 +22,57 @@ from app.models import Account, Agent, Role, Team, TeamMember, User
 from app.services.principal import Principal
 from app.services.runtime import Runtime
 from qa import services
+from qa.asgi import asgi_caller
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Two apps' requests per second (medians over the measured rounds) and the median of the
+    rounds' ratios ``on / off``."""
+
+    on: float
+    off: float
+    ratio: float
+
+
+async def alternating_rates(
+    on: Any,
+    off: Any,
+    route: str,
+    *,
+    rounds: int,
+    requests: int,
+    while_running: Callable[[], None] = lambda: None,
+) -> Rates:
+    """Start both apps, then GET ``route`` alternately from one and the other, each called
+    directly as ASGI (whatever else the machine does slows both alike): a warm-up round of a
+    tenth of ``requests``, then ``rounds`` rounds of ``requests``. A round's rate of an app is
+    its requests over the time spent in its calls. ``while_running`` checks the apps before
+    they stop."""
+    async with contextlib.AsyncExitStack() as stack:
+        for app in (on, off):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        calls = {"on": asgi_caller(on), "off": asgi_caller(off)}
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        for round_ in range(rounds + 1):
+            busy = {"on": 0.0, "off": 0.0}
+            count = requests // 10 if round_ == 0 else requests
+            for index in range(count):
+                name = "on" if index % 2 == 0 else "off"
+                start = time.perf_counter()
+                assert await calls[name](route) == 200
+                busy[name] += time.perf_counter() - start
+            if round_ == 0:
+                continue  # the warm-up round
+            for name in rates:
+                rates[name].append((count // 2) / busy[name])
+        while_running()
+    pairs = zip(rates["on"], rates["off"], strict=True)
+    return Rates(
+        on=statistics.median(rates["on"]),
+        off=statistics.median(rates["off"]),
+        ratio=statistics.median(a / b for a, b in pairs),
+    )
 
 
 @dataclass

@@ -13,13 +13,11 @@ wall time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+from bench_support import alternating_rates
 from fastapi import Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -28,7 +26,6 @@ from app.api.deps import get_database
 from app.core.config import Settings
 from app.db.database import SQLAlchemyManager
 from app.main import create_app
-from qa.asgi import asgi_caller
 
 TARGET_RATIO = 0.90
 ROUTE = "/api/v1/bench/database"
@@ -66,32 +63,16 @@ def test_the_database_manager_costs_at_most_ten_percent(
     with_manager = bench_app(tmp_path, "on", manager=True)
     without = bench_app(tmp_path, "off", manager=False)
 
-    async def measure() -> dict[str, list[float]]:
-        async with contextlib.AsyncExitStack() as stack:
-            for app in (with_manager, without):
-                await stack.enter_async_context(app.router.lifespan_context(app))
-            calls = {"on": asgi_caller(with_manager), "off": asgi_caller(without)}
-            rates: dict[str, list[float]] = {"on": [], "off": []}
-            for round_ in range(8):
-                busy = {"on": 0.0, "off": 0.0}
-                requests = 200 if round_ == 0 else 1500
-                for index in range(requests):
-                    name = "on" if index % 2 == 0 else "off"
-                    start = time.perf_counter()
-                    assert await calls[name](ROUTE) == 200
-                    busy[name] += time.perf_counter() - start
-                if round_ == 0:
-                    continue  # the warm-up round
-                for name in rates:
-                    rates[name].append((requests // 2) / busy[name])
-            # The manager really ran in the measured app: its breaker guarded the checkouts.
-            assert with_manager.state.database.breaker is not None
-            assert without.state.database.breaker is None
-            return rates
+    def the_manager_ran() -> None:  # its breaker guarded the measured app's checkouts
+        assert with_manager.state.database.breaker is not None
+        assert without.state.database.breaker is None
 
-    rates = asyncio.run(measure())
-    ratio = statistics.median(on / off for on, off in zip(rates["on"], rates["off"], strict=True))
-    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    rates = asyncio.run(
+        alternating_rates(
+            with_manager, without, ROUTE, rounds=7, requests=1500, while_running=the_manager_ran
+        )
+    )
+    on, off, ratio = rates.on, rates.off, rates.ratio
     record_property("database_manager_on_rps", round(on))
     record_property("database_manager_off_rps", round(off))
     record_property("database_manager_ratio", round(ratio, 3))

@@ -20,18 +20,15 @@ small route costs, about 50 µs, so a microsecond of monitor work weighs about 2
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_support import alternating_rates
 from fastapi.responses import JSONResponse
 
 from app.core.config import Settings
 from app.main import create_app
-from qa.asgi import asgi_caller
 
 TARGET_RATIO = 0.95
 ROUTE = "/bench/json"
@@ -67,29 +64,8 @@ def test_the_monitor_costs_at_most_five_percent(
     for app in (with_monitor, without):
         assert getattr(app.router.routes[0], "path", None) == ROUTE
 
-    async def measure() -> dict[str, list[float]]:
-        async with contextlib.AsyncExitStack() as stack:
-            for app in (with_monitor, without):
-                await stack.enter_async_context(app.router.lifespan_context(app))
-            calls = {"on": asgi_caller(with_monitor), "off": asgi_caller(without)}
-            rates: dict[str, list[float]] = {"on": [], "off": []}
-            for round_ in range(10):
-                busy = {"on": 0.0, "off": 0.0}
-                requests = 300 if round_ == 0 else 3000
-                for index in range(requests):
-                    name = "on" if index % 2 == 0 else "off"
-                    start = time.perf_counter()
-                    assert await calls[name](ROUTE) == 200
-                    busy[name] += time.perf_counter() - start
-                if round_ == 0:
-                    continue  # the warm-up round
-                for name in rates:
-                    rates[name].append((requests // 2) / busy[name])
-            return rates
-
-    rates = asyncio.run(measure())
-    ratio = statistics.median(on / off for on, off in zip(rates["on"], rates["off"], strict=True))
-    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    rates = asyncio.run(alternating_rates(with_monitor, without, ROUTE, rounds=9, requests=3000))
+    on, off, ratio = rates.on, rates.off, rates.ratio
     record_property("monitor_on_rps", round(on))
     record_property("monitor_off_rps", round(off))
     record_property("monitor_ratio", round(ratio, 3))

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app.capabilities.database_manager.retention import Retention
 from app.core.config import DatabaseSettings, RetentionSettings
-from app.db import migrate
 from app.db.base import Base
 from app.db.database import build_engine
 from app.repositories.base import Scope
@@ -52,26 +50,9 @@ AGENTS = [uuid.UUID(int=41), None]
 def database_url(db_flavour: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if db_flavour not in ("sqlite", "postgresql"):
         pytest.skip("needs a local database; --target names a deployment")
-    name = None
-    if db_flavour == "sqlite":
-        url = f"sqlite+aiosqlite:///{Path(tmp_path_factory.mktemp('retention')) / 'p.db'}"
-    else:
-        name = f"renum_retention_p_{uuid.uuid4().hex[:10]}"
-        url = services.create_postgres_database(name)
-
-    async def upgrade() -> None:
-        engine = build_engine(DatabaseSettings(url=url))
-        try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(upgrade())
-    try:
+    directory = tmp_path_factory.mktemp("retention")
+    with services.migrated_database(db_flavour, directory, "renum_retention_p") as url:
         yield url
-    finally:
-        if name is not None:
-            services.drop_postgres_database(name)
 
 
 @dataclass(frozen=True)
