@@ -12,8 +12,10 @@ answers again. Time is read from ``clock`` so tests can step it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from app.core.errors import DatabaseUnavailable
@@ -28,6 +30,19 @@ class BreakerState(StrEnum):
     open = "open"
 
 
+# Outages remembered (a run of short ones joined by gaps shorter than a grace counts as one).
+REMEMBERED_OUTAGES = 16
+
+
+@dataclass
+class Outage:
+    """One outage in wall-clock time: from the database's last answer before it (as far as
+    this process knows) to its first answer after it (None while it lasts)."""
+
+    began: datetime
+    ended: datetime | None = None
+
+
 class CircuitBreaker:
     """Opens on consecutive connection failures or when told to; closes when told the database
     answers. Not thread-safe by design: the pool and the watcher run on the event loop."""
@@ -38,20 +53,22 @@ class CircuitBreaker:
         retry_after: Callable[[], int],
         on_open: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
     ) -> None:
         self.failures = failures
         self.retry_after = retry_after
         self.on_open = on_open
         self.clock = clock
+        self.wall = wall
         self.state = BreakerState.closed
         self.opened_at: float | None = None
         self.outages = 0  # times it opened
         self.refused = 0  # checkouts refused while open
         self.last_outage_seconds: float | None = None
-        # The last outage in wall-clock time (when it began; when it ended, None while open):
-        # an owner could not renew its executions' heartbeats in between.
-        self.outage_began: datetime | None = None
-        self.outage_ended: datetime | None = None
+        # The last outages, newest last: no owner could renew its executions' heartbeats
+        # during them (``unreachable_since``).
+        self.recent: deque[Outage] = deque(maxlen=REMEMBERED_OUTAGES)
+        self.last_answer: datetime | None = None  # the database's last answer to a probe
         self._consecutive = 0
 
     @property
@@ -67,6 +84,10 @@ class CircuitBreaker:
                 retry_after=self.retry_after(),
             )
 
+    def answered(self) -> None:
+        """The database answered a probe: the latest moment it is known to have been up."""
+        self.last_answer = self.wall()
+
     def succeeded(self) -> None:
         self._consecutive = 0
 
@@ -80,7 +101,9 @@ class CircuitBreaker:
             return
         self.state = BreakerState.open
         self.opened_at = self.clock()
-        self.outage_began, self.outage_ended = utcnow(), None
+        # The database may have stopped answering any time after its last known answer
+        # (noticing takes up to a probe's interval and timeout).
+        self.recent.append(Outage(self.last_answer or self.wall()))
         self.outages += 1
         log.error("database_unavailable", reason=reason, breaker="open")
         self.on_open()
@@ -91,7 +114,8 @@ class CircuitBreaker:
         self.last_outage_seconds = self.clock() - (self.opened_at or self.clock())
         self.state = BreakerState.closed
         self.opened_at = None
-        self.outage_ended = utcnow()
+        if self.recent:
+            self.recent[-1].ended = self.wall()
         self._consecutive = 0
         log.info(
             "database_available",
@@ -99,3 +123,21 @@ class CircuitBreaker:
             outage_seconds=round(self.last_outage_seconds, 3),
             refused=self.refused,
         )
+
+    def unreachable_since(self, now: datetime, grace: timedelta) -> datetime | None:
+        """When the database became unreachable, for an owner that needs ``grace`` of it
+        answering to renew what it owns: the beginning of the current outage, or of the last
+        one if it ended less than ``grace`` ago; outages separated by less than ``grace`` count
+        as one (the earliest beginning). None when the database has answered for ``grace``."""
+        outages = list(self.recent)
+        if not outages:
+            return None
+        newest = outages[-1]
+        if newest.ended is not None and now - newest.ended >= grace:
+            return None
+        began = newest.began
+        for earlier in reversed(outages[:-1]):
+            if earlier.ended is None or began - earlier.ended >= grace:
+                break
+            began = earlier.began
+        return began

@@ -5,9 +5,10 @@
 - its figures (``PoolStats``): checkouts that had to wait for a connection and the time they
   waited, connections that could not be opened or were lost, beside the pool's own size,
   checked-out and overflow counts (``pool_status``);
-- a ``gate`` asked before each checkout (the database manager's circuit breaker: while the
-  database is away, a checkout is refused at once instead of waiting for a timeout) and told
-  of each checkout's outcome;
+- a ``gate`` asked before each checkout and before opening each connection (the database
+  manager's circuit breaker: while the database is away, a checkout, or the replacement of a
+  connection that was lost, is refused at once instead of waiting for a timeout) and told of
+  each checkout's outcome;
 - the connections checked out right now, so that when an outage is detected they can be
   terminated, which ends the statements hung on them at once (``terminate_in_use``).
 
@@ -127,6 +128,10 @@ class MeasuredPool(AsyncAdaptedQueuePool):
         self._invoke_creator = self._open_connection  # type: ignore[assignment]  # same call, Any result
 
     def _open_connection(self, record: ConnectionPoolEntry) -> Any:
+        if self.stats.gate is not None:
+            # Open: no new connection either, such as the one replacing a connection the
+            # breaker terminated (a pre-ping's replacement would wait the connect timeout).
+            self.stats.gate.check()
         try:
             return self._open(record)
         except Exception as exc:

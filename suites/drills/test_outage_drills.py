@@ -13,19 +13,27 @@ together, twice (hung, then refused), which takes a minute or so:
 - live pooled connections cut from under the backend are replaced by the next checks;
 - PostgreSQL hung while the backend starts: the start-up does not hang, the backend starts
   degraded, and once the database answers it applies the skipped migrations, turns ready and
-  creates the first admin, without a restart.
+  creates the first admin, without a restart;
+- two backend processes on one PostgreSQL database, an execution running on one of them when
+  the database hangs for twice ``stale_after``, and comes back for the other process first:
+  its reaper does not take the execution over (staleness counts from the database's return),
+  and the owner completes it once the database answers it too, every model called once.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from qa import services
-from qa.client import ApiClient
+from qa.client import API, ApiClient
+from qa.factories import create_agent, expect
+from qa.fake_openai import FakeOpenAI, Held, Reply
 from qa.fault_proxy import FaultProxy
 from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
@@ -139,3 +147,99 @@ def test_postgresql_hung_at_start_up_does_not_hang_start_up_and_recovers_without
             admin.login(server.admin_email, server.admin_password)
         fs.assert_probes_unaffected(hung, healthy=fs.probe_times(server.base_url, rounds=2))
         server.stop()
+
+
+# Ownership fast enough to go stale several times over during the outage: a beat every
+# 0.2 s, abandoned after 4 s, reapers sweeping every 0.3 s; the breaker probing every 0.2 s.
+OWNERSHIP = {
+    "RENUM_EXECUTIONS__HEARTBEAT_SECONDS": "0.2",
+    "RENUM_EXECUTIONS__STALE_AFTER_SECONDS": "4",
+    "RENUM_EXECUTIONS__REAPER_INTERVAL_SECONDS": "0.3",
+    **fs.BREAKER_FAST,
+}
+OUTAGE_SECONDS = 8.0  # twice stale_after
+# How much sooner the database comes back for the second process than for the owner: many
+# reaper sweeps, well within stale_after.
+HEAD_START_SECONDS = 1.5
+
+
+def breaker_open(server: LaunchedBackend) -> bool:
+    return fs.counter(server.base_url, "renum_database_breaker_open") == 1
+
+
+def test_after_an_outage_another_process_does_not_take_over_a_running_execution(
+    launch_degraded: Callable[..., LaunchedBackend],
+    postgres_database: tuple[str, int],
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Each process reaches PostgreSQL through its own fault proxy. The database comes back
+    for the second process first, while the owner's heartbeat is many times stale_after old
+    and the owner cannot beat yet: a reaper counting staleness from the last heartbeat would
+    take the execution over at its next sweep (and call step 2's model again)."""
+    name, port = postgres_database
+    release = threading.Event()
+    # Step 1 answers at once; step 2's answer is held until the database is away.
+    fake_openai.script(Reply("first"), Held(release, Reply("second")), Reply("third"))
+    with FaultProxy("127.0.0.1", port) as owners, FaultProxy("127.0.0.1", port) as others:
+        owner = launch_degraded(
+            RENUM_DATABASE__URL=fs.url_via(services.postgres().url, owners.port, name),
+            **OWNERSHIP,
+        )
+        wait_for(lambda: fs.ready_status(owner.base_url) == 200, what="the owner ready")
+        with ApiClient(owner.base_url, timeout=15.0) as admin:
+            admin.login(owner.admin_email, owner.admin_password)
+            agents = [
+                create_agent(
+                    admin,
+                    f"model-{n}",
+                    provider="openai",
+                    model="gpt-4o-mini",
+                    base_url=fake_openai.base_url,
+                    retry={"max_attempts": 1},
+                )["id"]
+                for n in range(3)
+            ]
+            team = expect(
+                admin.post(f"{API}/teams", json={"name": "two", "agent_ids": agents}), 201
+            )
+            created = admin.post(f"{API}/teams/{team['id']}/executions", json={"prompt": "go"})
+            path = f"{API}/executions/{expect(created, 202)['id']}"
+            wait_for(lambda: fake_openai.in_flight == 1, what="step 2's model call")
+            # The second process starts while the owner drives the execution.
+            other = launch_degraded(
+                RENUM_DATABASE__URL=fs.url_via(services.postgres().url, others.port, name),
+                **OWNERSHIP,
+            )
+            wait_for(lambda: fs.ready_status(other.base_url) == 200, what="the second ready")
+
+            owners.hang()
+            others.hang()
+            for server in (owner, other):
+                wait_for(lambda s=server: breaker_open(s), what="both breakers open")
+            release.set()  # step 2 ends while the database is away: its commit waits
+            wait_for(lambda: "execution_paused" in owner.log_text(), what="paused")
+            time.sleep(OUTAGE_SECONDS)  # the owner's heartbeat twice stale_after old
+            others.pass_through()
+            wait_for(lambda: not breaker_open(other), what="the database back for the second")
+            time.sleep(HEAD_START_SECONDS)  # its reaper sweeps several times meanwhile
+            owners.pass_through()
+            wait_for(
+                lambda: "cache-status" not in admin.get(path).headers, what="fresh answers again"
+            )
+
+            final = expect(admin.get(f"{path}?wait=60"), 200)
+            assert final["status"] == "completed", final
+            assert [step["output"] for step in final["steps"]] == ["first", "second", "third"]
+            assert [step["attempts"] for step in final["steps"]] == [1, 1, 1]
+            types = [event["type"] for event in expect(admin.get(f"{path}/events"), 200)]
+        calls = [r for r in fake_openai.requests if r.path.endswith("/chat/completions")]
+        assert len(calls) == 3  # no model called twice
+        assert "execution_resumed" not in types
+        assert "execution_continued" in owner.log_text()
+        # Both reapers swept through the outage and after it, and took nothing over.
+        for server in (owner, other):
+            log = server.log_text()
+            since_the_outage = log[log.index('"database_unavailable"') :]
+            assert "reaper_failed" in since_the_outage
+            assert "executions_reaped" not in since_the_outage
+            assert "Traceback" not in log

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import socket
 import statistics
 import time
@@ -35,6 +36,14 @@ FAST = {
     "RENUM_HEALTH__FAILURE_THRESHOLD": "2",
     "RENUM_HEALTH__CHECKS": json.dumps({"packages": {"interval_seconds": 3600}}),
     "RENUM_HEALTH__PROBE_TOKEN": PROBE_TOKEN,
+}
+# The database manager's breaker, fast: a probe every 0.2 s, each given at most 3 s, so the
+# breaker opens within a few seconds of a hang, and a busy machine (a probe slower than a
+# second) does not open it before; clients are told to come back after 3 s.
+BREAKER_FAST = {
+    "RENUM_DATABASE_MANAGER__BREAKER_PROBE_SECONDS": "0.2",
+    "RENUM_DATABASE__CONNECT_TIMEOUT_SECONDS": "3",
+    "RENUM_DATABASE_MANAGER__RETRY_AFTER_SECONDS": "3",
 }
 # The probes' median time while dependencies hang, against their median while all is well on
 # the same server. Probes serve the monitor's last results: the two are alike (a busy machine
@@ -88,6 +97,13 @@ def url_via(url: str, port: int, database: str | None = None) -> str:
     path = f"/{database}" if database else parts.path
     netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
     return f"{parts.scheme}://{netloc}:{port}{path}"
+
+
+def counter(base_url: str, name: str) -> float:
+    """An unlabelled counter or gauge as ``/metrics`` serves it (0 when absent)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=15.0).text
+    found = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def details(base_url: str) -> httpx.Response:

@@ -14,7 +14,6 @@ zero.
 
 from __future__ import annotations
 
-import re
 import statistics
 import threading
 import time
@@ -36,20 +35,9 @@ launch_degraded = fs.launch_degraded
 postgres_database = fs.postgres_database
 
 API = "/api/v1"
-# A probe every 0.2 s, each given at most 1 s: the breaker opens within about a second.
-OUTAGE = {
-    "RENUM_DATABASE_MANAGER__BREAKER_PROBE_SECONDS": "0.2",
-    "RENUM_DATABASE__CONNECT_TIMEOUT_SECONDS": "1",
-    "RENUM_DATABASE_MANAGER__RETRY_AFTER_SECONDS": "3",
-}
+OUTAGE = fs.BREAKER_FAST
 # No request may hang: each of the test's requests gives up after this long, and fails the test.
 REQUEST_TIMEOUT = 15.0
-
-
-def counter(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=REQUEST_TIMEOUT).text
-    found = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def assert_database_unavailable(response: httpx.Response) -> None:
@@ -99,7 +87,7 @@ def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
     with FaultProxy("127.0.0.1", port) as proxy:
         server, admin = launch(launch_degraded, name, proxy.port)
         before = create_agent(admin, "before the outage")["name"]
-        assert counter(server.base_url, "renum_database_outages") == 0
+        assert fs.counter(server.base_url, "renum_database_outages") == 0
 
         # Measured, never asserted on: the figures the README reports (docs/database.md).
         hung_at = time.perf_counter()
@@ -108,11 +96,11 @@ def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
         to_first_503 = time.perf_counter() - hung_at
         # The first refusal answers 503 by itself; the breaker opens on the next failed probe.
         fs.wait_for(
-            lambda: counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
+            lambda: fs.counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
         )
-        assert counter(server.base_url, "renum_database_breaker_open") == 1
+        assert fs.counter(server.base_url, "renum_database_breaker_open") == 1
         # Open: each call is refused before it reaches the pool (counted, never waited for).
-        refused_before = counter(server.base_url, "renum_database_refused_requests")
+        refused_before = fs.counter(server.base_url, "renum_database_refused_requests")
         refusals = []
         for _ in range(5):
             started = time.perf_counter()
@@ -120,7 +108,7 @@ def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
             refusals.append(time.perf_counter() - started)
         write = admin.post(f"{API}/agents", json={"name": "during the outage", "model": "m"})
         assert_database_unavailable(write)
-        assert counter(server.base_url, "renum_database_refused_requests") >= refused_before + 6
+        assert fs.counter(server.base_url, "renum_database_refused_requests") >= refused_before + 6
         assert httpx.get(f"{server.base_url}/health/live").status_code == 200
         fs.wait_for(lambda: ready_status(server.base_url) == 503, what="readiness 503")
 
@@ -144,7 +132,7 @@ def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
         }.items():
             record_property(key, round(value, 3))
             print(f"{key}: {value:.3f}")
-        assert counter(server.base_url, "renum_database_breaker_open") == 0
+        assert fs.counter(server.base_url, "renum_database_breaker_open") == 0
         fs.wait_for(lambda: ready_status(server.base_url) == 200, what="ready again")
         log = server.log_text()
         assert "database_unavailable" in log
@@ -164,7 +152,7 @@ def test_refused_and_cut_connections_answer_503_and_recover(
         assert_database_unavailable(wait_for_503(admin))
         # The first refusal answers 503 by itself; the breaker opens on the next failed probe.
         fs.wait_for(
-            lambda: counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
+            lambda: fs.counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
         )
         proxy.pass_through()
         fs.wait_for(lambda: served_fresh(admin, f"{API}/agents"), what="served again")
@@ -190,7 +178,7 @@ def test_switched_off_the_base_layer_waits_and_nothing_is_counted(
         answer = admin.get(f"{API}/agents")
         assert answer.status_code == 500  # the base layer's answer to a lost database
         assert answer.headers["content-type"] == "application/problem+json"
-        assert counter(server.base_url, "renum_database_outages") == 0
+        assert fs.counter(server.base_url, "renum_database_outages") == 0
         assert "renum_database_breaker_open" not in httpx.get(f"{server.base_url}/metrics").text
         proxy.pass_through()
         fs.wait_for(lambda: served_fresh(admin, f"{API}/agents"), what="served again")
@@ -244,7 +232,7 @@ def test_an_execution_pauses_through_the_outage_and_completes_without_a_resume(
         wait_until(lambda: "execution_paused" in server.log_text(), timeout=30, what="paused")
         # Longer than stale_after: a reaper counting from the last heartbeat would take over.
         wait_until(
-            lambda: counter(server.base_url, "renum_database_refused_requests") > 10,
+            lambda: fs.counter(server.base_url, "renum_database_refused_requests") > 10,
             timeout=30,
             what="the outage going on",
         )

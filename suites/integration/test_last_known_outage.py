@@ -33,13 +33,7 @@ launch_degraded = fs.launch_degraded
 postgres_database = fs.postgres_database
 
 API = "/api/v1"
-# A probe every 0.2 s, each given at most 3 s: the breaker opens within a few seconds of the
-# hang, and a busy machine (a probe slower than a second) does not open it before.
-OUTAGE = {
-    "RENUM_DATABASE_MANAGER__BREAKER_PROBE_SECONDS": "0.2",
-    "RENUM_DATABASE__CONNECT_TIMEOUT_SECONDS": "3",
-    "RENUM_DATABASE_MANAGER__RETRY_AFTER_SECONDS": "3",
-}
+OUTAGE = fs.BREAKER_FAST
 REQUEST_TIMEOUT = 15.0
 HIT = re.compile(r"^renum; hit; ttl=(0|-[0-9]+); detail=database-unavailable$")
 MISS = "renum; fwd=miss; detail=database-unavailable"

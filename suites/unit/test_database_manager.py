@@ -27,7 +27,7 @@ from app.core.errors import DatabaseUnavailable
 from app.core.metrics import Metrics
 from app.db.breaker import BreakerState, CircuitBreaker
 from app.db.database import SQLAlchemyManager, missing_driver
-from app.db.pool import ConnectionFailed, is_connection_failure, is_transient
+from app.db.pool import ConnectionFailed, MeasuredPool, is_connection_failure, is_transient
 from qa import services
 from qa.launcher import REPO_ROOT
 
@@ -187,6 +187,29 @@ async def test_a_refused_connection_is_counted_and_told_to_the_gate() -> None:
         with pytest.raises(ConnectionFailed):
             async with database.engine.connect():
                 pass
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.anyio
+async def test_while_open_no_new_connection_is_opened_either(tmp_path: Path) -> None:
+    """A checkout that passed the gate before the breaker opened may need a new connection (a
+    pre-ping replacing one the breaker terminated): it is refused at once too, not left to
+    wait for the connect timeout."""
+    database = sqlite(tmp_path)
+    made, _opened = breaker(failures=1)
+    database.attach_breaker(made)
+    try:
+        made.open("a test")
+        pool = database.engine.sync_engine.pool
+        assert isinstance(pool, MeasuredPool)
+        with pytest.raises(DatabaseUnavailable):
+            pool._invoke_creator(None)  # type: ignore[arg-type]  # what a replacement calls
+        assert made.refused == 1
+        assert database.pool_status()["connection_errors"] == 0  # refused, never attempted
+        made.close()
+        async with database.engine.connect() as conn:
+            assert (await conn.execute(text("select 1"))).scalar_one() == 1
     finally:
         await database.dispose()
 

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -1050,16 +1050,61 @@ def test_staleness_is_counted_from_the_database_s_return() -> None:
         breaker: CircuitBreaker | None = None
 
     database = Database()
-    now = utcnow()
-    assert stale_before(database, now, 30) == now - timedelta(seconds=30)  # type: ignore[arg-type]
-    breaker = CircuitBreaker(1, retry_after=lambda: 1)
+    start = utcnow()
+    wall = [start]
+    assert stale_before(database, start, 30) == start - timedelta(seconds=30)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(1, retry_after=lambda: 1, wall=lambda: wall[0])
     database.breaker = breaker
-    assert stale_before(database, now, 30) == now - timedelta(seconds=30)  # type: ignore[arg-type]
-    breaker.outage_began = now - timedelta(seconds=100)
-    breaker.outage_ended = None  # still away
-    expected = now - timedelta(seconds=130)
-    assert stale_before(database, now, 30) == expected  # type: ignore[arg-type]
-    breaker.outage_ended = now - timedelta(seconds=10)  # back for less than stale_after
-    assert stale_before(database, now, 30) == expected  # type: ignore[arg-type]
-    breaker.outage_ended = now - timedelta(seconds=31)  # back for longer: the usual cut-off
-    assert stale_before(database, now, 30) == now - timedelta(seconds=30)  # type: ignore[arg-type]
+
+    def cutoff_at(seconds: float) -> datetime:
+        wall[0] = start + timedelta(seconds=seconds)
+        return stale_before(database, wall[0], 30)  # type: ignore[arg-type]
+
+    assert cutoff_at(0) == start - timedelta(seconds=30)
+    breaker.answered()  # the last answer before the outage, at 0 s
+    wall[0] = start + timedelta(seconds=5)
+    breaker.open("a test")  # noticed at 5 s: the outage began at the last answer
+    protected = start - timedelta(seconds=30)  # heartbeats older than the outage, by 30 s
+    assert cutoff_at(100) == protected  # still away
+    breaker.answered()
+    breaker.close()  # back at 100 s
+    assert cutoff_at(110) == protected  # back for less than stale_after
+    assert cutoff_at(130) == start + timedelta(seconds=100)  # back for 30 s: the usual cut-off
+    breaker.answered()  # the probes go on answering (the last at 130 s)
+    cutoff_at(131)
+    breaker.open("again")  # a new outage, 30 s after the first ended: a separate one
+    breaker.close()
+    assert cutoff_at(140) == start + timedelta(seconds=130 - 30)  # only the new one counts
+
+
+def test_outages_closer_than_the_grace_count_as_one() -> None:
+    start = utcnow()
+    wall = [start]
+    breaker = CircuitBreaker(1, retry_after=lambda: 1, wall=lambda: wall[0])
+    grace = timedelta(seconds=30)
+
+    def at(seconds: float) -> datetime:
+        wall[0] = start + timedelta(seconds=seconds)
+        return wall[0]
+
+    assert breaker.unreachable_since(at(0), grace) is None
+    at(0)
+    breaker.answered()
+    at(2)
+    breaker.open("first")  # began at the answer, 0 s
+    at(60)
+    breaker.answered()
+    breaker.close()
+    at(65)  # 5 s later, before any owner had its 30 s: away again
+    breaker.answered()
+    breaker.open("second")
+    assert breaker.unreachable_since(at(70), grace) == start  # the first's beginning
+    at(80)
+    breaker.close()
+    assert breaker.unreachable_since(at(100), grace) == start
+    assert breaker.unreachable_since(at(110), grace) is None  # back for 30 s
+    # Without any answer before it (started during the outage): from when it was noticed.
+    fresh = CircuitBreaker(1, retry_after=lambda: 1, wall=lambda: wall[0])
+    at(200)
+    fresh.open("at start-up")
+    assert fresh.unreachable_since(at(210), grace) == start + timedelta(seconds=200)

@@ -74,6 +74,7 @@ class OutageWatch:
     async def round(self) -> None:
         """Probe once and set the breaker from the answer."""
         if await self.probe():
+            self.breaker.answered()
             self.breaker.close()
         else:
             timeout = self.settings().database.connect_timeout_seconds

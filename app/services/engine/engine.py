@@ -111,15 +111,12 @@ def stale_before(database: SQLAlchemyManager, now: datetime, stale_after: float)
     """Running executions whose heartbeat is older than this are abandoned: ``stale_after``
     seconds ago, but counted from when the database came back after an outage (no owner could
     beat while it was away). Until then only heartbeats already stale when the outage began
-    count."""
-    cutoff = now - timedelta(seconds=stale_after)
+    (the database's last answer before it) count."""
+    grace = timedelta(seconds=stale_after)
+    cutoff = now - grace
     breaker = database.breaker
-    if breaker is None or breaker.outage_began is None:
-        return cutoff
-    ended = breaker.outage_ended
-    if ended is None or now - ended < timedelta(seconds=stale_after):
-        return min(cutoff, breaker.outage_began - timedelta(seconds=stale_after))
-    return cutoff
+    began = None if breaker is None else breaker.unreachable_since(now, grace)
+    return cutoff if began is None else min(cutoff, began - grace)
 
 
 class ExecutionEngine:
