@@ -182,7 +182,7 @@ def security(session: nox.Session) -> None:
     hostile templates, hostile inputs to every operation, contention, sessions, shutdown and
     logs (`suites/security`), against a backend launched with no egress allowlist.
     `-- --deep` explores longer."""
-    run_pytest(session, "security", "suites/security", "--db=sqlite,postgresql")
+    run_pytest(session, "security", "suites/security", "--db=sqlite,postgresql", workers=2)
 
 
 @nox.session
@@ -192,7 +192,7 @@ def property(session: nox.Session) -> None:
         (a.split("=", 1)[1] for a in session.posargs if a.startswith("--profile=")), "ci"
     )
     session.posargs[:] = [a for a in session.posargs if not a.startswith("--profile=")]
-    run_pytest(session, "property", "suites/property", f"--hypothesis-profile={profile}")
+    run_pytest(session, "property", "suites/property", f"--hypothesis-profile={profile}", workers=2)
 
 
 @nox.session
