@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
@@ -17,6 +17,7 @@ from app import __version__
 from app.api import server_rules
 from app.api.input_guard import CheckInputs
 from app.api.roles import declare_required_roles
+from app.api.router import PrefixRouter
 from app.api.routes import (
     accounts,
     agents,
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     server_rules.install(app)
 
     # Input limits on every API operation, before anything else runs (probes take no input).
-    api = APIRouter(prefix=API_PREFIX, dependencies=[CheckInputs])
+    api = PrefixRouter(prefix=API_PREFIX, dependencies=[CheckInputs])
     for module in (
         auth,
         accounts,

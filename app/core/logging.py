@@ -12,6 +12,7 @@ quoted input values in messages). Tracebacks are plain text: no local variables.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -38,13 +39,12 @@ _SECRET_KEY_PARTS = (
     "private_key",
 )
 
-# Values that look like secrets even under an innocent key.
-# Order matters: JWTs first, so an API-key match can never swallow a JWT's header alone.
-_SECRET_VALUE_PATTERNS = (
-    re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),  # JWTs
-    re.compile(r"rk_[A-Za-z0-9_-]{16,}"),  # Renum API keys
-    re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
-)
+# Values that look like secrets even under an innocent key, in two passes. JWTs first, so an
+# API-key match can never swallow a JWT's header alone ("rk_" + "eyJ..." up to its first dot);
+# then Renum API keys and whatever follows "Bearer " (group 1 keeps the scheme) in one.
+_SECRET_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SECRET_VALUE = re.compile(r"rk_[A-Za-z0-9_-]{16,}|(?i:(bearer\s+))[^\s\"']+")
+_SECRET_KEY = re.compile("|".join(map(re.escape, _SECRET_KEY_PARTS)), re.IGNORECASE)
 
 
 # What database drivers echo of a statement's values in their error messages.
@@ -173,20 +173,21 @@ def format_exc_info(
     return event_dict
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(part in lowered for part in _SECRET_KEY_PARTS)
+    """Whether a field named ``key`` holds a secret (the names a line uses are few: cached)."""
+    return _SECRET_KEY.search(key) is not None
+
+
+def _redacted(match: re.Match[str]) -> str:
+    scheme = match.group(1)
+    return f"{scheme}{REDACTED}" if scheme else REDACTED
 
 
 def scrub(value: Any) -> Any:
     """Return ``value`` with every secret-looking part replaced by ``[redacted]``."""
     if isinstance(value, str):
-        for pattern in _SECRET_VALUE_PATTERNS:
-            if pattern.groups:
-                value = pattern.sub(lambda m: m.group(1) + REDACTED, value)
-            else:
-                value = pattern.sub(REDACTED, value)
-        return value
+        return _SECRET_VALUE.sub(_redacted, _SECRET_JWT.sub(REDACTED, value))
     if isinstance(value, Mapping):
         return {
             k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else scrub(v))

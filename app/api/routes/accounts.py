@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import status
 
 from app.api.deps import AdminDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.router import PrefixRouter
 from app.schemas.accounts import AccountCreate, AccountOut
 from app.schemas.common import Page, link, links, problems
 from app.services.accounts import AccountService
 
-router = APIRouter(prefix="/accounts", tags=["accounts"])
+router = PrefixRouter(prefix="/accounts", tags=["accounts"])
 
 
 @router.post(

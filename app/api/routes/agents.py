@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
 from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, SettingsDep, ViewerDep, to_page
+from app.api.router import PrefixRouter
 from app.schemas.agents import AgentCreate, AgentOut, AgentUpdate
 from app.schemas.common import Page, link, links, problems
 from app.services.agents import AgentService
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+router = PrefixRouter(prefix="/agents", tags=["agents"])
 
 
 def _agent_links(status: int, description: str, **more: dict[str, Any]) -> dict[int | str, Any]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import status
 
 from app.api.deps import MemberDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.router import PrefixRouter
 from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.schemas.common import Page, link, links, problems
 from app.services.api_keys import ApiKeyService
 
-router = APIRouter(prefix="/api-keys", tags=["api-keys"])
+router = PrefixRouter(prefix="/api-keys", tags=["api-keys"])
 
 
 @router.post(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, status
+from fastapi import Depends, status
 
 from app.api.deps import CodecDep, SessionDep
+from app.api.router import PrefixRouter
 from app.schemas.auth import LoginForm, LogoutRequest, RefreshRequest, TokenPair
 from app.schemas.common import link, links, problems
 from app.services.auth import AuthService
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = PrefixRouter(prefix="/auth", tags=["auth"])
 
 
 def _session_links(description: str) -> dict[int | str, Any]:

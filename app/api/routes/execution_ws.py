@@ -18,9 +18,10 @@ import contextlib
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import Query, WebSocket, WebSocketDisconnect
 
 from app.api.deps import CodecDep, DatabaseDep, RuntimeDep, SettingsDep, ShutdownDep
+from app.api.router import PrefixRouter
 from app.core.errors import ProblemError
 from app.core.input_limits import UnsafeInput, strict_loads
 from app.schemas.executions import DEFAULT_CANCEL_MODE
@@ -28,7 +29,7 @@ from app.services.events import StreamsClosed
 from app.services.live_executions import LiveExecutionService
 from app.services.principal import Principal
 
-router = APIRouter()
+router = PrefixRouter()
 
 AUTH_TIMEOUT_SECONDS = 5.0
 KEEP_ALIVE_SECONDS = 15.0

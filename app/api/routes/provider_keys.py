@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import status
 
 from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.router import PrefixRouter
 from app.schemas.agents import ProviderKeyCreate, ProviderKeyOut
 from app.schemas.common import Page, link, links, problems
 from app.services.provider_keys import ProviderKeyService
 
-router = APIRouter(prefix="/provider-keys", tags=["provider-keys"])
+router = PrefixRouter(prefix="/provider-keys", tags=["provider-keys"])
 
 
 @router.post(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
@@ -21,6 +21,7 @@ from app.api.deps import (
     ViewerDep,
     to_page,
 )
+from app.api.router import PrefixRouter
 from app.core.middleware import hold_open
 from app.core.shutdown import GracefulShutdown
 from app.models import ExecutionStatus
@@ -41,7 +42,7 @@ from app.schemas.executions import (
 from app.services.events import StreamsClosed
 from app.services.executions import ExecutionService
 
-router = APIRouter(tags=["executions"])
+router = PrefixRouter(tags=["executions"])
 
 
 def _execution_links(status: int, description: str) -> dict[int | str, Any]:

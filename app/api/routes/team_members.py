@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import status
 
 from app.api.deps import MemberDep, SessionDep, SettingsDep, ViewerDep
+from app.api.router import PrefixRouter
 from app.schemas.common import link, links, problems
 from app.schemas.teams import TeamMemberCreate, TeamMemberOut
 from app.services.teams import TeamService
 
-router = APIRouter(prefix="/teams/{team_id}/members", tags=["team-members"])
+router = PrefixRouter(prefix="/teams/{team_id}/members", tags=["team-members"])
 
 
 @router.get(

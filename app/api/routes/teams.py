@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import status
 
 from app.api.deps import MemberDep, PagingDep, SessionDep, SettingsDep, ViewerDep, to_page
+from app.api.router import PrefixRouter
 from app.schemas.common import Page, link, links, problems
 from app.schemas.teams import TeamCreate, TeamOut, TeamUpdate, WorkflowVersionOut
 from app.services.teams import TeamService
 
-router = APIRouter(prefix="/teams", tags=["teams"])
+router = PrefixRouter(prefix="/teams", tags=["teams"])
 
 
 def _team_links(status: int, description: str) -> dict[int | str, Any]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from app.api.deps import SessionDep, ViewerDep
+from app.api.router import PrefixRouter
 from app.schemas.common import DateTime, problems
 from app.schemas.executions import UsageOut
 from app.services.usage import UsageService
 
-router = APIRouter(tags=["usage"])
+router = PrefixRouter(tags=["usage"])
 
 
 @router.get(

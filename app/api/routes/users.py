@@ -5,15 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import OwnerDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.router import PrefixRouter
 from app.schemas.common import Page, link, links, problems
 from app.schemas.users import PasswordChange, UserCreate, UserOut, UserUpdate
 from app.services.users import UserService
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = PrefixRouter(prefix="/users", tags=["users"])
 
 
 class _NotMe(StringConvertor):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
 from app.api.deps import (
     AdminDep,
@@ -19,6 +19,7 @@ from app.api.deps import (
     ViewerDep,
     to_page,
 )
+from app.api.router import PrefixRouter
 from app.api.server_rules import EXTENSION, ServerRule
 from app.core.errors import PROBLEM_MEDIA_TYPE
 from app.schemas.common import Page, link, links, problems
@@ -34,8 +35,8 @@ from app.schemas.webhooks import (
 from app.services.delivery import dead_letters, origin_of
 from app.services.webhooks import WebhookService
 
-webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
-ops = APIRouter(prefix="/ops/deliveries", tags=["ops"])
+webhooks = PrefixRouter(prefix="/webhooks", tags=["webhooks"])
+ops = PrefixRouter(prefix="/ops/deliveries", tags=["ops"])
 
 WEBHOOK_ID = "$response.body#/id"
 URL_RULE = ServerRule(
@@ -343,6 +344,6 @@ async def list_dead_letters(
     return Page[DeadLetterOut](items=items, total=total, limit=paging.limit, offset=paging.offset)
 
 
-router = APIRouter()
+router = PrefixRouter()
 router.include_router(webhooks)
 router.include_router(ops)

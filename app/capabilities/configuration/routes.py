@@ -7,11 +7,12 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from app.api.deps import AdminDep
 from app.api.input_guard import CheckInputs
+from app.api.router import PrefixRouter
 from app.capabilities.configuration.manager import (
     EnvironmentConfigManager,
     ReloadResult,
@@ -23,7 +24,7 @@ from app.core.config_sources import setting_sources
 from app.core.config_view import effective_configuration
 from app.schemas.common import problems
 
-router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
+router = PrefixRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 
 async def get_manager(request: Request) -> EnvironmentConfigManager:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
+
+from app.api.router import PrefixRouter
 
 STATIC_DIR = Path(__file__).parents[2] / "web" / "static"
 ASSETS = "/static/swagger-ui"
@@ -16,7 +18,7 @@ ASSETS = "/static/swagger-ui"
 
 def install_explorer(app: FastAPI) -> None:
     """Serve Swagger UI at ``/docs`` and its vendored assets under ``/static``."""
-    router = APIRouter(include_in_schema=False)
+    router = PrefixRouter(include_in_schema=False)
 
     @router.get("/docs", response_class=HTMLResponse)
     async def swagger_ui() -> HTMLResponse:

@@ -17,15 +17,16 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import get_codec, oauth2_scheme, probe_token_matches
+from app.api.router import PrefixRouter
 from app.capabilities.health.monitor import HealthMonitor
 from app.capabilities.health.schemas import HEALTH_JSON, REPORT_EXAMPLE, HealthReport, ProbeStatus
 from app.services.auth import AuthService
 
-router = APIRouter(tags=["health"])
+router = PrefixRouter(tags=["health"])
 
 # How long /health/dependencies may spend checking a caller's credentials.
 CREDENTIAL_TIMEOUT_SECONDS = 2.0

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 
 from app.api.deps import SettingsDep, get_codec, oauth2_scheme, probe_token_matches
+from app.api.router import PrefixRouter
 from app.capabilities.metrics.collector import CONTENT_TYPE, ScrapedGauges
 from app.core.errors import Forbidden, Unauthorized
 from app.db.database import SQLAlchemyManager
 from app.schemas.common import problems
 from app.services.auth import AuthService
 
-router = APIRouter(tags=["health"])
+router = PrefixRouter(tags=["health"])
 
 EXAMPLE = """# HELP process_resident_memory_bytes Resident memory size in bytes.
 # TYPE process_resident_memory_bytes gauge

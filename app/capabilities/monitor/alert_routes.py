@@ -9,11 +9,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import status
 from pydantic import BaseModel, BeforeValidator, Field
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
 from app.api.input_guard import CheckInputs
+from app.api.router import PrefixRouter
 from app.capabilities.monitor.alerting import Alert, AlertState
 from app.capabilities.monitor.alerts import (
     CHANNEL_KIND,
@@ -29,7 +30,7 @@ from app.models import AlertSilence, User
 from app.repositories.alerts import AlertRepository, ChannelStatus, Evaluation
 from app.schemas.common import RequestModel, link, links, problems
 
-router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
+router = PrefixRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 MAX_SILENCE_MINUTES = 90 * 24 * 60  # the settings' largest silence_max_hours
 MATCHER_NAME = r"^[a-z][a-z0-9_]{0,31}$"

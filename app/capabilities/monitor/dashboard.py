@@ -25,13 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
 
 from app.api.deps import AdminDep, SessionDep, ShutdownDep
 from app.api.input_guard import CheckInputs
+from app.api.router import PrefixRouter
 from app.capabilities.monitor.alert_routes import AlertsOut, alerts_report
 from app.capabilities.monitor.alerts import AlertManager
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
@@ -67,7 +68,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
+router = PrefixRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 
 class DependenciesOut(BaseModel):
@@ -221,7 +222,7 @@ def install(app: FastAPI) -> None:
     """Add the stream, the page and the page's assets to the app (the page is read here, once:
     serving it touches no disk)."""
     html = (ASSET_DIRS["assets"] / "index.html").read_text(encoding="utf-8")
-    page_router = APIRouter(include_in_schema=False)
+    page_router = PrefixRouter(include_in_schema=False)
 
     @page_router.get(PAGE_PATH, response_class=HTMLResponse)
     async def health_dashboard() -> HTMLResponse:

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from app.api.deps import AdminDep
 from app.api.input_guard import CheckInputs
+from app.api.router import PrefixRouter
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, Figure
 from app.schemas.common import problems
 
-router = APIRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
+router = PrefixRouter(prefix="/api/v1/ops", tags=["ops"], dependencies=[CheckInputs])
 
 
 async def get_monitor(request: Request) -> AdvancedHealthMonitor:
