@@ -143,6 +143,12 @@ VIOLATIONS = [
         "import app.core.doc_generator",
         "app.services.crafted_reexport_user -> app.core.doc_generator",
     ),
+    (
+        "drivers",
+        "repositories/crafted_driver_user.py",
+        "import asyncpg",
+        "app.repositories.crafted_driver_user -> asyncpg",
+    ),
 ]
 
 
