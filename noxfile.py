@@ -131,6 +131,8 @@ def run_pytest(session: nox.Session, name: str, *args: str, workers: int = 0) ->
         stale.unlink()
     env["COVERAGE_FILE"] = str(COVERAGE_DIR / f".coverage.{name}")
     parallel = ("-n", str(workers)) if workers else ()
+    if "--deep" in session.posargs:
+        args = (*args, "--timeout=0")  # a deep exploration takes as long as it takes
     session.run(
         tool("python"), "-m", "coverage", "run", "-m", "pytest", *args, *parallel,
         f"--junitxml={REPORTS / 'junit' / f'{name}.xml'}", *session.posargs,
@@ -164,7 +166,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def unit(session: nox.Session) -> None:
     """Fast tests of single modules, no server (two pytest-xdist workers, one per core)."""
-    run_pytest(session, "unit", "suites/unit", workers=2)
+    run_pytest(session, "unit", "suites/unit", "--timeout=120", workers=2)
 
 
 @nox.session
@@ -192,7 +194,10 @@ def property(session: nox.Session) -> None:
         (a.split("=", 1)[1] for a in session.posargs if a.startswith("--profile=")), "ci"
     )
     session.posargs[:] = [a for a in session.posargs if not a.startswith("--profile=")]
-    run_pytest(session, "property", "suites/property", f"--hypothesis-profile={profile}", workers=2)
+    limit = "--timeout=0" if profile == "deep" else "--timeout=600"
+    run_pytest(
+        session, "property", "suites/property", f"--hypothesis-profile={profile}", limit, workers=2
+    )
 
 
 @nox.session
