@@ -213,11 +213,12 @@ class LastKnownSettings(BaseModel):
         "before with its last answer (marked with `Age` and `Cache-Status`).",
     )
     max_entries: int = Field(
-        default=2000,
+        default=500,
         ge=1,
         le=1_000_000,
         json_schema_extra=LIVE,
-        description="Answers kept per process (the least recently used go first).",
+        description="Answers kept per process (the least recently used go first); with "
+        "`max_body_bytes`, the memory they may take: about 31 MiB with the defaults.",
     )
     max_body_bytes: int = Field(
         default=65_536,
