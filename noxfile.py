@@ -131,8 +131,8 @@ def run_pytest(session: nox.Session, name: str, *args: str, workers: int = 0) ->
         stale.unlink()
     env["COVERAGE_FILE"] = str(COVERAGE_DIR / f".coverage.{name}")
     parallel = ("-n", str(workers)) if workers else ()
-    if "--deep" in session.posargs:
-        args = (*args, "--timeout=0")  # a deep exploration takes as long as it takes
+    if "--deep" in session.posargs:  # a deep exploration takes as long as it takes
+        args = (*args, "--timeout=0", "-o", "faulthandler_timeout=0")
     session.run(
         tool("python"), "-m", "coverage", "run", "-m", "pytest", *args, *parallel,
         f"--junitxml={REPORTS / 'junit' / f'{name}.xml'}", *session.posargs,
@@ -166,7 +166,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def unit(session: nox.Session) -> None:
     """Fast tests of single modules, no server (two pytest-xdist workers, one per core)."""
-    run_pytest(session, "unit", "suites/unit", "--timeout=120", workers=2)
+    run_pytest(
+        session, "unit", "suites/unit", "--timeout=120", "-o", "faulthandler_timeout=110", workers=2
+    )
 
 
 @nox.session
@@ -194,9 +196,14 @@ def property(session: nox.Session) -> None:
         (a.split("=", 1)[1] for a in session.posargs if a.startswith("--profile=")), "ci"
     )
     session.posargs[:] = [a for a in session.posargs if not a.startswith("--profile=")]
-    limit = "--timeout=0" if profile == "deep" else "--timeout=600"
+    limits = ("--timeout=0", "-o", "faulthandler_timeout=0") if profile == "deep" else ()
     run_pytest(
-        session, "property", "suites/property", f"--hypothesis-profile={profile}", limit, workers=2
+        session,
+        "property",
+        "suites/property",
+        f"--hypothesis-profile={profile}",
+        *limits,
+        workers=2,
     )
 
 
