@@ -298,9 +298,14 @@ def test_a_kit_s_effects_are_bounded() -> None:
 # -- the pool -----------------------------------------------------------------------------------
 
 
+# A time limit no test of the other limits reaches, even with the workers measured by coverage
+# on a busy machine (the 2 s default was: a render of 100,000 iterations took longer there).
+UNHURRIED = TemplateSettings(timeout_seconds=60)
+
+
 @pytest.fixture(scope="module")
 def shared() -> Iterator[SharedRenderer]:
-    renderer = SharedRenderer()
+    renderer = SharedRenderer(UNHURRIED)
     yield renderer
     renderer.shutdown()
 
@@ -361,7 +366,7 @@ async def test_kit_effects_round_trip(shared: SharedRenderer) -> None:
 
 @pytest.mark.anyio
 async def test_workers_start_on_first_use_and_close_cleanly() -> None:
-    renderer = TemplateRenderer(TemplateSettings(workers=2))
+    renderer = TemplateRenderer(UNHURRIED.model_copy(update={"workers": 2}))
     assert renderer.pids == []
     assert (await renderer.render("{{ a }}-{{ b }}", {"a": 1, "b": [2]})).output == "1-[2]"
     assert len(renderer.pids) == 1
