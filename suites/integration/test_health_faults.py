@@ -84,12 +84,13 @@ def test_hung_postgresql_turns_readiness_503_after_the_threshold_and_recovers(
     name, port = postgres_database
     with FaultProxy("127.0.0.1", port) as proxy:
         url = url_via(services.postgres().url, proxy.port, name)
-        # Five failed runs (about a second each) before readiness turns: time to see the hold,
-        # also on a busy machine. A long TTL: the held result must not go stale during a hung
-        # run.
+        # Five failed runs (about two seconds each: a run every second, each waiting its 1 s
+        # timeout) before readiness turns: some eight seconds to see the hold, also on a busy
+        # machine. A long TTL: the held result must not go stale during a hung run.
         server = launch_degraded(
             RENUM_DATABASE__URL=url,
             RENUM_HEALTH__FAILURE_THRESHOLD="5",
+            RENUM_HEALTH__INTERVAL_SECONDS="1",
             RENUM_HEALTH__TTL_SECONDS="60",
         )
         wait_for(lambda: ready_status(server.base_url) == 200, what="ready through the proxy")
