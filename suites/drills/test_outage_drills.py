@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qa import services
-from qa.client import API, ApiClient
-from qa.factories import create_agent, expect
+from qa.client import ApiClient
+from qa.factories import expect
 from qa.fake_openai import FakeOpenAI, Held, Reply
 from qa.fault_proxy import FaultProxy
 from qa.launcher import LaunchedBackend
@@ -188,22 +188,7 @@ def test_after_an_outage_another_process_does_not_take_over_a_running_execution(
         wait_for(lambda: fs.ready_status(owner.base_url) == 200, what="the owner ready")
         with ApiClient(owner.base_url, timeout=15.0) as admin:
             admin.login(owner.admin_email, owner.admin_password)
-            agents = [
-                create_agent(
-                    admin,
-                    f"model-{n}",
-                    provider="openai",
-                    model="gpt-4o-mini",
-                    base_url=fake_openai.base_url,
-                    retry={"max_attempts": 1},
-                )["id"]
-                for n in range(3)
-            ]
-            team = expect(
-                admin.post(f"{API}/teams", json={"name": "two", "agent_ids": agents}), 201
-            )
-            created = admin.post(f"{API}/teams/{team['id']}/executions", json={"prompt": "go"})
-            path = f"{API}/executions/{expect(created, 202)['id']}"
+            path = fs.start_model_team(admin, fake_openai.base_url, "two")
             wait_for(lambda: fake_openai.in_flight == 1, what="step 2's model call")
             # The second process starts while the owner drives the execution.
             other = launch_degraded(

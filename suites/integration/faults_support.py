@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from qa import services
+from qa.client import API, ApiClient
+from qa.factories import create_agent, expect
 from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
 
@@ -104,6 +106,25 @@ def counter(base_url: str, name: str) -> float:
     text = httpx.get(f"{base_url}/metrics", timeout=15.0).text
     found = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def start_model_team(admin: ApiClient, model_url: str, name: str) -> str:
+    """A team of three agents on the model server at ``model_url`` (one attempt per call),
+    its execution started with the prompt "go": the execution's path."""
+    agents = [
+        create_agent(
+            admin,
+            f"model-{n}",
+            provider="openai",
+            model="gpt-4o-mini",
+            base_url=model_url,
+            retry={"max_attempts": 1},
+        )["id"]
+        for n in range(3)
+    ]
+    team = expect(admin.post(f"{API}/teams", json={"name": name, "agent_ids": agents}), 201)
+    created = admin.post(f"{API}/teams/{team['id']}/executions", json={"prompt": "go"})
+    return f"{API}/executions/{expect(created, 202)['id']}"
 
 
 def details(base_url: str) -> httpx.Response:

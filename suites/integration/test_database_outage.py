@@ -206,24 +206,7 @@ def test_an_execution_pauses_through_the_outage_and_completes_without_a_resume(
             RENUM_EXECUTIONS__STALE_AFTER_SECONDS="1",
             RENUM_EXECUTIONS__REAPER_INTERVAL_SECONDS="0.3",
         )
-        agents = [
-            create_agent(
-                admin,
-                f"model-{n}",
-                provider="openai",
-                model="gpt-4o-mini",
-                base_url=fake_openai.base_url,
-                retry={"max_attempts": 1},
-            )["id"]
-            for n in range(3)
-        ]
-        team = expect(
-            admin.post(f"{API}/teams", json={"name": "through", "agent_ids": agents}), 201
-        )
-        execution = expect(
-            admin.post(f"{API}/teams/{team['id']}/executions", json={"prompt": "go"}), 202
-        )
-        url = f"{API}/executions/{execution['id']}"
+        url = fs.start_model_team(admin, fake_openai.base_url, "through")
         wait_until(lambda: fake_openai.in_flight == 1, timeout=30, what="step 2's model call")
 
         proxy.hang()
