@@ -18,11 +18,13 @@ import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import SecretStr
 
 from app.capabilities.database_manager.last_known import LastKnownReads
 from app.core.config import Settings
 from app.core.errors import DatabaseUnavailable, NotFound, install_error_handlers
 from app.core.middleware import RequestContextMiddleware, hold_open
+from app.core.security import TokenCodec
 from app.main import API_PREFIX, create_app
 
 pytestmark = pytest.mark.anyio
@@ -147,6 +149,16 @@ def build_app(settings: Settings, calls: list[str]) -> FastAPI:
     async def missing() -> None:
         raise NotFound("no such thing")
 
+    @api.get("/flaky")
+    async def flaky(request: Request) -> dict[str, bool]:
+        if getattr(request.app.state, "gone", False):
+            raise NotFound("gone now")
+        return {"here": True}
+
+    @api.get("/forbidden")
+    async def forbidden() -> JSONResponse:
+        return JSONResponse({"detail": "not yours"}, status_code=403)
+
     @api.get("/ops/deliveries")
     async def ops() -> dict[str, bool]:
         return {"ops": True}
@@ -210,6 +222,7 @@ def assert_replayed(response: httpx.Response, before: httpx.Response, age: int) 
         f"renum; hit; ttl={-age}; detail=database-unavailable"
     )
     assert "warning" not in response.headers
+    assert response.headers["cache-control"] == "no-store"  # no cache keeps a stale answer
     assert response.headers["x-request-id"]  # inside the base middleware: ids still apply
 
 
@@ -530,6 +543,14 @@ async def test_on_the_real_app_a_read_is_replayed_while_the_breaker_is_open(
             try:
                 during = await client.get(f"{API_PREFIX}/users/me", headers=mine)
                 assert_replayed(during, me, age=0)
+                # A token that no longer verifies (here: the signing key changed) gets nothing.
+                codec = app.state.codec
+                other_key = SecretStr("another-signing-key-" + "k" * 40)
+                app.state.codec = TokenCodec(settings.model_copy(update={"secret_key": other_key}))
+                expired = await client.get(f"{API_PREFIX}/users/me", headers=mine)
+                assert expired.status_code == 401  # the application's own answer to it
+                assert expired.headers["cache-status"] == MISS
+                app.state.codec = codec
                 # The same user, another credential: the database would be needed.
                 refused = await client.get(f"{API_PREFIX}/users/me", headers=other)
                 assert_refused(refused, MISS)
@@ -540,6 +561,45 @@ async def test_on_the_real_app_a_read_is_replayed_while_the_breaker_is_open(
             assert again.status_code == 200
             assert "cache-status" not in again.headers
             exposition = app.state.metrics.exposition().decode()
-            for outcome, count in {"stored": 2, "served": 1, "missed": 1}.items():
+            for outcome, count in {"stored": 2, "served": 1, "missed": 2}.items():
                 line = f'renum_database_last_known_reads_total{{outcome="{outcome}"}} {count}.0'
                 assert line in exposition.splitlines()
+
+
+API = "/api/v1"
+
+
+async def test_an_answer_that_is_not_kept_forgets_the_one_kept_before(harness: Harness) -> None:
+    assert (await harness.get(f"{API}/flaky", ALICE)).status_code == 200
+    harness.app.state.gone = True
+    assert (await harness.get(f"{API}/flaky", ALICE)).status_code == 404
+    harness.breaker.is_open = True
+    assert_refused(await harness.get(f"{API}/flaky", ALICE), MISS)
+
+
+async def test_a_change_or_a_refusal_forgets_every_answer_of_that_credential(
+    harness: Harness,
+) -> None:
+    alice = await harness.get(f"{API}/things/a", ALICE)
+    bob = await harness.get(f"{API}/things/a", BOB)
+    assert (await harness.client.post(f"{API}/things/a", headers=ALICE)).status_code == 200
+    harness.breaker.is_open = True
+    assert_refused(await harness.get(f"{API}/things/a", ALICE), MISS)  # it changed things
+    assert_replayed(await harness.get(f"{API}/things/a", BOB), bob, age=0)  # Bob's stay
+    harness.breaker.is_open = False
+    alice = await harness.get(f"{API}/things/a", ALICE)
+    assert (await harness.get(f"{API}/forbidden", ALICE)).status_code == 403
+    harness.breaker.is_open = True
+    assert_refused(await harness.get(f"{API}/things/a", ALICE), MISS)  # it lost access
+    assert alice.status_code == 200
+
+
+async def test_the_order_of_a_repeated_parameter_s_values_counts(harness: Harness) -> None:
+    repeated = await harness.get(f"{API}/things/a?x=1&x=2", ALICE)
+    named = await harness.get(f"{API}/things/a?b=2&a=1", ALICE)
+    harness.breaker.is_open = True
+    assert_refused(await harness.get(f"{API}/things/a?x=2&x=1", ALICE), MISS)
+    assert_replayed(await harness.get(f"{API}/things/a?x=1&x=2", ALICE), repeated, age=0)
+    assert_replayed(await harness.get(f"{API}/things/a?a=1&b=2", ALICE), named, age=0)
+    # A name written encoded is the same name: its values keep their order too.
+    assert_refused(await harness.get(f"{API}/things/a?%61=1&b=2&a=9", ALICE), MISS)
