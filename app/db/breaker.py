@@ -30,7 +30,8 @@ class BreakerState(StrEnum):
     open = "open"
 
 
-# Outages remembered (a run of short ones joined by gaps shorter than a grace counts as one).
+# Outages remembered (a run of short ones joined by gaps shorter than a grace counts as one);
+# beyond, the oldest two are merged.
 REMEMBERED_OUTAGES = 16
 
 
@@ -67,8 +68,9 @@ class CircuitBreaker:
         self.last_outage_seconds: float | None = None
         # The last outages, newest last: no owner could renew its executions' heartbeats
         # during them (``unreachable_since``).
-        self.recent: deque[Outage] = deque(maxlen=REMEMBERED_OUTAGES)
-        self.last_answer: datetime | None = None  # the database's last answer to a probe
+        self.recent: deque[Outage] = deque()
+        self.first_answer: datetime | None = None  # the database's first answer to a probe
+        self.last_answer: datetime | None = None  # and its last
         self._consecutive = 0
 
     @property
@@ -87,6 +89,14 @@ class CircuitBreaker:
     def answered(self) -> None:
         """The database answered a probe: the latest moment it is known to have been up."""
         self.last_answer = self.wall()
+        if self.first_answer is None:
+            self.first_answer = self.last_answer
+
+    def settled(self, now: datetime, grace: timedelta) -> bool:
+        """Whether this process has seen the database answer for ``grace`` at least: before,
+        whatever happened to it before this process started is unknown (it may have been away
+        for as long as owners could not beat)."""
+        return self.first_answer is not None and now - self.first_answer >= grace
 
     def succeeded(self) -> None:
         self._consecutive = 0
@@ -103,6 +113,11 @@ class CircuitBreaker:
         self.opened_at = self.clock()
         # The database may have stopped answering any time after its last known answer
         # (noticing takes up to a probe's interval and timeout).
+        if len(self.recent) == REMEMBERED_OUTAGES:
+            # Full: the two oldest become one, the gap between them counted as away (the safe
+            # side: the beginning of a run of outages is never forgotten).
+            oldest = self.recent.popleft()
+            self.recent[0].began = oldest.began
         self.recent.append(Outage(self.last_answer or self.wall()))
         self.outages += 1
         log.error("database_unavailable", reason=reason, breaker="open")

@@ -41,7 +41,7 @@ from app.models import (
 )
 from app.schemas.executions import ExecutionCreate
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
-from app.services.engine.engine import CommitLanded, ExecutionEngine, stale_before
+from app.services.engine.engine import NOT_YET, CommitLanded, ExecutionEngine, stale_before
 from app.services.engine.runner import InProcessRunner
 from app.services.events import EventHub
 from app.services.executions import ExecutionService
@@ -1056,25 +1056,33 @@ def test_staleness_is_counted_from_the_database_s_return() -> None:
     breaker = CircuitBreaker(1, retry_after=lambda: 1, wall=lambda: wall[0])
     database.breaker = breaker
 
-    def cutoff_at(seconds: float) -> datetime:
+    def at(seconds: float) -> datetime:
         wall[0] = start + timedelta(seconds=seconds)
-        return stale_before(database, wall[0], 30)  # type: ignore[arg-type]
+        return wall[0]
 
-    assert cutoff_at(0) == start - timedelta(seconds=30)
-    breaker.answered()  # the last answer before the outage, at 0 s
-    wall[0] = start + timedelta(seconds=5)
-    breaker.open("a test")  # noticed at 5 s: the outage began at the last answer
-    protected = start - timedelta(seconds=30)  # heartbeats older than the outage, by 30 s
-    assert cutoff_at(100) == protected  # still away
+    def cutoff_at(seconds: float) -> datetime:
+        return stale_before(database, at(seconds), 30)  # type: ignore[arg-type]
+
+    # A process takes nothing over before it has seen the database answer for stale_after.
+    assert cutoff_at(0) == NOT_YET
+    breaker.answered()  # the first answer, at 0 s
+    assert cutoff_at(29) == NOT_YET
+    assert cutoff_at(30) == start
+    at(40)
+    breaker.answered()  # the last answer before the outage
+    at(45)
+    breaker.open("a test")  # noticed at 45 s: the outage began at the last answer
+    protected = start + timedelta(seconds=40 - 30)  # heartbeats older than the outage by 30 s
+    assert cutoff_at(140) == protected  # still away
     breaker.answered()
-    breaker.close()  # back at 100 s
-    assert cutoff_at(110) == protected  # back for less than stale_after
-    assert cutoff_at(130) == start + timedelta(seconds=100)  # back for 30 s: the usual cut-off
-    breaker.answered()  # the probes go on answering (the last at 130 s)
-    cutoff_at(131)
+    breaker.close()  # back at 140 s
+    assert cutoff_at(150) == protected  # back for less than stale_after
+    assert cutoff_at(170) == start + timedelta(seconds=140)  # back for 30 s: the usual cut-off
+    breaker.answered()  # the probes go on answering (the last at 170 s)
+    at(171)
     breaker.open("again")  # a new outage, 30 s after the first ended: a separate one
     breaker.close()
-    assert cutoff_at(140) == start + timedelta(seconds=130 - 30)  # only the new one counts
+    assert cutoff_at(180) == start + timedelta(seconds=170 - 30)  # only the new one counts
 
 
 def test_outages_closer_than_the_grace_count_as_one() -> None:
@@ -1108,3 +1116,19 @@ def test_outages_closer_than_the_grace_count_as_one() -> None:
     at(200)
     fresh.open("at start-up")
     assert fresh.unreachable_since(at(210), grace) == start + timedelta(seconds=200)
+
+
+def test_a_long_run_of_short_outages_keeps_its_beginning() -> None:
+    """Beyond the outages remembered, the oldest merge: the run's beginning stays."""
+    start = utcnow()
+    wall = [start]
+    breaker = CircuitBreaker(1, retry_after=lambda: 1, wall=lambda: wall[0])
+    for index in range(40):  # away 1 s, back 1 s, forty times
+        wall[0] = start + timedelta(seconds=2 * index)
+        breaker.answered()
+        breaker.open("flapping")
+        wall[0] += timedelta(seconds=1)
+        breaker.close()
+    assert len(breaker.recent) == 16
+    now = start + timedelta(seconds=85)
+    assert breaker.unreachable_since(now, timedelta(seconds=30)) == start

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import TypeVar
@@ -107,15 +107,25 @@ def database_away(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseUnavailable) or is_connection_failure(exc)
 
 
+# A cut-off no heartbeat is older than: no running execution counts as abandoned.
+NOT_YET = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def stale_before(database: SQLAlchemyManager, now: datetime, stale_after: float) -> datetime:
     """Running executions whose heartbeat is older than this are abandoned: ``stale_after``
     seconds ago, but counted from when the database came back after an outage (no owner could
     beat while it was away). Until then only heartbeats already stale when the outage began
-    (the database's last answer before it) count."""
+    (the database's last answer before it) count. With the database manager on, a process
+    takes no running execution over before it has seen the database answer for
+    ``stale_after`` (an outage may have begun before it started)."""
     grace = timedelta(seconds=stale_after)
     cutoff = now - grace
     breaker = database.breaker
-    began = None if breaker is None else breaker.unreachable_since(now, grace)
+    if breaker is None:
+        return cutoff
+    if not breaker.settled(now, grace):
+        return NOT_YET  # this process has not seen the database answer for stale_after yet
+    began = breaker.unreachable_since(now, grace)
     return cutoff if began is None else min(cutoff, began - grace)
 
 
