@@ -373,13 +373,12 @@ class LastKnownReads:
         """Replay the answer kept under ``key`` (None: the credential no longer verifies)."""
         answer = None if key is None else self.store.get(key)
         if answer is not None and key is not None:
-            answer_key = key
             age = self.clock() - answer.stored_at
             if age <= settings.max_age_seconds:
                 self._count("served")
                 await self._replay(answer, max(0, int(age)), send)
                 return
-            self.store.drop(answer_key)  # too old to serve: its memory goes now
+            self.store.drop(key)  # too old to serve: its memory goes now
         self._count("missed")
         status = b"fwd=stale" if answer is not None else b"fwd=miss"
         cache_status = (b"cache-status", b"%s; %s; %s" % (CACHE_NAME, status, DETAIL))
