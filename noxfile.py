@@ -219,8 +219,10 @@ PERFORMANCE_THRESHOLD = "median:25%"
 @nox.session
 def performance(session: nox.Session) -> None:
     """Engine benchmarks; saved per run and compared with the previous saved run, failing when
-    a median regresses by more than 25% (`-- --benchmark-compare-fail=median:10%` to tighten)."""
+    a median regresses by more than 25% (`-- --benchmark-compare-fail=median:10%` to tighten).
+    The overhead budget loads real servers with wrk (Debian's package)."""
     env = shared_env(session)
+    debian_tool(session, "wrk", "wrk")
     (REPORTS / "benchmarks").mkdir(parents=True, exist_ok=True)
     storage = ROOT / ".benchmarks"
     compare = (

@@ -3,13 +3,19 @@ under it.
 
 FastAPI (0.165) keeps every ``include_router`` as a node of the routing tree and, for each
 request, tries every route of every included router in turn, recursing into nested ones,
-without first asking whether the path could be under that router's prefix: a request for the
-last route of the app, or for a path that exists nowhere, paid a regular expression per route
-of the whole API (about 60% of a small request's cost in Renum). Every route of an included
-router is registered under its prefix (the prefixes it was included with, then its own), so a
-path that does not start with the literal part of that prefix (before any ``{param}``) matches
-none of them, neither fully nor partially (no 405 either): the router answers ``Match.NONE``
-without looking at its routes. Routers without a literal prefix are tried as before.
+without first asking whether the path could be under that router: a request for the last route
+of the app, or for a path that exists nowhere, paid a regular expression per route of the whole
+app (about 60% of a small request's cost in Renum). A ``PrefixRouter`` answers ``Match.NONE``
+without looking at its routes when the path cannot match any of them, neither fully nor
+partially (so no 405 either), in two steps:
+
+- the literal part of the prefix it is included under (the prefixes it was included with, then
+  its own, before any ``{param}``): a path that does not start with it matches nothing here;
+- the literal first segments of its routes after that prefix (``/livez``, ``/health/...``
+  give ``livez`` and ``health``; a nested router gives its prefix's, or its own routes' when
+  it has none): a path whose next segment is none of them matches nothing here either. A
+  route whose first segment is a parameter, or the root path, turns this step off for the
+  router.
 
 Every router of the backend is a ``PrefixRouter``. The check reads the included router FastAPI
 records in the request's scope while matching; ``suites/unit/test_routing.py`` fails if a
@@ -21,18 +27,70 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi import routing as fastapi_routing
 from starlette._utils import get_route_path
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 
+def first_segment(path: str) -> str | None:
+    """The first segment of ``path`` (``/api/v1/x`` gives ``api``), or None when it is empty
+    or holds a parameter (then any request path might match)."""
+    segment = path.lstrip("/").split("/", 1)[0]
+    return segment if segment and "{" not in segment else None
+
+
 class PrefixRouter(APIRouter):
-    """An ``APIRouter`` that answers ``Match.NONE`` at once for paths outside its prefix."""
+    """An ``APIRouter`` that answers ``Match.NONE`` at once for paths outside its routes."""
+
+    _segments: dict[str, tuple[int, frozenset[str] | None]]
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         included = fastapi_routing._get_scope_included_router(scope)
         if included is not None and included.original_router is self:
-            prefix: str = included.include_context.prefix + self.prefix
-            literal = prefix.split("{", 1)[0]
-            if literal and not get_route_path(scope).startswith(literal):
+            outer = included.include_context.prefix
+            literal = (outer + self.prefix).split("{", 1)[0]
+            path = get_route_path(scope)
+            if not path.startswith(literal):
                 return Match.NONE, {}
+            segments = self.first_segments(outer) if "{" not in outer else None
+            if segments is not None:
+                rest = path[len(outer) :].lstrip("/").split("/", 1)[0]
+                if rest not in segments:
+                    return Match.NONE, {}
         return super().matches(scope)
+
+    def first_segments(self, outer: str) -> frozenset[str] | None:
+        """The first segments the paths of this router's routes can start with, after the
+        prefix ``outer`` it is included under; None when any segment could (worked out once
+        per prefix, again when routes are added)."""
+        if not hasattr(self, "_segments"):
+            self._segments = {}
+        known = self._segments.get(outer)
+        if known is not None and known[0] == len(self.routes):
+            return known[1]
+        found: set[str] | None = set()
+        for route in self.routes:
+            segments = _route_segments(route, outer)
+            if segments is None or found is None:
+                found = None
+                break
+            found |= segments
+        result = None if found is None else frozenset(found)
+        self._segments[outer] = (len(self.routes), result)
+        return result
+
+
+def _route_segments(route: BaseRoute, outer: str) -> set[str] | None:
+    nested = getattr(route, "original_router", None)
+    if nested is None:
+        segment = first_segment(getattr(route, "path", ""))
+        return None if segment is None else {segment}
+    full: str = route.include_context.prefix + nested.prefix  # type: ignore[attr-defined]
+    if not full.startswith(outer):
+        return None
+    segment = first_segment(full[len(outer) :])
+    if segment is not None:
+        return {segment}
+    if full[len(outer) :] or not isinstance(nested, PrefixRouter):
+        return None  # a parameter first: anything may follow
+    inner = nested.first_segments(outer)
+    return None if inner is None else set(inner)

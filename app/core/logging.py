@@ -13,11 +13,13 @@ quoted input values in messages). Tracebacks are plain text: no local variables.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
 import traceback
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -251,6 +253,7 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    ACCESS_LOG.handler = handler if settings.json_logs else None
     root.setLevel(settings.log_level)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
@@ -263,5 +266,64 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+class AccessLog:
+    """The access log: one ``request`` event per HTTP request, on the ``app.access`` logger.
+
+    It is the one event every request writes, so it has its own path: with JSON logs and the
+    handler ``configure_logging`` installed as the only one, the line is rendered here (the
+    same fields as the general pipeline gives it: the event, its logger and level, an ISO UTC
+    timestamp, the request id, with secrets scrubbed from the path) and written under the
+    handler's lock, for about a tenth of the cost of a LogRecord through the structlog
+    formatter. Anything else (console logs in development, a handler added by a test or an
+    operator) takes the general path. The level is the logger's, so a live reload of
+    ``log_level`` applies at once."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("app.access")
+        self.handler: logging.StreamHandler[Any] | None = None
+        self._general = get_logger("app.access")
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def request(
+        self, request_id: str, method: str, path: str, status: int, duration_ms: float
+    ) -> None:
+        """Log one request (the caller checked ``enabled``)."""
+        handler = self.handler
+        if handler is None or logging.root.handlers != [handler]:
+            self._general.info(
+                "request",
+                request_id=request_id,
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=duration_ms,
+            )
+            return
+        line = json.dumps(
+            {
+                "request_id": request_id,
+                "method": method,
+                "path": scrub(path),
+                "status": status,
+                "duration_ms": duration_ms,
+                "event": "request",
+                "level": "info",
+                "logger": "app.access",
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
+        handler.acquire()
+        try:
+            handler.stream.write(line + "\n")
+            handler.flush()
+        finally:
+            handler.release()
+
+
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
+
+
+ACCESS_LOG = AccessLog()

@@ -10,6 +10,7 @@ import structlog
 
 from app.core.config import Settings
 from app.core.logging import (
+    ACCESS_LOG,
     REDACTED,
     configure_logging,
     get_logger,
@@ -174,6 +175,80 @@ def test_level_filter_drops_lower_events(capsys: pytest.CaptureFixture[str]) -> 
     get_logger("unit.level").warning("kept")
     lines = _json_lines(capsys.readouterr().err)
     assert [line["event"] for line in lines] == ["kept"]
+
+
+# --- the access log's own path ------------------------------------------------------------
+
+
+def test_an_access_line_is_the_line_the_general_pipeline_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    assert ACCESS_LOG.enabled()
+    ACCESS_LOG.request("req-9", "GET", "/api/v1/teams", 200, 1.25)
+    structlog.contextvars.bind_contextvars(request_id="req-9")
+    try:
+        get_logger("app.access").info(
+            "request", method="GET", path="/api/v1/teams", status=200, duration_ms=1.25
+        )
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    own, general = _json_lines(capsys.readouterr().err)
+    assert str(own.pop("timestamp")).endswith("Z")
+    general.pop("timestamp")
+    assert own == general
+    assert own["event"] == "request"
+
+
+def test_an_access_line_never_carries_a_secret_from_the_path(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    ACCESS_LOG.request("req-1", "GET", f"/api/v1/keys/{API_KEY}/{JWT}", 404, 0.5)
+    err = capsys.readouterr().err
+    assert API_KEY not in err
+    assert JWT not in err
+    (line,) = _json_lines(err)
+    assert line["path"] == f"/api/v1/keys/{REDACTED}/{REDACTED}"
+
+
+class Collecting(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_access_lines_take_the_general_path_beside_another_handler(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    other = Collecting()  # an operator's handler, or a test's
+    logging.getLogger().addHandler(other)
+    try:
+        ACCESS_LOG.request("req-2", "POST", "/api/v1/agents", 201, 3.0)
+    finally:
+        logging.getLogger().removeHandler(other)
+    assert [r.name for r in other.records] == ["app.access"]
+    (line,) = _json_lines(capsys.readouterr().err)
+    assert (line["event"], line["status"], line["request_id"]) == ("request", 201, "req-2")
+
+
+def test_access_lines_follow_the_level_and_the_console_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json", log_level="WARNING"))
+    assert not ACCESS_LOG.enabled()
+    logging.getLogger().setLevel("INFO")  # what a live reload does
+    assert ACCESS_LOG.enabled()
+    configure_logging(Settings(environment="development"))  # console lines
+    ACCESS_LOG.request("req-3", "GET", "/livez", 200, 0.1)
+    err = capsys.readouterr().err
+    assert "request" in err
+    assert "/livez" in err
+    assert not err.lstrip().startswith("{")
 
 
 def test_exceptions_are_rendered_into_the_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,8 @@ def build(router_class: type[APIRouter]) -> FastAPI:
     api = router_class(prefix="/api/v1")
     agents = router_class(prefix="/agents")
     members = router_class(prefix="/teams/{team_id}/members")
-    loose = router_class()  # no prefix of its own: tried as before
+    loose = router_class()  # no prefix of its own: skipped by its routes' first segments
+    wild = router_class()  # a parameter first: tried for every path under /api/v1
 
     @agents.get("")
     async def list_agents() -> list[str]:
@@ -53,7 +54,11 @@ def build(router_class: type[APIRouter]) -> FastAPI:
         await websocket.send_text(await websocket.receive_text())
         await websocket.close()
 
-    for router in (agents, members, loose):
+    @wild.get("/{kind}/count")
+    async def count(kind: str) -> dict[str, str]:
+        return {"kind": kind}
+
+    for router in (agents, members, loose, wild):
         api.include_router(router)
     app.include_router(api)
     ops = router_class(prefix="/api/v1/ops")
@@ -78,6 +83,7 @@ ROUTER_PATHS = {
     "/teams/{team_id}/members",
     "/usage",
     "/echo",
+    "/{kind}/count",
     "/api/v1/ops/status",
 }
 REQUESTS = [
@@ -88,6 +94,9 @@ REQUESTS = [
     ("POST", "/api/v1/teams/3/members"),
     ("GET", "/api/v1/teams/3/members"),  # 405
     ("GET", "/api/v1/usage"),
+    ("GET", "/api/v1/usage/"),
+    ("GET", "/api/v1/widgets/count"),
+    ("GET", "/api/v1/agents/count"),
     ("GET", "/api/v1/ops/status"),
     ("GET", "/api/v1/ops/nothing"),
     ("GET", "/late"),
@@ -164,10 +173,12 @@ async def test_a_path_outside_a_prefix_tries_none_of_its_routes(counted: list[st
         assert counted[-1] == "/late"
         counted.clear()
         assert (await client.get("/api/v1/ops/status")).status_code == 200
-        # Under /api/v1: the agents' and members' routers skipped by their own prefixes; the
-        # router without one tried as before.
+        # Under /api/v1: the agents' and members' routers skipped by their own prefixes, the
+        # one without a prefix by its routes' first segments; the one whose route starts with
+        # a parameter is tried.
         assert not set(counted) & {"/agents", "/agents/{agent_id}", "/teams/{team_id}/members"}
-        assert "/usage" in counted
+        assert "/usage" not in counted
+        assert "/{kind}/count" in counted
         counted.clear()
         assert (await client.post("/api/v1/teams/3/members")).status_code == 200
         assert "/agents" not in counted  # the agents router skipped
