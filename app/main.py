@@ -32,7 +32,15 @@ from app.api.routes import (
     users,
     webhooks,
 )
-from app.capabilities import configuration, database_manager, docs, health, metrics, monitor
+from app.capabilities import (
+    configuration,
+    database_manager,
+    docs,
+    health,
+    metrics,
+    monitor,
+    performance,
+)
 from app.capabilities.base import AppContext, Capability
 from app.core.alerts import LogAlertReporter
 from app.core.config import Environment, Settings
@@ -56,6 +64,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     health.CAPABILITY,
     metrics.CAPABILITY,
     monitor.CAPABILITY,
+    performance.CAPABILITY,
     docs.CAPABILITY,
 )
 log = get_logger("app")

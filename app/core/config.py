@@ -755,6 +755,111 @@ class DocsSettings(BaseModel):
     )
 
 
+class CompressionSettings(BaseModel):
+    """Responses compressed by the client's `Accept-Encoding` (zstd, then brotli, then gzip)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Compress responses the client accepts compressed. Event streams are "
+        "flushed event by event, never held back.",
+    )
+    minimum_bytes: int = Field(
+        default=1024,
+        ge=0,
+        le=1_048_576,
+        description="Smaller one-shot bodies are sent as they are (compressing them costs "
+        "more than it saves).",
+    )
+    level: int = Field(
+        default=4,
+        ge=1,
+        le=9,
+        description="Compression level of all three codings (1 fastest, 9 smallest).",
+    )
+    excluded_paths: list[str] = Field(
+        default_factory=lambda: ["/api/v1/auth", "/api/v1/api-keys", "/api/v1/provider-keys"],
+        description="Path prefixes whose answers are never compressed: answers that carry a "
+        "credential next to what a client sent (a token, a new key) would let an observer of "
+        "their compressed sizes guess the credential (BREACH).",
+    )
+
+
+class ProfilingSettings(BaseModel):
+    """Slow requests profiled with a sampling profiler (pyinstrument), for admins."""
+
+    enabled: bool = Field(
+        default=True,
+        json_schema_extra=LIVE,
+        description="Profile slow requests. A request slower than its threshold arms its "
+        "route; the route's next requests are profiled, one at a time, and a profiled request "
+        "that is slow too is kept.",
+    )
+    p95_factor: float = Field(
+        default=3.0,
+        ge=1,
+        le=100,
+        json_schema_extra=LIVE,
+        description="With the monitor on, a request is slow past this multiple of its "
+        "route's p95 (once the route has `min_requests` timed requests).",
+    )
+    threshold_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        le=3_600_000,
+        json_schema_extra=LIVE,
+        description="The threshold when the monitor is off, or for a route with fewer timed "
+        "requests.",
+    )
+    floor_ms: float = Field(
+        default=100.0,
+        gt=0,
+        le=3_600_000,
+        json_schema_extra=LIVE,
+        description="No request faster than this is slow, whatever its route's p95.",
+    )
+    min_requests: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        json_schema_extra=LIVE,
+        description="Timed requests a route needs before its p95 sets its threshold.",
+    )
+    attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        json_schema_extra=LIVE,
+        description="Requests of an armed route profiled before it is disarmed when none of "
+        "them is slow.",
+    )
+    keep: int = Field(
+        default=50,
+        ge=1,
+        le=1000,
+        json_schema_extra=LIVE,
+        description="Profiles kept per process (the oldest go first).",
+    )
+    interval_ms: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=1000,
+        json_schema_extra=LIVE,
+        description="The profiler's sampling interval.",
+    )
+
+
+class PerformanceSettings(BaseModel):
+    """The performance capability: response compression and profiles of slow requests."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Compress responses and profile slow requests. Off, neither runs and "
+        "the API answers as without it (the rollback switch).",
+    )
+    compression: CompressionSettings = Field(default_factory=lambda: CompressionSettings())
+    profiling: ProfilingSettings = Field(default_factory=lambda: ProfilingSettings())
+
+
 class TeamSettings(BaseModel):
     max_members: int = Field(
         default=10, ge=1, le=1000, json_schema_extra=LIVE, description="Agents per team at most."
@@ -928,6 +1033,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     configuration: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,

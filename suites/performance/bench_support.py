@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from app.core.config import Settings
 from app.core.crypto import SecretBox
 from app.db import migrate
 from app.db.database import SQLAlchemyManager
+from app.main import create_app
 from app.models import Account, Agent, Role, Team, TeamMember, User
 from app.services.principal import Principal
 from app.services.runtime import Runtime
@@ -73,6 +76,36 @@ async def alternating_rates(
         off=statistics.median(rates["off"]),
         ratio=statistics.median(a / b for a, b in pairs),
     )
+
+
+SMALL_ROUTE = "/bench/json"
+QUIET_HEALTH = {"interval_seconds": 3600, "ttl_seconds": 7200}
+
+
+def bench_app(tmp_path: Path, name: str, **overrides: Any) -> Any:
+    """Renum's app with ``overrides`` to its settings and the small JSON route ``SMALL_ROUTE``
+    tried first, as an API route is tried before any capability's (see
+    ``test_monitor_overhead``): what differs between two such apps is the capabilities' own
+    work per request."""
+    settings = Settings(
+        environment="test",
+        secret_key="overhead-bench-secret-key-0123456789abcdefghijk",
+        log_level="WARNING",
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"},
+        providers={"openai_base_url": "http://127.0.0.1:9/v1"},
+        health=QUIET_HEALTH,
+        configuration={"enabled": False},  # no signal handlers: two apps share this process
+        **overrides,
+    )
+    app = create_app(settings)
+
+    async def small_json() -> JSONResponse:
+        return JSONResponse({"status": "ok", "items": [1, 2, 3]})
+
+    app.add_api_route(SMALL_ROUTE, small_json, include_in_schema=False)
+    app.router.routes.insert(0, app.router.routes.pop())
+    assert getattr(app.router.routes[0], "path", None) == SMALL_ROUTE
+    return app
 
 
 @dataclass

@@ -29,6 +29,7 @@ PLAN_FILES = {
         "app.capabilities.configuration",
     ),
     "app/core/health_monitor.py": ("AdvancedHealthMonitor", "app.capabilities.monitor"),
+    "app/core/performance.py": ("PerformanceOptimizer", "app.capabilities.performance"),
     "app/core/sqlalchemy_manager.py": ("SQLAlchemyManager", "app.db.database"),
 }
 PLAN_NAMES = (
@@ -57,6 +58,7 @@ ROUTES = {
         "/health/dashboard/assets",
         "/health/dashboard/vendor",
     },
+    "performance": {"/api/v1/ops/profiles", "/api/v1/ops/profiles/{profile_id}"},
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 
@@ -108,13 +110,18 @@ def test_a_switched_off_capability_is_removed_whole(name: str) -> None:
 def test_the_request_observers_go_with_their_switches() -> None:
     from app.capabilities.database_manager import QueryBudget
     from app.capabilities.monitor import EndpointStats
+    from app.capabilities.performance import SlowRequests
 
     def observers(settings: Settings) -> list[type]:
         return [type(o) for o in create_app(settings).state.request_observers]
 
-    assert observers(Settings()) == [QueryBudget, EndpointStats]
-    assert observers(Settings(monitor={"enabled": False})) == [QueryBudget]
-    assert observers(Settings(database_manager={"enabled": False})) == [EndpointStats]
+    assert observers(Settings()) == [QueryBudget, EndpointStats, SlowRequests]
+    assert observers(Settings(monitor={"enabled": False})) == [QueryBudget, SlowRequests]
+    assert observers(Settings(database_manager={"enabled": False})) == [
+        EndpointStats,
+        SlowRequests,
+    ]
+    assert observers(Settings(performance={"enabled": False})) == [QueryBudget, EndpointStats]
 
 
 def test_a_capability_without_hooks_installs_and_runs_nothing() -> None:

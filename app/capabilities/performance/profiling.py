@@ -1,0 +1,259 @@
+"""Profiles of slow requests, taken with pyinstrument's sampling profiler.
+
+A request cannot be known to be slow before it ends, and profiling every request in case it is
+would cost every request (pyinstrument's hook runs on each Python call and return). So a slow
+request *arms* its route: the route's next requests (``profiling.attempts`` of them, one at a
+time per process) run under the profiler, and a profiled request that turns out slow as well is
+kept; an armed route whose attempts all ran fast is disarmed. It is all a request observer of
+the base middleware, which already times every request: no middleware layer of its own. When
+nothing is slow, a request costs a look at an empty table when it starts and one comparison
+when it ends.
+
+Slow means slower than the route's threshold: ``p95_factor`` times the route's p95 from the
+monitor once the route has ``min_requests`` timed requests, else ``threshold_ms``; never below
+``floor_ms``. The p95s are read from the monitor's figures every ``P95_REFRESH_SECONDS``, never
+on a request's path. Requests held open on purpose (event streams, long-polls) and requests no
+route answered are never slow.
+
+Profiles are kept in memory, per process, the newest ``keep`` of them; each is rendered when an
+admin asks for it, as pyinstrument's HTML page (made self-contained: its web font link is
+removed) or as a speedscope document.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyinstrument import Profiler
+from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
+from pyinstrument.session import Session
+from starlette.types import Scope
+
+from app.core.config import ProfilingSettings
+from app.core.logging import get_logger, scrub
+from app.core.middleware import HELD_OPEN
+from app.core.request_context import UNMATCHED, route_template
+
+P95_REFRESH_SECONDS = 30.0
+# pyinstrument's page fetches a web font from Google at run time; a page served here loads
+# nothing from outside, so the link gets an empty stylesheet instead.
+_WEB_FONT = re.compile(r"https://fonts\.googleapis\.com/[^\"']*")
+EMPTY_STYLESHEET = "data:text/css,"
+HTML_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline' data:; "
+    "img-src data:; font-src 'none'"
+)
+
+log = get_logger("app.performance")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One slow request's profile."""
+
+    id: str
+    method: str
+    route: str
+    path: str
+    status: int
+    duration_ms: float
+    threshold_ms: float
+    at: datetime
+    session: Session = field(repr=False)
+
+    @property
+    def samples(self) -> int:
+        return int(self.session.sample_count)
+
+    def html(self) -> str:
+        return _WEB_FONT.sub(EMPTY_STYLESHEET, HTMLRenderer().render(self.session))
+
+    def speedscope(self) -> str:
+        return str(SpeedscopeRenderer().render(self.session))
+
+
+@dataclass
+class _Armed:
+    """A route whose next requests are profiled."""
+
+    pattern: re.Pattern[str]
+    attempts: int
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """The paths of a route template: ``{name}`` one segment, ``{name:path}`` any rest."""
+    parts = re.split(r"(\{[^}]*\})", template)
+    regex = "".join(
+        (".+" if part.endswith(":path}") else "[^/]+") if part.startswith("{") else re.escape(part)
+        for part in parts
+    )
+    return re.compile(regex + "$")
+
+
+class SlowRequests:
+    """A request observer of the base middleware: finds slow requests, profiles the next
+    requests of their routes, and keeps the profiles of the slow ones."""
+
+    def __init__(
+        self,
+        settings: ProfilingSettings,
+        p95s: Callable[[], dict[tuple[str, str], tuple[float, float]]] | None = None,
+    ) -> None:
+        self._p95s = p95s  # (method, route) -> (timed requests, p95 seconds), from the monitor
+        self._route_p95: dict[tuple[str, str], tuple[float, float]] = {}
+        self._refreshed = float("-inf")
+        self.armed: dict[tuple[str, str], _Armed] = {}
+        self.profiling = False  # one profiled request at a time
+        self.profiles: OrderedDict[str, Profile] = OrderedDict()
+        self._ids = itertools.count(1)
+        self.apply(settings)
+
+    def apply(self, settings: ProfilingSettings) -> None:
+        """Use ``settings`` from now on (at start, and after each live reload)."""
+        self.config = settings
+        # The one figure every request is compared with: nothing faster is ever slow.
+        self.floor_seconds = settings.floor_ms / 1000 if settings.enabled else float("inf")
+        if not settings.enabled:
+            self.armed.clear()
+        while len(self.profiles) > settings.keep:
+            self.profiles.popitem(last=False)
+
+    # -- thresholds --------------------------------------------------------------------------
+
+    def threshold_seconds(self, method: str, route: str) -> float:
+        config = self.config
+        floor = config.floor_ms / 1000
+        timed, p95 = self._route_p95.get((method, route), (0.0, 0.0))
+        if timed >= config.min_requests and p95 > 0:
+            return max(floor, config.p95_factor * p95)
+        return max(floor, config.threshold_ms / 1000)
+
+    def refresh(self, now: float | None = None) -> None:
+        """Read the routes' p95s from the monitor (at most every ``P95_REFRESH_SECONDS``)."""
+        now = time.monotonic() if now is None else now
+        if self._p95s is None or now - self._refreshed < P95_REFRESH_SECONDS:
+            return
+        self._refreshed = now
+        self._route_p95 = self._p95s()
+
+    # -- the request observer ----------------------------------------------------------------
+
+    def request_started(self, scope: Scope) -> None:
+        """Start the profiler for a request of an armed route (when no other request is being
+        profiled). The base middleware calls this in the request's own task, so the profiler
+        (in pyinstrument's async mode) follows that task and nothing else."""
+        if not self.armed or self.profiling or scope["type"] != "http":
+            return  # the common case: nothing armed
+        key = self._armed_route(scope)
+        if key is None:
+            return
+        profiler = Profiler(interval=self.config.interval_ms / 1000, async_mode="enabled")
+        profiler.start()
+        self.profiling = True
+        scope[_PROFILER] = (profiler, key)
+
+    def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
+        session = None
+        if self.profiling and _PROFILER in scope:
+            profiler, key = scope.pop(_PROFILER)
+            session = profiler.stop()
+            self.profiling = False
+            self._attempted(key)
+        if seconds < self.floor_seconds or scope.get(HELD_OPEN):
+            return  # the common case: one comparison
+        config = self.config
+        route = route_template(scope)
+        if route == UNMATCHED:
+            return
+        method = scope["method"]
+        self.refresh()
+        threshold = self.threshold_seconds(method, route)
+        if seconds < threshold:
+            return
+        if session is not None:
+            self._keep(scope, method, route, status, seconds, threshold, session)
+        elif (method, route) not in self.armed:
+            self.armed[(method, route)] = _Armed(_pattern(route), config.attempts)
+            log.info(
+                "slow_request_armed",
+                method=method,
+                route=route,
+                duration_ms=round(seconds * 1000, 1),
+                threshold_ms=round(threshold * 1000, 1),
+            )
+
+    def _keep(
+        self,
+        scope: Scope,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        threshold: float,
+        session: Session,
+    ) -> None:
+        self.armed.pop((method, route), None)
+        profile = Profile(
+            id=f"p{next(self._ids)}",
+            method=method,
+            route=route,
+            path=scrub(scope["path"]),
+            status=status,
+            duration_ms=round(seconds * 1000, 1),
+            threshold_ms=round(threshold * 1000, 1),
+            at=datetime.now(UTC),
+            session=session,
+        )
+        self.profiles[profile.id] = profile
+        while len(self.profiles) > self.config.keep:
+            self.profiles.popitem(last=False)
+        log.info(
+            "slow_request_profiled",
+            profile=profile.id,
+            method=method,
+            route=route,
+            duration_ms=profile.duration_ms,
+        )
+
+    def _armed_route(self, scope: Scope) -> tuple[str, str] | None:
+        """The armed route this request's method and path belong to, if any."""
+        path = scope["path"]
+        method = scope["method"]
+        for key, armed in self.armed.items():
+            if key[0] == method and armed.pattern.match(path):
+                return key
+        return None
+
+    def _attempted(self, key: tuple[str, str]) -> None:
+        """A profiled request of ``key``'s route ended: one attempt fewer."""
+        armed = self.armed.get(key)
+        if armed is not None:
+            armed.attempts -= 1
+            if armed.attempts <= 0:
+                del self.armed[key]
+
+
+_PROFILER = "renum.profiler"
+
+
+def p95s_from(
+    table: Callable[[], list[Any]],
+) -> Callable[[], dict[tuple[str, str], tuple[float, float]]]:
+    """The routes' (timed requests, p95) from the monitor's ``EndpointStats.table``."""
+
+    def read() -> dict[tuple[str, str], tuple[float, float]]:
+        found: dict[tuple[str, str], tuple[float, float]] = {}
+        for row in table():
+            timed = row.buckets[-1][1] if row.buckets else 0.0
+            if row.p95 is not None:
+                found[(row.method, row.route)] = (timed, row.p95)
+        return found
+
+    return read

@@ -1,0 +1,351 @@
+"""The performance capability in-process: compression negotiated per encoding and never
+holding an event stream back, and slow requests profiled and listed for admins while fast ones
+are not. Each app runs with its lifespan; requests go through the whole middleware stack."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import brotli
+import httpx
+import pytest
+import zstandard
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from app.capabilities.performance.profiling import SlowRequests, _pattern
+from app.core.config import ProfilingSettings, Settings
+from app.main import API_PREFIX, create_app
+
+pytestmark = pytest.mark.anyio
+BODY = {"items": [{"name": f"agent-{n}", "model": "echo"} for n in range(200)]}
+PROFILES = f"{API_PREFIX}/ops/profiles"
+
+
+def busy(seconds: float) -> None:
+    """Work on the CPU (what a sampling profiler sees) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def build(make_settings: Callable[..., Settings], **overrides: Any) -> FastAPI:
+    values: dict[str, Any] = {
+        "bootstrap_admin_email": "root@example.com",
+        "bootstrap_admin_password": "root-password-1",
+        "providers": {"openai_base_url": "http://127.0.0.1:9/v1"},
+        "configuration": {"enabled": False},
+    }
+    settings = make_settings(**{**values, **overrides})
+    app = create_app(settings)
+
+    async def big() -> JSONResponse:
+        return JSONResponse(BODY)
+
+    async def small() -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def picture() -> Response:
+        return Response(b"\x89PNG" + bytes(4000), media_type="image/png")
+
+    async def slow(ms: float = 0) -> JSONResponse:
+        busy(ms / 1000)
+        await asyncio.sleep(0)
+        return JSONResponse({"slept_ms": ms})
+
+    for path, endpoint in (("/t/big", big), ("/t/small", small), ("/t/png", picture)):
+        app.add_api_route(path, endpoint)
+    app.add_api_route("/t/slow", slow)
+    app.add_api_route(f"{API_PREFIX}/auth/t-big", big)  # under an excluded prefix
+    return app
+
+
+@asynccontextmanager
+async def client_of(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://perf") as client:
+            yield client
+
+
+async def admin_headers(client: httpx.AsyncClient) -> dict[str, str]:
+    response = await client.post(
+        f"{API_PREFIX}/auth/token",
+        data={"username": "root@example.com", "password": "root-password-1"},
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+# --- compression ---------------------------------------------------------------------------
+
+DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "zstd": lambda raw: zstandard.ZstdDecompressor().decompressobj().decompress(raw),
+    "br": brotli.decompress,
+    "gzip": gzip.decompress,
+}
+
+
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [
+        ("zstd", "zstd"),
+        ("br", "br"),
+        ("gzip", "gzip"),
+        ("gzip, br, zstd", "zstd"),  # the server's order of preference
+        ("gzip;q=1, br;q=0", "gzip"),  # a coding refused with q=0
+        ("identity", None),
+        ("", None),
+    ],
+)
+async def test_the_coding_follows_accept_encoding(
+    make_settings: Callable[..., Settings], accept: str, coding: str | None
+) -> None:
+    headers = {"Accept-Encoding": accept}
+    async with (
+        client_of(build(make_settings)) as client,
+        client.stream("GET", "/t/big", headers=headers) as response,
+    ):
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") == coding
+    if coding is not None:
+        assert "accept-encoding" in response.headers["vary"].lower()
+        assert len(raw) < len(json.dumps(BODY)) / 4
+        raw = DECODERS[coding](raw)
+    assert json.loads(raw) == BODY
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/t/small", "under minimum_bytes"),
+        ("/t/png", "a media type that is compressed already"),
+        (f"{API_PREFIX}/auth/t-big", "an excluded path (BREACH)"),
+    ],
+)
+async def test_some_answers_are_never_compressed(
+    make_settings: Callable[..., Settings], path: str, why: str
+) -> None:
+    async with client_of(build(make_settings)) as client:
+        response = await client.get(path, headers={"Accept-Encoding": "zstd, br, gzip"})
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers, why
+
+
+async def test_an_event_stream_is_never_held_back(make_settings: Callable[..., Settings]) -> None:
+    """The endpoint produces its second event only once the client has decoded the first:
+    a compressor that buffered the stream would leave the first one waiting for ever."""
+    app = build(make_settings)
+    delivered = asyncio.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        await delivered.wait()
+        yield b"data: second\n\n"
+
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app.add_api_route("/t/events", stream)
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    seen = b""
+    started: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not started:
+            started.append({})
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal seen
+        if message["type"] == "http.response.start":
+            started.append(message)
+        elif message["type"] == "http.response.body":
+            seen += decoder.decompress(message.get("body", b""))
+            if b"data: first\n\n" in seen:
+                delivered.set()
+            if not message.get("more_body"):
+                done.set()
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/t/events", "raw_path": b"/t/events", "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"perf"), (b"accept-encoding", b"zstd")],
+        "client": ("127.0.0.1", 5000), "server": ("perf", 80),
+    }  # fmt: skip
+    async with app.router.lifespan_context(app):
+        async with asyncio.timeout(30):  # a held-back event fails here instead of hanging
+            await app(scope, receive, send)
+    headers = dict(started[1]["headers"])
+    assert headers[b"content-encoding"] == b"zstd"
+    assert seen == b"data: first\n\ndata: second\n\n"
+
+
+async def test_compression_switched_off_leaves_answers_as_they_were(
+    make_settings: Callable[..., Settings],
+) -> None:
+    for overrides in (
+        {"performance": {"enabled": False}},
+        {"performance": {"compression": {"enabled": False}}},
+    ):
+        async with client_of(build(make_settings, **overrides)) as client:
+            response = await client.get("/t/big", headers={"Accept-Encoding": "zstd, gzip"})
+        assert "content-encoding" not in response.headers
+        assert response.json() == BODY
+
+
+# --- profiles of slow requests ---------------------------------------------------------------
+
+SLOW = ("GET", "/t/slow")
+QUICK = {"profiling": {"threshold_ms": 150, "floor_ms": 150, "attempts": 2}}
+
+
+async def test_a_slow_request_arms_its_route_and_the_next_slow_one_is_profiled(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings, performance=QUICK)
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        headers = await admin_headers(client)
+        await client.get("/t/slow", params={"ms": 5})
+        assert SLOW not in slow.armed  # fast: nothing happens
+        await client.get("/t/slow", params={"ms": 300})
+        assert SLOW in slow.armed
+        assert "GET /t/slow" in (await client.get(PROFILES, headers=headers)).json()["armed"]
+        await client.get("/t/slow", params={"ms": 5})  # profiled, fast: dropped
+        assert slow.profiles == {}
+        assert slow.armed[SLOW].attempts == 1
+        await client.get("/t/slow", params={"ms": 300})  # profiled, slow: kept
+        assert SLOW not in slow.armed
+        listed = (await client.get(PROFILES, headers=headers)).json()
+        (profile,) = listed["profiles"]
+        assert profile["route"] == "/t/slow"
+        assert profile["method"] == "GET"
+        assert profile["duration_ms"] >= 300
+        assert profile["threshold_ms"] == 150
+        assert profile["samples"] > 0
+        page = await client.get(f"{PROFILES}/{profile['id']}", headers=headers)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert "busy" in page.text  # the function the time went to
+        assert "fonts.googleapis.com" not in page.text  # nothing loads from outside
+        document = await client.get(
+            f"{PROFILES}/{profile['id']}", params={"format": "speedscope"}, headers=headers
+        )
+        frames = document.json()["shared"]["frames"]
+        assert any(frame["name"] == "busy" for frame in frames)
+
+
+async def test_an_armed_route_is_disarmed_after_its_attempts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings, performance=QUICK)
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        await client.get("/t/slow", params={"ms": 300})
+        for _ in range(2):
+            assert SLOW in slow.armed
+            await client.get("/t/slow", params={"ms": 1})
+        assert SLOW not in slow.armed
+        assert slow.profiles == {}
+
+
+async def test_only_the_newest_profiles_are_kept(make_settings: Callable[..., Settings]) -> None:
+    quick = {"profiling": {**QUICK["profiling"], "keep": 2}}
+    app = build(make_settings, performance=quick)
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        for _ in range(3):
+            await client.get("/t/slow", params={"ms": 200})  # arms
+            await client.get("/t/slow", params={"ms": 200})  # profiled and kept
+    assert list(slow.profiles) == ["p2", "p3"]
+
+
+async def test_profiles_are_for_admins_and_unknown_ids_are_404(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with client_of(build(make_settings, performance=QUICK)) as client:
+        assert (await client.get(PROFILES)).status_code == 401
+        headers = await admin_headers(client)
+        missing = await client.get(f"{PROFILES}/p99", headers=headers)
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert (await client.get(f"{PROFILES}/../x", headers=headers)).status_code == 404
+
+
+async def test_the_threshold_follows_the_route_s_p95_once_it_has_enough_requests() -> None:
+    settings = ProfilingSettings(p95_factor=3, floor_ms=50, min_requests=10)
+    figures = {("GET", "/a"): (100.0, 0.2), ("GET", "/b"): (5.0, 0.2), ("GET", "/c"): (100, 0.001)}
+    slow = SlowRequests(settings, lambda: dict(figures))
+    slow.refresh(now=0)
+    assert slow.threshold_seconds("GET", "/a") == pytest.approx(0.6)
+    assert slow.threshold_seconds("GET", "/b") == pytest.approx(1.0)  # too few: threshold_ms
+    assert slow.threshold_seconds("GET", "/c") == pytest.approx(0.05)  # never under the floor
+    figures[("GET", "/a")] = (100.0, 0.4)
+    slow.refresh(now=1)  # read at most every P95_REFRESH_SECONDS
+    assert slow.threshold_seconds("GET", "/a") == pytest.approx(0.6)
+    slow.refresh(now=60)
+    assert slow.threshold_seconds("GET", "/a") == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    ("template", "path", "matches"),
+    [
+        ("/api/v1/teams/{team_id}", "/api/v1/teams/7", True),
+        ("/api/v1/teams/{team_id}", "/api/v1/teams/7/members", False),
+        ("/api/v1/teams/{team_id}", "/api/v1/teams/", False),
+        ("/files/{rest:path}", "/files/a/b.txt", True),
+        ("/a.b", "/aXb", False),  # template text is literal
+    ],
+)
+def test_an_armed_route_matches_the_paths_of_its_template(
+    template: str, path: str, matches: bool
+) -> None:
+    assert bool(_pattern(template).match(path)) is matches
+
+
+async def test_profiling_switched_off_profiles_nothing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    off = {"profiling": {**QUICK["profiling"], "enabled": False}}
+    app = build(make_settings, performance=off)
+    async with client_of(app) as client:
+        for _ in range(2):
+            await client.get("/t/slow", params={"ms": 300})
+    assert SLOW not in app.state.performance.slow_requests.armed
+    everything_off = build(make_settings, performance={"enabled": False})
+    async with client_of(everything_off) as client:
+        headers = await admin_headers(client)
+        assert (await client.get(PROFILES, headers=headers)).status_code == 404
+
+
+async def test_a_live_reload_applies_to_the_profiler_at_once(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = build(make_settings, performance=QUICK, configuration={"enabled": True})
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        await client.get("/t/slow", params={"ms": 300})
+        assert SLOW in slow.armed
+        monkeypatch.setenv("RENUM_PERFORMANCE__PROFILING__FLOOR_MS", "2000")
+        monkeypatch.setenv("RENUM_PERFORMANCE__PROFILING__ENABLED", "false")
+        result = await app.state.config_manager.reload("test")
+        assert "performance.profiling.enabled" in result.applied
+        assert slow.armed == {}
+        assert slow.floor_seconds == float("inf")
+        monkeypatch.setenv("RENUM_PERFORMANCE__PROFILING__ENABLED", "true")
+        await app.state.config_manager.reload("test")
+        assert slow.floor_seconds == 2.0
+        await client.get("/t/slow", params={"ms": 300})  # no longer slow
+        assert SLOW not in slow.armed
