@@ -848,16 +848,52 @@ class ProfilingSettings(BaseModel):
     )
 
 
-class PerformanceSettings(BaseModel):
-    """The performance capability: response compression and profiles of slow requests."""
+class CacheSettings(BaseModel):
+    """The cache of costly reads (usage reports, execution lists)."""
 
     enabled: bool = Field(
         default=True,
-        description="Compress responses and profile slow requests. Off, neither runs and "
-        "the API answers as without it (the rollback switch).",
+        description="Keep answers of costly reads until a write changes them or their time "
+        "to live ends. In Redis when `redis_url` is set (shared by every process; in memory "
+        "while Redis is unreachable), else in this process's memory.",
+    )
+    max_entries: int = Field(
+        default=10_000,
+        ge=10,
+        le=10_000_000,
+        description="Answers kept in memory (the least recently used go first).",
+    )
+    ttl_seconds: dict[str, float] = Field(
+        default_factory=lambda: {"usage": 60.0, "executions": 5.0},
+        description="How long an answer of each kind is kept at most: also the longest an "
+        "answer can lag a write made where this process cannot hear of it (another process "
+        "without Redis, or while Redis is away).",
+    )
+
+    @field_validator("ttl_seconds")
+    @classmethod
+    def _every_kind(cls, value: dict[str, float]) -> dict[str, float]:
+        kinds = ("usage", "executions")
+        unknown = sorted(set(value) - set(kinds))
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}; the kinds are {list(kinds)}")
+        if any(not 0 < ttl <= 86_400 for ttl in value.values()):
+            raise ValueError("a time to live is more than 0 and at most 86400 seconds")
+        return {**{"usage": 60.0, "executions": 5.0}, **value}
+
+
+class PerformanceSettings(BaseModel):
+    """The performance capability: response compression, profiles of slow requests and the
+    cache of costly reads."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Compress responses, profile slow requests and keep costly reads. Off, "
+        "none of it runs and the API answers as without it (the rollback switch).",
     )
     compression: CompressionSettings = Field(default_factory=lambda: CompressionSettings())
     profiling: ProfilingSettings = Field(default_factory=lambda: ProfilingSettings())
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
 
 
 class TeamSettings(BaseModel):

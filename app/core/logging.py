@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from app.core.config import Settings
+from app.core.request_context import current_request_id
 
 REDACTED = "[redacted]"
 
@@ -212,6 +213,17 @@ def redact_secrets(
     return event_dict
 
 
+def add_request_id(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the id of the request being handled (``app.core.request_context``),
+    on every line logged while it is, unless the event names one itself."""
+    request_id = current_request_id()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
+
+
 def _drop_color_message(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -224,6 +236,7 @@ def configure_logging(settings: Settings) -> None:
     """Configure structlog and the standard library's root logger from the settings."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

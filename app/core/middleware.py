@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PayloadTooLarge, problem_response
@@ -86,8 +85,7 @@ class RequestContextMiddleware:
             return
 
         request_id = _incoming_request_id(scope)
-        token = set_request_id(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = set_request_id(request_id)  # on every line logged meanwhile (app.core.logging)
         started = time.perf_counter()
         for observer in self.observers:
             observer.request_started(scope)
@@ -156,5 +154,4 @@ class RequestContextMiddleware:
                     state["status"],
                     round(seconds * 1000, 2),
                 )
-            structlog.contextvars.unbind_contextvars("request_id")
             reset_request_id(token)

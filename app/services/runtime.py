@@ -1,9 +1,9 @@
 """What a running backend process holds for executions: the database, the event hub, the
 HTTP clients for model calls (trusted for the operator's URLs, guarded by the egress policy for
 tenants'), the bounded template renderer (its worker processes start in the background with
-the app), the engine and its dispatcher, and the dispatcher of outbound deliveries (webhooks,
-alerts). Built and torn down by the application's lifespan; nothing here connects at import
-time."""
+the app), the engine and its dispatcher, the dispatcher of outbound deliveries (webhooks,
+alerts), and the cache of costly reads. Built and torn down by the application's lifespan;
+nothing here connects at import time."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.core.config import Settings
 from app.core.crypto import SecretBox
@@ -26,6 +26,7 @@ from app.services.engine.runner import InProcessRunner
 from app.services.events import EventHub
 from app.services.providers.builtin import TEMPLATE_KITS
 from app.services.providers.prices import PriceTable
+from app.services.read_cache import ReadCache
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Runtime:
     templates: TemplateRenderer
     deliveries: DeliveryDispatcher
     warming: asyncio.Task[None] | None = None  # the template workers starting in the background
+    cache: ReadCache = field(default_factory=ReadCache)  # the performance capability's, when on
 
     @classmethod
     def build(cls, settings: Settings, database: SQLAlchemyManager, box: SecretBox) -> Runtime:

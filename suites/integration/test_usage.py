@@ -142,6 +142,36 @@ def test_usage_time_window_and_isolation(
     assert team["id"] not in {r["key"] for r in theirs["rows"]}
 
 
+def test_usage_is_kept_until_an_execution_books_calls(
+    fresh_account: ts.Account, fake_openai: FakeOpenAI
+) -> None:
+    """The performance capability's cache and conditional reads, through the real server: an
+    answer kept is served again (same body, same tag, 304 when asked with it) until the
+    engine books a model call of the account; then the next read shows it."""
+    owner = fresh_account.owner
+    agent = ts.model_agent(owner, fake_openai.base_url)
+    team = ts.create_team(owner, [agent])
+    first = owner.get(USAGE)
+    assert first.status_code == 200
+    assert first.headers["cache-control"] == "private, no-cache"
+    tag = first.headers["etag"]
+    again = owner.get(USAGE)
+    assert (again.json(), again.headers["etag"]) == (first.json(), tag)
+    unchanged = owner.get(USAGE, headers={"If-None-Match": tag})
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    by_team = {"team_id": team["id"]}
+    assert expect(owner.get(ts.EXECUTIONS, params=by_team), 200)["items"] == []  # kept
+
+    fake_openai.script(Reply("x", input_tokens=5, output_tokens=5))
+    execution = ts.run_to_end(owner, team)
+    assert execution["status"] == "completed"
+    after = owner.get(USAGE, headers={"If-None-Match": tag})
+    assert after.status_code == 200
+    assert after.json()["total"]["calls"] == first.json()["total"]["calls"] + 1
+    listed = expect(owner.get(ts.EXECUTIONS, params=by_team), 200)
+    assert [(e["id"], e["status"]) for e in listed["items"]] == [(execution["id"], "completed")]
+
+
 def test_builtin_agents_record_no_usage(fresh_account: ts.Account) -> None:
     owner = fresh_account.owner
     team = ts.create_team(owner, [ts.echo_agent(owner), ts.template_agent(owner, "t")])

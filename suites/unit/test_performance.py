@@ -349,3 +349,83 @@ async def test_a_live_reload_applies_to_the_profiler_at_once(
         assert slow.floor_seconds == 2.0
         await client.get("/t/slow", params={"ms": 300})  # no longer slow
         assert SLOW not in slow.armed
+
+
+# --- conditional reads ---------------------------------------------------------------------
+
+
+def build_reads(make_settings: Callable[..., Settings], **overrides: Any) -> FastAPI:
+    app = build(make_settings, **overrides)
+    state = {"version": 1}
+
+    async def item() -> JSONResponse:
+        return JSONResponse({"version": state["version"]})
+
+    async def private() -> JSONResponse:
+        return JSONResponse({"secret": "x"}, headers={"Cache-Control": "no-store"})
+
+    async def chunks() -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b'{"a": '
+            yield b"1}"
+
+        return StreamingResponse(parts(), media_type="application/json")
+
+    for path, endpoint in (("item", item), ("private", private), ("chunks", chunks)):
+        app.add_api_route(f"{API_PREFIX}/t-{path}", endpoint, methods=["GET", "POST"])
+    app.state.test_item = state
+    return app
+
+
+async def test_api_reads_carry_an_etag_and_answer_304_when_unchanged(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build_reads(make_settings)
+    async with client_of(app) as client:
+        first = await client.get(f"{API_PREFIX}/t-item")
+        tag = first.headers["etag"]
+        assert tag.startswith('W/"')
+        assert first.headers["cache-control"] == "private, no-cache"
+        same = await client.get(f"{API_PREFIX}/t-item", headers={"If-None-Match": tag})
+        assert same.status_code == 304
+        assert same.content == b""
+        assert same.headers["etag"] == tag
+        assert "content-length" not in same.headers or same.headers["content-length"] == "0"
+        listed = await client.get(
+            f"{API_PREFIX}/t-item", headers={"If-None-Match": f'"other", {tag.removeprefix("W/")}'}
+        )
+        assert listed.status_code == 304  # weak comparison, in a list
+        app.state.test_item["version"] = 2
+        changed = await client.get(f"{API_PREFIX}/t-item", headers={"If-None-Match": tag})
+        assert changed.status_code == 200
+        assert changed.json() == {"version": 2}
+        assert changed.headers["etag"] != tag
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/t-private"),  # no-store: left as the route made it
+        ("GET", "/t-chunks"),  # a body in parts: sent as it comes
+        ("POST", "/t-item"),  # not a read
+    ],
+)
+async def test_other_answers_get_no_etag(
+    make_settings: Callable[..., Settings], method: str, path: str
+) -> None:
+    async with client_of(build_reads(make_settings)) as client:
+        response = await client.request(
+            method, f"{API_PREFIX}{path}", headers={"If-None-Match": "*"}
+        )
+    assert response.status_code == 200
+    assert "etag" not in response.headers
+    assert response.content
+
+
+async def test_without_the_cache_no_etag_is_sent(make_settings: Callable[..., Settings]) -> None:
+    app = build_reads(make_settings, performance={"cache": {"enabled": False}})
+    async with client_of(app) as client:
+        response = await client.get(f"{API_PREFIX}/t-item", headers={"If-None-Match": "*"})
+    assert response.status_code == 200
+    assert "etag" not in response.headers
+    assert app.state.runtime.cache.__class__.__name__ == "ReadCache"

@@ -67,6 +67,8 @@ DECLARED_SINCE = {
     "list_silences": "admin",
     "create_silence": "admin",
     "end_silence": "admin",
+    "list_profiles": "admin",
+    "get_profile": "admin",
     "create_webhook": "owner",
     "update_webhook": "owner",
     "delete_webhook": "owner",

@@ -112,6 +112,7 @@ async def create_execution(
         hold_open(request.scope)  # a long-poll: not timed as the route's latency
     service = ExecutionService(session, settings)
     execution = await service.create(principal, team_id, body, runtime.runner)
+    runtime.cache.changed("executions", execution.account_id)
     await service.wait(execution, wait, runtime)
     return await service.view(principal, execution.id)
 
@@ -137,18 +138,23 @@ async def list_executions(
     principal: ViewerDep,
     session: SessionDep,
     settings: SettingsDep,
+    runtime: RuntimeDep,
     paging: PagingDep,
     team_id: uuid.UUID | None = None,
     status_: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
 ) -> Page[ExecutionSummary]:
-    rows, total = await ExecutionService(session, settings).page(
-        principal,
-        team_id=team_id,
-        status=status_.value if status_ else None,
-        limit=paging.limit,
-        offset=paging.offset,
+    status = status_.value if status_ else None
+
+    async def compute() -> Page[ExecutionSummary]:
+        rows, total = await ExecutionService(session, settings).page(
+            principal, team_id=team_id, status=status, limit=paging.limit, offset=paging.offset
+        )
+        return to_page(ExecutionSummary, rows, total, paging)
+
+    params = (team_id, status, paging.limit, paging.offset)
+    return await runtime.cache.read(
+        "executions", principal.scope, params, Page[ExecutionSummary], compute
     )
-    return to_page(ExecutionSummary, rows, total, paging)
 
 
 @router.get(
@@ -315,5 +321,6 @@ async def cancel_execution(
     mode = body.mode if body else DEFAULT_CANCEL_MODE
     service = ExecutionService(session, settings)
     execution = await service.cancel(principal, execution_id, mode, runtime.runner, runtime.hub)
+    runtime.cache.changed("executions", execution.account_id)
     await service.wait(execution, wait, runtime)
     return await service.view(principal, execution_id)

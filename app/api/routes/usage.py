@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import Query
 
-from app.api.deps import SessionDep, ViewerDep
+from app.api.deps import RuntimeDep, SessionDep, ViewerDep
 from app.api.router import PrefixRouter
 from app.schemas.common import DateTime, problems
 from app.schemas.executions import UsageOut
@@ -25,6 +25,7 @@ router = PrefixRouter(tags=["usage"])
 async def get_usage(
     principal: ViewerDep,
     session: SessionDep,
+    runtime: RuntimeDep,
     group_by: Literal["team", "agent", "user", "model", "paid_by"] = "team",
     since: Annotated[
         DateTime | None, Query(alias="from", description="Calls at or after this instant.")
@@ -38,4 +39,11 @@ async def get_usage(
         ),
     ] = None,
 ) -> UsageOut:
-    return await UsageService(session).report(principal, group_by, since, until)
+    params = (group_by, since, until)
+    return await runtime.cache.read(
+        "usage",
+        principal.scope,
+        params,
+        UsageOut,
+        lambda: UsageService(session).report(principal, group_by, since, until),
+    )
