@@ -41,7 +41,10 @@ def first_segment(path: str) -> str | None:
 class PrefixRouter(APIRouter):
     """An ``APIRouter`` that answers ``Match.NONE`` at once for paths outside its routes."""
 
-    _segments: dict[str, tuple[int, frozenset[str] | None]]
+    # By outer prefix: whether a router without a prefix is included here (then the routes
+    # version of the whole subtree, else this router's own, tells when to work it out again),
+    # that version, and the segments.
+    _segments: dict[str, tuple[bool, int, frozenset[str] | None]]
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         included = fastapi_routing._get_scope_included_router(scope)
@@ -61,36 +64,44 @@ class PrefixRouter(APIRouter):
     def first_segments(self, outer: str) -> frozenset[str] | None:
         """The first segments the paths of this router's routes can start with, after the
         prefix ``outer`` it is included under; None when any segment could (worked out once
-        per prefix, again when routes are added)."""
+        per prefix, again when a route is added here, or to a router without a prefix included
+        here whose segments these include)."""
         if not hasattr(self, "_segments"):
             self._segments = {}
         known = self._segments.get(outer)
-        if known is not None and known[0] == len(self.routes):
-            return known[1]
+        if known is not None:
+            deep, version, result = known
+            if version == (self._get_routes_version() if deep else self._routes_version):
+                return result
         found: set[str] | None = set()
+        deep = False
         for route in self.routes:
+            nested = getattr(route, "original_router", None)
+            deep = deep or (nested is not None and not nested.prefix)
             segments = _route_segments(route, outer)
             if segments is None or found is None:
                 found = None
                 break
             found |= segments
         result = None if found is None else frozenset(found)
-        self._segments[outer] = (len(self.routes), result)
+        version = self._get_routes_version() if deep else self._routes_version
+        self._segments[outer] = (deep, version, result)
         return result
 
 
 def _route_segments(route: BaseRoute, outer: str) -> set[str] | None:
+    """The first segments of ``route``'s paths, in the frame of the router that holds it: its
+    own routes' paths, and the prefix a router included in it was included with (relative to
+    that router, as FastAPI records it) followed by that router's own."""
     nested = getattr(route, "original_router", None)
     if nested is None:
         segment = first_segment(getattr(route, "path", ""))
         return None if segment is None else {segment}
     full: str = route.include_context.prefix + nested.prefix  # type: ignore[attr-defined]
-    if not full.startswith(outer):
-        return None
-    segment = first_segment(full[len(outer) :])
+    segment = first_segment(full)
     if segment is not None:
         return {segment}
-    if full[len(outer) :] or not isinstance(nested, PrefixRouter):
+    if full or not isinstance(nested, PrefixRouter):
         return None  # a parameter first: anything may follow
-    inner = nested.first_segments(outer)
+    inner = nested.first_segments(outer)  # its routes are in this frame
     return None if inner is None else set(inner)

@@ -777,10 +777,16 @@ class CompressionSettings(BaseModel):
         description="Compression level of all three codings (1 fastest, 9 smallest).",
     )
     excluded_paths: list[str] = Field(
-        default_factory=lambda: ["/api/v1/auth", "/api/v1/api-keys", "/api/v1/provider-keys"],
+        default_factory=lambda: [
+            "/api/v1/auth",
+            "/api/v1/api-keys",
+            "/api/v1/provider-keys",
+            "/api/v1/webhooks",
+        ],
         description="Path prefixes whose answers are never compressed: answers that carry a "
-        "credential next to what a client sent (a token, a new key) would let an observer of "
-        "their compressed sizes guess the credential (BREACH).",
+        "credential next to what a client sent (a token, a new key, a webhook's signing "
+        "secret) would let an observer of their compressed sizes guess the credential "
+        "(BREACH). A test fails when an operation answers a credential outside them.",
     )
 
 
@@ -838,6 +844,22 @@ class ProfilingSettings(BaseModel):
         le=1000,
         json_schema_extra=LIVE,
         description="Profiles kept per process (the oldest go first).",
+    )
+    max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        json_schema_extra=LIVE,
+        description="The longest stretch of one request profiled (a longer request keeps its "
+        "first `max_seconds`).",
+    )
+    cooldown_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        json_schema_extra=LIVE,
+        description="After a route's profile is kept, or its attempts ran fast, how long "
+        "before it can be armed again.",
     )
     interval_ms: float = Field(
         default=1.0,

@@ -9,10 +9,11 @@ Per-request work is O(1): no body buffering, no blocking I/O.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,13 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = get_logger("app.access")
 
+# Request ids: 128 random bits as 32 hex digits, like a UUID4's. Unique, not secret (a client
+# may send its own), so a generator of their own serves, at a tenth of os.urandom's cost; its
+# own, so that the ids it hands out tell nothing of the random module's state (which retry
+# jitter uses); seeded from the OS, and again in every forked worker.
+_ids = random.Random(os.urandom(32))  # noqa: S311 - not a secret (see above)
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
 
 def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
@@ -34,10 +42,7 @@ def _incoming_request_id(scope: Scope) -> str:
             if _VALID_REQUEST_ID.match(candidate):
                 return candidate
             break
-    # 128 random bits as 32 hex digits, like a UUID4's: unique, not secret (a client may send
-    # its own), so the generator the random module reseeds in every forked worker serves, at a
-    # tenth of os.urandom's cost.
-    return f"{random.getrandbits(128):032x}"
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -53,11 +58,21 @@ def _content_length(scope: Scope) -> int | None:
 # Set in a request's scope by a route that holds the request open on purpose (an event stream,
 # a long-poll): observers count it, but its duration says nothing about the service's speed.
 HELD_OPEN = "renum.held_open"
+# Callbacks an observer leaves in a request's scope, called when the request is held open (the
+# profiler of slow requests stops profiling it).
+HOLD_OPEN_HOOKS = "renum.hold_open_hooks"
+# The seconds a request spent waiting for its client (reading its body, or for the client to
+# take the answer), set before the observers are told it finished: time the service did not
+# spend working on it.
+CLIENT_SECONDS = "renum.client_seconds"
 
 
 def hold_open(scope: Scope) -> None:
     """Mark this request as held open on purpose (see ``HELD_OPEN``)."""
     scope[HELD_OPEN] = True
+    hooks: list[Callable[[], None]] = scope.pop(HOLD_OPEN_HOOKS, [])
+    for hook in hooks:
+        hook()
 
 
 class RequestObserver(Protocol):
@@ -88,23 +103,33 @@ class RequestContextMiddleware:
         token = set_request_id(request_id)  # on every line logged meanwhile (app.core.logging)
         started = time.perf_counter()
         for observer in self.observers:
-            observer.request_started(scope)
+            try:
+                observer.request_started(scope)
+            except Exception as exc:  # one observer's fault never skips the others
+                log.error("request_observer_failed", error_type=type(exc).__name__, exc_info=exc)
         state: dict[str, Any] = {"status": 500, "started": False}
         header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
 
+        client_seconds = 0.0
+
         async def send_with_id(message: Message) -> None:
+            nonlocal client_seconds
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["started"] = True
                 message["headers"] = [*message.get("headers", []), header]
+            began = time.perf_counter()
             await send(message)
+            client_seconds += time.perf_counter() - began
 
         limit = self.max_body_bytes
         received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, client_seconds
+            began = time.perf_counter()
             message = await receive()
+            client_seconds += time.perf_counter() - began
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -144,8 +169,14 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            scope[CLIENT_SECONDS] = client_seconds
             for observer in self.observers:
-                observer.request_finished(scope, state["status"], seconds)
+                try:
+                    observer.request_finished(scope, state["status"], seconds)
+                except Exception as exc:  # one observer's fault never skips the others
+                    log.error(
+                        "request_observer_failed", error_type=type(exc).__name__, exc_info=exc
+                    )
             if ACCESS_LOG.enabled():
                 ACCESS_LOG.request(
                     request_id,

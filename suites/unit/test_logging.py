@@ -180,16 +180,40 @@ def test_level_filter_drops_lower_events(capsys: pytest.CaptureFixture[str]) -> 
 # --- the access log's own path ------------------------------------------------------------
 
 
+class NotTaken:
+    """Stands for the general path where the access log's own must be taken."""
+
+    def info(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the general path was taken")
+
+
+@pytest.mark.parametrize(
+    ("request_id", "path"),
+    [
+        ("req-9", "/api/v1/teams"),
+        (
+            "req-9",
+            '/api/v1/a"b\\c/\u00e9t\u00e9/\u2028/\x01',
+        ),  # quote, backslash, non-ASCII, control
+        ("req-9", "/api/v1/\udc80"),  # a lone surrogate (from a percent-encoded path)
+        (API_KEY, "/api/v1/teams"),  # a client's X-Request-ID that looks like a key
+    ],
+)
 def test_an_access_line_is_the_line_the_general_pipeline_writes(
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request_id: str,
+    path: str,
 ) -> None:
     configure_logging(Settings(log_format="json"))
     assert ACCESS_LOG.enabled()
-    ACCESS_LOG.request("req-9", "GET", "/api/v1/teams", 200, 1.25)
-    structlog.contextvars.bind_contextvars(request_id="req-9")
+    with monkeypatch.context() as patched:
+        patched.setattr(ACCESS_LOG, "_general", NotTaken())
+        ACCESS_LOG.request(request_id, "GET", path, 200, 1.25)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         get_logger("app.access").info(
-            "request", method="GET", path="/api/v1/teams", status=200, duration_ms=1.25
+            "request", method="GET", path=path, status=200, duration_ms=1.25
         )
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
@@ -198,6 +222,25 @@ def test_an_access_line_is_the_line_the_general_pipeline_writes(
     general.pop("timestamp")
     assert own == general
     assert own["event"] == "request"
+    assert API_KEY not in json.dumps(own)
+
+
+def test_an_access_line_the_stream_refuses_goes_the_general_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    assert ACCESS_LOG.handler is not None
+
+    class Refusing:
+        def write(self, text: str) -> int:
+            raise OSError("no space left on device")
+
+        def flush(self) -> None:
+            raise OSError("no space left on device")
+
+    ACCESS_LOG.handler.setStream(Refusing())  # type: ignore[arg-type]
+    ACCESS_LOG.request("req-5", "GET", "/livez", 200, 0.1)  # never raises to the request
+    assert "Logging error" in capsys.readouterr().err  # logging's own report
 
 
 def test_an_access_line_never_carries_a_secret_from_the_path(

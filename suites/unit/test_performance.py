@@ -16,11 +16,12 @@ import brotli
 import httpx
 import pytest
 import zstandard
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.capabilities.performance.profiling import SlowRequests, _pattern
 from app.core.config import ProfilingSettings, Settings
+from app.core.middleware import hold_open
 from app.main import API_PREFIX, create_app
 
 pytestmark = pytest.mark.anyio
@@ -207,7 +208,7 @@ async def test_compression_switched_off_leaves_answers_as_they_were(
 # --- profiles of slow requests ---------------------------------------------------------------
 
 SLOW = ("GET", "/t/slow")
-QUICK = {"profiling": {"threshold_ms": 150, "floor_ms": 150, "attempts": 2}}
+QUICK = {"profiling": {"threshold_ms": 150, "floor_ms": 150, "attempts": 2, "cooldown_seconds": 0}}
 
 
 async def test_a_slow_request_arms_its_route_and_the_next_slow_one_is_profiled(
@@ -429,3 +430,234 @@ async def test_without_the_cache_no_etag_is_sent(make_settings: Callable[..., Se
     assert response.status_code == 200
     assert "etag" not in response.headers
     assert app.state.runtime.cache.__class__.__name__ == "ReadCache"
+
+
+async def call(app: FastAPI, method: str, path: str, body: bytes = b"", delay: float = 0) -> int:
+    """One request straight to the ASGI app, its body sent ``delay`` seconds late (a slow
+    client); the status."""
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            await asyncio.sleep(delay)
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # never disconnects
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"perf"), (b"content-type", b"text/plain")],
+        "client": ("127.0.0.1", 5000), "server": ("perf", 80),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return status
+
+
+async def test_time_spent_waiting_for_the_client_is_not_slowness(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings, performance=QUICK)
+
+    async def upload(request: Request) -> JSONResponse:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    app.add_api_route("/t/upload", upload, methods=["POST"])
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with app.router.lifespan_context(app):
+        assert await call(app, "POST", "/t/upload", b"x" * 100, delay=0.4) == 200
+    assert slow.armed == {}
+
+
+async def test_a_request_held_open_stops_being_profiled_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings, performance=QUICK)
+    slow: SlowRequests = app.state.performance.slow_requests
+    seen: list[bool] = []
+
+    async def maybe_stream(request: Request, held: bool = False) -> JSONResponse:
+        if held:
+            hold_open(request.scope)
+            seen.append(slow.profiling)
+        busy(0.3)
+        return JSONResponse({"held": held})
+
+    app.add_api_route("/t/stream", maybe_stream)
+    async with client_of(app) as client:
+        await client.get("/t/stream")  # slow: arms the route
+        assert ("GET", "/t/stream") in slow.armed
+        await client.get("/t/stream", params={"held": True})
+    assert seen == [False]  # the profiler stopped when the request was held open
+    assert slow.profiles == {}
+
+
+async def test_a_profile_holds_at_most_max_seconds(make_settings: Callable[..., Settings]) -> None:
+    quick = {"profiling": {**QUICK["profiling"], "max_seconds": 0.05}}
+    app = build(make_settings, performance=quick)
+
+    async def working() -> JSONResponse:  # works for 0.4 s, letting the event loop run
+        for _ in range(40):
+            busy(0.01)
+            await asyncio.sleep(0)
+        return JSONResponse({})
+
+    app.add_api_route("/t/working", working)
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        await client.get("/t/working")
+        await client.get("/t/working")
+    (profile,) = slow.profiles.values()
+    assert profile.session.duration < profile.duration_ms / 1000 / 2
+
+
+async def test_a_route_rests_after_its_profile_before_it_is_armed_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    resting = {"profiling": {**QUICK["profiling"], "cooldown_seconds": 3600}}
+    app = build(make_settings, performance=resting)
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        await client.get("/t/slow", params={"ms": 200})  # arms
+        await client.get("/t/slow", params={"ms": 200})  # profiled, kept
+        await client.get("/t/slow", params={"ms": 200})  # resting: not armed again
+    assert len(slow.profiles) == 1
+    assert SLOW not in slow.armed
+
+
+async def test_made_up_paths_and_methods_never_arm_anything(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(
+        make_settings,
+        performance={"profiling": {**QUICK["profiling"], "floor_ms": 1, "threshold_ms": 1}},
+    )
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with app.router.lifespan_context(app):
+        for method, path in (("GET", "/nowhere"), ("DELETE", "/t/slow"), ("FOO1", "/t/slow")):
+            assert await call(app, method, path) in (404, 405)
+    assert slow.armed == {}
+
+
+async def test_a_failing_observer_never_leaves_the_profiler_running(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings, performance=QUICK)
+    slow: SlowRequests = app.state.performance.slow_requests
+
+    class Broken:
+        def request_started(self, scope: Any) -> None:
+            raise RuntimeError("observer bug")
+
+        def request_finished(self, scope: Any, status: int, seconds: float) -> None:
+            raise RuntimeError("observer bug")
+
+    app.state.request_observers.insert(0, Broken())
+    async with client_of(app) as client:
+        await client.get("/t/slow", params={"ms": 200})  # arms
+        response = await client.get("/t/slow", params={"ms": 200})  # profiled
+    assert response.status_code == 200
+    assert not slow.profiling
+    assert len(slow.profiles) == 1
+
+
+async def test_profiles_are_for_platform_admins_only(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with client_of(build(make_settings, performance=QUICK)) as client:
+        headers = await admin_headers(client)
+        account = await client.post(
+            f"{API_PREFIX}/accounts",
+            json={
+                "name": "tenant",
+                "owner_email": "owner@example.com",
+                "owner_password": "owner-password-1",
+            },
+            headers=headers,
+        )
+        assert account.status_code == 201, account.text
+        token = await client.post(
+            f"{API_PREFIX}/auth/token",
+            data={"username": "owner@example.com", "password": "owner-password-1"},
+        )
+        owner = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        for path in (PROFILES, f"{PROFILES}/p1"):
+            assert (await client.get(path, headers=owner)).status_code == 403
+
+
+CREDENTIAL_FIELDS = frozenset(
+    {"access_token", "refresh_token", "token", "api_key", "secret", "password"}
+)
+
+
+def credential_operations(schema: dict[str, Any]) -> set[str]:
+    """``METHOD path`` of every operation whose successful JSON answer holds a credential at
+    any depth of its schema: a field named like one, or described as a secret."""
+    components = schema["components"]["schemas"]
+
+    def holds_one(node: Any, seen: frozenset[str]) -> bool:
+        if isinstance(node, list):
+            return any(holds_one(item, seen) for item in node)
+        if not isinstance(node, dict):
+            return False
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            name = ref.rsplit("/", 1)[-1]
+            return name not in seen and holds_one(components[name], seen | {name})
+        for name, field in node.get("properties", {}).items():
+            described = str(field.get("description", "")).lower()
+            if name in CREDENTIAL_FIELDS or "secret" in described:
+                return True
+        return any(holds_one(value, seen) for value in node.values())
+
+    found = set()
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {}).get("application/json", {})
+                if status.startswith("2") and holds_one(content, frozenset()):
+                    found.add(f"{method.upper()} {path}")
+    return found
+
+
+def test_every_answer_holding_a_credential_is_left_uncompressed() -> None:
+    """BREACH: an operation whose answer holds a credential must be under an excluded prefix
+    (``performance.compression.excluded_paths``). A new one outside them fails here."""
+    settings = Settings(providers={"openai_base_url": "http://127.0.0.1:9/v1"})
+    schema = create_app(settings).openapi()
+    found = credential_operations(schema)
+    # The guard sees what it guards: the operations known to answer credentials.
+    assert {
+        f"POST {API_PREFIX}/auth/token",
+        f"POST {API_PREFIX}/api-keys",
+        f"POST {API_PREFIX}/webhooks",
+        f"POST {API_PREFIX}/webhooks/{{webhook_id}}/rotate-secret",
+    } <= found
+    excluded = tuple(settings.performance.compression.excluded_paths)
+    outside = sorted(op for op in found if not op.split(" ", 1)[1].startswith(excluded))
+    # The effective configuration names its secret settings but shows them masked.
+    assert outside == [f"GET {API_PREFIX}/ops/config"]
+
+
+async def test_the_exclusions_hold_below_a_root_path(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings)
+    transport = httpx.ASGITransport(app=app, root_path="/renum")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://perf") as client,
+    ):
+        response = await client.get(
+            f"/renum{API_PREFIX}/auth/t-big", headers={"Accept-Encoding": "gzip"}
+        )
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers

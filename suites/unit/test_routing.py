@@ -73,6 +73,18 @@ def build(router_class: type[APIRouter]) -> FastAPI:
     async def late() -> dict[str, str]:
         return {"late": "yes"}
 
+    # A router included under a prefix, holding one included without a prefix of its own
+    # (FastAPI records a nested router's prefix relative to the router that holds it).
+    outer = router_class()
+    keys = router_class(prefix="/api-keys")
+
+    @keys.get("/list")
+    async def list_keys() -> list[str]:
+        return ["k"]
+
+    outer.include_router(keys)
+    app.include_router(outer, prefix="/api")
+    app.state.loose = loose
     return app
 
 
@@ -103,6 +115,8 @@ REQUESTS = [
     ("GET", "/nowhere"),
     ("GET", "/api/v2/agents"),
     ("GET", "/api/v1/agentsX"),
+    ("GET", "/api/api-keys/list"),
+    ("GET", "/api/api-keys"),
 ]
 
 
@@ -209,3 +223,16 @@ def test_every_router_of_the_backend_is_a_prefix_router() -> None:
     assert all(isinstance(router, PrefixRouter) for router in routers), [
         type(router).__name__ for router in routers if not isinstance(router, PrefixRouter)
     ]
+
+
+async def test_a_route_added_after_the_first_request_is_found() -> None:
+    app = build(PrefixRouter)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://routing") as client:
+        assert (await client.get("/api/v1/late-usage")).status_code == 404
+
+        @app.state.loose.get("/late-usage")
+        async def late_usage() -> dict[str, bool]:
+            return {"late": True}
+
+        assert (await client.get("/api/v1/late-usage")).status_code == 200

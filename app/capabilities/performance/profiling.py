@@ -4,16 +4,21 @@ A request cannot be known to be slow before it ends, and profiling every request
 would cost every request (pyinstrument's hook runs on each Python call and return). So a slow
 request *arms* its route: the route's next requests (``profiling.attempts`` of them, one at a
 time per process) run under the profiler, and a profiled request that turns out slow as well is
-kept; an armed route whose attempts all ran fast is disarmed. It is all a request observer of
-the base middleware, which already times every request: no middleware layer of its own. When
-nothing is slow, a request costs a look at an empty table when it starts and one comparison
-when it ends.
+kept. A route whose profile was kept, or whose attempts all ran fast, rests for
+``cooldown_seconds`` before it can be armed again; at most ``MAX_ARMED`` routes are armed at
+once. It is all a request observer of the base middleware, which already times every request:
+no middleware layer of its own. When nothing is slow, a request costs a look at an empty table
+when it starts and one comparison when it ends.
 
-Slow means slower than the route's threshold: ``p95_factor`` times the route's p95 from the
-monitor once the route has ``min_requests`` timed requests, else ``threshold_ms``; never below
-``floor_ms``. The p95s are read from the monitor's figures every ``P95_REFRESH_SECONDS``, never
-on a request's path. Requests held open on purpose (event streams, long-polls) and requests no
-route answered are never slow.
+Slow means that the service spent longer on the request than the route's threshold: the time
+the request waited for its client (a body sent slowly, an answer read slowly) does not count,
+so no client can make a request slow at will. The threshold is ``p95_factor`` times the
+route's p95 from the monitor once the route has ``min_requests`` timed requests, else
+``threshold_ms``; never below ``floor_ms``. The p95s are read from the monitor's figures every
+``P95_REFRESH_SECONDS``, never on a request's path. Requests held open on purpose (event
+streams, long-polls) are never slow, and one that is held open while profiled stops being
+profiled at once; a profile holds at most ``max_seconds`` of one request. Answers 404 and 405
+(nothing of the service's to see) and made-up methods are never slow.
 
 Profiles are kept in memory, per process, the newest ``keep`` of them; each is rendered when an
 admin asks for it, as pyinstrument's HTML page (made self-contained: its web font link is
@@ -22,6 +27,7 @@ removed) or as a speedscope document.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -34,14 +40,18 @@ from typing import Any
 from pyinstrument import Profiler
 from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
 from pyinstrument.session import Session
+from starlette._utils import get_route_path
 from starlette.types import Scope
 
 from app.core.config import ProfilingSettings
 from app.core.logging import get_logger, scrub
-from app.core.middleware import HELD_OPEN
+from app.core.middleware import CLIENT_SECONDS, HELD_OPEN, HOLD_OPEN_HOOKS
 from app.core.request_context import UNMATCHED, route_template
 
 P95_REFRESH_SECONDS = 30.0
+MAX_ARMED = 20  # routes armed at once, at most
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNROUTED = frozenset({404, 405})  # a made-up path or method: nothing of the service's to see
 # pyinstrument's page fetches a web font from Google at run time; a page served here loads
 # nothing from outside, so the link gets an empty stylesheet instead.
 _WEB_FONT = re.compile(r"https://fonts\.googleapis\.com/[^\"']*")
@@ -110,6 +120,7 @@ class SlowRequests:
         self._route_p95: dict[tuple[str, str], tuple[float, float]] = {}
         self._refreshed = float("-inf")
         self.armed: dict[tuple[str, str], _Armed] = {}
+        self._resting: dict[tuple[str, str], float] = {}  # armed routes' cool-downs
         self.profiling = False  # one profiled request at a time
         self.profiles: OrderedDict[str, Profile] = OrderedDict()
         self._ids = itertools.count(1)
@@ -154,40 +165,66 @@ class SlowRequests:
         key = self._armed_route(scope)
         if key is None:
             return
-        profiler = Profiler(interval=self.config.interval_ms / 1000, async_mode="enabled")
-        profiler.start()
+        profiling = _Profiling(
+            Profiler(interval=self.config.interval_ms / 1000, async_mode="enabled"), key
+        )
+        profiling.profiler.start()
         self.profiling = True
-        scope[_PROFILER] = (profiler, key)
+        scope[_PROFILING] = profiling
+        # At most max_seconds of samples, whatever the request does; none for a request held
+        # open on purpose (an event stream, a long-poll), which is never slow.
+        profiling.cap = asyncio.get_running_loop().call_later(
+            self.config.max_seconds, profiling.stop
+        )
+        scope.setdefault(HOLD_OPEN_HOOKS, []).append(lambda: self._end(scope))
+
+    def _end(self, scope: Scope) -> Session | None:
+        """Stop the profiler of this request, if it runs one: its session."""
+        profiling: _Profiling | None = scope.pop(_PROFILING, None)
+        if profiling is None:
+            return None
+        session = profiling.stop()
+        self.profiling = False
+        self._attempted(profiling.key)
+        return session
 
     def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
-        session = None
-        if self.profiling and _PROFILER in scope:
-            profiler, key = scope.pop(_PROFILER)
-            session = profiler.stop()
-            self.profiling = False
-            self._attempted(key)
+        session = self._end(scope) if self.profiling else None
+        # Slow is the service's own time: not the time spent waiting for the client (a body
+        # sent slowly, an answer read slowly), which any client could stretch.
+        seconds -= scope.get(CLIENT_SECONDS, 0.0)
         if seconds < self.floor_seconds or scope.get(HELD_OPEN):
             return  # the common case: one comparison
-        config = self.config
+        method = scope["method"]
+        if status in UNROUTED or method not in METHODS:
+            return
         route = route_template(scope)
         if route == UNMATCHED:
             return
-        method = scope["method"]
         self.refresh()
         threshold = self.threshold_seconds(method, route)
         if seconds < threshold:
             return
-        if session is not None:
+        key = (method, route)
+        if session is not None and scope.get(_PROFILED_KEY, key) == key:
             self._keep(scope, method, route, status, seconds, threshold, session)
-        elif (method, route) not in self.armed:
-            self.armed[(method, route)] = _Armed(_pattern(route), config.attempts)
-            log.info(
-                "slow_request_armed",
-                method=method,
-                route=route,
-                duration_ms=round(seconds * 1000, 1),
-                threshold_ms=round(threshold * 1000, 1),
-            )
+        elif session is None:
+            self._arm(key, seconds, threshold)
+
+    def _arm(self, key: tuple[str, str], seconds: float, threshold: float) -> None:
+        now = time.monotonic()
+        if key in self.armed or self._resting.get(key, 0.0) > now:
+            return
+        if len(self.armed) >= MAX_ARMED:
+            return
+        self.armed[key] = _Armed(_pattern(key[1]), self.config.attempts)
+        log.info(
+            "slow_request_armed",
+            method=key[0],
+            route=key[1],
+            duration_ms=round(seconds * 1000, 1),
+            threshold_ms=round(threshold * 1000, 1),
+        )
 
     def _keep(
         self,
@@ -199,7 +236,7 @@ class SlowRequests:
         threshold: float,
         session: Session,
     ) -> None:
-        self.armed.pop((method, route), None)
+        self._disarm((method, route))
         profile = Profile(
             id=f"p{next(self._ids)}",
             method=method,
@@ -223,24 +260,52 @@ class SlowRequests:
         )
 
     def _armed_route(self, scope: Scope) -> tuple[str, str] | None:
-        """The armed route this request's method and path belong to, if any."""
-        path = scope["path"]
+        """The armed route this request's method and path belong to, if any (a path can fit
+        another route's template too: ``request_finished`` keeps the profile only when the
+        route that answered is the armed one)."""
+        path = get_route_path(scope)
         method = scope["method"]
         for key, armed in self.armed.items():
             if key[0] == method and armed.pattern.match(path):
+                scope[_PROFILED_KEY] = key
                 return key
         return None
 
     def _attempted(self, key: tuple[str, str]) -> None:
-        """A profiled request of ``key``'s route ended: one attempt fewer."""
+        """A profiled request of ``key``'s route ended: one attempt fewer; a route out of
+        attempts rests for ``cooldown_seconds`` before it can be armed again."""
         armed = self.armed.get(key)
         if armed is not None:
             armed.attempts -= 1
             if armed.attempts <= 0:
-                del self.armed[key]
+                self._disarm(key)
+
+    def _disarm(self, key: tuple[str, str]) -> None:
+        self.armed.pop(key, None)
+        now = time.monotonic()
+        self._resting = {k: t for k, t in self._resting.items() if t > now}
+        self._resting[key] = now + self.config.cooldown_seconds
 
 
-_PROFILER = "renum.profiler"
+@dataclass
+class _Profiling:
+    """The profiler of one request, and the timer that stops it at ``max_seconds``."""
+
+    profiler: Profiler
+    key: tuple[str, str]
+    cap: asyncio.TimerHandle | None = None
+    session: Session | None = None
+
+    def stop(self) -> Session | None:
+        if self.cap is not None:
+            self.cap.cancel()
+        if self.profiler.is_running:
+            self.session = self.profiler.stop()
+        return self.session
+
+
+_PROFILING = "renum.profiling"
+_PROFILED_KEY = "renum.profiled_route"
 
 
 def p95s_from(

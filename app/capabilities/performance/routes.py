@@ -3,6 +3,7 @@ admins (each worker process keeps its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import datetime
 from typing import Annotated, Literal
@@ -112,11 +113,11 @@ async def get_profile(
         raise NotFound("No profile with this id in this process.")
     if format == "speedscope":
         return Response(
-            profile.speedscope(),
+            await asyncio.to_thread(profile.speedscope),
             media_type="application/json",
             headers={"Content-Disposition": f'attachment; filename="{profile.id}.speedscope.json"'},
         )
     return HTMLResponse(
-        profile.html(),
+        await asyncio.to_thread(profile.html),
         headers={"Content-Security-Policy": HTML_POLICY, "Cache-Control": "no-store"},
     )
