@@ -189,12 +189,17 @@ class SlowRequests:
         return session
 
     def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
-        session = self._end(scope) if self.profiling else None
+        if self.profiling:
+            session = self._end(scope)
+        elif seconds < self.floor_seconds:
+            return  # the common case: one comparison
+        else:
+            session = None
         # Slow is the service's own time: not the time spent waiting for the client (a body
         # sent slowly, an answer read slowly), which any client could stretch.
         seconds -= scope.get(CLIENT_SECONDS, 0.0)
         if seconds < self.floor_seconds or scope.get(HELD_OPEN):
-            return  # the common case: one comparison
+            return
         method = scope["method"]
         if status in UNROUTED or method not in METHODS:
             return

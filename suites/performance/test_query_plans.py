@@ -1,0 +1,228 @@
+"""Every list and aggregate read uses an index at realistic volumes (PostgreSQL).
+
+A private database holds 100,000 executions and 1,000,000 execution events of 50 accounts
+(and 200,000 ledger rows), seeded in the test with ``generate_series`` and analysed. The reads
+behind the list and aggregate endpoints run through their repositories, for one tenant (and,
+with a time window, for a platform admin); every statement they issue is explained with its
+own parameters, and a sequential scan of a table over ``LARGE_ROWS`` fails the test, naming
+the statement. ``test_the_guard_bites`` shows the check failing on a read without an index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.core.config import Settings
+from app.db import migrate
+from app.db.database import SQLAlchemyManager
+from app.repositories.base import Scope
+from app.repositories.executions import ExecutionRepository
+from app.repositories.ledger import LedgerRepository
+from app.repositories.messages import MessageRepository
+from qa import services
+
+LARGE_ROWS = 10_000
+ACCOUNTS = 50
+EXECUTIONS = 100_000
+EVENTS_PER_EXECUTION = 10
+LEDGER_ROWS = 200_000
+
+SEED = [
+    """INSERT INTO accounts (id, name, name_key, is_platform, created_at, updated_at)
+    SELECT gen_random_uuid(), 'account ' || n, 'account-' || n, false, now(), now()
+    FROM generate_series(1, :accounts) AS n""",
+    """INSERT INTO users (id, account_id, email, password_hash, role, is_active, created_at,
+    updated_at)
+    SELECT gen_random_uuid(), id, name_key || '@example.com', 'x', 'owner', true, now(), now()
+    FROM accounts""",
+    """INSERT INTO teams (id, account_id, name, workflow_version, created_at, updated_at)
+    SELECT gen_random_uuid(), a.id, 'team ' || t, 1, now(), now()
+    FROM accounts a, generate_series(1, 4) AS t""",
+    """INSERT INTO executions (id, account_id, team_id, workflow_version, workflow, prompt,
+    variables, budget, status, resumed_count, input_tokens, output_tokens, cost_usd,
+    last_event_seq, created_at, updated_at)
+    SELECT gen_random_uuid(), t.account_id, t.id, 1, '{}', 'prompt', '{}', '{}',
+        (ARRAY['completed', 'failed', 'cancelled', 'running'])[1 + n % 4], 0, 0, 0, 0,
+        :events, now() - n * interval '1 minute', now()
+    FROM generate_series(1, :executions) AS n
+    JOIN (SELECT id, account_id, row_number() OVER () - 1 AS k FROM teams) AS t
+        ON t.k = n % (SELECT count(*) FROM teams)""",
+    """INSERT INTO execution_events (id, execution_id, seq, type, data, created_at)
+    SELECT gen_random_uuid(), e.id, s, 'step_completed', '{}', e.created_at
+    FROM executions e, generate_series(1, :events) AS s""",
+    """INSERT INTO ledger_entries (id, account_id, execution_id, team_id, agent_id, user_id,
+    provider, model, input_tokens, output_tokens, cost_usd, duration_ms, paid_by, created_at)
+    SELECT gen_random_uuid(), e.account_id, e.id, e.team_id, NULL, NULL, 'openai',
+        'gpt-4o-mini', 100, 20, 0.0001, 300, 'platform', e.created_at
+    FROM (SELECT * FROM executions LIMIT :ledger_half) AS e,
+        generate_series(1, 2) AS twice""",
+    "ANALYZE",
+]
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[SQLAlchemyManager]:
+    name = f"renum_plans_{uuid.uuid4().hex[:10]}"
+    url = services.create_postgres_database(name)
+    loop = asyncio.new_event_loop()
+    manager = SQLAlchemyManager(Settings(database={"url": url}).database)
+
+    async def prepare() -> None:
+        await migrate.upgrade(manager.engine)
+        async with manager.engine.begin() as connection:
+            volumes = {
+                "accounts": ACCOUNTS,
+                "executions": EXECUTIONS,
+                "events": EVENTS_PER_EXECUTION,
+                "ledger_half": LEDGER_ROWS // 2,
+            }
+            for statement in SEED:
+                used = {k: v for k, v in volumes.items() if f":{k}" in statement}
+                await connection.execute(text(statement), used)
+
+    loop.run_until_complete(prepare())
+    manager.loop = loop  # type: ignore[attr-defined]
+    try:
+        yield manager
+    finally:
+        loop.run_until_complete(manager.dispose())
+        loop.close()
+        services.drop_postgres_database(name)
+
+
+def run(database: SQLAlchemyManager, coroutine: Awaitable[Any]) -> Any:
+    return database.loop.run_until_complete(coroutine)  # type: ignore[attr-defined]
+
+
+async def statements_of(
+    database: SQLAlchemyManager, read: Callable[[AsyncSession], Awaitable[object]]
+) -> list[tuple[str, Any]]:
+    """The statements ``read`` issued, with their parameters (as the driver got them)."""
+    issued: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        issued.append((statement, parameters))
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        async with database.session() as session:
+            await read(session)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return issued
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from plan_nodes(child)
+
+
+async def sequential_scans(
+    connection: AsyncConnection, statement: str, parameters: Any
+) -> list[str]:
+    """The large tables the plan of ``statement`` reads whole."""
+    raw = await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+    plan = raw.scalar_one()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    found = []
+    for node in plan_nodes(plan[0]["Plan"]):
+        if node["Node Type"] == "Seq Scan":
+            rows = (
+                await connection.execute(
+                    text("SELECT reltuples FROM pg_class WHERE relname = :name"),
+                    {"name": node["Relation Name"]},
+                )
+            ).scalar_one()
+            if rows > LARGE_ROWS:
+                found.append(f"{node['Relation Name']} ({int(rows)} rows)")
+    return found
+
+
+async def check(
+    database: SQLAlchemyManager, read: Callable[[AsyncSession], Awaitable[object]]
+) -> dict[str, list[str]]:
+    """Each statement of ``read`` with the large tables it scans whole (none: not listed)."""
+    found = {}
+    for statement, parameters in await statements_of(database, read):
+        async with database.engine.connect() as connection:
+            scans = await sequential_scans(connection, statement, parameters)
+        if scans:
+            found[" ".join(statement.split())[:300]] = scans
+    return found
+
+
+def tenant_and_execution(database: SQLAlchemyManager) -> tuple[Scope, uuid.UUID, uuid.UUID]:
+    async def pick() -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+        async with database.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT account_id, team_id, id FROM executions ORDER BY created_at LIMIT 1"
+                    )
+                )
+            ).one()
+            return row[0], row[1], row[2]
+
+    account, team, execution = run(database, pick())
+    return Scope(account), team, execution
+
+
+READS: dict[
+    str, Callable[[Scope, uuid.UUID, uuid.UUID], Callable[[AsyncSession], Awaitable[object]]]
+] = {
+    "executions, a page": lambda scope, team, _: (
+        lambda s: ExecutionRepository(s).page_filtered(
+            scope, team_id=None, status=None, limit=50, offset=0
+        )
+    ),
+    "executions of a team with a status": lambda scope, team, _: (
+        lambda s: ExecutionRepository(s).page_filtered(
+            scope, team_id=team, status="completed", limit=50, offset=0
+        )
+    ),
+    "an execution's events": lambda scope, _, execution: (
+        lambda s: ExecutionRepository(s).events(execution, after=0, limit=100)
+    ),
+    "an execution's steps": lambda scope, _, execution: (
+        lambda s: ExecutionRepository(s).steps(execution)
+    ),
+    "an execution's messages": lambda scope, _, execution: (
+        lambda s: MessageRepository(s).list(execution, after=0, limit=100, kind=None, agent_id=None)
+    ),
+    "usage by team, a tenant": lambda scope, _, __: (
+        lambda s: LedgerRepository(s).totals(scope, "team", since=None, until=None)
+    ),
+    "usage by model, everyone's last day": lambda scope, _, __: (
+        lambda s: LedgerRepository(s).totals(
+            Scope(None), "model", since=datetime.now(UTC) - timedelta(days=1), until=None
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", READS)
+def test_a_read_uses_an_index_at_realistic_volumes(database: SQLAlchemyManager, name: str) -> None:
+    scope, team, execution = tenant_and_execution(database)
+    read = READS[name](scope, team, execution)
+    assert run(database, check(database, read)) == {}
+
+
+def test_the_guard_bites(database: SQLAlchemyManager) -> None:
+    async def unindexed(session: AsyncSession) -> object:
+        return (
+            await session.execute(text("SELECT count(*) FROM executions WHERE prompt = 'x'"))
+        ).all()
+
+    found = run(database, check(database, unindexed))
+    assert list(found.values()) == [[f"executions ({EXECUTIONS} rows)"]]
