@@ -7,6 +7,10 @@
 - ``OperatorUser``: health probes, ``/metrics`` scrapes and the dependency report.
 - ``ProbeBurstUser``: anonymous traffic in bursts (load balancers, uptime checkers, scanners).
 
+``RenumUser`` holds what users of the API share (logging in with the next account of the pool,
+calls named by route template, agents, teams, executions followed to their end); a profile
+may bring users of its own built on it (``load/profiles/throughput.py``).
+
 Requests are named by route template (``GET /api/v1/executions/{execution_id}``), never by raw
 id, so Locust's statistics and the thresholds in ``load/thresholds.toml`` group them by route.
 A profile file from ``load/profiles/`` gives the load shape:
@@ -75,8 +79,12 @@ def share_accounts(environment: Any, **_: Any) -> None:
             runner.send_message(ACCOUNTS_MESSAGE, environment.renum_accounts)
 
 
-class ApiUser(FastHttpUser):
-    wait_time = between(0.5, 2.0)
+class RenumUser(FastHttpUser):
+    """What every user of the scenarios does first (log in with the next account of the pool)
+    and the plumbing they share: authenticated calls named by route template, agents, teams,
+    executions followed to their end."""
+
+    abstract = True
 
     def on_start(self) -> None:
         pool = self.environment.renum_accounts
@@ -87,28 +95,8 @@ class ApiUser(FastHttpUser):
         account = pool[(index + getattr(runner, "worker_index", 0)) % len(pool)]
         self.credentials = account
         self.tokens: dict[str, str] = {}
+        self.teams: dict[str, dict[str, Any]] = {}
         self.login()
-        echo = self.create_agent({"provider": "builtin", "model": "echo"})
-        template = self.create_agent(
-            {
-                "provider": "builtin",
-                "model": "template",
-                "parameters": {"template": "{{ input | upper }}{{ remember('seen', input) }}"},
-            }
-        )
-        self.teams = {"builtin": self.create_team([echo, template], "sequential")}
-        model_url = os.environ.get("RENUM_LOAD_MODEL_BASE_URL")
-        if model_url:
-            model = self.create_agent(
-                {
-                    "provider": "openai",
-                    "model": "gpt-4o-mini",
-                    "base_url": model_url,
-                    "timeout_seconds": 10,
-                    "retry": {"max_attempts": 2, "initial_backoff_seconds": 0.1},
-                }
-            )
-            self.teams["model"] = self.create_team([echo, model], "pipeline")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -206,37 +194,6 @@ class ApiUser(FastHttpUser):
             context={},
         )
 
-    # -- behaviour --------------------------------------------------------------------------
-
-    @task(4)
-    def run_and_wait(self) -> None:
-        """Start a builtin team and let the server hold the answer until it ends."""
-        started = time.perf_counter()
-        execution = self.start_execution("builtin", wait=10)
-        if execution and execution["status"] not in TERMINAL:
-            execution = self.poll(execution["id"])
-        self.finished(execution, "wait", started)
-
-    @task(2)
-    def run_and_poll(self) -> None:
-        """Start a team and poll its state, as simple clients do."""
-        started = time.perf_counter()
-        execution = self.start_execution("model" if "model" in self.teams else "builtin")
-        if execution is not None:
-            self.finished(self.poll(execution["id"]), "poll", started)
-
-    @task(2)
-    def run_and_stream(self) -> None:
-        """Start a team and follow its Server-Sent Events to the end."""
-        started = time.perf_counter()
-        execution = self.start_execution("model" if "model" in self.teams else "builtin")
-        if execution is None:
-            return
-        stream = self.follow(execution["id"])
-        if stream is not None:
-            ended = "completed" if "event: execution_completed" in stream else "not completed"
-            self.finished({"status": ended}, "stream", started)
-
     def follow(self, execution_id: str) -> str | None:
         """Read the event stream until the server closes it (after the last event); its time
         in the statistics is the whole stream's, not the first byte's."""
@@ -276,6 +233,65 @@ class ApiUser(FastHttpUser):
             if time.monotonic() > deadline:
                 return execution
             time.sleep(0.25)
+
+
+class ApiUser(RenumUser):
+    wait_time = between(0.5, 2.0)
+
+    def on_start(self) -> None:
+        super().on_start()
+        echo = self.create_agent({"provider": "builtin", "model": "echo"})
+        template = self.create_agent(
+            {
+                "provider": "builtin",
+                "model": "template",
+                "parameters": {"template": "{{ input | upper }}{{ remember('seen', input) }}"},
+            }
+        )
+        self.teams["builtin"] = self.create_team([echo, template], "sequential")
+        model_url = os.environ.get("RENUM_LOAD_MODEL_BASE_URL")
+        if model_url:
+            model = self.create_agent(
+                {
+                    "provider": "openai",
+                    "model": "gpt-4o-mini",
+                    "base_url": model_url,
+                    "timeout_seconds": 10,
+                    "retry": {"max_attempts": 2, "initial_backoff_seconds": 0.1},
+                }
+            )
+            self.teams["model"] = self.create_team([echo, model], "pipeline")
+
+    # -- behaviour --------------------------------------------------------------------------
+
+    @task(4)
+    def run_and_wait(self) -> None:
+        """Start a builtin team and let the server hold the answer until it ends."""
+        started = time.perf_counter()
+        execution = self.start_execution("builtin", wait=10)
+        if execution and execution["status"] not in TERMINAL:
+            execution = self.poll(execution["id"])
+        self.finished(execution, "wait", started)
+
+    @task(2)
+    def run_and_poll(self) -> None:
+        """Start a team and poll its state, as simple clients do."""
+        started = time.perf_counter()
+        execution = self.start_execution("model" if "model" in self.teams else "builtin")
+        if execution is not None:
+            self.finished(self.poll(execution["id"]), "poll", started)
+
+    @task(2)
+    def run_and_stream(self) -> None:
+        """Start a team and follow its Server-Sent Events to the end."""
+        started = time.perf_counter()
+        execution = self.start_execution("model" if "model" in self.teams else "builtin")
+        if execution is None:
+            return
+        stream = self.follow(execution["id"])
+        if stream is not None:
+            ended = "completed" if "event: execution_completed" in stream else "not completed"
+            self.finished({"status": ended}, "stream", started)
 
     @task(2)
     def list_executions(self) -> None:

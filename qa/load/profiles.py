@@ -27,9 +27,15 @@ class Stage:
 
 @dataclass(frozen=True)
 class Profile:
+    """A load shape. ``user_classes``: the only Locust users it runs (their names; none: every
+    user of ``load/locustfile.py``); ``thresholds``: its own service levels, a file of
+    ``load/`` (none: ``load/thresholds.toml``)."""
+
     name: str
     description: str
     stages: tuple[Stage, ...]
+    user_classes: tuple[str, ...] = ()
+    thresholds: str | None = None
 
     @property
     def duration(self) -> float:
@@ -55,7 +61,7 @@ class Profile:
             )
             for stage in self.stages
         )
-        return Profile(self.name, self.description, stages)
+        return Profile(self.name, self.description, stages, self.user_classes, self.thresholds)
 
     def tick(self, elapsed: float) -> tuple[int, float] | None:
         """(users, spawn rate) at ``elapsed`` seconds into the test; None once it is over."""
@@ -89,6 +95,14 @@ PROFILES: dict[str, Profile] = {
             "spike",
             "A calm load, a sudden burst of five times as many users, and the recovery.",
             (Stage(60, 6, 1.0), Stage(45, 30, 15.0), Stage(75, 6, 5.0)),
+        ),
+        Profile(
+            "throughput",
+            "Executions of a 3-agent builtin team back to back, 8 users without pauses for a "
+            "minute: how many executions per second the backend completes through HTTP.",
+            (Stage(10, 8, 2.0), Stage(60, 8, 1.0)),
+            user_classes=("ThroughputUser",),
+            thresholds="throughput.toml",
         ),
     )
 }

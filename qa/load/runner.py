@@ -43,7 +43,7 @@ from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
 from qa.fake_openai import shared_fake
 from qa.load import baseline as baselines
 from qa.load import resources, results
-from qa.load.profiles import PROFILES, get_profile, parse_timespan
+from qa.load.profiles import PROFILES, Profile, get_profile, parse_timespan
 from qa.load.thresholds import Check, evaluate, load_config, passed, verdict_table
 
 ROOT = launcher.REPO_ROOT
@@ -187,6 +187,14 @@ def make_accounts(admin: ApiClient, count: int) -> list[dict[str, str]]:
     return made
 
 
+def thresholds_of(options: Options, profile: Profile) -> Path:
+    """The thresholds file given with ``--thresholds``, else the profile's own, else the
+    default one."""
+    if options.thresholds != THRESHOLDS or profile.thresholds is None:
+        return options.thresholds
+    return LOAD_DIR / profile.thresholds
+
+
 def locust_mode(options: Options) -> str:
     if not options.workers and not options.remote_workers:
         return "Locust standalone"
@@ -205,7 +213,8 @@ def locust_commands(
 ) -> tuple[list[str], list[list[str]]]:
     """The command of the master (or the only process) and of each worker."""
     files = f"{LOAD_DIR / 'locustfile.py'},{LOAD_DIR / 'profiles' / f'{options.profile}.py'}"
-    base = [sys.executable, "-m", "locust", "-f", files]
+    users = get_profile(options.profile).user_classes  # none named: every user of the files
+    base = [sys.executable, "-m", "locust", "-f", files, *users]
     main = [
         *base,
         "--headless",
@@ -361,7 +370,7 @@ def render(
 
 def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Outcome:
     profile = get_profile(options.profile).scaled(options.users, options.run_time)
-    config = load_config(options.thresholds, options.profile)
+    config = load_config(thresholds_of(options, profile), options.profile)
     reference = baselines.load(options.compare) if options.compare else None
     reports = options.reports
     with contextlib.ExitStack() as stack:

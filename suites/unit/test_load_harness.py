@@ -79,6 +79,27 @@ def test_standalone_locust_runs_headless_with_every_report(tmp_path: Path) -> No
     assert "--master" not in main
 
 
+def test_a_profile_with_users_of_its_own_runs_only_those(tmp_path: Path) -> None:
+    options = runner.Options(profile="throughput", workers=2)
+    main, workers = runner.locust_commands(options, "http://h", tmp_path, 5557)
+    for command in (main, *workers):
+        assert command[5] == "ThroughputUser"  # right after the files: no other user runs
+    smoke, _ = runner.locust_commands(runner.Options(profile="smoke"), "http://h", tmp_path, 1)
+    assert smoke[5] == "--headless"  # every user of the locustfile
+
+
+def test_a_profile_brings_its_own_thresholds_unless_others_are_given(tmp_path: Path) -> None:
+    throughput = runner.get_profile("throughput")
+    assert runner.thresholds_of(runner.Options(), throughput) == runner.LOAD_DIR / "throughput.toml"
+    mine = tmp_path / "mine.toml"
+    assert runner.thresholds_of(runner.Options(thresholds=mine), throughput) == mine
+    assert (
+        runner.thresholds_of(runner.Options(), runner.get_profile("release")) == runner.THRESHOLDS
+    )
+    config = runner.load_config(runner.LOAD_DIR / "throughput.toml", "throughput")
+    assert {t.scope for t in config.thresholds} == {"group:outcomes", "group:executions"}
+
+
 def test_workers_use_locusts_master_and_worker_mode(tmp_path: Path) -> None:
     options = runner.Options(profile="release", workers=3)
     main, workers = runner.locust_commands(options, "http://h", tmp_path, 5557)

@@ -19,7 +19,7 @@ def users_over(profile: Profile, step: float = 1.0) -> list[int]:
 
 
 def test_every_profile_has_a_shape_file_and_ends() -> None:
-    assert set(PROFILES) == {"smoke", "release", "soak", "spike"}
+    assert set(PROFILES) == {"smoke", "release", "soak", "spike", "throughput"}
     for profile in PROFILES.values():
         shape = (REPO_ROOT / "load" / "profiles" / f"{profile.name}.py").read_text()
         assert f'profile_name = "{profile.name}"' in shape
