@@ -30,9 +30,11 @@ import json
 import os
 import time
 import uuid
+import zlib
 from typing import Any
 from urllib.parse import urlencode
 
+import brotli
 from locust import FastHttpUser, between, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -42,6 +44,26 @@ RUN = "/api/v1/teams/{team_id}/executions"
 _next_account = itertools.count()
 STREAM_LIMIT_SECONDS = 30
 ACCOUNTS_MESSAGE = "renum_accounts"
+
+
+class Decoder:
+    """Decodes a stream sent compressed, as a browser's ``EventSource`` does: Locust's client
+    asks for gzip, deflate or br and hands the raw bytes over."""
+
+    def __init__(self, coding: str | None) -> None:
+        self.coding = (coding or "identity").strip().lower()
+        if self.coding == "br":
+            self.brotli = brotli.Decompressor()
+        elif self.coding in ("gzip", "deflate"):
+            self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if self.coding == "gzip" else 0)
+
+    def text(self, chunk: bytes | str) -> str:
+        raw = chunk.encode() if isinstance(chunk, str) else chunk
+        if self.coding == "br":
+            raw = self.brotli.process(raw)
+        elif self.coding in ("gzip", "deflate"):
+            raw = self.zlib.decompress(raw)
+        return raw.decode(errors="replace")
 
 
 def accounts() -> list[dict[str, str]]:
@@ -213,9 +235,10 @@ class RenumUser(FastHttpUser):
             if response.status_code != 200:
                 response.failure(f"{response.status_code} instead of a stream")
                 return None
+            decoder = Decoder(response.headers.get("content-encoding"))
             text = ""
-            for chunk in response.iter_content(4096):
-                text += chunk if isinstance(chunk, str) else chunk.decode(errors="replace")
+            for chunk in response.iter_content(4096, decode_content=False):
+                text += decoder.text(chunk)
                 if time.monotonic() > deadline:
                     response.failure(f"the stream was still open after {STREAM_LIMIT_SECONDS}s")
                     break

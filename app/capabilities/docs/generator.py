@@ -56,6 +56,8 @@ NOT_RUNNABLE = {
     "cancelling a finished execution answers 409",
     "change_my_password": "it needs your current password, and it ends every session of "
     "yours (the Authentication guide shows a run that changes nothing)",
+    "get_profile": "a profile exists only once a request was slow enough to be profiled (the "
+    "Performance guide lists the profiles kept)",
 }
 STATUS_TEXT = {
     "200": "OK",
