@@ -27,7 +27,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi import routing as fastapi_routing
 from starlette._utils import get_route_path
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 from starlette.types import Scope
 
 
@@ -41,10 +41,9 @@ def first_segment(path: str) -> str | None:
 class PrefixRouter(APIRouter):
     """An ``APIRouter`` that answers ``Match.NONE`` at once for paths outside its routes."""
 
-    # By outer prefix: whether a router without a prefix is included here (then the routes
-    # version of the whole subtree, else this router's own, tells when to work it out again),
-    # that version, and the segments.
-    _segments: dict[str, tuple[bool, int, frozenset[str] | None]]
+    # By outer prefix: the routers whose routes the segments come from, with their routes'
+    # versions then (any change: worked out again), and the segments.
+    _segments: dict[str, tuple[tuple[tuple[APIRouter, int], ...], frozenset[str] | None]]
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         included = fastapi_routing._get_scope_included_router(scope)
@@ -63,45 +62,41 @@ class PrefixRouter(APIRouter):
 
     def first_segments(self, outer: str) -> frozenset[str] | None:
         """The first segments the paths of this router's routes can start with, after the
-        prefix ``outer`` it is included under; None when any segment could (worked out once
-        per prefix, again when a route is added here, or to a router without a prefix included
-        here whose segments these include)."""
+        prefix ``outer`` it is included under; None when any segment could. Worked out once
+        per prefix, again when a route is added here or to a router without a prefix of its
+        own whose routes count here (a few attribute reads tell)."""
         if not hasattr(self, "_segments"):
             self._segments = {}
         known = self._segments.get(outer)
-        if known is not None:
-            deep, version, result = known
-            if version == (self._get_routes_version() if deep else self._routes_version):
-                return result
-        found: set[str] | None = set()
-        deep = False
-        for route in self.routes:
-            nested = getattr(route, "original_router", None)
-            deep = deep or (nested is not None and not nested.prefix)
-            segments = _route_segments(route, outer)
-            if segments is None or found is None:
-                found = None
-                break
-            found |= segments
-        result = None if found is None else frozenset(found)
-        version = self._get_routes_version() if deep else self._routes_version
-        self._segments[outer] = (deep, version, result)
+        if known is not None and all(r._routes_version == v for r, v in known[0]):
+            return known[1]
+        watched: list[tuple[APIRouter, int]] = []
+        result = self._work_out(outer, watched)
+        self._segments[outer] = (tuple(watched), result)
         return result
 
-
-def _route_segments(route: BaseRoute, outer: str) -> set[str] | None:
-    """The first segments of ``route``'s paths, in the frame of the router that holds it: its
-    own routes' paths, and the prefix a router included in it was included with (relative to
-    that router, as FastAPI records it) followed by that router's own."""
-    nested = getattr(route, "original_router", None)
-    if nested is None:
-        segment = first_segment(getattr(route, "path", ""))
-        return None if segment is None else {segment}
-    full: str = route.include_context.prefix + nested.prefix  # type: ignore[attr-defined]
-    segment = first_segment(full)
-    if segment is not None:
-        return {segment}
-    if full or not isinstance(nested, PrefixRouter):
-        return None  # a parameter first: anything may follow
-    inner = nested.first_segments(outer)  # its routes are in this frame
-    return None if inner is None else set(inner)
+    def _work_out(self, outer: str, watched: list[tuple[APIRouter, int]]) -> frozenset[str] | None:
+        watched.append((self, self._routes_version))
+        found: set[str] = set()
+        for route in self.routes:
+            nested = getattr(route, "original_router", None)
+            if nested is None:
+                segment = first_segment(getattr(route, "path", ""))
+                if segment is None:
+                    return None
+                found.add(segment)
+                continue
+            # A router included here: its prefix, as FastAPI records it, is in this router's
+            # frame (the prefix it was included with, then its own).
+            full: str = route.include_context.prefix + nested.prefix  # type: ignore[attr-defined]
+            segment = first_segment(full)
+            if segment is not None:
+                found.add(segment)
+            elif full or not isinstance(nested, PrefixRouter):
+                return None  # a parameter first: anything may follow
+            else:  # no prefix at all: its routes are in this frame
+                inner = nested._work_out(outer, watched)
+                if inner is None:
+                    return None
+                found |= inner
+        return frozenset(found)
