@@ -423,6 +423,15 @@ async def test_other_answers_get_no_etag(
     assert response.content
 
 
+async def test_the_schema_is_a_conditional_read_too(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with client_of(build(make_settings)) as client:
+        first = await client.get("/openapi.json")
+        again = await client.get("/openapi.json", headers={"If-None-Match": first.headers["etag"]})
+    assert (first.status_code, again.status_code) == (200, 304)
+
+
 async def test_without_the_cache_no_etag_is_sent(make_settings: Callable[..., Settings]) -> None:
     app = build_reads(make_settings, performance={"cache": {"enabled": False}})
     async with client_of(app) as client:

@@ -1,7 +1,8 @@
-"""Conditional reads: every JSON answer of an API read (``GET`` under ``/api/v1``, status 200,
-sent in one piece) carries a weak ``ETag`` (a BLAKE2b hash of its body) and, unless the route
-set its own, ``Cache-Control: private, no-cache`` (a client or browser may keep it for its own
-user only, and asks again before using it); a read whose ``If-None-Match`` names that tag is
+"""Conditional reads: every JSON answer of an API read (``GET`` under ``/api/v1``, and the
+OpenAPI schema at ``/openapi.json``, status 200, sent in one piece) carries a weak ``ETag`` (a
+BLAKE2b hash of its body) and, unless the route set its own, ``Cache-Control: private,
+no-cache`` (a client or browser may keep it for its own user only, and asks again before using
+it); a read whose ``If-None-Match`` names that tag is
 answered ``304 Not Modified`` without the body. The answer is still computed (from the cache of
 costly reads when it can be), so what this saves is the transfer, and the client's parsing.
 
@@ -16,7 +17,7 @@ import hashlib
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-API_PREFIX = "/api/v1/"
+READ_PATHS = ("/api/v1/", "/openapi.json")
 READS = frozenset({"GET"})
 CACHE_CONTROL = "private, no-cache"
 
@@ -45,7 +46,7 @@ class ConditionalReads:
         if (
             scope["type"] != "http"
             or scope["method"] not in READS
-            or not scope["path"].startswith(API_PREFIX)
+            or not scope["path"].startswith(READ_PATHS)
         ):
             await self.app(scope, receive, send)
             return
