@@ -133,6 +133,36 @@ async def test_a_thousand_concurrent_misses_compute_once(memory: SmartCache) -> 
     assert outcomes(memory) == {"hit": 0, "miss": 1, "shared": 999, "error": 0}
 
 
+async def test_a_read_waiting_for_a_cancelled_computation_computes_its_own(
+    memory: SmartCache,
+) -> None:
+    never = asyncio.Event()
+
+    async def hangs() -> Report:
+        await never.wait()
+        raise AssertionError("never ends")
+
+    async def answers() -> Report:
+        return Report(owner="second", version=2)
+
+    account = uuid.uuid4()
+    first = asyncio.ensure_future(memory.read("usage", Scope(account), (), Report, hangs))
+    await wait_until_async(lambda: outcomes(memory)["miss"] == 1, what="the first computing")
+    second = asyncio.ensure_future(memory.read("usage", Scope(account), (), Report, answers))
+    await wait_until_async(lambda: outcomes(memory)["shared"] == 1, what="the second waiting")
+    first.cancel()
+    assert (await second).owner == "second"
+    assert first.cancelled()
+    third = asyncio.ensure_future(memory.read("usage", Scope(account), (), Report, hangs))
+    await wait_until_async(lambda: outcomes(memory)["miss"] == 2, what="the third computing")
+    waiting = asyncio.ensure_future(memory.read("usage", Scope(account), (), Report, answers))
+    await wait_until_async(lambda: outcomes(memory)["shared"] == 2, what="a waiter")
+    waiting.cancel()  # a waiter cancelled itself stays cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    third.cancel()
+
+
 async def test_an_error_is_never_kept(memory: SmartCache) -> None:
     calls = 0
 

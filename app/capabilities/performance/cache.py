@@ -162,7 +162,15 @@ class SmartCache(ReadCache):
         waiting = self._inflight.get(key)
         if waiting is not None:
             self.reads.labels(kind, "shared").inc()
-            return model.model_validate_json(await asyncio.shield(waiting))
+            try:
+                return model.model_validate_json(await asyncio.shield(waiting))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this request was cancelled itself
+                # The request computing it was cancelled (its client went, the server stops):
+                # this one computes its own answer rather than fail with it.
+                return await compute()
         self.reads.labels(kind, "miss").inc()
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
