@@ -232,7 +232,7 @@ async def test_a_slow_request_arms_its_route_and_the_next_slow_one_is_profiled(
         (profile,) = listed["profiles"]
         assert profile["route"] == "/t/slow"
         assert profile["method"] == "GET"
-        assert profile["duration_ms"] >= 300
+        assert profile["duration_ms"] > profile["threshold_ms"]  # kept because it passed it
         assert profile["threshold_ms"] == 150
         assert profile["samples"] > 0
         page = await client.get(f"{PROFILES}/{profile['id']}", headers=headers)

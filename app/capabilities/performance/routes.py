@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import AdminDep
 from app.api.input_guard import CheckInputs
 from app.api.router import PrefixRouter
-from app.capabilities.performance.profiling import HTML_POLICY, Profile, SlowRequests
+from app.capabilities.performance.profiling import HTML_POLICY, SlowRequests
 from app.core.errors import NotFound
 from app.schemas.common import problems
 
@@ -43,20 +43,6 @@ class ProfileOut(BaseModel):
     at: datetime = Field(description="When it ended.")
     samples: int = Field(description="Stack samples the profile holds.", examples=[1790])
 
-    @classmethod
-    def of(cls, profile: Profile) -> ProfileOut:
-        return cls(
-            id=profile.id,
-            method=profile.method,
-            route=profile.route,
-            path=profile.path,
-            status=profile.status,
-            duration_ms=profile.duration_ms,
-            threshold_ms=profile.threshold_ms,
-            at=profile.at,
-            samples=profile.samples,
-        )
-
 
 class ProfileList(BaseModel):
     pid: int = Field(description="The worker process that answered (profiles are per process).")
@@ -80,7 +66,10 @@ async def list_profiles(_: AdminDep, slow: SlowDep) -> ProfileList:
     return ProfileList(
         pid=os.getpid(),
         armed=[f"{method} {route}" for method, route in slow.armed],
-        profiles=[ProfileOut.of(p) for p in reversed(slow.profiles.values())],
+        profiles=[
+            ProfileOut.model_validate(p, from_attributes=True)
+            for p in reversed(slow.profiles.values())
+        ],
     )
 
 
