@@ -17,7 +17,7 @@ from app import __version__
 from app.api import server_rules
 from app.api.input_guard import CheckInputs
 from app.api.roles import declare_required_roles
-from app.api.router import PrefixRouter
+from app.api.router import PrefixRouter, index_routes
 from app.api.routes import (
     accounts,
     agents,
@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for capability in enabled_capabilities(settings):
         capability.install(app, settings)
     declare_required_roles(app)  # x-required-role from each route's declared role
+    index_routes(app)  # a request tries only the routes its first path segment can reach
 
     if settings.cors_origins:
         app.add_middleware(

@@ -20,15 +20,24 @@ partially (so no 405 either), in two steps:
 Every router of the backend is a ``PrefixRouter``. The check reads the included router FastAPI
 records in the request's scope while matching; ``suites/unit/test_routing.py`` fails if a
 FastAPI upgrade changes that (the same check is proposed upstream, fastapi/fastapi#16159).
+
+The app's own router gets the same idea as an index (``index_routes``): its routes grouped by
+the first segment of the paths each can match, so a request tries only the routes its path's
+first segment can reach (the API router for ``/api/...``, the probes for ``/health/...``), in
+the app's order, and FastAPI's own loop takes over when none of them matches (redirects to the
+path with or without its trailing slash, low-priority routes, 404).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
 from fastapi import routing as fastapi_routing
 from starlette._utils import get_route_path
-from starlette.routing import Match
-from starlette.types import Scope
+from starlette.routing import BaseRoute, Host, Match, Mount
+from starlette.types import Receive, Scope, Send
 
 
 def first_segment(path: str) -> str | None:
@@ -79,24 +88,99 @@ class PrefixRouter(APIRouter):
         watched.append((self, self._routes_version))
         found: set[str] = set()
         for route in self.routes:
-            nested = getattr(route, "original_router", None)
-            if nested is None:
-                segment = first_segment(getattr(route, "path", ""))
-                if segment is None:
-                    return None
-                found.add(segment)
-                continue
-            # A router included here: its prefix, as FastAPI records it, is in this router's
-            # frame (the prefix it was included with, then its own).
-            full: str = route.include_context.prefix + nested.prefix  # type: ignore[attr-defined]
-            segment = first_segment(full)
-            if segment is not None:
-                found.add(segment)
-            elif full or not isinstance(nested, PrefixRouter):
-                return None  # a parameter first: anything may follow
-            else:  # no prefix at all: its routes are in this frame
-                inner = nested._work_out(outer, watched)
-                if inner is None:
-                    return None
-                found |= inner
+            segments = route_segments(route, outer, watched)
+            if segments is None:
+                return None
+            found |= segments
         return frozenset(found)
+
+
+def route_segments(
+    route: BaseRoute, outer: str, watched: list[tuple[APIRouter, int]]
+) -> frozenset[str] | None:
+    """The first segments of the paths ``route`` can match, in the frame of the router that
+    holds it (included under ``outer``); None when any path might. The routers whose routes
+    the answer depends on are added to ``watched``."""
+    nested = getattr(route, "original_router", None)
+    if nested is None:
+        if isinstance(route, Host):
+            return None
+        segment = first_segment(getattr(route, "path", ""))
+        return None if segment is None else frozenset((segment,))
+    # An included router: its prefix, as FastAPI records it, is in the frame of the router
+    # that holds it (the prefix it was included with, then its own).
+    full: str = route.include_context.prefix + nested.prefix  # type: ignore[attr-defined]
+    segment = first_segment(full)
+    if segment is not None:
+        return frozenset((segment,))
+    if full or not isinstance(nested, PrefixRouter):
+        return None  # a parameter first: anything may follow
+    return nested._work_out(outer, watched)  # no prefix at all: its routes are in this frame
+
+
+class SegmentIndex:
+    """The entry of an app's router (its ``middleware_stack``): tries, in order, only the
+    routes the request path's first segment can reach, and hands the request to the router's
+    own ``app`` when none of them matches. Worked out again when the routes change (which
+    routes the router holds, or the routes of a router without a prefix that count here)."""
+
+    def __init__(self, router: APIRouter) -> None:
+        self.router = router
+        self.fallback = router.app
+        self._key: tuple[Any, ...] = ()
+        self._watched: tuple[APIRouter, ...] = ()
+        self._by_segment: dict[str, tuple[BaseRoute, ...]] = {}
+        self._anywhere: tuple[BaseRoute, ...] = ()
+
+    def candidates(self, path: str) -> Sequence[BaseRoute]:
+        """The routes a request for ``path`` may match, in the router's order."""
+        routes = self.router.routes
+        key = (*map(id, routes), *(r._routes_version for r in self._watched))
+        if key != self._key:
+            self._index(routes)
+        segment = path.lstrip("/").split("/", 1)[0]
+        return self._by_segment.get(segment, self._anywhere)
+
+    def _index(self, routes: list[BaseRoute]) -> None:
+        watched: list[tuple[APIRouter, int]] = []
+        reach = [(route, route_segments(route, "", watched)) for route in routes]
+        named = {segment for _, segments in reach if segments for segment in segments}
+        self._by_segment = {
+            segment: tuple(r for r, segments in reach if segments is None or segment in segments)
+            for segment in named
+        }
+        self._anywhere = tuple(route for route, segments in reach if segments is None)
+        self._watched = tuple(router for router, _ in watched)
+        self._key = (*map(id, routes), *(version for _, version in watched))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.fallback(scope, receive, send)
+            return
+        router = self.router
+        fastapi_routing._apply_router_form_limits(scope, router.form_limits)
+        scope.setdefault("router", router)
+        chosen: tuple[BaseRoute, Scope] | None = None
+        for route in self.candidates(get_route_path(scope)):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                chosen = (route, child_scope)
+                break
+            if match is Match.PARTIAL and chosen is None:
+                chosen = (route, child_scope)
+        if chosen is None:  # FastAPI's own loop: redirects, low-priority routes, 404
+            await self.fallback(scope, receive, send)
+            return
+        route, child_scope = chosen
+        fastapi_routing._update_scope(scope, child_scope)
+        fastapi_routing._route_selected(
+            scope=scope,
+            path=getattr(route, "path_format", None),
+            mount=isinstance(route, Mount),
+        )
+        await route.handle(scope, receive, send)
+
+
+def index_routes(app: FastAPI) -> None:
+    """Route ``app``'s requests through a ``SegmentIndex`` of its router."""
+    app.router.middleware_stack = SegmentIndex(app.router)

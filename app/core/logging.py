@@ -12,6 +12,8 @@ quoted input values in messages). Tracebacks are plain text: no local variables.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import json
 import logging
@@ -19,6 +21,7 @@ import re
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -47,6 +50,12 @@ _SECRET_KEY_PARTS = (
 # then Renum API keys and whatever follows "Bearer " (group 1 keeps the scheme) in one.
 _SECRET_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SECRET_VALUE = re.compile(r"rk_[A-Za-z0-9_-]{16,}|(?i:(bearer\s+))[^\s\"']+")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Whether ``text`` holds what both patterns above start with (a few substring tests, a
+    tenth of a search with them): text without any is left as it is."""
+    return "rk_" in text or "eyJ" in text or "bearer" in text.lower()
 _SECRET_KEY = re.compile("|".join(map(re.escape, _SECRET_KEY_PARTS)), re.IGNORECASE)
 
 
@@ -190,6 +199,8 @@ def _redacted(match: re.Match[str]) -> str:
 def scrub(value: Any) -> Any:
     """Return ``value`` with every secret-looking part replaced by ``[redacted]``."""
     if isinstance(value, str):
+        if not _may_hold_secret(value):
+            return value
         return _SECRET_VALUE.sub(_redacted, _SECRET_JWT.sub(REDACTED, value))
     if isinstance(value, Mapping):
         return {
@@ -262,7 +273,7 @@ def configure_logging(settings: Settings) -> None:
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), _drop_color_message, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = AccessOrderedHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -279,12 +290,27 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
-# Printable ASCII without the quote and the backslash: text that is its own JSON string.
-_PLAIN_TEXT = re.compile(r"[ !#-\[\]-~]*")
-
-
 def _json_string(text: str) -> str:
-    return f'"{text}"' if _PLAIN_TEXT.fullmatch(text) else json.dumps(text)
+    """``text`` as a JSON string: printable ASCII without the quote and the backslash is its
+    own JSON string; any other text goes through ``json.dumps``."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
+class AccessOrderedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stream handler of ``configure_logging``: writes the access lines still waiting in
+    ``ACCESS_LOG`` before any other record, so the stream keeps the order of events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ACCESS_LOG.flush()
+        super().emit(record)
+
+
+# Access lines wait at most this long, or until this many are waiting, before they are written
+# together (one write to the stream for many requests, like nginx's ``access_log buffer= flush=``).
+FLUSH_SECONDS = 0.1
+MAX_WAITING = 256
 
 
 class AccessLog:
@@ -294,12 +320,14 @@ class AccessLog:
     handler ``configure_logging`` installed as the only one, the line is rendered here (the
     same fields as the general pipeline gives it: the event, its logger and level, an ISO UTC
     timestamp, the request id, with secrets scrubbed from the path and the id; a text that is
-    plain ASCII is quoted as it is, any other goes through ``json.dumps``) and written under
-    the handler's lock, for a fraction of the cost of a LogRecord through the structlog
-    formatter. Anything else (console logs in development, a handler added by a test or an
-    operator) takes the general path, and so does a line the stream refused (logging's own
-    error handling then reports it). The level is the logger's, so a live reload of
-    ``log_level`` applies at once."""
+    plain ASCII is quoted as it is, any other goes through ``json.dumps``), for a fraction of
+    the cost of a LogRecord through the structlog formatter. Lines logged on an event loop wait
+    up to ``FLUSH_SECONDS`` (or ``MAX_WAITING`` lines) and are written together under the
+    handler's lock; any other record through that handler, the end of the app's lifespan and
+    the end of the process write them first. Anything else (console logs in development, a
+    handler added by a test or an operator) takes the general path, and so do lines the stream
+    refused (logging's own error handling then reports them). The level is the logger's, so a
+    live reload of ``log_level`` applies at once."""
 
     def __init__(self) -> None:
         self.logger = logging.getLogger("app.access")
@@ -307,41 +335,77 @@ class AccessLog:
         self._general = get_logger("app.access")
         self._second = -1
         self._second_text = ""
+        # Rendered lines not written yet, each with its fields (for the general path).
+        self._waiting: deque[tuple[str, tuple[str, str, str, int, float]]] = deque()
+        # The event loop a write of the waiting lines is scheduled on, if any.
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
 
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
 
     def _timestamp(self) -> str:
         """Now, as the general pipeline's ISO UTC timestamp (its seconds formatted once)."""
-        now = time.time()
-        second = int(now)
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
+        return f"{self._second_text}.{nanoseconds // 1000:06d}Z"
 
     def request(
         self, request_id: str, method: str, path: str, status: int, duration_ms: float
     ) -> None:
         """Log one request (the caller checked ``enabled``)."""
+        fields = (request_id, method, path, status, duration_ms)
+        handler = self.handler
+        if handler is None or logging.root.handlers != [handler]:
+            self._general_path(fields)
+            return
+        line = (
+            f'{{"request_id": {_json_string(scrub(request_id))}, '
+            f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
+            f'"status": {int(status)}, "duration_ms": {float(duration_ms)!r}, '
+            f'"event": "request", "level": "info", "logger": "app.access", '
+            f'"timestamp": "{self._timestamp()}"}}\n'
+        )
+        self._waiting.append((line, fields))
+        if len(self._waiting) >= MAX_WAITING:
+            self.flush()
+            return
+        loop = self._flush_loop
+        if loop is None or loop.is_closed():  # no write scheduled, or on a loop that ended
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop here to come back and write it
+                self.flush()
+                return
+            loop.call_later(FLUSH_SECONDS, self.flush)
+            self._flush_loop = loop
+
+    def flush(self) -> None:
+        """Write the waiting lines now (a deque's pops are atomic: a line logged meanwhile on
+        another thread waits for the next write, never lost)."""
+        self._flush_loop = None
+        waiting = []
+        while self._waiting:
+            waiting.append(self._waiting.popleft())
+        if not waiting:
+            return
         handler = self.handler
         if handler is not None and logging.root.handlers == [handler]:
-            line = (
-                f'{{"request_id": {_json_string(scrub(request_id))}, '
-                f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
-                f'"status": {int(status)}, "duration_ms": {float(duration_ms)!r}, '
-                f'"event": "request", "level": "info", "logger": "app.access", '
-                f'"timestamp": "{self._timestamp()}"}}\n'
-            )
             handler.acquire()
             try:
-                handler.stream.write(line)
+                handler.stream.write("".join(line for line, _ in waiting))
                 handler.flush()
                 return
             except Exception:  # noqa: S110 - logged through the general path below
                 pass
             finally:
                 handler.release()
+        for _, fields in waiting:
+            self._general_path(fields)
+
+    def _general_path(self, fields: tuple[str, str, str, int, float]) -> None:
+        request_id, method, path, status, duration_ms = fields
         self._general.info(
             "request",
             request_id=request_id,
@@ -357,3 +421,4 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 
 
 ACCESS_LOG = AccessLog()
+atexit.register(ACCESS_LOG.flush)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import random
 import re
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from time import perf_counter
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,35 +101,36 @@ class RequestContextMiddleware:
 
         request_id = _incoming_request_id(scope)
         token = set_request_id(request_id)  # on every line logged meanwhile (app.core.logging)
-        started = time.perf_counter()
-        for observer in self.observers:
+        started = perf_counter()
+        observers = self.observers
+        for observer in observers:
             try:
                 observer.request_started(scope)
             except Exception as exc:  # one observer's fault never skips the others
                 log.error("request_observer_failed", error_type=type(exc).__name__, exc_info=exc)
-        state: dict[str, Any] = {"status": 500, "started": False}
+        status = 500
+        response_started = False
         header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
-
         client_seconds = 0.0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal client_seconds
+            nonlocal client_seconds, status, response_started
             if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                state["started"] = True
-                message["headers"] = [*message.get("headers", []), header]
-            began = time.perf_counter()
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), header]
+            began = perf_counter()
             await send(message)
-            client_seconds += time.perf_counter() - began
+            client_seconds += perf_counter() - began
 
         limit = self.max_body_bytes
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received, client_seconds
-            began = time.perf_counter()
+            began = perf_counter()
             message = await receive()
-            client_seconds += time.perf_counter() - began
+            client_seconds += perf_counter() - began
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -157,7 +158,7 @@ class RequestContextMiddleware:
                 error_type=type(exc).__name__,
                 exc_info=exc,
             )
-            if state["started"]:
+            if response_started:
                 raise
             response = problem_response(
                 500,
@@ -168,11 +169,11 @@ class RequestContextMiddleware:
             )
             await response(scope, receive, send_with_id)
         finally:
-            seconds = time.perf_counter() - started
+            seconds = perf_counter() - started
             scope[CLIENT_SECONDS] = client_seconds
-            for observer in self.observers:
+            for observer in observers:
                 try:
-                    observer.request_finished(scope, state["status"], seconds)
+                    observer.request_finished(scope, status, seconds)
                 except Exception as exc:  # one observer's fault never skips the others
                     log.error(
                         "request_observer_failed", error_type=type(exc).__name__, exc_info=exc
@@ -182,7 +183,7 @@ class RequestContextMiddleware:
                     request_id,
                     scope["method"],
                     scope["path"],
-                    state["status"],
+                    status,
                     round(seconds * 1000, 2),
                 )
             reset_request_id(token)

@@ -1,14 +1,23 @@
-"""Properties of log redaction: no API key or JWT survives ``scrub``, whatever surrounds it."""
+"""Properties of log redaction: no API key or JWT survives ``scrub``, whatever surrounds it;
+and of the access line's quoting."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from app.core.config import Settings
-from app.core.logging import scrub
+from app.core.logging import (
+    _SECRET_JWT,
+    _SECRET_VALUE,
+    REDACTED,
+    _json_string,
+    _redacted,
+    scrub,
+)
 from app.core.security import TokenCodec, new_api_key
 
 CODEC = TokenCodec(Settings(secret_key="scrub-property-secret-0123456789abcdefg"))
@@ -72,3 +81,24 @@ def test_secrets_in_nested_events_are_removed(parts: list[str]) -> None:
 def test_scrub_is_idempotent(text: str) -> None:
     once = scrub(text)
     assert scrub(once) == once
+
+
+def _scrub_without_the_quick_test(text: str) -> str:
+    return _SECRET_VALUE.sub(_redacted, _SECRET_JWT.sub(REDACTED, text))
+
+
+bearers = st.sampled_from(["bearer ", "BEARER\t", "BeArEr  ", "bEARER "])
+
+
+@given(parts=st.lists(st.one_of(surroundings, bearers, api_keys, jwts, st.text()), max_size=6))
+def test_the_quick_test_never_lets_through_what_the_patterns_redact(parts: list[str]) -> None:
+    """``scrub`` skips the patterns for text without their starts; it answers as they do."""
+    text = "".join(parts)
+    assert scrub(text) == _scrub_without_the_quick_test(text)
+
+
+@given(text=st.text())
+def test_an_access_line_quotes_any_text_as_json_does(text: str) -> None:
+    rendered = _json_string(text)
+    assert json.loads(rendered) == text
+    assert rendered == json.dumps(text)

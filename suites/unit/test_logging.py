@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import pytest
 import structlog
 
+from app.core import logging as logging_module
 from app.core.config import Settings
 from app.core.logging import (
     ACCESS_LOG,
@@ -492,3 +494,48 @@ def test_other_tracebacks_are_rendered_as_python_does() -> None:
         raise KeyError("a 'quoted' key")
     expected = "".join(traceback.format_exception(caught.value)).rstrip("\n")
     assert render_exception(caught.value) == expected
+
+
+# --- access lines on an event loop ------------------------------------------------------
+
+
+def test_access_lines_on_a_loop_wait_and_are_written_together_in_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+
+    async def serve() -> tuple[str, str]:
+        ACCESS_LOG.request("req-a", "GET", "/livez", 200, 0.1)
+        ACCESS_LOG.request("req-b", "GET", "/livez", 200, 0.1)
+        waiting = capsys.readouterr().err  # nothing written yet
+        await asyncio.sleep(logging_module.FLUSH_SECONDS * 3)
+        return waiting, capsys.readouterr().err
+
+    waiting, written = asyncio.run(serve())
+    assert waiting == ""
+    assert [line["request_id"] for line in _json_lines(written)] == ["req-a", "req-b"]
+
+
+def test_another_record_writes_the_waiting_access_lines_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+
+    async def serve() -> None:
+        ACCESS_LOG.request("req-c", "GET", "/livez", 200, 0.1)
+        get_logger("app").warning("something_else")
+
+    asyncio.run(serve())
+    lines = _json_lines(capsys.readouterr().err)
+    assert [line["event"] for line in lines] == ["request", "something_else"]
+
+
+def test_a_full_buffer_is_written_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(Settings(log_format="json"))
+
+    async def serve() -> int:
+        for n in range(logging_module.MAX_WAITING):
+            ACCESS_LOG.request(f"req-{n}", "GET", "/livez", 200, 0.1)
+        return len(_json_lines(capsys.readouterr().err))
+
+    assert asyncio.run(serve()) == logging_module.MAX_WAITING
