@@ -31,10 +31,10 @@ path with or without its trailing slash, low-priority routes, 404).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi import routing as fastapi_routing
+from fastapi.telemetry._api import _route_selected
 from starlette._utils import get_route_path
 from starlette.routing import BaseRoute, Host, Match, Mount
 from starlette.types import Receive, Scope, Send
@@ -50,9 +50,16 @@ def first_segment(path: str) -> str | None:
 class PrefixRouter(APIRouter):
     """An ``APIRouter`` that answers ``Match.NONE`` at once for paths outside its routes."""
 
-    # By outer prefix: the routers whose routes the segments come from, with their routes'
-    # versions then (any change: worked out again), and the segments.
-    _segments: dict[str, tuple[tuple[tuple[APIRouter, int], ...], frozenset[str] | None]]
+    # Advanced by every change to the routes of any PrefixRouter (FastAPI marks each add and
+    # include): what was worked out from their routes holds while it stays.
+    generation = 0
+
+    # By outer prefix: the generation they were worked out in, and the segments.
+    _segments: dict[str, tuple[int, frozenset[str] | None]]
+
+    def _mark_routes_changed(self) -> None:
+        super()._mark_routes_changed()
+        PrefixRouter.generation += 1
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         included = fastapi_routing._get_scope_included_router(scope)
@@ -72,35 +79,29 @@ class PrefixRouter(APIRouter):
     def first_segments(self, outer: str) -> frozenset[str] | None:
         """The first segments the paths of this router's routes can start with, after the
         prefix ``outer`` it is included under; None when any segment could. Worked out once
-        per prefix, again when a route is added here or to a router without a prefix of its
-        own whose routes count here (a few attribute reads tell)."""
+        per prefix, again after any route was added to a ``PrefixRouter``."""
         if not hasattr(self, "_segments"):
             self._segments = {}
         known = self._segments.get(outer)
-        if known is not None and all(r._routes_version == v for r, v in known[0]):
+        if known is not None and known[0] == PrefixRouter.generation:
             return known[1]
-        watched: list[tuple[APIRouter, int]] = []
-        result = self._work_out(outer, watched)
-        self._segments[outer] = (tuple(watched), result)
+        result = self._work_out(outer)
+        self._segments[outer] = (PrefixRouter.generation, result)
         return result
 
-    def _work_out(self, outer: str, watched: list[tuple[APIRouter, int]]) -> frozenset[str] | None:
-        watched.append((self, self._routes_version))
+    def _work_out(self, outer: str) -> frozenset[str] | None:
         found: set[str] = set()
         for route in self.routes:
-            segments = route_segments(route, outer, watched)
+            segments = route_segments(route, outer)
             if segments is None:
                 return None
             found |= segments
         return frozenset(found)
 
 
-def route_segments(
-    route: BaseRoute, outer: str, watched: list[tuple[APIRouter, int]]
-) -> frozenset[str] | None:
+def route_segments(route: BaseRoute, outer: str) -> frozenset[str] | None:
     """The first segments of the paths ``route`` can match, in the frame of the router that
-    holds it (included under ``outer``); None when any path might. The routers whose routes
-    the answer depends on are added to ``watched``."""
+    holds it (included under ``outer``); None when any path might."""
     nested = getattr(route, "original_router", None)
     if nested is None:
         if isinstance(route, Host):
@@ -115,43 +116,41 @@ def route_segments(
         return frozenset((segment,))
     if full or not isinstance(nested, PrefixRouter):
         return None  # a parameter first: anything may follow
-    return nested._work_out(outer, watched)  # no prefix at all: its routes are in this frame
+    return nested._work_out(outer)  # no prefix at all: its routes are in this frame
 
 
 class SegmentIndex:
     """The entry of an app's router (its ``middleware_stack``): tries, in order, only the
     routes the request path's first segment can reach, and hands the request to the router's
-    own ``app`` when none of them matches. Worked out again when the routes change (which
-    routes the router holds, or the routes of a router without a prefix that count here)."""
+    own ``app`` when none of them matches. Worked out again when a route is added or removed
+    through FastAPI (here or in a ``PrefixRouter``) or when the number of routes changes; a
+    reordering of the route list in place counts before the first request only."""
 
     def __init__(self, router: APIRouter) -> None:
         self.router = router
         self.fallback = router.app
-        self._key: tuple[Any, ...] = ()
-        self._watched: tuple[APIRouter, ...] = ()
+        self._key: tuple[int, int, int] | None = None
         self._by_segment: dict[str, tuple[BaseRoute, ...]] = {}
         self._anywhere: tuple[BaseRoute, ...] = ()
 
     def candidates(self, path: str) -> Sequence[BaseRoute]:
         """The routes a request for ``path`` may match, in the router's order."""
-        routes = self.router.routes
-        key = (*map(id, routes), *(r._routes_version for r in self._watched))
+        router = self.router
+        key = (PrefixRouter.generation, router._routes_version, len(router.routes))
         if key != self._key:
-            self._index(routes)
+            self._index(router.routes)
+            self._key = key
         segment = path.lstrip("/").split("/", 1)[0]
         return self._by_segment.get(segment, self._anywhere)
 
     def _index(self, routes: list[BaseRoute]) -> None:
-        watched: list[tuple[APIRouter, int]] = []
-        reach = [(route, route_segments(route, "", watched)) for route in routes]
+        reach = [(route, route_segments(route, "")) for route in routes]
         named = {segment for _, segments in reach if segments for segment in segments}
         self._by_segment = {
             segment: tuple(r for r, segments in reach if segments is None or segment in segments)
             for segment in named
         }
         self._anywhere = tuple(route for route, segments in reach if segments is None)
-        self._watched = tuple(router for router, _ in watched)
-        self._key = (*map(id, routes), *(version for _, version in watched))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -173,7 +172,7 @@ class SegmentIndex:
             return
         route, child_scope = chosen
         fastapi_routing._update_scope(scope, child_scope)
-        fastapi_routing._route_selected(
+        _route_selected(
             scope=scope,
             path=getattr(route, "path_format", None),
             mount=isinstance(route, Mount),

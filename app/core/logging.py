@@ -56,6 +56,8 @@ def _may_hold_secret(text: str) -> bool:
     """Whether ``text`` holds what both patterns above start with (a few substring tests, a
     tenth of a search with them): text without any is left as it is."""
     return "rk_" in text or "eyJ" in text or "bearer" in text.lower()
+
+
 _SECRET_KEY = re.compile("|".join(map(re.escape, _SECRET_KEY_PARTS)), re.IGNORECASE)
 
 
@@ -335,17 +337,17 @@ class AccessLog:
         self._general = get_logger("app.access")
         self._second = -1
         self._second_text = ""
-        # Rendered lines not written yet, each with its fields (for the general path).
-        self._waiting: deque[tuple[str, tuple[str, str, str, int, float]]] = deque()
+        # Requests not written yet: when each was logged (ns since the epoch), then its fields.
+        self._waiting: deque[tuple[int, str, str, str, int, float]] = deque()
         # The event loop a write of the waiting lines is scheduled on, if any.
         self._flush_loop: asyncio.AbstractEventLoop | None = None
 
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
 
-    def _timestamp(self) -> str:
-        """Now, as the general pipeline's ISO UTC timestamp (its seconds formatted once)."""
-        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    def _timestamp(self, ns: int) -> str:
+        """``ns`` as the general pipeline's ISO UTC timestamp (its seconds formatted once)."""
+        second, nanoseconds = divmod(ns, 1_000_000_000)
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
@@ -354,20 +356,13 @@ class AccessLog:
     def request(
         self, request_id: str, method: str, path: str, status: int, duration_ms: float
     ) -> None:
-        """Log one request (the caller checked ``enabled``)."""
-        fields = (request_id, method, path, status, duration_ms)
+        """Log one request (the caller checked ``enabled``). It is only noted here; lines are
+        rendered when they are written, many at a time."""
         handler = self.handler
         if handler is None or logging.root.handlers != [handler]:
-            self._general_path(fields)
+            self._general_path(request_id, method, path, status, duration_ms)
             return
-        line = (
-            f'{{"request_id": {_json_string(scrub(request_id))}, '
-            f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
-            f'"status": {int(status)}, "duration_ms": {float(duration_ms)!r}, '
-            f'"event": "request", "level": "info", "logger": "app.access", '
-            f'"timestamp": "{self._timestamp()}"}}\n'
-        )
-        self._waiting.append((line, fields))
+        self._waiting.append((time.time_ns(), request_id, method, path, status, duration_ms))
         if len(self._waiting) >= MAX_WAITING:
             self.flush()
             return
@@ -381,9 +376,20 @@ class AccessLog:
             loop.call_later(FLUSH_SECONDS, self.flush)
             self._flush_loop = loop
 
+    def _line(
+        self, ns: int, request_id: str, method: str, path: str, status: int, ms: float
+    ) -> str:
+        return (
+            f'{{"request_id": {_json_string(scrub(request_id))}, '
+            f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
+            f'"status": {int(status)}, "duration_ms": {float(ms)!r}, '
+            f'"event": "request", "level": "info", "logger": "app.access", '
+            f'"timestamp": "{self._timestamp(ns)}"}}\n'
+        )
+
     def flush(self) -> None:
-        """Write the waiting lines now (a deque's pops are atomic: a line logged meanwhile on
-        another thread waits for the next write, never lost)."""
+        """Write the waiting lines now (a deque's pops are atomic: a request logged meanwhile
+        on another thread waits for the next write, never lost)."""
         self._flush_loop = None
         waiting = []
         while self._waiting:
@@ -394,18 +400,19 @@ class AccessLog:
         if handler is not None and logging.root.handlers == [handler]:
             handler.acquire()
             try:
-                handler.stream.write("".join(line for line, _ in waiting))
+                handler.stream.write("".join([self._line(*entry) for entry in waiting]))
                 handler.flush()
                 return
             except Exception:  # noqa: S110 - logged through the general path below
                 pass
             finally:
                 handler.release()
-        for _, fields in waiting:
-            self._general_path(fields)
+        for _, request_id, method, path, status, duration_ms in waiting:
+            self._general_path(request_id, method, path, status, duration_ms)
 
-    def _general_path(self, fields: tuple[str, str, str, int, float]) -> None:
-        request_id, method, path, status, duration_ms = fields
+    def _general_path(
+        self, request_id: str, method: str, path: str, status: int, duration_ms: float
+    ) -> None:
         self._general.info(
             "request",
             request_id=request_id,
