@@ -7,14 +7,17 @@ loaded in alternating rounds over keep-alive HTTP connections, so whatever else 
 does slows both alike; the figure is the median over rounds of the per-round ratio Renum/bare.
 Never an assertion on wall time.
 
-Renum logs every request (its access log, at INFO, as deployed); the bare app logs none.
+Renum runs as deployed: in production, logging every request (its access log, at INFO); the
+bare app logs none.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -43,13 +46,19 @@ def serve(factory: str, tmp_path: Path) -> Iterator[str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        "RENUM_ENVIRONMENT": "test",
+        "RENUM_ENVIRONMENT": "production",
         "RENUM_SECRET_KEY": "overhead-bench-secret-key-0123456789abcdefghijk",
+        "RENUM_ENCRYPTION_KEYS": f"k1:{base64.b64encode(secrets.token_bytes(32)).decode()}",
         "RENUM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'renum.db'}",
         "RENUM_PROVIDERS__OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
         "RENUM_LOG_LEVEL": "INFO",
     }
     log = (tmp_path / f"{factory}.log").open("wb")
+    if factory == "renum":  # in production the schema is migrated before the server starts
+        subprocess.run(
+            [sys.executable, "-m", "app", "db", "upgrade"], env=env, stdout=log,
+            stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
     process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
         [
             sys.executable, "-m", "uvicorn", f"overhead_apps:{factory}", "--factory",
@@ -100,7 +109,12 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
         yield bare, renum
 
 
+class OverBudget(AssertionError):
+    """Renum served less than the budget's share of the bare app's rate."""
+
+
 @pytest.mark.xfail(
+    raises=OverBudget,  # a server that fails to start, or wrk failing, is an error still
     strict=True,
     reason="issue 16: the overhead budget is not met yet (the ratio is printed and recorded); "
     "strict, so the run fails once it is met and this mark must go",
@@ -120,4 +134,5 @@ def test_renum_serves_at_least_ninety_percent_of_bare(
     record_property("overhead_renum_rps", round(renum_rps))
     record_property("overhead_ratio", round(ratio, 3))
     print(f"\nbare {bare_rps:.0f} req/s, Renum {renum_rps:.0f} req/s, ratio {ratio:.3f}")
-    assert ratio >= TARGET_RATIO, f"Renum served {ratio:.1%} of the bare app's rate"
+    if ratio < TARGET_RATIO:
+        raise OverBudget(f"Renum served {ratio:.1%} of the bare app's rate")
