@@ -1,5 +1,6 @@
 """FastAPI dependencies: settings, database and session, the process's runtime and shutdown,
-the authenticated principal and the role an operation requires, the probe token, paging.
+the authenticated principal and the role an operation requires, the probe token, paging (by
+offset, and by cursor for the lists that grow without bound).
 
 The application's resources are read from ``HTTPConnection``, so they serve WebSocket routes
 as well as HTTP ones."""
@@ -9,22 +10,24 @@ from __future__ import annotations
 import functools
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi.requests import HTTPConnection
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import cursors
 from app.core.config import Settings
 from app.core.crypto import SecretBox
-from app.core.errors import Unauthorized
+from app.core.errors import Unauthorized, ValidationFailed
 from app.core.security import TokenCodec
 from app.core.shutdown import GracefulShutdown
 from app.db.database import SQLAlchemyManager
 from app.models import Role
-from app.schemas.common import Page, ResponseModel
+from app.repositories.base import Position
+from app.schemas.common import CursorPage, Page, ResponseModel
 from app.services.auth import AuthService
 from app.services.principal import Principal
 from app.services.runtime import Runtime
@@ -173,3 +176,82 @@ def to_page(model: type[M], rows: Sequence[object], total: int, paging: Paging) 
         limit=paging.limit,
         offset=paging.offset,
     )
+
+
+@dataclass(frozen=True)
+class CursorPaging:
+    """Paging of a list that grows without bound: ``limit`` items after ``cursor`` (a
+    ``next_cursor`` of the same list for the same caller, decoded to ``after``), or, for the
+    clients that page by offset still, ``offset`` items in."""
+
+    limit: int
+    offset: int
+    cursor: str | None
+    after: Position | None
+    context: str  # the list and whose rows it shows, which a cursor is made for
+    secret: bytes = field(repr=False)
+
+    def page(self, model: type[M], rows: Sequence[Any], total: int, offset: int) -> CursorPage[M]:
+        """Wrap ORM rows (with ``created_at`` and ``id``), ``offset`` items in, in a page
+        whose ``next_cursor`` follows its last row when more come after it."""
+        last = rows[-1] if rows and offset + len(rows) < total else None
+        return CursorPage[model](  # type: ignore[valid-type]
+            items=[model.model_validate(row) for row in rows],
+            total=total,
+            limit=self.limit,
+            offset=offset,
+            next_cursor=None
+            if last is None
+            else cursors.encode((last.created_at, last.id), self.secret, self.context),
+        )
+
+
+_BOTH = "Send `cursor` or `offset`, not both: a cursor says where the page starts."
+_NOT_OURS = (
+    "Not a cursor of this list: pass a `next_cursor` it gave you, unchanged (cursors belong "
+    "to one account and end when the server's secret key changes)."
+)
+
+
+async def get_cursor_paging(
+    request: Request,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Items per page.")] = 50,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=1_000_000,
+            deprecated=True,
+            description="Items to skip. Deprecated for this list, which grows without bound: "
+            "the server reads every item it skips; follow `next_cursor` with `cursor`.",
+        ),
+    ] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=cursors.MAX_LENGTH,
+            pattern=cursors.ALPHABET,
+            description="Start after the position this cursor names: a `next_cursor` of this "
+            "list (opaque; only the server makes them).",
+        ),
+    ] = None,
+) -> CursorPaging:
+    """``CursorPaging`` for the caller: a cursor is decoded (422 when it is not one the list
+    made for them) after the caller is authenticated, and before anything is read."""
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    context = f"{route} {principal.scope.account_id or '*'}"
+    secret = settings.secret_key.get_secret_value().encode()
+    after = None
+    if cursor is not None:
+        if offset:
+            raise ValidationFailed.at("/query/cursor", _BOTH, cursors.ERROR_TYPE)
+        try:
+            after = cursors.decode(cursor, secret, context)
+        except cursors.InvalidCursor:
+            raise ValidationFailed.at("/query/cursor", _NOT_OURS, cursors.ERROR_TYPE) from None
+    return CursorPaging(limit, offset, cursor, after, context, secret)
+
+
+CursorPagingDep = Annotated[CursorPaging, Depends(get_cursor_paging)]

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api import cursors
 from app.core.errors import PROBLEM_MEDIA_TYPE
 
 EXTENSION = "x-server-rules"
@@ -129,6 +130,7 @@ RULES: dict[str, tuple[ServerRule, ...]] = {
     ),
     "update_team": _workflow_rules(),
     "get_usage": (ServerRule("/query/to", "invalid", "`to` must not come before `from`."),),
+    "list_executions": (ServerRule("/query/cursor", cursors.ERROR_TYPE, cursors.RULE),),
     "create_silence": (
         ServerRule(
             "/body/duration_minutes",

@@ -1036,7 +1036,8 @@ class Settings(BaseSettings):
     app_name: str = Field(default="Renum", description="Name shown in the API docs.")
     secret_key: SecretStr = Field(
         default=SecretStr(DEV_SECRET_KEY),
-        description="Key that signs JWTs; at least 32 characters; required outside development.",
+        description="Key that signs JWTs and list cursors; at least 32 characters; required "
+        "outside development (changing it ends every session and every cursor).",
     )
     encryption_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     ForeignKey,
+    Index,
     Integer,
     Numeric,
     String,
@@ -54,6 +55,10 @@ class StepStatus(StrEnum):
 
 class Execution(IdMixin, TimestampMixin, Base):
     __tablename__ = "executions"
+    # The API's list order within an account: its keyset pages read the index in order.
+    __table_args__ = (
+        Index("ix_executions_account_id_created_at_id", "account_id", "created_at", "id"),
+    )
 
     account_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True, nullable=False

@@ -1,13 +1,15 @@
-"""Helpers shared by the repositories: account scoping and pagination."""
+"""Helpers shared by the repositories: account scoping and pagination (by offset, or after a
+position: keyset pagination)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, Table, func, select
+from sqlalchemy import Select, Table, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +18,9 @@ from app.db.base import Base
 
 M = TypeVar("M")
 SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
+# A row's place in the order every account-scoped list uses, ``(created_at, id)``: the last
+# row of a keyset page, after which the next page starts.
+Position = tuple[datetime, uuid.UUID]
 
 
 def table_of(model: type[Base]) -> Table:
@@ -48,6 +53,22 @@ async def paginate(
     return rows, int(total or 0)
 
 
+async def paginate_after(
+    session: AsyncSession, query: Select[Any], key: Sequence[Any], after: Position, *, limit: int
+) -> tuple[Sequence[Any], int, int]:
+    """One keyset page: the rows of ``query`` (ordered by the columns ``key``) that come after
+    ``after``, with the total and the number of rows before the page (its offset), both counted
+    in one statement. An index on the query's filters followed by ``key`` serves it at any
+    depth, where an offset reads and drops every row it skips."""
+    position = tuple_(*key)
+    counts = query.order_by(None).with_only_columns(
+        func.count(), func.count().filter(position <= after), maintain_column_froms=True
+    )
+    total, before = (await session.execute(counts)).one()
+    rows = (await session.scalars(query.where(position > after).limit(limit))).all()
+    return rows, int(total or 0), int(before or 0)
+
+
 async def commit_unique(session: AsyncSession, conflict_message: str) -> None:
     """Commit; a unique-constraint race lost to another request becomes a 409."""
     try:
@@ -72,12 +93,25 @@ class AccountScopedRepository(Generic[M]):
         found: M | None = await self.session.scalar(query)
         return found
 
+    def _listed(self, scope: Scope, where: Sequence[Any]) -> Select[Any]:
+        query = scope.apply(select(self.model), self.model.account_id).where(*where)
+        return query.order_by(*self._order)
+
+    @property
+    def _order(self) -> tuple[Any, Any]:
+        return self.model.created_at, self.model.id
+
     async def page(
         self, scope: Scope, *, limit: int, offset: int, where: Sequence[Any] = ()
     ) -> tuple[Sequence[M], int]:
-        query = scope.apply(select(self.model), self.model.account_id).where(*where)
-        query = query.order_by(self.model.created_at, self.model.id)
-        return await paginate(self.session, query, limit=limit, offset=offset)
+        return await paginate(self.session, self._listed(scope, where), limit=limit, offset=offset)
+
+    async def page_after(
+        self, scope: Scope, after: Position, *, limit: int, where: Sequence[Any] = ()
+    ) -> tuple[Sequence[M], int, int]:
+        """The page after the row at ``after`` (see ``paginate_after``), and its offset."""
+        query = self._listed(scope, where)
+        return await paginate_after(self.session, query, self._order, after, limit=limit)
 
     def add(self, obj: M) -> None:
         self.session.add(obj)

@@ -29,7 +29,7 @@ from app.models import (
     LedgerEntry,
     ProviderKey,
 )
-from app.repositories.base import AccountScopedRepository, Scope, table_of
+from app.repositories.base import AccountScopedRepository, Position, Scope, table_of
 
 ACTIVE = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
@@ -49,13 +49,19 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[Sequence[Execution], int]:
+        after: Position | None = None,
+    ) -> tuple[Sequence[Execution], int, int]:
+        """A page of executions, oldest first, skipping ``offset`` or, given ``after``, right
+        after that position (keyset); with the total and the page's offset."""
         where = []
         if team_id is not None:
             where.append(Execution.team_id == team_id)
         if status is not None:
             where.append(Execution.status == status)
-        return await self.page(scope, limit=limit, offset=offset, where=where)
+        if after is not None:
+            return await self.page_after(scope, after, limit=limit, where=where)
+        rows, total = await self.page(scope, limit=limit, offset=offset, where=where)
+        return rows, total, offset
 
     async def steps(self, execution_id: uuid.UUID) -> list[ExecutionStep]:
         rows = await self.session.scalars(

@@ -160,6 +160,19 @@ class Page(ResponseModel, Generic[T]):
     offset: int
 
 
+class CursorPage(Page[T], Generic[T]):
+    """One page of a collection that grows without bound, read page by page with cursors:
+    send `next_cursor` back as `cursor` for the page after this one."""
+
+    offset: int = Field(
+        description="Number of items before this page (counted, when it follows a cursor)."
+    )
+    next_cursor: str | None = Field(
+        description="Where the next page starts: pass it as `cursor`. `null` on the last page.",
+        examples=["AQAGYfQsGqpACxxvPliiTX6fECw9Tl9qe5nXObs-57v-2SX_1RYBYWk"],
+    )
+
+
 class FieldError(BaseModel):
     pointer: str = Field(description="JSON pointer to the bad input, e.g. `/body/email`.")
     location: str = Field(description="`body`, `query`, `path` or `header`.")

@@ -25,6 +25,7 @@ from app.models import (
     Role,
     StepStatus,
 )
+from app.repositories.base import Position
 from app.repositories.executions import ExecutionRepository
 from app.repositories.messages import MessageRepository
 from app.repositories.teams import TeamRepository
@@ -173,9 +174,18 @@ class ExecutionService:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[Sequence[Execution], int]:
+        after: Position | None = None,
+    ) -> tuple[Sequence[Execution], int, int]:
+        """A page of the caller's executions (``ExecutionRepository.page_filtered``): after
+        the position ``after`` when given (only its account's rows, wherever it points),
+        else ``offset`` rows in; with the total and the page's offset."""
         return await self.executions.page_filtered(
-            principal.scope, team_id=team_id, status=status, limit=limit, offset=offset
+            principal.scope,
+            team_id=team_id,
+            status=status,
+            limit=limit,
+            offset=offset,
+            after=after,
         )
 
     async def steps(self, execution: Execution) -> list[ExecutionStep]:

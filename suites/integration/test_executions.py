@@ -311,6 +311,53 @@ def test_list_executions_with_filters(owner_client: ApiClient, viewer_client: Ap
     assert seen["total"] == 3
 
 
+def test_list_executions_by_cursor(
+    owner_client: ApiClient, other_owner_client: ApiClient, admin_client: ApiClient
+) -> None:
+    team = ts.create_team(owner_client, [ts.echo_agent(owner_client)])
+    done = [ts.run_to_end(owner_client, team, f"p{n}") for n in range(5)]
+
+    def listing(client: ApiClient = owner_client, **params: Any) -> dict[str, Any]:
+        return expect(client.get(EXECUTIONS, params={"team_id": team["id"], **params}), 200)
+
+    pages = [listing(limit=2)]
+    while pages[-1]["next_cursor"] is not None:
+        pages.append(listing(limit=2, cursor=pages[-1]["next_cursor"]))
+    assert [(len(p["items"]), p["offset"], p["total"]) for p in pages] == [
+        (2, 0, 5),
+        (2, 2, 5),
+        (1, 4, 5),
+    ]
+    by_cursor = [e["id"] for p in pages for e in p["items"]]
+    assert by_cursor == [e["id"] for e in listing(limit=200)["items"]]
+    assert set(by_cursor) == {e["id"] for e in done}
+    by_offset = [e["id"] for offset in (0, 2, 4) for e in listing(limit=2, offset=offset)["items"]]
+    assert by_offset == by_cursor
+
+    # A page read again is the same page: a conditional read answers 304.
+    cursor = pages[0]["next_cursor"]
+    first = owner_client.get(EXECUTIONS, params={"team_id": team["id"], "cursor": cursor})
+    again = owner_client.get(
+        EXECUTIONS,
+        params={"team_id": team["id"], "cursor": cursor},
+        headers={"If-None-Match": first.headers["etag"]},
+    )
+    assert again.status_code == 304
+
+    def refused(client: ApiClient, **params: Any) -> None:
+        response = client.get(EXECUTIONS, params={"team_id": team["id"], **params})
+        assert pointers(assert_problem(response, 422)) == {"/query/cursor"}
+        assert response.json()["errors"][0]["type"] == "invalid_cursor"
+
+    # A cursor belongs to one account's list: another account (or a platform admin) sending
+    # it gets a 422 and nothing of the list, and an edited one is no cursor at all.
+    refused(other_owner_client, cursor=cursor)
+    refused(admin_client, cursor=cursor)
+    refused(owner_client, cursor=cursor[:9] + ("A" if cursor[9] != "A" else "B") + cursor[10:])
+    refused(owner_client, cursor=cursor, offset=2)
+    assert_problem(owner_client.get(EXECUTIONS, params={"cursor": "not a cursor"}), 422)
+
+
 def test_events_after_and_limit(owner_client: ApiClient) -> None:
     a = ts.template_agent(owner_client, "{{ input }}{{ remember('k', 1) }}")
     team = ts.create_team(owner_client, [a, ts.echo_agent(owner_client)])

@@ -6,6 +6,8 @@ behind the list and aggregate endpoints run through their repositories, for one 
 with a time window, for a platform admin); every statement they issue is explained with its
 own parameters, and a sequential scan of a table over ``LARGE_ROWS`` fails the test, naming
 the statement. ``test_the_guard_bites`` shows the check failing on a read without an index.
+The execution list's keyset page (after a cursor, deep in the list) is read from the list's
+index at the cursor's position, neither sorting nor skipping the rows before it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.core.config import Settings
 from app.db import migrate
 from app.db.database import SQLAlchemyManager
-from app.repositories.base import Scope
+from app.repositories.base import Position, Scope
 from app.repositories.executions import ExecutionRepository
 from app.repositories.ledger import LedgerRepository
 from app.repositories.messages import MessageRepository
@@ -162,6 +164,28 @@ async def check(
     return found
 
 
+def deep_position(database: SQLAlchemyManager, scope: Scope) -> Position:
+    """The position of a row of ``scope``'s executions nine tenths down its list (where an
+    offset would read and drop every row above it)."""
+
+    async def pick() -> Position:
+        async with database.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT created_at, id FROM executions WHERE account_id = :account "
+                        "ORDER BY created_at, id OFFSET (SELECT count(*) * 9 / 10 FROM "
+                        "executions WHERE account_id = :account) LIMIT 1"
+                    ),
+                    {"account": scope.account_id},
+                )
+            ).one()
+            return row[0], row[1]
+
+    position: Position = run(database, pick())
+    return position
+
+
 def tenant_and_execution(database: SQLAlchemyManager) -> tuple[Scope, uuid.UUID, uuid.UUID]:
     async def pick() -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
         async with database.engine.connect() as connection:
@@ -226,3 +250,52 @@ def test_the_guard_bites(database: SQLAlchemyManager) -> None:
 
     found = run(database, check(database, unindexed))
     assert list(found.values()) == [[f"executions ({EXECUTIONS} rows)"]]
+
+
+LIST_INDEX = "ix_executions_account_id_created_at_id"
+
+
+def keyset_page(
+    scope: Scope, after: Position, team: uuid.UUID | None = None, status: str | None = None
+) -> Callable[[AsyncSession], Awaitable[object]]:
+    return lambda s: ExecutionRepository(s).page_filtered(
+        scope, team_id=team, status=status, limit=50, offset=0, after=after
+    )
+
+
+async def page_plan(
+    database: SQLAlchemyManager, read: Callable[[AsyncSession], Awaitable[object]], *before: str
+) -> list[dict[str, Any]]:
+    """The plan nodes of the statement reading the page's rows (the last ``read`` issues),
+    explained after the statements ``before`` in one transaction, rolled back."""
+    statement, parameters = (await statements_of(database, read))[-1]
+    async with database.engine.connect() as connection, connection.begin() as transaction:
+        for change in before:
+            await connection.execute(text(change))
+        raw = await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+        await transaction.rollback()
+    plan = raw.scalar_one()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return list(plan_nodes(plan[0]["Plan"]))
+
+
+def test_keyset_pages_of_executions_use_an_index(database: SQLAlchemyManager) -> None:
+    scope, team, _ = tenant_and_execution(database)
+    after = deep_position(database, scope)
+    assert run(database, check(database, keyset_page(scope, after))) == {}
+    assert run(database, check(database, keyset_page(scope, after, team, "completed"))) == {}
+
+
+def test_a_keyset_page_reads_the_list_index_from_the_cursor(database: SQLAlchemyManager) -> None:
+    """The rows come from the list's index in order, starting at the cursor: no sort, nothing
+    read and dropped. Without that index the same page sorts the account's executions."""
+    scope, _, _ = tenant_and_execution(database)
+    read = keyset_page(scope, deep_position(database, scope))
+    nodes = run(database, page_plan(database, read))
+    assert [n["Node Type"] for n in nodes if n["Node Type"] == "Sort"] == []
+    scans = [n for n in nodes if n.get("Index Name") == LIST_INDEX]
+    assert scans, [(n["Node Type"], n.get("Index Name")) for n in nodes]
+    assert "created_at" in scans[0].get("Index Cond", ""), scans[0]
+
+    without = run(database, page_plan(database, read, f"DROP INDEX {LIST_INDEX}"))
+    assert "Sort" in {n["Node Type"] for n in without}

@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import brotli
 import httpx
 import pytest
 import zstandard
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pyinstrument.session import Session
 
 from app.capabilities.performance.profiling import SlowRequests, _pattern
 from app.core.config import ProfilingSettings, Settings
@@ -576,6 +578,165 @@ async def test_a_failing_observer_never_leaves_the_profiler_running(
     assert response.status_code == 200
     assert not slow.profiling
     assert len(slow.profiles) == 1
+
+
+def frame_names(session: Session) -> set[str]:
+    """The functions a profile's samples went through, on any thread."""
+    return {stack.split("\x00", 1)[0] for record, _ in session.frame_records for stack in record}
+
+
+def crunching(ms: float = 0) -> dict[str, Any]:  # a synchronous route: run in a worker thread
+    PROFILED_THREAD.append(sys.getprofile() is not None)
+    busy(ms / 1000)
+    return {"ms": ms}
+
+
+def slow_dependency(ms: float = 0) -> float:  # a synchronous dependency: in a worker thread
+    busy(ms / 1000)
+    return ms
+
+
+def slow_generator(ms: float = 0) -> Iterator[float]:  # its setup: in a worker thread
+    busy(ms / 1000)
+    yield ms
+
+
+async def depending(ms: Annotated[float, Depends(slow_dependency)]) -> dict[str, Any]:
+    return {"ms": ms}
+
+
+async def depending_on_a_generator(ms: Annotated[float, Depends(slow_generator)]) -> Any:
+    return {"ms": ms}
+
+
+PROFILED_THREAD: list[bool] = []  # per call of ``crunching``: its thread was being profiled
+
+
+def build_sync(make_settings: Callable[..., Settings], **overrides: Any) -> FastAPI:
+    app = build(make_settings, **overrides)
+    app.add_api_route("/t/sync", crunching)
+    app.add_api_route("/t/sync-dependency", depending)
+    app.add_api_route("/t/sync-generator", depending_on_a_generator)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("path", "handler"),
+    [
+        ("/t/sync", "crunching"),
+        ("/t/sync-dependency", "slow_dependency"),
+        ("/t/sync-generator", "slow_generator"),
+    ],
+)
+async def test_a_slow_sync_route_s_profile_holds_its_handler_s_frames(
+    make_settings: Callable[..., Settings], path: str, handler: str
+) -> None:
+    app = build_sync(make_settings, performance=QUICK)
+    slow: SlowRequests = app.state.performance.slow_requests
+    PROFILED_THREAD.clear()
+    async with client_of(app) as client:
+        headers = await admin_headers(client)
+        await client.get(path, params={"ms": 300})  # slow: arms the route
+        assert ("GET", path) in slow.armed
+        assert (await client.get(path, params={"ms": 300})).json() == {"ms": 300}  # kept
+        await client.get(path, params={"ms": 1})  # resting: not profiled
+        (profile,) = slow.profiles.values()
+        assert profile.route == path
+        assert {handler, "busy"} <= frame_names(profile.session)
+        page = await client.get(f"{PROFILES}/{profile.id}", headers=headers)
+        assert handler in page.text
+        document = await client.get(
+            f"{PROFILES}/{profile.id}", params={"format": "speedscope"}, headers=headers
+        )
+        assert handler in {frame["name"] for frame in document.json()["shared"]["frames"]}
+    if path == "/t/sync":  # the worker thread ran under the profiler for that request only
+        assert PROFILED_THREAD == [False, True, False]
+    assert not slow.profiling
+
+
+async def test_only_the_profiled_request_s_sync_calls_are_profiled(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build_sync(make_settings, performance=QUICK)
+
+    async def waiting(ms: float = 0) -> JSONResponse:  # slow, the event loop free meanwhile
+        await asyncio.sleep(ms / 1000)
+        return JSONResponse({})
+
+    app.add_api_route("/t/waiting", waiting)
+    slow: SlowRequests = app.state.performance.slow_requests
+    PROFILED_THREAD.clear()
+    async with client_of(app) as client:
+        await client.get("/t/waiting", params={"ms": 300})  # arms the route
+        # Profiled, while another request's synchronous route runs in a worker thread.
+        await asyncio.gather(
+            client.get("/t/waiting", params={"ms": 300}),
+            client.get("/t/sync", params={"ms": 50}),
+        )
+    (profile,) = slow.profiles.values()
+    assert profile.route == "/t/waiting"
+    assert "waiting" in frame_names(profile.session)
+    assert "crunching" not in frame_names(profile.session)
+    assert PROFILED_THREAD == [False]
+
+
+async def test_a_sync_route_held_open_stops_being_profiled_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = build(make_settings, performance=QUICK)
+    slow: SlowRequests = app.state.performance.slow_requests
+    seen: list[bool] = []
+
+    def held(request: Request, hold: bool = False) -> dict[str, Any]:
+        if hold:
+            profiling = request.scope["renum.profiling"]
+            hold_open(request.scope)  # from the worker thread: stopped on the event loop
+            while profiling.running:
+                time.sleep(0.001)
+            seen.append(slow.profiling)
+        busy(0.3)
+        return {"held": hold}
+
+    app.add_api_route("/t/held", held)
+    async with client_of(app) as client:
+        await client.get("/t/held")  # slow: arms the route
+        response = await client.get("/t/held", params={"hold": True})
+    assert response.json() == {"held": True}
+    assert seen == [False]
+    assert not slow.profiling
+    assert slow.profiles == {}
+
+
+def before_cap(seconds: float) -> None:
+    busy(seconds)
+
+
+def after_cap(seconds: float) -> None:
+    busy(seconds)
+
+
+async def test_a_sync_route_s_profile_holds_at_most_max_seconds(
+    make_settings: Callable[..., Settings],
+) -> None:
+    quick = {"profiling": {**QUICK["profiling"], "max_seconds": 0.05}}
+    app = build(make_settings, performance=quick)
+
+    def capped(request: Request) -> dict[str, Any]:
+        before_cap(0.1)
+        profiling = request.scope.get("renum.profiling")  # this request's profiler, if any
+        while profiling is not None and profiling.running:  # until max_seconds passed
+            time.sleep(0.001)
+        after_cap(0.1)
+        return {}
+
+    app.add_api_route("/t/capped", capped)
+    slow: SlowRequests = app.state.performance.slow_requests
+    async with client_of(app) as client:
+        await client.get("/t/capped")  # arms
+        await client.get("/t/capped")  # profiled for its first max_seconds
+    (profile,) = slow.profiles.values()
+    assert "before_cap" in frame_names(profile.session)
+    assert "after_cap" not in frame_names(profile.session)
 
 
 async def test_profiles_are_for_platform_admins_only(

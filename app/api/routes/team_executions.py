@@ -12,20 +12,19 @@ from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
 from app.api.deps import (
+    CursorPagingDep,
     MemberDep,
-    PagingDep,
     RuntimeDep,
     SessionDep,
     SettingsDep,
     ShutdownDep,
     ViewerDep,
-    to_page,
 )
 from app.api.router import PrefixRouter
 from app.core.middleware import hold_open
 from app.core.shutdown import GracefulShutdown
 from app.models import ExecutionStatus
-from app.schemas.common import Page, link, links, problems
+from app.schemas.common import CursorPage, link, links, problems
 from app.schemas.executions import (
     DEFAULT_CANCEL_MODE,
     ContextOut,
@@ -119,8 +118,12 @@ async def create_execution(
 
 @router.get(
     "/executions",
-    response_model=Page[ExecutionSummary],
+    response_model=CursorPage[ExecutionSummary],
     summary="List executions",
+    description="The account's executions (admins: every account's), oldest first. Read a "
+    "long list page by page with `cursor`: each page's `next_cursor` says where the next one "
+    "starts (`null` on the last), at the same cost however deep; `offset` still works but "
+    "grows slower the further it skips.",
     responses={
         **links(
             200,
@@ -129,6 +132,11 @@ async def create_execution(
                 "get_execution",
                 "Read the first execution.",
                 execution_id="$response.body#/items/0/id",
+            ),
+            NextPage=link(
+                "list_executions",
+                "Read the next page (with the same filters).",
+                cursor="$response.body#/next_cursor",
             ),
         ),
         **problems(401, 422),
@@ -139,21 +147,26 @@ async def list_executions(
     session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
-    paging: PagingDep,
+    paging: CursorPagingDep,
     team_id: uuid.UUID | None = None,
     status_: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
-) -> Page[ExecutionSummary]:
+) -> CursorPage[ExecutionSummary]:
     status = status_.value if status_ else None
 
-    async def compute() -> Page[ExecutionSummary]:
-        rows, total = await ExecutionService(session, settings).page(
-            principal, team_id=team_id, status=status, limit=paging.limit, offset=paging.offset
+    async def compute() -> CursorPage[ExecutionSummary]:
+        rows, total, offset = await ExecutionService(session, settings).page(
+            principal,
+            team_id=team_id,
+            status=status,
+            limit=paging.limit,
+            offset=paging.offset,
+            after=paging.after,
         )
-        return to_page(ExecutionSummary, rows, total, paging)
+        return paging.page(ExecutionSummary, rows, total, offset)
 
-    params = (team_id, status, paging.limit, paging.offset)
+    params = (team_id, status, paging.limit, paging.offset, paging.cursor)
     return await runtime.cache.read(
-        "executions", principal.scope, params, Page[ExecutionSummary], compute
+        "executions", principal.scope, params, CursorPage[ExecutionSummary], compute
     )
 
 

@@ -64,6 +64,7 @@ STATUS_TEXT = {
     "201": "Created",
     "202": "Accepted",
     "204": "No Content",
+    "304": "Not Modified",
     "400": "Bad Request",
     "401": "Unauthorized",
     "403": "Forbidden",

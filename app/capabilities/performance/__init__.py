@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.capabilities.base import AppContext, Capability
-from app.capabilities.performance import routes
+from app.capabilities.performance import routes, validation
 from app.capabilities.performance.cache import SmartCache
 from app.capabilities.performance.compression import Compression
 from app.capabilities.performance.profiling import SlowRequests, p95s_from
@@ -46,6 +46,7 @@ class PerformanceOptimizer:
         app.state.request_observers.append(self.slow_requests)
         if settings.performance.cache.enabled:
             app.add_middleware(ConditionalReads)
+            validation.install_schema(app)
         if settings.performance.compression.enabled:
             app.add_middleware(Compression, settings=settings.performance.compression)
         app.include_router(routes.router)

@@ -20,6 +20,12 @@ streams, long-polls) are never slow, and one that is held open while profiled st
 profiled at once; a profile holds at most ``max_seconds`` of one request. Answers 404 and 405
 (nothing of the service's to see) and made-up methods are never slow.
 
+A synchronous endpoint or dependency (a plain ``def``) runs in a worker thread of the thread
+pool, where the event loop's profiler does not see it: for a profiled request only, FastAPI's
+``run_in_threadpool`` (hooked once per process, see ``hook_threadpool``) runs the call under a
+profiler of its own in that worker thread, and the call's samples join the request's profile
+under the worker thread's name. Every other call pays one context variable read.
+
 Profiles are kept in memory, per process, the newest ``keep`` of them; each is rendered when an
 admin asks for it, as pyinstrument's HTML page (made self-contained: its web font link is
 removed) or as a speedscope document.
@@ -28,18 +34,22 @@ removed) or as a speedscope document.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import re
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pyinstrument import Profiler
 from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
 from pyinstrument.session import Session
+from pyinstrument.stack_sampler import AsyncState
 from starlette._utils import get_route_path
 from starlette.types import Scope
 
@@ -62,6 +72,8 @@ HTML_POLICY = (
 )
 
 log = get_logger("app.performance")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,7 @@ class SlowRequests:
         self.profiles: OrderedDict[str, Profile] = OrderedDict()
         self._ids = itertools.count(1)
         self.apply(settings)
+        hook_threadpool()
 
     def apply(self, settings: ProfilingSettings) -> None:
         """Use ``settings`` from now on (at start, and after each live reload)."""
@@ -159,7 +172,8 @@ class SlowRequests:
     def request_started(self, scope: Scope) -> None:
         """Start the profiler for a request of an armed route (when no other request is being
         profiled). The base middleware calls this in the request's own task, so the profiler
-        (in pyinstrument's async mode) follows that task and nothing else."""
+        (in pyinstrument's async mode) follows that task and nothing else, and the request's
+        synchronous calls in their worker threads (``hook_threadpool``)."""
         if not self.armed or self.profiling or scope["type"] != "http":
             return  # the common case: nothing armed
         key = self._armed_route(scope)
@@ -171,26 +185,38 @@ class SlowRequests:
         profiling.profiler.start()
         self.profiling = True
         scope[_PROFILING] = profiling
+        profiling.token = _PROFILED.set(profiling)  # its synchronous calls: see hook_threadpool
         # At most max_seconds of samples, whatever the request does; none for a request held
         # open on purpose (an event stream, a long-poll), which is never slow.
-        profiling.cap = asyncio.get_running_loop().call_later(
-            self.config.max_seconds, profiling.stop
-        )
-        scope.setdefault(HOLD_OPEN_HOOKS, []).append(lambda: self._end(scope))
+        loop, thread = asyncio.get_running_loop(), threading.get_ident()
+        profiling.cap = loop.call_later(self.config.max_seconds, profiling.stop)
+        scope.setdefault(HOLD_OPEN_HOOKS, []).append(lambda: self._held_open(scope, loop, thread))
 
-    def _end(self, scope: Scope) -> Session | None:
-        """Stop the profiler of this request, if it runs one: its session."""
+    def _held_open(self, scope: Scope, loop: asyncio.AbstractEventLoop, thread: int) -> None:
+        """Stop profiling a request held open: at once on the event loop's ``thread`` (where
+        the profiler started, the only one that can stop it); from a synchronous route's worker
+        thread, on the loop's next turn (the worker thread's samples stop with it)."""
+        if threading.get_ident() == thread:
+            self._end(scope)
+        else:
+            loop.call_soon_threadsafe(self._end, scope)
+
+    def _end(self, scope: Scope, finished: bool = False) -> Session | None:
+        """Stop the profiler of this request, if it runs one: its session. ``finished``: called
+        when the request ended, in the context it started in."""
         profiling: _Profiling | None = scope.pop(_PROFILING, None)
         if profiling is None:
             return None
-        session = profiling.stop()
+        profiling.stop()
         self.profiling = False
         self._attempted(profiling.key)
-        return session
+        if finished and profiling.token is not None:
+            _PROFILED.reset(profiling.token)
+        return profiling.session()
 
     def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
         if self.profiling:
-            session = self._end(scope)
+            session = self._end(scope, finished=True)
         elif seconds < self.floor_seconds:
             return  # the common case: one comparison
         else:
@@ -294,23 +320,112 @@ class SlowRequests:
 
 @dataclass
 class _Profiling:
-    """The profiler of one request, and the timer that stops it at ``max_seconds``."""
+    """The profiler of one request (on the event loop's thread), the timer that stops it at
+    ``max_seconds``, and the profiles of its synchronous calls (in worker threads)."""
 
     profiler: Profiler
     key: tuple[str, str]
     cap: asyncio.TimerHandle | None = None
-    session: Session | None = None
+    token: Token[_Profiling | None] | None = None
+    threads: list[Session] = field(default_factory=list)
 
-    def stop(self) -> Session | None:
+    @property
+    def running(self) -> bool:
+        return bool(self.profiler.is_running)
+
+    def stop(self) -> None:
         if self.cap is not None:
             self.cap.cancel()
         if self.profiler.is_running:
-            self.session = self.profiler.stop()
-        return self.session
+            self.profiler.stop()
+
+    def session(self) -> Session | None:
+        """The request's profile: the event loop's samples, then its worker threads' (each
+        thread a root of its own). Its duration stays the request's: the threads' samples
+        overlap the loop's, which shows the request awaiting them meanwhile."""
+        session = self.profiler.last_session
+        if session is None or not self.threads:
+            return session
+        parts = [session, *self.threads]
+        return Session(
+            frame_records=[record for part in parts for record in part.frame_records],
+            start_time=session.start_time,
+            duration=session.duration,
+            min_interval=session.min_interval,
+            max_interval=session.max_interval,
+            sample_count=sum(part.sample_count for part in parts),
+            start_call_stack=session.start_call_stack,
+            target_description=session.target_description,
+            cpu_time=session.cpu_time,  # the process's, worker threads included
+            sys_path=session.sys_path,
+            sys_prefixes=session.sys_prefixes,
+        )
+
+    def in_thread(self, func: Callable[P, T]) -> Callable[P, T]:
+        """``func``, profiled in the worker thread that runs it, for this request."""
+
+        def profiled(*args: P.args, **kwargs: P.kwargs) -> T:
+            if not self.running:  # stopped meanwhile (max_seconds, held open)
+                return func(*args, **kwargs)
+            profiler = _ThreadProfiler(self)
+            profiler.start()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.threads.append(profiler.stop())
+
+        return profiled
+
+
+class _ThreadProfiler(Profiler):
+    """The profiler of one synchronous call of a profiled request, in its worker thread (which
+    it alone can stop): it keeps no sample once the request's profile stopped."""
+
+    def __init__(self, request: _Profiling) -> None:
+        super().__init__(interval=request.profiler.interval, async_mode="disabled")
+        self.request = request
+
+    def _sampler_saw_call_stack(
+        self, call_stack: list[str], time_since_last_sample: float, async_state: AsyncState | None
+    ) -> None:
+        if self.request.running:
+            super()._sampler_saw_call_stack(call_stack, time_since_last_sample, async_state)
 
 
 _PROFILING = "renum.profiling"
 _PROFILED_KEY = "renum.profiled_route"
+# The profiled request's profiling, set in its context only (and so in its worker threads').
+_PROFILED: ContextVar[_Profiling | None] = ContextVar("renum_profiled_request", default=None)
+# Where FastAPI sends a synchronous endpoint (and the validation of its answer), a synchronous
+# dependency and a synchronous generator dependency's setup to the thread pool: each module's
+# own ``run_in_threadpool``, looked up at each call.
+THREADPOOL_CALLERS = ("fastapi.routing", "fastapi.dependencies.utils", "fastapi.concurrency")
+_RUN_IN_THREADPOOL = "run_in_threadpool"
+
+
+def hook_threadpool() -> None:
+    """Make ``run_in_threadpool`` in ``THREADPOOL_CALLERS`` profile the calls of a profiled
+    request in their worker threads, once per process (a second call changes nothing); a call
+    of any other request costs one context variable read."""
+    for name in THREADPOOL_CALLERS:
+        module = importlib.import_module(name)
+        run_in_threadpool = getattr(module, _RUN_IN_THREADPOOL, None)
+        if run_in_threadpool is None or getattr(run_in_threadpool, "profiles_threads", False):
+            continue  # not called that way by this FastAPI (the tests tell), or hooked already
+        setattr(module, _RUN_IN_THREADPOOL, _profiling_threads(run_in_threadpool))
+
+
+def _profiling_threads(
+    run_in_threadpool: Callable[..., Coroutine[Any, Any, T]],
+) -> Callable[..., Coroutine[Any, Any, T]]:
+    def run(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
+        profiling = _PROFILED.get()
+        if profiling is not None and profiling.running:
+            func = profiling.in_thread(func)
+        return run_in_threadpool(func, *args, **kwargs)
+
+    run.profiles_threads = True  # type: ignore[attr-defined]  # a marker: hooked already
+    return run
 
 
 def p95s_from(
