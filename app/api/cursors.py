@@ -69,6 +69,8 @@ def decode(cursor: str, secret: bytes, context: str) -> Position:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise InvalidCursor("not base64url") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != cursor:
+        raise InvalidCursor("not the canonical spelling")  # unused low bits set: one per cursor
     payload, tag = raw[: _FIELDS.size], raw[_FIELDS.size :]
     if not hmac.compare_digest(tag, _tag(payload, secret, context)):
         raise InvalidCursor("tag mismatch")

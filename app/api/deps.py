@@ -240,8 +240,8 @@ async def get_cursor_paging(
 ) -> CursorPaging:
     """``CursorPaging`` for the caller: a cursor is decoded (422 when it is not one the list
     made for them) after the caller is authenticated, and before anything is read."""
-    route = getattr(request.scope.get("route"), "path", request.url.path)
-    context = f"{route} {principal.scope.account_id or '*'}"
+    operation = request.scope["route"].unique_id  # the list's operation id, set by routing
+    context = f"{operation} {principal.scope.account_id or '*'}"
     secret = settings.secret_key.get_secret_value().encode()
     after = None
     if cursor is not None:

@@ -181,5 +181,10 @@ class SegmentIndex:
 
 
 def index_routes(app: FastAPI) -> None:
-    """Route ``app``'s requests through a ``SegmentIndex`` of its router."""
-    app.router.middleware_stack = SegmentIndex(app.router)
+    """Route ``app``'s requests through a ``SegmentIndex`` of its router. The router's entry
+    must be its own ``app`` (no router-level middleware, such as FastAPI's body limit of
+    ``FastAPI(max_body_size=...)``, which the index would drop)."""
+    router = app.router
+    if router.middleware_stack != router.app:
+        raise RuntimeError("the app's router has middleware of its own: index its routes inside")
+    router.middleware_stack = SegmentIndex(router)

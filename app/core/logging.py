@@ -367,7 +367,7 @@ class AccessLog:
             self.flush()
             return
         loop = self._flush_loop
-        if loop is None or loop.is_closed():  # no write scheduled, or on a loop that ended
+        if loop is None or not loop.is_running():  # none scheduled, or on a loop that stopped
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop here to come back and write it
@@ -388,26 +388,43 @@ class AccessLog:
         )
 
     def flush(self) -> None:
-        """Write the waiting lines now (a deque's pops are atomic: a request logged meanwhile
-        on another thread waits for the next write, never lost)."""
+        """Write the waiting lines now. They are taken and written under the handler's lock,
+        so no other record comes between; lines the stream took are never written again, and
+        lines it refused go the general way."""
         self._flush_loop = None
+        handler = self.handler
+        if handler is None or logging.root.handlers != [handler]:
+            self._send_the_general_way(self._take())
+            return
+        handler.acquire()
+        try:
+            waiting = self._take()
+            if not waiting:
+                return
+            try:
+                handler.stream.write("".join([self._line(*entry) for entry in waiting]))
+            except Exception:  # the stream took none of them: they go the general way
+                refused = waiting
+            else:
+                refused = []
+                try:
+                    handler.flush()
+                except Exception:  # reported as logging reports its own errors
+                    handler.handleError(logging.makeLogRecord({"name": "app.access"}))
+        finally:
+            handler.release()
+        self._send_the_general_way(refused)
+
+    def _take(self) -> list[tuple[int, str, str, str, int, float]]:
+        """The waiting requests, taken off (a deque's pops are atomic: a request logged
+        meanwhile on another thread waits for the next write, never lost)."""
         waiting = []
         while self._waiting:
             waiting.append(self._waiting.popleft())
-        if not waiting:
-            return
-        handler = self.handler
-        if handler is not None and logging.root.handlers == [handler]:
-            handler.acquire()
-            try:
-                handler.stream.write("".join([self._line(*entry) for entry in waiting]))
-                handler.flush()
-                return
-            except Exception:  # noqa: S110 - logged through the general path below
-                pass
-            finally:
-                handler.release()
-        for _, request_id, method, path, status, duration_ms in waiting:
+        return waiting
+
+    def _send_the_general_way(self, entries: list[tuple[int, str, str, str, int, float]]) -> None:
+        for _, request_id, method, path, status, duration_ms in entries:
             self._general_path(request_id, method, path, status, duration_ms)
 
     def _general_path(

@@ -5,7 +5,6 @@ misused cursors refused with a 422 problem before any query; offsets as before."
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +28,7 @@ from app.repositories.executions import ExecutionRepository
 pytestmark = pytest.mark.anyio
 
 SECRET = b"cursor-unit-test-secret"
-CONTEXT = "/api/v1/executions 6f1c8a8e-3f37-4a0b-9a51-93c3f1d7f0aa"
+CONTEXT = "list_executions 6f1c8a8e-3f37-4a0b-9a51-93c3f1d7f0aa"
 START = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 EXECUTIONS = f"{API_PREFIX}/executions"
 PASSWORD = "a-long-passphrase"
@@ -62,10 +61,8 @@ def test_any_change_to_a_cursor_is_refused() -> None:
     for index, char in enumerate(cursor):
         other = alphabet[(alphabet.index(char) + 1) % len(alphabet)]
         changed = cursor[:index] + other + cursor[index + 1 :]
-        # The last character carries two bits of padding: changing only those names the
-        # same bytes, which is the same cursor.
-        if base64.urlsafe_b64decode(changed + "=") == base64.urlsafe_b64decode(cursor + "="):
-            continue
+        # Even a change to only the last character's two unused bits (the same bytes): a
+        # cursor has one spelling, so one cache entry.
         with pytest.raises(cursors.InvalidCursor):
             cursors.decode(changed, SECRET, CONTEXT)
 
@@ -79,8 +76,8 @@ def test_any_change_to_a_cursor_is_refused() -> None:
         ("é" * cursors.LENGTH, SECRET, CONTEXT),
         ("=" * cursors.LENGTH, SECRET, CONTEXT),
         (None, b"another secret key", CONTEXT),  # the server's key changed
-        (None, SECRET, "/api/v1/executions *"),  # a platform admin's, sent by a tenant
-        (None, SECRET, "/api/v1/other 6f1c8a8e-3f37-4a0b-9a51-93c3f1d7f0aa"),  # another list
+        (None, SECRET, "list_executions *"),  # a platform admin's, sent by a tenant
+        (None, SECRET, "list_webhooks 6f1c8a8e-3f37-4a0b-9a51-93c3f1d7f0aa"),  # another list
     ],
 )
 def test_what_is_not_this_list_s_cursor_is_refused(

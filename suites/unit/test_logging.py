@@ -539,3 +539,51 @@ def test_a_full_buffer_is_written_at_once(capsys: pytest.CaptureFixture[str]) ->
         return len(_json_lines(capsys.readouterr().err))
 
     assert asyncio.run(serve()) == logging_module.MAX_WAITING
+
+
+def test_lines_logged_on_a_second_loop_are_written_though_the_first_stopped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    first = asyncio.new_event_loop()
+
+    async def log_one(request_id: str) -> None:
+        ACCESS_LOG.request(request_id, "GET", "/livez", 200, 0.1)
+
+    first.run_until_complete(log_one("req-first"))  # a write scheduled on `first`, which
+    # then stops without closing: its timer never fires
+
+    async def on_the_second_loop() -> None:
+        await log_one("req-second")
+        await asyncio.sleep(logging_module.FLUSH_SECONDS * 3)
+
+    asyncio.run(on_the_second_loop())
+    first.close()
+    ids = [line["request_id"] for line in _json_lines(capsys.readouterr().err)]
+    assert ids == ["req-first", "req-second"]
+
+
+def test_a_batch_the_stream_took_is_never_written_twice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    assert ACCESS_LOG.handler is not None
+    written: list[str] = []
+
+    class FlushFails:
+        def write(self, text: str) -> int:
+            written.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            raise OSError("the pipe is full")
+
+    ACCESS_LOG.handler.setStream(FlushFails())  # type: ignore[arg-type]
+
+    async def serve() -> None:
+        ACCESS_LOG.request("req-once", "GET", "/livez", 200, 0.1)
+
+    asyncio.run(serve())
+    ACCESS_LOG.flush()
+    assert "".join(written).count("req-once") == 1
+    assert "Logging error" in capsys.readouterr().err  # the failed flush is reported

@@ -272,3 +272,9 @@ async def test_routes_reordered_in_place_before_the_first_request_keep_their_ord
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://routing") as client:
         assert (await client.get("/later")).json() == {"route": "first"}
+
+
+def test_the_index_refuses_a_router_with_middleware_of_its_own() -> None:
+    app = FastAPI(max_body_size=1024)  # FastAPI wraps the router's entry in a body limit
+    with pytest.raises(RuntimeError, match="middleware of its own"):
+        index_routes(app)
