@@ -31,6 +31,7 @@ from app.capabilities.health.registry import PROBES, Troubleshooting, registered
 from app.cli import cli
 from app.core.config import LIVE
 from app.main import reference_docs
+from app.services.engine.events import EVENT_TYPES
 from qa.examples import ExampleValidator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
@@ -391,3 +392,22 @@ def test_this_backends_roles() -> None:
     assert generator.role(generator.find("list_users")) == "owner or higher"
     assert generator.role(generator.find("create_account")) == "admin"
     assert generator.role(generator.find("list_teams")) == "any signed-in user (viewer or higher)"
+
+
+def test_the_events_page_lists_every_event_with_when_and_its_data() -> None:
+    generator = DocumentationGenerator(schema={"paths": {}}, events=EVENT_TYPES)
+    page = generator.pages()["events.md"]
+    for event in EVENT_TYPES:
+        section = page.split(f"## `{event.type}`", 1)[1].split("\n## ", 1)[0]
+        assert (event.__doc__ or "").split()[0] in section  # when it is emitted
+        for data_field in event.data_fields():
+            assert f"| `{data_field.key}` |" in section
+    assert "| `cost_usd` | string (a decimal number) |" in page
+    assert "| `status` | one of " in page  # an enum names its values
+    assert "string (a UUID)" in page
+
+
+def test_the_backend_s_reference_has_the_events_page() -> None:
+    generator = reference_docs()
+    assert {event.type for event in generator.events} == {e.type for e in EVENT_TYPES}
+    assert "events.md" in generator.pages()

@@ -164,6 +164,8 @@ class DocumentationGenerator:
     health: HealthDocs | None = None
     # Each environment's profile (nested like the settings), shown beside the defaults.
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The events an execution stores and streams (the engine's event classes), in order.
+    events: tuple[Any, ...] = ()
     operations: list[Operation] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -182,12 +184,14 @@ class DocumentationGenerator:
         health registry."""
         from app.core.config import Settings
         from app.core.profiles import PROFILES
+        from app.services.engine.events import EVENT_TYPES
 
         return cls(
             schema=app.openapi(),
             settings_model=Settings,
             health=_health_registry(),
             profiles=PROFILES,
+            events=EVENT_TYPES,
         )
 
     # ---- pages --------------------------------------------------------------------------
@@ -205,6 +209,8 @@ class DocumentationGenerator:
             pages[self.page_name(tag)] = self.tag_page(tag)
         if self.settings_model is not None:
             pages["configuration.md"] = self.configuration_page(self.settings_model)
+        if self.events:
+            pages[EVENTS_PAGE] = self.events_page(self.events)
         if self.health is not None:
             pages["health.md"] = self.health_page(self.health)
             pages[TROUBLESHOOTING_SNIPPET] = self.troubleshooting_snippet(self.health)
@@ -459,6 +465,37 @@ class DocumentationGenerator:
                 shown = ["-" if value is _UNSET else code(value) for value in values]
                 lines.append(f"| `{setting.path}` | " + " | ".join(shown) + " |")
         return lines
+
+    def events_page(self, events: Iterable[Any]) -> str:
+        """The catalogue of execution events: each type, when it is emitted, its data."""
+        lines = [
+            "# Execution events",
+            "",
+            GENERATED_NOTE,
+            "",
+            "What an execution records as it runs, in order, each with a `seq` (1, 2, ...), a "
+            "`type`, its `data` and `created_at`. They are "
+            "read from `GET /api/v1/executions/{execution_id}/events` (`?after=` a `seq`), "
+            "streamed as server-sent events (`id:` the seq, `event:` the type, `data:` the "
+            'event as JSON) and over the execution\'s WebSocket (`{"type": "event", '
+            '"event": {...}}`). An execution that ended has one of the three ending events '
+            "last. Clients should ignore types they do not know: new ones may be added.",
+            "",
+            "| Type | Emitted when |",
+            "| --- | --- |",
+        ]
+        events = list(events)
+        for event in events:
+            lines.append(f"| [`{event.type}`](#{event.type}) | {cell(_first_line(event))} |")
+        for event in events:
+            lines += ["", f"## `{event.type}` {{ #{event.type} }}", "", _docstring(event), ""]
+            fields = event.data_fields()
+            if not fields:
+                lines.append("Its `data` is an empty object.")
+                continue
+            lines += ["| `data` key | Type |", "| --- | --- |"]
+            lines += [f"| `{f.key}` | {_json_type(f.annotation)} |" for f in fields]
+        return "\n".join(lines) + "\n"
 
     def health_page(self, health: HealthDocs) -> str:
         lines = [
@@ -1066,3 +1103,43 @@ def _health_registry() -> HealthDocs:
     from app.capabilities import health
 
     return HealthDocs(probes=list(health.PROBES), checks=list(health.registered_checks()))
+
+
+EVENTS_PAGE = "events.md"
+
+
+def _docstring(thing: Any) -> str:
+    """A class's docstring as one paragraph."""
+    return " ".join((thing.__doc__ or "").split())
+
+
+def _first_line(thing: Any) -> str:
+    return _docstring(thing).split(". ")[0].rstrip(".") + "."
+
+
+def _json_type(annotation: Any) -> str:
+    """How a field of an event's ``data`` looks in JSON."""
+    import decimal
+    import types
+    import typing
+    import uuid
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        named = [_json_type(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (" or null" if type(None) in args else "")
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "one of " + ", ".join(f"`{member.value}`" for member in annotation)
+    origin = typing.get_origin(annotation) or annotation
+    names: dict[Any, str] = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        decimal.Decimal: "string (a decimal number)",
+        uuid.UUID: "string (a UUID)",
+        dict: "object",
+        list: "array",
+        tuple: "array",
+    }
+    return names.get(origin, "any JSON value")
