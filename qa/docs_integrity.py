@@ -13,7 +13,10 @@
 - ``build_problems``: ``mkdocs build --strict`` passes, with the ``validation:`` settings of
   ``mkdocs.yml`` turning broken links and anchors into errors;
 - ``external_assets``: the built site loads nothing from another host (no CDN, no web fonts),
-  so it works offline.
+  so it works offline;
+- ``mismatched_figures``: a measured figure quoted in the README or a docs page (between
+  ``<!-- figure: NAME -->`` and ``<!-- /figure -->``) says what ``docs/figures.toml``, the one
+  place figures are kept, says; and every figure kept there is quoted somewhere.
 
 Command line: ``python -m qa.docs_integrity`` runs them all on this repository.
 """
@@ -278,6 +281,41 @@ def external_assets(site_dir: Path) -> list[str]:
     return problems
 
 
+FIGURES = REPO_ROOT / "docs" / "figures.toml"
+_FIGURE = re.compile(r"<!-- figure: ([\w.-]+) -->(.*?)<!-- /figure -->", re.DOTALL)
+
+
+def mismatched_figures(figures: Path, pages: Iterable[Path]) -> list[str]:
+    """Quoted figures that differ from ``figures`` (a TOML table of name = text), name none
+    of its entries, or entries that no page quotes."""
+    import tomllib
+
+    kept: dict[str, str] = tomllib.loads(figures.read_text(encoding="utf-8"))
+    problems = []
+    quoted: set[str] = set()
+    for page in pages:
+        for match in _FIGURE.finditer(page.read_text(encoding="utf-8")):
+            name, text = match.group(1), " ".join(match.group(2).split())
+            quoted.add(name)
+            if name not in kept:
+                problems.append(f"{_shown(page)}: figure {name!r} is not in {_shown(figures)}")
+            elif text != kept[name]:
+                problems.append(
+                    f"{_shown(page)}: figure {name!r} says {text!r}, {_shown(figures)} says "
+                    f"{kept[name]!r}"
+                )
+    problems += [
+        f"{_shown(figures)}: figure {name!r} is quoted nowhere"
+        for name in sorted(set(kept) - quoted)
+    ]
+    return problems
+
+
+def documentation_pages(root: Path = REPO_ROOT) -> list[Path]:
+    """The README and every Markdown page of the docs site."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
 def main() -> int:
     from app.core.config import Settings
     from app.core.config_rules import RULES
@@ -293,6 +331,7 @@ def main() -> int:
         *uncommitted_pages(REFERENCE_DIR),
         *build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"),
         *external_assets(REPO_ROOT / "site"),
+        *mismatched_figures(FIGURES, documentation_pages()),
     ]
     for problem in problems:
         print(problem)

@@ -52,6 +52,14 @@ def test_every_nox_session_is_in_the_harness_guide() -> None:
     _fail_on(docs_integrity.undocumented_sessions(REPO_ROOT / "noxfile.py", DOCS / "harness.md"))
 
 
+def test_quoted_figures_are_the_kept_ones() -> None:
+    _fail_on(
+        docs_integrity.mismatched_figures(
+            docs_integrity.FIGURES, docs_integrity.documentation_pages()
+        )
+    )
+
+
 def test_site_builds_strictly() -> None:
     _fail_on(docs_integrity.build_problems(REPO_ROOT / "mkdocs.yml", REPO_ROOT / "site"))
     assert (REPO_ROOT / "site" / "reference" / "index.html").exists()

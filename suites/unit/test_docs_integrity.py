@@ -297,3 +297,36 @@ def test_the_production_guide_carries_every_checklist_line() -> None:
         "rule made-up has no line in the production checklist of "
         "docs/environments/production.md: add '- A line no guide carries.'"
     ]
+
+
+def test_a_quoted_figure_that_differs_from_the_kept_one_is_found(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.toml"
+    figures.write_text('"run" = "20 min 9 s"\n"coverage" = "97%"\n', encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "took <!-- figure: run -->20 min\n9 s<!-- /figure --> and "
+        "<!-- figure: coverage -->97%<!-- /figure -->\n",
+        encoding="utf-8",
+    )
+    assert docs_integrity.mismatched_figures(figures, [readme]) == []  # line breaks aside
+    guide = tmp_path / "guide.md"
+    guide.write_text(
+        "about <!-- figure: run -->ten minutes<!-- /figure -->, "
+        "<!-- figure: speed -->fast<!-- /figure -->\n",
+        encoding="utf-8",
+    )
+    problems = docs_integrity.mismatched_figures(figures, [readme, guide])
+    assert len(problems) == 2
+    assert "figure 'run' says 'ten minutes'" in problems[0]
+    assert "'20 min 9 s'" in problems[0]
+    assert "figure 'speed' is not in" in problems[1]
+
+
+def test_a_kept_figure_quoted_nowhere_is_found(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.toml"
+    figures.write_text('"run" = "20 min 9 s"\n', encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text("no figures here\n", encoding="utf-8")
+    assert docs_integrity.mismatched_figures(figures, [page]) == [
+        f"{figures}: figure 'run' is quoted nowhere"
+    ]
