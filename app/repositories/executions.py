@@ -146,13 +146,17 @@ class ExecutionRepository(AccountScopedRepository[Execution]):
         return (False, None) if row is None else (True, row.cancel_mode)
 
     async def request_cancel(self, execution_id: uuid.UUID, mode: str) -> bool:
+        """Record a cancel of a running execution in ``mode``; an ``immediate`` one overrides
+        an ``after_step`` one asked before (every process's heartbeat then interrupts it),
+        never the other way round. Whether the row changed."""
+        unchanged = (
+            Execution.cancel_mode.is_distinct_from("immediate")
+            if mode == "immediate"
+            else Execution.cancel_mode.is_(None)
+        )
         result = await self.session.execute(
             update(Execution)
-            .where(
-                Execution.id == execution_id,
-                Execution.status.in_(ACTIVE),
-                Execution.cancel_mode.is_(None),
-            )
+            .where(Execution.id == execution_id, Execution.status.in_(ACTIVE), unchanged)
             .values(cancel_mode=mode)
         )
         return _rowcount(result) == 1

@@ -66,6 +66,13 @@ class ExecutionOut(ResponseModel):
     strategy: str
     status: str
     status_reason: str | None
+    cancel_mode: str | None = Field(
+        default=None,
+        description="Set once a cancel was accepted: `immediate` or `after_step`, the mode it "
+        "runs in. `status` stays `running` until the running steps have stopped (`cancelled` "
+        "then); null when no cancel was asked.",
+        examples=[None],
+    )
     prompt: str
     variables: dict[str, Any]
     budget: dict[str, Any]

@@ -114,6 +114,23 @@ def test_after_step_cancel_lets_the_running_step_finish(
     assert fake_openai.pending_steps == 1
 
 
+def test_the_cancel_reply_says_it_was_accepted_and_in_which_mode(
+    owner_client: ApiClient, fake_openai: FakeOpenAI
+) -> None:
+    team = two_step_team(owner_client, fake_openai.base_url)
+    fake_openai.script(held())
+    execution = ts.start(owner_client, team, wait=None)
+    assert execution["cancel_mode"] is None
+    ts.wait_until(lambda: len(fake_openai.completions) == 1, what="the first model call")
+
+    # after_step, without waiting: the running step is still waiting for its model's answer.
+    accepted, _ = cancel(owner_client, execution["id"], "after_step", wait=0)
+    assert (accepted["status"], accepted["cancel_mode"]) == ("running", "after_step")
+    # An immediate cancel after it abandons the running step at once (never the reverse).
+    ended, _ = cancel(owner_client, execution["id"], "immediate")
+    assert (ended["status"], ended["cancel_mode"]) == ("cancelled", "immediate")
+
+
 def test_immediate_cancel_of_parallel_steps(
     owner_client: ApiClient, fake_openai: FakeOpenAI
 ) -> None:

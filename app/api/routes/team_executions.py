@@ -318,7 +318,11 @@ async def list_execution_events(
     description="Once this returns, no new step starts. `immediate` also abandons in-flight "
     "model calls; `after_step` lets them finish.",
     responses={
-        **_execution_links(202, "The execution, cancelling or ended."),
+        **_execution_links(
+            202,
+            "The cancel was accepted: the execution with its `cancel_mode`, `running` while its "
+            "steps stop (or already `cancelled`, or ended by the time `wait` ran out).",
+        ),
         **problems(400, 401, 403, 404, 409, 422),
     },
 )
