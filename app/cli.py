@@ -430,20 +430,12 @@ def create_admin(
     ],
 ) -> None:
     """Create a platform admin."""
-    from email_validator import EmailNotValidError, validate_email
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
     from app.repositories.users import UserRepository
     from app.services.bootstrap import create_admin as create
 
-    try:
-        email = validate_email(email, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        err.print(f"[bold red]Invalid email:[/] {exc}")
-        raise typer.Exit(2) from None
-    if len(password) < 8:
-        err.print("[bold red]The password must have at least 8 characters.[/]")
-        raise typer.Exit(2)
+    email = _checked_credentials(email, password)
 
     async def work(engine: AsyncEngine) -> bool:
         async with async_sessionmaker(engine)() as session:
@@ -456,6 +448,52 @@ def create_admin(
         err.print(f"[bold red]A user with the email {email} already exists.[/]")
         raise typer.Exit(1)
     out.print(f"Admin {email} created.")
+
+
+@users_cli.command("reset-password")
+def reset_password(
+    email: Annotated[str, typer.Option(prompt=True, help="The user's email.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt="New password",
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="RENUM_NEW_PASSWORD",
+            help="The new password (or RENUM_NEW_PASSWORD).",
+        ),
+    ],
+) -> None:
+    """Set a user's password (an admin's whose password was lost, too); ends their sessions."""
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+    from app.services.bootstrap import reset_password as reset
+
+    email = _checked_credentials(email, password)
+
+    async def work(engine: AsyncEngine) -> bool:
+        async with async_sessionmaker(engine)() as session:
+            return await reset(session, email, password)
+
+    if not run_with_engine(work):
+        err.print(f"[bold red]No user has the email {email}.[/]")
+        raise typer.Exit(1)
+    out.print(f"Password of {email} changed; their sessions ended.")
+
+
+def _checked_credentials(email: str, password: str) -> str:
+    """The email, normalized; exit 2 with a message for an invalid email or a short password."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        email = validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        err.print(f"[bold red]Invalid email:[/] {exc}")
+        raise typer.Exit(2) from None
+    if len(password) < 8:
+        err.print("[bold red]The password must have at least 8 characters.[/]")
+        raise typer.Exit(2)
+    return email
 
 
 def main() -> None:

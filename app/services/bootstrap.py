@@ -9,8 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Environment, Settings
 from app.core.security import hash_password_async
+from app.db.base import utcnow
 from app.models import Account, Role, User
 from app.repositories.accounts import AccountRepository
+from app.repositories.tokens import RefreshTokenRepository
 from app.repositories.users import UserRepository
 from app.services.accounts import name_key
 
@@ -50,6 +52,21 @@ async def create_admin(session: AsyncSession, email: str, password: str) -> User
     UserRepository(session).add(user)
     await session.commit()
     return user
+
+
+async def reset_password(session: AsyncSession, email: str, password: str) -> bool:
+    """Give the user with ``email`` a new password and end every session of theirs (access
+    and refresh tokens; API keys stay valid); whether such a user exists. For an operator who
+    lost an admin's password (``renum users reset-password``)."""
+    password_hash = await hash_password_async(password)
+    users = UserRepository(session)
+    user = await users.by_email(email)
+    if user is None:
+        return False
+    await users.change_password(user.id, password_hash)
+    await RefreshTokenRepository(session).revoke_user(user.id, utcnow())
+    await session.commit()
+    return True
 
 
 class BootstrapPasswordLeft(RuntimeError):

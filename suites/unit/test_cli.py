@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,13 @@ from typer.testing import CliRunner
 
 from app import __version__
 from app.cli import cli
+from app.core.config import Settings
 from app.core.metrics import MULTIPROCESS_ENV
+from app.core.security import verify_password
 from app.db import migrate
+from app.db.database import SQLAlchemyManager
+from app.models import User
+from app.repositories.users import UserRepository
 
 runner = CliRunner()
 
@@ -311,3 +317,49 @@ def test_console_script_entry_point(
         main()
     assert exited.value.code == 0
     assert f"renum {__version__}" in capsys.readouterr().out
+
+
+def test_reset_password_gives_a_user_a_new_one_and_ends_their_sessions(database: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    create = ["users", "create-admin", "--email", "ops@example.com", "--password", "first-pass"]
+    assert runner.invoke(cli, create).exit_code == 0
+    before = asyncio.run(_admin("ops@example.com"))
+
+    result = runner.invoke(
+        cli,
+        ["users", "reset-password", "--email", "Ops@Example.com"],
+        input="second-pass\nsecond-pass\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "Password of Ops@example.com changed" in flat(result.stdout)
+    assert "second-pass" not in result.output  # hidden input
+    after = asyncio.run(_admin("ops@example.com"))
+    assert after.token_generation == before.token_generation + 1  # every token ended
+    assert verify_password("second-pass", after.password_hash)
+    assert not verify_password("first-pass", after.password_hash)
+
+
+def test_reset_password_of_nobody_fails_and_changes_nothing(database: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(
+        cli,
+        ["users", "reset-password", "--email", "ghost@example.com", "--password", "long-enough"],
+    )
+    assert result.exit_code == 1
+    assert "No user has the email ghost@example.com" in flat(result.stderr)
+    short = runner.invoke(
+        cli, ["users", "reset-password", "--email", "ops@example.com", "--password", "short"]
+    )
+    assert short.exit_code == 2
+    assert "at least 8 characters" in flat(short.stderr)
+
+
+async def _admin(email: str) -> User:
+    database = SQLAlchemyManager(Settings().database)
+    try:
+        async with database.session() as session:
+            user = await UserRepository(session).by_email(email)
+            assert user is not None
+            return user
+    finally:
+        await database.dispose()
