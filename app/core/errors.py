@@ -12,7 +12,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -213,14 +213,38 @@ async def _handle_validation(request: Request, exc: RequestValidationError) -> J
             ],
         )
     count = len(errors)
+    detail = f"{count} field{'s' if count != 1 else ''} failed validation."
+    if any(e["location"] == "body" for e in errors):
+        detail += _body_media_type_hint(request)
     return problem_response(
         422,
         ValidationFailed.slug,
         ValidationFailed.title,
-        f"{count} field{'s' if count != 1 else ''} failed validation.",
+        detail,
         instance=request.url.path,
         errors=errors,
     )
+
+
+def _body_media_type_hint(request: Request) -> str:
+    """When the body was sent as another media type than the operation reads (JSON to the
+    token endpoint's OAuth2 form, a JSON body without ``Content-Type``): say so, since the
+    field errors alone read as if the fields were missing."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    if field is None:
+        return ""
+    if isinstance(field.field_info, params.File):
+        expected = "multipart/form-data"
+    elif isinstance(field.field_info, params.Form):
+        expected = "application/x-www-form-urlencoded"
+    else:
+        expected = "application/json"
+    sent = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if sent == expected or (expected == "application/json" and sent.endswith("+json")):
+        return ""
+    if not sent:
+        return f" The body was sent without a Content-Type header: send `{expected}`."
+    return f" This operation reads a `{expected}` body; the request sent `{sent}`."
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

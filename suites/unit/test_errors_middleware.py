@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Form, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -86,6 +86,10 @@ def build_app() -> FastAPI:
     @app.post("/items")
     async def create_item(item: Item) -> dict[str, Any]:
         return item.model_dump()
+
+    @app.post("/form")
+    async def form(name: Annotated[str, Form()]) -> dict[str, str]:
+        return {"name": name}
 
     @app.get("/query")
     async def query(
@@ -439,3 +443,36 @@ async def test_every_429_carries_retry_after_whoever_raised_it(
     direct = problem_response(429, "x", "X", "d", headers={"retry-after": "9"})
     assert direct.headers["retry-after"] == "9"
     assert "retry-after" not in problem_response(503, "x", "X", "d").headers
+
+
+async def test_a_body_of_another_media_type_is_named_in_the_problem(
+    client: httpx.AsyncClient,
+) -> None:
+    # JSON to a form (the token endpoint's OAuth2 form, for one): the fields read as missing.
+    body = assert_problem(await client.post("/form", json={"name": "x"}), 422, "validation-error")
+    assert body["detail"].endswith(
+        "This operation reads a `application/x-www-form-urlencoded` body; the request sent "
+        "`application/json`."
+    )
+    # A JSON body sent without its header.
+    body = assert_problem(
+        await client.post("/items", content=b'{"name": "x"}'), 422, "validation-error"
+    )
+    assert body["detail"].endswith(
+        "The body was sent without a Content-Type header: send `application/json`."
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "request_body"),
+    [
+        ("/form", {"data": {"other": "x"}}),  # the right media type, a field missing
+        ("/items", {"json": {}}),
+        ("/items", {"content": b"{}", "headers": {"Content-Type": "application/merge+json"}}),
+    ],
+)
+async def test_no_media_type_hint_when_the_body_was_read_as_sent(
+    client: httpx.AsyncClient, path: str, request_body: dict[str, Any]
+) -> None:
+    body = assert_problem(await client.post(path, **request_body), 422, "validation-error")
+    assert body["detail"].endswith("failed validation.")

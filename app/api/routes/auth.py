@@ -30,8 +30,9 @@ def _session_links(description: str) -> dict[int | str, Any]:
     "/token",
     response_model=TokenPair,
     summary="Log in with email and password",
-    description="OAuth2 password flow: `username` is the email. Returns a short-lived access "
-    "token and a refresh token.",
+    description="OAuth2 password flow: `username` is the email, sent as a form "
+    "(`application/x-www-form-urlencoded`, as OAuth2 requires), not as JSON. Returns a "
+    "short-lived access token and a refresh token.",
     responses={**_session_links("A new session's tokens."), **problems(401, 422)},
 )
 async def login(
