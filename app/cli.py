@@ -482,11 +482,15 @@ def reset_password(
 
 
 def _checked_credentials(email: str, password: str) -> str:
-    """The email, normalized; exit 2 with a message for an invalid email or a short password."""
-    from email_validator import EmailNotValidError, validate_email
+    """The email, normalized as the API normalizes it (with the special-use domains the
+    settings accept); exit 2 with a message for an invalid email or a short password."""
+    from email_validator import EmailNotValidError
 
+    from app.core.emails import accept_special_use_domains, normalized_email
+
+    accept_special_use_domains(load_settings().auth.special_use_email_domains)
     try:
-        email = validate_email(email, check_deliverability=False).normalized
+        email = normalized_email(email)
     except EmailNotValidError as exc:
         err.print(f"[bold red]Invalid email:[/] {exc}")
         raise typer.Exit(2) from None

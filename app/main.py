@@ -46,6 +46,7 @@ from app.core.alerts import LogAlertReporter
 from app.core.config import Environment, Settings
 from app.core.config_rules import refuse_unsafe
 from app.core.crypto import SecretBox
+from app.core.emails import accept_special_use_domains
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging, get_logger
 from app.core.metrics import Metrics
@@ -123,6 +124,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
+    accept_special_use_domains(settings.auth.special_use_email_domains)
     warnings = refuse_unsafe(settings)  # UnsafeConfiguration lists every error at once
     require_driver(settings.database)  # MissingDriver names the install command
     app = FastAPI(

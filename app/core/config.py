@@ -313,6 +313,26 @@ class AuthSettings(BaseModel):
     )
     audience: str = Field(default="renum-api", description="JWT `aud` claim.")
     issuer: str = Field(default="renum", description="JWT `iss` claim.")
+    special_use_email_domains: list[str] = Field(
+        default=["test"],
+        description="Special-use domains (RFC 6761) accepted in email addresses, by the API "
+        'and the CLI alike, as JSON (`["local", "test"]`); any of `arpa`, `invalid`, '
+        "`local`, `localhost`, `onion`, `test`. Development and test also accept `local`, the "
+        "domain of the default first admin.",
+    )
+
+    @field_validator("special_use_email_domains")
+    @classmethod
+    def _known_special_use(cls, value: list[str]) -> list[str]:
+        from app.core.emails import SPECIAL_USE_DOMAINS
+
+        unknown = sorted(set(value) - set(SPECIAL_USE_DOMAINS))
+        if unknown:
+            raise ValueError(
+                f"not special-use domains: {', '.join(unknown)} (known: "
+                f"{', '.join(SPECIAL_USE_DOMAINS)}); other domains need no setting"
+            )
+        return value
 
 
 class ModelPrice(BaseModel):

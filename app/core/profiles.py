@@ -20,12 +20,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "metrics": {"public": True},
         "docs": {"enabled": True},
         "database": {"pool_size": 5},
+        # The default first admin is admin@renum.local.
+        "auth": {"special_use_email_domains": ["local", "test"]},
     },
     "test": {
         "log_format": "json",
         "metrics": {"public": True},
         "docs": {"enabled": True},
         "database": {"pool_size": 5},
+        "auth": {"special_use_email_domains": ["local", "test"]},
     },
     "staging": {
         "log_format": "json",

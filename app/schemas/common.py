@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from app.core.emails import normalized_email
+
 T = TypeVar("T")
 
 # Money travels as a decimal string ("0.0042"), never as a float.
@@ -48,16 +50,13 @@ Token = Annotated[str, StringConstraints(min_length=1, max_length=4096), VERBATI
 
 def _email(value: str) -> str:
     try:
-        checked = email_validator.validate_email(
-            value, check_deliverability=False, test_environment=True
-        )
+        return normalized_email(value)
     except email_validator.EmailNotValidError as exc:
         raise ValueError(f"value is not a valid email address: {exc}") from None
-    return checked.normalized
 
 
-# An address by its syntax (`format: email`, as sent: no display name, no padding). Renum sends
-# no mail, so a domain need not be deliverable; `.test` ones, used by test setups, are accepted.
+# An address by its syntax (`format: email`, as sent: no display name, no padding), as
+# `app.core.emails` checks it: special-use domains only where the settings accept them.
 Email = Annotated[
     str,
     StringConstraints(max_length=254),
