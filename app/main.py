@@ -24,6 +24,7 @@ from app.api.routes import (
     api_keys,
     auth,
     execution_ws,
+    landing,
     provider_keys,
     team_executions,
     team_members,
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(landing.router)  # the page at /
     for capability in enabled_capabilities(settings):
         capability.install(app, settings)
     declare_required_roles(app)  # x-required-role from each route's declared role

@@ -36,7 +36,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi import routing as fastapi_routing
 from fastapi.telemetry._api import _route_selected
 from starlette._utils import get_route_path
-from starlette.routing import BaseRoute, Host, Match, Mount
+from starlette.routing import BaseRoute, Host, Match, Mount, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 
@@ -106,6 +106,8 @@ def route_segments(route: BaseRoute, outer: str) -> frozenset[str] | None:
     if nested is None:
         if isinstance(route, Host):
             return None
+        if isinstance(route, Route | WebSocketRoute) and route.path == "/":
+            return frozenset(("",))  # the frame's root path only (not a mount: it takes all)
         segment = first_segment(getattr(route, "path", ""))
         return None if segment is None else frozenset((segment,))
     # An included router: its prefix, as FastAPI records it, is in the frame of the router

@@ -73,6 +73,10 @@ def build(router_class: type[APIRouter]) -> FastAPI:
     async def late() -> dict[str, str]:
         return {"late": "yes"}
 
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        return {"root": "yes"}
+
     # A router included under a prefix, holding one included without a prefix of its own
     # (FastAPI records a nested router's prefix relative to the router that holds it).
     outer = router_class()
