@@ -296,3 +296,12 @@ def test_the_digest_changes_with_the_dependency_tables_only(tmp_path: Path) -> N
 
     edited.write_text(original.replace("dependencies = [\n", 'dependencies = [\n    "six",\n', 1))
     assert noxfile.dependency_digest(edited) != noxfile.dependency_digest(PYPROJECT)
+
+
+def test_the_project_metadata_uses_no_form_setuptools_deprecates() -> None:
+    """A license as a TOML table made every build of the project print setuptools' deprecation
+    warning (and stop building after 2027-02-18): the license is an SPDX expression, which
+    setuptools reads from version 77 on."""
+    pyproject = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+    assert isinstance(pyproject["project"]["license"], str)
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]
