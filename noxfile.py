@@ -87,6 +87,12 @@ def shared_env(session: nox.Session) -> dict[str, str]:
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(VENV))
     if not stamp.exists() or stamp.read_text() != digest:
+        session.log(
+            f"Installing the shared environment {VENV.relative_to(ROOT)} from "
+            f"{LOCK.relative_to(ROOT)} ({len(locked_versions())} packages, hash-checked): "
+            "on the first run or after the lock or pyproject.toml changed; a minute or two, "
+            "quiet while pip works"
+        )
         pip = (str(python), "-m", "pip", "--disable-pip-version-check")
         if sys.version_info[:2] != tuple(map(int, LOCK_PYTHON.split("."))):
             session.warn(f"requirements/qa.lock is resolved for Python {LOCK_PYTHON}")
@@ -99,6 +105,7 @@ def shared_env(session: nox.Session) -> dict[str, str]:
         session.run(*pip, "install", "--quiet", "--no-deps", "-e", ".")
         session.run(*pip, "check")
         stamp.write_text(digest)
+        session.log("The shared environment is ready")
     return {
         "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "VIRTUAL_ENV": str(VENV),

@@ -305,3 +305,41 @@ def test_the_project_metadata_uses_no_form_setuptools_deprecates() -> None:
     pyproject = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
     assert isinstance(pyproject["project"]["license"], str)
     assert "setuptools>=77" in pyproject["build-system"]["requires"]
+
+
+class RecordingSession:
+    """Stands for a nox session: records what it is told to log and to run, runs nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def log(self, message: str) -> None:
+        self.calls.append(("log", message))
+
+    def warn(self, message: str) -> None:
+        self.calls.append(("warn", message))
+
+    def run(self, *args: str, **kwargs: object) -> str:
+        self.calls.append(("run", " ".join(map(str, args))))
+        return "[]"
+
+
+def test_installing_the_shared_environment_says_what_it_is_doing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first `nox -s serve` spent a minute or two installing in silence."""
+    noxfile = load_noxfile()
+    monkeypatch.setattr(noxfile, "VENV", ROOT / ".nox" / f"probe-{os.getpid()}")
+    session = RecordingSession()
+    try:
+        noxfile.VENV.mkdir(parents=True)
+        noxfile.shared_env(session)
+    finally:
+        shutil.rmtree(noxfile.VENV, ignore_errors=True)
+    kinds = [kind for kind, _ in session.calls]
+    first_install = next(n for n, (_, text) in enumerate(session.calls) if " install " in text)
+    assert "log" in kinds[:first_install]
+    told = session.calls[kinds.index("log")][1]
+    assert "Installing the shared environment" in told
+    assert "requirements/qa.lock" in told
+    assert session.calls[-1] == ("log", "The shared environment is ready")
