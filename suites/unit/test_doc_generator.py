@@ -411,3 +411,11 @@ def test_the_backend_s_reference_has_the_events_page() -> None:
     generator = reference_docs()
     assert {event.type for event in generator.events} == {e.type for e in EVENT_TYPES}
     assert "events.md" in generator.pages()
+
+
+@pytest.mark.parametrize(
+    ("tag", "title"),
+    [("api-keys", "API keys"), ("team-members", "Team members"), ("ops", "Ops")],
+)
+def test_a_page_title_spells_acronyms_as_such(tag: str, title: str) -> None:
+    assert doc_generator._title(tag) == title

@@ -1073,9 +1073,14 @@ def _method_rank(method: str) -> int:
     return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
+# Words a title spells as the acronyms they are ("API keys", not "Api keys").
+_ACRONYMS = {"api": "API", "id": "ID", "json": "JSON", "sse": "SSE", "url": "URL"}
+
+
 def _title(tag: str) -> str:
-    words = tag.replace("-", " ").replace("_", " ")
-    return words[:1].upper() + words[1:]
+    words = [_ACRONYMS.get(word, word) for word in tag.replace("_", "-").split("-")]
+    text = " ".join(words)
+    return text[:1].upper() + text[1:]
 
 
 def _fence(language: str, title: str, body: str) -> str:
