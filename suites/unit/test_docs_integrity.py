@@ -3,8 +3,11 @@ MkDocs hook that puts the generated reference pages in the navigation."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from app.capabilities.docs.generator import DocumentationGenerator
 from qa import docs_integrity, mkdocs_hooks
+from qa.examples import extract_blocks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "doc_schema.json"
 
@@ -330,3 +334,30 @@ def test_a_kept_figure_quoted_nowhere_is_found(tmp_path: Path) -> None:
     assert docs_integrity.mismatched_figures(figures, [page]) == [
         f"{figures}: figure 'run' is quoted nowhere"
     ]
+
+
+def test_every_package_the_python_examples_import_is_in_the_install_line() -> None:
+    """The Python examples needed httpx and websockets, and no page said how to get them."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    guide = (docs / "getting-started.md").read_text(encoding="utf-8")
+    install = re.search(r"`python3 -m pip install ([^`]+)`", guide)
+    assert install, "getting-started.md has no `python3 -m pip install ...` line"
+    installable = set(install.group(1).split())
+    imported: set[str] = set()
+    for page in sorted(docs.rglob("*.md")):
+        for block in extract_blocks(page.read_text(encoding="utf-8"), page.name):
+            if block.language == "python" and not block.title.startswith("Not run"):
+                imported |= _top_level_imports(block.code)
+    third_party = {name for name in imported if name not in sys.stdlib_module_names}
+    assert third_party
+    assert third_party <= installable, f"examples import {sorted(third_party - installable)}"
+
+
+def _top_level_imports(source: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
