@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +35,7 @@ cli = typer.Typer(
     help="Renum: run teams of AI agents. Settings come from RENUM_* variables and .env.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 db_cli = typer.Typer(
     help="The database: migrations, schema drift, retention.", no_args_is_help=True
@@ -45,8 +48,19 @@ cli.add_typer(users_cli, name="users")
 cli.add_typer(docs_cli, name="docs")
 cli.add_typer(config_cli, name="config")
 
-out = Console()
-err = Console(stderr=True)
+# Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
+# two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
+PIPED_WIDTH = 200
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+out = _console()
+err = _console(stderr=True)
 
 
 def read_settings(**overrides: Any) -> Settings:

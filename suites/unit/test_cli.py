@@ -12,6 +12,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from app import __version__
+from app import cli as cli_module
 from app.cli import cli
 from app.core.config import Settings
 from app.core.metrics import MULTIPROCESS_ENV
@@ -385,3 +386,27 @@ async def _admin(email: str) -> User:
             return user
     finally:
         await database.dispose()
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["db"], ["db", "check"], ["doctor"], ["users", "reset-password"], ["serve"]]
+)
+def test_help_names_flags_without_type_labels_and_rewraps_paragraphs(command: list[str]) -> None:
+    result = runner.invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output  # a flag takes no value
+    assert "╭" not in result.output  # plain help, the same in a terminal and through a pipe
+
+
+def test_output_through_a_pipe_is_not_wrapped_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = cli_module._console()  # pytest's stdout is no terminal
+    assert console.width == cli_module.PIPED_WIDTH
+    url = "https://docs.example.com/renum/troubleshooting/#providers-and-their-base-urls"
+    with console.capture() as captured:
+        console.print(f"docs: {url} " * 2)
+    assert url in captured.get()
+    monkeypatch.setenv("COLUMNS", "100")  # the width the user asked for
+    assert cli_module._console().width == 100
