@@ -8,9 +8,11 @@ command), builds the engine with the pool and driver settings of the ``database`
 size, overflow, timeout, recycle, pre-ping; PostgreSQL's statement timeout and the driver's
 connect and command timeouts; SQLite's pragmas), measures its pool (``app.db.pool``) and lets a
 circuit breaker guard every checkout (``attach_breaker``). Besides sessions, it runs short
-synchronous transactions in one hop (``run_transaction``), which the execution engine uses for
-its per-step writes, and a health round trip (``server_version``, ``ping``) on a connection of
-its own that never waits for SQLite's write lock or the pool.
+synchronous transactions in one hop (``run_transaction``: on a connection checked out without
+the pre-ping, replaced when it turns out lost before the commit; on PostgreSQL, optionally as
+statements committing by themselves), which the execution engine uses for its per-step
+writes, and a health round trip (``server_version``, ``ping``) on a connection of its own that
+never waits for SQLite's write lock or the pool.
 
 Every engine hides SQL parameters (``hide_parameters=True``): a failed statement's error, and
 the statement log of ``echo``, never carry the values bound to it (prompts, key hashes, ...).
@@ -36,13 +38,22 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import DatabaseSettings
+from app.core.logging import get_logger
 from app.db.breaker import CircuitBreaker
-from app.db.pool import MeasuredPool, PoolStats, is_connection_failure, pool_status
+from app.db.pool import (
+    MeasuredPool,
+    PoolStats,
+    is_connection_failure,
+    pool_status,
+    unpinged,
+)
 from app.db.queries import QueryHooks, instrument, uninstrument
 
 T = TypeVar("T")
+log = get_logger("app.database")
 
 # Execution option naming how an SQLite transaction begins: "IMMEDIATE" (the default: take the
 # write lock at once) or "DEFERRED" (a read-only transaction: no write lock, never waits for a
@@ -273,24 +284,67 @@ class SQLAlchemyManager:
         """A round trip that never waits for a writer or for the pool (see server_version)."""
         await self.server_version()
 
-    async def run_transaction(self, work: Callable[[Connection], T]) -> T:
+    @property
+    def autocommits(self) -> bool:
+        """Whether ``run_transaction(autocommit=True)`` runs work outside a transaction (on
+        PostgreSQL; elsewhere it is a transaction like any other)."""
+        return not self.settings.is_sqlite
+
+    async def run_transaction(
+        self, work: Callable[[Connection], T], *, autocommit: bool = False
+    ) -> T:
         """Run ``work`` on a synchronous connection in one transaction, committed when it
         returns (rolled back when it raises), in a single hop off the event loop.
 
         On an SQLite file that is a plain pysqlite connection to the same file, in a worker
         thread of its own (SQLite runs one writer at a time anyway, and through the async
-        driver each statement would cost a thread hop); elsewhere the async driver runs
-        ``work`` through SQLAlchemy's greenlet bridge (``run_sync``)."""
+        driver each statement would cost a thread hop); elsewhere the async driver runs it,
+        from checkout to checkin, in one greenlet of SQLAlchemy's asyncio bridge (what
+        ``run_sync`` does for its part).
+
+        The pooled connection is not pinged first (a pre-ping costs up to three round trips
+        on PostgreSQL): when it turns out to be lost before the commit was sent, nothing was
+        committed and ``work`` runs once more on a fresh connection (so it may run twice; its
+        effects outside the transaction must allow that). A connection lost at the commit
+        itself leaves the outcome unknown: that failure is raised, for the caller to find out
+        (the engine's lease fencing does).
+
+        With ``autocommit`` (PostgreSQL only; elsewhere ignored) no transaction is begun: each
+        statement of ``work`` commits by itself, which saves the BEGIN and COMMIT round trips
+        of work that writes with one statement. Such work is never run twice here: its
+        statement is its commit."""
         if self.breaker is not None:
             self.breaker.check()
-        if self._sqlite_url is None:
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(work)
-        if self._sqlite is None:
-            self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings)
-            if self.query_hooks is not None:
-                instrument(self._sqlite.engine, self.query_hooks)
-        return await self._sqlite.run(work)
+        if self._sqlite_url is not None:
+            if self._sqlite is None:
+                self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings)
+                if self.query_hooks is not None:
+                    instrument(self._sqlite.engine, self.query_hooks)
+            return await self._sqlite.run(work)
+        with unpinged():
+            return await greenlet_spawn(self._pooled, work, autocommit and self.autocommits)
+
+    def _pooled(self, work: Callable[[Connection], T], autocommit: bool) -> T:
+        """``run_transaction`` on the application's engine, all of it (checkout, statements,
+        commit, checkin) in the one greenlet of SQLAlchemy's asyncio bridge that runs this."""
+        engine = self.engine.sync_engine
+        if autocommit:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return work(conn)
+        for attempt in (1, 2):
+            with engine.connect() as conn:
+                conn.begin()
+                try:
+                    result = work(conn)
+                except Exception as exc:
+                    if attempt == 2 or not is_connection_failure(exc):
+                        raise
+                    # Lost before the commit was sent: nothing was committed.
+                    log.info("database_connection_replaced", error_type=type(exc).__name__)
+                    continue
+                conn.commit()
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def dispose(self) -> None:
         if self._sqlite is not None:

@@ -1,6 +1,6 @@
 """The connection pool of the application's engine, measured, and the guard of every checkout.
 
-``MeasuredPool`` is SQLAlchemy's asyncio queue pool with three additions, all O(1) per checkout:
+``MeasuredPool`` is SQLAlchemy's asyncio queue pool with four additions, all O(1) per checkout:
 
 - its figures (``PoolStats``): checkouts that had to wait for a connection and the time they
   waited, connections that could not be opened or were lost, beside the pool's own size,
@@ -10,7 +10,14 @@
   connection that was lost, is refused at once instead of waiting for a timeout) and told of
   each checkout's outcome;
 - the connections checked out right now, so that when an outage is detected they can be
-  terminated, which ends the statements hung on them at once (``terminate_in_use``).
+  terminated, which ends the statements hung on them at once (``terminate_in_use``);
+- checkouts made under ``unpinged()`` skip the pre-ping (one to three round trips): for work
+  that survives a connection lost under it anyway (the execution engine's transactions, tried
+  again after a connection failure and fenced by the lease). Such a checkout still replaces a
+  connection its driver already knows to be closed (the server ended it: a restart, a
+  terminated backend), at no cost; a connection found dead by the work itself is invalidated
+  by SQLAlchemy (with every connection opened before it), so the next checkout gets a fresh
+  one.
 
 A failure to open a connection (refused, timed out, reset: the driver raises ``OSError`` or
 ``TimeoutError``, which SQLAlchemy passes through unwrapped) is raised as ``ConnectionFailed``,
@@ -20,10 +27,14 @@ so that the layers above tell a database outage from any other error.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
 
 
@@ -111,10 +122,27 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# True while the checkouts of this context skip the pre-ping (``unpinged``).
+_unpinged: ContextVar[bool] = ContextVar("renum_unpinged_checkout", default=False)
+
+
+@contextmanager
+def unpinged() -> Iterator[None]:
+    """Checkouts made inside the block (in this task, and the greenlets SQLAlchemy runs its
+    statements in) skip the pool's pre-ping."""
+    token = _unpinged.set(True)
+    try:
+        yield
+    finally:
+        _unpinged.reset(token)
+
+
 class MeasuredPool(AsyncAdaptedQueuePool):
-    """``AsyncAdaptedQueuePool`` with the figures, gate and tracking described above."""
+    """``AsyncAdaptedQueuePool`` with the figures, gate, tracking and pre-ping switch described
+    above."""
 
     stats: PoolStats
+    _pings: bool  # pre-ping as configured (``pool_pre_ping``)
     # SQLAlchemy names a pool's logger after its class; this subclass lives under ``app``,
     # whose loggers run at INFO, so keep SQLAlchemy's own name (and its WARNING level).
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
@@ -126,6 +154,17 @@ class MeasuredPool(AsyncAdaptedQueuePool):
         # Every new connection goes through here: the first ones, overflow, and the
         # replacements pre-ping and recycling open.
         self._invoke_creator = self._open_connection  # type: ignore[assignment]  # same call, Any result
+        if kwargs.get("_dispatch") is None:  # ``recreate`` passes on the listeners
+            event.listen(self, "checkout", _closed_by_server)
+
+    # SQLAlchemy reads ``_pre_ping`` on each checkout (and sets it once, when the pool is built).
+    @property
+    def _pre_ping(self) -> bool:
+        return self._pings and not _unpinged.get()
+
+    @_pre_ping.setter
+    def _pre_ping(self, value: bool) -> None:
+        self._pings = value
 
     def _open_connection(self, record: ConnectionPoolEntry) -> Any:
         if self.stats.gate is not None:
@@ -169,6 +208,7 @@ class MeasuredPool(AsyncAdaptedQueuePool):
     def recreate(self) -> MeasuredPool:
         fresh = cast(MeasuredPool, super().recreate())  # QueuePool builds self.__class__
         fresh.stats = self.stats
+        fresh._pings = self._pings  # as configured, whatever context recreates it
         self.stats.in_use.clear()
         return fresh
 
@@ -181,6 +221,16 @@ class MeasuredPool(AsyncAdaptedQueuePool):
             if connection is not None:
                 self._dialect.do_terminate(connection)
         return len(records)
+
+
+def _closed_by_server(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    """Without its pre-ping, a checkout still refuses a connection its driver knows to be
+    closed (asyncpg's ``is_closed``: no round trip); SQLAlchemy then opens another."""
+    if not _unpinged.get():
+        return
+    is_closed = getattr(getattr(dbapi_connection, "driver_connection", None), "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise DisconnectionError("the server closed the connection")
 
 
 def pool_status(pool: Pool) -> dict[str, float]:

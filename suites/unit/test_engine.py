@@ -7,6 +7,7 @@ events' order and numbering."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from app.models import (
     Account,
     Agent,
     ContextEntry,
+    Delivery,
     Execution,
     ExecutionEvent,
     ExecutionMessage,
@@ -38,8 +40,10 @@ from app.models import (
     Role,
     Team,
     User,
+    Webhook,
 )
 from app.schemas.executions import ExecutionCreate
+from app.services.engine import engine as engine_module
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
 from app.services.engine.engine import NOT_YET, CommitLanded, ExecutionEngine, stale_before
 from app.services.engine.runner import InProcessRunner
@@ -185,8 +189,22 @@ async def _seed(database: SQLAlchemyManager) -> tuple[Principal, list[Agent]]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    async with _world(request.param, tmp_path) as built:
+        yield built
+
+
+@pytest.fixture
+async def postgresql_world(tmp_path: Path) -> AsyncIterator[World]:
+    """A world on PostgreSQL only: for what happens between a read and a claim there (on
+    SQLite the claim is one transaction, so nothing comes between its steps)."""
+    async with _world("postgresql", tmp_path) as built:
+        yield built
+
+
+@contextlib.asynccontextmanager
+async def _world(flavour: str, tmp_path: Path) -> AsyncIterator[World]:
     name = None
-    if request.param == "sqlite":
+    if flavour == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
     else:
         name = f"renum_engine_{uuid.uuid4().hex[:10]}"
@@ -690,8 +708,8 @@ async def test_an_immediate_cancel_landing_just_after_a_start_keeps_the_agent_fr
     interrupt = asyncio.Event()
     run_transaction = world.database.run_transaction
 
-    async def then_cancel(work: Any) -> Any:
-        result = await run_transaction(work)
+    async def then_cancel(work: Any, **options: Any) -> Any:
+        result = await run_transaction(work, **options)
         if not interrupt.is_set():
             await world.cancel(execution_id, "immediate")
             interrupt.set()  # what the runner does for a cancel through this process
@@ -1043,6 +1061,104 @@ async def test_a_drive_pauses_while_the_database_is_away_and_goes_on_after(world
     assert breaker.refused >= 1
     assert _numbered(events)
     assert "execution_resumed" not in _types(events)
+
+
+async def _deliveries(world: World) -> list[tuple[str, uuid.UUID | None]]:
+    async with world.database.session() as session:
+        rows = await session.execute(select(Delivery.event, Delivery.webhook_id))
+        return [(event, webhook_id) for event, webhook_id in rows]
+
+
+async def test_an_end_queues_its_webhooks_in_the_commit_that_ends_it(world: World) -> None:
+    """An account without webhooks gets no delivery; one with an enabled webhook subscribed to
+    the end gets one, committed with the end (on PostgreSQL an end is one statement only when
+    its account has no webhook: refused otherwise, it is written again in a transaction)."""
+    quiet = await world.start(await world.team("sequential", 2))
+    await world.engine.run(quiet, asyncio.Event())
+    assert await _deliveries(world) == []
+
+    async with world.database.session() as session:
+        hook = Webhook(
+            account_id=world.principal.account_id,
+            url="https://hooks.example.com/renum",
+            events=["execution.completed"],
+            sealed_secret="sealed",
+            encryption_key_id="test",
+        )
+        session.add(hook)
+        await session.commit()
+    execution_id = await world.start(await world.team("sequential", 2))
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, _, events = await world.state(execution_id)
+    assert execution is not None
+    assert execution.status == "completed"
+    assert _numbered(events)
+    assert await _deliveries(world) == [("execution.completed", hook.id)]
+
+
+async def test_a_cancel_between_the_read_and_the_claim_ends_the_execution_at_its_claim(
+    postgresql_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the execution is read, then claimed with its first writes in one
+    statement, guarded by no cancel since: a cancel committed in between refuses that
+    statement, and the claim made in a transaction instead ends the execution, cancelled."""
+    world = postgresql_world
+    execution_id = await world.start(await world.team("sequential", 2))
+    read = engine_module.read
+
+    def read_then_cancel(conn: Any, execution: uuid.UUID) -> Any:
+        found = read(conn, execution)
+        conn.execute(  # commits at once: each statement does here
+            update(Execution).where(Execution.id == execution).values(cancel_mode="after_step")
+        )
+        return found
+
+    monkeypatch.setattr(engine_module, "read", read_then_cancel)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.status_reason) == ("cancelled", "cancelled")
+    assert {s.status for s in steps.values()} == {"cancelled"}
+    assert world.caller.calls == []
+    assert _types(events) == ["execution_started", "execution_cancelled"]
+    assert _numbered(events)
+
+
+async def test_a_claim_by_another_process_between_the_read_and_the_claim_wins(
+    postgresql_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process claims the execution after this one read it: the lease read no longer
+    holds, nothing of this process's claim is written, and the claim in a transaction finds
+    the execution owned, so this process leaves it alone."""
+    world = postgresql_world
+    execution_id = await world.start(await world.team("sequential", 2))
+    read = engine_module.read
+
+    def read_then_taken(conn: Any, execution: uuid.UUID) -> Any:
+        found = read(conn, execution)
+        conn.execute(
+            update(Execution)
+            .where(Execution.id == execution)
+            .values(
+                status="running",
+                owner="another-process",
+                heartbeat_at=utcnow(),
+                lease=Execution.lease + 1,
+            )
+        )
+        return found
+
+    monkeypatch.setattr(engine_module, "read", read_then_taken)
+    await world.engine.run(execution_id, asyncio.Event())
+
+    execution, steps, events = await world.state(execution_id)
+    assert execution is not None
+    assert (execution.status, execution.owner) == ("running", "another-process")
+    assert {s.status for s in steps.values()} == {"pending"}
+    assert events == []
+    assert world.caller.calls == []
 
 
 def test_staleness_is_counted_from_the_database_s_return() -> None:

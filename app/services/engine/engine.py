@@ -10,8 +10,17 @@ request, is checked in the same transaction by the guarded update that every sta
 end goes through, so once a cancel has returned no new step starts. Every transaction leaves
 committed state from which any process resumes the execution after a crash (claim, reaper,
 steps left ``running`` run again). The in-memory state and its changes live in ``state.py``,
-the statements in ``EngineRepository``. No template runs inside a transaction: a step's input
-template is rendered when the step runs, by the bounded renderer's worker processes.
+the statements in ``EngineRepository``, ``claims.py`` and ``writes.py``. No template runs
+inside a transaction: a step's input template is rendered when the step runs, by the bounded
+renderer's worker processes.
+
+On PostgreSQL a transaction costs its round trips: the claim is a read then one statement
+(``_claim_at_once``: the claim with the first writes), and a commit is one statement
+(``writes.OneStatement``), each committing by itself; what cannot be one statement (an end
+that queues webhooks, a claim that ends the execution or finds it changed since it was read)
+takes a transaction as on SQLite. The engine's connections are not pinged at checkout: a
+connection lost under a transaction is replaced (``SQLAlchemyManager.run_transaction``), and
+one lost under a commit is the outage handling's (``_through_outage``, lease fencing).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +48,7 @@ from app.models import ExecutionStatus, MessageStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
+from app.services.engine.claims import Claimed, claim, claimable, read
 from app.services.engine.events import (
     ContextUpdated,
     CostUpdated,
@@ -62,6 +72,7 @@ from app.services.engine.state import (
     seconds_left,
 )
 from app.services.engine.strategies import StepInputError, decide, render_input
+from app.services.engine.writes import Writes, has_webhooks, write
 from app.services.events import EventHub
 from app.services.messages import Mailbox, Message, directory, inbox, output_messages
 from app.services.providers.base import ProviderError
@@ -93,6 +104,10 @@ class _Stop:
 class ExecutionLost(Exception):
     """The execution is no longer this process's to drive (deleted, or claimed by another
     process after our heartbeat went stale); nothing of the transaction is kept."""
+
+
+class _NotAtOnce(Exception):
+    """A claim that cannot be made as one statement (``ExecutionEngine._claim_at_once``)."""
 
 
 class CommitLanded(Exception):
@@ -148,7 +163,7 @@ class ExecutionEngine:
 
     async def run(self, execution_id: uuid.UUID, interrupt: asyncio.Event) -> None:
         """Drive one execution to its end, if this process can claim it."""
-        claimed = await self.db.run_transaction(partial(self._claim, execution_id))
+        claimed = await self._claim(execution_id)
         if claimed is None:
             return
         claimed.apply()
@@ -167,21 +182,76 @@ class ExecutionEngine:
 
     # -- transactions (run by SQLAlchemyManager.run_transaction, off the event loop) ----------
 
-    def _claim(self, execution_id: uuid.UUID, conn: Connection) -> Changes | None:
-        """Claim the execution, load it, and start its first steps."""
-        repo = EngineRepository(conn)
+    async def _claim(self, execution_id: uuid.UUID) -> Changes | None:
+        """Claim the execution, load it, and start its first steps, in one transaction. On
+        PostgreSQL that is first tried as one statement, which commits by itself
+        (``_claim_at_once``), and done in a transaction when it cannot be."""
+        if self.db.autocommits:
+            try:
+                return await self.db.run_transaction(
+                    partial(self._claim_at_once, execution_id), autocommit=True
+                )
+            except _NotAtOnce:
+                pass
+        return await self.db.run_transaction(partial(self._claim_in_transaction, execution_id))
+
+    def _claim_in_transaction(self, execution_id: uuid.UUID, conn: Connection) -> Changes | None:
+        """Claim the execution (``claims.claim``), then start it in the same transaction."""
         now = utcnow()
         cutoff = stale_before(self.db, now, self.settings.stale_after_seconds)
-        row = repo.claim(execution_id, self.owner, now, cutoff)
-        if row is None:
+        claimed = claim(conn, execution_id, self.owner, now, cutoff)
+        if claimed is None:
             return None
+        changes = self._start(claimed, conn, now)
+        # The claim holds the guard (the row is ours, its cancel_mode read under the claim).
+        self._write(changes, now, conn, unless_cancelled=False)
+        return changes
+
+    def _claim_at_once(self, execution_id: uuid.UUID, conn: Connection) -> Changes | None:
+        """Read the execution, then claim it with its first writes in one statement, guarded
+        by the claim's conditions under the lease read and by no cancel since (PostgreSQL,
+        each statement committing by itself). ``_NotAtOnce`` when the claim would end it (its
+        end queues its webhooks in a transaction), the guard refused (it changed since it
+        was read) or the connection was lost before the claim was sent: nothing was
+        written."""
+        now = utcnow()
+        cutoff = stale_before(self.db, now, self.settings.stale_after_seconds)
+        try:
+            found = read(conn, execution_id)
+            if found is None or not claimable(found.execution, cutoff):
+                return None
+            changes = self._start(found, conn, now, claiming=True)
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            raise _NotAtOnce from exc  # lost before anything was written
+        if changes.finish is not None:
+            raise _NotAtOnce
+        if not self._write(changes, now, conn, unless_cancelled=True, claim=cutoff):
+            raise _NotAtOnce
+        return changes
+
+    def _start(
+        self, claimed: Claimed, conn: Connection, now: datetime, *, claiming: bool = False
+    ) -> Changes:
+        """What the engine holds of the execution (``Run``) and the changes that start it: its
+        first steps, or its end. ``claiming``: the row was read before the claim, which its
+        first writes make (its resumed count and start are the claim's)."""
+        repo = EngineRepository(conn)
+        row = claimed.execution
+        execution_id = row.id
+        resumed_count = row.resumed_count
+        started_at = row.started_at
+        if claiming:
+            resumed_count += row.status == ExecutionStatus.running.value
+            started_at = started_at or now
         # A first claim finds no context yet; a resumed execution reads what it had written.
-        context = repo.context(execution_id) if row.resumed_count else {}
+        context = repo.context(execution_id) if resumed_count else {}
         workflow = WorkflowDefinition.model_validate(row.workflow)
-        agents = {str(a.id): a for a in repo.agents({s.agent_id for s in workflow.steps})}
+        agents = claimed.agents
         key_ids = {a.provider_key_id for a in agents.values() if a.provider_key_id}
         run = Run(
-            id=row.id,
+            id=execution_id,
             account_id=row.account_id,
             team_id=row.team_id,
             created_by=row.created_by,
@@ -189,18 +259,18 @@ class ExecutionEngine:
             prompt=row.prompt,
             variables=dict(row.variables),
             budget=dict(row.budget or {}),
-            started_at=row.started_at,
+            started_at=started_at,
             input_tokens=row.input_tokens,
             output_tokens=row.output_tokens,
             cost_usd=Decimal(row.cost_usd),
-            steps={row.key: StepRecord.from_row(row._mapping) for row in repo.steps(execution_id)},
+            steps={step["key"]: StepRecord.from_row(step) for step in claimed.steps},
             context={key: value for key, (_, value) in context.items()},
             versions={key: version for key, (version, _) in context.items()},
             agents=agents,
             keys={k.id: k for k in repo.provider_keys(key_ids)} if key_ids else {},
             # A first claim finds no messages yet either.
             messages=[Message(**m._mapping) for m in repo.messages(execution_id)]
-            if row.resumed_count
+            if resumed_count
             else [],
             directory=directory([s.model_dump() for s in workflow.steps]),
             lease=row.lease,
@@ -211,12 +281,12 @@ class ExecutionEngine:
             if step.status is StepStatus.running:
                 changes.step(key).status = StepStatus.pending
                 changes.step(key).started_at = None
-        if row.resumed_count > self.settings.max_resumes:
-            error = f"the execution was abandoned {row.resumed_count} times"
+        if resumed_count > self.settings.max_resumes:
+            error = f"the execution was abandoned {resumed_count} times"
             self._end(changes, Finish(ExecutionStatus.failed, "abandoned", error=error), now)
         else:
-            if row.resumed_count:
-                changes.events.append(ExecutionResumed(resumed_count=row.resumed_count))
+            if resumed_count:
+                changes.events.append(ExecutionResumed(resumed_count=resumed_count))
                 log.info("execution_resumed", execution_id=str(execution_id))
             else:
                 changes.events.append(ExecutionStarted(workflow_version=row.workflow_version))
@@ -225,13 +295,13 @@ class ExecutionEngine:
             else:
                 self._expire_requests(changes, now)
                 self._plan(changes, now)
-        # The claim holds the guard (the row is ours, its cancel_mode read under the claim).
-        self._write(repo, changes, now, unless_cancelled=False)
         return changes
 
-    def _commit(self, run: Run, results: list[StepResult], conn: Connection) -> Changes:
-        """Commit steps' results and whatever follows from them, in one transaction."""
-        repo = EngineRepository(conn)
+    async def _commit(self, run: Run, results: list[StepResult]) -> Changes:
+        """Commit steps' results and whatever follows from them, in one transaction. On
+        PostgreSQL that is one statement, which commits by itself (``writes``); an end is
+        written so only when its account has no webhook to queue (else it is refused, and
+        written again with its webhooks in a transaction)."""
         now = utcnow()
         changes = Changes(run)
         for result in results:
@@ -239,8 +309,24 @@ class ExecutionEngine:
         self._expire_requests(changes, now)
         self._plan(changes, now)
         moves_on = bool(changes.starting or changes.finish)
-        if self._write(repo, changes, now, unless_cancelled=moves_on):
+        write = partial(self._write, changes, now, unless_cancelled=moves_on)
+        if self.db.autocommits:
+            one = partial(write, one_statement=True)
+            written = await self.db.run_transaction(one, autocommit=True)
+            if not written and changes.finish is not None:
+                written = await self.db.run_transaction(write)
+        else:
+            written = await self.db.run_transaction(write)
+        if written:
             return changes
+        return await self.db.run_transaction(partial(self._refused, run, results))
+
+    def _refused(self, run: Run, results: list[StepResult], conn: Connection) -> Changes:
+        """The guard refused a commit: the execution is no longer ours (``ExecutionLost``), or
+        it was ours under the next lease already (``CommitLanded``), or a cancel was committed:
+        then the results are kept, nothing starts, and the execution ends once nothing runs."""
+        repo = EngineRepository(conn)
+        now = utcnow()
         control = repo.control(run.id)
         if (
             control is None
@@ -252,30 +338,42 @@ class ExecutionEngine:
             raise CommitLanded(str(run.id))  # this commit's earlier attempt
         if control.lease != run.lease:
             raise ExecutionLost(str(run.id))
-        # A cancel was committed: keep the results, start nothing, end once nothing runs.
         changes = Changes(run)
         for result in results:
             self._record(changes, result, now)
         if not any(s.status is StepStatus.running for s in changes.states().values()):
             self._end(changes, Finish(ExecutionStatus.cancelled, "cancelled"), now)
-        self._write(repo, changes, now, unless_cancelled=False)
+        if not self._write(changes, now, conn, unless_cancelled=False):
+            raise ExecutionLost(str(run.id))  # taken over since the control was read
         return changes
 
     def _write(
-        self, repo: EngineRepository, changes: Changes, now: datetime, *, unless_cancelled: bool
+        self,
+        changes: Changes,
+        now: datetime,
+        conn: Connection,
+        *,
+        unless_cancelled: bool,
+        one_statement: bool = False,
+        claim: datetime | None = None,
     ) -> bool:
-        """Store ``changes`` behind the execution's guard; False if the guard did not hold
-        (then nothing was written)."""
+        """Store ``changes`` behind the execution's guard (``writes.write``) and, when they end
+        the execution, queue its webhooks; False if the guard did not hold (then nothing was
+        written). With ``one_statement`` (a statement committing by itself) an end is written
+        only if its account has no webhook to queue. With ``claim`` (the stale cut-off) the
+        writes also claim the execution (``Writes.claim``)."""
         run = changes.run
         finish = changes.finish
-        last_seq = repo.advance(
-            run.id,
-            self.owner,
-            run.lease,
+        writes = Writes(
+            execution_id=run.id,
+            account_id=run.account_id,
+            owner=self.owner,
+            lease=run.lease,
             now=now,
-            events=len(changes.events),
-            tokens=changes.tokens,
             unless_cancelled=unless_cancelled,
+            unless_webhooks=one_statement and finish is not None,
+            claim=claim,
+            tokens=changes.tokens,
             finish=None
             if finish is None
             else {
@@ -286,26 +384,23 @@ class ExecutionEngine:
                 "finished_at": now,
                 "owner": None,
             },
+            steps=[step.row() for step in changes.steps.values()],
+            context=changes.context_rows,
+            ledger=changes.ledger_rows,
+            events=[e.stored() for e in changes.events],
         )
-        if last_seq is None:
+        if changes.mail is not None:
+            writes.messages = [m.row(run.id) for m in changes.mail.added]
+            writes.message_statuses = changes.mail.statuses
+        if write(conn, writes) is None:
             return False
         changes.lease = run.lease + 1
-        changes.started = self._load_turn(repo, changes)
-        repo.write_steps([step.row() for step in changes.steps.values()])
-        repo.add_context(changes.context_rows)
-        repo.add_ledger(changes.ledger_rows)
-        if changes.mail is not None:
-            repo.add_messages([m.row(run.id) for m in changes.mail.added])
-            repo.set_message_statuses(changes.mail.statuses)
-        repo.add_events(
-            run.id, last_seq - len(changes.events) + 1, [e.stored() for e in changes.events]
-        )
-        if finish is not None:
-            repo.release_slot(run.account_id)
-            enqueue_execution_ended(repo.conn, changes, now)  # its webhooks, in this commit
+        changes.started = self._load_turn(changes)
+        if finish is not None and not one_statement and has_webhooks(conn, run.account_id):
+            enqueue_execution_ended(conn, changes, now)  # its webhooks, in this commit
         return True
 
-    def _load_turn(self, repo: EngineRepository, changes: Changes) -> list[StartedStep]:
+    def _load_turn(self, changes: Changes) -> list[StartedStep]:
         """What the steps starting now need to run, in the transaction that starts them: their
         agent and key, the context, and their agent's inbox (held in memory, like the context)."""
         if not changes.starting:
@@ -544,10 +639,7 @@ class ExecutionEngine:
                     return
                 except CommitLanded:
                     await self._through_outage(
-                        run.id,
-                        lambda conn: EngineRepository(conn).release(
-                            run.id, self.owner, run.lease + 1
-                        ),
+                        run.id, partial(self._release, run.id, run.lease + 1)
                     )
                     raise
                 changes.apply()
@@ -623,19 +715,21 @@ class ExecutionEngine:
 
     # -- outages -------------------------------------------------------------------------------
 
-    async def _through_outage(self, execution_id: uuid.UUID, work: Callable[[Connection], T]) -> T:
-        """Run one of the drive's transactions; while the database is away the execution
-        pauses (its running steps go on, their results wait in memory) and the transaction is
-        tried again once the database answers; after a deadlock or a serialization failure it
-        is tried again after a short backoff, ``CONFLICT_RETRIES`` times at most. Trying again
-        is safe: every engine commit is fenced by the lease generation, so an attempt that
-        landed although its answer was lost is recognised (``CommitLanded``) instead of
-        applied twice."""
+    async def _through_outage(
+        self, execution_id: uuid.UUID, attempt: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run one of the drive's transactions (``attempt``); while the database is away the
+        execution pauses (its running steps go on, their results wait in memory) and the
+        transaction is tried again once the database answers; after a deadlock or a
+        serialization failure it is tried again after a short backoff, ``CONFLICT_RETRIES``
+        times at most. Trying again is safe: every engine commit is fenced by the lease
+        generation, so an attempt that landed although its answer was lost is recognised
+        (``CommitLanded``) instead of applied twice."""
         paused_at: float | None = None
         conflicts = 0
         while True:
             try:
-                result = await self.db.run_transaction(work)
+                result = await attempt()
             except Exception as exc:
                 if not database_away(exc):
                     if not is_transient(exc) or conflicts == CONFLICT_RETRIES:
@@ -659,6 +753,12 @@ class ExecutionEngine:
                     paused_seconds=round(time.monotonic() - paused_at, 3),
                 )
             return result
+
+    async def _release(self, execution_id: uuid.UUID, lease: int) -> bool:
+        """Give up the execution held under ``lease``: the next claim takes it at once."""
+        return await self.db.run_transaction(
+            lambda conn: EngineRepository(conn).release(execution_id, self.owner, lease)
+        )
 
     async def _until_database_answers(self) -> None:
         """Wait until a probe reaches the database and no circuit breaker holds it closed off,
