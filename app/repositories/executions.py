@@ -323,7 +323,7 @@ _read_keys = select(table_of(ProviderKey)).where(
 )
 _write_steps = (
     update(_steps)
-    .where(_steps.c.id == bindparam("step_id"))
+    .where(_steps.c.id == bindparam("step_id"), _steps.c.execution_id == bindparam("execution_"))
     .values({name: bindparam(f"{name}_") for name in _STEP_FIELDS})
 )
 _add_context = insert(_context)
@@ -338,7 +338,10 @@ _read_messages = (
 _add_messages = insert(_messages)
 _set_message_status = (
     update(_messages)
-    .where(_messages.c.id == bindparam("message_id"))
+    .where(
+        _messages.c.id == bindparam("message_id"),
+        _messages.c.execution_id == bindparam("execution_"),
+    )
     .values(status=bindparam("status_"))
 )
 _release_slot = (
@@ -455,11 +458,18 @@ class EngineRepository:
         ).one_or_none()
         return row
 
-    def write_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write_steps(self, execution_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> None:
         """Store steps' state: each row has ``step_id`` and every field of ``_STEP_FIELDS``
-        (bound as ``field_``: an UPDATE reserves its columns' own names)."""
+        (bound as ``field_``: an UPDATE reserves its columns' own names); only steps of the
+        execution, whatever ids the rows hold."""
         if rows:
-            params = [{f"{k}_" if k != "step_id" else k: v for k, v in r.items()} for r in rows]
+            params = [
+                {
+                    "execution_": execution_id,
+                    **{f"{k}_" if k != "step_id" else k: v for k, v in r.items()},
+                }
+                for r in rows
+            ]
             self.conn.execute(_write_steps, params)
 
     def add_context(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -490,11 +500,15 @@ class EngineRepository:
         if rows:
             self.conn.execute(_add_messages, list(rows))
 
-    def set_message_statuses(self, statuses: dict[uuid.UUID, str]) -> None:
+    def set_message_statuses(self, execution_id: uuid.UUID, statuses: dict[uuid.UUID, str]) -> None:
+        """New statuses of the execution's messages (only its own, whatever ids are given)."""
         if statuses:
             self.conn.execute(
                 _set_message_status,
-                [{"message_id": key, "status_": value} for key, value in statuses.items()],
+                [
+                    {"message_id": key, "status_": value, "execution_": execution_id}
+                    for key, value in statuses.items()
+                ],
             )
 
     def release_slot(self, account_id: uuid.UUID) -> None:

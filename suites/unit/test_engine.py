@@ -42,6 +42,7 @@ from app.models import (
     User,
     Webhook,
 )
+from app.repositories.executions import _STEP_FIELDS, EngineRepository
 from app.schemas.executions import ExecutionCreate
 from app.services.engine import engine as engine_module
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
@@ -1248,3 +1249,21 @@ def test_a_long_run_of_short_outages_keeps_its_beginning() -> None:
     assert len(breaker.recent) == 16
     now = start + timedelta(seconds=85)
     assert breaker.unreachable_since(now, timedelta(seconds=30)) == start
+
+
+async def test_a_step_row_of_another_execution_is_never_written(world: World) -> None:
+    """The engine writes steps by id, always within its own execution: a row naming another
+    execution's step changes nothing there."""
+    mine = await world.start(await world.team("sequential", 2))
+    other = await world.start(await world.team("sequential", 2))
+    _, other_steps, _ = await world.state(other)
+    target = other_steps["s0"]
+    row = {name: getattr(target, name) for name in _STEP_FIELDS}
+    row.update(step_id=target.id, status="completed", output="written by another execution")
+
+    await world.database.run_transaction(
+        lambda conn: EngineRepository(conn).write_steps(mine, [row])
+    )
+
+    _, after, _ = await world.state(other)
+    assert (after["s0"].status, after["s0"].output) == (target.status, target.output)

@@ -135,11 +135,11 @@ def _one_by_one(repo: EngineRepository, writes: Writes) -> int | None:
     )
     if last_seq is None:
         return None
-    repo.write_steps(writes.steps)
+    repo.write_steps(writes.execution_id, writes.steps)
     repo.add_context(writes.context)
     repo.add_ledger(writes.ledger)
     repo.add_messages(writes.messages)
-    repo.set_message_statuses(writes.message_statuses)
+    repo.set_message_statuses(writes.execution_id, writes.message_statuses)
     repo.add_events(writes.execution_id, last_seq - len(writes.events) + 1, writes.events)
     if writes.finish is not None:
         repo.release_slot(writes.account_id)
@@ -281,7 +281,11 @@ def _statement(
             statuses = _rows("statuses", [_messages.c.id, _messages.c.status])
             writes.append(
                 update(_messages)
-                .where(_messages.c.id == statuses.c.id, guard)
+                .where(
+                    _messages.c.execution_id == execution_id,
+                    _messages.c.id == statuses.c.id,
+                    guard,
+                )
                 .values(status=statuses.c.status)
                 .cte("statuses_written")
             )
