@@ -230,7 +230,8 @@ _CLAIMED = (
     _executions.c.cost_usd,
     _executions.c.lease,
 )
-_STEP_FIELDS = (
+# A step's state as the engine writes it (its id, execution, key and agent never change).
+STEP_STATE_FIELDS = (
     "status",
     "attempts",
     "input",
@@ -307,7 +308,7 @@ _read_steps = (
         _steps.c.id,
         _steps.c.step_key.label("key"),
         _steps.c.agent_id,
-        *_steps.c[_STEP_FIELDS],
+        *_steps.c[STEP_STATE_FIELDS],
     )
     .where(_steps.c.execution_id == bindparam("execution_id"))
     .order_by(_steps.c.position)
@@ -324,7 +325,7 @@ _read_keys = select(table_of(ProviderKey)).where(
 _write_steps = (
     update(_steps)
     .where(_steps.c.id == bindparam("step_id"), _steps.c.execution_id == bindparam("execution_"))
-    .values({name: bindparam(f"{name}_") for name in _STEP_FIELDS})
+    .values({name: bindparam(f"{name}_") for name in STEP_STATE_FIELDS})
 )
 _add_context = insert(_context)
 _add_ledger = insert(table_of(LedgerEntry))
@@ -459,7 +460,7 @@ class EngineRepository:
         return row
 
     def write_steps(self, execution_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> None:
-        """Store steps' state: each row has ``step_id`` and every field of ``_STEP_FIELDS``
+        """Store steps' state: each row has ``step_id`` and every field of ``STEP_STATE_FIELDS``
         (bound as ``field_``: an UPDATE reserves its columns' own names); only steps of the
         execution, whatever ids the rows hold."""
         if rows:

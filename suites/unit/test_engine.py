@@ -42,7 +42,7 @@ from app.models import (
     User,
     Webhook,
 )
-from app.repositories.executions import _STEP_FIELDS, EngineRepository
+from app.repositories.executions import STEP_STATE_FIELDS, EngineRepository
 from app.schemas.executions import ExecutionCreate
 from app.services.engine import engine as engine_module
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
@@ -1258,7 +1258,7 @@ async def test_a_step_row_of_another_execution_is_never_written(world: World) ->
     other = await world.start(await world.team("sequential", 2))
     _, other_steps, _ = await world.state(other)
     target = other_steps["s0"]
-    row = {name: getattr(target, name) for name in _STEP_FIELDS}
+    row = {name: getattr(target, name) for name in STEP_STATE_FIELDS}
     row.update(step_id=target.id, status="completed", output="written by another execution")
 
     await world.database.run_transaction(

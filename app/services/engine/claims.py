@@ -43,7 +43,7 @@ from sqlalchemy import (
 from app.db.base import UTCDateTime
 from app.models import Agent, Execution, ExecutionStatus, ExecutionStep
 from app.repositories.base import table_of
-from app.repositories.executions import EngineRepository
+from app.repositories.executions import STEP_STATE_FIELDS, EngineRepository
 
 _executions = table_of(Execution)
 _steps = table_of(ExecutionStep)
@@ -72,20 +72,7 @@ CLAIMED = (
 # ... and what decides whether it can be claimed, when it is read before the claim.
 GUARDED = ("status", "heartbeat_at")
 # A step as the engine holds it (``StepRecord``).
-STEP_FIELDS = (
-    "id",
-    "agent_id",
-    "status",
-    "attempts",
-    "input",
-    "output",
-    "error",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "started_at",
-    "finished_at",
-)
+STEP_FIELDS = ("id", "agent_id", *STEP_STATE_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ from app.models import (
     Webhook,
 )
 from app.repositories.base import table_of
-from app.repositories.executions import EngineRepository
+from app.repositories.executions import STEP_STATE_FIELDS, EngineRepository
 from app.services.engine.events import StoredEvent
 
 # The fields of an execution its end sets (``Writes.finish``).
@@ -166,18 +166,6 @@ _enabled_webhook = (
 )
 _has_webhooks = select(_enabled_webhook)
 
-_STEP_FIELDS = (
-    "status",
-    "attempts",
-    "input",
-    "output",
-    "error",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "started_at",
-    "finished_at",
-)
 _EVENT_FIELDS = ("id", "type", "data")
 # Rows inserted as they are, with the id and creation time they lack filled in.
 _INSERTED = {"context": _context, "ledger": _ledger, "messages": _messages}
@@ -269,11 +257,11 @@ def _statement(
     )
     guard = select(advanced.c.last_event_seq).exists()
     execution_id = bindparam("execution_", type_=_executions.c.id.type)
-    steps = _rows("steps", [_steps.c.id, *_steps.c[_STEP_FIELDS]])
+    steps = _rows("steps", [_steps.c.id, *_steps.c[STEP_STATE_FIELDS]])
     writes = [
         update(_steps)
         .where(_steps.c.execution_id == execution_id, _steps.c.id == steps.c.id, guard)
-        .values({name: steps.c[name] for name in _STEP_FIELDS})
+        .values({name: steps.c[name] for name in STEP_STATE_FIELDS})
         .cte("steps_written")
     ]
     for name in parts:
@@ -346,7 +334,7 @@ class OneStatement:
             params["account_"] = writes.account_id
         if writes.finish is not None:
             params.update({f"finish_{name}": writes.finish[name] for name in FINISH_FIELDS})
-        params.update(_arrays("steps", ["id", *_STEP_FIELDS], writes.steps, id_key="step_id"))
+        params.update(_arrays("steps", ["id", *STEP_STATE_FIELDS], writes.steps, id_key="step_id"))
         events = [{"id": uuid.uuid4(), "type": kind, "data": data} for kind, data in writes.events]
         params.update(_arrays("events", _EVENT_FIELDS, events))
         parts = []
