@@ -773,6 +773,27 @@ class DocsSettings(BaseModel):
         description="Serve the API explorer at `/docs`. Off, the page and its assets do not "
         "exist (the rollback switch).",
     )
+    site_url: str = Field(
+        default="http://127.0.0.1:8001/",
+        description="Where the docs site is served: `renum doctor` links each failing check "
+        "to its troubleshooting entry there. The default is the address of `nox -s docs -- "
+        "serve`; set the address where your deployment publishes the built `site/`.",
+    )
+
+    @field_validator("site_url")
+    @classmethod
+    def _site_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") + "/"
+
+    def page_url(self, link: str) -> str:
+        """A link to a page of the docs (``troubleshooting.md#database``) as its address on
+        the site (``{site_url}troubleshooting/#database``: MkDocs serves each page as a
+        directory)."""
+        page, _, anchor = link.partition("#")
+        path = page.removesuffix(".md").removesuffix("index")
+        return self.site_url + (f"{path}/" if path else "") + (f"#{anchor}" if anchor else "")
 
 
 class CompressionSettings(BaseModel):

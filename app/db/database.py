@@ -11,8 +11,9 @@ circuit breaker guard every checkout (``attach_breaker``). Besides sessions, it 
 synchronous transactions in one hop (``run_transaction``: on a connection checked out without
 the pre-ping, replaced when it turns out lost before the commit; on PostgreSQL, optionally as
 statements committing by themselves), which the execution engine uses for its per-step
-writes, and a health round trip (``server_version``, ``ping``) on a connection of its own that
-never waits for SQLite's write lock or the pool.
+writes, and health round trips (``server_version``, ``ping``, ``on_probe_connection``) on
+connections of their own that never wait for SQLite's write lock or the pool, and never hold
+a caller past its timeout.
 
 Every engine hides SQL parameters (``hide_parameters=True``): a failed statement's error, and
 the statement log of ``echo``, never carry the values bound to it (prompts, key hashes, ...).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -151,9 +153,9 @@ def build_engine(settings: DatabaseSettings) -> AsyncEngine:
         "pool_pre_ping": settings.pool_pre_ping,
     }
     if settings.is_sqlite:
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, echo=settings.echo, hide_parameters=True, **pool)
+        if sqlite_file_path(url) is not None:
+            event.listen(engine.sync_engine, "do_connect", _make_sqlite_directory)
         event.listen(engine.sync_engine, "connect", functools.partial(_sqlite_pragmas, settings))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -166,12 +168,31 @@ def build_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
 
 
+def sqlite_file_path(url: URL) -> Path | None:
+    """The absolute path of an SQLite URL's database file (None in memory, or when the URL
+    already is an SQLite ``file:`` URI)."""
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("uri") == "true":
+        return None
+    return Path(database).resolve()
+
+
+def _make_sqlite_directory(_dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
+    """The application's engine creates its SQLite file's directory when it first connects
+    (never when it is merely built: ``renum doctor`` builds one and must create nothing)."""
+    Path(cargs[0]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def build_probe_engine(settings: DatabaseSettings) -> AsyncEngine:
     """An engine for health round trips: no pool (each check connects afresh, so a busy
     application pool never delays it) and, on SQLite, read-only transactions that begin
-    deferred (no write lock, so a burst of writers never delays it)."""
+    deferred (no write lock, so a burst of writers never delays it) on a file that must
+    exist (opened ``mode=rw``: a health check never creates a database)."""
     url = make_url(settings.url)
     if settings.is_sqlite:
+        path = sqlite_file_path(url)
+        if path is not None:  # looking never creates a database: open it only if it exists
+            url = url.set(database=f"file:{path}", query={"mode": "rw", "uri": "true"})
         engine = create_async_engine(
             url, poolclass=NullPool, hide_parameters=True, execution_options=READ_ONLY
         )
@@ -272,13 +293,42 @@ class SQLAlchemyManager:
             self._probe = build_probe_engine(self.settings)
         return self._probe
 
+    async def on_probe_connection(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` on a fresh connection of the probe engine (``build_probe_engine``).
+
+        A caller that stops waiting (its timeout cancels it) is let go at once. SQLAlchemy
+        finishes closing a connection even when cancelled, and on a server that stopped
+        answering midway that close (the rollback, the goodbye) would hold the caller for
+        the command timeout; so on PostgreSQL the connection is terminated then (no goodbye
+        to a server that may not answer), and what is left of ``work`` ends by itself."""
+        opened: list[Any] = []
+
+        async def round_trip() -> T:
+            async with self.probe_engine.connect() as conn:
+                opened.append((await conn.get_raw_connection()).dbapi_connection)
+                return await work(conn)
+
+        task = asyncio.ensure_future(round_trip())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not self.settings.is_sqlite:
+                for connection in opened:
+                    self.probe_engine.dialect.do_terminate(connection)
+            task.add_done_callback(_consume_outcome)
+            raise
+
     async def server_version(self) -> str:
         """The server's version, from a round trip on a fresh connection of its own that
         takes no write lock: the database being busy never makes it wait (only its being
-        down, hung or unreachable does)."""
+        down, hung or unreachable does), and a caller's timeout is never overrun
+        (``on_probe_connection``)."""
         query = "select sqlite_version()" if self.settings.is_sqlite else "show server_version"
-        async with self.probe_engine.connect() as conn:
+
+        async def read(conn: AsyncConnection) -> str:
             return str((await conn.execute(text(query))).scalar_one())
+
+        return await self.on_probe_connection(read)
 
     async def ping(self) -> None:
         """A round trip that never waits for a writer or for the pool (see server_version)."""
@@ -354,6 +404,13 @@ class SQLAlchemyManager:
             probe, self._probe = self._probe, None
             await probe.dispose()
         await self.engine.dispose()
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a round trip nobody waits for any more (asyncio would report
+    an exception never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _SQLiteWorker:

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -68,4 +68,9 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
-        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+        return await revision_on(conn)
+
+
+async def revision_on(conn: AsyncConnection) -> str | None:
+    """The revision the database on ``conn`` is at (None before the first migration)."""
+    return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())

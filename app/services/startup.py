@@ -39,17 +39,19 @@ class StartUp:
         """Apply pending migrations when the database answers within
         ``RENUM_DATABASE__CONNECT_TIMEOUT_SECONDS``; return whether they were applied. A
         database that is down, hung or cannot be migrated is logged (the health checks say why,
-        with the fix) instead of crashing or hanging start-up."""
-        try:
-            async with asyncio.timeout(self.settings.database.connect_timeout_seconds):
-                await self.database.ping()
-        except Exception as exc:  # unreachable or hung
-            log.error(
-                "auto_migrate_skipped",
-                reason="database not answering",
-                error_type=type(exc).__name__,
-            )
-            return False
+        with the fix) instead of crashing or hanging start-up. An SQLite file has no server
+        to wait for: migrating creates it when it does not exist yet."""
+        if not self.settings.database.is_sqlite:
+            try:
+                async with asyncio.timeout(self.settings.database.connect_timeout_seconds):
+                    await self.database.ping()
+            except Exception as exc:  # unreachable or hung
+                log.error(
+                    "auto_migrate_skipped",
+                    reason="database not answering",
+                    error_type=type(exc).__name__,
+                )
+                return False
         try:
             await migrate.upgrade(self.database.engine)
         except Exception as exc:  # the driver's message may carry the URL: its type only

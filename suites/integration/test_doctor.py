@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -80,7 +81,11 @@ def test_healthy_installation_passes_with_exit_code_0(cli: DoctorCli, db_flavour
 
 
 @pytest.mark.both_databases  # the database check of each flavour
-def test_pending_migrations_fail_with_exit_code_2_and_the_fix(cli: DoctorCli) -> None:
+def test_pending_migrations_fail_with_exit_code_2_and_the_fix(
+    cli: DoctorCli, database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):  # an empty database: doctor never creates one
+        sqlite3.connect(database_url.split("///", 1)[1]).close()
     code, report = cli.doctor_json()
     assert code == 2
     assert report["status"] == "fail"
@@ -153,3 +158,32 @@ def test_invalid_configuration_exits_2_with_the_variable(cli: DoctorCli) -> None
     result = cli("doctor", RENUM_HEALTH__PROBE_TOKEN="short")
     assert result.returncode == 2
     assert "RENUM_HEALTH__PROBE_TOKEN" in result.stderr
+
+
+def test_a_missing_sqlite_file_is_named_and_never_created(cli: DoctorCli, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    looking = DoctorCli(env=cli.env, cwd=elsewhere)
+    for url, missing in (
+        ("sqlite+aiosqlite:///./renum.db", elsewhere / "renum.db"),
+        ("sqlite+aiosqlite:///./data/renum.db", elsewhere / "data" / "renum.db"),
+    ):
+        code, report = looking.doctor_json(RENUM_DATABASE__URL=url)
+        assert code == 2
+        [database] = entries(report, "database")
+        assert database["message"].startswith(f"no SQLite database at {missing} ")
+        assert "nothing was created" in database["message"]
+        assert "absolute path" in database["fix"]
+    assert list(elsewhere.iterdir()) == [], "looking created a database or its directory"
+
+
+def test_documentation_links_point_at_the_docs_site(cli: DoctorCli) -> None:
+    _, report = cli.doctor_json()
+    [schema] = entries(report, "schema")
+    assert schema["docs"] == "http://127.0.0.1:8001/troubleshooting/#schema"
+
+    _, report = cli.doctor_json(RENUM_DOCS__SITE_URL="https://docs.example.org/renum")
+    [schema] = entries(report, "schema")
+    assert schema["docs"] == "https://docs.example.org/renum/troubleshooting/#schema"
+    table = cli("doctor", RENUM_DOCS__SITE_URL="https://docs.example.org/renum")
+    assert "docs: https://docs.example.org/renum/troubleshooting/#schema" in table.stdout

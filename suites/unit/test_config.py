@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from app.core.config import (
     DEV_SECRET_KEY,
     DatabaseSettings,
+    DocsSettings,
     Environment,
     LogFormat,
     Settings,
@@ -255,3 +256,30 @@ def test_metrics_are_public_outside_production_unless_set(
 ) -> None:
     settings = Settings(environment=environment, secret_key="k" * 40, metrics={"public": public})
     assert settings.metrics.is_public(settings.environment) is expected
+
+
+@pytest.mark.parametrize(
+    ("site", "link", "address"),
+    [
+        (
+            "http://127.0.0.1:8001/",
+            "troubleshooting.md#database",
+            "http://127.0.0.1:8001/troubleshooting/#database",
+        ),
+        (
+            "https://docs.example.org/renum",
+            "reference/health.md",
+            "https://docs.example.org/renum/reference/health/",
+        ),
+        ("https://docs.example.org", "index.md#start", "https://docs.example.org/#start"),
+    ],
+)
+def test_a_docs_page_link_becomes_its_address_on_the_site(
+    site: str, link: str, address: str
+) -> None:
+    assert DocsSettings(site_url=site).page_url(link) == address
+
+
+def test_the_docs_site_address_must_be_http() -> None:
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        DocsSettings(site_url="file:///srv/site")

@@ -267,6 +267,8 @@ async def test_the_watcher_opens_on_a_failed_probe_and_closes_on_an_answer(tmp_p
     up = sqlite(tmp_path)
     watch = OutageWatch(up, made, lambda: settings)
     try:
+        async with up.engine.connect():  # the file exists: a probe never creates it
+            pass
         await watch.round()
         assert not made.is_open
         assert watch.probes == 1

@@ -95,18 +95,23 @@ async def test_utc_datetime_round_trips_through_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_sqlite_engine_creates_the_folder_and_sets_pragmas(tmp_path: Path) -> None:
+async def test_sqlite_engine_creates_the_folder_when_it_connects_and_sets_pragmas(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "deep" / "er" / "renum.db"
     database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
     try:
-        assert path.parent.is_dir()
-        await database.ping()
+        with pytest.raises(OperationalError):  # looking creates nothing
+            await database.ping()
+        assert not (tmp_path / "deep").exists()
         async with database.engine.connect() as conn:
+            assert path.is_file()
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
             assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 5000
         async with database.session() as session:
             assert (await session.execute(text("SELECT 41 + 1"))).scalar() == 42
+        await database.ping()
     finally:
         await database.dispose()
 

@@ -106,6 +106,7 @@ async def test_a_degraded_start_migrates_and_bootstraps_once_the_database_allows
         monitor = await start_health(settings, database)
         assert (start_up.migrated, monitor.ready) == (False, False)  # the schema check fails
         await asyncio.wait_for(start_up.finished.wait(), 10)
+        await monitor.refresh("database")  # the database file exists now
         await monitor.refresh("schema")
         assert monitor.ready is True
         assert await migrate.current_revision(database.engine) == migrate.head_revision()
@@ -207,8 +208,10 @@ async def test_production_stops_with_a_readable_summary(
         environment="production",
         providers={"openai_base_url": "http://127.0.0.1:9/v1"},
     )
-    database = SQLAlchemyManager(settings.database)  # an empty database: migrations pending
+    database = SQLAlchemyManager(settings.database)
     try:
+        async with database.engine.connect():  # an empty database: migrations pending
+            pass
         with pytest.raises(StartupBlocked) as blocked:
             await start_health(settings, database)
     finally:

@@ -33,7 +33,7 @@ from app.capabilities.health.registry import (
 )
 from app.core.config import Settings
 from app.db import migrate
-from app.db.database import SQLAlchemyManager
+from app.db.database import SQLAlchemyManager, sqlite_file_path
 
 DISTRIBUTION = "renum"
 # Extras that belong to the test harness, not to a feature of the running backend.
@@ -256,7 +256,16 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 def database_error(exc: BaseException, url: str) -> tuple[str, str]:
     """A readable message and fix for a failed database connection (no password shown)."""
-    where = make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    where = parsed.render_as_string(hide_password=True)
+    file = sqlite_file_path(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if file is not None and not file.exists():
+        return (
+            f"no SQLite database at {file} (RENUM_DATABASE__URL is {where}; a relative path "
+            "is read from the working directory); nothing was created",
+            "Run from the directory that holds the database, or give RENUM_DATABASE__URL an "
+            "absolute path; `renum db upgrade` (or starting the server) creates a new one.",
+        )
     code = _sqlstate(exc)
     text_ = _error_text(exc)
     # 28P01 invalid_password, 28000 invalid_authorization_specification (unknown role).
@@ -370,7 +379,7 @@ class SchemaCheck(HealthCheck):
     async def run(self, context: CheckContext) -> list[CheckOutcome]:
         head = await asyncio.to_thread(migrate.head_revision)
         try:
-            current = await migrate.current_revision(context.database.probe_engine)
+            current = await context.database.on_probe_connection(migrate.revision_on)
         except Exception as exc:  # the database check reports the connection itself
             return [
                 CheckOutcome(

@@ -3,12 +3,14 @@ with an exit code for scripts (0 pass, 1 warn, 2 fail)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.table import Table
 from rich.text import Text
 
 from app.capabilities.health.registry import Status
 from app.capabilities.health.validator import DependencyValidator, ValidationReport
-from app.core.config import Settings
+from app.core.config import DocsSettings, Settings
 from app.db.database import SQLAlchemyManager
 
 EXIT_CODES = {Status.passed: 0, Status.warn: 1, Status.fail: 2}
@@ -18,10 +20,13 @@ STYLES = {Status.passed: "green", Status.warn: "yellow", Status.fail: "bold red"
 
 
 async def diagnose(settings: Settings) -> ValidationReport:
-    """Validate every dependency with a database of its own, closed afterwards."""
+    """Validate every dependency with a database of its own, closed afterwards; the
+    documentation links point at the docs site (``docs.site_url``)."""
     database = SQLAlchemyManager(settings.database)
     try:
-        return await DependencyValidator(settings, database).validate()
+        return with_site_links(
+            await DependencyValidator(settings, database).validate(), settings.docs
+        )
     finally:
         await database.dispose()
 
@@ -32,6 +37,15 @@ def _observed(value: float | str | None, unit: str | None) -> str:
     if unit == "ms":
         return f"{value} ms"
     return str(value)
+
+
+def with_site_links(report: ValidationReport, docs: DocsSettings) -> ValidationReport:
+    """The report with each entry's documentation link as an address on the docs site."""
+    entries = [
+        replace(entry, docs_link=docs.page_url(entry.docs_link)) if entry.docs_link else entry
+        for entry in report.entries
+    ]
+    return replace(report, entries=entries)
 
 
 def report_table(report: ValidationReport) -> Table:
