@@ -309,9 +309,12 @@ class DatabaseCheck(HealthCheck):
             symptom="/health/ready answers 503; `database:responseTime` is 'fail'; API calls "
             "answer 500.",
             cause="The database server is down, unreachable, hung, refuses the credentials, or "
-            "is older than the supported version.",
+            "is older than the supported version; on SQLite, the file named in "
+            "RENUM_DATABASE__URL does not exist (a relative path is read from the working "
+            "directory).",
             fix="Start or reach the server named in RENUM_DATABASE__URL and check its "
-            "credentials; `renum doctor` shows the exact error.",
+            "credentials; on SQLite, run from the directory that holds the file or give an "
+            "absolute path. `renum doctor` shows the exact error.",
             docs_anchor="database",
         ),
     )
