@@ -18,7 +18,7 @@ every operation that takes a JSON body can answer 400 (a body that is not JSON a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from fastapi import FastAPI
 
 from app.api import cursors
 from app.core.errors import PROBLEM_MEDIA_TYPE
+from app.core.schema_additions import add_to_schema
 
 EXTENSION = "x-server-rules"
 DATETIME_OUT_OF_RANGE = "datetime_out_of_range"
@@ -231,15 +232,4 @@ def document(schema: dict[str, Any]) -> None:
 
 def install(app: FastAPI) -> None:
     """Document the rules in the schema ``app`` serves."""
-    generate: Callable[[], dict[str, Any]] = app.openapi
-    documented = False
-
-    def openapi() -> dict[str, Any]:
-        nonlocal documented
-        schema = generate()
-        if not documented:
-            documented = True
-            document(schema)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    add_to_schema(app, document)

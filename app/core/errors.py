@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from app.core.input_limits import parse_error_problem
 from app.core.request_context import current_request_id
+from app.core.schema_additions import add_to_schema
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://renum.dev/problems/"
@@ -293,27 +294,18 @@ def _document_body_limit(app: FastAPI) -> None:
     """Every operation that takes a body can meet the body-size limit, answered with 413 by the
     request middleware before any route runs; its schema says so (found by the contract tests:
     a prompt within its 200,000 characters can exceed the default 1 MiB once encoded)."""
-    generate = app.openapi
+    add_to_schema(app, _document_413)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            for item in generate().get("paths", {}).values():
-                for operation in item.values():
-                    if isinstance(operation, dict) and "requestBody" in operation:
-                        operation["responses"].setdefault(
-                            "413",
-                            {
-                                "description": "Request body too large.",
-                                "content": {
-                                    PROBLEM_MEDIA_TYPE: {
-                                        "schema": {"$ref": "#/components/schemas/Problem"}
-                                    }
-                                },
-                            },
-                        )
-        return app.openapi_schema  # type: ignore[return-value]
 
-    app.openapi = openapi  # type: ignore[method-assign]
+def _document_413(schema: dict[str, Any]) -> None:
+    too_large = {
+        "description": "Request body too large.",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation["responses"].setdefault("413", too_large)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -37,6 +37,7 @@ from app.core.errors import (
     problem_response,
 )
 from app.core.logging import get_logger
+from app.core.schema_additions import add_to_schema
 from app.db.breaker import CircuitBreaker
 from app.db.database import SQLAlchemyManager
 from app.db.pool import ConnectionFailed, is_connection_failure, is_transient
@@ -139,19 +140,16 @@ def install_answers(app: FastAPI) -> None:
     app.add_exception_handler(ConnectionFailed, _connection_failed)
     app.add_exception_handler(DBAPIError, _connection_failed)
     app.add_exception_handler(PoolTimeout, _pool_exhausted)
-    generate = app.openapi
+    add_to_schema(app, _document_unavailable)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            for path, item in generate().get("paths", {}).items():
-                if not path.startswith(API_PREFIX):
-                    continue
-                for operation in item.values():
-                    if isinstance(operation, dict) and "responses" in operation:
-                        operation["responses"].setdefault("503", UNAVAILABLE_RESPONSE)
-        return app.openapi_schema  # type: ignore[return-value]
 
-    app.openapi = openapi  # type: ignore[method-assign]
+def _document_unavailable(schema: dict[str, Any]) -> None:
+    for path, item in schema.get("paths", {}).items():
+        if not path.startswith(API_PREFIX):
+            continue
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault("503", UNAVAILABLE_RESPONSE)
 
 
 UNAVAILABLE_RESPONSE: dict[str, Any] = {

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.schema_additions import add_to_schema
 
 READ_PATHS = ("/api/v1/", "/openapi.json")
 READS = frozenset({"GET"})
@@ -152,15 +153,4 @@ def document(schema: dict[str, Any]) -> None:
 def install_schema(app: FastAPI) -> None:
     """Document conditional reads in the schema ``app`` serves (where ``ConditionalReads``
     runs)."""
-    generate: Callable[[], dict[str, Any]] = app.openapi
-    documented = False
-
-    def openapi() -> dict[str, Any]:
-        nonlocal documented
-        schema = generate()
-        if not documented:
-            documented = True
-            document(schema)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    add_to_schema(app, document)
