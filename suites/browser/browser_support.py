@@ -3,9 +3,14 @@ sizes, and a page that records its requests (see ``conftest.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page
 
@@ -25,6 +30,8 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = REPO_ROOT / "reports" / "browser"
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# The commonest laptop screen, where the docs site's reference tables must stay readable.
+LAPTOP_HD = {"width": 1366, "height": 768}
 # How long an expectation waits for the page (auto-waiting; no test sleeps).
 EXPECT_TIMEOUT_MS = 20_000
 SAMPLING_SECONDS = "0.5"
@@ -47,3 +54,27 @@ class BrowserPage:
 
 
 OpenPage = Callable[..., BrowserPage]
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    """Serves files without logging each request to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Serve the files under ``root`` over HTTP on a free loopback port, from a thread, for as
+    long as the block runs; yields the base URL (no trailing slash)."""
+    handler = functools.partial(_QuietFiles, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="static-files", daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host!s}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -4,6 +4,9 @@ launched with a short sampling interval so live updates arrive quickly.
 
 Every page records the requests it makes (``BrowserPage.requests``), so a test can check that
 the page loaded nothing from another host. Screenshots land in ``reports/browser/``.
+
+The docs site (``docs_site``) is built strictly, as the docs session builds it, into a
+temporary directory and served from loopback: no network, no backend.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from browser_support import (
     SAMPLING_SECONDS,
     BrowserPage,
     OpenPage,
+    serve_directory,
 )
 from playwright.sync_api import (
     Browser,
@@ -32,6 +36,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from qa import docs_integrity
 from qa.launcher import LaunchedBackend
 
 
@@ -75,6 +80,18 @@ def dashboard_backend() -> Iterator[LaunchedBackend]:
         yield launched
     finally:
         launched.stop()
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The docs site built from this tree with ``mkdocs build --strict`` (as ``nox -s docs``
+    builds it, into a temporary directory), served over HTTP on loopback; yields its base URL."""
+    site = tmp_path_factory.mktemp("docs-site")
+    problems = docs_integrity.build_problems(docs_integrity.REPO_ROOT / "mkdocs.yml", site)
+    if problems:
+        pytest.fail("the docs site does not build strictly:\n" + "\n".join(problems))
+    with serve_directory(site) as base_url:
+        yield base_url
 
 
 @pytest.fixture
