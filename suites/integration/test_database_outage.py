@@ -87,7 +87,8 @@ def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
     with FaultProxy("127.0.0.1", port) as proxy:
         server, admin = launch(launch_degraded, name, proxy.port)
         before = create_agent(admin, "before the outage")["name"]
-        assert fs.counter(server.base_url, "renum_database_outages") == 0
+        # Counted from here: on a starved machine a start-up probe may already have timed out.
+        outages = fs.counter(server.base_url, "renum_database_outages")
 
         # Measured, never asserted on: the figures the README reports (docs/database.md).
         hung_at = time.perf_counter()
@@ -96,7 +97,8 @@ def test_hung_database_answers_503_at_once_then_recovers_without_a_restart(
         to_first_503 = time.perf_counter() - hung_at
         # The first refusal answers 503 by itself; the breaker opens on the next failed probe.
         fs.wait_for(
-            lambda: fs.counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
+            lambda: fs.counter(server.base_url, "renum_database_outages") == outages + 1,
+            what="breaker open",
         )
         assert fs.counter(server.base_url, "renum_database_breaker_open") == 1
         # Open: each call is refused before it reaches the pool (counted, never waited for).
@@ -148,11 +150,13 @@ def test_refused_and_cut_connections_answer_503_and_recover(
     name, port = postgres_database
     with FaultProxy("127.0.0.1", port) as proxy:
         server, admin = launch(launch_degraded, name, proxy.port)
+        outages = fs.counter(server.base_url, "renum_database_outages")
         proxy.refuse()
         assert_database_unavailable(wait_for_503(admin))
         # The first refusal answers 503 by itself; the breaker opens on the next failed probe.
         fs.wait_for(
-            lambda: fs.counter(server.base_url, "renum_database_outages") == 1, what="breaker open"
+            lambda: fs.counter(server.base_url, "renum_database_outages") == outages + 1,
+            what="breaker open",
         )
         proxy.pass_through()
         fs.wait_for(lambda: served_fresh(admin, f"{API}/agents"), what="served again")

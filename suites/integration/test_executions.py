@@ -692,7 +692,8 @@ def test_model_agents_end_to_end(owner_client: ApiClient, fake_openai: FakeOpenA
     events = ts.events_of(owner_client, execution["id"])
     [cost] = [e["data"] for e in events if e["type"] == "cost_updated"]
     assert cost["step"] == "ask"
-    assert (cost["input_tokens"], cost["output_tokens"]) == (12, 3)
+    assert (cost["step_input_tokens"], cost["step_output_tokens"]) == (12, 3)
+    assert (cost["total_input_tokens"], cost["total_output_tokens"]) == (12, 3)
 
 
 def test_rate_limit_with_retry_after_then_success(

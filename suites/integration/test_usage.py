@@ -106,8 +106,11 @@ def test_usage_totals_equal_the_sum_of_the_calls(
     assert (steps["local"]["input_tokens"], steps["local"]["cost_usd"]) == (0, "0")
     costs = [e["data"] for e in ts.events_of(owner, execution["id"]) if e["type"] == "cost_updated"]
     assert [c["step"] for c in costs] == ["cheap", "dear", "cheap-again"]
-    assert Decimal(costs[-1]["cost_usd"]) == everything[3]
-    assert costs[-1]["input_tokens"] == 147
+    assert Decimal(costs[-1]["total_cost_usd"]) == everything[3]
+    assert costs[-1]["total_input_tokens"] == 147
+    # Each event's step_* is its own call: they add up to the totals (the totals do not).
+    assert sum(Decimal(c["step_cost_usd"]) for c in costs) == everything[3]
+    assert sum(c["step_input_tokens"] for c in costs) == 147
 
     # Viewers read usage too; the default grouping is by team.
     assert rows_by_key(usage(fresh_account.viewer)) == {team["id"]: everything}

@@ -402,7 +402,7 @@ def test_the_events_page_lists_every_event_with_when_and_its_data() -> None:
         assert (event.__doc__ or "").split()[0] in section  # when it is emitted
         for data_field in event.data_fields():
             assert f"| `{data_field.key}` |" in section
-    assert "| `cost_usd` | string (a decimal number) |" in page
+    assert "| `total_cost_usd` | string (a decimal number) | What the execution has cost" in page
     assert "| `status` | one of " in page  # an enum names its values
     assert "string (a UUID)" in page
 

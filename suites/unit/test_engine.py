@@ -409,7 +409,8 @@ async def test_the_token_budget_is_checked_before_each_step_starts(world: World)
     assert [steps[k].status for k in ("s0", "s1", "s2")] == ["completed", "completed", "cancelled"]
     assert steps["s2"].started_at is None
     costs = [e.data for e in events if e.type == "cost_updated"]
-    assert [(c["input_tokens"], c["output_tokens"]) for c in costs] == [(4, 2), (8, 4)]
+    assert [(c["total_input_tokens"], c["total_output_tokens"]) for c in costs] == [(4, 2), (8, 4)]
+    assert [(c["step_input_tokens"], c["step_output_tokens"]) for c in costs] == [(4, 2), (4, 2)]
     async with world.database.session() as session:
         ledger = list(
             await session.scalars(

@@ -117,10 +117,26 @@ def _samples() -> Iterator[tuple[EngineEvent, OldEvent]]:
     )
     cost = Decimal("0.001") + Decimal("0.0025")
     yield (
-        CostUpdated(step="s1", input_tokens=10, output_tokens=20, cost_usd=cost),
+        CostUpdated(
+            step="s1",
+            step_input_tokens=4,
+            step_output_tokens=5,
+            step_cost_usd=Decimal("0.0025"),
+            total_input_tokens=10,
+            total_output_tokens=20,
+            total_cost_usd=cost,
+        ),
         (
             "cost_updated",
-            {"step": "s1", "input_tokens": 10, "output_tokens": 20, "cost_usd": str(cost)},
+            {
+                "step": "s1",
+                "step_input_tokens": 4,
+                "step_output_tokens": 5,
+                "step_cost_usd": "0.0025",
+                "total_input_tokens": 10,
+                "total_output_tokens": 20,
+                "total_cost_usd": str(cost),
+            },
         ),
     )
     posted, timed_out = _messages()
@@ -228,8 +244,9 @@ def test_each_event_class_describes_itself(cls: type[EngineEvent]) -> None:
 def test_data_fields_name_the_stored_keys() -> None:
     keys = [f.key for f in MessageSent.data_fields()]
     assert keys == ["id", "seq", "kind", "status", "from", "from_step", "to", "correlation_id"]
-    assert [f.key for f in CostUpdated.data_fields()][-1] == "cost_usd"
+    assert [f.key for f in CostUpdated.data_fields()][-1] == "total_cost_usd"
     assert CostUpdated.data_fields()[-1].annotation is Decimal
+    assert all(f.meaning for f in CostUpdated.data_fields())  # the catalogue says what each is
 
 
 def test_an_execution_ends_with_the_event_of_its_status() -> None:

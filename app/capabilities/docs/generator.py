@@ -493,6 +493,13 @@ class DocumentationGenerator:
             if not fields:
                 lines.append("Its `data` is an empty object.")
                 continue
+            if any(f.meaning for f in fields):
+                lines += ["| `data` key | Type | Meaning |", "| --- | --- | --- |"]
+                lines += [
+                    f"| `{f.key}` | {_json_type(f.annotation)} | {cell(f.meaning)} |"
+                    for f in fields
+                ]
+                continue
             lines += ["| `data` key | Type |", "| --- | --- |"]
             lines += [f"| `{f.key}` | {_json_type(f.annotation)} |" for f in fields]
         return "\n".join(lines) + "\n"

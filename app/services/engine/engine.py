@@ -501,7 +501,13 @@ class ExecutionEngine:
             tokens_in, tokens_out, cost = changes.totals
             changes.events.append(
                 CostUpdated(
-                    step=step.key, input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost
+                    step=step.key,
+                    step_input_tokens=outcome.input_tokens,
+                    step_output_tokens=outcome.output_tokens,
+                    step_cost_usd=outcome.cost_usd,
+                    total_input_tokens=tokens_in,
+                    total_output_tokens=tokens_out,
+                    total_cost_usd=cost,
                 )
             )
 

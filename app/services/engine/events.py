@@ -36,11 +36,17 @@ class DataField:
     key: str
     attribute: str
     annotation: Any  # the field's resolved type, e.g. ``int``, ``str | None``, ``Decimal``
+    meaning: str = ""  # what the value is, where its name alone could mislead
 
 
 def _key(name: str) -> dict[str, str]:
     """Field metadata: the field is stored under ``name`` (a keyword, like ``from``)."""
     return {"key": name}
+
+
+def _meaning(text: str) -> dict[str, str]:
+    """Field metadata: what the field's value is (said in the event catalogue)."""
+    return {"meaning": text}
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,9 @@ def _data_fields(cls: type[EngineEvent]) -> tuple[DataField, ...]:
     if cls not in _DATA_FIELDS:
         hints = typing.get_type_hints(cls)
         _DATA_FIELDS[cls] = tuple(
-            DataField(f.metadata.get("key", f.name), f.name, hints[f.name])
+            DataField(
+                f.metadata.get("key", f.name), f.name, hints[f.name], f.metadata.get("meaning", "")
+            )
             for f in dataclasses.fields(cls)
         )
     return _DATA_FIELDS[cls]
@@ -230,13 +238,29 @@ class ContextUpdated(EngineEvent):
 
 @dataclass(frozen=True)
 class CostUpdated(EngineEvent):
-    """A step's model call was billed; the execution's totals so far."""
+    """A step's model call was billed: its own cost (``step_*``) and the execution's totals."""
 
     type: ClassVar[str] = "cost_updated"
-    step: str
-    input_tokens: int
-    output_tokens: int
-    cost_usd: Decimal
+    step: str = field(metadata=_meaning("The step whose model call was billed."))
+    step_input_tokens: int = field(metadata=_meaning("Input tokens of this step's call."))
+    step_output_tokens: int = field(metadata=_meaning("Output tokens of this step's call."))
+    step_cost_usd: Decimal = field(metadata=_meaning("What this step's call cost, in US dollars."))
+    total_input_tokens: int = field(
+        metadata=_meaning(
+            "The execution's input tokens so far, this call included: the sum of the events' "
+            "`step_input_tokens` (adding up `total_*` counts twice)."
+        )
+    )
+    total_output_tokens: int = field(
+        metadata=_meaning("The execution's output tokens so far, this call included.")
+    )
+    total_cost_usd: Decimal = field(
+        metadata=_meaning(
+            "What the execution has cost so far, this call included. Events recorded before "
+            "`step_*` and `total_*` existed carry `input_tokens`, `output_tokens` and "
+            "`cost_usd`: these running totals."
+        )
+    )
 
 
 # -- messages ----------------------------------------------------------------------------------
