@@ -68,8 +68,10 @@ def _agent_rules() -> tuple[ServerRule, ...]:
                 "invalid",
                 "Which fields an agent takes depends on its provider (on a change, the stored "
                 "agent's): builtin agents take no provider key or base URL, their model is a "
-                "builtin kind (`echo`, `template`) and a `template` agent needs a template "
-                "that parses; only builtin template agents take a template.",
+                "builtin kind (`echo`, `template`, `wait`), a `template` agent needs a "
+                "template that parses and a `wait` agent its `seconds` (at most its "
+                "`timeout_seconds`); only builtin template agents take a template, only "
+                "builtin wait agents take seconds.",
             )
             for field in ("provider_key_id", "base_url", "model", "parameters")
         ),

@@ -43,7 +43,9 @@ class AgentService:
             parameters = {
                 k: v for k, v in (values.get("parameters") or {}).items() if v is not None
             }
-            problems = validate_builtin(values["model"], parameters)
+            problems = validate_builtin(
+                values["model"], parameters, timeout_seconds=values.get("timeout_seconds")
+            )
             if problems:
                 # Each problem reads "<field>: <message>"; the builtin kind is the agent's model.
                 errors = []
@@ -63,6 +65,10 @@ class AgentService:
         if values.get("parameters", {}).get("template") is not None:
             raise ValidationFailed.at(
                 f"{pointer}/parameters/template", "only builtin template agents take a template"
+            )
+        if values.get("parameters", {}).get("seconds") is not None:
+            raise ValidationFailed.at(
+                f"{pointer}/parameters/seconds", "only builtin wait agents take seconds"
             )
         base_url = values.get("base_url")
         if base_url is not None:
@@ -142,6 +148,7 @@ class AgentService:
             "provider": agent.provider,
             "model": agent.model,
             "parameters": agent.parameters,
+            "timeout_seconds": agent.timeout_seconds,
             "base_url": agent.base_url,
             "provider_key_id": agent.provider_key_id,
             **changes,

@@ -57,7 +57,7 @@ async def refused(template: str) -> str:
 
 
 async def test_kinds() -> None:
-    assert BUILTIN_KINDS == ("echo", "template")
+    assert BUILTIN_KINDS == ("echo", "template", "wait")  # wait: test_providers_builtin_wait
     assert issubclass(BuiltinAgentError, ProviderError)
 
 
@@ -248,9 +248,9 @@ def test_valid_definitions_have_no_problems() -> None:
         (
             "shell",
             {},
-            ["kind: unknown builtin kind 'shell'; expected one of: echo, template"],
+            ["kind: unknown builtin kind 'shell'; expected one of: echo, template, wait"],
         ),
-        (None, {}, ["kind: unknown builtin kind None; expected one of: echo, template"]),
+        (None, {}, ["kind: unknown builtin kind None; expected one of: echo, template, wait"]),
         ("echo", ["not", "a", "mapping"], ["parameters: must be an object"]),
         ("template", {}, ["parameters.template: required for the template kind"]),
         ("template", {"template": ["x"]}, ["parameters.template: must be a string"]),

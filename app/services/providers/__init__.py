@@ -2,7 +2,8 @@
 
 - :mod:`.base`: requests, responses, the retry policy and the error types.
 - :mod:`.openai`: the OpenAI-compatible Chat Completions client (OpenAI, vLLM, Ollama, LiteLLM).
-- :mod:`.builtin`: local tool agents (``echo``, ``template``) that need no network.
+- :mod:`.builtin`: local tool agents (``echo``, ``template``, ``wait``) that need no
+  network.
 - :mod:`.prices`: the versioned price table that turns token counts into cost.
 """
 

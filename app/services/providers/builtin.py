@@ -12,19 +12,27 @@ They let the embedded default run teams offline and make fast, exact agents for 
   agent's messages), ``send(to, body)``, ``broadcast(body)``, ``ask(to, body,
   timeout_seconds)`` (returns the request's correlation id) and ``reply(request, body)``;
   ``to`` is a step id or an agent id of the workflow.
+- ``wait``: waits ``parameters["seconds"]`` (a number, more than 0 and at most
+  :data:`MAX_WAIT_SECONDS`; when the agent is created or changed, also at most its
+  ``timeout_seconds``), then outputs its input. It stands for a slow agent with no model
+  behind it (to try a cancel or an execution's time budget offline): the wait is an
+  ``asyncio.sleep``, so an immediate cancel or the end of the execution's ``max_seconds``
+  interrupts it at once, as it does a model call.
 
 ``remember`` and the messages run in the render worker as the ``builtin`` kit
 (:class:`TemplateKit`, registered by :data:`TEMPLATE_KITS`): the agent's inbox and the
 workflow's directory go there as JSON, the writes and the messages sent come back as JSON.
 
-Both kinds accept ``parameters["output_key"]``: the output is also written to that context key
+Every kind accepts ``parameters["output_key"]``: the output is also written to that context key
 (after any ``remember`` writes, so it wins over one to the same key). Builtin calls spend no
 tokens and cost nothing. Every failure is a :class:`BuiltinAgentError` (kind ``bad_request``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +48,15 @@ from app.models import MessageKind
 from app.services.messages import Mailbox, MessageError, OutgoingMessage
 from app.services.providers.base import ProviderError
 
-BUILTIN_KINDS: tuple[str, ...] = ("echo", "template")
+BUILTIN_KINDS: tuple[str, ...] = ("echo", "template", "wait")
+# The longest a ``wait`` agent waits: the longest an agent's ``timeout_seconds`` may be.
+MAX_WAIT_SECONDS = 600.0
 TEMPLATE_KITS = {"builtin": "app.services.providers.builtin:TemplateKit"}
 
 __all__ = [
     "BUILTIN_KINDS",
     "MAX_TEMPLATE_CHARS",
+    "MAX_WAIT_SECONDS",
     "TEMPLATE_KITS",
     "BuiltinAgentError",
     "BuiltinResult",
@@ -163,6 +174,25 @@ def _unknown_kind(kind: object) -> str:
     return f"unknown builtin kind {kind!r}; expected one of: {', '.join(BUILTIN_KINDS)}"
 
 
+def _seconds_problem(seconds: object, timeout_seconds: float | None = None) -> str | None:
+    """What is wrong with a ``wait`` agent's ``seconds`` (None if nothing is): a number, more
+    than 0, at most :data:`MAX_WAIT_SECONDS` and, when given, the agent's ``timeout_seconds``."""
+    if seconds is None:
+        return "required for the wait kind (how long to wait, in seconds)"
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "must be a number of seconds"
+    if not math.isfinite(seconds) or seconds <= 0:
+        return "must be more than 0"
+    if seconds > MAX_WAIT_SECONDS:
+        return f"must be at most {MAX_WAIT_SECONDS:g}"
+    if timeout_seconds is not None and seconds > timeout_seconds:
+        return (
+            f"must be at most the agent's timeout_seconds ({timeout_seconds:g}); "
+            f"wait less or raise timeout_seconds (up to {MAX_WAIT_SECONDS:g})"
+        )
+    return None
+
+
 async def run_builtin(
     kind: str,
     parameters: Mapping[str, Any],
@@ -177,7 +207,8 @@ async def run_builtin(
     """Run the builtin agent ``kind`` on ``input``; raise BuiltinAgentError if it cannot.
     A ``template`` agent renders through ``templates`` (a pool with the :data:`TEMPLATE_KITS`)
     as ``owner`` (the agent's account: it holds at most its share of the workers); the
-    messages it sends are collected in ``mailbox.outgoing``."""
+    messages it sends are collected in ``mailbox.outgoing``. A ``wait`` agent sleeps first:
+    cancelling the call (an immediate cancel, the execution's time budget) ends it there."""
     if not isinstance(kind, str) or kind not in BUILTIN_KINDS:
         raise _fail(_unknown_kind(kind))
     output_key = parameters.get("output_key")
@@ -200,18 +231,26 @@ async def run_builtin(
             templates=templates,
             owner=owner,
         )
+    elif kind == "wait":
+        seconds: Any = parameters.get("seconds")
+        if (problem := _seconds_problem(seconds)) is not None:
+            raise _fail(f"parameters.seconds: {problem}")
+        await asyncio.sleep(float(seconds))
     if output_key:
         writes[output_key] = output
     return BuiltinResult(output=output, context_writes=writes)
 
 
-def validate_builtin(kind: str, parameters: Mapping[str, Any]) -> list[str]:
+def validate_builtin(
+    kind: str, parameters: Mapping[str, Any], *, timeout_seconds: float | None = None
+) -> list[str]:
     """Problems with a builtin agent's definition, each led by the field it is about.
 
     Returns ``[]`` for a valid definition. Messages read ``"<field>: <problem>"`` with the
-    field one of ``kind``, ``parameters``, ``parameters.template``, ``parameters.output_key``.
-    Extra parameters (temperature, ...) are allowed and ignored. The template is parsed, never
-    run.
+    field one of ``kind``, ``parameters``, ``parameters.template``, ``parameters.output_key``,
+    ``parameters.seconds``. A ``wait`` agent's seconds are checked against the agent's
+    ``timeout_seconds`` when it is given. Extra parameters (temperature, ...) are allowed and
+    ignored. The template is parsed, never run.
     """
     if not isinstance(kind, str) or kind not in BUILTIN_KINDS:
         return [f"kind: {_unknown_kind(kind)}"]
@@ -229,4 +268,8 @@ def validate_builtin(kind: str, parameters: Mapping[str, Any]) -> list[str]:
             problems.append("parameters.template: must be a string")
         elif (problem := template_problem(source)) is not None:
             problems.append(f"parameters.template: {problem}")
+    if kind == "wait":
+        problem = _seconds_problem(parameters.get("seconds"), timeout_seconds)
+        if problem is not None:
+            problems.append(f"parameters.seconds: {problem}")
     return problems
