@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from app.schemas.common import Name, RequestModel, ResponseModel
+from app.schemas.common import Name, RequestModel, ResponseModel, body_example
 
 Provider = Literal["openai", "builtin"]
 
@@ -22,7 +22,7 @@ class RetrySettings(BaseModel):
 
 
 class AgentParameters(BaseModel):
-    """Model parameters, and for builtin `template` agents the template itself."""
+    """Model parameters, and for builtin agents the template (`template`) or seconds (`wait`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +40,15 @@ class AgentParameters(BaseModel):
         max_length=200,
         pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
         description="builtin agents: also write the output to this context key.",
+    )
+    seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="builtin `wait` agents (required there): how long to wait before "
+        "answering with the input; at most the agent's `timeout_seconds`. The wait spends no "
+        "tokens, and a cancel or the execution's `max_seconds` interrupts it like a model call.",
+        examples=[30],
     )
 
 
@@ -64,7 +73,9 @@ class AgentCreate(RequestModel):
     model: str = Field(
         min_length=1,
         max_length=200,
-        description="The model name; for `builtin` agents the kind: `echo` or `template`.",
+        description="The model name; for `builtin` agents the kind: `echo` (answers with "
+        "its input), `template` (renders `parameters.template`) or `wait` (waits "
+        "`parameters.seconds`, then answers with its input).",
         examples=["echo"],
     )
     parameters: AgentParameters = Field(default_factory=AgentParameters)
@@ -72,6 +83,25 @@ class AgentCreate(RequestModel):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     base_url: AnyHttpUrl | None = Field(default=None, description=BASE_URL_HELP)
     provider_key_id: uuid.UUID | None = Field(default=None, description=PROVIDER_KEY_HELP)
+
+
+AGENT_CREATE_EXAMPLES = body_example(
+    "researcher",
+    "A model agent on the platform's provider",
+    {
+        "name": "researcher",
+        "description": "Finds the key facts about a topic.",
+        "system_prompt": "You are a careful researcher. Answer with short, factual bullet points.",
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "parameters": {"temperature": 0.2, "max_tokens": 800},
+        "timeout_seconds": 60,
+        "retry": {"max_attempts": 3, "initial_backoff_seconds": 0.5, "max_backoff_seconds": 8},
+    },
+    "Calls the platform's OpenAI-compatible provider with the platform's key. Another endpoint "
+    "takes `base_url` and `provider_key_id` (a key of yours: `POST /api/v1/provider-keys`). "
+    'A builtin agent needs no model server: `"provider": "builtin"` with `"model": "echo"`.',
+)
 
 
 class AgentUpdate(RequestModel):
@@ -85,6 +115,14 @@ class AgentUpdate(RequestModel):
     retry: RetrySettings = Field(default=None)  # type: ignore[assignment]
     base_url: AnyHttpUrl | None = Field(default=None, description=BASE_URL_HELP)
     provider_key_id: uuid.UUID | None = Field(default=None, description=PROVIDER_KEY_HELP)
+
+
+AGENT_UPDATE_EXAMPLES = body_example(
+    "steadier",
+    "Steadier answers, with more time",
+    {"parameters": {"temperature": 0, "max_tokens": 1200}, "timeout_seconds": 120},
+    "Fields left out keep their value; `parameters` and `retry` are replaced as a whole.",
+)
 
 
 class AgentOut(ResponseModel):
@@ -109,6 +147,15 @@ class ProviderKeyCreate(RequestModel):
     key: str = Field(
         min_length=8, max_length=500, description="The provider's API key; never returned."
     )
+
+
+PROVIDER_KEY_CREATE_EXAMPLES = body_example(
+    "openai",
+    "Your own OpenAI key",
+    {"name": "my OpenAI key", "provider": "openai", "key": "sk-proj-4f7Qx9Lm2Rt8Vb1Nc6Zp3Kd5"},
+    "Stored encrypted and never shown again (answers carry `masked_key`); agents pay with it "
+    "through `provider_key_id`.",
+)
 
 
 class ProviderKeyOut(ResponseModel):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.schemas.common import DateTime, Name, RequestModel, ResponseModel
+from app.schemas.common import DateTime, Name, RequestModel, ResponseModel, body_example
 
 
 class ApiKeyCreate(RequestModel):
@@ -19,6 +19,15 @@ class ApiKeyCreate(RequestModel):
     expires_at: DateTime | None = Field(
         default=None, description="Optional expiry, in the future (without an offset: UTC)."
     )
+
+
+API_KEY_CREATE_EXAMPLES = body_example(
+    "ci",
+    "A key for a CI pipeline",
+    {"name": "ci-pipeline", "role": "member"},
+    "Acts as its creator with at most this role; add `expires_at` (a future date and time) to "
+    "end it then. The answer shows the secret `key` once.",
+)
 
 
 class ApiKeyOut(ResponseModel):

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Form
 from pydantic import Field
 
-from app.schemas.common import RequestModel, ResponseModel, Token
+from app.schemas.common import RequestModel, ResponseModel, Token, body_example
 
 
 class LoginForm:
@@ -20,9 +20,22 @@ class LoginForm:
 
     def __init__(
         self,
-        username: Annotated[str, Form(min_length=1, description="The user's email.")],
-        password: Annotated[str, Form(min_length=1, json_schema_extra={"format": "password"})],
-        grant_type: Annotated[str | None, Form(pattern="^(password)?$")] = None,
+        username: Annotated[
+            str,
+            # The first owner that the account example makes (`POST /api/v1/accounts`).
+            Form(min_length=1, description="The user's email.", examples=["owner@acme.example"]),
+        ],
+        password: Annotated[
+            str,
+            Form(
+                min_length=1,
+                json_schema_extra={"format": "password"},
+                examples=["a-long-passphrase"],
+            ),
+        ],
+        grant_type: Annotated[
+            str | None, Form(pattern="^(password)?$", examples=["password"])
+        ] = None,
         scope: Annotated[str, Form()] = "",
         client_id: Annotated[str | None, Form()] = None,
         client_secret: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
@@ -48,3 +61,24 @@ class RefreshRequest(RequestModel):
 
 class LogoutRequest(RequestModel):
     refresh_token: Token
+
+
+# What a refresh token looks like; the examples say to paste a real one.
+_EXAMPLE_JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXAiOiJyZWZyZXNoIn0."
+    "Sn9XyKf0bq3tZ2m1QeV7rW8uY4oP6aL5dC0hG9jB2kE"
+)
+REFRESH_EXAMPLES = body_example(
+    "refresh",
+    "Rotate your tokens",
+    {"refresh_token": _EXAMPLE_JWT},
+    "Paste the `refresh_token` of your last login or refresh. It is revoked; use the new one "
+    "this answer carries.",
+)
+LOGOUT_EXAMPLES = body_example(
+    "logout",
+    "End your session",
+    {"refresh_token": _EXAMPLE_JWT},
+    "Paste the `refresh_token` of your last login or refresh: every refresh token of that "
+    "session stops working.",
+)

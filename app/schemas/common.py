@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, get_args
 
 import email_validator
+from fastapi.openapi.models import Example
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -144,6 +145,19 @@ class RequestModel(BaseModel):
             if isinstance(value, str):
                 self.__dict__[name] = value.strip(SPACES)
         return self
+
+
+def body_example(key: str, summary: str, value: Any, description: str = "") -> dict[str, Example]:
+    """A request body's example for the route's ``Body(openapi_examples=...)``: a whole body the
+    API explorer (``/docs``) shows and sends as it is, valid as sent (ids of other objects are
+    placeholders the description names). Without one, an explorer composes a body from the
+    fields' examples and makes up a value for every field that has none (``1`` for a number
+    with a minimum, ``{"additionalProp1": {}}`` for a free-form object). Declared once, beside
+    its model."""
+    example: Example = {"summary": summary, "value": value}
+    if description:
+        example["description"] = description
+    return {key: example}
 
 
 class ResponseModel(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import Money, MoneyAmount, RequestModel, ResponseModel
+from app.schemas.common import Money, MoneyAmount, RequestModel, ResponseModel, body_example
 
 
 class Budget(BaseModel):
@@ -29,6 +29,20 @@ class ExecutionCreate(RequestModel):
     budget: Budget = Field(default_factory=Budget)
 
 
+EXECUTION_CREATE_EXAMPLES = body_example(
+    "research_brief",
+    "A brief on a topic, within a budget",
+    {
+        "prompt": "Write a one-page brief for the product team.",
+        "variables": {"topic": "solid-state batteries"},
+        "budget": {"max_tokens": 20000, "max_cost_usd": "0.50", "max_seconds": 300},
+    },
+    "Fits the team example (`POST /api/v1/teams`), whose steps read `variables.topic`. The "
+    "budget ends the execution (`budget_exceeded`) once its model calls have spent 20,000 "
+    "tokens or $0.50, or after five minutes.",
+)
+
+
 CancelMode = Literal["immediate", "after_step"]
 # The one list of cancel modes: the HTTP body's schema and the service's check both use it.
 CANCEL_MODES: tuple[CancelMode, ...] = get_args(CancelMode)
@@ -41,6 +55,15 @@ class ExecutionCancel(RequestModel):
         description="`immediate` abandons in-flight model calls; `after_step` lets running "
         "steps finish. Either way no new step starts once this returns.",
     )
+
+
+EXECUTION_CANCEL_EXAMPLES = body_example(
+    "now",
+    "Stop now",
+    {"mode": "immediate"},
+    "Abandons the model calls in flight; no new step starts. `after_step` lets the running "
+    "steps finish first.",
+)
 
 
 class StepOut(ResponseModel):

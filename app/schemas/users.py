@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from app.schemas.common import VERBATIM, Email, FullName, Password, RequestModel, ResponseModel
+from app.schemas.common import (
+    VERBATIM,
+    Email,
+    FullName,
+    Password,
+    RequestModel,
+    ResponseModel,
+    body_example,
+)
 
 AccountRole = Literal["owner", "member", "viewer"]
 
@@ -23,11 +31,34 @@ class UserCreate(RequestModel):
     )
 
 
+USER_CREATE_EXAMPLES = body_example(
+    "member",
+    "A member of your account",
+    {
+        "email": "ada@acme.example",
+        "password": "a-long-passphrase",
+        "full_name": "Ada Lovelace",
+        "role": "member",
+    },
+    "Created in the caller's account; platform admins name another with `account_id`. The user "
+    "logs in with this email and password.",
+)
+
+
 class UserUpdate(RequestModel):
     full_name: FullName | None = None
     role: AccountRole | None = None
     is_active: bool | None = None
     password: Password | None = None
+
+
+USER_UPDATE_EXAMPLES = body_example(
+    "rename_and_demote",
+    "A new name and a lower role",
+    {"full_name": "Ada King", "role": "viewer"},
+    "Fields left out keep their value. `is_active: false` blocks the user from logging in; "
+    "`password` sets a new one.",
+)
 
 
 class UserOut(ResponseModel):
@@ -48,9 +79,17 @@ CurrentPassword = Annotated[str, StringConstraints(min_length=1, max_length=256)
 class PasswordChange(RequestModel):
     current_password: CurrentPassword = Field(
         description="The password the caller logs in with now.",
-        examples=["the-current-passphrase"],
+        examples=["a-long-passphrase"],
     )
     new_password: Password = Field(
         description="The new password: the same rules as a new user's (8 to 256 characters).",
         examples=["an-even-longer-passphrase"],
     )
+
+
+PASSWORD_CHANGE_EXAMPLES = body_example(
+    "new_password",
+    "Replace your password",
+    {"current_password": "a-long-passphrase", "new_password": "an-even-longer-passphrase"},
+    "Ends every session of yours, this one included: log in again with the new password.",
+)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import AnyHttpUrl, Field, UrlConstraints, model_validator
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import RequestModel, ResponseModel, body_example
 
 WebhookEvent = Literal[
     "execution.completed", "execution.failed", "execution.cancelled", "execution.budget_exceeded"
@@ -49,6 +49,19 @@ class WebhookCreate(RequestModel):
     enabled: bool = Field(default=True, strict=True, description="Off, no event is queued for it.")
 
 
+WEBHOOK_CREATE_EXAMPLES = body_example(
+    "pipeline",
+    "Tell a build pipeline how executions end",
+    {
+        "url": "https://hooks.example.com/renum",
+        "events": ["execution.completed", "execution.failed"],
+        "description": "Notify the build pipeline",
+        "enabled": True,
+    },
+    "The answer shows the signing `secret` once. Its `url` must be one the backend may reach.",
+)
+
+
 class WebhookUpdate(RequestModel):
     # Left out, a field keeps its value; those typed without `None` cannot be null.
     url: WebhookUrl = Field(default=None, description=URL_HELP)  # type: ignore[assignment]
@@ -62,6 +75,17 @@ class WebhookUpdate(RequestModel):
     enabled: bool = Field(  # type: ignore[assignment]
         default=None, strict=True, description="Off, no event is queued for it."
     )
+
+
+WEBHOOK_UPDATE_EXAMPLES = body_example(
+    "more_events",
+    "Also hear of budgets running out",
+    {
+        "events": ["execution.completed", "execution.failed", "execution.budget_exceeded"],
+        "description": "Notify the build pipeline, budgets included",
+    },
+    "Fields left out keep their value; `enabled: false` pauses the webhook.",
+)
 
 
 class WebhookOut(ResponseModel):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import status
+from fastapi import Body, status
 
 from app.api.deps import AdminDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
-from app.schemas.accounts import AccountCreate, AccountOut
+from app.schemas.accounts import ACCOUNT_CREATE_EXAMPLES, AccountCreate, AccountOut
 from app.schemas.common import Page, link, links, problems
 from app.services.accounts import AccountService
 
@@ -43,7 +44,9 @@ router = PrefixRouter(prefix="/accounts", tags=["accounts"])
     },
 )
 async def create_account(
-    body: AccountCreate, principal: AdminDep, session: SessionDep
+    body: Annotated[AccountCreate, Body(openapi_examples=ACCOUNT_CREATE_EXAMPLES)],
+    principal: AdminDep,
+    session: SessionDep,
 ) -> AccountOut:
     account = await AccountService(session).create(principal, body)
     return AccountOut.model_validate(account)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import Query, status
+from fastapi import Body, Query, status
 
 from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, SettingsDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
-from app.schemas.agents import AgentCreate, AgentOut, AgentUpdate
+from app.schemas.agents import (
+    AGENT_CREATE_EXAMPLES,
+    AGENT_UPDATE_EXAMPLES,
+    AgentCreate,
+    AgentOut,
+    AgentUpdate,
+)
 from app.schemas.common import Page, link, links, problems
 from app.services.agents import AgentService
 
@@ -35,7 +41,7 @@ def _agent_links(status: int, description: str, **more: dict[str, Any]) -> dict[
     response_model=AgentOut,
     summary="Create an agent",
     description="A model plus instructions (`openai`), or a local `builtin` agent "
-    "(`echo`, `template`) that needs no network.",
+    "(`echo`, `template`, `wait`) that needs no network.",
     responses={
         **_agent_links(
             201,
@@ -50,7 +56,7 @@ def _agent_links(status: int, description: str, **more: dict[str, Any]) -> dict[
     },
 )
 async def create_agent(
-    body: AgentCreate,
+    body: Annotated[AgentCreate, Body(openapi_examples=AGENT_CREATE_EXAMPLES)],
     principal: MemberDep,
     session: SessionDep,
     box: BoxDep,
@@ -119,7 +125,7 @@ async def get_agent(
 )
 async def update_agent(
     agent_id: uuid.UUID,
-    body: AgentUpdate,
+    body: Annotated[AgentUpdate, Body(openapi_examples=AGENT_UPDATE_EXAMPLES)],
     principal: MemberDep,
     session: SessionDep,
     box: BoxDep,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import status
+from fastapi import Body, status
 
 from app.api.deps import MemberDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
-from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.schemas.api_keys import API_KEY_CREATE_EXAMPLES, ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.schemas.common import Page, link, links, problems
 from app.services.api_keys import ApiKeyService
 
@@ -32,7 +33,9 @@ router = PrefixRouter(prefix="/api-keys", tags=["api-keys"])
     },
 )
 async def create_api_key(
-    body: ApiKeyCreate, principal: MemberDep, session: SessionDep
+    body: Annotated[ApiKeyCreate, Body(openapi_examples=API_KEY_CREATE_EXAMPLES)],
+    principal: MemberDep,
+    session: SessionDep,
 ) -> ApiKeyCreated:
     key, secret = await ApiKeyService(session).create(principal, body)
     return ApiKeyCreated.model_validate(

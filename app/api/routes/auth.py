@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, status
+from fastapi import Body, Depends, status
 
 from app.api.deps import CodecDep, SessionDep
 from app.api.router import PrefixRouter
-from app.schemas.auth import LoginForm, LogoutRequest, RefreshRequest, TokenPair
+from app.schemas.auth import (
+    LOGOUT_EXAMPLES,
+    REFRESH_EXAMPLES,
+    LoginForm,
+    LogoutRequest,
+    RefreshRequest,
+    TokenPair,
+)
 from app.schemas.common import link, links, problems
 from app.services.auth import AuthService
 
@@ -49,7 +56,11 @@ async def login(
     "revoked one again ends the whole session.",
     responses={**_session_links("The session's new tokens."), **problems(400, 401, 422)},
 )
-async def refresh(body: RefreshRequest, session: SessionDep, codec: CodecDep) -> TokenPair:
+async def refresh(
+    body: Annotated[RefreshRequest, Body(openapi_examples=REFRESH_EXAMPLES)],
+    session: SessionDep,
+    codec: CodecDep,
+) -> TokenPair:
     return await AuthService(session, codec).refresh(body.refresh_token)
 
 
@@ -59,5 +70,9 @@ async def refresh(body: RefreshRequest, session: SessionDep, codec: CodecDep) ->
     summary="Revoke a refresh token and its session",
     responses=problems(400, 401, 422),
 )
-async def logout(body: LogoutRequest, session: SessionDep, codec: CodecDep) -> None:
+async def logout(
+    body: Annotated[LogoutRequest, Body(openapi_examples=LOGOUT_EXAMPLES)],
+    session: SessionDep,
+    codec: CodecDep,
+) -> None:
     await AuthService(session, codec).logout(body.refresh_token)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import status
+from fastapi import Body, status
 
 from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
-from app.schemas.agents import ProviderKeyCreate, ProviderKeyOut
+from app.schemas.agents import PROVIDER_KEY_CREATE_EXAMPLES, ProviderKeyCreate, ProviderKeyOut
 from app.schemas.common import Page, link, links, problems
 from app.services.provider_keys import ProviderKeyService
 
@@ -34,7 +35,10 @@ router = PrefixRouter(prefix="/provider-keys", tags=["provider-keys"])
     },
 )
 async def create_provider_key(
-    body: ProviderKeyCreate, principal: MemberDep, session: SessionDep, box: BoxDep
+    body: Annotated[ProviderKeyCreate, Body(openapi_examples=PROVIDER_KEY_CREATE_EXAMPLES)],
+    principal: MemberDep,
+    session: SessionDep,
+    box: BoxDep,
 ) -> ProviderKeyOut:
     return ProviderKeyOut.model_validate(
         await ProviderKeyService(session, box).create(principal, body)

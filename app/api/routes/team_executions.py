@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Header, Query, Request, status
+from fastapi import Body, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
@@ -27,6 +27,8 @@ from app.models import ExecutionStatus
 from app.schemas.common import CursorPage, link, links, problems
 from app.schemas.executions import (
     DEFAULT_CANCEL_MODE,
+    EXECUTION_CANCEL_EXAMPLES,
+    EXECUTION_CREATE_EXAMPLES,
     ContextOut,
     ContextValueOut,
     EventOut,
@@ -81,6 +83,9 @@ WaitQuery = Annotated[
         le=3600,
         description="Block up to this many seconds (capped by the server's setting) until the "
         "execution ends.",
+        openapi_examples={
+            "until_end": {"summary": "Answer when it ends, or after 30 seconds", "value": 30}
+        },
     ),
 ]
 
@@ -100,7 +105,7 @@ WaitQuery = Annotated[
 async def create_execution(
     request: Request,
     team_id: uuid.UUID,
-    body: ExecutionCreate,
+    body: Annotated[ExecutionCreate, Body(openapi_examples=EXECUTION_CREATE_EXAMPLES)],
     principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -332,7 +337,9 @@ async def cancel_execution(
     session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
-    body: ExecutionCancel | None = None,
+    body: Annotated[
+        ExecutionCancel | None, Body(openapi_examples=EXECUTION_CANCEL_EXAMPLES)
+    ] = None,
     wait: WaitQuery = 0,
 ) -> ExecutionOut:
     mode = body.mode if body else DEFAULT_CANCEL_MODE

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import status
+from fastapi import Body, status
 
 from app.api.deps import MemberDep, SessionDep, SettingsDep, ViewerDep
 from app.api.router import PrefixRouter
 from app.schemas.common import link, links, problems
-from app.schemas.teams import TeamMemberCreate, TeamMemberOut
+from app.schemas.teams import TEAM_MEMBER_CREATE_EXAMPLES, TeamMemberCreate, TeamMemberOut
 from app.services.teams import TeamService
 
 router = PrefixRouter(prefix="/teams/{team_id}/members", tags=["team-members"])
@@ -63,7 +64,7 @@ async def list_team_members(
 )
 async def add_team_member(
     team_id: uuid.UUID,
-    body: TeamMemberCreate,
+    body: Annotated[TeamMemberCreate, Body(openapi_examples=TEAM_MEMBER_CREATE_EXAMPLES)],
     principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,

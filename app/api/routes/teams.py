@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import status
+from fastapi import Body, status
 
 from app.api.deps import MemberDep, PagingDep, SessionDep, SettingsDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
 from app.schemas.common import Page, link, links, problems
-from app.schemas.teams import TeamCreate, TeamOut, TeamUpdate, WorkflowVersionOut
+from app.schemas.teams import (
+    TEAM_CREATE_EXAMPLES,
+    TEAM_UPDATE_EXAMPLES,
+    TeamCreate,
+    TeamOut,
+    TeamUpdate,
+    WorkflowVersionOut,
+)
 from app.services.teams import TeamService
 
 router = PrefixRouter(prefix="/teams", tags=["teams"])
@@ -43,7 +50,10 @@ def _team_links(status: int, description: str) -> dict[int | str, Any]:
     responses={**_team_links(201, "The new team."), **problems(400, 401, 403, 409, 422)},
 )
 async def create_team(
-    body: TeamCreate, principal: MemberDep, session: SessionDep, settings: SettingsDep
+    body: Annotated[TeamCreate, Body(openapi_examples=TEAM_CREATE_EXAMPLES)],
+    principal: MemberDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> TeamOut:
     team = await TeamService(session, settings.teams).create(principal, body)
     return TeamOut.model_validate(team)
@@ -94,7 +104,7 @@ async def get_team(
 )
 async def update_team(
     team_id: uuid.UUID,
-    body: TeamUpdate,
+    body: Annotated[TeamUpdate, Body(openapi_examples=TEAM_UPDATE_EXAMPLES)],
     principal: MemberDep,
     session: SessionDep,
     settings: SettingsDep,

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import status
+from fastapi import Body, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import OwnerDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
 from app.schemas.common import Page, link, links, problems
-from app.schemas.users import PasswordChange, UserCreate, UserOut, UserUpdate
+from app.schemas.users import (
+    PASSWORD_CHANGE_EXAMPLES,
+    USER_CREATE_EXAMPLES,
+    USER_UPDATE_EXAMPLES,
+    PasswordChange,
+    UserCreate,
+    UserOut,
+    UserUpdate,
+)
 from app.services.users import UserService
 
 router = PrefixRouter(prefix="/users", tags=["users"])
@@ -75,7 +83,9 @@ async def get_me(principal: ViewerDep, session: SessionDep) -> UserOut:
     },
 )
 async def change_my_password(
-    body: PasswordChange, principal: ViewerDep, session: SessionDep
+    body: Annotated[PasswordChange, Body(openapi_examples=PASSWORD_CHANGE_EXAMPLES)],
+    principal: ViewerDep,
+    session: SessionDep,
 ) -> None:
     await UserService(session).change_own_password(principal, body)
 
@@ -122,7 +132,11 @@ async def list_users(principal: OwnerDep, session: SessionDep, paging: PagingDep
         **problems(400, 401, 403, 404, 409, 422),
     },
 )
-async def create_user(body: UserCreate, principal: OwnerDep, session: SessionDep) -> UserOut:
+async def create_user(
+    body: Annotated[UserCreate, Body(openapi_examples=USER_CREATE_EXAMPLES)],
+    principal: OwnerDep,
+    session: SessionDep,
+) -> UserOut:
     return UserOut.model_validate(await UserService(session).create(principal, body))
 
 
@@ -146,7 +160,10 @@ async def get_user(user_id: uuid.UUID, principal: OwnerDep, session: SessionDep)
     responses={**_user_links(200, "The changed user."), **problems(400, 401, 403, 404, 409, 422)},
 )
 async def update_user(
-    user_id: uuid.UUID, body: UserUpdate, principal: OwnerDep, session: SessionDep
+    user_id: uuid.UUID,
+    body: Annotated[UserUpdate, Body(openapi_examples=USER_UPDATE_EXAMPLES)],
+    principal: OwnerDep,
+    session: SessionDep,
 ) -> UserOut:
     return UserOut.model_validate(await UserService(session).update(principal, user_id, body))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Query, status
+from fastapi import Body, Query, status
 
 from app.api.deps import (
     AdminDep,
@@ -24,6 +24,8 @@ from app.api.server_rules import EXTENSION, ServerRule
 from app.core.errors import PROBLEM_MEDIA_TYPE
 from app.schemas.common import Page, link, links, problems
 from app.schemas.webhooks import (
+    WEBHOOK_CREATE_EXAMPLES,
+    WEBHOOK_UPDATE_EXAMPLES,
     DeadLetterOut,
     DeliveryOut,
     DeliveryStatusName,
@@ -107,7 +109,7 @@ def _with_secret(webhook: Any, secret: str) -> WebhookWithSecret:
     },
 )
 async def create_webhook(
-    body: WebhookCreate,
+    body: Annotated[WebhookCreate, Body(openapi_examples=WEBHOOK_CREATE_EXAMPLES)],
     principal: OwnerDep,
     session: SessionDep,
     box: BoxDep,
@@ -179,7 +181,7 @@ async def get_webhook(
 )
 async def update_webhook(
     webhook_id: uuid.UUID,
-    body: WebhookUpdate,
+    body: Annotated[WebhookUpdate, Body(openapi_examples=WEBHOOK_UPDATE_EXAMPLES)],
     principal: OwnerDep,
     session: SessionDep,
     box: BoxDep,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from app.api.deps import AdminDep
@@ -95,7 +95,14 @@ async def get_monitor_snapshot(_: AdminDep, monitor: MonitorDep) -> MonitorSnaps
 async def get_monitor_history(
     _: AdminDep,
     monitor: MonitorDep,
-    figure: Figure,
+    figure: Annotated[
+        Figure,
+        Path(
+            openapi_examples={
+                "cpu": {"summary": "This process's CPU", "value": Figure.process_cpu_percent}
+            }
+        ),
+    ],
     since: Annotated[
         float | None,
         Query(description="Only points from this Unix time on.", ge=0, le=32_503_680_000),
