@@ -16,9 +16,14 @@ Conventions in the Markdown (MkDocs Material shows the titles above the blocks):
   time), ``<number>``, ``<token>`` (text without spaces), ``<...>`` (the rest of a line);
   a line holding only ``...`` stands for any number of lines.
 
+A reader may run a page again, so a page's examples must be safe to re-run against the same
+backend (unique names, or clean-up at the end): with ``runs=2`` (the docs session's setting)
+each page runs twice in a row, the second time from a fresh start (a new namespace and shell
+state), and a failure of the second run says so.
+
 A failure names the page, the block (number and line), the command and its output.
-Command line: ``python -m qa.examples [--url URL] PAGE...`` (without ``--url`` it launches a
-backend with ``qa.launcher``).
+Command line: ``python -m qa.examples [--url URL] [--runs N] PAGE...`` (without ``--url`` it
+launches a backend with ``qa.launcher``).
 """
 
 from __future__ import annotations
@@ -87,9 +92,13 @@ class Outcome:
     passed: bool
     output: str
     reason: str = ""
+    run: int = 1  # which run of its page: 2 is the page run again against the same backend
 
     def describe(self) -> str:
-        text = [f"{self.block.where}: {self.reason}", "command:", _indent(self.block.code)]
+        where = self.block.where
+        if self.run > 1:
+            where += f", run {self.run} of the page against the same backend"
+        text = [f"{where}: {self.reason}", "command:", _indent(self.block.code)]
         text += ["output:", _indent(self.output or "(none)")]
         if self.block.expected is not None:
             text += ["expected output:", _indent(self.block.expected)]
@@ -108,10 +117,17 @@ class Report:
         return [o for o in self.outcomes if not o.passed]
 
     def summary(self) -> str:
+        """Counts of examples; when pages ran more than once, passed and failed count runs."""
         passed = len(self.outcomes) - len(self.failures)
         pages = len({o.block.page for o in self.outcomes} | {b.page for b in self.not_run})
+        runs = max((o.run for o in self.outcomes), default=1)
+        examples = len(self.outcomes)
+        each = ""
+        if runs > 1:
+            examples = len({(o.block.page, o.block.number) for o in self.outcomes})
+            each = f", each page {runs} times"
         return (
-            f"{len(self.outcomes)} examples run on {pages} pages: {passed} passed, "
+            f"{examples} examples run on {pages} pages{each}: {passed} passed, "
             f"{len(self.failures)} failed; {len(self.not_run)} marked not run"
         )
 
@@ -181,11 +197,17 @@ def output_matches(expected: str, actual: str) -> bool:
 
 
 class ExampleValidator:
-    """Runs the examples of Markdown pages against the backend at ``url``."""
+    """Runs the examples of Markdown pages against the backend at ``url``, each page ``runs``
+    times in a row (2 checks that a page can be run again)."""
 
-    def __init__(self, url: str, email: str, password: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, email: str, password: str, timeout: float = 60.0, runs: int = 1
+    ) -> None:
+        if runs < 1:
+            raise ValueError("runs must be at least 1")
         self.env = {"RENUM_URL": url.rstrip("/"), "RENUM_EMAIL": email, "RENUM_PASSWORD": password}
         self.timeout = timeout
+        self.runs = runs
 
     def run(self, pages: Iterable[Path], root: Path | None = None) -> Report:
         report = Report()
@@ -197,17 +219,21 @@ class ExampleValidator:
         return report
 
     def run_page(self, text: str, page: str) -> Report:
-        """Run one page's blocks in order, sharing state between them."""
+        """Run one page's blocks in order, sharing state between them; ``runs`` times, each
+        run from a fresh start (blocks marked not run are listed once)."""
         report = Report()
+        blocks = [block for block in extract_blocks(text, page) if block.example]
+        report.not_run += [block for block in blocks if not block.runnable]
+        for run in range(1, self.runs + 1):
+            report.outcomes += self._run_blocks([b for b in blocks if b.runnable], run)
+        return report
+
+    def _run_blocks(self, blocks: list[Block], run: int) -> list[Outcome]:
+        outcomes = []
         namespace: dict[str, object] = {"__name__": "__docs_example__"}
         with tempfile.TemporaryDirectory(prefix="renum-docs-") as workdir:
             state = Path(workdir) / ".state"
-            for block in extract_blocks(text, page):
-                if not block.example:
-                    continue
-                if not block.runnable:
-                    report.not_run.append(block)
-                    continue
+            for block in blocks:
                 if block.language in PYTHON:
                     ok, output = self._run_python(block, namespace, Path(workdir))
                 else:
@@ -215,8 +241,8 @@ class ExampleValidator:
                 reason = "" if ok else "it failed"
                 if ok and block.expected is not None and not output_matches(block.expected, output):
                     ok, reason = False, "its output differs from the expected output"
-                report.outcomes.append(Outcome(block, ok, output, reason))
-        return report
+                outcomes.append(Outcome(block, ok, output, reason, run))
+        return outcomes
 
     def _run_shell(self, block: Block, state: Path, workdir: Path) -> tuple[bool, str]:
         script = "\n".join(
@@ -320,14 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running backend (default: launch one)")
     parser.add_argument("--email", default=os.environ.get("RENUM_EMAIL", ""))
     parser.add_argument("--password", default=os.environ.get("RENUM_PASSWORD", ""))
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="run each page this many times in a row (2: check that it can be run again)",
+    )
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     pages = [p for arg in args.pages for p in (markdown_pages(arg) if arg.is_dir() else [arg])]
     launched = None if args.url else LaunchedBackend.start("sqlite")
     try:
         url = args.url or launched.base_url  # type: ignore[union-attr]
         email = launched.admin_email if launched else args.email
         password = launched.admin_password if launched else args.password
-        report = ExampleValidator(url, email, password).run(pages)
+        report = ExampleValidator(url, email, password, runs=args.runs).run(pages)
     finally:
         if launched is not None:
             launched.stop()

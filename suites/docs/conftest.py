@@ -1,8 +1,9 @@
 """The docs session's fixtures: the generator for this backend and the examples' report.
 
 Every page's examples run against one launched backend (``backend`` from ``qa.plugin``), in
-page order; the counts (run, passed, failed, marked not run) are printed at the end of the
-session and written to ``reports/docs/examples.txt``.
+page order, each page twice in a row (see ``test_examples_run``); the counts (run, passed,
+failed, marked not run) are printed at the end of the session and written to
+``reports/docs/examples.txt``.
 """
 
 from __future__ import annotations

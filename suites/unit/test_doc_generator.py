@@ -117,20 +117,24 @@ def test_examples_follow_links_in_page_order(generator: DocumentationGenerator) 
         "delete_widget",
     ]
     create = plan.examples["create_widget"]
-    assert '-d \'{"name": "gear", "size": 1, "colour": "red"}\'' in create
+    assert "--data-binary @- <<EOF" in create
+    assert '\n{"name": "gear-$RUN", "size": 1, "colour": "red"}\nEOF' in create
     assert "| tee response.json | jq ." in create
     assert "WIDGET_ID=$(jq -r '.id' response.json)" in create
     # a list's first item is never kept: an empty list has none
     assert "WIDGET_ID" not in plan.examples["list_widgets"]
     assert '"$RENUM_URL/api/widgets/$WIDGET_ID"' in plan.examples["delete_widget"]
-    assert plan.setup.startswith("TOKEN=$(curl")
+    assert plan.setup.startswith("RUN=$RANDOM$RANDOM  # ends the names created below")
+    assert plan.setup.splitlines()[1].startswith("TOKEN=$(curl")
 
 
 def test_setup_creates_what_another_page_needs(generator: DocumentationGenerator) -> None:
     page = generator.tag_page("parts")
     setup = page.split("## Setup", 1)[1].split("## Add a part", 1)[0]
-    assert '"name": "gear-for-parts"' in setup  # a setup's names do not clash with the page's
-    assert "> response.json\nWIDGET_ID=$(jq -r '.id' response.json)" in setup
+    assert '"name": "gear-for-parts-$RUN"' in setup  # a setup's names do not clash with the page's
+    assert "\nRUN=$RANDOM$RANDOM" in setup  # nor with those of an earlier run of the page
+    assert "<<EOF > response.json\n" in setup
+    assert "\nEOF\nWIDGET_ID=$(jq -r '.id' response.json)" in setup
     assert '"$RENUM_URL/api/widgets/$WIDGET_ID/parts"' in page
     assert '"label": "example-label"' in page  # padded to its minimum length
 

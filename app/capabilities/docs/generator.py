@@ -45,6 +45,10 @@ METHODS = ("post", "get", "put", "patch", "delete")
 SUCCESS = re.compile(r"2\d\d")
 EXAMPLE_TITLE = "Example"
 SETUP_TITLE = "Setup for this page's examples"
+# The names and email addresses a page's examples create end with this run's number, so that
+# a reader can run the page again (names are unique within an account).
+RUN_LINE = "RUN=$RANDOM$RANDOM  # ends the names created below: the page can run again"
+RUN_SUFFIX = "-$RUN"
 ROLE_EXTENSION = "x-required-role"
 HIGHEST_ROLE = "admin"
 LOWEST_ROLE = "viewer"
@@ -282,7 +286,13 @@ class DocumentationGenerator:
             "keep in shell variables). They read `RENUM_URL`, `RENUM_EMAIL` and "
             "`RENUM_PASSWORD`; see [Getting started](../getting-started.md). They use `curl` "
             "and `jq`, and create, change and delete real objects: run them against a "
-            "development backend.",
+            "development backend."
+            + (
+                " The names they give end with `$RUN`, a number the setup draws, so the page "
+                "can run again."
+                if plan.setup.startswith(RUN_LINE)
+                else ""
+            ),
             "",
             "| Operation | Method | Path |",
             "| --- | --- | --- |",
@@ -653,13 +663,21 @@ class ExamplePlan:
         if any(op.secured for op in [*ops, *setup_ops]):
             commands.append(self.login())
         commands += [
-            self.request(op, self.setup_bindings[op.operation_id], suffix=f"-for-{tag}", show=False)
+            self.request(
+                op,
+                self.setup_bindings[op.operation_id],
+                suffix=f"-for-{tag}{RUN_SUFFIX}",
+                show=False,
+            )
             for op in setup_ops
         ]
-        self.setup = "\n".join(commands)
         self.examples = {
-            op.operation_id: self.request(op, self.bindings(op)) for op in self.ordered
+            op.operation_id: self.request(op, self.bindings(op), suffix=RUN_SUFFIX)
+            for op in self.ordered
         }
+        if any(RUN_SUFFIX in command for command in [*commands, *self.examples.values()]):
+            commands.insert(0, RUN_LINE)
+        self.setup = "\n".join(commands)
 
     # what an operation needs and provides, as shell variable names
     def needs(self, op: Operation) -> list[str]:
