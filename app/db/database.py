@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import asbool, greenlet_spawn
 
 from app.core.config import DatabaseSettings
 from app.core.logging import get_logger
@@ -172,9 +172,15 @@ def sqlite_file_path(url: URL) -> Path | None:
     """The absolute path of an SQLite URL's database file (None in memory, or when the URL
     already is an SQLite ``file:`` URI)."""
     database = url.database
-    if not database or database == ":memory:" or url.query.get("uri") == "true":
+    if not database or database == ":memory:" or _is_uri(url):
         return None
     return Path(database).resolve()
+
+
+def _is_uri(url: URL) -> bool:
+    """Whether an SQLite URL's database is a ``file:`` URI (``?uri=true``, as SQLAlchemy reads
+    it: ``1``, ``yes``, ``True``, ...)."""
+    return asbool(url.query.get("uri", False))
 
 
 def _make_sqlite_directory(_dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
@@ -190,9 +196,13 @@ def build_probe_engine(settings: DatabaseSettings) -> AsyncEngine:
     exist (opened ``mode=rw``: a health check never creates a database)."""
     url = make_url(settings.url)
     if settings.is_sqlite:
+        # Looking never creates a database: the file is opened only if it exists (as a URI,
+        # its path escaped: a `?`, `#` or `%` in it stays part of the name).
         path = sqlite_file_path(url)
-        if path is not None:  # looking never creates a database: open it only if it exists
-            url = url.set(database=f"file:{path}", query={"mode": "rw", "uri": "true"})
+        if path is not None:
+            url = url.set(database=path.as_uri(), query={"mode": "rw", "uri": "true"})
+        elif _is_uri(url) and "mode" not in url.query:
+            url = url.update_query_dict({"mode": "rw"})
         engine = create_async_engine(
             url, poolclass=NullPool, hide_parameters=True, execution_options=READ_ONLY
         )
@@ -235,12 +245,15 @@ class SQLAlchemyManager:
         self._sqlite_url = _sqlite_file(settings)
         self._sqlite: _SQLiteWorker | None = None
         self._probe: AsyncEngine | None = None
+        self._round_trips: set[asyncio.Future[Any]] = set()  # probe round trips under way
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session, closed when the block ends. A connection lost under it fails the block's
         own statements; closing it afterwards does not fail again (the server rolled back
-        whatever was not committed when the connection went)."""
+        whatever was not committed when the connection went). A caller cancelled meanwhile
+        (its timeout) is let go within the driver's close timeout: SQLAlchemy terminates the
+        session's connection then, whether the server answers or not."""
         session = self.sessionmaker()
         try:
             yield session
@@ -300,23 +313,46 @@ class SQLAlchemyManager:
         finishes closing a connection even when cancelled, and on a server that stopped
         answering midway that close (the rollback, the goodbye) would hold the caller for
         the command timeout; so on PostgreSQL the connection is terminated then (no goodbye
-        to a server that may not answer), and what is left of ``work`` ends by itself."""
+        to a server that may not answer), and what is left of ``work`` ends by itself; a
+        round trip still connecting is cancelled, and one whose connection opens after its
+        caller left is ended there."""
         opened: list[Any] = []
+        abandoned = asyncio.Event()
 
         async def round_trip() -> T:
             async with self.probe_engine.connect() as conn:
-                opened.append((await conn.get_raw_connection()).dbapi_connection)
+                connection = (await conn.get_raw_connection()).dbapi_connection
+                opened.append(connection)
+                if abandoned.is_set():  # opened after its caller left: nothing waits for it
+                    self._terminate_probe(connection)
+                    raise asyncio.CancelledError
                 return await work(conn)
 
         task = asyncio.ensure_future(round_trip())
+        self._round_trips.add(task)
+        task.add_done_callback(self._round_trips.discard)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not self.settings.is_sqlite:
+            abandoned.set()
+            if opened:
                 for connection in opened:
-                    self.probe_engine.dialect.do_terminate(connection)
-            task.add_done_callback(_consume_outcome)
+                    self._terminate_probe(connection)
+            else:
+                task.cancel()  # still connecting: stop there
+            _finish_later(task)
             raise
+
+    @property
+    def probes_under_way(self) -> int:
+        """Probe round trips started and not ended (some abandoned by their callers)."""
+        return len(self._round_trips)
+
+    def _terminate_probe(self, connection: Any) -> None:
+        """End a probe connection without a goodbye (PostgreSQL; an SQLite file has no server
+        to hang on, and its round trip ends within the busy timeout)."""
+        if not self.settings.is_sqlite:
+            self.probe_engine.dialect.do_terminate(connection)
 
     async def server_version(self) -> str:
         """The server's version, from a round trip on a fresh connection of its own that
@@ -397,6 +433,8 @@ class SQLAlchemyManager:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def dispose(self) -> None:
+        for round_trip in list(self._round_trips):  # abandoned by their callers
+            round_trip.cancel()
         if self._sqlite is not None:
             worker, self._sqlite = self._sqlite, None
             await worker.close()
@@ -404,6 +442,11 @@ class SQLAlchemyManager:
             probe, self._probe = self._probe, None
             await probe.dispose()
         await self.engine.dispose()
+
+
+def _finish_later(task: asyncio.Future[Any]) -> None:
+    """Let ``task`` end by itself, its outcome retrieved when it does."""
+    task.add_done_callback(_consume_outcome)
 
 
 def _consume_outcome(task: asyncio.Future[Any]) -> None:

@@ -1,8 +1,9 @@
-"""Health round trips (``SQLAlchemyManager.on_probe_connection``, ``ping``) never hold their
-caller past its timeout, wherever the server stops answering: during the query, or after it,
-while the connection is being closed (SQLAlchemy finishes that close even when cancelled; on a
-hung server it waited for the command timeout, and the outage watcher's breaker opened that much
-later while every request waited on its hung connection).
+"""Round trips never hold their caller past its timeout, wherever the server stops answering:
+during the query, or after it, while the connection is being closed (SQLAlchemy finishes that
+close even when cancelled; on a hung server it waited for the command timeout, and the outage
+watcher's breaker opened that much later while every request waited on its hung connection).
+Health probes (``SQLAlchemyManager.on_probe_connection``, ``ping``) and sessions
+(``SQLAlchemyManager.session``) alike.
 
 In this process, no backend launched: PostgreSQL through ``qa/fault_proxy.py``, hung from inside
 the round trip by an engine event."""
@@ -15,12 +16,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from faults_support import url_via
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import DatabaseSettings
 from app.db.database import SQLAlchemyManager
 from qa import services
 from qa.fault_proxy import FaultProxy
+from qa.polling import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -54,37 +57,56 @@ async def proxied() -> AsyncIterator[tuple[SQLAlchemyManager, FaultProxy]]:
             await database.dispose()
 
 
+async def _probe(database: SQLAlchemyManager) -> None:
+    await database.ping()
+
+
+async def _session(database: SQLAlchemyManager) -> None:
+    async with database.session() as session:
+        await session.execute(text("SELECT 1"))
+
+
+# A health probe (its own connection) and a request's session (a pooled one, here with no
+# breaker to end it: the database manager switched off).
+ROUND_TRIPS = {"probe": (_probe, "probe_engine"), "session": (_session, "engine")}
+
+
+@pytest.mark.parametrize("kind", ROUND_TRIPS)
 @pytest.mark.parametrize("hang_at", ["before_cursor_execute", "after_cursor_execute"])
 async def test_a_round_trip_lets_its_caller_go_while_the_server_still_hangs(
-    proxied: tuple[SQLAlchemyManager, FaultProxy], hang_at: str
+    proxied: tuple[SQLAlchemyManager, FaultProxy], hang_at: str, kind: str
 ) -> None:
     database, proxy = proxied
-    await database.ping()  # connects and answers while all is well
+    round_trip, engine_name = ROUND_TRIPS[kind]
+    await round_trip(database)  # connects and answers while all is well
+    engine = getattr(database, engine_name).sync_engine
     resumed = threading.Event()
     order: list[str] = []
 
     def hang(*_: object) -> None:
-        proxy.hang()
-        event.remove(database.probe_engine.sync_engine, hang_at, hang)
+        if not order:  # once
+            order.append("hung")
+            proxy.hang()
 
     def watchdog() -> None:
         if not resumed.wait(WATCHDOG_SECONDS):
             order.append("resumed by the watchdog")
             proxy.pass_through()
 
-    event.listen(database.probe_engine.sync_engine, hang_at, hang)
+    event.listen(engine, hang_at, hang)
     guard = threading.Thread(target=watchdog, daemon=True)
     guard.start()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5):
-            await database.ping()
+            await round_trip(database)
     order.append("caller let go")
     resumed.set()
     proxy.pass_through()
     guard.join()
+    event.remove(engine, hang_at, hang)
 
-    assert order == ["caller let go"], "the round trip held its caller until the server answered"
-    await database.ping()  # the next round trip answers on a fresh connection
+    assert order == ["hung", "caller let go"], "the round trip held its caller until it answered"
+    await round_trip(database)  # the next round trip answers
 
 
 async def test_a_round_trip_returns_what_its_work_returns(
@@ -94,3 +116,23 @@ async def test_a_round_trip_returns_what_its_work_returns(
     version = await database.server_version()
     assert version.split(".")[0].isdigit()
     assert proxy.connections_accepted >= 1
+
+
+async def test_a_round_trip_left_while_connecting_never_runs_its_work(
+    proxied: tuple[SQLAlchemyManager, FaultProxy],
+) -> None:
+    database, proxy = proxied
+    ran: list[str] = []
+
+    async def work(conn: AsyncConnection) -> None:
+        ran.append("work")
+
+    proxy.hang()  # new connections stall before PostgreSQL greets them
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await database.on_probe_connection(work)
+    proxy.pass_through()  # the stalled connection could now complete
+    await wait_until_async(lambda: database.probes_under_way == 0, what="the round trip ended")
+    assert ran == []
+    await database.on_probe_connection(work)  # the next one runs
+    assert ran == ["work"]

@@ -116,6 +116,41 @@ async def test_sqlite_engine_creates_the_folder_when_it_connects_and_sets_pragma
         await database.dispose()
 
 
+def _names(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("folder", ["plain", "ask?me", "hash#tag", "per%41cent"])
+async def test_looking_at_an_sqlite_file_never_creates_it_whatever_its_path(
+    tmp_path: Path, folder: str
+) -> None:
+    path = tmp_path / folder / "renum.db"
+    path.parent.mkdir()
+    escaped = str(path).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{escaped}"))
+    try:
+        with pytest.raises(OperationalError):
+            await database.ping()
+        assert _names(path.parent) == []  # not even a truncated name beside it
+        async with database.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        await database.ping()  # the same file, now that it exists
+        assert path.is_file()
+    finally:
+        await database.dispose()
+    assert _names(tmp_path) == [folder]
+
+
+def test_the_probe_of_an_sqlite_uri_opens_it_read_write_only() -> None:
+    engine = build_probe_engine(DatabaseSettings(url="sqlite+aiosqlite:///file:/srv/r.db?uri=1"))
+    assert engine.url.query["mode"] == "rw"
+    kept = build_probe_engine(
+        DatabaseSettings(url="sqlite+aiosqlite:///file:/srv/r.db?mode=ro&uri=true")
+    )
+    assert kept.url.query["mode"] == "ro"
+
+
 @pytest.mark.anyio
 async def test_in_memory_sqlite_needs_no_folder() -> None:
     engine = build_engine(DatabaseSettings(url="sqlite+aiosqlite:///:memory:"))
