@@ -45,6 +45,7 @@ class AgentParameters(BaseModel):
         default=None,
         gt=0,
         le=600,
+        strict=True,  # a number: neither "30" nor true
         description="builtin `wait` agents (required there): how long to wait before "
         "answering with the input; at most the agent's `timeout_seconds`. The wait spends no "
         "tokens, and a cancel or the execution's `max_seconds` interrupts it like a model call.",
@@ -152,7 +153,7 @@ class ProviderKeyCreate(RequestModel):
 PROVIDER_KEY_CREATE_EXAMPLES = body_example(
     "openai",
     "Your own OpenAI key",
-    {"name": "my OpenAI key", "provider": "openai", "key": "sk-proj-4f7Qx9Lm2Rt8Vb1Nc6Zp3Kd5"},
+    {"name": "my OpenAI key", "provider": "openai", "key": "sk-your-provider-key"},
     "Stored encrypted and never shown again (answers carry `masked_key`); agents pay with it "
     "through `provider_key_id`.",
 )

@@ -63,11 +63,9 @@ class LogoutRequest(RequestModel):
     refresh_token: Token
 
 
-# What a refresh token looks like; the examples say to paste a real one.
-_EXAMPLE_JWT = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXAiOiJyZWZyZXNoIn0."
-    "Sn9XyKf0bq3tZ2m1QeV7rW8uY4oP6aL5dC0hG9jB2kE"
-)
+# Where a refresh token goes; the examples say to paste a real one (a placeholder, not a token:
+# nothing that looks like a secret is published in the schema).
+_EXAMPLE_JWT = "paste-the-refresh_token-of-your-last-login-here"
 REFRESH_EXAMPLES = body_example(
     "refresh",
     "Rotate your tokens",

@@ -159,12 +159,17 @@ def test_seconds_are_checked_when_the_agent_is_defined(owner_client: ApiClient) 
         "/body/parameters/seconds": "must be at most the agent's timeout_seconds (60); "
         "wait less or raise timeout_seconds (up to 600)"
     }
-    # The schema's own bounds: more than 0, at most 600.
-    for seconds in (0, -1, 601):
+    # The schema's own bounds: a number (not "30", not true), more than 0, at most 600.
+    for seconds in (0, -1, 601, "30", True):
         assert list(create(parameters={"seconds": seconds}, timeout_seconds=600)) == [
             "/body/parameters/seconds"
         ]
-    # Model agents take no seconds (builtin kinds other than wait ignore them, as any extra).
+    # Other builtin kinds take no seconds, nor do model agents.
+    echo = {"name": ts.unique("echo"), "provider": "builtin", "model": "echo"}
+    response = owner_client.post(AGENTS, json={**echo, "parameters": {"seconds": 5}})
+    assert refused(owner_client, response) == {
+        "/body/parameters/seconds": "only builtin wait agents take seconds"
+    }
     model = {"name": ts.unique("model"), "provider": "openai", "model": "gpt-4o-mini"}
     response = owner_client.post(AGENTS, json={**model, "parameters": {"seconds": 5}})
     assert refused(owner_client, response) == {

@@ -18,6 +18,7 @@ from app.models import Agent, ProviderKey
 from app.services.engine.agent_calls import AgentCaller
 from app.services.provider_keys import provider_key_aad
 from app.services.providers import ProviderAuthError, ProviderUnavailable
+from app.services.providers.builtin import BuiltinAgentError
 from app.services.providers.prices import PriceTable
 from qa.fake_openai import FakeOpenAI
 from suites.unit.conftest import MakeSettings
@@ -168,3 +169,11 @@ async def test_a_template_agent_renders_as_its_account(
         await caller.http.aclose()
     assert outcome.output == "hello"
     assert recorder.renders == [("hello", ACCOUNT)]  # its account's share of the workers
+
+
+async def test_a_builtin_agent_ends_at_its_own_timeout(caller: AgentCaller) -> None:
+    row = agent()
+    row.provider, row.model, row.parameters = "builtin", "wait", {"seconds": 600}
+    row.timeout_seconds = 0.05  # a stored agent whose wait outlasts its timeout
+    with pytest.raises(BuiltinAgentError, match=r"within its timeout_seconds \(0.05\)"):
+        await run(caller, row)

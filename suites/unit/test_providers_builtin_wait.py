@@ -99,9 +99,8 @@ def test_valid_wait_definitions_have_no_problems() -> None:
     assert validate_builtin("wait", {"seconds": 30}) == []
     assert validate_builtin("wait", {"seconds": 0.5, "output_key": "k"}, timeout_seconds=60) == []
     assert validate_builtin("wait", {"seconds": 600}, timeout_seconds=600) == []
-    # Exactly the agent's timeout is allowed; other kinds ignore seconds, like any extra.
+    # Exactly the agent's timeout is allowed.
     assert validate_builtin("wait", {"seconds": 12.5}, timeout_seconds=12.5) == []
-    assert validate_builtin("echo", {"seconds": 5000}, timeout_seconds=1) == []
 
 
 @pytest.mark.parametrize(
@@ -144,4 +143,12 @@ def test_wait_validation_names_each_problem(
 def test_unknown_kinds_name_wait_among_the_kinds() -> None:
     assert validate_builtin("sleep", {}) == [
         "kind: unknown builtin kind 'sleep'; expected one of: echo, template, wait"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["echo", "template"])
+def test_only_wait_agents_take_seconds(kind: str) -> None:
+    parameters = {"seconds": 5, "template": "{{ input }}"}
+    assert validate_builtin(kind, parameters) == [
+        "parameters.seconds: only builtin wait agents take seconds"
     ]

@@ -9,6 +9,7 @@ the egress guard's client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from app.services.providers.base import (
     ProviderAuthError,
     RetryPolicy,
 )
-from app.services.providers.builtin import TEMPLATE_KITS, run_builtin
+from app.services.providers.builtin import TEMPLATE_KITS, BuiltinAgentError, run_builtin
 from app.services.providers.openai import OpenAICompatibleProvider
 from app.services.providers.prices import PriceTable
 
@@ -92,16 +93,23 @@ class AgentCaller:
         mailbox = mailbox if mailbox is not None else Mailbox()
         if agent.provider == "builtin":
             started = time.perf_counter()
-            result = await run_builtin(
-                agent.model,
-                agent.parameters,
-                input=step_input,
-                context=context,
-                variables=variables,
-                mailbox=mailbox,
-                templates=self.templates,
-                owner=agent.account_id,  # its account's share of the render workers
-            )
+            try:
+                async with asyncio.timeout(agent.timeout_seconds):
+                    result = await run_builtin(
+                        agent.model,
+                        agent.parameters,
+                        input=step_input,
+                        context=context,
+                        variables=variables,
+                        mailbox=mailbox,
+                        templates=self.templates,
+                        owner=agent.account_id,  # its account's share of the render workers
+                    )
+            except TimeoutError:
+                raise BuiltinAgentError(
+                    f"the builtin {agent.model} agent did not finish within its "
+                    f"timeout_seconds ({agent.timeout_seconds:g})"
+                ) from None
             return AgentOutcome(
                 output=result.output,
                 context_writes=dict(result.context_writes),

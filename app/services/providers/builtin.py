@@ -272,4 +272,6 @@ def validate_builtin(
         problem = _seconds_problem(parameters.get("seconds"), timeout_seconds)
         if problem is not None:
             problems.append(f"parameters.seconds: {problem}")
+    elif parameters.get("seconds") is not None:
+        problems.append("parameters.seconds: only builtin wait agents take seconds")
     return problems
