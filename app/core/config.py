@@ -792,8 +792,11 @@ class DocsSettings(BaseModel):
         the site (``{site_url}troubleshooting/#database``: MkDocs serves each page as a
         directory)."""
         page, _, anchor = link.partition("#")
-        path = page.removesuffix(".md").removesuffix("index")
-        return self.site_url + (f"{path}/" if path else "") + (f"#{anchor}" if anchor else "")
+        parts = page.removesuffix(".md").split("/")
+        if parts[-1] == "index":  # a folder's index page is the folder
+            parts.pop()
+        path = "".join(f"{part}/" for part in parts)
+        return self.site_url + path + (f"#{anchor}" if anchor else "")
 
 
 class CompressionSettings(BaseModel):

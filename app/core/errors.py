@@ -298,14 +298,18 @@ def _document_body_limit(app: FastAPI) -> None:
 
 
 def _document_413(schema: dict[str, Any]) -> None:
-    too_large = {
-        "description": "Request body too large.",
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
     for item in schema.get("paths", {}).values():
         for operation in item.values():
             if isinstance(operation, dict) and "requestBody" in operation:
-                operation["responses"].setdefault("413", too_large)
+                operation["responses"].setdefault(
+                    "413",  # one object each: a later step may change one operation's
+                    {
+                        "description": "Request body too large.",
+                        "content": {
+                            PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                        },
+                    },
+                )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -18,7 +18,11 @@ def add_to_schema(app: FastAPI, document: Callable[[dict[str, Any]], None]) -> N
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document(generate())  # generating sets app.openapi_schema
+            try:
+                document(generate())  # generating sets app.openapi_schema
+            except BaseException:
+                app.openapi_schema = None  # never served half documented
+                raise
         return app.openapi_schema  # type: ignore[return-value]  # set just above, or before
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -272,6 +272,8 @@ def test_metrics_are_public_outside_production_unless_set(
             "https://docs.example.org/renum/reference/health/",
         ),
         ("https://docs.example.org", "index.md#start", "https://docs.example.org/#start"),
+        ("https://docs.example.org", "reference/index.md", "https://docs.example.org/reference/"),
+        ("https://docs.example.org", "reindex.md", "https://docs.example.org/reindex/"),
     ],
 )
 def test_a_docs_page_link_becomes_its_address_on_the_site(

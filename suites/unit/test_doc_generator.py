@@ -5,6 +5,7 @@ generator run on this backend's own schema."""
 from __future__ import annotations
 
 import json
+import subprocess
 from enum import StrEnum
 from pathlib import Path
 
@@ -423,3 +424,24 @@ def test_the_backend_s_reference_has_the_events_page() -> None:
 )
 def test_a_page_title_spells_acronyms_as_such(tag: str, title: str) -> None:
     assert doc_generator._title(tag) == title
+
+
+def test_a_heredoc_body_expands_only_the_examples_own_variables() -> None:
+    value = {
+        "name": "researcher-$RUN",
+        "agent_id": "$AGENT_ID",
+        "template": "`id` $HOME $(whoami) \\ {{ input }} $RUNNER",
+    }
+    body = doc_generator.heredoc_body(json.dumps(value), {"RUN", "AGENT_ID"})
+    shell = subprocess.run(  # noqa: S603 - bash reading a heredoc, nothing else
+        ["/bin/bash", "-c", f"cat <<EOF\n{body}\nEOF"],
+        env={"RUN": "42", "AGENT_ID": "a-1", "HOME": "/root", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shell.stdout) == {
+        "name": "researcher-42",
+        "agent_id": "a-1",
+        "template": "`id` $HOME $(whoami) \\ {{ input }} $RUNNER",  # exactly as written
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 
 from app.core.config import Settings
@@ -47,3 +48,20 @@ def test_the_backends_additions_survive_a_regenerated_schema(settings: Settings)
     assert "503" in list_agents  # the database manager
     assert "304" in list_agents  # conditional reads
     assert second == first
+
+
+def test_a_failing_addition_never_leaves_a_half_documented_schema() -> None:
+    app = FastAPI()
+    calls: list[str] = []
+
+    def fails_once(schema: dict[str, Any]) -> None:
+        calls.append("called")
+        if len(calls) == 1:
+            raise RuntimeError("broken")
+        schema["x-ok"] = True
+
+    add_to_schema(app, fails_once)
+    with pytest.raises(RuntimeError):
+        app.openapi()
+    assert app.openapi_schema is None
+    assert app.openapi()["x-ok"] is True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -149,7 +150,8 @@ def _document_unavailable(schema: dict[str, Any]) -> None:
             continue
         for operation in item.values():
             if isinstance(operation, dict) and "responses" in operation:
-                operation["responses"].setdefault("503", UNAVAILABLE_RESPONSE)
+                # A copy each: a later step may change one operation's answers.
+                operation["responses"].setdefault("503", copy.deepcopy(UNAVAILABLE_RESPONSE))
 
 
 UNAVAILABLE_RESPONSE: dict[str, Any] = {

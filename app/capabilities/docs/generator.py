@@ -47,8 +47,9 @@ EXAMPLE_TITLE = "Example"
 SETUP_TITLE = "Setup for this page's examples"
 # The names and email addresses a page's examples create end with this run's number, so that
 # a reader can run the page again (names are unique within an account).
-RUN_LINE = "RUN=$RANDOM$RANDOM  # ends the names created below: the page can run again"
-RUN_SUFFIX = "-$RUN"
+RUN_VARIABLE = "RUN"
+RUN_LINE = f"{RUN_VARIABLE}=$RANDOM$RANDOM  # ends the names created below: the page can run again"
+RUN_SUFFIX = f"-${RUN_VARIABLE}"
 ROLE_EXTENSION = "x-required-role"
 HIGHEST_ROLE = "admin"
 LOWEST_ROLE = "viewer"
@@ -873,7 +874,7 @@ class ExamplePlan:
             parts.append("-H 'Content-Type: application/json'")
             if "$" in text or "'" in text:
                 parts.append("--data-binary @-")
-                heredoc = text
+                heredoc = heredoc_body(text, {RUN_VARIABLE, *bindings.values()})
             else:
                 parts.append(f"-d '{text}'")
         command = " \\\n  ".join(parts) + (" <<EOF" if heredoc is not None else "")
@@ -901,6 +902,15 @@ class ExamplePlan:
         success = op.success
         content = (op.spec["responses"][success].get("content") or {}) if success else {}
         return "application/json" in content
+
+
+def heredoc_body(text: str, variables: Iterable[str]) -> str:
+    """``text`` for an unquoted heredoc (``<<EOF``), where the shell expands ``$NAME``,
+    backquotes and backslashes: only the examples' own ``variables`` are expanded, anything
+    else in an example value stays as written."""
+    escaped = text.replace("\\", "\\\\").replace("`", "\\`")
+    names = "|".join(re.escape(name) for name in sorted(variables, key=len, reverse=True))
+    return re.sub(rf"\$(?!(?:{names})\b)", r"\\$", escaped)
 
 
 def jq_path(pointer: str) -> str:
