@@ -497,12 +497,16 @@ def reset_password(
 
 def _checked_credentials(email: str, password: str) -> str:
     """The email, normalized as the API normalizes it (with the special-use domains the
-    settings accept); exit 2 with a message for an invalid email or a short password."""
+    settings accept); exit 2 with a message for an invalid email, a short password, or one the
+    API's examples print (where the settings refuse those)."""
     from email_validator import EmailNotValidError
 
     from app.core.emails import accept_special_use_domains, normalized_email
+    from app.core.example_passwords import example_password_problem, refuse_example_passwords
 
-    accept_special_use_domains(load_settings().auth.special_use_email_domains)
+    settings = load_settings()
+    accept_special_use_domains(settings.auth.special_use_email_domains)
+    refuse_example_passwords(settings.auth.refuse_example_passwords)
     try:
         email = normalized_email(email)
     except EmailNotValidError as exc:
@@ -510,6 +514,10 @@ def _checked_credentials(email: str, password: str) -> str:
         raise typer.Exit(2) from None
     if len(password) < 8:
         err.print("[bold red]The password must have at least 8 characters.[/]")
+        raise typer.Exit(2)
+    problem = example_password_problem(password)
+    if problem is not None:
+        err.print(f"[bold red]Refused password:[/] {problem}.")
         raise typer.Exit(2)
     return email
 

@@ -49,6 +49,7 @@ from app.core.config_rules import refuse_unsafe
 from app.core.crypto import SecretBox
 from app.core.emails import accept_special_use_domains
 from app.core.errors import install_error_handlers
+from app.core.example_passwords import refuse_example_passwords
 from app.core.logging import configure_logging, get_logger
 from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
     accept_special_use_domains(settings.auth.special_use_email_domains)
+    refuse_example_passwords(settings.auth.refuse_example_passwords)
     warnings = refuse_unsafe(settings)  # UnsafeConfiguration lists every error at once
     require_driver(settings.database)  # MissingDriver names the install command
     app = FastAPI(

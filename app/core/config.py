@@ -320,6 +320,12 @@ class AuthSettings(BaseModel):
         "`local`, `localhost`, `onion`, `test`. Development and test also accept `local`, the "
         "domain of the default first admin.",
     )
+    refuse_example_passwords: bool = Field(
+        default=True,
+        description="Refuse, by the API and the CLI, a password equal to one the API's "
+        "published examples print (anyone can read those). Off in development and test, "
+        "whose fresh backends run the examples as shown.",
+    )
 
     @field_validator("special_use_email_domains")
     @classmethod

@@ -20,15 +20,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "metrics": {"public": True},
         "docs": {"enabled": True},
         "database": {"pool_size": 5},
-        # The default first admin is admin@renum.local.
-        "auth": {"special_use_email_domains": ["local", "test"]},
+        # The default first admin is admin@renum.local; the examples run as shown.
+        "auth": {"special_use_email_domains": ["local", "test"], "refuse_example_passwords": False},
     },
     "test": {
         "log_format": "json",
         "metrics": {"public": True},
         "docs": {"enabled": True},
         "database": {"pool_size": 5},
-        "auth": {"special_use_email_domains": ["local", "test"]},
+        "auth": {"special_use_email_domains": ["local", "test"], "refuse_example_passwords": False},
     },
     "staging": {
         "log_format": "json",

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from app.core.example_passwords import EXAMPLE_PASSWORD
 from app.schemas.common import (
     Email,
     FullName,
@@ -21,7 +22,7 @@ from app.schemas.common import (
 class AccountCreate(RequestModel):
     name: Name = Field(examples=["Acme Research"])
     owner_email: Email = Field(examples=["owner@acme.example"])
-    owner_password: Password = Field(examples=["a-long-passphrase"])
+    owner_password: Password = Field(examples=[EXAMPLE_PASSWORD])
     owner_name: FullName | None = Field(default=None, examples=["Grace Hopper"])
 
 
@@ -31,7 +32,7 @@ ACCOUNT_CREATE_EXAMPLES = body_example(
     {
         "name": "Acme Research",
         "owner_email": "owner@acme.example",
-        "owner_password": "a-long-passphrase",
+        "owner_password": EXAMPLE_PASSWORD,
         "owner_name": "Grace Hopper",
     },
     "The owner then logs in with this email and password (`POST /api/v1/auth/token`).",

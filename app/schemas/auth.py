@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Form
 from pydantic import Field
 
+from app.core.example_passwords import EXAMPLE_PASSWORD
 from app.schemas.common import RequestModel, ResponseModel, Token, body_example
 
 
@@ -30,7 +31,7 @@ class LoginForm:
             Form(
                 min_length=1,
                 json_schema_extra={"format": "password"},
-                examples=["a-long-passphrase"],
+                examples=[EXAMPLE_PASSWORD],
             ),
         ],
         grant_type: Annotated[

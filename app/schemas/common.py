@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.core.emails import normalized_email
+from app.core.example_passwords import example_password_problem
 
 T = TypeVar("T")
 
@@ -44,8 +45,20 @@ VERBATIM = object()
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=NOT_BLANK)]
 FullName = Annotated[str, StringConstraints(max_length=200)]
-# Secrets are taken verbatim: the spaces of a password are part of it.
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256), VERBATIM]
+
+
+def _not_an_example(value: str) -> str:
+    problem = example_password_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("example_password", problem)
+    return value
+
+
+# Secrets are taken verbatim: the spaces of a password are part of it. A new password is not
+# one the examples print, where the settings refuse those (`app.core.example_passwords`).
+Password = Annotated[
+    str, StringConstraints(min_length=8, max_length=256), AfterValidator(_not_an_example), VERBATIM
+]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=4096), VERBATIM]
 
 

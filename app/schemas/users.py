@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from app.core.example_passwords import EXAMPLE_NEW_PASSWORD, EXAMPLE_PASSWORD
 from app.schemas.common import (
     VERBATIM,
     Email,
@@ -23,7 +24,7 @@ AccountRole = Literal["owner", "member", "viewer"]
 
 class UserCreate(RequestModel):
     email: Email = Field(examples=["ada@acme.example"])
-    password: Password = Field(examples=["a-long-passphrase"])
+    password: Password = Field(examples=[EXAMPLE_PASSWORD])
     full_name: FullName | None = Field(default=None, examples=["Ada Lovelace"])
     role: AccountRole = Field(default="member")
     account_id: uuid.UUID | None = Field(
@@ -36,7 +37,7 @@ USER_CREATE_EXAMPLES = body_example(
     "A member of your account",
     {
         "email": "ada@acme.example",
-        "password": "a-long-passphrase",
+        "password": EXAMPLE_PASSWORD,
         "full_name": "Ada Lovelace",
         "role": "member",
     },
@@ -79,17 +80,17 @@ CurrentPassword = Annotated[str, StringConstraints(min_length=1, max_length=256)
 class PasswordChange(RequestModel):
     current_password: CurrentPassword = Field(
         description="The password the caller logs in with now.",
-        examples=["a-long-passphrase"],
+        examples=[EXAMPLE_PASSWORD],
     )
     new_password: Password = Field(
         description="The new password: the same rules as a new user's (8 to 256 characters).",
-        examples=["an-even-longer-passphrase"],
+        examples=[EXAMPLE_NEW_PASSWORD],
     )
 
 
 PASSWORD_CHANGE_EXAMPLES = body_example(
     "new_password",
     "Replace your password",
-    {"current_password": "a-long-passphrase", "new_password": "an-even-longer-passphrase"},
+    {"current_password": EXAMPLE_PASSWORD, "new_password": EXAMPLE_NEW_PASSWORD},
     "Ends every session of yours, this one included: log in again with the new password.",
 )

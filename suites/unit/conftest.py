@@ -51,6 +51,17 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def example_passwords_accepted() -> Iterator[None]:
+    """A test that starts an app or the CLI in staging or production turns on the refusal of
+    the examples' passwords for the whole process; the next test starts without it, as the
+    test profile does."""
+    from app.core.example_passwords import refuse_example_passwords
+
+    yield
+    refuse_example_passwords(False)
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argon2 at its production cost takes a good part of a second a hash, and many unit tests
     make one (a bootstrap admin, a user, a login). Only the cost parameters change: hashes are
