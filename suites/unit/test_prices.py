@@ -70,6 +70,13 @@ def test_decimal_arithmetic_is_exact_for_huge_counts(table: PriceTable) -> None:
     assert many == Decimal("0.00075")  # no float drift however many calls are summed
 
 
+def test_a_cost_finer_than_the_ledger_is_rounded_to_it() -> None:
+    table = PriceTable.load({"fine": {"input_per_mtok": "0.123", "output_per_mtok": "0.0005"}})
+    assert table.cost("fine", 1, 0) == Decimal("0.00000012")  # 0.000000123
+    assert table.cost("fine", 0, 1) == Decimal("0")  # 0.0000000005, half to even
+    assert table.cost("fine", 1_000_000, 0) == Decimal("0.123")  # coarser ones: as they are
+
+
 def test_negative_token_counts_are_refused(table: PriceTable) -> None:
     with pytest.raises(ValueError, match="negative"):
         table.cost("gpt-4o", -1, 0)

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
@@ -24,6 +24,9 @@ from typing import Any
 
 PRICES_FILE = "prices.json"
 _MTOK = Decimal(1_000_000)
+# The ledger keeps costs to 8 decimal places (its Money columns: Numeric(18, 8)).
+LEDGER_DECIMALS = 8
+_LEDGER_STEP = Decimal(1).scaleb(-LEDGER_DECIMALS)
 _SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _FIELDS = ("input_per_mtok", "output_per_mtok")
 
@@ -132,7 +135,9 @@ class PriceTable:
         return self.price(model) is not None
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
-        """Exact cost of one call in :attr:`currency`; ``Decimal(0)`` for an unknown model."""
+        """Exact cost of one call in :attr:`currency`, to the ledger's 8 decimal places (as it
+        is stored: an override priced finer than that would make the steps' costs stop adding
+        up to the stored totals); ``Decimal(0)`` for an unknown model."""
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError("token counts must not be negative")
         price = self.price(model)
@@ -141,4 +146,8 @@ class PriceTable:
         with localcontext() as exact:
             exact.prec = 60
             total = input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok
-            return total / _MTOK
+            cost = total / _MTOK
+            exponent = cost.as_tuple().exponent
+            if isinstance(exponent, int) and exponent < -LEDGER_DECIMALS:
+                cost = cost.quantize(_LEDGER_STEP, rounding=ROUND_HALF_EVEN)
+            return cost
