@@ -39,6 +39,7 @@ from qa.fake_openai import FakeOpenAI, Held
 from qa.launcher import LaunchedBackend
 from qa.plugin import LaunchBackend
 from qa.polling import wait_until
+from qa.schema_diff import json_type
 
 pytestmark = pytest.mark.both_databases  # the examples write through every resource
 
@@ -122,14 +123,7 @@ def infer_type(schema: dict[str, Any]) -> str:
         if any(keyword in schema for keyword in keywords):
             return inferred
     if has_example(schema):
-        value = first_example(schema)
-        if value is None:
-            return "null"
-        if isinstance(value, bool):
-            return "boolean"
-        if isinstance(value, int):
-            return "integer"
-        return {dict: "object", list: "array", str: "string", float: "number"}[type(value)]
+        return json_type(first_example(schema))
     return "string"
 
 
