@@ -212,7 +212,8 @@ _steps = table_of(ExecutionStep)
 _context = table_of(ContextEntry)
 
 # What the engine keeps in memory of an execution it owns.
-_CLAIMED = (
+# What the engine keeps of a claimed execution (the claim returns them).
+CLAIMED_COLUMNS = (
     _executions.c.id,
     _executions.c.account_id,
     _executions.c.team_id,
@@ -246,7 +247,9 @@ STEP_STATE_FIELDS = (
 _FINISH_FIELDS = ("status", "status_reason", "result", "error", "finished_at", "owner")
 
 
-def _claim_statement() -> Any:
+def claim_statement() -> Any:
+    """The claim's guarded update (see ``EngineRepository.claim``), returning
+    ``CLAIMED_COLUMNS``; the engine also runs it as a CTE (``app.services.engine.claims``)."""
     was_running = _executions.c.status == ExecutionStatus.running.value
     stale = or_(
         _executions.c.heartbeat_at.is_(None),
@@ -267,8 +270,9 @@ def _claim_statement() -> Any:
             resumed_count=_executions.c.resumed_count
             + was_running.cast(_executions.c.resumed_count.type),
             lease=_executions.c.lease + 1,
+            updated_at=now,
         )
-        .returning(*_CLAIMED)
+        .returning(*CLAIMED_COLUMNS)
     )
 
 
@@ -294,7 +298,7 @@ def _advance_statement(*, unless_cancelled: bool, finish: bool) -> Any:
     return update(_executions).where(*where).values(values).returning(_executions.c.last_event_seq)
 
 
-_claim = _claim_statement()
+_claim = claim_statement()
 _advance = {
     (guarded, finish): _advance_statement(unless_cancelled=guarded, finish=finish)
     for guarded in (False, True)

@@ -13,8 +13,8 @@ created; an agent deleted since reads as none).
   claimed, and the writes' guard checks it again, with the lease read (any claim or commit
   since moves it on).
 
-The claim's guard here is ``EngineRepository.claim``'s, column for column (the engine suites
-run every scenario on both databases).
+The claim here is ``EngineRepository.claim``'s own statement (``claim_statement``), run as a
+CTE on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     CTE,
@@ -32,18 +32,18 @@ from sqlalchemy import (
     FromClause,
     Row,
     Select,
-    and_,
     bindparam,
-    func,
-    or_,
     select,
-    update,
 )
 
-from app.db.base import UTCDateTime
 from app.models import Agent, Execution, ExecutionStatus, ExecutionStep
 from app.repositories.base import table_of
-from app.repositories.executions import STEP_STATE_FIELDS, EngineRepository
+from app.repositories.executions import (
+    CLAIMED_COLUMNS,
+    STEP_STATE_FIELDS,
+    EngineRepository,
+    claim_statement,
+)
 
 _executions = table_of(Execution)
 _steps = table_of(ExecutionStep)
@@ -51,24 +51,7 @@ _agents = table_of(Agent)
 _AGENT_COLUMNS = tuple(c.key for c in _agents.c)
 
 # What the engine keeps of a claimed execution (``EngineRepository.claim``'s columns).
-CLAIMED = (
-    "id",
-    "account_id",
-    "team_id",
-    "created_by",
-    "workflow_version",
-    "workflow",
-    "prompt",
-    "variables",
-    "budget",
-    "cancel_mode",
-    "resumed_count",
-    "started_at",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "lease",
-)
+CLAIMED = tuple(column.key for column in CLAIMED_COLUMNS)
 # ... and what decides whether it can be claimed, when it is read before the claim.
 GUARDED = ("status", "heartbeat_at")
 # A step as the engine holds it (``StepRecord``).
@@ -90,7 +73,12 @@ def claim(
 ) -> Claimed | None:
     """Claim the execution for ``owner`` and read it; None if it cannot be claimed now."""
     if conn.dialect.name == "postgresql":
-        params = {"execution_": execution_id, "owner_": owner, "now": now, "stale_": stale_before}
+        params = {
+            "execution_id": execution_id,
+            "owner_": owner,
+            "now": now,
+            "stale_before": stale_before,
+        }
         rows = conn.execute(_claim_and_read(), params).all()
         if not rows:
             return None
@@ -133,31 +121,7 @@ def _claimed(execution: Row[Any], rows: Sequence[Row[Any]]) -> Claimed:
 
 def _claimed_cte() -> CTE:
     """``EngineRepository.claim``'s guarded update, as a CTE returning ``CLAIMED``."""
-    was_running = _executions.c.status == ExecutionStatus.running.value
-    stale = or_(
-        _executions.c.heartbeat_at.is_(None),
-        _executions.c.heartbeat_at < bindparam("stale_", type_=UTCDateTime()),
-    )
-    now = bindparam("now", type_=UTCDateTime())
-    return (
-        update(_executions)
-        .where(
-            _executions.c.id == bindparam("execution_", type_=_executions.c.id.type),
-            or_(_executions.c.status == ExecutionStatus.pending.value, and_(was_running, stale)),
-        )
-        .values(
-            status=ExecutionStatus.running.value,
-            owner=bindparam("owner_", type_=_executions.c.owner.type),
-            heartbeat_at=now,
-            started_at=func.coalesce(_executions.c.started_at, now),
-            resumed_count=_executions.c.resumed_count
-            + was_running.cast(_executions.c.resumed_count.type),
-            lease=_executions.c.lease + 1,
-            updated_at=now,
-        )
-        .returning(*_executions.c[CLAIMED])
-        .cte("claimed")
-    )
+    return cast(CTE, claim_statement().cte("claimed"))
 
 
 _STEP_COLUMNS = (
