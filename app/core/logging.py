@@ -315,6 +315,11 @@ FLUSH_SECONDS = 0.1
 MAX_WAITING = 256
 
 
+def _sole_root_handler(handler: logging.Handler) -> bool:
+    handlers = logging.root.handlers
+    return len(handlers) == 1 and handlers[0] is handler
+
+
 class AccessLog:
     """The access log: one ``request`` event per HTTP request, on the ``app.access`` logger.
 
@@ -359,7 +364,7 @@ class AccessLog:
         """Log one request (the caller checked ``enabled``). It is only noted here; lines are
         rendered when they are written, many at a time."""
         handler = self.handler
-        if handler is None or logging.root.handlers != [handler]:
+        if handler is None or not _sole_root_handler(handler):
             self._general_path(request_id, method, path, status, duration_ms)
             return
         self._waiting.append((time.time_ns(), request_id, method, path, status, duration_ms))
@@ -393,7 +398,7 @@ class AccessLog:
         lines it refused go the general way."""
         self._flush_loop = None
         handler = self.handler
-        if handler is None or logging.root.handlers != [handler]:
+        if handler is None or not _sole_root_handler(handler):
             self._send_the_general_way(self._take())
             return
         handler.acquire()

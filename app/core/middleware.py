@@ -35,24 +35,25 @@ _ids = random.Random(os.urandom(32))  # noqa: S311 - not a secret (see above)
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
-def _incoming_request_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", ()):
+def _read_headers(scope: Scope) -> tuple[str, int | None]:
+    """The request's id (the client's ``X-Request-ID`` when valid, else a new one) and its
+    declared ``Content-Length`` (None when absent or not a number), in one pass."""
+    request_id: str | None = None
+    length: int | None = None
+    for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER:
-            candidate: str = value.decode("latin-1")
-            if _VALID_REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return f"{_ids.getrandbits(128):032x}"
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
+            if request_id is None:
+                candidate: str = value.decode("latin-1")
+                request_id = candidate if _VALID_REQUEST_ID.match(candidate) else ""
+        elif name == b"content-length" and length is None:
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None
-    return None
+                length = -1
+    return (
+        request_id or f"{_ids.getrandbits(128):032x}",
+        None if length is None or length < 0 else length,
+    )
 
 
 # Set in a request's scope by a route that holds the request open on purpose (an event stream,
@@ -99,7 +100,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = _incoming_request_id(scope)
+        request_id, length = _read_headers(scope)
         token = set_request_id(request_id)  # on every line logged meanwhile (app.core.logging)
         started = perf_counter()
         observers = self.observers
@@ -138,7 +139,6 @@ class RequestContextMiddleware:
             return message
 
         try:
-            length = _content_length(scope)
             if length is not None and length > limit:
                 response = problem_response(
                     413,

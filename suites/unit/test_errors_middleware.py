@@ -396,15 +396,25 @@ async def test_non_http_scopes_pass_straight_through() -> None:
 
 
 def test_unparseable_content_length_is_ignored() -> None:
-    scope = {"headers": [(b"content-length", b"lots")]}
-    assert middleware_module._content_length(scope) is None
-    assert middleware_module._content_length({"headers": [(b"content-length", b"12")]}) == 12
-    assert middleware_module._content_length({}) is None
+    def length(*headers: tuple[bytes, bytes]) -> int | None:
+        return middleware_module._read_headers({"headers": list(headers)})[1]
+
+    assert length((b"content-length", b"lots")) is None
+    assert length((b"content-length", b"-3")) is None
+    assert length((b"content-length", b"12")) == 12
+    assert length((b"content-length", b"12"), (b"content-length", b"99")) == 12
+    assert length() is None
 
 
 def test_only_the_first_request_id_header_counts() -> None:
-    scope = {"headers": [(b"x-request-id", b"bad id"), (b"x-request-id", b"good")]}
-    assert re.fullmatch(r"[0-9a-f]{32}", middleware_module._incoming_request_id(scope))
+    def request_id(*headers: tuple[bytes, bytes]) -> str:
+        return middleware_module._read_headers({"headers": list(headers)})[0]
+
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id((b"x-request-id", b"bad id")))
+    assert re.fullmatch(
+        r"[0-9a-f]{32}", request_id((b"x-request-id", b"bad id"), (b"x-request-id", b"good"))
+    )
+    assert request_id((b"x-request-id", b"good"), (b"x-request-id", b"other")) == "good"
 
 
 def test_problem_body_outside_a_request_has_no_request_id() -> None:

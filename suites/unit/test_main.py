@@ -203,3 +203,10 @@ def test_create_app_without_settings_reads_the_environment(
     assert app.title == "Env Renum API"
     assert app.state.settings.app_name == "Env Renum"
     assert not (tmp_path / "renum.db").exists()  # nothing connects before the lifespan
+
+
+def test_fastapis_own_telemetry_stays_off(settings: Settings) -> None:
+    """Renum measures its requests itself (the monitor); FastAPI's OpenTelemetry hooks, on by
+    default, would look up the global providers on every request."""
+    telemetry = create_app(settings)._telemetry  # FastAPI keeps it as given, no public reader
+    assert (telemetry["tracing"], telemetry["metrics"], telemetry["logs"]) == (False,) * 3

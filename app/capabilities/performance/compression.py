@@ -1,7 +1,10 @@
 """Response compression: starlette-compress picks zstd, brotli or gzip by the client's
 ``Accept-Encoding`` (in that order of preference), leaves bodies under ``minimum_bytes`` and
 media types it does not list (images, archives, anything already compressed) as they are, and
-flushes an event stream after each event, so compression never holds an event back.
+flushes an event stream after each event, so compression never holds an event back. A
+request without ``Accept-Encoding`` goes straight through (one look at its headers): nothing
+can be compressed for it, and its answer, in identity coding, suits any client a cache hands it
+to, so it needs no ``Vary``.
 
 Answers under ``excluded_paths`` are never compressed: where a response carries a credential
 (a token, a new API key) next to something the client sent, the sizes of its compressed forms
@@ -36,4 +39,8 @@ class Compression:
         if scope["type"] != "http" or get_route_path(scope).startswith(self.excluded):
             await self.app(scope, receive, send)
             return
-        await self.compressed(scope, receive, send)
+        for name, _ in scope["headers"]:
+            if name == b"accept-encoding":
+                await self.compressed(scope, receive, send)
+                return
+        await self.app(scope, receive, send)  # the client takes no encoding: nothing to do
