@@ -43,10 +43,14 @@ db_cli = typer.Typer(
 users_cli = typer.Typer(help="User administration.", no_args_is_help=True)
 docs_cli = typer.Typer(help="The docs site's generated reference.", no_args_is_help=True)
 config_cli = typer.Typer(help="The effective configuration and its checks.", no_args_is_help=True)
+backup_cli = typer.Typer(
+    help="Backups of the SQLite database: take, list, verify, restore.", no_args_is_help=True
+)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(docs_cli, name="docs")
 cli.add_typer(config_cli, name="config")
+cli.add_typer(backup_cli, name="backup")
 
 # Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
 # two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
@@ -520,6 +524,147 @@ def _checked_credentials(email: str, password: str) -> str:
         err.print(f"[bold red]Refused password:[/] {problem}.")
         raise typer.Exit(2)
     return email
+
+
+# --- backups -------------------------------------------------------------------------------
+
+
+def _backups() -> Any:
+    """The configured database's backup catalogue; exit 2 when it has none."""
+    from app.capabilities.backups import BackupError, catalogue_for
+
+    try:
+        return catalogue_for(load_settings())
+    except BackupError as exc:
+        err.print(f"[bold red]Cannot back up:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _backup_step(work: Callable[[], T]) -> T:
+    """``work()``, with a BackupError shown as a message and exit code 2."""
+    from app.capabilities.backups import BackupError
+
+    try:
+        return work()
+    except BackupError as exc:
+        err.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@backup_cli.command("run")
+def backup_run() -> None:
+    """Take a backup of the database now (while the backend runs), record what it holds, and
+    remove the oldest beyond RENUM_BACKUPS__KEEP."""
+    catalogue = _backups()
+    backup = _backup_step(catalogue.run)
+    tables = len(backup.facts.tables)
+    out.print(
+        f"Backup {backup.id}: {backup.path} ({backup.size} bytes, {tables} tables, "
+        f"revision {backup.facts.revision or 'none'}).",
+        soft_wrap=True,
+    )
+
+
+@backup_cli.command("list")
+def backup_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the backups, newest first, with the result of each one's last verification."""
+    import json
+
+    catalogue = _backups()
+    backups = _backup_step(catalogue.backups)
+    if as_json:
+        typer.echo(json.dumps([backup.manifest() for backup in backups], indent=2))
+        return
+    if not backups:
+        typer.echo(f"No backup in {catalogue.directory}: take one with `renum backup run`.")
+        return
+    table = Table("id", "taken at (UTC)", "bytes", "revision", "verified")
+    for backup in backups:
+        checked = backup.verification
+        verified = "never" if checked is None else ("passed" if checked.passed else "FAILED")
+        table.add_row(
+            backup.id,
+            backup.taken_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(backup.size),
+            backup.facts.revision or "none",
+            verified,
+        )
+    out.print(table)
+
+
+def _timestamp(value: str | None) -> Any:
+    """An ISO 8601 time (UTC when it names no offset); exit 2 when it is not one."""
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        err.print(f"[bold red]Not a time:[/] {escape(value)} (ISO 8601, e.g. 2026-12-05T09:30:00Z)")
+        raise typer.Exit(2) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@backup_cli.command("verify")
+def backup_verify(
+    backup_id: Annotated[
+        str | None, typer.Argument(help="The backup's id (default: the newest).")
+    ] = None,
+) -> None:
+    """Restore a backup into a throwaway file and check it against what it recorded: size and
+    SHA-256, SQLite's integrity check, the migration revision, every table's rows and
+    checksum. Exit code: 0 passed, 1 failed, 2 could not verify."""
+    catalogue = _backups()
+    backup = _backup_step(lambda: catalogue.find(backup_id))
+    verification = _backup_step(lambda: catalogue.verify(backup))
+    if verification.passed:
+        out.print(f"Backup {backup.id} verified: it restores to what it recorded.")
+        return
+    err.print(f"[bold red]Backup {backup.id} failed its verification:[/]")
+    for problem in verification.problems:
+        err.print(f"  {escape(problem)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@backup_cli.command("restore")
+def backup_restore(
+    backup_id: Annotated[
+        str | None, typer.Argument(help="The backup's id (default: see --to).")
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Restore the newest backup taken at or before this time (ISO 8601); without "
+            "it and without an id, the newest backup.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: the database file is replaced.")
+    ] = False,
+) -> None:
+    """Replace the database with a backup, once it passes its verification; the replaced file
+    is kept beside it. Stop the backend first. Exit code: 0 restored, 2 refused."""
+    if backup_id is not None and to is not None:
+        err.print("[bold red]Give a backup id or --to, not both.[/]")
+        raise typer.Exit(2)
+    moment = _timestamp(to)
+    catalogue = _backups()
+    backup = _backup_step(lambda: catalogue.find(backup_id, at_or_before=moment))
+    if not yes:
+        err.print(
+            f"[bold red]This replaces {catalogue.database} with backup {backup.id}:[/] stop the "
+            "backend, then run again with --yes.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    kept = _backup_step(lambda: catalogue.restore(backup))
+    out.print(f"Restored backup {backup.id} (taken {backup.taken_at.isoformat()}).", soft_wrap=True)
+    if kept is not None:
+        out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from app.api.routes import (
     webhooks,
 )
 from app.capabilities import (
+    backups,
     configuration,
     database_manager,
     docs,
@@ -68,6 +69,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     metrics.CAPABILITY,
     monitor.CAPABILITY,
     performance.CAPABILITY,
+    backups.CAPABILITY,
     docs.CAPABILITY,
 )
 log = get_logger("app")

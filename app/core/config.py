@@ -13,6 +13,7 @@ from email.errors import MessageError
 from email.headerregistry import Address
 from enum import StrEnum
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -968,6 +969,50 @@ class PerformanceSettings(BaseModel):
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
 
 
+class BackupSettings(BaseModel):
+    """Backups of the database: where they are kept and how many (``renum backup``), and, in
+    the server, a schedule and the watch over their age and verification."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Watch the backups in the server (their age and last verification on "
+        "/metrics, /health/dependencies and as alerts) and take the scheduled ones. Off, only "
+        "`renum backup` makes and checks backups (the rollback switch).",
+    )
+    directory: Path | None = Field(
+        default=None,
+        description="Where backups and their manifests are written; unset: a `backups` "
+        "directory beside the SQLite database file.",
+    )
+    keep: int = Field(
+        default=14,
+        ge=1,
+        le=10_000,
+        description="Backups kept; after each new one, the oldest beyond this number are removed.",
+    )
+    every_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=8760,
+        description="Take and verify a backup in the server when the newest is this old "
+        "(SQLite); unset: only `renum backup run` (or a timer running it) takes them.",
+    )
+    max_age_hours: float = Field(
+        default=26,
+        gt=0,
+        le=87_600,
+        description="The newest verified backup older than this warns on /health/dependencies "
+        "and raises an alert, as does a failed verification.",
+    )
+    check_seconds: float = Field(
+        default=60,
+        ge=0.1,
+        le=86_400,
+        description="How often the server's watch looks at the backups (and takes a scheduled "
+        "one that is due).",
+    )
+
+
 class TeamSettings(BaseModel):
     max_members: int = Field(
         default=10, ge=1, le=1000, json_schema_extra=LIVE, description="Agents per team at most."
@@ -1143,6 +1188,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
+    backups: BackupSettings = Field(default_factory=BackupSettings)
     configuration: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,

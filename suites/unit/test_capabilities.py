@@ -59,6 +59,7 @@ ROUTES = {
         "/health/dashboard/vendor",
     },
     "performance": {"/api/v1/ops/profiles", "/api/v1/ops/profiles/{profile_id}"},
+    "backups": set(),  # no routes of its own: its watch's figures, check and alerts
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 

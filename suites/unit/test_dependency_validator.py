@@ -202,8 +202,17 @@ async def test_validate_runs_the_registered_checks_on_a_healthy_database(
     validator = DependencyValidator(settings, database, metadata=FakeMetadata(HEALTHY))
     report = await validator.validate()
     checks = {entry.check: entry for entry in report.entries}
-    assert set(checks) == {"packages", "database", "schema", "redis", "providers", "configuration"}
+    assert set(checks) == {
+        "packages",
+        "database",
+        "schema",
+        "redis",
+        "providers",
+        "configuration",
+        "backups",
+    }
     assert checks["configuration"].message.startswith("live reload is off")  # no app state
+    assert checks["backups"].message.startswith("no verified backup yet")  # none expected here
     assert checks["database"].status is Status.passed
     assert checks["database"].observed_unit == "ms"
     assert checks["schema"].status is Status.passed

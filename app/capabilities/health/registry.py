@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 CHECK_MODULES: tuple[str, ...] = (
     "app.capabilities.health.checks",
     "app.capabilities.configuration.checks",
+    "app.capabilities.backups.checks",
 )
 
 DOCS_PAGE = "troubleshooting.md"

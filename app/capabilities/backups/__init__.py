@@ -1,0 +1,73 @@
+"""Backups of the database and their verification.
+
+On SQLite, the embedded default, a backup is a snapshot taken through SQLite's online backup
+API while the backend runs (``app.db.snapshots``), written beside a manifest that records what
+was true when it was taken: the migration revision, each table's row count and checksum, the
+file's size and SHA-256. ``BackupCatalogue`` keeps them in one directory: it takes them,
+removes the oldest beyond ``backups.keep``, lists them, verifies one by restoring it into a
+throwaway file and comparing it with its manifest (and records the result there), and
+restores one over the database file. ``renum backup`` drives it from the command line.
+
+In the server, the capability runs a ``BackupWatch``: scheduled backups
+(``backups.every_hours``), the age of the newest verified backup and the result of the last
+verification on ``/metrics`` and ``/health/dependencies``, and an alert while it is too old or
+failed. Switched off with ``RENUM_BACKUPS__ENABLED=false``: no watch runs, nothing is taken
+in the server, and ``renum backup`` still works."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.capabilities.backups.catalogue import (
+    Backup,
+    BackupCatalogue,
+    BackupError,
+    Verification,
+    catalogue_for,
+)
+from app.capabilities.backups.watch import BackupStatus, BackupWatch, assess
+from app.capabilities.base import AppContext, Capability
+from app.core.config import Settings
+
+__all__ = [
+    "CAPABILITY",
+    "Backup",
+    "BackupCatalogue",
+    "BackupError",
+    "BackupStatus",
+    "BackupWatch",
+    "Verification",
+    "assess",
+    "catalogue_for",
+]
+
+
+@asynccontextmanager
+async def running(context: AppContext) -> AsyncIterator[None]:
+    """The watch over the SQLite database's backups (PostgreSQL: nothing yet)."""
+    app = context.app
+    if not context.settings.database.is_sqlite:
+        yield
+        return
+
+    def current() -> Settings:
+        settings: Settings = app.state.settings  # live: a reload replaces it
+        return settings
+
+    watch = BackupWatch(
+        catalogue_for(context.settings), current, app.state.metrics, lambda: app.state.alerts
+    )
+    app.state.backup_watch = watch
+    watch.start()
+    try:
+        yield
+    finally:
+        await watch.stop()
+
+
+CAPABILITY = Capability(
+    name="backups",
+    summary="Scheduled SQLite backups; their age and last verification watched and alerted.",
+    running=running,
+)

@@ -1,0 +1,99 @@
+"""The backups capability in a running backend (SQLite, the database it covers): the scheduled
+backup taken and verified by the server, its figures on /metrics, its entry in the dependency
+report, the catalogue shared with `renum backup`, and an alert while the last verification
+failed, cleared once a new backup passes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from integration_support import Cli, cli_env
+
+from qa.client import ApiClient
+from qa.factories import expect
+from qa.launcher import LaunchedBackend
+from qa.polling import wait_until
+
+ALERTS = "/api/v1/ops/alerts"
+
+
+def figure(client: ApiClient, name: str) -> float | None:
+    found = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def backups_entry(admin: ApiClient) -> dict[str, Any]:
+    (entry,) = expect(admin.get("/health/dependencies"), 200)["checks"]["backups:age"]
+    return dict(entry)
+
+
+def backups_alert(admin: ApiClient) -> dict[str, Any] | None:
+    body = expect(admin.get(ALERTS), 200)
+    for alert in body["active"]:
+        if alert["rule"] == "reported:backups":
+            return dict(alert)
+    return None
+
+
+def test_the_server_takes_watches_and_alerts_on_its_backups() -> None:
+    backend = LaunchedBackend.start(
+        "sqlite",
+        extra_env={
+            "RENUM_BACKUPS__EVERY_HOURS": "24",
+            "RENUM_BACKUPS__CHECK_SECONDS": "0.2",
+            "RENUM_HEALTH__CHECKS": json.dumps({"backups": {"interval_seconds": 0.2}}),
+        },
+    )
+    try:
+        database = Path(backend.env["RENUM_DATABASE__URL"].removeprefix("sqlite+aiosqlite:///"))
+        renum = Cli(
+            cli_env(RENUM_DATABASE__URL=backend.env["RENUM_DATABASE__URL"]), database.parent
+        )
+        with ApiClient(backend.base_url) as client:
+            admin = client.login(backend.admin_email, backend.admin_password)
+            wait_until(
+                lambda: figure(admin, "renum_backup_last_verification_success") == 1.0,
+                timeout=30,
+                what="the scheduled backup, verified",
+            )
+            assert figure(admin, "renum_backups_kept") == 1.0
+            age = figure(admin, "renum_backup_last_verified_age_seconds")
+            assert age is not None
+            assert 0 <= age < 3600
+            wait_until(
+                lambda: backups_entry(admin)["status"] == "pass",
+                timeout=30,
+                what="the dependency report's backups entry to pass",
+            )
+            assert backups_entry(admin)["observedUnit"] == "h"
+
+            listed = renum("backup", "list", "--json")
+            assert listed.returncode == 0, listed.stderr
+            (backup,) = json.loads(listed.stdout)
+            assert backup["verification"]["passed"] is True
+            assert backup["revision"] is not None
+
+            (database.parent / "backups" / backup["file"]).write_bytes(b"damaged")
+            failed = renum("backup", "verify")
+            assert failed.returncode == 1
+            wait_until(lambda: backups_alert(admin) is not None, timeout=30, what="the alert")
+            alert = backups_alert(admin)
+            assert alert is not None
+            assert "failed" in alert["message"]
+            assert figure(admin, "renum_backup_last_verification_success") == 0.0
+            wait_until(
+                lambda: backups_entry(admin)["status"] == "warn",
+                timeout=30,
+                what="the dependency report's backups entry to warn",
+            )
+
+            taken = renum("backup", "run")
+            assert taken.returncode == 0, taken.stderr
+            assert renum("backup", "verify").returncode == 0
+            wait_until(lambda: backups_alert(admin) is None, timeout=30, what="the alert cleared")
+            assert figure(admin, "renum_backup_last_verification_success") == 1.0
+    finally:
+        backend.stop()

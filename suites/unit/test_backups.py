@@ -1,0 +1,459 @@
+"""Backups of the SQLite database: snapshots of a live file, the catalogue (keep, find,
+verify, restore) and `renum backup`, on temporary files migrated to the real schema."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from app.capabilities.backups import (
+    BackupCatalogue,
+    BackupError,
+    BackupWatch,
+    assess,
+    catalogue_for,
+)
+from app.capabilities.backups.checks import BackupCheck
+from app.capabilities.health import CheckContext, Status
+from app.cli import cli
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.db import migrate
+from app.db.snapshots import SnapshotError, read_facts, take_snapshot
+
+runner = CliRunner()
+T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A migrated SQLite database in WAL mode, as the backend leaves it."""
+    path = tmp_path / "data" / "renum.db"
+    monkeypatch.setenv("RENUM_DATABASE__URL", f"sqlite+aiosqlite:///{path}")
+    monkeypatch.delenv("RENUM_BACKUPS__DIRECTORY", raising=False)
+    result = runner.invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.close()
+    return path
+
+
+def note(path: Path, name: str) -> None:
+    """A row in a table of the real schema (an account: the simplest to write)."""
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO accounts (id, name, name_key, is_platform, created_at, updated_at) "
+            "VALUES (?, ?, ?, 0, '2026-12-05 09:00:00', '2026-12-05 09:00:00')",
+            (uuid.uuid4().hex, name, name),
+        )
+    connection.close()
+
+
+def names(path: Path) -> list[str]:
+    connection = sqlite3.connect(path)
+    try:
+        query = "SELECT name FROM accounts WHERE is_platform = 0 ORDER BY name"
+        return [row[0] for row in connection.execute(query)]
+    finally:
+        connection.close()
+
+
+def hold_open(path: Path) -> sqlite3.Connection:
+    """A connection that has the database open: while it lives, the others' commits stay in
+    the write-ahead log (the last connection to close would checkpoint them into the file)."""
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA wal_autocheckpoint=0")
+    connection.execute("SELECT count(*) FROM accounts").fetchone()
+    return connection
+
+
+def catalogue(database: Path, keep: int = 14) -> BackupCatalogue:
+    return BackupCatalogue(database, database.parent / "backups", keep)
+
+
+# --- snapshots ------------------------------------------------------------------------------
+
+
+def test_a_snapshot_holds_what_was_committed_and_its_facts_describe_it(
+    database: Path, tmp_path: Path
+) -> None:
+    reader_keeps_wal = hold_open(database)
+    note(database, "ada")
+    note(database, "grace")
+    assert Path(f"{database}-wal").stat().st_size > 0  # the rows are in the log, not the file
+    facts = take_snapshot(database, tmp_path / "copy.db")
+    reader_keeps_wal.close()
+    assert names(tmp_path / "copy.db") == ["ada", "grace"]
+    assert facts.revision == migrate.head_revision()
+    assert facts.tables["accounts"].rows == 2
+    assert read_facts(tmp_path / "copy.db") == facts
+
+
+def test_a_snapshot_taken_while_others_write_is_one_instant(database: Path, tmp_path: Path) -> None:
+    """Writers commit throughout; the copy and its recorded facts still agree exactly."""
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            note(database, f"writer-{n:05d}")
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        copies = [tmp_path / f"copy-{i}.db" for i in range(5)]
+        recorded = [take_snapshot(database, copy) for copy in copies]
+    finally:
+        stop.set()
+        writer.join()
+    for copy, facts in zip(copies, recorded, strict=True):
+        assert read_facts(copy) == facts
+    assert len({facts.tables["accounts"].rows for facts in recorded}) > 1  # writes went on
+
+
+def test_a_snapshot_refuses_a_missing_source_and_an_existing_target(
+    database: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(SnapshotError, match="no SQLite database"):
+        take_snapshot(tmp_path / "absent.db", tmp_path / "copy.db")
+    (tmp_path / "copy.db").write_bytes(b"")
+    with pytest.raises(SnapshotError, match="exists already"):
+        take_snapshot(database, tmp_path / "copy.db")
+
+
+# --- the catalogue --------------------------------------------------------------------------
+
+
+def test_backups_are_listed_newest_first_and_the_oldest_beyond_keep_go(database: Path) -> None:
+    backups = catalogue(database, keep=2)
+    taken = [backups.run(T0 + timedelta(hours=hour)) for hour in range(3)]
+    listed = backups.backups()
+    assert [b.id for b in listed] == [taken[2].id, taken[1].id]
+    assert not taken[0].path.exists()
+    assert not taken[0].manifest_path.exists()
+    assert backups.find().id == taken[2].id
+    assert backups.find(taken[1].id).id == taken[1].id
+    assert backups.find(at_or_before=T0 + timedelta(hours=1, minutes=30)).id == taken[1].id
+    with pytest.raises(BackupError, match="no backup taken at or before"):
+        backups.find(at_or_before=T0)
+    with pytest.raises(BackupError, match="no backup nope"):
+        backups.find("nope")
+
+
+def test_an_empty_catalogue_says_how_to_take_a_backup(database: Path) -> None:
+    with pytest.raises(BackupError, match="renum backup run"):
+        catalogue(database).find()
+
+
+def test_a_sound_backup_verifies_and_the_result_is_recorded(database: Path) -> None:
+    backups = catalogue(database)
+    note(database, "ada")
+    backup = backups.run(T0)
+    note(database, "later")  # the source moves on; the backup answers for its own time
+    verification = backups.verify(backup, now=T0 + timedelta(minutes=5))
+    assert verification.passed
+    recorded = json.loads(backup.manifest_path.read_text())["verification"]
+    assert recorded == {
+        "at": (T0 + timedelta(minutes=5)).isoformat(),
+        "passed": True,
+        "problems": [],
+    }
+    assert backups.find().verification == verification
+
+
+def test_a_corrupted_backup_fails_its_verification(database: Path) -> None:
+    backups = catalogue(database)
+    backup = backups.run(T0)
+    with backup.path.open("r+b") as stream:
+        stream.seek(backup.size // 2)
+        stream.write(b"\xde\xad\xbe\xef")
+    verification = backups.verify(backup)
+    assert not verification.passed
+    assert "SHA-256" in " ".join(verification.problems)
+    assert backups.find().verification == verification
+
+
+def test_a_backup_altered_with_its_recorded_hash_is_caught_by_its_rows(database: Path) -> None:
+    """Someone edits a row and rewrites the manifest's size and hash: the tables' checksums,
+    read from the restored copy, still tell."""
+    backups = catalogue(database)
+    note(database, "ada")
+    backup = backups.run(T0)
+    connection = sqlite3.connect(backup.path)
+    with connection:
+        connection.execute("UPDATE accounts SET name = 'eve'")
+    connection.close()
+    manifest = json.loads(backup.manifest_path.read_text())
+    manifest["size"] = backup.path.stat().st_size
+    manifest["sha256"] = hashlib.sha256(backup.path.read_bytes()).hexdigest()
+    backup.manifest_path.write_text(json.dumps(manifest))
+    verification = backups.verify(backups.find(backup.id))
+    assert verification.problems == ("table accounts: its rows differ (checksum)",)
+
+
+def test_a_truncated_backup_fails_its_verification(database: Path) -> None:
+    backups = catalogue(database)
+    backup = backups.run(T0)
+    backup.path.write_bytes(backup.path.read_bytes()[:4096])
+    problems = " ".join(backups.verify(backup).problems)
+    assert "size 4096 bytes" in problems
+    assert "SHA-256" in problems
+
+
+def test_restore_puts_the_backup_in_place_and_keeps_the_replaced_file(database: Path) -> None:
+    backups = catalogue(database)
+    note(database, "ada")
+    backup = backups.run(T0)
+    held_open = hold_open(database)  # the later write stays in the write-ahead log
+    note(database, "after-the-backup")
+    kept = backups.restore(backup, now=T0 + timedelta(hours=1))
+    held_open.close()
+    assert names(database) == ["ada"]  # the replaced file's log was not replayed into it
+    assert kept is not None
+    assert names(kept) == ["ada", "after-the-backup"]
+    assert read_facts(database) == backup.facts
+
+
+def test_restore_refuses_a_backup_that_fails_verification(database: Path) -> None:
+    backups = catalogue(database)
+    note(database, "ada")
+    backup = backups.run(T0)
+    note(database, "grace")
+    backup.path.write_bytes(b"not a database")
+    with pytest.raises(BackupError, match="failed its verification"):
+        backups.restore(backup)
+    assert names(database) == ["ada", "grace"]
+
+
+# --- renum backup ---------------------------------------------------------------------------
+
+
+def test_the_command_takes_lists_verifies_and_restores(database: Path) -> None:
+    note(database, "ada")
+    taken = runner.invoke(cli, ["backup", "run"])
+    assert taken.exit_code == 0, taken.output
+    found = re.fullmatch(
+        r"Backup (\S+): (\S+) \((\d+) bytes, (\d+) tables, revision (\S+)\)\.", flat(taken.stdout)
+    )
+    assert found, taken.stdout
+    backup_id = found.group(1)
+    assert found.group(5) == migrate.head_revision()
+    assert Path(found.group(2)) == database.parent / "backups" / f"{backup_id}.db"
+    listed = runner.invoke(cli, ["backup", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [entry["id"] for entry in json.loads(listed.stdout)] == [backup_id]
+    verified = runner.invoke(cli, ["backup", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert f"Backup {backup_id} verified" in verified.stdout
+    table = runner.invoke(cli, ["backup", "list"])
+    assert backup_id in table.stdout
+    assert "passed" in table.stdout
+    note(database, "grace")
+    unconfirmed = runner.invoke(cli, ["backup", "restore", backup_id])
+    assert unconfirmed.exit_code == 2
+    assert "--yes" in flat(unconfirmed.stderr)
+    assert names(database) == ["ada", "grace"]
+    restored = runner.invoke(cli, ["backup", "restore", backup_id, "--yes"])
+    assert restored.exit_code == 0, restored.output
+    assert names(database) == ["ada"]
+    assert "The replaced database is kept at" in flat(restored.stdout)
+
+
+def test_the_command_reports_a_failed_verification_with_exit_code_1(database: Path) -> None:
+    assert runner.invoke(cli, ["backup", "run"]).exit_code == 0
+    (backup,) = catalogue(database).backups()
+    backup.path.write_bytes(b"\0" * backup.size)
+    result = runner.invoke(cli, ["backup", "verify", backup.id])
+    assert result.exit_code == 1
+    assert f"Backup {backup.id} failed its verification" in flat(result.stderr)
+    assert "SHA-256" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["backup", "verify", "nope"], "no backup nope"),
+        (["backup", "restore", "--to", "yesterday"], "Not a time: yesterday"),
+        (["backup", "restore", "x", "--to", "2026-12-05"], "not both"),
+        (["backup", "restore", "--to", "2000-01-01", "--yes"], "no backup taken at or before"),
+        (["backup", "verify"], "renum backup run"),
+    ],
+)
+def test_bad_requests_exit_2_with_a_message(
+    database: Path, arguments: list[str], message: str
+) -> None:
+    result = runner.invoke(cli, arguments)
+    assert result.exit_code == 2, result.output
+    assert message in flat(result.stderr)
+    assert "Traceback" not in result.output
+
+
+def test_postgresql_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RENUM_DATABASE__URL", "postgresql+asyncpg://renum@127.0.0.1:9/renum")
+    result = runner.invoke(cli, ["backup", "run"])
+    assert result.exit_code == 2
+    assert "backups of PostgreSQL are not available yet" in flat(result.stderr)
+
+
+def test_the_directory_setting_is_followed(
+    database: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RENUM_BACKUPS__DIRECTORY", str(tmp_path / "elsewhere"))
+    assert runner.invoke(cli, ["backup", "run"]).exit_code == 0
+    assert len(list((tmp_path / "elsewhere").glob("*.db"))) == 1
+    assert not (database.parent / "backups").exists()
+
+
+# --- the watch: judgement, schedule, alerts, figures, the dependency report ------------------
+
+
+def judged(
+    backups: BackupCatalogue, now: datetime, *, expected: bool = False, max_age_hours: float = 26
+) -> str | None:
+    return assess(backups.backups(), now, max_age_hours, expected=expected).problem
+
+
+def test_the_judgement_of_the_backups(database: Path) -> None:
+    backups = catalogue(database)
+    assert judged(backups, T0) is None  # none taken, none expected: nothing to say
+    assert "no backup has passed a verification" in str(judged(backups, T0, expected=True))
+    first = backups.run(T0)
+    assert "no backup has passed" in str(judged(backups, T0, expected=True))  # never verified
+    backups.verify(first, T0)
+    assert judged(backups, T0 + timedelta(hours=26)) is None
+    stale = judged(backups, T0 + timedelta(hours=27))
+    assert stale == f"the newest verified backup ({first.id}) is 27.0 h old (bound 26 h)"
+    second = backups.run(T0 + timedelta(hours=27))
+    second.path.write_bytes(b"damaged")
+    backups.verify(second, T0 + timedelta(hours=27))
+    failed = str(judged(backups, T0 + timedelta(hours=27)))
+    assert failed.startswith(f"the last verification (backup {second.id}, at 2026-12-06 12:00Z)")
+    backups.verify(first, T0 + timedelta(hours=28))  # the most recent verification counts
+    assert "h old" in str(judged(backups, T0 + timedelta(hours=28)))
+
+
+class Reports:
+    """An alert reporter that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, str]] = []
+
+    async def report(
+        self, source: str, severity: str, message: str, *, labels: object = None
+    ) -> None:
+        self.told.append(("report", source, message))
+
+    async def clear(self, source: str, *, labels: object = None) -> None:
+        self.told.append(("clear", source, ""))
+
+
+def watch_of(
+    database: Path, make_settings: Callable[..., Settings], reports: Reports, **backups: Any
+) -> tuple[BackupWatch, Metrics]:
+    settings = make_settings(backups=backups)
+    metrics = Metrics("test", "test")
+    watch = BackupWatch(catalogue(database), lambda: settings, metrics, lambda: reports)
+    return watch, metrics
+
+
+def gauge(metrics: Metrics, name: str) -> str:
+    text = metrics.exposition().decode()
+    (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return line.split()[1]
+
+
+@pytest.mark.anyio
+async def test_the_watch_takes_scheduled_backups_and_alerts_while_they_are_missing(
+    database: Path, make_settings: Callable[..., Settings]
+) -> None:
+    t0 = datetime.now(UTC) - timedelta(days=3)  # the figures' ages count to the real now
+    reports = Reports()
+    watch, metrics = watch_of(database, make_settings, reports, every_hours=24)
+    status = await watch.tick(t0)  # none yet: one is taken and verified at once
+    assert status.problem is None
+    assert status.newest_verified is not None
+    assert status.newest_verified.taken_at == t0
+    assert gauge(metrics, "renum_backup_last_verification_success") == "1.0"
+    assert gauge(metrics, "renum_backups_kept") == "1.0"
+    assert float(gauge(metrics, "renum_backup_last_verified_age_seconds")) > 0
+    await watch.tick(t0 + timedelta(hours=23))  # not due
+    assert [b.taken_at for b in watch.catalogue.backups()] == [t0]
+    await watch.tick(t0 + timedelta(hours=24))  # due
+    assert len(watch.catalogue.backups()) == 2
+    assert reports.told == []
+
+    watch.settings().backups.every_hours = None  # the schedule stops: the backups age
+    await watch.tick(t0 + timedelta(hours=51))
+    await watch.tick(t0 + timedelta(hours=51))  # the same problem is reported once
+    assert reports.told == [
+        ("report", "backups", f"{watch.status.problem}"),  # type: ignore[union-attr]
+    ]
+    assert "27.0 h old" in reports.told[0][2]
+    watch.catalogue.verify(watch.catalogue.run(t0 + timedelta(hours=52)))
+    await watch.tick(t0 + timedelta(hours=52))
+    assert reports.told[-1] == ("clear", "backups", "")
+
+
+@pytest.mark.anyio
+async def test_a_backup_under_way_in_another_process_is_not_taken_twice(
+    database: Path, make_settings: Callable[..., Settings]
+) -> None:
+    watch, _ = watch_of(database, make_settings, Reports(), every_hours=1)
+    directory = watch.catalogue.directory
+    directory.mkdir(parents=True)
+    with (directory / ".renum-backup.lock").open("a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        await watch.tick(T0)
+        assert watch.catalogue.backups() == []
+        fcntl.flock(other, fcntl.LOCK_UN)
+    await watch.tick(T0)
+    assert len(watch.catalogue.backups()) == 1
+
+
+@pytest.mark.anyio
+async def test_the_dependency_report_shows_the_judgement(
+    database: Path, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(
+        environment="staging", database={"url": f"sqlite+aiosqlite:///{database}"}
+    )
+    context = CheckContext(settings=settings, database=None)  # type: ignore[arg-type]  # the check never touches the database
+    (missing,) = await BackupCheck().run(context)
+    assert missing.status == Status.warn
+    assert "no backup has passed a verification" in missing.message
+    assert missing.fix is not None
+    backups = catalogue_for(settings)
+    backups.verify(backups.run())
+    (fresh,) = await BackupCheck().run(context)
+    assert fresh.status == Status.passed
+    assert fresh.observed_unit == "h"
+    assert fresh.message.startswith("the newest verified backup")
+
+
+@pytest.mark.anyio
+async def test_the_dependency_report_on_postgresql_says_it_is_not_covered(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(database={"url": "postgresql+asyncpg://renum@127.0.0.1:9/renum"})
+    context = CheckContext(settings=settings, database=None)  # type: ignore[arg-type]  # the check never touches the database
+    (outcome,) = await BackupCheck().run(context)
+    assert outcome.status == Status.passed
+    assert "not covered" in outcome.message
