@@ -540,14 +540,26 @@ def _backups() -> Any:
         raise typer.Exit(2) from None
 
 
-def _backup_step(work: Callable[[], T]) -> T:
-    """``work()``, with a BackupError shown as a message and exit code 2."""
+def _backup_step(work: Callable[[], T], catalogue: Any = None) -> T:
+    """``work()`` (holding ``catalogue``'s lock when given), with a BackupError or a file
+    system error shown as a message and exit code 2."""
     from app.capabilities.backups import BackupError
 
     try:
-        return work()
+        if catalogue is None:
+            return work()
+        with catalogue.exclusive() as mine:
+            if not mine:
+                raise BackupError(
+                    "another backup, verification or restore is under way on these backups "
+                    "(the backend's schedule, or another command): try again in a moment"
+                )
+            return work()
     except BackupError as exc:
         err.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[bold red]File system error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -556,7 +568,7 @@ def backup_run() -> None:
     """Take a backup of the database now (while the backend runs), record what it holds, and
     remove the oldest beyond RENUM_BACKUPS__KEEP."""
     catalogue = _backups()
-    backup = _backup_step(catalogue.run)
+    backup = _backup_step(catalogue.run, catalogue)
     tables = len(backup.facts.tables)
     out.print(
         f"Backup {backup.id}: {backup.path} ({backup.size} bytes, {tables} tables, "
@@ -619,7 +631,7 @@ def backup_verify(
     checksum. Exit code: 0 passed, 1 failed, 2 could not verify."""
     catalogue = _backups()
     backup = _backup_step(lambda: catalogue.find(backup_id))
-    verification = _backup_step(lambda: catalogue.verify(backup))
+    verification = _backup_step(lambda: catalogue.verify(backup), catalogue)
     if verification.passed:
         out.print(f"Backup {backup.id} verified: it restores to what it recorded.")
         return
@@ -638,21 +650,27 @@ def backup_restore(
         str | None,
         typer.Option(
             "--to",
-            help="Restore the newest backup taken at or before this time (ISO 8601); without "
-            "it and without an id, the newest backup.",
+            help="The time to go back to (ISO 8601; UTC without an offset): with a replica "
+            "configured, the database exactly as it was then; else the newest backup taken at "
+            "or before it. Without it and without an id: the replica's latest state, else the "
+            "newest backup.",
         ),
     ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Confirm: the database file is replaced.")
     ] = False,
 ) -> None:
-    """Replace the database with a backup, once it passes its verification; the replaced file
-    is kept beside it. Stop the backend first. Exit code: 0 restored, 2 refused."""
+    """Replace the database with a backup (once it passes its verification) or with the
+    continuous replica's state; the replaced file is kept beside it. Stop the backend first.
+    Exit code: 0 restored, 2 refused."""
     if backup_id is not None and to is not None:
         err.print("[bold red]Give a backup id or --to, not both.[/]")
         raise typer.Exit(2)
     moment = _timestamp(to)
     catalogue = _backups()
+    if backup_id is None and catalogue.replica is not None:
+        _restore_replica(catalogue, moment, yes=yes)
+        return
     backup = _backup_step(lambda: catalogue.find(backup_id, at_or_before=moment))
     if not yes:
         err.print(
@@ -661,8 +679,27 @@ def backup_restore(
             soft_wrap=True,
         )
         raise typer.Exit(2)
-    kept = _backup_step(lambda: catalogue.restore(backup))
+    kept = _backup_step(lambda: catalogue.restore(backup), catalogue)
     out.print(f"Restored backup {backup.id} (taken {backup.taken_at.isoformat()}).", soft_wrap=True)
+    if kept is not None:
+        out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
+
+
+def _restore_replica(catalogue: Any, moment: Any, *, yes: bool) -> None:
+    """``renum backup restore`` from the continuous replica: its latest state, or ``moment``."""
+    state = "latest state" if moment is None else f"state at {moment.isoformat()}"
+    if not yes:
+        err.print(
+            f"[bold red]This replaces {catalogue.database} with the replica's {state}:[/] stop "
+            "the backend, then run again with --yes.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    facts, kept = _backup_step(lambda: catalogue.restore_from_replica(moment), catalogue)
+    out.print(
+        f"Restored the replica's {state} (revision {facts.revision}, {len(facts.tables)} tables).",
+        soft_wrap=True,
+    )
     if kept is not None:
         out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
 

@@ -990,6 +990,12 @@ class BackupSettings(BaseModel):
         le=10_000,
         description="Backups kept; after each new one, the oldest beyond this number are removed.",
     )
+    replica_directory: Path | None = Field(
+        default=None,
+        description="Replicate the SQLite database continuously into this directory with "
+        "Litestream (every commit within about a second), so `renum backup restore --to` can "
+        "recover any moment it covers; unset: no continuous replication.",
+    )
     every_hours: float | None = Field(
         default=None,
         gt=0,

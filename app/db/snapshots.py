@@ -8,19 +8,26 @@ reads them again from any copy, after ``PRAGMA integrity_check``, which is how a
 verified: restored into a throwaway file, checked, and compared with what was true when it
 was taken.
 
-A table's checksum is a SHA-256 over its rows in ``rowid`` order (each row's values with their
-types), so one changed, missing or extra row in any table changes it.
+A table's checksum is a SHA-256 over its rows in ``rowid`` order (in column order for a
+``WITHOUT ROWID`` table; each row's values with their types), so one changed, missing or extra
+row in any table changes it; the schema's checksum covers every table, index, trigger and view
+definition.
+
+``release(path)`` makes sure no other connection has the database open before a restore
+replaces it, and folds its write-ahead log into the file, so the file kept aside is whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REVISION_TABLE = "alembic_version"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class SnapshotError(Exception):
@@ -40,10 +47,12 @@ class DatabaseFacts:
 
     revision: str | None
     tables: dict[str, TableFacts] = field(default_factory=dict)
+    schema: str | None = None  # a checksum of every definition in sqlite_master
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "revision": self.revision,
+            "schema": self.schema,
             "tables": {
                 name: {"rows": t.rows, "checksum": t.checksum} for name, t in self.tables.items()
             },
@@ -53,6 +62,7 @@ class DatabaseFacts:
     def from_dict(cls, data: dict[str, Any]) -> DatabaseFacts:
         return cls(
             revision=data["revision"],
+            schema=data.get("schema"),
             tables={
                 name: TableFacts(rows=int(t["rows"]), checksum=str(t["checksum"]))
                 for name, t in data["tables"].items()
@@ -64,6 +74,8 @@ class DatabaseFacts:
         found = []
         if other.revision != self.revision:
             found.append(f"revision {other.revision}, expected {self.revision}")
+        if other.schema != self.schema:
+            found.append("the schema differs (a table, index, trigger or view definition)")
         for name in sorted(self.tables.keys() | other.tables.keys()):
             expected, actual = self.tables.get(name), other.tables.get(name)
             if actual is None:
@@ -86,19 +98,22 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
 
 
 def _facts(connection: sqlite3.Connection) -> DatabaseFacts:
-    names = [
-        row[0]
-        for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY name"
-        )
-    ]
+    definitions = connection.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    ).fetchall()
+    schema = hashlib.sha256(repr(definitions).encode("utf-8", "surrogatepass")).hexdigest()
     tables = {}
-    for name in names:
+    for kind, name, _, sql in definitions:
+        if kind != "table" or name.startswith("sqlite_"):
+            continue
         quoted = '"' + name.replace('"', '""') + '"'
+        order = "rowid"
+        if "WITHOUT ROWID" in (sql or "").upper():
+            columns = len(connection.execute(f"PRAGMA table_info({quoted})").fetchall())
+            order = ", ".join(str(position) for position in range(1, columns + 1))
         digest = hashlib.sha256()
         rows = 0
-        for row in connection.execute(f"SELECT * FROM {quoted} ORDER BY rowid"):  # noqa: S608 - a name read from sqlite_master, quoted
+        for row in connection.execute(f"SELECT * FROM {quoted} ORDER BY {order}"):  # noqa: S608 - a name read from sqlite_master, quoted
             digest.update(repr(row).encode("utf-8", "surrogatepass"))
             rows += 1
         tables[name] = TableFacts(rows=rows, checksum=digest.hexdigest())
@@ -106,7 +121,7 @@ def _facts(connection: sqlite3.Connection) -> DatabaseFacts:
     if REVISION_TABLE in tables:
         found = connection.execute(f"SELECT version_num FROM {REVISION_TABLE}").fetchone()  # noqa: S608 - a constant
         revision = found[0] if found else None
-    return DatabaseFacts(revision=revision, tables=tables)
+    return DatabaseFacts(revision=revision, tables=tables, schema=schema)
 
 
 def take_snapshot(source: Path, destination: Path) -> DatabaseFacts:
@@ -114,8 +129,10 @@ def take_snapshot(source: Path, destination: Path) -> DatabaseFacts:
     of the copied state; the copy and the facts come from one read transaction."""
     if not source.is_file():
         raise SnapshotError(f"no SQLite database at {source}")
-    if destination.exists():
-        raise SnapshotError(f"{destination} exists already")
+    try:  # readable by its owner only: a backup holds password hashes and sealed keys
+        os.close(os.open(destination, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise SnapshotError(f"{destination} exists already") from None
     reader = _connect(source, read_only=True)
     try:
         reader.execute("BEGIN")  # one read transaction: the facts and the copy see one state
@@ -146,5 +163,34 @@ def read_facts(path: Path) -> DatabaseFacts:
         return _facts(connection)
     except sqlite3.Error as exc:
         raise SnapshotError(f"cannot read {path}: {exc}") from None
+    finally:
+        connection.close()
+
+
+def release(path: Path) -> None:
+    """Before a restore replaces the database at ``path``: refuse while another connection has
+    it open (a running backend would go on writing to the file it holds), and fold its
+    write-ahead log into the file (``journal_mode=DELETE``), so the file kept aside is whole.
+    A file SQLite cannot read at all (the corrupted database a restore replaces) is left as
+    it is."""
+    try:
+        with path.open("rb") as stream:
+            if stream.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return  # not an SQLite file (or an empty one): SQLite must not touch its log
+    except FileNotFoundError:
+        return
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0)
+    except sqlite3.Error:
+        return
+    try:
+        connection.execute("PRAGMA journal_mode=DELETE").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise SnapshotError(
+                f"{path} is in use by another process: stop the backend first"
+            ) from None
+    except sqlite3.DatabaseError:
+        return  # not readable as a database: nothing to fold, nothing to protect
     finally:
         connection.close()

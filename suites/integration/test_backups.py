@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from integration_support import Cli, cli_env
 
+from app.capabilities.backups.replication import ReplicationError, restore_replica
 from qa.client import ApiClient
-from qa.factories import expect
+from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
 from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
 
@@ -97,3 +101,65 @@ def test_the_server_takes_watches_and_alerts_on_its_backups() -> None:
             assert figure(admin, "renum_backup_last_verification_success") == 1.0
     finally:
         backend.stop()
+
+
+def new_account(admin: ApiClient) -> str:
+    name = unique_name()
+    body = {"name": name, "owner_email": unique_email("owner"), "owner_password": DEFAULT_PASSWORD}
+    expect(admin.post("/api/v1/accounts", json=body), 201)
+    return name
+
+
+def account_in(replica: Path, scratch: Path, name: str) -> bool:
+    """Whether the replica's latest state holds the account ``name``."""
+    restored = scratch / f"probe-{uuid.uuid4().hex}.db"
+    try:
+        restore_replica(replica, restored)
+    except ReplicationError:
+        return False
+    connection = sqlite3.connect(restored)
+    try:
+        query = "SELECT count(*) FROM accounts WHERE name = ?"
+        return bool(connection.execute(query, (name,)).fetchone()[0])
+    finally:
+        connection.close()
+        restored.unlink(missing_ok=True)
+
+
+def test_the_server_replicates_continuously_and_recovers_to_a_point_in_time(
+    tmp_path: Path,
+) -> None:
+    replica = tmp_path / "replica"
+    backend = LaunchedBackend.start(
+        "sqlite", extra_env={"RENUM_BACKUPS__REPLICA_DIRECTORY": str(replica)}
+    )
+    url = backend.env["RENUM_DATABASE__URL"]
+    database = Path(url.removeprefix("sqlite+aiosqlite:///"))
+    try:
+        with ApiClient(backend.base_url) as client:
+            admin = client.login(backend.admin_email, backend.admin_password)
+            assert figure(admin, "renum_backup_replication_running") == 1.0
+            first = new_account(admin)
+            wait_until(
+                lambda: account_in(replica, tmp_path, first), 30, "the 1st write", interval=0.2
+            )
+            moment = datetime.now(UTC)
+            second = new_account(admin)
+            wait_until(
+                lambda: account_in(replica, tmp_path, second), 30, "the second write", interval=0.2
+            )
+    finally:
+        backend.stop()
+    renum = Cli(
+        cli_env(RENUM_DATABASE__URL=url, RENUM_BACKUPS__REPLICA_DIRECTORY=str(replica)),
+        database.parent,
+    )
+    to_the_moment = renum("backup", "restore", "--to", moment.isoformat(), "--yes")
+    assert to_the_moment.returncode == 0, to_the_moment.stderr
+    connection = sqlite3.connect(database)
+    try:
+        accounts = {row[0] for row in connection.execute("SELECT name FROM accounts")}
+    finally:
+        connection.close()
+    assert first in accounts
+    assert second not in accounts

@@ -3,6 +3,7 @@ verify, restore) and `renum backup`, on temporary files migrated to the real sch
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from app.capabilities import backups as backups_capability
 from app.capabilities.backups import (
     BackupCatalogue,
     BackupError,
@@ -25,13 +28,17 @@ from app.capabilities.backups import (
     assess,
     catalogue_for,
 )
+from app.capabilities.backups import replication as replication_module
 from app.capabilities.backups.checks import BackupCheck
+from app.capabilities.backups.replication import Replication, ReplicationError, restore_replica
+from app.capabilities.base import AppContext
 from app.capabilities.health import CheckContext, Status
 from app.cli import cli
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.db import migrate
 from app.db.snapshots import SnapshotError, read_facts, take_snapshot
+from qa.polling import wait_until, wait_until_async
 
 runner = CliRunner()
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -109,24 +116,28 @@ def test_a_snapshot_holds_what_was_committed_and_its_facts_describe_it(
 def test_a_snapshot_taken_while_others_write_is_one_instant(database: Path, tmp_path: Path) -> None:
     """Writers commit throughout; the copy and its recorded facts still agree exactly."""
     stop = threading.Event()
+    written = [0]
 
     def write() -> None:
-        n = 0
         while not stop.is_set():
-            note(database, f"writer-{n:05d}")
-            n += 1
+            note(database, f"writer-{written[0]:05d}")
+            written[0] += 1
 
     writer = threading.Thread(target=write)
     writer.start()
+    recorded = []
     try:
-        copies = [tmp_path / f"copy-{i}.db" for i in range(5)]
-        recorded = [take_snapshot(database, copy) for copy in copies]
+        for i in range(5):
+            before = written[0]
+            recorded.append(take_snapshot(database, tmp_path / f"copy-{i}.db"))
+            wait_until(lambda before=before: written[0] > before + 1, 10, what="more writes")
     finally:
         stop.set()
         writer.join()
-    for copy, facts in zip(copies, recorded, strict=True):
-        assert read_facts(copy) == facts
-    assert len({facts.tables["accounts"].rows for facts in recorded}) > 1  # writes went on
+    for i, facts in enumerate(recorded):
+        assert read_facts(tmp_path / f"copy-{i}.db") == facts
+    counts = [facts.tables["accounts"].rows for facts in recorded]
+    assert counts == sorted(set(counts))  # every snapshot saw later writes than the last
 
 
 def test_a_snapshot_refuses_a_missing_source_and_an_existing_target(
@@ -222,14 +233,42 @@ def test_restore_puts_the_backup_in_place_and_keeps_the_replaced_file(database: 
     backups = catalogue(database)
     note(database, "ada")
     backup = backups.run(T0)
-    held_open = hold_open(database)  # the later write stays in the write-ahead log
     note(database, "after-the-backup")
     kept = backups.restore(backup, now=T0 + timedelta(hours=1))
-    held_open.close()
-    assert names(database) == ["ada"]  # the replaced file's log was not replayed into it
+    assert names(database) == ["ada"]
     assert kept is not None
     assert names(kept) == ["ada", "after-the-backup"]
     assert read_facts(database) == backup.facts
+
+
+def test_restore_is_refused_while_the_database_is_open_elsewhere(database: Path) -> None:
+    """A running backend would go on writing to the file it holds, beside the restored one."""
+    backups = catalogue(database)
+    note(database, "ada")
+    backup = backups.run(T0)
+    note(database, "acknowledged-write")
+    in_use = hold_open(database)
+    try:
+        with pytest.raises(BackupError, match="in use by another process"):
+            backups.restore(backup)
+    finally:
+        in_use.close()
+    assert names(database) == ["acknowledged-write", "ada"]
+
+
+def test_restore_over_an_unreadable_database_sets_its_log_aside(database: Path) -> None:
+    """The corrupted database a restore replaces cannot fold its log; the log goes aside with
+    it, never replayed into the restored file."""
+    backups = catalogue(database)
+    note(database, "ada")
+    backup = backups.run(T0)
+    database.write_bytes(b"this is not a database any more" * 100)
+    Path(f"{database}-wal").write_bytes(b"a stale write-ahead log")
+    kept = backups.restore(backup, now=T0 + timedelta(hours=1))
+    assert names(database) == ["ada"]
+    assert not Path(f"{database}-wal").exists()
+    assert kept is not None
+    assert Path(f"{kept}-wal").read_bytes() == b"a stale write-ahead log"
 
 
 def test_restore_refuses_a_backup_that_fails_verification(database: Path) -> None:
@@ -340,14 +379,14 @@ def test_the_judgement_of_the_backups(database: Path) -> None:
     backups.verify(first, T0)
     assert judged(backups, T0 + timedelta(hours=26)) is None
     stale = judged(backups, T0 + timedelta(hours=27))
-    assert stale == f"the newest verified backup ({first.id}) is 27.0 h old (bound 26 h)"
+    assert stale == f"the newest verified backup ({first.id}) is older than 26 h"
     second = backups.run(T0 + timedelta(hours=27))
     second.path.write_bytes(b"damaged")
     backups.verify(second, T0 + timedelta(hours=27))
     failed = str(judged(backups, T0 + timedelta(hours=27)))
     assert failed.startswith(f"the last verification (backup {second.id}, at 2026-12-06 12:00Z)")
     backups.verify(first, T0 + timedelta(hours=28))  # the most recent verification counts
-    assert "h old" in str(judged(backups, T0 + timedelta(hours=28)))
+    assert "older than 26 h" in str(judged(backups, T0 + timedelta(hours=28)))
 
 
 class Reports:
@@ -406,7 +445,7 @@ async def test_the_watch_takes_scheduled_backups_and_alerts_while_they_are_missi
     assert reports.told == [
         ("report", "backups", f"{watch.status.problem}"),  # type: ignore[union-attr]
     ]
-    assert "27.0 h old" in reports.told[0][2]
+    assert "is older than 26 h" in reports.told[0][2]
     watch.catalogue.verify(watch.catalogue.run(t0 + timedelta(hours=52)))
     await watch.tick(t0 + timedelta(hours=52))
     assert reports.told[-1] == ("clear", "backups", "")
@@ -457,3 +496,234 @@ async def test_the_dependency_report_on_postgresql_says_it_is_not_covered(
     (outcome,) = await BackupCheck().run(context)
     assert outcome.status == Status.passed
     assert "not covered" in outcome.message
+
+
+# --- continuous replication with Litestream -------------------------------------------------
+
+
+def replicated(replica: Path, scratch: Path, name: str) -> bool:
+    """Whether the replica's latest state holds the account ``name`` (restored aside)."""
+    restored = scratch / f"probe-{uuid.uuid4().hex}.db"
+    try:
+        restore_replica(replica, restored)
+    except ReplicationError:
+        return False
+    try:
+        return name in names(restored)
+    finally:
+        restored.unlink(missing_ok=True)
+
+
+@pytest.mark.anyio
+async def test_point_in_time_recovery_lands_exactly_between_two_writes(
+    database: Path, tmp_path: Path
+) -> None:
+    replica = tmp_path / "replica"
+    backups = BackupCatalogue(database, tmp_path / "backups", 14, replica)
+    replication = Replication(database, replica)
+    await replication.start()
+    try:
+        note(database, "before")
+        await wait_until_async(
+            lambda: replicated(replica, tmp_path, "before"),
+            30,
+            what="the first write",
+            interval=0.2,
+        )
+        moment = datetime.now(UTC)  # the first write's sync is behind us, the second's ahead
+        note(database, "after")
+        await wait_until_async(
+            lambda: replicated(replica, tmp_path, "after"),
+            30,
+            what="the second write",
+            interval=0.2,
+        )
+    finally:
+        await replication.stop()
+    assert replication.problem is None
+    facts, kept = backups.restore_from_replica(moment)
+    assert names(database) == ["before"]
+    assert facts.revision == migrate.head_revision()
+    assert kept is not None
+    assert names(kept) == ["after", "before"]
+    backups.restore_from_replica()  # the latest state
+    assert names(database) == ["after", "before"]
+
+
+@pytest.mark.anyio
+async def test_one_process_replicates_and_the_others_leave_it(
+    database: Path, tmp_path: Path
+) -> None:
+    first, second = Replication(database, tmp_path / "r"), Replication(database, tmp_path / "r")
+    await first.start()
+    await second.start()
+    try:
+        await wait_until_async(lambda: first.running, 10, what="litestream to start")
+        assert second.elsewhere
+        assert not second.running
+    finally:
+        await second.stop()
+        await first.stop()
+    assert not first.running
+
+
+@pytest.mark.anyio
+async def test_a_replication_that_keeps_failing_is_a_problem_the_watch_reports(
+    database: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_settings: Callable[..., Settings],
+) -> None:
+    failing = tmp_path / "litestream"
+    failing.write_text("#!/bin/sh\necho 'cannot open database' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(replication_module, "litestream_binary", lambda: failing)
+    monkeypatch.setattr(replication_module, "RESTART_DELAYS", (0.05,))
+    replication = Replication(database, tmp_path / "replica")
+    reports = Reports()
+    settings = make_settings()
+    watch = BackupWatch(
+        catalogue(database), lambda: settings, Metrics("test", "test"), lambda: reports,
+        replication,
+    )  # fmt: skip
+    await replication.start()
+    try:
+        await wait_until_async(lambda: replication.restarts >= 2, 10, what="two restarts")
+        status = await watch.tick()
+    finally:
+        await replication.stop()
+    assert status.problem == (
+        "continuous replication stopped (litestream exited with code 3); restarting"
+    )
+    assert reports.told == [("report", "backups", status.problem)]
+
+
+def test_a_restore_from_a_replica_refuses_what_it_cannot_do(database: Path, tmp_path: Path) -> None:
+    with pytest.raises(BackupError, match="no replica is configured"):
+        catalogue(database).restore_from_replica()
+    missing = BackupCatalogue(database, tmp_path / "b", 14, tmp_path / "absent")
+    with pytest.raises(BackupError, match="no replica at"):
+        missing.restore_from_replica()
+    assert names(database) == []  # nothing replaced
+
+
+def test_the_command_restores_the_replica_to_a_time(
+    database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica = tmp_path / "replica"
+    monkeypatch.setenv("RENUM_BACKUPS__REPLICA_DIRECTORY", str(replica))
+    note(database, "kept")
+
+    async def replicate_once() -> None:
+        replication = Replication(database, replica)
+        await replication.start()
+        try:
+            await wait_until_async(
+                lambda: replicated(replica, tmp_path, "kept"), 30, what="the write", interval=0.2
+            )
+        finally:
+            await replication.stop()
+
+    asyncio.run(replicate_once())
+    unconfirmed = runner.invoke(cli, ["backup", "restore"])
+    assert unconfirmed.exit_code == 2
+    assert "with the replica's latest state" in flat(unconfirmed.stderr)
+    too_early = runner.invoke(cli, ["backup", "restore", "--to", "2001-01-01", "--yes"])
+    assert too_early.exit_code == 2, too_early.output
+    assert "the replica could not be restored at 2001-01-01T00:00:00+00:00" in flat(
+        too_early.stderr
+    )
+    restored = runner.invoke(cli, ["backup", "restore", "--yes"])
+    assert restored.exit_code == 0, restored.output
+    assert "Restored the replica's latest state (revision" in flat(restored.stdout)
+    assert names(database) == ["kept"]
+
+
+# --- what the catalogue does not trust, and what it protects -----------------------------------
+
+
+def test_foreign_and_crafted_manifests_are_never_trusted(database: Path) -> None:
+    backups = catalogue(database, keep=1)
+    kept = backups.run(T0)
+    backups.verify(kept, T0)
+    (backups.directory / "notes.json").write_text("{}")  # not the catalogue's: ignored
+    crafted = backups.directory / "20200101T000000000000Z.json"
+    manifest = json.loads(kept.manifest_path.read_text())
+    crafted.write_text(
+        json.dumps({**manifest, "id": "20200101T000000000000Z"})
+    )  # names kept's file
+    naive = backups.directory / "20200102T000000000000Z.json"
+    naive.write_text(
+        json.dumps(
+            {
+                **manifest,
+                "id": naive.stem,
+                "file": f"{naive.stem}.db",
+                "taken_at": "2020-01-02T00:00:00",
+            }
+        )
+    )
+    assert [b.id for b in backups.backups()] == [kept.id]
+    assert len(backups.unreadable) == 2
+    assert "does not match its name" in " ".join(backups.unreadable)
+    assert "names no time zone" in " ".join(backups.unreadable)
+    backups.run(T0 + timedelta(hours=1))  # pruning goes by the catalogue's own names only
+    assert kept.path.exists()
+    assert crafted.exists()
+    assert (backups.directory / "notes.json").exists()
+
+
+def test_the_newest_verified_backup_outlives_keep_until_a_newer_one_is_verified(
+    database: Path,
+) -> None:
+    backups = catalogue(database, keep=1)
+    proven = backups.run(T0)
+    backups.verify(proven, T0)
+    unproven = backups.run(T0 + timedelta(hours=1))
+    assert [b.id for b in backups.backups()] == [unproven.id, proven.id]
+    backups.verify(unproven)
+    newest = backups.run(T0 + timedelta(hours=2))
+    assert [b.id for b in backups.backups()] == [newest.id, unproven.id]
+
+
+def test_backups_are_readable_by_their_owner_only(database: Path) -> None:
+    database.chmod(0o640)
+    backups = catalogue(database)
+    backup = backups.run(T0)
+    assert backups.directory.stat().st_mode & 0o777 == 0o700
+    assert backup.path.stat().st_mode & 0o777 == 0o600
+    assert backup.manifest_path.stat().st_mode & 0o777 == 0o600
+    backups.restore(backup)
+    assert database.stat().st_mode & 0o777 == 0o640  # the restored file keeps the old mode
+
+
+@pytest.mark.anyio
+async def test_an_in_memory_database_runs_without_a_watch(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = FastAPI()
+    settings = make_settings(database={"url": "sqlite+aiosqlite:///:memory:"})
+    context = AppContext(app, settings, None, None, None)  # type: ignore[arg-type]  # unused here
+    async with backups_capability.CAPABILITY.running(context):
+        assert not hasattr(app.state, "backup_watch")
+
+
+def test_the_command_waits_for_no_one_and_says_so(database: Path) -> None:
+    backups = catalogue(database)
+    with backups.exclusive() as mine:
+        assert mine
+        busy = runner.invoke(cli, ["backup", "run"])
+    assert busy.exit_code == 2
+    assert "another backup, verification or restore is under way" in flat(busy.stderr)
+    assert backups.backups() == []
+
+
+def test_a_file_system_error_is_a_message_and_exit_code_2(database: Path) -> None:
+    assert runner.invoke(cli, ["backup", "run"]).exit_code == 0
+    (backup,) = catalogue(database).backups()
+    blocker = backup.manifest_path.with_name(backup.manifest_path.name + ".partial")
+    blocker.mkdir()  # the manifest cannot be rewritten with the result
+    result = runner.invoke(cli, ["backup", "verify"])
+    assert result.exit_code == 2
+    assert "File system error" in flat(result.stderr)
+    assert "Traceback" not in result.output

@@ -8,6 +8,9 @@ removes the oldest beyond ``backups.keep``, lists them, verifies one by restorin
 throwaway file and comparing it with its manifest (and records the result there), and
 restores one over the database file. ``renum backup`` drives it from the command line.
 
+With ``backups.replica_directory`` set, Litestream replicates the database continuously
+(``replication``), and a restore can go back to any moment the replica covers.
+
 In the server, the capability runs a ``BackupWatch``: scheduled backups
 (``backups.every_hours``), the age of the newest verified backup and the result of the last
 verification on ``/metrics`` and ``/health/dependencies``, and an alert while it is too old or
@@ -26,9 +29,13 @@ from app.capabilities.backups.catalogue import (
     Verification,
     catalogue_for,
 )
+from app.capabilities.backups.replication import Replication, ReplicationError
 from app.capabilities.backups.watch import BackupStatus, BackupWatch, assess
 from app.capabilities.base import AppContext, Capability
 from app.core.config import Settings
+from app.core.logging import get_logger
+
+log = get_logger("app.backups")
 
 __all__ = [
     "CAPABILITY",
@@ -37,6 +44,8 @@ __all__ = [
     "BackupError",
     "BackupStatus",
     "BackupWatch",
+    "Replication",
+    "ReplicationError",
     "Verification",
     "assess",
     "catalogue_for",
@@ -55,8 +64,18 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         settings: Settings = app.state.settings  # live: a reload replaces it
         return settings
 
+    try:
+        catalogue = catalogue_for(context.settings)
+    except BackupError as exc:  # an in-memory database, or a file: URI: nothing to watch
+        log.warning("backups_not_watched", reason=str(exc))
+        yield
+        return
+    replication = None
+    if catalogue.replica is not None:
+        replication = Replication(catalogue.database, catalogue.replica)
+        await replication.start()
     watch = BackupWatch(
-        catalogue_for(context.settings), current, app.state.metrics, lambda: app.state.alerts
+        catalogue, current, app.state.metrics, lambda: app.state.alerts, replication
     )
     app.state.backup_watch = watch
     watch.start()
@@ -64,6 +83,8 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         yield
     finally:
         await watch.stop()
+        if replication is not None:
+            await replication.stop()
 
 
 CAPABILITY = Capability(

@@ -1,13 +1,23 @@
 """The directory of backups: each one a database file ``<id>.db`` and its manifest
-``<id>.json``, the id being the UTC time it was taken (``20261205T091500123Z``)."""
+``<id>.json``, the id being the UTC time it was taken (``20261205T091500123456Z``). Files whose
+names are not such ids are not the catalogue's and are left alone; a manifest that cannot be
+read is listed in ``unreadable`` (and reported by the watch), never trusted.
+
+Taking, pruning and restoring hold the lock file ``.renum-backup.lock`` (``exclusive``), so the
+command line and the server's schedule never do two of them at once. Backups and manifests are
+readable by their owner only: they hold password hashes and sealed provider keys."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,12 +25,15 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from app.capabilities.backups.replication import ReplicationError, restore_replica
 from app.core.config import Settings
 from app.db.database import sqlite_file_path
-from app.db.snapshots import DatabaseFacts, SnapshotError, read_facts, take_snapshot
+from app.db.snapshots import DatabaseFacts, SnapshotError, read_facts, release, take_snapshot
 
 ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
+ID = re.compile(r"^\d{8}T\d{12}Z$")
 MANIFEST_VERSION = 1
+LOCK_FILE = ".renum-backup.lock"
 
 
 class BackupError(Exception):
@@ -82,27 +95,37 @@ def _sha256(path: Path) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as stream:
+    partial.unlink(missing_ok=True)
+    with os.fdopen(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as stream:
         stream.write(text)
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(partial, path)
 
 
+def _aware(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text} names no time zone")
+    return moment
+
+
 def _read_manifest(path: Path) -> Backup:
+    """The backup the manifest at ``path`` (named ``<id>.json``) describes; its file is always
+    ``<id>.db`` beside it, whatever the manifest says."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if data["id"] != path.stem or data["file"] != f"{path.stem}.db":
+            raise ValueError("its id or file does not match its name")
         checked = data.get("verification")
         return Backup(
-            id=data["id"],
-            taken_at=datetime.fromisoformat(data["taken_at"]),
-            path=path.with_name(data["file"]),
+            id=path.stem,
+            taken_at=_aware(data["taken_at"]),
+            path=path.with_suffix(".db"),
             size=int(data["size"]),
             sha256=str(data["sha256"]),
             facts=DatabaseFacts.from_dict(data),
-            verification=Verification(
-                at=datetime.fromisoformat(checked["at"]), problems=tuple(checked["problems"])
-            )
+            verification=Verification(at=_aware(checked["at"]), problems=tuple(checked["problems"]))
             if checked
             else None,
         )
@@ -112,21 +135,43 @@ def _read_manifest(path: Path) -> Backup:
 
 class BackupCatalogue:
     """The backups of the SQLite database at ``database`` kept in ``directory`` (at most
-    ``keep`` of them)."""
+    ``keep`` of them), and its continuous replica in ``replica`` if there is one."""
 
-    def __init__(self, database: Path, directory: Path, keep: int) -> None:
+    def __init__(
+        self, database: Path, directory: Path, keep: int, replica: Path | None = None
+    ) -> None:
         self.database = database
         self.directory = directory
         self.keep = keep
+        self.replica = replica
+        self.unreadable: list[str] = []  # manifests the last listing could not read
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        """The catalogue's lock file, held for the block if no other process holds it (yields
+        whether it was taken)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with (self.directory / LOCK_FILE).open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def run(self, now: datetime | None = None) -> Backup:
-        """Take a backup now, record it, and remove the oldest beyond ``keep``."""
+        """Take a backup now, record it, and remove the oldest beyond ``keep`` (never the
+        newest one that passed its verification). Call it holding ``exclusive``."""
         taken_at = now or datetime.now(UTC)
         backup_id = taken_at.strftime(ID_FORMAT)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for left in self.directory.glob("*.partial"):  # from a run that was killed
+            left.unlink(missing_ok=True)
         path = self.directory / f"{backup_id}.db"
         partial = path.with_name(path.name + ".partial")
-        partial.unlink(missing_ok=True)
         try:
             facts = take_snapshot(self.database, partial)
         except SnapshotError as exc:
@@ -141,16 +186,29 @@ class BackupCatalogue:
             facts=facts,
         )
         _write_atomically(backup.manifest_path, json.dumps(backup.manifest(), indent=2))
-        for old in self.backups()[self.keep :]:
+        backups = self.backups()
+        good = [b for b in backups if b.verification is not None and b.verification.passed]
+        for old in backups[self.keep :]:
+            if good and old is good[0]:
+                continue  # the newest proven backup stays until a newer one is proven
             old.path.unlink(missing_ok=True)
             old.manifest_path.unlink(missing_ok=True)
         return backup
 
     def backups(self) -> list[Backup]:
-        """Every backup with its manifest, newest first."""
+        """Every backup with a readable manifest, newest first (``unreadable`` lists the
+        others)."""
+        self.unreadable = []
         if not self.directory.is_dir():
             return []
-        found = [_read_manifest(path) for path in self.directory.glob("*.json")]
+        found = []
+        for path in sorted(self.directory.glob("*.json")):
+            if not ID.match(path.stem):
+                continue  # not one of the catalogue's files
+            try:
+                found.append(_read_manifest(path))
+            except BackupError as exc:
+                self.unreadable.append(str(exc))
         return sorted(found, key=lambda backup: backup.taken_at, reverse=True)
 
     def find(self, backup_id: str | None = None, *, at_or_before: datetime | None = None) -> Backup:
@@ -174,42 +232,86 @@ class BackupCatalogue:
         """Restore ``backup`` into a throwaway file and check it against its manifest: the
         file's size and SHA-256, SQLite's integrity check, the migration revision, every
         table's rows and checksum. The result is recorded in the manifest."""
-        problems = self._problems(backup)
+        if not backup.path.is_file():
+            problems = [f"the backup's file {backup.path} is missing"]
+        else:
+            with tempfile.TemporaryDirectory(prefix="renum-verify-") as scratch:
+                restored = Path(scratch) / "restored.db"
+                shutil.copyfile(backup.path, restored)
+                problems = self._problems(backup, restored)
         verification = Verification(at=now or datetime.now(UTC), problems=tuple(problems))
         recorded = Backup(**{**backup.__dict__, "verification": verification})
         _write_atomically(backup.manifest_path, json.dumps(recorded.manifest(), indent=2))
         return verification
 
-    def _problems(self, backup: Backup) -> list[str]:
-        if not backup.path.is_file():
-            return [f"the backup's file {backup.path} is missing"]
+    @staticmethod
+    def _problems(backup: Backup, copy: Path) -> list[str]:
+        """What is wrong with ``copy``, a copy of ``backup``'s file, against its manifest."""
         problems = []
-        size = backup.path.stat().st_size
+        size = copy.stat().st_size
         if size != backup.size:
             problems.append(f"size {size} bytes, recorded {backup.size}")
-        if _sha256(backup.path) != backup.sha256:
+        if _sha256(copy) != backup.sha256:
             problems.append("the file's SHA-256 differs from the one recorded")
-        with tempfile.TemporaryDirectory(prefix="renum-verify-") as scratch:
-            restored = Path(scratch) / "restored.db"
-            shutil.copyfile(backup.path, restored)
-            try:
-                facts = read_facts(restored)
-            except SnapshotError as exc:
-                return [*problems, str(exc)]
+        try:
+            facts = read_facts(copy)
+        except SnapshotError as exc:
+            return [*problems, str(exc)]
         return problems + backup.facts.differences(facts)
 
     def restore(self, backup: Backup, now: datetime | None = None) -> Path | None:
         """Verify ``backup``, then put it in place of the database file; the file it replaces
         (if any) is kept beside it as ``<name>.before-restore-<time>``, which is returned.
         Refused when the backup fails its verification."""
-        verification = self.verify(backup, now)
-        if not verification.passed:
-            raise BackupError(
-                f"backup {backup.id} failed its verification: " + "; ".join(verification.problems)
-            )
+        if not backup.path.is_file():
+            raise BackupError(f"the backup's file {backup.path} is missing")
+        incoming = self._incoming()
+        shutil.copyfile(backup.path, incoming)
+        problems = self._problems(backup, incoming)  # the very copy that goes in place
+        if problems:
+            incoming.unlink(missing_ok=True)
+            raise BackupError(f"backup {backup.id} failed its verification: " + "; ".join(problems))
+        return self._put_in_place(incoming, now)
+
+    def restore_from_replica(
+        self, to: datetime | None = None, now: datetime | None = None
+    ) -> tuple[DatabaseFacts, Path | None]:
+        """Restore the continuous replica (its latest state, or the state at ``to``) in place of
+        the database, once the restored file passes SQLite's integrity check and holds a
+        migrated schema; returns its facts and the kept replaced file, as ``restore``."""
+        if self.replica is None:
+            raise BackupError("no replica is configured (RENUM_BACKUPS__REPLICA_DIRECTORY)")
+        incoming = self._incoming()
+        try:
+            restore_replica(self.replica, incoming, to)
+            facts = read_facts(incoming)
+        except (ReplicationError, SnapshotError) as exc:
+            incoming.unlink(missing_ok=True)
+            raise BackupError(str(exc)) from None
+        if facts.revision is None:
+            incoming.unlink(missing_ok=True)
+            raise BackupError("the restored replica holds no migrated schema; nothing replaced")
+        return facts, self._put_in_place(incoming, now)
+
+    def _incoming(self) -> Path:
+        """Where a restore prepares its file, once the database is free to be replaced."""
+        try:
+            release(self.database)
+        except SnapshotError as exc:
+            raise BackupError(str(exc)) from None
         self.database.parent.mkdir(parents=True, exist_ok=True)
         incoming = self.database.with_name(self.database.name + ".restoring")
-        shutil.copyfile(backup.path, incoming)
+        incoming.unlink(missing_ok=True)
+        return incoming
+
+    def _put_in_place(self, incoming: Path, now: datetime | None) -> Path | None:
+        """Put the checked file ``incoming`` in place of the database; the file it replaces
+        (if any) is kept beside it, with its write-ahead log, and returned."""
+        if self.database.exists():  # the restored file keeps the replaced one's owner and mode
+            current = self.database.stat()
+            os.chmod(incoming, current.st_mode & 0o777)
+            with contextlib.suppress(PermissionError):  # only root may give files away
+                os.chown(incoming, current.st_uid, current.st_gid)
         with incoming.open("rb") as stream:
             os.fsync(stream.fileno())
         kept = None
@@ -238,5 +340,6 @@ def catalogue_for(settings: Settings) -> BackupCatalogue:
     database = sqlite_file_path(make_url(settings.database.url))
     if database is None:
         raise BackupError("the SQLite database is in memory or a file: URI; nothing to back up")
-    directory = settings.backups.directory or database.parent / "backups"
-    return BackupCatalogue(database, directory, settings.backups.keep)
+    section = settings.backups
+    directory = section.directory or database.parent / "backups"
+    return BackupCatalogue(database, directory, section.keep, section.replica_directory)

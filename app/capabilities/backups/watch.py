@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from app.capabilities.backups.catalogue import Backup, BackupCatalogue, BackupError, Verification
+from app.capabilities.backups.replication import Replication
 from app.core.alerts import AlertReporter
 from app.core.config import Environment, Settings
 from app.core.logging import get_logger
@@ -30,7 +29,6 @@ from app.core.metrics import Metrics
 log = get_logger("app.backups")
 
 ALERT_SOURCE = "backups"
-LOCK_FILE = ".renum-backup.lock"
 EXPECTED_ENVIRONMENTS = frozenset({Environment.staging, Environment.production})
 
 
@@ -71,11 +69,7 @@ def assess(
         if expected:
             problem = "no backup has passed a verification: run `renum backup run`, then verify"
     elif now - newest.taken_at > timedelta(hours=max_age_hours):
-        hours = (now - newest.taken_at).total_seconds() / 3600
-        problem = (
-            f"the newest verified backup ({newest.id}) is {hours:.1f} h old "
-            f"(bound {max_age_hours:g} h)"
-        )
+        problem = f"the newest verified backup ({newest.id}) is older than {max_age_hours:g} h"
     return BackupStatus(
         at=now,
         kept=len(backups),
@@ -91,23 +85,6 @@ def expected(settings: Settings) -> bool:
     return settings.backups.every_hours is not None or settings.environment in EXPECTED_ENVIRONMENTS
 
 
-@contextlib.contextmanager
-def _exclusive(directory: Path) -> Iterator[bool]:
-    """The backups' lock file, held for the block if no other process holds it (yields
-    whether it was taken)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / LOCK_FILE).open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class BackupWatch:
     """See the module's docstring. ``settings`` is read at each tick (live reloads apply)."""
 
@@ -117,8 +94,10 @@ class BackupWatch:
         settings: Callable[[], Settings],
         metrics: Metrics,
         alerts: Callable[[], AlertReporter],
+        replication: Replication | None = None,
     ) -> None:
         self.catalogue = catalogue
+        self.replication = replication
         self.settings = settings
         self.alerts = alerts
         self.status: BackupStatus | None = None
@@ -136,9 +115,20 @@ class BackupWatch:
             mode="max",
         )
         self._kept = metrics.gauge("renum_backups_kept", "Backups kept.", mode="max")
+        self._replicating = metrics.gauge(
+            "renum_backup_replication_running",
+            "1 while Litestream replicates the database (across workers: in any of them), 0 "
+            "when it does not (NaN: no replica configured).",
+            mode="max",
+        )
         metrics.before_collect(self._fold)
 
     def _fold(self) -> None:
+        replication = self.replication
+        if replication is None:
+            self._replicating.set(math.nan)
+        else:  # a worker that leaves it to another says 0: the workers' maximum tells
+            self._replicating.set(float(replication.running))
         status = self.status
         if status is None:
             return
@@ -150,7 +140,7 @@ class BackupWatch:
     def _scheduled_backup(self, every_hours: float, now: datetime) -> Backup | None:
         """Take and verify a backup if the newest is ``every_hours`` old (or none exists),
         unless another process is taking one."""
-        with _exclusive(self.catalogue.directory) as mine:
+        with self.catalogue.exclusive() as mine:
             if not mine:
                 return None
             backups = self.catalogue.backups()
@@ -181,12 +171,20 @@ class BackupWatch:
                     )
         try:
             backups = await asyncio.to_thread(self.catalogue.backups)
-        except BackupError as exc:
+        except OSError as exc:
             status = BackupStatus(now, 0, None, None, f"the backups cannot be read: {exc}")
         else:
             status = assess(
                 backups, now, settings.backups.max_age_hours, expected=expected(settings)
             )
+            if self.catalogue.unreadable:
+                unreadable = "; ".join(self.catalogue.unreadable)
+                both = unreadable if status.problem is None else f"{status.problem}; {unreadable}"
+                status = replace(status, problem=both)
+        replicating = self.replication.problem if self.replication else None
+        if replicating is not None:
+            both = replicating if status.problem is None else f"{status.problem}; {replicating}"
+            status = replace(status, problem=both)
         self.status = status
         await self._tell(status)
         return status
@@ -204,8 +202,12 @@ class BackupWatch:
             started = time.monotonic()
             try:
                 await self.tick()
-            except Exception as exc:  # the watch outlives one bad look
+            except Exception as exc:  # the watch outlives one bad look, and says so
                 log.error("backup_watch_failed", error_type=type(exc).__name__, exc_info=exc)
+                failed = f"the backup watch could not look at the backups ({type(exc).__name__})"
+                self.status = BackupStatus(datetime.now(UTC), 0, None, None, failed)
+                with contextlib.suppress(Exception):
+                    await self._tell(self.status)
             every = self.settings().backups.check_seconds
             await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
 
