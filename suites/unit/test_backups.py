@@ -34,7 +34,7 @@ from app.capabilities.backups.replication import Replication, ReplicationError, 
 from app.capabilities.base import AppContext
 from app.capabilities.health import CheckContext, Status
 from app.cli import cli
-from app.core.config import Settings
+from app.core.config import BackupSettings, Settings
 from app.core.metrics import Metrics
 from app.db import migrate
 from app.db.snapshots import SnapshotError, read_facts, take_snapshot
@@ -485,6 +485,13 @@ async def test_the_dependency_report_shows_the_judgement(
     assert fresh.status == Status.passed
     assert fresh.observed_unit == "h"
     assert fresh.message.startswith("the newest verified backup")
+    off = CheckContext(
+        settings=settings.model_copy(update={"backups": BackupSettings(enabled=False)}),
+        database=None,  # type: ignore[arg-type]  # the check never touches the database
+    )
+    (switched_off,) = await BackupCheck().run(off)
+    assert switched_off.status == Status.passed
+    assert "capability is off" in switched_off.message
 
 
 @pytest.mark.anyio

@@ -73,13 +73,14 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     replication = None
     if catalogue.replica is not None:
         replication = Replication(catalogue.database, catalogue.replica)
-        await replication.start()
     watch = BackupWatch(
         catalogue, current, app.state.metrics, lambda: app.state.alerts, replication
     )
     app.state.backup_watch = watch
-    watch.start()
     try:
+        if replication is not None:
+            await replication.start()
+        watch.start()
         yield
     finally:
         await watch.stop()

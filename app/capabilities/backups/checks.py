@@ -48,6 +48,15 @@ class BackupCheck(HealthCheck):
 
     async def run(self, context: CheckContext) -> list[CheckOutcome]:
         settings = context.settings
+        if not settings.backups.enabled:
+            return [
+                CheckOutcome(
+                    "backups",
+                    Status.passed,
+                    "the backups capability is off (RENUM_BACKUPS__ENABLED=false): nothing is "
+                    "watched",
+                )
+            ]
         if not settings.database.is_sqlite:
             return [
                 CheckOutcome(
