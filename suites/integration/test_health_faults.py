@@ -160,8 +160,10 @@ def test_hung_redis_fails_within_its_timeout_while_probes_answer(
             what="redis failing",
         )
         redis_entry = entry(details(server.base_url).json(), "redis:responseTime")
-        # Ended by a timeout (the client's, within the check's 1 s), not left hanging.
-        assert "did not answer (TimeoutError" in redis_entry["output"], redis_entry
+        # Ended by a timeout, not left hanging: the client's own (0.8 s) or, on a loaded
+        # machine where the event loop wakes late, the check's 1 s bound around it.
+        output = redis_entry["output"]
+        assert "did not answer (TimeoutError" in output or output == "no answer within 1s", output
         assert ready_status(server.base_url) == 200
         assert_probes_unaffected(probe_times(server.base_url), healthy)
         proxy.pass_through()
