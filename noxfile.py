@@ -181,8 +181,9 @@ def unit(session: nox.Session) -> None:
 @nox.session
 def integration(session: nox.Session) -> None:
     """The real backend over HTTP, on SQLite and on PostgreSQL (`promtool`, from Debian's
-    `prometheus`, checks the served metrics)."""
+    `prometheus`, checks the served metrics; `pgbackrest` backs up private clusters)."""
     debian_tool(session, "promtool", "prometheus")
+    debian_tool(session, "pgbackrest", "pgbackrest")
     # Three workers on two cores: the tests mostly wait on the servers they launched.
     run_pytest(session, "integration", "suites/integration", "--db=sqlite,postgresql", workers=3)
 

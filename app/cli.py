@@ -563,15 +563,50 @@ def _backup_step(work: Callable[[], T], catalogue: Any = None) -> T:
         raise typer.Exit(2) from None
 
 
-@backup_cli.command("run")
-def backup_run() -> None:
-    """Take a backup of the database now (while the backend runs), record what it holds, and
-    remove the oldest beyond RENUM_BACKUPS__KEEP."""
+@backup_cli.command("setup")
+def backup_setup() -> None:
+    """PostgreSQL: write pgBackRest's configuration, create the stanza in the encrypted
+    repository, and print the WAL archiving settings PostgreSQL needs (SQLite needs none)."""
     catalogue = _backups()
-    backup = _backup_step(catalogue.run, catalogue)
+    if catalogue.engine != "postgresql":
+        out.print("SQLite needs no setup: `renum backup run` takes a backup now.")
+        return
+    _backup_step(catalogue.prepare, catalogue)
+    out.print(
+        f"pgBackRest is configured ({catalogue.config}); the repository is "
+        f"{catalogue.repository}. Set these in PostgreSQL's configuration and restart it:",
+        soft_wrap=True,
+    )
+    typer.echo("archive_mode = on")
+    typer.echo(f"archive_command = '{catalogue.archive_command()}'")
+
+
+@backup_cli.command("run")
+def backup_run(
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="PostgreSQL: full, diff or incr (default incr, full when there is none yet). "
+            "SQLite backups are whole snapshots.",
+        ),
+    ] = None,
+) -> None:
+    """Take a backup of the database now (while the backend runs) and record what it holds;
+    SQLite keeps RENUM_BACKUPS__KEEP of them, PostgreSQL follows pgBackRest's retention."""
+    catalogue = _backups()
+    if catalogue.engine != "postgresql":
+        if kind is not None:
+            err.print("[bold red]--type is for PostgreSQL: SQLite backups are whole snapshots.[/]")
+            raise typer.Exit(2)
+        backup = _backup_step(catalogue.run, catalogue)
+        where = str(backup.path)
+    else:
+        backup = _backup_step(lambda: catalogue.run(kind=kind or "incr"), catalogue)
+        where = backup.where
     tables = len(backup.facts.tables)
     out.print(
-        f"Backup {backup.id}: {backup.path} ({backup.size} bytes, {tables} tables, "
+        f"Backup {backup.id}: {where} ({backup.size} bytes, {tables} tables, "
         f"revision {backup.facts.revision or 'none'}).",
         soft_wrap=True,
     )
@@ -626,9 +661,11 @@ def backup_verify(
         str | None, typer.Argument(help="The backup's id (default: the newest).")
     ] = None,
 ) -> None:
-    """Restore a backup into a throwaway file and check it against what it recorded: size and
-    SHA-256, SQLite's integrity check, the migration revision, every table's rows and
-    checksum. Exit code: 0 passed, 1 failed, 2 could not verify."""
+    """Restore a backup into a throwaway copy and check it against what it recorded: on
+    SQLite the file's size and SHA-256 and SQLite's integrity check, on PostgreSQL pgBackRest's
+    verify of the repository and a throwaway server recovered to the backup's restore point;
+    then the migration revision, the schema, every table's rows and checksum. Exit code: 0
+    passed, 1 failed, 2 could not verify."""
     catalogue = _backups()
     backup = _backup_step(lambda: catalogue.find(backup_id))
     verification = _backup_step(lambda: catalogue.verify(backup), catalogue)
@@ -650,24 +687,28 @@ def backup_restore(
         str | None,
         typer.Option(
             "--to",
-            help="The time to go back to (ISO 8601; UTC without an offset): with a replica "
-            "configured, the database exactly as it was then; else the newest backup taken at "
-            "or before it. Without it and without an id: the replica's latest state, else the "
-            "newest backup.",
+            help="The time to go back to (ISO 8601; UTC without an offset): on PostgreSQL, "
+            "or with a replica configured, the database exactly as it was then; else the "
+            "newest backup taken at or before it. Without it and without an id: the latest "
+            "state the archive or the replica holds, else the newest backup.",
         ),
     ] = None,
     yes: Annotated[
-        bool, typer.Option("--yes", help="Confirm: the database file is replaced.")
+        bool, typer.Option("--yes", help="Confirm: the database's data is replaced.")
     ] = False,
 ) -> None:
     """Replace the database with a backup (once it passes its verification) or with the
     continuous replica's state; the replaced file is kept beside it. Stop the backend first.
-    Exit code: 0 restored, 2 refused."""
+    On PostgreSQL, pgBackRest restores into the stopped server's data directory, and the
+    server recovers to the chosen point when started. Exit code: 0 restored, 2 refused."""
     if backup_id is not None and to is not None:
         err.print("[bold red]Give a backup id or --to, not both.[/]")
         raise typer.Exit(2)
     moment = _timestamp(to)
     catalogue = _backups()
+    if catalogue.engine == "postgresql":
+        _restore_postgres(catalogue, backup_id, moment, yes=yes)
+        return
     if backup_id is None and catalogue.replica is not None:
         _restore_replica(catalogue, moment, yes=yes)
         return
@@ -683,6 +724,24 @@ def backup_restore(
     out.print(f"Restored backup {backup.id} (taken {backup.taken_at.isoformat()}).", soft_wrap=True)
     if kept is not None:
         out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
+
+
+def _restore_postgres(catalogue: Any, backup_id: str | None, moment: Any, *, yes: bool) -> None:
+    """``renum backup restore`` on PostgreSQL: into the stopped server's data directory."""
+    backup = None if backup_id is None else _backup_step(lambda: catalogue.find(backup_id))
+    if not yes:
+        err.print(
+            f"[bold red]This replaces the data in {catalogue.database}:[/] stop PostgreSQL, "
+            "then run again with --yes.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    said = _backup_step(lambda: catalogue.restore(backup, moment), catalogue)
+    out.print(
+        f"Restored {said} into {catalogue.database}: start PostgreSQL; it replays the archived "
+        "WAL to that point and then accepts writes.",
+        soft_wrap=True,
+    )
 
 
 def _restore_replica(catalogue: Any, moment: Any, *, yes: bool) -> None:

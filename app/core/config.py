@@ -982,7 +982,7 @@ class BackupSettings(BaseModel):
     directory: Path | None = Field(
         default=None,
         description="Where backups and their manifests are written; unset: a `backups` "
-        "directory beside the SQLite database file.",
+        "directory beside the SQLite database file (required for PostgreSQL).",
     )
     keep: int = Field(
         default=14,
@@ -1017,6 +1017,74 @@ class BackupSettings(BaseModel):
         description="How often the server's watch looks at the backups (and takes a scheduled "
         "one that is due).",
     )
+    cipher_key: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL: the passphrase that encrypts the pgBackRest repository "
+        "(AES-256-CBC); required there, since backups are never kept unencrypted. Losing it "
+        "loses the backups.",
+    )
+    repository: Path | None = Field(
+        default=None,
+        description="PostgreSQL: the pgBackRest repository (backups and archived WAL); unset: "
+        "`repository` inside the backups directory.",
+    )
+    postgres_data_directory: Path | None = Field(
+        default=None,
+        description="PostgreSQL: the server's data directory (pgBackRest backs it up and "
+        "restores into it, on the database's host); required there.",
+    )
+    postgres_socket_directory: Path = Field(
+        default=Path("/var/run/postgresql"),
+        description="PostgreSQL: the directory of the server's Unix socket, through which "
+        "pgBackRest connects.",
+    )
+    postgres_bin_directory: Path | None = Field(
+        default=None,
+        description="PostgreSQL: where the server's programs are (a verification starts a "
+        "throwaway server); unset: Debian's /usr/lib/postgresql/<major>/bin.",
+    )
+    stanza: str = Field(
+        default="renum",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="PostgreSQL: the pgBackRest stanza (the name of this database cluster in "
+        "the repository).",
+    )
+    retention_full: int = Field(
+        default=2,
+        ge=1,
+        le=999,
+        description="PostgreSQL: full backups kept (with the differential and incremental ones "
+        "and the WAL that depend on them).",
+    )
+    retention_diff: int = Field(
+        default=7,
+        ge=1,
+        le=999,
+        description="PostgreSQL: differential backups kept.",
+    )
+
+    @field_validator("cipher_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if len(key) < 20 or any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise ValueError("must be at least 20 characters, without control characters")
+        return value
+
+    @field_validator(
+        "directory",
+        "repository",
+        "postgres_data_directory",
+        "postgres_socket_directory",
+        "postgres_bin_directory",
+    )
+    @classmethod
+    def _plain_path(cls, value: Path | None) -> Path | None:
+        if value is not None and any(ord(c) < 32 for c in str(value)):
+            raise ValueError("must not hold control characters")
+        return value
 
 
 class TeamSettings(BaseModel):

@@ -25,11 +25,13 @@ from app.capabilities.backups import (
     BackupCatalogue,
     BackupError,
     BackupWatch,
+    Verification,
     assess,
     catalogue_for,
 )
 from app.capabilities.backups import replication as replication_module
 from app.capabilities.backups.checks import BackupCheck
+from app.capabilities.backups.postgres import PostgresBackup, PostgresCatalogue, repository_problems
 from app.capabilities.backups.replication import Replication, ReplicationError, restore_replica
 from app.capabilities.base import AppContext
 from app.capabilities.health import CheckContext, Status
@@ -37,7 +39,7 @@ from app.cli import cli
 from app.core.config import BackupSettings, Settings
 from app.core.metrics import Metrics
 from app.db import migrate
-from app.db.snapshots import SnapshotError, read_facts, take_snapshot
+from app.db.snapshots import DatabaseFacts, SnapshotError, TableFacts, read_facts, take_snapshot
 from qa.polling import wait_until, wait_until_async
 
 runner = CliRunner()
@@ -345,11 +347,188 @@ def test_bad_requests_exit_2_with_a_message(
     assert "Traceback" not in result.output
 
 
-def test_postgresql_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RENUM_DATABASE__URL", "postgresql+asyncpg://renum@127.0.0.1:9/renum")
-    result = runner.invoke(cli, ["backup", "run"])
+PG_URL = "postgresql+asyncpg://renum@127.0.0.1:9/renum"
+KEY = "a passphrase long enough"
+
+
+@pytest.mark.parametrize(
+    ("settings", "missing"),
+    [
+        ({}, "RENUM_BACKUPS__DIRECTORY"),
+        ({"RENUM_BACKUPS__DIRECTORY": "/srv/backups"}, "RENUM_BACKUPS__POSTGRES_DATA_DIRECTORY"),
+        (
+            {"RENUM_BACKUPS__DIRECTORY": "/srv/backups", "RENUM_BACKUPS__CIPHER_KEY": KEY},
+            "RENUM_BACKUPS__POSTGRES_DATA_DIRECTORY",
+        ),
+        (
+            {
+                "RENUM_BACKUPS__DIRECTORY": "/srv/backups",
+                "RENUM_BACKUPS__POSTGRES_DATA_DIRECTORY": "/d",
+            },
+            "RENUM_BACKUPS__CIPHER_KEY",
+        ),
+    ],
+)
+def test_postgresql_without_its_settings_is_refused_with_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, str], missing: str
+) -> None:
+    monkeypatch.setenv("RENUM_DATABASE__URL", PG_URL)
+    for name in ("DIRECTORY", "CIPHER_KEY", "POSTGRES_DATA_DIRECTORY"):
+        monkeypatch.delenv(f"RENUM_BACKUPS__{name}", raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    for command in (["backup", "run"], ["backup", "setup"], ["backup", "list"]):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert missing in flat(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("cipher_key", "short", "at least 20 characters"),
+        ("cipher_key", "a passphrase long enough\nrepo1-path=/elsewhere", "control characters"),
+        ("postgres_data_directory", "/var/lib/x\n[global]", "control characters"),
+        ("stanza", "../other", "pattern"),
+        ("stanza", "a]\nrepo1-path=/x", "pattern"),
+    ],
+)
+def test_postgresql_settings_cannot_inject_configuration(
+    field: str, value: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        BackupSettings.model_validate({field: value})
+
+
+def postgres_catalogue(tmp_path: Path, **fields: Any) -> PostgresCatalogue:
+    section = BackupSettings.model_validate(
+        {
+            "cipher_key": KEY,
+            "postgres_data_directory": tmp_path / "data",
+            "postgres_socket_directory": tmp_path / "socket",
+            **fields,
+        }
+    )
+    return PostgresCatalogue(
+        "postgresql+asyncpg://renum:pw@127.0.0.1:6543/renum", tmp_path / "backups", section
+    )
+
+
+def test_the_pgbackrest_configuration_follows_the_settings_and_only_its_owner_reads_it(
+    tmp_path: Path,
+) -> None:
+    catalogue = postgres_catalogue(tmp_path, retention_full=3, stanza="main")
+    catalogue.configure()
+    text = catalogue.config.read_text()
+    assert f"repo1-path={tmp_path / 'backups' / 'repository'}" in text
+    assert "repo1-cipher-type=aes-256-cbc" in text
+    assert f"repo1-cipher-pass={KEY}" in text
+    assert "repo1-retention-full=3" in text
+    assert "[main]" in text
+    assert "pg1-port=6543" in text
+    assert f"pg1-path={tmp_path / 'data'}" in text
+    assert "pw" not in text.replace(KEY, "")  # the database password stays out
+    assert catalogue.config.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "backups").stat().st_mode & 0o777 == 0o700
+    assert catalogue.archive_command() == (
+        f"pgbackrest --config={catalogue.config} --stanza=main archive-push %p"
+    )
+    first = catalogue.config.stat().st_mtime_ns
+    catalogue.configure()  # unchanged: not rewritten
+    assert catalogue.config.stat().st_mtime_ns == first
+
+
+@pytest.mark.parametrize(
+    ("said", "problems"),
+    [
+        ("", []),
+        ("stanza: renum\nstatus: ok\n", []),
+        (
+            "stanza: renum\nstatus: error\n  backup: 20261205-105516F, status: invalid, "
+            "total files checked: 1400, total valid files: 1399\n    checksum invalid: 1\n",
+            [
+                "pgBackRest verify: backup: 20261205-105516F, status: invalid, total files "
+                "checked: 1400, total valid files: 1399; checksum invalid: 1"
+            ],
+        ),
+        (
+            "stanza: renum\nstatus: error\n  archiveId: 15-1, total WAL checked: 3, total "
+            "valid WAL: 2\n    other: 1\n",
+            [
+                "pgBackRest verify: archiveId: 15-1, total WAL checked: 3, total valid WAL: 2; "
+                "other: 1"
+            ],
+        ),
+        ("stanza: renum\nstatus: error\n", ["pgBackRest verify found the repository in error"]),
+    ],
+)
+def test_what_pgbackrest_verify_found_is_read(said: str, problems: list[str]) -> None:
+    assert repository_problems(said) == problems
+
+
+def test_a_postgresql_manifest_reads_back_and_a_foreign_one_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    catalogue = postgres_catalogue(tmp_path)
+    catalogue.directory.mkdir()
+    backup = PostgresBackup(
+        id="20261205T090000000000Z",
+        taken_at=T0,
+        label="20261205-090000F",
+        kind="full",
+        size=100,
+        stored=40,
+        restore_point="renum-20261205T090000000000Z",
+        facts=DatabaseFacts(revision="0009", tables={"accounts": TableFacts(2, "ab")}),
+        manifest_path=catalogue.directory / "20261205T090000000000Z.json",
+    )
+    catalogue._record(backup)
+    assert catalogue.backups() == [backup]
+    assert catalogue.find().where == "pgBackRest full backup 20261205-090000F"
+    crafted = dict(backup.manifest(), type="everything")
+    (catalogue.directory / "20261205T100000000000Z.json").write_text(
+        json.dumps(dict(crafted, id="20261205T100000000000Z"))
+    )
+    sqlite_one = dict(backup.manifest(), engine="sqlite", id="20261205T110000000000Z")
+    (catalogue.directory / "20261205T110000000000Z.json").write_text(json.dumps(sqlite_one))
+    assert catalogue.backups() == [backup]
+    assert len(catalogue.unreadable) == 2
+
+
+def test_a_postgresql_restore_refuses_a_running_server_and_a_failed_backup(
+    tmp_path: Path,
+) -> None:
+    catalogue = postgres_catalogue(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "postmaster.pid").write_text("1\n")
+    with pytest.raises(BackupError, match="PostgreSQL is running"):
+        catalogue.restore()
+    (tmp_path / "data" / "postmaster.pid").unlink()
+    failed = PostgresBackup(
+        id="20261205T090000000000Z",
+        taken_at=T0,
+        label="20261205-090000F",
+        kind="full",
+        size=1,
+        stored=1,
+        restore_point="renum-x",
+        facts=DatabaseFacts(revision=None),
+        manifest_path=tmp_path / "m.json",
+        verification=Verification(at=T0, problems=("broken",)),
+    )
+    with pytest.raises(BackupError, match="failed its last verification"):
+        catalogue.restore(failed)
+    with pytest.raises(BackupError, match="unknown backup type"):
+        catalogue.run(kind="everything")
+
+
+def test_the_sqlite_command_has_no_backup_types_and_needs_no_setup(database: Path) -> None:
+    result = runner.invoke(cli, ["backup", "run", "--type", "full"])
     assert result.exit_code == 2
-    assert "backups of PostgreSQL are not available yet" in flat(result.stderr)
+    assert "--type is for PostgreSQL" in flat(result.stderr)
+    result = runner.invoke(cli, ["backup", "setup"])
+    assert result.exit_code == 0
+    assert "SQLite needs no setup" in result.stdout
 
 
 def test_the_directory_setting_is_followed(
@@ -495,14 +674,17 @@ async def test_the_dependency_report_shows_the_judgement(
 
 
 @pytest.mark.anyio
-async def test_the_dependency_report_on_postgresql_says_it_is_not_covered(
-    make_settings: Callable[..., Settings],
+@pytest.mark.parametrize(
+    ("environment", "status"), [("development", Status.passed), ("production", Status.warn)]
+)
+async def test_the_dependency_report_on_postgresql_without_backup_settings(
+    make_settings: Callable[..., Settings], environment: str, status: Status
 ) -> None:
-    settings = make_settings(database={"url": "postgresql+asyncpg://renum@127.0.0.1:9/renum"})
+    settings = make_settings(environment=environment, database={"url": PG_URL})
     context = CheckContext(settings=settings, database=None)  # type: ignore[arg-type]  # the check never touches the database
     (outcome,) = await BackupCheck().run(context)
-    assert outcome.status == Status.passed
-    assert "not covered" in outcome.message
+    assert outcome.status == status
+    assert "RENUM_BACKUPS__DIRECTORY" in outcome.message
 
 
 # --- continuous replication with Litestream -------------------------------------------------

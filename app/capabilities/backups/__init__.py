@@ -11,6 +11,12 @@ restores one over the database file. ``renum backup`` drives it from the command
 With ``backups.replica_directory`` set, Litestream replicates the database continuously
 (``replication``), and a restore can go back to any moment the replica covers.
 
+On PostgreSQL, ``PostgresCatalogue`` (``postgres``) drives pgBackRest: full, differential and
+incremental backups and WAL archiving into an encrypted repository, each backup verified by
+recovering it to its restore point in a throwaway server, and restores to a backup, to any
+moment the archived WAL covers, or to the latest state. The manifests look the same to the
+watch and to ``renum backup list``.
+
 In the server, the capability runs a ``BackupWatch``: scheduled backups
 (``backups.every_hours``), the age of the newest verified backup and the result of the last
 verification on ``/metrics`` and ``/health/dependencies``, and an alert while it is too old or
@@ -29,6 +35,7 @@ from app.capabilities.backups.catalogue import (
     Verification,
     catalogue_for,
 )
+from app.capabilities.backups.postgres import PostgresCatalogue
 from app.capabilities.backups.replication import Replication, ReplicationError
 from app.capabilities.backups.watch import BackupStatus, BackupWatch, assess
 from app.capabilities.base import AppContext, Capability
@@ -44,6 +51,7 @@ __all__ = [
     "BackupError",
     "BackupStatus",
     "BackupWatch",
+    "PostgresCatalogue",
     "Replication",
     "ReplicationError",
     "Verification",
@@ -54,11 +62,8 @@ __all__ = [
 
 @asynccontextmanager
 async def running(context: AppContext) -> AsyncIterator[None]:
-    """The watch over the SQLite database's backups (PostgreSQL: nothing yet)."""
+    """The watch over the database's backups (and Litestream's replication of SQLite)."""
     app = context.app
-    if not context.settings.database.is_sqlite:
-        yield
-        return
 
     def current() -> Settings:
         settings: Settings = app.state.settings  # live: a reload replaces it
@@ -66,7 +71,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
     try:
         catalogue = catalogue_for(context.settings)
-    except BackupError as exc:  # an in-memory database, or a file: URI: nothing to watch
+    except BackupError as exc:  # in memory, a file: URI, PostgreSQL without settings
         log.warning("backups_not_watched", reason=str(exc))
         yield
         return
@@ -90,6 +95,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
 CAPABILITY = Capability(
     name="backups",
-    summary="Scheduled SQLite backups; their age and last verification watched and alerted.",
+    summary="Backups (SQLite snapshots, pgBackRest for PostgreSQL); their age and last "
+    "verification watched and alerted.",
     running=running,
 )

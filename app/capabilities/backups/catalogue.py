@@ -10,6 +10,7 @@ readable by their owner only: they hold password hashes and sealed provider keys
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -53,6 +54,10 @@ class Verification:
 
     def as_dict(self) -> dict[str, Any]:
         return {"at": self.at.isoformat(), "passed": self.passed, "problems": list(self.problems)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verification:
+        return cls(at=_aware(data["at"]), problems=tuple(str(p) for p in data["problems"]))
 
 
 @dataclass(frozen=True)
@@ -110,40 +115,14 @@ def _aware(text: str) -> datetime:
     return moment
 
 
-def _read_manifest(path: Path) -> Backup:
-    """The backup the manifest at ``path`` (named ``<id>.json``) describes; its file is always
-    ``<id>.db`` beside it, whatever the manifest says."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data["id"] != path.stem or data["file"] != f"{path.stem}.db":
-            raise ValueError("its id or file does not match its name")
-        checked = data.get("verification")
-        return Backup(
-            id=path.stem,
-            taken_at=_aware(data["taken_at"]),
-            path=path.with_suffix(".db"),
-            size=int(data["size"]),
-            sha256=str(data["sha256"]),
-            facts=DatabaseFacts.from_dict(data),
-            verification=Verification(at=_aware(checked["at"]), problems=tuple(checked["problems"]))
-            if checked
-            else None,
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BackupError(f"unreadable manifest {path}: {exc}") from None
+class ManifestCatalogue:
+    """A directory of manifests ``<id>.json``, one per backup, and the lock that keeps two
+    processes from changing it at once; what a manifest describes is the subclass's."""
 
+    engine = ""
 
-class BackupCatalogue:
-    """The backups of the SQLite database at ``database`` kept in ``directory`` (at most
-    ``keep`` of them), and its continuous replica in ``replica`` if there is one."""
-
-    def __init__(
-        self, database: Path, directory: Path, keep: int, replica: Path | None = None
-    ) -> None:
-        self.database = database
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.keep = keep
-        self.replica = replica
         self.unreadable: list[str] = []  # manifests the last listing could not read
 
     @contextlib.contextmanager
@@ -161,6 +140,82 @@ class BackupCatalogue:
                 yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _parse(self, path: Path, data: dict[str, Any]) -> Any:
+        """The backup the manifest ``data`` read from ``path`` describes."""
+        raise NotImplementedError
+
+    def _read_manifest(self, path: Path) -> Any:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data["id"] != path.stem or data.get("engine", "sqlite") != self.engine:
+                raise ValueError("its id or engine does not match")
+            return self._parse(path, data)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackupError(f"unreadable manifest {path}: {exc}") from None
+
+    def backups(self) -> list[Any]:
+        """Every backup with a readable manifest, newest first (``unreadable`` lists the
+        others)."""
+        self.unreadable = []
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in sorted(self.directory.glob("*.json")):
+            if not ID.match(path.stem):
+                continue  # not one of the catalogue's files
+            try:
+                found.append(self._read_manifest(path))
+            except BackupError as exc:
+                self.unreadable.append(str(exc))
+        return sorted(found, key=lambda backup: backup.taken_at, reverse=True)
+
+    def find(self, backup_id: str | None = None, *, at_or_before: datetime | None = None) -> Any:
+        """The backup ``backup_id``; else the newest taken at or before ``at_or_before``; else
+        the newest."""
+        backups = self.backups()
+        if backup_id is not None:
+            for backup in backups:
+                if backup.id == backup_id:
+                    return backup
+            raise BackupError(f"no backup {backup_id} in {self.directory}")
+        if at_or_before is not None:
+            backups = [b for b in backups if b.taken_at <= at_or_before]
+            if not backups:
+                raise BackupError(f"no backup taken at or before {at_or_before.isoformat()}")
+        if not backups:
+            raise BackupError(f"no backup in {self.directory}: take one with `renum backup run`")
+        return backups[0]
+
+
+class BackupCatalogue(ManifestCatalogue):
+    """The backups of the SQLite database at ``database`` kept in ``directory`` (at most
+    ``keep`` of them), and its continuous replica in ``replica`` if there is one."""
+
+    engine = "sqlite"
+
+    def __init__(
+        self, database: Path, directory: Path, keep: int, replica: Path | None = None
+    ) -> None:
+        super().__init__(directory)
+        self.database = database
+        self.keep = keep
+        self.replica = replica
+
+    def _parse(self, path: Path, data: dict[str, Any]) -> Backup:
+        """A backup's file is always ``<id>.db`` beside its manifest, whatever it says."""
+        if data["file"] != f"{path.stem}.db":
+            raise ValueError("its file does not match its name")
+        checked = data.get("verification")
+        return Backup(
+            id=path.stem,
+            taken_at=_aware(data["taken_at"]),
+            path=path.with_suffix(".db"),
+            size=int(data["size"]),
+            sha256=str(data["sha256"]),
+            facts=DatabaseFacts.from_dict(data),
+            verification=Verification.from_dict(checked) if checked else None,
+        )
 
     def run(self, now: datetime | None = None) -> Backup:
         """Take a backup now, record it, and remove the oldest beyond ``keep`` (never the
@@ -195,39 +250,6 @@ class BackupCatalogue:
             old.manifest_path.unlink(missing_ok=True)
         return backup
 
-    def backups(self) -> list[Backup]:
-        """Every backup with a readable manifest, newest first (``unreadable`` lists the
-        others)."""
-        self.unreadable = []
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for path in sorted(self.directory.glob("*.json")):
-            if not ID.match(path.stem):
-                continue  # not one of the catalogue's files
-            try:
-                found.append(_read_manifest(path))
-            except BackupError as exc:
-                self.unreadable.append(str(exc))
-        return sorted(found, key=lambda backup: backup.taken_at, reverse=True)
-
-    def find(self, backup_id: str | None = None, *, at_or_before: datetime | None = None) -> Backup:
-        """The backup ``backup_id``; else the newest taken at or before ``at_or_before``; else
-        the newest."""
-        backups = self.backups()
-        if backup_id is not None:
-            for backup in backups:
-                if backup.id == backup_id:
-                    return backup
-            raise BackupError(f"no backup {backup_id} in {self.directory}")
-        if at_or_before is not None:
-            backups = [b for b in backups if b.taken_at <= at_or_before]
-            if not backups:
-                raise BackupError(f"no backup taken at or before {at_or_before.isoformat()}")
-        if not backups:
-            raise BackupError(f"no backup in {self.directory}: take one with `renum backup run`")
-        return backups[0]
-
     def verify(self, backup: Backup, now: datetime | None = None) -> Verification:
         """Restore ``backup`` into a throwaway file and check it against its manifest: the
         file's size and SHA-256, SQLite's integrity check, the migration revision, every
@@ -240,7 +262,7 @@ class BackupCatalogue:
                 shutil.copyfile(backup.path, restored)
                 problems = self._problems(backup, restored)
         verification = Verification(at=now or datetime.now(UTC), problems=tuple(problems))
-        recorded = Backup(**{**backup.__dict__, "verification": verification})
+        recorded = dataclasses.replace(backup, verification=verification)
         _write_atomically(backup.manifest_path, json.dumps(recorded.manifest(), indent=2))
         return verification
 
@@ -330,16 +352,21 @@ class BackupCatalogue:
         return kept
 
 
-def catalogue_for(settings: Settings) -> BackupCatalogue:
-    """The catalogue of the configured database (SQLite only, so far)."""
+def catalogue_for(settings: Settings) -> Any:
+    """The catalogue of the configured database: ``BackupCatalogue`` (SQLite) or
+    ``PostgresCatalogue`` (pgBackRest)."""
+    section = settings.backups
     if not settings.database.is_sqlite:
-        raise BackupError(
-            "backups of PostgreSQL are not available yet: use the PostgreSQL tools you trust "
-            "(pg_dump, pgBackRest) meanwhile; `renum backup` covers the SQLite database"
-        )
+        from app.capabilities.backups.postgres import PostgresCatalogue
+
+        if section.directory is None:
+            raise BackupError(
+                "backups of PostgreSQL need RENUM_BACKUPS__DIRECTORY (where Renum keeps their "
+                "manifests and pgBackRest's configuration)"
+            )
+        return PostgresCatalogue(settings.database.url, section.directory, section)
     database = sqlite_file_path(make_url(settings.database.url))
     if database is None:
         raise BackupError("the SQLite database is in memory or a file: URI; nothing to back up")
-    section = settings.backups
     directory = section.directory or database.parent / "backups"
     return BackupCatalogue(database, directory, section.keep, section.replica_directory)

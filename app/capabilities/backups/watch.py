@@ -148,7 +148,7 @@ class BackupWatch:
                 return None
             backup = self.catalogue.run(now)
             verification = self.catalogue.verify(backup, now)
-            return Backup(**{**backup.__dict__, "verification": verification})
+            return replace(backup, verification=verification)
 
     async def tick(self, now: datetime | None = None) -> BackupStatus:
         """One look: the scheduled backup if it is due, then the judgement, its figures and

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
@@ -1085,6 +1085,8 @@ def _default(info: Any) -> str:
         return "a development value (set it)"
     if isinstance(value, Enum):
         value = value.value
+    if isinstance(value, PurePath):
+        value = str(value)
     if isinstance(value, dict | list):
         return code(value) if value else "empty"
     return code(value)

@@ -1,0 +1,481 @@
+"""Backups of PostgreSQL with pgBackRest: full, differential and incremental backups and
+continuous WAL archiving into a repository encrypted at rest (AES-256-CBC, the passphrase
+from ``backups.cipher_key``), kept by pgBackRest's retention policy.
+
+Renum writes pgBackRest's configuration from its settings (``pgbackrest.conf`` in the backups
+directory, readable by the database's owner only) and drives it; PostgreSQL archives its WAL
+with the ``archive_command`` that ``archive_command()`` gives (``renum backup setup`` prints
+it). After each backup, Renum reads the database's facts while its tables are locked against
+writes and creates a restore point in the log at that very moment
+(``app.db.postgres_snapshots``); the manifest ``<id>.json`` records the backup's label, the
+restore point and the facts.
+
+A verification restores the backup into a throwaway data directory, replays the archived WAL
+to the restore point in a throwaway server (its own socket directory, no TCP port, its own
+configuration and ``trust`` access), and compares the facts read there with the manifest;
+pgBackRest's ``verify`` checks every file of the repository against its checksum first.
+
+Run as root, pgBackRest and the throwaway server run as the owner of the data directory, as
+PostgreSQL itself does, and the files Renum writes for them are given to that owner."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from app.capabilities.backups.catalogue import (
+    ID_FORMAT,
+    MANIFEST_VERSION,
+    BackupError,
+    ManifestCatalogue,
+    Verification,
+    _aware,
+    _write_atomically,
+)
+from app.core.config import BackupSettings
+from app.db.postgres_snapshots import in_recovery, mark_restore_point, read_facts
+from app.db.snapshots import DatabaseFacts, SnapshotError
+
+PROGRAM = "pgbackrest"
+KINDS = ("full", "diff", "incr")
+CONFIG_FILE = "pgbackrest.conf"
+RECOVERY_TIMEOUT = 3600.0  # a throwaway server replaying a large backup's WAL
+COMMAND_TIMEOUT = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The operating-system user PostgreSQL runs as, when Renum runs as root."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, data_directory: Path) -> Owner | None:
+        """The owner of ``data_directory`` if this process is root and it is another user's
+        (else None: everything runs as this process)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            found = data_directory.stat()
+        except FileNotFoundError:  # a lost disk: the directory's parent tells
+            found = data_directory.parent.stat()
+        return None if found.st_uid == 0 else cls(found.st_uid, found.st_gid)
+
+    def adopt(self, path: Path) -> None:
+        os.chown(path, self.uid, self.gid)
+
+    def run_as(self) -> dict[str, Any]:
+        """``subprocess`` arguments that run a child as this user."""
+        try:
+            home = pwd.getpwuid(self.uid).pw_dir
+        except KeyError:  # a user without a name
+            home = "/"
+        return {"user": self.uid, "group": self.gid, "extra_groups": [], "env": _env(home)}
+
+
+def _env(home: str | None = None) -> dict[str, str]:
+    """A child's environment: the search path and a home, nothing of Renum's (its settings
+    hold secrets)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    env["HOME"] = home or os.environ.get("HOME", "/")
+    return env
+
+
+@dataclass(frozen=True)
+class PostgresBackup:
+    """One pgBackRest backup as Renum's manifest describes it."""
+
+    id: str
+    taken_at: datetime
+    label: str  # pgBackRest's name of the backup
+    kind: str  # full, diff or incr
+    size: int  # bytes of the database it holds
+    stored: int  # bytes it added to the repository (compressed, encrypted)
+    restore_point: str
+    facts: DatabaseFacts
+    manifest_path: Path
+    verification: Verification | None = None
+
+    @property
+    def where(self) -> str:
+        return f"pgBackRest {self.kind} backup {self.label}"
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "id": self.id,
+            "taken_at": self.taken_at.isoformat(),
+            "engine": "postgresql",
+            "label": self.label,
+            "type": self.kind,
+            "size": self.size,
+            "stored": self.stored,
+            "restore_point": self.restore_point,
+            **self.facts.as_dict(),
+            "verification": self.verification.as_dict() if self.verification else None,
+        }
+
+
+def repository_problems(said: str) -> list[str]:
+    """What pgBackRest's ``verify --output=text`` found wrong in the repository: its findings
+    after ``status: error`` (a file failing its checksum, WAL missing or unreadable), one per
+    backup or archive it names; nothing when it found nothing."""
+    lines = [line.strip() for line in said.splitlines()]
+    if "status: error" not in lines:
+        return []
+    findings: list[str] = []
+    for line in lines[lines.index("status: error") + 1 :]:
+        if line.startswith(("backup:", "archiveId:")):
+            findings.append(line)
+        elif line and findings:
+            findings[-1] += f"; {line}"
+    return [f"pgBackRest verify: {finding}" for finding in findings] or [
+        "pgBackRest verify found the repository in error"
+    ]
+
+
+class PostgresCatalogue(ManifestCatalogue):
+    """The pgBackRest backups of the PostgreSQL database at ``url`` (data directory
+    ``database``), with Renum's manifests in ``directory``."""
+
+    engine = "postgresql"
+    replica = None
+
+    def __init__(self, url: str, directory: Path, section: BackupSettings) -> None:
+        super().__init__(directory)
+        if section.postgres_data_directory is None or section.cipher_key is None:
+            raise BackupError(
+                "backups of PostgreSQL need RENUM_BACKUPS__POSTGRES_DATA_DIRECTORY (pgBackRest "
+                "runs on the database's host) and RENUM_BACKUPS__CIPHER_KEY (the repository is "
+                "encrypted)"
+            )
+        self.url = url
+        self.key = section.cipher_key
+        self.database = section.postgres_data_directory
+        self.section = section
+        self.repository = section.repository or directory / "repository"
+        self.config = directory / CONFIG_FILE
+
+    # --- pgBackRest --------------------------------------------------------------------
+
+    @property
+    def owner(self) -> Owner | None:
+        return Owner.of(self.database)
+
+    def archive_command(self) -> str:
+        """The ``archive_command`` PostgreSQL must run to archive its WAL into the repository."""
+        return f"{PROGRAM} --config={self.config} --stanza={self.section.stanza} archive-push %p"
+
+    def _config_text(self) -> str:
+        section = self.section
+        url = make_url(self.url)
+        lines = [
+            "[global]",
+            f"repo1-path={self.repository}",
+            "repo1-cipher-type=aes-256-cbc",
+            f"repo1-cipher-pass={self.key.get_secret_value()}",
+            f"repo1-retention-full={section.retention_full}",
+            f"repo1-retention-diff={section.retention_diff}",
+            f"log-path={self.directory / 'log'}",
+            f"lock-path={self.directory / 'lock'}",
+            f"spool-path={self.directory / 'spool'}",
+            "log-level-console=warn",
+            "log-level-stderr=off",
+            "log-level-file=info",
+            "start-fast=y",
+            "compress-type=zst",
+            "",
+            f"[{section.stanza}]",
+            f"pg1-path={self.database}",
+            f"pg1-port={url.port or 5432}",
+            f"pg1-socket-path={section.postgres_socket_directory}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def configure(self) -> None:
+        """Write pgBackRest's configuration from the settings (when it changed)."""
+        owner = self.owner
+        for directory in (self.directory, self.repository, self.directory / "log"):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if owner is not None:
+                owner.adopt(directory)
+        text = self._config_text()
+        if not self.config.is_file() or self.config.read_text(encoding="utf-8") != text:
+            _write_atomically(self.config, text)
+        if owner is not None:
+            owner.adopt(self.config)
+
+    def prepare(self) -> None:
+        """Write pgBackRest's configuration and make sure the repository has the stanza
+        (both idempotent)."""
+        self.configure()
+        self.pgbackrest("stanza-create")
+
+    def pgbackrest(self, command: str, *options: str) -> str:
+        """Run pgBackRest's ``command`` on the stanza and return what it printed; a failure
+        raises ``BackupError`` with pgBackRest's own message."""
+        owner = self.owner
+        arguments = [PROGRAM, f"--config={self.config}", f"--stanza={self.section.stanza}"]
+        extra = owner.run_as() if owner is not None else {"env": _env()}
+        try:
+            done: subprocess.CompletedProcess[str] = subprocess.run(  # noqa: S603 - a fixed program, arguments built here
+                [*arguments, *options, command],
+                capture_output=True,
+                text=True,
+                errors="replace",  # a message may quote bytes a wrong key decrypted
+                timeout=COMMAND_TIMEOUT,
+                cwd="/",
+                check=False,
+                **extra,
+            )
+        except FileNotFoundError:
+            raise BackupError(
+                "pgBackRest is not installed: `apt-get install pgbackrest` (Debian)"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise BackupError(f"pgBackRest {command} did not finish within its time") from None
+        if done.returncode != 0:
+            said = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+            raise BackupError(f"pgBackRest {command} failed: " + " / ".join(said))
+        return done.stdout
+
+    def info(self) -> dict[str, Any]:
+        """pgBackRest's description of the stanza (its backups, archive, status)."""
+        try:  # not strict: a message may quote control characters a wrong key decrypted
+            found = json.loads(self.pgbackrest("info", "--output=json"), strict=False)
+        except ValueError:
+            raise BackupError("pgBackRest info failed: it printed no readable answer") from None
+        for stanza in found:
+            if stanza.get("name") != self.section.stanza:
+                continue
+            status = stanza.get("status", {})
+            if status.get("code") not in (0, 2):  # 2: no backup yet
+                said = "".join(c if c.isprintable() else "?" for c in str(status.get("message")))
+                for repo in stanza.get("repo", []):
+                    detail = repo.get("status", {}).get("message")
+                    if detail:
+                        said = "".join(c if c.isprintable() else "?" for c in str(detail))
+                raise BackupError(f"pgBackRest info failed: the repository says {said[:300]}")
+            return dict(stanza)
+        raise BackupError(f"the repository holds no stanza {self.section.stanza}")
+
+    # --- the catalogue -----------------------------------------------------------------
+
+    def _parse(self, path: Path, data: dict[str, Any]) -> PostgresBackup:
+        checked = data.get("verification")
+        if data["type"] not in KINDS:
+            raise ValueError(f"unknown backup type {data['type']!r}")
+        return PostgresBackup(
+            id=path.stem,
+            taken_at=_aware(data["taken_at"]),
+            label=str(data["label"]),
+            kind=data["type"],
+            size=int(data["size"]),
+            stored=int(data["stored"]),
+            restore_point=str(data["restore_point"]),
+            facts=DatabaseFacts.from_dict(data),
+            manifest_path=path,
+            verification=Verification.from_dict(checked) if checked else None,
+        )
+
+    def _record(self, backup: PostgresBackup) -> None:
+        _write_atomically(backup.manifest_path, json.dumps(backup.manifest(), indent=2))
+        if self.owner is not None:
+            self.owner.adopt(backup.manifest_path)
+
+    def run(self, now: datetime | None = None, kind: str = "incr") -> PostgresBackup:
+        """Take a ``kind`` backup (an incremental one falls back to full when there is none
+        to build on), mark its restore point, have the WAL up to it archived, and record it;
+        manifests of backups pgBackRest's retention removed go too. Call it holding
+        ``exclusive``."""
+        if kind not in KINDS:
+            raise BackupError(f"unknown backup type {kind!r}: one of {', '.join(KINDS)}")
+        taken_at = now or datetime.now(UTC)
+        backup_id = taken_at.strftime(ID_FORMAT)
+        self.prepare()
+        self.pgbackrest("backup", f"--type={kind}")
+        made = self.info()["backup"][-1]
+        point = f"renum-{backup_id}"
+        try:
+            facts, _ = mark_restore_point(self.url, point)
+        except SnapshotError as exc:
+            raise BackupError(str(exc)) from None
+        self.pgbackrest("check")  # switches the WAL and waits until it is archived
+        backup = PostgresBackup(
+            id=backup_id,
+            taken_at=taken_at,
+            label=str(made["label"]),
+            kind=str(made["type"]),
+            size=int(made["info"]["size"]),
+            stored=int(made["info"]["repository"]["delta"]),
+            restore_point=point,
+            facts=facts,
+            manifest_path=self.directory / f"{backup_id}.json",
+        )
+        self._record(backup)
+        kept = {entry["label"] for entry in self.info()["backup"]}
+        for old in self.backups():
+            if old.label not in kept:  # expired by the retention policy
+                old.manifest_path.unlink(missing_ok=True)
+        return backup
+
+    def verify(self, backup: PostgresBackup, now: datetime | None = None) -> Verification:
+        """Check the repository's files, restore ``backup`` to its restore point in a
+        throwaway server, and compare what it holds with the manifest; the result is recorded
+        in the manifest."""
+        problems: list[str] = []
+        try:
+            self.prepare()
+            problems = repository_problems(self.pgbackrest("verify", "--output=text"))
+            if not problems:
+                with self._throwaway(backup) as url:
+                    problems = backup.facts.differences(read_facts(url))
+        except (BackupError, SnapshotError) as exc:
+            problems = [str(exc)]
+        verification = Verification(at=now or datetime.now(UTC), problems=tuple(problems))
+        self._record(dataclasses.replace(backup, verification=verification))
+        return verification
+
+    def _bin(self, program: str) -> Path:
+        directory = self.section.postgres_bin_directory
+        if directory is None:
+            major = self.info()["db"][-1]["version"]
+            directory = Path(f"/usr/lib/postgresql/{major}/bin")
+        path = directory / program
+        if not path.is_file():
+            raise BackupError(
+                f"{path} is missing: set RENUM_BACKUPS__POSTGRES_BIN_DIRECTORY to PostgreSQL's "
+                "programs"
+            )
+        return path
+
+    @contextlib.contextmanager
+    def _throwaway(self, backup: PostgresBackup) -> Iterator[str]:
+        """``backup`` restored to its restore point in a throwaway server; yields its URL."""
+        owner = self.owner
+        postgres = self._bin("postgres")
+        data = self.directory / f"verify-{backup.id}"
+        shutil.rmtree(data, ignore_errors=True)
+        socket = Path(tempfile.mkdtemp(prefix="renum-verify-"))  # a socket's path: <108 bytes
+        try:
+            data.mkdir(mode=0o700)
+            for path in (data, socket):
+                if owner is not None:
+                    owner.adopt(path)
+            self.pgbackrest(
+                "restore",
+                f"--pg1-path={data}",
+                f"--set={backup.label}",
+                "--type=name",
+                f"--target={backup.restore_point}",
+                "--target-action=promote",
+                "--archive-mode=off",
+                "--job-retry=0",  # a file that fails its checksum fails now, not thrice
+            )
+            config = socket / "postgresql.conf"
+            config.write_text(
+                "listen_addresses = ''\n"
+                f"unix_socket_directories = '{socket}'\n"
+                "port = 5432\nhot_standby = off\nfsync = off\narchive_mode = off\n"
+                "logging_collector = off\n",
+                encoding="utf-8",
+            )
+            access = socket / "pg_hba.conf"
+            access.write_text("local all all trust\n", encoding="utf-8")
+            log = socket / "server.log"
+            with log.open("wb") as output:
+                if owner is not None:
+                    for path in (config, access, log):
+                        owner.adopt(path)
+                server = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program
+                    [
+                        str(postgres), "-D", str(data),
+                        "-c", f"config_file={config}", "-c", f"hba_file={access}",
+                    ],
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    cwd="/",
+                    **(owner.run_as() if owner is not None else {"env": _env()}),
+                )  # fmt: skip
+            url = make_url(self.url)
+            target = (
+                f"postgresql://{url.username or 'postgres'}@/{url.database or 'postgres'}"
+                f"?host={socket}&port=5432"
+            )
+            try:
+                self._wait_until_promoted(server, target, log)
+                yield target
+            finally:
+                server.send_signal(signal.SIGINT)  # fast shutdown
+                try:
+                    server.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(socket, ignore_errors=True)
+
+    @staticmethod
+    def _wait_until_promoted(server: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                said = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+                worst = [line for line in said if "FATAL" in line or "PANIC" in line] or said
+                raise BackupError(
+                    "the throwaway server stopped while recovering: " + " / ".join(worst[-3:])
+                )
+            if in_recovery(url) is False:
+                return
+            time.sleep(0.2)
+        raise BackupError("the throwaway server did not finish recovering within its time")
+
+    def restore(self, backup: PostgresBackup | None = None, to: datetime | None = None) -> str:
+        """Restore into the (stopped) server's data directory: ``backup`` to its restore
+        point, or the state at ``to`` (point-in-time, from the archived WAL), or, with
+        neither, the latest state the archive holds. PostgreSQL finishes the recovery when it
+        is started. Returns what was restored, in words."""
+        if (self.database / "postmaster.pid").exists():
+            raise BackupError(f"PostgreSQL is running on {self.database}: stop it first")
+        if backup is not None and backup.verification and not backup.verification.passed:
+            raise BackupError(f"backup {backup.id} failed its last verification; not restored")
+        self.prepare_for_restore()
+        options = ["--delta"] if (self.database / "PG_VERSION").exists() else []
+        if backup is not None:
+            options += [f"--set={backup.label}", "--type=name", f"--target={backup.restore_point}"]
+            said = f"backup {backup.id} (as it was at {backup.taken_at.isoformat()})"
+        elif to is not None:
+            options += ["--type=time", f"--target={to.isoformat(sep=' ')}"]
+            said = f"the state at {to.isoformat()}"
+        else:
+            said = "the latest state the archive holds"
+        if backup is not None or to is not None:
+            options.append("--target-action=promote")
+        self.pgbackrest("restore", *options)
+        return said
+
+    def prepare_for_restore(self) -> None:
+        """The configuration written and the data directory present (a lost disk leaves
+        none), without touching the repository."""
+        self.database.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.owner is not None:
+            self.owner.adopt(self.database)
+        self.configure()
