@@ -172,7 +172,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    """Fast tests of single modules, no server (two pytest-xdist workers, one per core)."""
+    """Fast tests of single modules, no server (two pytest-xdist workers, one per core;
+    `systemd-analyze` checks the reference deployment's units)."""
+    debian_tool(session, "systemd-analyze", "systemd")
     run_pytest(
         session, "unit", "suites/unit", "--timeout=120", "-o", "faulthandler_timeout=110", workers=2
     )

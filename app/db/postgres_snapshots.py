@@ -2,10 +2,12 @@
 (``DatabaseFacts``: the migration revision, a checksum of the schema, each table's rows and
 checksum).
 
-``mark_restore_point(url, name)`` reads the facts of the live database and creates the named
-restore point in its write-ahead log while every table of the schema is locked against
-writes (``SHARE`` mode: readers go on, writers wait a moment), so the facts describe the
-database exactly as it is at that point of the log. A verification restores the backup to
+``mark_restore_point(url, name)`` creates the named restore point in the live database's
+write-ahead log while every table of the schema is locked against writes (``SHARE`` mode:
+readers go on, writers wait a few milliseconds), and takes a read snapshot in that same
+moment from a second connection; the facts are read from that snapshot after the lock is
+released, so they describe the database exactly as it is at that point of the log while
+writers go on. A verification restores the backup to
 that restore point in a throwaway server and reads ``read_facts(url)`` there.
 
 A table's checksum is the sum of the first 60 bits of each row's MD5 (over the row's text
@@ -64,20 +66,23 @@ async def _facts(connection: Any) -> DatabaseFacts:
 async def _connect(url: str) -> Any:
     try:
         return await asyncpg.connect(asyncpg_dsn(url), timeout=30)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise SnapshotError(f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from None
 
 
 async def _mark(url: str, name: str) -> tuple[DatabaseFacts, datetime]:
-    connection = await _connect(url)
+    locker, reader = await _connect(url), await _connect(url)
     try:
-        async with connection.transaction(isolation="repeatable_read"):
-            qualified = [row[0] for row in await connection.fetch(TABLES)]
-            if qualified:  # writers wait until the restore point is in the log
-                await connection.execute(f"LOCK TABLE {', '.join(qualified)} IN SHARE MODE")
-            facts = await _facts(connection)
-            await connection.execute("SELECT pg_create_restore_point($1)", name)
-            moment: datetime = await connection.fetchval("SELECT clock_timestamp()")
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            async with locker.transaction():
+                qualified = [row[0] for row in await locker.fetch(TABLES)]
+                if qualified:  # every writer before has committed and is visible; later ones wait
+                    await locker.execute(f"LOCK TABLE {', '.join(qualified)} IN SHARE MODE")
+                await reader.fetchval("SELECT 1")  # the reader's snapshot: this very state
+                await locker.execute("SELECT pg_create_restore_point($1)", name)
+                moment: datetime = await locker.fetchval("SELECT clock_timestamp()")
+            # The writers go on; the reader's snapshot still shows the restore point's state.
+            facts = await _facts(reader)
         return facts, moment
     except asyncpg.PostgresError as exc:
         hint = ""
@@ -88,12 +93,13 @@ async def _mark(url: str, name: str) -> tuple[DatabaseFacts, datetime]:
             )
         raise SnapshotError(f"cannot mark the backup's restore point: {exc}{hint}") from None
     finally:
-        await connection.close()
+        await locker.close()
+        await reader.close()
 
 
 def mark_restore_point(url: str, name: str) -> tuple[DatabaseFacts, datetime]:
-    """The facts of the database at ``url`` and the server's time, read while its tables are
-    locked against writes, at the restore point ``name`` created in the same moment."""
+    """Create the restore point ``name`` in the database at ``url``; return the database's
+    facts at that point and the server's time then."""
     return asyncio.run(_mark(url, name))
 
 
@@ -116,7 +122,7 @@ def read_facts(url: str) -> DatabaseFacts:
 async def _in_recovery(url: str) -> bool | None:
     try:
         connection = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
-    except (OSError, asyncpg.PostgresError):
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
     try:
         return bool(await connection.fetchval("SELECT pg_is_in_recovery()"))

@@ -687,6 +687,27 @@ async def test_the_dependency_report_on_postgresql_without_backup_settings(
     assert "RENUM_BACKUPS__DIRECTORY" in outcome.message
 
 
+@pytest.mark.anyio
+async def test_the_dependency_report_on_backups_this_process_may_not_read(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    section = {
+        "directory": str(tmp_path),
+        "cipher_key": KEY,
+        "postgres_data_directory": str(tmp_path / "data"),
+    }
+    settings = make_settings(database={"url": PG_URL}, backups=section)
+
+    def refused(self: object) -> list[object]:
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(PostgresCatalogue, "backups", refused)
+    context = CheckContext(settings=settings, database=None)  # type: ignore[arg-type]  # the check never touches the database
+    (outcome,) = await BackupCheck().run(context)
+    assert outcome.status == Status.warn
+    assert outcome.message.startswith("the backups cannot be read: ")
+
+
 # --- continuous replication with Litestream -------------------------------------------------
 
 

@@ -68,6 +68,9 @@ class BackupCheck(HealthCheck):
                     message = f"not configured here: {exc}"
                     return [CheckOutcome("backups", Status.passed, message)]
                 return [CheckOutcome("backups", Status.warn, str(exc), fix=self._fix())]
+            except OSError as exc:  # a directory this process may not read
+                said = f"the backups cannot be read: {exc}"
+                return [CheckOutcome("backups", Status.warn, said, fix=self._fix())]
             now = datetime.now(UTC)
             status = assess(
                 backups, now, settings.backups.max_age_hours, expected=expected(settings)
