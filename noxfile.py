@@ -337,7 +337,14 @@ def browser(session: nox.Session) -> None:
 def drills(session: nox.Session) -> None:
     """The long drills in suites/drills (not in the default run; CI runs them after it), with a
     JUnit report. Not measured by coverage: drills add confidence, not coverage, so they neither
-    feed the 90% gate nor need to have run for it."""
+    feed the 90% gate nor need to have run for it. The backup drills need `pgbackrest`, the
+    failover drill Patroni and etcd (Debian's `patroni` and `etcd-server`)."""
+    for command, package in (
+        ("pgbackrest", "pgbackrest"),
+        ("patroni", "patroni"),
+        ("etcd", "etcd-server"),
+    ):
+        debian_tool(session, command, package)
     env: dict[str, str | None] = {**shared_env(session)}
     if not any((ROOT / "suites" / "drills").rglob("test_*.py")):
         session.skip("suites/drills holds no drills yet")

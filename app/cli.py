@@ -579,6 +579,7 @@ def backup_setup() -> None:
     )
     typer.echo("archive_mode = on")
     typer.echo(f"archive_command = '{catalogue.archive_command()}'")
+    typer.echo("archive_timeout = 5  # seconds: the last writes of a quiet server archived too")
 
 
 @backup_cli.command("run")
@@ -693,6 +694,14 @@ def backup_restore(
             "state the archive or the replica holds, else the newest backup.",
         ),
     ] = None,
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            "--into",
+            help="PostgreSQL: restore into this empty data directory instead (a copy to read "
+            "from, e.g. an account deleted by mistake; it never archives into the repository).",
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Confirm: the database's data is replaced.")
     ] = False,
@@ -707,8 +716,15 @@ def backup_restore(
     moment = _timestamp(to)
     catalogue = _backups()
     if catalogue.engine == "postgresql":
-        _restore_postgres(catalogue, backup_id, moment, yes=yes)
+        _restore_postgres(catalogue, backup_id, moment, into, yes=yes)
         return
+    if into is not None:
+        err.print(
+            "[bold red]--into is for PostgreSQL:[/] on SQLite, restore into a copy by pointing "
+            "RENUM_DATABASE__URL at another file.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
     if backup_id is None and catalogue.replica is not None:
         _restore_replica(catalogue, moment, yes=yes)
         return
@@ -726,20 +742,26 @@ def backup_restore(
         out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
 
 
-def _restore_postgres(catalogue: Any, backup_id: str | None, moment: Any, *, yes: bool) -> None:
-    """``renum backup restore`` on PostgreSQL: into the stopped server's data directory."""
+def _restore_postgres(
+    catalogue: Any, backup_id: str | None, moment: Any, into: Path | None, *, yes: bool
+) -> None:
+    """``renum backup restore`` on PostgreSQL: into the stopped server's data directory, or
+    into an empty one for a copy."""
     backup = None if backup_id is None else _backup_step(lambda: catalogue.find(backup_id))
+    target = into or catalogue.database
     if not yes:
-        err.print(
-            f"[bold red]This replaces the data in {catalogue.database}:[/] stop PostgreSQL, "
-            "then run again with --yes.",
-            soft_wrap=True,
+        what = (
+            f"This restores a copy into {target}:[/] run again with --yes."
+            if into
+            else f"This replaces the data in {target}:[/] stop PostgreSQL, then run again with "
+            "--yes."
         )
+        err.print(f"[bold red]{what}", soft_wrap=True)
         raise typer.Exit(2)
-    said = _backup_step(lambda: catalogue.restore(backup, moment), catalogue)
+    said = _backup_step(lambda: catalogue.restore(backup, moment, into), catalogue)
     out.print(
-        f"Restored {said} into {catalogue.database}: start PostgreSQL; it replays the archived "
-        "WAL to that point and then accepts writes.",
+        f"Restored {said} into {target}: start PostgreSQL on it; it replays the archived WAL "
+        "to that point and then accepts writes.",
         soft_wrap=True,
     )
 

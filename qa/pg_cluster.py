@@ -81,6 +81,13 @@ class PrivateCluster:
 
     def init(self) -> PrivateCluster:
         self._run(str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self.configure()
+        return self
+
+    def configure(self) -> None:
+        """Append this cluster's port, socket and settings to its configuration (the last
+        value of a setting wins: a data directory restored from another cluster takes this
+        one's place with it)."""
         lines = {
             "port": str(self.port),
             "listen_addresses": "'127.0.0.1'",
@@ -90,7 +97,6 @@ class PrivateCluster:
         }
         with (self.data / "postgresql.conf").open("a", encoding="utf-8") as config:
             config.writelines(f"{name} = {value}\n" for name, value in lines.items())
-        return self
 
     def start(self, *, writable: bool = True) -> None:
         """Start the server; with ``writable``, return once it takes writes (a recovering

@@ -67,10 +67,13 @@ class PoolStats:
 # The driver errors (by class, or a base class, as asyncpg names them) that mean the server
 # went away or cannot take the connection, rather than refusing a statement: SQLSTATE class 08
 # (PostgresConnectionError and its subclasses), a connection closed under an operation, the
-# server shutting down or starting (57P01-57P03), and no connection slot left (53300).
+# server shutting down or starting (57P01-57P03), no connection slot left (53300), and, with
+# a multi-host URL (``target_session_attrs=read-write``), every host answering but none taking
+# writes (a failover between the old primary's demotion and the replica's promotion).
 DRIVER_CONNECTION_ERRORS = frozenset(
     {
         "PostgresConnectionError",
+        "TargetServerAttributeNotMatched",
         "ConnectionDoesNotExistError",
         "AdminShutdownError",
         "CrashShutdownError",

@@ -520,12 +520,19 @@ def test_a_postgresql_restore_refuses_a_running_server_and_a_failed_backup(
         catalogue.restore(failed)
     with pytest.raises(BackupError, match="unknown backup type"):
         catalogue.run(kind="everything")
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "something").write_text("")
+    with pytest.raises(BackupError, match="is not empty"):
+        catalogue.restore(into=tmp_path / "copy")
 
 
 def test_the_sqlite_command_has_no_backup_types_and_needs_no_setup(database: Path) -> None:
     result = runner.invoke(cli, ["backup", "run", "--type", "full"])
     assert result.exit_code == 2
     assert "--type is for PostgreSQL" in flat(result.stderr)
+    result = runner.invoke(cli, ["backup", "restore", "--into", str(database.parent), "--yes"])
+    assert result.exit_code == 2
+    assert "--into is for PostgreSQL" in flat(result.stderr)
     result = runner.invoke(cli, ["backup", "setup"])
     assert result.exit_code == 0
     assert "SQLite needs no setup" in result.stdout

@@ -95,6 +95,10 @@ class ConnectionDoesNotExistError(Exception):
     """Named as asyncpg names it: the classification goes by class name, not by import."""
 
 
+class TargetServerAttributeNotMatched(Exception):
+    """asyncpg's answer when every host of a multi-host URL answers and none takes writes."""
+
+
 def wrapped(orig: BaseException) -> DBAPIError:
     return DBAPIError("select 1", None, orig)
 
@@ -107,6 +111,7 @@ def wrapped(orig: BaseException) -> DBAPIError:
         (ConnectionFailed("cannot connect"), True),
         (wrapped(ConnectionDoesNotExistError("closed in the middle of operation")), True),
         (wrapped(ConnectionResetError()), True),
+        (TargetServerAttributeNotMatched("None of the hosts match"), True),
         (DBAPIError("select 1", None, Cause(), connection_invalidated=True), True),
         (IntegrityError("insert", None, Cause("duplicate key")), False),
         (ValueError("not a database error"), False),

@@ -11,11 +11,11 @@ restores one over the database file. ``renum backup`` drives it from the command
 With ``backups.replica_directory`` set, Litestream replicates the database continuously
 (``replication``), and a restore can go back to any moment the replica covers.
 
-On PostgreSQL, ``PostgresCatalogue`` (``postgres``) drives pgBackRest: full, differential and
-incremental backups and WAL archiving into an encrypted repository, each backup verified by
-recovering it to its restore point in a throwaway server, and restores to a backup, to any
-moment the archived WAL covers, or to the latest state. The manifests look the same to the
-watch and to ``renum backup list``.
+On PostgreSQL, ``postgres.PostgresCatalogue`` (imported only there: it needs asyncpg)
+drives pgBackRest: full, differential and incremental backups and WAL archiving into an
+encrypted repository, each backup verified by recovering it to its restore point in a
+throwaway server, and restores to a backup, to any moment the archived WAL covers, or to the
+latest state. The manifests look the same to the watch and to ``renum backup list``.
 
 In the server, the capability runs a ``BackupWatch``: scheduled backups
 (``backups.every_hours``), the age of the newest verified backup and the result of the last
@@ -35,7 +35,6 @@ from app.capabilities.backups.catalogue import (
     Verification,
     catalogue_for,
 )
-from app.capabilities.backups.postgres import PostgresCatalogue
 from app.capabilities.backups.replication import Replication, ReplicationError
 from app.capabilities.backups.watch import BackupStatus, BackupWatch, assess
 from app.capabilities.base import AppContext, Capability
@@ -51,7 +50,6 @@ __all__ = [
     "BackupError",
     "BackupStatus",
     "BackupWatch",
-    "PostgresCatalogue",
     "Replication",
     "ReplicationError",
     "Verification",

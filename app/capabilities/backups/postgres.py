@@ -448,17 +448,34 @@ class PostgresCatalogue(ManifestCatalogue):
             time.sleep(0.2)
         raise BackupError("the throwaway server did not finish recovering within its time")
 
-    def restore(self, backup: PostgresBackup | None = None, to: datetime | None = None) -> str:
-        """Restore into the (stopped) server's data directory: ``backup`` to its restore
-        point, or the state at ``to`` (point-in-time, from the archived WAL), or, with
-        neither, the latest state the archive holds. PostgreSQL finishes the recovery when it
-        is started. Returns what was restored, in words."""
-        if (self.database / "postmaster.pid").exists():
-            raise BackupError(f"PostgreSQL is running on {self.database}: stop it first")
+    def restore(
+        self,
+        backup: PostgresBackup | None = None,
+        to: datetime | None = None,
+        into: Path | None = None,
+    ) -> str:
+        """Restore into the (stopped) server's data directory, or ``into`` another, empty one
+        (a copy to read from, which never archives into the repository): ``backup`` to its
+        restore point, or the state at ``to`` (point-in-time, from the archived WAL), or,
+        with neither, the latest state the archive holds. PostgreSQL finishes the recovery
+        when it is started. Returns what was restored, in words."""
+        target = into or self.database
+        if (target / "postmaster.pid").exists():
+            raise BackupError(f"PostgreSQL is running on {target}: stop it first")
+        if into is not None and into.exists() and any(into.iterdir()):
+            raise BackupError(f"{into} is not empty: a copy goes into an empty directory")
         if backup is not None and backup.verification and not backup.verification.passed:
             raise BackupError(f"backup {backup.id} failed its last verification; not restored")
-        self.prepare_for_restore()
-        options = ["--delta"] if (self.database / "PG_VERSION").exists() else []
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = self.owner
+        if owner is not None:
+            owner.adopt(target)
+        self.configure()
+        options = [f"--pg1-path={target}"]
+        if (target / "PG_VERSION").exists():
+            options.append("--delta")  # only the files that differ
+        if into is not None:
+            options.append("--archive-mode=off")
         if backup is not None:
             options += [f"--set={backup.label}", "--type=name", f"--target={backup.restore_point}"]
             said = f"backup {backup.id} (as it was at {backup.taken_at.isoformat()})"
@@ -471,11 +488,3 @@ class PostgresCatalogue(ManifestCatalogue):
             options.append("--target-action=promote")
         self.pgbackrest("restore", *options)
         return said
-
-    def prepare_for_restore(self) -> None:
-        """The configuration written and the data directory present (a lost disk leaves
-        none), without touching the repository."""
-        self.database.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.owner is not None:
-            self.owner.adopt(self.database)
-        self.configure()
