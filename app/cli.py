@@ -83,14 +83,16 @@ def read_settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, holds_secrets: bool = True, **overrides: Any) -> Settings:
     """The settings, refused (exit code 2, every problem listed) when unsafe for their
-    environment or when the database URL's driver is not installed."""
+    environment (unless the command ``holds_secrets`` not: it neither serves, signs nor
+    unseals anything) or when the database URL's driver is not installed."""
     from app.db.database import missing_driver
 
     settings = read_settings(**overrides)
     try:
-        refuse_unsafe(settings, setting_sources(Settings))
+        if holds_secrets:
+            refuse_unsafe(settings, setting_sources(Settings))
     except UnsafeConfiguration as exc:
         err.print(f"[bold red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
@@ -152,7 +154,8 @@ def serve(
     the configuration (with several workers: validated once, then applied by every worker)."""
     import uvicorn
 
-    settings = load_settings(**({} if workers is None else {"workers": workers}))
+    overrides: dict[str, Any] = {} if workers is None else {"workers": workers}
+    settings = load_settings(**overrides)
     processes = 1 if reload else settings.workers
     out.print(
         f"Renum {__version__} ({settings.environment.value}) on http://{host}:{port} "
@@ -533,8 +536,8 @@ def _backups() -> Any:
     """The configured database's backup catalogue; exit 2 when it has none."""
     from app.capabilities.backups import BackupError, catalogue_for
 
-    try:
-        return catalogue_for(load_settings())
+    try:  # backups need the database and their own settings only: the timers that run them
+        return catalogue_for(load_settings(holds_secrets=False))  # get none of the API's secrets
     except BackupError as exc:
         err.print(f"[bold red]Cannot back up:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -573,12 +576,14 @@ def backup_setup() -> None:
         return
     _backup_step(catalogue.prepare, catalogue)
     out.print(
-        f"pgBackRest is configured ({catalogue.config}); the repository is "
-        f"{catalogue.repository}. Set these in PostgreSQL's configuration and restart it:",
+        f"pgBackRest is configured ({escape(str(catalogue.config))}); the repository "
+        f"is {escape(str(catalogue.repository))}. Set these in PostgreSQL's configuration "
+        "and restart it:",
         soft_wrap=True,
     )
+    command = catalogue.archive_command().replace("'", "''")  # a quoted setting's quotes
     typer.echo("archive_mode = on")
-    typer.echo(f"archive_command = '{catalogue.archive_command()}'")
+    typer.echo(f"archive_command = '{command}'")
     typer.echo("archive_timeout = 5  # seconds: the last writes of a quiet server archived too")
 
 
@@ -607,7 +612,7 @@ def backup_run(
         where = backup.where
     tables = len(backup.facts.tables)
     out.print(
-        f"Backup {backup.id}: {where} ({backup.size} bytes, {tables} tables, "
+        f"Backup {backup.id}: {escape(where)} ({backup.size} bytes, {tables} tables, "
         f"revision {backup.facts.revision or 'none'}).",
         soft_wrap=True,
     )
@@ -731,15 +736,15 @@ def backup_restore(
     backup = _backup_step(lambda: catalogue.find(backup_id, at_or_before=moment))
     if not yes:
         err.print(
-            f"[bold red]This replaces {catalogue.database} with backup {backup.id}:[/] stop the "
-            "backend, then run again with --yes.",
+            f"[bold red]This replaces {escape(str(catalogue.database))} with backup "
+            f"{backup.id}:[/] stop the backend, then run again with --yes.",
             soft_wrap=True,
         )
         raise typer.Exit(2)
     kept = _backup_step(lambda: catalogue.restore(backup), catalogue)
     out.print(f"Restored backup {backup.id} (taken {backup.taken_at.isoformat()}).", soft_wrap=True)
     if kept is not None:
-        out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
+        out.print(f"The replaced database is kept at {escape(str(kept))}.", soft_wrap=True)
 
 
 def _restore_postgres(
@@ -748,7 +753,7 @@ def _restore_postgres(
     """``renum backup restore`` on PostgreSQL: into the stopped server's data directory, or
     into an empty one for a copy."""
     backup = None if backup_id is None else _backup_step(lambda: catalogue.find(backup_id))
-    target = into or catalogue.database
+    target = escape(str(into or catalogue.database))
     if not yes:
         what = (
             f"This restores a copy into {target}:[/] run again with --yes."
@@ -771,7 +776,8 @@ def _restore_replica(catalogue: Any, moment: Any, *, yes: bool) -> None:
     state = "latest state" if moment is None else f"state at {moment.isoformat()}"
     if not yes:
         err.print(
-            f"[bold red]This replaces {catalogue.database} with the replica's {state}:[/] stop "
+            f"[bold red]This replaces {escape(str(catalogue.database))} with the replica's "
+            f"{state}:[/] stop "
             "the backend, then run again with --yes.",
             soft_wrap=True,
         )
@@ -782,7 +788,7 @@ def _restore_replica(catalogue: Any, moment: Any, *, yes: bool) -> None:
         soft_wrap=True,
     )
     if kept is not None:
-        out.print(f"The replaced database is kept at {kept}.", soft_wrap=True)
+        out.print(f"The replaced database is kept at {escape(str(kept))}.", soft_wrap=True)
 
 
 def main() -> None:

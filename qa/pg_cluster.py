@@ -125,8 +125,12 @@ class PrivateCluster:
         return done.returncode == 0
 
     def __enter__(self) -> PrivateCluster:
-        self.init()
-        self.start()
+        try:
+            self.init()
+            self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(

@@ -1038,6 +1038,13 @@ class BackupSettings(BaseModel):
         description="PostgreSQL: the directory of the server's Unix socket, through which "
         "pgBackRest connects.",
     )
+    postgres_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="PostgreSQL: the local server's port for pgBackRest; unset: the port of "
+        "RENUM_DATABASE__URL (5432 when it names several hosts or none).",
+    )
     postgres_bin_directory: Path | None = Field(
         default=None,
         description="PostgreSQL: where the server's programs are (a verification starts a "
@@ -1084,6 +1091,18 @@ class BackupSettings(BaseModel):
     def _plain_path(cls, value: Path | None) -> Path | None:
         if value is not None and any(ord(c) < 32 for c in str(value)):
             raise ValueError("must not hold control characters")
+        return value
+
+    @field_validator(
+        "repository",
+        "postgres_data_directory",
+        "postgres_socket_directory",
+        "postgres_bin_directory",
+    )
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path (pgBackRest and PostgreSQL run elsewhere)")
         return value
 
 

@@ -77,6 +77,22 @@ def kill_machine(backend: LaunchedBackend) -> None:
     backend.process.wait()
 
 
+def judged(
+    writer: Writer, present: set[str], disaster: float, ready: float
+) -> tuple[list[str], list[str], float, float]:
+    """The writes acknowledged and those lost (only the last ones may be: no hole), the RPO
+    (how long before the disaster the earliest lost write was acknowledged) and the RTO (from
+    the disaster to a backend ready to serve)."""
+    acknowledged = [name for name, _ in writer.acknowledged]
+    lost = [name for name in acknowledged if name not in present]
+    kept = len(acknowledged) - len(lost)
+    assert kept > 0, "nothing acknowledged came back"
+    assert acknowledged[:kept] == [n for n in acknowledged if n in present]  # no hole
+    assert lost == acknowledged[kept:]
+    earliest_lost = writer.acknowledged[kept][1] if lost else disaster
+    return acknowledged, lost, disaster - earliest_lost, ready - disaster
+
+
 def lose_disk(database: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
@@ -119,15 +135,7 @@ def test_a_lost_disk_comes_back_from_the_replica(
         backend.respawn()
         ready = time.monotonic()
 
-        present = account_names(database)
-        acknowledged = [name for name, _ in writer.acknowledged]
-        lost = [name for name in acknowledged if name not in present]
-        kept = len(acknowledged) - len(lost)
-        assert kept > 0, "nothing acknowledged came back"
-        assert acknowledged[:kept] == [n for n in acknowledged if n in present]  # no hole
-        assert lost == acknowledged[kept:]
-        earliest_lost = writer.acknowledged[kept][1] if lost else disaster
-        rpo, rto = disaster - earliest_lost, ready - disaster
+        acknowledged, lost, rpo, rto = judged(writer, account_names(database), disaster, ready)
         for name, value in (
             ("drill_sqlite_rpo_seconds", round(rpo, 3)),
             ("drill_sqlite_writes_acknowledged", len(acknowledged)),
@@ -215,14 +223,7 @@ def test_a_lost_postgresql_disk_comes_back_from_pgbackrest(
         ready = time.monotonic()
 
         present = {row[0] for row in cluster.query("SELECT name FROM accounts", database="renum")}
-        acknowledged = [name for name, _ in writer.acknowledged]
-        lost = [name for name in acknowledged if name not in present]
-        kept = len(acknowledged) - len(lost)
-        assert kept > 0, "nothing acknowledged came back"
-        assert acknowledged[:kept] == [n for n in acknowledged if n in present]  # no hole
-        assert lost == acknowledged[kept:]
-        earliest_lost = writer.acknowledged[kept][1] if lost else disaster
-        rpo, rto = disaster - earliest_lost, ready - disaster
+        acknowledged, lost, rpo, rto = judged(writer, present, disaster, ready)
         for name, value in (
             ("drill_postgres_database_bytes", database_bytes),
             ("drill_postgres_rpo_seconds", round(rpo, 3)),

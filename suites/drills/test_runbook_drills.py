@@ -1,5 +1,16 @@
-"""The PostgreSQL rows of the backups runbook (docs/backups.md, "Runbook"), rehearsed with the
-commands the runbook gives, on a private cluster archiving its WAL with pgBackRest:
+"""The backups runbook (docs/backups.md, "Runbook"), rehearsed with the commands it gives.
+
+On SQLite, a backend replicating to a Litestream replica, with snapshots beside it:
+
+- the database file corrupted: stop the backend, ``renum backup verify``,
+  ``renum backup restore --yes``, start it: the replica's latest state is back;
+- rows changed by mistake (or a migration gone wrong): stop the backend,
+  ``renum backup restore --to <a moment before> --yes``, start it: the rows are as they were;
+- an account deleted by mistake: ``renum backup restore --yes`` with ``RENUM_DATABASE__URL``
+  at another file (and ``RENUM_BACKUPS__DIRECTORY`` at the backups), while the backend goes
+  on: the copy holds the account.
+
+On PostgreSQL, a private cluster archiving its WAL with pgBackRest:
 
 - a data file corrupted: stop PostgreSQL, ``renum backup restore --yes``, start it: the
   damaged table reads again and nothing committed is lost;
@@ -9,21 +20,26 @@ commands the runbook gives, on a private cluster archiving its WAL with pgBackRe
   moment before> --into <empty directory> --yes`` and a second server on that copy, which
   holds the account, while the live server is untouched and the copy archives nothing.
 
-The lost disk is ``test_backup_drills.py``'s.
+The lost disk is ``test_backup_drills.py``'s, on both databases.
 """
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import uuid
-from collections.abc import Iterator
-from datetime import UTC
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 from drill_support import ARCHIVING, archive_with_pgbackrest, ok, postgres_settings, renum
 
+from app.capabilities.backups.replication import ReplicationError, restore_replica
+from qa.client import API, ApiClient
+from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
+from qa.launcher import LaunchedBackend
 from qa.pg_cluster import PrivateCluster, scratch_directory
 from qa.polling import wait_until
 
@@ -127,6 +143,130 @@ def test_an_account_deleted_while_the_service_goes_on(rehearsal: Rehearsal) -> N
         copy.start()
         assert "deleted-by-mistake" in rehearsal.names(copy)
         assert "deleted-by-mistake" not in rehearsal.names()  # the live server is untouched
-        assert not histories(rehearsal.backups)  # the copy, promoted, archived nothing
+        (archiving,) = copy.query("SHOW archive_mode")
+        assert archiving[0] == "off"  # the copy never writes into the repository
     finally:
         copy.__exit__(None, None, None)
+
+
+# --- SQLite -----------------------------------------------------------------------------------
+
+
+class SQLiteRehearsal:
+    """A backend on SQLite replicating to ``replica``, and ``renum`` with its settings."""
+
+    def __init__(self, backend: LaunchedBackend, replica: Path) -> None:
+        self.backend = backend
+        self.replica = replica
+        self.url = backend.env["RENUM_DATABASE__URL"]
+        self.database = Path(self.url.removeprefix("sqlite+aiosqlite:///"))
+        self.settings = {
+            "RENUM_DATABASE__URL": self.url,
+            "RENUM_BACKUPS__REPLICA_DIRECTORY": str(replica),
+        }
+
+    def renum(self, *args: str) -> str:
+        return ok(*args, **self.settings)
+
+    def add(self, name: str) -> None:
+        with ApiClient(self.backend.base_url) as client:
+            admin = client.login(self.backend.admin_email, self.backend.admin_password)
+            body = {"name": name, "owner_email": unique_email(), "owner_password": DEFAULT_PASSWORD}
+            expect(admin.post(f"{API}/accounts", json=body), 201)
+
+    def names(self, database: Path | None = None) -> set[str]:
+        path = database or self.database
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {row[0] for row in connection.execute("SELECT name FROM accounts")}
+        finally:
+            connection.close()
+
+    def replicated(self, check: Callable[[set[str]], bool]) -> bool:
+        """Whether the replica's latest state passes ``check`` (restored aside to look)."""
+        probe = self.replica.parent / f"probe-{uuid.uuid4().hex}.db"
+        try:
+            restore_replica(self.replica, probe)
+            return check(self.names(probe))
+        except ReplicationError:
+            return False
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{probe}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def sqlite_rehearsal(tmp_path: Path) -> Iterator[SQLiteRehearsal]:
+    replica = tmp_path / "replica"
+    backend = LaunchedBackend.start(
+        "sqlite", extra_env={"RENUM_BACKUPS__REPLICA_DIRECTORY": str(replica)}
+    )
+    try:
+        ready = SQLiteRehearsal(backend, replica)
+        ready.add("before-the-backup")
+        ready.renum("backup", "run")
+        yield ready
+    finally:
+        backend.stop()
+
+
+def test_sqlite_a_corrupted_database_file(sqlite_rehearsal: SQLiteRehearsal) -> None:
+    rehearsal = sqlite_rehearsal
+    rehearsal.add("after-the-backup")
+    wait_until(
+        lambda: rehearsal.replicated(lambda names: "after-the-backup" in names),
+        timeout=60,
+        what="the replica to hold the last account",
+    )
+    rehearsal.backend.stop()
+    data = bytearray(rehearsal.database.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the first destroyed
+    rehearsal.database.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{rehearsal.database}{suffix}").unlink(missing_ok=True)
+
+    assert "verified" in rehearsal.renum("backup", "verify")  # the runbook: check, restore
+    rehearsal.renum("backup", "restore", "--yes")
+    rehearsal.backend.respawn()
+    assert {"before-the-backup", "after-the-backup"} <= rehearsal.names()
+
+
+def test_sqlite_rows_changed_by_mistake(sqlite_rehearsal: SQLiteRehearsal) -> None:
+    rehearsal = sqlite_rehearsal
+    rehearsal.add("precious")
+    wait_until(
+        lambda: rehearsal.replicated(lambda names: "precious" in names),
+        timeout=60,
+        what="the replica to hold the account",
+    )
+    before = datetime.now(UTC).isoformat()
+    with sqlite3.connect(rehearsal.database) as connection:  # the mistake
+        connection.execute("UPDATE accounts SET name = 'overwritten' WHERE name = 'precious'")
+    connection.close()
+    wait_until(
+        lambda: rehearsal.replicated(lambda names: "precious" not in names),
+        timeout=60,
+        what="the replica to follow the mistake",
+    )
+    rehearsal.backend.stop()
+
+    rehearsal.renum("backup", "restore", "--to", before, "--yes")
+    rehearsal.backend.respawn()
+    names = rehearsal.names()
+    assert "precious" in names
+    assert "overwritten" not in names
+
+
+def test_sqlite_an_account_deleted_read_back_from_a_copy(
+    sqlite_rehearsal: SQLiteRehearsal, tmp_path: Path
+) -> None:
+    rehearsal = sqlite_rehearsal
+    copy = tmp_path / "copy" / "renum.db"
+    backups = rehearsal.database.parent / "backups"
+    ok(  # the copy's own settings: another file, the live backend's backups, no replica
+        "backup", "restore", "--yes",
+        RENUM_DATABASE__URL=f"sqlite+aiosqlite:///{copy}",
+        RENUM_BACKUPS__DIRECTORY=str(backups),
+    )  # fmt: skip
+    assert "before-the-backup" in rehearsal.names(copy)
+    rehearsal.add(unique_name("still-serving"))  # the live backend went on meanwhile

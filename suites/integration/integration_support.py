@@ -147,6 +147,7 @@ class Cli:
 
     env: dict[str, str]
     cwd: Path
+    timeout: float = 60
 
     def __call__(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
@@ -155,7 +156,7 @@ class Cli:
             cwd=self.cwd,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=self.timeout,
             stdin=subprocess.DEVNULL,
             check=False,
         )

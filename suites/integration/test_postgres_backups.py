@@ -62,6 +62,13 @@ class Setup:
 def setup() -> Iterator[Setup]:
     """A private cluster archiving its WAL with pgBackRest, holding Renum's migrated schema."""
     backups = scratch_directory("renum-backups-")
+    try:
+        yield from _setup(backups)
+    finally:
+        shutil.rmtree(backups, ignore_errors=True)
+
+
+def _setup(backups: Path) -> Iterator[Setup]:
     with PrivateCluster(scratch_directory("renum-pg-"), ARCHIVING) as cluster:
         cluster.query("CREATE DATABASE renum")
         env = cli_env(
@@ -71,14 +78,13 @@ def setup() -> Iterator[Setup]:
             RENUM_BACKUPS__POSTGRES_DATA_DIRECTORY=str(cluster.data),
             RENUM_BACKUPS__POSTGRES_SOCKET_DIRECTORY=str(cluster.root),
         )
-        ready = Setup(cluster, backups, Cli(env, backups))
+        ready = Setup(cluster, backups, Cli(env, backups, timeout=600))  # 2 cores, 3 workers
         ready.ok("db", "upgrade")
         said = ready.ok("backup", "setup")
         (command,) = [line for line in said.splitlines() if line.startswith("archive_command")]
         cluster.query(f"ALTER SYSTEM SET {command}")
         cluster.query("SELECT pg_reload_conf()")
         yield ready
-    shutil.rmtree(backups, ignore_errors=True)
 
 
 def add_account(setup: Setup, name: str) -> None:
@@ -141,9 +147,20 @@ def test_the_repository_is_encrypted_and_unreadable_without_the_key(setup: Setup
     assert stored
     assert not any(marker.encode() in path.read_bytes() for path in stored)
     wrong = setup.catalogue(cipher_key="not the key, but long enough")
-    wrong.configure()
-    with pytest.raises(BackupError, match="pgBackRest info failed"):
-        wrong.info()
+    with pytest.raises(BackupError, match="not the passphrase the repository was created"):
+        wrong.configure()  # refused: PostgreSQL's archiving reads that configuration
+    elsewhere = scratch_directory("renum-backups-wrong-key-")
+    try:  # pgBackRest itself, given the wrong passphrase, cannot read the repository
+        reader = PostgresCatalogue(
+            setup.cluster.url("renum"),
+            elsewhere,
+            setup.settings(cipher_key="not the key, but long enough", repository=repository),
+        )
+        reader.configure()
+        with pytest.raises(BackupError, match="pgBackRest info failed"):
+            reader.info()
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 def test_verification_catches_a_corrupted_backup(setup: Setup) -> None:
@@ -163,6 +180,8 @@ def test_verification_catches_a_corrupted_backup(setup: Setup) -> None:
     done = setup.renum("backup", "verify", str(entry["id"]))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "failed its verification" in done.stderr
+    assert "pgBackRest verify: backup: " in done.stderr
+    assert "checksum invalid: 1" in done.stderr
     (recorded,) = json.loads(setup.ok("backup", "list", "--json"))
     assert recorded["verification"]["passed"] is False
     setup.cluster.stop()

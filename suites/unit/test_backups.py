@@ -7,7 +7,10 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import os
+import pwd
 import re
+import shlex
 import sqlite3
 import threading
 import uuid
@@ -386,6 +389,8 @@ def test_postgresql_without_its_settings_is_refused_with_what_to_set(
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
+        ("repository", "relative/repository", "absolute path"),
+        ("postgres_data_directory", "data", "absolute path"),
         ("cipher_key", "short", "at least 20 characters"),
         ("cipher_key", "a passphrase long enough\nrepo1-path=/elsewhere", "control characters"),
         ("postgres_data_directory", "/var/lib/x\n[global]", "control characters"),
@@ -436,6 +441,59 @@ def test_the_pgbackrest_configuration_follows_the_settings_and_only_its_owner_re
     first = catalogue.config.stat().st_mtime_ns
     catalogue.configure()  # unchanged: not rewritten
     assert catalogue.config.stat().st_mtime_ns == first
+    assert "pg1-port=7000" in postgres_catalogue(tmp_path, postgres_port=7000)._config_text()
+
+
+def test_the_archive_command_survives_odd_paths(tmp_path: Path) -> None:
+    odd = tmp_path / "it's 100% backups"
+    section = BackupSettings.model_validate(
+        {"cipher_key": KEY, "postgres_data_directory": tmp_path / "data"}
+    )
+    catalogue = PostgresCatalogue(PG_URL, odd, section)
+    command = catalogue.archive_command()
+    assert "100%%" in command  # PostgreSQL replaces %p; a lone % would be its escape
+    assert shlex.split(command.replace("%%", "%"))[1] == f"--config={odd / 'pgbackrest.conf'}"
+
+
+def test_a_new_passphrase_for_an_existing_repository_is_refused(tmp_path: Path) -> None:
+    catalogue = postgres_catalogue(tmp_path)
+    catalogue.configure()
+    stanza = catalogue.repository / "backup" / "renum"
+    stanza.mkdir(parents=True)
+    (stanza / "backup.info").write_text("[backrest]\n")
+    other = postgres_catalogue(tmp_path, cipher_key="another passphrase, long enough")
+    with pytest.raises(BackupError, match="not the passphrase the repository was created with"):
+        other.configure()
+    assert f"repo1-cipher-pass={KEY}" in catalogue.config.read_text()  # archiving goes on
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_as_root_files_are_given_to_the_database_owner_and_planted_links_are_not_followed(
+    tmp_path: Path,
+) -> None:
+    postgres = pwd.getpwnam("postgres")
+    (tmp_path / "data").mkdir()
+    os.chown(tmp_path / "data", postgres.pw_uid, postgres.pw_gid)
+    catalogue = postgres_catalogue(tmp_path)
+    catalogue.configure()
+    for path in (catalogue.directory, catalogue.repository, catalogue.config):
+        assert path.stat().st_uid == postgres.pw_uid, path
+    with catalogue.exclusive() as mine:
+        assert mine
+    assert (catalogue.directory / ".renum-backup.lock").stat().st_uid == postgres.pw_uid
+
+    precious = tmp_path / "precious"  # root's, as /etc would be
+    precious.mkdir()
+    (catalogue.directory / "log").rmdir()
+    (catalogue.directory / "log").symlink_to(precious)  # planted by the database's user
+    with pytest.raises(OSError, match=r"Too many levels of symbolic links|Not a directory"):
+        catalogue.configure()
+    (catalogue.directory / ".renum-backup.lock").unlink()
+    (catalogue.directory / ".renum-backup.lock").symlink_to(precious / "nologin")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"), catalogue.exclusive():
+        pass
+    assert precious.stat().st_uid == 0
+    assert not (precious / "nologin").exists()
 
 
 @pytest.mark.parametrize(
@@ -491,8 +549,23 @@ def test_a_postgresql_manifest_reads_back_and_a_foreign_one_is_not_trusted(
     )
     sqlite_one = dict(backup.manifest(), engine="sqlite", id="20261205T110000000000Z")
     (catalogue.directory / "20261205T110000000000Z.json").write_text(json.dumps(sqlite_one))
+    injected = dict(  # its values would reach pgBackRest's options and recovery settings
+        backup.manifest(),
+        id="20261205T120000000000Z",
+        restore_point="x'\nrestore_command = 'sh -c id",
+    )
+    (catalogue.directory / "20261205T120000000000Z.json").write_text(json.dumps(injected))
+    other_label = dict(
+        backup.manifest(),
+        id="20261205T130000000000Z",
+        restore_point="renum-20261205T130000000000Z",
+        label="--repo1-path=/elsewhere",
+    )
+    (catalogue.directory / "20261205T130000000000Z.json").write_text(json.dumps(other_label))
     assert catalogue.backups() == [backup]
-    assert len(catalogue.unreadable) == 2
+    assert len(catalogue.unreadable) == 4
+    assert any("restore point is not the one Renum names" in u for u in catalogue.unreadable)
+    assert any("label is not one pgBackRest gives" in u for u in catalogue.unreadable)
 
 
 def test_a_postgresql_restore_refuses_a_running_server_and_a_failed_backup(
@@ -524,6 +597,22 @@ def test_a_postgresql_restore_refuses_a_running_server_and_a_failed_backup(
     (tmp_path / "copy" / "something").write_text("")
     with pytest.raises(BackupError, match="is not empty"):
         catalogue.restore(into=tmp_path / "copy")
+    with pytest.raises(BackupError, match="not an absolute path"):
+        catalogue.restore(into=Path("relative"))
+
+
+def test_a_path_with_markup_is_printed_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RENUM_DATABASE__URL", PG_URL)
+    monkeypatch.setenv("RENUM_BACKUPS__DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("RENUM_BACKUPS__CIPHER_KEY", KEY)
+    monkeypatch.setenv("RENUM_BACKUPS__POSTGRES_DATA_DIRECTORY", str(tmp_path / "data"))
+    into = "/tmp/[/x]/copy"  # noqa: S108 - a name, nothing is written there
+    result = runner.invoke(cli, ["backup", "restore", "--into", into])
+    assert result.exit_code == 2
+    assert into in flat(result.stderr)
+    assert "Traceback" not in result.output
 
 
 def test_the_sqlite_command_has_no_backup_types_and_needs_no_setup(database: Path) -> None:
@@ -937,10 +1026,24 @@ def test_the_command_waits_for_no_one_and_says_so(database: Path) -> None:
 
 def test_a_file_system_error_is_a_message_and_exit_code_2(database: Path) -> None:
     assert runner.invoke(cli, ["backup", "run"]).exit_code == 0
-    (backup,) = catalogue(database).backups()
-    blocker = backup.manifest_path.with_name(backup.manifest_path.name + ".partial")
-    blocker.mkdir()  # the manifest cannot be rewritten with the result
-    result = runner.invoke(cli, ["backup", "verify"])
+    blocker = database.with_name(database.name + ".restoring")
+    blocker.mkdir()  # where the restore prepares its copy: a directory, in the way
+    (blocker / "in-the-way").write_text("")
+    result = runner.invoke(cli, ["backup", "restore", "--yes"])
     assert result.exit_code == 2
     assert "File system error" in flat(result.stderr)
     assert "Traceback" not in result.output
+
+
+def test_backups_in_production_need_none_of_the_api_secrets(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RENUM_ENVIRONMENT", "production")
+    for name in ("RENUM_SECRET_KEY", "RENUM_ENCRYPTION_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    refused = runner.invoke(cli, ["db", "current"])
+    assert refused.exit_code == 2  # a command that holds secrets is refused without them
+    assert "RENUM_SECRET_KEY" in flat(refused.stderr)
+    result = runner.invoke(cli, ["backup", "run"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(cli, ["backup", "verify"]).exit_code == 0

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -98,10 +99,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    with os.fdopen(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as stream:
+@dataclass(frozen=True)
+class Owner:
+    """The operating-system user files are given to (PostgreSQL's, when Renum runs as root).
+    Nothing is ever given away through a path: a file is given by its descriptor right after
+    this process created it, a directory only if it is a real directory, never a link another
+    user may have planted."""
+
+    uid: int
+    gid: int
+
+    def give(self, descriptor: int) -> None:
+        os.fchown(descriptor, self.uid, self.gid)
+
+    def adopt_directory(self, path: Path) -> None:
+        """``path``, a directory this process made or found, given to the owner (a symbolic
+        link in its place is refused, not followed)."""
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            self.give(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _write_atomically(path: Path, text: str, owner: Owner | None = None) -> None:
+    """Write ``path`` whole or not at all: a new file under a temporary name (never following
+    a link), given to ``owner`` by its descriptor, then renamed over ``path``."""
+    partial = path.with_name(f"{path.name}.{secrets.token_hex(8)}.partial")
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+    with os.fdopen(os.open(partial, flags, 0o600), "w") as stream:
+        if owner is not None:
+            owner.give(stream.fileno())
         stream.write(text)
         stream.flush()
         os.fsync(stream.fileno())
@@ -125,21 +153,32 @@ class ManifestCatalogue:
         self.directory = directory
         self.unreadable: list[str] = []  # manifests the last listing could not read
 
+    @property
+    def owner(self) -> Owner | None:
+        """Who the files written here belong to, if not this process (see ``Owner``)."""
+        return None
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[bool]:
         """The catalogue's lock file, held for the block if no other process holds it (yields
         whether it was taken)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with (self.directory / LOCK_FILE).open("a") as handle:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        descriptor = os.open(self.directory / LOCK_FILE, flags, 0o600)
+        try:
+            if self.owner is not None:
+                self.owner.give(descriptor)  # the owner's own runs take it too
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
             try:
                 yield True
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+        finally:
+            os.close(descriptor)
 
     def _parse(self, path: Path, data: dict[str, Any]) -> Any:
         """The backup the manifest ``data`` read from ``path`` describes."""
@@ -161,8 +200,9 @@ class ManifestCatalogue:
         if not self.directory.is_dir():
             return []
         found = []
-        for path in sorted(self.directory.glob("*.json")):
-            if not ID.match(path.stem):
+        for name in sorted(os.listdir(self.directory)):  # a directory this process may not
+            path = self.directory / name  # read raises, never looks empty
+            if path.suffix != ".json" or not ID.match(path.stem):
                 continue  # not one of the catalogue's files
             try:
                 found.append(self._read_manifest(path))

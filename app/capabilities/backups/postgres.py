@@ -25,6 +25,8 @@ import dataclasses
 import json
 import os
 import pwd
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -43,12 +45,18 @@ from app.capabilities.backups.catalogue import (
     MANIFEST_VERSION,
     BackupError,
     ManifestCatalogue,
+    Owner,
     Verification,
     _aware,
     _write_atomically,
 )
 from app.core.config import BackupSettings
-from app.db.postgres_snapshots import in_recovery, mark_restore_point, read_facts
+from app.db.postgres_snapshots import (
+    check_marking,
+    in_recovery,
+    mark_restore_point,
+    read_facts,
+)
 from app.db.snapshots import DatabaseFacts, SnapshotError
 
 PROGRAM = "pgbackrest"
@@ -58,35 +66,33 @@ RECOVERY_TIMEOUT = 3600.0  # a throwaway server replaying a large backup's WAL
 COMMAND_TIMEOUT = 6 * 3600.0
 
 
-@dataclass(frozen=True)
-class Owner:
-    """The operating-system user PostgreSQL runs as, when Renum runs as root."""
+# What pgBackRest names its backups: a full one, or a full one and a differential or an
+# incremental one built on it. A manifest naming anything else is not trusted: its values end
+# up in pgBackRest's command line and in PostgreSQL's recovery settings.
+LABEL = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
 
-    uid: int
-    gid: int
 
-    @classmethod
-    def of(cls, data_directory: Path) -> Owner | None:
-        """The owner of ``data_directory`` if this process is root and it is another user's
-        (else None: everything runs as this process)."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            found = data_directory.stat()
-        except FileNotFoundError:  # a lost disk: the directory's parent tells
-            found = data_directory.parent.stat()
-        return None if found.st_uid == 0 else cls(found.st_uid, found.st_gid)
+def owner_of(data_directory: Path) -> Owner | None:
+    """The owner of ``data_directory`` if this process is root and it is another user's
+    (else None: everything runs as this process)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        found = data_directory.stat()
+    except FileNotFoundError:  # a lost disk: the directory's parent tells
+        found = data_directory.parent.stat()
+    return None if found.st_uid == 0 else Owner(found.st_uid, found.st_gid)
 
-    def adopt(self, path: Path) -> None:
-        os.chown(path, self.uid, self.gid)
 
-    def run_as(self) -> dict[str, Any]:
-        """``subprocess`` arguments that run a child as this user."""
-        try:
-            home = pwd.getpwuid(self.uid).pw_dir
-        except KeyError:  # a user without a name
-            home = "/"
-        return {"user": self.uid, "group": self.gid, "extra_groups": [], "env": _env(home)}
+def run_as(owner: Owner | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``owner`` (or as this process)."""
+    if owner is None:
+        return {"env": _env()}
+    try:
+        home = pwd.getpwuid(owner.uid).pw_dir
+    except KeyError:  # a user without a name
+        home = "/"
+    return {"user": owner.uid, "group": owner.gid, "extra_groups": [], "env": _env(home)}
 
 
 def _env(home: str | None = None) -> dict[str, str]:
@@ -176,11 +182,13 @@ class PostgresCatalogue(ManifestCatalogue):
 
     @property
     def owner(self) -> Owner | None:
-        return Owner.of(self.database)
+        return owner_of(self.database)
 
     def archive_command(self) -> str:
-        """The ``archive_command`` PostgreSQL must run to archive its WAL into the repository."""
-        return f"{PROGRAM} --config={self.config} --stanza={self.section.stanza} archive-push %p"
+        """The ``archive_command`` PostgreSQL must run to archive its WAL into the repository
+        (quoted for the shell, ``%`` doubled as PostgreSQL wants)."""
+        config = shlex.quote(f"--config={self.config}").replace("%", "%%")
+        return f"{PROGRAM} {config} --stanza={self.section.stanza} archive-push %p"
 
     def _config_text(self) -> str:
         section = self.section
@@ -203,24 +211,45 @@ class PostgresCatalogue(ManifestCatalogue):
             "",
             f"[{section.stanza}]",
             f"pg1-path={self.database}",
-            f"pg1-port={url.port or 5432}",
+            f"pg1-port={section.postgres_port or url.port or 5432}",
             f"pg1-socket-path={section.postgres_socket_directory}",
             "",
         ]
         return "\n".join(lines)
 
     def configure(self) -> None:
-        """Write pgBackRest's configuration from the settings (when it changed)."""
+        """Write pgBackRest's configuration from the settings (when it changed). A passphrase
+        other than the one the repository was created with is refused: PostgreSQL's archiving
+        reads this file, and would stop."""
         owner = self.owner
         for directory in (self.directory, self.repository, self.directory / "log"):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             if owner is not None:
-                owner.adopt(directory)
+                owner.adopt_directory(directory)
         text = self._config_text()
-        if not self.config.is_file() or self.config.read_text(encoding="utf-8") != text:
-            _write_atomically(self.config, text)
-        if owner is not None:
-            owner.adopt(self.config)
+        try:
+            current = self.config.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = None
+        if current == text:
+            return
+        if (
+            current is not None
+            and self._key_in(current) != self._key_in(text)
+            and any((self.repository / "backup").glob(f"{self.section.stanza}/backup.info*"))
+        ):
+            raise BackupError(
+                "RENUM_BACKUPS__CIPHER_KEY is not the passphrase the repository was created "
+                f"with ({self.repository}): it cannot be changed in place (archiving would stop)"
+            )
+        _write_atomically(self.config, text, owner)
+
+    @staticmethod
+    def _key_in(text: str) -> str | None:
+        for line in text.splitlines():
+            if line.startswith("repo1-cipher-pass="):
+                return line.removeprefix("repo1-cipher-pass=")
+        return None
 
     def prepare(self) -> None:
         """Write pgBackRest's configuration and make sure the repository has the stanza
@@ -231,9 +260,8 @@ class PostgresCatalogue(ManifestCatalogue):
     def pgbackrest(self, command: str, *options: str) -> str:
         """Run pgBackRest's ``command`` on the stanza and return what it printed; a failure
         raises ``BackupError`` with pgBackRest's own message."""
-        owner = self.owner
         arguments = [PROGRAM, f"--config={self.config}", f"--stanza={self.section.stanza}"]
-        extra = owner.run_as() if owner is not None else {"env": _env()}
+        extra = run_as(self.owner)
         try:
             done: subprocess.CompletedProcess[str] = subprocess.run(  # noqa: S603 - a fixed program, arguments built here
                 [*arguments, *options, command],
@@ -282,6 +310,10 @@ class PostgresCatalogue(ManifestCatalogue):
         checked = data.get("verification")
         if data["type"] not in KINDS:
             raise ValueError(f"unknown backup type {data['type']!r}")
+        if not LABEL.match(str(data["label"])):
+            raise ValueError("its label is not one pgBackRest gives")
+        if data["restore_point"] != f"renum-{path.stem}":
+            raise ValueError("its restore point is not the one Renum names")
         return PostgresBackup(
             id=path.stem,
             taken_at=_aware(data["taken_at"]),
@@ -296,9 +328,8 @@ class PostgresCatalogue(ManifestCatalogue):
         )
 
     def _record(self, backup: PostgresBackup) -> None:
-        _write_atomically(backup.manifest_path, json.dumps(backup.manifest(), indent=2))
-        if self.owner is not None:
-            self.owner.adopt(backup.manifest_path)
+        text = json.dumps(backup.manifest(), indent=2)
+        _write_atomically(backup.manifest_path, text, self.owner)
 
     def run(self, now: datetime | None = None, kind: str = "incr") -> PostgresBackup:
         """Take a ``kind`` backup (an incremental one falls back to full when there is none
@@ -309,12 +340,16 @@ class PostgresCatalogue(ManifestCatalogue):
             raise BackupError(f"unknown backup type {kind!r}: one of {', '.join(KINDS)}")
         taken_at = now or datetime.now(UTC)
         backup_id = taken_at.strftime(ID_FORMAT)
+        try:
+            check_marking(self.url)  # before the backup: none is taken that cannot be recorded
+        except SnapshotError as exc:
+            raise BackupError(str(exc)) from None
         self.prepare()
         self.pgbackrest("backup", f"--type={kind}")
         made = self.info()["backup"][-1]
         point = f"renum-{backup_id}"
         try:
-            facts, _ = mark_restore_point(self.url, point)
+            facts = mark_restore_point(self.url, point)
         except SnapshotError as exc:
             raise BackupError(str(exc)) from None
         self.pgbackrest("check")  # switches the WAL and waits until it is archived
@@ -339,16 +374,20 @@ class PostgresCatalogue(ManifestCatalogue):
     def verify(self, backup: PostgresBackup, now: datetime | None = None) -> Verification:
         """Check the repository's files, restore ``backup`` to its restore point in a
         throwaway server, and compare what it holds with the manifest; the result is recorded
-        in the manifest."""
-        problems: list[str] = []
-        try:
-            self.prepare()
-            problems = repository_problems(self.pgbackrest("verify", "--output=text"))
-            if not problems:
-                with self._throwaway(backup) as url:
+        in the manifest. What keeps the verification from running at all (pgBackRest or
+        PostgreSQL's programs missing, the repository unreadable) raises ``BackupError`` and
+        records nothing. Call it holding ``exclusive``."""
+        self.prepare()
+        postgres = self._bin("postgres")
+        for stale in self.directory.glob("verify-*"):  # left by a verification that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        problems = repository_problems(self.pgbackrest("verify", "--output=text"))
+        if not problems:
+            try:
+                with self._throwaway(backup, postgres) as url:
                     problems = backup.facts.differences(read_facts(url))
-        except (BackupError, SnapshotError) as exc:
-            problems = [str(exc)]
+            except (BackupError, SnapshotError) as exc:
+                problems = [str(exc)]
         verification = Verification(at=now or datetime.now(UTC), problems=tuple(problems))
         self._record(dataclasses.replace(backup, verification=verification))
         return verification
@@ -367,18 +406,31 @@ class PostgresCatalogue(ManifestCatalogue):
         return path
 
     @contextlib.contextmanager
-    def _throwaway(self, backup: PostgresBackup) -> Iterator[str]:
-        """``backup`` restored to its restore point in a throwaway server; yields its URL."""
+    def _throwaway(self, backup: PostgresBackup, postgres: Path) -> Iterator[str]:
+        """``backup`` restored to its restore point in a throwaway server; yields its URL.
+
+        The server listens on a Unix socket in a new temporary directory only; its settings
+        are given on its command line, which outranks whatever the restored
+        ``postgresql.auto.conf`` holds. Its files are written while that directory is still
+        this process's alone, and given to the owner before the server starts."""
         owner = self.owner
-        postgres = self._bin("postgres")
         data = self.directory / f"verify-{backup.id}"
-        shutil.rmtree(data, ignore_errors=True)
         socket = Path(tempfile.mkdtemp(prefix="renum-verify-"))  # a socket's path: <108 bytes
+        server = None
         try:
+            access = socket / "pg_hba.conf"
+            _write_atomically(access, "local all all trust\n", owner)
+            config = socket / "postgresql.conf"
+            _write_atomically(
+                config, "# the throwaway server's settings are on its command line\n", owner
+            )
+            log = socket / "server.log"
+            _write_atomically(log, "", owner)
+            if owner is not None:
+                owner.adopt_directory(socket)
             data.mkdir(mode=0o700)
-            for path in (data, socket):
-                if owner is not None:
-                    owner.adopt(path)
+            if owner is not None:
+                owner.adopt_directory(data)
             self.pgbackrest(
                 "restore",
                 f"--pg1-path={data}",
@@ -386,50 +438,44 @@ class PostgresCatalogue(ManifestCatalogue):
                 "--type=name",
                 f"--target={backup.restore_point}",
                 "--target-action=promote",
+                "--target-timeline=current",  # the backup's own timeline, whatever came after
                 "--archive-mode=off",
                 "--job-retry=0",  # a file that fails its checksum fails now, not thrice
             )
-            config = socket / "postgresql.conf"
-            config.write_text(
-                "listen_addresses = ''\n"
-                f"unix_socket_directories = '{socket}'\n"
-                "port = 5432\nhot_standby = off\nfsync = off\narchive_mode = off\n"
-                "logging_collector = off\n",
-                encoding="utf-8",
-            )
-            access = socket / "pg_hba.conf"
-            access.write_text("local all all trust\n", encoding="utf-8")
-            log = socket / "server.log"
-            with log.open("wb") as output:
-                if owner is not None:
-                    for path in (config, access, log):
-                        owner.adopt(path)
+            settings = {
+                "config_file": config,
+                "hba_file": access,
+                "listen_addresses": "",
+                "unix_socket_directories": socket,
+                "port": 5432,
+                "hot_standby": "off",  # no reads while recovering: no connection limits to match
+                "fsync": "off",
+                "archive_mode": "off",
+                "logging_collector": "off",
+                "shared_preload_libraries": "",
+            }
+            command = [str(postgres), "-D", str(data)]
+            for name, value in settings.items():
+                command += ["-c", f"{name}={value}"]
+            with log.open("ab") as output:
                 server = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program
-                    [
-                        str(postgres), "-D", str(data),
-                        "-c", f"config_file={config}", "-c", f"hba_file={access}",
-                    ],
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    cwd="/",
-                    **(owner.run_as() if owner is not None else {"env": _env()}),
-                )  # fmt: skip
-            url = make_url(self.url)
-            target = (
-                f"postgresql://{url.username or 'postgres'}@/{url.database or 'postgres'}"
-                f"?host={socket}&port=5432"
+                    command, stdout=output, stderr=subprocess.STDOUT, cwd="/", **run_as(owner)
+                )
+            url = make_url(self.url).set(
+                host=None, port=None, query={"host": str(socket), "port": "5432"}
             )
-            try:
-                self._wait_until_promoted(server, target, log)
-                yield target
-            finally:
+            target = url.render_as_string(hide_password=False)
+            self._wait_until_promoted(server, target, log)
+            yield target
+        finally:
+            if server is not None:
                 server.send_signal(signal.SIGINT)  # fast shutdown
                 try:
                     server.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-        finally:
+                finally:
+                    if server.poll() is None:
+                        server.kill()
+                        server.wait()
             shutil.rmtree(data, ignore_errors=True)
             shutil.rmtree(socket, ignore_errors=True)
 
@@ -460,6 +506,8 @@ class PostgresCatalogue(ManifestCatalogue):
         with neither, the latest state the archive holds. PostgreSQL finishes the recovery
         when it is started. Returns what was restored, in words."""
         target = into or self.database
+        if not target.is_absolute():
+            raise BackupError(f"{target} is not an absolute path")
         if (target / "postmaster.pid").exists():
             raise BackupError(f"PostgreSQL is running on {target}: stop it first")
         if into is not None and into.exists() and any(into.iterdir()):
@@ -469,7 +517,7 @@ class PostgresCatalogue(ManifestCatalogue):
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = self.owner
         if owner is not None:
-            owner.adopt(target)
+            owner.adopt_directory(target)
         self.configure()
         options = [f"--pg1-path={target}"]
         if (target / "PG_VERSION").exists():
@@ -477,7 +525,12 @@ class PostgresCatalogue(ManifestCatalogue):
         if into is not None:
             options.append("--archive-mode=off")
         if backup is not None:
-            options += [f"--set={backup.label}", "--type=name", f"--target={backup.restore_point}"]
+            options += [
+                f"--set={backup.label}",
+                "--type=name",
+                f"--target={backup.restore_point}",
+                "--target-timeline=current",
+            ]
             said = f"backup {backup.id} (as it was at {backup.taken_at.isoformat()})"
         elif to is not None:
             options += ["--type=time", f"--target={to.isoformat(sep=' ')}"]
