@@ -69,6 +69,8 @@ COMMAND_TIMEOUT = 6 * 3600.0
 # What pgBackRest names its backups: a full one, or a full one and a differential or an
 # incremental one built on it. A manifest naming anything else is not trusted: its values end
 # up in pgBackRest's command line and in PostgreSQL's recovery settings.
+# The parts of a URL's query that say where the server is (the throwaway server is elsewhere).
+CONNECTION_QUERY = frozenset({"host", "port", "target_session_attrs"})
 LABEL = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
 
 
@@ -461,10 +463,15 @@ class PostgresCatalogue(ManifestCatalogue):
                 server = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program
                     command, stdout=output, stderr=subprocess.STDOUT, cwd="/", **run_as(owner)
                 )
-            url = make_url(self.url).set(
-                host=None, port=None, query={"host": str(socket), "port": "5432"}
+            live = make_url(self.url)  # its user, database and options; the throwaway's socket
+            query = {k: v for k, v in live.query.items() if k not in CONNECTION_QUERY}
+            url = live.set(  # no password: the throwaway server trusts its socket
+                password=None,
+                host=None,
+                port=None,
+                query={**query, "host": str(socket), "port": "5432"},
             )
-            target = url.render_as_string(hide_password=False)
+            target = url.render_as_string()
             self._wait_until_promoted(server, target, log)
             yield target
         finally:
