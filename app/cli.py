@@ -566,6 +566,21 @@ def _backup_step(work: Callable[[], T], catalogue: Any = None) -> T:
         raise typer.Exit(2) from None
 
 
+@backup_cli.command("keygen")
+def backup_keygen() -> None:
+    """Print a new age identity for RENUM_BACKUPS__AGE_IDENTITY (SQLite snapshots encrypted
+    at rest) and its public recipient. Keep a copy of the identity away from the backups."""
+    from app.capabilities.backups.sealing import SealingError, new_identity
+
+    try:
+        identity, recipient = new_identity()
+    except SealingError as exc:
+        err.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"# public key: {recipient}")
+    typer.echo(identity)
+
+
 @backup_cli.command("setup")
 def backup_setup() -> None:
     """PostgreSQL: write pgBackRest's configuration, create the stanza in the encrypted

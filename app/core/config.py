@@ -8,6 +8,7 @@ object is created at start-up and passed down; nothing reads the environment any
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from email.errors import MessageError
 from email.headerregistry import Address
@@ -1017,6 +1018,12 @@ class BackupSettings(BaseModel):
         description="How often the server's watch looks at the backups (and takes a scheduled "
         "one that is due).",
     )
+    age_identity: SecretStr | None = Field(
+        default=None,
+        description="SQLite: an age identity (AGE-SECRET-KEY-1..., `renum backup keygen` "
+        "makes one) that encrypts the snapshots at rest; unset: they are plain SQLite files "
+        "readable by their owner only. Losing it loses the encrypted snapshots.",
+    )
     cipher_key: SecretStr | None = Field(
         default=None,
         description="PostgreSQL: the passphrase that encrypts the pgBackRest repository "
@@ -1069,6 +1076,15 @@ class BackupSettings(BaseModel):
         le=999,
         description="PostgreSQL: differential backups kept.",
     )
+
+    @field_validator("age_identity")
+    @classmethod
+    def _an_identity(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(
+            r"AGE-SECRET-KEY-1[02-9ACDEFGHJKLMNPQRSTUVWXYZ]{58}", value.get_secret_value()
+        ):
+            raise ValueError("must be an age identity: AGE-SECRET-KEY-1 and 58 characters")
+        return value
 
     @field_validator("cipher_key")
     @classmethod

@@ -36,6 +36,7 @@ from app.capabilities.backups import replication as replication_module
 from app.capabilities.backups.checks import BackupCheck
 from app.capabilities.backups.postgres import PostgresBackup, PostgresCatalogue, repository_problems
 from app.capabilities.backups.replication import Replication, ReplicationError, restore_replica
+from app.capabilities.backups.sealing import new_identity, recipient
 from app.capabilities.base import AppContext
 from app.capabilities.health import CheckContext, Status
 from app.cli import cli
@@ -1047,3 +1048,71 @@ def test_backups_in_production_need_none_of_the_api_secrets(
     result = runner.invoke(cli, ["backup", "run"])
     assert result.exit_code == 0, result.output
     assert runner.invoke(cli, ["backup", "verify"]).exit_code == 0
+
+
+# --- encryption at rest of SQLite snapshots (age) ---------------------------------------------
+
+
+def test_snapshots_are_encrypted_at_rest_and_open_with_the_identity(database: Path) -> None:
+    identity, _ = new_identity()
+    note(database, "sealed-marker-7f3a")
+    sealed = BackupCatalogue(database, database.parent / "backups", 14, identity=identity)
+    backup = sealed.run()
+    assert backup.path.name == f"{backup.id}.db.age"
+    stored = backup.path.read_bytes()
+    assert stored.startswith(b"age-encryption.org/v1")
+    assert b"sealed-marker-7f3a" not in stored
+    assert b"SQLite format 3" not in stored
+    assert backup.path.stat().st_mode & 0o777 == 0o600
+    assert not list(sealed.directory.glob("*.partial"))  # the plain copy did not stay
+    assert sealed.backups() == [backup]
+    assert sealed.verify(backup).passed
+
+    other, _ = new_identity()
+    assert sealed.find().encrypted
+    wrong = BackupCatalogue(database, sealed.directory, 14, identity=other)
+    (problem,) = wrong.verify(backup).problems
+    assert problem.startswith(f"cannot decrypt {backup.path.name}")
+    without = BackupCatalogue(database, sealed.directory, 14)
+    assert without.verify(backup).problems == (
+        "the backup is encrypted: RENUM_BACKUPS__AGE_IDENTITY opens it",
+    )
+
+    note(database, "after-the-backup")
+    sealed.restore(backup)
+    assert "sealed-marker-7f3a" in names(database)
+    assert "after-the-backup" not in names(database)
+
+
+def test_an_altered_encrypted_snapshot_fails_its_verification(database: Path) -> None:
+    identity, _ = new_identity()
+    sealed = BackupCatalogue(database, database.parent / "backups", 14, identity=identity)
+    backup = sealed.run()
+    data = bytearray(backup.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    backup.path.write_bytes(bytes(data))
+    problems = sealed.verify(backup).problems
+    assert "the file's SHA-256 differs from the one recorded" in problems
+    assert any(problem.startswith("cannot decrypt") for problem in problems)
+    with pytest.raises(BackupError, match="failed its verification"):
+        sealed.restore(backup)
+
+
+def test_keygen_makes_an_identity_the_settings_take(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = runner.invoke(cli, ["backup", "keygen"])
+    assert made.exit_code == 0
+    comment, identity = made.stdout.splitlines()
+    assert comment.startswith("# public key: age1")
+    assert recipient(identity) == comment.removeprefix("# public key: ")
+    monkeypatch.setenv("RENUM_BACKUPS__AGE_IDENTITY", identity)
+    taken = runner.invoke(cli, ["backup", "run"])
+    assert taken.exit_code == 0, taken.output
+    assert ".db.age" in flat(taken.stdout)
+    assert runner.invoke(cli, ["backup", "verify"]).exit_code == 0
+    monkeypatch.setenv("RENUM_BACKUPS__AGE_IDENTITY", "AGE-SECRET-KEY-1NOTAKEY")
+    refused = runner.invoke(cli, ["backup", "list"])
+    assert refused.exit_code == 2
+    assert "age identity" in flat(refused.stderr)
+    assert "AGE-SECRET-KEY-1NOTAKEY" not in refused.output  # a secret is never echoed

@@ -28,6 +28,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from app.capabilities.backups.replication import ReplicationError, restore_replica
+from app.capabilities.backups.sealing import SUFFIX as SEALED
+from app.capabilities.backups.sealing import SealingError, open_sealed, seal
 from app.core.config import Settings
 from app.db.database import sqlite_file_path
 from app.db.snapshots import DatabaseFacts, SnapshotError, read_facts, release, take_snapshot
@@ -75,7 +77,11 @@ class Backup:
 
     @property
     def manifest_path(self) -> Path:
-        return self.path.with_suffix(".json")
+        return self.path.parent / f"{self.id}.json"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.path.name.endswith(SEALED)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -235,22 +241,29 @@ class BackupCatalogue(ManifestCatalogue):
     engine = "sqlite"
 
     def __init__(
-        self, database: Path, directory: Path, keep: int, replica: Path | None = None
+        self,
+        database: Path,
+        directory: Path,
+        keep: int,
+        replica: Path | None = None,
+        identity: str | None = None,
     ) -> None:
         super().__init__(directory)
         self.database = database
         self.keep = keep
         self.replica = replica
+        self.identity = identity  # an age identity: snapshots are encrypted with it
 
     def _parse(self, path: Path, data: dict[str, Any]) -> Backup:
-        """A backup's file is always ``<id>.db`` beside its manifest, whatever it says."""
-        if data["file"] != f"{path.stem}.db":
+        """A backup's file is always ``<id>.db`` (``<id>.db.age`` encrypted) beside its
+        manifest, whatever else it says."""
+        if data["file"] not in (f"{path.stem}.db", f"{path.stem}.db{SEALED}"):
             raise ValueError("its file does not match its name")
         checked = data.get("verification")
         return Backup(
             id=path.stem,
             taken_at=_aware(data["taken_at"]),
-            path=path.with_suffix(".db"),
+            path=path.with_name(data["file"]),
             size=int(data["size"]),
             sha256=str(data["sha256"]),
             facts=DatabaseFacts.from_dict(data),
@@ -269,7 +282,14 @@ class BackupCatalogue(ManifestCatalogue):
         partial = path.with_name(path.name + ".partial")
         try:
             facts = take_snapshot(self.database, partial)
-        except SnapshotError as exc:
+            if self.identity is not None:  # the plain copy never gets a backup's name
+                path = path.with_name(path.name + SEALED)
+                sealed = path.with_name(path.name + ".partial")
+                seal(partial, sealed, self.identity)
+                partial.unlink()
+                partial = sealed
+        except (SnapshotError, SealingError) as exc:
+            partial.unlink(missing_ok=True)
             raise BackupError(str(exc)) from None
         os.replace(partial, path)
         backup = Backup(
@@ -292,29 +312,37 @@ class BackupCatalogue(ManifestCatalogue):
 
     def verify(self, backup: Backup, now: datetime | None = None) -> Verification:
         """Restore ``backup`` into a throwaway file and check it against its manifest: the
-        file's size and SHA-256, SQLite's integrity check, the migration revision, every
-        table's rows and checksum. The result is recorded in the manifest."""
+        stored file's size and SHA-256, then the copy (decrypted when the backup is
+        encrypted): SQLite's integrity check, the migration revision, every table's rows and
+        checksum. The result is recorded in the manifest."""
         if not backup.path.is_file():
             problems = [f"the backup's file {backup.path} is missing"]
         else:
             with tempfile.TemporaryDirectory(prefix="renum-verify-") as scratch:
-                restored = Path(scratch) / "restored.db"
-                shutil.copyfile(backup.path, restored)
-                problems = self._problems(backup, restored)
+                problems = self._unpack(backup, Path(scratch) / "restored.db")
         verification = Verification(at=now or datetime.now(UTC), problems=tuple(problems))
         recorded = dataclasses.replace(backup, verification=verification)
         _write_atomically(backup.manifest_path, json.dumps(recorded.manifest(), indent=2))
         return verification
 
-    @staticmethod
-    def _problems(backup: Backup, copy: Path) -> list[str]:
-        """What is wrong with ``copy``, a copy of ``backup``'s file, against its manifest."""
+    def _unpack(self, backup: Backup, copy: Path) -> list[str]:
+        """Copy ``backup``'s file to the new file ``copy`` (decrypted when it is encrypted)
+        and say what is wrong with it against the manifest."""
         problems = []
-        size = copy.stat().st_size
+        size = backup.path.stat().st_size
         if size != backup.size:
             problems.append(f"size {size} bytes, recorded {backup.size}")
-        if _sha256(copy) != backup.sha256:
+        if _sha256(backup.path) != backup.sha256:
             problems.append("the file's SHA-256 differs from the one recorded")
+        if not backup.encrypted:
+            shutil.copyfile(backup.path, copy)
+        elif self.identity is None:
+            return [*problems, "the backup is encrypted: RENUM_BACKUPS__AGE_IDENTITY opens it"]
+        else:
+            try:
+                open_sealed(backup.path, copy, self.identity)
+            except SealingError as exc:
+                return [*problems, str(exc)]
         try:
             facts = read_facts(copy)
         except SnapshotError as exc:
@@ -328,8 +356,7 @@ class BackupCatalogue(ManifestCatalogue):
         if not backup.path.is_file():
             raise BackupError(f"the backup's file {backup.path} is missing")
         incoming = self._incoming()
-        shutil.copyfile(backup.path, incoming)
-        problems = self._problems(backup, incoming)  # the very copy that goes in place
+        problems = self._unpack(backup, incoming)  # the very copy that goes in place
         if problems:
             incoming.unlink(missing_ok=True)
             raise BackupError(f"backup {backup.id} failed its verification: " + "; ".join(problems))
@@ -409,4 +436,5 @@ def catalogue_for(settings: Settings) -> Any:
     if database is None:
         raise BackupError("the SQLite database is in memory or a file: URI; nothing to back up")
     directory = section.directory or database.parent / "backups"
-    return BackupCatalogue(database, directory, section.keep, section.replica_directory)
+    identity = section.age_identity.get_secret_value() if section.age_identity else None
+    return BackupCatalogue(database, directory, section.keep, section.replica_directory, identity)
