@@ -139,14 +139,18 @@ class LaunchedBackend(Backend):
         *,
         extra_env: dict[str, str] | None = None,
         ready_timeout: float = 60.0,
+        database_url: str | None = None,
     ) -> LaunchedBackend:
+        """A backend on a new database of ``flavour`` (a file, or a database on the shared
+        PostgreSQL server dropped when the backend stops), or on ``database_url``, a database
+        the caller made and keeps (a drill's own cluster: nothing touches the shared one)."""
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown database flavour {flavour!r}; choose from {FLAVOURS}")
         workdir = Path(tempfile.mkdtemp(prefix=f"renum-{flavour}-"))
         database_name = None
-        if flavour == "sqlite":
+        if database_url is None and flavour == "sqlite":
             database_url = f"sqlite+aiosqlite:///{workdir / 'renum.db'}"
-        else:
+        elif database_url is None:
             database_name = f"renum_qa_{uuid.uuid4().hex[:12]}"
             database_url = services.create_postgres_database(database_name)
         port = free_port()

@@ -198,9 +198,7 @@ def test_a_lost_postgresql_disk_comes_back_from_pgbackrest(
         database_bytes = int(size[0])
         assert database_bytes >= 2**30
 
-        backend = LaunchedBackend.start(
-            "postgresql", extra_env={"RENUM_DATABASE__URL": settings["RENUM_DATABASE__URL"]}
-        )
+        backend = LaunchedBackend.start("postgresql", database_url=settings["RENUM_DATABASE__URL"])
         with ApiClient(backend.base_url) as client:
             writer = Writer(client.login(backend.admin_email, backend.admin_password))
             writer.start()

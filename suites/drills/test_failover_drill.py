@@ -177,7 +177,7 @@ def test_the_synchronous_replica_takes_over_and_renum_rides_through(
     fake = fake_openai
     old_leader, replica = cluster.wait_for_sync_replica()
     backend = launch_backend(
-        "postgresql", extra_env={"RENUM_DATABASE__URL": cluster.url("renum"), **BREAKER_FAST}
+        "postgresql", database_url=cluster.url("renum"), extra_env=BREAKER_FAST
     )
     assert backend.process is not None
     pid = backend.process.pid
