@@ -12,6 +12,7 @@ import pwd
 import re
 import shlex
 import sqlite3
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable
@@ -1116,3 +1117,18 @@ def test_keygen_makes_an_identity_the_settings_take(
     assert refused.exit_code == 2
     assert "age identity" in flat(refused.stderr)
     assert "AGE-SECRET-KEY-1NOTAKEY" not in refused.output  # a secret is never echoed
+
+
+def test_a_throwaway_server_that_stops_while_recovering_says_why(tmp_path: Path) -> None:
+    log = os.open(tmp_path / "server.log", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        said = (
+            "echo 'LOG:  starting'; echo 'FATAL:  recovery ended before target'; echo 'LOG:  gone'"
+        )
+        server = subprocess.Popen(["sh", "-c", said], stdout=log)  # noqa: S603,S607 - a stand-in
+        server.wait()
+        nowhere = f"postgresql+asyncpg://renum@/renum?host={tmp_path}&port=5432"
+        with pytest.raises(BackupError, match="stopped while recovering: FATAL:  recovery ended"):
+            PostgresCatalogue._wait_until_promoted(server, nowhere, log)
+    finally:
+        os.close(log)

@@ -419,6 +419,7 @@ class PostgresCatalogue(ManifestCatalogue):
         data = self.directory / f"verify-{backup.id}"
         socket = Path(tempfile.mkdtemp(prefix="renum-verify-"))  # a socket's path: <108 bytes
         server = None
+        log = None
         try:
             access = socket / "pg_hba.conf"
             _write_atomically(access, "local all all trust\n", owner)
@@ -426,9 +427,12 @@ class PostgresCatalogue(ManifestCatalogue):
             _write_atomically(
                 config, "# the throwaway server's settings are on its command line\n", owner
             )
-            log = socket / "server.log"
-            _write_atomically(log, "", owner)
+            # The server's output, opened here before the directory is handed over and only
+            # ever read back through this descriptor: never a link planted in its place.
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND
+            log = os.open(socket / "server.log", flags, 0o600)
             if owner is not None:
+                owner.give(log)
                 owner.adopt_directory(socket)
             data.mkdir(mode=0o700)
             if owner is not None:
@@ -459,10 +463,9 @@ class PostgresCatalogue(ManifestCatalogue):
             command = [str(postgres), "-D", str(data)]
             for name, value in settings.items():
                 command += ["-c", f"{name}={value}"]
-            with log.open("ab") as output:
-                server = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program
-                    command, stdout=output, stderr=subprocess.STDOUT, cwd="/", **run_as(owner)
-                )
+            server = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program
+                command, stdout=log, stderr=subprocess.STDOUT, cwd="/", **run_as(owner)
+            )
             live = make_url(self.url)  # its user, database and options; the throwaway's socket
             query = {k: v for k, v in live.query.items() if k not in CONNECTION_QUERY}
             url = live.set(  # no password: the throwaway server trusts its socket
@@ -483,15 +486,18 @@ class PostgresCatalogue(ManifestCatalogue):
                     if server.poll() is None:
                         server.kill()
                         server.wait()
+            if log is not None:
+                os.close(log)
             shutil.rmtree(data, ignore_errors=True)
             shutil.rmtree(socket, ignore_errors=True)
 
     @staticmethod
-    def _wait_until_promoted(server: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    def _wait_until_promoted(server: subprocess.Popen[bytes], url: str, log: int) -> None:
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                said = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+                tail = os.pread(log, 65536, max(0, os.fstat(log).st_size - 65536))
+                said = tail.decode("utf-8", errors="replace").strip().splitlines()
                 worst = [line for line in said if "FATAL" in line or "PANIC" in line] or said
                 raise BackupError(
                     "the throwaway server stopped while recovering: " + " / ".join(worst[-3:])
