@@ -1,5 +1,7 @@
-"""The directory of backups: each one a database file ``<id>.db`` and its manifest
-``<id>.json``, the id being the UTC time it was taken (``20261205T091500123456Z``). Files whose
+"""The directory of backups: each one a database file ``<id>.db`` (``<id>.db.age`` when
+encrypted, see ``sealing``) and its manifest ``<id>.json``, the id being the UTC time it was
+taken (``20261205T091500123456Z``); PostgreSQL's catalogue keeps its manifests the same way
+(``ManifestCatalogue``), its backups being pgBackRest's. Files whose
 names are not such ids are not the catalogue's and are left alone; a manifest that cannot be
 read is listed in ``unreadable`` (and reported by the watch), never trusted.
 
