@@ -26,7 +26,6 @@ run as the ``postgres`` user (PostgreSQL refuses to run as root), as ``qa.pg_clu
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -44,7 +43,13 @@ import httpx
 import psutil
 
 from qa.launcher import free_port
-from qa.pg_cluster import BIN, give_to_service_user, run_as_service_user, scratch_directory
+from qa.pg_cluster import (
+    BIN,
+    fetch,
+    give_to_service_user,
+    run_as_service_user,
+    scratch_directory,
+)
 from qa.polling import wait_until
 
 PATRONI = "/usr/bin/patroni"
@@ -101,17 +106,7 @@ class PatroniNode:
 
     def query(self, statement: str, *arguments: Any, database: str = "postgres") -> list[Any]:
         """The rows ``statement`` returns on this node's PostgreSQL (its own connection)."""
-
-        async def run() -> list[Any]:
-            connection = await asyncpg.connect(
-                host="127.0.0.1", port=self.pg_port, user="postgres", database=database, timeout=5
-            )
-            try:
-                return list(await connection.fetch(statement, *arguments))
-            finally:
-                await connection.close()
-
-        return asyncio.run(run())
+        return fetch(statement, *arguments, host="127.0.0.1", port=self.pg_port, database=database)
 
     def takes_writes(self) -> bool:
         """Whether this node's PostgreSQL answers and is out of recovery (a primary)."""

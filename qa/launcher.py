@@ -246,6 +246,14 @@ class LaunchedBackend(Backend):
             f"{self._log_tail()}"
         )
 
+    @property
+    def sqlite_file(self) -> Path:
+        """The file of the backend's SQLite database."""
+        url = self.env["RENUM_DATABASE__URL"]
+        if not url.startswith("sqlite+aiosqlite:///"):
+            raise ValueError(f"the backend's database is not an SQLite file: {url}")
+        return Path(url.removeprefix("sqlite+aiosqlite:///"))
+
     def kill(self) -> None:
         """SIGKILL the server, as a crash would: nothing is shut down cleanly."""
         if self.process is not None and self.process.poll() is None:

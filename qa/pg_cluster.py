@@ -33,6 +33,20 @@ def run_as_service_user() -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
+def fetch(statement: str, *arguments: Any, **connect: Any) -> list[Any]:
+    """The rows ``statement`` returns with its ``$n`` ``arguments``, on a connection of its own
+    as ``postgres`` to the server ``connect`` names (host, port, database)."""
+
+    async def run() -> list[Any]:
+        connection = await asyncpg.connect(user="postgres", timeout=5, **connect)
+        try:
+            return list(await connection.fetch(statement, *arguments))
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
 def scratch_directory(prefix: str) -> Path:
     """A new directory the cluster's user may use (given to it when this is root)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -63,16 +77,7 @@ class PrivateCluster:
     def query(self, statement: str, *arguments: Any, database: str = "postgres") -> list[Any]:
         """The rows ``statement`` returns (one statement with its ``$n`` ``arguments``, in its
         own transaction)."""
-
-        async def run() -> list[Any]:
-            dsn = self.url(database).replace("postgresql+asyncpg://", "postgresql://", 1)
-            connection = await asyncpg.connect(dsn)
-            try:
-                return list(await connection.fetch(statement, *arguments))
-            finally:
-                await connection.close()
-
-        return asyncio.run(run())
+        return fetch(statement, *arguments, host="127.0.0.1", port=self.port, database=database)
 
     def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

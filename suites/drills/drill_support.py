@@ -5,6 +5,7 @@ PostgreSQL cluster archiving its WAL into an encrypted pgBackRest repository the
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,12 @@ def archive_with_pgbackrest(cluster: PrivateCluster, settings: dict[str, str]) -
         if line.startswith(("archive_command", "archive_timeout")):
             cluster.query(f"ALTER SYSTEM SET {line.split('  #')[0]}")
     cluster.query("SELECT pg_reload_conf()")
+
+
+def account_names(database: Path) -> set[str]:
+    """The names of the accounts in the SQLite database file ``database`` (read only)."""
+    connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in connection.execute("SELECT name FROM accounts")}
+    finally:
+        connection.close()

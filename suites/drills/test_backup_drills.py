@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +32,14 @@ from pathlib import Path
 
 import httpx
 import psutil
-from drill_support import ARCHIVING, archive_with_pgbackrest, ok, postgres_settings, renum
+from drill_support import (
+    ARCHIVING,
+    account_names,
+    archive_with_pgbackrest,
+    ok,
+    postgres_settings,
+    renum,
+)
 
 from qa.client import API, ApiClient
 from qa.factories import DEFAULT_PASSWORD, unique_email, unique_name
@@ -98,14 +104,6 @@ def lose_disk(database: Path) -> None:
         Path(f"{database}{suffix}").unlink(missing_ok=True)
 
 
-def account_names(database: Path) -> set[str]:
-    connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return {row[0] for row in connection.execute("SELECT name FROM accounts")}
-    finally:
-        connection.close()
-
-
 def test_a_lost_disk_comes_back_from_the_replica(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
@@ -114,7 +112,7 @@ def test_a_lost_disk_comes_back_from_the_replica(
         "sqlite", extra_env={"RENUM_BACKUPS__REPLICA_DIRECTORY": str(replica)}
     )
     url = backend.env["RENUM_DATABASE__URL"]
-    database = Path(url.removeprefix("sqlite+aiosqlite:///"))
+    database = backend.sqlite_file
     try:
         with ApiClient(backend.base_url) as client:
             writer = Writer(client.login(backend.admin_email, backend.admin_password))

@@ -34,7 +34,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from drill_support import ARCHIVING, archive_with_pgbackrest, ok, postgres_settings, renum
+from drill_support import (
+    ARCHIVING,
+    account_names,
+    archive_with_pgbackrest,
+    ok,
+    postgres_settings,
+    renum,
+)
 
 from app.capabilities.backups.replication import ReplicationError, restore_replica
 from qa.client import API, ApiClient
@@ -159,7 +166,7 @@ class SQLiteRehearsal:
         self.backend = backend
         self.replica = replica
         self.url = backend.env["RENUM_DATABASE__URL"]
-        self.database = Path(self.url.removeprefix("sqlite+aiosqlite:///"))
+        self.database = backend.sqlite_file
         self.settings = {
             "RENUM_DATABASE__URL": self.url,
             "RENUM_BACKUPS__REPLICA_DIRECTORY": str(replica),
@@ -175,12 +182,7 @@ class SQLiteRehearsal:
             expect(admin.post(f"{API}/accounts", json=body), 201)
 
     def names(self, database: Path | None = None) -> set[str]:
-        path = database or self.database
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return {row[0] for row in connection.execute("SELECT name FROM accounts")}
-        finally:
-            connection.close()
+        return account_names(database or self.database)
 
     def replicated(self, check: Callable[[set[str]], bool]) -> bool:
         """Whether the replica's latest state passes ``check`` (restored aside to look)."""

@@ -52,7 +52,7 @@ def test_the_server_takes_watches_and_alerts_on_its_backups() -> None:
         },
     )
     try:
-        database = Path(backend.env["RENUM_DATABASE__URL"].removeprefix("sqlite+aiosqlite:///"))
+        database = backend.sqlite_file
         renum = Cli(
             cli_env(RENUM_DATABASE__URL=backend.env["RENUM_DATABASE__URL"]), database.parent
         )
@@ -134,7 +134,7 @@ def test_the_server_replicates_continuously_and_recovers_to_a_point_in_time(
         "sqlite", extra_env={"RENUM_BACKUPS__REPLICA_DIRECTORY": str(replica)}
     )
     url = backend.env["RENUM_DATABASE__URL"]
-    database = Path(url.removeprefix("sqlite+aiosqlite:///"))
+    database = backend.sqlite_file
     try:
         with ApiClient(backend.base_url) as client:
             admin = client.login(backend.admin_email, backend.admin_password)

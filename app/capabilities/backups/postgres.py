@@ -347,8 +347,9 @@ class PostgresCatalogue(ManifestCatalogue):
         except SnapshotError as exc:
             raise BackupError(str(exc)) from None
         self.prepare()
-        self.pgbackrest("backup", f"--type={kind}")
-        made = self.info()["backup"][-1]
+        self.pgbackrest("backup", f"--type={kind}")  # pgBackRest's retention expires after it
+        listed = self.info()["backup"]
+        made = listed[-1]
         point = f"renum-{backup_id}"
         try:
             facts = mark_restore_point(self.url, point)
@@ -367,7 +368,7 @@ class PostgresCatalogue(ManifestCatalogue):
             manifest_path=self.directory / f"{backup_id}.json",
         )
         self._record(backup)
-        kept = {entry["label"] for entry in self.info()["backup"]}
+        kept = {entry["label"] for entry in listed}
         for old in self.backups():
             if old.label not in kept:  # expired by the retention policy
                 old.manifest_path.unlink(missing_ok=True)
@@ -379,7 +380,7 @@ class PostgresCatalogue(ManifestCatalogue):
         in the manifest. What keeps the verification from running at all (pgBackRest or
         PostgreSQL's programs missing, the repository unreadable) raises ``BackupError`` and
         records nothing. Call it holding ``exclusive``."""
-        self.prepare()
+        self.configure()  # the stanza exists: the backup is in it
         postgres = self._bin("postgres")
         for stale in self.directory.glob("verify-*"):  # left by a verification that was killed
             shutil.rmtree(stale, ignore_errors=True)
