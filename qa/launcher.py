@@ -94,6 +94,10 @@ def _number(value: object) -> int:
     return int(value) if isinstance(value, str) and value.isdigit() else -1
 
 
+# How many ports a server is started on before its failure to bind one counts.
+BIND_ATTEMPTS = 5
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -153,7 +157,6 @@ class LaunchedBackend(Backend):
         elif database_url is None:
             database_name = f"renum_qa_{uuid.uuid4().hex[:12]}"
             database_url = services.create_postgres_database(database_name)
-        port = free_port()
         password = secrets.token_urlsafe(16)
         fake = shared_fake()
         env = {
@@ -174,7 +177,7 @@ class LaunchedBackend(Backend):
             **(extra_env or {}),
         }
         backend = cls(
-            base_url=f"http://127.0.0.1:{port}",
+            base_url="",
             admin_email=env["RENUM_BOOTSTRAP_ADMIN_EMAIL"] or ADMIN_EMAIL,
             admin_password=env["RENUM_BOOTSTRAP_ADMIN_PASSWORD"] or password,
             flavour=flavour,
@@ -183,9 +186,37 @@ class LaunchedBackend(Backend):
             workdir=workdir,
             database_name=database_name,
         )
-        backend._spawn(port)
-        backend.wait_ready(ready_timeout)
+        backend._launch(ready_timeout)
         return backend
+
+    def _launch(self, ready_timeout: float) -> None:
+        """Spawn the server on a free port and wait until it is started. A port found free
+        can be taken before the server binds it (the kernel hands the same range out as the
+        local ports of outgoing connections): a server that failed to bind is started again
+        on another port."""
+        assert self.log_path is not None
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            port = free_port()
+            self.base_url = f"http://127.0.0.1:{port}"
+            self._spawn(port)
+            try:
+                self.wait_ready(ready_timeout)
+                return
+            except BackendFailed:
+                if attempt == BIND_ATTEMPTS or not self._failed_to_bind(start):
+                    raise
+
+    def _failed_to_bind(self, log_offset: int) -> bool:
+        """Whether the process just ended said its address was in use (in its log after
+        ``log_offset``)."""
+        assert self.log_path is not None
+        assert self.process is not None
+        if self.process.poll() is None:
+            return False
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            return b"address already in use" in log.read()
 
     def _spawn(self, port: int) -> None:
         assert self.log_path is not None
@@ -265,10 +296,7 @@ class LaunchedBackend(Backend):
         if self.process is not None and self.process.poll() is None:
             raise BackendFailed("the backend is still running; stop or kill it first")
         self.env.update(extra_env or {})
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._spawn(port)
-        self.wait_ready(ready_timeout)
+        self._launch(ready_timeout)
 
     def network_violations(self) -> list[str]:
         """Destinations outside loopback the server tried to reach (refused by the guard)."""

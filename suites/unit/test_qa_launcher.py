@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -225,6 +226,86 @@ def test_launched_backends_run_in_the_test_environment() -> None:
     """The query budget is counted in development and test only: the gate needs ``test``."""
     source = Path(launcher.__file__).read_text(encoding="utf-8")
     assert '"RENUM_ENVIRONMENT": "test"' in source
+
+
+# --- a port taken before the server binds it -------------------------------------------
+
+# A stand-in for uvicorn: serves 200 on its port, or says the address is in use and exits 3.
+STUB_SERVER = """
+import http.server, sys
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+try:
+    server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ok)
+except OSError as error:
+    print(f"{error}: address already in use" if error.errno == 98 else error, flush=True)
+    sys.exit(3)
+server.serve_forever()
+"""
+
+
+class StubServer(LaunchedBackend):
+    script = STUB_SERVER
+    spawned_ports: list[int]
+
+    def _spawn(self, port: int) -> None:
+        assert self.log_path is not None
+        self.spawned_ports.append(port)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - this interpreter, the test's script
+                [sys.executable, "-c", self.script, str(port)], stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+
+def stub_backend(tmp_path: Path, script: str = STUB_SERVER) -> StubServer:
+    backend = StubServer(
+        base_url="", admin_email=ADMIN_EMAIL, admin_password="-", flavour="sqlite",
+        log_path=tmp_path / "server.log", workdir=tmp_path,
+    )  # fmt: skip
+    backend.script = script
+    backend.spawned_ports = []
+    return backend
+
+
+def test_a_server_whose_port_was_taken_starts_again_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers there
+        taken_port = taken.getsockname()[1]
+        ports = iter([taken_port, taken_port])
+        monkeypatch.setattr(launcher, "free_port", lambda: next(ports, None) or free_port())
+        backend = stub_backend(tmp_path)
+        try:
+            backend._launch(ready_timeout=30)
+            assert backend.spawned_ports[:2] == [taken_port, taken_port]
+            assert len(backend.spawned_ports) == 3
+            assert backend.base_url == f"http://127.0.0.1:{backend.spawned_ports[2]}"
+            assert httpx.get(backend.readiness_url()).status_code == 200
+        finally:
+            backend.kill()
+
+
+def test_a_port_taken_every_time_fails_after_the_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(launcher, "free_port", lambda: taken.getsockname()[1])
+        backend = stub_backend(tmp_path)
+        with pytest.raises(BackendFailed, match="exited with code 3"):
+            backend._launch(ready_timeout=30)
+    assert len(backend.spawned_ports) == launcher.BIND_ATTEMPTS
+
+
+def test_a_start_that_fails_otherwise_is_not_tried_again(tmp_path: Path) -> None:
+    backend = stub_backend(tmp_path, script="import sys; print('no such table'); sys.exit(3)")
+    with pytest.raises(BackendFailed, match="no such table"):
+        backend._launch(ready_timeout=30)
+    assert len(backend.spawned_ports) == 1
 
 
 # --- remote backends --------------------------------------------------------------------
