@@ -313,6 +313,7 @@ class AccessOrderedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 # together (one write to the stream for many requests, like nginx's ``access_log buffer= flush=``).
 FLUSH_SECONDS = 0.1
 MAX_WAITING = 256
+MAX_MIDDLES = 1024
 
 
 def _sole_root_handler(handler: logging.Handler) -> bool:
@@ -346,6 +347,9 @@ class AccessLog:
         self._waiting: deque[tuple[int, str, str, str, int, float]] = deque()
         # The event loop a write of the waiting lines is scheduled on, if any.
         self._flush_loop: asyncio.AbstractEventLoop | None = None
+        # The rendered method, path and status of recent lines (a busy route's are the same
+        # for every request): at most MAX_MIDDLES, forgotten together.
+        self._middles: dict[tuple[str, str, int], str] = {}
 
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
@@ -384,10 +388,20 @@ class AccessLog:
     def _line(
         self, ns: int, request_id: str, method: str, path: str, status: int, ms: float
     ) -> str:
+        # An id of letters and digits only (every id Renum makes) is its own JSON string and
+        # holds nothing the scrub looks for (each of its patterns needs a "_", "." or space).
+        rid = f'"{request_id}"' if request_id.isalnum() else _json_string(scrub(request_id))
+        key = (method, path, status)
+        middle = self._middles.get(key)
+        if middle is None:
+            if len(self._middles) >= MAX_MIDDLES:
+                self._middles.clear()
+            middle = self._middles[key] = (
+                f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
+                f'"status": {int(status)}, '
+            )
         return (
-            f'{{"request_id": {_json_string(scrub(request_id))}, '
-            f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
-            f'"status": {int(status)}, "duration_ms": {float(ms)!r}, '
+            f'{{"request_id": {rid}, {middle}"duration_ms": {float(ms)!r}, '
             f'"event": "request", "level": "info", "logger": "app.access", '
             f'"timestamp": "{self._timestamp(ns)}"}}\n'
         )

@@ -4,6 +4,10 @@ the request observers capabilities register (the monitor's endpoint metrics), to
 request starts and when it ends with its status and duration: one middleware times every
 request once, however many look at the figures.
 
+Capabilities' middlewares that act under some path prefixes only (the API's conditional and
+last-known reads) are added with ``add_scoped_middleware``: consecutive ones share one layer,
+which a request outside their prefixes passes with one check.
+
 Per-request work is O(1): no body buffering, no blocking I/O.
 """
 
@@ -13,14 +17,16 @@ import os
 import random
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PayloadTooLarge, problem_response
 from app.core.logging import ACCESS_LOG, get_logger
-from app.core.request_context import reset_request_id, set_request_id
+from app.core.request_context import begin_request, end_request
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -51,7 +57,7 @@ def _read_headers(scope: Scope) -> tuple[str, int | None]:
             except ValueError:
                 length = -1
     return (
-        request_id or f"{_ids.getrandbits(128):032x}",
+        request_id or _ids.getrandbits(128).to_bytes(16, "big").hex(),
         None if length is None or length < 0 else length,
     )
 
@@ -101,7 +107,7 @@ class RequestContextMiddleware:
             return
 
         request_id, length = _read_headers(scope)
-        token = set_request_id(request_id)  # on every line logged meanwhile (app.core.logging)
+        token = begin_request(request_id, scope)  # its id on every line logged meanwhile
         started = perf_counter()
         observers = self.observers
         for observer in observers:
@@ -111,7 +117,6 @@ class RequestContextMiddleware:
                 log.error("request_observer_failed", error_type=type(exc).__name__, exc_info=exc)
         status = 500
         response_started = False
-        header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
         client_seconds = 0.0
 
         async def send_with_id(message: Message) -> None:
@@ -119,7 +124,13 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (REQUEST_ID_HEADER, request_id.encode("latin-1")),
+                ]
+                await send(message)  # the head is written, never waited on
+                return
+            # A body waits while the client does not read (the server's flow control).
             began = perf_counter()
             await send(message)
             client_seconds += perf_counter() - began
@@ -186,4 +197,47 @@ class RequestContextMiddleware:
                     status,
                     round(seconds * 1000, 2),
                 )
-            reset_request_id(token)
+            end_request(token)
+
+
+@dataclass(frozen=True)
+class ScopedMiddleware:
+    """A middleware class, its options, and the path prefixes outside which it does nothing."""
+
+    cls: Callable[..., ASGIApp]
+    prefixes: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class ScopedLayers:
+    """Middlewares that act under some path prefixes only, as one layer (``layers`` innermost
+    first, as they were added): an HTTP request under any of their prefixes goes through all of
+    them, each deciding for itself as before; any other request, or scope, goes past them all."""
+
+    def __init__(self, app: ASGIApp, *, layers: Sequence[ScopedMiddleware]) -> None:
+        self.app = app
+        chain = app
+        for layer in layers:
+            chain = layer.cls(chain, **layer.options)
+        self.chain = chain
+        self.prefixes = tuple(sorted({prefix for layer in layers for prefix in layer.prefixes}))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+            await self.chain(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def add_scoped_middleware(
+    app: Starlette, cls: Callable[..., ASGIApp], *, prefixes: tuple[str, ...], **options: Any
+) -> None:
+    """``app.add_middleware(cls, **options)`` for a middleware that acts on requests under
+    ``prefixes`` only (it must pass any other request straight on): outermost so far, and in
+    one ``ScopedLayers`` with the scoped middlewares added just before it."""
+    layer = ScopedMiddleware(cls, prefixes, options)
+    outermost = app.user_middleware[0] if app.user_middleware else None
+    if outermost is not None and outermost.cls is ScopedLayers and app.middleware_stack is None:
+        outermost.kwargs["layers"].append(layer)
+    else:
+        app.add_middleware(ScopedLayers, layers=[layer])

@@ -1,10 +1,11 @@
-"""The request being handled: its id, readable anywhere in its task, and the template of the
-route that answered it (the monitor's endpoint metrics and the query budget key on it)."""
+"""The request being handled: its id and scope, readable anywhere in its task and in the tasks
+and threads it starts (its context is theirs), and the template of the route that answered it
+(the monitor's endpoint metrics and the query budget key on it)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from starlette.types import Scope
@@ -12,19 +13,43 @@ from starlette.types import Scope
 # The route template of a request no route matched (a scan of random paths adds no series).
 UNMATCHED = "<unmatched>"
 
-_request_id: ContextVar[str | None] = ContextVar("renum_request_id", default=None)
+
+class RequestInfo:
+    """One request as its context holds it: its id for the whole life of what it started (log
+    lines keep it), its scope only while it is being answered."""
+
+    __slots__ = ("id", "scope")
+
+    def __init__(self, request_id: str, scope: Scope) -> None:
+        self.id = request_id
+        self.scope: Scope | None = scope
+
+
+_current: ContextVar[RequestInfo | None] = ContextVar("renum_request", default=None)
+
+
+def begin_request(request_id: str, scope: Scope) -> Token[RequestInfo | None]:
+    """Make this the request of the current context (the base middleware, once per request)."""
+    return _current.set(RequestInfo(request_id, scope))
+
+
+def end_request(token: Token[RequestInfo | None]) -> None:
+    """The request was answered: work it left running keeps its id, no longer its scope."""
+    info = _current.get()
+    if info is not None:
+        info.scope = None
+    _current.reset(token)
 
 
 def current_request_id() -> str | None:
-    return _request_id.get()
+    info = _current.get()
+    return None if info is None else info.id
 
 
-def set_request_id(value: str | None) -> object:
-    return _request_id.set(value)
-
-
-def reset_request_id(token: object) -> None:
-    _request_id.reset(token)  # type: ignore[arg-type]
+def current_scope() -> Scope | None:
+    """The scope of the request being answered in this context, if any."""
+    info = _current.get()
+    return None if info is None else info.scope
 
 
 def route_template(scope: Scope) -> str:

@@ -10,15 +10,17 @@ text as the driver received it, bound parameters as placeholders (``?``, ``$1``,
 quoted literals masked, whitespace collapsed and cut to ``MAX_STATEMENT_CHARS``. A parameter's
 value never reaches it (engines hide parameters as well: ``hide_parameters=True``).
 
-The current counter lives in a context variable. ``start`` sets one where a request begins; the
-code that answers the request runs in that context or in copies of it (``asyncio.gather`` and
-``create_task`` copy the context into their child tasks, a thread pool's ``to_thread`` too, and
-SQLAlchemy's asyncio bridge runs each statement in a greenlet sharing the task's context), and
-a copy holds the same counter object, so every statement the request issues adds to one count.
-A task that outlives the request (work the request started in the background) holds it too: the
-counter stops counting once closed (``QueryCounter.close``), and such a task may ``detach`` from
-it at its start. ``loop.run_in_executor`` does not copy the context: statements run that way are
-timed but counted into no request.
+The current counter lives in a context variable. ``start`` sets one where a request begins
+(where requests are counted: development and test); the code that answers the request runs in
+that context or in copies of it (``asyncio.gather`` and ``create_task`` copy the context into
+their child tasks, a thread pool's ``to_thread`` too, and SQLAlchemy's asyncio bridge runs each
+statement in a greenlet sharing the task's context), and a copy holds the same counter object,
+so every statement the request issues adds to one count. A task that outlives the request (work
+the request started in the background) holds it too: the counter stops counting once closed
+(``QueryCounter.close``), and such a task may ``detach`` from it at its start. Where no counter
+was started (requests are not counted), a slow statement's route is asked of
+``QueryHooks.current_route``; a detached context has none. ``loop.run_in_executor`` does not
+copy the context: statements run that way are timed but counted into no request.
 
 Per statement the cost is a context-variable read, an addition and two clock reads; the SQL text
 is only looked at for the rare statement that was slow.
@@ -73,6 +75,9 @@ class QueryCounter:
 
 
 _current: ContextVar[QueryCounter | None] = ContextVar("renum_query_counter", default=None)
+# The counter of a detached context: closed, so its statements belong to no request.
+DETACHED = QueryCounter(counting=False)
+DETACHED.close()
 
 
 def start(counter: QueryCounter | None = None) -> QueryCounter:
@@ -85,13 +90,19 @@ def start(counter: QueryCounter | None = None) -> QueryCounter:
 
 def current() -> QueryCounter | None:
     """This context's counter, if a request started one."""
-    return _current.get()
+    counter = _current.get()
+    return None if counter is DETACHED else counter
+
+
+def clear() -> None:
+    """Leave this context with no counter and not detached (as a new context is)."""
+    _current.set(None)
 
 
 def detach() -> None:
-    """Count this context's statements into no request from now on (for a background task
-    started from a request; the request's own context keeps its counter)."""
-    _current.set(None)
+    """Count and attribute this context's statements to no request from now on (for a
+    background task started from a request; the request's own context keeps its counter)."""
+    _current.set(DETACHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +146,13 @@ def log_slow_query(query: SlowQuery) -> None:
 @dataclass(frozen=True, slots=True)
 class QueryHooks:
     """What ``instrument`` does with a slow statement: the threshold in milliseconds (read for
-    each statement, so a live settings reload applies at once) and the callback told about
-    each statement slower than that (called on the thread that ran it; it must not raise)."""
+    each statement, so a live settings reload applies at once), the callback told about
+    each statement slower than that (called on the thread that ran it; it must not raise), and
+    where the route of a statement issued with no counter comes from."""
 
     slow_query_ms: Callable[[], float]
     on_slow_query: Callable[[SlowQuery], None] = log_slow_query
+    current_route: Callable[[], str | None] = lambda: None
 
 
 # The listeners attached to each instrumented engine, so instrumenting again replaces them.
@@ -172,7 +185,10 @@ def instrument(sync_engine: Engine, hooks: QueryHooks) -> None:
         if duration_ms < threshold_ms:
             return
         counter = _current.get()
-        route = counter.route() if counter is not None and counter.open else None
+        if counter is None:
+            route = hooks.current_route()
+        else:
+            route = counter.route() if counter.open else None
         query = SlowQuery(
             statement_text(statement), duration_ms, threshold_ms, route, executemany, failed
         )

@@ -54,18 +54,30 @@ async def paginate(
 
 
 async def paginate_after(
-    session: AsyncSession, query: Select[Any], key: Sequence[Any], after: Position, *, limit: int
+    session: AsyncSession,
+    query: Select[Any],
+    key: Sequence[Any],
+    after: Position,
+    *,
+    limit: int,
+    descending: bool = False,
 ) -> tuple[Sequence[Any], int, int]:
-    """One keyset page: the rows of ``query`` (ordered by the columns ``key``) that come after
-    ``after``, with the total and the number of rows before the page (its offset), both counted
-    in one statement. An index on the query's filters followed by ``key`` serves it at any
-    depth, where an offset reads and drops every row it skips."""
+    """One keyset page: the rows of ``query`` (ordered by the columns ``key``, ascending or
+    ``descending``) that come after ``after`` in that order, with the total and the number of
+    rows before the page (its offset), both counted in one statement. An index on the query's
+    filters followed by ``key`` serves it at any depth, where an offset reads and drops every
+    row it skips."""
     position = tuple_(*key)
+    seen, rest = (
+        (position >= after, position < after)
+        if descending
+        else (position <= after, position > after)
+    )
     counts = query.order_by(None).with_only_columns(
-        func.count(), func.count().filter(position <= after), maintain_column_froms=True
+        func.count(), func.count().filter(seen), maintain_column_froms=True
     )
     total, before = (await session.execute(counts)).one()
-    rows = (await session.scalars(query.where(position > after).limit(limit))).all()
+    rows = (await session.scalars(query.where(rest).limit(limit))).all()
     return rows, int(total or 0), int(before or 0)
 
 

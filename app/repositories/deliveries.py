@@ -22,7 +22,12 @@ from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Delivery, DeliveryStatus, Webhook
-from app.repositories.base import AccountScopedRepository, paginate
+from app.repositories.base import (
+    AccountScopedRepository,
+    Position,
+    paginate,
+    paginate_after,
+)
 
 PENDING = DeliveryStatus.pending.value
 DELIVERED = DeliveryStatus.delivered.value
@@ -247,13 +252,28 @@ class DeliveryRepository:
     # -- logs -----------------------------------------------------------------------------------
 
     async def page_for_webhook(
-        self, webhook_id: uuid.UUID, *, status: str | None, limit: int, offset: int
-    ) -> tuple[Sequence[Delivery], int]:
+        self,
+        webhook_id: uuid.UUID,
+        *,
+        status: str | None,
+        limit: int,
+        offset: int,
+        after: Position | None = None,
+    ) -> tuple[Sequence[Delivery], int, int]:
+        """A page of a webhook's deliveries, newest first: right after the position ``after``
+        when given (keyset, on the index of webhook and creation time), else ``offset`` rows
+        in; with the total and the page's offset."""
         query = select(Delivery).where(Delivery.webhook_id == webhook_id)
         if status is not None:
             query = query.where(Delivery.status == status)
         query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc())
-        return await paginate(self.session, query, limit=limit, offset=offset)
+        if after is not None:
+            key = (Delivery.created_at, Delivery.id)
+            return await paginate_after(
+                self.session, query, key, after, limit=limit, descending=True
+            )
+        rows, total = await paginate(self.session, query, limit=limit, offset=offset)
+        return rows, total, offset
 
     async def get_for_webhook(
         self, webhook_id: uuid.UUID, delivery_id: uuid.UUID

@@ -35,6 +35,7 @@ from app.core.egress import EgressGuard, EgressRefused
 from app.core.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from app.db.base import utcnow
 from app.models import Delivery, Execution, ExecutionStatus, Role, Webhook
+from app.repositories.base import Position
 from app.repositories.deliveries import DeliveryRepository, OutboxWriter, WebhookRepository
 from app.schemas.webhooks import TEST_EVENT, WebhookCreate, WebhookUpdate
 from app.services.delivery import (
@@ -309,10 +310,13 @@ class WebhookService:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[Sequence[Delivery], int]:
+        after: Position | None = None,
+    ) -> tuple[Sequence[Delivery], int, int]:
+        """A page of the webhook's delivery log, newest first (``page_for_webhook``), with
+        the total and the page's offset."""
         webhook = await self.get(principal, webhook_id)
         return await self.deliveries.page_for_webhook(
-            webhook.id, status=status, limit=limit, offset=offset
+            webhook.id, status=status, limit=limit, offset=offset, after=after
         )
 
     async def delivery(

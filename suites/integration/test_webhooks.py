@@ -418,6 +418,16 @@ def test_the_test_action_and_the_delivery_log(
     assert (page["total"], page["limit"], len(page["items"])) == (2, 1, 1)
     assert page["items"][0]["id"] != queued["id"]  # newest first
     assert deliveries(account.owner, hook["id"], offset=1)["items"][0]["id"] == queued["id"]
+    # The next page by cursor is the one by offset; the last page has no cursor.
+    last = deliveries(account.owner, hook["id"], limit=1, cursor=page["next_cursor"])
+    assert ([d["id"] for d in last["items"]], last["offset"]) == ([queued["id"]], 1)
+    assert last["next_cursor"] is None
+    # A cursor is a position: sent for another webhook of the account, it reads that log only.
+    other_hook = register(account.owner, receiver, new_path())
+    elsewhere = account.owner.get(
+        f"{WEBHOOKS}/{other_hook['id']}/deliveries", params={"cursor": page["next_cursor"]}
+    )
+    assert expect(elsewhere, 200)["items"] == []
     missing = account.owner.get(f"{WEBHOOKS}/{hook['id']}/deliveries/{uuid.uuid4()}")
     assert_problem(missing, 404)
 

@@ -1,13 +1,14 @@
 """Every list and aggregate read uses an index at realistic volumes (PostgreSQL).
 
 A private database holds 100,000 executions and 1,000,000 execution events of 50 accounts
-(and 200,000 ledger rows), seeded in the test with ``generate_series`` and analysed. The reads
-behind the list and aggregate endpoints run through their repositories, for one tenant (and,
-with a time window, for a platform admin); every statement they issue is explained with its
-own parameters, and a sequential scan of a table over ``LARGE_ROWS`` fails the test, naming
-the statement. ``test_the_guard_bites`` shows the check failing on a read without an index.
-The execution list's keyset page (after a cursor, deep in the list) is read from the list's
-index at the cursor's position, neither sorting nor skipping the rows before it.
+(and 200,000 ledger rows and 200,000 webhook deliveries), seeded in the test with
+``generate_series`` and analysed. The reads behind the list and aggregate endpoints run
+through their repositories, for one tenant (and, with a time window, for a platform admin);
+every statement they issue is explained with its own parameters, and a sequential scan of a
+table over ``LARGE_ROWS`` fails the test, naming the statement. ``test_the_guard_bites``
+shows the check failing on a read without an index. The execution list's keyset page (after a
+cursor, deep in the list) is read from the list's index at the cursor's position, neither
+sorting nor skipping the rows before it; so is a webhook's delivery log (newest first).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.core.config import Settings
 from app.db import migrate
 from app.db.database import SQLAlchemyManager
 from app.repositories.base import Position, Scope
+from app.repositories.deliveries import DeliveryRepository
 from app.repositories.executions import ExecutionRepository
 from app.repositories.ledger import LedgerRepository
 from app.repositories.messages import MessageRepository
@@ -37,6 +39,7 @@ ACCOUNTS = 50
 EXECUTIONS = 100_000
 EVENTS_PER_EXECUTION = 10
 LEDGER_ROWS = 200_000
+DELIVERIES_PER_WEBHOOK = 4_000  # one webhook per account: 200,000 deliveries
 
 SEED = [
     """INSERT INTO accounts (id, name, name_key, is_platform, created_at, updated_at)
@@ -67,6 +70,17 @@ SEED = [
         'gpt-4o-mini', 100, 20, 0.0001, 300, 'platform', e.created_at
     FROM (SELECT * FROM executions LIMIT :ledger_half) AS e,
         generate_series(1, 2) AS twice""",
+    """INSERT INTO webhooks (id, account_id, url, events, enabled, sealed_secret,
+    encryption_key_id, created_at, updated_at)
+    SELECT gen_random_uuid(), id, 'https://hooks.example/' || name_key, '["execution.completed"]',
+        true, 'sealed', 'k1', now(), now()
+    FROM accounts""",
+    """INSERT INTO deliveries (id, account_id, webhook_id, kind, event, url, guarded, payload,
+    status, attempts, next_attempt_at, created_at, updated_at)
+    SELECT gen_random_uuid(), w.account_id, w.id, 'webhook', 'execution.completed', w.url, true,
+        '{}', (ARRAY['delivered', 'dead'])[1 + n % 2], 1, now(),
+        now() - n * interval '1 second', now()
+    FROM webhooks w, generate_series(1, :deliveries_per_webhook) AS n""",
     "ANALYZE",
 ]
 
@@ -86,6 +100,7 @@ def database() -> Iterator[SQLAlchemyManager]:
                 "executions": EXECUTIONS,
                 "events": EVENTS_PER_EXECUTION,
                 "ledger_half": LEDGER_ROWS // 2,
+                "deliveries_per_webhook": DELIVERIES_PER_WEBHOOK,
             }
             for statement in SEED:
                 used = {k: v for k, v in volumes.items() if f":{k}" in statement}
@@ -299,3 +314,49 @@ def test_a_keyset_page_reads_the_list_index_from_the_cursor(database: SQLAlchemy
 
     without = run(database, page_plan(database, read, f"DROP INDEX {LIST_INDEX}"))
     assert "Sort" in {n["Node Type"] for n in without}
+
+
+DELIVERY_LOG_INDEX = "ix_deliveries_webhook_id_created_at"
+
+
+def deep_delivery(database: SQLAlchemyManager) -> tuple[uuid.UUID, Position]:
+    """A webhook and the position of a delivery nine tenths down its log (newest first)."""
+
+    async def pick() -> tuple[uuid.UUID, Position]:
+        async with database.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT webhook_id, created_at, id FROM deliveries WHERE webhook_id = "
+                        "(SELECT id FROM webhooks ORDER BY created_at, id LIMIT 1) "
+                        "ORDER BY created_at DESC, id DESC OFFSET :deep LIMIT 1"
+                    ),
+                    {"deep": DELIVERIES_PER_WEBHOOK * 9 // 10},
+                )
+            ).one()
+            return row[0], (row[1], row[2])
+
+    found: tuple[uuid.UUID, Position] = run(database, pick())
+    return found
+
+
+def delivery_page(
+    webhook: uuid.UUID, after: Position | None, status: str | None = None
+) -> Callable[[AsyncSession], Awaitable[object]]:
+    return lambda s: DeliveryRepository(s).page_for_webhook(
+        webhook, status=status, limit=50, offset=0, after=after
+    )
+
+
+def test_a_webhook_s_delivery_log_uses_an_index(database: SQLAlchemyManager) -> None:
+    webhook, after = deep_delivery(database)
+    for read in (
+        delivery_page(webhook, None),
+        delivery_page(webhook, after),
+        delivery_page(webhook, after, "dead"),
+    ):
+        assert run(database, check(database, read)) == {}
+    nodes = run(database, page_plan(database, delivery_page(webhook, after)))
+    assert [n["Node Type"] for n in nodes if n["Node Type"] == "Sort"] == []
+    scans = [n for n in nodes if n.get("Index Name") == DELIVERY_LOG_INDEX]
+    assert scans, [(n["Node Type"], n.get("Index Name")) for n in nodes]

@@ -1,7 +1,8 @@
-"""Keyset (cursor) pagination of the execution list: the opaque cursor (``app.api.cursors``),
-the keyset query (``paginate_after``) on a migrated SQLite database, and the list served
-in-process: every execution read once, in order, at any depth; tampered, foreign and
-misused cursors refused with a 422 problem before any query; offsets as before."""
+"""Keyset (cursor) pagination of the execution list and of a webhook's delivery log: the
+opaque cursor (``app.api.cursors``), the keyset query (``paginate_after``, oldest or newest
+first) on a migrated SQLite database, and the list served in-process: every execution read
+once, in order, at any depth; tampered, foreign and misused cursors refused with a 422 problem
+before any query; offsets as before."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from app.core.config import DatabaseSettings, Settings
 from app.db import migrate
 from app.db.database import SQLAlchemyManager
 from app.main import API_PREFIX, create_app
-from app.models import Account, Execution, Team
+from app.models import Account, Delivery, Execution, Team, Webhook
 from app.repositories.base import Scope
+from app.repositories.deliveries import DeliveryRepository
 from app.repositories.executions import ExecutionRepository
 
 pytestmark = pytest.mark.anyio
@@ -196,6 +198,80 @@ async def test_a_position_from_another_account_reaches_only_the_caller_s_rows(
         )
         assert total == 6
         assert {e.account_id for e in rows} == {mine}
+
+
+async def seed_deliveries(session: AsyncSession, account_id: uuid.UUID, count: int) -> Webhook:
+    """A webhook of ``account_id`` with ``count`` deliveries, three to an instant, in turn
+    delivered and dead."""
+    webhook = Webhook(
+        account_id=account_id,
+        url="https://hooks.example/in",
+        events=["execution.completed"],
+        sealed_secret="sealed",
+        encryption_key_id="k1",
+    )
+    session.add(webhook)
+    await session.flush()
+    for n in range(count):
+        session.add(
+            Delivery(
+                account_id=account_id,
+                webhook_id=webhook.id,
+                kind="webhook",
+                event="execution.completed",
+                url=webhook.url,
+                payload={"n": n},
+                status="delivered" if n % 2 else "dead",
+                next_attempt_at=START,
+                created_at=START + timedelta(seconds=n // 3),
+            )
+        )
+    await session.commit()
+    return webhook
+
+
+async def test_a_delivery_log_is_walked_newest_first_by_position_as_by_offset(
+    database: SQLAlchemyManager,
+) -> None:
+    async with database.session() as session:
+        mine, theirs = await account(session, "Mine"), await account(session, "Theirs")
+        hook = await seed_deliveries(session, mine, 14)
+        other = await seed_deliveries(session, theirs, 5)
+        repository = DeliveryRepository(session)
+        everything, total, _ = await repository.page_for_webhook(
+            hook.id, status=None, limit=200, offset=0
+        )
+        order = [(d.created_at, d.id) for d in everything]
+        assert (total, order) == (14, sorted(order, reverse=True))
+
+        walked: list[Delivery] = []
+        after = None
+        while len(walked) < total:
+            rows, total, offset = await repository.page_for_webhook(
+                hook.id, status=None, limit=4, offset=0, after=after
+            )
+            assert (total, offset) == (14, len(walked))
+            walked += rows
+            after = (rows[-1].created_at, rows[-1].id)
+        assert [d.id for d in walked] == [d.id for d in everything]
+
+        dead = [d for d in everything if d.status == "dead"]
+        rows, total, offset = await repository.page_for_webhook(
+            hook.id, status="dead", limit=2, offset=0, after=(dead[2].created_at, dead[2].id)
+        )
+        assert [d.id for d in rows] == [d.id for d in dead[3:5]]
+        assert (total, offset) == (len(dead), 3)
+
+        # A position in another webhook's log reaches this webhook's rows only.
+        theirs_rows, _, _ = await repository.page_for_webhook(
+            other.id, status=None, limit=200, offset=0
+        )
+        rows, _, _ = await repository.page_for_webhook(
+            hook.id, status=None, limit=200, offset=0,
+            after=(theirs_rows[0].created_at, theirs_rows[0].id),
+        )  # fmt: skip
+        assert rows
+        assert {d.webhook_id for d in rows} == {hook.id}
 
 
 # --- the list, served ------------------------------------------------------------------------

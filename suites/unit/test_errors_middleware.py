@@ -34,7 +34,12 @@ from app.core.errors import (
     problem_response,
 )
 from app.core.logging import ACCESS_LOG, configure_logging
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import (
+    RequestContextMiddleware,
+    ScopedLayers,
+    ScopedMiddleware,
+    add_scoped_middleware,
+)
 from app.core.request_context import current_request_id
 
 pytestmark = pytest.mark.anyio
@@ -393,6 +398,58 @@ async def test_non_http_scopes_pass_straight_through() -> None:
     middleware = RequestContextMiddleware(inner, max_body_bytes=LIMIT)
     await middleware({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
     assert seen == ["lifespan"]
+
+
+class Tagging:
+    """A scoped middleware that notes each request it sees under its name."""
+
+    def __init__(self, app: Any, *, name: str, seen: list[str]) -> None:
+        self.app, self.name, self.seen = app, name, seen
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.seen.append(f"{self.name} {scope['path']}")
+        await self.app(scope, receive, send)
+
+
+async def test_scoped_middlewares_share_one_layer_in_the_order_they_were_added() -> None:
+    seen: list[str] = []
+    app = FastAPI()
+
+    @app.get("/{rest:path}")
+    async def anything(rest: str) -> dict[str, str]:
+        seen.append(f"route /{rest}")
+        return {}
+
+    add_scoped_middleware(app, Tagging, prefixes=("/api/",), name="inner", seen=seen)
+    add_scoped_middleware(app, Tagging, prefixes=("/api/", "/schema"), name="outer", seen=seen)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=LIMIT)
+    add_scoped_middleware(app, Tagging, prefixes=("/api/",), name="outermost", seen=seen)
+    assert [entry.cls for entry in app.user_middleware] == [
+        ScopedLayers, RequestContextMiddleware, ScopedLayers
+    ]  # fmt: skip
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path in ("/api/x", "/schema", "/other"):
+            assert (await client.get(path)).status_code == 200
+    assert seen == [
+        "outermost /api/x", "outer /api/x", "inner /api/x", "route /api/x",
+        "outer /schema", "inner /schema", "route /schema",  # each layer decides for itself
+        "route /other",  # past them all
+    ]  # fmt: skip
+
+
+async def test_scoped_layers_pass_other_scopes_straight_on() -> None:
+    seen: list[str] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(f"app {scope['type']}")
+
+    layers = ScopedLayers(
+        inner, layers=[ScopedMiddleware(Tagging, ("/api/",), {"name": "t", "seen": seen})]
+    )
+    await layers({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await layers({"type": "websocket", "path": "/api/ws"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["app lifespan", "app websocket"]
 
 
 def test_unparseable_content_length_is_ignored() -> None:

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from app.capabilities.database_manager.last_known import LastKnownReads
 from app.core.config import Settings
 from app.core.errors import DatabaseUnavailable, NotFound, install_error_handlers
-from app.core.middleware import RequestContextMiddleware, hold_open
+from app.core.middleware import RequestContextMiddleware, ScopedLayers, hold_open
 from app.core.security import TokenCodec
 from app.main import API_PREFIX, create_app
 
@@ -499,9 +499,15 @@ async def test_a_lifespan_scope_passes_straight_through() -> None:
     assert seen == ["lifespan", "websocket"]
 
 
-def middleware_chain(app: FastAPI) -> list[type]:
-    """The app's middleware classes, outermost first."""
-    return [entry.cls for entry in app.user_middleware]  # type: ignore[misc]
+def middleware_chain(app: FastAPI) -> list[object]:
+    """The app's middleware classes, outermost first (those of a scoped layer in its place)."""
+    chain: list[object] = []
+    for entry in app.user_middleware:
+        if entry.cls is ScopedLayers:
+            chain += [layer.cls for layer in reversed(entry.kwargs["layers"])]
+        else:
+            chain.append(entry.cls)
+    return chain
 
 
 async def test_the_database_manager_installs_it_inside_the_base_middleware(

@@ -199,6 +199,8 @@ class NotTaken:
         ),  # quote, backslash, non-ASCII, control
         ("req-9", "/api/v1/\udc80"),  # a lone surrogate (from a percent-encoded path)
         (API_KEY, "/api/v1/teams"),  # a client's X-Request-ID that looks like a key
+        ("0123456789abcdef0123456789abcdef", "/api/v1/teams"),  # an id Renum made
+        ("eyJhbGciOiJIUzI1NiJ9", "/api/v1/teams"),  # letters and digits: no secret pattern
     ],
 )
 def test_an_access_line_is_the_line_the_general_pipeline_writes(
@@ -255,6 +257,23 @@ def test_an_access_line_never_carries_a_secret_from_the_path(
     assert JWT not in err
     (line,) = _json_lines(err)
     assert line["path"] == f"/api/v1/keys/{REDACTED}/{REDACTED}"
+
+
+def test_access_lines_of_one_route_share_their_rendering_within_a_bound(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging(Settings(log_format="json"))
+    monkeypatch.setattr(logging_module, "MAX_MIDDLES", 3)
+    secret_path = f"/api/v1/keys/{API_KEY}"
+    for path in (secret_path, secret_path, "/a", "/b", "/c", secret_path):
+        ACCESS_LOG.request("req-1", "GET", path, 200, 0.5)
+    ACCESS_LOG.flush()
+    lines = _json_lines(capsys.readouterr().err)
+    assert [line["path"] for line in lines] == [
+        f"/api/v1/keys/{REDACTED}", f"/api/v1/keys/{REDACTED}", "/a", "/b", "/c",
+        f"/api/v1/keys/{REDACTED}",
+    ]  # fmt: skip
+    assert len(ACCESS_LOG._middles) <= 3
 
 
 class Collecting(logging.Handler):

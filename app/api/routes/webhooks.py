@@ -11,6 +11,7 @@ from fastapi import Body, Query, status
 from app.api.deps import (
     AdminDep,
     BoxDep,
+    CursorPagingDep,
     OwnerDep,
     PagingDep,
     RuntimeDep,
@@ -22,7 +23,7 @@ from app.api.deps import (
 from app.api.router import PrefixRouter
 from app.api.server_rules import EXTENSION, ServerRule
 from app.core.errors import PROBLEM_MEDIA_TYPE
-from app.schemas.common import Page, link, links, problems
+from app.schemas.common import CursorPage, Page, link, links, problems
 from app.schemas.webhooks import (
     WEBHOOK_CREATE_EXAMPLES,
     WEBHOOK_UPDATE_EXAMPLES,
@@ -272,10 +273,12 @@ async def test_webhook(
 
 @webhooks.get(
     "/{webhook_id}/deliveries",
-    response_model=Page[DeliveryOut],
+    response_model=CursorPage[DeliveryOut],
     summary="List a webhook's deliveries",
     description="The delivery log, newest first: every event queued for the webhook and how "
-    "its attempts went. Delivered ones stay for `RENUM_DELIVERIES__RETENTION_DAYS`.",
+    "its attempts went. Delivered ones stay for `RENUM_DELIVERIES__RETENTION_DAYS`. Read a "
+    "long log page by page with `cursor`: each page's `next_cursor` says where the next one "
+    "starts.",
     responses={
         **_delivery_links(200, "One page of deliveries.", "$response.body#/items/0/id"),
         **problems(401, 404, 422),
@@ -287,15 +290,20 @@ async def list_webhook_deliveries(
     session: SessionDep,
     box: BoxDep,
     settings: SettingsDep,
-    paging: PagingDep,
+    paging: CursorPagingDep,
     status_: Annotated[
         DeliveryStatusName | None, Query(alias="status", description="Only these.")
     ] = None,
-) -> Page[DeliveryOut]:
-    rows, total = await WebhookService(session, box, settings).delivery_log(
-        principal, webhook_id, status=status_, limit=paging.limit, offset=paging.offset
+) -> CursorPage[DeliveryOut]:
+    rows, total, offset = await WebhookService(session, box, settings).delivery_log(
+        principal,
+        webhook_id,
+        status=status_,
+        limit=paging.limit,
+        offset=paging.offset,
+        after=paging.after,
     )
-    return to_page(DeliveryOut, rows, total, paging)
+    return paging.page(DeliveryOut, rows, total, offset)
 
 
 @webhooks.get(

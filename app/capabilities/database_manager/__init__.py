@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from app.capabilities.base import AppContext, Capability
 from app.capabilities.database_manager.last_known import (
+    API_PREFIX,
     COUNTED_METRIC,
     OUTCOMES,
     LastKnownReads,
@@ -26,8 +27,10 @@ from app.capabilities.database_manager.outage import OutageWatch, install_answer
 from app.capabilities.database_manager.pool_metrics import PoolMetrics
 from app.capabilities.database_manager.query_budget import QueryBudget
 from app.capabilities.database_manager.retention import Retention
+from app.capabilities.database_manager.retry import PREFIX as RETRY_PREFIX
 from app.capabilities.database_manager.retry import RetryTransientReads
 from app.core.config import Settings
+from app.core.middleware import add_scoped_middleware
 from app.db.breaker import CircuitBreaker
 
 __all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget", "Retention"]
@@ -35,7 +38,9 @@ __all__ = ["CAPABILITY", "OutageWatch", "PoolMetrics", "QueryBudget", "Retention
 
 def install(app: FastAPI, settings: Settings) -> None:
     install_answers(app)
-    app.add_middleware(RetryTransientReads, settings=lambda: app.state.settings)
+    add_scoped_middleware(
+        app, RetryTransientReads, prefixes=(RETRY_PREFIX,), settings=lambda: app.state.settings
+    )
     last_known = Counter(
         COUNTED_METRIC,
         "Authenticated API reads kept, replayed during a database outage, or missed then.",
@@ -44,10 +49,13 @@ def install(app: FastAPI, settings: Settings) -> None:
     )
     for outcome in OUTCOMES:
         last_known.labels(outcome)  # every outcome shows, at 0 until counted
-    app.add_middleware(LastKnownReads, state=app.state, counter=last_known)
+    add_scoped_middleware(
+        app, LastKnownReads, prefixes=(API_PREFIX,), state=app.state, counter=last_known
+    )
     budget = QueryBudget(lambda: app.state.settings, app.state.metrics)
     app.state.query_budget = budget
-    app.state.request_observers.append(budget)  # told by the base middleware
+    if budget.counting:  # told by the base middleware where requests are counted
+        app.state.request_observers.append(budget)
 
 
 @asynccontextmanager

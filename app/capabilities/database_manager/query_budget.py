@@ -9,8 +9,7 @@ request over it as ``query_budget_exceeded`` (route, count, budget): an N+1 patt
 a count that grows with the data. A request held open on purpose (``hold_open`` of
 ``app.core.middleware``: an event stream, a long-poll) is not checked: its statements grow with
 the time the client waits, not with the data. Requests are counted in development and test
-only (the integration suite's launcher fails a run whose server logged one); in staging and
-production the counter only tells the slow-query report which route issued a statement.
+only (the integration suite's launcher fails a run whose server logged one).
 
 ``QueryBudget.hooks`` are what the engines' instrumentation (``app.db.queries.instrument``)
 does with a statement slower than ``database_manager.slow_query_ms``: log it as ``slow_query``
@@ -19,8 +18,10 @@ does with a statement slower than ``database_manager.slow_query_ms``: log it as 
 request). Budgets and threshold are read from the live settings at each use: a reload applies
 at once.
 
-Per request: one object, one context-variable write, and at the end one comparison; the route
-template is worked out only for a request whose count could exceed a budget.
+Per request where requests are counted: one object, one context-variable write, and at the
+end one comparison; the route template is worked out only for a request whose count could
+exceed a budget. Elsewhere nothing per request: a slow statement's route comes from the
+request's context (``app.core.request_context``), which the base middleware sets anyway.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from app.core.config import Environment, Settings
 from app.core.logging import get_logger
 from app.core.metrics import Metrics
 from app.core.middleware import HELD_OPEN
-from app.core.request_context import UNMATCHED, route_template
+from app.core.request_context import UNMATCHED, current_scope, route_template
 from app.db import queries
 from app.db.queries import QueryCounter, QueryHooks, SlowQuery
 
@@ -50,24 +51,37 @@ class RequestQueries(QueryCounter):
 
     __slots__ = ("_route", "scope")
 
-    def __init__(self, scope: Scope, *, counting: bool) -> None:
+    def __init__(self, scope: Scope) -> None:
         # QueryCounter's fields set here rather than through super().__init__: one call
         # fewer on every request.
         self.count = 0
-        self.counting = counting
+        self.counting = True
         self.open = True
         self.scope = scope
         self._route: str | None = None
 
     def route(self) -> str:
         if self._route is None:
-            self._route = f"{self.scope.get('method', 'GET')} {route_template(self.scope)}"
+            self._route = _route_of(self.scope)
         return self._route
 
 
+def _route_of(scope: Scope) -> str:
+    return f"{scope.get('method', 'GET')} {route_template(scope)}"
+
+
+def current_route() -> str | None:
+    """The route of the request being answered in this context (None outside a request, and
+    in work a request left running once it was answered)."""
+    scope = current_scope()
+    return None if scope is None else _route_of(scope)
+
+
 class QueryBudget:
-    """Counts each request's statements (development and test) and reports those over their
-    route's budget; reports slow statements with their route (every environment)."""
+    """Counts each request's statements (development and test: a request observer there, and
+    nowhere else) and reports those over their route's budget; reports slow statements with
+    the route of the request that issued them (every environment: from the request's context
+    where requests are not counted)."""
 
     def __init__(self, settings: Callable[[], Settings], metrics: Metrics) -> None:
         self.settings = settings  # read at each use: budgets and threshold reload live
@@ -79,21 +93,27 @@ class QueryBudget:
             ("route",),
             registry=metrics.shared,
         )
-        self.hooks = QueryHooks(slow_query_ms=self.slow_query_ms, on_slow_query=self.slow_query)
+        self.hooks = QueryHooks(
+            slow_query_ms=self.slow_query_ms,
+            on_slow_query=self.slow_query,
+            current_route=current_route,
+        )
 
-    # -- the request path ------------------------------------------------------------------
+    # -- the request path (observed where requests are counted) ----------------------------
 
     def request_started(self, scope: Scope) -> None:
-        queries.start(RequestQueries(scope, counting=self.counting))
+        if self.counting:
+            queries.start(RequestQueries(scope))
 
     def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
+        if not self.counting:
+            return
         counter = queries.current()
         queries.detach()
         if not isinstance(counter, RequestQueries) or counter.scope is not scope:
             return
-        counting = counter.counting
         counter.close()
-        if counting and not scope.get(HELD_OPEN):
+        if not scope.get(HELD_OPEN):
             self.check(counter)
 
     def check(self, counter: QueryCounter) -> bool:

@@ -22,6 +22,7 @@ from app.capabilities.performance.compression import Compression
 from app.capabilities.performance.profiling import SlowRequests, p95s_from
 from app.capabilities.performance.validation import ConditionalReads
 from app.core.config import Settings
+from app.core.middleware import add_scoped_middleware
 
 __all__ = ["CAPABILITY", "PerformanceOptimizer", "SlowRequests", "SmartCache"]
 
@@ -45,7 +46,7 @@ class PerformanceOptimizer:
     def install(self, app: FastAPI, settings: Settings) -> None:
         app.state.request_observers.append(self.slow_requests)
         if settings.performance.cache.enabled:
-            app.add_middleware(ConditionalReads)
+            add_scoped_middleware(app, ConditionalReads, prefixes=validation.READ_PATHS)
             validation.install_schema(app)
         if settings.performance.compression.enabled:
             app.add_middleware(Compression, settings=settings.performance.compression)

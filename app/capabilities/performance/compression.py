@@ -36,11 +36,11 @@ class Compression:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or get_route_path(scope).startswith(self.excluded):
-            await self.app(scope, receive, send)
-            return
-        for name, _ in scope["headers"]:
-            if name == b"accept-encoding":
-                await self.compressed(scope, receive, send)
-                return
-        await self.app(scope, receive, send)  # the client takes no encoding: nothing to do
+        if scope["type"] == "http":
+            for name, _ in scope["headers"]:
+                if name == b"accept-encoding":
+                    if not get_route_path(scope).startswith(self.excluded):
+                        await self.compressed(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)  # the client takes no encoding, or none here
