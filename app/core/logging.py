@@ -388,9 +388,10 @@ class AccessLog:
     def _line(
         self, ns: int, request_id: str, method: str, path: str, status: int, ms: float
     ) -> str:
-        # An id of letters and digits only (every id Renum makes) is its own JSON string and
-        # holds nothing the scrub looks for (each of its patterns needs a "_", "." or space).
-        rid = f'"{request_id}"' if request_id.isalnum() else _json_string(scrub(request_id))
+        # An id of ASCII letters and digits only (every id Renum makes) is its own JSON string
+        # and holds nothing the scrub looks for (each of its patterns needs "_", "." or space).
+        plain = request_id.isascii() and request_id.isalnum()
+        rid = f'"{request_id}"' if plain else _json_string(scrub(request_id))
         key = (method, path, status)
         middle = self._middles.get(key)
         if middle is None:

@@ -201,6 +201,7 @@ class NotTaken:
         (API_KEY, "/api/v1/teams"),  # a client's X-Request-ID that looks like a key
         ("0123456789abcdef0123456789abcdef", "/api/v1/teams"),  # an id Renum made
         ("eyJhbGciOiJIUzI1NiJ9", "/api/v1/teams"),  # letters and digits: no secret pattern
+        ("r\u00e9q9", "/api/v1/teams"),  # letters, not ASCII: escaped as the pipeline does
     ],
 )
 def test_an_access_line_is_the_line_the_general_pipeline_writes(
