@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -237,7 +237,8 @@ def add_scoped_middleware(
     one ``ScopedLayers`` with the scoped middlewares added just before it."""
     layer = ScopedMiddleware(cls, prefixes, options)
     outermost = app.user_middleware[0] if app.user_middleware else None
-    if outermost is not None and outermost.cls is ScopedLayers and app.middleware_stack is None:
-        outermost.kwargs["layers"].append(layer)
+    factory: object = None if outermost is None else outermost.cls
+    if outermost is not None and factory is ScopedLayers and app.middleware_stack is None:
+        cast(list[ScopedMiddleware], outermost.kwargs["layers"]).append(layer)
     else:
         app.add_middleware(ScopedLayers, layers=[layer])
