@@ -73,12 +73,15 @@ def locked_versions(lock: Path = LOCK) -> dict[str, str]:
     return {canonical(name): version for name, version in pins}
 
 
-def shared_env(session: nox.Session) -> dict[str, str]:
+def shared_env(session: nox.Session, *, consistent: bool = True) -> dict[str, str]:
     """Create or refresh the shared environment; return the variables that activate it.
 
     The lock is installed with pip (always in a venv, nothing to bootstrap) in hash-checking
     mode and without resolving (the lock is complete); packages the lock no longer names are
-    removed; then the project goes in editable, without dependencies."""
+    removed; then the project goes in editable, without dependencies, and pip checks that
+    everything it requires is there. ``consistent=False`` skips that check and leaves the
+    environment marked stale (for `nox -s lock`, run because pyproject asks for what the lock
+    lacks)."""
     python = VENV / "bin" / "python"
     if not LOCK.exists():
         session.error("requirements/qa.lock is missing: restore it from git (nox -s lock needs it)")
@@ -103,9 +106,17 @@ def shared_env(session: nox.Session) -> dict[str, str]:
         if stray:
             session.run(*pip, "uninstall", "--quiet", "--yes", *stray)
         session.run(*pip, "install", "--quiet", "--no-deps", "-e", ".")
+        if not consistent:
+            stamp.unlink(missing_ok=True)  # the next session installs the new lock
+            return _activation()
         session.run(*pip, "check")
         stamp.write_text(digest)
         session.log("The shared environment is ready")
+    return _activation()
+
+
+def _activation() -> dict[str, str]:
+    """The variables that make the shared environment the one commands run in."""
     return {
         "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "VIRTUAL_ENV": str(VENV),
@@ -363,7 +374,7 @@ def lock(session: nox.Session) -> None:
     hashes) with uv after pyproject's dependencies change, keeping the current pins where they
     still fit. `-- --upgrade` moves everything to the newest allowed versions,
     `-- --upgrade-package NAME` one package."""
-    env = shared_env(session)
+    env = shared_env(session, consistent=False)  # pyproject may ask for what the lock lacks
     LOCK.parent.mkdir(exist_ok=True)
     session.run(
         tool("uv"), "pip", "compile", str(PYPROJECT.relative_to(ROOT)), "--extra", "qa",

@@ -46,11 +46,16 @@ config_cli = typer.Typer(help="The effective configuration and its checks.", no_
 backup_cli = typer.Typer(
     help="Backups of the SQLite database: take, list, verify, restore.", no_args_is_help=True
 )
+security_cli = typer.Typer(
+    help="Security: known vulnerabilities of the installed packages (offline), the SBOM.",
+    no_args_is_help=True,
+)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(docs_cli, name="docs")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(backup_cli, name="backup")
+cli.add_typer(security_cli, name="security")
 
 # Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
 # two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
@@ -804,6 +809,88 @@ def _restore_replica(catalogue: Any, moment: Any, *, yes: bool) -> None:
     )
     if kept is not None:
         out.print(f"The replaced database is kept at {escape(str(kept))}.", soft_wrap=True)
+
+
+# --- security ------------------------------------------------------------------------------
+
+
+@security_cli.command("scan")
+def security_scan(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    database: Annotated[
+        Path | None,
+        typer.Option(
+            help="The OSV database (PyPI/all.zip or its unpacked directory) instead of "
+            "RENUM_SECURITY__SCANNER__DATABASE.",
+        ),
+    ] = None,
+) -> None:
+    """Check the installed packages against the OSV advisory database on disk (nothing is
+    downloaded). Exit code: 0 nothing known, 1 vulnerabilities found, 2 could not check (no,
+    unreadable, partly unreadable or stale database)."""
+    import json
+    from datetime import UTC, datetime
+
+    from app.capabilities.security import Verdict, reaches, scan
+
+    settings = read_settings().security.scanner
+    if database is not None:
+        settings = settings.model_copy(update={"database": database.absolute()})
+    result = scan(settings.database)
+    now = datetime.now(UTC)
+    verdict = result.verdict(settings.fail_on, settings.max_age_days, now)
+    code = {Verdict.clean: 0, Verdict.unknown: 2}.get(verdict, 1)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(settings, now), indent=2))
+        raise typer.Exit(code)
+    for doubt in result.doubts(settings.max_age_days, now):
+        err.print(f"[yellow]{escape(doubt)}[/]", soft_wrap=True)
+    for finding in result.findings:  # plain lines: an upgrade command is copied whole
+        aliases = f" ({', '.join(finding.aliases)})" if finding.aliases else ""
+        typer.echo(
+            f"{finding.package} {finding.version}: {finding.advisory}{aliases}, "
+            f"severity {finding.severity.value}"
+            + (f" - {finding.summary}" if finding.summary else "")
+        )
+        if finding.upgrade is not None:
+            typer.echo(f"  fixed in {finding.fixed}: {finding.upgrade}")
+        else:
+            typer.echo("  no fixed version is published: remove or replace the package")
+    failing = sum(reaches(f.severity, settings.fail_on) for f in result.findings)
+    said = {
+        Verdict.clean: f"No known vulnerability among {result.packages} installed packages "
+        f"(advisories read: {result.advisories}).",
+        Verdict.unknown: "Could not check: the result is unknown.",
+        Verdict.vulnerable: f"Known vulnerabilities: {len(result.findings)}.",
+    }.get(
+        verdict,
+        f"Known vulnerabilities: {len(result.findings)}, {failing} of them "
+        f"{settings.fail_on} or above (RENUM_SECURITY__SCANNER__FAIL_ON).",
+    )
+    out.print(escape(said), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@security_cli.command("sbom")
+def security_sbom(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file.")
+    ] = None,
+) -> None:
+    """Print a software bill of materials of the installed environment (CycloneDX 1.6
+    JSON): every distribution with its package URL, licence and dependencies."""
+    from app.capabilities.security import sbom_json
+
+    document = sbom_json()
+    if output is None:
+        typer.echo(document)
+        return
+    try:
+        output.write_text(document + "\n", encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[bold red]Cannot write the SBOM:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"SBOM written to {output}")
 
 
 def main() -> None:

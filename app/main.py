@@ -42,6 +42,7 @@ from app.capabilities import (
     metrics,
     monitor,
     performance,
+    security,
 )
 from app.capabilities.base import AppContext, Capability
 from app.core.alerts import LogAlertReporter
@@ -70,6 +71,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     monitor.CAPABILITY,
     performance.CAPABILITY,
     backups.CAPABILITY,
+    security.CAPABILITY,
     docs.CAPABILITY,
 )
 log = get_logger("app")

@@ -1122,6 +1122,68 @@ class BackupSettings(BaseModel):
         return value
 
 
+class ScannerSettings(BaseModel):
+    """The offline vulnerability scanner: the installed distributions checked against an OSV
+    advisory database on disk, which operators refresh; nothing is ever downloaded."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Scan the installed packages in the server (at start-up, then every "
+        "interval_hours) and report the result on /health/dependencies, `renum doctor` and "
+        "/metrics. `renum security scan` works either way. On in the staging and production "
+        "profiles.",
+    )
+    database: Path | None = Field(
+        default=None,
+        description="The OSV advisory database: the published PyPI export (`PyPI/all.zip`, "
+        "one `<ID>.json` per advisory) as the zip file or a directory it was unpacked into; "
+        "an absolute path. Unset while the scanner is on: the check warns that the result is "
+        "unknown.",
+    )
+    max_age_days: float = Field(
+        default=7,
+        gt=0,
+        le=365,
+        description="A database whose newest advisory was modified longer ago than this is "
+        "stale: the check warns that the result is unknown, and `renum security scan` exits "
+        "2 unless it found something.",
+    )
+    interval_hours: float = Field(
+        default=24,
+        ge=0.01,
+        le=8760,
+        description="Hours between two scans in the server (the first runs at start-up).",
+    )
+    fail_on: Literal["low", "moderate", "high", "critical", "never"] = Field(
+        default="critical",
+        description="Known vulnerabilities of this severity or above make the check fail "
+        "(an optional check: readiness is not affected); below it, or of unknown severity, "
+        "they warn. `never`: they only warn.",
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _absolute_database(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if any(ord(c) < 32 for c in str(value)):
+            raise ValueError("must not hold control characters")
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path (the server's may not be the operator's)")
+        return value
+
+
+class SecuritySettings(BaseModel):
+    """The security manager's section; for now its part is the vulnerability scanner."""
+
+    enabled: bool = Field(
+        default=True,
+        description="The security capability. Off, none of its parts runs in the server and "
+        "its check reports nothing (the rollback switch); `renum security` still works.",
+    )
+    scanner: ScannerSettings = Field(default_factory=lambda: ScannerSettings())
+
+
 class TeamSettings(BaseModel):
     max_members: int = Field(
         default=10, ge=1, le=1000, json_schema_extra=LIVE, description="Agents per team at most."
@@ -1298,6 +1360,7 @@ class Settings(BaseSettings):
     docs: DocsSettings = Field(default_factory=DocsSettings)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     configuration: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,

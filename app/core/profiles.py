@@ -35,6 +35,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "metrics": {"public": False},
         "docs": {"enabled": True},
         "database": {"pool_size": 10},
+        # Staging rehearses production: a vulnerable dependency (or a missing advisory
+        # database) is seen there before the release reaches production.
+        "security": {"scanner": {"enabled": True}},
     },
     "production": {
         "log_format": "json",
@@ -42,6 +45,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "docs": {"enabled": False},
         # Migrations are a release step (`renum db upgrade`): a start with pending ones stops.
         "database": {"pool_size": 20, "auto_migrate": False},
+        # The offline vulnerability scanner (its OSV database is the operator's to refresh).
+        "security": {"scanner": {"enabled": True}},
     },
 }
 

@@ -30,6 +30,7 @@ PLAN_FILES = {
     ),
     "app/core/health_monitor.py": ("AdvancedHealthMonitor", "app.capabilities.monitor"),
     "app/core/performance.py": ("PerformanceOptimizer", "app.capabilities.performance"),
+    "app/core/security_manager.py": ("SecurityManager", "app.capabilities.security"),
     "app/core/sqlalchemy_manager.py": ("SQLAlchemyManager", "app.db.database"),
 }
 PLAN_NAMES = (
@@ -60,6 +61,7 @@ ROUTES = {
     },
     "performance": {"/api/v1/ops/profiles", "/api/v1/ops/profiles/{profile_id}"},
     "backups": set(),  # no routes of its own: its watch's figures, check and alerts
+    "security": set(),  # no routes of its own: its scanner's figures and check, the CLI
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 

@@ -210,7 +210,9 @@ async def test_validate_runs_the_registered_checks_on_a_healthy_database(
         "providers",
         "configuration",
         "backups",
+        "vulnerabilities",
     }
+    assert checks["vulnerabilities"].message.startswith("the vulnerability scanner is off")
     assert checks["configuration"].message.startswith("live reload is off")  # no app state
     assert checks["backups"].message.startswith("no verified backup yet")  # none expected here
     assert checks["database"].status is Status.passed

@@ -25,6 +25,7 @@ CHECK_MODULES: tuple[str, ...] = (
     "app.capabilities.health.checks",
     "app.capabilities.configuration.checks",
     "app.capabilities.backups.checks",
+    "app.capabilities.security.checks",
 )
 
 DOCS_PAGE = "troubleshooting.md"

@@ -1,0 +1,94 @@
+"""The security manager (issue 17), built in slices; this one is the offline vulnerability
+scanner and the SBOM.
+
+The scanner (``scanner``) checks the installed Python distributions against an OSV advisory
+database on disk (``advisories``: the published ``PyPI/all.zip`` export, or the directory it
+was unpacked into), which operators refresh; the code never downloads anything, so the machine
+running Renum needs no internet. Each finding names the advisory and its aliases (CVE, GHSA,
+PYSEC), the severity, the fixed version and the upgrade command. ``renum security scan``
+prints it (exit 0 nothing known, 1 vulnerabilities found, 2 could not check), and
+``renum security sbom`` prints a CycloneDX SBOM of the environment (``sbom``).
+
+In the server, the ``SecurityManager`` (``manager``) holds the capability's parts: with
+``security.scanner.enabled`` (on in the staging and production profiles) the scanner runs at
+start-up and every ``interval_hours``, its result is the optional ``vulnerabilities`` check of
+the dependency report (``checks``), and the findings per severity and the database's age are
+on ``/metrics``. Switched off with ``RENUM_SECURITY__ENABLED=false``: nothing runs in the
+server, and ``renum security`` still works."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.capabilities.base import AppContext, Capability
+from app.capabilities.security.advisories import (
+    Advisory,
+    DatabaseError,
+    Severity,
+    parse_advisory,
+    read_database,
+)
+from app.capabilities.security.manager import CHECK_NAME, SecurityManager
+from app.capabilities.security.sbom import SPEC_VERSION, sbom_json
+from app.capabilities.security.scanner import (
+    Finding,
+    Installed,
+    ScanResult,
+    Verdict,
+    VulnerabilityScanner,
+    installed_distributions,
+    reaches,
+    scan,
+    upgrade_command,
+)
+
+__all__ = [
+    "CAPABILITY",
+    "SPEC_VERSION",
+    "Advisory",
+    "DatabaseError",
+    "Finding",
+    "Installed",
+    "ScanResult",
+    "SecurityManager",
+    "Severity",
+    "Verdict",
+    "VulnerabilityScanner",
+    "installed_distributions",
+    "parse_advisory",
+    "reaches",
+    "read_database",
+    "sbom_json",
+    "scan",
+    "upgrade_command",
+]
+
+
+@asynccontextmanager
+async def running(context: AppContext) -> AsyncIterator[None]:
+    """The security manager's parts for the app's lifespan, kept in ``app.state.security``."""
+    app = context.app
+
+    async def refresh_report() -> None:
+        """A new scan shows in the dependency report at once, not at the check's next
+        round (the health capability's monitor, when it runs)."""
+        monitor = getattr(app.state, "health_monitor", None)
+        if monitor is not None:
+            await monitor.refresh(CHECK_NAME)
+
+    manager = SecurityManager(context.settings.security, app.state.metrics, refresh_report)
+    app.state.security = manager
+    manager.start()
+    try:
+        yield
+    finally:
+        await manager.stop()
+
+
+CAPABILITY = Capability(
+    name="security",
+    summary="The security manager: the offline vulnerability scanner of the installed "
+    "packages (OSV database on disk) and the SBOM.",
+    running=running,
+)

@@ -1,0 +1,167 @@
+"""The vulnerability scanner's entry in the dependency report (``/health/dependencies``,
+``renum doctor``): an optional check, so it never takes the instance out of the load balancer.
+
+It reads the running scanner's latest result (a server) or scans now (``renum doctor``). A
+finding warns, or fails at or above ``security.scanner.fail_on``; a database that is missing,
+unreadable, empty, partly unreadable or stale warns that the result is unknown: such a result
+never passes. Registered with the health capability's registry (``CHECK_MODULES``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from packaging.version import Version
+
+from app.capabilities.health import (
+    CheckContext,
+    CheckOutcome,
+    CheckSpec,
+    HealthCheck,
+    Status,
+    Troubleshooting,
+    register,
+)
+from app.capabilities.security.manager import CHECK_NAME, SecurityManager
+from app.capabilities.security.scanner import (
+    Finding,
+    ScanResult,
+    Verdict,
+    reaches,
+    scan,
+    upgrade_command,
+)
+from app.core.config import ScannerSettings
+
+DATABASE_COMPONENT = "advisory-database"
+
+
+@register
+class VulnerabilityCheck(HealthCheck):
+    spec = CheckSpec(
+        name=CHECK_NAME,
+        kind="security",
+        critical=False,
+        description="No installed Python package has a known vulnerability in the OSV "
+        "advisory database on disk (security.scanner.database), and that database is "
+        "readable and younger than security.scanner.max_age_days. Runs when "
+        "security.scanner.enabled is on (the production and staging profiles).",
+        measurement="count",
+        timeout_seconds=60.0,
+        interval_seconds=300.0,
+        ttl_seconds=3600.0,
+        failure_threshold=1,
+        troubleshooting=Troubleshooting(
+            symptom="`vulnerabilities:count` warns or fails: an installed package has a known "
+            "vulnerability, or the advisory database is missing, unreadable or stale (the "
+            "result is unknown).",
+            cause="A dependency's installed version is affected by a published advisory; or "
+            "the OSV export was never copied to RENUM_SECURITY__SCANNER__DATABASE, or has not "
+            "been refreshed for longer than RENUM_SECURITY__SCANNER__MAX_AGE_DAYS.",
+            fix="Run `renum security scan` for each finding's upgrade command and apply it "
+            "(then restart); refresh the database from the OSV export (PyPI/all.zip); see the "
+            "security guide.",
+            docs_anchor=CHECK_NAME,
+        ),
+    )
+
+    async def run(self, context: CheckContext) -> list[CheckOutcome]:
+        security = context.settings.security
+        if not security.enabled or not security.scanner.enabled:
+            return [
+                CheckOutcome(
+                    DATABASE_COMPONENT,
+                    Status.passed,
+                    "the vulnerability scanner is off (RENUM_SECURITY__SCANNER__ENABLED=false): "
+                    "nothing is scanned",
+                )
+            ]
+        result: ScanResult | None
+        if context.state is None:  # renum doctor: no server, so scan now
+            result = await asyncio.to_thread(scan, security.scanner.database)
+        else:
+            manager = getattr(context.state, "security", None)
+            scanner = manager.scanner if isinstance(manager, SecurityManager) else None
+            result = scanner.status if scanner is not None else None
+        if result is None:
+            return [
+                CheckOutcome(
+                    DATABASE_COMPONENT,
+                    Status.warn,
+                    "the first vulnerability scan has not finished yet: the result is unknown",
+                )
+            ]
+        return outcomes(result, security.scanner, datetime.now(UTC), self._fix())
+
+    def _fix(self) -> str | None:
+        return self.spec.troubleshooting.fix if self.spec.troubleshooting else None
+
+
+def outcomes(
+    result: ScanResult, settings: ScannerSettings, now: datetime, fix: str | None = None
+) -> list[CheckOutcome]:
+    """The report's entries for one scan: the database's, then one per vulnerable package."""
+    verdict = result.verdict(settings.fail_on, settings.max_age_days, now)
+    doubts = result.doubts(settings.max_age_days, now)
+    age = result.age_seconds(now)
+    age_days = None if age is None else round(age / 86400, 2)
+    count = None if result.problem is not None else len(result.findings)
+    entries = []
+    if doubts:
+        said = "; ".join(doubts)
+        message = said if result.findings else f"the result is unknown: {said}"
+        entries.append(
+            CheckOutcome(DATABASE_COMPONENT, Status.warn, message, count, "vulnerabilities", fix)
+        )
+    elif verdict is Verdict.clean:
+        entries.append(
+            CheckOutcome(
+                DATABASE_COMPONENT,
+                Status.passed,
+                f"no known vulnerability among {result.packages} installed packages "
+                f"({result.advisories} advisories, the newest modified {age_days} days ago)",
+                count,
+                "vulnerabilities",
+            )
+        )
+    else:
+        entries.append(
+            CheckOutcome(
+                DATABASE_COMPONENT,
+                Status.passed,
+                f"{result.advisories} advisories read, the newest modified {age_days} days ago",
+                count,
+                "vulnerabilities",
+            )
+        )
+    by_package: dict[str, list[Finding]] = defaultdict(list)
+    for finding in result.findings:
+        by_package[finding.package].append(finding)
+    for package, findings in by_package.items():
+        failing = any(reaches(f.severity, settings.fail_on) for f in findings)
+        status = Status.fail if failing else Status.warn
+        described = "; ".join(_described(f) for f in findings)
+        fixes = [Version(f.fixed) for f in findings if f.fixed is not None]
+        upgrade = (
+            upgrade_command(package, str(max(fixes)))
+            if fixes
+            else f"no fixed version is published: remove or replace {package}"
+        )
+        entries.append(
+            CheckOutcome(
+                package,
+                status,
+                f"{package} {findings[0].version}: {described}",
+                len(findings),
+                "vulnerabilities",
+                fix=upgrade,
+            )
+        )
+    return entries
+
+
+def _described(finding: Finding) -> str:
+    aliases = f" ({', '.join(finding.aliases)})" if finding.aliases else ""
+    fixed = f", fixed in {finding.fixed}" if finding.fixed else ", no fixed version"
+    return f"{finding.advisory}{aliases}, {finding.severity.value}{fixed}"
