@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics(__version__, settings.environment.value)
     app.state.request_observers = []  # capabilities add theirs (RequestContextMiddleware)
+    app.state.response_headers = []  # added to every answer (RequestContextMiddleware)
     app.state.alerts = LogAlertReporter()  # the monitor replaces it with its alert manager
     for problem in warnings:
         log.warning(
@@ -199,6 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         observers=app.state.request_observers,
+        response_headers=app.state.response_headers,
     )
     return app
 

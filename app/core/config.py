@@ -1173,8 +1173,41 @@ class ScannerSettings(BaseModel):
         return value
 
 
+class SecurityHeaderSettings(BaseModel):
+    """The security headers on every answer (a page's own policy is kept)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Add `X-Content-Type-Options: nosniff`, `Referrer-Policy`, the default "
+        "`Content-Security-Policy` and, when `hsts_max_age_seconds` is set, "
+        "`Strict-Transport-Security` to every answer that does not set them itself.",
+    )
+    content_security_policy: str = Field(
+        default="default-src 'none'; frame-ancestors 'none'",
+        min_length=1,
+        max_length=1000,
+        pattern=r"^[\x20-\x7e]+$",
+        description="The policy of answers that set none (the API's JSON: nothing to load, "
+        "never framed). The pages Renum serves set their own, with a nonce per answer.",
+    )
+    referrer_policy: Literal[
+        "no-referrer", "same-origin", "strict-origin", "strict-origin-when-cross-origin"
+    ] = Field(default="no-referrer", description="The `Referrer-Policy` of every answer.")
+    hsts_max_age_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=63_072_000,
+        description="`Strict-Transport-Security: max-age=N` on every answer (0: not sent). "
+        "Browsers then reach this host over HTTPS only: set it where the service is served "
+        "over HTTPS only (the production profile sets a year).",
+    )
+    hsts_include_subdomains: bool = Field(
+        default=False, description="Add `includeSubDomains` to `Strict-Transport-Security`."
+    )
+
+
 class SecuritySettings(BaseModel):
-    """The security manager's section; for now its part is the vulnerability scanner."""
+    """The security manager's section: the vulnerability scanner and the security headers."""
 
     enabled: bool = Field(
         default=True,
@@ -1182,6 +1215,7 @@ class SecuritySettings(BaseModel):
         "its check reports nothing (the rollback switch); `renum security` still works.",
     )
     scanner: ScannerSettings = Field(default_factory=lambda: ScannerSettings())
+    headers: SecurityHeaderSettings = Field(default_factory=lambda: SecurityHeaderSettings())
 
 
 class TeamSettings(BaseModel):

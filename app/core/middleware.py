@@ -92,14 +92,22 @@ class RequestObserver(Protocol):
 
 class RequestContextMiddleware:
     """Assigns the request id, enforces the body limit, logs the request, tells the observers,
-    catches the rest."""
+    adds the response headers capabilities register (each unless the answer set it), catches
+    the rest."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, observers: Sequence[RequestObserver] = ()
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        observers: Sequence[RequestObserver] = (),
+        response_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.observers = observers
+        # Added to every answer that does not set them itself (the security headers).
+        self.response_headers = response_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,16 +126,19 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
         client_seconds = 0.0
+        added = self.response_headers
 
         async def send_with_id(message: Message) -> None:
             nonlocal client_seconds, status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    (REQUEST_ID_HEADER, request_id.encode("latin-1")),
-                ]
+                headers = list(message.get("headers", ()))
+                if added:
+                    present = {name for name, _ in headers}  # lower-case in ASGI
+                    headers += [pair for pair in added if pair[0] not in present]
+                headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
+                message["headers"] = headers
                 await send(message)  # the head is written, never waited on
                 return
             # A body waits while the client does not read (the server's flow control).

@@ -45,8 +45,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "docs": {"enabled": False},
         # Migrations are a release step (`renum db upgrade`): a start with pending ones stops.
         "database": {"pool_size": 20, "auto_migrate": False},
-        # The offline vulnerability scanner (its OSV database is the operator's to refresh).
-        "security": {"scanner": {"enabled": True}},
+        # The offline vulnerability scanner (its OSV database is the operator's to refresh),
+        # and HTTPS only for a year: production is served over TLS (behind its proxy).
+        "security": {
+            "scanner": {"enabled": True},
+            "headers": {"hsts_max_age_seconds": 31_536_000},
+        },
     },
 }
 

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from app import __version__
 from app.api.router import PrefixRouter
 from app.core.config import Settings
+from app.core.content_policy import with_nonce
 
 router = PrefixRouter(include_in_schema=False)
 
@@ -42,9 +43,11 @@ async def landing(request: Request) -> HTMLResponse:
         for path, text in links(settings)
     )
     name = escape(settings.app_name)
-    return HTMLResponse(
+    page = HTMLResponse(
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
+        # No icon to fetch (a request for /favicon.ico would only find a 404).
+        '<link rel=icon href="data:,">'
         f"<title>{name}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{name}</h1><p>A backend that runs teams of AI agents: compose a team, run it over "
         "any OpenAI-compatible model endpoint, watch it live, and see every token and cent "
@@ -52,3 +55,4 @@ async def landing(request: Request) -> HTMLResponse:
         f"<ul>{items}</ul><p>The guides and the reference are the docs site: "
         "<code>nox -s docs -- serve</code> in the repository.</p></body></html>"
     )
+    return with_nonce(page, images="'self' data:")

@@ -1,5 +1,6 @@
 """The interactive API docs (Swagger UI), served from vendored assets so the page loads
-nothing from the internet."""
+nothing from the internet, under a Content-Security-Policy whose nonce lets only the page's
+own inline script run (``app.core.content_policy``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 from app.api.router import PrefixRouter
+from app.core.content_policy import with_nonce
 
 STATIC_DIR = Path(__file__).parents[2] / "web" / "static"
 ASSETS = "/static/swagger-ui"
@@ -22,7 +24,7 @@ def install_explorer(app: FastAPI) -> None:
 
     @router.get("/docs", response_class=HTMLResponse)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
             title=f"{app.title} - docs",
             oauth2_redirect_url="/docs/oauth2-redirect",
@@ -30,10 +32,11 @@ def install_explorer(app: FastAPI) -> None:
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
         )
+        return with_nonce(page, images="'self' data:")  # Swagger UI draws icons as data: URLs
 
     @router.get("/docs/oauth2-redirect", response_class=HTMLResponse)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return with_nonce(get_swagger_ui_oauth2_redirect_html())
 
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,5 +1,9 @@
-"""The security manager (issue 17), built in slices; this one is the offline vulnerability
-scanner and the SBOM.
+"""The security manager (issue 17), built in slices: the security headers, the offline
+vulnerability scanner and the SBOM.
+
+Every answer carries the security headers (``headers``: ``nosniff``, the referrer policy, a
+Content-Security-Policy for answers that set none, HSTS where configured), added by the base
+middleware from ``app.state.response_headers``.
 
 The scanner (``scanner``) checks the installed Python distributions against an OSV advisory
 database on disk (``advisories``: the published ``PyPI/all.zip`` export, or the directory it
@@ -21,6 +25,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
+
 from app.capabilities.base import AppContext, Capability
 from app.capabilities.security.advisories import (
     Advisory,
@@ -29,6 +35,7 @@ from app.capabilities.security.advisories import (
     parse_advisory,
     read_database,
 )
+from app.capabilities.security.headers import security_headers
 from app.capabilities.security.manager import CHECK_NAME, SecurityManager
 from app.capabilities.security.sbom import SPEC_VERSION, sbom_json
 from app.capabilities.security.scanner import (
@@ -42,6 +49,7 @@ from app.capabilities.security.scanner import (
     scan,
     upgrade_command,
 )
+from app.core.config import Settings
 
 __all__ = [
     "CAPABILITY",
@@ -61,6 +69,7 @@ __all__ = [
     "read_database",
     "sbom_json",
     "scan",
+    "security_headers",
     "upgrade_command",
 ]
 
@@ -86,9 +95,15 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         await manager.stop()
 
 
+def install(app: FastAPI, settings: Settings) -> None:
+    """The security headers, added by the base middleware to every answer."""
+    app.state.response_headers.extend(security_headers(settings.security.headers))
+
+
 CAPABILITY = Capability(
     name="security",
-    summary="The security manager: the offline vulnerability scanner of the installed "
-    "packages (OSV database on disk) and the SBOM.",
+    summary="The security manager: the security headers on every answer, the offline "
+    "vulnerability scanner of the installed packages (OSV database on disk) and the SBOM.",
+    install=install,
     running=running,
 )
