@@ -3,7 +3,8 @@
 
 ``ExecutionRepository`` serves the API on an async session; ``EngineRepository`` holds the
 statements the engine runs inside its own short transactions (SQLAlchemy Core on a synchronous
-connection, built once, batched), so that one step costs a handful of statements."""
+connection, built once, batched), so that one step costs a handful of statements; those every
+step runs are compiled once and run as the driver's SQL (``app.repositories.prepared``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from app.models import (
     ProviderKey,
 )
 from app.repositories.base import AccountScopedRepository, Position, Scope, table_of
+from app.repositories.prepared import Prepared
 
 ACTIVE = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
@@ -247,62 +249,91 @@ STEP_STATE_FIELDS = (
 _FINISH_FIELDS = ("status", "status_reason", "result", "error", "finished_at", "owner")
 
 
-def claim_statement() -> Any:
-    """The claim's guarded update (see ``EngineRepository.claim``), returning
-    ``CLAIMED_COLUMNS``; the engine also runs it as a CTE (``app.services.engine.claims``)."""
+def _claim_guard() -> tuple[Any, Any]:
+    """The claim's condition (pending, or running with a heartbeat older than the bind
+    parameter ``stale_before``) and whether the row was running (its resumed count goes up)."""
     was_running = _executions.c.status == ExecutionStatus.running.value
     stale = or_(
         _executions.c.heartbeat_at.is_(None),
         _executions.c.heartbeat_at < bindparam("stale_before", type_=UTCDateTime()),
     )
+    claimable = or_(_executions.c.status == ExecutionStatus.pending.value, and_(was_running, stale))
+    return claimable, was_running
+
+
+def _claim_values(now: Any) -> dict[str, Any]:
+    """What a claim sets besides the lease: the execution runs, owned by ``owner_``."""
+    _, was_running = _claim_guard()
+    return {
+        "status": ExecutionStatus.running.value,
+        "owner": bindparam("owner_", type_=_executions.c.owner.type),
+        "heartbeat_at": now,
+        "started_at": func.coalesce(_executions.c.started_at, now),
+        "resumed_count": _executions.c.resumed_count
+        + was_running.cast(_executions.c.resumed_count.type),
+    }
+
+
+def claim_statement() -> Any:
+    """The claim's guarded update: the execution becomes the owner's if it is pending, or
+    running with a heartbeat older than the cut-off (its owner died); only one process can
+    win. It returns ``CLAIMED_COLUMNS``; the engine runs it as a CTE on PostgreSQL
+    (``app.services.engine.claims``)."""
+    claimable, _ = _claim_guard()
     now = bindparam("now", type_=UTCDateTime())
     return (
         update(_executions)
-        .where(
-            _executions.c.id == bindparam("execution_id"),
-            or_(_executions.c.status == ExecutionStatus.pending.value, and_(was_running, stale)),
-        )
-        .values(
-            status=ExecutionStatus.running.value,
-            owner=bindparam("owner_"),
-            heartbeat_at=now,
-            started_at=func.coalesce(_executions.c.started_at, now),
-            resumed_count=_executions.c.resumed_count
-            + was_running.cast(_executions.c.resumed_count.type),
-            lease=_executions.c.lease + 1,
-            updated_at=now,
-        )
+        .where(_executions.c.id == bindparam("execution_id"), claimable)
+        .values(**_claim_values(now), lease=_executions.c.lease + 1, updated_at=now)
         .returning(*CLAIMED_COLUMNS)
     )
 
 
-def _advance_statement(*, unless_cancelled: bool, finish: bool) -> Any:
+def _advance_statement(*, unless_cancelled: bool, finish: bool, claim: bool) -> Any:
+    """``EngineRepository.advance``'s guarded update; with ``claim``, the claim's guard (under
+    the lease read before) instead of the ownership, and the claim's values too."""
+    now = bindparam("now", type_=UTCDateTime())
     where = [
-        _executions.c.id == bindparam("execution_id"),
-        _executions.c.owner == bindparam("owner_"),
+        _executions.c.id == bindparam("execution_id", type_=_executions.c.id.type),
         _executions.c.lease == bindparam("lease_", type_=Integer()),
-        _executions.c.status == ExecutionStatus.running.value,
     ]
+    if claim:
+        where.append(_claim_guard()[0])
+    else:
+        where += [
+            _executions.c.owner == bindparam("owner_", type_=_executions.c.owner.type),
+            _executions.c.status == ExecutionStatus.running.value,
+        ]
     if unless_cancelled:
         where.append(_executions.c.cancel_mode.is_(None))
     values: dict[str, Any] = {
-        "heartbeat_at": bindparam("now", type_=UTCDateTime()),
+        "heartbeat_at": now,
         "last_event_seq": _executions.c.last_event_seq + bindparam("events", type_=Integer()),
         "input_tokens": _executions.c.input_tokens + bindparam("tokens_in", type_=Integer()),
         "output_tokens": _executions.c.output_tokens + bindparam("tokens_out", type_=Integer()),
         "cost_usd": _executions.c.cost_usd + bindparam("cost", type_=_executions.c.cost_usd.type),
         "lease": _executions.c.lease + 1,
+        "updated_at": now,
     }
+    if claim:
+        values.update(_claim_values(now))
     if finish:
-        values.update({name: bindparam(f"finish_{name}") for name in _FINISH_FIELDS})
+        values.update(
+            {
+                name: bindparam(f"finish_{name}", type_=_executions.c[name].type)
+                for name in _FINISH_FIELDS
+            }
+        )
     return update(_executions).where(*where).values(values).returning(_executions.c.last_event_seq)
 
 
-_claim = claim_statement()
 _advance = {
-    (guarded, finish): _advance_statement(unless_cancelled=guarded, finish=finish)
+    (guarded, finish, claim): Prepared(
+        _advance_statement(unless_cancelled=guarded, finish=finish, claim=claim)
+    )
     for guarded in (False, True)
     for finish in (False, True)
+    for claim in (False, True)
 }
 _control = select(
     _executions.c.owner, _executions.c.status, _executions.c.cancel_mode, _executions.c.lease
@@ -326,14 +357,21 @@ _read_agents = select(table_of(Agent)).where(Agent.id.in_(bindparam("ids", expan
 _read_keys = select(table_of(ProviderKey)).where(
     ProviderKey.id.in_(bindparam("ids", expanding=True))
 )
-_write_steps = (
+_write_steps = Prepared(
     update(_steps)
-    .where(_steps.c.id == bindparam("step_id"), _steps.c.execution_id == bindparam("execution_"))
-    .values({name: bindparam(f"{name}_") for name in STEP_STATE_FIELDS})
+    .where(
+        _steps.c.id == bindparam("step_id", type_=_steps.c.id.type),
+        _steps.c.execution_id == bindparam("execution_", type_=_steps.c.execution_id.type),
+    )
+    .values({name: bindparam(f"{name}_", type_=_steps.c[name].type) for name in STEP_STATE_FIELDS})
 )
 _add_context = insert(_context)
 _add_ledger = insert(table_of(LedgerEntry))
-_add_events = insert(table_of(ExecutionEvent))
+_events = table_of(ExecutionEvent)
+# Every column bound (no Python-side default: ``Prepared``); the id and time come with the rows.
+_add_events = Prepared(
+    insert(_events).values({c.name: bindparam(c.name, type_=c.type) for c in _events.c})
+)
 _messages = table_of(ExecutionMessage)
 _read_messages = (
     select(*(column for column in _messages.c if column.name != "execution_id"))
@@ -349,10 +387,17 @@ _set_message_status = (
     )
     .values(status=bindparam("status_"))
 )
-_release_slot = (
-    update(table_of(Account))
-    .where(Account.id == bindparam("account_id"), Account.active_executions > 0)
-    .values(active_executions=Account.active_executions - 1)
+_accounts = table_of(Account)
+_release_slot = Prepared(
+    update(_accounts)
+    .where(
+        _accounts.c.id == bindparam("account_id", type_=_accounts.c.id.type),
+        _accounts.c.active_executions > 0,
+    )
+    .values(
+        active_executions=_accounts.c.active_executions - 1,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
 )
 
 
@@ -361,20 +406,6 @@ class EngineRepository:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn  # ORM work in the same transaction binds a Session to it
-
-    def claim(
-        self, execution_id: uuid.UUID, owner: str, now: datetime, stale_before: datetime
-    ) -> Row[Any] | None:
-        """Become the execution's owner if it is pending, or running with an expired
-        heartbeat (its owner died), and return what the engine keeps of it. Only one process
-        can win."""
-        params = {
-            "execution_id": execution_id,
-            "owner_": owner,
-            "now": now,
-            "stale_before": stale_before,
-        }
-        return self.conn.execute(_claim, params).one_or_none()
 
     def steps(self, execution_id: uuid.UUID) -> Sequence[Row[Any]]:
         return self.conn.execute(_read_steps, {"execution_id": execution_id}).all()
@@ -431,6 +462,7 @@ class EngineRepository:
         tokens: tuple[int, int, Decimal],
         unless_cancelled: bool,
         finish: dict[str, Any] | None = None,
+        claim: datetime | None = None,
     ) -> int | None:
         """The guarded update every engine transaction makes first: renew the heartbeat,
         add a step's tokens and cost, reserve ``events`` sequence numbers and, with ``finish``
@@ -438,7 +470,11 @@ class EngineRepository:
         the running execution and, when ``unless_cancelled``, no cancel has been committed
         (the guard that keeps any step from starting once a cancel has returned), and only
         under the lease generation ``lease``, which it advances by one. Return the last
-        reserved sequence number, or None if the guard did not hold."""
+        reserved sequence number, or None if the guard did not hold.
+
+        With ``claim`` (a stale heartbeat's cut-off) the update also claims the execution for
+        ``owner``, as ``claim`` does, under the lease read before instead of the ownership:
+        the first writes of an execution read (not claimed) in the same transaction."""
         tokens_in, tokens_out, cost = tokens
         params: dict[str, Any] = {
             "execution_id": execution_id,
@@ -452,8 +488,10 @@ class EngineRepository:
         }
         if finish is not None:
             params.update({f"finish_{name}": finish[name] for name in _FINISH_FIELDS})
-        statement = _advance[unless_cancelled, finish is not None]
-        last = self.conn.execute(statement, params).scalar_one_or_none()
+        if claim is not None:
+            params["stale_before"] = claim
+        statement = _advance[unless_cancelled, finish is not None, claim is not None]
+        last = statement.run(self.conn, params).scalar_one_or_none()
         return None if last is None else int(last)
 
     def control(self, execution_id: uuid.UUID) -> Row[*tuple[Any, ...]] | None:
@@ -467,15 +505,14 @@ class EngineRepository:
         """Store steps' state: each row has ``step_id`` and every field of ``STEP_STATE_FIELDS``
         (bound as ``field_``: an UPDATE reserves its columns' own names); only steps of the
         execution, whatever ids the rows hold."""
-        if rows:
-            params = [
-                {
-                    "execution_": execution_id,
-                    **{f"{k}_" if k != "step_id" else k: v for k, v in r.items()},
-                }
-                for r in rows
-            ]
-            self.conn.execute(_write_steps, params)
+        params = [
+            {
+                "execution_": execution_id,
+                **{f"{k}_" if k != "step_id" else k: v for k, v in r.items()},
+            }
+            for r in rows
+        ]
+        _write_steps.run_many(self.conn, params)
 
     def add_context(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
@@ -486,16 +523,26 @@ class EngineRepository:
             self.conn.execute(_add_ledger, list(rows))
 
     def add_events(
-        self, execution_id: uuid.UUID, first_seq: int, events: Sequence[tuple[str, dict[str, Any]]]
+        self,
+        execution_id: uuid.UUID,
+        first_seq: int,
+        events: Sequence[tuple[str, dict[str, Any]]],
+        now: datetime,
     ) -> None:
-        if events:
-            self.conn.execute(
-                _add_events,
-                [
-                    {"execution_id": execution_id, "seq": first_seq + n, "type": kind, "data": data}
-                    for n, (kind, data) in enumerate(events)
-                ],
-            )
+        """Store events numbered from ``first_seq``, created at ``now`` (their transaction's
+        time)."""
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "execution_id": execution_id,
+                "seq": first_seq + n,
+                "type": kind,
+                "data": data,
+                "created_at": now,
+            }
+            for n, (kind, data) in enumerate(events)
+        ]
+        _add_events.run_many(self.conn, rows)
 
     def messages(self, execution_id: uuid.UUID) -> Sequence[Row[Any]]:
         """The execution's messages in order, every column but the execution id."""
@@ -516,5 +563,5 @@ class EngineRepository:
                 ],
             )
 
-    def release_slot(self, account_id: uuid.UUID) -> None:
-        self.conn.execute(_release_slot, {"account_id": account_id})
+    def release_slot(self, account_id: uuid.UUID, now: datetime) -> None:
+        _release_slot.run(self.conn, {"account_id": account_id, "now": now})

@@ -256,6 +256,8 @@ async def test_a_sequential_execution_commits_every_step_in_order(world: World) 
     ]
     assert _numbered(events)
     assert execution.last_event_seq == len(events)
+    # The fence: the claim (with its first writes) and each step's commit moved it on once.
+    assert execution.lease == 4
 
 
 @pytest.mark.parametrize("mode", ["after_step", "immediate"])

@@ -1,20 +1,22 @@
 """How the engine claims an execution and reads what it keeps of it.
 
-The claim is ``EngineRepository.claim``'s guarded update: the execution becomes this process's
-if it is pending, or running with a heartbeat older than the cut-off (its owner died). What the
-engine keeps of it beside its row is read in one statement: its steps, each with its agent (a
-step's agent is its workflow step's: both are written from the workflow when the execution is
-created; an agent deleted since reads as none).
+The claim is the repository's guarded update (``claim_statement``): the execution becomes this
+process's if it is pending, or running with a heartbeat older than the cut-off (its owner died).
+What the engine keeps of it beside its row is read in one statement: its steps, each with its
+agent (a step's agent is its workflow step's: both are written from the workflow when the
+execution is created; an agent deleted since reads as none).
 
-- ``claim`` claims, then reads, in the claim's transaction; on PostgreSQL as one statement
-  (the claim's update as a CTE, joined to the steps).
+- ``claim`` claims and reads in one statement on PostgreSQL (the claim's update as a CTE,
+  joined to the steps). The engine claims so in a transaction that does not hold the write
+  lock from its start (PostgreSQL, when the claim cannot be one statement): the claim's
+  update locks the row before anything is read.
 - ``read`` reads without claiming, for a claim made by the first writes themselves
-  (``writes.Writes.claim``, PostgreSQL): ``claimable`` tells whether the row read can be
-  claimed, and the writes' guard checks it again, with the lease read (any claim or commit
-  since moves it on).
+  (``writes.Writes.claim``): ``claimable`` tells whether the row read can be claimed, and the
+  writes' guard checks it again, with the lease read (any claim or commit since moves it on).
+  On PostgreSQL the writes are one statement committing by itself; on SQLite they follow the
+  read in its transaction, which holds the write lock from its start (``holds_write_lock``).
 
-The claim here is ``EngineRepository.claim``'s own statement (``claim_statement``), run as a
-CTE on PostgreSQL.
+The claim here is the repository's claim statement (``claim_statement``), run as a CTE.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from app.repositories.base import table_of
 from app.repositories.executions import (
     CLAIMED_COLUMNS,
     STEP_STATE_FIELDS,
-    EngineRepository,
     claim_statement,
 )
 
@@ -50,7 +51,7 @@ _steps = table_of(ExecutionStep)
 _agents = table_of(Agent)
 _AGENT_COLUMNS = tuple(c.key for c in _agents.c)
 
-# What the engine keeps of a claimed execution (``EngineRepository.claim``'s columns).
+# What the engine keeps of a claimed execution (the claim statement's columns).
 CLAIMED = tuple(column.key for column in CLAIMED_COLUMNS)
 # ... and what decides whether it can be claimed, when it is read before the claim.
 GUARDED = ("status", "heartbeat_at")
@@ -71,22 +72,16 @@ class Claimed:
 def claim(
     conn: Connection, execution_id: uuid.UUID, owner: str, now: datetime, stale_before: datetime
 ) -> Claimed | None:
-    """Claim the execution for ``owner`` and read it; None if it cannot be claimed now."""
-    if conn.dialect.name == "postgresql":
-        params = {
-            "execution_id": execution_id,
-            "owner_": owner,
-            "now": now,
-            "stale_before": stale_before,
-        }
-        rows = conn.execute(_claim_and_read(), params).all()
-        if not rows:
-            return None
-        return _claimed(rows[0], rows)
-    claimed = EngineRepository(conn).claim(execution_id, owner, now, stale_before)
-    if claimed is None:
-        return None
-    return _claimed(claimed, conn.execute(_steps_alone(), {"execution_": execution_id}).all())
+    """Claim the execution for ``owner`` and read it, in one statement (PostgreSQL: the claim's
+    update as a CTE joined to the steps); None if it cannot be claimed now."""
+    params = {
+        "execution_id": execution_id,
+        "owner_": owner,
+        "now": now,
+        "stale_before": stale_before,
+    }
+    rows = conn.execute(_claim_and_read(), params).all()
+    return _claimed(rows[0], rows) if rows else None
 
 
 def read(conn: Connection, execution_id: uuid.UUID) -> Claimed | None:
@@ -94,6 +89,13 @@ def read(conn: Connection, execution_id: uuid.UUID) -> Claimed | None:
     None if it does not exist."""
     rows = conn.execute(_read_unclaimed(), {"execution_": execution_id}).all()
     return _claimed(rows[0], rows) if rows else None
+
+
+def holds_write_lock(conn: Connection) -> bool:
+    """Whether the transaction on ``conn`` holds the database's write lock from its start, so
+    that what it reads stays as read until it commits: on SQLite, whose transactions the
+    application begins IMMEDIATE (``app.db.database``); not on PostgreSQL."""
+    return conn.dialect.name == "sqlite"
 
 
 def claimable(execution: Row[Any], stale_before: datetime) -> bool:
@@ -120,7 +122,7 @@ def _claimed(execution: Row[Any], rows: Sequence[Row[Any]]) -> Claimed:
 
 
 def _claimed_cte() -> CTE:
-    """``EngineRepository.claim``'s guarded update, as a CTE returning ``CLAIMED``."""
+    """The claim statement's guarded update, as a CTE returning ``CLAIMED``."""
     return cast(CTE, claim_statement().cte("claimed"))
 
 
@@ -140,18 +142,6 @@ def _with_steps(execution: FromClause, id_column: Any) -> FromClause:
 
 
 # Built once each: SQLAlchemy then finds their compiled form in its cache at once.
-@functools.cache
-def _steps_alone() -> Select[Any]:
-    """The execution's steps in order with their agents (``step_*``, ``agent_*``)."""
-    execution_id = bindparam("execution_", type_=_steps.c.execution_id.type)
-    return (
-        select(*_STEP_COLUMNS)
-        .select_from(_steps.outerjoin(_agents, _agents.c.id == _steps.c.agent_id))
-        .where(_steps.c.execution_id == execution_id)
-        .order_by(_steps.c.position)
-    )
-
-
 @functools.cache
 def _claim_and_read() -> Select[Any]:
     """The claim, each of the execution's steps (in order) beside the claimed row."""

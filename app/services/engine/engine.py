@@ -48,7 +48,7 @@ from app.models import ExecutionStatus, MessageStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
-from app.services.engine.claims import Claimed, claim, claimable, read
+from app.services.engine.claims import Claimed, claim, claimable, holds_write_lock, read
 from app.services.engine.events import (
     ContextUpdated,
     CostUpdated,
@@ -196,9 +196,22 @@ class ExecutionEngine:
         return await self.db.run_transaction(partial(self._claim_in_transaction, execution_id))
 
     def _claim_in_transaction(self, execution_id: uuid.UUID, conn: Connection) -> Changes | None:
-        """Claim the execution (``claims.claim``), then start it in the same transaction."""
+        """Claim the execution and start it, in one transaction. Where the transaction holds
+        the write lock from its start (SQLite), the execution is read, then claimed by its first
+        writes, as ``_claim_at_once`` does: nothing can change it in between, and the claim
+        costs no statement of its own. Elsewhere (PostgreSQL, when the claim cannot be one
+        statement) the claim comes first (``claims.claim``: its update locks the row)."""
         now = utcnow()
         cutoff = stale_before(self.db, now, self.settings.stale_after_seconds)
+        if holds_write_lock(conn):
+            found = read(conn, execution_id)
+            if found is None or not claimable(found.execution, cutoff):
+                return None
+            changes = self._start(found, conn, now, claiming=True)
+            # The row read is the row written: its cancel_mode was read under the lock.
+            if not self._write(changes, now, conn, unless_cancelled=False, claim=cutoff):
+                return None  # not claimable after all (cannot happen under the lock)
+            return changes
         claimed = claim(conn, execution_id, self.owner, now, cutoff)
         if claimed is None:
             return None

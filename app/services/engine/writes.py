@@ -7,21 +7,25 @@ and their new statuses, its events and, when it ends, the account's concurrency 
 is written when the guard does not hold. ``Writes`` holds those rows; ``write`` stores them:
 
 - on SQLite, with ``EngineRepository``'s statements, one after the other (SQLite runs them in
-  the same process: a statement costs no round trip);
+  the same process: a statement costs no round trip). Each is compiled once and run as the
+  driver's SQL (``app.repositories.prepared``): SQLAlchemy's work per statement is much of
+  what a step costs there;
 - on PostgreSQL, as one statement (``OneStatement``): data-modifying CTEs, each fed by
   ``unnest`` of one array per column and joined to (or conditioned on) the guarded update's
   RETURNING row, so that they write nothing when the guard does not hold. One statement is
   atomic by itself: run without BEGIN and COMMIT (``SQLAlchemyManager.run_transaction(
   autocommit=True)``) a step's commit costs one round trip. The statement has the parts the
   writes need (a step's commit usually writes steps and events only) and its shape depends on
-  nothing else, so SQLAlchemy compiles each shape once and asyncpg prepares it once per
-  connection. Its parameters are named unlike any column (``execution_``, ``steps_status``):
+  nothing else, so it is compiled once per shape (``Prepared``: no cache key of the whole tree
+  of CTEs derived and looked up per commit) and asyncpg prepares it once per connection. Its
+  parameters are named unlike any column (``execution_``, ``steps_status``):
   an UPDATE takes a parameter named like one of its columns for a value to set.
 
-Two guards only the one statement has, for what would otherwise need a transaction around it:
+A guard only the one statement has, for what would otherwise need a transaction around it:
 ``unless_webhooks`` (an end is written so only if its account has no webhook to queue in the
-same commit) and ``claim`` (the first writes claim the execution themselves, under the lease
-read before: ``claims.read``).
+same commit). Both ways of writing take ``claim``: the first writes claim the execution
+themselves, under the lease read before (``claims.read``), on PostgreSQL in the one statement,
+on SQLite in the transaction that read it.
 
 The guards of ``OneStatement`` are ``EngineRepository.advance``'s and ``claim``'s, column for
 column; the engine suites run every scenario on both databases, so the two ways of writing are
@@ -43,7 +47,6 @@ from sqlalchemy import (
     Column,
     Connection,
     Integer,
-    Select,
     and_,
     bindparam,
     column,
@@ -70,6 +73,7 @@ from app.models import (
 )
 from app.repositories.base import table_of
 from app.repositories.executions import STEP_STATE_FIELDS, EngineRepository
+from app.repositories.prepared import Prepared
 from app.services.engine.events import StoredEvent
 
 # The fields of an execution its end sets (``Writes.finish``).
@@ -91,8 +95,8 @@ class Writes:
     # Whether an enabled webhook of the account refuses them (an end written without queueing
     # its webhooks: it has none to queue).
     unless_webhooks: bool = False
-    # When the writes also claim the execution (its first writes, PostgreSQL only): the
-    # cut-off of a stale heartbeat. The guard is then the claim's (pending, or running with a
+    # When the writes also claim the execution (its first writes): the cut-off of a stale
+    # heartbeat. The guard is then the claim's (pending, or running with a
     # stale heartbeat) under the lease read, instead of ``owner``'s ownership.
     claim: datetime | None = None
     tokens: tuple[int, int, Decimal] = (0, 0, Decimal(0))
@@ -115,12 +119,10 @@ def write(conn: Connection, writes: Writes) -> int | None:
 
 def has_webhooks(conn: Connection, account_id: uuid.UUID) -> bool:
     """Whether the account has an enabled webhook (which the end of its executions queues)."""
-    return bool(conn.execute(_has_webhooks, {"account_": account_id}).scalar())
+    return bool(_has_webhooks.run(conn, {"account_": account_id}).scalar())
 
 
 def _one_by_one(repo: EngineRepository, writes: Writes) -> int | None:
-    if writes.claim is not None:
-        raise NotImplementedError("on SQLite the claim is its own statement (claims.claim)")
     if writes.unless_webhooks and has_webhooks(repo.conn, writes.account_id):
         return None
     last_seq = repo.advance(
@@ -132,6 +134,7 @@ def _one_by_one(repo: EngineRepository, writes: Writes) -> int | None:
         tokens=writes.tokens,
         unless_cancelled=writes.unless_cancelled,
         finish=writes.finish,
+        claim=writes.claim,
     )
     if last_seq is None:
         return None
@@ -140,9 +143,10 @@ def _one_by_one(repo: EngineRepository, writes: Writes) -> int | None:
     repo.add_ledger(writes.ledger)
     repo.add_messages(writes.messages)
     repo.set_message_statuses(writes.execution_id, writes.message_statuses)
-    repo.add_events(writes.execution_id, last_seq - len(writes.events) + 1, writes.events)
+    first_seq = last_seq - len(writes.events) + 1
+    repo.add_events(writes.execution_id, first_seq, writes.events, writes.now)
     if writes.finish is not None:
-        repo.release_slot(writes.account_id)
+        repo.release_slot(writes.account_id, writes.now)
     return last_seq
 
 
@@ -164,7 +168,7 @@ _enabled_webhook = (
     )
     .exists()
 )
-_has_webhooks = select(_enabled_webhook)
+_has_webhooks = Prepared(select(_enabled_webhook))
 
 _EVENT_FIELDS = ("id", "type", "data")
 # Rows inserted as they are, with the id and creation time they lack filled in.
@@ -247,7 +251,7 @@ def _advanced(*, claim: bool, unless_cancelled: bool, unless_webhooks: bool, fin
 @functools.cache
 def _statement(
     claim: bool, unless_cancelled: bool, unless_webhooks: bool, finish: bool, parts: tuple[str, ...]
-) -> Select[Any]:
+) -> Prepared:
     """The statement writing ``parts`` (besides the steps and the events, always written)."""
     advanced = _advanced(
         claim=claim,
@@ -308,7 +312,7 @@ def _statement(
             .values(active_executions=_accounts.c.active_executions - 1, updated_at=_now())
             .cte("slot_released")
         )
-    return select(advanced.c.last_event_seq).add_cte(*writes)
+    return Prepared(select(advanced.c.last_event_seq).add_cte(*writes))
 
 
 class OneStatement:
@@ -363,7 +367,7 @@ class OneStatement:
             writes.finish is not None,
             parts,
         )
-        last = conn.execute(statement, params).scalar_one_or_none()
+        last = statement.run(conn, params).scalar_one_or_none()
         return None if last is None else int(last)
 
 
