@@ -314,6 +314,7 @@ class AccessOrderedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 FLUSH_SECONDS = 0.1
 MAX_WAITING = 256
 MAX_MIDDLES = 1024
+MAX_CACHED_PATH = 256
 
 
 def _sole_root_handler(handler: logging.Handler) -> bool:
@@ -348,7 +349,8 @@ class AccessLog:
         # The event loop a write of the waiting lines is scheduled on, if any.
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         # The rendered method, path and status of recent lines (a busy route's are the same
-        # for every request): at most MAX_MIDDLES, forgotten together.
+        # for every request): paths of at most MAX_CACHED_PATH characters, at most MAX_MIDDLES
+        # of them (about 0.5 MiB), forgotten together.
         self._middles: dict[tuple[str, str, int], str] = {}
 
     def enabled(self) -> bool:
@@ -395,12 +397,14 @@ class AccessLog:
         key = (method, path, status)
         middle = self._middles.get(key)
         if middle is None:
-            if len(self._middles) >= MAX_MIDDLES:
-                self._middles.clear()
-            middle = self._middles[key] = (
+            middle = (
                 f'"method": {_json_string(method)}, "path": {_json_string(scrub(path))}, '
                 f'"status": {int(status)}, '
             )
+            if len(path) <= MAX_CACHED_PATH:  # a client cannot pin long paths in memory
+                if len(self._middles) >= MAX_MIDDLES:
+                    self._middles.clear()
+                self._middles[key] = middle
         return (
             f'{{"request_id": {rid}, {middle}"duration_ms": {float(ms)!r}, '
             f'"event": "request", "level": "info", "logger": "app.access", '

@@ -265,16 +265,31 @@ def test_access_lines_of_one_route_share_their_rendering_within_a_bound(
 ) -> None:
     configure_logging(Settings(log_format="json"))
     monkeypatch.setattr(logging_module, "MAX_MIDDLES", 3)
+    scrubbed: list[object] = []
+    real_scrub = logging_module.scrub
+
+    def counting_scrub(value: object) -> object:
+        scrubbed.append(value)
+        return real_scrub(value)
+
+    monkeypatch.setattr(logging_module, "scrub", counting_scrub)
+    ACCESS_LOG._middles.clear()
     secret_path = f"/api/v1/keys/{API_KEY}"
-    for path in (secret_path, secret_path, "/a", "/b", "/c", secret_path):
-        ACCESS_LOG.request("req-1", "GET", path, 200, 0.5)
+    long_path = "/" + "a" * logging_module.MAX_CACHED_PATH
+    paths = [secret_path, secret_path, "/a", "/b", "/c", secret_path, long_path, long_path]
+    for path in paths:
+        ACCESS_LOG.request("req1", "GET", path, 200, 0.5)
     ACCESS_LOG.flush()
     lines = _json_lines(capsys.readouterr().err)
     assert [line["path"] for line in lines] == [
         f"/api/v1/keys/{REDACTED}", f"/api/v1/keys/{REDACTED}", "/a", "/b", "/c",
-        f"/api/v1/keys/{REDACTED}",
+        f"/api/v1/keys/{REDACTED}", long_path, long_path,
     ]  # fmt: skip
+    # Rendered once while kept: the secret path again only after the bound forgot it; a path
+    # over MAX_CACHED_PATH is never kept.
+    assert scrubbed == [secret_path, "/a", "/b", "/c", secret_path, long_path, long_path]
     assert len(ACCESS_LOG._middles) <= 3
+    assert all(len(path) <= logging_module.MAX_CACHED_PATH for _, path, _ in ACCESS_LOG._middles)
 
 
 class Collecting(logging.Handler):

@@ -129,3 +129,12 @@ def test_a_page_without_inline_code_gets_the_policy_and_keeps_its_headers() -> N
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["content-length"] == str(len(b"<p>plain</p>"))
     assert NONCE.search(page.headers["content-security-policy"])
+
+
+async def test_the_explorer_escapes_the_app_name_so_no_markup_gets_a_nonce(
+    make_settings: MakeSettings,
+) -> None:
+    async with served(make_settings(app_name="Renum <script>alert(1)</script>")) as client:
+        page = (await client.get("/docs")).text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<script") == 2  # the bundle and the page's own start-up script

@@ -10,6 +10,7 @@ import asyncio
 import importlib.metadata
 import json
 import math
+import os
 import re
 import socket
 import zipfile
@@ -443,6 +444,91 @@ def test_an_oversized_entry_is_not_loaded(tmp_path: Path, monkeypatch: pytest.Mo
         result = scan(write_database(tmp_path / form, form, [big]))
         assert result.findings == ()
         assert result.unreadable == ("PYSEC-2026-77.json: larger than 100 bytes",)
+
+
+def test_links_devices_and_pipes_in_the_directory_are_never_opened(tmp_path: Path) -> None:
+    """A link to /dev/zero would fill the memory and a pipe would hang the scan for ever."""
+    path = write_database(tmp_path, "dir", standard_advisories())
+    (path / "zero.json").symlink_to("/dev/zero")
+    (path / "linked.json").symlink_to(next(path.glob("GHSA-*.json")))
+    os.mkfifo(path / "pipe.json")
+    result = scan(path)
+    assert {f.advisory for f in result.findings} == {"GHSA-aaaa-bbbb-cccc", "PYSEC-2026-33"}
+    assert sorted(result.unreadable) == [
+        "linked.json: a symbolic link",
+        "pipe.json: not a regular file",
+        "zero.json: a symbolic link",
+    ]
+    assert result.verdict("critical", 7, now()) is not Verdict.clean
+
+
+def _damaged_zips(where: Path) -> dict[str, Path]:
+    """Zips with one sound advisory and one entry that cannot be decompressed: corrupt
+    deflate data, an unknown compression method, an encrypted entry."""
+    sound = {f"{a['id']}.json": json.dumps(a).encode() for a in standard_advisories()}
+    made = {}
+    for kind in ("corrupt", "method", "encrypted"):
+        path = where / f"{kind}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, content in sound.items():
+                archive.writestr(name, content)
+            archive.writestr("bad.json", json.dumps(advisory("PYSEC-2026-90", PACKAGE)) * 20)
+        data = bytearray(path.read_bytes())
+        header = data.rfind(b"PK\x03\x04", 0, data.find(b"bad.json") + 1)
+        central = data.rfind(b"PK\x01\x02", 0, data.rfind(b"bad.json") + 1)
+        if kind == "corrupt":
+            start = data.find(b"bad.json") + len(b"bad.json")
+            data[start : start + 16] = b"\xff" * 16
+        elif kind == "method":
+            for at in (header + 8, central + 10):
+                data[at : at + 2] = (99).to_bytes(2, "little")
+        else:
+            for at in (header + 6, central + 8):
+                data[at] |= 1  # the encrypted flag
+        path.write_bytes(bytes(data))
+        made[kind] = path
+    return made
+
+
+def test_a_damaged_zip_entry_is_reported_and_the_rest_is_read(tmp_path: Path) -> None:
+    for kind, path in _damaged_zips(tmp_path).items():
+        result = scan(path)
+        assert result.problem is None, kind
+        assert {f.advisory for f in result.findings} == {
+            "GHSA-aaaa-bbbb-cccc", "PYSEC-2026-33"
+        }, kind  # fmt: skip
+        assert [line.split(":")[0] for line in result.unreadable] == ["bad.json"], kind
+        assert result.verdict("critical", 7, now()) is not Verdict.clean
+
+
+def test_what_the_database_says_reaches_the_terminal_without_control_characters(
+    tmp_path: Path,
+) -> None:
+    hostile = advisory("GHSA-hostile-text", PACKAGE, events=[{"introduced": "0"}])
+    hostile["summary"] = "ok\x1b[2J\x1b]0;owned\x07 done"
+    hostile["aliases"] = ["CVE-2026-1\x1b[31m"]
+    raw = {"name\x1b[5m.json": b"not json"}
+    result = scan(write_database(tmp_path, "zip", [hostile], raw))
+    [finding] = result.findings
+    assert finding.summary == "ok?[2J?]0;owned? done"
+    assert finding.aliases == ("CVE-2026-1?[31m",)
+    assert all(line.isprintable() for line in result.unreadable)
+
+
+def test_an_advisory_dated_in_the_future_does_not_make_an_old_database_current(
+    tmp_path: Path,
+) -> None:
+    old = [
+        advisory("PYSEC-2020-1", "surely-not-installed-here", modified=now() - timedelta(days=90))
+    ]
+    forged = advisory(
+        "PYSEC-2099-1", "surely-not-installed-here", modified=datetime(2099, 1, 1, tzinfo=UTC)
+    )
+    result = scan(write_database(tmp_path, "dir", [*old, forged]), installed=[])
+    assert result.unreadable == (
+        "PYSEC-2099-1.json: modified in the future (2099-01-01T00:00:00+00:00)",
+    )
+    assert result.verdict("critical", 7, now()) is Verdict.unknown  # 90 days old: stale
 
 
 # --- the dependency check ------------------------------------------------------------------

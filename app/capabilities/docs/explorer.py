@@ -4,6 +4,7 @@ own inline script run (``app.core.content_policy``)."""
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -26,7 +27,7 @@ def install_explorer(app: FastAPI) -> None:
     async def swagger_ui() -> HTMLResponse:
         page = get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} - docs",
+            title=escape(f"{app.title} - docs"),  # FastAPI puts it in the page as it is
             oauth2_redirect_url="/docs/oauth2-redirect",
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",

@@ -21,12 +21,14 @@ releases, and are skipped.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ ECOSYSTEM = "PyPI"
 # hostile file, listed as unreadable instead of being loaded into memory.
 MAX_ADVISORY_BYTES = 8 * 1024 * 1024
 MATCHED_RANGE_TYPES = frozenset({"ECOSYSTEM", "SEMVER"})
+FUTURE_TOLERANCE = timedelta(days=1)
 
 
 class DatabaseError(Exception):
@@ -215,6 +218,12 @@ class Advisory:
         return Match(str(min(fixes)) if fixes else None)
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (a terminal's escape sequences, line
+    breaks) replaced by ``?``: what the database says reaches an operator's terminal and logs."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -263,13 +272,13 @@ def parse_advisory(document: Any) -> Advisory | None:
         raise ValueError("not an OSV advisory (no `id`)")
     if document.get("withdrawn"):
         return None
-    aliases = tuple(str(a) for a in _list(document.get("aliases")))
+    aliases = tuple(printable(str(a)) for a in _list(document.get("aliases")))
     summary = document.get("summary") or document.get("details") or ""
     first_line = str(summary).strip().splitlines()[0] if str(summary).strip() else ""
     return Advisory(
-        id=document["id"],
+        id=printable(document["id"]),
         aliases=aliases,
-        summary=first_line[:200],
+        summary=printable(first_line[:200]),
         severity=advisory_severity(document),
         affected=_affected(document),
     )
@@ -289,18 +298,27 @@ class DatabaseRead:
     unreadable: list[str] = field(default_factory=list)
 
 
+def _read_file(file: Path) -> bytes | str:
+    """A regular file's content, at most ``MAX_ADVISORY_BYTES``, or why it is not read: a
+    symbolic link, a device or a pipe is never opened (each could hang or fill the memory)."""
+    try:
+        descriptor = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or "unreadable"
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return "not a regular file"
+        content = handle.read(MAX_ADVISORY_BYTES + 1)
+    if len(content) > MAX_ADVISORY_BYTES:
+        return f"larger than {MAX_ADVISORY_BYTES} bytes"
+    return content
+
+
 def _documents(path: Path) -> Iterator[tuple[str, bytes | str]]:
     """Each JSON entry's name and content (bytes), or the reason it cannot be read (str)."""
     if path.is_dir():
         for file in sorted(path.rglob("*.json")):
-            name = str(file.relative_to(path))
-            try:
-                if file.stat().st_size > MAX_ADVISORY_BYTES:
-                    yield name, f"larger than {MAX_ADVISORY_BYTES} bytes"
-                    continue
-                yield name, file.read_bytes()
-            except OSError as exc:
-                yield name, exc.strerror or type(exc).__name__
+            yield str(file.relative_to(path)), _read_file(file)
         return
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
@@ -311,8 +329,8 @@ def _documents(path: Path) -> Iterator[tuple[str, bytes | str]]:
                 continue
             try:
                 yield info.filename, archive.read(info)
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                yield info.filename, str(exc) or type(exc).__name__
+            except Exception as exc:  # damaged, encrypted, an unknown compression: one entry
+                yield info.filename, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def read_database(path: Path, names: set[str]) -> DatabaseRead:
@@ -333,10 +351,14 @@ def read_database(path: Path, names: set[str]) -> DatabaseRead:
             "the OSV export PyPI/all.zip, or the directory it was unpacked into"
         )
     result = DatabaseRead(path)
+    # A modification time past this is a damaged or forged entry: it must not make an old
+    # database look current (the clocks of OSV's exporters are not ahead by a day).
+    latest_credible = datetime.now(UTC) + FUTURE_TOLERANCE
     try:
         for name, content in _documents(path):
+            name = printable(name)
             if isinstance(content, str):
-                result.unreadable.append(f"{name}: {content}")
+                result.unreadable.append(f"{name}: {printable(content)}")
                 continue
             try:
                 document = json.loads(content)
@@ -346,11 +368,13 @@ def read_database(path: Path, names: set[str]) -> DatabaseRead:
                 advisory = parse_advisory(document) if relevant else None
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                result.unreadable.append(f"{name}: {reason}")
+                result.unreadable.append(f"{name}: {printable(reason)}")
                 continue
             result.read += 1
             modified = _modified(document)
-            if modified is not None and (
+            if modified is not None and modified > latest_credible:
+                result.unreadable.append(f"{name}: modified in the future ({modified.isoformat()})")
+            elif modified is not None and (
                 result.newest_modified is None or modified > result.newest_modified
             ):
                 result.newest_modified = modified
@@ -358,6 +382,6 @@ def read_database(path: Path, names: set[str]) -> DatabaseRead:
                 result.withdrawn += 1
             elif advisory is not None:
                 result.advisories.append(advisory)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # the archive itself (its directory, the file under it)
         raise DatabaseError(f"the advisory database {path} cannot be read: {exc}") from exc
     return result
