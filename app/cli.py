@@ -56,6 +56,11 @@ cli.add_typer(docs_cli, name="docs")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(backup_cli, name="backup")
 cli.add_typer(security_cli, name="security")
+keys_cli = typer.Typer(
+    help="The keys that seal stored secrets: which values each one seals, and rotation.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")
 
 # Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
 # two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
@@ -891,6 +896,93 @@ def security_sbom(
         err.print(f"[bold red]Cannot write the SBOM:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     typer.echo(f"SBOM written to {output}")
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def _box(settings: Settings) -> Any:
+    from app.core.crypto import CryptoError, SecretBox
+
+    try:
+        return SecretBox.from_settings(settings)
+    except CryptoError as exc:
+        err.print(f"[bold red]RENUM_ENCRYPTION_KEYS:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@keys_cli.command("status")
+def keys_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """How many stored secrets each key seals, which keys can be removed, and whether any
+    value is sealed with a key that is not configured. Exit code: 0 every value under the
+    primary key, 1 a rotation is pending, 2 values under keys not configured (or no database)."""
+    import json
+
+    from app.capabilities.security.keys import key_use
+
+    settings = load_settings()
+    box = _box(settings)
+    use = run_with_engine(key_use, box)
+    code = 2 if use.unknown else 1 if use.pending else 0
+    if as_json:
+        typer.echo(json.dumps(use.as_dict(), indent=2))
+        raise typer.Exit(code)
+    typer.echo(f"primary key: {use.primary} (configured: {', '.join(use.configured)})")
+    for column, counts in use.counts.items():
+        shown = ", ".join(f"{key} {n}" for key, n in sorted(counts.items())) or "none"
+        typer.echo(f"  {column}: {shown}")
+    for key_id, count in sorted(use.unknown.items()):
+        err.print(
+            f"[bold red]{count} values are sealed with key {escape(key_id)!r}, which is not "
+            "configured: they cannot be opened. Put it back in RENUM_ENCRYPTION_KEYS.[/]",
+            soft_wrap=True,
+        )
+    if use.pending:
+        typer.echo(f"{use.pending} values are under an older key: run `renum keys rotate`.")
+    for key_id in use.retirable():
+        typer.echo(f"Key {key_id} seals nothing: it can be removed from RENUM_ENCRYPTION_KEYS.")
+    raise typer.Exit(code)
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Values sealed again per transaction.")
+    ] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Seal every stored secret under an older key again with the primary key (the first of
+    RENUM_ENCRYPTION_KEYS), in batches, while the service runs; run it again after an
+    interruption. Exit code: 0 done, 1 some values did not open (left as they are), 2 error."""
+    import json
+
+    from app.capabilities.security.keys import rotate
+
+    settings = load_settings()
+    box = _box(settings)
+
+    def progress(column: str, done: int) -> None:
+        if not as_json:
+            err.print(f"{column}: {done} sealed again", soft_wrap=True)
+
+    result = run_with_engine(
+        lambda engine: rotate(engine, box, batch=batch_size, progress=progress)
+    )
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        typer.echo(f"{result.total} values sealed again with key {box.current_key_id}.")
+        if result.changed_meanwhile:
+            typer.echo(f"{result.changed_meanwhile} changed meanwhile and were left as they are.")
+        for column, ids in result.unopened.items():
+            err.print(
+                f"[bold red]{len(ids)} {escape(column)} did not open[/] (a key not configured, "
+                f"or damaged): {escape(', '.join(ids[:10]))}{' ...' if len(ids) > 10 else ''}",
+                soft_wrap=True,
+            )
+    raise typer.Exit(1 if result.unopened else 0)
 
 
 def main() -> None:

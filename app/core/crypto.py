@@ -85,6 +85,11 @@ class SecretBox:
             raise CryptoError("the sealed value is corrupt or belongs elsewhere") from exc
         return plain.decode("utf-8")
 
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The configured keys' ids, the primary (sealing) one first."""
+        return tuple(self._keys)
+
     @staticmethod
     def key_id_of(token: str) -> str:
         return token.split(":", 2)[1] if token.count(":") >= 2 else ""

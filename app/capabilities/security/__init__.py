@@ -1,5 +1,6 @@
-"""The security manager (issue 17), built in slices: the security headers, the offline
-vulnerability scanner and the SBOM.
+"""The security manager (issue 17), built in slices: the security headers, the rotation of
+the keys that seal stored secrets (``keys``: ``renum keys status``, ``renum keys rotate``),
+the offline vulnerability scanner and the SBOM.
 
 Every answer carries the security headers (``headers``: ``nosniff``, the referrer policy, a
 Content-Security-Policy for answers that set none, HSTS where configured), added by the base
