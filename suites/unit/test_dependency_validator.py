@@ -211,8 +211,12 @@ async def test_validate_runs_the_registered_checks_on_a_healthy_database(
         "configuration",
         "backups",
         "vulnerabilities",
+        "encryption-keys",
     }
     assert checks["vulnerabilities"].message.startswith("the vulnerability scanner is off")
+    assert checks["encryption-keys"].message == (
+        "every stored secret is sealed with the first key (derived)"
+    )
     assert checks["configuration"].message.startswith("live reload is off")  # no app state
     assert checks["backups"].message.startswith("no verified backup yet")  # none expected here
     assert checks["database"].status is Status.passed

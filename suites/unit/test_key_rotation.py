@@ -30,6 +30,7 @@ from app.db.database import SQLAlchemyManager
 from app.models import Account, Delivery, ProviderKey, User, Webhook
 from app.services.delivery import delivery_secret_aad, webhook_secret_aad
 from app.services.provider_keys import provider_key_aad
+from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -268,3 +269,30 @@ def test_the_keys_commands_refuse_a_broken_key_setting(
     result = runner.invoke(cli, ["keys", "status"])
     assert result.exit_code == 2
     assert "32 bytes" in result.output
+
+
+async def test_the_dependency_report_fails_on_values_no_configured_key_opens(
+    database: SQLAlchemyManager, make_settings: MakeSettings
+) -> None:
+    from app.capabilities.health import CheckContext, Status
+    from app.capabilities.security.checks import EncryptionKeyCheck
+
+    await seed(database, box(k0=OLD), keys=2)
+
+    async def report(keys: str, **settings: Any) -> Any:
+        context = CheckContext(make_settings(encryption_keys=keys, **settings), database)
+        [outcome] = await EncryptionKeyCheck().run(context)
+        return outcome
+
+    pending = await report(key_setting(k1=NEW, k0=OLD))
+    assert (pending.status, pending.observed_value) == (Status.passed, 5)
+    assert "5 stored secrets are still under an older key" in pending.message
+    lost = await report(key_setting(k1=NEW))
+    assert (lost.status, lost.observed_value) == (Status.fail, 5)
+    assert "5 under 'k0'" in lost.message
+    assert "renum keys rotate" in (lost.fix or "")
+    off = await report(key_setting(k1=NEW), security={"enabled": False})
+    assert off.status is Status.passed
+    await rotate(database.engine, box(k1=NEW, k0=OLD))
+    done = await report(key_setting(k1=NEW))
+    assert (done.status, done.observed_value) == (Status.passed, 0)

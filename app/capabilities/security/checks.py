@@ -1,10 +1,13 @@
-"""The vulnerability scanner's entry in the dependency report (``/health/dependencies``,
-``renum doctor``): an optional check, so it never takes the instance out of the load balancer.
+"""The security capability's entries in the dependency report (``/health/dependencies``,
+``renum doctor``), optional checks, so they never take the instance out of the load balancer:
+the vulnerability scanner's, and the encryption keys' (stored secrets sealed with a key that
+is not configured fail it; values under an older key are counted, a rotation pending).
 
-It reads the running scanner's latest result (a server) or scans now (``renum doctor``). A
-finding warns, or fails at or above ``security.scanner.fail_on``; a database that is missing,
-unreadable, empty, partly unreadable or stale warns that the result is unknown: such a result
-never passes. Registered with the health capability's registry (``CHECK_MODULES``)."""
+The vulnerability check reads the running scanner's latest result (a server) or scans now
+(``renum doctor``). A finding warns, or fails at or above ``security.scanner.fail_on``; a
+database that is missing, unreadable, empty, partly unreadable or stale warns that the result
+is unknown: such a result never passes. Both are registered with the health capability's
+registry (``CHECK_MODULES``)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from app.capabilities.health import (
     Troubleshooting,
     register,
 )
+from app.capabilities.security.keys import key_use
 from app.capabilities.security.manager import CHECK_NAME, SecurityManager
 from app.capabilities.security.scanner import (
     Finding,
@@ -33,6 +37,7 @@ from app.capabilities.security.scanner import (
     upgrade_command,
 )
 from app.core.config import ScannerSettings
+from app.core.crypto import SecretBox
 
 DATABASE_COMPONENT = "advisory-database"
 
@@ -165,3 +170,68 @@ def _described(finding: Finding) -> str:
     aliases = f" ({', '.join(finding.aliases)})" if finding.aliases else ""
     fixed = f", fixed in {finding.fixed}" if finding.fixed else ", no fixed version"
     return f"{finding.advisory}{aliases}, {finding.severity.value}{fixed}"
+
+
+KEYS_CHECK = "encryption-keys"
+
+
+@register
+class EncryptionKeyCheck(HealthCheck):
+    spec = CheckSpec(
+        name=KEYS_CHECK,
+        kind="security",
+        critical=False,
+        description="Every stored secret (provider keys, webhook and delivery secrets) is "
+        "sealed with a key of RENUM_ENCRYPTION_KEYS; values still under an older key are "
+        "counted (a rotation is pending).",
+        measurement="values",
+        timeout_seconds=10.0,
+        interval_seconds=300.0,
+        ttl_seconds=900.0,
+        failure_threshold=1,
+        troubleshooting=Troubleshooting(
+            symptom="`encryption-keys:values` fails: some stored secrets are sealed with a key "
+            "that is not configured, so they cannot be opened (the agents and webhooks using "
+            "them fail).",
+            cause="A key was removed from RENUM_ENCRYPTION_KEYS while values still used it "
+            "(before `renum keys rotate` had sealed them again with the first key).",
+            fix="Put the key back in RENUM_ENCRYPTION_KEYS (after the first), restart, run "
+            "`renum keys rotate`, and remove the key only once `renum keys status` says it "
+            "seals nothing; see the security guide.",
+            docs_anchor=KEYS_CHECK,
+        ),
+    )
+
+    async def run(self, context: CheckContext) -> list[CheckOutcome]:
+        if not context.settings.security.enabled:
+            return [
+                CheckOutcome(
+                    KEYS_CHECK,
+                    Status.passed,
+                    "the security capability is off (RENUM_SECURITY__ENABLED=false): the keys "
+                    "are not checked",
+                )
+            ]
+        use = await key_use(context.database.engine, SecretBox.from_settings(context.settings))
+        unknown = use.unknown
+        if unknown:
+            named = ", ".join(f"{n} under {key_id!r}" for key_id, n in sorted(unknown.items()))
+            fix = self.spec.troubleshooting.fix if self.spec.troubleshooting else None
+            return [
+                CheckOutcome(
+                    KEYS_CHECK,
+                    Status.fail,
+                    f"stored secrets sealed with keys that are not configured cannot be opened: "
+                    f"{named}",
+                    sum(unknown.values()),
+                    "values",
+                    fix,
+                )
+            ]
+        pending = use.pending
+        message = (
+            f"every stored secret is sealed with the first key ({use.primary})"
+            if not pending
+            else f"{pending} stored secrets are still under an older key: run `renum keys rotate`"
+        )
+        return [CheckOutcome(KEYS_CHECK, Status.passed, message, pending, "values")]
