@@ -92,6 +92,9 @@ def _workflow_rules() -> tuple[ServerRule, ...]:
 
 
 # By operationId. A rule of an operation the app does not serve is ignored.
+# Lists paged by cursor (``CursorPagingDep``): a cursor the list did not make is refused.
+CURSOR_RULES = (ServerRule("/query/cursor", cursors.ERROR_TYPE, cursors.RULE),)
+
 RULES: dict[str, tuple[ServerRule, ...]] = {
     "create_user": (
         ServerRule(
@@ -133,7 +136,8 @@ RULES: dict[str, tuple[ServerRule, ...]] = {
     ),
     "update_team": _workflow_rules(),
     "get_usage": (ServerRule("/query/to", "invalid", "`to` must not come before `from`."),),
-    "list_executions": (ServerRule("/query/cursor", cursors.ERROR_TYPE, cursors.RULE),),
+    "list_executions": CURSOR_RULES,
+    "list_webhook_deliveries": CURSOR_RULES,
     "create_silence": (
         ServerRule(
             "/body/duration_minutes",

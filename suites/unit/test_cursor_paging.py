@@ -402,3 +402,24 @@ async def test_the_list_is_read_by_cursor_and_by_offset_alike(
         # Refused only once the caller is known: nothing is said to an anonymous one.
         anonymous = await client.get(EXECUTIONS, params={"cursor": tampered})
         assert anonymous.status_code == 401
+
+
+def test_every_list_paged_by_cursor_states_the_cursor_rule(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The schema's 422 rules of each cursor-paged list name the cursor rule (the contract
+    session accepts a refused cursor only where the schema states it)."""
+    from app.api.deps import get_cursor_paging
+    from app.api.roles import api_routes
+    from app.api.server_rules import CURSOR_RULES, RULES
+
+    def depends_on_paging(dependant: Any) -> bool:
+        return dependant.call is get_cursor_paging or any(
+            depends_on_paging(d) for d in dependant.dependencies
+        )
+
+    app = build(make_settings)
+    paged = {r.name for r in api_routes(app.routes) if depends_on_paging(r.dependant)}
+    assert paged == {"list_executions", "list_webhook_deliveries"}
+    for operation in paged:
+        assert set(CURSOR_RULES) <= set(RULES.get(operation, ())), operation
