@@ -56,6 +56,15 @@ class BrowserPage:
 OpenPage = Callable[..., BrowserPage]
 
 
+def assert_same_origin_and_clean(opened: BrowserPage, base_url: str) -> None:
+    """Every request went to the backend's origin, and the page logged no error (a refused
+    inline script or style is logged as one)."""
+    assert opened.requests, "the page made no request"
+    foreign = [url for url in opened.requests if not url.startswith(f"{base_url}/")]
+    assert not foreign, f"requests to another origin: {foreign}"
+    assert not opened.errors, opened.errors
+
+
 class _QuietFiles(SimpleHTTPRequestHandler):
     """Serves files without logging each request to stderr."""
 

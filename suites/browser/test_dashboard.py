@@ -12,7 +12,7 @@ import re
 import signal
 
 import httpx
-from browser_support import LAPTOP, PHONE, BrowserPage, OpenPage
+from browser_support import LAPTOP, PHONE, OpenPage, assert_same_origin_and_clean
 from playwright.sync_api import Page, expect
 
 from qa.client import API, ApiClient
@@ -33,14 +33,6 @@ def log_in(page: Page, base_url: str, email: str, password: str) -> None:
 
 def route_row(page: Page, method: str, route: str):  # type: ignore[no-untyped-def]
     return page.locator(f'#routes-table tbody tr[data-route="{method} {route}"]')
-
-
-def assert_same_origin_and_clean(opened: BrowserPage, base_url: str) -> None:
-    """Every request went to the backend's origin, and the page logged no error."""
-    assert opened.requests, "the page made no request"
-    foreign = [url for url in opened.requests if not url.startswith(f"{base_url}/")]
-    assert not foreign, f"requests to another origin: {foreign}"
-    assert not opened.errors, opened.errors
 
 
 def test_an_admin_sees_dependencies_charts_and_live_updates(

@@ -6,19 +6,10 @@ violation or other error logged and nothing loaded from another host."""
 
 from __future__ import annotations
 
-from browser_support import LAPTOP, BrowserPage, OpenPage
+from browser_support import LAPTOP, OpenPage, assert_same_origin_and_clean
 from playwright.sync_api import expect
 
 from qa.launcher import LaunchedBackend
-
-
-def assert_clean(opened: BrowserPage, base_url: str) -> None:
-    """Every request stayed on the backend's origin and the page logged no error (a refused
-    inline script or style is logged as one)."""
-    assert opened.requests, "the page made no request"
-    foreign = [url for url in opened.requests if not url.startswith(f"{base_url}/")]
-    assert not foreign, f"requests to another origin: {foreign}"
-    assert not opened.errors, opened.errors
 
 
 def test_the_explorer_runs_under_its_policy(
@@ -39,7 +30,7 @@ def test_the_explorer_runs_under_its_policy(
     status = page.locator(".live-responses-table tr.response .response-col_status")
     expect(status).to_have_text("200")
     assert any(url.endswith("/openapi.json") for url in opened.requests)
-    assert_clean(opened, base)
+    assert_same_origin_and_clean(opened, base)
 
 
 def test_the_landing_page_keeps_its_style_under_its_policy(
@@ -53,4 +44,4 @@ def test_the_landing_page_keeps_its_style_under_its_policy(
     # The inline style applied: the body is a centred column, not the browser's default.
     width = page.evaluate("getComputedStyle(document.body).maxWidth")
     assert width != "none"
-    assert_clean(opened, base)
+    assert_same_origin_and_clean(opened, base)

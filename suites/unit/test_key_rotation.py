@@ -296,3 +296,21 @@ async def test_the_dependency_report_fails_on_values_no_configured_key_opens(
     await rotate(database.engine, box(k1=NEW, k0=OLD))
     done = await report(key_setting(k1=NEW))
     assert (done.status, done.observed_value) == (Status.passed, 0)
+
+
+async def test_the_keys_check_never_creates_a_missing_database(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    from app.capabilities.health import CheckContext, Status
+    from app.capabilities.security.checks import EncryptionKeyCheck
+
+    missing = tmp_path / "nowhere" / "renum.db"
+    settings = make_settings(database={"url": f"sqlite+aiosqlite:///{missing}"})
+    db = SQLAlchemyManager(settings.database)
+    try:
+        [outcome] = await EncryptionKeyCheck().run(CheckContext(settings, db))
+    finally:
+        await db.dispose()
+    assert outcome.status is Status.warn
+    assert "see the database check" in outcome.message
+    assert not missing.exists()

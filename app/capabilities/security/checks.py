@@ -16,6 +16,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from packaging.version import Version
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.capabilities.health import (
     CheckContext,
@@ -26,7 +27,7 @@ from app.capabilities.health import (
     Troubleshooting,
     register,
 )
-from app.capabilities.security.keys import key_use
+from app.capabilities.security.keys import key_use_on
 from app.capabilities.security.manager import CHECK_NAME, SecurityManager
 from app.capabilities.security.scanner import (
     Finding,
@@ -212,7 +213,18 @@ class EncryptionKeyCheck(HealthCheck):
                     "are not checked",
                 )
             ]
-        use = await key_use(context.database.engine, SecretBox.from_settings(context.settings))
+        box = SecretBox.from_settings(context.settings)
+        try:
+            use = await context.database.on_probe_connection(lambda conn: key_use_on(conn, box))
+        except (SQLAlchemyError, OSError) as exc:  # the database check says what is wrong
+            return [
+                CheckOutcome(
+                    KEYS_CHECK,
+                    Status.warn,
+                    "the stored secrets could not be counted: the database did not answer "
+                    f"({type(exc).__name__}; see the database check)",
+                )
+            ]
         unknown = use.unknown
         if unknown:
             named = ", ".join(f"{n} under {key_id!r}" for key_id, n in sorted(unknown.items()))

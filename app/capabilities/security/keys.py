@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.crypto import VERSION, CryptoError, SecretBox
 from app.models import Delivery, ProviderKey, Webhook
@@ -122,20 +122,26 @@ class KeyUse:
 
 async def key_use(engine: AsyncEngine, box: SecretBox) -> KeyUse:
     """Count the sealed values of every column by the key that sealed them."""
-    use = KeyUse(box.current_key_id, tuple(box.key_ids))
     async with engine.connect() as conn:
-        for column in SEALED_COLUMNS:
-            counts: dict[str, int] = {}
-            if column.key_id_column is not None:
-                key_id = getattr(column.model, column.key_id_column)
-                rows = await conn.execute(select(key_id, func.count()).group_by(key_id))
-                counts = {str(k): int(n) for k, n in rows.all()}
-            else:
-                rows = await conn.execute(select(column.sealed).where(column.sealed.is_not(None)))
-                for (token,) in rows.all():
-                    key = SecretBox.key_id_of(token)
-                    counts[key] = counts.get(key, 0) + 1
-            use.counts[column.name] = counts
+        return await key_use_on(conn, box)
+
+
+async def key_use_on(conn: AsyncConnection, box: SecretBox) -> KeyUse:
+    """``key_use`` on an open connection (the dependency report's probe connection, which
+    never creates a database)."""
+    use = KeyUse(box.current_key_id, tuple(box.key_ids))
+    for column in SEALED_COLUMNS:
+        counts: dict[str, int] = {}
+        if column.key_id_column is not None:
+            key_id = getattr(column.model, column.key_id_column)
+            rows = await conn.execute(select(key_id, func.count()).group_by(key_id))
+            counts = {str(k): int(n) for k, n in rows.all()}
+        else:
+            rows = await conn.execute(select(column.sealed).where(column.sealed.is_not(None)))
+            for (token,) in rows.all():
+                key = SecretBox.key_id_of(token)
+                counts[key] = counts.get(key, 0) + 1
+        use.counts[column.name] = counts
     return use
 
 
