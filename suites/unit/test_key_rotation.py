@@ -1,4 +1,5 @@
-"""Rotation of the keys that seal stored secrets (issue 17), on a migrated SQLite database:
+"""Rotation of the keys that seal stored secrets (issue 17), on migrated SQLite and PostgreSQL
+databases:
 which values each key seals, a rotation in batches that an interruption does not spoil and a
 second run finishes, every value opening afterwards with the new key alone (bound to its row
 as before), a value changed meanwhile left as the change made it, a value under a key no
@@ -30,6 +31,7 @@ from app.db.database import SQLAlchemyManager
 from app.models import Account, Delivery, ProviderKey, User, Webhook
 from app.services.delivery import delivery_secret_aad, webhook_secret_aad
 from app.services.provider_keys import provider_key_aad
+from qa import services
 from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
@@ -43,13 +45,34 @@ def box(**keys: bytes) -> SecretBox:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[SQLAlchemyManager]:
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[SQLAlchemyManager]:
     db = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"))
     await migrate.upgrade(db.engine)
     try:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SQLAlchemyManager]:
+    """A migrated database of each kind (PostgreSQL: a new database on the shared server)."""
+    name = None
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+    else:
+        name = f"renum_keys_{uuid.uuid4().hex[:10]}"
+        url = await asyncio.to_thread(services.create_postgres_database, name)
+    db = SQLAlchemyManager(DatabaseSettings(url=url))
+    await migrate.upgrade(db.engine)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+        if name is not None:
+            await asyncio.to_thread(services.drop_postgres_database, name)
 
 
 async def seed(db: SQLAlchemyManager, sealer: SecretBox, keys: int = 5) -> dict[str, str]:
@@ -199,8 +222,9 @@ async def test_a_value_under_a_key_no_longer_configured_is_named_and_left_alone(
 
 
 async def test_a_value_changed_while_it_was_rotated_is_left_as_the_change_made_it(
-    database: SQLAlchemyManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_database: SQLAlchemyManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    database = sqlite_database  # a second connection writes the file between read and write
     await seed(database, box(k0=OLD), keys=1)
     read_batch = keys_module._batch
 
@@ -296,21 +320,3 @@ async def test_the_dependency_report_fails_on_values_no_configured_key_opens(
     await rotate(database.engine, box(k1=NEW, k0=OLD))
     done = await report(key_setting(k1=NEW))
     assert (done.status, done.observed_value) == (Status.passed, 0)
-
-
-async def test_the_keys_check_never_creates_a_missing_database(
-    tmp_path: Path, make_settings: MakeSettings
-) -> None:
-    from app.capabilities.health import CheckContext, Status
-    from app.capabilities.security.checks import EncryptionKeyCheck
-
-    missing = tmp_path / "nowhere" / "renum.db"
-    settings = make_settings(database={"url": f"sqlite+aiosqlite:///{missing}"})
-    db = SQLAlchemyManager(settings.database)
-    try:
-        [outcome] = await EncryptionKeyCheck().run(CheckContext(settings, db))
-    finally:
-        await db.dispose()
-    assert outcome.status is Status.warn
-    assert "see the database check" in outcome.message
-    assert not missing.exists()
