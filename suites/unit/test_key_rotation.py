@@ -1,9 +1,9 @@
 """Rotation of the keys that seal stored secrets (issue 17), on migrated SQLite and PostgreSQL
-databases:
-which values each key seals, a rotation in batches that an interruption does not spoil and a
-second run finishes, every value opening afterwards with the new key alone (bound to its row
-as before), a value changed meanwhile left as the change made it, a value under a key no
-longer configured left untouched and named, and the `renum keys` commands' exit codes."""
+databases: which values each key seals, a rotation in batches that an interruption does not
+spoil and a second run finishes, every value opening afterwards with the new key alone (bound
+to its row as before), a value changed meanwhile left as the change made it, a value under a
+key no longer configured left untouched and named, and the `renum keys` commands' exit
+codes."""
 
 from __future__ import annotations
 
