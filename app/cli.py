@@ -61,6 +61,11 @@ keys_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")
+audit_cli = typer.Typer(
+    help="The audit trail: check that no entry was changed, removed or reordered.",
+    no_args_is_help=True,
+)
+cli.add_typer(audit_cli, name="audit")
 
 # Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
 # two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
@@ -469,11 +474,19 @@ def create_admin(
     email = _checked_credentials(email, password)
 
     async def work(engine: AsyncEngine) -> bool:
-        async with async_sessionmaker(engine)() as session:
+        sessions = async_sessionmaker(engine)
+        async with sessions() as session:
             if await UserRepository(session).by_email(email) is not None:
                 return False
-            await create(session, email, password)
-            return True
+            user = await create(session, email, password)
+        await _cli_audit(sessions).record(
+            "user.create",
+            actor_kind="cli",
+            account_id=user.account_id,
+            target=f"user:{user.id}",
+            details={"email": user.email, "role": user.role},
+        )
+        return True
 
     if not run_with_engine(work):
         err.print(f"[bold red]A user with the email {email} already exists.[/]")
@@ -503,13 +516,26 @@ def reset_password(
     email = _checked_credentials(email, password)
 
     async def work(engine: AsyncEngine) -> bool:
-        async with async_sessionmaker(engine)() as session:
-            return await reset(session, email, password)
+        sessions = async_sessionmaker(engine)
+        async with sessions() as session:
+            if not await reset(session, email, password):
+                return False
+        await _cli_audit(sessions).record(
+            "user.password_change", actor_kind="cli", target=email.lower()
+        )
+        return True
 
     if not run_with_engine(work):
         err.print(f"[bold red]No user has the email {email}.[/]")
         raise typer.Exit(1)
     out.print(f"Password of {email} changed; their sessions ended.")
+
+
+def _cli_audit(sessions: Any) -> Any:
+    """The audit trail for a command that changes users (as the server would record it)."""
+    from app.services.audit import AuditTrail
+
+    return AuditTrail.for_settings(load_settings(), sessions)
 
 
 def _checked_credentials(email: str, password: str) -> str:
@@ -987,3 +1013,66 @@ def keys_rotate(
 
 def main() -> None:
     cli()
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Check the whole audit trail: each entry's hash and link to the one before, the signed
+    checkpoints, and the signed head against the newest entry. Exit code: 0 intact, 1 broken
+    (where and why is printed), 2 could not check (no database, or a signature by a key that
+    RENUM_SECURITY__AUDIT__SIGNING_KEYS does not hold)."""
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.db.database import build_engine
+    from app.services.audit import verify_trail
+    from app.services.audit_chain import AuditKeyError, AuditSigner
+
+    settings = load_settings()
+
+    async def check() -> Any:
+        engine = build_engine(settings.database)
+        try:
+            async with AsyncSession(engine) as session:
+                return await verify_trail(session, AuditSigner.from_settings(settings))
+        finally:
+            await engine.dispose()
+
+    try:
+        verdict = asyncio.run(check())
+    except AuditKeyError as exc:
+        err.print(f"[bold red]Cannot check the audit trail:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        err.print(
+            f"[bold red]Cannot check the audit trail:[/] {escape(reason)}\n"
+            "If the schema is missing or old, run `renum db upgrade` first.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    code = 0 if verdict.intact else 1
+    if as_json:
+        typer.echo(json.dumps(verdict.as_dict(), indent=2))
+        raise typer.Exit(code)
+    for note in verdict.notes:
+        typer.echo(note)
+    span = (
+        f"entries {verdict.first_seq} to {verdict.last_seq}" if verdict.entries else "no entries"
+    )
+    if verdict.intact:
+        typer.echo(
+            f"The audit trail is intact: {verdict.entries} entries ({span}), "
+            f"{verdict.checkpoints} signed checkpoints."
+        )
+        raise typer.Exit(0)
+    err.print(
+        f"[bold red]The audit trail is broken at entry {verdict.broken_at}:[/] "
+        f"{escape(verdict.problem or '')}",
+        soft_wrap=True,
+    )
+    raise typer.Exit(code)

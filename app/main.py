@@ -58,6 +58,7 @@ from app.core.middleware import RequestContextMiddleware
 from app.core.security import TokenCodec
 from app.core.shutdown import GracefulShutdown
 from app.db.database import SQLAlchemyManager, require_driver
+from app.services.audit import AuditTrail
 from app.services.runtime import Runtime
 from app.services.startup import StartUp
 
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_observers = []  # capabilities add theirs (RequestContextMiddleware)
     app.state.response_headers = []  # added to every answer (RequestContextMiddleware)
     app.state.alerts = LogAlertReporter()  # the monitor replaces it with its alert manager
+    app.state.audit = AuditTrail.disabled()  # the security capability enables it
     for problem in warnings:
         log.warning(
             "configuration_warning",

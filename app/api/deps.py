@@ -28,6 +28,7 @@ from app.db.database import SQLAlchemyManager
 from app.models import Role
 from app.repositories.base import Position
 from app.schemas.common import CursorPage, Page, ResponseModel
+from app.services.audit import AuditTrail
 from app.services.auth import AuthService
 from app.services.principal import Principal
 from app.services.runtime import Runtime
@@ -65,6 +66,11 @@ async def get_runtime(connection: HTTPConnection) -> Runtime:
     return runtime
 
 
+async def get_audit(connection: HTTPConnection) -> AuditTrail:
+    audit: AuditTrail = connection.app.state.audit
+    return audit
+
+
 async def get_database(connection: HTTPConnection) -> SQLAlchemyManager:
     database: SQLAlchemyManager = connection.app.state.database
     return database
@@ -89,16 +95,25 @@ BoxDep = Annotated[SecretBox, Depends(get_box)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ShutdownDep = Annotated[GracefulShutdown, Depends(get_shutdown)]
+AuditDep = Annotated[AuditTrail, Depends(get_audit)]
+
+
+# Where the authenticated principal of a request is kept in its scope (the audit trail's
+# observer of platform admins' reads looks there).
+PRINCIPAL_KEY = "renum.principal"
 
 
 async def get_principal(
+    connection: HTTPConnection,
     session: SessionDep,
     codec: CodecDep,
     credential: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
     if not credential:
         raise Unauthorized("Send `Authorization: Bearer <access token or API key>`.")
-    return await AuthService(session, codec).authenticate(credential)
+    principal = await AuthService(session, codec).authenticate(credential)
+    connection.scope[PRINCIPAL_KEY] = principal
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

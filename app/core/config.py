@@ -1206,8 +1206,66 @@ class SecurityHeaderSettings(BaseModel):
     )
 
 
+class AuditSettings(BaseModel):
+    """The audit trail of security-relevant actions: append-only, hash-chained, signed."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Record logins, credential and role changes, users, accounts and provider "
+        "keys created and deleted, configuration reloads, silences, exports and platform "
+        "admins' reads of account data in the audit trail (`GET /api/v1/audit`). Off, nothing "
+        "is recorded; what was recorded stays, and `renum audit verify` still checks it.",
+    )
+    signing_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="Keys that sign the trail's head and checkpoints (HMAC-SHA256), as "
+        "`id:secret,id2:secret`, each secret at least 32 characters; the first signs, the "
+        "others still verify what they signed. Unset: one key derived from `secret_key` "
+        "(id `derived`), so changing the secret key without listing the old one here makes "
+        "old checkpoints unverifiable.",
+    )
+    checkpoint_interval_minutes: float = Field(
+        default=60,
+        ge=0.01,
+        le=1440,
+        description="Minutes between two signed checkpoints of the trail (written when it "
+        "grew since the last one, and logged as `audit_checkpoint` for an outside record).",
+    )
+    retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="Entries older than this are pruned, up to the newest checkpoint older "
+        "than it (verification then starts from that checkpoint); 0 keeps every entry.",
+    )
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            keys: dict[str, str] = {}
+            for item in filter(None, (part.strip() for part in value.split(","))):
+                key_id, sep, material = item.partition(":")
+                if not sep or not key_id or not material:
+                    raise ValueError("signing_keys entries must look like id:secret")
+                keys[key_id] = material
+            return keys
+        return value
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _strong_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key_id):
+                raise ValueError(f"signing key id {key_id!r}: 1 to 64 of A-Z a-z 0-9 _ . -")
+            if len(secret.get_secret_value()) < 32:
+                raise ValueError(f"signing key {key_id!r} must be at least 32 characters")
+        return value
+
+
 class SecuritySettings(BaseModel):
-    """The security manager's section: the vulnerability scanner and the security headers."""
+    """The security manager's section: the vulnerability scanner, the security headers and
+    the audit trail."""
 
     enabled: bool = Field(
         default=True,
@@ -1216,6 +1274,7 @@ class SecuritySettings(BaseModel):
     )
     scanner: ScannerSettings = Field(default_factory=lambda: ScannerSettings())
     headers: SecurityHeaderSettings = Field(default_factory=lambda: SecurityHeaderSettings())
+    audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
 
 
 class TeamSettings(BaseModel):

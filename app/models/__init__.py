@@ -4,6 +4,7 @@ from app.models.account import Account
 from app.models.agent import Agent
 from app.models.alert import AlertEvaluation, AlertRecord, AlertSilence
 from app.models.api_key import ApiKey
+from app.models.audit import AuditCheckpoint, AuditEntry, AuditHead
 from app.models.delivery import Delivery, DeliveryStatus, Webhook
 from app.models.execution import (
     ContextEntry,
@@ -30,6 +31,9 @@ __all__ = [
     "AlertRecord",
     "AlertSilence",
     "ApiKey",
+    "AuditCheckpoint",
+    "AuditEntry",
+    "AuditHead",
     "ContextEntry",
     "Delivery",
     "DeliveryStatus",

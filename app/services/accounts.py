@@ -13,6 +13,7 @@ from app.repositories.accounts import AccountRepository
 from app.repositories.base import commit_unique
 from app.repositories.users import UserRepository
 from app.schemas.accounts import AccountCreate
+from app.services.audit import AuditTrail
 from app.services.passwords import hash_outside_transaction
 from app.services.principal import Principal
 
@@ -23,9 +24,10 @@ def name_key(name: str) -> str:
 
 
 class AccountService:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, audit: AuditTrail | None = None) -> None:
         self.session = session
         self.accounts = AccountRepository(session)
+        self.audit = audit or AuditTrail.disabled()
         self.users = UserRepository(session)
 
     async def create(self, principal: Principal, data: AccountCreate) -> Account:
@@ -49,6 +51,13 @@ class AccountService:
             )
         )
         await commit_unique(self.session, "The account or its owner already exists.")
+        await self.audit.record(
+            "account.create",
+            principal=principal,
+            account_id=account.id,
+            target=f"account:{account.id}",
+            details={"name": account.name, "owner_email": data.owner_email.lower()},
+        )
         return account
 
     async def page(

@@ -13,13 +13,15 @@ from app.core.security import hash_api_key, new_api_key
 from app.models import ApiKey, Role
 from app.repositories.tokens import ApiKeyRepository
 from app.schemas.api_keys import ApiKeyCreate
+from app.services.audit import AuditTrail
 from app.services.principal import Principal
 
 
 class ApiKeyService:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, audit: AuditTrail | None = None) -> None:
         self.session = session
         self.keys = ApiKeyRepository(session)
+        self.audit = audit or AuditTrail.disabled()
 
     async def create(self, principal: Principal, data: ApiKeyCreate) -> tuple[ApiKey, str]:
         principal.require(Role.member)
@@ -45,6 +47,12 @@ class ApiKeyService:
         )
         self.keys.add(key)
         await self.session.commit()
+        await self.audit.record(
+            "api_key.create",
+            principal=principal,
+            target=f"api_key:{key.id}",
+            details={"name": key.name, "prefix": key.prefix, "role": key.role},
+        )
         return key, secret
 
     def _owner_filter(self, principal: Principal) -> uuid.UUID | None:
@@ -67,3 +75,10 @@ class ApiKeyService:
         if key.revoked_at is None:
             key.revoked_at = datetime.now(UTC)
             await self.session.commit()
+            await self.audit.record(
+                "api_key.revoke",
+                principal=principal,
+                account_id=key.account_id,
+                target=f"api_key:{key.id}",
+                details={"prefix": key.prefix},
+            )

@@ -29,6 +29,7 @@ from app.models import RefreshToken, Role, User
 from app.repositories.tokens import ApiKeyRepository, RefreshTokenRepository
 from app.repositories.users import UserRepository
 from app.schemas.auth import TokenPair
+from app.services.audit import AuditTrail
 from app.services.passwords import verify_outside_transaction
 from app.services.principal import Principal
 
@@ -41,25 +42,31 @@ SESSION_ENDED = (
 
 
 class AuthService:
-    def __init__(self, session: AsyncSession, codec: TokenCodec) -> None:
+    def __init__(
+        self, session: AsyncSession, codec: TokenCodec, audit: AuditTrail | None = None
+    ) -> None:
         self.session = session
         self.codec = codec
+        self.audit = audit or AuditTrail.disabled()
         self.users = UserRepository(session)
         self.refresh_tokens = RefreshTokenRepository(session)
         self.api_keys = ApiKeyRepository(session)
 
     async def login(self, email: str, password: str) -> TokenPair:
+        """A token pair for the user's email and password; every attempt is audited
+        (``auth.login``, a success or a failure with its reason)."""
         if not self.session.in_transaction():
             await self.session.connection(execution_options=READ_ONLY)
         user = await self.users.by_email(email)
         password_hash = user.password_hash if user else None
-        found = (user.id, user.is_active, user.token_generation) if user else None
-        if not await verify_outside_transaction(self.session, password, password_hash) or (
-            found is None
-        ):
+        found = (user.id, user.account_id, user.is_active, user.token_generation) if user else None
+        verified = await verify_outside_transaction(self.session, password, password_hash)
+        if not verified or found is None:
+            await self._login_failed(email, found, "unknown_user" if found is None else "password")
             raise Unauthorized("Incorrect email or password.")
-        user_id, is_active, generation = found
+        user_id, account_id, is_active, generation = found
         if not is_active:
+            await self._login_failed(email, found, "deactivated")
             raise Unauthorized("This user is deactivated.")
         # The password was verified against what was read before, with no transaction open: a
         # password change or a deactivation may have landed meanwhile. The login stands only if
@@ -67,10 +74,27 @@ class AuthService:
         # any change out until this transaction ends), and its tokens carry that generation.
         if not await self.users.record_login(user_id, datetime.now(UTC), generation=generation):
             await self.session.rollback()
+            await self._login_failed(email, found, "changed_meanwhile")
             raise Unauthorized("Incorrect email or password.")
         pair = self._issue_pair(user_id, generation, family_id=uuid.uuid4())
         await self.session.commit()
+        await self.audit.record(
+            "auth.login", actor_kind="user", actor_id=user_id, account_id=account_id, target=email
+        )
         return pair
+
+    async def _login_failed(
+        self, email: str, found: tuple[uuid.UUID, uuid.UUID, bool, int] | None, reason: str
+    ) -> None:
+        await self.session.rollback()  # nothing is held while the entry is written
+        await self.audit.record(
+            "auth.login",
+            outcome="failure",
+            actor_kind="anonymous",
+            account_id=None if found is None else found[1],
+            target=email,
+            details={"reason": reason, "user_id": None if found is None else str(found[0])},
+        )
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         row, claims = await self._stored_refresh_token(refresh_token)
@@ -101,6 +125,7 @@ class AuthService:
         row, _ = await self._stored_refresh_token(refresh_token)
         await self.refresh_tokens.revoke_family(row.family_id, datetime.now(UTC))
         await self.session.commit()
+        await self.audit.record("auth.logout", actor_kind="user", actor_id=row.user_id)
 
     async def authenticate(self, credential: str) -> Principal:
         if looks_like_api_key(credential):

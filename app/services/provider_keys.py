@@ -13,6 +13,7 @@ from app.core.errors import Conflict, NotFound
 from app.models import ProviderKey, Role
 from app.repositories.agents import AgentRepository, ProviderKeyRepository
 from app.schemas.agents import ProviderKeyCreate
+from app.services.audit import AuditTrail
 from app.services.principal import Principal
 
 
@@ -26,9 +27,12 @@ def provider_key_aad(account_id: uuid.UUID, key_id: uuid.UUID) -> str:
 
 
 class ProviderKeyService:
-    def __init__(self, session: AsyncSession, box: SecretBox) -> None:
+    def __init__(
+        self, session: AsyncSession, box: SecretBox, audit: AuditTrail | None = None
+    ) -> None:
         self.session = session
         self.box = box
+        self.audit = audit or AuditTrail.disabled()
         self.keys = ProviderKeyRepository(session)
 
     async def create(self, principal: Principal, data: ProviderKeyCreate) -> ProviderKey:
@@ -46,6 +50,12 @@ class ProviderKeyService:
         )
         self.keys.add(row)
         await self.session.commit()
+        await self.audit.record(
+            "provider_key.create",
+            principal=principal,
+            target=f"provider_key:{key_id}",
+            details={"name": data.name, "provider": data.provider, "hint": row.hint},
+        )
         return row
 
     async def page(
@@ -72,8 +82,16 @@ class ProviderKeyService:
         row = await self.get(principal, key_id)
         if await AgentRepository(self.session).uses_key(row.id):
             raise Conflict("Agents still use this key; point them at another key first.")
+        account_id, hint = row.account_id, row.hint
         await self.keys.delete(row)
         await self.session.commit()
+        await self.audit.record(
+            "provider_key.delete",
+            principal=principal,
+            account_id=account_id,
+            target=f"provider_key:{key_id}",
+            details={"hint": hint},
+        )
 
     def reveal(self, row: ProviderKey) -> str:
         """The plaintext key, for the provider call only; never returned or logged."""

@@ -22,13 +22,15 @@ from app.repositories.base import commit_unique
 from app.repositories.tokens import RefreshTokenRepository
 from app.repositories.users import UserRepository
 from app.schemas.users import PasswordChange, UserCreate, UserUpdate
+from app.services.audit import AuditTrail, Detail
 from app.services.passwords import hash_outside_transaction, verify_outside_transaction
 from app.services.principal import Principal
 
 
 class UserService:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, audit: AuditTrail | None = None) -> None:
         self.session = session
+        self.audit = audit or AuditTrail.disabled()
         self.users = UserRepository(session)
         self.accounts = AccountRepository(session)
         self.refresh_tokens = RefreshTokenRepository(session)
@@ -75,6 +77,13 @@ class UserService:
         )
         self.users.add(user)
         await commit_unique(self.session, "A user with this email already exists.")
+        await self.audit.record(
+            "user.create",
+            principal=principal,
+            account_id=account_id,
+            target=f"user:{user.id}",
+            details={"email": user.email, "role": user.role},
+        )
         return user
 
     async def update(self, principal: Principal, user_id: uuid.UUID, data: UserUpdate) -> User:
@@ -90,6 +99,7 @@ class UserService:
             raise Conflict("Admin users are managed with `renum users create-admin`.")
         if "full_name" in changes:
             user.full_name = changes["full_name"]
+        before: dict[str, Detail] = {"role": user.role, "is_active": user.is_active}
         for field in ("role", "is_active"):
             if changes.get(field) is not None:
                 setattr(user, field, changes[field])
@@ -101,6 +111,20 @@ class UserService:
             await self.users.advance_token_generation(user.id)
             await self.refresh_tokens.revoke_user(user.id, utcnow())
         await self.session.commit()
+        facts: dict[str, Detail] = {}
+        for field, was in before.items():
+            if getattr(user, field) != was:
+                facts[f"{field}_from"], facts[field] = was, getattr(user, field)
+        if new_hash is not None:
+            facts["password_changed"] = True
+        if facts:
+            await self.audit.record(
+                "user.update",
+                principal=principal,
+                account_id=user.account_id,
+                target=f"user:{user.id}",
+                details=facts,
+            )
         return user
 
     async def change_own_password(self, principal: Principal, data: PasswordChange) -> None:
@@ -128,10 +152,21 @@ class UserService:
             raise Conflict("The password was changed meanwhile; log in with the new one.")
         await self.refresh_tokens.revoke_user(user_id, utcnow())
         await self.session.commit()
+        await self.audit.record(
+            "user.password_change", principal=principal, target=f"user:{user_id}"
+        )
 
     async def delete(self, principal: Principal, user_id: uuid.UUID) -> None:
         user = await self.get(principal, user_id)
         if user.id == principal.user_id:
             raise Conflict("You cannot delete yourself.")
+        target, account_id, email = f"user:{user.id}", user.account_id, user.email
         await self.users.delete(user)
         await self.session.commit()
+        await self.audit.record(
+            "user.delete",
+            principal=principal,
+            account_id=account_id,
+            target=target,
+            details={"email": email},
+        )

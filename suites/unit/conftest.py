@@ -8,9 +8,11 @@ each test, because ``configure_logging`` rewires both.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,10 @@ import httpcore  # noqa: F401  (see below)
 import pytest
 import structlog
 
-from app.core.config import Settings
+from app.core.config import DatabaseSettings, Settings
+from app.db import migrate
+from app.db.database import SQLAlchemyManager
+from qa import services
 
 # Inner pytest sessions (pytester) run in this process and drop every module they import
 # when they end. httpx imports httpcore lazily and caches its exception classes on first use;
@@ -84,6 +89,28 @@ def anyio_backend() -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'unit.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def migrated_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SQLAlchemyManager]:
+    """A migrated database of each kind (PostgreSQL: a new database on the shared server,
+    dropped afterwards); its URL is ``migrated_database.settings.url``."""
+    name = None
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
+    else:
+        name = f"renum_unit_{uuid.uuid4().hex[:10]}"
+        url = await asyncio.to_thread(services.create_postgres_database, name)
+    db = SQLAlchemyManager(DatabaseSettings(url=url))
+    await migrate.upgrade(db.engine)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+        if name is not None:
+            await asyncio.to_thread(services.drop_postgres_database, name)
 
 
 MakeSettings = Callable[..., Settings]

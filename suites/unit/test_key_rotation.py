@@ -31,7 +31,6 @@ from app.db.database import SQLAlchemyManager
 from app.models import Account, Delivery, ProviderKey, User, Webhook
 from app.services.delivery import delivery_secret_aad, webhook_secret_aad
 from app.services.provider_keys import provider_key_aad
-from qa import services
 from suites.unit.conftest import MakeSettings
 
 pytestmark = pytest.mark.anyio
@@ -54,25 +53,10 @@ async def sqlite_database(tmp_path: Path) -> AsyncIterator[SQLAlchemyManager]:
         await db.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[SQLAlchemyManager]:
-    """A migrated database of each kind (PostgreSQL: a new database on the shared server)."""
-    name = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
-    else:
-        name = f"renum_keys_{uuid.uuid4().hex[:10]}"
-        url = await asyncio.to_thread(services.create_postgres_database, name)
-    db = SQLAlchemyManager(DatabaseSettings(url=url))
-    await migrate.upgrade(db.engine)
-    try:
-        yield db
-    finally:
-        await db.dispose()
-        if name is not None:
-            await asyncio.to_thread(services.drop_postgres_database, name)
+@pytest.fixture
+def database(migrated_database: SQLAlchemyManager) -> SQLAlchemyManager:
+    """A migrated database of each kind (the unit suite's ``migrated_database``)."""
+    return migrated_database
 
 
 async def seed(db: SQLAlchemyManager, sealer: SecretBox, keys: int = 5) -> dict[str, str]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Body, status
 
-from app.api.deps import AdminDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.deps import AdminDep, AuditDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
 from app.schemas.accounts import ACCOUNT_CREATE_EXAMPLES, AccountCreate, AccountOut
 from app.schemas.common import Page, link, links, problems
@@ -47,8 +47,9 @@ async def create_account(
     body: Annotated[AccountCreate, Body(openapi_examples=ACCOUNT_CREATE_EXAMPLES)],
     principal: AdminDep,
     session: SessionDep,
+    audit: AuditDep,
 ) -> AccountOut:
-    account = await AccountService(session).create(principal, body)
+    account = await AccountService(session, audit).create(principal, body)
     return AccountOut.model_validate(account)
 
 

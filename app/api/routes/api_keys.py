@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Body, status
 
-from app.api.deps import MemberDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.deps import AuditDep, MemberDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
 from app.schemas.api_keys import API_KEY_CREATE_EXAMPLES, ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.schemas.common import Page, link, links, problems
@@ -36,8 +36,9 @@ async def create_api_key(
     body: Annotated[ApiKeyCreate, Body(openapi_examples=API_KEY_CREATE_EXAMPLES)],
     principal: MemberDep,
     session: SessionDep,
+    audit: AuditDep,
 ) -> ApiKeyCreated:
-    key, secret = await ApiKeyService(session).create(principal, body)
+    key, secret = await ApiKeyService(session, audit).create(principal, body)
     return ApiKeyCreated.model_validate(
         {**ApiKeyOut.model_validate(key).model_dump(), "key": secret}
     )
@@ -74,5 +75,7 @@ async def list_api_keys(
     summary="Revoke an API key",
     responses=problems(401, 403, 404, 422),
 )
-async def revoke_api_key(key_id: uuid.UUID, principal: MemberDep, session: SessionDep) -> None:
-    await ApiKeyService(session).revoke(principal, key_id)
+async def revoke_api_key(
+    key_id: uuid.UUID, principal: MemberDep, session: SessionDep, audit: AuditDep
+) -> None:
+    await ApiKeyService(session, audit).revoke(principal, key_id)

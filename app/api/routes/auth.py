@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, status
 
-from app.api.deps import CodecDep, SessionDep
+from app.api.deps import AuditDep, CodecDep, SessionDep
 from app.api.router import PrefixRouter
 from app.schemas.auth import (
     LOGOUT_EXAMPLES,
@@ -43,9 +43,9 @@ def _session_links(description: str) -> dict[int | str, Any]:
     responses={**_session_links("A new session's tokens."), **problems(401, 422)},
 )
 async def login(
-    form: Annotated[LoginForm, Depends()], session: SessionDep, codec: CodecDep
+    form: Annotated[LoginForm, Depends()], session: SessionDep, codec: CodecDep, audit: AuditDep
 ) -> TokenPair:
-    return await AuthService(session, codec).login(form.username, form.password)
+    return await AuthService(session, codec, audit).login(form.username, form.password)
 
 
 @router.post(
@@ -74,5 +74,6 @@ async def logout(
     body: Annotated[LogoutRequest, Body(openapi_examples=LOGOUT_EXAMPLES)],
     session: SessionDep,
     codec: CodecDep,
+    audit: AuditDep,
 ) -> None:
-    await AuthService(session, codec).logout(body.refresh_token)
+    await AuthService(session, codec, audit).logout(body.refresh_token)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Body, status
 
-from app.api.deps import BoxDep, MemberDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.deps import AuditDep, BoxDep, MemberDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
 from app.schemas.agents import PROVIDER_KEY_CREATE_EXAMPLES, ProviderKeyCreate, ProviderKeyOut
 from app.schemas.common import Page, link, links, problems
@@ -39,9 +39,10 @@ async def create_provider_key(
     principal: MemberDep,
     session: SessionDep,
     box: BoxDep,
+    audit: AuditDep,
 ) -> ProviderKeyOut:
     return ProviderKeyOut.model_validate(
-        await ProviderKeyService(session, box).create(principal, body)
+        await ProviderKeyService(session, box, audit).create(principal, body)
     )
 
 
@@ -80,6 +81,6 @@ async def list_provider_keys(
     responses=problems(401, 403, 404, 409, 422),
 )
 async def delete_provider_key(
-    key_id: uuid.UUID, principal: MemberDep, session: SessionDep, box: BoxDep
+    key_id: uuid.UUID, principal: MemberDep, session: SessionDep, box: BoxDep, audit: AuditDep
 ) -> None:
-    await ProviderKeyService(session, box).delete(principal, key_id)
+    await ProviderKeyService(session, box, audit).delete(principal, key_id)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Body, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from app.api.deps import OwnerDep, PagingDep, SessionDep, ViewerDep, to_page
+from app.api.deps import AuditDep, OwnerDep, PagingDep, SessionDep, ViewerDep, to_page
 from app.api.router import PrefixRouter
 from app.schemas.common import Page, link, links, problems
 from app.schemas.users import (
@@ -86,8 +86,9 @@ async def change_my_password(
     body: Annotated[PasswordChange, Body(openapi_examples=PASSWORD_CHANGE_EXAMPLES)],
     principal: ViewerDep,
     session: SessionDep,
+    audit: AuditDep,
 ) -> None:
-    await UserService(session).change_own_password(principal, body)
+    await UserService(session, audit).change_own_password(principal, body)
 
 
 @router.get(
@@ -136,8 +137,9 @@ async def create_user(
     body: Annotated[UserCreate, Body(openapi_examples=USER_CREATE_EXAMPLES)],
     principal: OwnerDep,
     session: SessionDep,
+    audit: AuditDep,
 ) -> UserOut:
-    return UserOut.model_validate(await UserService(session).create(principal, body))
+    return UserOut.model_validate(await UserService(session, audit).create(principal, body))
 
 
 @router.get(
@@ -164,8 +166,11 @@ async def update_user(
     body: Annotated[UserUpdate, Body(openapi_examples=USER_UPDATE_EXAMPLES)],
     principal: OwnerDep,
     session: SessionDep,
+    audit: AuditDep,
 ) -> UserOut:
-    return UserOut.model_validate(await UserService(session).update(principal, user_id, body))
+    return UserOut.model_validate(
+        await UserService(session, audit).update(principal, user_id, body)
+    )
 
 
 @router.delete(
@@ -174,5 +179,7 @@ async def update_user(
     summary="Delete a user (owner, admin)",
     responses=problems(401, 403, 404, 409, 422),
 )
-async def delete_user(user_id: uuid.UUID, principal: OwnerDep, session: SessionDep) -> None:
-    await UserService(session).delete(principal, user_id)
+async def delete_user(
+    user_id: uuid.UUID, principal: OwnerDep, session: SessionDep, audit: AuditDep
+) -> None:
+    await UserService(session, audit).delete(principal, user_id)

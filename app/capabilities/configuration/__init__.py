@@ -75,7 +75,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     def publish(settings: Settings) -> None:
         app.state.settings = settings
 
-    manager = EnvironmentConfigManager(context.settings, publish)
+    manager = EnvironmentConfigManager(context.settings, publish, audit=lambda: app.state.audit)
     manager.on_change(lambda settings: context.runtime.templates.reconfigure(settings.templates))
     manager.on_change(
         lambda settings: context.runtime.deliveries.reconfigure_smtp(settings.monitor.alerts.smtp)

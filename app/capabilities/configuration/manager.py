@@ -26,6 +26,8 @@ from app.core.config_rules import Severity, check_settings
 from app.core.config_sources import ConfigFileError, setting_sources
 from app.core.config_view import fingerprint
 from app.core.logging import get_logger
+from app.services.audit import AuditTrail
+from app.services.principal import Principal
 
 log = get_logger("app.configuration")
 
@@ -119,8 +121,10 @@ class EnvironmentConfigManager:
         settings: Settings,
         publish: Callable[[Settings], None],
         read: Callable[[], Settings] = Settings,
+        audit: Callable[[], AuditTrail] = AuditTrail.disabled,
     ) -> None:
         self.current = settings
+        self._audit = audit
         self._publish = publish
         self._read = read
         self._lock = asyncio.Lock()
@@ -135,11 +139,25 @@ class EnvironmentConfigManager:
         """Call ``listener`` with the new settings after each applied reload."""
         self._listeners.append(listener)
 
-    async def reload(self, trigger: str) -> ReloadResult:
-        """Read, validate and apply the configuration (all or nothing); never raises."""
+    async def reload(self, trigger: str, principal: Principal | None = None) -> ReloadResult:
+        """Read, validate and apply the configuration (all or nothing); never raises. The
+        reload is audited (``config.reload``), by ``principal`` or the system."""
         async with self._lock:
             result = await self._reload(trigger)
             self.last = result
+        await self._audit().record(
+            "config.reload",
+            outcome="failure" if result.status == "refused" else "success",
+            principal=principal,
+            actor_kind="system",
+            details={
+                "trigger": trigger,
+                "status": result.status,
+                "applied": len(result.applied),
+                "restart_required": len(result.restart_required),
+                "fingerprint": result.fingerprint,
+            },
+        )
         fields = {
             "trigger": trigger,
             "status": result.status,

@@ -107,8 +107,8 @@ async def get_configuration(_: AdminDep, manager: ManagerDep) -> ConfigurationOu
     "worker's; the supervisor then reloads every worker.",
     responses=problems(401, 403),
 )
-async def reload_configuration(_: AdminDep, manager: ManagerDep) -> ReloadOut:
-    result = await manager.reload("api")
+async def reload_configuration(principal: AdminDep, manager: ManagerDep) -> ReloadOut:
+    result = await manager.reload("api", principal)
     if result.status != "refused":
         notify_supervisor()  # under `renum serve --workers N`: the other workers reload too
     return ReloadOut.model_validate(result, from_attributes=True)

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import status
 from pydantic import BaseModel, BeforeValidator, Field
 
-from app.api.deps import AdminDep, SessionDep, SettingsDep
+from app.api.deps import AdminDep, AuditDep, SessionDep, SettingsDep
 from app.api.input_guard import CheckInputs
 from app.api.router import PrefixRouter
 from app.capabilities.monitor.alerting import Alert, AlertState
@@ -260,7 +260,11 @@ async def list_silences(_: AdminDep, session: SessionDep) -> list[SilenceOut]:
     },
 )
 async def create_silence(
-    body: SilenceCreate, principal: AdminDep, session: SessionDep, settings: SettingsDep
+    body: SilenceCreate,
+    principal: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
 ) -> SilenceOut:
     for name in body.matchers:
         if name in NOT_LABELS:
@@ -288,6 +292,16 @@ async def create_silence(
     )
     AlertRepository(session).add_silence(row)
     await session.commit()
+    await audit.record(
+        "silence.create",
+        principal=principal,
+        target=f"silence:{row.id}",
+        details={
+            "matchers": ",".join(f"{k}={v}" for k, v in sorted(body.matchers.items())),
+            "minutes": body.duration_minutes,
+            "reason": body.reason,
+        },
+    )
     return _silence_out(row, now)
 
 
@@ -300,7 +314,9 @@ async def create_silence(
     "passed. Ending a silence that already ended changes nothing.",
     responses=problems(401, 403, 404, 422),
 )
-async def end_silence(silence_id: uuid.UUID, _: AdminDep, session: SessionDep) -> None:
+async def end_silence(
+    silence_id: uuid.UUID, principal: AdminDep, session: SessionDep, audit: AuditDep
+) -> None:
     row = await AlertRepository(session).silence(silence_id)
     if row is None:
         raise NotFound("No silence with this id.")
@@ -308,3 +324,4 @@ async def end_silence(silence_id: uuid.UUID, _: AdminDep, session: SessionDep) -
     if row.ended_at is None and row.expires_at > now:
         row.ended_at = now
         await session.commit()
+        await audit.record("silence.end", principal=principal, target=f"silence:{row.id}")

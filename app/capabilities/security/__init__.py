@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.capabilities.base import AppContext, Capability
+from app.capabilities.security import audit_routes
 from app.capabilities.security.advisories import (
     Advisory,
     DatabaseError,
@@ -36,6 +37,7 @@ from app.capabilities.security.advisories import (
     parse_advisory,
     read_database,
 )
+from app.capabilities.security.audit import AuditKeeper
 from app.capabilities.security.headers import security_headers
 from app.capabilities.security.manager import CHECK_NAME, SecurityManager
 from app.capabilities.security.sbom import SPEC_VERSION, sbom_json
@@ -51,6 +53,7 @@ from app.capabilities.security.scanner import (
     upgrade_command,
 )
 from app.core.config import Settings
+from app.services.audit_chain import AuditSigner
 
 __all__ = [
     "CAPABILITY",
@@ -77,7 +80,8 @@ __all__ = [
 
 @asynccontextmanager
 async def running(context: AppContext) -> AsyncIterator[None]:
-    """The security manager's parts for the app's lifespan, kept in ``app.state.security``."""
+    """The security manager's parts for the app's lifespan, kept in ``app.state.security``;
+    the enabled audit trail in ``app.state.audit``."""
     app = context.app
 
     async def refresh_report() -> None:
@@ -89,16 +93,30 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
     manager = SecurityManager(context.settings.security, app.state.metrics, refresh_report)
     app.state.security = manager
+    keeper: AuditKeeper | None = app.state.audit_keeper
+    if keeper is not None:
+        keeper.attach(context.database, AuditSigner.from_settings(context.settings))
+        app.state.audit = keeper.trail
+        keeper.start()
     manager.start()
     try:
         yield
     finally:
         await manager.stop()
+        if keeper is not None:
+            await keeper.stop()
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """The security headers, added by the base middleware to every answer."""
+    """The security headers, added by the base middleware to every answer; the audit trail's
+    routes and its observer of admins' reads."""
     app.state.response_headers.extend(security_headers(settings.security.headers))
+    app.state.audit_keeper = None
+    if settings.security.audit.enabled:
+        keeper = AuditKeeper(settings.security.audit, app.state.metrics)
+        app.state.audit_keeper = keeper
+        app.state.request_observers.append(keeper)
+        app.include_router(audit_routes.router)
 
 
 CAPABILITY = Capability(

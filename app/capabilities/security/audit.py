@@ -1,0 +1,104 @@
+"""The security capability's part of the audit trail: the enabled trail for the app, the
+periodic checkpoints and pruning, and the observer that audits platform admins' reads.
+
+The trail itself (recording, the chain, verification) is the base's (``app.services.audit``):
+services record what they did into ``app.state.audit``, which is a disabled trail until this
+capability puts an enabled one there (``security.audit.enabled``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+from prometheus_client import Counter
+from starlette.types import Scope
+
+from app.api.deps import PRINCIPAL_KEY
+from app.core.config import AuditSettings
+from app.core.logging import get_logger
+from app.core.metrics import Metrics
+from app.core.request_context import route_template
+from app.db.database import SQLAlchemyManager
+from app.services.audit import AuditTrail, source_of
+from app.services.audit_chain import AuditSigner
+from app.services.principal import Principal
+
+log = get_logger("app.audit")
+
+API_PREFIX = "/api/v1/"
+# Reads of the admin's own data: nothing of another account is read there.
+OWN_PATHS = frozenset({"/api/v1/users/me"})
+
+
+class AuditKeeper:
+    """The enabled trail of one app, its checkpoints and pruning every
+    ``checkpoint_interval_minutes``, and the admins' reads it records in the background."""
+
+    def __init__(self, settings: AuditSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self._failures = Counter(
+            "renum_audit_write_failures",
+            "Audit entries that could not be written (the actions stood), by action.",
+            ["action"],
+            registry=metrics.shared,
+        )
+        self.trail = AuditTrail.disabled()
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def attach(self, database: SQLAlchemyManager, signer: AuditSigner) -> None:
+        """Record into ``database`` from now on (the app's lifespan has opened it)."""
+        self.trail = AuditTrail(
+            database.session, signer, on_failure=lambda action: self._failures.labels(action).inc()
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep(), name="renum-audit")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def _keep(self) -> None:
+        interval = self.settings.checkpoint_interval_minutes * 60
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.trail.checkpoint()
+                await self.trail.prune(self.settings.retention_days, datetime.now(UTC))
+            except Exception as exc:  # the next round tries again
+                log.error("audit_checkpoint_failed", error_type=type(exc).__name__)
+
+    # The request observer: a platform admin's successful read of account data is audited.
+    def request_started(self, scope: Scope) -> None:
+        """Nothing to do before the answer."""
+
+    def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
+        principal = scope.get(PRINCIPAL_KEY)
+        if (
+            not isinstance(principal, Principal)
+            or not principal.is_admin
+            or scope.get("method") != "GET"
+            or not 200 <= status < 300
+        ):
+            return
+        path: str = scope["path"]
+        if not path.startswith(API_PREFIX) or path in OWN_PATHS:
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        task = asyncio.get_running_loop().create_task(
+            self.trail.record(
+                "admin.read",
+                principal=principal,
+                target=f"{path}?{query}" if query else path,
+                details={"route": route_template(scope)},
+                source=source_of(scope),  # the task keeps the request's id, not its scope
+            )
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)

@@ -1,0 +1,262 @@
+"""The audit trail of security-relevant actions: recording, checkpoints, pruning, reading.
+
+Services record what they did (``AuditTrail.record``) after it is decided: a login that
+succeeded or failed, a key created, a role changed. Each entry is written in a short
+transaction of its own, after the action's, so the head's lock is never held while an action
+runs; an entry that cannot be written is logged (``audit_write_failed``, never with the
+entry's secrets, which it has none of) and counted, and the action stands.
+
+Who acted comes from the caller's principal (a user, or one of their API keys) or is named
+(``system``, ``cli``, or ``anonymous`` for a failed login); where from and in which request
+comes from the request being answered. ``details`` holds flat facts only (text, numbers,
+booleans), so that an entry hashes the same on every database.
+
+The security capability turns recording on (``security.audit.enabled``) by putting an enabled
+trail in ``app.state.audit``; without it, ``AuditTrail.disabled()`` records nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.logging import get_logger
+from app.core.request_context import current_request_id, current_scope
+from app.core.config import Settings
+from app.models import AuditCheckpoint, AuditEntry, Role
+from app.repositories.audit import AuditRepository
+from app.repositories.base import Position
+from app.services.audit_chain import AuditSigner, Verdict, entry_hash, verify
+from app.services.principal import Principal
+
+log = get_logger("app.audit")
+
+Outcome = Literal["success", "failure", "denied"]
+ActorKind = Literal["user", "api_key", "system", "cli", "anonymous"]
+Detail = str | int | bool | None
+
+# The actions the trail records, by name (the `action` filter of GET /api/v1/audit).
+ACTIONS = (
+    "auth.login",
+    "auth.logout",
+    "api_key.create",
+    "api_key.revoke",
+    "user.create",
+    "user.update",
+    "user.password_change",
+    "user.delete",
+    "account.create",
+    "provider_key.create",
+    "provider_key.delete",
+    "config.reload",
+    "silence.create",
+    "silence.end",
+    "audit.export",
+    "admin.read",
+    "security.event",
+)
+MAX_TARGET = 400
+MAX_DETAIL = 500
+
+
+def source_of(scope: Any) -> str | None:
+    """The client address of a request's ASGI scope."""
+    client = scope.get("client") if scope is not None else None
+    return None if not client else str(client[0])[:64]
+
+
+Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+class AuditTrail:
+    """Records entries (when ``enabled``), writes checkpoints and prunes, each in a session of
+    its own from ``sessions`` (the app's database manager's, or a CLI command's); ``on_failure``
+    is told of each entry that could not be written."""
+
+    def __init__(
+        self,
+        sessions: Sessions | None,
+        signer: AuditSigner | None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.signer = signer
+        self.on_failure = on_failure
+
+    @classmethod
+    def for_settings(cls, settings: Settings, sessions: Sessions) -> AuditTrail:
+        """Enabled when ``security.audit.enabled`` (and the security capability) are on."""
+        if not (settings.security.enabled and settings.security.audit.enabled):
+            return cls.disabled()
+        return cls(sessions, AuditSigner.from_settings(settings))
+
+    @classmethod
+    def disabled(cls) -> AuditTrail:
+        return cls(None, None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.sessions is not None and self.signer is not None
+
+    async def record(
+        self,
+        action: str,
+        *,
+        outcome: Outcome = "success",
+        principal: Principal | None = None,
+        actor_kind: ActorKind | None = None,
+        actor_id: uuid.UUID | None = None,
+        account_id: uuid.UUID | None = None,
+        target: str | None = None,
+        details: dict[str, Detail] | None = None,
+        source: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """Append one entry. The actor is ``principal`` when given (its user, its API key in
+        ``details``, its account unless ``account_id`` names the one acted on), else
+        ``actor_kind`` (``anonymous`` by default)."""
+        if self.sessions is None or self.signer is None:
+            return
+        facts: dict[str, Detail] = {}
+        if principal is not None:
+            actor_id = principal.user_id
+            actor_kind = "user" if principal.api_key_id is None else "api_key"
+            if principal.api_key_id is not None:
+                facts["api_key_id"] = str(principal.api_key_id)
+            account_id = account_id or principal.account_id
+        facts.update(details or {})
+        values: dict[str, Any] = {
+            "id": uuid.uuid4(),
+            "actor_id": actor_id,
+            "actor_kind": actor_kind or "anonymous",
+            "account_id": account_id,
+            "action": action,
+            "target": None if target is None else target[:MAX_TARGET],
+            "source": source if source is not None else source_of(current_scope()),
+            "request_id": request_id if request_id is not None else current_request_id(),
+            "outcome": outcome,
+            "details": {key: _flat(value) for key, value in facts.items()},
+        }
+        try:
+            async with self.sessions() as session:
+                await self._append(session, self.signer, values)
+        except Exception as exc:
+            log.error("audit_write_failed", action=action, error_type=type(exc).__name__)
+            if self.on_failure is not None:
+                self.on_failure(action)
+
+    @staticmethod
+    async def _append(session: AsyncSession, signer: AuditSigner, values: dict[str, Any]) -> None:
+        repository = AuditRepository(session)
+        seq, prev_hash = await repository.claim_next()
+        entry = {**values, "seq": seq, "created_at": datetime.now(UTC), "prev_hash": prev_hash}
+        entry["hash"] = entry_hash(entry)
+        await repository.append(entry)
+        key_id, signature = signer.sign("head", seq, entry["hash"])
+        await repository.set_head(seq, entry["hash"], key_id, signature)
+        await session.commit()
+
+    async def checkpoint(self) -> AuditCheckpoint | None:
+        """A signed checkpoint at the head, when the trail grew since the last one; logged
+        (``audit_checkpoint``) so that a copy lives outside the database too."""
+        if self.sessions is None or self.signer is None:
+            return None
+        async with self.sessions() as session:
+            repository = AuditRepository(session)
+            head = await repository.lock_head()
+            latest = await repository.latest_checkpoint()
+            if head is None or head.seq == 0 or (latest is not None and latest.seq >= head.seq):
+                await session.rollback()
+                return None
+            key_id, signature = self.signer.sign("checkpoint", head.seq, head.hash)
+            created_at = datetime.now(UTC)
+            await repository.add_checkpoint(head.seq, head.hash, created_at, key_id, signature)
+            await session.commit()
+            checkpoint = AuditCheckpoint(
+                seq=head.seq,
+                hash=head.hash,
+                created_at=created_at,
+                key_id=key_id,
+                signature=signature,
+            )
+        log.info("audit_checkpoint", seq=checkpoint.seq, hash=checkpoint.hash, key_id=key_id)
+        return checkpoint
+
+    async def prune(self, retention_days: int, now: datetime | None = None) -> int:
+        """Delete the entries older than ``retention_days``, up to the newest checkpoint
+        written before the cutoff; the number deleted."""
+        if self.sessions is None or retention_days <= 0:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+        async with self.sessions() as session:
+            repository = AuditRepository(session)
+            await repository.lock_head()
+            anchor = await repository.newest_checkpoint_before(cutoff)
+            if anchor is None:
+                await session.rollback()
+                return 0
+            removed = await repository.prune_through(anchor.seq)
+            await session.commit()
+        if removed:
+            log.info("audit_pruned", through_seq=anchor.seq, entries=removed)
+        return removed
+
+
+class AuditReader:
+    """Reading the trail for the API: owners their account's entries, admins every entry."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.repository = AuditRepository(session)
+
+    async def page(
+        self,
+        principal: Principal,
+        *,
+        actor_id: uuid.UUID | None,
+        action: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        offset: int,
+        after: Position | None,
+    ) -> tuple[Any, int, int]:
+        principal.require(Role.owner)
+        return await self.repository.page(
+            principal.scope,
+            actor_id=actor_id,
+            action=action,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+            after=after,
+        )
+
+    def export(
+        self,
+        principal: Principal,
+        *,
+        actor_id: uuid.UUID | None,
+        action: str | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> AsyncIterator[AuditEntry]:
+        principal.require(Role.owner)
+        return self.repository.export(
+            principal.scope, actor_id=actor_id, action=action, since=since, until=until
+        )
+
+
+async def verify_trail(session: AsyncSession, signer: AuditSigner) -> Verdict:
+    """``audit_chain.verify`` over the trail in ``session``'s database."""
+    return await verify(AuditRepository(session), signer)
+
+
+def _flat(value: Any) -> Detail:
+    if value is None or isinstance(value, bool | int):
+        return value
+    return str(value)[:MAX_DETAIL]

@@ -1,0 +1,361 @@
+"""The audit trail (issue 17) on migrated SQLite and PostgreSQL databases: appends numbered
+without gaps under concurrency, and every kind of tampering detected by the verifier, with
+where and why: an entry changed, deleted, or moved; the newest entries deleted (with and
+without a rewritten head); a forged checkpoint; entries appended outside Renum. Pruning at a
+signed checkpoint keeps the trail verifiable; pruning anywhere else does not. And
+`renum audit verify`'s exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.db.database import SQLAlchemyManager
+from app.models import AuditCheckpoint, AuditEntry, AuditHead, Role
+from app.repositories.audit import AuditRepository
+from app.services.audit import AuditTrail, verify_trail
+from app.services.audit_chain import GENESIS, AuditKeyError, AuditSigner, Verdict, entry_hash
+from app.services.principal import Principal
+from suites.unit.conftest import MakeSettings
+
+pytestmark = pytest.mark.anyio
+runner = CliRunner()
+SIGNER = AuditSigner({"k1": b"k1-secret-of-the-audit-trail-0123456789"})
+
+
+def trail(db: SQLAlchemyManager, signer: AuditSigner = SIGNER) -> AuditTrail:
+    return AuditTrail(db.session, signer)
+
+
+async def record_many(db: SQLAlchemyManager, n: int) -> None:
+    for i in range(n):
+        await trail(db).record(
+            "auth.login",
+            actor_kind="anonymous",
+            target=f"user{i}@example.com",
+            outcome="failure" if i % 2 else "success",
+            details={"i": i, "why": "test"},
+        )
+
+
+async def check(db: SQLAlchemyManager, signer: AuditSigner = SIGNER) -> Verdict:
+    async with db.session() as session:
+        return await verify_trail(session, signer)
+
+
+async def run(db: SQLAlchemyManager, statement: Any) -> None:
+    async with db.session() as session:
+        await session.execute(statement)
+        await session.commit()
+
+
+async def test_an_empty_trail_is_intact(migrated_database: SQLAlchemyManager) -> None:
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.entries, verdict.last_seq) == (True, 0, None)
+
+
+async def test_entries_chain_in_order_and_verify(migrated_database: SQLAlchemyManager) -> None:
+    await record_many(migrated_database, 5)
+    principal = Principal(uuid.uuid4(), uuid.uuid4(), Role.member, api_key_id=uuid.uuid4())
+    await trail(migrated_database).record(
+        "api_key.create", principal=principal, target="api_key:x", details={"n": 1.5}
+    )
+    async with migrated_database.session() as session:
+        rows = (await session.scalars(select(AuditEntry).order_by(AuditEntry.seq))).all()
+        head = await AuditRepository(session).head()
+    assert [r.seq for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
+    last = rows[-1]
+    assert (last.actor_kind, last.actor_id, last.account_id) == (
+        "api_key",
+        principal.user_id,
+        principal.account_id,
+    )
+    assert last.details == {"api_key_id": str(principal.api_key_id), "n": "1.5"}
+    assert head is not None
+    assert (head.seq, head.hash, head.key_id) == (6, last.hash, "k1")
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.entries, verdict.first_seq, verdict.last_seq) == (
+        True,
+        6,
+        1,
+        6,
+    )
+
+
+async def test_concurrent_appends_take_every_number_once(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    audit = trail(migrated_database)
+    await asyncio.gather(
+        *(audit.record("auth.logout", actor_kind="user", target=str(i)) for i in range(25))
+    )
+    async with migrated_database.session() as session:
+        seqs = (await session.scalars(select(AuditEntry.seq).order_by(AuditEntry.seq))).all()
+        targets = set((await session.scalars(select(AuditEntry.target))).all())
+    assert list(seqs) == list(range(1, 26))
+    assert targets == {str(i) for i in range(25)}
+    assert (await check(migrated_database)).intact
+
+
+Tamper = Callable[[SQLAlchemyManager], Awaitable[None]]
+
+
+async def change_middle(db: SQLAlchemyManager) -> None:
+    await run(db, update(AuditEntry).where(AuditEntry.seq == 3).values(target="someone-else"))
+
+
+async def change_details(db: SQLAlchemyManager) -> None:
+    await run(db, update(AuditEntry).where(AuditEntry.seq == 2).values(details={"i": 99}))
+
+
+async def delete_middle(db: SQLAlchemyManager) -> None:
+    await run(db, delete(AuditEntry).where(AuditEntry.seq == 3))
+
+
+async def delete_middle_and_renumber(db: SQLAlchemyManager) -> None:
+    """The gap closed: entries after the deleted one moved down by one."""
+    await run(db, delete(AuditEntry).where(AuditEntry.seq == 3))
+    for seq in (4, 5, 6):
+        await run(db, update(AuditEntry).where(AuditEntry.seq == seq).values(seq=seq - 1))
+    await run(db, update(AuditHead).values(seq=5))
+
+
+async def reorder(db: SQLAlchemyManager) -> None:
+    """Entries 2 and 3 swap places."""
+    await run(db, update(AuditEntry).where(AuditEntry.seq == 2).values(seq=-2))
+    await run(db, update(AuditEntry).where(AuditEntry.seq == 3).values(seq=2))
+    await run(db, update(AuditEntry).where(AuditEntry.seq == -2).values(seq=3))
+
+
+async def delete_tail(db: SQLAlchemyManager) -> None:
+    await run(db, delete(AuditEntry).where(AuditEntry.seq >= 5))
+
+
+async def delete_tail_and_rewrite_head(db: SQLAlchemyManager) -> None:
+    """The newest entries gone and the head moved back to the new last entry (unsigned by
+    the audit key: the tamperer does not hold it)."""
+    async with db.session() as session:
+        last = await session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == 4))
+    await run(db, delete(AuditEntry).where(AuditEntry.seq >= 5))
+    forged = AuditSigner({"k1": b"a-key-that-is-not-the-audit-key-000000"})
+    _, signature = forged.sign("head", 4, str(last))
+    await run(db, update(AuditHead).values(seq=4, hash=last, signature=signature))
+
+
+async def recompute_after_change(db: SQLAlchemyManager) -> None:
+    """Entry 3 changed and every hash after it recomputed, so the chain links again; only the
+    signed head (and the key) can tell."""
+    async with db.session() as session:
+        rows = [
+            dict(r._mapping)
+            for r in (await session.execute(select(*AuditEntry.__table__.columns))).all()
+        ]
+    rows.sort(key=lambda r: r["seq"])
+    rows[2]["target"] = "forged"
+    prev = rows[1]["hash"]
+    for row in rows[2:]:
+        row["prev_hash"] = prev
+        row["hash"] = prev = entry_hash(row)
+        await run(
+            db,
+            update(AuditEntry)
+            .where(AuditEntry.seq == row["seq"])
+            .values(target=row["target"], prev_hash=row["prev_hash"], hash=row["hash"]),
+        )
+    await run(db, update(AuditHead).values(hash=prev))
+
+
+async def append_outside(db: SQLAlchemyManager) -> None:
+    async with db.session() as session:
+        row = dict(
+            (
+                await session.execute(
+                    select(*AuditEntry.__table__.columns).where(AuditEntry.seq == 6)
+                )
+            )
+            .one()
+            ._mapping
+        )
+    row.update(seq=7, id=uuid.uuid4(), prev_hash=row["hash"], target="smuggled")
+    row["hash"] = entry_hash(row)
+    await run(db, AuditEntry.__table__.insert().values(**row))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "at", "says"),
+    [
+        (change_middle, 3, "entry 3 was changed"),
+        (change_details, 2, "entry 2 was changed"),
+        (delete_middle, 3, "entry 3 is missing"),
+        (delete_middle_and_renumber, 3, "does not follow"),
+        (reorder, 2, "does not follow"),
+        (delete_tail, 5, "newest entries were deleted"),
+        (delete_tail_and_rewrite_head, 4, "head is not signed"),
+        (recompute_after_change, 6, "head is not signed"),
+        (append_outside, 7, "added outside Renum"),
+    ],
+)
+async def test_tampering_is_detected_where_it_happened(
+    migrated_database: SQLAlchemyManager, tamper: Tamper, at: int, says: str
+) -> None:
+    await record_many(migrated_database, 6)
+    assert (await check(migrated_database)).intact
+    await tamper(migrated_database)
+    verdict = await check(migrated_database)
+    assert not verdict.intact
+    assert verdict.broken_at == at
+    assert verdict.problem is not None
+    assert says in verdict.problem
+
+
+async def test_a_checkpoint_shows_the_tail_deleted_and_forged_ones_fail(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await record_many(migrated_database, 4)
+    audit = trail(migrated_database)
+    checkpoint = await audit.checkpoint()
+    assert checkpoint is not None
+    assert checkpoint.seq == 4
+    assert await audit.checkpoint() is None  # nothing new since
+    await record_many(migrated_database, 2)
+    assert (await check(migrated_database)).checkpoints == 1
+    # Everything from the checkpoint on deleted, the head moved back to entry 3 and signed
+    # with a key that is not the audit key.
+    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq >= 4))
+    verdict = await check(migrated_database)
+    assert not verdict.intact
+    assert "checkpoint names entry 4" in (verdict.problem or "")
+    await run(migrated_database, update(AuditCheckpoint).values(signature="0" * 64))
+    verdict = await check(migrated_database)
+    assert not verdict.intact
+    assert "checkpoint at entry 4 is not signed" in (verdict.problem or "")
+
+
+async def test_pruning_at_a_checkpoint_keeps_the_trail_verifiable(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    audit = trail(migrated_database)
+    await record_many(migrated_database, 3)
+    await audit.checkpoint()
+    await record_many(migrated_database, 3)
+    now = datetime.now(UTC)
+    assert await audit.prune(30, now) == 0  # nothing is 30 days old yet
+    assert await audit.prune(0, now + timedelta(days=60)) == 0  # 0 keeps every entry
+    assert await audit.prune(30, now + timedelta(days=60)) == 3  # up to the checkpoint
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.first_seq, verdict.entries) == (True, 4, 3)
+    assert verdict.notes == ["entries up to 3 were pruned at a signed checkpoint"]
+    # Entries deleted at the start without a checkpoint there are not a pruning.
+    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq == 4))
+    verdict = await check(migrated_database)
+    assert not verdict.intact
+    assert verdict.broken_at == 5
+    assert "no signed checkpoint" in (verdict.problem or "")
+
+
+async def test_a_fully_pruned_trail_goes_on_from_its_checkpoint(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    audit = trail(migrated_database)
+    await record_many(migrated_database, 2)
+    await audit.checkpoint()
+    assert await audit.prune(1, datetime.now(UTC) + timedelta(days=2)) == 2
+    assert (await check(migrated_database)).intact
+    await record_many(migrated_database, 1)
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.first_seq, verdict.last_seq) == (True, 3, 3)
+
+
+async def test_an_unconfigured_key_cannot_check_and_an_old_one_still_verifies(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await record_many(migrated_database, 2)
+    other = AuditSigner({"k2": b"k2-secret-of-the-audit-trail-0123456789"})
+    with pytest.raises(AuditKeyError, match=r"'k1'.*not configured"):
+        await check(migrated_database, other)
+    rotated = AuditSigner(
+        {
+            "k2": b"k2-secret-of-the-audit-trail-0123456789",
+            "k1": b"k1-secret-of-the-audit-trail-0123456789",
+        }
+    )
+    await trail(migrated_database, rotated).record("auth.logout", actor_kind="user")
+    assert (await check(migrated_database, rotated)).intact
+
+
+async def test_a_failed_write_is_reported_and_raises_nothing() -> None:
+    failed: list[str] = []
+
+    def broken_sessions() -> Any:
+        raise ConnectionError("database down")
+
+    await AuditTrail(broken_sessions, SIGNER, failed.append).record("auth.login")
+    assert failed == ["auth.login"]
+    assert not AuditTrail.disabled().enabled
+    await AuditTrail.disabled().record("auth.login")  # records nothing, raises nothing
+
+
+def test_signing_keys_come_from_settings_or_the_secret_key(make_settings: MakeSettings) -> None:
+    derived = AuditSigner.from_settings(make_settings())
+    assert derived.key_id == "derived"
+    configured = AuditSigner.from_settings(
+        make_settings(security={"audit": {"signing_keys": "a1:" + "x" * 32 + ",a0:" + "y" * 40}})
+    )
+    assert configured.key_id == "a1"
+    assert configured.verifies("head", 1, "h", *configured.sign("head", 1, "h"))
+    for bad in ("a1:short", "no-colon", "bad id!:" + "x" * 32):
+        with pytest.raises(ValueError, match="signing"):
+            make_settings(security={"audit": {"signing_keys": bad}})
+    with pytest.raises(AuditKeyError):
+        AuditSigner({})
+
+
+async def test_renum_audit_verify_exit_codes(
+    migrated_database: SQLAlchemyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RENUM_DATABASE__URL", migrated_database.settings.url)
+    monkeypatch.setenv("RENUM_SECRET_KEY", "unit-test-secret-key-0123456789abcdefghijklmnop")
+    monkeypatch.setenv(
+        "RENUM_SECURITY__AUDIT__SIGNING_KEYS", "k1:k1-secret-of-the-audit-trail-0123456789"
+    )
+    await record_many(migrated_database, 3)
+
+    def verify(*args: str) -> Any:
+        return runner.invoke(cli, ["audit", "verify", *args])
+
+    intact = await asyncio.to_thread(verify)
+    assert intact.exit_code == 0, intact.output
+    assert "intact: 3 entries (entries 1 to 3), 0 signed checkpoints" in intact.output
+    await change_middle_of_three(migrated_database)
+    broken = await asyncio.to_thread(verify, "--json")
+    assert broken.exit_code == 1
+    assert json.loads(broken.stdout)["broken_at"] == 2
+    monkeypatch.setenv("RENUM_SECURITY__AUDIT__SIGNING_KEYS", "k9:" + "z" * 32)
+    unknown = await asyncio.to_thread(verify)
+    assert unknown.exit_code == 2
+    assert "'k1'" in unknown.output
+
+
+async def change_middle_of_three(db: SQLAlchemyManager) -> None:
+    await run(db, update(AuditEntry).where(AuditEntry.seq == 2).values(source="10.9.9.9"))
+
+
+def test_renum_audit_verify_without_a_database_cannot_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("RENUM_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path / 'none.db'}")
+    result = runner.invoke(cli, ["audit", "verify"])
+    assert result.exit_code == 2
+    assert "renum db upgrade" in result.output
