@@ -474,7 +474,7 @@ def create_admin(
     email = _checked_credentials(email, password)
 
     async def work(engine: AsyncEngine) -> bool:
-        sessions = async_sessionmaker(engine)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with sessions() as session:
             if await UserRepository(session).by_email(email) is not None:
                 return False
@@ -516,7 +516,7 @@ def reset_password(
     email = _checked_credentials(email, password)
 
     async def work(engine: AsyncEngine) -> bool:
-        sessions = async_sessionmaker(engine)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with sessions() as session:
             if not await reset(session, email, password):
                 return False
@@ -1061,9 +1061,7 @@ def audit_verify(
         raise typer.Exit(code)
     for note in verdict.notes:
         typer.echo(note)
-    span = (
-        f"entries {verdict.first_seq} to {verdict.last_seq}" if verdict.entries else "no entries"
-    )
+    span = f"entries {verdict.first_seq} to {verdict.last_seq}" if verdict.entries else "no entries"
     if verdict.intact:
         typer.echo(
             f"The audit trail is intact: {verdict.entries} entries ({span}), "

@@ -136,6 +136,7 @@ RULES: dict[str, tuple[ServerRule, ...]] = {
     ),
     "update_team": _workflow_rules(),
     "get_usage": (ServerRule("/query/to", "invalid", "`to` must not come before `from`."),),
+    "list_audit_entries": CURSOR_RULES,
     "list_executions": CURSOR_RULES,
     "list_webhook_deliveries": CURSOR_RULES,
     "create_silence": (

@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.config import Settings
 from app.core.logging import get_logger
 from app.core.request_context import current_request_id, current_scope
-from app.core.config import Settings
+from app.db.database import READ_ONLY
 from app.models import AuditCheckpoint, AuditEntry, Role
 from app.repositories.audit import AuditRepository
 from app.repositories.base import Position
@@ -252,7 +253,14 @@ class AuditReader:
 
 
 async def verify_trail(session: AsyncSession, signer: AuditSigner) -> Verdict:
-    """``audit_chain.verify`` over the trail in ``session``'s database."""
+    """``audit_chain.verify`` over the trail in ``session``'s database, read from one snapshot
+    (entries appended meanwhile are not seen, so the head read matches the entries read):
+    a repeatable-read transaction on PostgreSQL, a deferred one on SQLite (WAL keeps its
+    snapshot, and it never takes the write lock)."""
+    postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+    await session.connection(
+        execution_options={"isolation_level": "REPEATABLE READ"} if postgres else READ_ONLY
+    )
     return await verify(AuditRepository(session), signer)
 
 

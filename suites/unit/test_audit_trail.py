@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli import cli, load_settings
 from app.db.database import SQLAlchemyManager
 from app.models import AuditCheckpoint, AuditEntry, AuditHead, Role
 from app.repositories.audit import AuditRepository
@@ -359,3 +359,27 @@ def test_renum_audit_verify_without_a_database_cannot_check(
     result = runner.invoke(cli, ["audit", "verify"])
     assert result.exit_code == 2
     assert "renum db upgrade" in result.output
+
+
+async def test_the_user_commands_are_recorded_as_the_cli(
+    migrated_database: SQLAlchemyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RENUM_DATABASE__URL", migrated_database.settings.url)
+    monkeypatch.setenv("RENUM_SECRET_KEY", "unit-test-secret-key-0123456789abcdefghijklmnop")
+    email, password = "second-admin@example.com", "a-long-enough-password"
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(cli, ["users", *args, "--email", email, "--password", password])
+
+    assert (await asyncio.to_thread(invoke, "create-admin")).exit_code == 0
+    assert (await asyncio.to_thread(invoke, "reset-password")).exit_code == 0
+    async with migrated_database.session() as session:
+        rows = (await session.scalars(select(AuditEntry).order_by(AuditEntry.seq))).all()
+    assert [(r.action, r.actor_kind) for r in rows] == [
+        ("user.create", "cli"),
+        ("user.password_change", "cli"),
+    ]
+    assert rows[0].details == {"email": email, "role": "admin"}
+    assert rows[1].target == email
+    assert password not in str([r.details for r in rows])
+    assert (await check(migrated_database, AuditSigner.from_settings(load_settings()))).intact

@@ -61,7 +61,7 @@ ROUTES = {
     },
     "performance": {"/api/v1/ops/profiles", "/api/v1/ops/profiles/{profile_id}"},
     "backups": set(),  # no routes of its own: its watch's figures, check and alerts
-    "security": set(),  # no routes of its own: its scanner's figures and check, the CLI
+    "security": {"/api/v1/audit", "/api/v1/audit/export"},
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 
@@ -114,17 +114,18 @@ def test_the_request_observers_go_with_their_switches() -> None:
     from app.capabilities.database_manager import QueryBudget
     from app.capabilities.monitor import EndpointStats
     from app.capabilities.performance import SlowRequests
+    from app.capabilities.security.audit import AuditKeeper
 
     def observers(settings: Settings) -> list[type]:
         return [type(o) for o in create_app(settings).state.request_observers]
 
-    assert observers(Settings()) == [QueryBudget, EndpointStats, SlowRequests]
-    assert observers(Settings(monitor={"enabled": False})) == [QueryBudget, SlowRequests]
-    assert observers(Settings(database_manager={"enabled": False})) == [
-        EndpointStats,
-        SlowRequests,
-    ]
-    assert observers(Settings(performance={"enabled": False})) == [QueryBudget, EndpointStats]
+    every = [QueryBudget, EndpointStats, SlowRequests, AuditKeeper]
+    assert observers(Settings()) == every
+    assert observers(Settings(monitor={"enabled": False})) == every[:1] + every[2:]
+    assert observers(Settings(database_manager={"enabled": False})) == every[1:]
+    assert observers(Settings(performance={"enabled": False})) == every[:2] + every[3:]
+    assert observers(Settings(security={"enabled": False})) == every[:3]
+    assert observers(Settings(security={"audit": {"enabled": False}})) == every[:3]
 
 
 def test_a_capability_without_hooks_installs_and_runs_nothing() -> None:

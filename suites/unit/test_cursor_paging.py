@@ -420,6 +420,6 @@ def test_every_list_paged_by_cursor_states_the_cursor_rule(
 
     app = build(make_settings)
     paged = {r.name for r in api_routes(app.routes) if depends_on_paging(r.dependant)}
-    assert paged == {"list_executions", "list_webhook_deliveries"}
+    assert paged == {"list_audit_entries", "list_executions", "list_webhook_deliveries"}
     for operation in paged:
         assert set(CURSOR_RULES) <= set(RULES.get(operation, ())), operation

@@ -509,6 +509,9 @@ def test_db_check_reports_pending_migrations(database: Path) -> None:
         "alert_silences",
         "alert_evaluations",
         "ledger_daily_totals",
+        "audit_entries",
+        "audit_head",
+        "audit_checkpoints",
     }
 
 

@@ -75,6 +75,8 @@ DECLARED_SINCE = {
     "rotate_webhook_secret": "owner",
     "test_webhook": "owner",
     "list_dead_letters": "admin",
+    "list_audit_entries": "owner",
+    "export_audit_entries": "owner",
 }
 PUBLIC_OPERATIONS = {"login", "refresh", "logout"}
 

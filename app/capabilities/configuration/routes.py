@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
-from app.api.deps import AdminDep
+from app.api.deps import AdminDep, SessionDep, release
 from app.api.input_guard import CheckInputs
 from app.api.router import PrefixRouter
 from app.capabilities.configuration.manager import (
@@ -107,7 +107,10 @@ async def get_configuration(_: AdminDep, manager: ManagerDep) -> ConfigurationOu
     "worker's; the supervisor then reloads every worker.",
     responses=problems(401, 403),
 )
-async def reload_configuration(principal: AdminDep, manager: ManagerDep) -> ReloadOut:
+async def reload_configuration(
+    principal: AdminDep, session: SessionDep, manager: ManagerDep
+) -> ReloadOut:
+    await release(session)  # the reload is audited in a session of the trail's
     result = await manager.reload("api", principal)
     if result.status != "refused":
         notify_supervisor()  # under `renum serve --workers N`: the other workers reload too

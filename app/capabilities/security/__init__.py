@@ -1,6 +1,11 @@
 """The security manager (issue 17), built in slices: the security headers, the rotation of
 the keys that seal stored secrets (``keys``: ``renum keys status``, ``renum keys rotate``),
-the offline vulnerability scanner and the SBOM.
+the offline vulnerability scanner and the SBOM, the audit trail.
+
+The audit trail (``security.audit.enabled``) is recorded by the services into
+``app.state.audit`` (``app.services.audit``); this capability enables it, serves it at
+``/api/v1/audit`` (``audit_routes``), writes its signed checkpoints and prunes it, and audits
+platform admins' reads (``audit``).
 
 Every answer carries the security headers (``headers``: ``nosniff``, the referrer policy, a
 Content-Security-Policy for answers that set none, HSTS where configured), added by the base
@@ -122,7 +127,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 CAPABILITY = Capability(
     name="security",
     summary="The security manager: the security headers on every answer, the offline "
-    "vulnerability scanner of the installed packages (OSV database on disk) and the SBOM.",
+    "vulnerability scanner of the installed packages (OSV database on disk), the SBOM and the "
+    "audit trail.",
     install=install,
     running=running,
 )

@@ -13,7 +13,14 @@ from fastapi import Query
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from app.api.deps import AuditDep, CursorPagingDep, DatabaseDep, OwnerDep, SessionDep
+from app.api.deps import (
+    AuditDep,
+    CursorPagingDep,
+    DatabaseDep,
+    OwnerDep,
+    SessionDep,
+    release,
+)
 from app.api.input_guard import CheckInputs
 from app.api.router import PrefixRouter
 from app.db.database import SQLAlchemyManager
@@ -43,7 +50,9 @@ class AuditEntryOut(ResponseModel):
     source: str | None = Field(description="The client's address.", examples=["203.0.113.7"])
     request_id: str | None = Field(description="The request's `X-Request-ID`.")
     outcome: str = Field(examples=["success"], description="`success`, `failure` or `denied`.")
-    details: dict[str, Any] = Field(description="Facts of the action (never a secret).")
+    details: dict[str, Any] = Field(
+        description="Facts of the action: names, prefixes, reasons (never a key or a password)."
+    )
     hash: str = Field(description="The entry's hash in the chain (`renum audit verify`).")
 
 
@@ -104,6 +113,7 @@ async def list_audit_entries(
 )
 async def export_audit_entries(
     principal: OwnerDep,
+    session: SessionDep,
     database: DatabaseDep,
     audit: AuditDep,
     actor: Actor = None,
@@ -112,6 +122,7 @@ async def export_audit_entries(
     until: Until = None,
 ) -> StreamingResponse:
     filters: dict[str, Any] = {"actor_id": actor, "action": action, "since": since, "until": until}
+    await release(session)  # the export reads in its own session, the entry in the trail's
     await audit.record(
         "audit.export",
         principal=principal,
