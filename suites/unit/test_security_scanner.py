@@ -864,3 +864,47 @@ def test_the_sbom_of_given_distributions_reads_their_licences() -> None:
     graph = {d["ref"]: set(d.get("dependsOn", [])) for d in bom["dependencies"]}
     tops = {ref.split("@")[0] for ref in graph[bom["metadata"]["component"]["bom-ref"]]}
     assert tops == {"pkg:pypi/fastapi", "pkg:pypi/pydantic-settings"}  # starlette: fastapi's
+
+
+class Alerts:
+    """An alert reporter that keeps what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, str]] = []
+
+    async def report(self, source: str, severity: str, message: str, *, labels: Any = None) -> None:
+        self.told.append((source, severity, message))
+
+    async def clear(self, source: str, *, labels: Any = None) -> None:
+        self.told.append((source, "cleared", ""))
+
+
+@pytest.mark.anyio
+async def test_a_scan_alerts_while_it_is_not_clean_and_clears_once_it_is(tmp_path: Path) -> None:
+    path = write_database(tmp_path, "dir", standard_advisories())
+    alerts = Alerts()
+    scanner = VulnerabilityScanner(
+        scanner_settings(path, fail_on="critical"),
+        Metrics("test", "test"),
+        alerts=lambda: alerts,
+    )
+    await scanner.tick()
+    source, severity, message = alerts.told[-1]
+    assert (source, severity) == ("vulnerabilities", "critical")
+    assert scanner.status is not None
+    assert f"{len(scanner.status.findings)} known vulnerabilities" in message
+    assert "renum security scan" in message
+    scanner.settings = scanner_settings(path, fail_on="never")
+    await scanner.tick()
+    assert alerts.told[-1][1] == "warning"  # found, below the failing severity
+    path.rename(tmp_path / "gone")
+    await scanner.tick()
+    assert alerts.told[-1][1] == "warning"
+    assert "cannot rule anything out" in alerts.told[-1][2]
+    nothing_installed = [
+        advisory("PYSEC-2026-44", "surely-not-installed-here", events=[{"introduced": "0"}])
+    ]
+    clean = write_database(tmp_path / "clean", "dir", nothing_installed)
+    scanner.settings = scanner_settings(clean)
+    await scanner.tick()
+    assert alerts.told[-1] == ("vulnerabilities", "cleared", "")

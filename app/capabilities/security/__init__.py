@@ -96,7 +96,12 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         if monitor is not None:
             await monitor.refresh(CHECK_NAME)
 
-    manager = SecurityManager(context.settings.security, app.state.metrics, refresh_report)
+    manager = SecurityManager(
+        context.settings.security,
+        app.state.metrics,
+        refresh_report,
+        alerts=lambda: app.state.alerts,  # the monitor's alert manager when it is on
+    )
     app.state.security = manager
     keeper: AuditKeeper | None = app.state.audit_keeper
     if keeper is not None:

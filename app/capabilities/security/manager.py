@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from app.capabilities.security.scanner import VulnerabilityScanner
+from app.core.alerts import AlertReporter
 from app.core.config import SecuritySettings
 from app.core.metrics import Metrics
 
@@ -28,11 +29,12 @@ class SecurityManager:
         settings: SecuritySettings,
         metrics: Metrics,
         on_scan: Callable[[], Awaitable[None]] | None = None,
+        alerts: Callable[[], AlertReporter] | None = None,
     ) -> None:
         self.settings = settings
         self.scanner: VulnerabilityScanner | None = None
         if settings.scanner.enabled:
-            self.scanner = VulnerabilityScanner(settings.scanner, metrics, on_scan)
+            self.scanner = VulnerabilityScanner(settings.scanner, metrics, on_scan, alerts)
 
     def start(self) -> None:
         """Start the background parts (the scanner's first scan runs at once)."""

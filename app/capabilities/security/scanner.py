@@ -41,6 +41,7 @@ from app.capabilities.security.advisories import (
     Severity,
     read_database,
 )
+from app.core.alerts import AlertReporter
 from app.core.config import ScannerSettings
 from app.core.logging import get_logger
 from app.core.metrics import Metrics
@@ -287,19 +288,28 @@ def scan(
     )
 
 
+# The alert a scan raises (``app.state.alerts``): its source, and how many vulnerable
+# packages its message names.
+ALERT_SOURCE = "vulnerabilities"
+ALERT_NAMES = 5
+
+
 class VulnerabilityScanner:
     """The scanner in the server: a scan at start-up and every ``interval_hours``, off the
-    event loop; the latest result in ``status``; figures on ``/metrics``. ``on_result`` runs
-    after each scan (the capability refreshes the dependency report with it)."""
+    event loop; the latest result in ``status``; figures on ``/metrics``; an alert through
+    ``alerts`` (the monitor's channels when it is on) while the result is not clean.
+    ``on_result`` runs after each scan (the capability refreshes the dependency report)."""
 
     def __init__(
         self,
         settings: ScannerSettings,
         metrics: Metrics,
         on_result: Callable[[], Awaitable[None]] | None = None,
+        alerts: Callable[[], AlertReporter] | None = None,
     ) -> None:
         self.settings = settings
         self.on_result = on_result
+        self.alerts = alerts
         self.status: ScanResult | None = None
         self._task: asyncio.Task[None] | None = None
         self._vulnerabilities = metrics.gauge(
@@ -357,12 +367,38 @@ class VulnerabilityScanner:
                 {f"{f.package} {f.version} ({f.advisory})" for f in result.findings}
             )
             log.warning("vulnerability_scan", **fields)
+        await self._alert(result, verdict, now)
         if self.on_result is not None:
             try:
                 await self.on_result()
             except Exception as exc:  # the report catches up at its next round
                 log.warning("vulnerability_report_refresh_failed", error_type=type(exc).__name__)
         return result
+
+    async def _alert(self, result: ScanResult, verdict: Verdict, now: datetime) -> None:
+        """Critical while a finding reaches ``fail_on``, a warning for lesser findings or an
+        unknown result (a missing or stale database), cleared once a scan is clean."""
+        if self.alerts is None:
+            return
+        reporter = self.alerts()
+        if verdict is Verdict.clean:
+            await reporter.clear(ALERT_SOURCE)
+            return
+        if verdict is Verdict.unknown:
+            doubts = "; ".join(result.doubts(self.settings.max_age_days, now))
+            message = f"The vulnerability scan cannot rule anything out: {doubts}."
+        else:
+            vulnerable = sorted({f"{f.package} {f.version}" for f in result.findings})
+            named = ", ".join(vulnerable[:ALERT_NAMES])
+            more = len(vulnerable) - ALERT_NAMES
+            message = (
+                f"{len(result.findings)} known vulnerabilities in the installed packages "
+                f"({named}{f' and {more} more' if more > 0 else ''}): run `renum security scan` "
+                "for the advisories and the upgrade commands."
+            )
+        await reporter.report(
+            ALERT_SOURCE, "critical" if verdict is Verdict.failing else "warning", message
+        )
 
     async def _loop(self) -> None:
         while True:
