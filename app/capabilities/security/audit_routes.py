@@ -23,7 +23,7 @@ from app.api.deps import (
 )
 from app.api.input_guard import CheckInputs
 from app.api.router import PrefixRouter
-from app.db.database import SQLAlchemyManager
+from app.db.database import READ_ONLY, SQLAlchemyManager
 from app.schemas.common import CursorPage, ResponseModel, problems
 from app.services.audit import ACTIONS, AuditReader
 from app.services.principal import Principal
@@ -138,8 +138,10 @@ async def export_audit_entries(
 async def _lines(
     database: SQLAlchemyManager, principal: Principal, filters: dict[str, Any]
 ) -> AsyncIterator[bytes]:
-    """The export, read in its own session (the request's ends before the body is sent)."""
+    """The export, read in its own session (the request's ends before the body is sent), in a
+    read-only transaction (on SQLite it never holds the write lock while the client reads)."""
     async with database.session() as session:
+        await session.connection(execution_options=READ_ONLY)
         async for row in AuditReader(session).export(principal, **filters):
             entry = AuditEntryOut.model_validate(row).model_dump(mode="json")
             yield (json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
