@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -1018,6 +1019,15 @@ def main() -> None:
 @audit_cli.command("verify")
 def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            "--expect",
+            metavar="SEQ:HASH",
+            help="An entry the trail must still hold, from an `audit_checkpoint` log line kept "
+            "outside the database: shows a trail cut back to an older state.",
+        ),
+    ] = None,
 ) -> None:
     """Check the whole audit trail: each entry's hash and link to the one before, the signed
     checkpoints, and the signed head against the newest entry. Exit code: 0 intact, 1 broken
@@ -1028,17 +1038,25 @@ def audit_verify(
     from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.db.database import build_engine
+    from app.db.database import build_probe_engine
     from app.services.audit import verify_trail
     from app.services.audit_chain import AuditKeyError, AuditSigner
 
     settings = load_settings()
+    expected = None
+    if expect is not None:
+        seq, _, digest = expect.partition(":")
+        if not seq.isdigit() or (digest and not re.fullmatch(r"[0-9a-f]{64}", digest)):
+            err.print("[bold red]--expect:[/] give SEQ:HASH from an audit_checkpoint log line")
+            raise typer.Exit(2)
+        expected = (int(seq), digest or None)
 
     async def check() -> Any:
-        engine = build_engine(settings.database)
+        engine = build_probe_engine(settings.database)  # looking changes and creates nothing
         try:
             async with AsyncSession(engine) as session:
-                return await verify_trail(session, AuditSigner.from_settings(settings))
+                signer = AuditSigner.from_settings(settings)
+                return await verify_trail(session, signer, expected)
         finally:
             await engine.dispose()
 

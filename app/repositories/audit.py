@@ -8,7 +8,7 @@ two appends never take the same number or link to the same entry."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,25 +27,34 @@ class AuditRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def claim_next(self) -> tuple[int, str]:
-        """Move the head on by one: the new entry's number and the hash it follows."""
+    async def claim_next(self) -> tuple[int, str, int]:
+        """Move the head on by one: the new entry's number, the hash it follows and the
+        newest checkpoint's number."""
         claimed = await self.session.execute(
             update(AuditHead)
             .where(AuditHead.id == HEAD_ID)
             .values(seq=AuditHead.seq + 1)
-            .returning(AuditHead.seq, AuditHead.hash)
+            .returning(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_seq)
         )
-        seq, prev_hash = claimed.one()
-        return int(seq), str(prev_hash)
+        seq, prev_hash, checkpoint_seq = claimed.one()
+        return int(seq), str(prev_hash), int(checkpoint_seq)
 
     async def append(self, values: Mapping[str, Any]) -> None:
         await self.session.execute(insert(AuditEntry).values(**values))
 
-    async def set_head(self, seq: int, digest: str, key_id: str, signature: str) -> None:
+    async def set_head(
+        self, seq: int, digest: str, checkpoint_seq: int, key_id: str, signature: str
+    ) -> None:
         await self.session.execute(
             update(AuditHead)
             .where(AuditHead.id == HEAD_ID)
-            .values(seq=seq, hash=digest, key_id=key_id, signature=signature)
+            .values(
+                seq=seq,
+                hash=digest,
+                checkpoint_seq=checkpoint_seq,
+                key_id=key_id,
+                signature=signature,
+            )
         )
 
     async def lock_head(self) -> AuditHead | None:
@@ -75,19 +84,23 @@ class AuditRepository:
         )
         return latest
 
-    async def add_checkpoint(
-        self, seq: int, digest: str, created_at: datetime, key_id: str, signature: str
-    ) -> None:
-        self.session.add(
-            AuditCheckpoint(
-                seq=seq, hash=digest, created_at=created_at, key_id=key_id, signature=signature
-            )
-        )
+    async def add_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        self.session.add(checkpoint)
         await self.session.flush()
 
     async def first_seq(self) -> int | None:
         first = await self.session.scalar(select(func.min(AuditEntry.seq)))
         return None if first is None else int(first)
+
+    async def seqs_after(self, seq: int, limit: int) -> Sequence[int]:
+        query = select(AuditEntry.seq).where(AuditEntry.seq > seq).order_by(AuditEntry.seq)
+        return (await self.session.scalars(query.limit(limit))).all()
+
+    async def entry_hash(self, seq: int) -> str | None:
+        found: str | None = await self.session.scalar(
+            select(AuditEntry.hash).where(AuditEntry.seq == seq)
+        )
+        return found
 
     async def entries_after(self, seq: int, limit: int) -> Sequence[Row[Any]]:
         """Up to ``limit`` entries after ``seq``, in order, as plain rows (every column)."""
@@ -99,15 +112,15 @@ class AuditRepository:
         )
         return (await self.session.execute(query)).all()
 
-    async def prune_through(self, seq: int) -> int:
-        """Delete the entries up to ``seq`` and the checkpoints before it (the one at ``seq``
-        stays: verification starts there)."""
-        removed = await self.session.execute(delete(AuditEntry).where(AuditEntry.seq <= seq))
+    async def prune_before(self, seq: int) -> int:
+        """Delete the entries and the checkpoints before ``seq`` (the entry and checkpoint at
+        ``seq`` stay: verification starts there)."""
+        removed = await self.session.execute(delete(AuditEntry).where(AuditEntry.seq < seq))
         await self.session.execute(delete(AuditCheckpoint).where(AuditCheckpoint.seq < seq))
         return int(getattr(removed, "rowcount", 0) or 0)
 
     async def newest_checkpoint_before(self, cutoff: datetime) -> AuditCheckpoint | None:
-        """The newest checkpoint whose entry was written before ``cutoff`` (entries up to it
+        """The newest checkpoint whose entry was written before ``cutoff`` (entries before it
         may be pruned)."""
         query = (
             select(AuditCheckpoint)
@@ -164,26 +177,18 @@ class AuditRepository:
         rows, total = await paginate(self.session, query, limit=limit, offset=offset)
         return rows, total, offset
 
-    async def export(
+    async def export_batch(
         self,
         scope: Scope,
         *,
+        after: int,
         actor_id: uuid.UUID | None = None,
         action: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> AsyncIterator[AuditEntry]:
-        """Every entry the filters select, oldest first, read in batches by number."""
-        base = self._filtered(scope, actor_id=actor_id, action=action, since=since, until=until)
-        after = 0
-        while True:
-            rows = (
-                await self.session.scalars(
-                    base.where(AuditEntry.seq > after).order_by(AuditEntry.seq).limit(EXPORT_BATCH)
-                )
-            ).all()
-            for row in rows:
-                yield row
-            if len(rows) < EXPORT_BATCH:
-                return
-            after = rows[-1].seq
+    ) -> Sequence[AuditEntry]:
+        """The next ``EXPORT_BATCH`` entries the filters select after entry ``after``, oldest
+        first."""
+        query = self._filtered(scope, actor_id=actor_id, action=action, since=since, until=until)
+        query = query.where(AuditEntry.seq > after).order_by(AuditEntry.seq).limit(EXPORT_BATCH)
+        return (await self.session.scalars(query)).all()

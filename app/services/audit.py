@@ -17,7 +17,7 @@ trail in ``app.state.audit``; without it, ``AuditTrail.disabled()`` records noth
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -31,7 +31,14 @@ from app.db.database import READ_ONLY
 from app.models import AuditCheckpoint, AuditEntry, Role
 from app.repositories.audit import AuditRepository
 from app.repositories.base import Position
-from app.services.audit_chain import AuditSigner, Verdict, entry_hash, verify
+from app.services.audit_chain import (
+    PRUNE_ACTION,
+    AuditSigner,
+    Expected,
+    Verdict,
+    entry_hash,
+    verify,
+)
 from app.services.principal import Principal
 
 log = get_logger("app.audit")
@@ -57,6 +64,7 @@ ACTIONS = (
     "silence.create",
     "silence.end",
     "audit.export",
+    "audit.prune",
     "admin.read",
     "security.event",
 )
@@ -136,75 +144,111 @@ class AuditTrail:
             "actor_kind": actor_kind or "anonymous",
             "account_id": account_id,
             "action": action,
-            "target": None if target is None else target[:MAX_TARGET],
-            "source": source if source is not None else source_of(current_scope()),
-            "request_id": request_id if request_id is not None else current_request_id(),
+            "target": _cut(target, MAX_TARGET),
+            "source": _cut(source if source is not None else source_of(current_scope()), 64),
+            "request_id": _cut(request_id or current_request_id(), 128),
             "outcome": outcome,
-            "details": {key: _flat(value) for key, value in facts.items()},
+            "details": {key[:64]: _flat(value) for key, value in facts.items()},
         }
         try:
             async with self.sessions() as session:
-                await self._append(session, self.signer, values)
+                await _append(session, self.signer, values)
+                await session.commit()
         except Exception as exc:
             log.error("audit_write_failed", action=action, error_type=type(exc).__name__)
             if self.on_failure is not None:
                 self.on_failure(action)
 
-    @staticmethod
-    async def _append(session: AsyncSession, signer: AuditSigner, values: dict[str, Any]) -> None:
-        repository = AuditRepository(session)
-        seq, prev_hash = await repository.claim_next()
-        entry = {**values, "seq": seq, "created_at": datetime.now(UTC), "prev_hash": prev_hash}
-        entry["hash"] = entry_hash(entry)
-        await repository.append(entry)
-        key_id, signature = signer.sign("head", seq, entry["hash"])
-        await repository.set_head(seq, entry["hash"], key_id, signature)
-        await session.commit()
+    async def initialise(self) -> None:
+        """Sign the head of a trail never written to, so that a trail reset to empty later
+        shows (an unsigned head verifies as broken)."""
+        if self.sessions is None or self.signer is None:
+            return
+        async with self.sessions() as session:
+            repository = AuditRepository(session)
+            head = await repository.lock_head()
+            if head is not None and head.signature is None and head.seq == 0:
+                key_id, signature = self.signer.sign("head", 0, head.hash, 0)
+                await repository.set_head(0, head.hash, 0, key_id, signature)
+            await session.commit()
 
     async def checkpoint(self) -> AuditCheckpoint | None:
-        """A signed checkpoint at the head, when the trail grew since the last one; logged
-        (``audit_checkpoint``) so that a copy lives outside the database too."""
+        """A signed checkpoint at the head, when the trail grew since the last one, named by
+        the head from then on; logged (``audit_checkpoint``) so that a copy lives outside the
+        database too (``renum audit verify --expect SEQ:HASH`` compares it)."""
         if self.sessions is None or self.signer is None:
             return None
         async with self.sessions() as session:
             repository = AuditRepository(session)
             head = await repository.lock_head()
-            latest = await repository.latest_checkpoint()
-            if head is None or head.seq == 0 or (latest is not None and latest.seq >= head.seq):
+            if head is None or head.seq == 0 or head.checkpoint_seq >= head.seq:
                 await session.rollback()
                 return None
-            key_id, signature = self.signer.sign("checkpoint", head.seq, head.hash)
-            created_at = datetime.now(UTC)
-            await repository.add_checkpoint(head.seq, head.hash, created_at, key_id, signature)
-            await session.commit()
+            key_id, signature = self.signer.sign(
+                "checkpoint", head.seq, head.hash, head.checkpoint_seq
+            )
             checkpoint = AuditCheckpoint(
                 seq=head.seq,
                 hash=head.hash,
-                created_at=created_at,
+                prev_seq=head.checkpoint_seq,
+                created_at=datetime.now(UTC),
                 key_id=key_id,
                 signature=signature,
             )
+            await repository.add_checkpoint(checkpoint)
+            head_key, head_signature = self.signer.sign("head", head.seq, head.hash, head.seq)
+            await repository.set_head(head.seq, head.hash, head.seq, head_key, head_signature)
+            await session.commit()
         log.info("audit_checkpoint", seq=checkpoint.seq, hash=checkpoint.hash, key_id=key_id)
         return checkpoint
 
     async def prune(self, retention_days: int, now: datetime | None = None) -> int:
-        """Delete the entries older than ``retention_days``, up to the newest checkpoint
-        written before the cutoff; the number deleted."""
-        if self.sessions is None or retention_days <= 0:
+        """Delete the entries older than ``retention_days`` that come before the newest
+        checkpoint written before the cutoff (its entry stays: verification starts there),
+        and record the pruning in the trail (``audit.prune``), in one transaction; the number
+        deleted."""
+        if self.sessions is None or self.signer is None or retention_days <= 0:
             return 0
         cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
         async with self.sessions() as session:
             repository = AuditRepository(session)
-            await repository.lock_head()
             anchor = await repository.newest_checkpoint_before(cutoff)
-            if anchor is None:
+            first = await repository.first_seq()
+            if anchor is None or first is None or first >= anchor.seq:
                 await session.rollback()
                 return 0
-            removed = await repository.prune_through(anchor.seq)
+            removed = await repository.prune_before(anchor.seq)
+            await _append(
+                session,
+                self.signer,
+                {
+                    "id": uuid.uuid4(),
+                    "actor_id": None,
+                    "actor_kind": "system",
+                    "account_id": None,
+                    "action": PRUNE_ACTION,
+                    "target": f"entries {first} to {anchor.seq - 1}",
+                    "source": None,
+                    "request_id": None,
+                    "outcome": "success",
+                    "details": {"through": anchor.seq - 1, "retention_days": retention_days},
+                },
+            )
             await session.commit()
-        if removed:
-            log.info("audit_pruned", through_seq=anchor.seq, entries=removed)
+        log.info("audit_pruned", through_seq=anchor.seq - 1, entries=removed)
         return removed
+
+
+async def _append(session: AsyncSession, signer: AuditSigner, values: dict[str, Any]) -> None:
+    """Append an entry in ``session``'s transaction (committed by the caller): the head moves
+    on first, which holds its lock until the commit."""
+    repository = AuditRepository(session)
+    seq, prev_hash, checkpoint_seq = await repository.claim_next()
+    entry = {**values, "seq": seq, "created_at": datetime.now(UTC), "prev_hash": prev_hash}
+    entry["hash"] = entry_hash(entry)
+    await repository.append(entry)
+    key_id, signature = signer.sign("head", seq, entry["hash"], checkpoint_seq)
+    await repository.set_head(seq, entry["hash"], checkpoint_seq, key_id, signature)
 
 
 class AuditReader:
@@ -237,22 +281,17 @@ class AuditReader:
             after=after,
         )
 
-    def export(
-        self,
-        principal: Principal,
-        *,
-        actor_id: uuid.UUID | None,
-        action: str | None,
-        since: datetime | None,
-        until: datetime | None,
-    ) -> AsyncIterator[AuditEntry]:
+    async def export_batch(
+        self, principal: Principal, *, after: int, filters: dict[str, Any]
+    ) -> Sequence[AuditEntry]:
+        """The next entries of an export (``filters``: actor_id, action, since, until)."""
         principal.require(Role.owner)
-        return self.repository.export(
-            principal.scope, actor_id=actor_id, action=action, since=since, until=until
-        )
+        return await self.repository.export_batch(principal.scope, after=after, **filters)
 
 
-async def verify_trail(session: AsyncSession, signer: AuditSigner) -> Verdict:
+async def verify_trail(
+    session: AsyncSession, signer: AuditSigner, expect: Expected | None = None
+) -> Verdict:
     """``audit_chain.verify`` over the trail in ``session``'s database, read from one snapshot
     (entries appended meanwhile are not seen, so the head read matches the entries read):
     a repeatable-read transaction on PostgreSQL, a deferred one on SQLite (WAL keeps its
@@ -261,7 +300,11 @@ async def verify_trail(session: AsyncSession, signer: AuditSigner) -> Verdict:
     await session.connection(
         execution_options={"isolation_level": "REPEATABLE READ"} if postgres else READ_ONLY
     )
-    return await verify(AuditRepository(session), signer)
+    return await verify(AuditRepository(session), signer, expect)
+
+
+def _cut(text: str | None, length: int) -> str | None:
+    return None if text is None else text[:length]
 
 
 def _flat(value: Any) -> Detail:

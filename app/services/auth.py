@@ -29,7 +29,7 @@ from app.models import RefreshToken, Role, User
 from app.repositories.tokens import ApiKeyRepository, RefreshTokenRepository
 from app.repositories.users import UserRepository
 from app.schemas.auth import TokenPair
-from app.services.audit import AuditTrail
+from app.services.audit import AuditTrail, Outcome
 from app.services.passwords import verify_outside_transaction
 from app.services.principal import Principal
 
@@ -102,6 +102,7 @@ class AuthService:
         if row.revoked_at is not None:
             # A revoked token presented again: it was stolen or replayed. End the whole session.
             await self._end_session(row.family_id, now)
+            await self._audit_session(row.user_id, "auth.refresh", "failure", "replayed")
             raise Unauthorized("This refresh token has been revoked.")
         user = await self.users.get(row.user_id)
         if user is None or not user.is_active:
@@ -114,6 +115,7 @@ class AuthService:
         if not await self.refresh_tokens.revoke(row.id, now):
             # Rotated or revoked by a concurrent request since it was read: a replay.
             await self._end_session(row.family_id, now)
+            await self._audit_session(row.user_id, "auth.refresh", "failure", "replayed")
             raise Unauthorized("This refresh token has been revoked.")
         # The new pair keeps the token's generation (the one just checked), never a newer one
         # read later: a change landing before this commit still ends the new pair.
@@ -125,7 +127,27 @@ class AuthService:
         row, _ = await self._stored_refresh_token(refresh_token)
         await self.refresh_tokens.revoke_family(row.family_id, datetime.now(UTC))
         await self.session.commit()
-        await self.audit.record("auth.logout", actor_kind="user", actor_id=row.user_id)
+        await self._audit_session(row.user_id, "auth.logout", "success")
+
+    async def _audit_session(
+        self, user_id: uuid.UUID, action: str, outcome: Outcome, reason: str | None = None
+    ) -> None:
+        """Record what happened to a user's session, in their account (read first; the
+        session's transaction ends before the entry is written)."""
+        if not self.audit.enabled:
+            return
+        user = await self.users.get(user_id)
+        account_id, email = (user.account_id, user.email) if user else (None, None)
+        await self.session.rollback()
+        await self.audit.record(
+            action,
+            outcome=outcome,
+            actor_kind="user",
+            actor_id=user_id,
+            account_id=account_id,
+            target=email,
+            details={"reason": reason} if reason else None,
+        )
 
     async def authenticate(self, credential: str) -> Principal:
         if looks_like_api_key(credential):

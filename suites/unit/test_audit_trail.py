@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from typer.testing import CliRunner
 
 from app.cli import cli, load_settings
+from app.core.config import DatabaseSettings
+from app.db import migrate
 from app.db.database import SQLAlchemyManager
 from app.models import AuditCheckpoint, AuditEntry, AuditHead, Role
 from app.repositories.audit import AuditRepository
@@ -59,7 +61,13 @@ async def run(db: SQLAlchemyManager, statement: Any) -> None:
         await session.commit()
 
 
-async def test_an_empty_trail_is_intact(migrated_database: SQLAlchemyManager) -> None:
+async def test_an_empty_trail_is_intact_once_a_server_has_signed_its_head(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    unsigned = await check(migrated_database)
+    assert not unsigned.intact
+    assert "no server with the audit trail on has started" in (unsigned.problem or "")
+    await trail(migrated_database).initialise()
     verdict = await check(migrated_database)
     assert (verdict.intact, verdict.entries, verdict.last_seq) == (True, 0, None)
 
@@ -150,7 +158,7 @@ async def delete_tail_and_rewrite_head(db: SQLAlchemyManager) -> None:
         last = await session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == 4))
     await run(db, delete(AuditEntry).where(AuditEntry.seq >= 5))
     forged = AuditSigner({"k1": b"a-key-that-is-not-the-audit-key-000000"})
-    _, signature = forged.sign("head", 4, str(last))
+    _, signature = forged.sign("head", 4, str(last), 0)
     await run(db, update(AuditHead).values(seq=4, hash=last, signature=signature))
 
 
@@ -220,27 +228,153 @@ async def test_tampering_is_detected_where_it_happened(
     assert says in verdict.problem
 
 
-async def test_a_checkpoint_shows_the_tail_deleted_and_forged_ones_fail(
-    migrated_database: SQLAlchemyManager,
-) -> None:
+async def test_a_checkpoint_shows_the_tail_deleted(migrated_database: SQLAlchemyManager) -> None:
     await record_many(migrated_database, 4)
     audit = trail(migrated_database)
     checkpoint = await audit.checkpoint()
     assert checkpoint is not None
-    assert checkpoint.seq == 4
+    assert (checkpoint.seq, checkpoint.prev_seq) == (4, 0)
     assert await audit.checkpoint() is None  # nothing new since
     await record_many(migrated_database, 2)
     assert (await check(migrated_database)).checkpoints == 1
-    # Everything from the checkpoint on deleted, the head moved back to entry 3 and signed
-    # with a key that is not the audit key.
     await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq >= 4))
     verdict = await check(migrated_database)
     assert not verdict.intact
     assert "checkpoint names entry 4" in (verdict.problem or "")
+
+
+async def test_checkpoints_chain_and_none_can_be_forged_or_removed(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    audit = trail(migrated_database)
+    for _ in range(3):
+        await record_many(migrated_database, 2)
+        await audit.checkpoint()
+    async with migrated_database.session() as session:
+        chain = [(c.seq, c.prev_seq) for c in await AuditRepository(session).checkpoints()]
+    assert chain == [(2, 0), (4, 2), (6, 4)]
+    assert (await check(migrated_database)).intact
+    await run(migrated_database, delete(AuditCheckpoint).where(AuditCheckpoint.seq == 4))
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.broken_at) == (False, 6)
+    assert "follows checkpoint 4, which is gone" in (verdict.problem or "")
+    await run(migrated_database, delete(AuditCheckpoint).where(AuditCheckpoint.seq == 6))
+    verdict = await check(migrated_database)
+    assert "the signed head names checkpoint 6" in (verdict.problem or "")
+
+
+async def test_a_forged_checkpoint_signature_fails(migrated_database: SQLAlchemyManager) -> None:
+    await record_many(migrated_database, 2)
+    await trail(migrated_database).checkpoint()
     await run(migrated_database, update(AuditCheckpoint).values(signature="0" * 64))
     verdict = await check(migrated_database)
     assert not verdict.intact
-    assert "checkpoint at entry 4 is not signed" in (verdict.problem or "")
+    assert "checkpoint at entry 2 is not signed" in (verdict.problem or "")
+
+
+async def test_wiping_or_resetting_the_trail_is_detected(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await record_many(migrated_database, 3)
+    await trail(migrated_database).checkpoint()  # the head's entry is checkpointed
+    await run(migrated_database, delete(AuditEntry))
+    wiped = await check(migrated_database)
+    assert not wiped.intact
+    assert "every entry of the trail was deleted" in (wiped.problem or "")
+    await run(migrated_database, delete(AuditCheckpoint))
+    await run(
+        migrated_database,
+        update(AuditHead).values(seq=0, hash=GENESIS, checkpoint_seq=0, key_id=None,
+                                 signature=None),
+    )  # fmt: skip
+    reset = await check(migrated_database)
+    assert not reset.intact
+    assert "head is not signed" in (reset.problem or "")
+
+
+async def test_old_entries_deleted_at_a_checkpoint_are_not_a_pruning(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await record_many(migrated_database, 5)
+    await trail(migrated_database).checkpoint()
+    await record_many(migrated_database, 2)
+    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq < 5))
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.broken_at) == (False, 5)
+    assert "no audit.prune entry records pruning them" in (verdict.problem or "")
+
+
+async def test_a_trail_rolled_back_to_an_older_head_fails_against_a_logged_entry(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await record_many(migrated_database, 3)
+    async with migrated_database.session() as session:
+        old = dict((await session.execute(select(*AuditHead.__table__.columns))).one()._mapping)
+    await record_many(migrated_database, 3)
+    logged = await trail(migrated_database).checkpoint()
+    assert logged is not None
+    # The newer entries and checkpoint deleted, the old signed head written back.
+    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq > 3))
+    await run(migrated_database, delete(AuditCheckpoint))
+    await run(migrated_database, update(AuditHead).values(**old))
+    assert (await check(migrated_database)).intact  # only an outside copy can tell
+    async with migrated_database.session() as session:
+        verdict = await verify_trail(session, SIGNER, (logged.seq, logged.hash))
+    assert (verdict.intact, verdict.broken_at) == (False, 4)
+    assert "was logged, but the trail ends at entry 3" in (verdict.problem or "")
+
+
+async def test_a_broken_trail_is_broken_whatever_key_its_head_names(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await record_many(migrated_database, 4)
+    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq == 4))
+    await run(migrated_database, update(AuditHead).values(key_id="bogus"))
+    verdict = await check(migrated_database)
+    assert (verdict.intact, verdict.broken_at) == (False, 4)
+
+
+async def test_an_entry_that_no_longer_decodes_is_reported(tmp_path: Any) -> None:
+    db = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'bad.db'}"))
+    await migrate.upgrade(db.engine)
+    try:
+        await record_many(db, 3)
+        async with db.session() as session:
+            await session.execute(
+                text("UPDATE audit_entries SET details = 'not json' WHERE seq = 2")
+            )
+            await session.commit()
+        verdict = await check(db)
+        assert (verdict.intact, verdict.broken_at) == (False, 2)
+        assert "cannot be read" in (verdict.problem or "")
+    finally:
+        await db.dispose()
+
+
+async def test_long_request_ids_and_targets_are_kept_within_their_columns(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    await trail(migrated_database).record(
+        "auth.login", request_id="r" * 128, target="t" * 1000, source="s" * 100
+    )
+    async with migrated_database.session() as session:
+        entry = await session.scalar(select(AuditEntry))
+    assert entry is not None
+    assert (len(entry.request_id or ""), len(entry.target or ""), len(entry.source or "")) == (
+        128, 400, 64,
+    )  # fmt: skip
+
+
+def test_the_derived_key_still_verifies_once_keys_are_configured(
+    make_settings: MakeSettings,
+) -> None:
+    before = AuditSigner.from_settings(make_settings())
+    key_id, signature = before.sign("head", 3, "h", 0)
+    after = AuditSigner.from_settings(
+        make_settings(security={"audit": {"signing_keys": "a1:" + "x" * 32}})
+    )
+    assert after.key_id == "a1"
+    assert after.verifies("head", 3, "h", 0, key_id, signature)
 
 
 async def test_pruning_at_a_checkpoint_keeps_the_trail_verifiable(
@@ -253,29 +387,35 @@ async def test_pruning_at_a_checkpoint_keeps_the_trail_verifiable(
     now = datetime.now(UTC)
     assert await audit.prune(30, now) == 0  # nothing is 30 days old yet
     assert await audit.prune(0, now + timedelta(days=60)) == 0  # 0 keeps every entry
-    assert await audit.prune(30, now + timedelta(days=60)) == 3  # up to the checkpoint
+    assert await audit.prune(30, now + timedelta(days=60)) == 2  # before the checkpoint
     verdict = await check(migrated_database)
-    assert (verdict.intact, verdict.first_seq, verdict.entries) == (True, 4, 3)
-    assert verdict.notes == ["entries up to 3 were pruned at a signed checkpoint"]
-    # Entries deleted at the start without a checkpoint there are not a pruning.
-    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq == 4))
+    assert (verdict.intact, verdict.first_seq, verdict.entries) == (True, 3, 5)
+    assert verdict.notes == ["entries up to 2 were pruned at a signed checkpoint"]
+    async with migrated_database.session() as session:
+        pruning = await session.scalar(select(AuditEntry).where(AuditEntry.seq == 7))
+    assert pruning is not None
+    assert (pruning.action, pruning.details["through"]) == ("audit.prune", 2)
+    # The checkpoint's own entry deleted as well: not a pruning.
+    await run(migrated_database, delete(AuditEntry).where(AuditEntry.seq == 3))
     verdict = await check(migrated_database)
-    assert not verdict.intact
-    assert verdict.broken_at == 5
+    assert (verdict.intact, verdict.broken_at) == (False, 4)
     assert "no signed checkpoint" in (verdict.problem or "")
 
 
-async def test_a_fully_pruned_trail_goes_on_from_its_checkpoint(
+async def test_pruning_goes_on_from_the_last_pruning(
     migrated_database: SQLAlchemyManager,
 ) -> None:
     audit = trail(migrated_database)
     await record_many(migrated_database, 2)
     await audit.checkpoint()
-    assert await audit.prune(1, datetime.now(UTC) + timedelta(days=2)) == 2
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert await audit.prune(1, later) == 1
     assert (await check(migrated_database)).intact
-    await record_many(migrated_database, 1)
+    await record_many(migrated_database, 2)
+    await audit.checkpoint()
+    assert await audit.prune(1, later) == 3  # entries 2 to 4, the first pruning's record too
     verdict = await check(migrated_database)
-    assert (verdict.intact, verdict.first_seq, verdict.last_seq) == (True, 3, 3)
+    assert (verdict.intact, verdict.first_seq, verdict.last_seq) == (True, 5, 6)
 
 
 async def test_an_unconfigured_key_cannot_check_and_an_old_one_still_verifies(
@@ -314,7 +454,8 @@ def test_signing_keys_come_from_settings_or_the_secret_key(make_settings: MakeSe
         make_settings(security={"audit": {"signing_keys": "a1:" + "x" * 32 + ",a0:" + "y" * 40}})
     )
     assert configured.key_id == "a1"
-    assert configured.verifies("head", 1, "h", *configured.sign("head", 1, "h"))
+    assert configured.verifies("head", 1, "h", 0, *configured.sign("head", 1, "h", 0))
+    assert not configured.verifies("head", 1, "h", 1, *configured.sign("head", 1, "h", 0))
     for bad in ("a1:short", "no-colon", "bad id!:" + "x" * 32):
         with pytest.raises(ValueError, match="signing"):
             make_settings(security={"audit": {"signing_keys": bad}})
@@ -338,14 +479,24 @@ async def test_renum_audit_verify_exit_codes(
     intact = await asyncio.to_thread(verify)
     assert intact.exit_code == 0, intact.output
     assert "intact: 3 entries (entries 1 to 3), 0 signed checkpoints" in intact.output
-    await change_middle_of_three(migrated_database)
-    broken = await asyncio.to_thread(verify, "--json")
-    assert broken.exit_code == 1
-    assert json.loads(broken.stdout)["broken_at"] == 2
+    async with migrated_database.session() as session:
+        third = await AuditRepository(session).entry_hash(3)
+    assert (await asyncio.to_thread(verify, "--expect", f"3:{third}")).exit_code == 0
+    ahead = await asyncio.to_thread(verify, "--expect", f"9:{third}")
+    assert ahead.exit_code == 1
+    assert "entry 9 was logged" in ahead.output
+    assert (await asyncio.to_thread(verify, "--expect", "three")).exit_code == 2
     monkeypatch.setenv("RENUM_SECURITY__AUDIT__SIGNING_KEYS", "k9:" + "z" * 32)
     unknown = await asyncio.to_thread(verify)
     assert unknown.exit_code == 2
     assert "'k1'" in unknown.output
+    monkeypatch.setenv(
+        "RENUM_SECURITY__AUDIT__SIGNING_KEYS", "k1:k1-secret-of-the-audit-trail-0123456789"
+    )
+    await change_middle_of_three(migrated_database)
+    broken = await asyncio.to_thread(verify, "--json")
+    assert broken.exit_code == 1
+    assert json.loads(broken.stdout)["broken_at"] == 2
 
 
 async def change_middle_of_three(db: SQLAlchemyManager) -> None:

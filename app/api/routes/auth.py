@@ -60,8 +60,9 @@ async def refresh(
     body: Annotated[RefreshRequest, Body(openapi_examples=REFRESH_EXAMPLES)],
     session: SessionDep,
     codec: CodecDep,
+    audit: AuditDep,
 ) -> TokenPair:
-    return await AuthService(session, codec).refresh(body.refresh_token)
+    return await AuthService(session, codec, audit).refresh(body.refresh_token)
 
 
 @router.post(

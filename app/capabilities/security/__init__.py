@@ -107,7 +107,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     if keeper is not None:
         keeper.attach(context.database, AuditSigner.from_settings(context.settings))
         app.state.audit = keeper.trail
-        keeper.start()
+        await keeper.start()
     manager.start()
     try:
         yield

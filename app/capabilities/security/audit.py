@@ -53,7 +53,9 @@ class AuditKeeper:
             database.session, signer, on_failure=lambda action: self._failures.labels(action).inc()
         )
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Sign the head of a trail never written to, then keep the checkpoints."""
+        await self.trail.initialise()
         self._task = asyncio.get_running_loop().create_task(self._keep(), name="renum-audit")
 
     async def stop(self) -> None:

@@ -24,7 +24,8 @@ from app.api.deps import (
 from app.api.input_guard import CheckInputs
 from app.api.router import PrefixRouter
 from app.db.database import READ_ONLY, SQLAlchemyManager
-from app.schemas.common import CursorPage, ResponseModel, problems
+from app.repositories.audit import EXPORT_BATCH
+from app.schemas.common import CursorPage, DateTime, ResponseModel, problems
 from app.services.audit import ACTIONS, AuditReader
 from app.services.principal import Principal
 
@@ -61,8 +62,8 @@ Action = Annotated[
     str | None,
     Query(pattern=ACTION_PATTERN, description=f"Only this action: one of {', '.join(ACTIONS)}."),
 ]
-Since = Annotated[datetime | None, Query(description="Only entries recorded at or after it.")]
-Until = Annotated[datetime | None, Query(description="Only entries recorded before it.")]
+Since = Annotated[DateTime | None, Query(description="Only entries recorded at or after it.")]
+Until = Annotated[DateTime | None, Query(description="Only entries recorded before it.")]
 
 
 @router.get(
@@ -78,22 +79,26 @@ Until = Annotated[datetime | None, Query(description="Only entries recorded befo
 async def list_audit_entries(
     principal: OwnerDep,
     session: SessionDep,
+    database: DatabaseDep,
     paging: CursorPagingDep,
     actor: Actor = None,
     action: Action = None,
     since: Since = None,
     until: Until = None,
 ) -> CursorPage[AuditEntryOut]:
-    rows, total, offset = await AuditReader(session).page(
-        principal,
-        actor_id=actor,
-        action=action,
-        since=since,
-        until=until,
-        limit=paging.limit,
-        offset=paging.offset,
-        after=paging.after,
-    )
+    await release(session)  # the page is counted and read in a read-only transaction
+    async with database.session() as reading:
+        await reading.connection(execution_options=READ_ONLY)
+        rows, total, offset = await AuditReader(reading).page(
+            principal,
+            actor_id=actor,
+            action=action,
+            since=since,
+            until=until,
+            limit=paging.limit,
+            offset=paging.offset,
+            after=paging.after,
+        )
     return paging.page(AuditEntryOut, rows, total, offset)
 
 
@@ -138,10 +143,24 @@ async def export_audit_entries(
 async def _lines(
     database: SQLAlchemyManager, principal: Principal, filters: dict[str, Any]
 ) -> AsyncIterator[bytes]:
-    """The export, read in its own session (the request's ends before the body is sent), in a
-    read-only transaction (on SQLite it never holds the write lock while the client reads)."""
-    async with database.session() as session:
-        await session.connection(execution_options=READ_ONLY)
-        async for row in AuditReader(session).export(principal, **filters):
-            entry = AuditEntryOut.model_validate(row).model_dump(mode="json")
-            yield (json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    """The export, batch by batch, each read in a short read-only session of its own: a
+    client that reads slowly holds no connection and no transaction (on SQLite, never the
+    write lock) while it does."""
+    after = 0
+    while True:
+        async with database.session() as session:
+            await session.connection(execution_options=READ_ONLY)
+            rows = await AuditReader(session).export_batch(principal, after=after, filters=filters)
+            lines = [
+                json.dumps(
+                    AuditEntryOut.model_validate(row).model_dump(mode="json"),
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                )
+                for row in rows
+            ]
+        if lines:
+            yield ("\n".join(lines) + "\n").encode()
+        if len(rows) < EXPORT_BATCH:
+            return
+        after = rows[-1].seq

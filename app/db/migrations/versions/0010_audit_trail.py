@@ -33,7 +33,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("target", sa.String(length=400), nullable=True),
         sa.Column("source", sa.String(length=64), nullable=True),
-        sa.Column("request_id", sa.String(length=64), nullable=True),
+        sa.Column("request_id", sa.String(length=128), nullable=True),
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
@@ -51,15 +51,17 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("seq", SEQUENCE, nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.Column("checkpoint_seq", SEQUENCE, nullable=False),
         sa.Column("key_id", sa.String(length=64), nullable=True),
         sa.Column("signature", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
     )
-    op.bulk_insert(head, [{"id": 1, "seq": 0, "hash": GENESIS}])
+    op.bulk_insert(head, [{"id": 1, "seq": 0, "hash": GENESIS, "checkpoint_seq": 0}])
     op.create_table(
         "audit_checkpoints",
         sa.Column("seq", SEQUENCE, autoincrement=False, nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.Column("prev_seq", SEQUENCE, nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("key_id", sa.String(length=64), nullable=False),
         sa.Column("signature", sa.String(length=64), nullable=False),
