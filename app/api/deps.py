@@ -17,6 +17,7 @@ from fastapi import Depends, Query, Request
 from fastapi.requests import HTTPConnection
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Scope
 
 from app.api import cursors
 from app.core.config import Settings
@@ -92,13 +93,23 @@ ShutdownDep = Annotated[GracefulShutdown, Depends(get_shutdown)]
 
 
 async def get_principal(
+    connection: HTTPConnection,
     session: SessionDep,
     codec: CodecDep,
     credential: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
     if not credential:
         raise Unauthorized("Send `Authorization: Bearer <access token or API key>`.")
-    return await AuthService(session, codec).authenticate(credential)
+    principal = await AuthService(session, codec).authenticate(credential)
+    # The security capability's rate limits, when it is on: O(1), in memory (it raises 429).
+    screen: PrincipalScreen | None = getattr(connection.app.state, "principal_screen", None)
+    if screen is not None:
+        screen(connection.scope, principal)
+    return principal
+
+
+# Told of every authenticated principal before the operation runs; raises to refuse it.
+PrincipalScreen = Callable[[Scope, Principal], None]
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

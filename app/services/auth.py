@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Unauthorized
+from app.core.request_context import LOGIN_OUTCOME, note
 from app.core.security import (
     TokenClaims,
     TokenCodec,
@@ -57,6 +58,7 @@ class AuthService:
         if not await verify_outside_transaction(self.session, password, password_hash) or (
             found is None
         ):
+            note(LOGIN_OUTCOME, "unknown-account" if found is None else "wrong-password")
             raise Unauthorized("Incorrect email or password.")
         user_id, is_active, generation = found
         if not is_active:

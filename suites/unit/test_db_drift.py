@@ -509,6 +509,7 @@ def test_db_check_reports_pending_migrations(database: Path) -> None:
         "alert_silences",
         "alert_evaluations",
         "ledger_daily_totals",
+        "security_counters",
     }
 
 

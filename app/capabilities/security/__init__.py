@@ -14,6 +14,16 @@ PYSEC), the severity, the fixed version and the upgrade command. ``renum securit
 prints it (exit 0 nothing known, 1 vulnerabilities found, 2 could not check), and
 ``renum security sbom`` prints a CycloneDX SBOM of the environment (``sbom``).
 
+Intrusion detection and throttling (``throttle``, ``throttling``, ``middleware``, ``counters``,
+``events``; ``security.throttle``): brute force, credential stuffing, distributed attacks on one
+account, user enumeration, floods of invalid credentials and probing of ids are detected per
+source address (``X-Forwarded-For`` behind the trusted proxies only) and per account, on
+counters every API process shares (Redis, or the database), and answered with 429,
+``Retry-After`` and growing delays, while a user keeps access from where they logged in
+before; requests are rate limited per account and per API key (token buckets, the
+``RateLimit`` headers). Each detection is a security event: on ``/metrics``, an alert, and told
+to ``app.state.throttling.events.listeners``.
+
 In the server, the ``SecurityManager`` (``manager``) holds the capability's parts: with
 ``security.scanner.enabled`` (on in the staging and production profiles) the scanner runs at
 start-up and every ``interval_hours``, its result is the optional ``vulnerabilities`` check of
@@ -23,6 +33,7 @@ server, and ``renum security`` still works."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,6 +47,7 @@ from app.capabilities.security.advisories import (
     parse_advisory,
     read_database,
 )
+from app.capabilities.security.events import SecurityEvent, SecurityEvents
 from app.capabilities.security.headers import security_headers
 from app.capabilities.security.manager import CHECK_NAME, SecurityManager
 from app.capabilities.security.sbom import SPEC_VERSION, sbom_json
@@ -50,6 +62,7 @@ from app.capabilities.security.scanner import (
     scan,
     upgrade_command,
 )
+from app.capabilities.security.throttling import Throttling, install_throttling
 from app.core.config import Settings
 
 __all__ = [
@@ -60,8 +73,11 @@ __all__ = [
     "Finding",
     "Installed",
     "ScanResult",
+    "SecurityEvent",
+    "SecurityEvents",
     "SecurityManager",
     "Severity",
+    "Throttling",
     "Verdict",
     "VulnerabilityScanner",
     "installed_distributions",
@@ -89,22 +105,30 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
     manager = SecurityManager(context.settings.security, app.state.metrics, refresh_report)
     app.state.security = manager
-    manager.start()
-    try:
-        yield
-    finally:
-        await manager.stop()
+    throttling: Throttling | None = getattr(app.state, "throttling", None)
+    async with contextlib.AsyncExitStack() as stack:
+        if throttling is not None:
+            await stack.enter_async_context(throttling.running(context.settings, context.database))
+        manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """The security headers, added by the base middleware to every answer."""
+    """The security headers, added by the base middleware to every answer; the throttling's
+    middleware and rate limits when ``security.throttle.enabled``."""
     app.state.response_headers.extend(security_headers(settings.security.headers))
+    if settings.security.throttle.enabled:
+        install_throttling(app, settings)
 
 
 CAPABILITY = Capability(
     name="security",
-    summary="The security manager: the security headers on every answer, the offline "
-    "vulnerability scanner of the installed packages (OSV database on disk) and the SBOM.",
+    summary="The security manager: the security headers on every answer, intrusion detection "
+    "and throttling with request rate limits, the offline vulnerability scanner of the "
+    "installed packages (OSV database on disk) and the SBOM.",
     install=install,
     running=running,
 )
