@@ -36,7 +36,7 @@ from schemathesis.core.result import Ok
 from qa.client import API, ApiClient
 from qa.factories import Member, Tenant, expect
 from qa.launcher import Backend
-from qa.plugin import flavours_for
+from qa.plugin import SENDS_BURSTS, flavours_for
 
 # Schemathesis 4.32 renames the running item through `Node._nodeid` while it tests a lazily
 # loaded schema (`schemathesis.pytest.from_fixture`); pytest 9.2 replaced that attribute with
@@ -77,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     support.RUN = None
     support.RUNS.clear()
     support.reset_reports()
+    config.stash[SENDS_BURSTS] = True  # fuzzing: thousands of 401s, 404s and unknown emails
 
 
 # The guard, the flows and the stateful sequences first; the per-operation exploration, which

@@ -98,6 +98,24 @@ def _number(value: object) -> int:
 BIND_ATTEMPTS = 5
 
 
+# The intrusion detection's thresholds and rate limits raised for the suites that send bursts
+# on purpose (the contract tests' fuzzing: unknown emails, random ids, wrong tokens by the
+# thousand; the load test's users): what they test is not the throttling, which has its own
+# tests (suites/integration/test_security_throttle.py). Other suites keep the defaults.
+BURSTS_ENV = {
+    "RENUM_SECURITY__THROTTLE__BRUTE_FORCE__THRESHOLD": "100000",
+    "RENUM_SECURITY__THROTTLE__CREDENTIAL_STUFFING__THRESHOLD": "100000",
+    "RENUM_SECURITY__THROTTLE__USER_ENUMERATION__THRESHOLD": "100000",
+    "RENUM_SECURITY__THROTTLE__DISTRIBUTED__THRESHOLD": "100000",
+    "RENUM_SECURITY__THROTTLE__INVALID_CREDENTIALS__THRESHOLD": "100000",
+    "RENUM_SECURITY__THROTTLE__ID_PROBING__THRESHOLD": "100000",
+    "RENUM_SECURITY__THROTTLE__RATE_LIMIT__ACCOUNT__REQUESTS_PER_SECOND": "100000",
+    "RENUM_SECURITY__THROTTLE__RATE_LIMIT__ACCOUNT__BURST": "1000000",
+    "RENUM_SECURITY__THROTTLE__RATE_LIMIT__API_KEY__REQUESTS_PER_SECOND": "100000",
+    "RENUM_SECURITY__THROTTLE__RATE_LIMIT__API_KEY__BURST": "1000000",
+}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -144,10 +162,13 @@ class LaunchedBackend(Backend):
         extra_env: dict[str, str] | None = None,
         ready_timeout: float = 60.0,
         database_url: str | None = None,
+        bursts: bool = False,
     ) -> LaunchedBackend:
         """A backend on a new database of ``flavour`` (a file, or a database on the shared
         PostgreSQL server dropped when the backend stops), or on ``database_url``, a database
-        the caller made and keeps (a drill's own cluster: nothing touches the shared one)."""
+        the caller made and keeps (a drill's own cluster: nothing touches the shared one).
+        ``bursts``: for a suite that sends bursts on purpose, the throttling's thresholds
+        raised (``BURSTS_ENV``; ``extra_env`` still wins)."""
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown database flavour {flavour!r}; choose from {FLAVOURS}")
         workdir = Path(tempfile.mkdtemp(prefix=f"renum-{flavour}-"))
@@ -174,6 +195,7 @@ class LaunchedBackend(Backend):
             # The webhook dispatcher off: tests that create webhooks to example hosts must not
             # make the backend resolve them; the webhook tests switch it on.
             "RENUM_DELIVERIES__ENABLED": "false",
+            **(BURSTS_ENV if bursts else {}),
             **(extra_env or {}),
         }
         backend = cls(

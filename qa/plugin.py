@@ -28,6 +28,9 @@ from qa.factories import Member, Tenant, create_tenant
 from qa.launcher import FLAVOURS, Backend, LaunchedBackend, remote_backend
 
 LaunchBackend = Callable[..., LaunchedBackend]
+# Set by a suite that sends bursts on purpose (the contract tests): its backend is launched
+# with the throttling's thresholds raised (``LaunchedBackend.start(bursts=True)``).
+SENDS_BURSTS = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,7 +100,9 @@ def backend(request: pytest.FixtureRequest, db_flavour: str) -> Iterator[Backend
         yield remote_backend(target)
         return
     launched = LaunchedBackend.start(
-        db_flavour, extra_env={"RENUM_AUTH__ACCESS_TOKEN_MINUTES": "120"}
+        db_flavour,
+        extra_env={"RENUM_AUTH__ACCESS_TOKEN_MINUTES": "120"},
+        bursts=request.config.stash.get(SENDS_BURSTS, False),
     )
     try:
         yield launched

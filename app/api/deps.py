@@ -17,6 +17,7 @@ from fastapi import Depends, Query, Request
 from fastapi.requests import HTTPConnection
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Scope
 
 from app.api import cursors
 from app.core.config import Settings
@@ -122,7 +123,15 @@ async def get_principal(
         raise Unauthorized("Send `Authorization: Bearer <access token or API key>`.")
     principal = await AuthService(session, codec).authenticate(credential)
     connection.scope[PRINCIPAL_KEY] = principal
+    # The security capability's rate limits, when it is on: O(1), in memory (it raises 429).
+    screen: PrincipalScreen | None = getattr(connection.app.state, "principal_screen", None)
+    if screen is not None:
+        screen(connection.scope, principal)
     return principal
+
+
+# Told of every authenticated principal before the operation runs; raises to refuse it.
+PrincipalScreen = Callable[[Scope, Principal], None]
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -17,8 +17,17 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -1263,9 +1272,199 @@ class AuditSettings(BaseModel):
         return value
 
 
+_THRESHOLD = "Count within the window that starts the throttling."
+_WINDOW = "Length of the fixed window the count is kept for."
+
+
+class Detector(BaseModel):
+    """One attack pattern's threshold: what is counted, how many, in how long a window."""
+
+    threshold: int = Field(ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(ge=1, le=604_800, description=_WINDOW)
+
+
+class BruteForceDetector(Detector):
+    """Failed logins to one account from one source."""
+
+    threshold: int = Field(default=10, ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(default=900, ge=1, le=604_800, description=_WINDOW)
+
+
+class StuffingDetector(Detector):
+    """Distinct accounts with failed logins from one source."""
+
+    threshold: int = Field(default=20, ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(default=900, ge=1, le=604_800, description=_WINDOW)
+
+
+class EnumerationDetector(Detector):
+    """Distinct unknown emails tried from one source."""
+
+    threshold: int = Field(default=20, ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(default=900, ge=1, le=604_800, description=_WINDOW)
+
+
+class DistributedDetector(Detector):
+    """Distinct sources with failed logins to one account."""
+
+    threshold: int = Field(default=20, ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(default=900, ge=1, le=604_800, description=_WINDOW)
+
+
+class InvalidCredentialsDetector(Detector):
+    """Requests from one source with an invalid token or API key."""
+
+    threshold: int = Field(default=50, ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(default=300, ge=1, le=604_800, description=_WINDOW)
+
+
+class ProbingDetector(Detector):
+    """Requests from one source answered 404 on routes with an id."""
+
+    threshold: int = Field(default=100, ge=1, le=1_000_000, description=_THRESHOLD)
+    window_seconds: int = Field(default=300, ge=1, le=604_800, description=_WINDOW)
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``requests_per_second`` on average, bursts of up to ``burst``."""
+
+    requests_per_second: float = Field(
+        gt=0, le=1_000_000, description="Tokens added to the bucket per second."
+    )
+    burst: int = Field(ge=1, le=10_000_000, description="Tokens the bucket holds at most.")
+
+
+class AccountRateLimit(RateLimit):
+    """Each account's bucket."""
+
+    requests_per_second: float = Field(
+        default=100, gt=0, le=1_000_000, description="Tokens added to the bucket per second."
+    )
+    burst: int = Field(
+        default=200, ge=1, le=10_000_000, description="Tokens the bucket holds at most."
+    )
+
+
+class ApiKeyRateLimit(RateLimit):
+    """Each API key's bucket."""
+
+    requests_per_second: float = Field(
+        default=50, gt=0, le=1_000_000, description="Tokens added to the bucket per second."
+    )
+    burst: int = Field(
+        default=100, ge=1, le=10_000_000, description="Tokens the bucket holds at most."
+    )
+
+
+class RateLimitSettings(BaseModel):
+    """Request rate limits per account and per API key (token buckets)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Limit the authenticated requests' rate per account and per API key "
+        "(429 with `Retry-After` and the `RateLimit` headers once a bucket is empty).",
+    )
+    account: AccountRateLimit = Field(
+        default_factory=lambda: AccountRateLimit(),
+        description="Each account's bucket (every request authenticated as one of its users "
+        "or keys takes a token).",
+    )
+    api_key: ApiKeyRateLimit = Field(
+        default_factory=lambda: ApiKeyRateLimit(),
+        description="Each API key's bucket (taken from as well as its account's).",
+    )
+    accounts: dict[UUID, RateLimit] = Field(
+        default_factory=dict,
+        description="Per-account limits set by a platform admin, as JSON keyed by account id: "
+        '`{"<account id>": {"requests_per_second": 500, "burst": 1000}}`.',
+    )
+    sync_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each process shares what its buckets spent with the other "
+        "processes (through the counters); between two syncs a process decides alone.",
+    )
+
+
+class ThrottleSettings(BaseModel):
+    """Intrusion detection and throttling: the attacks on logins and credentials detected per
+    source address and per account, and the request rate limits."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Detect and slow down attacks (brute force, credential stuffing, "
+        "distributed attacks on one account, user enumeration, invalid credential floods, "
+        "probing of ids) and limit request rates. Off, nothing is added to any request.",
+    )
+    counters: Literal["auto", "redis", "database"] = Field(
+        default="auto",
+        description="Where the counters every API process shares live: `redis` (needs "
+        "`redis_url`), `database` (a small table) or `auto` (Redis when `redis_url` is set).",
+    )
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Proxies (addresses or CIDRs, comma separated) whose `X-Forwarded-For` is "
+        "believed: the client is the right-most address of the header that is not one of "
+        "them. Empty: the peer's address is the client's, the header ignored.",
+    )
+    brute_force: BruteForceDetector = Field(
+        default_factory=lambda: BruteForceDetector(),
+        description="Failed logins to one account from one source.",
+    )
+    credential_stuffing: StuffingDetector = Field(
+        default_factory=lambda: StuffingDetector(),
+        description="Distinct accounts with failed logins from one source.",
+    )
+    user_enumeration: EnumerationDetector = Field(
+        default_factory=lambda: EnumerationDetector(),
+        description="Distinct unknown emails tried from one source.",
+    )
+    distributed: DistributedDetector = Field(
+        default_factory=lambda: DistributedDetector(),
+        description="Distinct sources with failed logins to one account; the account is then "
+        "throttled for every source that has not logged in to it successfully lately.",
+    )
+    invalid_credentials: InvalidCredentialsDetector = Field(
+        default_factory=lambda: InvalidCredentialsDetector(),
+        description="Requests from one source with an invalid token or API key (401).",
+    )
+    id_probing: ProbingDetector = Field(
+        default_factory=lambda: ProbingDetector(),
+        description="Requests from one source answered 404 on routes with an id in the path.",
+    )
+    block_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description="The first throttling of a subject; each next one within "
+        "`escalation_seconds` doubles it (the `Retry-After` grows).",
+    )
+    max_block_seconds: int = Field(
+        default=3600, ge=1, le=604_800, description="The longest a throttling lasts."
+    )
+    escalation_seconds: int = Field(
+        default=86_400,
+        ge=1,
+        le=2_592_000,
+        description="How long a subject's throttlings are remembered for the doubling.",
+    )
+    known_context_days: float = Field(
+        default=30,
+        gt=0,
+        le=365,
+        description="A source that logged in to an account successfully stays a known context "
+        "of it this long: it keeps access while a distributed attack on the account is "
+        "throttled.",
+    )
+    rate_limit: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings())
+
+    _split = field_validator("trusted_proxies", mode="before")(_split_commas)
+
+
 class SecuritySettings(BaseModel):
-    """The security manager's section: the vulnerability scanner, the security headers and
-    the audit trail."""
+    """The security manager's section: the vulnerability scanner, the security headers,
+    intrusion detection and throttling, and the audit trail."""
 
     enabled: bool = Field(
         default=True,
@@ -1274,6 +1473,7 @@ class SecuritySettings(BaseModel):
     )
     scanner: ScannerSettings = Field(default_factory=lambda: ScannerSettings())
     headers: SecurityHeaderSettings = Field(default_factory=lambda: SecurityHeaderSettings())
+    throttle: ThrottleSettings = Field(default_factory=lambda: ThrottleSettings())
     audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
 
 

@@ -46,6 +46,20 @@ def current_request_id() -> str | None:
     return None if info is None else info.id
 
 
+# Set by the login in the scope of a request whose credentials failed: ``unknown-account`` when
+# no user has the email, ``wrong-password`` otherwise. The intrusion detection tells user
+# enumeration from brute force by it; the client gets the same answer either way.
+LOGIN_OUTCOME = "renum.login_outcome"
+
+
+def note(key: str, value: object) -> None:
+    """Leave ``value`` under ``key`` in the scope of the request being answered, if any, for
+    the middleware that sees the request end."""
+    info = _current.get()
+    if info is not None and info.scope is not None:
+        info.scope[key] = value
+
+
 def current_scope() -> Scope | None:
     """The scope of the request being answered in this context, if any."""
     info = _current.get()

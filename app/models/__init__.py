@@ -21,6 +21,7 @@ from app.models.execution import (
 from app.models.ledger_total import LedgerDailyTotal
 from app.models.provider_key import ProviderKey
 from app.models.refresh_token import RefreshToken
+from app.models.security_counter import SecurityCounter
 from app.models.team import Team, TeamMember, TeamWorkflowVersion
 from app.models.user import Role, User
 
@@ -49,6 +50,7 @@ __all__ = [
     "ProviderKey",
     "RefreshToken",
     "Role",
+    "SecurityCounter",
     "StepStatus",
     "Team",
     "TeamMember",

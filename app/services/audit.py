@@ -51,6 +51,7 @@ Detail = str | int | bool | None
 ACTIONS = (
     "auth.login",
     "auth.logout",
+    "auth.refresh",
     "api_key.create",
     "api_key.revoke",
     "user.create",

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Unauthorized
+from app.core.request_context import LOGIN_OUTCOME, note
 from app.core.security import (
     TokenClaims,
     TokenCodec,
@@ -62,6 +63,7 @@ class AuthService:
         found = (user.id, user.account_id, user.is_active, user.token_generation) if user else None
         verified = await verify_outside_transaction(self.session, password, password_hash)
         if not verified or found is None:
+            note(LOGIN_OUTCOME, "unknown-account" if found is None else "wrong-password")
             await self._login_failed(email, found, "unknown_user" if found is None else "password")
             raise Unauthorized("Incorrect email or password.")
         user_id, account_id, is_active, generation = found

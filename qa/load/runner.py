@@ -381,7 +381,8 @@ def run(options: Options, launch: Launch = launcher.LaunchedBackend.start) -> Ou
             sampler: resources.Sampler = resources.MetricsSampler(backend.base_url)
             described = backend.base_url
         else:
-            env = {**LAUNCH_ENV, **options.backend_env}
+            # Many users from one address: the throttling's thresholds raised (the launcher's).
+            env = {**launcher.BURSTS_ENV, **LAUNCH_ENV, **options.backend_env}
             launched = launch(options.db, extra_env=env)
             stack.callback(launched.stop)
             assert launched.process is not None

@@ -99,7 +99,7 @@ SMALL_ROUTE = "/bench/json"
 QUIET_HEALTH = {"interval_seconds": 3600, "ttl_seconds": 7200}
 
 
-def bench_app(tmp_path: Path, name: str, **overrides: Any) -> Any:
+def bench_app(tmp_path: Path, name: str, route: str = SMALL_ROUTE, **overrides: Any) -> Any:
     """Renum's app with ``overrides`` to its settings and the small JSON route ``SMALL_ROUTE``
     tried first, as an API route is tried before any capability's (see
     ``test_monitor_overhead``): what differs between two such apps is the capabilities' own
@@ -119,9 +119,9 @@ def bench_app(tmp_path: Path, name: str, **overrides: Any) -> Any:
     async def small_json() -> JSONResponse:
         return JSONResponse({"status": "ok", "items": [1, 2, 3]})
 
-    app.add_api_route(SMALL_ROUTE, small_json, include_in_schema=False)
+    app.add_api_route(route, small_json, include_in_schema=False)
     app.router.routes.insert(0, app.router.routes.pop())
-    assert getattr(app.router.routes[0], "path", None) == SMALL_ROUTE
+    assert getattr(app.router.routes[0], "path", None) == route
     return app
 
 

@@ -1,6 +1,9 @@
 """What the security screening costs a request: the same app with the security capability on
-(its headers added to every answer; the scanner, which runs in the background and never on a
-request, off) and off, in one run.
+(its headers added to every answer, and the intrusion detection's throttling: the client
+address read behind a trusted proxy, the check of throttled sources, the look at the answer's
+status; the scanner, which runs in the background and never on a request, off) and off, in one
+run. The small JSON route is mounted under the API's prefix (``API_ROUTE``), where the
+throttling screens every request.
 
 As in ``test_performance_overhead``: both apps serve the same small JSON route, tried first;
 requests alternate between them one by one, each app called directly as ASGI; the figure is
@@ -14,20 +17,32 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_support import SMALL_ROUTE, alternating_rates, bench_app
+from bench_support import alternating_rates, bench_app
 
 TARGET_RATIO = 0.97
+API_ROUTE = "/api/v1/bench/json"
 
 
 def test_security_screening_costs_at_most_three_percent(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    screened = bench_app(tmp_path, "on", security={"enabled": True, "scanner": {"enabled": False}})
-    without = bench_app(tmp_path, "off", security={"enabled": False})
+    screened = bench_app(
+        tmp_path,
+        "on",
+        API_ROUTE,
+        security={
+            "enabled": True,
+            "scanner": {"enabled": False},
+            "throttle": {"enabled": True, "trusted_proxies": ["10.0.0.0/8"]},
+        },
+    )
+    without = bench_app(tmp_path, "off", API_ROUTE, security={"enabled": False})
     assert screened.state.response_headers  # the screening is there to be measured
+    assert screened.state.throttling is not None
     assert without.state.response_headers == []
+    assert getattr(without.state, "throttling", None) is None
 
-    rates = asyncio.run(alternating_rates(screened, without, SMALL_ROUTE, rounds=9, requests=3000))
+    rates = asyncio.run(alternating_rates(screened, without, API_ROUTE, rounds=9, requests=3000))
     record_property("security_on_rps", round(rates.on))
     record_property("security_off_rps", round(rates.off))
     record_property("security_ratio", round(rates.ratio, 3))

@@ -512,6 +512,7 @@ def test_db_check_reports_pending_migrations(database: Path) -> None:
         "audit_entries",
         "audit_head",
         "audit_checkpoints",
+        "security_counters",
     }
 
 

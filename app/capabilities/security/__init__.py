@@ -19,6 +19,16 @@ PYSEC), the severity, the fixed version and the upgrade command. ``renum securit
 prints it (exit 0 nothing known, 1 vulnerabilities found, 2 could not check), and
 ``renum security sbom`` prints a CycloneDX SBOM of the environment (``sbom``).
 
+Intrusion detection and throttling (``throttle``, ``throttling``, ``middleware``, ``counters``,
+``events``; ``security.throttle``): brute force, credential stuffing, distributed attacks on one
+account, user enumeration, floods of invalid credentials and probing of ids are detected per
+source address (``X-Forwarded-For`` behind the trusted proxies only) and per account, on
+counters every API process shares (Redis, or the database), and answered with 429,
+``Retry-After`` and growing delays, while a user keeps access from where they logged in
+before; requests are rate limited per account and per API key (token buckets, the
+``RateLimit`` headers). Each detection is a security event: on ``/metrics``, an alert, and told
+to ``app.state.throttling.events.listeners``.
+
 In the server, the ``SecurityManager`` (``manager``) holds the capability's parts: with
 ``security.scanner.enabled`` (on in the staging and production profiles) the scanner runs at
 start-up and every ``interval_hours``, its result is the optional ``vulnerabilities`` check of
@@ -28,6 +38,7 @@ server, and ``renum security`` still works."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -43,6 +54,7 @@ from app.capabilities.security.advisories import (
     read_database,
 )
 from app.capabilities.security.audit import AuditKeeper
+from app.capabilities.security.events import SecurityEvent, SecurityEvents
 from app.capabilities.security.headers import security_headers
 from app.capabilities.security.manager import CHECK_NAME, SecurityManager
 from app.capabilities.security.sbom import SPEC_VERSION, sbom_json
@@ -57,6 +69,7 @@ from app.capabilities.security.scanner import (
     scan,
     upgrade_command,
 )
+from app.capabilities.security.throttling import Throttling, install_throttling
 from app.core.config import Settings
 from app.services.audit_chain import AuditSigner
 
@@ -68,8 +81,11 @@ __all__ = [
     "Finding",
     "Installed",
     "ScanResult",
+    "SecurityEvent",
+    "SecurityEvents",
     "SecurityManager",
     "Severity",
+    "Throttling",
     "Verdict",
     "VulnerabilityScanner",
     "installed_distributions",
@@ -104,23 +120,31 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     )
     app.state.security = manager
     keeper: AuditKeeper | None = app.state.audit_keeper
-    if keeper is not None:
-        keeper.attach(context.database, AuditSigner.from_settings(context.settings))
-        app.state.audit = keeper.trail
-        await keeper.start()
-    manager.start()
-    try:
-        yield
-    finally:
-        await manager.stop()
+    throttling: Throttling | None = getattr(app.state, "throttling", None)
+    async with contextlib.AsyncExitStack() as stack:
         if keeper is not None:
-            await keeper.stop()
+            keeper.attach(context.database, AuditSigner.from_settings(context.settings))
+            app.state.audit = keeper.trail
+            await keeper.start()
+            stack.push_async_callback(keeper.stop)
+        if throttling is not None:
+            if keeper is not None:
+                throttling.events.listeners.append(keeper.security_event)
+            await stack.enter_async_context(throttling.running(context.settings, context.database))
+        manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """The security headers, added by the base middleware to every answer; the audit trail's
-    routes and its observer of admins' reads."""
+    """The security headers, added by the base middleware to every answer; the throttling's
+    middleware and rate limits when ``security.throttle.enabled``; the audit trail's routes
+    and its observer of admins' reads when ``security.audit.enabled``."""
     app.state.response_headers.extend(security_headers(settings.security.headers))
+    if settings.security.throttle.enabled:
+        install_throttling(app, settings)
     app.state.audit_keeper = None
     if settings.security.audit.enabled:
         keeper = AuditKeeper(settings.security.audit, app.state.metrics)
@@ -131,9 +155,9 @@ def install(app: FastAPI, settings: Settings) -> None:
 
 CAPABILITY = Capability(
     name="security",
-    summary="The security manager: the security headers on every answer, the offline "
-    "vulnerability scanner of the installed packages (OSV database on disk), the SBOM and the "
-    "audit trail.",
+    summary="The security manager: the security headers on every answer, intrusion detection "
+    "and throttling with request rate limits, the offline vulnerability scanner of the "
+    "installed packages (OSV database on disk), the SBOM and the audit trail.",
     install=install,
     running=running,
 )

@@ -15,6 +15,7 @@ from prometheus_client import Counter
 from starlette.types import Scope
 
 from app.api.deps import PRINCIPAL_KEY
+from app.capabilities.security.events import SecurityEvent
 from app.core.config import AuditSettings
 from app.core.logging import get_logger
 from app.core.metrics import Metrics
@@ -75,6 +76,22 @@ class AuditKeeper:
                 await self.trail.prune(self.settings.retention_days, datetime.now(UTC))
             except Exception as exc:  # the next round tries again
                 log.error("audit_checkpoint_failed", error_type=type(exc).__name__)
+
+    async def security_event(self, event: SecurityEvent) -> None:
+        """A detection of the intrusion detection, in the trail (a listener of its events)."""
+        await self.trail.record(
+            "security.event",
+            outcome="denied",
+            actor_kind="anonymous",
+            target=event.subject,
+            source=event.source,
+            details={
+                "kind": event.kind,
+                "action": event.action,
+                "seconds": event.seconds,
+                **{f"count_{name}": value for name, value in event.counts.items()},
+            },
+        )
 
     # The request observer: a platform admin's successful read of account data is audited.
     def request_started(self, scope: Scope) -> None:
