@@ -391,7 +391,8 @@ class ExampleRun:
                 f"{response.status_code}: {response.text[:600]}\n    sent: {json.dumps(value)}"
             )
             return None
-        json_answer = "json" in response.headers.get("content-type", "")
+        media = response.headers.get("content-type", "").split(";")[0]
+        json_answer = media == "application/json" or media.endswith("+json")  # not JSON lines
         return response.json() if json_answer and response.content else {}
 
     def _request(
@@ -568,6 +569,9 @@ def test_every_example_succeeds_as_the_explorer_sends_it(
     finally:
         release.set()
     run.send("get_usage", owner)
+    # The audit trail of what the scenario did so far.
+    run.send("list_audit_entries", owner)
+    run.send("export_audit_entries", owner)
 
     # Webhooks (the launcher's dispatcher is off: deliveries wait, nothing is sent).
     hook_id = (run.send("create_webhook", owner) or {}).get("id")

@@ -125,7 +125,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         if keeper is not None:
             keeper.attach(context.database, AuditSigner.from_settings(context.settings))
             app.state.audit = keeper.trail
-            await keeper.start()
+            keeper.start()
             stack.push_async_callback(keeper.stop)
         if throttling is not None:
             if keeper is not None:

@@ -28,6 +28,7 @@ from app.services.principal import Principal
 log = get_logger("app.audit")
 
 API_PREFIX = "/api/v1/"
+INITIALISE_RETRY_SECONDS = 5.0
 # Reads of the admin's own data: nothing of another account is read there.
 OWN_PATHS = frozenset({"/api/v1/users/me"})
 
@@ -54,9 +55,7 @@ class AuditKeeper:
             database.session, signer, on_failure=lambda action: self._failures.labels(action).inc()
         )
 
-    async def start(self) -> None:
-        """Sign the head of a trail never written to, then keep the checkpoints."""
-        await self.trail.initialise()
+    def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keep(), name="renum-audit")
 
     async def stop(self) -> None:
@@ -68,7 +67,17 @@ class AuditKeeper:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def _keep(self) -> None:
+        """Sign the head of a trail never written to (tried again each round until the
+        database answers: a server may start degraded), then checkpoint and prune."""
         interval = self.settings.checkpoint_interval_minutes * 60
+        initialised = False
+        while not initialised:
+            try:
+                await self.trail.initialise()
+                initialised = True
+            except Exception as exc:
+                log.warning("audit_initialise_failed", error_type=type(exc).__name__)
+                await asyncio.sleep(min(interval, INITIALISE_RETRY_SECONDS))
         while True:
             await asyncio.sleep(interval)
             try:
