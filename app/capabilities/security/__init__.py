@@ -1,6 +1,8 @@
 """The security manager (issue 17), built in slices: the security headers, the rotation of
 the keys that seal stored secrets (``keys``: ``renum keys status``, ``renum keys rotate``),
-the offline vulnerability scanner and the SBOM.
+the offline vulnerability scanner and the SBOM, and which accounts' executions have their
+content sealed at rest (``security.content_encryption.accounts``: the policy of the base's
+``app.services.content``, which opens sealed content with or without this capability).
 
 Every answer carries the security headers (``headers``: ``nosniff``, the referrer policy, a
 Content-Security-Policy for answers that set none, HSTS where configured), added by the base
@@ -51,6 +53,7 @@ from app.capabilities.security.scanner import (
     upgrade_command,
 )
 from app.core.config import Settings
+from app.services.content import NOTHING, SealingPolicy
 
 __all__ = [
     "CAPABILITY",
@@ -89,10 +92,15 @@ async def running(context: AppContext) -> AsyncIterator[None]:
 
     manager = SecurityManager(context.settings.security, app.state.metrics, refresh_report)
     app.state.security = manager
+    # Which accounts' new executions are sealed at rest; the base opens sealed content
+    # whatever this says (off, nothing new is sealed and everything stored still reads).
+    content = context.runtime.content
+    content.policy = SealingPolicy.from_settings(context.settings.security.content_encryption)
     manager.start()
     try:
         yield
     finally:
+        content.policy = NOTHING
         await manager.stop()
 
 
@@ -104,7 +112,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 CAPABILITY = Capability(
     name="security",
     summary="The security manager: the security headers on every answer, the offline "
-    "vulnerability scanner of the installed packages (OSV database on disk) and the SBOM.",
+    "vulnerability scanner of the installed packages (OSV database on disk), the SBOM, and "
+    "executions' content sealed at rest for the accounts listed.",
     install=install,
     running=running,
 )
