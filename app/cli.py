@@ -58,7 +58,8 @@ cli.add_typer(config_cli, name="config")
 cli.add_typer(backup_cli, name="backup")
 cli.add_typer(security_cli, name="security")
 keys_cli = typer.Typer(
-    help="The keys that seal stored secrets: which values each one seals, and rotation.",
+    help="The keys that seal stored secrets and executions' content: which values each one "
+    "seals, rotation, and sealing the content stored before an account was listed.",
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")
@@ -1007,6 +1008,56 @@ def keys_rotate(
             err.print(
                 f"[bold red]{len(ids)} {escape(column)} did not open[/] (a key not configured, "
                 f"or damaged): {escape(', '.join(ids[:10]))}{' ...' if len(ids) > 10 else ''}",
+                soft_wrap=True,
+            )
+    raise typer.Exit(1 if result.unopened else 0)
+
+
+@keys_cli.command("seal-content")
+def keys_seal_content(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Rows sealed per transaction.")
+    ] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Seal at rest, with the primary key, the content stored in plaintext of the ended
+    executions of the accounts in RENUM_SECURITY__CONTENT_ENCRYPTION__ACCOUNTS (what they ran
+    before they were listed), in batches, while the service runs; run it again after an
+    interruption, or for executions that were running. Exit code: 0 done, 1 some rows did not
+    open, 2 nothing to do it for (no account listed, or the security capability off)."""
+    import json
+
+    from app.capabilities.security.keys import seal_content
+    from app.services.content import SealingPolicy
+
+    settings = load_settings()
+    policy = SealingPolicy.from_settings(settings.security.content_encryption)
+    if not settings.security.enabled or not policy.active:
+        err.print(
+            "[bold red]No account's content is sealed:[/] list accounts (or *) in "
+            "RENUM_SECURITY__CONTENT_ENCRYPTION__ACCOUNTS, with RENUM_SECURITY__ENABLED on.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    box = _box(settings)
+
+    def progress(table: str, done: int) -> None:
+        if not as_json:
+            err.print(f"{table}: {done} rows sealed", soft_wrap=True)
+
+    result = run_with_engine(
+        lambda engine: seal_content(engine, box, policy, batch=batch_size, progress=progress)
+    )
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        typer.echo(f"{result.total} rows sealed with key {box.current_key_id}.")
+        if result.changed_meanwhile:
+            typer.echo(f"{result.changed_meanwhile} changed meanwhile and were left as they are.")
+        for table, ids in result.unopened.items():
+            err.print(
+                f"[bold red]{len(ids)} rows of {escape(table)} did not open[/]: "
+                f"{escape(', '.join(ids[:10]))}{' ...' if len(ids) > 10 else ''}",
                 soft_wrap=True,
             )
     raise typer.Exit(1 if result.unopened else 0)

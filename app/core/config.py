@@ -8,7 +8,9 @@ object is created at start-up and passed down; nothing reads the environment any
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from decimal import Decimal
 from email.errors import MessageError
 from email.headerregistry import Address
@@ -1462,9 +1464,51 @@ class ThrottleSettings(BaseModel):
     _split = field_validator("trusted_proxies", mode="before")(_split_commas)
 
 
+class ContentEncryptionSettings(BaseModel):
+    """Encryption at rest of executions' content (prompts, variables, results, steps' input
+    and output, context values, messages, the events that carry outputs and errors), per
+    account, with the keys of ``RENUM_ENCRYPTION_KEYS``. The API is unchanged: what is read
+    back is opened. Turning it off (or the security capability) stops sealing new
+    executions; what was sealed still opens."""
+
+    accounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accounts whose new executions' content is sealed at rest, comma separated "
+        "account ids, or `*` for every account (empty: none). Executions started before an "
+        "account was listed stay as they were stored; `renum keys seal-content` seals the "
+        "ended ones. Removing an account stops sealing its new executions; sealed content "
+        "still reads back.",
+    )
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _split_accounts(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_ids(cls, value: list[str]) -> list[str]:
+        accounts = []
+        for item in value:
+            if item == "*":
+                accounts.append(item)
+                continue
+            try:
+                accounts.append(str(uuid.UUID(item)))
+            except ValueError:
+                raise ValueError(f"{item!r} is neither an account id nor *") from None
+        return list(dict.fromkeys(accounts))
+
+
 class SecuritySettings(BaseModel):
     """The security manager's section: the vulnerability scanner, the security headers,
-    intrusion detection and throttling, and the audit trail."""
+    intrusion detection and throttling, the audit trail and the encryption at rest of
+    executions' content."""
 
     enabled: bool = Field(
         default=True,
@@ -1475,6 +1519,9 @@ class SecuritySettings(BaseModel):
     headers: SecurityHeaderSettings = Field(default_factory=lambda: SecurityHeaderSettings())
     throttle: ThrottleSettings = Field(default_factory=lambda: ThrottleSettings())
     audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
+    content_encryption: ContentEncryptionSettings = Field(
+        default_factory=lambda: ContentEncryptionSettings()
+    )
 
 
 class TeamSettings(BaseModel):

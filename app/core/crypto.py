@@ -62,13 +62,18 @@ class SecretBox:
         ).derive(settings.secret_key.get_secret_value().encode("utf-8"))
         return cls({DERIVED_KEY_ID: derived})
 
-    def seal(self, plaintext: str, associated_data: str) -> str:
+    def seal(self, plaintext: str, associated_data: str, key_id: str | None = None) -> str:
+        """``plaintext`` sealed with the current key, or with ``key_id`` (a configured key:
+        a value sealed beside others of its row under that key, which rotation moves on
+        together)."""
+        key_id = self.current_key_id if key_id is None else key_id
+        aead = self._keys.get(key_id)
+        if aead is None:
+            raise CryptoError(f"cannot seal with unknown key id {key_id!r}")
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._keys[self.current_key_id].encrypt(
-            nonce, plaintext.encode("utf-8"), associated_data.encode("utf-8")
-        )
+        sealed = aead.encrypt(nonce, plaintext.encode("utf-8"), associated_data.encode("utf-8"))
         body = base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
-        return f"{VERSION}:{self.current_key_id}:{body}"
+        return f"{VERSION}:{key_id}:{body}"
 
     def open(self, token: str, associated_data: str) -> str:
         version, _, rest = token.partition(":")

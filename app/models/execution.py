@@ -30,6 +30,24 @@ from app.db.base import Base, IdMixin, TimestampMixin, UTCDateTime, utcnow
 
 Money = Numeric(18, 8)
 
+# The rows whose content is sealed at rest (``app.services.content``) name the key that sealed
+# it in ``content_key_id``; NULL: the content is plaintext. Only sealed rows are indexed (the
+# key counts of ``renum keys status``), so rows of accounts that do not seal cost nothing more.
+SEALED_ROWS = text("content_key_id IS NOT NULL")
+
+
+def _content_key_index(table: str) -> Index:
+    return Index(
+        f"ix_{table}_content_key_id",
+        "content_key_id",
+        postgresql_where=SEALED_ROWS,
+        sqlite_where=SEALED_ROWS,
+    )
+
+
+def _content_key_id() -> Mapped[str | None]:
+    return mapped_column(String(64))
+
 
 class ExecutionStatus(StrEnum):
     pending = "pending"
@@ -58,6 +76,7 @@ class Execution(IdMixin, TimestampMixin, Base):
     # The API's list order within an account: its keyset pages read the index in order.
     __table_args__ = (
         Index("ix_executions_account_id_created_at_id", "account_id", "created_at", "id"),
+        _content_key_index("executions"),
     )
 
     account_id: Mapped[uuid.UUID] = mapped_column(
@@ -92,11 +111,16 @@ class Execution(IdMixin, TimestampMixin, Base):
     # checks it first, so a stale owner (or a commit that landed although its connection was
     # lost before the answer) can change nothing.
     lease: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"), nullable=False)
+    # The key that sealed its prompt, variables, result and error (None: plaintext).
+    content_key_id: Mapped[str | None] = _content_key_id()
 
 
 class ExecutionStep(IdMixin, Base):
     __tablename__ = "execution_steps"
-    __table_args__ = (UniqueConstraint("execution_id", "step_key"),)
+    __table_args__ = (
+        UniqueConstraint("execution_id", "step_key"),
+        _content_key_index("execution_steps"),
+    )
 
     execution_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("executions.id", ondelete="CASCADE"), index=True, nullable=False
@@ -116,13 +140,18 @@ class ExecutionStep(IdMixin, Base):
     cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The key that sealed its input, output and error (None: plaintext).
+    content_key_id: Mapped[str | None] = _content_key_id()
 
 
 class ContextEntry(IdMixin, Base):
     """One version of one key of an execution's shared context, with its provenance."""
 
     __tablename__ = "execution_context"
-    __table_args__ = (UniqueConstraint("execution_id", "key", "version"),)
+    __table_args__ = (
+        UniqueConstraint("execution_id", "key", "version"),
+        _content_key_index("execution_context"),
+    )
 
     execution_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("executions.id", ondelete="CASCADE"), index=True, nullable=False
@@ -135,6 +164,7 @@ class ContextEntry(IdMixin, Base):
         ForeignKey("agents.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    content_key_id: Mapped[str | None] = _content_key_id()  # sealed its value (None: plaintext)
 
 
 class MessageKind(StrEnum):
@@ -157,7 +187,10 @@ class ExecutionMessage(IdMixin, Base):
     of the execution (a broadcast). A request and its response share a correlation id."""
 
     __tablename__ = "execution_messages"
-    __table_args__ = (UniqueConstraint("execution_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("execution_id", "seq"),
+        _content_key_index("execution_messages"),
+    )
 
     execution_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("executions.id", ondelete="CASCADE"), index=True, nullable=False
@@ -176,11 +209,15 @@ class ExecutionMessage(IdMixin, Base):
     body: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    content_key_id: Mapped[str | None] = _content_key_id()  # sealed its body (None: plaintext)
 
 
 class ExecutionEvent(IdMixin, Base):
     __tablename__ = "execution_events"
-    __table_args__ = (UniqueConstraint("execution_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("execution_id", "seq"),
+        _content_key_index("execution_events"),
+    )
 
     execution_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("executions.id", ondelete="CASCADE"), index=True, nullable=False
@@ -189,6 +226,8 @@ class ExecutionEvent(IdMixin, Base):
     type: Mapped[str] = mapped_column(String(40), nullable=False)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    # The key that sealed the content fields of its data (None: plaintext).
+    content_key_id: Mapped[str | None] = _content_key_id()
 
 
 class LedgerEntry(IdMixin, Base):

@@ -232,6 +232,7 @@ CLAIMED_COLUMNS = (
     _executions.c.output_tokens,
     _executions.c.cost_usd,
     _executions.c.lease,
+    _executions.c.content_key_id,
 )
 # A step's state as the engine writes it (its id, execution, key and agent never change).
 STEP_STATE_FIELDS = (
@@ -245,8 +246,19 @@ STEP_STATE_FIELDS = (
     "cost_usd",
     "started_at",
     "finished_at",
+    "content_key_id",  # the key that sealed input, output and error (None: plaintext)
 )
-_FINISH_FIELDS = ("status", "status_reason", "result", "error", "finished_at", "owner")
+# What an execution's end sets (its content key too: its result and error are sealed under
+# the key of its prompt, ``app.services.content``).
+_FINISH_FIELDS = (
+    "status",
+    "status_reason",
+    "result",
+    "error",
+    "finished_at",
+    "owner",
+    "content_key_id",
+)
 
 
 def _claim_guard() -> tuple[Any, Any]:
@@ -349,7 +361,13 @@ _read_steps = (
     .order_by(_steps.c.position)
 )
 _read_context = (
-    select(_context.c.key, _context.c.version, _context.c.value)
+    select(
+        _context.c.key,
+        _context.c.version,
+        _context.c.value,
+        _context.c.id,
+        _context.c.content_key_id,
+    )
     .where(_context.c.execution_id == bindparam("execution_id"))
     .order_by(_context.c.key, _context.c.version)
 )
@@ -438,10 +456,11 @@ class EngineRepository:
         )
         return int(result.rowcount)
 
-    def context(self, execution_id: uuid.UUID) -> dict[str, tuple[int, Any]]:
-        """The latest version of each context key: ``{key: (version, value)}``."""
+    def context(self, execution_id: uuid.UUID) -> dict[str, Any]:
+        """The latest version of each context key: ``{key: row}``, each row with ``key``,
+        ``version``, ``value``, ``id`` and ``content_key_id`` (its value may be sealed)."""
         rows = self.conn.execute(_read_context, {"execution_id": execution_id})
-        return {key: (version, value) for key, version, value in rows}
+        return {row.key: row for row in rows}
 
     def agents(self, agent_ids: set[uuid.UUID]) -> list[Agent]:
         rows = self.conn.execute(_read_agents, {"ids": list(agent_ids)})
@@ -528,17 +547,20 @@ class EngineRepository:
         first_seq: int,
         events: Sequence[tuple[str, dict[str, Any]]],
         now: datetime,
+        ids: Sequence[uuid.UUID] | None = None,
+        content_keys: Sequence[str | None] | None = None,
     ) -> None:
         """Store events numbered from ``first_seq``, created at ``now`` (their transaction's
-        time)."""
+        time); with their ``ids`` and the keys that sealed their content, when given."""
         rows = [
             {
-                "id": uuid.uuid4(),
+                "id": ids[n] if ids else uuid.uuid4(),
                 "execution_id": execution_id,
                 "seq": first_seq + n,
                 "type": kind,
                 "data": data,
                 "created_at": now,
+                "content_key_id": content_keys[n] if content_keys else None,
             }
             for n, (kind, data) in enumerate(events)
         ]

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.core.crypto import CryptoError
 from app.core.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from app.db.base import utcnow
 from app.db.database import SQLAlchemyManager
@@ -37,6 +38,7 @@ from app.schemas.executions import (
     ExecutionOut,
     StepOut,
 )
+from app.services.content import EXECUTIONS, ExecutionContent
 from app.services.engine.events import TERMINAL_EVENT_TYPES, ExecutionCancelled
 from app.services.engine.runner import ExecutionDispatcher
 from app.services.events import EventHub, StreamsClosed, wait_for
@@ -73,10 +75,17 @@ def cancel_mode(value: object) -> CancelMode:
 
 
 class ExecutionService:
-    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+    """``content`` seals the content of the executions it starts for the accounts its policy
+    lists, and opens whatever it reads that is sealed (without it: nothing is sealed, and
+    sealed content is opened with the keys of ``settings``)."""
+
+    def __init__(
+        self, session: AsyncSession, settings: Settings, content: ExecutionContent | None = None
+    ) -> None:
         self.session = session
         self.settings = settings
         self.executions = ExecutionRepository(session)
+        self.content = content if content is not None else ExecutionContent(settings=settings)
 
     async def create(
         self,
@@ -97,16 +106,29 @@ class ExecutionService:
             raise TooManyRequests(
                 f"The account already runs {limit} executions, its limit; retry when one ends."
             )
+        content: dict[str, Any] = {"prompt": data.prompt, "variables": data.variables}
+        execution_id = uuid.uuid4()
+        key_id = self.content.new_key(team.account_id)
+        if key_id is not None:  # sealed at rest, bound to this row (app.services.content)
+            content = self.content.seal_row(
+                EXECUTIONS,
+                content,
+                row_id=execution_id,
+                execution_id=execution_id,
+                account_id=team.account_id,
+                key_id=key_id,
+            )
         execution = Execution(
+            id=execution_id,
             account_id=team.account_id,
             team_id=team.id,
             created_by=principal.user_id,
             workflow_version=team.workflow_version,
             workflow=workflow,
-            prompt=data.prompt,
-            variables=data.variables,
             budget=data.budget.model_dump(mode="json", exclude_none=True),
             status=ExecutionStatus.pending.value,
+            content_key_id=key_id,
+            **content,
         )
         self.executions.add(execution)
         await self.session.flush()
@@ -135,6 +157,7 @@ class ExecutionService:
         execution = await self.get(principal, execution_id)
         await self.session.refresh(execution)
         steps = await self.steps(execution)
+        execution = self.content.opened(execution, execution.account_id)
         return ExecutionOut.model_validate(
             {
                 **{
@@ -164,7 +187,9 @@ class ExecutionService:
         transaction ends first: the stream reads with short sessions of its own."""
         execution_id = execution.id
         await self.session.commit()
-        return event_stream(runtime.database, runtime.hub, execution_id, after, idle_seconds)
+        return event_stream(
+            runtime.database, runtime.hub, execution_id, after, idle_seconds, self.content
+        )
 
     async def page(
         self,
@@ -188,17 +213,22 @@ class ExecutionService:
             after=after,
         )
 
+    # What these return is opened: rows sealed at rest come as detached copies in plaintext.
+
     async def steps(self, execution: Execution) -> list[ExecutionStep]:
-        return await self.executions.steps(execution.id)
+        rows = await self.executions.steps(execution.id)
+        return self.content.opened_all(rows, execution.account_id)
 
     async def context(self, execution: Execution) -> list[ContextEntry]:
         """Every write, by key (in code point order, whatever the database's collation) and
         then by version."""
         rows = await self.executions.context_history(execution.id)
-        return sorted(rows, key=lambda entry: (entry.key, entry.version))
+        opened = self.content.opened_all(rows, execution.account_id)
+        return sorted(opened, key=lambda entry: (entry.key, entry.version))
 
     async def events(self, execution: Execution, *, after: int, limit: int) -> list[ExecutionEvent]:
-        return await self.executions.events(execution.id, after=after, limit=limit)
+        rows = await self.executions.events(execution.id, after=after, limit=limit)
+        return self.content.opened_all(rows, execution.account_id)
 
     async def messages(
         self,
@@ -209,9 +239,10 @@ class ExecutionService:
         kind: str | None,
         agent_id: uuid.UUID | None,
     ) -> list[ExecutionMessage]:
-        return await MessageRepository(self.session).list(
+        rows = await MessageRepository(self.session).list(
             execution.id, after=after, limit=limit, kind=kind, agent_id=agent_id
         )
+        return self.content.opened_all(rows, execution.account_id)
 
     async def cancel(
         self,
@@ -275,12 +306,15 @@ async def event_stream(
     execution_id: uuid.UUID,
     after: int,
     idle_seconds: float,
+    content: ExecutionContent | None = None,
 ) -> AsyncIterator[EventOut | None]:
     """Yield the execution's events after ``after`` as they are committed, until it ends;
     ``None`` marks ``idle_seconds`` without news (a keep-alive). Each read uses its own short
     session, so a long stream holds no transaction. Raises ``StreamsClosed`` when the process
-    shuts down (the client resumes elsewhere after the last event it got)."""
+    shuts down (the client resumes elsewhere after the last event it got). Events sealed at
+    rest are opened with ``content``."""
     last = after
+    account_id: uuid.UUID | None = None  # the execution's, read once a sealed event comes
     with hub.listening(execution_id) as signal:
         while True:
             if hub.closed:
@@ -295,6 +329,12 @@ async def event_stream(
                 )
             for row in rows:
                 last = row.seq
+                if row.content_key_id is not None:
+                    if account_id is None and execution is not None:
+                        account_id = execution.account_id
+                    if content is None or account_id is None:
+                        raise CryptoError("a sealed event and nothing to open it with")
+                    row = content.opened(row, account_id)
                 yield EventOut.model_validate(row)
                 if row.type in TERMINAL_EVENTS:
                     return

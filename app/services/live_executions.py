@@ -42,7 +42,8 @@ class LiveExecutionService:
         """Whether the execution exists and the caller may see it."""
         async with self.database.session() as session:
             try:
-                await ExecutionService(session, self.settings).get(principal, execution_id)
+                service = ExecutionService(session, self.settings, self.runtime.content)
+                await service.get(principal, execution_id)
             except ProblemError:
                 return False
             return True
@@ -51,7 +52,8 @@ class LiveExecutionService:
         """Cancel as ``POST /executions/{id}/cancel`` does (``ProblemError`` when refused, a
         mode that is not a cancel mode included)."""
         async with self.database.session() as session:
-            await ExecutionService(session, self.settings).cancel(
+            service = ExecutionService(session, self.settings, self.runtime.content)
+            await service.cancel(
                 principal, execution_id, mode, self.runtime.runner, self.runtime.hub
             )
 
@@ -59,6 +61,7 @@ class LiveExecutionService:
         self, execution_id: uuid.UUID, after: int, idle_seconds: float
     ) -> AsyncIterator[EventOut | None]:
         """The execution's events after ``after`` as they come (see ``event_stream``)."""
+        runtime = self.runtime
         return event_stream(
-            self.runtime.database, self.runtime.hub, execution_id, after, idle_seconds
+            runtime.database, runtime.hub, execution_id, after, idle_seconds, runtime.content
         )

@@ -190,8 +190,8 @@ class Message:
         }
 
     def row(self, execution_id: uuid.UUID) -> dict[str, Any]:
-        """The ``execution_messages`` row."""
-        return {"execution_id": execution_id, **self.__dict__}
+        """The ``execution_messages`` row (in plaintext: ``writes.sealed`` seals it)."""
+        return {"execution_id": execution_id, **self.__dict__, "content_key_id": None}
 
     def event(self) -> MessageSent:
         return MessageSent(

@@ -1,9 +1,9 @@
 """What a running backend process holds for executions: the database, the event hub, the
 HTTP clients for model calls (trusted for the operator's URLs, guarded by the egress policy for
-tenants'), the bounded template renderer (its worker processes start in the background with
-the app), the engine and its dispatcher, the dispatcher of outbound deliveries (webhooks,
-alerts), and the cache of costly reads. Built and torn down by the application's lifespan;
-nothing here connects at import time."""
+tenants'), the sealing and opening of executions' content, the bounded template renderer (its
+worker processes start in the background with the app), the engine and its dispatcher, the
+dispatcher of outbound deliveries (webhooks, alerts), and the cache of costly reads. Built and
+torn down by the application's lifespan; nothing here connects at import time."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from app.core.crypto import SecretBox
 from app.core.egress import EgressClients
 from app.core.templates import TemplateRenderer
 from app.db.database import SQLAlchemyManager
+from app.services.content import ExecutionContent
 from app.services.delivery import DeliveryDispatcher
 from app.services.engine.agent_calls import AgentCaller
 from app.services.engine.engine import ExecutionEngine
@@ -37,6 +38,8 @@ class Runtime:
     runner: InProcessRunner
     templates: TemplateRenderer
     deliveries: DeliveryDispatcher
+    # Seals and opens executions' content; what it seals is the security capability's call.
+    content: ExecutionContent
     warming: asyncio.Task[None] | None = None  # the template workers starting in the background
     cache: ReadCache = field(default_factory=ReadCache)  # the performance capability's, when on
 
@@ -51,13 +54,14 @@ class Runtime:
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         templates = TemplateRenderer(settings.templates, TEMPLATE_KITS)
         caller = AgentCaller(settings, box, PriceTable.load(overrides), http, templates)
-        engine = ExecutionEngine(database, settings.executions, caller, hub, owner)
+        content = ExecutionContent(box)
+        engine = ExecutionEngine(database, settings.executions, caller, hub, owner, content)
         runner = InProcessRunner(engine, database, settings.executions)
         deliveries = DeliveryDispatcher(
             database, settings.deliveries, box, http, owner, smtp=settings.monitor.alerts.smtp
         )
         engine.observers.append(deliveries.on_engine_commit)
-        return cls(database, hub, http, runner, templates, deliveries)
+        return cls(database, hub, http, runner, templates, deliveries, content)
 
     async def start(self) -> None:
         await self.runner.start()

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.capabilities.security import keys as keys_module
+from app.capabilities.security.content_keys import CONTENT_TABLES
 from app.capabilities.security.keys import SEALED_COLUMNS, key_use, rotate
 from app.cli import cli
 from app.core.config import DatabaseSettings
@@ -36,6 +37,8 @@ from suites.unit.conftest import MakeSettings
 pytestmark = pytest.mark.anyio
 
 OLD, NEW = os.urandom(32), os.urandom(32)
+# Executions' content sealed at rest (its own tests: test_content_encryption): none here.
+NO_CONTENT = {table.name: 0 for table in CONTENT_TABLES}
 runner = CliRunner()
 
 
@@ -146,7 +149,8 @@ async def test_a_rotation_interrupted_and_run_again_leaves_every_value_under_the
     rotating = box(k1=NEW, k0=OLD)
     before = await key_use(database.engine, rotating)
     assert before.counts == {
-        "provider keys": {"k0": 5}, "webhook secrets": {"k0": 2}, "delivery secrets": {"k0": 1}
+        "provider keys": {"k0": 5}, "webhook secrets": {"k0": 2}, "delivery secrets": {"k0": 1},
+        **{table.name: {} for table in CONTENT_TABLES},  # no execution content sealed here
     }  # fmt: skip
     assert (before.pending, before.unknown, before.retirable()) == (8, {}, [])
 
@@ -165,7 +169,9 @@ async def test_a_rotation_interrupted_and_run_again_leaves_every_value_under_the
     result = await rotate(
         database.engine, rotating, batch=2, progress=lambda c, n: told.append((c, n))
     )
-    assert result.resealed == {"provider keys": 3, "webhook secrets": 2, "delivery secrets": 1}
+    assert result.resealed == {
+        "provider keys": 3, "webhook secrets": 2, "delivery secrets": 1, **NO_CONTENT
+    }  # fmt: skip
     assert (result.changed_meanwhile, result.unopened) == (0, {})
     assert told == [
         ("provider keys", 2), ("provider keys", 3), ("webhook secrets", 2),
@@ -252,7 +258,7 @@ def test_the_keys_commands_say_what_is_pending_and_what_can_go(
     rotated = runner.invoke(cli, ["keys", "rotate", "--batch-size", "2", "--json"])
     assert rotated.exit_code == 0, rotated.output
     assert json.loads(rotated.stdout)["resealed"] == {
-        "provider keys": 3, "webhook secrets": 2, "delivery secrets": 1
+        "provider keys": 3, "webhook secrets": 2, "delivery secrets": 1, **NO_CONTENT
     }  # fmt: skip
 
     done = runner.invoke(cli, ["keys", "status", "--json"])

@@ -114,7 +114,7 @@ async def create_execution(
 ) -> ExecutionOut:
     if wait > 0:
         hold_open(request.scope)  # a long-poll: not timed as the route's latency
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     execution = await service.create(principal, team_id, body, runtime.runner)
     runtime.cache.changed("executions", execution.account_id)
     await service.wait(execution, wait, runtime)
@@ -159,7 +159,7 @@ async def list_executions(
     status = status_.value if status_ else None
 
     async def compute() -> CursorPage[ExecutionSummary]:
-        rows, total, offset = await ExecutionService(session, settings).page(
+        rows, total, offset = await ExecutionService(session, settings, runtime.content).page(
             principal,
             team_id=team_id,
             status=status,
@@ -192,7 +192,7 @@ async def get_execution(
 ) -> ExecutionOut:
     if wait > 0:
         hold_open(request.scope)
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     execution = await service.get(principal, execution_id)
     await service.wait(execution, wait, runtime)
     return await service.view(principal, execution_id)
@@ -205,9 +205,13 @@ async def get_execution(
     responses=problems(401, 404, 422),
 )
 async def list_execution_steps(
-    execution_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
+    execution_id: uuid.UUID,
+    principal: ViewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
 ) -> list[StepOut]:
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     execution = await service.get(principal, execution_id)
     return [StepOut.model_validate(s) for s in await service.steps(execution)]
 
@@ -219,9 +223,13 @@ async def list_execution_steps(
     responses=problems(401, 404, 422),
 )
 async def get_execution_context(
-    execution_id: uuid.UUID, principal: ViewerDep, session: SessionDep, settings: SettingsDep
+    execution_id: uuid.UUID,
+    principal: ViewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
 ) -> ContextOut:
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     history = await service.context(await service.get(principal, execution_id))
     current = {entry.key: entry.value for entry in history}  # ordered by version per key
     return ContextOut(current=current, history=[ContextValueOut.model_validate(e) for e in history])
@@ -240,12 +248,13 @@ async def list_execution_messages(
     principal: ViewerDep,
     session: SessionDep,
     settings: SettingsDep,
+    runtime: RuntimeDep,
     after: Annotated[int, Query(ge=0, description="Only messages with a larger `seq`.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     kind: MessageKindName | None = None,
     agent_id: uuid.UUID | None = None,
 ) -> list[MessageOut]:
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     execution = await service.get(principal, execution_id)
     rows = await service.messages(execution, after=after, limit=limit, kind=kind, agent_id=agent_id)
     return [MessageOut.model_validate(r) for r in rows]
@@ -300,7 +309,7 @@ async def list_execution_events(
         int | None, Header(ge=0), WithJsonSchema({"type": "integer", "minimum": 0})
     ] = None,
 ) -> Any:
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     execution = await service.get(principal, execution_id)
     start = max(after, last_event_id or 0)
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -343,7 +352,7 @@ async def cancel_execution(
     wait: WaitQuery = 0,
 ) -> ExecutionOut:
     mode = body.mode if body else DEFAULT_CANCEL_MODE
-    service = ExecutionService(session, settings)
+    service = ExecutionService(session, settings, runtime.content)
     execution = await service.cancel(principal, execution_id, mode, runtime.runner, runtime.hub)
     runtime.cache.changed("executions", execution.account_id)
     await service.wait(execution, wait, runtime)

@@ -1,6 +1,10 @@
-"""The security manager (issue 17), built in slices: the security headers, the rotation of
+"""The security manager (issue 17): the security headers, intrusion detection and throttling
+with request rate limits (``throttle``, ``throttling``, ``counters``, ``events``), the rotation of
 the keys that seal stored secrets (``keys``: ``renum keys status``, ``renum keys rotate``),
-the offline vulnerability scanner and the SBOM, the audit trail.
+the offline vulnerability scanner and the SBOM, the audit trail, and which accounts'
+executions have their content sealed at rest (``security.content_encryption.accounts``: the
+policy of the base's ``app.services.content``, which opens sealed content with or without
+this capability).
 
 The audit trail (``security.audit.enabled``) is recorded by the services into
 ``app.state.audit`` (``app.services.audit``); this capability enables it, serves it at
@@ -72,6 +76,7 @@ from app.capabilities.security.scanner import (
 from app.capabilities.security.throttling import Throttling, install_throttling
 from app.core.config import Settings
 from app.services.audit_chain import AuditSigner
+from app.services.content import NOTHING, SealingPolicy
 
 __all__ = [
     "CAPABILITY",
@@ -121,7 +126,12 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     app.state.security = manager
     keeper: AuditKeeper | None = app.state.audit_keeper
     throttling: Throttling | None = getattr(app.state, "throttling", None)
+    # Which accounts' new executions are sealed at rest; the base opens sealed content
+    # whatever this says (off, nothing new is sealed and everything stored still reads).
+    content = context.runtime.content
+    content.policy = SealingPolicy.from_settings(context.settings.security.content_encryption)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(setattr, content, "policy", NOTHING)
         if keeper is not None:
             keeper.attach(context.database, AuditSigner.from_settings(context.settings))
             app.state.audit = keeper.trail
@@ -157,7 +167,8 @@ CAPABILITY = Capability(
     name="security",
     summary="The security manager: the security headers on every answer, intrusion detection "
     "and throttling with request rate limits, the offline vulnerability scanner of the "
-    "installed packages (OSV database on disk), the SBOM and the audit trail.",
+    "installed packages (OSV database on disk), the SBOM, the audit trail, and executions' "
+    "content sealed at rest for the accounts listed.",
     install=install,
     running=running,
 )

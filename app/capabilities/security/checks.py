@@ -182,9 +182,10 @@ class EncryptionKeyCheck(HealthCheck):
         name=KEYS_CHECK,
         kind="security",
         critical=False,
-        description="Every stored secret (provider keys, webhook and delivery secrets) is "
-        "sealed with a key of RENUM_ENCRYPTION_KEYS; values still under an older key are "
-        "counted (a rotation is pending).",
+        description="Every stored secret (provider keys, webhook and delivery secrets) and "
+        "every row of executions' content sealed at rest is sealed with a key of "
+        "RENUM_ENCRYPTION_KEYS; values still under an older key are counted (a rotation is "
+        "pending).",
         measurement="values",
         timeout_seconds=10.0,
         interval_seconds=300.0,

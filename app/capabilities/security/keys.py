@@ -2,7 +2,9 @@
 
 Every secret Renum stores is sealed with AES-GCM under one of ``RENUM_ENCRYPTION_KEYS``
 (``app.core.crypto``), bound to its row by associated data: users' provider keys, webhooks'
-signing secrets, and the secrets of deliveries waiting to be sent. New values are sealed with
+signing secrets, the secrets of deliveries waiting to be sent, and the content of the
+executions of the accounts that seal it at rest (``content_keys``, ``app.services.content``:
+rows of five tables, each sealed as a whole). New values are sealed with
 the first key (the primary); older ones open with the key that sealed them. Rotating is:
 
 1. put the new key first in ``RENUM_ENCRYPTION_KEYS``, the old ones after it, and restart the
@@ -27,8 +29,10 @@ from typing import Any
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.capabilities.security.content_keys import content_key_counts, reseal
 from app.core.crypto import VERSION, CryptoError, SecretBox
 from app.models import Delivery, ProviderKey, Webhook
+from app.services.content import SealingPolicy
 from app.services.delivery import delivery_secret_aad, webhook_secret_aad
 from app.services.provider_keys import provider_key_aad
 
@@ -142,6 +146,7 @@ async def key_use_on(conn: AsyncConnection, box: SecretBox) -> KeyUse:
                 key = SecretBox.key_id_of(token)
                 counts[key] = counts.get(key, 0) + 1
         use.counts[column.name] = counts
+    use.counts.update(await content_key_counts(conn))
     return use
 
 
@@ -207,7 +212,25 @@ async def rotate(
                         result.changed_meanwhile += 1
             progress(column.name, done)
         result.resealed[column.name] = done
+    content = await reseal(engine, box, batch=batch, progress=progress)
+    result.resealed.update(content.done)
+    result.changed_meanwhile += content.changed_meanwhile
+    result.unopened.update(content.unopened)
     return result
+
+
+async def seal_content(
+    engine: AsyncEngine,
+    box: SecretBox,
+    policy: SealingPolicy,
+    *,
+    batch: int = DEFAULT_BATCH,
+    progress: Callable[[str, int], None] = lambda column, done: None,
+) -> Rotation:
+    """Seal with the primary key the content stored in plaintext of the ended executions of
+    the accounts ``policy`` lists (``content_keys``), online and resumably like a rotation."""
+    content = await reseal(engine, box, policy=policy, batch=batch, progress=progress)
+    return Rotation(content.done, content.changed_meanwhile, content.unopened)
 
 
 async def _batch(

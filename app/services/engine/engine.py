@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
 from app.core.config import ExecutionSettings
 from app.core.errors import DatabaseUnavailable
@@ -47,6 +47,7 @@ from app.db.pool import is_connection_failure, is_transient
 from app.models import ExecutionStatus, MessageStatus, StepStatus
 from app.repositories.executions import EngineRepository, ExecutionRepository
 from app.schemas.workflows import WorkflowDefinition
+from app.services.content import CONTEXT, EXECUTIONS, MESSAGES, STEPS, ExecutionContent
 from app.services.engine.agent_calls import AgentCaller, AgentOutcome
 from app.services.engine.claims import Claimed, claim, claimable, holds_write_lock, read
 from app.services.engine.events import (
@@ -72,7 +73,7 @@ from app.services.engine.state import (
     seconds_left,
 )
 from app.services.engine.strategies import StepInputError, decide, render_input
-from app.services.engine.writes import Writes, has_webhooks, write
+from app.services.engine.writes import Writes, has_webhooks, sealed, write
 from app.services.events import EventHub
 from app.services.messages import Mailbox, Message, directory, inbox, output_messages
 from app.services.providers.base import ProviderError
@@ -152,12 +153,15 @@ class ExecutionEngine:
         caller: AgentCaller,
         hub: EventHub,
         owner: str,
+        content: ExecutionContent | None = None,
     ) -> None:
         self.db = database
         self.settings = settings
         self.caller = caller
         self.hub = hub
         self.owner = owner
+        # Opens what an execution sealed at rest stored, and seals what it writes.
+        self.content = content if content is not None else ExecutionContent(caller.box)
         # Called with each committed transaction's changes (the monitor's execution metrics).
         self.observers: list[Callable[[Changes], None]] = []
 
@@ -259,7 +263,17 @@ class ExecutionEngine:
             resumed_count += row.status == ExecutionStatus.running.value
             started_at = started_at or now
         # A first claim finds no context yet; a resumed execution reads what it had written.
-        context = repo.context(execution_id) if resumed_count else {}
+        context = self._open_context(repo, row) if resumed_count else {}
+        prompt, variables = row.prompt, row.variables
+        if row.content_key_id is not None:
+            opened = self.content.open_row(
+                EXECUTIONS,
+                {"prompt": prompt, "variables": variables},
+                row_id=execution_id,
+                execution_id=execution_id,
+                account_id=row.account_id,
+            )
+            prompt, variables = opened["prompt"], opened["variables"]
         workflow = WorkflowDefinition.model_validate(row.workflow)
         agents = claimed.agents
         key_ids = {a.provider_key_id for a in agents.values() if a.provider_key_id}
@@ -269,24 +283,23 @@ class ExecutionEngine:
             team_id=row.team_id,
             created_by=row.created_by,
             workflow=workflow,
-            prompt=row.prompt,
-            variables=dict(row.variables),
+            prompt=prompt,
+            variables=dict(variables),
             budget=dict(row.budget or {}),
             started_at=started_at,
             input_tokens=row.input_tokens,
             output_tokens=row.output_tokens,
             cost_usd=Decimal(row.cost_usd),
-            steps={step["key"]: StepRecord.from_row(step) for step in claimed.steps},
+            steps={step["key"]: self._open_step(step, row) for step in claimed.steps},
             context={key: value for key, (_, value) in context.items()},
             versions={key: version for key, (version, _) in context.items()},
             agents=agents,
             keys={k.id: k for k in repo.provider_keys(key_ids)} if key_ids else {},
             # A first claim finds no messages yet either.
-            messages=[Message(**m._mapping) for m in repo.messages(execution_id)]
-            if resumed_count
-            else [],
+            messages=self._open_messages(repo, row) if resumed_count else [],
             directory=directory([s.model_dump() for s in workflow.steps]),
             lease=row.lease,
+            content_key_id=row.content_key_id,
         )
         changes = Changes(run)
         # Steps that were running when a previous owner died start again.
@@ -309,6 +322,50 @@ class ExecutionEngine:
                 self._expire_requests(changes, now)
                 self._plan(changes, now)
         return changes
+
+    # -- content sealed at rest (app.services.content) -----------------------------------------
+
+    def _open_step(self, step: dict[str, Any], execution: Row[Any]) -> StepRecord:
+        if step["content_key_id"] is not None:
+            step = self.content.open_row(
+                STEPS,
+                step,
+                row_id=step["id"],
+                execution_id=execution.id,
+                account_id=execution.account_id,
+            )
+        return StepRecord.from_row(step)
+
+    def _open_context(self, repo: EngineRepository, execution: Row[Any]) -> dict[str, Any]:
+        """The latest version of each context key, opened: ``{key: (version, value)}``."""
+        context = {}
+        for key, row in repo.context(execution.id).items():
+            value = row.value
+            if row.content_key_id is not None:
+                value = self.content.open_row(
+                    CONTEXT,
+                    {"value": value},
+                    row_id=row.id,
+                    execution_id=execution.id,
+                    account_id=execution.account_id,
+                )["value"]
+            context[key] = (row.version, value)
+        return context
+
+    def _open_messages(self, repo: EngineRepository, execution: Row[Any]) -> list[Message]:
+        messages = []
+        for row in repo.messages(execution.id):
+            values = dict(row._mapping)
+            if values.pop("content_key_id") is not None:
+                values = self.content.open_row(
+                    MESSAGES,
+                    values,
+                    row_id=values["id"],
+                    execution_id=execution.id,
+                    account_id=execution.account_id,
+                )
+            messages.append(Message(**values))
+        return messages
 
     async def _commit(self, run: Run, results: list[StepResult]) -> Changes:
         """Commit steps' results and whatever follows from them, in one transaction. On
@@ -396,6 +453,7 @@ class ExecutionEngine:
                 "error": finish.error,
                 "finished_at": now,
                 "owner": None,
+                "content_key_id": None,
             },
             steps=[step.row() for step in changes.steps.values()],
             context=changes.context_rows,
@@ -405,6 +463,8 @@ class ExecutionEngine:
         if changes.mail is not None:
             writes.messages = [m.row(run.id) for m in changes.mail.added]
             writes.message_statuses = changes.mail.statuses
+        if run.content_key_id is not None:
+            writes = sealed(writes, self.content, run.content_key_id)
         if write(conn, writes) is None:
             return False
         changes.lease = run.lease + 1
@@ -489,6 +549,7 @@ class ExecutionEngine:
                         "value": value,
                         "step_key": step.key,
                         "agent_id": step.agent_id,
+                        "content_key_id": None,  # sealed by ``writes.sealed`` if need be
                     }
                 )
                 changes.events.append(ContextUpdated(key=key, version=version, step=step.key))

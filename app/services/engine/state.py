@@ -38,6 +38,9 @@ class StepRecord:
     cost_usd: Decimal
     started_at: datetime | None
     finished_at: datetime | None
+    # The key its stored input, output and error are sealed with (None: plaintext); what the
+    # engine holds is always plaintext.
+    content_key_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> StepRecord:
@@ -61,6 +64,7 @@ class StepRecord:
             "cost_usd": self.cost_usd,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "content_key_id": self.content_key_id,
         }
 
 
@@ -91,6 +95,9 @@ class Run:
     directory: dict[str, str]
     # The ownership's generation as of the last commit (``executions.lease``).
     lease: int = 0
+    # The key that sealed its prompt (None: its content is stored in plaintext); everything
+    # the engine writes for it is sealed too (``writes.sealed``).
+    content_key_id: str | None = None
 
     @property
     def fail_fast(self) -> bool:

@@ -34,6 +34,7 @@ held to one behaviour.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import Sequence
@@ -74,10 +75,19 @@ from app.models import (
 from app.repositories.base import table_of
 from app.repositories.executions import STEP_STATE_FIELDS, EngineRepository
 from app.repositories.prepared import Prepared
+from app.services.content import CONTEXT, EXECUTIONS, MESSAGES, STEPS, ExecutionContent
 from app.services.engine.events import StoredEvent
 
 # The fields of an execution its end sets (``Writes.finish``).
-FINISH_FIELDS = ("status", "status_reason", "result", "error", "finished_at", "owner")
+FINISH_FIELDS = (
+    "status",
+    "status_reason",
+    "result",
+    "error",
+    "finished_at",
+    "owner",
+    "content_key_id",
+)
 
 
 @dataclass
@@ -107,6 +117,61 @@ class Writes:
     messages: list[dict[str, Any]] = field(default_factory=list)
     message_statuses: dict[uuid.UUID, str] = field(default_factory=dict)
     events: list[StoredEvent] = field(default_factory=list)
+    # The events' ids and the keys that sealed their content (``sealed``); made up when empty.
+    event_ids: list[uuid.UUID] = field(default_factory=list)
+    event_keys: list[str | None] = field(default_factory=list)
+
+
+def sealed(writes: Writes, content: ExecutionContent, execution_key: str) -> Writes:
+    """``writes`` of an execution whose content is sealed at rest (``app.services.content``),
+    with that content sealed: its end's result and error under ``execution_key``, the key of
+    its prompt (a row under one key, which a rotation moves on as a whole), and every other
+    row under the primary key, each row naming its key in ``content_key_id``."""
+    key = content.box.current_key_id
+    ids = {"execution_id": writes.execution_id, "account_id": writes.account_id}
+    finish = writes.finish
+    if finish is not None:
+        finish = content.seal_row(
+            EXECUTIONS, finish, row_id=writes.execution_id, key_id=execution_key, **ids
+        )
+        finish["content_key_id"] = execution_key
+    steps = [
+        {
+            **content.seal_row(STEPS, row, row_id=row["step_id"], key_id=key, **ids),
+            "content_key_id": key,
+        }
+        for row in writes.steps
+    ]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table, inserted in ((CONTEXT, writes.context), (MESSAGES, writes.messages)):
+        rows[table] = []
+        for row in inserted:
+            row_id = row.get("id") or uuid.uuid4()
+            sealed_row = content.seal_row(table, row, row_id=row_id, key_id=key, **ids)
+            rows[table].append({**sealed_row, "id": row_id, "content_key_id": key})
+    event_ids = [uuid.uuid4() for _ in writes.events]
+    kinds = [kind for kind, _ in writes.events]
+    # Only the events that carry content are sealed (and name a key).
+    event_keys = [key if content.event_has_content(kind) else None for kind in kinds]
+    data = [
+        content.seal_event(kind, values, row_id=event_id, key_id=key, **ids)
+        if event_key is not None
+        else values
+        for event_id, event_key, (kind, values) in zip(
+            event_ids, event_keys, writes.events, strict=True
+        )
+    ]
+    events: list[StoredEvent] = list(zip(kinds, data, strict=True))
+    return dataclasses.replace(
+        writes,
+        finish=finish,
+        steps=steps,
+        context=rows[CONTEXT],
+        messages=rows[MESSAGES],
+        events=events,
+        event_ids=event_ids,
+        event_keys=event_keys,
+    )
 
 
 def write(conn: Connection, writes: Writes) -> int | None:
@@ -144,7 +209,14 @@ def _one_by_one(repo: EngineRepository, writes: Writes) -> int | None:
     repo.add_messages(writes.messages)
     repo.set_message_statuses(writes.execution_id, writes.message_statuses)
     first_seq = last_seq - len(writes.events) + 1
-    repo.add_events(writes.execution_id, first_seq, writes.events, writes.now)
+    repo.add_events(
+        writes.execution_id,
+        first_seq,
+        writes.events,
+        writes.now,
+        writes.event_ids,
+        writes.event_keys,
+    )
     if writes.finish is not None:
         repo.release_slot(writes.account_id, writes.now)
     return last_seq
@@ -170,7 +242,7 @@ _enabled_webhook = (
 )
 _has_webhooks = Prepared(select(_enabled_webhook))
 
-_EVENT_FIELDS = ("id", "type", "data")
+_EVENT_FIELDS = ("id", "type", "data", "content_key_id")
 # Rows inserted as they are, with the id and creation time they lack filled in.
 _INSERTED = {"context": _context, "ledger": _ledger, "messages": _messages}
 
@@ -294,10 +366,16 @@ def _statement(
     writes.append(
         insert(_events)
         .from_select(
-            ["id", "execution_id", "seq", "type", "data", "created_at"],
-            select(events.c.id, execution_id, seq, events.c.type, events.c.data, _now()).join_from(
-                events, advanced, true()
-            ),
+            ["id", "execution_id", "seq", "type", "data", "created_at", "content_key_id"],
+            select(
+                events.c.id,
+                execution_id,
+                seq,
+                events.c.type,
+                events.c.data,
+                _now(),
+                events.c.content_key_id,
+            ).join_from(events, advanced, true()),
         )
         .cte("events_written")
     )
@@ -339,7 +417,14 @@ class OneStatement:
         if writes.finish is not None:
             params.update({f"finish_{name}": writes.finish[name] for name in FINISH_FIELDS})
         params.update(_arrays("steps", ["id", *STEP_STATE_FIELDS], writes.steps, id_key="step_id"))
-        events = [{"id": uuid.uuid4(), "type": kind, "data": data} for kind, data in writes.events]
+        event_ids = writes.event_ids or [uuid.uuid4() for _ in writes.events]
+        event_keys = writes.event_keys or [None] * len(writes.events)
+        events = [
+            {"id": event_id, "type": kind, "data": data, "content_key_id": key}
+            for event_id, key, (kind, data) in zip(
+                event_ids, event_keys, writes.events, strict=True
+            )
+        ]
         params.update(_arrays("events", _EVENT_FIELDS, events))
         parts = []
         for name, rows in (
