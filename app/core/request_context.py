@@ -60,6 +60,21 @@ def note(key: str, value: object) -> None:
         info.scope[key] = value
 
 
+# Reads of account data by a platform admin, noted by the repositories for the audit trail,
+# which records them when the request ends: (the account read, or None for a query across
+# every account; the table; the row's id, or None for a list).
+ACCOUNT_READS = "renum.account_reads"
+AccountRead = tuple[Any, str, Any]
+
+
+def note_account_read(account_id: Any, table: str, row_id: Any = None) -> None:
+    """Note that the request being answered read ``table`` (a row of ``account_id``, or a
+    list across every account)."""
+    info = _current.get()
+    if info is not None and info.scope is not None:
+        info.scope.setdefault(ACCOUNT_READS, []).append((account_id, table, row_id))
+
+
 def current_scope() -> Scope | None:
     """The scope of the request being answered in this context, if any."""
     info = _current.get()

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict
+from app.core.request_context import note_account_read
 from app.db.base import Base
 
 M = TypeVar("M")
@@ -33,16 +34,29 @@ def table_of(model: type[Base]) -> Table:
 
 @dataclass(frozen=True)
 class Scope:
-    """Whose data a query may see: one account, or every account (platform admins)."""
+    """Whose data a query may see: one account, or every account (platform admins). A
+    platform admin's scope names their own account as ``viewer``: its queries across every
+    account, and the rows of other accounts it gets, are noted for the audit trail."""
 
     account_id: uuid.UUID | None
+    viewer: uuid.UUID | None = None
 
     @property
     def all_accounts(self) -> bool:
         return self.account_id is None
 
     def apply(self, query: SelectT, column: Any) -> SelectT:
-        return query if self.account_id is None else query.where(column == self.account_id)
+        if self.account_id is not None:
+            return query.where(column == self.account_id)
+        if self.viewer is not None:
+            note_account_read(None, column.class_.__tablename__)
+        return query
+
+    def read(self, row: Any) -> None:
+        """Note a row got through this scope when it belongs to another account than the
+        viewer's."""
+        if self.viewer is not None and row is not None and row.account_id != self.viewer:
+            note_account_read(row.account_id, row.__tablename__, row.id)
 
 
 async def paginate(
@@ -103,6 +117,7 @@ class AccountScopedRepository(Generic[M]):
             select(self.model).where(self.model.id == object_id), self.model.account_id
         )
         found: M | None = await self.session.scalar(query)
+        scope.read(found)
         return found
 
     def _listed(self, scope: Scope, where: Sequence[Any]) -> Select[Any]:

@@ -59,6 +59,7 @@ class ApiKeyRepository:
     async def get(self, key_id: uuid.UUID, scope: Scope) -> ApiKey | None:
         query = scope.apply(select(ApiKey).where(ApiKey.id == key_id), ApiKey.account_id)
         key: ApiKey | None = await self.session.scalar(query)
+        scope.read(key)
         return key
 
     async def page(

@@ -26,7 +26,10 @@ class UserRepository:
         query = select(User).where(User.id == user_id)
         if scope is not None:
             query = scope.apply(query, User.account_id)
-        return await self.session.scalar(query)
+        user: User | None = await self.session.scalar(query)
+        if scope is not None:
+            scope.read(user)
+        return user
 
     async def by_email(self, email: str) -> User | None:
         return await self.session.scalar(select(User).where(User.email == email.lower()))

@@ -23,8 +23,11 @@ class Principal:
 
     @property
     def scope(self) -> Scope:
-        """Admins see every account; everyone else only their own."""
-        return Scope(None if self.is_admin else self.account_id)
+        """Admins see every account (their reads of other accounts' data are audited);
+        everyone else only their own."""
+        if self.is_admin:
+            return Scope(None, viewer=self.account_id)
+        return Scope(self.account_id)
 
     def require(self, role: Role) -> None:
         if not self.role.at_least(role):

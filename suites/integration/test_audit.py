@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import teams_support as ts
 from integration_support import FreshLogin, MakeUser, assert_problem
 
 from qa.client import API, ApiClient
@@ -163,18 +164,32 @@ def test_the_export_is_json_lines_oldest_first_and_is_audited(
     assert exports[0]["request_id"] == response.headers["X-Request-ID"]
 
 
-def test_admin_reads_silences_and_reloads_are_recorded(admin_client: ApiClient) -> None:
+def test_admin_reads_silences_and_reloads_are_recorded(
+    admin_client: ApiClient, owner_client: ApiClient, tenant: Tenant
+) -> None:
+    team = ts.create_team(owner_client, [ts.echo_agent(owner_client)])
+    got = admin_client.get(f"{API}/teams/{team['id']}")
+    expect(got, 200)
     listed = admin_client.get(f"{API}/teams", params={"limit": 5})
     expect(listed, 200)
-    request_id = listed.headers["X-Request-ID"]
-    reads = wait_for(
-        admin_client,
-        lambda found: any(e["request_id"] == request_id for e in found),
-        action="admin.read",
-    )
-    read = next(e for e in reads if e["request_id"] == request_id)
-    assert read["target"] == "/api/v1/teams?limit=5"
-    assert read["details"] == {"route": "/api/v1/teams"}
+
+    def read_by(response: Any, client: ApiClient) -> dict[str, Any]:
+        request_id = response.headers["X-Request-ID"]
+        found = wait_for(
+            client,
+            lambda entries: any(e["request_id"] == request_id for e in entries),
+            action="admin.read",
+        )
+        return next(e for e in found if e["request_id"] == request_id)
+
+    # The read of the tenant's team is in the tenant's account: its owner sees it.
+    read = read_by(got, owner_client)
+    assert read["target"] == f"teams:{team['id']}"
+    assert read["account_id"] == tenant.account_id
+    assert read["details"] == {"method": "GET", "route": "/api/v1/teams/{team_id}"}
+    across = read_by(listed, admin_client)
+    assert across["target"] == "every account: teams"
+    assert across["details"]["route"] == "/api/v1/teams"
     silence = expect(
         admin_client.post(
             f"{API}/ops/silences",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import Counter
 from starlette.types import Scope
@@ -19,18 +21,15 @@ from app.capabilities.security.events import SecurityEvent
 from app.core.config import AuditSettings
 from app.core.logging import get_logger
 from app.core.metrics import Metrics
-from app.core.request_context import route_template
+from app.core.request_context import ACCOUNT_READS, AccountRead, route_template
 from app.db.database import SQLAlchemyManager
-from app.services.audit import AuditTrail, source_of
+from app.services.audit import AuditTrail, Detail, source_of
 from app.services.audit_chain import AuditSigner
 from app.services.principal import Principal
 
 log = get_logger("app.audit")
 
-API_PREFIX = "/api/v1/"
 INITIALISE_RETRY_SECONDS = 5.0
-# Reads of the admin's own data: nothing of another account is read there.
-OWN_PATHS = frozenset({"/api/v1/users/me"})
 
 
 class AuditKeeper:
@@ -107,26 +106,45 @@ class AuditKeeper:
         """Nothing to do before the answer."""
 
     def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
+        """A platform admin's successful request that read account data (noted by the
+        repositories, ``ACCOUNT_READS``) is recorded: one entry per account whose rows it
+        got, in that account (its owners see it), and one for its queries across every
+        account."""
+        reads: list[AccountRead] | None = scope.get(ACCOUNT_READS)
         principal = scope.get(PRINCIPAL_KEY)
-        if (
-            not isinstance(principal, Principal)
-            or not principal.is_admin
-            or scope.get("method") != "GET"
-            or not 200 <= status < 300
-        ):
+        if not reads or not isinstance(principal, Principal) or not 200 <= status < 300:
             return
-        path: str = scope["path"]
-        if not path.startswith(API_PREFIX) or path in OWN_PATHS:
-            return
-        query = scope.get("query_string", b"").decode("latin-1")
-        task = asyncio.get_running_loop().create_task(
-            self.trail.record(
-                "admin.read",
-                principal=principal,
-                target=f"{path}?{query}" if query else path,
-                details={"route": route_template(scope)},
-                source=source_of(scope),  # the task keeps the request's id, not its scope
-            )
+        rows: dict[Any, list[str]] = {}
+        for account_id, table, row_id in reads:
+            if row_id is not None:
+                rows.setdefault(account_id, []).append(f"{table}:{row_id}")
+        listed = sorted(
+            {table for account_id, table, row_id in reads if row_id is None}
+            - {target.split(":", 1)[0] for targets in rows.values() for target in targets}
         )
+        entries = [
+            (account_id, ", ".join(dict.fromkeys(targets))) for account_id, targets in rows.items()
+        ]
+        if listed:
+            entries.append((None, "every account: " + ", ".join(listed)))
+        details: dict[str, Detail] = {
+            "method": str(scope.get("method")),
+            "route": route_template(scope),
+        }
+        source = source_of(scope)
+        for account_id, target in entries:
+            self._spawn(
+                self.trail.record(
+                    "admin.read",
+                    principal=principal,
+                    account_id=account_id,
+                    target=target,
+                    details=details,
+                    source=source,  # the task keeps the request's id, not its scope
+                )
+            )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
