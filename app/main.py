@@ -153,7 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.response_headers = []  # added to every answer (RequestContextMiddleware)
     app.state.alerts = LogAlertReporter()  # the monitor replaces it with its alert manager
     app.state.audit = AuditTrail.disabled()  # the security capability enables it
-    app.state.principal_screen = None  # the security capability's rate limits (get_principal)
+    app.state.request_screen = None  # the security capability's throttling (app.api.deps)
+    app.state.problem_observers = []  # told of each problem answered (app.core.errors)
     for problem in warnings:
         log.warning(
             "configuration_warning",

@@ -11,7 +11,7 @@ import functools
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi.requests import HTTPConnection
@@ -30,7 +30,7 @@ from app.models import Role
 from app.repositories.base import Position
 from app.schemas.common import CursorPage, Page, ResponseModel
 from app.services.audit import AuditTrail
-from app.services.auth import AuthService
+from app.services.auth import AuthService, LoginGuard
 from app.services.principal import Principal
 from app.services.runtime import Runtime
 
@@ -113,25 +113,47 @@ AuditDep = Annotated[AuditTrail, Depends(get_audit)]
 PRINCIPAL_KEY = "renum.principal"
 
 
+class RequestScreen(LoginGuard, Protocol):
+    """The security capability's throttling (``app.state.request_screen``; None when off):
+    told of each authenticated request's client before and its principal after the
+    credential is checked, and of each login (``LoginGuard``). Each raises 429 to refuse."""
+
+    def source(self, scope: Scope) -> None: ...
+
+    def principal(self, scope: Scope, principal: Principal) -> None: ...
+
+
+async def get_screen(connection: HTTPConnection) -> RequestScreen | None:
+    screen: RequestScreen | None = connection.app.state.request_screen
+    return screen
+
+
+ScreenDep = Annotated[RequestScreen | None, Depends(get_screen)]
+
+
+async def screen_source(connection: HTTPConnection, screen: ScreenDep) -> None:
+    """429 while the client's address is throttled (for the routes that take no principal:
+    the refresh and the logout)."""
+    if screen is not None:
+        screen.source(connection.scope)
+
+
 async def get_principal(
     connection: HTTPConnection,
     session: SessionDep,
     codec: CodecDep,
+    screen: ScreenDep,
     credential: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
+    if screen is not None:
+        screen.source(connection.scope)  # one dict lookup while no client is throttled
     if not credential:
         raise Unauthorized("Send `Authorization: Bearer <access token or API key>`.")
     principal = await AuthService(session, codec).authenticate(credential)
     connection.scope[PRINCIPAL_KEY] = principal
-    # The security capability's rate limits, when it is on: O(1), in memory (it raises 429).
-    screen: PrincipalScreen | None = getattr(connection.app.state, "principal_screen", None)
     if screen is not None:
-        screen(connection.scope, principal)
+        screen.principal(connection.scope, principal)  # the rate limits: in memory
     return principal
-
-
-# Told of every authenticated principal before the operation runs; raises to refuse it.
-PrincipalScreen = Callable[[Scope, Principal], None]
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -185,6 +185,9 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 async def _handle_problem(request: Request, exc: ProblemError) -> JSONResponse:
+    # Capabilities told of the problems answered (the throttling counts 401s and 404s).
+    for observer in getattr(request.app.state, "problem_observers", ()):
+        await observer(request.scope, exc.status)
     return problem_response(
         exc.status,
         exc.slug,

@@ -28,6 +28,8 @@ from app.core.errors import PayloadTooLarge, problem_response
 from app.core.logging import ACCESS_LOG, get_logger
 from app.core.request_context import begin_request, end_request
 
+# Headers a part of the app leaves in a request's scope for its answer (the rate limits').
+ANSWER_HEADERS = "renum.answer_headers"
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -137,6 +139,9 @@ class RequestContextMiddleware:
                 if added:
                     present = {name for name, _ in headers}  # lower-case in ASGI
                     headers += [pair for pair in added if pair[0] not in present]
+                answer_headers = scope.get(ANSWER_HEADERS)
+                if answer_headers:
+                    headers += answer_headers
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 message["headers"] = headers
                 await send(message)  # the head is written, never waited on

@@ -49,17 +49,6 @@ def current_request_id() -> str | None:
 # Set by the login in the scope of a request whose credentials failed: ``unknown-account`` when
 # no user has the email, ``wrong-password`` otherwise. The intrusion detection tells user
 # enumeration from brute force by it; the client gets the same answer either way.
-LOGIN_OUTCOME = "renum.login_outcome"
-
-
-def note(key: str, value: object) -> None:
-    """Leave ``value`` under ``key`` in the scope of the request being answered, if any, for
-    the middleware that sees the request end."""
-    info = _current.get()
-    if info is not None and info.scope is not None:
-        info.scope[key] = value
-
-
 # Reads of account data by a platform admin, noted by the repositories for the audit trail,
 # which records them when the request ends: (the account read, or None for a query across
 # every account; the table; the row's id, or None for a list).

@@ -96,6 +96,9 @@ class AuditTrail:
         self.sessions = sessions
         self.signer = signer
         self.on_failure = on_failure
+        # The client's address of a request (the throttling's, which trusts the configured
+        # proxies' X-Forwarded-For, replaces it when it is on).
+        self.address: Callable[[Any], str | None] = source_of
 
     @classmethod
     def for_settings(cls, settings: Settings, sessions: Sessions) -> AuditTrail:
@@ -146,7 +149,7 @@ class AuditTrail:
             "account_id": account_id,
             "action": action,
             "target": _cut(target, MAX_TARGET),
-            "source": _cut(source if source is not None else source_of(current_scope()), 64),
+            "source": _cut(source if source is not None else self._source(), 64),
             "request_id": _cut(request_id or current_request_id(), 128),
             "outcome": outcome,
             "details": {key[:64]: _flat(value) for key, value in facts.items()},
@@ -159,6 +162,10 @@ class AuditTrail:
             log.error("audit_write_failed", action=action, error_type=type(exc).__name__)
             if self.on_failure is not None:
                 self.on_failure(action)
+
+    def _source(self) -> str | None:
+        scope = current_scope()
+        return None if scope is None else self.address(scope)
 
     async def initialise(self) -> None:
         """Sign the head of a trail never written to, so that a trail reset to empty later

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Unauthorized
-from app.core.request_context import LOGIN_OUTCOME, note
 from app.core.security import (
     TokenClaims,
     TokenCodec,
@@ -42,20 +42,37 @@ SESSION_ENDED = (
 )
 
 
+class LoginGuard(Protocol):
+    """Throttles logins (the security capability's): ``before`` raises 429 while logins to
+    ``email`` from this client are throttled; ``after`` is told how the login went (None:
+    it succeeded; else why it failed)."""
+
+    async def before(self, email: str) -> None: ...
+
+    async def after(self, email: str, failure: str | None) -> None: ...
+
+
 class AuthService:
     def __init__(
-        self, session: AsyncSession, codec: TokenCodec, audit: AuditTrail | None = None
+        self,
+        session: AsyncSession,
+        codec: TokenCodec,
+        audit: AuditTrail | None = None,
+        guard: LoginGuard | None = None,
     ) -> None:
         self.session = session
         self.codec = codec
         self.audit = audit or AuditTrail.disabled()
+        self.guard = guard
         self.users = UserRepository(session)
         self.refresh_tokens = RefreshTokenRepository(session)
         self.api_keys = ApiKeyRepository(session)
 
     async def login(self, email: str, password: str) -> TokenPair:
         """A token pair for the user's email and password; every attempt is audited
-        (``auth.login``, a success or a failure with its reason)."""
+        (``auth.login``, a success or a failure with its reason) and told to the guard."""
+        if self.guard is not None:
+            await self.guard.before(email)
         if not self.session.in_transaction():
             await self.session.connection(execution_options=READ_ONLY)
         user = await self.users.by_email(email)
@@ -63,7 +80,6 @@ class AuthService:
         found = (user.id, user.account_id, user.is_active, user.token_generation) if user else None
         verified = await verify_outside_transaction(self.session, password, password_hash)
         if not verified or found is None:
-            note(LOGIN_OUTCOME, "unknown-account" if found is None else "wrong-password")
             await self._login_failed(email, found, "unknown_user" if found is None else "password")
             raise Unauthorized("Incorrect email or password.")
         user_id, account_id, is_active, generation = found
@@ -83,6 +99,8 @@ class AuthService:
         await self.audit.record(
             "auth.login", actor_kind="user", actor_id=user_id, account_id=account_id, target=email
         )
+        if self.guard is not None:
+            await self.guard.after(email, None)
         return pair
 
     async def _login_failed(
@@ -97,6 +115,8 @@ class AuthService:
             target=email,
             details={"reason": reason, "user_id": None if found is None else str(found[0])},
         )
+        if self.guard is not None:
+            await self.guard.after(email, reason)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         row, claims = await self._stored_refresh_token(refresh_token)

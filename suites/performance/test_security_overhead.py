@@ -1,9 +1,8 @@
 """What the security screening costs a request: the same app with the security capability on
-(its headers added to every answer, and the intrusion detection's throttling: the client
-address read behind a trusted proxy, the check of throttled sources, the look at the answer's
-status; the scanner, which runs in the background and never on a request, off) and off, in one
-run. The small JSON route is mounted under the API's prefix (``API_ROUTE``), where the
-throttling screens every request.
+(its headers added to every answer; the intrusion detection's hooks, which the base calls
+where it decides anyway, with trusted proxies configured; the audit trail's observer; the
+scanner, which runs in the background and never on a request, off) and off, in one run. The
+small JSON route is mounted under the API's prefix (``API_ROUTE``).
 
 As in ``test_performance_overhead``: both apps serve the same small JSON route, tried first;
 requests alternate between them one by one, each app called directly as ASGI; the figure is

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, status
 
-from app.api.deps import AuditDep, CodecDep, SessionDep
+from app.api.deps import AuditDep, CodecDep, ScreenDep, SessionDep, screen_source
 from app.api.router import PrefixRouter
 from app.schemas.auth import (
     LOGOUT_EXAMPLES,
@@ -43,9 +43,13 @@ def _session_links(description: str) -> dict[int | str, Any]:
     responses={**_session_links("A new session's tokens."), **problems(401, 422)},
 )
 async def login(
-    form: Annotated[LoginForm, Depends()], session: SessionDep, codec: CodecDep, audit: AuditDep
+    form: Annotated[LoginForm, Depends()],
+    session: SessionDep,
+    codec: CodecDep,
+    audit: AuditDep,
+    screen: ScreenDep,
 ) -> TokenPair:
-    return await AuthService(session, codec, audit).login(form.username, form.password)
+    return await AuthService(session, codec, audit, screen).login(form.username, form.password)
 
 
 @router.post(
@@ -55,6 +59,7 @@ async def login(
     description="The presented refresh token is revoked and replaced (rotation); presenting a "
     "revoked one again ends the whole session.",
     responses={**_session_links("The session's new tokens."), **problems(400, 401, 422)},
+    dependencies=[Depends(screen_source)],
 )
 async def refresh(
     body: Annotated[RefreshRequest, Body(openapi_examples=REFRESH_EXAMPLES)],
@@ -70,6 +75,7 @@ async def refresh(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Revoke a refresh token and its session",
     responses=problems(400, 401, 422),
+    dependencies=[Depends(screen_source)],
 )
 async def logout(
     body: Annotated[LogoutRequest, Body(openapi_examples=LOGOUT_EXAMPLES)],

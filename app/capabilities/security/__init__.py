@@ -140,6 +140,7 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         if throttling is not None:
             if keeper is not None:
                 throttling.events.listeners.append(keeper.security_event)
+                keeper.trail.address = app.state.request_screen.address  # trusted proxies
             await stack.enter_async_context(throttling.running(context.settings, context.database))
         manager.start()
         try:

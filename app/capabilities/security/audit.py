@@ -23,7 +23,7 @@ from app.core.logging import get_logger
 from app.core.metrics import Metrics
 from app.core.request_context import ACCOUNT_READS, AccountRead, route_template
 from app.db.database import SQLAlchemyManager
-from app.services.audit import AuditTrail, Detail, source_of
+from app.services.audit import AuditTrail, Detail
 from app.services.audit_chain import AuditSigner
 from app.services.principal import Principal
 
@@ -131,7 +131,7 @@ class AuditKeeper:
             "method": str(scope.get("method")),
             "route": route_template(scope),
         }
-        source = source_of(scope)
+        source = self.trail.address(scope)
         for account_id, target in entries:
             self._spawn(
                 self.trail.record(

@@ -52,12 +52,14 @@ from app.capabilities.security.events import SecurityEvent, SecurityEvents
 from app.core.config import RateLimit, ThrottleSettings
 from app.core.errors import TooManyRequests
 from app.core.logging import get_logger
+from app.core.middleware import ANSWER_HEADERS
 from app.services.principal import Principal
 
 log = get_logger("app.security")
 
-# Where the rate limit screen leaves the headers to add to the answer (the middleware adds them).
-RATE_LIMIT_HEADERS = "renum.rate_limit_headers"
+# Where the rate limit screen leaves the headers to add to the answer (the base middleware
+# adds them).
+RATE_LIMIT_HEADERS = ANSWER_HEADERS
 
 THROTTLED = "Too many failed attempts from here; wait before trying again."
 

@@ -1,6 +1,6 @@
-"""The intrusion detection and throttling in an app: what ``install`` adds (the middleware on
-the API, the rate limit screen of ``get_principal``, 429 and the ``RateLimit`` headers in the
-schema of every API operation) and what runs while the app runs (the shared counters, the
+"""The intrusion detection and throttling in an app: what ``install`` adds (the screening
+hooks the base calls, ``screen``; 429 and the ``RateLimit`` headers in the schema of every API
+operation) and what runs while the app runs (the shared counters, the
 rate limits' sync, the purge of expired counters on the database)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from app.capabilities.security.counters import (
     RedisCounters,
 )
 from app.capabilities.security.events import SecurityEvents
-from app.capabilities.security.middleware import ThrottleMiddleware
+from app.capabilities.security.screen import Screen
 from app.capabilities.security.throttle import Guard, RateLimiter
 from app.core.config import Settings, ThrottleSettings
 from app.core.errors import PROBLEM_MEDIA_TYPE
@@ -116,21 +116,19 @@ class Throttling:
 
 
 def install_throttling(app: FastAPI, settings: Settings, prefix: str = "/api/") -> None:
-    """The middleware on the API's requests, the rate limit screen, and 429 documented on
-    every API operation (with the security section's throttling on)."""
+    """The screening hooks (``screen``: no middleware), and 429 documented on every API
+    operation (with the security section's throttling on)."""
     throttle = settings.security.throttle
     throttling = Throttling(throttle, app)
     app.state.throttling = throttling
-    if throttle.rate_limit.enabled:
-        app.state.principal_screen = throttling.limiter.screen
-    app.add_middleware(
-        ThrottleMiddleware,
-        guard=throttling.guard,
-        prefix=prefix,
-        login_path=app.url_path_for("login"),
+    screen = Screen(
+        throttling.guard,
+        throttling.limiter if throttle.rate_limit.enabled else None,
         token_paths=[app.url_path_for("refresh"), app.url_path_for("logout")],
         trusted_proxies=throttle.trusted_proxies,
     )
+    app.state.request_screen = screen
+    app.state.problem_observers.append(screen.refused)
 
     def document_429(schema: dict[str, Any]) -> None:
         for path, item in schema.get("paths", {}).items():
