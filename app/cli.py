@@ -995,9 +995,24 @@ def keys_rotate(
         if not as_json:
             err.print(f"{column}: {done} sealed again", soft_wrap=True)
 
-    result = run_with_engine(
-        lambda engine: rotate(engine, box, batch=batch_size, progress=progress)
-    )
+    async def rotate_and_record(engine: Any) -> Any:
+        from sqlalchemy.ext.asyncio import async_sessionmaker
+
+        done = await rotate(engine, box, batch=batch_size, progress=progress)
+        await _cli_audit(async_sessionmaker(engine, expire_on_commit=False)).record(
+            "keys.rotate",
+            outcome="failure" if done.unopened else "success",
+            actor_kind="cli",
+            target=f"encryption key {box.current_key_id}",
+            details={
+                "resealed": done.total,
+                "changed_meanwhile": done.changed_meanwhile,
+                "unopened": sum(len(ids) for ids in done.unopened.values()),
+            },
+        )
+        return done
+
+    result = run_with_engine(rotate_and_record)
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:

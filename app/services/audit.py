@@ -52,6 +52,7 @@ ACTIONS = (
     "auth.login",
     "auth.logout",
     "auth.refresh",
+    "access.denied",
     "api_key.create",
     "api_key.revoke",
     "user.create",
@@ -66,6 +67,7 @@ ACTIONS = (
     "silence.end",
     "audit.export",
     "audit.prune",
+    "keys.rotate",
     "admin.read",
     "security.event",
 )

@@ -137,6 +137,14 @@ class UserService:
         user = await self.me(principal)
         user_id, stored = user.id, user.password_hash
         if not await verify_outside_transaction(self.session, data.current_password, stored):
+            await self.session.rollback()
+            await self.audit.record(
+                "user.password_change",
+                outcome="failure",
+                principal=principal,
+                target=f"user:{user_id}",
+                details={"reason": "wrong_current_password"},
+            )
             raise ValidationFailed.at(
                 "/body/current_password", "The current password is not correct.", "wrong_password"
             )

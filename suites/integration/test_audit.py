@@ -250,3 +250,30 @@ def test_the_switch_records_nothing_and_removes_the_routes(flag: str) -> None:
             assert db.execute("SELECT count(*) FROM audit_entries").fetchone() == (0,)
     finally:
         backend.stop()
+
+
+def test_refusals_for_a_role_and_a_wrong_current_password_are_recorded(
+    owner_client: ApiClient, make_user: MakeUser, fresh_login: FreshLogin
+) -> None:
+    viewer = make_user("viewer")
+    client = fresh_login(viewer)
+    refused = client.post(f"{API}/api-keys", json={"name": "not allowed"})
+    assert_problem(refused, 403)
+    wrong = client.post(
+        f"{API}/users/me/password",
+        json={"current_password": "not-the-password-1", "new_password": "a-new-password-1"},
+    )
+    assert_problem(wrong, 422)
+    request_id = refused.headers["X-Request-ID"]
+    denied = wait_for(
+        owner_client,
+        lambda found: any(e["request_id"] == request_id for e in found),
+        action="access.denied",
+    )
+    entry = next(e for e in denied if e["request_id"] == request_id)
+    assert (entry["actor_id"], entry["outcome"]) == (viewer.id, "denied")
+    assert entry["target"] == "POST /api/v1/api-keys"
+    changes = entries(owner_client, actor=viewer.id, action="user.password_change")
+    assert [(e["outcome"], e["details"]["reason"]) for e in changes] == [
+        ("failure", "wrong_current_password")
+    ]

@@ -273,6 +273,12 @@ def test_the_keys_commands_say_what_is_pending_and_what_can_go(
     unopened = runner.invoke(cli, ["keys", "rotate"])
     assert unopened.exit_code == 1
     assert "did not open" in unopened.output
+    # Each rotation is in the audit trail.
+    with sqlite3.connect(tmp_path / "keys.db") as audit:
+        rotations = audit.execute(
+            "SELECT outcome, target FROM audit_entries WHERE action = 'keys.rotate' ORDER BY seq"
+        ).fetchall()
+    assert rotations == [("success", "encryption key k1"), ("failure", "encryption key k2")]
 
 
 def test_the_keys_commands_refuse_a_broken_key_setting(

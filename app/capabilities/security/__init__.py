@@ -161,6 +161,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         keeper = AuditKeeper(settings.security.audit, app.state.metrics)
         app.state.audit_keeper = keeper
         app.state.request_observers.append(keeper)
+        app.state.problem_observers.append(keeper.problem)
         app.include_router(audit_routes.router)
 
 

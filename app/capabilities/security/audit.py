@@ -144,6 +144,23 @@ class AuditKeeper:
                 )
             )
 
+    async def problem(self, scope: Scope, status: int) -> None:
+        """A request refused for its role (403) is recorded, after the answer (a problem
+        observer of the error handler)."""
+        principal = scope.get(PRINCIPAL_KEY)
+        if status != 403 or not isinstance(principal, Principal):
+            return
+        self._spawn(
+            self.trail.record(
+                "access.denied",
+                outcome="denied",
+                principal=principal,
+                target=f"{scope.get('method')} {scope.get('path')}",
+                details={"route": route_template(scope)},
+                source=self.trail.address(scope),
+            )
+        )
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
