@@ -383,6 +383,20 @@ class ProviderSettings(BaseModel):
         return value.rstrip("/")
 
 
+def _keys_by_id(value: object, shape: str) -> object:
+    """``id:key,id2:key2`` (an environment variable's text) as a mapping of id to key; a
+    mapping passes as it is. ``shape`` is the error an entry of another shape gets."""
+    if not isinstance(value, str):
+        return value
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key_id, sep, material = item.partition(":")
+        if not sep or not key_id or not material:
+            raise ValueError(shape)
+        keys[key_id] = material
+    return keys
+
+
 def _split_commas(value: object) -> object:
     """A comma-separated environment value as a list; lists and JSON pass through."""
     if isinstance(value, str):
@@ -1253,15 +1267,7 @@ class AuditSettings(BaseModel):
     @field_validator("signing_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            keys: dict[str, str] = {}
-            for item in filter(None, (part.strip() for part in value.split(","))):
-                key_id, sep, material = item.partition(":")
-                if not sep or not key_id or not material:
-                    raise ValueError("signing_keys entries must look like id:secret")
-                keys[key_id] = material
-            return keys
-        return value
+        return _keys_by_id(value, "signing_keys entries must look like id:secret")
 
     @field_validator("signing_keys")
     @classmethod
@@ -1745,15 +1751,7 @@ class Settings(BaseSettings):
     @field_validator("encryption_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            keys: dict[str, str] = {}
-            for item in filter(None, (part.strip() for part in value.split(","))):
-                key_id, sep, material = item.partition(":")
-                if not sep or not key_id or not material:
-                    raise ValueError("encryption_keys entries must look like id:base64key")
-                keys[key_id] = material
-            return keys
-        return value
+        return _keys_by_id(value, "encryption_keys entries must look like id:base64key")
 
     @field_validator("secret_key")
     @classmethod
