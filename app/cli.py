@@ -186,6 +186,9 @@ def serve(
         "workers": processes,
         "log_config": None,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout_seconds)),
+        # uvicorn would take the client's address from X-Forwarded-For of any loopback peer;
+        # Renum reads it itself, from the proxies in RENUM_SECURITY__THROTTLE__TRUSTED_PROXIES.
+        "proxy_headers": False,
     }
     if processes > 1:
         _share_metrics_across_workers()

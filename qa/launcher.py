@@ -259,6 +259,7 @@ class LaunchedBackend(Backend):
             # loopback guard needs to see every connection and lookup.
             "--loop",
             "asyncio",
+            "--no-proxy-headers",  # as `renum serve`: the app reads X-Forwarded-For itself
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -122,6 +122,10 @@ class RequestScreen(LoginGuard, Protocol):
 
     def principal(self, scope: Scope, principal: Principal) -> None: ...
 
+    async def invalid_credential(self, scope: Scope) -> None: ...
+
+    async def not_found(self, scope: Scope) -> None: ...
+
 
 async def get_screen(connection: HTTPConnection) -> RequestScreen | None:
     screen: RequestScreen | None = connection.app.state.request_screen

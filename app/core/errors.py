@@ -57,6 +57,12 @@ class Unauthorized(ProblemError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class CredentialEnded(Unauthorized):
+    """A credential this server issued that is no longer valid (expired, revoked, or ended by
+    a password change): a client to log in again, not a guess (the throttling does not count
+    it)."""
+
+
 class Forbidden(ProblemError):
     status, slug, title = 403, "forbidden", "Not allowed"
 
@@ -187,7 +193,7 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 async def _handle_problem(request: Request, exc: ProblemError) -> JSONResponse:
     # Capabilities told of the problems answered (the throttling counts 401s and 404s).
     for observer in getattr(request.app.state, "problem_observers", ()):
-        await observer(request.scope, exc.status)
+        await observer(request.scope, exc)
     return problem_response(
         exc.status,
         exc.slug,

@@ -83,6 +83,10 @@ class TokenError(Exception):
     """The token is not one this server issued for this use, or no longer valid."""
 
 
+class TokenExpired(TokenError):
+    """A token this server issued, past its expiry."""
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     subject: uuid.UUID
@@ -148,6 +152,8 @@ class TokenCodec:
                 issuer=self._issuer,
                 options={"require": ["exp", "iat", "sub", "aud", "iss", "jti", "typ"]},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenExpired(str(exc)) from exc
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from exc
         if payload.get("typ") != expected_type:

@@ -17,11 +17,12 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import Unauthorized
+from app.core.errors import CredentialEnded, Unauthorized
 from app.core.security import (
     TokenClaims,
     TokenCodec,
     TokenError,
+    TokenExpired,
     hash_api_key,
     looks_like_api_key,
 )
@@ -176,20 +177,24 @@ class AuthService:
             return await self._authenticate_api_key(credential)
         try:
             claims = self.codec.decode(credential, "access")
+        except TokenExpired as exc:
+            raise CredentialEnded("The access token is invalid or expired.") from exc
         except TokenError as exc:
             raise Unauthorized("The access token is invalid or expired.") from exc
         user = await self._active_user(claims.subject)
         if claims.generation != user.token_generation:
-            raise Unauthorized(SESSION_ENDED)
+            raise CredentialEnded(SESSION_ENDED)
         return Principal(user_id=user.id, account_id=user.account_id, role=user.role_enum)
 
     async def _authenticate_api_key(self, key: str) -> Principal:
         api_key = await self.api_keys.by_hash(hash_api_key(key))
         now = datetime.now(UTC)
-        if api_key is None or api_key.revoked_at is not None:
+        if api_key is None:
             raise Unauthorized("The API key is invalid or revoked.")
+        if api_key.revoked_at is not None:
+            raise CredentialEnded("The API key is invalid or revoked.")
         if api_key.expires_at is not None and api_key.expires_at <= now:
-            raise Unauthorized("The API key has expired.")
+            raise CredentialEnded("The API key has expired.")
         user = await self._active_user(api_key.user_id)
         if api_key.last_used_at is None or now - api_key.last_used_at > API_KEY_TOUCH_INTERVAL:
             api_key.last_used_at = now

@@ -120,7 +120,8 @@ class ExecutionEnd:
 def enqueue_execution_end(conn: Connection, end: ExecutionEnd) -> int:
     """Queue ``end`` for each enabled webhook of the account that subscribed to its event, in
     the transaction that commits the end; how many were queued. The payload holds no prompt,
-    output or result: ids, status, reason, error, totals, times."""
+    output or result: ids, status, reason, error (none for content sealed at rest), totals,
+    times."""
     writer = OutboxWriter(conn)
     event = execution_event(end.status, end.reason)
     hooks = [hook for hook in writer.enabled_webhooks(end.account_id) if event in hook.events]
@@ -154,7 +155,9 @@ def enqueue_execution_ended(conn: Connection, changes: Changes, now: datetime) -
         account_id=run.account_id,
         status=finish.status,
         reason=finish.reason,
-        error=finish.error,
+        # An error text may quote the content: kept out of the stored payload of an execution
+        # whose content is sealed at rest (the API gives it to those who may read it).
+        error=None if run.content_key_id else finish.error,
         totals=changes.totals,
         started_at=run.started_at,
         finished_at=now,

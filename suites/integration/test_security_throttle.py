@@ -9,12 +9,15 @@ on ``/metrics``. Assertions are on statuses, counts and orders, never on wall ti
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from qa import services
 from qa.client import API, ApiClient
@@ -96,8 +99,9 @@ def _wait_until_allowed(client: ApiClient, email: str, source: str) -> httpx.Res
 def test_brute_force_is_throttled_with_growing_delays_and_the_user_keeps_access(
     client: ApiClient, tenant: Tenant
 ) -> None:
-    attacker = _source()
+    attacker, home = _source(), _source()
     user = tenant.member
+    assert _login(client, user.email, user.password, home).status_code == 200  # a known context
     statuses = [_login(client, user.email, PASSWORD, attacker).status_code for _ in range(3)]
     assert statuses == [401, 401, 401]
     first = _login(client, user.email, PASSWORD, attacker)
@@ -106,7 +110,7 @@ def test_brute_force_is_throttled_with_growing_delays_and_the_user_keeps_access(
     # Even the right password is refused to the attacker's pair while it is throttled.
     assert _login(client, user.email, user.password, attacker).status_code == 429
     # The user, from where they logged in before, keeps access.
-    assert _login(client, user.email, user.password, None).status_code == 200
+    assert _login(client, user.email, user.password, home).status_code == 200
 
     # Once it ends, the next failure (the window's count still over the threshold) throttles
     # again for twice as long.
@@ -140,7 +144,8 @@ def test_distributed_attack_throttles_unknown_contexts_only(
 ) -> None:
     with _logged_in(str(client.base_url), tenant.owner) as owner:
         victim = create_user(owner, "member")  # no failure yet, from anywhere
-    assert _login(client, victim.email, victim.password, None).status_code == 200  # known here
+    home = _source()
+    assert _login(client, victim.email, victim.password, home).status_code == 200  # known here
     # One wrong password each from four addresses (under every per-source threshold).
     attackers = [_source() for _ in range(4)]
     assert [_login(client, victim.email, PASSWORD, a).status_code for a in attackers] == [401] * 4
@@ -149,7 +154,42 @@ def test_distributed_attack_throttles_unknown_contexts_only(
     assert refused.status_code == 429
     assert "Retry-After" in refused.headers
     # ... while the user, from their known context, logs in.
+    assert _login(client, victim.email, victim.password, home).status_code == 200
+    # The trusted proxy's own address (a request without the header) is never throttled: it
+    # stands for everyone behind it.
     assert _login(client, victim.email, victim.password, None).status_code == 200
+
+
+def test_ended_credentials_are_not_counted_as_guesses(
+    server: LaunchedBackend, tenant: Tenant
+) -> None:
+    source = {"X-Forwarded-For": _source()}
+    with _logged_in(server.base_url, tenant.owner) as owner:
+        key = owner.post(f"{API}/api-keys", json={"name": "revoked"}).json()
+        assert owner.delete(f"{API}/api-keys/{key['id']}").status_code == 204
+    with ApiClient(server.base_url) as stale:
+        stale.use_credential(key["key"])
+        statuses = [stale.get(f"{API}/users/me", headers=source).status_code for _ in range(8)]
+    assert statuses == [401] * 8  # a revoked key of ours: a client to update, not an attack
+
+
+def test_websocket_authentication_failures_are_counted_and_refused(
+    server: LaunchedBackend, tenant: Tenant
+) -> None:
+    source = _source()
+    url = server.base_url.replace("http://", "ws://") + f"{API}/executions/{uuid.uuid4()}/ws"
+
+    def close_code() -> int | None:
+        """How the server ends a connection that authenticates with a forged token."""
+        with connect(url, additional_headers={"X-Forwarded-For": source}) as socket:
+            try:
+                socket.send(json.dumps({"type": "auth", "token": "not-a-token"}))
+                socket.recv(timeout=10)
+            except ConnectionClosed as closed:  # throttled: closed before the token is read
+                return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    assert [close_code() for _ in range(6)] == [4401] * 5 + [4429]
 
 
 def test_invalid_token_flood_throttles_the_source(client: ApiClient, tenant: Tenant) -> None:

@@ -239,6 +239,7 @@ def test_serve_runs_uvicorn_with_the_app_factory(recorded_run: ServeRecorder) ->
         "workers": 1,
         "log_config": None,
         "timeout_graceful_shutdown": 5,
+        "proxy_headers": False,  # X-Forwarded-For is the app's to read, from trusted proxies
     }
     assert "API docs at http://127.0.0.1:8000/docs" in flat(result.stdout)
     assert "(development)" in result.stdout

@@ -41,6 +41,7 @@ from app.models import (
     Role,
     Team,
     User,
+    Webhook,
 )
 from app.schemas.executions import ExecutionCreate
 from app.services.content import (
@@ -240,9 +241,12 @@ class World:
         }
 
     async def raw(self, execution_id: uuid.UUID) -> str:
-        """Every stored row of the execution, as the database gives it (SQL, no ORM)."""
+        """Every stored row of the execution, as the database gives it (SQL, no ORM), and
+        the webhook deliveries of its end."""
         found = []
         async with self.database.engine.connect() as conn:
+            deliveries = await conn.execute(text("SELECT payload FROM deliveries"))
+            found += [str(row[0]) for row in deliveries if str(execution_id) in str(row[0])]
             for table in (*TABLES, "execution_events"):
                 column = "id" if table == "executions" else "execution_id"
                 rows = await conn.execute(
@@ -345,6 +349,18 @@ def _expected(execution_id: uuid.UUID) -> dict[str, Any]:
 async def test_a_listed_account_stores_no_plaintext_and_reads_the_same_as_one_not_listed(
     world: World,
 ) -> None:
+    async with world.database.session() as session:
+        for principal in world.principals:  # its deliveries wait in the database, with payloads
+            session.add(
+                Webhook(
+                    account_id=principal.account_id,
+                    url="https://hooks.example/renum",
+                    events=["execution.failed"],
+                    sealed_secret="v1:unused:x",  # never sent: nothing here delivers
+                    encryption_key_id="unused",
+                )
+            )
+        await session.commit()
     sealed_id = await world.run(0, v=f"var {SECRET}")
     plain_id = await world.run(1, v=f"var {SECRET}")
     sealed, plain = await world.read(0, sealed_id), await world.read(1, plain_id)
@@ -383,6 +399,7 @@ async def test_a_listed_account_stores_no_plaintext_and_reads_the_same_as_one_no
 
     # In the database: no plaintext of the listed account's content, all of the other's.
     stored = await world.raw(sealed_id)
+    assert "execution.failed" in stored  # its webhook delivery, without the error's text
     assert SECRET not in stored
     assert "v1:k1:" in stored
     assert SECRET in await world.raw(plain_id)

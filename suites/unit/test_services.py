@@ -68,7 +68,7 @@ def test_principal_scope_is_its_account_except_for_admins() -> None:
     assert not owner.is_admin
     admin = _principal(Role.admin)
     assert admin.is_admin
-    assert admin.scope == Scope(None)
+    assert admin.scope == Scope(None, viewer=admin.account_id)  # its reads are audited
     assert admin.scope.all_accounts
 
 

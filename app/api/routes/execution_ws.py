@@ -6,9 +6,11 @@ server sends each event as `{"type": "event", "event": {...}}` (resuming after `
 a final `{"type": "end"}`; the client may send `{"type": "cancel", "mode": "immediate"}`.
 Messages are parsed as strictly as request bodies (no NUL characters, non-finite numbers
 or nesting past `RENUM_MAX_JSON_DEPTH`). Close codes: 4401 authentication failed (a first
-message that is not a valid `auth` one included), 4404 no such execution, 1001 the server is
-shutting down (reconnect and resume with `?after=` the last `seq` received); a bad command
-gets an `{"type": "error"}` reply.
+message that is not a valid `auth` one included), 4404 no such execution, 4429 throttled (the
+client's address, or its rate limit: as HTTP's 429; failed authentications and unknown
+executions are counted like 401s and 404s), 1001 the server is shutting down (reconnect and
+resume with `?after=` the last `seq` received); a bad command gets an `{"type": "error"}`
+reply.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ from typing import Any
 
 from fastapi import Query, WebSocket, WebSocketDisconnect
 
-from app.api.deps import CodecDep, DatabaseDep, RuntimeDep, SettingsDep, ShutdownDep
+from app.api.deps import (
+    CodecDep,
+    DatabaseDep,
+    RuntimeDep,
+    ScreenDep,
+    SettingsDep,
+    ShutdownDep,
+)
 from app.api.router import PrefixRouter
-from app.core.errors import ProblemError
+from app.core.errors import ProblemError, TooManyRequests
 from app.core.input_limits import UnsafeInput, strict_loads
 from app.schemas.executions import DEFAULT_CANCEL_MODE
 from app.services.events import StreamsClosed
@@ -34,6 +43,7 @@ router = PrefixRouter()
 AUTH_TIMEOUT_SECONDS = 5.0
 KEEP_ALIVE_SECONDS = 15.0
 GOING_AWAY = 1001  # RFC 6455: the server is going down
+TOO_MANY = 4429  # the client's address or its rate limit is throttled (as HTTP's 429)
 
 
 async def _receive(websocket: WebSocket, max_depth: int) -> Any:
@@ -69,16 +79,30 @@ async def execution_socket(
     codec: CodecDep,
     runtime: RuntimeDep,
     shutdown: ShutdownDep,
+    screen: ScreenDep,
     after: int = Query(default=0, ge=0),
 ) -> None:
     live = LiveExecutionService(database, settings, codec, runtime)
     max_depth = settings.max_json_depth
     await websocket.accept()
-    principal = await _authenticate(websocket, live, max_depth)
-    if principal is None:
-        await websocket.close(code=4401, reason="authentication failed")
+    scope = websocket.scope
+    try:  # the throttling, as for a request: the client's address, then the rate limits
+        if screen is not None:
+            screen.source(scope)
+        principal = await _authenticate(websocket, live, max_depth)
+        if principal is None:
+            if screen is not None:
+                await screen.invalid_credential(scope)
+            await websocket.close(code=4401, reason="authentication failed")
+            return
+        if screen is not None:
+            screen.principal(scope, principal)
+    except TooManyRequests:
+        await websocket.close(code=TOO_MANY, reason="too many requests")
         return
     if not await live.visible(principal, execution_id):
+        if screen is not None:
+            await screen.not_found(scope)
         await websocket.close(code=4404, reason="no such execution")
         return
 
@@ -97,6 +121,8 @@ async def execution_socket(
                 continue
             mode = message.get("mode", DEFAULT_CANCEL_MODE)
             try:
+                if screen is not None:
+                    screen.principal(scope, principal)  # each command takes a token
                 await live.cancel(principal, execution_id, mode)
                 await websocket.send_json({"type": "cancel_accepted", "mode": mode})
             except ProblemError as exc:

@@ -19,6 +19,7 @@ from starlette.types import Scope
 from app.api.deps import PRINCIPAL_KEY
 from app.capabilities.security.events import SecurityEvent
 from app.core.config import AuditSettings
+from app.core.errors import ProblemError
 from app.core.logging import get_logger
 from app.core.metrics import Metrics
 from app.core.request_context import ACCOUNT_READS, AccountRead, route_template
@@ -144,11 +145,11 @@ class AuditKeeper:
                 )
             )
 
-    async def problem(self, scope: Scope, status: int) -> None:
+    async def problem(self, scope: Scope, problem: ProblemError) -> None:
         """A request refused for its role (403) is recorded, after the answer (a problem
         observer of the error handler)."""
         principal = scope.get(PRINCIPAL_KEY)
-        if status != 403 or not isinstance(principal, Principal):
+        if problem.status != 403 or not isinstance(principal, Principal):
             return
         self._spawn(
             self.trail.record(

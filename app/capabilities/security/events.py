@@ -6,7 +6,7 @@ email, a source address, an email and a source, an account or API key id), from 
 (``source``), the counts that crossed the threshold and the action taken (``throttled`` for
 how long). ``SecurityEvents.emit`` counts it on ``/metrics``
 (``renum_security_events_total{kind,action}``), logs it, reports it as an alert (source
-``security``, labels ``kind`` and ``subject``; the monitor's channels send it) and calls each
+``security``, one per ``kind``; the monitor's channels send it) and calls each
 of ``listeners`` (plain async callables; the audit trail is one). One listener's failure
 never keeps the event from the others."""
 
@@ -97,5 +97,7 @@ class SecurityEvents:
             "security",
             severity,
             event.describe(),
-            labels={"kind": event.kind, "subject": event.subject},
+            # One alert per kind (the latest detection in its message): attackers who rotate
+            # subjects make no new alert each, and choose no label.
+            labels={"kind": event.kind},
         )

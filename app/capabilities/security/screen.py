@@ -15,7 +15,11 @@ something to screen.
   already meets the throttling.
 
 The client's address is the peer's, or read from ``X-Forwarded-For`` when the peer is a
-trusted proxy (``app.core.client_address``); which peers are trusted is remembered."""
+trusted proxy (``app.core.client_address``); which peers are trusted is remembered. A request
+whose address comes out as a trusted proxy's own (it sent no usable header) is never counted
+nor throttled by address: that would throttle everyone behind the proxy. Credentials this
+server issued that merely ended (``CredentialEnded``: expired, revoked, ended by a password
+change) are a client to log in again, not a guess, and are not counted either."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from starlette.types import Scope
 
 from app.capabilities.security.throttle import THROTTLED, Guard, RateLimiter, Refusal
 from app.core.client_address import Network, client_address, is_trusted_peer
-from app.core.errors import TooManyRequests
+from app.core.errors import CredentialEnded, ProblemError, TooManyRequests
 from app.core.request_context import current_scope
 from app.services.principal import Principal
 
@@ -63,20 +67,29 @@ class Screen:
         if not client:
             return client_address(scope)  # no peer: unknown
         peer = str(client[0])
+        return client_address(scope, self.trusted) if self._trusted(peer) else peer
+
+    def _source(self, scope: Scope) -> str | None:
+        """The address to count and throttle: None for a trusted proxy's own."""
+        source = self.address(scope)
+        return None if self._trusted(source) else source
+
+    def _trusted(self, peer: str) -> bool:
         trusted = self._peers.get(peer)
-        if trusted is None:  # a peer not seen yet: a proxy whose header we believe?
+        if trusted is None:  # an address not seen yet: a proxy whose header we believe?
             if len(self._peers) >= MAX_PEERS:
                 self._peers.clear()
             trusted = bool(self.trusted) and is_trusted_peer(peer, self.trusted)
             self._peers[peer] = trusted
-        return client_address(scope, self.trusted) if trusted else peer
+        return trusted
 
     # -- the base's hooks ------------------------------------------------------------------
 
     def source(self, scope: Scope) -> None:
         """429 while the client's address is throttled (nothing to do while none is)."""
         if self.guard.source_blocks:
-            refusal = self.guard.source_refusal(self.address(scope))
+            source = self._source(scope)
+            refusal = None if source is None else self.guard.source_refusal(source)
             if refusal is not None:
                 raise _refuse(refusal)
 
@@ -85,34 +98,50 @@ class Screen:
         if self.limiter is not None:
             self.limiter.screen(scope, principal)
 
-    async def refused(self, scope: Scope, status: int) -> None:
-        """Count a 401 to a presented credential and a 404 on a route with an id."""
-        if status == 401:
+    async def refused(self, scope: Scope, problem: ProblemError) -> None:
+        """Count a 401 to a presented credential that this server never issued (a guess),
+        and a 404 on a route with an id."""
+        if problem.status == 401 and not isinstance(problem, CredentialEnded):
             if scope.get("path") in self.token_paths or any(
                 name == AUTHORIZATION for name, _ in scope.get("headers", ())
             ):
-                await self.guard.invalid_credential(self.address(scope))
-        elif status == 404 and scope.get("path_params"):
-            await self.guard.id_not_found(self.address(scope))
+                await self.invalid_credential(scope)
+        elif problem.status == 404 and scope.get("path_params"):
+            await self.not_found(scope)
+
+    async def invalid_credential(self, scope: Scope) -> None:
+        source = self._source(scope)
+        if source is not None:
+            await self.guard.invalid_credential(source)
+
+    async def not_found(self, scope: Scope) -> None:
+        source = self._source(scope)
+        if source is not None:
+            await self.guard.id_not_found(source)
 
     # -- the login (``app.services.auth.LoginGuard``) --------------------------------------
 
     async def before(self, email: str) -> None:
         """429 while logins to ``email`` from this client are throttled."""
         scope = current_scope()
-        if scope is None:
+        source = None if scope is None else self._source(scope)
+        if source is None:
             return
-        self.source(scope)
-        refusal = await self.guard.login_refusal(_normal(email), self.address(scope))
+        if self.guard.source_blocks:
+            refusal = self.guard.source_refusal(source)
+            if refusal is not None:
+                raise _refuse(refusal)
+        refusal = await self.guard.login_refusal(_normal(email), source)
         if refusal is not None:
             raise _refuse(refusal)
 
     async def after(self, email: str, failure: str | None) -> None:
         """Count a failed login (``failure``: why) or a success."""
         scope = current_scope()
-        if scope is None:
+        source = None if scope is None else self._source(scope)
+        if source is None:
             return
-        source, email = self.address(scope), _normal(email)
+        email = _normal(email)
         if failure is None:
             await self.guard.login_succeeded(email, source)
         else:

@@ -92,6 +92,11 @@ class Guard:
 
     # -- the request path ---------------------------------------------------------------------
 
+    def prune_source_blocks(self) -> None:
+        """Forget the throttlings that ended (a source that never comes back would stay)."""
+        now = time.time()
+        self.source_blocks = {s: e for s, e in self.source_blocks.items() if e[0] > now}
+
     def source_refusal(self, source: str) -> Refusal | None:
         """Whether ``source``'s API requests are throttled now (one dict lookup when not)."""
         entry = self.source_blocks.get(source)

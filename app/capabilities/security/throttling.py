@@ -101,6 +101,7 @@ class Throttling:
         interval = self.settings.rate_limit.sync_seconds
         while True:
             await asyncio.sleep(interval)
+            self.guard.prune_source_blocks()
             try:
                 await self.limiter.sync()
             except Exception as exc:
