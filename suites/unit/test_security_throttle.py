@@ -463,3 +463,16 @@ def test_ended_throttlings_are_forgotten() -> None:
     guard.source_blocks = {"1.1.1.1": (now - 1, "id-probing"), "2.2.2.2": (now + 60, "probing")}
     guard.prune_source_blocks()
     assert list(guard.source_blocks) == ["2.2.2.2"]
+
+
+def test_an_ipv6_client_counts_as_its_64_network() -> None:
+    from app.capabilities.security.screen import source_of
+
+    assert (
+        source_of("2001:db8:1:2:aaaa::1")
+        == source_of("2001:db8:1:2:ffff::9")
+        == ("2001:db8:1:2::/64")
+    )
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("198.51.100.7") == "198.51.100.7"
+    assert source_of("unknown") == "unknown"

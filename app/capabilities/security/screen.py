@@ -23,6 +23,7 @@ change) are a client to log in again, not a guess, and are not counted either.""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 from starlette.types import Scope
@@ -34,6 +35,7 @@ from app.core.request_context import current_scope
 from app.services.principal import Principal
 
 AUTHORIZATION = b"authorization"
+IPV6_PREFIX = 64
 MAX_EMAIL = 320
 MAX_PEERS = 10_000  # peers whose trust is remembered (forgotten all at once past it)
 # How a failed login's reason (``AuthService``) is counted: an unknown account apart.
@@ -70,9 +72,10 @@ class Screen:
         return client_address(scope, self.trusted) if self._trusted(peer) else peer
 
     def _source(self, scope: Scope) -> str | None:
-        """The address to count and throttle: None for a trusted proxy's own."""
-        source = self.address(scope)
-        return None if self._trusted(source) else source
+        """What to count and throttle the client as (``source_of``): None for a trusted
+        proxy's own address."""
+        address = self.address(scope)
+        return None if self._trusted(address) else source_of(address)
 
     def _trusted(self, peer: str) -> bool:
         trusted = self._peers.get(peer)
@@ -147,6 +150,18 @@ class Screen:
         else:
             kind = "unknown-account" if failure == UNKNOWN_ACCOUNT else "wrong-password"
             await self.guard.login_failed(email, source, kind)
+
+
+def source_of(address: str) -> str:
+    """The source an address counts as: itself, or for IPv6 its /64 (one subscriber's
+    network: its privacy addresses change daily, and whoever holds one has 2^64 of them)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network((ip, IPV6_PREFIX), strict=False))
+    return address
 
 
 def _normal(email: str) -> str:
