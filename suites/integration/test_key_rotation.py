@@ -23,7 +23,7 @@ from qa.fake_openai import FakeOpenAI
 from qa.launcher import REPO_ROOT, LaunchedBackend
 
 KEYS = 4
-SPARE_KEYS = 60
+SPARE_KEYS = 30
 
 
 def key_setting(**keys: bytes) -> str:
