@@ -1,12 +1,13 @@
 """Executions' content sealed at rest (issue 17) in the launched backend, over HTTP (on SQLite;
-the unit tests seal and open on both databases). Two accounts run the same team (a template agent that writes the context and
-messages the next step, then a model agent on the fake OpenAI server) on the same prompt; the
-first is listed in RENUM_SECURITY__CONTENT_ENCRYPTION__ACCOUNTS. The API answers both the
-same, in plaintext (the execution, its steps, context, messages, events as JSON and as a
-live stream); the database, read directly, holds none of the listed account's prompt,
-variables, outputs, context or messages, and all of the other's. Restarted with the setting
-off, the backend still reads the sealed execution the same; `renum keys seal-content` seals
-what the account ran before it was listed, and `renum keys status` counts it."""
+the unit tests seal and open on both databases). Two accounts run the same team (a template
+agent that writes the context and messages the next step, then a model agent on the fake
+OpenAI server) on the same prompt; the first is listed in
+RENUM_SECURITY__CONTENT_ENCRYPTION__ACCOUNTS. The API answers both the same, in plaintext
+(the execution, its steps, context, messages, events as JSON and as a live stream); the
+database, read directly, holds none of the listed account's prompt, variables, outputs,
+context or messages, and all of the other's. Restarted with the setting off, the backend
+still reads the sealed execution the same; `renum keys seal-content` seals what the account
+ran before it was listed, and `renum keys status` counts it."""
 
 from __future__ import annotations
 
