@@ -1334,9 +1334,9 @@ class ProbingDetector(Detector):
 
 
 class RateLimit(BaseModel):
-    """A token bucket: ``requests_per_second`` on average, bursts of up to ``burst``."""
+    """A token bucket: ``per_second`` on average, bursts of up to ``burst``."""
 
-    requests_per_second: float = Field(
+    per_second: float = Field(
         gt=0, le=1_000_000, description="Tokens added to the bucket per second."
     )
     burst: int = Field(ge=1, le=10_000_000, description="Tokens the bucket holds at most.")
@@ -1345,7 +1345,7 @@ class RateLimit(BaseModel):
 class AccountRateLimit(RateLimit):
     """Each account's bucket."""
 
-    requests_per_second: float = Field(
+    per_second: float = Field(
         default=100, gt=0, le=1_000_000, description="Tokens added to the bucket per second."
     )
     burst: int = Field(
@@ -1356,7 +1356,7 @@ class AccountRateLimit(RateLimit):
 class ApiKeyRateLimit(RateLimit):
     """Each API key's bucket."""
 
-    requests_per_second: float = Field(
+    per_second: float = Field(
         default=50, gt=0, le=1_000_000, description="Tokens added to the bucket per second."
     )
     burst: int = Field(
@@ -1384,7 +1384,7 @@ class RateLimitSettings(BaseModel):
     accounts: dict[UUID, RateLimit] = Field(
         default_factory=dict,
         description="Per-account limits set by a platform admin, as JSON keyed by account id: "
-        '`{"<account id>": {"requests_per_second": 500, "burst": 1000}}`.',
+        '`{"<account id>": {"per_second": 500, "burst": 1000}}`.',
     )
     sync_seconds: float = Field(
         default=1.0,
@@ -1420,11 +1420,11 @@ class ThrottleSettings(BaseModel):
         default_factory=lambda: BruteForceDetector(),
         description="Failed logins to one account from one source.",
     )
-    credential_stuffing: StuffingDetector = Field(
+    stuffing: StuffingDetector = Field(
         default_factory=lambda: StuffingDetector(),
         description="Distinct accounts with failed logins from one source.",
     )
-    user_enumeration: EnumerationDetector = Field(
+    enumeration: EnumerationDetector = Field(
         default_factory=lambda: EnumerationDetector(),
         description="Distinct unknown emails tried from one source.",
     )
@@ -1433,7 +1433,7 @@ class ThrottleSettings(BaseModel):
         description="Distinct sources with failed logins to one account; the account is then "
         "throttled for every source that has not logged in to it successfully lately.",
     )
-    invalid_credentials: InvalidCredentialsDetector = Field(
+    bad_tokens: InvalidCredentialsDetector = Field(
         default_factory=lambda: InvalidCredentialsDetector(),
         description="Requests from one source with an invalid token or API key (401).",
     )
@@ -1465,7 +1465,7 @@ class ThrottleSettings(BaseModel):
         "of it this long: it keeps access while a distributed attack on the account is "
         "throttled.",
     )
-    rate_limit: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings())
+    limits: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings())
 
     _split = field_validator("trusted_proxies", mode="before")(_split_commas)
 

@@ -111,7 +111,7 @@ def test_trusted_proxies_read_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
-    bucket = Bucket(RateLimit(requests_per_second=2, burst=3), now=0.0)
+    bucket = Bucket(RateLimit(per_second=2, burst=3), now=0.0)
     assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
     assert bucket.retry_after() == 1
     assert bucket.take(0.5)  # one token back after half a second
@@ -121,7 +121,7 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
 
 
 def test_the_ratelimit_headers_follow_the_draft() -> None:
-    bucket = Bucket(RateLimit(requests_per_second=10, burst=100), now=0.0)
+    bucket = Bucket(RateLimit(per_second=10, burst=100), now=0.0)
     for _ in range(58):
         bucket.take(0.0)
     assert policy_header("account", bucket) == (b"ratelimit-policy", b'"account";q=100;w=10')
@@ -129,7 +129,7 @@ def test_the_ratelimit_headers_follow_the_draft() -> None:
 
 
 def _limiter(**limits: Any) -> tuple[RateLimiter, list[SecurityEvent]]:
-    settings = ThrottleSettings.model_validate({"rate_limit": limits})
+    settings = ThrottleSettings.model_validate({"limits": limits})
     events = SecurityEvents(Metrics("test", "test"), lambda: _NoAlerts())
     seen: list[SecurityEvent] = []
 
@@ -154,8 +154,8 @@ def _principal(account: uuid.UUID, key: uuid.UUID | None = None) -> Principal:
 
 def test_the_key_and_its_account_each_take_a_token() -> None:
     limiter, _ = _limiter(
-        account={"requests_per_second": 0.001, "burst": 3},
-        api_key={"requests_per_second": 0.001, "burst": 2},
+        account={"per_second": 0.001, "burst": 3},
+        api_key={"per_second": 0.001, "burst": 2},
     )
     account, key = uuid.uuid4(), uuid.uuid4()
     request: dict[str, Any] = {}
@@ -175,8 +175,8 @@ def test_the_key_and_its_account_each_take_a_token() -> None:
 def test_an_admins_override_gives_an_account_its_own_limit() -> None:
     special = uuid.uuid4()
     limiter, _ = _limiter(
-        account={"requests_per_second": 0.001, "burst": 1},
-        accounts={str(special): {"requests_per_second": 0.001, "burst": 5}},
+        account={"per_second": 0.001, "burst": 1},
+        accounts={str(special): {"per_second": 0.001, "burst": 5}},
     )
     for _ in range(5):
         limiter.screen({}, _principal(special))
@@ -187,8 +187,8 @@ def test_an_admins_override_gives_an_account_its_own_limit() -> None:
 
 async def test_two_limiters_on_one_store_share_what_they_spend() -> None:
     store = MemoryCounters()
-    one, _ = _limiter(account={"requests_per_second": 0.001, "burst": 10})
-    two, _ = _limiter(account={"requests_per_second": 0.001, "burst": 10})
+    one, _ = _limiter(account={"per_second": 0.001, "burst": 10})
+    two, _ = _limiter(account={"per_second": 0.001, "burst": 10})
     one.store = two.store = store
     account = uuid.uuid4()
     for limiter in (one, two):
@@ -208,7 +208,7 @@ async def test_two_limiters_on_one_store_share_what_they_spend() -> None:
 
 
 async def test_a_refusal_is_one_event_per_minute_and_bucket() -> None:
-    limiter, seen = _limiter(account={"requests_per_second": 0.001, "burst": 1})
+    limiter, seen = _limiter(account={"per_second": 0.001, "burst": 1})
     tasks: list[asyncio.Task[None]] = []
     limiter._spawn = lambda work: tasks.append(asyncio.get_running_loop().create_task(work))
     account = uuid.uuid4()
@@ -227,10 +227,10 @@ def _guard(**settings: Any) -> tuple[Guard, list[SecurityEvent]]:
     low = {
         "block_seconds": 10,
         "brute_force": {"threshold": 3},
-        "credential_stuffing": {"threshold": 3},
-        "user_enumeration": {"threshold": 3},
+        "stuffing": {"threshold": 3},
+        "enumeration": {"threshold": 3},
         "distributed": {"threshold": 3},
-        "invalid_credentials": {"threshold": 3},
+        "bad_tokens": {"threshold": 3},
         "id_probing": {"threshold": 3},
         **settings,
     }

@@ -29,7 +29,7 @@ check is one dict lookup; another process learns of a source's throttling at the
 first failure there (its count is over the threshold already).
 
 **Rate limits** (``RateLimiter``): a token bucket per account and per API key in each process
-(refilled at ``requests_per_second`` up to ``burst``); every ``sync_seconds`` each process adds
+(refilled at ``per_second`` up to ``burst``); every ``sync_seconds`` each process adds
 what its buckets spent to a shared counter and takes what the other processes spent from its
 own buckets, so that N processes enforce one limit, give or take what they spend within one
 sync. A request takes a token from each of its buckets in memory: no I/O on its path.
@@ -149,12 +149,12 @@ class Guard:
                 s.brute_force.window_seconds,
             )
             accounts = await add_member(
-                self.store, f"s:emails:{src}", email, s.credential_stuffing.window_seconds
+                self.store, f"s:emails:{src}", email, s.stuffing.window_seconds
             )
             unknown = 0
             if outcome == "unknown-account":
                 unknown = await add_member(
-                    self.store, f"s:unknown:{src}", email, s.user_enumeration.window_seconds
+                    self.store, f"s:unknown:{src}", email, s.enumeration.window_seconds
                 )
             sources = await add_member(
                 self.store, f"s:sources:{e}", source, s.distributed.window_seconds
@@ -164,11 +164,11 @@ class Guard:
                     "brute-force", f"{e}|{src}", f"{email} from {source}", source,
                     {"failures": pair},
                 )  # fmt: skip
-            if unknown >= s.user_enumeration.threshold:
+            if unknown >= s.enumeration.threshold:
                 await self._throttle(
                     "user-enumeration", src, source, source, {"unknown_emails": unknown}
                 )
-            elif accounts >= s.credential_stuffing.threshold:
+            elif accounts >= s.stuffing.threshold:
                 await self._throttle(
                     "credential-stuffing", src, source, source, {"accounts": accounts}
                 )
@@ -210,7 +210,7 @@ class Guard:
 
     async def _count_source(self, kind: str, source: str) -> None:
         detector = (
-            self.settings.invalid_credentials
+            self.settings.bad_tokens
             if kind == "invalid-credentials"
             else (self.settings.id_probing)
         )
@@ -281,7 +281,7 @@ class Bucket:
     __slots__ = ("burst", "rate", "seen", "spent", "stamp", "tokens")
 
     def __init__(self, limit: RateLimit, now: float) -> None:
-        self.rate = limit.requests_per_second
+        self.rate = limit.per_second
         self.burst = limit.burst
         self.tokens = float(limit.burst)
         self.stamp = now
@@ -337,7 +337,7 @@ class RateLimiter:
         spawn: Any = None,
         store: CounterStore | None = None,
     ) -> None:
-        self.settings = settings.rate_limit
+        self.settings = settings.limits
         self.events = events
         self.store = store
         self.buckets: dict[str, Bucket] = {}

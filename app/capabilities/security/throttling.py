@@ -98,7 +98,7 @@ class Throttling:
             await store.close()
 
     async def _sync_loop(self) -> None:
-        interval = self.settings.rate_limit.sync_seconds
+        interval = self.settings.limits.sync_seconds
         while True:
             await asyncio.sleep(interval)
             self.guard.prune_source_blocks()
@@ -124,7 +124,7 @@ def install_throttling(app: FastAPI, settings: Settings, prefix: str = "/api/") 
     app.state.throttling = throttling
     screen = Screen(
         throttling.guard,
-        throttling.limiter if throttle.rate_limit.enabled else None,
+        throttling.limiter if throttle.limits.enabled else None,
         token_paths=[app.url_path_for("refresh"), app.url_path_for("logout")],
         trusted_proxies=throttle.trusted_proxies,
     )
