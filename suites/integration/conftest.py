@@ -19,6 +19,7 @@ from integration_support import Forge, FreshLogin, MakeUser
 from qa.client import ApiClient
 from qa.factories import Member, Tenant, create_user
 from qa.launcher import Backend, LaunchedBackend
+from qa.plugin import SENDS_BURSTS
 
 JWT_AUDIENCE = "renum-api"
 JWT_ISSUER = "renum"
@@ -98,3 +99,10 @@ def other_api_key(other_owner_client: ApiClient, other_tenant: Tenant) -> dict[s
     response = other_owner_client.post("/api/v1/api-keys", json={"name": "other-tenant-key"})
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The shared backend serves hundreds of tests from one address (forged and expired tokens,
+    # unknown ids, wrong passwords): its throttling thresholds are raised. The throttling is
+    # tested on backends of its own, launched with low ones (test_security_throttle.py).
+    config.stash[SENDS_BURSTS] = True

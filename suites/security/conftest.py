@@ -16,6 +16,7 @@ import pytest
 from security_support import CANARY_PLATFORM_KEY
 
 from qa.launcher import Backend, LaunchedBackend, remote_backend
+from qa.plugin import SENDS_BURSTS
 
 SECURITY_ENV = {
     "RENUM_EGRESS__ALLOW": "",
@@ -56,3 +57,10 @@ def backend(request: pytest.FixtureRequest, db_flavour: str) -> Iterator[Backend
 @pytest.fixture(scope="session")
 def canary_platform_key() -> str:
     return CANARY_PLATFORM_KEY
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The shared backend takes hostile values on every operation from one address (forged
+    # tokens, unknown ids): its throttling thresholds are raised. The throttling is tested on
+    # backends of its own, launched with low ones (test_security_throttle.py).
+    config.stash[SENDS_BURSTS] = True
