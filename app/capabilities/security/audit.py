@@ -1,5 +1,7 @@
 """The security capability's part of the audit trail: the enabled trail for the app, the
-periodic checkpoints and pruning, and the observer that audits platform admins' reads.
+periodic checkpoints and pruning, and what it records itself: platform admins' reads (a
+request observer), refusals for a role (a problem observer of the error handler) and the
+intrusion detection's events (a listener).
 
 The trail itself (recording, the chain, verification) is the base's (``app.services.audit``):
 services record what they did into ``app.state.audit``, which is a disabled trail until this
@@ -35,7 +37,8 @@ INITIALISE_RETRY_SECONDS = 5.0
 
 class AuditKeeper:
     """The enabled trail of one app, its checkpoints and pruning every
-    ``checkpoint_interval_minutes``, and the admins' reads it records in the background."""
+    ``checkpoint_interval_minutes``, and what it records in the background (admins' reads,
+    refusals for a role)."""
 
     def __init__(self, settings: AuditSettings, metrics: Metrics) -> None:
         self.settings = settings
