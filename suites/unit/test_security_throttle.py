@@ -476,3 +476,32 @@ def test_an_ipv6_client_counts_as_its_64_network() -> None:
     assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
     assert source_of("198.51.100.7") == "198.51.100.7"
     assert source_of("unknown") == "unknown"
+
+
+async def test_a_usual_login_writes_nothing_to_the_counters() -> None:
+    store = MemoryCounters()
+    guard = Guard(ThrottleSettings(), store, SecurityEvents(Metrics("t", "t"), lambda: _NoAlerts()))
+    writes: list[str] = []
+    for name in ("put", "delete", "incr"):
+        original = getattr(store, name)
+
+        async def recorded(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            writes.append(_name)
+            return await _original(*args)
+
+        setattr(store, name, recorded)
+    first = await guard.login_check("a@x.io", "1.1.1.1")
+    assert (first.refusal, first.known, first.failures) == (None, False, 0)
+    await guard.login_succeeded("a@x.io", "1.1.1.1", first)
+    assert writes == ["put"]  # the source becomes a known context
+    writes.clear()
+    again = await guard.login_check("a@x.io", "1.1.1.1")
+    assert again.known
+    await guard.login_succeeded("a@x.io", "1.1.1.1", again)
+    assert writes == []  # known already, no failure to forgive
+    await guard.login_failed("a@x.io", "1.1.1.1", "wrong-password")
+    after_failure = await guard.login_check("a@x.io", "1.1.1.1")
+    assert after_failure.failures == 1
+    writes.clear()
+    await guard.login_succeeded("a@x.io", "1.1.1.1", after_failure)
+    assert writes == ["delete"]  # the failure forgiven

@@ -35,6 +35,7 @@ from app.core.request_context import current_scope
 from app.services.principal import Principal
 
 AUTHORIZATION = b"authorization"
+LOGIN_CHECK = "renum.login_check"  # what the counters said before the login
 IPV6_PREFIX = 64
 MAX_EMAIL = 320
 MAX_PEERS = 10_000  # peers whose trust is remembered (forgotten all at once past it)
@@ -128,25 +129,26 @@ class Screen:
         """429 while logins to ``email`` from this client are throttled."""
         scope = current_scope()
         source = None if scope is None else self._source(scope)
-        if source is None:
+        if scope is None or source is None:
             return
         if self.guard.source_blocks:
             refusal = self.guard.source_refusal(source)
             if refusal is not None:
                 raise _refuse(refusal)
-        refusal = await self.guard.login_refusal(_normal(email), source)
-        if refusal is not None:
-            raise _refuse(refusal)
+        check = await self.guard.login_check(_normal(email), source)
+        scope[LOGIN_CHECK] = check  # for ``after``: what needs no writing again
+        if check.refusal is not None:
+            raise _refuse(check.refusal)
 
     async def after(self, email: str, failure: str | None) -> None:
         """Count a failed login (``failure``: why) or a success."""
         scope = current_scope()
         source = None if scope is None else self._source(scope)
-        if source is None:
+        if scope is None or source is None:
             return
         email = _normal(email)
         if failure is None:
-            await self.guard.login_succeeded(email, source)
+            await self.guard.login_succeeded(email, source, scope.get(LOGIN_CHECK))
         else:
             kind = "unknown-account" if failure == UNKNOWN_ACCOUNT else "wrong-password"
             await self.guard.login_failed(email, source, kind)

@@ -72,6 +72,16 @@ class Refusal:
     retry_after: int
 
 
+@dataclass
+class LoginCheck:
+    """What the counters said before a login: its throttling (None: none), whether the
+    source is a known context of the account, and the pair's failures in this window."""
+
+    refusal: Refusal | None
+    known: bool
+    failures: int
+
+
 def _retry(until: float, now: float) -> int:
     return max(1, math.ceil(until - now))
 
@@ -109,23 +119,30 @@ class Guard:
         return Refusal(entry[1], _retry(entry[0], now))
 
     async def login_refusal(self, email: str, source: str) -> Refusal | None:
-        """Whether a login to ``email`` from ``source`` is throttled now (one read of five
-        counters); the store failing lets the login through (logged)."""
+        """Whether a login to ``email`` from ``source`` is throttled now."""
+        return (await self.login_check(email, source)).refusal
+
+    async def login_check(self, email: str, source: str) -> LoginCheck:
+        """Whether a login to ``email`` from ``source`` is throttled now, whether the source
+        is a known context of the account and how many failures the pair has (one read of
+        six counters); the store failing lets the login through (logged)."""
         keys = self._login_keys(email, source)
         try:
-            pair, stuffing, enumeration, distributed, known = await self.store.get_many(
+            pair, stuffing, enumeration, distributed, known, failures = await self.store.get_many(
                 [
                     keys["brute-force"],
                     keys["credential-stuffing"],
                     keys["user-enumeration"],
                     keys["distributed-attack"],
                     keys["known"],
+                    keys["failures"],
                 ]
             )
         except Exception as exc:
             self._store_failed(exc)
-            return None
+            return LoginCheck(None, known=False, failures=1)
         now = time.time()
+        check = LoginCheck(None, known=bool(known), failures=int(failures or 0))
         for kind, until_ms in (
             ("brute-force", pair),
             ("credential-stuffing", stuffing),
@@ -133,8 +150,9 @@ class Guard:
             ("distributed-attack", None if known else distributed),
         ):
             if until_ms is not None and until_ms / 1000 > now:
-                return Refusal(kind, _retry(until_ms / 1000, now))
-        return None
+                check.refusal = Refusal(kind, _retry(until_ms / 1000, now))
+                break
+        return check
 
     async def login_failed(self, email: str, source: str, outcome: str | None) -> None:
         """Count a failed login (``outcome``: ``unknown-account`` or ``wrong-password``) and
@@ -177,14 +195,21 @@ class Guard:
         except Exception as exc:
             self._store_failed(exc)
 
-    async def login_succeeded(self, email: str, source: str) -> None:
+    async def login_succeeded(
+        self, email: str, source: str, check: LoginCheck | None = None
+    ) -> None:
         """``source`` is a known context of ``email`` from now on; the pair's failures are
-        forgiven."""
+        forgiven. With the ``check`` read before the login, what is so already is not written
+        again (a user's usual login writes nothing here)."""
         s = self.settings
         e, src = digest(email), digest(source)
         try:
-            await self.store.put(f"k:{e}|{src}", 1, s.known_context_days * 86_400)
-            await self.store.delete(window_key(f"f:pair:{e}|{src}", s.brute_force.window_seconds))
+            if check is None or not check.known:
+                await self.store.put(f"k:{e}|{src}", 1, s.known_context_days * 86_400)
+            if check is None or check.failures:
+                await self.store.delete(
+                    window_key(f"f:pair:{e}|{src}", s.brute_force.window_seconds)
+                )
         except Exception as exc:
             self._store_failed(exc)
 
@@ -206,6 +231,7 @@ class Guard:
             "user-enumeration": f"b:user-enumeration:{src}",
             "distributed-attack": f"b:distributed-attack:{e}",
             "known": f"k:{e}|{src}",
+            "failures": window_key(f"f:pair:{e}|{src}", self.settings.brute_force.window_seconds),
         }
 
     async def _count_source(self, kind: str, source: str) -> None:
