@@ -9,6 +9,7 @@ each test, because ``configure_logging`` rewires both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -91,15 +92,13 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'unit.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def migrated_database(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[SQLAlchemyManager]:
-    """A migrated database of each kind (PostgreSQL: a new database on the shared server,
-    dropped afterwards); its URL is ``migrated_database.settings.url``."""
+@contextlib.asynccontextmanager
+async def migrated(kind: str, directory: Path) -> AsyncIterator[SQLAlchemyManager]:
+    """A migrated database of ``kind`` (``sqlite``: a file in ``directory``; ``postgresql``:
+    a new database on the shared server, dropped afterwards)."""
     name = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{directory / 'migrated.db'}"
     else:
         name = f"renum_unit_{uuid.uuid4().hex[:10]}"
         url = await asyncio.to_thread(services.create_postgres_database, name)
@@ -111,6 +110,15 @@ async def migrated_database(
         await db.dispose()
         if name is not None:
             await asyncio.to_thread(services.drop_postgres_database, name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def migrated_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SQLAlchemyManager]:
+    """A migrated database of each kind; its URL is ``migrated_database.settings.url``."""
+    async with migrated(request.param, tmp_path) as db:
+        yield db
 
 
 MakeSettings = Callable[..., Settings]

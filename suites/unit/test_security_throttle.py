@@ -32,14 +32,13 @@ from app.capabilities.security.throttle import (
     policy_header,
 )
 from app.core.client_address import UNKNOWN, client_address
-from app.core.config import DatabaseSettings, RateLimit, Settings, ThrottleSettings
+from app.core.config import RateLimit, Settings, ThrottleSettings
 from app.core.errors import TooManyRequests
 from app.core.metrics import Metrics
-from app.db import migrate
-from app.db.database import SQLAlchemyManager
 from app.models import Role
 from app.services.principal import Principal
 from qa import services
+from suites.unit.conftest import migrated
 
 pytestmark = pytest.mark.anyio
 
@@ -403,20 +402,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         finally:
             await found.close()
         return
-    name = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'counters.db'}"
-    else:
-        name = f"renum_counters_{uuid.uuid4().hex[:10]}"
-        url = await asyncio.to_thread(services.create_postgres_database, name)
-    db = SQLAlchemyManager(DatabaseSettings(url=url))
-    await migrate.upgrade(db.engine)
-    try:
+    async with migrated(request.param, tmp_path) as db:
         yield DatabaseCounters(db)
-    finally:
-        await db.dispose()
-        if name is not None:
-            await asyncio.to_thread(services.drop_postgres_database, name)
 
 
 async def test_a_store_counts_expires_and_forgets(store: CounterStore) -> None:
