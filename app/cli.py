@@ -987,7 +987,6 @@ def keys_rotate(
     """Seal every stored secret under an older key again with the primary key (the first of
     RENUM_ENCRYPTION_KEYS), in batches, while the service runs; run it again after an
     interruption. Exit code: 0 done, 1 some values did not open (left as they are), 2 error."""
-    import json
 
     from app.capabilities.security.keys import rotate
 
@@ -1016,19 +1015,14 @@ def keys_rotate(
         return done
 
     result = run_with_engine(rotate_and_record)
-    if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
-    else:
-        typer.echo(f"{result.total} values sealed again with key {box.current_key_id}.")
-        if result.changed_meanwhile:
-            typer.echo(f"{result.changed_meanwhile} changed meanwhile and were left as they are.")
-        for column, ids in result.unopened.items():
-            err.print(
-                f"[bold red]{len(ids)} {escape(column)} did not open[/] (a key not configured, "
-                f"or damaged): {escape(', '.join(ids[:10]))}{' ...' if len(ids) > 10 else ''}",
-                soft_wrap=True,
-            )
-    raise typer.Exit(1 if result.unopened else 0)
+    _report_sealing(
+        result,
+        as_json,
+        f"{result.total} values sealed again with key {box.current_key_id}.",
+        lambda column, count: (
+            f"{count} {escape(column)} did not open[/] (a key not configured, or damaged)"
+        ),
+    )
 
 
 @keys_cli.command("seal-content")
@@ -1043,7 +1037,6 @@ def keys_seal_content(
     before they were listed), in batches, while the service runs; run it again after an
     interruption, or for executions that were running. Exit code: 0 done, 1 some rows did not
     open, 2 nothing to do it for (no account listed, or the security capability off)."""
-    import json
 
     from app.capabilities.security.keys import seal_content
     from app.services.content import SealingPolicy
@@ -1066,15 +1059,31 @@ def keys_seal_content(
     result = run_with_engine(
         lambda engine: seal_content(engine, box, policy, batch=batch_size, progress=progress)
     )
+    _report_sealing(
+        result,
+        as_json,
+        f"{result.total} rows sealed with key {box.current_key_id}.",
+        lambda table, count: f"{count} rows of {escape(table)} did not open[/]",
+    )
+
+
+def _report_sealing(
+    result: Any, as_json: bool, summary: str, unopened: Callable[[str, int], str]
+) -> None:
+    """Print what ``renum keys rotate`` or ``seal-content`` did (``summary``; ``unopened``
+    words the values of one column or table that did not open) and exit: 0 done, 1 some
+    values did not open (left as they are)."""
+    import json
+
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:
-        typer.echo(f"{result.total} rows sealed with key {box.current_key_id}.")
+        typer.echo(summary)
         if result.changed_meanwhile:
             typer.echo(f"{result.changed_meanwhile} changed meanwhile and were left as they are.")
-        for table, ids in result.unopened.items():
+        for where, ids in result.unopened.items():
             err.print(
-                f"[bold red]{len(ids)} rows of {escape(table)} did not open[/]: "
+                f"[bold red]{unopened(where, len(ids))}: "
                 f"{escape(', '.join(ids[:10]))}{' ...' if len(ids) > 10 else ''}",
                 soft_wrap=True,
             )
