@@ -24,7 +24,7 @@ from sqlalchemy import Table, case, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from app.db.database import SQLAlchemyManager
+from app.db.database import READ_ONLY, SQLAlchemyManager
 from app.models import SecurityCounter
 
 REDIS_PREFIX = "renum:security:"
@@ -197,6 +197,8 @@ class DatabaseCounters:
             table.c.key.in_(list(keys)), table.c.expires_at > time.time()
         )
         async with self.database.session() as session:
+            # A read: on SQLite it begins deferred, never queueing behind the writers.
+            await session.connection(execution_options=READ_ONLY)
             found = {row.key: int(row.value) for row in await session.execute(query)}
             await session.rollback()
         return [found.get(key) for key in keys]
