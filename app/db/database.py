@@ -6,7 +6,8 @@ Created by the application's lifespan (never at import time) and disposed of wit
 that the URL's driver is installed (``require_driver``: one clear error with the install
 command), builds the engine with the pool and driver settings of the ``database`` section (pool
 size, overflow, timeout, recycle, pre-ping; PostgreSQL's statement timeout and the driver's
-connect and command timeouts; SQLite's pragmas), measures its pool (``app.db.pool``) and lets a
+connect and command timeouts; SQLite's pragmas, and its writers taking the write lock in
+turn, ``app.db.sqlite_writers``), measures its pool (``app.db.pool``) and lets a
 circuit breaker guard every checkout (``attach_breaker``). Besides sessions, it runs short
 synchronous transactions in one hop (``run_transaction``: on a connection checked out without
 the pre-ping, replaced when it turns out lost before the commit; on PostgreSQL, optionally as
@@ -53,6 +54,7 @@ from app.db.pool import (
     unpinged,
 )
 from app.db.queries import QueryHooks, instrument, uninstrument
+from app.db.sqlite_writers import WriterTurns
 
 T = TypeVar("T")
 log = get_logger("app.database")
@@ -128,6 +130,42 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _sqlite_begin_in_turn(writers: WriterTurns, conn: Any) -> None:
+    """``_sqlite_begin`` for the application's engine: a write transaction first waits for its
+    turn among this process's writers (``app.db.sqlite_writers``), held until it ends."""
+    if conn.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE") == "IMMEDIATE":
+        writers.take(conn.info)
+    try:
+        _sqlite_begin(conn)
+    except BaseException:
+        writers.give_back(conn.info)
+        raise
+
+
+def _transaction_ended(writers: WriterTurns, conn: Connection) -> None:
+    # An invalidated connection (a statement cancelled under it) has no info left to read:
+    # the pool's invalidate event, which came first, gave its turn back.
+    if not conn.invalidated:
+        writers.give_back(conn.info)
+
+
+def _listen_for_turns(engine: Engine, writers: WriterTurns) -> None:
+    """Begin in turn; end the turn when the transaction ends, or at the latest when its
+    connection goes back to the pool or is invalidated."""
+    event.listen(engine, "begin", functools.partial(_sqlite_begin_in_turn, writers))
+    for ended in ("commit", "rollback"):
+        event.listen(engine, ended, functools.partial(_transaction_ended, writers))
+    for returned in ("checkin", "invalidate"):
+        event.listen(
+            engine.pool, returned, lambda _dbapi, record, *_: writers.give_back(record.info)
+        )
+
+
+def writer_turns(settings: DatabaseSettings) -> WriterTurns:
+    """Turns for the writers of an SQLite database, waited for at most its busy timeout."""
+    return WriterTurns(settings.sqlite_busy_timeout_ms / 1000)
+
+
 def _postgres_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     """asyncpg's connect and command timeouts, and the server's statement timeout."""
     server_settings = {"application_name": "renum"}
@@ -140,9 +178,10 @@ def _postgres_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     }
 
 
-def build_engine(settings: DatabaseSettings) -> AsyncEngine:
+def build_engine(settings: DatabaseSettings, writers: WriterTurns | None = None) -> AsyncEngine:
     """The application's engine: a measured pool (``MeasuredPool``) with the section's
-    settings; on SQLite, the pragmas and the begin mode of ``_sqlite_begin``."""
+    settings; on SQLite, the pragmas, the begin mode of ``_sqlite_begin`` and the writers'
+    turns (``writers``, or turns of its own)."""
     url = make_url(settings.url)
     pool: dict[str, Any] = {
         "poolclass": MeasuredPool,
@@ -157,7 +196,7 @@ def build_engine(settings: DatabaseSettings) -> AsyncEngine:
         if sqlite_file_path(url) is not None:
             event.listen(engine.sync_engine, "do_connect", _make_sqlite_directory)
         event.listen(engine.sync_engine, "connect", functools.partial(_sqlite_pragmas, settings))
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        _listen_for_turns(engine.sync_engine, writers or writer_turns(settings))
         return engine
     return create_async_engine(
         url,
@@ -238,7 +277,9 @@ class SQLAlchemyManager:
     def __init__(self, settings: DatabaseSettings) -> None:
         require_driver(settings)
         self.settings = settings
-        self.engine = build_engine(settings)
+        # SQLite: the writers' turns, shared by the engine and ``run_transaction``'s thread.
+        self.writers = writer_turns(settings) if settings.is_sqlite else None
+        self.engine = build_engine(settings, self.writers)
         self.breaker: CircuitBreaker | None = None
         self.query_hooks: QueryHooks | None = None
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -401,12 +442,13 @@ class SQLAlchemyManager:
         statement is its commit."""
         if self.breaker is not None:
             self.breaker.check()
-        if self._sqlite_url is not None:
+        if self._sqlite_url is not None and self.writers is not None:
             if self._sqlite is None:
                 self._sqlite = _SQLiteWorker(self._sqlite_url, self.settings)
                 if self.query_hooks is not None:
                     instrument(self._sqlite.engine, self.query_hooks)
-            return await self._sqlite.run(work)
+            async with self.writers.turn():
+                return await self._sqlite.run(work)
         with unpinged():
             return await greenlet_spawn(self._pooled, work, autocommit and self.autocommits)
 

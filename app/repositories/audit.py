@@ -27,20 +27,20 @@ class AuditRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def claim_next(self) -> tuple[int, str, int]:
-        """Move the head on by one: the new entry's number, the hash it follows and the
-        newest checkpoint's number."""
+    async def claim_next(self, count: int = 1) -> tuple[int, str, int]:
+        """Move the head on by ``count``: the first new entry's number, the hash it follows
+        and the newest checkpoint's number."""
         claimed = await self.session.execute(
             update(AuditHead)
             .where(AuditHead.id == HEAD_ID)
-            .values(seq=AuditHead.seq + 1)
+            .values(seq=AuditHead.seq + count)
             .returning(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_seq)
         )
         seq, prev_hash, checkpoint_seq = claimed.one()
-        return int(seq), str(prev_hash), int(checkpoint_seq)
+        return int(seq) - count + 1, str(prev_hash), int(checkpoint_seq)
 
-    async def append(self, values: Mapping[str, Any]) -> None:
-        await self.session.execute(insert(AuditEntry).values(**values))
+    async def append(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        await self.session.execute(insert(AuditEntry), list(entries))
 
     async def set_head(
         self, seq: int, digest: str, checkpoint_seq: int, key_id: str, signature: str

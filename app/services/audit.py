@@ -1,10 +1,13 @@
 """The audit trail of security-relevant actions: recording, checkpoints, pruning, reading.
 
 Services record what they did (``AuditTrail.record``) after it is decided: a login that
-succeeded or failed, a key created, a role changed. Each entry is written in a short
-transaction of its own, after the action's, so the head's lock is never held while an action
-runs; an entry that cannot be written is logged (``audit_write_failed``, never with the
-entry's secrets, which it has none of) and counted, and the action stands.
+succeeded or failed, a key created, a role changed. Entries are written in short transactions
+of their own, after the action's, so the head's lock is never held while an action runs. They
+are committed in groups: one writer task appends every entry queued while the previous group
+was being written, in one transaction, and ``record`` returns once its entry is committed (a
+burst of a hundred logins costs a few transactions, not a hundred queued on the head's lock).
+An entry that cannot be written is logged (``audit_write_failed``, never with the entry's
+secrets, which it has none of) and counted, and the action stands.
 
 Who acted comes from the caller's principal (a user, or one of their API keys) or is named
 (``system``, ``cli``, or ``anonymous`` for a failed login); where from and in which request
@@ -16,6 +19,8 @@ trail in ``app.state.audit``; without it, ``AuditTrail.disabled()`` records noth
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -73,6 +78,8 @@ ACTIONS = (
 )
 MAX_TARGET = 400
 MAX_DETAIL = 500
+# The most entries committed in one transaction.
+MAX_GROUP = 200
 
 
 def source_of(scope: Any) -> str | None:
@@ -101,6 +108,9 @@ class AuditTrail:
         # The client's address of a request (the throttling's, which trusts the configured
         # proxies' X-Forwarded-For, replaces it when it is on).
         self.address: Callable[[Any], str | None] = source_of
+        # Entries waiting for the writer, each with the future its ``record`` waits on.
+        self._queued: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings, sessions: Sessions) -> AuditTrail:
@@ -131,9 +141,10 @@ class AuditTrail:
         source: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        """Append one entry. The actor is ``principal`` when given (its user, its API key in
-        ``details``, its account unless ``account_id`` names the one acted on), else
-        ``actor_kind`` (``anonymous`` by default)."""
+        """Append one entry; returns once it is committed (or its failure reported), with the
+        other entries queued meanwhile. The actor is ``principal`` when given (its user, its
+        API key in ``details``, its account unless ``account_id`` names the one acted on),
+        else ``actor_kind`` (``anonymous`` by default)."""
         if self.sessions is None or self.signer is None:
             return
         facts: dict[str, Detail] = {}
@@ -156,14 +167,41 @@ class AuditTrail:
             "outcome": outcome,
             "details": {key[:64]: _flat(value) for key, value in facts.items()},
         }
+        written = asyncio.get_running_loop().create_future()
+        self._queued.append((values, written))
+        if self._writer is None or self._writer.done():
+            # A context of its own: the writer's statements belong to no request.
+            self._writer = asyncio.create_task(
+                self._write_queued(self.sessions, self.signer),
+                name="renum-audit-writer",
+                context=contextvars.Context(),
+            )
+        await asyncio.shield(written)  # a caller that leaves still has its entry written
+
+    async def _write_queued(self, sessions: Sessions, signer: AuditSigner) -> None:
+        """Commit the queued entries, a group per transaction, until none is left."""
+        while self._queued:
+            group, self._queued = self._queued[:MAX_GROUP], self._queued[MAX_GROUP:]
+            try:
+                await self._write(sessions, signer, [values for values, _ in group])
+            finally:
+                for _, written in group:
+                    written.set_result(None)
+
+    async def _write(
+        self, sessions: Sessions, signer: AuditSigner, entries: list[dict[str, Any]]
+    ) -> None:
         try:
-            async with self.sessions() as session:
-                await _append(session, self.signer, values)
+            async with sessions() as session:
+                await _append(session, signer, entries)
                 await session.commit()
         except Exception as exc:
-            log.error("audit_write_failed", action=action, error_type=type(exc).__name__)
-            if self.on_failure is not None:
-                self.on_failure(action)
+            for entry in entries:
+                log.error(
+                    "audit_write_failed", action=entry["action"], error_type=type(exc).__name__
+                )
+                if self.on_failure is not None:
+                    self.on_failure(entry["action"])
 
     def _source(self) -> str | None:
         scope = current_scope()
@@ -231,34 +269,44 @@ class AuditTrail:
             await _append(
                 session,
                 self.signer,
-                {
-                    "id": uuid.uuid4(),
-                    "actor_id": None,
-                    "actor_kind": "system",
-                    "account_id": None,
-                    "action": PRUNE_ACTION,
-                    "target": f"entries {first} to {anchor.seq - 1}",
-                    "source": None,
-                    "request_id": None,
-                    "outcome": "success",
-                    "details": {"through": anchor.seq - 1, "retention_days": retention_days},
-                },
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "actor_id": None,
+                        "actor_kind": "system",
+                        "account_id": None,
+                        "action": PRUNE_ACTION,
+                        "target": f"entries {first} to {anchor.seq - 1}",
+                        "source": None,
+                        "request_id": None,
+                        "outcome": "success",
+                        "details": {"through": anchor.seq - 1, "retention_days": retention_days},
+                    }
+                ],
             )
             await session.commit()
         log.info("audit_pruned", through_seq=anchor.seq - 1, entries=removed)
         return removed
 
 
-async def _append(session: AsyncSession, signer: AuditSigner, values: dict[str, Any]) -> None:
-    """Append an entry in ``session``'s transaction (committed by the caller): the head moves
-    on first, which holds its lock until the commit."""
+async def _append(
+    session: AsyncSession, signer: AuditSigner, entries: Sequence[dict[str, Any]]
+) -> None:
+    """Append ``entries``, in order, in ``session``'s transaction (committed by the caller):
+    the head moves on first, which holds its lock until the commit, and is signed at the
+    last."""
     repository = AuditRepository(session)
-    seq, prev_hash, checkpoint_seq = await repository.claim_next()
-    entry = {**values, "seq": seq, "created_at": datetime.now(UTC), "prev_hash": prev_hash}
-    entry["hash"] = entry_hash(entry)
-    await repository.append(entry)
-    key_id, signature = signer.sign("head", seq, entry["hash"], checkpoint_seq)
-    await repository.set_head(seq, entry["hash"], checkpoint_seq, key_id, signature)
+    seq, prev_hash, checkpoint_seq = await repository.claim_next(len(entries))
+    chained = []
+    for offset, values in enumerate(entries):
+        entry = {**values, "seq": seq + offset, "created_at": datetime.now(UTC)}
+        entry["prev_hash"] = prev_hash
+        entry["hash"] = prev_hash = entry_hash(entry)
+        chained.append(entry)
+    await repository.append(chained)
+    last = chained[-1]
+    key_id, signature = signer.sign("head", last["seq"], last["hash"], checkpoint_seq)
+    await repository.set_head(last["seq"], last["hash"], checkpoint_seq, key_id, signature)
 
 
 class AuditReader:

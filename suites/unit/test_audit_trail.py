@@ -8,10 +8,11 @@ signed checkpoint keeps the trail verifiable; pruning anywhere else does not. An
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,6 +116,55 @@ async def test_concurrent_appends_take_every_number_once(
     assert list(seqs) == list(range(1, 26))
     assert targets == {str(i) for i in range(25)}
     assert (await check(migrated_database)).intact
+
+
+async def test_entries_queued_together_commit_in_groups_in_arrival_order(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    transactions = 0
+
+    @contextlib.asynccontextmanager
+    async def counted() -> AsyncIterator[Any]:
+        nonlocal transactions
+        transactions += 1
+        async with migrated_database.session() as session:
+            yield session
+
+    audit = AuditTrail(counted, SIGNER)
+    # Another process's trail on the same database appends between the groups.
+    other = trail(migrated_database)
+    await asyncio.gather(
+        *(audit.record("auth.login", target=str(i)) for i in range(60)),
+        *(other.record("auth.logout", target=f"other{i}") for i in range(5)),
+    )
+    async with migrated_database.session() as session:
+        rows = (
+            await session.execute(
+                select(AuditEntry.action, AuditEntry.target).order_by(AuditEntry.seq)
+            )
+        ).all()
+    assert [target for action, target in rows if action == "auth.login"] == [
+        str(i) for i in range(60)
+    ]
+    assert len(rows) == 65
+    # All sixty were queued before the writer's first turn: one transaction.
+    assert transactions == 1
+    assert (await check(migrated_database)).intact
+
+
+async def test_a_caller_that_stops_waiting_still_has_its_entry_written(
+    migrated_database: SQLAlchemyManager,
+) -> None:
+    audit = trail(migrated_database)
+    left = asyncio.create_task(audit.record("auth.login", target="gone"))
+    await asyncio.sleep(0)
+    left.cancel()
+    await audit.record("auth.logout", target="stayed")
+    async with migrated_database.session() as session:
+        targets = (await session.scalars(select(AuditEntry.target).order_by(AuditEntry.seq))).all()
+    assert list(targets) == ["gone", "stayed"]
+    with pytest.raises(asyncio.CancelledError):
+        await left
 
 
 Tamper = Callable[[SQLAlchemyManager], Awaitable[None]]

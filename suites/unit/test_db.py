@@ -3,11 +3,13 @@ parameters, the health round trip that never waits for a writer, Alembic migrati
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -22,6 +24,7 @@ from app.db.database import (
     build_probe_engine,
     build_sync_sqlite_engine,
 )
+from app.db.pool import is_transient
 
 EXPECTED_TABLES = {"accounts", "users", "api_keys", "refresh_tokens"}
 
@@ -198,17 +201,15 @@ async def test_a_failed_statement_error_does_not_carry_its_parameters(tmp_path: 
         await database.dispose()
 
 
-def _short_busy_timeout(conn: Connection) -> None:
-    # On the driver's connection: a statement through SQLAlchemy would begin a transaction.
-    conn.connection.dbapi_connection.cursor().execute("PRAGMA busy_timeout=50")  # type: ignore[union-attr]
-
-
 @pytest.mark.anyio
 async def test_sqlite_transactions_begin_immediate_unless_read_only(tmp_path: Path) -> None:
     """A writer holds SQLite's write lock: a read-only transaction (and the health round
-    trips) still run, a normal one (BEGIN IMMEDIATE) waits for the lock."""
+    trips) still run, a normal one (BEGIN IMMEDIATE) waits for its turn, and after the busy
+    timeout fails as SQLite would ("database is locked")."""
     path = tmp_path / "lock.db"
-    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
+    database = SQLAlchemyManager(
+        DatabaseSettings(url=f"sqlite+aiosqlite:///{path}", sqlite_busy_timeout_ms=100)
+    )
     try:
         await migrate.upgrade(database.engine)
         async with database.engine.connect() as writer:
@@ -223,11 +224,113 @@ async def test_sqlite_transactions_begin_immediate_unless_read_only(tmp_path: Pa
             head = migrate.head_revision()
             assert await migrate.current_revision(database.probe_engine) == head
             async with database.engine.connect() as blocked:
-                await blocked.run_sync(_short_busy_timeout)
                 with pytest.raises(OperationalError, match="locked"):
                     await blocked.execute(text("SELECT 1"))
     finally:
         await database.dispose()
+
+
+@pytest.fixture
+async def counted_table(tmp_path: Path) -> AsyncIterator[SQLAlchemyManager]:
+    """An SQLite database with a table ``t (n)``, writers waiting at most 5 s for a turn."""
+    database = SQLAlchemyManager(
+        DatabaseSettings(
+            url=f"sqlite+aiosqlite:///{tmp_path / 't.db'}", sqlite_busy_timeout_ms=5000
+        )
+    )
+    async with database.session() as session:
+        await session.execute(text("CREATE TABLE t (n INTEGER)"))
+        await session.commit()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.anyio
+async def test_sqlite_writers_take_the_write_lock_in_arrival_order(
+    counted_table: SQLAlchemyManager,
+) -> None:
+    """While one writer holds the lock, the writers that arrive (sessions and the engine's
+    ``run_transaction`` alike) queue in this process and write in the order they came."""
+    database = counted_table
+    holding, finish = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with database.session() as session:
+            await session.execute(text("INSERT INTO t VALUES (0)"))
+            holding.set()
+            await finish.wait()
+            await session.commit()
+
+    async def session_writer(n: int) -> None:
+        async with database.session() as session:
+            await session.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+            await session.commit()
+
+    async def engine_writer(n: int) -> None:
+        await database.run_transaction(
+            lambda conn: conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+        )
+
+    first = asyncio.create_task(holder())
+    await holding.wait()
+    writers = []
+    for n in range(1, 13):
+        write = engine_writer if n % 3 == 0 else session_writer
+        writers.append(asyncio.create_task(write(n)))
+        await asyncio.sleep(0.01)  # arrives after the one before has queued
+    finish.set()
+    await asyncio.gather(first, *writers)
+    async with database.session() as session:
+        order = (await session.scalars(text("SELECT n FROM t ORDER BY rowid"))).all()
+    assert list(order) == list(range(13))
+
+
+@pytest.mark.anyio
+async def test_a_writer_cancelled_mid_statement_gives_its_turn_back(
+    counted_table: SQLAlchemyManager,
+) -> None:
+    """A write transaction cancelled while its statement runs (its connection is invalidated)
+    ends its turn: the next writer gets the lock once SQLite has let go of it (the statement
+    ends), not a "database is locked" after waiting the whole timeout for a lost turn."""
+    database = counted_table
+    started = asyncio.Event()
+
+    async def slow_writer() -> None:
+        async with database.session() as session:
+            await session.execute(text("INSERT INTO t VALUES (1)"))
+            started.set()
+            await session.execute(
+                text(
+                    "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+                    "WHERE i < 1000000) SELECT count(*) FROM c"
+                )
+            )
+
+    task = asyncio.create_task(slow_writer())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with database.session() as session:
+        await session.execute(text("INSERT INTO t VALUES (2)"))
+        await session.commit()
+        assert (await session.scalar(text("SELECT group_concat(n) FROM t"))) == "2"
+
+
+@pytest.mark.anyio
+async def test_a_writer_that_waits_past_the_busy_timeout_fails_as_locked(
+    counted_table: SQLAlchemyManager,
+) -> None:
+    database = counted_table
+    assert database.writers is not None
+    async with database.writers.turn():  # someone else in this process is writing
+        database.writers.timeout_seconds = 0.05
+        with pytest.raises(OperationalError, match="database is locked") as refused:
+            await database.run_transaction(lambda conn: None)
+    assert is_transient(refused.value)  # answered 503 with Retry-After, reads tried again
 
 
 @pytest.mark.anyio
