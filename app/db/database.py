@@ -138,7 +138,7 @@ def _sqlite_begin_in_turn(writers: WriterTurns, conn: Any) -> None:
     try:
         _sqlite_begin(conn)
     except BaseException:
-        writers.give_back(conn.info)
+        _transaction_ended(writers, conn)
         raise
 
 
@@ -149,6 +149,11 @@ def _transaction_ended(writers: WriterTurns, conn: Connection) -> None:
         writers.give_back(conn.info)
 
 
+def _connection_returned(writers: WriterTurns, _dbapi: Any, record: Any, *_: Any) -> None:
+    if record is not None:  # None: a connection detached from the pool, with no turn
+        writers.give_back(record.info)
+
+
 def _listen_for_turns(engine: Engine, writers: WriterTurns) -> None:
     """Begin in turn; end the turn when the transaction ends, or at the latest when its
     connection goes back to the pool or is invalidated."""
@@ -156,9 +161,7 @@ def _listen_for_turns(engine: Engine, writers: WriterTurns) -> None:
     for ended in ("commit", "rollback"):
         event.listen(engine, ended, functools.partial(_transaction_ended, writers))
     for returned in ("checkin", "invalidate"):
-        event.listen(
-            engine.pool, returned, lambda _dbapi, record, *_: writers.give_back(record.info)
-        )
+        event.listen(engine.pool, returned, functools.partial(_connection_returned, writers))
 
 
 def writer_turns(settings: DatabaseSettings) -> WriterTurns:

@@ -36,6 +36,7 @@ class WriterTurns:
 
     def __init__(self, timeout_seconds: float) -> None:
         self.timeout_seconds = timeout_seconds
+        self.waiting = 0  # writers of this process waiting for their turn now
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
@@ -50,12 +51,15 @@ class WriterTurns:
     async def acquire(self) -> asyncio.Lock:
         """Wait for this writer's turn (at most the timeout); the lock to release after."""
         lock = self._lock()
+        self.waiting += 1
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 await lock.acquire()
         except TimeoutError:
             locked = sqlite3.OperationalError("database is locked")
             raise OperationalError("BEGIN IMMEDIATE", None, locked) from None
+        finally:
+            self.waiting -= 1
         return lock
 
     @asynccontextmanager
