@@ -987,7 +987,6 @@ def keys_rotate(
     """Seal every stored secret under an older key again with the primary key (the first of
     RENUM_ENCRYPTION_KEYS), in batches, while the service runs; run it again after an
     interruption. Exit code: 0 done, 1 some values did not open (left as they are), 2 error."""
-
     from app.capabilities.security.keys import rotate
 
     settings = load_settings()
@@ -1037,7 +1036,6 @@ def keys_seal_content(
     before they were listed), in batches, while the service runs; run it again after an
     interruption, or for executions that were running. Exit code: 0 done, 1 some rows did not
     open, 2 nothing to do it for (no account listed, or the security capability off)."""
-
     from app.capabilities.security.keys import seal_content
     from app.services.content import SealingPolicy
 

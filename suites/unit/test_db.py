@@ -4,6 +4,7 @@ parameters, the health round trip that never waits for a writer, Alembic migrati
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from app.db.database import (
     build_sync_sqlite_engine,
 )
 from app.db.pool import is_transient
+from qa.polling import wait_until_async
 
 EXPECTED_TABLES = {"accounts", "users", "api_keys", "refresh_tokens"}
 
@@ -276,14 +278,15 @@ async def test_sqlite_writers_take_the_write_lock_in_arrival_order(
     first = asyncio.create_task(holder())
     await holding.wait()
     writers = []
-    assert database.writers is not None
+    turns = database.writers
+    assert turns is not None
     for n in range(1, 13):
         write = engine_writer if n % 3 == 0 else session_writer
         writers.append(asyncio.create_task(write(n)))
-        async with asyncio.timeout(5):
-            # Queued before the next one arrives (a count the code under test keeps: polled).
-            while database.writers.waiting < n:  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
+        # Queued before the next one arrives.
+        await wait_until_async(
+            functools.partial(lambda n: turns.waiting >= n, n), timeout=5, what=f"writer {n} queued"
+        )
     finish.set()
     await asyncio.gather(first, *writers)
     async with database.session() as session:
