@@ -204,8 +204,14 @@ def test_no_step_starts_after_cancel_returns_on_a_busy_execution(
     steps = [ts.step(f"s{n}", echo) for n in range(400)] + [ts.step("last", last)]
     team = ts.create_team(owner_client, [echo, last], ts.workflow("sequential", steps))
     fake_openai.script(held())
-    execution = ts.start(owner_client, team, wait=0.3)
-    assert execution["status"] == "running", execution["status"]
+    execution = ts.start(owner_client, team, wait=None)
+    ts.wait_until(
+        lambda: any(
+            step["status"] == "completed"
+            for step in ts.get_execution(owner_client, execution["id"])["steps"]
+        ),
+        what="a first step to complete",
+    )
 
     cancelled, returned = cancel(owner_client, execution["id"], "immediate")
     assert cancelled["status"] == "cancelled", cancelled

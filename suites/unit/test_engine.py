@@ -645,11 +645,17 @@ async def test_a_cancel_found_while_other_steps_run_waits_for_them_to_land(
     and the execution ends once s1 has landed too."""
     execution_id = await world.start(await world.team("parallel", 3, max_concurrency=2))
 
+    async def s0_landed() -> None:
+        with world.engine.hub.listening(execution_id) as news:
+            while (await world.state(execution_id))[1]["s0"].status != "completed":
+                await news.wait()
+                news.clear()
+
     async def hook(agent: str) -> None:
         if agent == "a0":
             await world.cancel(execution_id, "after_step")
         else:
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(s0_landed(), timeout=10)
 
     world.caller.hook = hook
     await world.engine.run(execution_id, asyncio.Event())
