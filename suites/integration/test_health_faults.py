@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import faults_support as fs
 import httpx
@@ -215,9 +216,15 @@ def test_pending_migrations_keep_readiness_503_until_renum_db_upgrade(
         RENUM_DATABASE__URL=empty_database, RENUM_DATABASE__AUTO_MIGRATE="false"
     )
     assert ready_status(server.base_url) == 503
-    schema = entry(details(server.base_url).json(), "schema:revision")
+
+    def schema_check() -> dict[str, Any] | None:
+        """The schema check's entry once it names the pending migrations (it runs every 0.3 s
+        with a 1 s timeout: on a busy machine a round may time out first)."""
+        found: dict[str, Any] = entry(details(server.base_url).json(), "schema:revision")
+        return found if found["output"].startswith("migrations pending") else None
+
+    schema = wait_for(schema_check, what="the schema check naming the pending migrations")
     assert schema["status"] == "fail"
-    assert schema["output"].startswith("migrations pending")
     assert schema["fix"] == "renum db upgrade"
     upgraded = renum("db", "upgrade", env={"RENUM_DATABASE__URL": empty_database})
     assert upgraded.returncode == 0, upgraded.stderr
