@@ -59,6 +59,10 @@ def _flavours(config: pytest.Config) -> list[str]:
 
 
 BOTH_DATABASES = "both_databases"
+# A long scenario (a kill, a restart, an outage, a backup and its restore, several processes)
+# among the integration tests: `nox -s integration` leaves it out (`-m "not drill"`) to keep
+# the default run short, and `nox -s drills` runs it with the drills.
+DRILL = "drill"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +72,17 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{BOTH_DATABASES}: the test's behaviour depends on the database; it runs on every "
         "flavour given with --db (other tests run on the first one only)",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{DRILL}: a long scenario, run by `nox -s drills` instead of the default run",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under a ``drills`` directory is a drill (``DRILL``)."""
+    for item in items:
+        if "drills" in item.path.parent.parts:
+            item.add_marker(DRILL)
 
 
 def flavours_for(config: pytest.Config, marked: bool) -> list[str]:

@@ -25,6 +25,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Literal
 
 import jwt
@@ -38,9 +39,14 @@ API_KEY_PREFIX = "rk_"
 TokenType = Literal["access", "refresh"]
 
 _hasher = PasswordHasher()
-# A real hash to verify against when the user does not exist, so a login's timing does not
-# reveal whether the email is registered.
-_DUMMY_HASH = _hasher.hash("renum-timing-equaliser")
+
+
+@cache
+def _dummy_hash() -> str:
+    """A real hash to verify against when the user does not exist, so a login's timing does
+    not reveal whether the email is registered (made at the first such login, not at import:
+    an Argon2 hash costs every process that imports this module a tenth of a second)."""
+    return _hasher.hash("renum-timing-equaliser")
 
 
 def hash_password(password: str) -> str:
@@ -49,7 +55,8 @@ def hash_password(password: str) -> str:
 
 def verify_password(password: str, password_hash: str | None) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        verified = _hasher.verify(password_hash or _dummy_hash(), password)
+        return verified and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -437,6 +437,7 @@ def test_silences_are_validated_and_admin_only(
         backend.stop()
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_two_api_processes_evaluate_once_and_notify_once(
     tmp_path: Path, receiver: WebhookReceiver, mailbox: tuple[Mailbox, int]
 ) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from integration_support import Cli, cli_env
 
 from app.capabilities.backups.replication import ReplicationError, restore_replica
@@ -20,6 +21,9 @@ from qa.client import ApiClient
 from qa.factories import DEFAULT_PASSWORD, expect, unique_email, unique_name
 from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
+
+# A long scenario: run by `nox -s drills`, not the default run (qa.plugin's DRILL).
+pytestmark = pytest.mark.drill
 
 ALERTS = "/api/v1/ops/alerts"
 

@@ -223,6 +223,7 @@ def after(events: list[dict[str, Any]], mark: dict[str, Any]) -> list[dict[str, 
     return events[events.index(mark) + 1 :]
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_with_several_workers_a_reload_is_validated_once_and_reaches_every_worker(
     config_file: Path,
 ) -> None:

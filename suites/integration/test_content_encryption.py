@@ -20,6 +20,7 @@ import sys
 import uuid
 from typing import Any
 
+import pytest
 import teams_support as ts
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -28,6 +29,9 @@ from qa.client import ApiClient
 from qa.factories import tenant_with_owner
 from qa.fake_openai import FakeOpenAI
 from qa.launcher import REPO_ROOT, LaunchedBackend
+
+# A long scenario: run by `nox -s drills`, not the default run (qa.plugin's DRILL).
+pytestmark = pytest.mark.drill
 
 SECRET = "ocelot-vanadium-5527"
 SETTING = "RENUM_SECURITY__CONTENT_ENCRYPTION__ACCOUNTS"

@@ -18,6 +18,9 @@ from qa.fake_openai import FakeOpenAI, Held, Reply
 from qa.plugin import LaunchBackend
 from qa.polling import wait_until
 
+# A long scenario: run by `nox -s drills`, not the default run (qa.plugin's DRILL).
+pytestmark = pytest.mark.drill
+
 FAST_RECOVERY = {
     "RENUM_EXECUTIONS__HEARTBEAT_SECONDS": "0.2",
     "RENUM_EXECUTIONS__STALE_AFTER_SECONDS": "1",

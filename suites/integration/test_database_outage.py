@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import faults_support as fs
 import httpx
+import pytest
 from faults_support import ready_status, url_via
 
 from qa import services
@@ -30,6 +31,9 @@ from qa.fake_openai import FakeOpenAI, Held, Reply
 from qa.fault_proxy import FaultProxy
 from qa.launcher import LaunchedBackend
 from qa.polling import wait_until
+
+# A long scenario: run by `nox -s drills`, not the default run (qa.plugin's DRILL).
+pytestmark = pytest.mark.drill
 
 launch_degraded = fs.launch_degraded
 postgres_database = fs.postgres_database

@@ -85,6 +85,7 @@ def test_unreachable_redis_degrades_to_warn_and_names_affected_endpoints(
 # --- hung, cut and recovered ----------------------------------------------------------------
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_hung_postgresql_turns_readiness_503_after_the_threshold_and_recovers(
     launch_degraded: Callable[..., LaunchedBackend], postgres_database: tuple[str, int]
 ) -> None:

@@ -15,12 +15,16 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import teams_support as ts
 
 from qa.client import ApiClient
 from qa.factories import tenant_with_owner
 from qa.fake_openai import FakeOpenAI
 from qa.launcher import REPO_ROOT, LaunchedBackend
+
+# A long scenario: run by `nox -s drills`, not the default run (qa.plugin's DRILL).
+pytestmark = pytest.mark.drill
 
 KEYS = 4
 SPARE_KEYS = 30

@@ -22,6 +22,9 @@ from app.capabilities.backups.postgres import PostgresCatalogue
 from app.core.config import BackupSettings
 from qa.pg_cluster import PrivateCluster, scratch_directory
 
+# A long scenario: run by `nox -s drills`, not the default run (qa.plugin's DRILL).
+pytestmark = pytest.mark.drill
+
 KEY = "correct horse battery staple 2026"
 ARCHIVING = {"archive_mode": "on", "wal_level": "replica", "archive_timeout": "0"}
 

@@ -218,3 +218,32 @@ def test_on_one_database_every_test_runs_once(pytester: pytest.Pytester) -> None
 def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.both_databases: *every flavour given with --db*"])
+
+
+def test_drills_are_selected_by_their_mark_or_their_directory(pytester: pytest.Pytester) -> None:
+    """`nox -s integration` runs `-m "not drill"` and `nox -s drills` runs `-m drill` over
+    suites/drills and suites/integration: a test marked `drill`, and every test under a
+    `drills` directory, moves from the first run to the second."""
+    pytester.makepyfile(
+        test_integration="""
+import pytest
+
+def test_short():
+    pass
+
+@pytest.mark.drill
+def test_long():
+    pass
+"""
+    )
+    pytester.mkdir("drills")
+    (pytester.path / "drills" / "test_drill.py").write_text("def test_kill():\n    pass\n")
+
+    default = pytester.runpytest("-m", "not drill", "-v")
+    default.assert_outcomes(passed=1, deselected=2)
+    default.stdout.fnmatch_lines(["*test_integration.py::test_short PASSED*"])
+    drills = pytester.runpytest("-m", "drill", "-v")
+    drills.assert_outcomes(passed=2, deselected=1)
+    drills.stdout.fnmatch_lines_random(
+        ["*test_integration.py::test_long PASSED*", "*drills/test_drill.py::test_kill PASSED*"]
+    )
