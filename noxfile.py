@@ -187,8 +187,10 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def unit(session: nox.Session) -> None:
     """Fast tests of single modules, no server (two pytest-xdist workers, one per core;
-    `systemd-analyze` checks the reference deployment's units)."""
+    `systemd-analyze` checks the reference deployment's units, `promtool` from Debian's
+    `prometheus` the exported alert rules)."""
     debian_tool(session, "systemd-analyze", "systemd")
+    debian_tool(session, "promtool", "prometheus")
     run_pytest(
         session, "unit", "suites/unit", "--timeout=120", "-o", "faulthandler_timeout=110", workers=2
     )

@@ -68,6 +68,14 @@ audit_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(audit_cli, name="audit")
+alerts_cli = typer.Typer(
+    help="The monitor's alert rules for other tools (Prometheus).", no_args_is_help=True
+)
+cli.add_typer(alerts_cli, name="alerts")
+grafana_cli = typer.Typer(
+    help="A Grafana dashboard of the metrics Renum serves.", no_args_is_help=True
+)
+cli.add_typer(grafana_cli, name="grafana")
 
 # Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
 # two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
@@ -917,16 +925,20 @@ def security_sbom(
     JSON): every distribution with its package URL, licence and dependencies."""
     from app.capabilities.security import sbom_json
 
-    document = sbom_json()
+    _emit(sbom_json(), output, "SBOM")
+
+
+def _emit(document: str, output: Path | None, what: str) -> None:
+    """Print ``document``, or write it to ``output`` (exit code 2 when that fails)."""
     if output is None:
         typer.echo(document)
         return
     try:
         output.write_text(document + "\n", encoding="utf-8")
     except OSError as exc:
-        err.print(f"[bold red]Cannot write the SBOM:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]Cannot write the {what}:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
-    typer.echo(f"SBOM written to {output}")
+    typer.echo(f"{what} written to {output}")
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -1168,3 +1180,46 @@ def audit_verify(
         soft_wrap=True,
     )
     raise typer.Exit(code)
+
+
+# --- exports for other monitoring tools ------------------------------------------------------
+
+
+@alerts_cli.command("export")
+def alerts_export(
+    format_: Annotated[
+        str, typer.Option("--format", help="The rule format: prometheus (a rule file).")
+    ] = "prometheus",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file.")
+    ] = None,
+) -> None:
+    """Print the alert rules as a Prometheus rule file (YAML; check it with `promtool check
+    rules`), with the bounds, durations and severities of RENUM_MONITOR__ALERTS__RULES."""
+    import yaml
+
+    from app.capabilities.monitor.exports import prometheus_rules
+
+    if format_ != "prometheus":
+        err.print(
+            f"[bold red]Unknown format {escape(format_)!r}:[/] the rules export as prometheus.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    rules = prometheus_rules(read_settings().monitor.alerts.rules)
+    _emit(yaml.safe_dump(rules, sort_keys=False, width=1000).rstrip("\n"), output, "Rules")
+
+
+@grafana_cli.command("export")
+def grafana_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file.")
+    ] = None,
+) -> None:
+    """Print a Grafana dashboard (JSON, to import) of the metrics Renum serves on /metrics,
+    with a Prometheus data source variable."""
+    import json
+
+    from app.capabilities.monitor.exports import grafana_dashboard
+
+    _emit(json.dumps(grafana_dashboard(), indent=2), output, "Dashboard")

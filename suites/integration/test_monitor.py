@@ -22,6 +22,14 @@ import teams_support as ts
 from integration_support import ServedWithWorkers
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.capabilities.monitor.exports import (
+    dashboard_expressions,
+    grafana_dashboard,
+    metric_names,
+    prometheus_rules,
+    served_metric_names,
+    unknown_metrics,
+)
 from qa.client import API, ApiClient
 from qa.factories import expect
 from qa.fake_openai import Fail, FakeOpenAI, Reply
@@ -88,6 +96,21 @@ def test_the_served_metrics_pass_promtool(backend: Backend, admin_client: ApiCli
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_exported_rules_and_dashboard_read_only_served_metrics(
+    backend: Backend, admin_client: ApiClient
+) -> None:
+    """`renum alerts export` and `renum grafana export` query the metrics this backend serves:
+    a rule or a panel reading a metric that does not exist (renamed, removed, misspelt) fails
+    here, as `unknown_metrics` is shown to in the unit tests."""
+    text, _ = scrape(backend.base_url, admin_client)
+    served = served_metric_names(text)
+    rules = [rule["expr"] for rule in prometheus_rules()["groups"][0]["rules"]]
+    panels = dashboard_expressions(grafana_dashboard())
+    read = set().union(*(metric_names(expression) for expression in rules + panels))
+    assert {"renum_dependency_up", "renum_host_memory_used_ratio", "http_requests_total"} <= read
+    assert unknown_metrics(rules + panels, served) == {}
 
 
 def test_executions_steps_and_model_calls_are_counted(

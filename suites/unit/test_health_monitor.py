@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from app.capabilities.health.checks import CheckContext
-from app.capabilities.health.monitor import HealthMonitor
+from app.capabilities.health.monitor import DEPENDENCY_UP, HealthMonitor
 from app.capabilities.health.registry import (
     CheckOutcome,
     CheckSpec,
@@ -20,6 +20,7 @@ from app.capabilities.health.registry import (
 )
 from app.capabilities.health.validator import DependencyValidator
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.db.database import SQLAlchemyManager
 from qa.polling import wait_until_async
 
@@ -184,3 +185,37 @@ async def test_a_result_older_than_its_ttl_counts_as_failed(
     assert "no fresh result" in stale.message
     assert monitor.ready is False
     await monitor.stop()
+
+
+async def test_each_check_is_up_or_down_on_the_metrics_as_its_snapshot_says(
+    settings: Settings, database: SQLAlchemyManager
+) -> None:
+    """`renum_dependency_up{check, critical}` follows what the snapshot shows: a warning is up,
+    a failure below the threshold still up, a failure past it down, and a pass up again."""
+    critical = Switchable("db", threshold=2)
+    optional = Switchable("cache", critical=False, threshold=1)
+    validator = DependencyValidator(settings, database, checks=[critical, optional])
+    metrics = Metrics("test", "test")
+    monitor = HealthMonitor(validator, await validator.validate(), metrics)
+
+    def up() -> dict[tuple[str, str], float | None]:
+        return {
+            (check, flag): metrics.shared.get_sample_value(
+                DEPENDENCY_UP, {"check": check, "critical": flag}
+            )
+            for check, flag in (("db", "true"), ("cache", "false"))
+        }
+
+    assert up() == {("db", "true"): 1.0, ("cache", "false"): 1.0}
+    critical.status, optional.status = Status.warn, Status.fail
+    await monitor.refresh("db")
+    await monitor.refresh("cache")
+    assert up() == {("db", "true"): 1.0, ("cache", "false"): 0.0}
+    critical.status = Status.fail
+    await monitor.refresh("db")  # one failure of two: the snapshot holds the last result
+    assert up()[("db", "true")] == 1.0
+    await monitor.refresh("db")
+    assert up()[("db", "true")] == 0.0
+    critical.status = Status.passed
+    await monitor.refresh("db")
+    assert up()[("db", "true")] == 1.0

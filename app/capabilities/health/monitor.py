@@ -24,8 +24,13 @@ from app.capabilities.health.validator import (
     now_utc,
 )
 from app.core.logging import get_logger
+from app.core.metrics import Metrics
 
 log = get_logger("app.health")
+
+# What a check's latest entries say, for Prometheus (the `dependency_failing` alert rule's
+# export): 1 while none fails (a warning still serves), 0 while one does.
+DEPENDENCY_UP = "renum_dependency_up"
 
 
 @dataclass
@@ -52,8 +57,24 @@ def _failed(entries: list[DependencyEntry]) -> bool:
 class HealthMonitor:
     """Owns the per-check background tasks and the latest snapshot."""
 
-    def __init__(self, validator: DependencyValidator, initial: ValidationReport) -> None:
+    def __init__(
+        self,
+        validator: DependencyValidator,
+        initial: ValidationReport,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.validator = validator
+        self._up = (
+            None
+            if metrics is None
+            else metrics.gauge(
+                DEPENDENCY_UP,
+                "Whether a dependency check passes (1) or fails (0), by check and criticality "
+                "(the worst live worker's).",
+                "livemin",
+                ("check", "critical"),
+            )
+        )
         now = time.monotonic()
         self.states: dict[str, CheckState] = {}
         for check in validator.checks:
@@ -152,6 +173,13 @@ class HealthMonitor:
         )
         self._snapshot = ValidationReport(entries, time=now_utc())
         self._ready = self._snapshot.ready
+        if self._up is not None:
+            failing: dict[tuple[str, bool], bool] = {}
+            for entry in entries:
+                key = (entry.check, entry.critical)
+                failing[key] = failing.get(key, False) or entry.status is Status.fail
+            for (check, critical), failed in failing.items():
+                self._up.labels(check, str(critical).lower()).set(0 if failed else 1)
 
     @staticmethod
     def _stale(state: CheckState, age: float) -> list[DependencyEntry]:

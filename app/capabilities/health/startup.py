@@ -48,7 +48,7 @@ async def start_health(
             print(f"\n{summary}\n", file=sys.stderr, flush=True)
             raise StartupBlocked(summary)
         log.warning("starting_degraded", failing=[e.check for e in report.critical_failures()])
-    monitor = HealthMonitor(validator, report)
+    monitor = HealthMonitor(validator, report, getattr(state, "metrics", None))
     if settings.health.monitor:
         monitor.start()
     return monitor

@@ -33,6 +33,12 @@ log = get_logger("app.monitor")
 # factor from the sampled unit to the exported one).
 EXPORTED: dict[str, tuple[str, str, GaugeMode, float]] = {
     "host_cpu_percent": ("renum_host_cpu_ratio", "Host CPU in use (0-1).", "max", 0.01),
+    "host_memory_used_percent": (
+        "renum_host_memory_used_ratio",
+        "Memory in use on the host (0-1).",
+        "max",
+        0.01,
+    ),
     "host_memory_available_bytes": (
         "renum_host_memory_available_bytes",
         "Memory available on the host.",
