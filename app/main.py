@@ -50,6 +50,7 @@ from app.core.config import Environment, Settings
 from app.core.config_rules import refuse_unsafe
 from app.core.crypto import SecretBox
 from app.core.emails import accept_special_use_domains
+from app.core.error_reporting import flush_error_reports
 from app.core.errors import install_error_handlers
 from app.core.example_passwords import refuse_example_passwords
 from app.core.logging import configure_logging, get_logger
@@ -126,6 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 log.warning("shutdown_timed_out", timeout_seconds=settings.shutdown_timeout_seconds)
     Metrics.process_exited()  # this worker's live gauges leave the sums of the others
     log.info("shutdown_complete")
+    await asyncio.to_thread(flush_error_reports)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1630,6 +1630,34 @@ class HealthSettings(CheckTuning):
         return value
 
 
+class ErrorReportingSettings(BaseModel):
+    """Error reports to Sentry (``app/core/error_reporting.py``): every error the log records
+    (an unhandled exception of a request, a failed background task) is also sent to the DSN's
+    project, scrubbed as the log is, without request bodies, headers, local variables, prompts
+    or outputs."""
+
+    sentry_dsn: SecretStr | None = Field(
+        default=None,
+        description="The Sentry project's DSN (`https://<key>@<host>/<project>`); unset, nothing "
+        "is reported (the rollback switch). A self-hosted Sentry or GlitchTip serves too.",
+    )
+    sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="The share of errors reported (1.0: all)."
+    )
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _a_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.username:
+            raise ValueError("a Sentry DSN reads https://<public key>@<host>/<project id>")
+        if not parts.path.strip("/").split("/")[-1].isdigit():
+            raise ValueError("a Sentry DSN ends with its project's number")
+        return value
+
+
 class Settings(BaseSettings):
     """All of Renum's configuration. Environment variables: ``RENUM_<FIELD>``,
     nested fields ``RENUM_<GROUP>__<FIELD>``."""
@@ -1708,6 +1736,7 @@ class Settings(BaseSettings):
     backups: BackupSettings = Field(default_factory=BackupSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     configuration: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
+    error_reporting: ErrorReportingSettings = Field(default_factory=ErrorReportingSettings)
     bootstrap_admin_email: str | None = Field(
         default=None,
         description="Email of the admin created on an empty database (default admin@renum.local).",

@@ -156,17 +156,27 @@ def _stand_in(exc: BaseException, made: dict[int, BaseException]) -> BaseExcepti
     return copy
 
 
-def render_exception(exc: BaseException) -> str:
-    """``exc`` as a plain traceback (frames and messages, never local variables). When a
-    database error is part of it, every message of the chain keeps only its first line with
-    quoted values redacted, and SQLAlchemy's errors show their statement without values: no
-    parameter or row reaches the log, whatever the driver echoed."""
+def loggable_exception(exc: BaseException) -> BaseException | None:
+    """``exc`` as it may leave the process: itself when no database error is part of it; else
+    a stand-in whose every message keeps only its first line with quoted values redacted, and
+    whose SQLAlchemy errors show their statement without values; None for an exception group
+    holding a database error (only its text, redacted by pattern, may leave)."""
     chain = _chain(exc)
     if not any(_from_database(e) for e in chain):
-        return "".join(traceback.format_exception(exc)).rstrip("\n")
+        return exc
     if any(isinstance(e, BaseExceptionGroup) for e in chain):  # rare: the known patterns
+        return None
+    return _stand_in(exc, {})
+
+
+def render_exception(exc: BaseException) -> str:
+    """``exc`` as a plain traceback (frames and messages, never local variables), as
+    ``loggable_exception`` makes it: no parameter or row reaches the log, whatever the driver
+    echoed."""
+    safe = loggable_exception(exc)
+    if safe is None:
         return redact_database_values("".join(traceback.format_exception(exc)).rstrip("\n"))
-    return "".join(traceback.format_exception(_stand_in(exc, {}))).rstrip("\n")
+    return "".join(traceback.format_exception(safe)).rstrip("\n")
 
 
 def format_exc_info(
@@ -246,13 +256,18 @@ def _drop_color_message(
 
 
 def configure_logging(settings: Settings) -> None:
-    """Configure structlog and the standard library's root logger from the settings."""
+    """Configure structlog and the standard library's root logger from the settings, and the
+    error reports that go with the log (``app.core.error_reporting``)."""
+    from app.core.error_reporting import configure_error_reporting, report_errors
+
+    configure_error_reporting(settings.error_reporting, settings.environment.value)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        report_errors,
         format_exc_info,
         redact_secrets,
     ]
