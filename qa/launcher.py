@@ -21,10 +21,12 @@ kept for failed runs.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +56,20 @@ class BackendFailed(RuntimeError):
 
 
 QUERY_BUDGET_EVENT = "query_budget_exceeded"
+# Every launched backend's working directory (its SQLite file, log and refused destinations):
+# kept while the process that launched it runs (tests read the log after a stop), removed when
+# it exits, so that runs leave nothing behind in the temporary directory.
+_WORKDIRS: list[Path] = []
+
+
+def remove_workdirs() -> None:
+    """Remove the working directories of the backends this process launched."""
+    for workdir in _WORKDIRS:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _WORKDIRS.clear()
+
+
+atexit.register(remove_workdirs)
 
 
 def query_budget_violations(log_text: str) -> list[str]:
@@ -172,6 +188,7 @@ class LaunchedBackend(Backend):
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown database flavour {flavour!r}; choose from {FLAVOURS}")
         workdir = Path(tempfile.mkdtemp(prefix=f"renum-{flavour}-"))
+        _WORKDIRS.append(workdir)
         database_name = None
         if database_url is None and flavour == "sqlite":
             database_url = f"sqlite+aiosqlite:///{workdir / 'renum.db'}"

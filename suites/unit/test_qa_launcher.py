@@ -403,3 +403,26 @@ def test_unique_names() -> None:
 def test_launcher_module_paths() -> None:
     assert (launcher.REPO_ROOT / "app" / "main.py").exists()
     assert launcher.FLAVOURS == ("sqlite", "postgresql")
+
+
+def test_a_launching_process_removes_its_backends_workdirs_when_it_exits() -> None:
+    """A backend's working directory outlives its stop (tests read its log afterwards) but
+    not the process that launched it."""
+    script = (
+        "import pathlib, tempfile\n"
+        "from qa import launcher\n"
+        "workdir = pathlib.Path(tempfile.mkdtemp(prefix='renum-sqlite-'))\n"
+        "(workdir / 'server.log').write_text('started')\n"
+        "launcher._WORKDIRS.append(workdir)\n"
+        "print(workdir)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter on a fixed script
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=launcher.REPO_ROOT,
+    )
+    workdir = Path(done.stdout.strip())
+    assert workdir.name.startswith("renum-sqlite-")
+    assert not workdir.exists()
