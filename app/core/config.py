@@ -714,6 +714,35 @@ class AlertSettings(BaseModel):
         return value
 
 
+class TracingSettings(BaseModel):
+    """Traces over OTLP (OpenTelemetry): one span per request, per execution, per step and per
+    model call (the GenAI semantic conventions), exported when an endpoint is set."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="The OTLP/HTTP traces endpoint (`http(s)://collector:4318/v1/traces`); unset, "
+        "no trace is made (the rollback switch).",
+    )
+    export_interval_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="How often finished spans are sent, in batches."
+    )
+    service_name: str = Field(
+        default="renum", min_length=1, max_length=100, description="The traces' `service.name`."
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _an_http_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "an OTLP endpoint is an http(s) URL, such as http://collector:4318/v1/traces"
+            )
+        return value
+
+
 class MonitorSettings(BaseModel):
     """The monitor capability: system figures, endpoint performance and execution metrics,
     sampled in the background and kept in memory for the dashboard, and on `/metrics`."""
@@ -736,6 +765,10 @@ class MonitorSettings(BaseModel):
     alerts: AlertSettings = Field(
         default_factory=lambda: AlertSettings(),
         description="Alert rules, their evaluation and the channels alerts are sent to.",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=lambda: TracingSettings(),
+        description="Traces of requests, executions, steps and model calls over OTLP.",
     )
 
 

@@ -10,11 +10,13 @@ silences in the database and notifications sent through the delivery service
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import __version__
 from app.capabilities.base import AppContext, Capability
 from app.capabilities.monitor import alert_routes, dashboard, routes
 from app.capabilities.monitor.alerting import CheckFigures
@@ -22,6 +24,7 @@ from app.capabilities.monitor.alerts import AlertManager
 from app.capabilities.monitor.endpoints import EndpointStats
 from app.capabilities.monitor.monitor import AdvancedHealthMonitor
 from app.capabilities.monitor.system import FIGURES, Figure, SystemSampler, data_directory
+from app.capabilities.monitor.tracing import Tracing
 from app.core.alerts import LogAlertReporter
 from app.core.config import Settings
 from app.core.metrics import Metrics
@@ -34,6 +37,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     stats = EndpointStats(metrics)
     app.state.endpoint_stats = stats
     app.state.request_observers.append(stats)  # timed by the base middleware
+    traces = settings.monitor.tracing
+    if traces.otlp_endpoint is not None:
+        tracing = Tracing(traces.otlp_endpoint, traces, settings.environment.value, __version__)
+        app.state.tracing = tracing
+        app.state.request_observers.append(tracing)
     app.include_router(routes.router)
     app.include_router(alert_routes.router)
     dashboard.install(app)  # /health/dashboard and its live stream
@@ -79,6 +87,9 @@ async def running(context: AppContext) -> AsyncIterator[None]:
     app.state.alert_manager = alerts
     app.state.alerts = alerts  # capabilities' reports join the monitor's alerts
     runtime.runner.engine.observers.append(monitor.executions)
+    tracing: Tracing | None = getattr(app.state, "tracing", None)
+    if tracing is not None:
+        runtime.runner.engine.observers.append(tracing.on_engine_commit)
     monitor.start()
     alerts.start()
     try:
@@ -88,6 +99,9 @@ async def running(context: AppContext) -> AsyncIterator[None]:
         await alerts.stop()
         runtime.runner.engine.observers.remove(monitor.executions)
         await monitor.stop()
+        if tracing is not None:
+            runtime.runner.engine.observers.remove(tracing.on_engine_commit)
+            await asyncio.to_thread(tracing.shutdown)
 
 
 CAPABILITY = Capability(

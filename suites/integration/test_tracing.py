@@ -1,0 +1,152 @@
+"""Traces over OTLP: a backend configured with an OTLP endpoint sends, to a receiver the test
+starts on loopback (requests decoded with `opentelemetry-proto`, as a collector reads them),
+a span per request and per execution, step and model call, with the execution → step → model
+call parent chain and the GenAI attributes; and no prompt or output in any span."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import teams_support as ts
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from qa.factories import tenant_with_owner
+from qa.fake_openai import FakeOpenAI, Reply
+from qa.plugin import LaunchBackend
+from qa.polling import wait_until
+
+PROMPT = "a prompt that no span may carry"
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP traces endpoint on loopback: the spans received, decoded."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.bodies: list[bytes] = []
+        self.resources: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                receiver.bodies.append(body)
+                for resource_spans in request.resource_spans:
+                    receiver.resources.append(_attributes(resource_spans.resource.attributes))
+                    for scope_spans in resource_spans.scope_spans:
+                        receiver.spans += [_span(span) for span in scope_spans.spans]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _value(value: Any) -> Any:
+    return getattr(value, value.WhichOneof("value"))
+
+
+def _attributes(attributes: Any) -> dict[str, Any]:
+    return {attribute.key: _value(attribute.value) for attribute in attributes}
+
+
+def _span(span: Any) -> dict[str, Any]:
+    return {
+        "name": span.name,
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+        "parent_span_id": span.parent_span_id.hex(),
+        "kind": span.kind,
+        "start": span.start_time_unix_nano,
+        "end": span.end_time_unix_nano,
+        "status": span.status.code,
+        "attributes": _attributes(span.attributes),
+    }
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    found = OtlpReceiver()
+    yield found
+    found.close()
+
+
+def test_a_request_an_execution_its_steps_and_model_calls_are_traced(
+    launch_backend: LaunchBackend, fake_openai: FakeOpenAI, receiver: OtlpReceiver
+) -> None:
+    backend = launch_backend(
+        "sqlite",
+        extra_env={
+            "RENUM_MONITOR__TRACING__OTLP_ENDPOINT": receiver.url,
+            "RENUM_MONITOR__TRACING__EXPORT_INTERVAL_SECONDS": "0.2",
+        },
+    )
+    _, owner = tenant_with_owner(backend.base_url, backend.admin_email, backend.admin_password)
+    echo = ts.echo_agent(owner)
+    model = ts.model_agent(owner, fake_openai.base_url, model="gpt-4o-mini")
+    team = ts.create_team(owner, [echo, model])
+    fake_openai.script(Reply("the model's answer", input_tokens=12, output_tokens=5))
+    execution = ts.run_to_end(owner, team, PROMPT)
+    assert execution["status"] == "completed"
+
+    def execution_span() -> dict[str, Any] | None:
+        return next(
+            (
+                span
+                for span in receiver.spans
+                if span["name"] == "execution"
+                and span["attributes"]["renum.execution.id"] == execution["id"]
+            ),
+            None,
+        )
+
+    root = wait_until(execution_span, what="the execution's span")
+    assert root["attributes"]["renum.execution.status"] == "completed"
+    assert root["attributes"]["renum.team.id"] == team["id"]
+    steps = [s for s in receiver.spans if s["parent_span_id"] == root["span_id"]]
+    assert sorted(s["name"] for s in steps) == ["step step-1", "step step-2"]
+    assert {s["trace_id"] for s in steps} == {root["trace_id"]}
+    for step in steps:
+        assert root["start"] <= step["start"] <= step["end"] <= root["end"]
+        assert step["attributes"]["renum.step.status"] == "completed"
+    model_step = next(s for s in steps if s["name"] == "step step-2")
+    [call] = [s for s in receiver.spans if s["parent_span_id"] == model_step["span_id"]]
+    assert call["name"] == "chat gpt-4o-mini"
+    assert call["attributes"] | {"renum.cost_usd": None} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 5,
+        "renum.cost_usd": None,
+        "renum.paid_by": "platform",
+    }
+    echo_step = next(s for s in steps if s["name"] == "step step-1")
+    assert not [s for s in receiver.spans if s["parent_span_id"] == echo_step["span_id"]]
+
+    start = "/api/v1/teams/{team_id}/executions"
+    requests = [s for s in receiver.spans if s["attributes"].get("http.route") == start]
+    assert [r["name"] for r in requests] == [f"POST {start}"]
+    assert requests[0]["attributes"]["http.response.status_code"] == 202
+    assert {"service.name": "renum"}.items() <= receiver.resources[0].items()
+    everything = b"".join(receiver.bodies)
+    assert PROMPT.encode() not in everything
+    assert b"the model's answer" not in everything
