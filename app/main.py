@@ -56,7 +56,7 @@ from app.core.example_passwords import refuse_example_passwords
 from app.core.logging import configure_logging, get_logger
 from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
-from app.core.security import TokenCodec
+from app.core.security import TokenCodec, warm_up_password_checks
 from app.core.shutdown import GracefulShutdown
 from app.db.database import SQLAlchemyManager, require_driver
 from app.services.audit import AuditTrail
@@ -97,6 +97,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         startup = StartUp(settings, database)
         stack.push_async_callback(startup.stop)
         await startup.begin()
+        await asyncio.to_thread(warm_up_password_checks)
         runtime = Runtime.build(settings, database, app.state.box)
         app.state.runtime = runtime
         context = AppContext(app, settings, database, runtime, startup)

@@ -13,8 +13,9 @@ database statements against its route's query budget: a request over budget (an 
 is logged as ``query_budget_exceeded``, and ``stop`` fails the run naming each such route with
 its count and budget (``query_budget_violations``). Coverage is measured inside the server when
 the harness itself runs under coverage (``[run] patch = subprocess`` in pyproject.toml);
-``stop`` sends SIGTERM so the server shuts down cleanly and saves its data. The server's log is
-kept for failed runs.
+``stop`` sends SIGTERM so the server shuts down cleanly and saves its data. The server's log
+stays readable after ``stop`` (a failure's message quotes its tail) until the process that
+launched it exits, which removes its temporary folder.
 
 ``RemoteBackend`` is the same interface for a deployment given with ``--target URL``.
 """

@@ -78,10 +78,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under a ``drills`` directory is a drill (``DRILL``)."""
+@pytest.hookimpl(tryfirst=True)  # marked before `-m` selects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under a ``drills`` directory of the tree under test is a drill (``DRILL``)."""
     for item in items:
-        if "drills" in item.path.parent.parts:
+        if "drills" in item.path.parent.relative_to(config.rootpath).parts:
             item.add_marker(DRILL)
 
 

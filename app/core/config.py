@@ -736,6 +736,11 @@ class TracingSettings(BaseModel):
         if value is None:
             return None
         parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "an OTLP endpoint carries no credentials in its URL (a collector on the same "
+                "network, or a sidecar, takes them)"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 "an OTLP endpoint is an http(s) URL, such as http://collector:4318/v1/traces"
@@ -1675,7 +1680,7 @@ class ErrorReportingSettings(BaseModel):
         "is reported (the rollback switch). A self-hosted Sentry or GlitchTip serves too.",
     )
     sample_rate: float = Field(
-        default=1.0, gt=0, le=1, description="The share of errors reported (1.0: all)."
+        default=1.0, gt=0, le=1, description="The share of errors reported, above 0 (1.0: all)."
     )
 
     @field_validator("sentry_dsn")
@@ -1683,11 +1688,18 @@ class ErrorReportingSettings(BaseModel):
     def _a_dsn(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value.get_secret_value())
+        from sentry_sdk.utils import BadDsn, Dsn
+
+        dsn = value.get_secret_value()
+        parts = urlsplit(dsn)
         if parts.scheme not in ("http", "https") or not parts.hostname or not parts.username:
             raise ValueError("a Sentry DSN reads https://<public key>@<host>/<project id>")
-        if not parts.path.strip("/").split("/")[-1].isdigit():
+        if not parts.path.split("/")[-1].isdigit():
             raise ValueError("a Sentry DSN ends with its project's number")
+        try:
+            Dsn(dsn)
+        except (BadDsn, ValueError):  # the SDK's own reading: a bad port, say
+            raise ValueError("the SDK cannot read this Sentry DSN (check its port)") from None
         return value
 
 

@@ -1,33 +1,37 @@
 """Error reports to Sentry (sentry-sdk), when ``RENUM_ERROR_REPORTING__SENTRY_DSN`` is set.
 
-The log is where Renum's errors already go, so the reports come from the log: every record at
-``error`` or ``critical`` (an unhandled exception of a request, a failed background task, an
-error of Uvicorn or SQLAlchemy) becomes an event, its exception with its frames when it has
-one, tagged with the logger, the log event and the request id. An event carries what a log
-line may carry and less:
+The log is where Renum's errors already go, so the reports come from the log of the server
+(``renum serve`` and its workers): every record at ``error`` or ``critical`` (an unhandled
+exception of a request, a failed background task, an error of Uvicorn or SQLAlchemy) becomes an
+event, its exception with its frames when it has one, tagged with the logger, the log event and
+the request id. An event carries less than the log line:
 
-- the exception as the log shows it (``loggable_exception``: a database error's messages keep
-  their first line with quoted values redacted, its statement no values), its frames without
-  local variables;
+- the exception and its chain with each message cut to its first line, quoted values redacted
+  (``reportable_exception``: a database error's statement without values), its frames without
+  local variables; a record without an exception is a message, its text cut the same way;
 - no request (no body, headers, cookies, query or client address), no user, no breadcrumbs,
   none of the log record's other fields (which may name a prompt or an output): only its
   logger, event name and request id, as tags;
 - every text scrubbed by the log's redaction (``scrub``: keys, tokens, passwords, and any
   field named like a secret) just before it is sent.
 
-SDK integrations are off (none patches Starlette, logging or threads): nothing changes on the
-request path, and nothing is sent while the DSN is unset. The DSN is the operator's, like the
-alert channels': no tenant chooses where reports go.
+At most ``BURST`` reports of one kind (logger and event) go out per ``PER_SECONDS``, and the
+SDK drops an exception it has just sent (its dedupe integration): a failing dependency that
+logs an error every few seconds does not flood the project. The other SDK integrations are off
+(none patches Starlette, logging or threads): nothing changes on the request path, and nothing
+is sent, or even imported, while the DSN is unset. The DSN is the operator's, like the alert
+channels': no tenant chooses where reports go.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
-from app.core.logging import loggable_exception, scrub
+from app.core.logging import get_logger, reportable_exception, safe_text, scrub
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event, LogLevelStr
@@ -41,10 +45,13 @@ KEPT = (
     *("event_id", "timestamp", "platform", "level", "logger", "message", "exception"),
     *("tags", "environment", "release", "server_name", "sdk", "contexts"),
 )
-# The tags an event takes from its log record: (tag, the record's field).
-TAGS = (("logger", "logger"), ("log_event", "event"), ("request_id", "request_id"))
+# Reports of one kind (logger, event) let through per window.
+BURST = 10
+PER_SECONDS = 60.0
 
+log = get_logger("app.error_reporting")
 _reporting = False
+_sent: dict[tuple[str, str], tuple[float, int]] = {}  # kind -> (window start, reports in it)
 
 
 def configure_error_reporting(settings: ErrorReportingSettings, environment: str) -> None:
@@ -55,6 +62,7 @@ def configure_error_reporting(settings: ErrorReportingSettings, environment: str
         stop_error_reporting()
         return
     import sentry_sdk
+    from sentry_sdk.integrations.dedupe import DedupeIntegration
 
     sentry_sdk.init(
         dsn=dsn.get_secret_value(),
@@ -63,10 +71,12 @@ def configure_error_reporting(settings: ErrorReportingSettings, environment: str
         sample_rate=settings.sample_rate,
         default_integrations=False,
         auto_enabling_integrations=False,
+        integrations=[DedupeIntegration()],
         include_local_variables=False,
         max_breadcrumbs=0,
         before_send=scrub_event,
     )
+    _sent.clear()
     _reporting = True
 
 
@@ -79,6 +89,7 @@ def stop_error_reporting(timeout: float = 2.0) -> None:
 
     _reporting = False
     sentry_sdk.get_client().close(timeout=timeout)
+    sentry_sdk.get_global_scope().set_client(None)  # a client that records nothing
 
 
 def flush_error_reports(timeout: float = 2.0) -> None:
@@ -93,22 +104,48 @@ def report_errors(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor (before ``format_exc_info``): an error or critical record becomes
-    a report; the record goes on unchanged."""
+    a report; the record goes on unchanged, whatever happens to the report."""
     if not _reporting or event_dict.get("level") not in SENTRY_LEVELS:
         return event_dict
-    if str(event_dict.get("logger", "")).startswith("sentry_sdk"):
+    logger = str(event_dict.get("logger", ""))
+    if logger.startswith("sentry_sdk"):
         return event_dict  # the SDK's own trouble (its server unreachable) is only logged
+    try:
+        _report(logger, event_dict)
+    except Exception as exc:  # a report never stops the log line (or the 500 it goes with)
+        log.warning("error_report_failed", error_type=type(exc).__name__)
+    return event_dict
+
+
+def _report(logger: str, event_dict: MutableMapping[str, Any]) -> None:
     import sentry_sdk
 
-    tags = {tag: str(event_dict[key]) for tag, key in TAGS if event_dict.get(key) is not None}
-    exc = _exception(event_dict.get("exc_info"))
-    safe = None if exc is None else loggable_exception(exc)
+    event = safe_text(str(event_dict.get("event")))
+    if not _allowed((logger, event), time.monotonic()):
+        return
+    tags = {"logger": logger, "log_event": event}
+    if event_dict.get("request_id") is not None:
+        tags["request_id"] = str(event_dict["request_id"])
     level = SENTRY_LEVELS[event_dict["level"]]
+    exc = _exception(event_dict.get("exc_info"))
+    safe = None if exc is None else reportable_exception(exc)
     if safe is not None:
         sentry_sdk.capture_exception(safe, level=level, tags=tags)
     else:
-        sentry_sdk.capture_message(str(event_dict.get("event")), level=level, tags=tags)
-    return event_dict
+        sentry_sdk.capture_message(event, level=level, tags=tags)
+
+
+def _allowed(kind: tuple[str, str], now: float) -> bool:
+    """Whether a report of ``kind`` may go now (``BURST`` per ``PER_SECONDS``)."""
+    began, count = _sent.get(kind, (now, 0))
+    if now - began >= PER_SECONDS:
+        began, count = now, 0
+    if count >= BURST:
+        return False
+    if len(_sent) >= 1000 and kind not in _sent:
+        _sent.clear()  # kinds are few; a flood of distinct ones starts the count again
+    _sent[kind] = (began, count + 1)
+    return True
 
 
 def _exception(exc_info: Any) -> BaseException | None:

@@ -119,6 +119,16 @@ def _from_database(exc: BaseException) -> bool:
     return type(exc).__module__.split(".", 1)[0] in _DATABASE_PACKAGES
 
 
+# The longest message ``safe_text`` keeps.
+MESSAGE_CHARS = 200
+
+
+def safe_text(text: str) -> str:
+    """A message as it may leave: its first line, at most ``MESSAGE_CHARS``, quoted values
+    and database values redacted."""
+    return redact_database_values(_redact_quoted(text.split("\n", 1)[0][:MESSAGE_CHARS]))
+
+
 def _safe_message(exc: BaseException) -> str:
     """A database error's message as it may be logged: its first line with quoted values
     redacted (and, for SQLAlchemy's errors, the statement, whose values are parameters)."""
@@ -165,6 +175,15 @@ def loggable_exception(exc: BaseException) -> BaseException | None:
     if not any(_from_database(e) for e in chain):
         return exc
     if any(isinstance(e, BaseExceptionGroup) for e in chain):  # rare: the known patterns
+        return None
+    return _stand_in(exc, {})
+
+
+def reportable_exception(exc: BaseException) -> BaseException | None:
+    """``exc`` as it may leave for an error tracker, stricter than the log: a stand-in whose
+    every message (the chain's too) keeps only its first line with quoted values redacted, as
+    ``loggable_exception`` does for database errors; None for an exception group."""
+    if any(isinstance(e, BaseExceptionGroup) for e in _chain(exc)):
         return None
     return _stand_in(exc, {})
 

@@ -42,7 +42,9 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-GaugeMode = Literal["livesum", "livemin", "max", "min", "sum", "all", "liveall", "mostrecent"]
+GaugeMode = Literal[
+    "livesum", "livemin", "livemax", "max", "min", "sum", "all", "liveall", "mostrecent"
+]
 
 
 def multiprocess_dir() -> str | None:

@@ -44,9 +44,16 @@ _hasher = PasswordHasher()
 @cache
 def _dummy_hash() -> str:
     """A real hash to verify against when the user does not exist, so a login's timing does
-    not reveal whether the email is registered (made at the first such login, not at import:
-    an Argon2 hash costs every process that imports this module a tenth of a second)."""
+    not reveal whether the email is registered. Made by ``warm_up_password_checks`` when the
+    server starts, not at import: an Argon2 hash would cost every process that imports this
+    module (commands, test workers) a tenth of a second."""
     return _hasher.hash("renum-timing-equaliser")
+
+
+def warm_up_password_checks() -> None:
+    """Make the timing equaliser's hash now (in a thread, at start-up), so that no login
+    pays for it, and none answers slower for being the first with an unknown email."""
+    _dummy_hash()
 
 
 def hash_password(password: str) -> str:

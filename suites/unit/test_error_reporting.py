@@ -15,6 +15,7 @@ from typing import Any
 import brotli
 import httpx
 import pytest
+import sentry_sdk
 from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -183,13 +184,53 @@ async def test_errors_without_an_exception_are_messages_and_warnings_are_not_sen
     assert "Internal error" not in everything
 
 
-async def test_nothing_is_sent_while_the_dsn_is_unset(
-    receiver: Receiver, settings: Settings
+async def test_nothing_is_sent_once_the_dsn_is_unset(
+    receiver: Receiver, reporting: Settings, settings: Settings
 ) -> None:
-    configure_logging(settings)
-    get_logger("app.engine").error("engine_crashed", exc_info=RuntimeError("boom"))
+    log = get_logger("app.engine")
+    log.error("engine_crashed", exc_info=RuntimeError("boom"))
+    assert len(sent(receiver, 1)) == 1
+    configure_logging(settings)  # the DSN unset: reporting stops
+    assert not sentry_sdk.get_client().is_active()
+    log.error("engine_crashed_again", exc_info=RuntimeError("boom"))
     error_reporting.flush_error_reports(timeout=1)
-    assert receiver.raw == []
+    assert [event["tags"]["log_event"] for event in receiver.events] == ["engine_crashed"]
+
+
+async def test_messages_leave_cut_to_their_first_line_with_quoted_values_redacted(
+    receiver: Receiver, reporting: Settings
+) -> None:
+    """Stricter than the log: an exception's message (and its cause's) keeps only its first
+    line, quoted values redacted; a validation error echoing its input keeps none of it."""
+    try:
+        try:
+            raise KeyError(f"'{PROMPT}'")
+        except KeyError as cause:
+            raise ValueError(f"output 'the model said {PROMPT}' was refused\n{PROMPT}") from cause
+    except ValueError as error:
+        get_logger("app.engine").error("step_failed", exc_info=error)
+    [event] = sent(receiver, 1)
+    values = {e["type"]: e["value"] for e in event["exception"]["values"]}
+    assert set(values) == {"KeyError", "ValueError"}
+    assert "was refused" in values["ValueError"]
+    assert PROMPT not in json.dumps(event)
+
+
+async def test_a_flood_of_one_error_is_cut_to_its_burst(
+    receiver: Receiver, reporting: Settings
+) -> None:
+    """A dependency failing every few seconds: ``BURST`` reports of a kind per window, then
+    none until the window ends; another kind still goes."""
+    log = get_logger("app.tracing")
+    for n in range(error_reporting.BURST + 5):
+        log.error("export_failed", attempt=n)
+    log.error("another_problem")
+    events = sent(receiver, error_reporting.BURST + 1)
+    error_reporting.flush_error_reports(timeout=1)
+    kinds = [event["tags"]["log_event"] for event in receiver.events]
+    assert kinds.count("export_failed") == error_reporting.BURST
+    assert kinds.count("another_problem") == 1
+    assert len(events) == error_reporting.BURST + 1
 
 
 @pytest.mark.parametrize(
@@ -199,6 +240,7 @@ async def test_nothing_is_sent_while_the_dsn_is_unset(
         ("https://sentry.example/1", "https://<public key>@<host>/<project id>"),
         ("https://key@sentry.example/project", "ends with its project's number"),
         ("not a url", "https://<public key>@<host>/<project id>"),
+        ("https://key@sentry.example:99999/1", "the SDK cannot read this Sentry DSN"),
     ],
 )
 def test_a_malformed_dsn_is_refused(dsn: str, message: str) -> None:

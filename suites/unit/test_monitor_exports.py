@@ -87,7 +87,7 @@ def test_the_overrides_tune_and_switch_off_rules() -> None:
     )
     assert "disk_full_forecast" not in rules
     memory = rules["memory_high"]
-    assert memory["expr"].endswith("> 80")
+    assert memory["expr"].endswith("> 0.8")
     assert (memory["for"], memory["labels"]["severity"]) == ("30s", "critical")
     assert memory["annotations"]["summary"] == "The host's memory is more than 80% used"
     assert rules["route_error_ratio"]["expr"].endswith(">= 50")
@@ -153,6 +153,23 @@ def test_the_rules_fire_on_their_series_and_not_on_others(tmp_path: Path) -> Non
                         "renum_model_calls_total",
                         {"provider": "builtin", "model": "echo", "outcome": "ok"},
                         "0+20x20",
+                    ),
+                    # A tenant's wrong key and bad requests at another provider: its calls,
+                    # not its failures.
+                    series(
+                        "renum_model_calls_total",
+                        {"provider": "anthropic", "model": "c", "outcome": "auth"},
+                        "0+10x20",
+                    ),
+                    series(
+                        "renum_model_calls_total",
+                        {"provider": "anthropic", "model": "c", "outcome": "bad_request"},
+                        "0+10x20",
+                    ),
+                    series(
+                        "renum_model_calls_total",
+                        {"provider": "anthropic", "model": "c", "outcome": "ok"},
+                        "0+1x20",
                     ),
                 ],
                 "alert_rule_test": [

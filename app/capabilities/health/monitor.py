@@ -84,21 +84,25 @@ class HealthMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_ttl = False
         self._publish()
+        if metrics is not None:  # a scrape shows a check past its TTL as failed too
+            metrics.before_collect(self._publish_if_stale)
 
     # --- reading (the probes) -------------------------------------------------------------
 
     def snapshot(self) -> ValidationReport:
         """The latest report; results past their TTL are reported as failed."""
-        if self._watch_ttl and time.monotonic() >= self._fresh_until:
-            self._publish()
+        self._publish_if_stale()
         return self._snapshot
 
     @property
     def ready(self) -> bool:
         """Every critical check passes (computed when a result arrives, not per probe)."""
+        self._publish_if_stale()
+        return self._ready
+
+    def _publish_if_stale(self) -> None:
         if self._watch_ttl and time.monotonic() >= self._fresh_until:
             self._publish()
-        return self._ready
 
     # --- running --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.capabilities.monitor.alerting import RULE_SPECS
+from app.capabilities.monitor.executions import TENANT_SIDE
 from app.core.config import AlertRuleSettings
 
 WINDOW = "5m"
@@ -45,7 +46,7 @@ def _route_latency(bound: float, minimum: float) -> str:
 
 
 def _memory_high(bound: float, _minimum: float) -> str:
-    return f"max(renum_host_memory_used_ratio) * 100 > {bound:g}"
+    return f"max by (instance) (renum_host_memory_used_ratio) > {bound / 100:g}"
 
 
 def _dependency_failing(_bound: float, _minimum: float) -> str:
@@ -53,18 +54,23 @@ def _dependency_failing(_bound: float, _minimum: float) -> str:
 
 
 def _provider_error_ratio(bound: float, minimum: float) -> str:
+    # A tenant's own mistakes (a wrong key, a request the provider refused) are calls, not the
+    # provider's failures, as in Renum's own rule (TENANT_SIDE).
+    ok = "|".join(sorted({"ok", *TENANT_SIDE}))
     calls = f"sum by (provider) (increase(renum_model_calls_total[{WINDOW}]))"
-    failed = f'sum by (provider) (increase(renum_model_calls_total{{outcome!="ok"}}[{WINDOW}]))'
+    failed = f'sum by (provider) (increase(renum_model_calls_total{{outcome!~"{ok}"}}[{WINDOW}]))'
     return f"({failed} / {calls}) > {bound:g} and {calls} >= {minimum:g}"
 
 
 def _disk_full(bound: float, _minimum: float) -> str:
-    return f"max(predict_linear(renum_disk_used_ratio[{FORECAST_RANGE}], {bound:g})) >= 1"
+    used = f"predict_linear(renum_disk_used_ratio[{FORECAST_RANGE}], {bound:g})"
+    return f"max by (instance) ({used}) >= 1"
 
 
 def _pool_exhausted(bound: float, _minimum: float) -> str:
-    in_use = f"sum(predict_linear(renum_database_connections_in_use[{FORECAST_RANGE}], {bound:g}))"
-    return f"{in_use} >= sum(renum_database_pool_size) and sum(renum_database_pool_size) > 0"
+    in_use = f"predict_linear(renum_database_connections_in_use[{FORECAST_RANGE}], {bound:g})"
+    size = "sum by (instance) (renum_database_pool_size)"
+    return f"sum by (instance) ({in_use}) >= {size} and {size} > 0"
 
 
 EXPRESSIONS: dict[str, Callable[[float, float], str]] = {

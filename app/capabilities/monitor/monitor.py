@@ -35,8 +35,8 @@ EXPORTED: dict[str, tuple[str, str, GaugeMode, float]] = {
     "host_cpu_percent": ("renum_host_cpu_ratio", "Host CPU in use (0-1).", "max", 0.01),
     "host_memory_used_percent": (
         "renum_host_memory_used_ratio",
-        "Memory in use on the host (0-1).",
-        "max",
+        "Memory in use on the host (0-1; the live workers' highest).",
+        "livemax",
         0.01,
     ),
     "host_memory_available_bytes": (

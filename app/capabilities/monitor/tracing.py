@@ -4,19 +4,21 @@ Four kinds of span, exported in batches over OTLP/HTTP:
 
 - **a request** (``SERVER``): ``<method> <route template>``, with ``http.request.method``,
   ``http.route`` and ``http.response.status_code``, an error status for a 5xx; told by the base
-  middleware like the monitor's other request observers;
+  middleware like the monitor's other request observers (the probes and ``/metrics`` are left
+  out, as from the endpoint metrics; a method HTTP does not define is ``OTHER``);
 - **an execution**: from its start (or, resumed in this process, from its resumption) to its
   end, with its team, strategy and final status;
-- **a step**, child of its execution, from the step's start to its end as committed, with its
-  key, agent, status and attempts;
-- **a model call**, child of its step (``gen_ai.operation.name`` ``chat``), with the GenAI
+- **a step** (``step``), child of its execution, from the step's start to its end as committed,
+  with its key, agent, status and attempts;
+- **a model call** (``chat``), child of its step, for each call that answered, with the GenAI
   semantic conventions: ``gen_ai.system`` (the provider), ``gen_ai.request.model``,
   ``gen_ai.usage.input_tokens`` and ``gen_ai.usage.output_tokens``, and Renum's cost and payer;
   it lasts the call's measured duration from the step's start.
 
 Steps and model calls are made as the engine commits them (its observer), with the committed
-times: nothing is added to a step while it runs. No prompt, output, variable, query string or
-header goes into a span. The provider is Renum's own (not the global one), so no library
+times: nothing is added to a step while it runs. Span names are fixed (what a tenant names, a
+step key or a model, is an attribute), and no prompt, output, variable, query string or header
+goes into a span. The provider is Renum's own (not the global one), so no library
 instrumentation picks it up, and the endpoint is the operator's: no tenant chooses where
 traces go.
 """
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope
 
+from app.capabilities.monitor.endpoints import METHODS, OTHER_METHOD, excluded
 from app.core.request_context import route_template
 from app.models import ExecutionStatus, StepStatus
 from app.services.engine.events import ExecutionStarted
@@ -44,6 +47,10 @@ SPAN = "renum.trace_span"
 FINISHED = frozenset({StepStatus.completed, StepStatus.failed})
 # Executions whose span is open in this process, at most (the oldest is ended beyond).
 MAX_OPEN = 10_000
+
+
+def _method(scope: Scope) -> str:
+    return str(scope["method"]) if scope["method"] in METHODS else OTHER_METHOD
 
 
 def _ns(moment: datetime) -> int:
@@ -83,7 +90,9 @@ class Tracing:
     def request_started(self, scope: Scope) -> None:
         from opentelemetry.trace import SpanKind
 
-        method = scope["method"]
+        if excluded(scope["path"]):
+            return
+        method = _method(scope)
         scope[SPAN] = self.tracer.start_span(
             method, kind=SpanKind.SERVER, attributes={"http.request.method": method}
         )
@@ -95,7 +104,7 @@ class Tracing:
         if span is None:
             return
         route = route_template(scope)
-        span.update_name(f"{scope['method']} {route}")
+        span.update_name(f"{_method(scope)} {route}")
         span.set_attribute("http.route", route)
         span.set_attribute("http.response.status_code", status)
         if status >= 500:
@@ -139,7 +148,7 @@ class Tracing:
             if agent is not None:
                 attributes["renum.agent.id"] = str(agent.id)
             step_span = self.tracer.start_span(
-                f"step {step.key}",
+                "step",
                 context=inside,
                 start_time=_ns(step.started_at),
                 attributes=attributes,
@@ -167,7 +176,7 @@ class Tracing:
                 continue
             model = str(row["model"])
             call = self.tracer.start_span(
-                f"chat {model}",
+                "chat",
                 context=inside,
                 start_time=_ns(started),
                 attributes={
