@@ -314,26 +314,50 @@ RULE_SPECS: dict[str, RuleSpec] = {
 }
 
 
-def configured_rules(overrides: Mapping[str, AlertRuleSettings] | None = None) -> list[Rule]:
-    """The rules with the settings' overrides applied (``RENUM_MONITOR__ALERTS__RULES``):
-    each rule's bound, duration, minimum of requests and severity, or the rule switched off."""
-    rules = []
+@dataclass(frozen=True)
+class TunedSpec:
+    """A rule as the settings tune it: its spec, and the severity, bound, minimum and duration
+    the overrides give it (``RENUM_MONITOR__ALERTS__RULES``)."""
+
+    name: str
+    spec: RuleSpec
+    severity: AlertSeverity
+    bound: float
+    minimum: float
+    for_seconds: float
+
+    @property
+    def summary(self) -> str:
+        return self.spec.summary.format(bound=self.bound, hours=self.bound / 3600)
+
+
+def tuned_specs(overrides: Mapping[str, AlertRuleSettings] | None = None) -> list[TunedSpec]:
+    """Every rule not switched off, with its overrides applied."""
+    tuned_rules = []
     for name, spec in RULE_SPECS.items():
         tuned = (overrides or {}).get(name) or AlertRuleSettings()
         if not tuned.enabled:
             continue
-        bound = spec.bound if tuned.bound is None else tuned.bound
-        minimum = spec.min_requests if tuned.min_requests is None else tuned.min_requests
-        rules.append(
-            Rule(
+        tuned_rules.append(
+            TunedSpec(
                 name,
+                spec,
                 AlertSeverity(tuned.severity) if tuned.severity else spec.severity,
-                spec.summary.format(bound=bound, hours=bound / 3600),
-                spec.build(bound, minimum),
+                spec.bound if tuned.bound is None else tuned.bound,
+                spec.min_requests if tuned.min_requests is None else tuned.min_requests,
                 spec.for_seconds if tuned.for_seconds is None else tuned.for_seconds,
             )
         )
-    return rules
+    return tuned_rules
+
+
+def configured_rules(overrides: Mapping[str, AlertRuleSettings] | None = None) -> list[Rule]:
+    """The rules with the settings' overrides applied (``RENUM_MONITOR__ALERTS__RULES``):
+    each rule's bound, duration, minimum of requests and severity, or the rule switched off."""
+    return [
+        Rule(t.name, t.severity, t.summary, t.spec.build(t.bound, t.minimum), t.for_seconds)
+        for t in tuned_specs(overrides)
+    ]
 
 
 def default_rules() -> list[Rule]:

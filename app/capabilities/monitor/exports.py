@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.capabilities.monitor.alerting import RULE_SPECS
+from app.capabilities.monitor.alerting import tuned_specs
 from app.capabilities.monitor.executions import TENANT_SIDE
 from app.core.config import AlertRuleSettings
 
@@ -93,19 +93,15 @@ def prometheus_rules(overrides: Mapping[str, AlertRuleSettings] | None = None) -
     """The alert rules as a Prometheus rule file (one group, ``renum``): each enabled rule
     with its bound, duration, minimum and severity as configured."""
     rules = []
-    for name, spec in RULE_SPECS.items():
-        tuned = (overrides or {}).get(name) or AlertRuleSettings()
-        if not tuned.enabled:
-            continue
-        bound = spec.bound if tuned.bound is None else tuned.bound
-        minimum = spec.min_requests if tuned.min_requests is None else tuned.min_requests
-        for_seconds = spec.for_seconds if tuned.for_seconds is None else tuned.for_seconds
-        severity = tuned.severity or spec.severity.value
-        rule: dict[str, Any] = {"alert": name, "expr": EXPRESSIONS[name](bound, minimum)}
-        if for_seconds > 0:
-            rule["for"] = _duration(for_seconds)
-        rule["labels"] = {"severity": severity, "service": "renum"}
-        rule["annotations"] = {"summary": spec.summary.format(bound=bound, hours=bound / 3600)}
+    for tuned in tuned_specs(overrides):
+        rule: dict[str, Any] = {
+            "alert": tuned.name,
+            "expr": EXPRESSIONS[tuned.name](tuned.bound, tuned.minimum),
+        }
+        if tuned.for_seconds > 0:
+            rule["for"] = _duration(tuned.for_seconds)
+        rule["labels"] = {"severity": tuned.severity.value, "service": "renum"}
+        rule["annotations"] = {"summary": tuned.summary}
         rules.append(rule)
     return {"groups": [{"name": "renum", "rules": rules}]}
 
