@@ -25,13 +25,18 @@ channels': no tenant chooses where reports go.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
-from app.core.logging import get_logger, reportable_exception, safe_text, scrub
+from app.core.logging import (
+    exception_of,
+    get_logger,
+    reportable_exception,
+    safe_text,
+    scrub,
+)
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event, LogLevelStr
@@ -127,7 +132,7 @@ def _report(logger: str, event_dict: MutableMapping[str, Any]) -> None:
     if event_dict.get("request_id") is not None:
         tags["request_id"] = str(event_dict["request_id"])
     level = SENTRY_LEVELS[event_dict["level"]]
-    exc = _exception(event_dict.get("exc_info"))
+    exc = exception_of(event_dict.get("exc_info"))
     safe = None if exc is None else reportable_exception(exc)
     if safe is not None:
         sentry_sdk.capture_exception(safe, level=level, tags=tags)
@@ -146,17 +151,6 @@ def _allowed(kind: tuple[str, str], now: float) -> bool:
         _sent.clear()  # kinds are few; a flood of distinct ones starts the count again
     _sent[kind] = (began, count + 1)
     return True
-
-
-def _exception(exc_info: Any) -> BaseException | None:
-    """The exception a record's ``exc_info`` names (an exception, a ``sys.exc_info()`` tuple,
-    or true for the one being handled)."""
-    if isinstance(exc_info, BaseException):
-        return exc_info
-    if isinstance(exc_info, tuple):
-        found = exc_info[1] if len(exc_info) == 3 else None
-        return found if isinstance(found, BaseException) else None
-    return sys.exc_info()[1] if exc_info else None
 
 
 def scrub_event(event: Event, _hint: dict[str, Any]) -> Event:

@@ -198,19 +198,24 @@ def render_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception(safe)).rstrip("\n")
 
 
+def exception_of(exc_info: Any) -> BaseException | None:
+    """The exception a record's ``exc_info`` names: an exception, a ``sys.exc_info()`` tuple,
+    or true for the one being handled."""
+    if not exc_info:
+        return None
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple):
+        found = exc_info[1]
+        return found if isinstance(found, BaseException) else None
+    return sys.exc_info()[1]
+
+
 def format_exc_info(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: ``exc_info`` rendered by ``render_exception`` as ``exception``."""
-    exc_info = event_dict.pop("exc_info", None)
-    if not exc_info:
-        return event_dict
-    if isinstance(exc_info, BaseException):
-        exc: BaseException | None = exc_info
-    elif isinstance(exc_info, tuple):
-        exc = exc_info[1]
-    else:
-        exc = sys.exc_info()[1]
+    exc = exception_of(event_dict.pop("exc_info", None))
     if exc is not None:
         event_dict["exception"] = render_exception(exc)
     return event_dict

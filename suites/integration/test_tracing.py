@@ -5,9 +5,7 @@ call parent chain and the GenAI attributes; and no prompt or output in any span.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,46 +16,48 @@ from qa.factories import tenant_with_owner
 from qa.fake_openai import FakeOpenAI, Reply
 from qa.plugin import LaunchBackend
 from qa.polling import wait_until
+from qa.webhook_receiver import WebhookReceiver
 
 PROMPT = "a prompt that no span may carry"
 
 
 class OtlpReceiver:
-    """An OTLP/HTTP traces endpoint on loopback: the spans received, decoded."""
+    """The harness's loopback receiver (``qa.webhook_receiver``) read as an OTLP/HTTP traces
+    endpoint: what reached it, decoded."""
 
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.bodies: list[bytes] = []
-        self.resources: list[dict[str, Any]] = []
-        receiver = self
+    PATH = "/v1/traces"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.bodies.append(body)
-                for resource_spans in request.resource_spans:
-                    receiver.resources.append(_attributes(resource_spans.resource.attributes))
-                    for scope_spans in resource_spans.scope_spans:
-                        receiver.spans += [_span(span) for span in scope_spans.spans]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def __init__(self, server: WebhookReceiver) -> None:
+        self.server = server
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        return self.server.url(self.PATH)
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def bodies(self) -> list[bytes]:
+        return [request.body for request in self.server.requests_for(self.PATH)]
+
+    def _resource_spans(self) -> list[Any]:
+        found = []
+        for body in self.bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            found += list(request.resource_spans)
+        return found
+
+    @property
+    def resources(self) -> list[dict[str, Any]]:
+        return [_attributes(spans.resource.attributes) for spans in self._resource_spans()]
+
+    @property
+    def spans(self) -> list[dict[str, Any]]:
+        return [
+            _span(span)
+            for resource_spans in self._resource_spans()
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
 
 
 def _value(value: Any) -> Any:
@@ -84,9 +84,8 @@ def _span(span: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
-    found = OtlpReceiver()
-    yield found
-    found.close()
+    with WebhookReceiver() as server:
+        yield OtlpReceiver(server)
 
 
 def test_a_request_an_execution_its_steps_and_model_calls_are_traced(

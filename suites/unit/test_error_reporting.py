@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import brotli
@@ -26,6 +24,7 @@ from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging, get_logger
 from app.core.middleware import RequestContextMiddleware
 from qa.polling import wait_until
+from qa.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.anyio
 
@@ -36,50 +35,43 @@ BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlLXNpZ25hdH
 
 
 class Receiver:
-    """A Sentry ingestion endpoint on loopback: the envelopes' events, decoded."""
+    """The harness's loopback receiver (``qa.webhook_receiver``) read as a Sentry ingestion
+    endpoint: what reached the project's envelope path, decoded."""
 
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.raw: list[bytes] = []
-        receiver = self
+    PATH = "/api/42/envelope/"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                encoding = self.headers.get("Content-Encoding")
-                if encoding == "gzip":
-                    body = gzip.decompress(body)
-                elif encoding == "br":
-                    body = brotli.decompress(body)
-                receiver.raw.append(body)
-                lines = body.split(b"\n")
-                for header, payload in zip(lines[1::2], lines[2::2], strict=False):
-                    if json.loads(header).get("type") == "event":
-                        receiver.events.append(json.loads(payload))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def __init__(self, server: WebhookReceiver) -> None:
+        self.server = server
 
     @property
     def dsn(self) -> str:
-        return f"http://publickey@127.0.0.1:{self.port}/42"
+        return f"http://publickey@127.0.0.1:{self.server.port}/42"
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def raw(self) -> list[bytes]:
+        """Each envelope's bytes, uncompressed."""
+        decoders = {"gzip": gzip.decompress, "br": brotli.decompress}
+        return [
+            decoders.get(request.headers.get("content-encoding", ""), bytes)(request.body)
+            for request in self.server.requests_for(self.PATH)
+        ]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events the envelopes carry (an item header line, then its payload line)."""
+        found = []
+        for body in self.raw:
+            lines = body.split(b"\n")
+            for header, payload in zip(lines[1::2], lines[2::2], strict=False):
+                if json.loads(header).get("type") == "event":
+                    found.append(json.loads(payload))
+        return found
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-    yield found
-    found.close()
+    with WebhookReceiver() as server:
+        yield Receiver(server)
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ class Tracing:
     def __init__(
         self, endpoint: str, settings: TracingSettings, environment: str, version: str
     ) -> None:
+        from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -83,23 +84,20 @@ class Tracing:
             )
         )
         self.tracer = self.provider.get_tracer("renum", version)
+        self._trace = trace  # the API, imported once (not per request) and only when tracing
         self._executions: OrderedDict[uuid.UUID, Span] = OrderedDict()
 
     # -- requests (a RequestObserver) --------------------------------------------------------------
 
     def request_started(self, scope: Scope) -> None:
-        from opentelemetry.trace import SpanKind
-
         if excluded(scope["path"]):
             return
         method = _method(scope)
         scope[SPAN] = self.tracer.start_span(
-            method, kind=SpanKind.SERVER, attributes={"http.request.method": method}
+            method, kind=self._trace.SpanKind.SERVER, attributes={"http.request.method": method}
         )
 
     def request_finished(self, scope: Scope, status: int, seconds: float) -> None:
-        from opentelemetry.trace import StatusCode
-
         span: Span | None = scope.pop(SPAN, None)
         if span is None:
             return
@@ -108,14 +106,13 @@ class Tracing:
         span.set_attribute("http.route", route)
         span.set_attribute("http.response.status_code", status)
         if status >= 500:
-            span.set_status(StatusCode.ERROR)
+            span.set_status(self._trace.StatusCode.ERROR)
         span.end()
 
     # -- executions (an engine observer) -----------------------------------------------------------
 
     def on_engine_commit(self, changes: Changes) -> None:
-        from opentelemetry import trace
-
+        trace = self._trace
         run = changes.run
         span = self._executions.get(run.id)
         if span is None:
@@ -168,9 +165,7 @@ class Tracing:
     def _model_calls(
         self, changes: Changes, step_id: uuid.UUID, started: datetime, parent: Span
     ) -> None:
-        from opentelemetry import trace
-
-        inside = trace.set_span_in_context(parent)
+        inside = self._trace.set_span_in_context(parent)
         for row in changes.ledger_rows:
             if row["step_id"] != step_id:
                 continue
