@@ -76,6 +76,11 @@ grafana_cli = typer.Typer(
     help="A Grafana dashboard of the metrics Renum serves.", no_args_is_help=True
 )
 cli.add_typer(grafana_cli, name="grafana")
+analytics_cli = typer.Typer(
+    help="Business analytics: the rollups behind the usage and analytics figures.",
+    no_args_is_help=True,
+)
+cli.add_typer(analytics_cli, name="analytics")
 
 # Through a pipe or into a file, Rich would wrap at 80 columns, splitting URLs and paths in
 # two; there the lines are as long as they need (up to PIPED_WIDTH), in a terminal its width.
@@ -1223,3 +1228,21 @@ def grafana_export(
     from app.capabilities.monitor.exports import grafana_dashboard
 
     _emit(json.dumps(grafana_dashboard(), indent=2), output, "Dashboard")
+
+
+@analytics_cli.command("rebuild")
+def analytics_rebuild() -> None:
+    """Recompute every rollup (the hourly and daily sums of model calls and ended executions)
+    from the raw rows, in one transaction, while the backend runs or not (its folds wait)."""
+    from app.services.rollups import Folded, rebuild
+
+    batch_size = load_settings().rollups.batch_size
+
+    async def work(engine: Any) -> Folded:
+        return await rebuild(engine, batch_size)
+
+    folded = run_with_engine(work)
+    out.print(
+        f"Rebuilt the rollups from {folded.executions} ended executions and "
+        f"{folded.calls} model calls (with the daily totals of purged calls)."
+    )

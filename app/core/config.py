@@ -197,7 +197,8 @@ class RetentionSettings(BaseModel):
         ge=1,
         le=36_500,
         json_schema_extra=LIVE,
-        description="Daily totals of purged ledger rows.",
+        description="Daily totals of purged ledger rows, and the usage and execution rollups "
+        "of those days.",
     )
     interval_seconds: float = Field(
         default=3600.0,
@@ -832,6 +833,25 @@ class DeliverySettings(BaseModel):
     )
     webhooks_per_account: int = Field(
         default=20, ge=1, le=1000, description="Webhook endpoints one account may register."
+    )
+
+
+class RollupSettings(BaseModel):
+    """The rollups: hourly and daily sums of model calls and ended executions, the home of
+    usage and analytics figures, kept by every API process as executions end."""
+
+    interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often a process looks for ended executions not rolled up yet (it "
+        "also looks at once when one of its own executions ends).",
+    )
+    batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Rows rolled up per transaction.",
     )
 
 
@@ -1774,6 +1794,7 @@ class Settings(BaseSettings):
     egress: EgressSettings = Field(default_factory=EgressSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     deliveries: DeliverySettings = Field(default_factory=DeliverySettings)
+    rollups: RollupSettings = Field(default_factory=RollupSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)

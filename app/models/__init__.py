@@ -21,6 +21,7 @@ from app.models.execution import (
 from app.models.ledger_total import LedgerDailyTotal
 from app.models.provider_key import ProviderKey
 from app.models.refresh_token import RefreshToken
+from app.models.rollup import ExecutionRollup, UsageRollup
 from app.models.security_counter import SecurityCounter
 from app.models.team import Team, TeamMember, TeamWorkflowVersion
 from app.models.user import Role, User
@@ -41,6 +42,7 @@ __all__ = [
     "Execution",
     "ExecutionEvent",
     "ExecutionMessage",
+    "ExecutionRollup",
     "ExecutionStatus",
     "ExecutionStep",
     "LedgerDailyTotal",
@@ -55,6 +57,7 @@ __all__ = [
     "Team",
     "TeamMember",
     "TeamWorkflowVersion",
+    "UsageRollup",
     "User",
     "Webhook",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -49,6 +50,25 @@ def _content_key_id() -> Mapped[str | None]:
     return mapped_column(String(64))
 
 
+# Ended executions and model calls are added into the rollups (``app.models.rollup``) once,
+# which ``rolled_up`` records. Only rows not yet rolled up are indexed: the few of running
+# executions and of those that just ended.
+NOT_ROLLED_UP = text("NOT rolled_up")
+
+
+def _not_rolled_up_index(table: str) -> Index:
+    return Index(
+        f"ix_{table}_not_rolled_up",
+        "rolled_up",
+        postgresql_where=NOT_ROLLED_UP,
+        sqlite_where=NOT_ROLLED_UP,
+    )
+
+
+def _rolled_up() -> Mapped[bool]:
+    return mapped_column(Boolean, default=False, server_default=text("false"), nullable=False)
+
+
 class ExecutionStatus(StrEnum):
     pending = "pending"
     running = "running"
@@ -77,6 +97,7 @@ class Execution(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         Index("ix_executions_account_id_created_at_id", "account_id", "created_at", "id"),
         _content_key_index("executions"),
+        _not_rolled_up_index("executions"),
     )
 
     account_id: Mapped[uuid.UUID] = mapped_column(
@@ -113,6 +134,7 @@ class Execution(IdMixin, TimestampMixin, Base):
     lease: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"), nullable=False)
     # The key that sealed its prompt, variables, result and error (None: plaintext).
     content_key_id: Mapped[str | None] = _content_key_id()
+    rolled_up: Mapped[bool] = _rolled_up()  # added into the execution rollups (once ended)
 
 
 class ExecutionStep(IdMixin, Base):
@@ -234,6 +256,7 @@ class LedgerEntry(IdMixin, Base):
     """One model call: who, which model, how many tokens, what it cost, whose key paid."""
 
     __tablename__ = "ledger_entries"
+    __table_args__ = (_not_rolled_up_index("ledger_entries"),)
 
     account_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True, nullable=False
@@ -259,3 +282,4 @@ class LedgerEntry(IdMixin, Base):
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, index=True, nullable=False
     )
+    rolled_up: Mapped[bool] = _rolled_up()  # added into the usage rollups (once its run ended)

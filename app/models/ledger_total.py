@@ -15,7 +15,7 @@ import uuid
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, Numeric, String, Uuid
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Numeric, String, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
@@ -64,3 +64,7 @@ class LedgerDailyTotal(Base):
     input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     cost_usd: Mapped[Decimal] = mapped_column(TotalMoney, nullable=False)
+    # Summed latency of the calls (0 for totals folded before it was kept).
+    duration_ms: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default=text("0"), nullable=False
+    )

@@ -1,22 +1,26 @@
-"""Usage totals from the cost ledger: its rows, plus the daily totals the retention purge
-folded the rows it removed into (``ledger_daily_totals``), so a purge leaves the figures as
-they were.
+"""Usage totals of model calls, read from the hourly rollups (``app.models.rollup``) for the
+whole hours of a period, and from the ledger's rows for the rest: the calls not rolled up yet
+(of executions still running, or that just ended) and the calls in the partial hours at either
+end of the period. The figures are exactly those of the ledger's rows in ``[from, to)``.
 
-A folded row keeps its day, not its instant: in a period, a day's totals count when the day
-starts inside it (``from <= day 00:00 UTC < to``). Periods that start and end at midnight UTC
-(or are open) therefore report exactly what they reported before the purge; a period that
-starts or ends within a folded day counts that whole day, or none of it.
+Calls the retention purge removed count by their day (they were folded into their day's total,
+``ledger_daily_totals``, which the rollups hold in the day's first hour): a day's purged calls
+count when the day starts inside the period (``from <= day 00:00 UTC < to``). Periods that
+start and end at midnight UTC (or are open) therefore report exactly what they reported before
+the purge; a period that starts or ends within a purged day counts all of that day's purged
+calls, or none of them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import and_, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import LedgerDailyTotal, LedgerEntry
+from app.models.rollup import Grain, UsageRollup
 from app.repositories.base import Scope
 
 GROUP_COLUMNS = {
@@ -26,6 +30,13 @@ GROUP_COLUMNS = {
     "model": LedgerEntry.model,
     "paid_by": LedgerEntry.paid_by,
 }
+ROLLUP_COLUMNS = {
+    "team": UsageRollup.team_id,
+    "agent": UsageRollup.agent_id,
+    "user": UsageRollup.user_id,
+    "model": UsageRollup.model,
+    "paid_by": UsageRollup.paid_by,
+}
 TOTAL_COLUMNS = {
     "team": LedgerDailyTotal.team_id,
     "agent": LedgerDailyTotal.agent_id,
@@ -34,25 +45,54 @@ TOTAL_COLUMNS = {
     "paid_by": LedgerDailyTotal.paid_by,
 }
 
+Range = tuple[datetime | None, datetime | None]  # [start, end); None: open
 
-def first_day_from(moment: datetime) -> date | None:
-    """The first day whose start (00:00 UTC) is at or after ``moment`` (None: no day left
-    after the calendar's last one starts)."""
+
+def hour_start_from(moment: datetime) -> datetime | None:
+    """The first hour whose start is at or after ``moment`` (None: no hour left after the
+    calendar's last one starts)."""
     moment = moment.astimezone(UTC)
-    day = moment.date()
-    if moment.time() == time(0):
-        return day
-    return None if day == date.max else day + timedelta(days=1)
+    start = moment.replace(minute=0, second=0, microsecond=0)
+    if start == moment:
+        return start
+    try:
+        return start + timedelta(hours=1)
+    except OverflowError:
+        return None
 
 
-def day_window(since: datetime | None, until: datetime | None) -> tuple[date | None, date | None]:
-    """The days whose start falls in ``[since, until)``, as ``[first, end)`` (None: open)."""
-    first = None if since is None else first_day_from(since)
-    end = None if until is None else first_day_from(until)
-    if since is not None and first is None:
-        # No day starts in the window: an empty one.
-        return date.max, date.max
-    return first, end
+def hour_window(since: datetime | None, until: datetime | None) -> tuple[Range | None, list[Range]]:
+    """Split ``[since, until)`` into its whole hours (None: none) and the partial hours at
+    either end (the ranges read from the ledger's rows)."""
+    since, until = (None if t is None else t.astimezone(UTC) for t in (since, until))
+    first = None if since is None else hour_start_from(since)
+    last = None if until is None else until.replace(minute=0, second=0, microsecond=0)
+    if since is not None and (first is None or (last is not None and first > last)):
+        return None, [(since, until)]  # no hour starts inside the period
+    edges: list[Range] = []
+    if since is not None and first is not None and since < first:
+        edges.append((since, first))
+    if until is not None and last is not None and last < until:
+        edges.append((last, until))
+    return (first, last), edges
+
+
+def _within(column: Any, window: Range) -> list[Any]:
+    start, end = window
+    return [
+        *(() if start is None else (column >= start,)),
+        *(() if end is None else (column < end,)),
+    ]
+
+
+def _sums(key: Any, calls: Any, table: Any) -> Any:
+    return select(
+        key.label("key"),
+        calls.label("calls"),
+        func.sum(table.input_tokens).label("input_tokens"),
+        func.sum(table.output_tokens).label("output_tokens"),
+        func.sum(table.cost_usd).label("cost_usd"),
+    )
 
 
 class LedgerRepository:
@@ -67,40 +107,36 @@ class LedgerRepository:
         since: datetime | None,
         until: datetime | None,
     ) -> list[tuple[Any, int, int, int, Any]]:
-        """Calls, tokens and cost per ``group_by`` key: the ledger's rows in ``[since,
-        until)`` plus the daily totals of the days starting in it."""
-        column = GROUP_COLUMNS[group_by]
-        rows = scope.apply(
-            select(
-                column.label("key"),
-                func.count(LedgerEntry.id).label("calls"),
-                func.sum(LedgerEntry.input_tokens).label("input_tokens"),
-                func.sum(LedgerEntry.output_tokens).label("output_tokens"),
-                func.sum(LedgerEntry.cost_usd).label("cost_usd"),
-            ),
-            LedgerEntry.account_id,
-        )
-        if since is not None:
-            rows = rows.where(LedgerEntry.created_at >= since)
-        if until is not None:
-            rows = rows.where(LedgerEntry.created_at < until)
-        total_column = TOTAL_COLUMNS[group_by]
-        folded = scope.apply(
-            select(
-                total_column.label("key"),
-                func.sum(LedgerDailyTotal.calls).label("calls"),
-                func.sum(LedgerDailyTotal.input_tokens).label("input_tokens"),
-                func.sum(LedgerDailyTotal.output_tokens).label("output_tokens"),
-                func.sum(LedgerDailyTotal.cost_usd).label("cost_usd"),
-            ),
-            LedgerDailyTotal.account_id,
-        )
-        first, end = day_window(since, until)
-        if first is not None:
-            folded = folded.where(LedgerDailyTotal.day >= first)
-        if end is not None:
-            folded = folded.where(LedgerDailyTotal.day < end)
-        both = union_all(rows.group_by(column), folded.group_by(total_column)).subquery()
+        """Calls, tokens and cost per ``group_by`` key of the calls in ``[since, until)``
+        (purged calls by their day, as the module says)."""
+        whole, edges = hour_window(since, until)
+        column, rollup_column = GROUP_COLUMNS[group_by], ROLLUP_COLUMNS[group_by]
+        parts = []
+        if whole is not None:
+            rolled = scope.apply(
+                _sums(rollup_column, func.sum(UsageRollup.calls), UsageRollup),
+                UsageRollup.account_id,
+            ).where(UsageRollup.grain == Grain.hour, *_within(UsageRollup.bucket, whole))
+            fresh = scope.apply(
+                _sums(column, func.count(LedgerEntry.id), LedgerEntry), LedgerEntry.account_id
+            ).where(~LedgerEntry.rolled_up, *_within(LedgerEntry.created_at, whole))
+            parts += [rolled.group_by(rollup_column), fresh.group_by(column)]
+        if edges:
+            in_edges = or_(*(and_(*_within(LedgerEntry.created_at, edge)) for edge in edges))
+            partial = scope.apply(
+                _sums(column, func.count(LedgerEntry.id), LedgerEntry), LedgerEntry.account_id
+            ).where(in_edges)
+            parts.append(partial.group_by(column))
+        # Purged calls of a day whose first hour is partial and starts in the period.
+        days = [start.date() for start, _ in edges if start and start.time() == time(0)]
+        if days:
+            total_column = TOTAL_COLUMNS[group_by]
+            purged = scope.apply(
+                _sums(total_column, func.sum(LedgerDailyTotal.calls), LedgerDailyTotal),
+                LedgerDailyTotal.account_id,
+            ).where(LedgerDailyTotal.day.in_(days))
+            parts.append(purged.group_by(total_column))
+        both = union_all(*parts).subquery()
         query = (
             select(
                 both.c.key,
@@ -116,4 +152,5 @@ class LedgerRepository:
         return [
             (key, int(calls), int(inputs), int(outputs), cost)
             for key, calls, inputs, outputs, cost in result
+            if calls
         ]

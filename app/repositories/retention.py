@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +34,8 @@ from app.models import (
     LedgerEntry,
 )
 from app.models.ledger_total import total_id
+from app.models.rollup import ExecutionRollup, Grain, UsageRollup
+from app.repositories import rollups
 from app.repositories.base import table_of
 
 TERMINAL = tuple(status.value for status in ExecutionStatus if status.terminal)
@@ -45,6 +47,8 @@ MAX_BOUND_IDS = 10_000
 _executions = table_of(Execution)
 _ledger = table_of(LedgerEntry)
 _totals = table_of(LedgerDailyTotal)
+_usage_rollups = table_of(UsageRollup)
+_execution_rollups = table_of(ExecutionRollup)
 
 # The kinds of rows an execution owns (besides ledger rows), by kind name, in purge order.
 # Nothing refers to events, messages or context rows; ledger rows refer to steps
@@ -138,7 +142,9 @@ _FOLDED = (
     _ledger.c.input_tokens,
     _ledger.c.output_tokens,
     _ledger.c.cost_usd,
+    _ledger.c.duration_ms,
     _ledger.c.created_at,
+    _ledger.c.rolled_up,
 )
 
 
@@ -159,6 +165,7 @@ class DailyTotal:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
+    duration_ms: int = 0
 
     def values(self) -> dict[str, Any]:
         return {column.name: getattr(self, column.name) for column in _totals.columns}
@@ -188,6 +195,7 @@ def fold(rows: Iterable[Any]) -> list[DailyTotal]:
         total.input_tokens += int(row.input_tokens)
         total.output_tokens += int(row.output_tokens)
         total.cost_usd += Decimal(row.cost_usd)
+        total.duration_ms += int(row.duration_ms)
     return [totals[ident] for ident in sorted(totals)]
 
 
@@ -202,15 +210,17 @@ async def add_totals(conn: AsyncConnection, totals: Sequence[DailyTotal]) -> Non
         index_elements=[_totals.c.id],
         set_={
             name: _totals.c[name] + statement.excluded[name]
-            for name in ("calls", "input_tokens", "output_tokens", "cost_usd")
+            for name in ("calls", "input_tokens", "output_tokens", "cost_usd", "duration_ms")
         },
     )
     await conn.execute(statement, [total.values() for total in totals])
 
 
 async def _fold_ledger_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> int:
-    """Delete these ledger rows and add what the DELETE removed to the daily totals, in the
-    caller's transaction: a row is folded exactly when it is deleted."""
+    """Delete these ledger rows and add what the DELETE removed to the daily totals, and move
+    it to its day in the rollups, in the caller's transaction: a row is folded exactly when it
+    is deleted."""
+    await rollups.take_rollups(conn)
     removed: list[Any] = []
     for chunk in _chunks(ids):
         result = await conn.execute(
@@ -218,6 +228,9 @@ async def _fold_ledger_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> i
         )
         removed.extend(result.all())
     await add_totals(conn, fold(removed))
+    sums = rollups.usage_sums()
+    rollups.add_purged_calls(sums, removed)
+    await sums.write(conn)
     return len(removed)
 
 
@@ -246,21 +259,25 @@ async def purge_orphan_ledger_rows(conn: AsyncConnection, before: datetime, limi
     return await _purge_ledger_where(conn, limit, _orphans, _ledger.c.created_at < before)
 
 
+def _rollup_tables(before: date) -> list[tuple[Table, Any]]:
+    """Each table of figures of days before ``before``, with the condition that selects them:
+    the daily totals of purged calls, and the usage and execution rollups."""
+    start = datetime.combine(before, time(0), tzinfo=UTC)
+    return [
+        (_totals, _totals.c.day < before),
+        *((table, table.c.bucket < start) for table in (_usage_rollups, _execution_rollups)),
+    ]
+
+
 async def purge_rollups(conn: AsyncConnection, before: date, limit: int) -> Batch:
-    """Delete up to ``limit`` daily totals of days before ``before``."""
-    ids = list(
-        (
-            await conn.execute(
-                select(_totals.c.id)
-                .where(_totals.c.day < before)
-                .order_by(_totals.c.id)
-                .limit(limit)
-            )
-        ).scalars()
-    )
-    if not ids:
-        return Batch(0, 0)
-    return Batch(len(ids), await _delete_ids(conn, _totals, ids))
+    """Delete up to ``limit`` rows of the figures of days before ``before``: daily totals
+    first, then usage and execution rollups."""
+    for table, condition in _rollup_tables(before):
+        query = select(table.c.id).where(condition).order_by(table.c.id).limit(limit)
+        ids = list((await conn.execute(query)).scalars())
+        if ids:
+            return Batch(len(ids), await _delete_ids(conn, table, ids))
+    return Batch(0, 0)
 
 
 # -- what a dry run reports, and what is left -----------------------------------------------------
@@ -284,8 +301,11 @@ async def count_execution_rows(conn: AsyncConnection, kind: str, before: datetim
 
 
 async def count_rollups(conn: AsyncConnection, before: date) -> int:
-    query = select(func.count()).select_from(_totals).where(_totals.c.day < before)
-    return int((await conn.execute(query)).scalar_one())
+    count = 0
+    for table, condition in _rollup_tables(before):
+        query = select(func.count()).select_from(table).where(condition)
+        count += int((await conn.execute(query)).scalar_one())
+    return count
 
 
 async def oldest_ledger_row(conn: AsyncConnection) -> datetime | None:
@@ -297,6 +317,13 @@ async def oldest_ledger_row(conn: AsyncConnection) -> datetime | None:
 
 
 async def oldest_rollup(conn: AsyncConnection) -> date | None:
-    """The oldest day with a daily total left (an index's first entry)."""
-    found: date | None = (await conn.execute(select(func.min(_totals.c.day)))).scalar_one()
-    return found
+    """The oldest day with a daily total or a daily usage rollup left (indexes' first
+    entries)."""
+    total: date | None = (await conn.execute(select(func.min(_totals.c.day)))).scalar_one()
+    bucket: datetime | None = (
+        await conn.execute(
+            select(func.min(_usage_rollups.c.bucket)).where(_usage_rollups.c.grain == Grain.day)
+        )
+    ).scalar_one()
+    days = [d for d in (total, None if bucket is None else bucket.date()) if d is not None]
+    return min(days, default=None)

@@ -2,8 +2,9 @@
 HTTP clients for model calls (trusted for the operator's URLs, guarded by the egress policy for
 tenants'), the sealing and opening of executions' content, the bounded template renderer (its
 worker processes start in the background with the app), the engine and its dispatcher, the
-dispatcher of outbound deliveries (webhooks, alerts), and the cache of costly reads. Built and
-torn down by the application's lifespan; nothing here connects at import time."""
+dispatcher of outbound deliveries (webhooks, alerts), the folder that keeps the rollups, and
+the cache of costly reads. Built and torn down by the application's lifespan; nothing here
+connects at import time."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from app.services.events import EventHub
 from app.services.providers.builtin import TEMPLATE_KITS
 from app.services.providers.prices import PriceTable
 from app.services.read_cache import ReadCache
+from app.services.rollups import RollupFolder
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Runtime:
     runner: InProcessRunner
     templates: TemplateRenderer
     deliveries: DeliveryDispatcher
+    rollups: RollupFolder  # keeps the usage and execution rollups as executions end
     # Seals and opens executions' content; what it seals is the security capability's call.
     content: ExecutionContent
     warming: asyncio.Task[None] | None = None  # the template workers starting in the background
@@ -60,17 +63,21 @@ class Runtime:
         deliveries = DeliveryDispatcher(
             database, settings.deliveries, box, http, owner, smtp=settings.monitor.alerts.smtp
         )
+        rollups = RollupFolder(database, settings.rollups)
         engine.observers.append(deliveries.on_engine_commit)
-        return cls(database, hub, http, runner, templates, deliveries, content)
+        engine.observers.append(rollups.on_engine_commit)
+        return cls(database, hub, http, runner, templates, deliveries, rollups, content)
 
     async def start(self) -> None:
         await self.runner.start()
         await self.deliveries.start()
+        await self.rollups.start()
         self.warming = asyncio.get_running_loop().create_task(self.templates.warm())
 
     async def stop(self) -> None:
         await self.runner.stop()
         await self.deliveries.stop()
+        await self.rollups.stop()
         if self.warming is not None:
             self.warming.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -37,6 +37,7 @@ from app.db.base import Base, utcnow
 from app.db.database import build_engine
 from app.repositories.base import Scope
 from app.repositories.ledger import GROUP_COLUMNS, LedgerRepository
+from app.services.rollups import fold_all
 from qa import services
 from qa.factories import expect
 from qa.fake_openai import FakeOpenAI, Reply
@@ -526,19 +527,31 @@ async def test_a_folded_day_counts_when_its_start_is_in_the_period(engine: Async
     assert (await tokens(noon, None), await tokens(None, noon)) == (0, 3)
 
 
-async def test_rollups_days_removes_old_daily_totals(engine: AsyncEngine) -> None:
+async def test_rollups_days_removes_old_daily_totals_and_rollups(engine: AsyncEngine) -> None:
     world, accounts, _ = await ledger_world(engine)
+    await fold_all(engine, 1000)  # the ended executions and their calls rolled up
     await Retention(engine, lambda: retention(ledger_days=7)).purge()
     everything = await usage_figures(engine, accounts, [(None, None)])
     cutoff = midnight(days_ago(15, world.now))
     # What the usage reports from the days kept, before the old totals go.
     recent_window = [(cutoff, None)]
     recent = await usage_figures(engine, accounts, recent_window)
+    # The figures of the days before the cut-off: the daily totals of purged calls and the
+    # usage and execution rollups (an hour's and a day's).
+    totals, usage, executions = (
+        TABLES[name] for name in ("ledger_daily_totals", "usage_rollups", "execution_rollups")
+    )
+    old = [
+        select(func.count()).where(totals.c.day < cutoff.date()).select_from(totals),
+        *(
+            select(func.count()).where(table.c.bucket < cutoff).select_from(table)
+            for table in (usage, executions)
+        ),
+    ]
     async with engine.connect() as conn:
-        totals = TABLES["ledger_daily_totals"]
-        old = select(func.count()).where(totals.c.day < cutoff.date()).select_from(totals)
-        expected = int((await conn.execute(old)).scalar_one())
-    assert expected > 0
+        counts = [int((await conn.execute(query)).scalar_one()) for query in old]
+    expected = sum(counts)
+    assert all(counts), counts
 
     purger = Retention(engine, lambda: retention(ledger_days=7, rollups_days=15, batch_size=3))
     preview = await purger.preview()

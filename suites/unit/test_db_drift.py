@@ -509,6 +509,8 @@ def test_db_check_reports_pending_migrations(database: Path) -> None:
         "alert_silences",
         "alert_evaluations",
         "ledger_daily_totals",
+        "usage_rollups",
+        "execution_rollups",
         "audit_entries",
         "audit_head",
         "audit_checkpoints",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +34,6 @@ from app.db import migrate
 from app.db.base import Base
 from app.db.database import build_engine
 from app.models.ledger_total import total_id
-from app.repositories.ledger import day_window, first_day_from
 from app.repositories.retention import Batch, fold
 
 NOW = datetime(2026, 12, 4, 15, 30, tzinfo=UTC)
@@ -66,39 +65,6 @@ def test_every_kind_has_its_setting() -> None:
     assert {f"{kind}_days" for kind in KINDS} <= fields
 
 
-# -- the days a period counts ---------------------------------------------------------------------
-
-
-def test_a_day_counts_when_its_start_is_in_the_period() -> None:
-    midnight = datetime(2026, 11, 2, tzinfo=UTC)
-    assert first_day_from(midnight) == date(2026, 11, 2)
-    assert first_day_from(midnight + timedelta(microseconds=1)) == date(2026, 11, 3)
-    assert first_day_from(midnight - timedelta(microseconds=1)) == date(2026, 11, 2)
-    # Another offset: the UTC day is what counts (01:00+01:00 is midnight UTC).
-    paris = timezone(timedelta(hours=1))
-    assert first_day_from(datetime(2026, 11, 2, 1, 0, tzinfo=paris)) == date(2026, 11, 2)
-    assert day_window(None, None) == (None, None)
-    assert day_window(midnight, midnight + timedelta(hours=36)) == (
-        date(2026, 11, 2),
-        date(2026, 11, 4),  # the 3rd starts inside the period, the 4th does not
-    )
-    # An empty period holds no day.
-    first, end = day_window(midnight + timedelta(hours=1), midnight + timedelta(hours=2))
-    assert first == end == date(2026, 11, 3)
-
-
-def test_the_calendar_s_last_day_bounds_a_period_without_overflow() -> None:
-    last_start = datetime.combine(date.max, time(0), tzinfo=UTC)
-    latest = datetime.combine(date.max, time.max, tzinfo=UTC)
-    assert first_day_from(last_start) == date.max
-    assert first_day_from(latest) is None
-    # Until the latest instant there is: every day starts before it (open end).
-    assert day_window(None, latest) == (None, None)
-    # From inside the last day: no day starts in the period.
-    first, end = day_window(latest, None)
-    assert first == end == date.max
-
-
 # -- folding ------------------------------------------------------------------------------------
 
 
@@ -114,6 +80,7 @@ def row(created_at: datetime, **fields: Any) -> SimpleNamespace:
         "input_tokens": 10,
         "output_tokens": 2,
         "cost_usd": Decimal("0.00000001"),
+        "duration_ms": 1,
         "created_at": created_at,
         **fields,
     }

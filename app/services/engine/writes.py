@@ -243,8 +243,10 @@ _enabled_webhook = (
 _has_webhooks = Prepared(select(_enabled_webhook))
 
 _EVENT_FIELDS = ("id", "type", "data", "content_key_id")
-# Rows inserted as they are, with the id and creation time they lack filled in.
+# Rows inserted as they are, with the id and creation time they lack filled in, and the
+# defaults of the columns the engine never sets.
 _INSERTED = {"context": _context, "ledger": _ledger, "messages": _messages}
+_DEFAULTS: dict[str, dict[str, Any]] = {"ledger": {"rolled_up": False}}
 
 
 def _now() -> Any:
@@ -434,7 +436,8 @@ class OneStatement:
         ):
             if rows:
                 parts.append(name)
-                filled = [{"id": uuid.uuid4(), "created_at": writes.now, **row} for row in rows]
+                defaults = {"created_at": writes.now, **_DEFAULTS.get(name, {})}
+                filled = [{"id": uuid.uuid4(), **defaults, **row} for row in rows]
                 params.update(_arrays(name, _INSERTED[name].c.keys(), filled))
         if writes.message_statuses:
             parts.append("statuses")
