@@ -34,6 +34,7 @@ from app.api.routes import (
     webhooks,
 )
 from app.capabilities import (
+    analytics,
     backups,
     configuration,
     database_manager,
@@ -74,6 +75,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     performance.CAPABILITY,
     backups.CAPABILITY,
     security.CAPABILITY,
+    analytics.CAPABILITY,
     docs.CAPABILITY,
 )
 log = get_logger("app")

@@ -855,6 +855,22 @@ class RollupSettings(BaseModel):
     )
 
 
+class AnalyticsSettings(BaseModel):
+    """The analytics capability: business figures from the rollups at `/api/v1/analytics/*`."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve `/api/v1/analytics/*`. Off, those routes do not exist (the rollback "
+        "switch); the rollups and `GET /api/v1/usage` stay.",
+    )
+    max_points: int = Field(
+        default=2000,
+        ge=24,
+        le=100_000,
+        description="Most buckets one time series may hold (a longer period asks for days).",
+    )
+
+
 class DocsSettings(BaseModel):
     """The docs capability: the interactive API explorer at `/docs`, served from vendored
     assets (the OpenAPI schema at `/openapi.json` is part of the base API)."""
@@ -1006,7 +1022,7 @@ class ProfilingSettings(BaseModel):
 
 
 class CacheSettings(BaseModel):
-    """The cache of costly reads (usage reports, execution lists)."""
+    """The cache of costly reads (usage reports, execution lists, analytics figures)."""
 
     enabled: bool = Field(
         default=True,
@@ -1021,7 +1037,7 @@ class CacheSettings(BaseModel):
         description="Answers kept in memory (the least recently used go first).",
     )
     ttl_seconds: dict[str, float] = Field(
-        default_factory=lambda: {"usage": 60.0, "executions": 5.0},
+        default_factory=lambda: {"usage": 60.0, "executions": 5.0, "analytics": 300.0},
         description="How long an answer of each kind is kept at most: also the longest an "
         "answer can lag a write made where this process cannot hear of it (another process "
         "without Redis, or while Redis is away).",
@@ -1030,13 +1046,13 @@ class CacheSettings(BaseModel):
     @field_validator("ttl_seconds")
     @classmethod
     def _every_kind(cls, value: dict[str, float]) -> dict[str, float]:
-        kinds = ("usage", "executions")
+        kinds = ("usage", "executions", "analytics")
         unknown = sorted(set(value) - set(kinds))
         if unknown:
             raise ValueError(f"unknown kinds {unknown}; the kinds are {list(kinds)}")
         if any(not 0 < ttl <= 86_400 for ttl in value.values()):
             raise ValueError("a time to live is more than 0 and at most 86400 seconds")
-        return {**{"usage": 60.0, "executions": 5.0}, **value}
+        return {**{"usage": 60.0, "executions": 5.0, "analytics": 300.0}, **value}
 
 
 class PerformanceSettings(BaseModel):
@@ -1798,6 +1814,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)

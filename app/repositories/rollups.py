@@ -221,9 +221,9 @@ def _batch(conn: AsyncConnection, query: Any, table: Table) -> Any:
     return query
 
 
-async def fold_calls(conn: AsyncConnection, limit: int) -> int:
+async def fold_calls(conn: AsyncConnection, limit: int) -> list[uuid.UUID]:
     """Roll up to ``limit`` model calls whose execution ended (or was deleted with its team);
-    returns how many this transaction rolled up."""
+    returns the account of each call this transaction rolled up."""
     await take_rollups(conn)
     query = (
         select(_ledger.c.id)
@@ -236,7 +236,7 @@ async def fold_calls(conn: AsyncConnection, limit: int) -> int:
     )
     ids = list((await conn.execute(_batch(conn, query, _ledger))).scalars())
     if not ids:
-        return 0
+        return []
     marked = await conn.execute(
         update(_ledger)
         .where(_ledger.c.id.in_(ids), ~_ledger.c.rolled_up)
@@ -247,11 +247,12 @@ async def fold_calls(conn: AsyncConnection, limit: int) -> int:
     sums = usage_sums()
     add_calls(sums, rows)
     await sums.write(conn)
-    return len(rows)
+    return [row.account_id for row in rows]
 
 
-async def fold_executions(conn: AsyncConnection, limit: int) -> int:
-    """Roll up to ``limit`` ended executions; returns how many this transaction rolled up."""
+async def fold_executions(conn: AsyncConnection, limit: int) -> list[uuid.UUID]:
+    """Roll up to ``limit`` ended executions; returns the account of each execution this
+    transaction rolled up."""
     await take_rollups(conn)
     query = (
         select(_executions.c.id)
@@ -260,7 +261,7 @@ async def fold_executions(conn: AsyncConnection, limit: int) -> int:
     )
     ids = list((await conn.execute(_batch(conn, query, _executions))).scalars())
     if not ids:
-        return 0
+        return []
     marked = await conn.execute(
         update(_executions)
         .where(
@@ -276,7 +277,7 @@ async def fold_executions(conn: AsyncConnection, limit: int) -> int:
     sums = execution_sums()
     add_executions(sums, rows)
     await sums.write(conn)
-    return len(rows)
+    return [row.account_id for row in rows]
 
 
 # -- rebuilding -----------------------------------------------------------------------------------

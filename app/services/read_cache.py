@@ -1,4 +1,5 @@
-"""Costly reads that may be kept between writes: usage aggregates and execution lists.
+"""Costly reads that may be kept between writes: usage aggregates, execution lists and the
+analytics figures.
 
 A read names its kind (``KINDS``), whose data it shows (the caller's ``Scope``: one account, or
 every account for a platform admin), the parameters it was asked with, and the model of its
@@ -6,8 +7,8 @@ answer. The base computes every read (``ReadCache``); the performance capability
 ``SmartCache`` in ``Runtime.cache``, which keeps answers by exactly those parts and forgets
 them when ``changed(kind, account_id)`` says a write touched that account's data (and with it
 every all-accounts view). Whatever writes the data a kind shows says so: the engine's commits
-(through the capability's engine observer) and the API's own writes (an execution created or
-cancelled)."""
+(through the capability's engine observer), the API's own writes (an execution created or
+cancelled) and the rollups' folds (the analytics figures of the accounts they folded)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from app.repositories.base import Scope
 
-KINDS = ("usage", "executions")
+KINDS = ("usage", "executions", "analytics")
 M = TypeVar("M", bound=BaseModel)
 
 

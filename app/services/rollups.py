@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,25 +35,38 @@ log = get_logger("app.rollups")
 
 @dataclass(frozen=True)
 class Folded:
+    """What folds rolled up: how many executions and calls, and whose."""
+
     executions: int = 0
     calls: int = 0
+    accounts: frozenset[uuid.UUID] = frozenset()
 
     def __add__(self, other: Folded) -> Folded:
-        return Folded(self.executions + other.executions, self.calls + other.calls)
+        return Folded(
+            self.executions + other.executions,
+            self.calls + other.calls,
+            self.accounts | other.accounts,
+        )
 
 
 async def fold_batch(conn: AsyncConnection, limit: int) -> Folded:
     """One batch of each kind, in the caller's transaction."""
-    return Folded(await rollups.fold_executions(conn, limit), await rollups.fold_calls(conn, limit))
+    executions = await rollups.fold_executions(conn, limit)
+    calls = await rollups.fold_calls(conn, limit)
+    return Folded(len(executions), len(calls), frozenset(executions) | frozenset(calls))
 
 
-async def fold_all(engine: AsyncEngine, limit: int) -> Folded:
+async def fold_all(
+    engine: AsyncEngine, limit: int, committed: Callable[[Folded], None] | None = None
+) -> Folded:
     """Fold batches, each in its own transaction, until one finds less than ``limit`` of
-    each kind."""
+    each kind; ``committed`` is told of each batch once it is committed."""
     total = Folded()
     while True:
         async with engine.begin() as conn:
             folded = await fold_batch(conn, limit)
+        if committed is not None and folded.accounts:
+            committed(folded)
         total += folded
         if folded.executions < limit and folded.calls < limit:
             return total
@@ -75,6 +90,8 @@ async def rebuild(engine: AsyncEngine, limit: int) -> Folded:
 class RollupFolder:
     database: SQLAlchemyManager
     settings: RollupSettings
+    # Told of each committed batch (the cache of analytics figures forgets those accounts').
+    observers: list[Callable[[Folded], None]] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _failing: bool = field(default=False, init=False)
@@ -99,11 +116,20 @@ class RollupFolder:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    def _committed(self, folded: Folded) -> None:
+        for observer in self.observers:
+            try:
+                observer(folded)
+            except Exception as exc:
+                log.warning("rollups_observer_failed", error_type=type(exc).__name__)
+
     async def _run_forever(self) -> None:
         while True:
             self._wake.clear()
             try:
-                folded = await fold_all(self.database.engine, self.settings.batch_size)
+                folded = await fold_all(
+                    self.database.engine, self.settings.batch_size, self._committed
+                )
             except Exception as exc:  # the database is away: folded on the next round
                 if not self._failing:
                     log.warning("rollups_fold_failed", error_type=type(exc).__name__)

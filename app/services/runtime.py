@@ -29,7 +29,7 @@ from app.services.events import EventHub
 from app.services.providers.builtin import TEMPLATE_KITS
 from app.services.providers.prices import PriceTable
 from app.services.read_cache import ReadCache
-from app.services.rollups import RollupFolder
+from app.services.rollups import Folded, RollupFolder
 
 
 @dataclass
@@ -69,10 +69,16 @@ class Runtime:
         return cls(database, hub, http, runner, templates, deliveries, rollups, content)
 
     async def start(self) -> None:
+        self.rollups.observers.append(self._rolled_up)
         await self.runner.start()
         await self.deliveries.start()
         await self.rollups.start()
         self.warming = asyncio.get_running_loop().create_task(self.templates.warm())
+
+    def _rolled_up(self, folded: Folded) -> None:
+        """The analytics figures of the accounts a fold added to changed."""
+        for account_id in folded.accounts:
+            self.cache.changed("analytics", account_id)
 
     async def stop(self) -> None:
         await self.runner.stop()

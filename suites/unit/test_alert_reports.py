@@ -183,7 +183,9 @@ async def test_without_its_database_a_report_is_logged_not_raised(
             await away.dispose()
         with pytest.raises(ValueError, match="alert source"):
             await app.state.alerts.report("Not A Source", "warning", "x")
-    events = [(e["event"], e["log_level"]) for e in logs]
+    # The alert events only: the app's background work (the rollup folder's first round, say)
+    # may log meanwhile, a slow query on a busy machine.
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("alert_")]
     assert events == [
         ("alert_report_failed", "error"),
         ("alert_reported", "error"),

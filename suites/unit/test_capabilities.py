@@ -30,6 +30,7 @@ PLAN_FILES = {
     ),
     "app/core/health_monitor.py": ("AdvancedHealthMonitor", "app.capabilities.monitor"),
     "app/core/performance.py": ("PerformanceOptimizer", "app.capabilities.performance"),
+    "app/core/premium_monitor.py": ("PremiumMonitor", "app.capabilities.analytics"),
     "app/core/security_manager.py": ("SecurityManager", "app.capabilities.security"),
     "app/core/sqlalchemy_manager.py": ("SQLAlchemyManager", "app.db.database"),
 }
@@ -62,6 +63,7 @@ ROUTES = {
     "performance": {"/api/v1/ops/profiles", "/api/v1/ops/profiles/{profile_id}"},
     "backups": set(),  # no routes of its own: its watch's figures, check and alerts
     "security": {"/api/v1/audit", "/api/v1/audit/export"},
+    "analytics": {"/api/v1/analytics/summary", "/api/v1/analytics/timeseries"},
     "docs": {"/docs", "/docs/oauth2-redirect", "/static"},
 }
 

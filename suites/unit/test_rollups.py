@@ -4,6 +4,7 @@ execution land in, and how contributions sum before their upserts."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -13,15 +14,19 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from structlog.testing import capture_logs
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from app.core.config import DatabaseSettings
+from app.capabilities.analytics.figures import Period
+from app.core.config import DatabaseSettings, RollupSettings
 from app.db import migrate
 from app.db.base import Base
-from app.db.database import build_engine
+from app.db.database import SQLAlchemyManager, build_engine
 from app.models.rollup import Grain, rollup_id
 from app.repositories import rollups
 from app.repositories.ledger import hour_start_from, hour_window
+from app.services.rollups import Folded, RollupFolder
+from qa.polling import wait_until_async
 
 ACCOUNT = uuid.UUID(int=1)
 TEN = datetime(2026, 11, 2, 10, tzinfo=UTC)
@@ -211,3 +216,117 @@ async def test_the_migration_carries_purged_calls_into_the_rollups(tmp_path: Pat
         await migrate.upgrade(engine)
     finally:
         await engine.dispose()
+
+
+# -- the analytics periods ------------------------------------------------------------------------
+
+
+def test_an_analytics_period_is_whole_hours_read_from_days_where_it_can() -> None:
+    since = datetime(2026, 11, 2, 10, 40, tzinfo=UTC)
+    until = datetime(2026, 11, 5, 7, 5, tzinfo=UTC)
+    period = Period.of(since, until)
+    assert (period.start, period.end) == (TEN, datetime(2026, 11, 5, 8, tzinfo=UTC))
+    assert period.pieces() == [
+        ("hour", TEN, datetime(2026, 11, 3, tzinfo=UTC)),
+        ("day", datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC)),
+        ("hour", datetime(2026, 11, 5, tzinfo=UTC), datetime(2026, 11, 5, 8, tzinfo=UTC)),
+    ]
+    assert period.count("hour") == 14 + 48 + 8
+    assert period.count("day") == 4
+    assert period.buckets("day") == [datetime(2026, 11, d, tzinfo=UTC) for d in (2, 3, 4, 5)]
+    assert len(period.buckets("hour")) == period.count("hour")
+    # Inside one day: hours only. An empty period: nothing.
+    short = Period.of(TEN, TEN + timedelta(minutes=90))
+    assert short.pieces() == [("hour", TEN, TEN + timedelta(hours=2))]
+    assert Period.of(TEN, TEN).buckets("hour") == []
+    # Midnight to midnight: days only.
+    days = Period.of(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
+    assert days.pieces() == [
+        ("day", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
+    ]
+
+
+# -- the folder --------------------------------------------------------------------------------
+
+
+async def add_ended_execution(engine: Any, account: uuid.UUID) -> None:
+    tables = Base.metadata.tables
+    team, execution = uuid.uuid4(), uuid.uuid4()
+    ended = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            tables["accounts"].insert(), {"id": account, "name": "a", "name_key": account.hex}
+        )
+        await conn.execute(
+            tables["teams"].insert(), {"id": team, "account_id": account, "name": "t"}
+        )
+        await conn.execute(
+            tables["executions"].insert(),
+            {
+                "id": execution,
+                "account_id": account,
+                "team_id": team,
+                "workflow_version": 1,
+                "workflow": {"strategy": "parallel"},
+                "prompt": "p",
+                "status": "completed",
+                "started_at": ended - timedelta(seconds=2),
+                "finished_at": ended,
+            },
+        )
+
+
+@pytest.mark.anyio
+async def test_the_folder_folds_on_a_kick_and_tells_its_observers(tmp_path: Path) -> None:
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'f.db'}"))
+    await migrate.upgrade(database.engine)
+    told: list[Folded] = []
+
+    def broken(folded: Folded) -> None:
+        raise RuntimeError("an observer that fails")
+
+    folder = RollupFolder(database, RollupSettings(interval_seconds=3600), [broken, told.append])
+    try:
+        await folder.start()
+        await asyncio.sleep(0.1)  # its first round: nothing to fold
+        account = uuid.uuid4()
+        await add_ended_execution(database.engine, account)
+        with capture_logs() as logs:
+            folder.kick()  # the interval is an hour: the kick folds it
+            await wait_until_async(lambda: told, 5, "a fold")
+        assert told == [Folded(executions=1, calls=0, accounts=frozenset({account}))]
+        assert [log["event"] for log in logs] == ["rollups_observer_failed", "rollups_folded"]
+    finally:
+        await folder.stop()
+        await folder.stop()  # stopping twice is harmless
+        await database.dispose()
+
+
+@pytest.mark.anyio
+async def test_a_fold_that_fails_is_logged_once_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    database = SQLAlchemyManager(DatabaseSettings(url=f"sqlite+aiosqlite:///{path}"))
+    await migrate.upgrade(database.engine)
+    async with database.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE usage_rollups RENAME TO usage_rollups_away"))
+        await conn.execute(text("ALTER TABLE execution_rollups RENAME TO execution_rollups_away"))
+    folder = RollupFolder(database, RollupSettings(interval_seconds=0.05))
+    try:
+        with capture_logs() as logs:
+            await add_ended_execution(database.engine, uuid.uuid4())
+            await folder.start()
+            await wait_until_async(lambda: len(logs) >= 1, 5, "a failed fold")
+            await asyncio.sleep(0.2)  # more failed rounds: logged once
+            async with database.engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE usage_rollups_away RENAME TO usage_rollups"))
+                await conn.execute(
+                    text("ALTER TABLE execution_rollups_away RENAME TO execution_rollups")
+                )
+            await wait_until_async(
+                lambda: any(log["event"] == "rollups_fold_recovered" for log in logs), 5
+            )
+        events = [log["event"] for log in logs if log["event"].startswith("rollups_fold_")]
+        assert events == ["rollups_fold_failed", "rollups_fold_recovered"]
+    finally:
+        await folder.stop()
+        await database.dispose()
