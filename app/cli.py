@@ -564,10 +564,12 @@ def _checked_credentials(email: str, password: str) -> str:
 
     from app.core.emails import accept_special_use_domains, normalized_email
     from app.core.example_passwords import example_password_problem, refuse_example_passwords
+    from app.core.security import configure_password_hashing
 
     settings = load_settings()
     accept_special_use_domains(settings.auth.special_use_email_domains)
     refuse_example_passwords(settings.auth.refuse_example_passwords)
+    configure_password_hashing(settings.auth.password_hash)
     try:
         email = normalized_email(email)
     except EmailNotValidError as exc:

@@ -57,7 +57,7 @@ from app.core.example_passwords import refuse_example_passwords
 from app.core.logging import configure_logging, get_logger
 from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
-from app.core.security import TokenCodec, warm_up_password_checks
+from app.core.security import TokenCodec, configure_password_hashing, warm_up_password_checks
 from app.core.shutdown import GracefulShutdown
 from app.db.database import SQLAlchemyManager, require_driver
 from app.services.audit import AuditTrail
@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     accept_special_use_domains(settings.auth.special_use_email_domains)
     refuse_example_passwords(settings.auth.refuse_example_passwords)
     warnings = refuse_unsafe(settings)  # UnsafeConfiguration lists every error at once
+    configure_password_hashing(settings.auth.password_hash)
     require_driver(settings.database)  # MissingDriver names the install command
     app = FastAPI(
         title=f"{settings.app_name} API",

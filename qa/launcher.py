@@ -119,6 +119,29 @@ BIND_ATTEMPTS = 5
 # on purpose (the contract tests' fuzzing: unknown emails, random ids, wrong tokens by the
 # thousand; the load test's users): what they test is not the throttling, which has its own
 # tests (suites/integration/test_security_throttle.py). Other suites keep the defaults.
+# Password hashes as cheap as Argon2id allows (1 MiB, one pass, one lane: about a millisecond
+# instead of a fifth of a second of processor time): the suites create and log in thousands
+# of users, and nothing they check depends on a hash's cost. The timing equaliser uses the same
+# cost, so unknown and known emails still answer alike. The load sessions launch with the
+# defaults (``qa.load.runner.LAUNCH_ENV``): their figures are the build's own.
+TEST_HASHING_ENV = {
+    "RENUM_AUTH__PASSWORD_HASH__MEMORY_KIB": "1024",
+    "RENUM_AUTH__PASSWORD_HASH__TIME_COST": "1",
+    "RENUM_AUTH__PASSWORD_HASH__PARALLELISM": "1",
+}
+
+
+def default_hashing_env() -> dict[str, str]:
+    """The settings that give password hashes their default cost (undoing
+    ``TEST_HASHING_ENV``)."""
+    from app.core.config import PasswordHashSettings
+
+    cost = PasswordHashSettings().model_dump()
+    return {
+        f"RENUM_AUTH__PASSWORD_HASH__{name.upper()}": str(value) for name, value in cost.items()
+    }
+
+
 BURSTS_ENV = {
     "RENUM_SECURITY__THROTTLE__BRUTE_FORCE__THRESHOLD": "100000",
     "RENUM_SECURITY__THROTTLE__STUFFING__THRESHOLD": "100000",
@@ -213,6 +236,7 @@ class LaunchedBackend(Backend):
             # The webhook dispatcher off: tests that create webhooks to example hosts must not
             # make the backend resolve them; the webhook tests switch it on.
             "RENUM_DELIVERIES__ENABLED": "false",
+            **TEST_HASHING_ENV,
             **(BURSTS_ENV if bursts else {}),
             **(extra_env or {}),
         }

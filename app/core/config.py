@@ -318,6 +318,18 @@ class DatabaseManagerSettings(BaseModel):
     )
 
 
+class PasswordHashSettings(BaseModel):
+    """Argon2id's cost per password hash (RFC 9106). The defaults are argon2-cffi's (64 MiB,
+    3 passes, 4 lanes); staging and production refuse less than OWASP's minimum (19 MiB and
+    2 passes). Each hash records its own cost, so a change applies to new passwords only."""
+
+    memory_kib: int = Field(
+        default=65_536, ge=8, le=4_194_304, description="Memory per hash, in KiB."
+    )
+    time_cost: int = Field(default=3, ge=1, le=20, description="Passes over that memory.")
+    parallelism: int = Field(default=4, ge=1, le=16, description="Lanes (threads) per hash.")
+
+
 class AuthSettings(BaseModel):
     access_token_minutes: int = Field(
         default=15, ge=1, le=1440, description="Lifetime of a JWT access token."
@@ -339,6 +351,11 @@ class AuthSettings(BaseModel):
         description="Refuse, by the API and the CLI, a password equal to one the API's "
         "published examples print (anyone can read those). Off in development and test, "
         "whose fresh backends run the examples as shown.",
+    )
+    password_hash: PasswordHashSettings = Field(
+        default_factory=lambda: PasswordHashSettings(),
+        description="Argon2id's cost for new password hashes (each hash keeps the cost it "
+        "was made with).",
     )
 
     @field_validator("special_use_email_domains")

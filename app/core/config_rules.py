@@ -86,6 +86,22 @@ def _secret_key(settings: Settings) -> str | None:
     return None
 
 
+# OWASP's minimum for Argon2id (its password storage cheat sheet): 19 MiB, 2 passes.
+MIN_HASH_MEMORY_KIB = 19_456
+MIN_HASH_PASSES = 2
+
+
+def _weak_password_hash(settings: Settings) -> str | None:
+    cost = settings.auth.password_hash
+    if cost.memory_kib < MIN_HASH_MEMORY_KIB or cost.time_cost < MIN_HASH_PASSES:
+        return (
+            f"password hashes cost {cost.memory_kib} KiB and {cost.time_cost} passes, below "
+            f"OWASP's minimum for Argon2id ({MIN_HASH_MEMORY_KIB} KiB, {MIN_HASH_PASSES} "
+            "passes): a stolen hash is cheap to guess"
+        )
+    return None
+
+
 def _encryption_keys(settings: Settings) -> str | None:
     if not settings.encryption_keys:
         return (
@@ -150,6 +166,16 @@ RULES: tuple[Rule, ...] = (
         fix="Set RENUM_SECRET_KEY to a random value: python -c 'import secrets; "
         "print(secrets.token_urlsafe(48))'",
         violated=_secret_key,
+    ),
+    Rule(
+        id="password-hash-weak",
+        setting="auth.password_hash",
+        checklist="Password hashes cost at least OWASP's minimum for Argon2id "
+        "(`RENUM_AUTH__PASSWORD_HASH__MEMORY_KIB` 19456 or more, `__TIME_COST` 2 or more; "
+        "the defaults are 65536 and 3).",
+        fix="Unset RENUM_AUTH__PASSWORD_HASH__MEMORY_KIB and __TIME_COST (the defaults)",
+        violated=_weak_password_hash,
+        warns_in=frozenset(),
     ),
     Rule(
         id="encryption-keys-missing",

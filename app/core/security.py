@@ -32,13 +32,26 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from app.core.config import Settings
+from app.core.config import PasswordHashSettings, Settings
 
 JWT_ALGORITHM = "HS256"
 API_KEY_PREFIX = "rk_"
 TokenType = Literal["access", "refresh"]
 
 _hasher = PasswordHasher()
+
+
+def configure_password_hashing(cost: PasswordHashSettings) -> None:
+    """Make new password hashes (and the timing equaliser's) with this cost; hashes made
+    before keep theirs, and verify as they are."""
+    global _hasher
+    wanted = (cost.time_cost, cost.memory_kib, cost.parallelism)
+    if (_hasher.time_cost, _hasher.memory_cost, _hasher.parallelism) == wanted:
+        return
+    _hasher = PasswordHasher(
+        time_cost=cost.time_cost, memory_cost=cost.memory_kib, parallelism=cost.parallelism
+    )
+    _dummy_hash.cache_clear()
 
 
 @cache

@@ -60,6 +60,9 @@ LAUNCH_ENV = {
     "RENUM_EXECUTIONS__MAX_CONCURRENT_PER_ACCOUNT": "50",
     "RENUM_AUTH__ACCESS_TOKEN_MINUTES": "240",
     "RENUM_LOG_LEVEL": "WARNING",
+    # The default cost of password hashes (the launcher makes them cheap for the suites):
+    # logins under load cost what they cost in production.
+    **launcher.default_hashing_env(),
 }
 Launch = Callable[..., launcher.LaunchedBackend]
 

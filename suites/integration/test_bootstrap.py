@@ -46,6 +46,7 @@ def admins(server: Backend, email: str, password: str) -> list[dict[str, Any]]:
     return [user for user in users["items"] if user["role"] == "admin"]
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_generated_password_then_a_second_start_creates_no_admin(
     launch_backend: LaunchBackend, db_flavour: str
 ) -> None:

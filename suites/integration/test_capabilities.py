@@ -38,6 +38,7 @@ def partial_backend(request: pytest.FixtureRequest) -> Iterator[tuple[LaunchedBa
         backend.stop()
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_the_base_api_works_with_capabilities_switched_off(
     partial_backend: tuple[LaunchedBackend, set[str]],
 ) -> None:

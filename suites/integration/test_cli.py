@@ -59,6 +59,7 @@ def test_help_lists_the_commands(cli: Cli) -> None:
         assert command in text
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_database_lifecycle_and_admin_creation(cli: Cli) -> None:
     pending = assert_ok(cli("db", "current"))
     assert "current: none" in pending
@@ -112,6 +113,7 @@ def test_create_admin_before_migrating_fails_cleanly(cli: Cli) -> None:
     assert "renum db upgrade" in text
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_cli_admin_logs_in_to_a_server_on_that_database(
     cli: Cli, launch_backend: LaunchBackend
 ) -> None:

@@ -128,6 +128,7 @@ def test_reload_applies_live_settings_reports_the_rest_and_refuses_bad_files(
         assert warned["fix"].startswith("Run `renum config check`")
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_reload_on_sighup_and_on_a_file_change(
     watching: LaunchedBackend, config_file: Path
 ) -> None:
@@ -193,6 +194,7 @@ def test_only_platform_admins_see_or_reload_the_configuration(
         assert anonymous.get(OPS).status_code == 401
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_the_fingerprint_differs_between_differently_configured_backends(
     configured: LaunchedBackend,
 ) -> None:

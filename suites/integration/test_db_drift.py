@@ -145,6 +145,7 @@ def test_a_fresh_database_has_no_drift(cli: Cli, db_flavour: str) -> None:
     assert report["differences"] == []
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_upgrade_downgrade_to_base_and_upgrade_again_leaves_no_drift(
     cli: Cli, database_url: str
 ) -> None:
@@ -156,6 +157,7 @@ def test_upgrade_downgrade_to_base_and_upgrade_again_leaves_no_drift(
     exits(cli("db", "check"), 0)
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_every_migration_downgrades_one_step_at_a_time(cli: Cli, database_url: str) -> None:
     migrate_to(database_url)
     for _ in range(len(revisions())):
@@ -183,6 +185,7 @@ def revisions() -> list[str]:
     return [revision.revision for revision in script.walk_revisions()]
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_migrations_down_and_up_keep_the_rows_of_the_tables_they_alter(database_url: str) -> None:
     """0002 and 0004 alter accounts and users, both ways: none of it may take the rows referring
     to a user or an account with it (on SQLite, a table altered by copying it would delete them

@@ -194,6 +194,7 @@ def workers(tmp_path: Path) -> Iterator[ServedWithWorkers]:
         backend.stop()
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_with_several_workers_the_metrics_add_up(
     workers: ServedWithWorkers, tmp_path: Path
 ) -> None:

@@ -96,6 +96,7 @@ def _wait_until_allowed(client: ApiClient, email: str, source: str) -> httpx.Res
     raise AssertionError("still throttled")
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_brute_force_is_throttled_with_growing_delays_and_the_user_keeps_access(
     client: ApiClient, tenant: Tenant
 ) -> None:
@@ -264,6 +265,7 @@ def test_events_are_on_metrics(client: ApiClient) -> None:
     assert wanted in text
 
 
+@pytest.mark.drill  # a long scenario: run by `nox -s drills`
 def test_two_processes_sharing_redis_enforce_one_limit() -> None:
     redis = services.redis()
     redis.require()

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -267,6 +267,8 @@ PURGED_CALL = Call(
 )
 
 
+# Each example seeds, folds, purges and rebuilds a database: half the profile's examples.
+@settings(max_examples=max(10, settings.default.max_examples // 2))
 @example(
     rows=[PURGED_CALL],
     ended=[15, None, None, None],

@@ -72,14 +72,18 @@ def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argon2 at its production cost takes a good part of a second a hash, and many unit tests
     make one (a bootstrap admin, a user, a login). Only the cost parameters change: hashes are
     still argon2id, verified the same way. ``test_security.py`` overrides this fixture and
-    checks the real hasher."""
+    checks the real hasher and its configuration."""
     from argon2 import PasswordHasher
 
+    import app.main
     from app.core import security
 
     monkeypatch.setattr(
         security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     )
+    # The apps and commands the tests make leave it so (their settings' cost is the default).
+    for module in (security, app.main):
+        monkeypatch.setattr(module, "configure_password_hashing", lambda cost: None)
 
 
 @pytest.fixture

@@ -145,6 +145,7 @@ def unsafe_production() -> Settings:
         providers={"openai_base_url": "http://models.example/v1"},
         metrics={"public": True},
         workers=4,
+        auth={"password_hash": {"memory_kib": 1024, "time_cost": 1}},
     )
 
 
@@ -159,6 +160,7 @@ def test_every_production_refusal_is_reported_in_one_run() -> None:
         "provider-plain-http",
         "sql-echo",
         "sqlite-workers",
+        "password-hash-weak",
     }
     assert warnings == {"debug-logs", "metrics-public", "probe-token-missing"}
     assert {p.rule for p in problems} == {rule.id for rule in RULES}  # every rule can fire
@@ -186,6 +188,18 @@ def test_a_safe_production_configuration_starts_with_warnings_at_most() -> None:
         health={"probe_token": "p" * 20},
     )
     assert refuse_unsafe(settings) == []
+
+
+def test_password_hashes_below_owasp_s_minimum_are_refused_where_it_matters() -> None:
+    (problem,) = [p for p in check_settings(unsafe_production()) if p.rule == "password-hash-weak"]
+    assert problem.setting == "RENUM_AUTH__PASSWORD_HASH"
+    assert "1024 KiB and 1 passes" in problem.message
+    minimum = {"password_hash": {"memory_kib": 19_456, "time_cost": 2, "parallelism": 1}}
+    safe = Settings(environment="production", auth=minimum)
+    assert "password-hash-weak" not in {p.rule for p in check_settings(safe)}
+    # The test environment (the harness's launched backends) may make them cheap.
+    cheap = {"password_hash": {"memory_kib": 1024, "time_cost": 1, "parallelism": 1}}
+    assert check_settings(Settings(environment="test", auth=cheap)) == []
 
 
 def test_several_workers_need_postgresql() -> None:

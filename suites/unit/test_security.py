@@ -19,6 +19,7 @@ from app.core.security import (
     JWT_ALGORITHM,
     TokenCodec,
     TokenError,
+    configure_password_hashing,
     hash_api_key,
     hash_password,
     hash_password_async,
@@ -39,6 +40,27 @@ def fast_password_hashing() -> None:
 def test_the_real_hasher_has_the_production_cost() -> None:
     hashed = hash_password("checked at full cost")
     assert re.search(r"^\$argon2id\$v=19\$m=65536,t=3,p=4\$", hashed), hashed
+
+
+def test_the_configured_cost_applies_to_new_hashes_and_old_ones_still_verify() -> None:
+    from app.core import security
+    from app.core.config import PasswordHashSettings
+
+    before = hash_password("made at the default cost")
+    try:
+        configure_password_hashing(
+            PasswordHashSettings(memory_kib=1024, time_cost=1, parallelism=1)
+        )
+        cheap = hash_password("made at a low cost")
+        assert re.search(r"^\$argon2id\$v=19\$m=1024,t=1,p=1\$", cheap), cheap
+        assert verify_password("made at the default cost", before)
+        assert verify_password("made at a low cost", cheap)
+        # The timing equaliser's hash is made again at the new cost.
+        assert "m=1024,t=1,p=1" in security._dummy_hash()
+        assert not verify_password("made at a low cost", None)
+    finally:
+        configure_password_hashing(PasswordHashSettings())
+    assert "m=65536,t=3,p=4" in security._dummy_hash()
 
 
 @pytest.fixture
