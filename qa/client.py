@@ -7,6 +7,10 @@ from typing import Any
 import httpx
 
 API = "/api/v1"
+# Idle connections are dropped before the server's keep-alive timeout (Uvicorn's: 5 s) ends
+# them: a request sent on a connection the server is closing at that moment gets no answer
+# ("Server disconnected without sending a response"), which no test is about.
+KEEPALIVE_EXPIRY = 2.0
 
 
 class ApiClient(httpx.Client):
@@ -14,6 +18,7 @@ class ApiClient(httpx.Client):
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", 30.0)
+        kwargs.setdefault("limits", httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
         super().__init__(base_url=base_url, **kwargs)
         self.tokens: dict[str, Any] = {}
 

@@ -240,6 +240,12 @@ class LaunchedBackend(Backend):
             **(BURSTS_ENV if bursts else {}),
             **(extra_env or {}),
         }
+        if env["RENUM_ENVIRONMENT"] in ("staging", "production"):
+            # Those refuse cheap hashes (rule password-hash-weak): the default cost, unless
+            # the caller chose one.
+            env.update(
+                {k: v for k, v in default_hashing_env().items() if k not in (extra_env or {})}
+            )
         backend = cls(
             base_url="",
             admin_email=env["RENUM_BOOTSTRAP_ADMIN_EMAIL"] or ADMIN_EMAIL,

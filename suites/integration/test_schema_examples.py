@@ -569,6 +569,8 @@ def test_every_example_succeeds_as_the_explorer_sends_it(
     finally:
         release.set()
     run.send("get_usage", owner)
+    run.send("get_summary", owner)
+    run.send("get_timeseries", owner)
     # The audit trail of what the scenario did so far.
     run.send("list_audit_entries", owner)
     run.send("export_audit_entries", owner)

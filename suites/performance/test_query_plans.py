@@ -1,7 +1,8 @@
 """Every list and aggregate read uses an index at realistic volumes (PostgreSQL).
 
 A private database holds 100,000 executions and 1,000,000 execution events of 50 accounts
-(and 200,000 ledger rows and 200,000 webhook deliveries), seeded in the test with
+(and 200,000 ledger rows, 200,000 webhook deliveries, and a year of hourly and daily usage
+and execution rollups of every account: 912,500 rows), seeded in the test with
 ``generate_series`` and analysed. The reads behind the list and aggregate endpoints run
 through their repositories, for one tenant (and, with a time window, for a platform admin);
 every statement they issue is explained with its own parameters, and a sequential scan of a
@@ -24,6 +25,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.capabilities.analytics import figures
 from app.core.config import Settings
 from app.db import migrate
 from app.db.database import SQLAlchemyManager
@@ -40,6 +42,7 @@ EXECUTIONS = 100_000
 EVENTS_PER_EXECUTION = 10
 LEDGER_ROWS = 200_000
 DELIVERIES_PER_WEBHOOK = 4_000  # one webhook per account: 200,000 deliveries
+ROLLUP_DAYS = 365  # of hourly and daily rollups per account: 456,250 rows of each table
 
 SEED = [
     """INSERT INTO accounts (id, name, name_key, is_platform, created_at, updated_at)
@@ -64,12 +67,31 @@ SEED = [
     """INSERT INTO execution_events (id, execution_id, seq, type, data, created_at)
     SELECT gen_random_uuid(), e.id, s, 'step_completed', '{}', e.created_at
     FROM executions e, generate_series(1, :events) AS s""",
+    # Ended executions and their calls are rolled up (within moments of their end).
+    "UPDATE executions SET rolled_up = (status <> 'running')",
     """INSERT INTO ledger_entries (id, account_id, execution_id, team_id, agent_id, user_id,
-    provider, model, input_tokens, output_tokens, cost_usd, duration_ms, paid_by, created_at)
+    provider, model, input_tokens, output_tokens, cost_usd, duration_ms, paid_by, created_at,
+    rolled_up)
     SELECT gen_random_uuid(), e.account_id, e.id, e.team_id, NULL, NULL, 'openai',
-        'gpt-4o-mini', 100, 20, 0.0001, 300, 'platform', e.created_at
+        'gpt-4o-mini', 100, 20, 0.0001, 300, 'platform', e.created_at, e.rolled_up
     FROM (SELECT * FROM executions LIMIT :ledger_half) AS e,
         generate_series(1, 2) AS twice""",
+    # A year of rollups of every account: each hour and each day of it, for one of its teams.
+    """INSERT INTO usage_rollups (id, grain, bucket, account_id, team_id, agent_id, user_id,
+    provider, model, paid_by, calls, input_tokens, output_tokens, cost_usd, duration_ms)
+    SELECT gen_random_uuid(), g.grain, g.bucket, t.account_id, t.id, NULL, NULL, 'openai',
+        'gpt-4o-mini', 'platform', 3, 300, 60, 0.0003, 900
+    FROM (SELECT DISTINCT ON (account_id) account_id, id FROM teams) AS t,
+        (SELECT 'hour' AS grain, date_trunc('hour', now()) - n * interval '1 hour' AS bucket
+         FROM generate_series(0, :rollup_hours) AS n
+         UNION ALL
+         SELECT 'day', date_trunc('day', now()) - n * interval '1 day'
+         FROM generate_series(0, :rollup_days) AS n) AS g""",
+    """INSERT INTO execution_rollups (id, grain, bucket, account_id, team_id, strategy, status,
+    executions, duration_ms, input_tokens, output_tokens, cost_usd)
+    SELECT gen_random_uuid(), u.grain, u.bucket, u.account_id, u.team_id, 'sequential',
+        'completed', 1, 5000, u.input_tokens, u.output_tokens, u.cost_usd
+    FROM usage_rollups u""",
     """INSERT INTO webhooks (id, account_id, url, events, enabled, sealed_secret,
     encryption_key_id, created_at, updated_at)
     SELECT gen_random_uuid(), id, 'https://hooks.example/' || name_key, '["execution.completed"]',
@@ -101,6 +123,8 @@ def database() -> Iterator[SQLAlchemyManager]:
                 "events": EVENTS_PER_EXECUTION,
                 "ledger_half": LEDGER_ROWS // 2,
                 "deliveries_per_webhook": DELIVERIES_PER_WEBHOOK,
+                "rollup_hours": ROLLUP_DAYS * 24 - 1,
+                "rollup_days": ROLLUP_DAYS - 1,
             }
             for statement in SEED:
                 used = {k: v for k, v in volumes.items() if f":{k}" in statement}
@@ -247,7 +271,39 @@ READS: dict[
             Scope(None), "model", since=datetime.now(UTC) - timedelta(days=1), until=None
         )
     ),
+    "usage by team, a tenant's last 90 minutes": lambda scope, _, __: (
+        lambda s: LedgerRepository(s).totals(
+            scope, "team", since=datetime.now(UTC) - timedelta(minutes=90), until=None
+        )
+    ),
+    "analytics summary, a tenant's month": lambda scope, _, __: (
+        lambda s: figures.summary(s, scope, scope.account_id, last(days=30), top=5)
+    ),
+    "analytics summary, everyone's day": lambda scope, _, __: (
+        lambda s: figures.summary(s, Scope(None), None, last(days=1), top=5)
+    ),
+    "analytics cost by day, everyone's year by model": lambda scope, _, __: (
+        lambda s: figures.timeseries(
+            s, Scope(None), None, last(days=365), metric="cost_usd", grain="day", group_by="model"
+        )
+    ),
+    "analytics executions by hour, a tenant's week": lambda scope, _, __: (
+        lambda s: figures.timeseries(
+            s,
+            scope,
+            scope.account_id,
+            last(days=7),
+            metric="executions",
+            grain="hour",
+            group_by="status",
+        )
+    ),
 }
+
+
+def last(*, days: int) -> figures.Period:
+    now = datetime.now(UTC)
+    return figures.Period.of(now - timedelta(days=days), now)
 
 
 @pytest.mark.parametrize("name", READS)

@@ -77,6 +77,8 @@ DECLARED_SINCE = {
     "list_dead_letters": "admin",
     "list_audit_entries": "owner",
     "export_audit_entries": "owner",
+    "get_summary": "owner",
+    "get_timeseries": "owner",
 }
 PUBLIC_OPERATIONS = {"login", "refresh", "logout"}
 
