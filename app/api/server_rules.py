@@ -136,6 +136,22 @@ RULES: dict[str, tuple[ServerRule, ...]] = {
     ),
     "update_team": _workflow_rules(),
     "get_usage": (ServerRule("/query/to", "invalid", "`to` must not come before `from`."),),
+    "get_summary": (ServerRule("/query/to", "invalid", "`to` must not come before `from`."),),
+    "get_timeseries": (
+        ServerRule("/query/to", "invalid", "`to` must not come before `from`."),
+        ServerRule(
+            "/query/group_by",
+            "invalid",
+            "Usage figures group by team, agent, user, provider, model or paid_by; execution "
+            "figures by team, strategy or status.",
+        ),
+        ServerRule(
+            "/query/grain",
+            "invalid",
+            "A series holds at most `RENUM_ANALYTICS__MAX_POINTS` buckets (2000 by default): "
+            "a longer period asks for days.",
+        ),
+    ),
     "list_audit_entries": CURSOR_RULES,
     "list_executions": CURSOR_RULES,
     "list_webhook_deliveries": CURSOR_RULES,

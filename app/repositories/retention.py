@@ -270,14 +270,19 @@ def _rollup_tables(before: date) -> list[tuple[Table, Any]]:
 
 
 async def purge_rollups(conn: AsyncConnection, before: date, limit: int) -> Batch:
-    """Delete up to ``limit`` rows of the figures of days before ``before``: daily totals
-    first, then usage and execution rollups."""
+    """Delete up to ``limit`` rows of the figures of days before ``before``, in all: daily
+    totals first, then usage and execution rollups (a batch selects fewer than ``limit`` only
+    when none is left in any of them)."""
+    selected = removed = 0
     for table, condition in _rollup_tables(before):
-        query = select(table.c.id).where(condition).order_by(table.c.id).limit(limit)
+        if selected >= limit:
+            break
+        query = select(table.c.id).where(condition).order_by(table.c.id).limit(limit - selected)
         ids = list((await conn.execute(query)).scalars())
         if ids:
-            return Batch(len(ids), await _delete_ids(conn, table, ids))
-    return Batch(0, 0)
+            selected += len(ids)
+            removed += await _delete_ids(conn, table, ids)
+    return Batch(selected, removed)
 
 
 # -- what a dry run reports, and what is left -----------------------------------------------------
