@@ -870,6 +870,13 @@ class RollupSettings(BaseModel):
         le=100_000,
         description="Rows rolled up per transaction.",
     )
+    delay_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long a process waits, once one of its executions ends, before it "
+        "folds: one fold then takes every execution that ended meanwhile.",
+    )
 
 
 class AnalyticsSettings(BaseModel):

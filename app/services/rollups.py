@@ -1,6 +1,7 @@
 """Keeping the rollups (``app.models.rollup``) as executions end, and rebuilding them.
 
-Every API process runs a ``RollupFolder``: an engine observer wakes it when an execution ends,
+Every API process runs a ``RollupFolder``: an engine observer wakes it when an execution ends
+(it folds ``delay_seconds`` later, so one fold takes every execution that ended meanwhile),
 and it also looks every ``interval_seconds`` (executions a cancel or the reaper ended, calls of
 teams deleted meanwhile). It folds in batches of ``batch_size`` rows, one short transaction
 each (``app.repositories.rollups``), until nothing is left. Nothing waits on it: an execution's
@@ -125,6 +126,8 @@ class RollupFolder:
 
     async def _run_forever(self) -> None:
         while True:
+            if self._wake.is_set():  # an execution ended: let the ones ending with it land too
+                await asyncio.sleep(self.settings.delay_seconds)
             self._wake.clear()
             try:
                 folded = await fold_all(
