@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import Agent, Team
 from app.models.rollup import ExecutionRollup, Grain, UsageRollup
 from app.repositories.base import Scope
+from app.repositories.rollups import day_of, hour_of
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -50,17 +51,13 @@ EXECUTION_GROUPS = {
 FAILED = ("failed",)
 
 
-def floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+# A moment's hour and day: the buckets the rollups file it under.
+floor_hour, floor_day = hour_of, day_of
 
 
 def ceil_hour(moment: datetime) -> datetime:
     start = floor_hour(moment)
     return start if start == moment else start + HOUR
-
-
-def floor_day(moment: datetime) -> datetime:
-    return datetime.combine(moment.astimezone(UTC).date(), time(0), tzinfo=UTC)
 
 
 def ceil_day(moment: datetime) -> datetime:
